@@ -1,0 +1,244 @@
+"""`lookalike fetch | extract | index | search | bench | demo | models`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..errors import LookalikeError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fetch", help="download a reference data set (tiny-ImageNet-200)")
+    p.add_argument("dataset", choices=["tiny-imagenet"])
+    p.add_argument("--dest", default="data", help="folder to put tiny-imagenet-200/ in (default: ./data)")
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("extract", help="embed every image of a collection into a gallery folder (resumable)")
+    p.add_argument("--data", required=True, help="tiny-ImageNet root, class-folder tree, or a text file of image paths")
+    p.add_argument("--out", required=True, help="gallery folder to write")
+    p.add_argument("--model", default="resnet18", choices=["resnet18", "mobilenet", "clip"])
+    p.add_argument("--weights", default="pretrained", help="pretrained (default), random (explicit, seeded) or PATH to a state dict")
+    p.add_argument("--image-size", type=int, default=None, help="input size (default: the model's own, 224)")
+    p.add_argument("--bs", type=int, default=64, help="batch size")
+    p.add_argument("--shard-size", type=int, default=4096, help="images per resumable shard (rounded up to a multiple of --bs)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 where the hardware has it and it keeps embeddings within cosine 0.995 of fp32")
+    p.add_argument("--splits", default=None, help="comma-separated splits to embed (default: all), e.g. train,val")
+    p.add_argument("--workers", type=int, default=None, help="decode workers (local) or model actors (ray); default: one per core")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None, help="torch/FAISS threads (default: one per core)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --weights random")
+    p.add_argument("--overwrite", action="store_true", help="replace a gallery built with other arguments")
+    _engine_args(p)
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs per model actor")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("index", help="build and save a search index for a gallery")
+    p.add_argument("--gallery", required=True)
+    p.add_argument("--method", default="ivf", help="flat, ivf, hnsw, ivfpq, sq8, sqfp16, or a FAISS index_factory string")
+    p.add_argument("--nlist", type=int, default=None, help="IVF lists (default round(√N))")
+    p.add_argument("--nprobe", type=int, default=None, help="default nprobe stored with the index")
+    p.add_argument("--metric", choices=["ip", "l2"], default="ip")
+    p.add_argument("--threads", type=int, default=None)
+    _engine_args(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="find the nearest gallery images to one image")
+    p.add_argument("--gallery", required=True)
+    p.add_argument("--image", required=True, help="query image file")
+    p.add_argument("--method", default="brute", help="brute, flat, ivf or any saved index name")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--metric", choices=["ip", "l2"], default="ip")
+    p.add_argument("--nprobe", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("bench", help="the timing table: extraction and per-query search for brute, flat and ivf")
+    p.add_argument("--gallery", required=True, nargs="+", help="one or more galleries (one per model gives the combined table)")
+    p.add_argument("--methods", default="brute,flat,ivf", help="comma-separated methods")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--metric", choices=["ip", "l2"], default="ip")
+    p.add_argument("--queries", type=int, default=1000, help="held-out queries to use at most")
+    p.add_argument("--single-queries", type=int, default=200, help="queries timed one at a time")
+    p.add_argument("--nlist", type=int, default=None)
+    p.add_argument("--nprobe", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="also write the combined table (Markdown) here")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("demo", help="the built-in default job: generate a collection, extract with every model, bench")
+    p.add_argument("--out", default="runs/demo", help="folder for the generated data, galleries and table")
+    p.add_argument("--images", type=int, default=2000, help="about how many images to generate")
+    p.add_argument("--models", default="resnet18,mobilenet,clip")
+    p.add_argument("--weights", default="auto", help="auto (pretrained where cached/downloadable, else random), pretrained or random")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("models", help="list the models, their dimensions and where their pretrained weights come from")
+    p.set_defaults(func=cmd_models)
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="local (default) or a Ray cluster")
+    p.add_argument("--address", default=None, help="ray: cluster address (auto, ray://host:port); default starts a local cluster")
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from ..fetch import fetch_tiny_imagenet
+
+    path = fetch_tiny_imagenet(Path(args.dest))
+    print(f"tiny-ImageNet-200 is ready at {path}")
+    print(f"next: lookalike extract --data {path} --out galleries/resnet18 --model resnet18")
+    return 0
+
+
+def extract_config(args: argparse.Namespace):
+    from ..extract import ExtractConfig
+
+    return ExtractConfig(
+        data=args.data,
+        out=args.out,
+        model=args.model,
+        weights=args.weights,
+        image_size=args.image_size,
+        batch_size=args.bs,
+        shard_size=args.shard_size,
+        precision=args.precision,
+        splits=tuple(args.splits.split(",")) if args.splits else None,
+        seed=args.seed,
+        workers=args.workers,
+        device=args.device,
+        threads=args.threads,
+        overwrite=args.overwrite,
+    )
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    config = extract_config(args)
+    if args.engine == "ray":
+        from ..distributed import extract_ray
+
+        gallery = extract_ray(config, address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker)
+    else:
+        from ..extract import extract
+
+        gallery = extract(config)
+    print_gallery_summary(gallery)
+    return 0
+
+
+def print_gallery_summary(gallery) -> None:
+    m = gallery.manifest
+    t = m["timings"]
+    print(f"gallery: {gallery.path}")
+    print(f"  {gallery.provenance()}")
+    print(f"  precision: {m['model']['precision']['precision']}" + (f" (bf16 vs fp32 cosine min {m['model']['precision']['bf16_vs_fp32_cosine_min']:.5f})" if "bf16_vs_fp32_cosine_min" in m["model"]["precision"] else ""))
+    print(f"  extraction: {t['ms_per_image']:.2f} ms/image ({t['images_per_second']} images/s)")
+    skipped = m["skipped"]
+    if skipped["count"]:
+        print(f"  skipped {skipped['count']} unreadable file(s):")
+        for f in skipped["files"][:20]:
+            print(f"    {f['reason']}")
+        if skipped["count"] > 20:
+            print(f"    … and {skipped['count'] - 20} more (see manifest.json)")
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .. import runtime
+    from ..gallery import open_gallery
+    from ..search import make_method, save_method
+
+    runtime.set_threads(args.threads)
+    gallery = open_gallery(args.gallery)
+    partition = gallery.partition()
+    if args.engine == "ray":
+        from ..distributed import build_index_ray
+
+        method = build_index_ray(gallery, args.method, metric=args.metric, nlist=args.nlist, address=args.address)
+    else:
+        method = make_method(args.method, len(partition.database_ids), gallery.dim, args.metric, nlist=args.nlist)
+        method.build(gallery.embeddings[partition.database_ids], partition.database_ids)
+    if args.nprobe:
+        method.set_params(nprobe=args.nprobe)
+    folder = save_method(gallery, method)
+    stats = method.build_stats
+    print(f"{gallery.provenance()}")
+    print(f"index {method.name}: {method.params()} over {method.ntotal} vectors ({partition.how})")
+    print(f"  train {stats.train_seconds:.2f} s (on {stats.train_size} vectors), add {stats.add_seconds:.2f} s, memory {method.memory_bytes() / 2**20:.2f} MiB")
+    print(f"  saved to {folder}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .. import runtime
+    from ..gallery import is_real, open_gallery
+    from ..query import QueryEmbedder
+    from ..search import get_method
+
+    runtime.set_threads(args.threads)
+    gallery = open_gallery(args.gallery)
+    embedder = QueryEmbedder(gallery)
+    vector, timings = embedder.embed_path(args.image)
+    t = time.perf_counter()
+    method, built_now = get_method(gallery, args.method, args.metric)
+    build_ms = 1000 * (time.perf_counter() - t)
+    params = {"nprobe": args.nprobe} if args.nprobe else None
+    t = time.perf_counter()
+    scores, ids = method.search(vector, args.k, params)
+    search_ms = 1000 * (time.perf_counter() - t)
+    tag = "" if is_real(gallery.manifest) else "  ⚠ random weights/generated data"
+    print(gallery.provenance())
+    print(f"query: {args.image}   method: {method.name} {method.params()}   metric: {args.metric}")
+    print(f"{'rank':>4}  {'score':>8}  {'label':<24}  path")
+    for rank, (score, gid) in enumerate(zip(scores[0], ids[0]), 1):
+        if gid < 0:
+            continue
+        row = gallery.row(int(gid))
+        label = row["label_name"] or row["label"] or "-"
+        print(f"{rank:>4}  {score:8.4f}  {label[:24]:<24}  {row['path']}{tag}")
+    print(f"time: decode+preprocess {timings.decode_ms:.1f} ms, embed {timings.embed_ms:.1f} ms, search {search_ms:.2f} ms" + (f" (index built now in {build_ms:.0f} ms; save it with `lookalike index`)" if built_now and args.method != "brute" else ""))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .. import runtime
+    from ..experiments.bench import combined_table, run_bench, write_bench
+    from ..gallery import atomic_write_bytes, open_gallery
+
+    threads = runtime.set_threads(args.threads)
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    results = []
+    for path in args.gallery:
+        gallery = open_gallery(path)
+        result = run_bench(gallery, methods, args.k, args.metric, args.queries, args.single_queries, args.nlist, args.nprobe)
+        write_bench(result, gallery.path)
+        print(result.to_markdown())
+        print(f"(written to {gallery.path / 'bench.md'} and bench.json; {threads} threads)\n")
+        results.append(result)
+    if len(results) > 1 or args.out:
+        table = combined_table(results)
+        print("## Combined table\n")
+        print(table)
+        if args.out:
+            atomic_write_bytes(Path(args.out), ("# lookalike combined timing table\n\n" + table).encode())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..demo import DemoConfig, run_demo
+
+    if args.weights not in ("auto", "pretrained", "random"):
+        raise LookalikeError(f"--weights for the demo is auto, pretrained or random, not {args.weights!r}")
+    run_demo(DemoConfig(out=Path(args.out), images=args.images, models=tuple(args.models.split(",")), weights=args.weights, image_size=args.image_size, threads=args.threads))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from ..models import MODELS, weights_hint
+
+    for name, spec in MODELS.items():
+        print(f"{name:<10} {spec.dim:>5}-d  {spec.family}:{spec.arch} ({spec.pretrained})  input {spec.preprocess.image_size}")
+        print(f"{'':<10} pretrained weights: {weights_hint(name)}")
+    return 0

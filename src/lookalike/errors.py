@@ -1,0 +1,25 @@
+"""Error types whose message is meant for the user: one sentence, what is wrong and what to do."""
+
+
+class LookalikeError(Exception):
+    """Base for errors that carry a user-facing one-sentence message."""
+
+
+class DataError(LookalikeError):
+    """The input data (a path, a collection, a download) is missing or unusable."""
+
+
+class BadImageError(LookalikeError):
+    """One image file (or uploaded blob) cannot be decoded into RGB pixels."""
+
+
+class WeightsUnavailableError(LookalikeError):
+    """Pretrained weights are not in the local cache and cannot be downloaded."""
+
+
+class GalleryError(LookalikeError):
+    """A gallery folder is missing, incomplete, inconsistent or built with other settings."""
+
+
+class IndexMismatchError(GalleryError):
+    """A saved index does not belong to the gallery it is loaded with."""

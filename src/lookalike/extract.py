@@ -1,0 +1,364 @@
+"""Images → embeddings → a gallery folder, resumably.
+
+The record list is cut into fixed shards (a multiple of the batch size, so every batch is the
+same whether a run is fresh or resumed). Each finished shard is written atomically to
+`<out>/.partial/`; a killed run picks up at the first missing shard, and the committed gallery
+is identical to an uninterrupted run. `commit` assembles the shards and writes the manifest
+last. The Ray engine reuses `prepare`, `embed_shard`-style shard files and `commit` unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from . import runtime
+from .datasets import Collection, ImageRecord, load_collection
+from .errors import BadImageError, GalleryError
+from .gallery import (
+    EMBEDDINGS,
+    MANIFEST,
+    METADATA,
+    METADATA_SCHEMA,
+    SCHEMA_VERSION,
+    Gallery,
+    atomic_save_npy,
+    atomic_write_json,
+    atomic_write_parquet,
+    clear_gallery,
+    open_gallery,
+)
+from .images import load_rgb
+from .models import Embedder, load_model
+from .transforms import build_transform
+
+log = logging.getLogger(__name__)
+
+PARTIAL = ".partial"
+STATE = "state.json"
+BF16_MIN_COSINE = 0.995  # below this, bf16 changes rankings noticeably: fall back to fp32
+CALIBRATION_IMAGES = 16
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    data: str
+    out: str
+    model: str = "resnet18"
+    weights: str = "pretrained"
+    image_size: int | None = None
+    batch_size: int = 64
+    shard_size: int = 4096
+    precision: str = "auto"  # "auto" | "fp32" | "bf16"
+    splits: tuple[str, ...] | None = None
+    seed: int = 0
+    workers: int | None = None  # DataLoader decode workers; None → one per core
+    device: str = "auto"
+    threads: int | None = None
+    overwrite: bool = False
+
+    def identity(self) -> dict:
+        """The arguments that determine the gallery's content; a resume or re-run must match them."""
+        return {
+            "data": str(Path(self.data).resolve()),
+            "model": self.model,
+            "weights": self.weights if self.weights in ("pretrained", "random") else str(Path(self.weights).resolve()),
+            "image_size": self.image_size,
+            "batch_size": self.batch_size,
+            "shard_size": self.effective_shard_size,
+            "precision": self.precision,
+            "splits": list(self.splits) if self.splits else None,
+            "seed": self.seed,
+        }
+
+    @property
+    def effective_shard_size(self) -> int:
+        return max(1, math.ceil(self.shard_size / self.batch_size)) * self.batch_size
+
+
+@dataclass(frozen=True)
+class Shard:
+    number: int
+    start: int  # first record index (inclusive)
+    stop: int  # last record index (exclusive)
+
+    @property
+    def filename(self) -> str:
+        return f"shard-{self.number:05d}.npz"
+
+
+@dataclass
+class Job:
+    """Everything an engine needs to fill the missing shards of one extraction."""
+
+    config: ExtractConfig
+    collection: Collection
+    out: Path
+    shards: list[Shard]
+    state: dict = field(default_factory=dict)
+
+    @property
+    def partial(self) -> Path:
+        return self.out / PARTIAL
+
+    def done(self, shard: Shard) -> bool:
+        return (self.partial / shard.filename).is_file()
+
+    def todo(self) -> list[Shard]:
+        return [s for s in self.shards if not self.done(s)]
+
+
+# --- decoding ---
+
+
+class ImageListDataset(Dataset):
+    """Decodes in DataLoader workers; a bad file becomes an error entry, never an exception."""
+
+    def __init__(self, records: tuple[ImageRecord, ...], transform):
+        self.records = records
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        try:
+            return index, self.transform(load_rgb(self.records[index].path)), None
+        except BadImageError as exc:
+            return index, None, str(exc)
+        except Exception as exc:  # a transform failing on a degenerate image must not kill the run
+            return index, None, f"{self.records[index].path}: {type(exc).__name__}: {exc}"
+
+
+def collate(items):
+    ok = [(i, t) for i, t, _ in items if t is not None]
+    bad = [(i, e) for i, _, e in items if e is not None]
+    indices = [i for i, _ in ok]
+    tensor = torch.stack([t for _, t in ok]) if ok else None
+    return indices, tensor, bad
+
+
+def make_loader(dataset: Dataset, batches: list[list[int]], workers: int, pin_memory: bool) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+
+
+# --- the job ---
+
+
+def records_digest(records: tuple[ImageRecord, ...]) -> str:
+    h = hashlib.sha256()
+    for r in records:
+        h.update(f"{r.path}\t{r.label}\t{r.split}\n".encode())
+    return h.hexdigest()
+
+
+def prepare(config: ExtractConfig) -> Job:
+    """Read the collection and check the output folder: resume, refuse, or (with --overwrite) clear it."""
+    collection = load_collection(config.data, config.splits)
+    out = Path(config.out)
+    identity = config.identity()
+    digest = records_digest(collection.records)
+    manifest_path, state_path = out / MANIFEST, out / PARTIAL / STATE
+    for existing, what in ((manifest_path, "gallery"), (state_path, "unfinished extraction")):
+        if not existing.is_file():
+            continue
+        previous = json.loads(existing.read_text())
+        prev_identity = previous.get("extract", {}).get("identity") if what == "gallery" else previous.get("identity")
+        prev_digest = previous.get("extract", {}).get("records_digest") if what == "gallery" else previous.get("records_digest")
+        if prev_identity == identity and prev_digest == digest:
+            continue
+        if config.overwrite:
+            clear_gallery(out)
+            break
+        raise GalleryError(f"{out} holds a{'n' if what[0] == 'u' else ''} {what} {_describe_difference(prev_identity, identity, prev_digest, digest)}; use another --out or pass --overwrite")
+    n = len(collection.records)
+    size = config.effective_shard_size
+    shards = [Shard(i, start, min(start + size, n)) for i, start in enumerate(range(0, n, size))]
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {"identity": identity, "records_digest": digest}
+    return Job(config, collection, out, shards, state)
+
+
+def _describe_difference(prev: dict | None, new: dict, prev_digest: str | None, digest: str) -> str:
+    if not prev:
+        return "from an unknown lookalike version"
+    changed = [f"{k}={prev.get(k)!r} (now {new[k]!r})" for k in new if prev.get(k) != new[k]]
+    if not changed and prev_digest != digest:
+        changed = ["a different image list (files were added, removed or relabelled)"]
+    return "built with " + ", ".join(changed)
+
+
+def calibrate_precision(embedder: Embedder, images: torch.Tensor, requested: str) -> dict:
+    """Decide fp32 vs bf16 by measuring it: bf16 is kept only if embeddings stay within BF16_MIN_COSINE."""
+    if requested == "fp32" or (requested == "auto" and not runtime.bf16_supported(embedder.device)):
+        return {"precision": "fp32", "reason": "requested" if requested == "fp32" else "no bf16 hardware support"}
+    x = images[:CALIBRATION_IMAGES]
+    cos = (embedder.embed(x, "fp32") * embedder.embed(x, "bf16")).sum(axis=1)
+    ok = requested == "bf16" or float(cos.min()) >= BF16_MIN_COSINE
+    return {
+        "precision": "bf16" if ok else "fp32",
+        "bf16_vs_fp32_cosine_mean": float(cos.mean()),
+        "bf16_vs_fp32_cosine_min": float(cos.min()),
+        "calibration_images": int(len(x)),
+        "reason": "requested" if requested == "bf16" else f"bf16 min cosine {'≥' if ok else '<'} {BF16_MIN_COSINE}",
+    }
+
+
+def write_shard(job: Job, shard: Shard, embeddings: np.ndarray, indices: list[int], bad: list[tuple[int, str]], seconds: float) -> None:
+    from .gallery import _atomic
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                embeddings=embeddings.astype(np.float32, copy=False),
+                indices=np.asarray(indices, dtype=np.int64),
+                bad_indices=np.asarray([i for i, _ in bad], dtype=np.int64),
+                bad_reasons=np.asarray([r for _, r in bad], dtype=str),
+                seconds=np.float64(seconds),
+            )
+
+    _atomic(job.partial / shard.filename, save)
+
+
+def run_local(job: Job, embedder: Embedder, workers: int, progress: bool = True) -> None:
+    """Fill every missing shard in this process, decoding in `workers` DataLoader processes."""
+    from tqdm import tqdm
+
+    todo = job.todo()
+    if not todo:
+        return
+    bs = job.config.batch_size
+    batches = [list(range(b, min(b + bs, s.stop))) for s in todo for b in range(s.start, s.stop, bs)]
+    dataset = ImageListDataset(job.collection.records, build_transform(embedder.preprocess))
+    loader = make_loader(dataset, batches, workers, pin_memory=embedder.device.startswith("cuda"))
+    done_images = sum(s.stop - s.start for s in job.shards) - sum(s.stop - s.start for s in todo)
+    bar = tqdm(total=len(job.collection.records), initial=done_images, unit="img", disable=not progress, desc=f"extract {embedder.spec.name}", dynamic_ncols=True)
+    shard_iter = iter(todo)
+    shard = next(shard_iter)
+    embs, idx, bad, started = [], [], [], time.perf_counter()
+    try:
+        for indices, tensor, bad_items in loader:
+            if tensor is not None:
+                if "precision" not in job.state:
+                    job.state["precision"] = calibrate_precision(embedder, tensor, job.config.precision)
+                    atomic_write_json(job.partial / STATE, job.state)
+                    embedder.precision = job.state["precision"]["precision"]
+                embs.append(embedder.embed(tensor))
+                idx.extend(indices)
+            bad.extend(bad_items)
+            bar.update(len(indices) + len(bad_items))
+            last = max(indices + [i for i, _ in bad_items])
+            if last == shard.stop - 1:
+                emb = np.concatenate(embs) if embs else np.zeros((0, embedder.dim), np.float32)
+                write_shard(job, shard, emb, idx, bad, time.perf_counter() - started)
+                embs, idx, bad, started = [], [], [], time.perf_counter()
+                shard = next(shard_iter, None)
+    except KeyboardInterrupt:
+        done = sum(job.done(s) for s in job.shards)
+        raise GalleryError(f"interrupted: {done} of {len(job.shards)} shards are saved in {job.partial}; rerun the same command to resume") from None
+    finally:
+        bar.close()
+
+
+def ensure_state(job: Job, embedder: Embedder) -> None:
+    """Write the job's state file before the first shard, so a resume can check its arguments."""
+    job.partial.mkdir(parents=True, exist_ok=True)
+    if "precision" in job.state:
+        embedder.precision = job.state["precision"]["precision"]
+    job.state.setdefault("model", {k: v for k, v in embedder.describe().items() if k != "precision"})
+    job.state.setdefault("started", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    atomic_write_json(job.partial / STATE, job.state)
+
+
+def commit(job: Job, embedder: Embedder, extra_timings: dict | None = None) -> Gallery:
+    """Assemble the shards into the final gallery files; manifest.json goes last."""
+    missing = job.todo()
+    if missing:
+        raise GalleryError(f"cannot commit {job.out}: {len(missing)} shards are missing; rerun the extraction to finish them")
+    embs, idx, bad, seconds = [], [], [], 0.0
+    for shard in job.shards:
+        with np.load(job.partial / shard.filename) as z:
+            embs.append(z["embeddings"])
+            idx.append(z["indices"])
+            bad.extend(zip(z["bad_indices"].tolist(), z["bad_reasons"].tolist()))
+            seconds += float(z["seconds"])
+    embeddings = np.concatenate(embs) if embs else np.zeros((0, embedder.dim), np.float32)
+    indices = np.concatenate(idx) if idx else np.zeros(0, np.int64)
+    if len(indices) == 0:
+        raise GalleryError(f"no image under {job.config.data} could be decoded ({len(bad)} bad files); nothing to store")
+    records = [job.collection.records[i] for i in indices.tolist()]
+    table = pa.Table.from_pydict(
+        {
+            "id": np.arange(len(records), dtype=np.int64),
+            "path": [r.path for r in records],
+            "label": [r.label for r in records],
+            "label_name": [r.label_name for r in records],
+            "split": [r.split for r in records],
+        },
+        schema=METADATA_SCHEMA,
+    )
+    atomic_save_npy(job.out / EMBEDDINGS, embeddings)
+    atomic_write_parquet(job.out / METADATA, table)
+    fingerprint = hashlib.sha256(embeddings.tobytes()).hexdigest()[:16] + "-" + records_digest(tuple(records))[:16]
+    n_total = len(job.collection.records)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {**job.state["model"], "precision": job.state.get("precision", {"precision": "fp32"})},
+        "data": job.collection.provenance(),
+        "count": int(len(records)),
+        "fingerprint": fingerprint,
+        "skipped": {"count": len(bad), "files": [{"path": job.collection.records[i].path, "reason": r} for i, r in bad]},
+        "timings": {
+            "extract_seconds": round(seconds, 3),
+            "images": n_total,
+            "ms_per_image": round(1000 * seconds / max(1, n_total), 3),
+            "images_per_second": round(n_total / seconds, 2) if seconds else None,
+            "note": "wall time of decode + preprocess + embed, summed over shards (resumed runs included)",
+            **(extra_timings or {}),
+        },
+        "extract": {
+            "identity": job.state["identity"],
+            "records_digest": job.state["records_digest"],
+            "shards": len(job.shards),
+        },
+        "environment": runtime.environment(),
+    }
+    atomic_write_json(job.out / MANIFEST, manifest)
+    shutil.rmtree(job.partial, ignore_errors=True)
+    return open_gallery(job.out)
+
+
+def extract(config: ExtractConfig, progress: bool = True) -> Gallery:
+    """The local engine: prepare → fill missing shards → commit. Returns the finished gallery."""
+    job = prepare(config)
+    if (job.out / MANIFEST).is_file():
+        log.info("gallery at %s is already complete with these arguments", job.out)
+        return open_gallery(job.out)
+    threads = runtime.set_threads(config.threads)
+    device = runtime.pick_device(config.device)
+    embedder = load_model(config.model, config.weights, config.image_size, device, config.seed)
+    ensure_state(job, embedder)
+    workers = config.workers if config.workers is not None else runtime.default_threads()
+    run_local(job, embedder, workers, progress)
+    return commit(job, embedder, {"threads": threads, "workers": workers, "device": device, "batch_size": config.batch_size})

@@ -1,0 +1,228 @@
+"""The gallery store: one folder per (collection, model) holding embeddings, metadata and a manifest.
+
+Layout (see README "What each output file holds"):
+    manifest.json       what made the gallery (model, weights, data, preprocessing, timings, versions)
+    embeddings.npy      (N, d) float32, L2-normalised, memory-mappable
+    metadata.parquet    id, path, label, label_name, split (row i describes embeddings[i])
+    indexes/<name>/     saved search methods (see lookalike.search)
+    cache/              ground truth and other derived data, safe to delete
+
+`manifest.json` is written last and atomically, so its presence means the gallery is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import GalleryError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+EMBEDDINGS = "embeddings.npy"
+METADATA = "metadata.parquet"
+INDEXES = "indexes"
+CACHE = "cache"
+METADATA_SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("path", pa.string()),
+        ("label", pa.string()),
+        ("label_name", pa.string()),
+        ("split", pa.string()),
+    ]
+)
+MAX_HELD_OUT_QUERIES = 1000
+
+
+# --- atomic writes: a reader (or a crash) never sees a half-written file under a final name ---
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    _atomic(path, write)
+
+
+def atomic_write_parquet(path: Path, table: pa.Table) -> None:
+    _atomic(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def _atomic(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# --- reading ---
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Which gallery rows are searched (database) and which are held-out queries; they never overlap."""
+
+    database_ids: np.ndarray
+    query_ids: np.ndarray
+    how: str  # human-readable, e.g. "train (100000) vs val (10000)"
+
+
+@dataclass(frozen=True)
+class Gallery:
+    path: Path
+    manifest: dict
+
+    @cached_property
+    def embeddings(self) -> np.ndarray:
+        """(N, d) float32, memory-mapped: opening a 1M-row gallery costs no RAM."""
+        return np.load(self.path / EMBEDDINGS, mmap_mode="r")
+
+    @cached_property
+    def metadata(self) -> pa.Table:
+        return pq.read_table(self.path / METADATA)
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.metadata.column("label").to_pylist(), dtype=object)
+
+    @cached_property
+    def splits(self) -> np.ndarray:
+        return np.asarray(self.metadata.column("split").to_pylist(), dtype=object)
+
+    @cached_property
+    def paths(self) -> list[str]:
+        return self.metadata.column("path").to_pylist()
+
+    @property
+    def model(self) -> str:
+        return self.manifest["model"]["model"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["model"]["dim"])
+
+    @property
+    def count(self) -> int:
+        return int(self.manifest["count"])
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies this gallery's content; saved indexes record it and refuse another gallery's."""
+        return self.manifest["fingerprint"]
+
+    def row(self, gallery_id: int) -> dict:
+        return {k: v[0] for k, v in self.metadata.slice(int(gallery_id), 1).to_pydict().items()}
+
+    def provenance(self) -> str:
+        return provenance_line(self.manifest)
+
+    def partition(self, max_queries: int = MAX_HELD_OUT_QUERIES, seed: int = 0) -> Partition:
+        """Held-out queries: the val split when there is one, else a seeded sample removed from the database.
+
+        Searching gallery members for themselves flatters recall (each finds itself at rank 1),
+        so queries are never part of the database.
+        """
+        splits = self.splits
+        train = np.flatnonzero(splits == "train")
+        val = np.flatnonzero(splits == "val")
+        if len(train) and len(val):
+            queries = val if len(val) <= max_queries else np.sort(np.random.default_rng(seed).choice(val, max_queries, replace=False))
+            how = f"train ({len(train)}) vs val ({len(queries)} of {len(val)})"
+            return Partition(train, queries, how)
+        pool = np.flatnonzero((splits != "test") & (splits != "val")) if len(train) == 0 else train
+        n_queries = min(max_queries, max(1, len(pool) // 10))
+        if len(pool) < 2:
+            raise GalleryError(f"gallery at {self.path} has {len(pool)} searchable images; it needs at least 2")
+        queries = np.sort(np.random.default_rng(seed).choice(pool, n_queries, replace=False))
+        database = np.setdiff1d(pool, queries, assume_unique=True)
+        return Partition(database, queries, f"{len(database)} images vs {n_queries} held-out (seed {seed})")
+
+
+def open_gallery(path: str | os.PathLike) -> Gallery:
+    """Open and validate a gallery folder; every inconsistency is a GalleryError that says what to do."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise GalleryError(f"no gallery at {path}: the folder does not exist; create one with `lookalike extract --out {path}`")
+    if not manifest_path.is_file():
+        hint = " (an extraction was started here: rerun the same `lookalike extract` to finish it)" if (path / ".partial").exists() else ""
+        raise GalleryError(f"{path} is not a complete gallery: {MANIFEST} is missing{hint}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise GalleryError(f"cannot read {manifest_path} ({exc}); re-extract with `lookalike extract --overwrite`") from exc
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise GalleryError(
+            f"gallery at {path} has schema version {manifest.get('schema_version')}, this lookalike reads {SCHEMA_VERSION}; re-extract it"
+        )
+    gallery = Gallery(path, manifest)
+    for name in (EMBEDDINGS, METADATA):
+        if not (path / name).is_file():
+            raise GalleryError(f"gallery at {path} is missing {name}; re-extract with `lookalike extract --overwrite`")
+    try:
+        shape, dtype = gallery.embeddings.shape, gallery.embeddings.dtype
+        rows = pq.read_metadata(path / METADATA).num_rows
+    except Exception as exc:
+        raise GalleryError(f"gallery at {path} has an unreadable {EMBEDDINGS} or {METADATA} ({exc}); re-extract it") from exc
+    if shape != (gallery.count, gallery.dim) or dtype != np.float32 or rows != gallery.count:
+        raise GalleryError(
+            f"gallery at {path} is inconsistent: manifest says {gallery.count}×{gallery.dim} float32, "
+            f"{EMBEDDINGS} is {shape} {dtype} and {METADATA} has {rows} rows; re-extract with --overwrite"
+        )
+    return gallery
+
+
+def provenance_line(manifest: dict) -> str:
+    """One line naming model, weights and data, printed beside every result so random/synthetic never pass as real."""
+    weights = manifest["model"]["weights"]
+    data = manifest["data"]
+    w = (
+        f"RANDOM weights (seed {weights.get('seed')}, not a trained model)"
+        if weights["kind"] == "random"
+        else f"{weights['kind']} weights ({weights['source']})"
+    )
+    d = "GENERATED data (lookalike.synthetic, not real photos)" if data.get("synthetic") else f"data: {data.get('kind')} at {data.get('root')}"
+    return f"{manifest['model']['model']} ({manifest['model']['dim']}-d) · {w} · {d} · {manifest['count']} images"
+
+
+def is_real(manifest: dict) -> bool:
+    return manifest["model"]["weights"]["kind"] != "random" and not manifest["data"].get("synthetic")
+
+
+def clear_gallery(path: Path) -> None:
+    """Remove what lookalike wrote in `path` (for --overwrite), and nothing else the user keeps there."""
+    for name in (MANIFEST, EMBEDDINGS, METADATA):
+        (path / name).unlink(missing_ok=True)
+    for name in (INDEXES, CACHE, ".partial"):
+        shutil.rmtree(path / name, ignore_errors=True)
+    for produced in path.glob("bench.*"):
+        produced.unlink()

@@ -1,0 +1,166 @@
+"""Robust image decoding: any file PIL can read becomes a fully-decoded 8-bit RGB image.
+
+Collections in the wild hold greyscale scans, palette GIFs, transparent PNGs, CMYK JPEGs
+and 16-bit TIFFs next to ordinary photos. Extractors need one thing: RGB pixels in 0..255.
+Everything that cannot give that raises `BadImageError`, so a caller can skip and report
+the file instead of crashing half-way through a 100k-image run.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from lookalike.errors import BadImageError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DEFAULT_MAX_PIXELS",
+    "is_image_path",
+    "load_rgb",
+    "load_rgb_bytes",
+]
+
+#: Extensions we treat as images when scanning folders (compare lower-cased).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+#: PIL's own default decompression-bomb threshold, in pixels (width * height).
+DEFAULT_MAX_PIXELS = 89_478_485
+
+_WHITE = (255, 255, 255)
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    """True when the file name ends in one of IMAGE_EXTENSIONS (any case, e.g. `.JPEG`)."""
+    return os.fspath(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def load_rgb(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode the image at `path` into a new, fully loaded 8-bit RGB image.
+
+    EXIF orientation is applied, transparency is composited on white and 16-bit data is
+    scaled (not clipped) to 8 bits. Images over `max_pixels` (width * height) are refused
+    before their pixels are decoded. Any failure raises BadImageError naming the path.
+    """
+    name = os.fspath(path)
+    try:
+        # Open the file ourselves so a missing or unreadable file gets a clear reason.
+        with open(name, "rb") as fh:
+            return _decode(fh, name, max_pixels)
+    except BadImageError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every decoder failure becomes one error type
+        raise BadImageError(_message(name, _reason(exc))) from exc
+
+
+def load_rgb_bytes(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str = "upload",
+) -> Image.Image:
+    """Decode an in-memory image (e.g. an HTTP upload); `name` is used in error messages."""
+    if not data:
+        raise BadImageError(_message(name, "it is empty (0 bytes)"))
+    try:
+        return _decode(io.BytesIO(bytes(data)), name, max_pixels)
+    except BadImageError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise BadImageError(_message(name, _reason(exc))) from exc
+
+
+def _message(name: str, reason: str) -> str:
+    return f"cannot read image {name}: {reason}; remove or replace the file"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, IsADirectoryError):
+        return "it is a directory"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a recognised image format"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"decompression bomb ({exc})"
+    text = str(exc).strip() or type(exc).__name__
+    return f"corrupt or truncated ({text})"
+
+
+def _decode(fh: io.IOBase, name: str, max_pixels: int) -> Image.Image:
+    """Open, size-check, fully load and convert; the returned image owns its pixels."""
+    if fh.read(1) == b"":
+        raise BadImageError(_message(name, "it is empty (0 bytes)"))
+    fh.seek(0)
+    with Image.open(fh) as im:
+        width, height = im.size
+        if width <= 0 or height <= 0:
+            raise BadImageError(_message(name, f"it has no pixels ({width}x{height})"))
+        if width * height > max_pixels:
+            raise BadImageError(
+                _message(
+                    name,
+                    f"{width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels} "
+                    "(possible decompression bomb)",
+                )
+            )
+        # load() now, while the file is open: a truncated or corrupt body fails here, not later.
+        im.load()
+        return _to_rgb8(ImageOps.exif_transpose(im) or im)
+
+
+def _to_rgb8(im: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB, returning a new image."""
+    mode = im.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        mode in ("P", "L", "RGB", "1") and "transparency" in im.info
+    ):
+        return _on_white(im.convert("RGBA"))
+    if mode == "RGB":
+        return im.copy()
+    if mode.startswith("I") or mode == "F":
+        return _scale_to_rgb8(im)
+    # 1, L, P, CMYK, YCbCr, LAB, HSV: PIL knows how to reach RGB directly.
+    return im.convert("RGB")
+
+
+def _on_white(rgba: Image.Image) -> Image.Image:
+    """Composite on white: transparent logos and icons are meant to be seen on a page."""
+    out = Image.new("RGB", rgba.size, _WHITE)
+    out.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
+    return out
+
+
+def _scale_to_rgb8(im: Image.Image) -> Image.Image:
+    """Map integer (I;16*, I) or float (F) greyscale to 0..255 by its value range.
+
+    16-bit data is divided by 257 (65535 -> 255) so brightness is kept; 32-bit "I" data in
+    0..65535 (how PIL opens many 16-bit PNGs) is treated the same way. Floats in [0, 1]
+    are multiplied by 255, floats in [0, 255] are kept; anything else (negative or
+    larger values) is stretched from its min..max, the only scale we can infer.
+    """
+    arr = np.asarray(im).astype(np.float64)
+    arr = np.where(np.isfinite(arr), arr, 0.0)
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    mode = im.mode
+    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and hi <= 65535):
+        arr = arr / 257.0
+    elif mode == "F" and lo >= 0 and hi <= 1.0:
+        arr = arr * 255.0
+    elif mode == "F" and lo >= 0 and hi <= 255.0:
+        pass
+    elif hi > lo:
+        arr = (arr - lo) * (255.0 / (hi - lo))
+    else:
+        arr = np.zeros_like(arr)
+    grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")

@@ -1,0 +1,299 @@
+"""The embedding models: a registry of name → (builder, output dim, preprocessing, weights).
+
+Every model returns the L2-normalised embedding, so cosine similarity is the inner
+product and |x − y|² = 2 − 2⟨x, y⟩ for every search method downstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import LookalikeError, WeightsUnavailableError
+from .transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocess
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    dim: int
+    family: str  # "torchvision" | "open_clip"
+    arch: str  # torchvision builder name, or open_clip model name
+    pretrained: str  # torchvision weights enum, or open_clip pretrained tag
+    preprocess: Preprocess
+    channels_last: bool  # convolutional nets gain from NHWC on CPU; ViTs do not
+
+
+MODELS: dict[str, ModelSpec] = {
+    "resnet18": ModelSpec(
+        name="resnet18",
+        dim=512,
+        family="torchvision",
+        arch="resnet18",
+        pretrained="ResNet18_Weights.IMAGENET1K_V1",
+        preprocess=Preprocess(224, 256, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
+        channels_last=True,
+    ),
+    "mobilenet": ModelSpec(
+        name="mobilenet",
+        dim=1280,
+        family="torchvision",
+        arch="mobilenet_v2",
+        pretrained="MobileNet_V2_Weights.IMAGENET1K_V2",
+        preprocess=Preprocess(224, 232, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
+        channels_last=True,
+    ),
+    "clip": ModelSpec(
+        name="clip",
+        dim=512,
+        family="open_clip",
+        arch="ViT-B-32-quickgelu",  # the 'openai' weights were trained with QuickGELU
+        pretrained="openai",
+        preprocess=Preprocess(224, 224, CLIP_MEAN, CLIP_STD, "bicubic"),
+        channels_last=False,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where a model's weights came from; recorded in every output so random weights never pass as real."""
+
+    kind: str  # "pretrained" | "random" | "file"
+    source: str
+    sha256: str | None = None
+    seed: int | None = None
+
+    @property
+    def is_trained(self) -> bool:
+        return self.kind != "random"
+
+    def label(self) -> str:
+        if self.kind == "random":
+            return f"RANDOM weights (seed {self.seed}; untrained, results are not meaningful)"
+        if self.kind == "file":
+            return f"weights from file {self.source} (sha256 {self.sha256[:12] if self.sha256 else '?'})"
+        return f"pretrained weights ({self.source})"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise LookalikeError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
+
+
+class Embedder:
+    """A feature extractor that maps a batch of preprocessed images to unit-norm float32 embeddings."""
+
+    def __init__(self, spec: ModelSpec, module: nn.Module, weights: WeightsInfo, preprocess: Preprocess, device: str):
+        self.spec = spec
+        self.weights = weights
+        self.preprocess = preprocess
+        self.device = device
+        self.module = module.eval().to(device)
+        if spec.channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self.precision = "fp32"
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def embed(self, images: torch.Tensor, precision: str | None = None) -> np.ndarray:
+        """(B, 3, H, W) float tensor → (B, dim) L2-normalised float32 array."""
+        precision = precision or self.precision
+        x = images.to(self.device, non_blocking=True)
+        if self.spec.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(
+            device_type="cuda" if self.device.startswith("cuda") else "cpu",
+            dtype=torch.bfloat16,
+            enabled=precision == "bf16",
+        ):
+            features = self.module(x)
+        features = F.normalize(features.float().flatten(1), dim=1)
+        return features.cpu().numpy()
+
+    def describe(self) -> dict:
+        return {
+            "model": self.spec.name,
+            "arch": self.spec.arch,
+            "family": self.spec.family,
+            "dim": self.spec.dim,
+            "weights": self.weights.to_dict(),
+            "preprocess": self.preprocess.to_dict(),
+            "precision": self.precision,
+            "device": self.device,
+        }
+
+
+def load_model(
+    name: str,
+    weights: str = "pretrained",
+    image_size: int | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+) -> Embedder:
+    """Build model `name` with `weights` = "pretrained", "random" or a path to a state dict / checkpoint."""
+    spec = get_spec(name)
+    preprocess = spec.preprocess.with_image_size(image_size) if image_size else spec.preprocess
+    if weights == "random":
+        warnings.warn(
+            f"{name}: using RANDOM weights (seed {seed}) — embeddings carry no learned meaning; "
+            "use them for tests and timing only",
+            stacklevel=2,
+        )
+        torch.manual_seed(seed)
+        module, info = _build(spec, None, image_size), WeightsInfo("random", "random init", seed=seed)
+    elif weights == "pretrained":
+        module, info = _build_pretrained(spec, image_size)
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailableError(
+                f"--weights {weights!r} is neither 'pretrained', 'random' nor an existing file; pass one of those"
+            )
+        module, info = _build_from_file(spec, path, image_size)
+    return Embedder(spec, _feature_extractor(spec, module), info, preprocess, device)
+
+
+def _build(spec: ModelSpec, state: dict | None, image_size: int | None) -> nn.Module:
+    if spec.family == "torchvision":
+        import torchvision
+
+        model = torchvision.models.get_model(spec.arch, weights=None)
+        if state is not None:
+            _load_backbone_state(model, state, spec)
+        return model
+    import open_clip
+
+    model = open_clip.create_model(spec.arch, pretrained=None, force_image_size=image_size)
+    if state is not None:
+        _load_backbone_state(model, state, spec)
+    return model
+
+
+def _build_pretrained(spec: ModelSpec, image_size: int | None) -> tuple[nn.Module, WeightsInfo]:
+    if spec.family == "torchvision":
+        import torchvision
+
+        enum = torchvision.models.get_weight(spec.pretrained)
+        hub_file = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
+        try:
+            state = enum.get_state_dict(progress=True, check_hash=True)
+        except Exception as exc:  # URLError, HTTPError, RuntimeError on hash mismatch, ...
+            raise WeightsUnavailableError(
+                f"pretrained {spec.name} weights are not cached and could not be downloaded ({exc}); "
+                f"download {enum.url} and place it at {hub_file}, or pass --weights PATH "
+                f"(or --weights random for an explicitly untrained model)"
+            ) from exc
+        model = torchvision.models.get_model(spec.arch, weights=None)
+        model.load_state_dict(state)
+        return model, WeightsInfo("pretrained", f"torchvision {spec.pretrained}", sha256=Path(enum.url).stem.split("-")[-1])
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained)
+    repo = cfg.get("hf_hub", "").rstrip("/")
+    cached = _hf_cached_file(repo)
+    try:
+        if cached is None and not _reachable("huggingface.co"):
+            raise ConnectionError("huggingface.co is unreachable")
+        model = open_clip.create_model(
+            spec.arch, pretrained=cached or spec.pretrained, require_pretrained=True, force_image_size=image_size
+        )
+    except Exception as exc:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        raise WeightsUnavailableError(
+            f"pretrained CLIP weights ({spec.arch}, '{spec.pretrained}') are not cached and could not be downloaded "
+            f"({type(exc).__name__}: {str(exc)[:200]}); on a connected machine run "
+            f"`huggingface-cli download {repo} open_clip_pytorch_model.bin` so the file lands in {HF_HUB_CACHE}, "
+            f"or pass --weights PATH to an open_clip checkpoint (or --weights random for an untrained model)"
+        ) from exc
+    return model, WeightsInfo("pretrained", f"open_clip {spec.arch} '{spec.pretrained}'")
+
+
+def _hf_cached_file(repo: str) -> str | None:
+    """The locally cached open_clip checkpoint of a Hugging Face repo, without touching the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        path = try_to_load_from_cache(repo, filename)
+        if isinstance(path, str):
+            return path
+    return None
+
+
+def _reachable(host: str, port: int = 443, timeout_s: float = 3.0) -> bool:
+    """A quick connect test, so an offline machine fails in seconds instead of after a minute of hub retries."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _build_from_file(spec: ModelSpec, path: Path, image_size: int | None) -> tuple[nn.Module, WeightsInfo]:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsUnavailableError(f"cannot read weights file {path} ({exc}); pass a torch state dict or checkpoint") from exc
+    return _build(spec, state, image_size), WeightsInfo("file", str(path.resolve()), sha256=digest)
+
+
+def _load_backbone_state(model: nn.Module, state: dict, spec: ModelSpec) -> None:
+    """Accept a bare state dict or a checkpoint holding one; the classifier head may be absent."""
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise WeightsUnavailableError(f"weights for {spec.name} must be a state dict, got {type(state).__name__}")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    result = model.load_state_dict(state, strict=False)
+    head = ("fc.", "classifier.") if spec.family == "torchvision" else ("transformer.", "token_embedding", "ln_final", "text_projection", "positional_embedding", "logit_")
+    missing = [k for k in result.missing_keys if not k.startswith(head)]
+    if missing or not any(k in state for k in model.state_dict()):
+        raise WeightsUnavailableError(
+            f"weights file does not fit {spec.name} ({spec.arch}): {len(missing)} backbone tensors missing, e.g. {missing[:3]}"
+        )
+
+
+def _feature_extractor(spec: ModelSpec, model: nn.Module) -> nn.Module:
+    """Drop the classifier (CNNs) or the text tower (CLIP): we want the pooled image feature."""
+    if spec.arch == "resnet18":
+        model.fc = nn.Identity()  # global-average-pooled 512-d
+    elif spec.arch == "mobilenet_v2":
+        model.classifier = nn.Identity()  # global-average-pooled 1280-d
+    else:
+        model = model.visual  # projected 512-d image embedding
+    return model
+
+
+def weights_hint(name: str) -> str:
+    """Where pretrained weights for `name` are looked up; shown by `lookalike models`."""
+    spec = get_spec(name)
+    if spec.family == "torchvision":
+        import torchvision
+
+        url = torchvision.models.get_weight(spec.pretrained).url
+        return f"{url} → {Path(torch.hub.get_dir()) / 'checkpoints' / Path(url).name}"
+    import open_clip
+
+    return f"HF {open_clip.get_pretrained_cfg(spec.arch, spec.pretrained).get('hf_hub', '').rstrip('/')}"

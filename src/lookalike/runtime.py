@@ -1,0 +1,136 @@
+"""The process's compute environment: thread counts, devices, library versions, peak memory.
+
+Timings are only comparable when the thread counts behind them are known, so every
+experiment calls `set_threads` once and records `environment()` beside its figures.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+from functools import lru_cache
+from importlib import metadata
+
+import numpy as np
+
+TRACKED_PACKAGES = ("lookalike", "torch", "torchvision", "open_clip_torch", "faiss-cpu", "numpy", "pillow", "pyarrow")
+
+
+def default_threads() -> int:
+    """One thread per usable core: oversubscribing 2 cores makes every timing noisy."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS
+        return max(1, os.cpu_count() or 1)
+
+
+def set_threads(n: int | None = None) -> int:
+    """Pin torch, FAISS (OpenMP) and BLAS to `n` threads and return the count used."""
+    import faiss
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    n = n or default_threads()
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+    threadpool_limits(n)
+    return n
+
+
+def thread_counts() -> dict[str, int]:
+    import faiss
+    import torch
+    from threadpoolctl import threadpool_info
+
+    blas = {info["internal_api"]: info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+    return {"torch": torch.get_num_threads(), "faiss_omp": faiss.omp_get_max_threads(), **{f"blas_{k}": v for k, v in blas.items()}}
+
+
+def pick_device(requested: str = "auto") -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        from .errors import LookalikeError
+
+        raise LookalikeError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
+    return requested
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def bf16_supported(device: str) -> bool:
+    """bf16 only pays off with hardware support (AVX512-BF16/AMX on CPU, Ampere+ on CUDA)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def machine() -> dict[str, object]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": default_threads(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "bf16_cpu": bf16_supported("cpu"),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "numpy_blas": _numpy_blas(),
+    }
+
+
+def _numpy_blas() -> str:
+    from threadpoolctl import threadpool_info
+
+    for info in threadpool_info():
+        if info["user_api"] == "blas" and "numpy" in info.get("filepath", ""):
+            return f"{info['internal_api']} {info.get('version')} ({info.get('architecture')})"
+    return "unknown"
+
+
+def environment() -> dict[str, object]:
+    """Everything a reader needs to judge a timing: machine, threads, versions."""
+    return {"machine": machine(), "threads": thread_counts(), "versions": versions()}
+
+
+def as_float32_c(x: np.ndarray) -> np.ndarray:
+    """FAISS and BLAS want C-contiguous float32; convert only when needed (memmaps stay zero-copy)."""
+    return x if (x.dtype == np.float32 and x.flags["C_CONTIGUOUS"]) else np.ascontiguousarray(x, dtype=np.float32)

@@ -1,0 +1,154 @@
+"""Search methods behind one interface, a registry of named methods, and their storage in a gallery.
+
+Named methods and the factory strings they stand for (N = database size, d = dimension):
+    brute    exact, matrix product + partial top-k (numpy or torch)
+    flat     "Flat"                  exact, faiss.IndexFlatIP / IndexFlatL2
+    ivf      "IVF{√N},Flat"          approximate; nprobe trades recall for speed
+    hnsw     "HNSW{M},Flat"          graph; efSearch trades recall for speed
+    ivfpq    "IVF{√N},PQ{d/8},RFlat" compressed codes, re-ranked by exact distances (k_factor)
+    sq8      "SQ8"                   8-bit scalar quantiser (4× smaller)
+    sqfp16   "SQfp16"                16-bit floats (2× smaller)
+Anything else containing a comma or starting like a factory string ("OPQ32,IVF1024,PQ32") is
+passed to faiss.index_factory as is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import GalleryError, IndexMismatchError, LookalikeError
+from ..gallery import INDEXES, Gallery
+from .base import METHOD_FILE, BuildStats, SearchMethod
+from .brute import BruteForce
+from .faiss_index import FaissIndex, ivf_nlist
+
+NAMED_METHODS = ("brute", "flat", "ivf", "hnsw", "ivfpq", "sq8", "sqfp16")
+DEFAULT_NPROBE = 16
+DEFAULT_HNSW_M = 32
+DEFAULT_EF_SEARCH = 64
+DEFAULT_K_FACTOR = 4
+FACTORY_PATTERN = re.compile(r"^(Flat|IVF|HNSW|PQ|OPQ|SQ|PCA|IDMap|LSH|NSG|RR|L2norm)")
+
+__all__ = ["SearchMethod", "BuildStats", "BruteForce", "FaissIndex", "make_method", "default_nlist", "factory_for",
+           "save_method", "load_method", "saved_methods", "get_method"]
+
+
+def default_nlist(n: int) -> int:
+    """round(√N), as in the original study; at least 1."""
+    return max(1, round(math.sqrt(n)))
+
+
+def factory_for(name: str, n: int, d: int, nlist: int | None = None, m: int | None = None, pq_m: int | None = None) -> str:
+    """The factory string behind a named method, sized for n vectors of dimension d."""
+    nlist = nlist or default_nlist(n)
+    if name == "flat":
+        return "Flat"
+    if name == "ivf":
+        return f"IVF{nlist},Flat"
+    if name == "hnsw":
+        return f"HNSW{m or DEFAULT_HNSW_M},Flat"
+    if name == "ivfpq":
+        return f"IVF{nlist},PQ{pq_m or _pq_subquantizers(d)},RFlat"
+    if name == "sq8":
+        return "SQ8"
+    if name == "sqfp16":
+        return "SQfp16"
+    if "," in name or FACTORY_PATTERN.match(name):
+        return name
+    raise LookalikeError(f"unknown method {name!r}; use one of {', '.join(NAMED_METHODS)} or a FAISS index_factory string such as 'IVF1024,PQ32'")
+
+
+def _pq_subquantizers(d: int) -> int:
+    """d/8 sub-quantisers of 8 bits: 16× compression, a common sweet spot; must divide d."""
+    m = max(1, d // 8)
+    while d % m:
+        m -= 1
+    return m
+
+
+def make_method(
+    name: str,
+    n: int,
+    d: int,
+    metric: str = "ip",
+    nlist: int | None = None,
+    search_params: dict[str, Any] | None = None,
+    backend: str = "torch",
+    **sizes: Any,
+) -> SearchMethod:
+    """An unbuilt method by name (or factory string), with sensible default search parameters."""
+    if name == "brute":
+        return BruteForce("brute", metric, backend=backend)
+    factory = factory_for(name, n, d, nlist, **sizes)
+    params: dict[str, Any] = {}
+    if (lists := ivf_nlist(factory)) is not None:
+        params["nprobe"] = min(DEFAULT_NPROBE, lists)
+    if "HNSW" in factory:
+        params["efSearch"] = DEFAULT_EF_SEARCH
+    if "RFlat" in factory:
+        params["k_factor"] = DEFAULT_K_FACTOR
+    params.update(search_params or {})
+    key = name if name in NAMED_METHODS else method_key(factory)
+    return FaissIndex(key, factory, metric, params)
+
+
+def method_key(name: str) -> str:
+    """A folder-safe name for a method ('OPQ32,IVF1024,PQ32' → 'OPQ32_IVF1024_PQ32')."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
+# --- storage inside a gallery folder ---
+
+
+def method_dir(gallery: Gallery, name: str, metric: str = "ip") -> Path:
+    return gallery.path / INDEXES / (method_key(name) + ("" if metric == "ip" else f"-{metric}"))
+
+
+def save_method(gallery: Gallery, method: SearchMethod) -> Path:
+    """Save under <gallery>/indexes/<name>/, stamped with the gallery fingerprint it was built from."""
+    folder = method_dir(gallery, method.name, method.metric)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    method.save(tmp, {"gallery_fingerprint": gallery.fingerprint, "model": gallery.model})
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def saved_methods(gallery: Gallery) -> list[str]:
+    root = gallery.path / INDEXES
+    return sorted(p.name for p in root.iterdir() if (p / METHOD_FILE).is_file()) if root.is_dir() else []
+
+
+def load_method(gallery: Gallery, name: str, metric: str = "ip") -> SearchMethod:
+    """Load a saved method and check that it was built from this very gallery."""
+    folder = method_dir(gallery, name, metric)
+    if not (folder / METHOD_FILE).is_file():
+        raise GalleryError(f"no saved index {name!r} in {gallery.path}; build it with `lookalike index --gallery {gallery.path} --method {name}`")
+    info = json.loads((folder / METHOD_FILE).read_text())
+    if info.get("gallery_fingerprint") != gallery.fingerprint or info.get("dim") != gallery.dim:
+        raise IndexMismatchError(
+            f"index {folder} was built from another gallery ({info.get('model')}, {info.get('dim')}-d) than {gallery.path} "
+            f"({gallery.model}, {gallery.dim}-d); rebuild it with `lookalike index --gallery {gallery.path} --method {name}`"
+        )
+    cls = BruteForce if info["kind"] == "brute" else FaissIndex
+    return cls.load(folder, gallery.embeddings)
+
+
+def get_method(gallery: Gallery, name: str, metric: str = "ip", database_ids: np.ndarray | None = None, **options: Any) -> tuple[SearchMethod, bool]:
+    """The saved method if there is one, else a freshly built one; the flag says whether it was built now."""
+    folder = method_dir(gallery, name, metric)
+    if name != "brute" and (folder / METHOD_FILE).is_file() and not options:
+        return load_method(gallery, name, metric), False
+    if database_ids is None:
+        database_ids = gallery.partition().database_ids
+    method = make_method(name, len(database_ids), gallery.dim, metric, **options)
+    method.build(gallery.embeddings[database_ids], database_ids)
+    return method, True

@@ -1,0 +1,145 @@
+"""The one interface every search method implements: build, search, save/load, memory, params.
+
+Experiments, the CLI and the server only ever talk to this interface, so a new index family
+is a new subclass plus a registry entry, never a special case elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import LookalikeError
+from ..gallery import atomic_save_npy, atomic_write_json
+
+METRICS = ("ip", "l2")
+METHOD_FILE = "method.json"
+IDS_FILE = "ids.npy"
+
+
+@dataclass(frozen=True)
+class BuildStats:
+    """Seconds spent training (k-means, PQ codebooks) and adding vectors; 0 when there is nothing to train."""
+
+    train_seconds: float
+    add_seconds: float
+    train_size: int
+
+    @property
+    def build_seconds(self) -> float:
+        return self.train_seconds + self.add_seconds
+
+
+class SearchMethod(ABC):
+    """k-NN over unit vectors. `search` returns (scores, gallery ids), best first.
+
+    Scores are inner products (higher is better) for metric "ip", and squared L2 distances
+    (lower is better, equal to 2 − 2·cos for unit vectors) for metric "l2". Missing results
+    (k larger than what an approximate index found) are id −1.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, name: str, metric: str = "ip"):
+        if metric not in METRICS:
+            raise LookalikeError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+        self.name = name
+        self.metric = metric
+        self.ids = np.zeros(0, dtype=np.int64)
+        self.build_stats: BuildStats | None = None
+
+    # -- building --
+    def build(self, vectors: np.ndarray, ids: np.ndarray | None = None) -> BuildStats:
+        """Index `vectors` (n, d); `ids` maps row positions to gallery ids (default 0..n-1)."""
+        self.ids = np.arange(len(vectors), dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+        if len(self.ids) != len(vectors):
+            raise LookalikeError(f"{len(vectors)} vectors but {len(self.ids)} ids")
+        self.build_stats = self._build(vectors)
+        return self.build_stats
+
+    @abstractmethod
+    def _build(self, vectors: np.ndarray) -> BuildStats: ...
+
+    # -- searching --
+    @abstractmethod
+    def _search(self, queries: np.ndarray, k: int, params: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Return (scores, row positions) for float32 C-contiguous queries."""
+
+    def search(self, queries: np.ndarray, k: int, params: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k for each query row; `params` (e.g. {"nprobe": 8}) apply to this call only."""
+        from ..runtime import as_float32_c
+
+        queries = as_float32_c(np.atleast_2d(queries))
+        if k < 1:
+            raise LookalikeError(f"k must be at least 1, got {k}")
+        scores, positions = self._search(queries, k, params)
+        ids = np.where(positions >= 0, self.ids[np.clip(positions, 0, None)], -1) if len(self.ids) else positions
+        return scores, ids
+
+    @property
+    def ntotal(self) -> int:
+        return len(self.ids)
+
+    @property
+    @abstractmethod
+    def dim(self) -> int: ...
+
+    # -- parameters --
+    def params(self) -> dict[str, Any]:
+        """Build-time and current search-time parameters, for tables and saved files."""
+        return {}
+
+    def set_params(self, **params: Any) -> None:
+        """Change search-time parameters (e.g. nprobe, efSearch) for all later searches."""
+        if params:
+            raise LookalikeError(f"{self.name} has no search parameters; got {', '.join(params)}")
+
+    def search_param_ranges(self) -> dict[str, tuple[int, int]]:
+        """Valid (min, max) of each search-time parameter; the server validates requests with it."""
+        return {}
+
+    # -- memory --
+    @abstractmethod
+    def memory_bytes(self) -> int:
+        """Bytes the method holds for searching, measured on the real structure (ids included)."""
+
+    # -- persistence --
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "metric": self.metric,
+            "dim": self.dim,
+            "ntotal": self.ntotal,
+            "params": self.params(),
+            "build": asdict(self.build_stats) if self.build_stats else None,
+        }
+
+    def save(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._save(folder)
+        atomic_save_npy(folder / IDS_FILE, self.ids)
+        atomic_write_json(folder / METHOD_FILE, {**self.describe(), **(extra or {})})  # last: marks a complete save
+
+    @abstractmethod
+    def _save(self, folder: Path) -> None: ...
+
+    @classmethod
+    @abstractmethod
+    def _load(cls, folder: Path, info: dict[str, Any], vectors: np.ndarray) -> SearchMethod: ...
+
+    @classmethod
+    def load(cls, folder: Path, vectors: np.ndarray) -> SearchMethod:
+        """Load a saved method; `vectors` are the gallery's embeddings (brute force searches them directly)."""
+        info = json.loads((Path(folder) / METHOD_FILE).read_text())
+        method = cls._load(Path(folder), info, vectors)
+        method.ids = np.load(Path(folder) / IDS_FILE)
+        stats = info.get("build")
+        method.build_stats = BuildStats(**stats) if stats else None
+        return method

@@ -1,0 +1,97 @@
+"""Exact cosine search by matrix product, in numpy or torch.
+
+Queries go in blocks so the (block × N) score matrix stays under `score_block_bytes`
+whatever the number of queries; top-k is a partial selection (argpartition / topk),
+never a full sort of N scores.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import LookalikeError
+from ..runtime import as_float32_c
+from .base import BuildStats, SearchMethod
+
+BACKENDS = ("numpy", "torch")
+SCORE_BLOCK_BYTES = 64 * 2**20
+
+
+class BruteForce(SearchMethod):
+    kind = "brute"
+
+    def __init__(self, name: str = "brute", metric: str = "ip", backend: str = "torch", score_block_bytes: int = SCORE_BLOCK_BYTES):
+        super().__init__(name, metric)
+        if backend not in BACKENDS:
+            raise LookalikeError(f"unknown brute-force backend {backend!r}; use numpy or torch")
+        self.backend = backend
+        self.score_block_bytes = score_block_bytes
+        self.vectors = np.zeros((0, 0), dtype=np.float32)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def _build(self, vectors: np.ndarray) -> BuildStats:
+        t = time.perf_counter()
+        self.vectors = as_float32_c(np.asarray(vectors))  # a memmap is read into RAM once, here
+        return BuildStats(0.0, time.perf_counter() - t, 0)
+
+    def params(self) -> dict[str, Any]:
+        return {"backend": self.backend}
+
+    def memory_bytes(self) -> int:
+        return int(self.vectors.nbytes + self.ids.nbytes)
+
+    def _search(self, queries: np.ndarray, k: int, params: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
+        if params:
+            self.set_params(**params)  # raises: brute force has no search parameters
+        n = len(self.vectors)
+        k_eff = min(k, n)
+        block = max(1, self.score_block_bytes // (4 * max(1, n)))
+        scores = np.full((len(queries), k), -np.inf if self.metric == "ip" else np.inf, dtype=np.float32)
+        positions = np.full((len(queries), k), -1, dtype=np.int64)
+        run = self._block_torch if self.backend == "torch" else self._block_numpy
+        for start in range(0, len(queries), block):
+            s, p = run(queries[start : start + block], k_eff)
+            if self.metric == "l2":
+                s = np.maximum(2.0 - 2.0 * s, 0.0)  # |x−y|² = 2 − 2⟨x,y⟩ for unit vectors
+            scores[start : start + block, :k_eff] = s
+            positions[start : start + block, :k_eff] = p
+        return scores, positions
+
+    def _block_numpy(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        sims = q @ self.vectors.T
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else np.broadcast_to(np.arange(sims.shape[1]), sims.shape).copy()
+        top_sims = np.take_along_axis(sims, top, axis=1)
+        order = np.argsort(-top_sims, axis=1, kind="stable")
+        return np.take_along_axis(top_sims, order, axis=1), np.take_along_axis(top, order, axis=1)
+
+    def _block_torch(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            sims = torch.from_numpy(q) @ self._torch_vectors().T
+            values, indices = torch.topk(sims, k, dim=1, largest=True, sorted=True)
+        return values.numpy(), indices.numpy()
+
+    def _torch_vectors(self):
+        import torch
+
+        if getattr(self, "_tv", None) is None or self._tv.data_ptr() != self.vectors.ctypes.data:
+            self._tv = torch.from_numpy(self.vectors)
+        return self._tv
+
+    def _save(self, folder: Path) -> None:
+        """Nothing to write: brute force searches the gallery's own embeddings.npy."""
+
+    @classmethod
+    def _load(cls, folder: Path, info: dict[str, Any], vectors: np.ndarray) -> BruteForce:
+        method = cls(info["name"], info["metric"], **info["params"])
+        ids = np.load(Path(folder) / "ids.npy")
+        method.vectors = as_float32_c(vectors[ids] if len(ids) != len(vectors) or not np.array_equal(ids, np.arange(len(vectors))) else vectors)
+        return method

@@ -1,0 +1,165 @@
+"""Any FAISS index, named by its `index_factory` string ("Flat", "IVF316,Flat", "HNSW32", "OPQ32,IVF1024,PQ32").
+
+Factory strings are the field's shared vocabulary, so we accept them as they are, record
+them in every table, and implement each family (flat, ivf, hnsw, pq, sq) as one class.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from ..errors import LookalikeError
+from ..gallery import atomic_write_bytes
+from ..runtime import as_float32_c
+from .base import BuildStats, SearchMethod
+
+INDEX_FILE = "index.faiss"
+FAISS_METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+SEARCH_PARAMS = ("nprobe", "efSearch", "k_factor")
+# FAISS guidance: k-means wants 30–256 training points per centroid; fewer warns, more wastes time.
+MIN_POINTS_PER_CENTROID = 30
+MAX_POINTS_PER_CENTROID = 256
+PQ_CODEBOOK_TRAINING = 256 * 256  # 256 centroids per sub-quantiser × 256 points each
+
+
+def ivf_nlist(factory: str) -> int | None:
+    m = re.search(r"IVF(\d+)", factory)
+    return int(m.group(1)) if m else None
+
+
+def training_size(factory: str, n: int) -> int:
+    """How many vectors to train on: enough for every centroid, capped so training stays cheap."""
+    nlist = ivf_nlist(factory) or 0
+    want = MAX_POINTS_PER_CENTROID * nlist
+    if re.search(r"PQ\d", factory):
+        want = max(want, PQ_CODEBOOK_TRAINING)
+    return min(n, want) if want else n
+
+
+class FaissIndex(SearchMethod):
+    kind = "faiss"
+
+    def __init__(self, name: str, factory: str, metric: str = "ip", search_params: dict[str, Any] | None = None, seed: int = 0):
+        super().__init__(name, metric)
+        self.factory = factory
+        self.seed = seed
+        self.index: faiss.Index | None = None
+        self._search_params: dict[str, Any] = dict(search_params or {})
+        self._lock = threading.Lock()  # guards temporary per-call parameter changes
+        self._memory: int | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d) if self.index is not None else 0
+
+    def _build(self, vectors: np.ndarray) -> BuildStats:
+        n, d = vectors.shape
+        nlist = ivf_nlist(self.factory)
+        if nlist and n < nlist:
+            raise LookalikeError(f"{self.factory} needs at least nlist={nlist} vectors to train, the gallery has {n}; use a smaller --nlist")
+        try:
+            index = faiss.index_factory(d, self.factory, FAISS_METRICS[self.metric])
+        except RuntimeError as exc:
+            raise LookalikeError(f"FAISS cannot build {self.factory!r} for d={d}: {str(exc).splitlines()[-1] if str(exc) else exc}") from exc
+        train_n, t_train = 0, 0.0
+        if not index.is_trained:
+            train_n = training_size(self.factory, n)
+            rows = np.sort(np.random.default_rng(self.seed).choice(n, train_n, replace=False)) if train_n < n else slice(None)
+            sample = as_float32_c(np.asarray(vectors[rows]))
+            ivf = faiss.try_extract_index_ivf(index)
+            if ivf is not None:
+                ivf.cp.seed = self.seed
+                ivf.cp.max_points_per_centroid = MAX_POINTS_PER_CENTROID
+            t = time.perf_counter()
+            index.train(sample)
+            t_train = time.perf_counter() - t
+        t = time.perf_counter()
+        for start in range(0, n, 65536):  # add in blocks: a memmapped gallery is never copied whole
+            index.add(as_float32_c(np.asarray(vectors[start : start + 65536])))
+        t_add = time.perf_counter() - t
+        self.index = index
+        self._memory = None
+        self._apply(self._search_params)
+        return BuildStats(round(t_train, 4), round(t_add, 4), train_n)
+
+    def _apply(self, params: dict[str, Any]) -> None:
+        space = faiss.ParameterSpace()
+        for key, value in params.items():
+            if key not in SEARCH_PARAMS:
+                raise LookalikeError(f"unknown search parameter {key!r} for {self.factory}; known: {', '.join(self.search_param_ranges()) or 'none'}")
+            if key not in self.search_param_ranges():
+                raise LookalikeError(f"{self.name} ({self.factory}) has no search parameter {key!r}")
+            lo, hi = self.search_param_ranges()[key]
+            if not lo <= int(value) <= hi:
+                raise LookalikeError(f"{key}={value} is out of range for {self.name}: use {lo}..{hi}")
+            faiss_key = "k_factor_rf" if key == "k_factor" else key  # ParameterSpace's name for IndexRefine
+            space.set_index_parameter(self.index, faiss_key, int(value))
+
+    def set_params(self, **params: Any) -> None:
+        self._apply(params)
+        self._search_params.update(params)
+
+    def search_param_ranges(self) -> dict[str, tuple[int, int]]:
+        ranges: dict[str, tuple[int, int]] = {}
+        if self.index is None:
+            return ranges
+        ivf = faiss.try_extract_index_ivf(self.index)
+        if ivf is not None:
+            ranges["nprobe"] = (1, int(ivf.nlist))
+        if "HNSW" in self.factory:
+            ranges["efSearch"] = (1, 4096)
+        if "RFlat" in self.factory or "Refine" in self.factory:
+            ranges["k_factor"] = (1, 256)
+        return ranges
+
+    def params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"factory": self.factory}
+        ivf = faiss.try_extract_index_ivf(self.index) if self.index is not None else None
+        if ivf is not None:
+            out["nlist"] = int(ivf.nlist)
+            out["nprobe"] = int(ivf.nprobe)
+        return {**out, **self._search_params}
+
+    def _search(self, queries: np.ndarray, k: int, params: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
+        if self.index is None:
+            raise LookalikeError(f"{self.name} is not built; build or load it first")
+        if queries.shape[1] != self.index.d:
+            raise LookalikeError(f"queries are {queries.shape[1]}-d but {self.name} holds {self.index.d}-d vectors")
+        if not params:
+            return self.index.search(queries, k)
+        with self._lock:  # FAISS parameters live on the index: change, search, restore atomically
+            self._apply(params)
+            try:
+                return self.index.search(queries, k)
+            finally:
+                self._apply(self._current_values(params))
+
+    def _current_values(self, params: dict[str, Any]) -> dict[str, Any]:
+        defaults = {"nprobe": 1, "efSearch": 16, "k_factor": 1}
+        return {key: self._search_params.get(key, defaults[key]) for key in params}
+
+    def memory_bytes(self) -> int:
+        """Serialised size of the real index plus the id map: what a loaded copy occupies."""
+        if self._memory is None:
+            self._memory = int(faiss.serialize_index(self.index).nbytes)
+        return self._memory + int(self.ids.nbytes)
+
+    def _save(self, folder: Path) -> None:
+        atomic_write_bytes(folder / INDEX_FILE, faiss.serialize_index(self.index).tobytes())
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "factory": self.factory, "search_params": self._search_params, "seed": self.seed}
+
+    @classmethod
+    def _load(cls, folder: Path, info: dict[str, Any], vectors: np.ndarray) -> FaissIndex:
+        method = cls(info["name"], info["factory"], info["metric"], info.get("search_params"), info.get("seed", 0))
+        method.index = faiss.read_index(str(folder / INDEX_FILE))
+        method._apply(method._search_params)
+        return method

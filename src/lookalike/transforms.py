@@ -1,0 +1,52 @@
+"""Preprocessing configs and the transforms built from them.
+
+Kept apart from the models (as timm does) so callers never hard-code normalisation
+constants and data loading can change without touching model code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Callable
+
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip.constants.OPENAI_DATASET_MEAN
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize the shorter side to `resize_size`, centre-crop `image_size`, normalise."""
+
+    image_size: int
+    resize_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+
+    def with_image_size(self, image_size: int) -> Preprocess:
+        """Keep the model's resize/crop ratio (e.g. 256/224) at another input size."""
+        ratio = self.resize_size / self.image_size
+        return replace(self, image_size=image_size, resize_size=round(image_size * ratio))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_transform(p: Preprocess) -> Callable[[Image.Image], torch.Tensor]:
+    """PIL RGB image → normalised float32 CHW tensor."""
+    return T.Compose(
+        [
+            T.PILToTensor(),
+            T.Resize(p.resize_size, interpolation=InterpolationMode(p.interpolation), antialias=True),
+            T.CenterCrop(p.image_size),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(mean=list(p.mean), std=list(p.std)),
+        ]
+    )

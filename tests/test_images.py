@@ -1,0 +1,178 @@
+"""Every image mode we meet in real collections decodes to 8-bit RGB; bad files raise BadImageError."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lookalike.errors import BadImageError, LookalikeError
+from lookalike.images import IMAGE_EXTENSIONS, is_image_path, load_rgb, load_rgb_bytes
+from lookalike.synthetic import make_bad_images
+
+
+def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _rgb(data: bytes) -> np.ndarray:
+    out = load_rgb_bytes(data)
+    assert out.mode == "RGB"
+    arr = np.asarray(out)
+    assert arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3
+    return arr
+
+
+def _grey16(value: int, mode: str = "I;16") -> Image.Image:
+    dtype = ">u2" if mode == "I;16B" else "<u2"
+    im = Image.new(mode, (4, 3))
+    im.frombytes(np.full((3, 4), value, dtype).tobytes())
+    return im
+
+
+def test_extensions_match_any_case():
+    assert IMAGE_EXTENSIONS == (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+    assert is_image_path("a/b/n01443537_0.JPEG") and is_image_path("x.Png")
+    assert not is_image_path("words.txt") and not is_image_path("jpg")
+
+
+def test_rgb_png_is_returned_unchanged(tmp_path):
+    pixels = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    path = tmp_path / "a.png"
+    Image.fromarray(pixels).save(path)
+    out = load_rgb(path)
+    assert out.size == (5, 4)
+    assert np.array_equal(np.asarray(out), pixels)
+
+
+@pytest.mark.parametrize(
+    ("mode", "colour", "expected"),
+    [
+        ("L", 200, (200, 200, 200)),
+        ("1", 1, (255, 255, 255)),
+        ("CMYK", (0, 0, 0, 0), (255, 255, 255)),
+        ("CMYK", (0, 255, 255, 0), (255, 0, 0)),
+    ],
+)
+def test_plain_modes(mode, colour, expected):
+    data = _encode(Image.new(mode, (3, 2), colour), "TIFF")
+    assert tuple(_rgb(data)[0, 0]) == expected
+
+
+def test_cmyk_jpeg():
+    arr = _rgb(_encode(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG", quality=95))
+    assert arr[0, 0, 0] > 240 and arr[0, 0, 1] < 15 and arr[0, 0, 2] < 15
+
+
+def test_transparency_is_composited_on_white():
+    rgba = Image.new("RGBA", (2, 1), (255, 0, 0, 0))
+    rgba.putpixel((1, 0), (0, 0, 255, 255))
+    arr = _rgb(_encode(rgba, "PNG"))
+    assert tuple(arr[0, 0]) == (255, 255, 255)  # fully transparent red -> white
+    assert tuple(arr[0, 1]) == (0, 0, 255)  # opaque blue stays blue
+
+    half = _rgb(_encode(Image.new("LA", (1, 1), (0, 128)), "PNG"))  # half-transparent black
+    assert 120 <= half[0, 0, 0] <= 135
+
+
+def test_palette_with_and_without_transparency():
+    pal = Image.new("P", (2, 1))
+    pal.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    pal.putpixel((1, 0), 1)
+    assert _rgb(_encode(pal, "PNG")).tolist() == [[[255, 0, 0], [0, 255, 0]]]
+    assert _rgb(_encode(pal, "PNG", transparency=0)).tolist() == [[[255, 255, 255], [0, 255, 0]]]
+    gif = _rgb(_encode(pal, "GIF", transparency=1))
+    assert gif.tolist() == [[[255, 0, 0], [255, 255, 255]]]
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B"])
+@pytest.mark.parametrize(("value", "expected"), [(65535, 255), (0, 0), (32768, 128), (40000, 156)])
+def test_16_bit_is_scaled_not_clipped(mode, value, expected):
+    data = _encode(_grey16(value, mode), "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == mode
+    assert tuple(_rgb(data)[0, 0]) == (expected,) * 3
+
+
+def test_16_bit_png_white_stays_white():
+    im = Image.fromarray(np.array([[0, 65535]], dtype=np.uint16))
+    assert _rgb(_encode(im, "PNG")).tolist() == [[[0, 0, 0], [255, 255, 255]]]
+
+
+def test_32_bit_integer_and_float():
+    as_i = Image.fromarray(np.array([[0, 65535]], dtype=np.int32))
+    assert as_i.mode == "I"
+    assert _rgb(_encode(as_i, "TIFF"))[0, :, 0].tolist() == [0, 255]
+
+    unit = Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32))
+    assert unit.mode == "F"
+    assert _rgb(_encode(unit, "TIFF"))[0, :, 0].tolist() == [0, 128, 255]
+
+    wide = Image.fromarray(np.array([[-10.0, 990.0]], dtype=np.float32))
+    assert _rgb(_encode(wide, "TIFF"))[0, :, 0].tolist() == [0, 255]
+
+
+def test_exif_orientation_is_applied():
+    im = Image.new("RGB", (4, 2), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    out = load_rgb_bytes(_encode(im, "JPEG", exif=exif.tobytes()))
+    assert out.size == (2, 4)
+
+
+def test_webp_and_bmp_with_upper_case_names(tmp_path):
+    for name, options in (("a.WEBP", {"lossless": True}), ("a.BMP", {})):
+        path = tmp_path / name
+        Image.new("RGB", (6, 6), (0, 200, 0)).save(path, **options)
+        assert tuple(np.asarray(load_rgb(path))[0, 0]) == (0, 200, 0)
+
+
+def test_result_is_detached_from_the_file(tmp_path):
+    path = tmp_path / "a.jpg"
+    Image.new("RGB", (8, 8), "blue").save(path)
+    out = load_rgb(str(path))
+    path.unlink()
+    assert out.getpixel((0, 0))[2] > 200  # pixels were loaded before the file went away
+
+
+def test_bad_files_name_the_path(tmp_path):
+    for path in make_bad_images(tmp_path / "bad"):
+        with pytest.raises(BadImageError) as info:
+            load_rgb(path)
+        assert str(path) in str(info.value)
+        assert isinstance(info.value, LookalikeError)
+
+
+def test_truncated_jpeg_says_truncated(tmp_path):
+    truncated = make_bad_images(tmp_path)[1]
+    with pytest.raises(BadImageError, match="truncated"):
+        load_rgb(truncated)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(BadImageError, match="not found"):
+        load_rgb(tmp_path / "nope.jpg")
+    with pytest.raises(BadImageError, match="directory"):
+        load_rgb(tmp_path)
+
+
+def test_bad_bytes_name_the_upload():
+    with pytest.raises(BadImageError, match="upload"):
+        load_rgb_bytes(b"definitely not an image")
+    with pytest.raises(BadImageError, match="empty"):
+        load_rgb_bytes(b"")
+    with pytest.raises(BadImageError, match="query.png"):
+        load_rgb_bytes(b"\x89PNG\r\n\x1a\n", name="query.png")
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path):
+    path = tmp_path / "big.png"
+    Image.new("L", (100, 100)).save(path)
+    with pytest.raises(BadImageError, match="max_pixels"):
+        load_rgb(path, max_pixels=9_999)
+    assert load_rgb(path, max_pixels=10_000).size == (100, 100)
+    with pytest.raises(BadImageError, match="upload"):
+        load_rgb_bytes(path.read_bytes(), max_pixels=100)
