@@ -208,14 +208,17 @@ def provenance_line(manifest: dict) -> str:
     w = (
         f"RANDOM weights (seed {weights.get('seed')}, not a trained model)"
         if weights["kind"] == "random"
+        else f"NO MODEL ({weights['source']})"
+        if weights["kind"] == "none"
         else f"{weights['kind']} weights ({weights['source']})"
     )
     d = "GENERATED data (lookalike.synthetic, not real photos)" if data.get("synthetic") else f"data: {data.get('kind')} at {data.get('root')}"
+    d = data.get("summary") or d  # galleries written from arrays describe their real and SYNTHETIC row ranges
     return f"{manifest['model']['model']} ({manifest['model']['dim']}-d) · {w} · {d} · {manifest['count']} images"
 
 
 def is_real(manifest: dict) -> bool:
-    return manifest["model"]["weights"]["kind"] != "random" and not manifest["data"].get("synthetic")
+    return manifest["model"]["weights"]["kind"] not in ("random", "none") and not manifest["data"].get("synthetic")
 
 
 def clear_gallery(path: Path) -> None:

@@ -1,13 +1,19 @@
 """Accuracy metrics, used by every experiment so recall means the same thing everywhere.
 
 Ground truth is exact search (brute force) over the same database with the same metric, on
-held-out queries; it is computed once per (gallery, partition, k, metric) and cached in
-<gallery>/cache/.
+held-out queries; it is computed once per (gallery, database, queries, k, metric) and cached
+in <gallery>/cache/.
+
+Conventions shared by every function here: `found` and `truth` are (Q, k) gallery ids, best
+first, padded with −1 where a method returned fewer than k results; labels are strings or
+None, and a query without a label is left out of the label metrics (it has no relevant
+results to find), so those are NaN when no query is labelled.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +21,24 @@ import numpy as np
 from .gallery import CACHE, Gallery, Partition, atomic_save_npy
 
 
-def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
-    """Mean over queries of |found[:k] ∩ truth[:k]| / k (the "intersection" recall FAISS reports as k-recall@k)."""
+def recall_per_query(found: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
+    """(Q,) |found[:k] ∩ truth[:k]| / |truth[:k]|, with −1 padding ignored on both sides.
+
+    The denominator is the number of true neighbours (k unless the database holds fewer), so
+    exact search scores 1.0 even on a database smaller than k.
+    """
     found, truth = np.asarray(found)[:, :k], np.asarray(truth)[:, :k]
-    hits = [len(np.intersect1d(f[f >= 0], t[t >= 0], assume_unique=True)) for f, t in zip(found, truth)]
-    return float(np.mean(hits) / k) if len(hits) else float("nan")
+    out = np.empty(len(truth), dtype=np.float64)
+    for i, (f, t) in enumerate(zip(found, truth)):
+        t = t[t >= 0]
+        out[i] = len(np.intersect1d(f[f >= 0], t)) / len(t) if len(t) else 1.0
+    return out
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Mean over queries of recall_per_query: FAISS's "k-recall@k" (intersection recall)."""
+    per_query = recall_per_query(found, truth, k)
+    return float(per_query.mean()) if len(per_query) else float("nan")
 
 
 def relevance(found: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
@@ -30,36 +49,69 @@ def relevance(found: np.ndarray, query_labels: np.ndarray, gallery_labels: np.nd
     return (found >= 0) & (labels == q) & (q != None)  # noqa: E711 - elementwise on object arrays
 
 
+def labelled(query_labels: np.ndarray) -> np.ndarray:
+    """(Q,) booleans: the query has a label, so label metrics mean something for it."""
+    return np.asarray([label is not None and label == label and label != "" for label in query_labels], dtype=bool)
+
+
 def precision_at_k(found: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, k: int) -> float:
-    """Label precision@k: the share of the top k results that carry the query's label (rclip's ImageNet metric)."""
-    rel = relevance(np.asarray(found)[:, :k], query_labels, gallery_labels)
-    return float(rel.sum(axis=1).mean() / k) if len(rel) else float("nan")
+    """Label precision@k over labelled queries: the share of the top k results that carry the query's label (rclip's metric)."""
+    keep = labelled(query_labels)
+    if not keep.any():
+        return float("nan")
+    rel = relevance(np.asarray(found)[keep, :k], np.asarray(query_labels, dtype=object)[keep], gallery_labels)
+    return float(rel.sum(axis=1).mean() / k)
 
 
 def average_precision_at_k(found: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, k: int) -> float:
-    """mAP@k: mean over queries of Σ_j P@j·rel_j / (number of relevant results in the top k); 0 when none are relevant."""
-    rel = relevance(np.asarray(found)[:, :k], query_labels, gallery_labels).astype(np.float64)
-    if not len(rel):
+    """mAP@k over labelled queries: mean of Σ_j P@j·rel_j / (relevant results in the top k); 0 for a query with none."""
+    keep = labelled(query_labels)
+    if not keep.any():
         return float("nan")
-    cum = np.cumsum(rel, axis=1)
-    prec = cum / np.arange(1, rel.shape[1] + 1)
+    rel = relevance(np.asarray(found)[keep, :k], np.asarray(query_labels, dtype=object)[keep], gallery_labels).astype(np.float64)
+    prec = np.cumsum(rel, axis=1) / np.arange(1, rel.shape[1] + 1)
     n_rel = rel.sum(axis=1)
     ap = np.where(n_rel > 0, (prec * rel).sum(axis=1) / np.maximum(n_rel, 1), 0.0)
     return float(ap.mean())
 
 
-def ground_truth(gallery: Gallery, partition: Partition, k: int, metric: str = "ip") -> np.ndarray:
-    """Exact top-k gallery ids for the partition's queries, cached beside the gallery."""
-    key = hashlib.sha256(
-        f"{gallery.fingerprint}|{metric}|{k}|".encode() + partition.database_ids.tobytes() + partition.query_ids.tobytes()
-    ).hexdigest()[:16]
+@dataclass(frozen=True)
+class Accuracy:
+    """The three accuracy figures every experiment reports for one setting."""
+
+    recall: float  # recall@k against exact search
+    precision: float  # label precision@k (NaN when no query is labelled)
+    map: float  # label mAP@k
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def accuracy(found: np.ndarray, truth: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, k: int) -> Accuracy:
+    return Accuracy(
+        recall=recall_at_k(found, truth, k),
+        precision=precision_at_k(found, query_labels, gallery_labels, k),
+        map=average_precision_at_k(found, query_labels, gallery_labels, k),
+    )
+
+
+def exact_neighbours(gallery: Gallery, database_ids: np.ndarray, queries: np.ndarray, k: int, metric: str = "ip") -> np.ndarray:
+    """Exact top-k gallery ids of `queries` (any vectors, e.g. embedded query images) among `database_ids`, cached beside the gallery."""
+    from .search import BruteForce, database_vectors
+
+    database_ids = np.asarray(database_ids, dtype=np.int64)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    key = hashlib.sha256(f"{gallery.fingerprint}|{metric}|{k}|".encode() + database_ids.tobytes() + queries.tobytes()).hexdigest()[:16]
     path = Path(gallery.path) / CACHE / f"groundtruth-{metric}-k{k}-{key}.npy"
     if path.is_file():
         return np.load(path)
-    from .search import BruteForce
-
     exact = BruteForce("brute", metric)
-    exact.build(gallery.embeddings[partition.database_ids], partition.database_ids)
-    _, ids = exact.search(np.asarray(gallery.embeddings[partition.query_ids]), k)
+    exact.build(database_vectors(gallery, database_ids), database_ids)
+    _, ids = exact.search(queries, k)
     atomic_save_npy(path, ids)
     return ids
+
+
+def ground_truth(gallery: Gallery, partition: Partition, k: int, metric: str = "ip") -> np.ndarray:
+    """Exact top-k gallery ids for the partition's held-out queries, cached beside the gallery."""
+    return exact_neighbours(gallery, partition.database_ids, np.asarray(gallery.embeddings[partition.query_ids]), k, metric)

@@ -13,6 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fetch", help="download a reference data set (tiny-ImageNet-200)")
     p.add_argument("dataset", choices=["tiny-imagenet"])
     p.add_argument("--dest", default="data", help="folder to put tiny-imagenet-200/ in (default: ./data)")
+    p.add_argument("--url", default=None, help="a mirror of tiny-imagenet-200.zip (default: the official Stanford URL)")
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("extract", help="embed every image of a collection into a gallery folder (resumable)")
@@ -86,9 +87,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from ..fetch import fetch_tiny_imagenet
+    from ..fetch import TINY_IMAGENET_URL, fetch_tiny_imagenet
 
-    path = fetch_tiny_imagenet(Path(args.dest))
+    path = fetch_tiny_imagenet(Path(args.dest), url=args.url or TINY_IMAGENET_URL)
     print(f"tiny-ImageNet-200 is ready at {path}")
     print(f"next: lookalike extract --data {path} --out galleries/resnet18 --model resnet18")
     return 0

@@ -5,7 +5,10 @@ Named methods and the factory strings they stand for (N = database size, d = dim
     flat     "Flat"                  exact, faiss.IndexFlatIP / IndexFlatL2
     ivf      "IVF{√N},Flat"          approximate; nprobe trades recall for speed
     hnsw     "HNSW{M},Flat"          graph; efSearch trades recall for speed
-    ivfpq    "IVF{√N},PQ{d/8},RFlat" compressed codes, re-ranked by exact distances (k_factor)
+    ivfpq    "IVF{√N},PQ{d/8},RFlat" compressed codes, re-ranked by exact distances (k_factor);
+                                     RFlat keeps a float copy of every vector, so memory > raw
+    ivfpq-mmap "IVF{√N},PQ{d/8}"     the same codes, re-ranked from the gallery's memory-mapped
+                                     embeddings.npy: memory ≈ codes only (see search.rerank)
     sq8      "SQ8"                   8-bit scalar quantiser (4× smaller)
     sqfp16   "SQfp16"                16-bit floats (2× smaller)
 Anything else containing a comma or starting like a factory string ("OPQ32,IVF1024,PQ32") is
@@ -27,17 +30,19 @@ from ..errors import GalleryError, IndexMismatchError, LookalikeError
 from ..gallery import INDEXES, Gallery
 from .base import METHOD_FILE, BuildStats, SearchMethod
 from .brute import BruteForce
-from .faiss_index import FaissIndex, ivf_nlist
+from .faiss_index import MAX_POINTS_PER_CENTROID, FaissIndex, ivf_nlist
+from .rerank import MmapRerankIndex, rows_view
 
-NAMED_METHODS = ("brute", "flat", "ivf", "hnsw", "ivfpq", "sq8", "sqfp16")
+NAMED_METHODS = ("brute", "flat", "ivf", "hnsw", "ivfpq", "ivfpq-mmap", "sq8", "sqfp16")
+METHOD_CLASSES = {cls.kind: cls for cls in (BruteForce, FaissIndex, MmapRerankIndex)}
 DEFAULT_NPROBE = 16
 DEFAULT_HNSW_M = 32
 DEFAULT_EF_SEARCH = 64
 DEFAULT_K_FACTOR = 4
 FACTORY_PATTERN = re.compile(r"^(Flat|IVF|HNSW|PQ|OPQ|SQ|PCA|IDMap|LSH|NSG|RR|L2norm)")
 
-__all__ = ["SearchMethod", "BuildStats", "BruteForce", "FaissIndex", "make_method", "default_nlist", "factory_for",
-           "save_method", "load_method", "saved_methods", "get_method"]
+__all__ = ["SearchMethod", "BuildStats", "BruteForce", "FaissIndex", "MmapRerankIndex", "make_method", "default_nlist",
+           "factory_for", "pq_bits_for", "database_vectors", "save_method", "load_method", "saved_methods", "get_method"]
 
 
 def default_nlist(n: int) -> int:
@@ -45,9 +50,13 @@ def default_nlist(n: int) -> int:
     return max(1, round(math.sqrt(n)))
 
 
-def factory_for(name: str, n: int, d: int, nlist: int | None = None, m: int | None = None, pq_m: int | None = None) -> str:
+def factory_for(
+    name: str, n: int, d: int, nlist: int | None = None, m: int | None = None, pq_m: int | None = None, pq_bits: int | None = None
+) -> str:
     """The factory string behind a named method, sized for n vectors of dimension d."""
     nlist = nlist or default_nlist(n)
+    bits = pq_bits or pq_bits_for(n)
+    pq = f"PQ{pq_m or _pq_subquantizers(d)}" + ("" if bits == 8 else f"x{bits}")
     if name == "flat":
         return "Flat"
     if name == "ivf":
@@ -55,7 +64,9 @@ def factory_for(name: str, n: int, d: int, nlist: int | None = None, m: int | No
     if name == "hnsw":
         return f"HNSW{m or DEFAULT_HNSW_M},Flat"
     if name == "ivfpq":
-        return f"IVF{nlist},PQ{pq_m or _pq_subquantizers(d)},RFlat"
+        return f"IVF{nlist},{pq},RFlat"
+    if name == "ivfpq-mmap":
+        return f"IVF{nlist},{pq}"
     if name == "sq8":
         return "SQ8"
     if name == "sqfp16":
@@ -63,6 +74,12 @@ def factory_for(name: str, n: int, d: int, nlist: int | None = None, m: int | No
     if "," in name or FACTORY_PATTERN.match(name):
         return name
     raise LookalikeError(f"unknown method {name!r}; use one of {', '.join(NAMED_METHODS)} or a FAISS index_factory string such as 'IVF1024,PQ32'")
+
+
+def pq_bits_for(n: int) -> int:
+    """8 bits (256 centroids per sub-quantiser) is the standard; FAISS cannot train 2^bits centroids
+    from fewer points, so only a gallery under 256 vectors gets fewer bits."""
+    return int(min(8, max(1, math.floor(math.log2(max(n, 2))))))
 
 
 def _pq_subquantizers(d: int) -> int:
@@ -81,9 +98,13 @@ def make_method(
     nlist: int | None = None,
     search_params: dict[str, Any] | None = None,
     backend: str = "torch",
+    train_points_per_list: int = MAX_POINTS_PER_CENTROID,
     **sizes: Any,
 ) -> SearchMethod:
-    """An unbuilt method by name (or factory string), with sensible default search parameters."""
+    """An unbuilt method by name (or factory string), with sensible default search parameters.
+
+    `sizes` are factory_for's m (HNSW links), pq_m (sub-quantisers) and pq_bits.
+    """
     if name == "brute":
         return BruteForce("brute", metric, backend=backend)
     factory = factory_for(name, n, d, nlist, **sizes)
@@ -92,11 +113,18 @@ def make_method(
         params["nprobe"] = min(DEFAULT_NPROBE, lists)
     if "HNSW" in factory:
         params["efSearch"] = DEFAULT_EF_SEARCH
-    if "RFlat" in factory:
+    if "RFlat" in factory or name == "ivfpq-mmap":
         params["k_factor"] = DEFAULT_K_FACTOR
     params.update(search_params or {})
     key = name if name in NAMED_METHODS else method_key(factory)
-    return FaissIndex(key, factory, metric, params)
+    cls = MmapRerankIndex if name == "ivfpq-mmap" else FaissIndex
+    return cls(key, factory, metric, params, train_points_per_list=train_points_per_list)
+
+
+def database_vectors(gallery: Gallery, ids: np.ndarray) -> np.ndarray:
+    """The gallery's rows `ids`: a zero-copy memory-mapped view when they are one contiguous run
+    (the train split always is), so a 1M-row database is never copied just to be indexed."""
+    return rows_view(gallery.embeddings, ids)
 
 
 def method_key(name: str) -> str:
@@ -138,8 +166,7 @@ def load_method(gallery: Gallery, name: str, metric: str = "ip") -> SearchMethod
             f"index {folder} was built from another gallery ({info.get('model')}, {info.get('dim')}-d) than {gallery.path} "
             f"({gallery.model}, {gallery.dim}-d); rebuild it with `lookalike index --gallery {gallery.path} --method {name}`"
         )
-    cls = BruteForce if info["kind"] == "brute" else FaissIndex
-    return cls.load(folder, gallery.embeddings)
+    return METHOD_CLASSES[info["kind"]].load(folder, gallery.embeddings)
 
 
 def get_method(gallery: Gallery, name: str, metric: str = "ip", database_ids: np.ndarray | None = None, **options: Any) -> tuple[SearchMethod, bool]:
@@ -150,5 +177,5 @@ def get_method(gallery: Gallery, name: str, metric: str = "ip", database_ids: np
     if database_ids is None:
         database_ids = gallery.partition().database_ids
     method = make_method(name, len(database_ids), gallery.dim, metric, **options)
-    method.build(gallery.embeddings[database_ids], database_ids)
+    method.build(database_vectors(gallery, database_ids), database_ids)
     return method, True

@@ -83,7 +83,11 @@ class BruteForce(SearchMethod):
         import torch
 
         if getattr(self, "_tv", None) is None or self._tv.data_ptr() != self.vectors.ctypes.data:
-            self._tv = torch.from_numpy(self.vectors)
+            import warnings
+
+            with warnings.catch_warnings():  # a read-only memmap is fine: the tensor is only ever read
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                self._tv = torch.from_numpy(self.vectors)
         return self._tv
 
     def _save(self, folder: Path) -> None:

@@ -34,10 +34,10 @@ def ivf_nlist(factory: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def training_size(factory: str, n: int) -> int:
+def training_size(factory: str, n: int, points_per_list: int = MAX_POINTS_PER_CENTROID) -> int:
     """How many vectors to train on: enough for every centroid, capped so training stays cheap."""
     nlist = ivf_nlist(factory) or 0
-    want = MAX_POINTS_PER_CENTROID * nlist
+    want = points_per_list * nlist
     if re.search(r"PQ\d", factory):
         want = max(want, PQ_CODEBOOK_TRAINING)
     return min(n, want) if want else n
@@ -46,10 +46,19 @@ def training_size(factory: str, n: int) -> int:
 class FaissIndex(SearchMethod):
     kind = "faiss"
 
-    def __init__(self, name: str, factory: str, metric: str = "ip", search_params: dict[str, Any] | None = None, seed: int = 0):
+    def __init__(
+        self,
+        name: str,
+        factory: str,
+        metric: str = "ip",
+        search_params: dict[str, Any] | None = None,
+        seed: int = 0,
+        train_points_per_list: int = MAX_POINTS_PER_CENTROID,
+    ):
         super().__init__(name, metric)
         self.factory = factory
         self.seed = seed
+        self.train_points_per_list = train_points_per_list  # k-means sample per IVF list: fewer trains faster, 30 is FAISS's floor
         self.index: faiss.Index | None = None
         self._search_params: dict[str, Any] = dict(search_params or {})
         self._lock = threading.Lock()  # guards temporary per-call parameter changes
@@ -70,13 +79,13 @@ class FaissIndex(SearchMethod):
             raise LookalikeError(f"FAISS cannot build {self.factory!r} for d={d}: {str(exc).splitlines()[-1] if str(exc) else exc}") from exc
         train_n, t_train = 0, 0.0
         if not index.is_trained:
-            train_n = training_size(self.factory, n)
+            train_n = training_size(self.factory, n, self.train_points_per_list)
             rows = np.sort(np.random.default_rng(self.seed).choice(n, train_n, replace=False)) if train_n < n else slice(None)
             sample = as_float32_c(np.asarray(vectors[rows]))
             ivf = faiss.try_extract_index_ivf(index)
             if ivf is not None:
                 ivf.cp.seed = self.seed
-                ivf.cp.max_points_per_centroid = MAX_POINTS_PER_CENTROID
+                ivf.cp.max_points_per_centroid = max(MAX_POINTS_PER_CENTROID, self.train_points_per_list)
             t = time.perf_counter()
             index.train(sample)
             t_train = time.perf_counter() - t
@@ -146,20 +155,48 @@ class FaissIndex(SearchMethod):
         return {key: self._search_params.get(key, defaults[key]) for key in params}
 
     def memory_bytes(self) -> int:
-        """Serialised size of the real index plus the id map: what a loaded copy occupies."""
+        """Serialised size of the real index plus the id map: what a loaded copy occupies.
+
+        The bytes are counted as FAISS writes them, never held, so measuring a 2 GB index
+        does not cost another 2 GB of RAM.
+        """
         if self._memory is None:
-            self._memory = int(faiss.serialize_index(self.index).nbytes)
+            self._memory = serialised_bytes(self.index)
         return self._memory + int(self.ids.nbytes)
 
     def _save(self, folder: Path) -> None:
         atomic_write_bytes(folder / INDEX_FILE, faiss.serialize_index(self.index).tobytes())
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "factory": self.factory, "search_params": self._search_params, "seed": self.seed}
+        return {
+            **super().describe(),
+            "factory": self.factory,
+            "search_params": self._search_params,
+            "seed": self.seed,
+            "train_points_per_list": self.train_points_per_list,
+        }
 
     @classmethod
     def _load(cls, folder: Path, info: dict[str, Any], vectors: np.ndarray) -> FaissIndex:
-        method = cls(info["name"], info["factory"], info["metric"], info.get("search_params"), info.get("seed", 0))
+        method = cls(
+            info["name"], info["factory"], info["metric"], info.get("search_params"), info.get("seed", 0),
+            info.get("train_points_per_list", MAX_POINTS_PER_CENTROID),
+        )
         method.index = faiss.read_index(str(folder / INDEX_FILE))
         method._apply(method._search_params)
         return method
+
+
+def serialised_bytes(index: faiss.Index) -> int:
+    """Size of `index` as faiss.write_index writes it, counted through a callback writer."""
+    total = 0
+
+    def count(chunk: bytes) -> int:
+        nonlocal total
+        total += len(chunk)
+        return len(chunk)
+
+    writer = faiss.PyCallbackIOWriter(count)
+    faiss.write_index(index, writer)
+    del writer  # flushes the last buffered chunk
+    return total

@@ -1,0 +1,124 @@
+"""Helpers shared by the benchmark scripts: arguments, the environment header, tables, docs/benchmarks.md.
+
+Every script prints its tables and writes them, with the machine, thread counts and library
+versions, as one `## <title>` section of docs/benchmarks.md. `write_section` replaces only that
+section, so scripts written by different people never overwrite each other's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import os
+import re
+import statistics
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from lookalike import runtime
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks.md"
+DOC_HEADER = """# Benchmarks
+
+Figures measured by the scripts in `benchmarks/` (one `## section` per script or topic; each
+script rewrites only its own sections). Run them all with `make bench` (or
+`.venv/bin/python benchmarks/run_all.py`; `--quick` for a fast smoke run), or one script with
+`.venv/bin/python benchmarks/bench_<name>.py`.
+
+Unless a section says otherwise, figures are medians, and every comparison (naive against
+pipeline, method against method, figure against roofline) is measured side by side in one run
+of one script, on a shared 2-core machine: other work on the machine shifts the absolute
+figures between runs, so the ratios are what to read. Each section names its machine, thread
+counts and library versions, and the weights and data behind it (generated data and random
+weights are said to be so).
+"""
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every benchmark script takes; scripts add their own."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="a fast smoke run with tiny sizes (figures are not meaningful)")
+    p.add_argument("--threads", type=int, default=None, help="torch/FAISS/BLAS threads (default: one per core)")
+    p.add_argument("--no-write", action="store_true", help=f"print only; leave {DOC.relative_to(ROOT)} alone")
+    return p
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of `fn()` over `repeats` calls, after `warmup` untimed calls, in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub Markdown table; it also reads well on a console."""
+    cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells[1:])])
+
+
+@contextmanager
+def load_watch() -> Iterator[dict]:
+    """Record the 1-minute load average before and after a run, so a reader can see a shared machine."""
+    info: dict = {"load_before": os.getloadavg()[0]}
+    try:
+        yield info
+    finally:
+        info["load_after"] = os.getloadavg()[0]
+
+
+def environment_markdown(load: dict | None = None, quick: bool = False) -> str:
+    """A few lines naming the machine, the threads and the library versions behind a section's figures."""
+    env = runtime.environment()
+    m, threads, versions = env["machine"], env["threads"], env["versions"]
+    lines = [
+        f"- Measured {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {m['cpu']}, {m['cores']} cores, "
+        f"{m['memory_gib']} GiB RAM, torch CPU capability {m['cpu_capability']}, bf16 on CPU: {'yes' if m['bf16_cpu'] else 'no'}, "
+        f"CUDA: {m['cuda'] or 'none'}; numpy BLAS {m['numpy_blas']}.",
+        "- Threads: " + ", ".join(f"{k} {v}" for k, v in threads.items()) + ".",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
+    ]
+    if load:
+        busy = max(load["load_before"], load["load_after"]) > 0.5 * m["cores"]
+        lines.append(
+            f"- 1-minute load average {load['load_before']:.1f} before and {load['load_after']:.1f} after the run"
+            + (" — the machine was shared with other work, so absolute figures are noisy; the side-by-side ratios are what count." if busy else ".")
+        )
+    if quick:
+        lines.append("- **`--quick` smoke run: sizes are tiny and these figures are not meaningful.**")
+    return "\n".join(lines)
+
+
+def write_section(title: str, markdown: str, path: Path = DOC) -> Path:
+    """Replace the `## title` section of docs/benchmarks.md with `markdown`, or append it.
+
+    A section runs from its heading to the next `## ` heading. The file is locked while it is
+    rewritten and replaced atomically, so scripts run side by side never lose each other's sections.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = f"## {title}\n\n{markdown.strip()}\n"
+    lock_file = Path(tempfile.gettempdir()) / f"lookalike-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}.lock"
+    with open(lock_file, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = path.read_text() if path.is_file() else DOC_HEADER
+        pattern = re.compile(rf"^## {re.escape(title)}[ \t]*\n.*?(?=^## |\Z)", re.M | re.S)
+        if pattern.search(text):
+            text = pattern.sub(lambda _: body + "\n", text, count=1).rstrip("\n") + "\n"
+        else:
+            text = text.rstrip("\n") + "\n\n" + body
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return path

@@ -1,0 +1,1 @@
+from lookalike.cli import main; import sys; sys.exit(main())

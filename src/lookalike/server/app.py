@@ -1,0 +1,249 @@
+"""The FastAPI app of `lookalike serve`: a JSON API over one gallery and the single page that uses it.
+
+    POST /api/search             multipart: image (file) or id, method, k, nprobe → results + latency
+    GET  /api/images/{id}        the original image file of a gallery id
+    GET  /api/images/{id}/thumb  a JPEG thumbnail (made once, then cached)
+    GET  /api/gallery            manifest summary, provenance, methods and their parameter ranges
+    GET  /healthz                liveness
+    GET  /openapi.json           the API description (FastAPI's /docs page is off: it loads from a CDN)
+    GET  /                       the page (static/, no build step, nothing fetched from outside)
+
+Every failure is a JSON `ErrorBody` with a 4xx status; a 500 would be a bug. CPU-heavy work
+runs in worker threads behind one limiter (see service.py and docs/server.md).
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, which use build_app's locals.
+import logging
+import time
+from importlib import metadata
+from pathlib import Path as FilePath
+from typing import Annotated, Any, Callable
+
+import anyio
+from fastapi import FastAPI, File, Form, Path, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..errors import BadImageError, LookalikeError
+from .schemas import ErrorBody, GalleryInfo, Health, Latency, QueryInfo, SearchResponse
+from .service import Invalid, RequestError, SearchService, ServerConfig, TooLarge
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = FilePath(__file__).parent / "static"
+FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the small text fields beside the image
+IMAGE_CACHE = {"Cache-Control": "public, max-age=3600"}  # a gallery does not change while it is served
+# The page may load only what this server serves: a stray CDN link would fail here as it would offline.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; connect-src 'self'",
+    "X-Content-Type-Options": "nosniff",
+}
+UPLOAD_EXTENSIONS_HINT = "upload a JPEG, PNG, WebP or BMP image"
+
+
+def create_app(gallery_dir: str | FilePath, config: ServerConfig | None = None) -> FastAPI:
+    """Load the gallery, model and methods (GalleryError if anything is missing or inconsistent), then build the app."""
+    return build_app(SearchService.load(gallery_dir, config))
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    reasons = {
+        400: "unreadable image, or both an image and an id",
+        404: "unknown gallery id, or its image file is missing",
+        413: "upload over the size limit",
+        422: "missing or invalid field: unknown method, k or nprobe out of range, wrong type",
+    }
+    return {code: {"model": ErrorBody, "description": reasons[code]} for code in codes}
+
+
+def _error(status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(ErrorBody(error=message, status=status, field=field).model_dump(), status_code=status, headers=headers)
+
+
+class DeclaredSizeLimit:
+    """Answer 413 (as JSON) before reading a body whose Content-Length is over the route's limit.
+
+    Bodies sent without a Content-Length (chunked) are cut off while they are read, by the
+    route's `max_body_size`; either way an oversized upload is never buffered whole.
+    """
+
+    def __init__(self, app: ASGIApp, limits: dict[str, int], message: str):
+        self.app = app
+        self.limits = limits
+        self.message = message
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (limit := self.limits.get(scope["path"])) is not None:
+            declared = Headers(scope=scope).get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                await _error(413, self.message, "image", headers={"Connection": "close"})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def build_app(service: SearchService) -> FastAPI:
+    config = service.config
+    info = GalleryInfo(**service.info())  # computed once: methods' memory_bytes serialises each index
+    compute = anyio.CapacityLimiter(config.compute_slots)
+
+    async def run_compute(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+        """Run a CPU-heavy job in a worker thread once a compute slot is free; also return the wait in ms."""
+        queued = time.perf_counter()
+
+        def job() -> tuple[Any, float]:
+            started = time.perf_counter()
+            return fn(*args), started
+
+        result, started = await anyio.to_thread.run_sync(job, limiter=compute)
+        return result, 1000 * (started - queued)
+
+    app = FastAPI(
+        title="lookalike",
+        version=_version(),
+        summary="Image similarity search over one gallery.",
+        description=(
+            f"Serving `{service.gallery.path}`: {service.gallery.provenance()}.\n\n"
+            "Every error is a JSON `ErrorBody` with a 4xx status. The interactive /docs page is disabled "
+            "because it loads Swagger UI from a CDN; read this document, or open it in any OpenAPI viewer."
+        ),
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        form_limits={"max_files": 1, "max_fields": 16},
+    )
+    app.state.service = service
+    search_body_limit = config.max_upload_bytes + FORM_OVERHEAD_BYTES
+    app.add_middleware(DeclaredSizeLimit, limits={"/api/search": search_body_limit}, message=service._too_large_message())
+
+    # -- errors: always JSON, always one sentence --
+    @app.exception_handler(RequestError)
+    async def on_request_error(request: Request, exc: RequestError) -> JSONResponse:
+        return _error(exc.status, str(exc), exc.field)
+
+    @app.exception_handler(BadImageError)
+    async def on_bad_image(request: Request, exc: BadImageError) -> JSONResponse:
+        reason = str(exc).removesuffix("; remove or replace the file")
+        return _error(400, f"{reason}; {UPLOAD_EXTENSIONS_HINT}", "image")
+
+    @app.exception_handler(LookalikeError)
+    async def on_lookalike_error(request: Request, exc: LookalikeError) -> JSONResponse:
+        return _error(400, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems, field = [], None
+        for err in exc.errors():
+            loc = [str(part) for part in err.get("loc", ()) if part not in ("body", "query", "path", "form", "header")]
+            name = ".".join(loc) or "request"
+            field = field or name
+            problems.append(f"{name}: {err.get('msg', 'invalid')}")
+        return _error(422, "invalid request — " + "; ".join(problems), field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 413:
+            message, field = service._too_large_message(), "image"
+        elif exc.status_code == 404:
+            message, field = f"no such endpoint: {request.method} {request.url.path}; the API is described at /openapi.json", None
+        elif exc.status_code == 405:
+            message, field = f"{request.method} is not allowed on {request.url.path}; see /openapi.json", None
+        else:
+            message, field = str(exc.detail), None
+        return _error(exc.status_code, message, field, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - a bug if reached
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _error(500, f"internal error ({type(exc).__name__}: {exc}); this is a bug in lookalike, please report it")
+
+    # -- API --
+    @app.post(
+        "/api/search",
+        response_model=SearchResponse,
+        responses=_errors(400, 404, 413, 422),
+        max_body_size=search_body_limit,
+        summary="Find the gallery images nearest to an uploaded image or to a gallery image",
+    )
+    async def search(
+        image: Annotated[UploadFile | None, File(description=f"the query image; give this or id (at most {config.max_upload_bytes} bytes)")] = None,
+        gallery_id: Annotated[int | None, Form(alias="id", description="a gallery id to search from (its stored embedding; no decoding or embedding)")] = None,
+        method: Annotated[str, Form(description="brute, flat, ivf or a saved index; see GET /api/gallery")] = "brute",
+        k: Annotated[int, Form(description="results wanted; 1..min(max_k, method's ntotal)")] = 10,
+        nprobe: Annotated[int | None, Form(description="IVF lists to visit, for methods that have them; default: the method's own")] = None,
+    ) -> SearchResponse:
+        started = time.perf_counter()
+        if image is not None and gallery_id is not None:
+            raise RequestError("give either an image or an id as the query, not both", "id")
+        if image is None and gallery_id is None:
+            raise Invalid("missing query: send an image file in field 'image' or a gallery id in field 'id'", "image")
+        plan = service.plan(method, k, nprobe)
+        if image is not None:
+            if image.size is not None and image.size > config.max_upload_bytes:
+                raise TooLarge(service._too_large_message(image.size), "image")
+            data = await image.read()
+            outcome, wait_ms = await run_compute(service.search_upload, data, plan)
+            query, query_label = QueryInfo(kind="upload", filename=image.filename, bytes=len(data)), None
+        else:
+            service.check_id(gallery_id)
+            outcome, wait_ms = await run_compute(service.search_id, gallery_id, plan)
+            row = service.row(gallery_id)
+            query, query_label = QueryInfo(kind="id", **{k_: row[k_] for k_ in ("id", "label", "label_name", "path")}), row["label"]
+        latency = Latency(
+            decode_ms=outcome["decode_ms"],
+            embed_ms=outcome["embed_ms"],
+            search_ms=outcome["search_ms"],
+            wait_ms=wait_ms,
+            total_ms=1000 * (time.perf_counter() - started),
+        )
+        return SearchResponse(
+            query=query,
+            method=plan.entry.name,
+            metric=plan.entry.method.metric,
+            params=plan.effective_params(),
+            k=plan.k,
+            results=service.results(outcome["hits"], query_label),
+            latency_ms=latency,
+            provenance=info.provenance,
+            real=info.real,
+        )
+
+    image_responses = {200: {"content": {"image/*": {}}, "description": "the image"}, **_errors(404, 422)}
+
+    @app.get("/api/images/{id}", response_class=FileResponse, responses=image_responses, summary="The original image file of a gallery id")
+    async def image_file(gallery_id: Annotated[int, Path(alias="id")]) -> FileResponse:
+        return FileResponse(service.image_path(gallery_id), headers=IMAGE_CACHE)
+
+    @app.get("/api/images/{id}/thumb", response_class=Response, responses={200: {"content": {"image/jpeg": {}}, "description": "the thumbnail"}, **_errors(404, 422)}, summary="A JPEG thumbnail of a gallery image")
+    async def image_thumb(gallery_id: Annotated[int, Path(alias="id")]) -> Response:
+        service.check_id(gallery_id)
+        data = service.thumbs.get(gallery_id)
+        if data is None:
+            data, _ = await run_compute(service.thumbnail, gallery_id)
+        return Response(data, media_type="image/jpeg", headers=IMAGE_CACHE)
+
+    @app.get("/api/gallery", response_model=GalleryInfo, summary="The gallery's manifest summary, provenance and search methods")
+    async def gallery_info() -> GalleryInfo:
+        return info
+
+    @app.get("/healthz", response_model=Health, summary="Liveness: the gallery, model and methods are loaded")
+    async def healthz() -> Health:
+        return Health(status="ok", gallery=str(service.gallery.path), count=service.gallery.count, methods=list(service.methods), real=info.real)
+
+    # -- the page --
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={**PAGE_HEADERS, "Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _version() -> str:
+    try:
+        return metadata.version("lookalike")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0"

@@ -1,0 +1,331 @@
+"""What the web demo does, without HTTP: load a gallery, its model and its methods once; embed, search, thumbnail.
+
+Kept apart from the FastAPI layer (app.py) so validation and search are plain methods that
+raise `RequestError`s carrying an HTTP status; app.py only turns them into JSON.
+
+Concurrency model (see docs/server.md): everything CPU-heavy — decoding an upload, the
+forward pass, the search, making a thumbnail — is one "compute job". app.py runs compute
+jobs in worker threads behind a limiter of `compute_slots` (default 1), and torch, FAISS and
+BLAS are pinned once to `threads` (default one per core). So one job at a time uses every
+core, the 2 cores are never oversubscribed, and waiting requests queue on the event loop
+without holding a thread.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .. import runtime
+from ..errors import BadImageError, LookalikeError
+from ..gallery import Gallery, is_real, open_gallery
+from ..images import DEFAULT_MAX_PIXELS, load_rgb
+from ..query import QueryEmbedder
+from ..search import SearchMethod, get_method, load_method, saved_methods
+
+log = logging.getLogger(__name__)
+
+BUILT_METHODS = ("brute", "flat", "ivf")  # always offered; a saved index of the same name is loaded instead of built
+RANDOM_WEIGHTS_WARNING = "RANDOM weights: the model is untrained, so these rankings carry no learned meaning (fine for tests and timing only)."
+GENERATED_DATA_WARNING = "GENERATED data: the images were drawn by lookalike.synthetic, they are not real photos."
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Limits and resources of one server; the defaults suit a 2-core laptop."""
+
+    max_upload_bytes: int = 10 * 2**20
+    max_pixels: int = DEFAULT_MAX_PIXELS  # width × height of an upload, checked before its pixels are decoded
+    max_k: int = 100
+    threads: int | None = None  # torch/FAISS/BLAS threads of a compute job (default: one per core)
+    compute_slots: int = 1  # compute jobs at once; 1 job × all cores keeps the cores busy without oversubscribing
+    thumb_px: int = 160  # longest side of a thumbnail, in pixels
+    thumb_cache_entries: int = 4096  # thumbnails kept in memory (LRU), a few KB each
+    metric: str = "ip"
+
+
+class RequestError(LookalikeError):
+    """A request the server cannot serve; `status` is the HTTP status app.py answers with."""
+
+    status = 400
+
+    def __init__(self, message: str, field_name: str | None = None):
+        super().__init__(message)
+        self.field = field_name
+
+
+class NotFound(RequestError):
+    status = 404
+
+
+class Invalid(RequestError):
+    status = 422
+
+
+class TooLarge(RequestError):
+    status = 413
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    name: str
+    method: SearchMethod
+    saved: bool  # loaded from <gallery>/indexes/ (False: built at start)
+    load_seconds: float
+
+    def describe(self, max_k: int) -> dict[str, Any]:
+        params = {k: v for k, v in self.method.params().items() if not isinstance(v, (dict, list))}
+        return {
+            "name": self.name,
+            "kind": self.method.kind,
+            "factory": params.get("factory"),
+            "metric": self.method.metric,
+            "higher_is_better": self.method.metric == "ip",
+            "ntotal": self.method.ntotal,
+            "saved": self.saved,
+            "params": params,
+            "param_ranges": {k: list(v) for k, v in self.method.search_param_ranges().items()},
+            "k_range": [1, min(max_k, self.method.ntotal)],
+            "memory_bytes": self.method.memory_bytes(),
+            "load_seconds": round(self.load_seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """A validated request: which method, how many results, which per-call parameters."""
+
+    entry: MethodEntry
+    k: int
+    params: dict[str, int] = field(default_factory=dict)
+
+    def effective_params(self) -> dict[str, int]:
+        """The search-time parameters this call really used (request values over the method's defaults)."""
+        current = self.entry.method.params()
+        return {key: int(self.params.get(key, current.get(key, lo))) for key, (lo, _) in self.entry.method.search_param_ranges().items()}
+
+
+class ThumbnailCache:
+    """Thread-safe LRU of encoded JPEG thumbnails, keyed by gallery id."""
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self._items: OrderedDict[int, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: int) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def put(self, key: int, data: bytes) -> None:
+        with self._lock:
+            self._items[key] = data
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+
+
+class SearchService:
+    """One gallery with its query model and search methods, loaded once and shared by every request."""
+
+    def __init__(self, gallery: Gallery, config: ServerConfig, embedder: QueryEmbedder, methods: dict[str, MethodEntry], database_how: str):
+        self.gallery = gallery
+        self.config = config
+        self.embedder = embedder
+        self.methods = methods
+        self.database_how = database_how
+        self.thumbs = ThumbnailCache(config.thumb_cache_entries)
+        metadata = gallery.metadata
+        self._paths: list[str] = metadata.column("path").to_pylist()
+        self._labels: list[str | None] = metadata.column("label").to_pylist()
+        self._label_names: list[str | None] = metadata.column("label_name").to_pylist()
+        self._splits: list[str | None] = metadata.column("split").to_pylist()
+
+    # -- start-up --
+    @classmethod
+    def load(cls, gallery_dir: str | Path, config: ServerConfig | None = None) -> SearchService:
+        """Open and validate the gallery, rebuild its model, load or build every method, warm them up.
+
+        Any missing or inconsistent file raises GalleryError here, so a broken gallery stops
+        the server at start rather than failing request by request.
+        """
+        config = config or ServerConfig()
+        threads = runtime.set_threads(config.threads)
+        gallery = open_gallery(gallery_dir)
+        embedder = QueryEmbedder(gallery)
+        partition = gallery.partition()
+        methods: dict[str, MethodEntry] = {}
+        for name in BUILT_METHODS:
+            t = time.perf_counter()
+            method, built = get_method(gallery, name, config.metric, database_ids=partition.database_ids)
+            methods[name] = MethodEntry(name, method, not built, time.perf_counter() - t)
+        for name in saved_methods(gallery):
+            if name not in methods:
+                t = time.perf_counter()
+                methods[name] = MethodEntry(name, load_method(gallery, name), True, time.perf_counter() - t)
+        service = cls(gallery, config, embedder, methods, partition.how)
+        service.warm_up()
+        log.info("serving %s with %s (%d threads)", gallery.path, ", ".join(methods), threads)
+        return service
+
+    def warm_up(self) -> None:
+        """One dummy query through the model and every method, so the first user does not pay for lazy set-up."""
+        size = self.embedder.embedder.preprocess.image_size
+        vector, _ = self.embedder.embed_image(Image.new("RGB", (size, size), (128, 128, 128)))
+        for entry in self.methods.values():
+            entry.method.search(vector, min(10, max(1, entry.method.ntotal)))
+
+    # -- validation (cheap: runs on the event loop) --
+    def plan(self, method: str, k: int, nprobe: int | None) -> SearchPlan:
+        entry = self.methods.get(method)
+        if entry is None:
+            raise Invalid(f"unknown method {method!r}; this gallery offers {', '.join(self.methods)}", "method")
+        k_max = min(self.config.max_k, entry.method.ntotal)
+        if not 1 <= k <= k_max:
+            raise Invalid(f"k={k} is out of range for {method}: use 1..{k_max}", "k")
+        params: dict[str, int] = {}
+        if nprobe is not None:
+            ranges = entry.method.search_param_ranges()
+            if "nprobe" not in ranges:
+                with_nprobe = [name for name, e in self.methods.items() if "nprobe" in e.method.search_param_ranges()]
+                raise Invalid(f"method {method} has no nprobe; leave nprobe out or pick an IVF method ({', '.join(with_nprobe) or 'none here'})", "nprobe")
+            lo, hi = ranges["nprobe"]
+            if not lo <= nprobe <= hi:
+                raise Invalid(f"nprobe={nprobe} is out of range for {method}: use {lo}..{hi} (its number of lists)", "nprobe")
+            params["nprobe"] = nprobe
+        return SearchPlan(entry, k, params)
+
+    def check_id(self, gallery_id: int, field_name: str = "id") -> int:
+        if not 0 <= gallery_id < self.gallery.count:
+            raise NotFound(f"no gallery image with id {gallery_id}; ids run from 0 to {self.gallery.count - 1}", field_name)
+        return gallery_id
+
+    # -- compute jobs (run in a worker thread behind the compute limiter) --
+    def search_upload(self, data: bytes, plan: SearchPlan) -> dict[str, Any]:
+        if len(data) > self.config.max_upload_bytes:
+            raise TooLarge(self._too_large_message(len(data)), "image")
+        vector, timings = self.embedder.embed_bytes(data, self.config.max_pixels)
+        hits, search_ms = self._search(vector, plan)
+        return {"hits": hits, "decode_ms": timings.decode_ms, "embed_ms": timings.embed_ms, "search_ms": search_ms}
+
+    def search_id(self, gallery_id: int, plan: SearchPlan) -> dict[str, Any]:
+        """Search with the stored embedding of a gallery image: no decoding, no forward pass."""
+        vector = np.asarray(self.gallery.embeddings[gallery_id : gallery_id + 1], dtype=np.float32)
+        hits, search_ms = self._search(vector, plan)
+        return {"hits": hits, "decode_ms": None, "embed_ms": None, "search_ms": search_ms}
+
+    def _search(self, vector: np.ndarray, plan: SearchPlan) -> tuple[list[tuple[int, float]], float]:
+        t = time.perf_counter()
+        scores, ids = plan.entry.method.search(vector, plan.k, plan.params or None)
+        search_ms = 1000 * (time.perf_counter() - t)
+        return [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0], search_ms
+
+    def thumbnail(self, gallery_id: int) -> bytes:
+        """A JPEG of at most thumb_px on its longest side, made once and kept in the LRU cache."""
+        cached = self.thumbs.get(gallery_id)
+        if cached is not None:
+            return cached
+        path = self.image_path(gallery_id)
+        try:
+            image = load_rgb(path, max_pixels=self.config.max_pixels)
+        except BadImageError as exc:
+            raise NotFound(f"the image of gallery id {gallery_id} cannot be read ({exc})") from exc
+        image.thumbnail((self.config.thumb_px, self.config.thumb_px))
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=85)
+        data = buffer.getvalue()
+        self.thumbs.put(gallery_id, data)
+        return data
+
+    # -- lookups --
+    def image_path(self, gallery_id: int) -> Path:
+        """The file behind a gallery id: paths come from the gallery's metadata, never from a request."""
+        path = Path(self._paths[self.check_id(gallery_id)])
+        if not path.is_file():
+            raise NotFound(f"the image file of gallery id {gallery_id} is missing at {path}; the collection was moved or deleted after extraction")
+        return path
+
+    def row(self, gallery_id: int) -> dict[str, Any]:
+        return {
+            "id": gallery_id,
+            "path": self._paths[gallery_id],
+            "label": self._labels[gallery_id],
+            "label_name": self._label_names[gallery_id],
+            "split": self._splits[gallery_id],
+        }
+
+    def results(self, hits: list[tuple[int, float]], query_label: str | None) -> list[dict[str, Any]]:
+        out = []
+        for rank, (gallery_id, score) in enumerate(hits, 1):
+            row = self.row(gallery_id)
+            same = None if not query_label or not row["label"] else row["label"] == query_label
+            out.append({"rank": rank, **row, "score": score, "same_label": same})
+        return out
+
+    # -- description --
+    @property
+    def real(self) -> bool:
+        return is_real(self.gallery.manifest)
+
+    def warnings(self) -> list[str]:
+        manifest = self.gallery.manifest
+        out = []
+        if manifest["model"]["weights"]["kind"] == "random":
+            out.append(RANDOM_WEIGHTS_WARNING)
+        if manifest["data"].get("synthetic"):
+            out.append(GENERATED_DATA_WARNING)
+        return out
+
+    def info(self) -> dict[str, Any]:
+        """The manifest summary behind GET /api/gallery and the page's provenance panel."""
+        m = self.gallery.manifest
+        model, data = m["model"], m["data"]
+        return {
+            "path": str(self.gallery.path),
+            "model": model["model"],
+            "arch": model.get("arch"),
+            "dim": self.gallery.dim,
+            "count": self.gallery.count,
+            "image_size": model["preprocess"]["image_size"],
+            "precision": model.get("precision", {}).get("precision"),
+            "weights": model["weights"],
+            "data": {
+                "kind": data.get("kind"),
+                "root": data.get("root"),
+                "synthetic": bool(data.get("synthetic")),
+                "splits": data.get("splits"),
+                "note": (data.get("generator") or {}).get("note") or data.get("note"),
+            },
+            "real": self.real,
+            "provenance": self.gallery.provenance(),
+            "warnings": self.warnings(),
+            "fingerprint": self.gallery.fingerprint,
+            "created": m.get("created"),
+            "database": self.database_how,
+            "has_labels": any(label for label in self._labels),
+            "methods": [entry.describe(self.config.max_k) for entry in self.methods.values()],
+            "limits": {
+                "max_k": self.config.max_k,
+                "max_upload_bytes": self.config.max_upload_bytes,
+                "max_pixels": self.config.max_pixels,
+            },
+            "threads": runtime.thread_counts(),
+            "compute_slots": self.config.compute_slots,
+        }
+
+    def _too_large_message(self, size: int | None = None) -> str:
+        limit_mb = self.config.max_upload_bytes / 2**20
+        got = f" ({size / 2**20:.1f} MB)" if size else ""
+        return f"the upload{got} is over the {limit_mb:g} MB limit; send a smaller image or start the server with a larger --max-upload-mb"

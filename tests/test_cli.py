@@ -1,0 +1,88 @@
+"""The real command line, end to end on tiny generated collections: extract → index → search → bench."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .conftest import run_cli
+
+
+def test_extract_index_search_bench(tiny_collection, tmp_path):
+    out = tmp_path / "g"
+    extract = run_cli("extract", "--data", tiny_collection, "--out", out, "--model", "resnet18", "--weights", "random", "--image-size", "32", "--bs", "16")
+    assert "RANDOM weights" in extract.stdout and "GENERATED data" in extract.stdout
+    assert "images/s" in extract.stdout
+
+    index = run_cli("index", "--gallery", out, "--method", "ivf", "--nlist", "8")
+    assert "IVF8,Flat" in index.stdout and (out / "indexes" / "ivf" / "index.faiss").is_file()
+
+    query = next((tiny_collection / "val" / "images").iterdir())
+    for method in ("brute", "flat", "ivf"):
+        found = run_cli("search", "--gallery", out, "--image", query, "--method", method, "-k", "5")
+        rows = [line for line in found.stdout.splitlines() if line.strip()[:1].isdigit()]
+        assert len(rows) == 5, found.stdout
+        assert all("⚠ random weights" in row for row in rows)
+        assert "embed" in found.stdout and "search" in found.stdout
+    exact = run_cli("search", "--gallery", out, "--image", query, "--method", "brute", "-k", "5").stdout
+    ivf_all = run_cli("search", "--gallery", out, "--image", query, "--method", "ivf", "--nprobe", "8", "-k", "5").stdout
+    paths = lambda text: [line.split()[-5] for line in text.splitlines() if line.strip()[:1].isdigit()]
+    assert paths(exact) == paths(ivf_all)
+
+    bench = run_cli("bench", "--gallery", out, "--single-queries", "10")
+    assert "| ivf |" in bench.stdout and "recall@k vs exact" in bench.stdout
+    result = json.loads((out / "bench.json").read_text())
+    assert [m["method"] for m in result["methods"]] == ["brute", "flat", "ivf"]
+    assert result["methods"][0]["recall"] == 1.0 and result["methods"][1]["recall"] == 1.0
+    assert result["methods"][2]["params"]["nlist"] == 8
+    assert result["real"] is False and result["peak_rss_bytes"] > 0
+    assert (out / "bench.md").read_text().count("⚠ random weights") >= 3
+
+
+def test_combined_table_over_two_galleries(tiny_gallery, tiny_collection, tmp_path):
+    other = tmp_path / "mobilenet"
+    run_cli("extract", "--data", tiny_collection, "--out", other, "--model", "mobilenet", "--weights", "random", "--image-size", "32", "--bs", "16")
+    combined = tmp_path / "table.md"
+    proc = run_cli("bench", "--gallery", tiny_gallery, other, "--single-queries", "5", "--out", combined)
+    table = combined.read_text()
+    assert "| | resnet18 | mobilenet |" in table
+    assert "| feature dim | 512 | 1280 |" in table
+    assert "Combined table" in proc.stdout
+
+
+def test_class_folders_and_list_files(tiny_collection, tmp_path):
+    folders = tmp_path / "folders"
+    for wnid_dir in (tiny_collection / "train").iterdir():
+        shutil.copytree(wnid_dir / "images", folders / wnid_dir.name)
+    listing = tmp_path / "lists" / "all_img_list.txt"
+    listing.parent.mkdir()
+    images = sorted(folders.rglob("*.JPEG"))[:30]
+    listing.write_text("# the study's --all_img_list\n" + "\n".join(str(Path("..") / p.relative_to(tmp_path)) for p in images) + "\n")
+    for data, count in ((folders, 100), (listing, 30)):
+        out = tmp_path / f"g-{data.name}"
+        run_cli("extract", "--data", data, "--out", out, "--model", "resnet18", "--weights", "random", "--image-size", "32", "--bs", "16")
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["count"] == count
+
+
+def test_user_errors_are_one_clear_line(tmp_path, tiny_gallery):
+    missing = run_cli("extract", "--data", tmp_path / "nope", "--out", tmp_path / "g", "--weights", "random", check=False)
+    assert missing.returncode == 2 and "error:" in missing.stderr and "Traceback" not in missing.stderr
+    no_gallery = run_cli("search", "--gallery", tmp_path / "nope", "--image", "x.jpg", check=False)
+    assert no_gallery.returncode == 2 and "lookalike extract --out" in no_gallery.stderr
+    bad_query = tmp_path / "bad.jpg"
+    bad_query.write_bytes(b"not an image")
+    bad = run_cli("search", "--gallery", tiny_gallery, "--image", bad_query, check=False)
+    assert bad.returncode == 2 and "bad.jpg" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_models_lists_the_weight_sources():
+    out = run_cli("models").stdout
+    assert "resnet18" in out and "1280" in out and "resnet18-f37072fd.pth" in out and "vit_base_patch32_clip_224.openai" in out
+
+
+def test_fetch_offline_says_where_to_put_the_data(tmp_path):
+    proc = run_cli("fetch", "tiny-imagenet", "--dest", tmp_path, "--url", "http://127.0.0.1:9/tiny-imagenet-200.zip", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "tiny-imagenet-200" in proc.stderr and str(tmp_path) in proc.stderr

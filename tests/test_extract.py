@@ -1,0 +1,154 @@
+"""Extraction: unit-norm embeddings of the stated size, bad files skipped and reported, resumable, refusing mismatches."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from lookalike.errors import GalleryError, WeightsUnavailableError
+from lookalike.extract import ExtractConfig, extract
+from lookalike.gallery import open_gallery
+from lookalike.models import MODELS, load_model
+from lookalike.synthetic import generate_collection, make_bad_images
+
+from .conftest import LOOKALIKE, run_cli
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_each_model_gives_unit_norm_embeddings_of_its_dimension(name):
+    embedder = load_model(name, "random", image_size=32 if name != "clip" else 64)
+    out = embedder.embed(torch.randn(3, 3, embedder.preprocess.image_size, embedder.preprocess.image_size))
+    assert out.shape == (3, MODELS[name].dim)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+
+
+def test_random_weights_are_seeded_and_labelled():
+    a = load_model("resnet18", "random", image_size=32, seed=3)
+    b = load_model("resnet18", "random", image_size=32, seed=3)
+    x = torch.randn(2, 3, 32, 32)
+    np.testing.assert_array_equal(a.embed(x, "fp32"), b.embed(x, "fp32"))
+    assert "RANDOM" in a.weights.label()
+    assert not a.weights.is_trained
+
+
+def test_offline_pretrained_weights_give_an_error_that_says_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache; the hub is unreachable here
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline, raising=False)
+    with pytest.raises(WeightsUnavailableError, match=r"resnet18-f37072fd\.pth.*--weights"):
+        load_model("resnet18", "pretrained")
+
+
+def test_weights_from_a_file_are_loaded_and_hashed(tmp_path):
+    source = load_model("resnet18", "random", image_size=32, seed=5)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.module.state_dict().items()}}, path)
+    loaded = load_model("resnet18", str(path), image_size=32)
+    x = torch.randn(2, 3, 32, 32)
+    np.testing.assert_allclose(loaded.embed(x, "fp32"), source.embed(x, "fp32"), atol=1e-6)
+    assert loaded.weights.kind == "file" and len(loaded.weights.sha256) == 64
+
+
+def _config(data: Path, out: Path, **kw) -> ExtractConfig:
+    return ExtractConfig(data=str(data), out=str(out), model="resnet18", weights="random", image_size=32, batch_size=8, shard_size=16, **kw)
+
+
+def test_bad_images_are_skipped_and_reported(tmp_path):
+    data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=6, val_per_class=2)
+    wnid = (data / "wnids.txt").read_text().split()[0]
+    bad = make_bad_images(data / "train" / wnid / "images")
+    gallery = extract(_config(data, tmp_path / "g"), progress=False)
+    skipped = gallery.manifest["skipped"]
+    assert skipped["count"] == len(bad)
+    assert {Path(f["path"]).name for f in skipped["files"]} == {p.name for p in bad}
+    assert gallery.count == 16
+    assert not any(Path(p).name in {b.name for b in bad} for p in gallery.paths)
+
+
+def test_gallery_files_and_manifest(tiny_gallery):
+    gallery = open_gallery(tiny_gallery)
+    manifest = gallery.manifest
+    assert gallery.embeddings.shape == (120, 512)
+    np.testing.assert_allclose(np.linalg.norm(gallery.embeddings, axis=1), 1.0, rtol=1e-5)
+    meta = pq.read_table(tiny_gallery / "metadata.parquet").to_pydict()
+    assert meta["id"] == list(range(120))
+    assert set(meta["split"]) == {"train", "val"}
+    assert manifest["model"]["weights"]["kind"] == "random"
+    assert manifest["data"]["synthetic"] is True
+    assert manifest["model"]["preprocess"]["image_size"] == 32
+    assert "torch" in manifest["environment"]["versions"]
+    assert "RANDOM" in gallery.provenance() and "GENERATED" in gallery.provenance()
+    assert not (tiny_gallery / ".partial").exists()
+    assert not list(tiny_gallery.glob(".*.tmp"))
+
+
+def test_a_gallery_from_other_arguments_is_refused_unless_overwrite(tmp_path, tiny_collection):
+    out = tmp_path / "g"
+    data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=4, val_per_class=1)
+    extract(_config(data, out), progress=False)
+    before = (out / "embeddings.npy").read_bytes()
+    other = ExtractConfig(data=str(data), out=str(out), model="mobilenet", weights="random", image_size=32, batch_size=8, shard_size=16)
+    with pytest.raises(GalleryError, match=r"model='resnet18' \(now 'mobilenet'\).*--overwrite"):
+        extract(other, progress=False)
+    assert (out / "embeddings.npy").read_bytes() == before  # nothing lost
+    gallery = extract(ExtractConfig(**{**other.__dict__, "overwrite": True}), progress=False)
+    assert gallery.dim == 1280
+
+
+def test_same_arguments_on_a_complete_gallery_do_nothing(tmp_path):
+    data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=4, val_per_class=1)
+    first = extract(_config(data, tmp_path / "g"), progress=False)
+    again = extract(_config(data, tmp_path / "g"), progress=False)
+    assert again.manifest["created"] == first.manifest["created"]
+
+
+def test_killed_extraction_resumes_to_the_same_gallery(tmp_path):
+    data = generate_collection(tmp_path / "data", n_classes=4, train_per_class=60, val_per_class=4)
+    args = ["extract", "--data", data, "--model", "resnet18", "--weights", "random", "--image-size", "64", "--bs", "8", "--shard-size", "16", "--workers", "0"]
+    run_cli(*args, "--out", tmp_path / "whole")
+
+    out = tmp_path / "resumed"
+    proc = subprocess.Popen([*LOOKALIKE, *map(str, args), "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(list((out / ".partial").glob("shard-*.npz"))) < 3:
+        assert proc.poll() is None, "extraction finished before it could be killed; make the collection larger"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list((out / ".partial").glob("shard-*.npz")))
+    assert not (out / "manifest.json").exists() and done < 16
+
+    with pytest.raises(GalleryError, match="rerun the same `lookalike extract`"):
+        open_gallery(out)
+    run_cli(*args, "--out", out)
+    whole, resumed = open_gallery(tmp_path / "whole"), open_gallery(out)
+    np.testing.assert_array_equal(np.asarray(resumed.embeddings), np.asarray(whole.embeddings))
+    assert pq.read_table(out / "metadata.parquet").equals(pq.read_table(tmp_path / "whole" / "metadata.parquet"))
+    strip = lambda m: {k: v for k, v in m.items() if k not in ("created", "timings", "environment")}
+    assert strip(resumed.manifest) == strip(whole.manifest)
+
+
+def test_interrupted_run_with_other_arguments_is_refused(tmp_path):
+    data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=4, val_per_class=1)
+    partial = tmp_path / "g" / ".partial"
+    partial.mkdir(parents=True)
+    (partial / "state.json").write_text(json.dumps({"identity": {"model": "clip"}, "records_digest": "x"}))
+    with pytest.raises(GalleryError, match="unfinished extraction"):
+        extract(_config(data, tmp_path / "g"), progress=False)
+    assert (partial / "state.json").exists()

@@ -1,0 +1,123 @@
+"""Search methods through their one interface: exactness, the l2/ip identity, round trips, mismatches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lookalike.errors import IndexMismatchError, LookalikeError
+from lookalike.gallery import open_gallery
+from lookalike.search import BruteForce, FaissIndex, get_method, load_method, make_method, save_method
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((20, 32))
+    base = unit(np.repeat(centres, 100, axis=0) + 0.6 * rng.standard_normal((2000, 32)))
+    queries = unit(centres[rng.integers(0, 20, 50)] + 0.6 * rng.standard_normal((50, 32)))
+    ids = np.arange(10_000, 12_000)  # gallery ids need not be positions
+    return base, queries, ids
+
+
+def built(name, base, ids, metric="ip", **kw):
+    method = make_method(name, len(base), base.shape[1], metric, **kw)
+    method.build(base, ids)
+    return method
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_brute_and_flat_return_the_same_top_k(data, backend):
+    base, queries, ids = data
+    bs, bi = built("brute", base, ids, backend=backend).search(queries, 10)
+    fs, fi = built("flat", base, ids).search(queries, 10)
+    np.testing.assert_array_equal(bi, fi)
+    np.testing.assert_allclose(bs, fs, atol=1e-5)
+    assert bi.min() >= 10_000
+    assert np.all(np.diff(bs, axis=1) <= 1e-6)  # best first
+
+
+def test_brute_matches_a_full_sort_with_tiny_blocks(data):
+    base, queries, ids = data
+    method = BruteForce("brute", "ip", backend="numpy", score_block_bytes=4 * len(base) * 3)  # 3 queries per block
+    method.build(base, ids)
+    _, found = method.search(queries, 7)
+    expected = ids[np.argsort(-(queries @ base.T), axis=1, kind="stable")[:, :7]]
+    np.testing.assert_array_equal(found, expected)
+
+
+def test_ivf_with_nprobe_equal_to_nlist_is_exact(data):
+    base, queries, ids = data
+    _, exact = built("flat", base, ids).search(queries, 10)
+    ivf = built("ivf", base, ids)
+    nlist = ivf.params()["nlist"]
+    assert nlist == round(np.sqrt(len(base)))
+    _, found = ivf.search(queries, 10, {"nprobe": nlist})
+    np.testing.assert_array_equal(found, exact)
+    assert ivf.params()["nprobe"] != nlist  # per-call params do not stick
+
+
+@pytest.mark.parametrize("name", ["brute", "flat", "ivf"])
+def test_l2_scores_are_two_minus_two_cosine_with_the_same_ranking(data, name):
+    base, queries, ids = data
+    params = {"nprobe": 45} if name == "ivf" else None
+    ip_scores, ip_ids = built(name, base, ids, "ip").search(queries, 10, params)
+    l2_scores, l2_ids = built(name, base, ids, "l2").search(queries, 10, params)
+    np.testing.assert_array_equal(ip_ids, l2_ids)
+    np.testing.assert_allclose(l2_scores, 2 - 2 * ip_scores, atol=1e-4)
+    direct = ((queries[:, None, :] - base[np.searchsorted(ids, l2_ids)]) ** 2).sum(-1)
+    np.testing.assert_allclose(l2_scores, direct, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["brute", "flat", "ivf", "hnsw", "sq8", "IVF16,PQ8"])
+def test_save_load_round_trip(tmp_path, data, name):
+    base, queries, ids = data
+    method = built(name, base, ids)
+    method.save(tmp_path / name)
+    cls = BruteForce if name == "brute" else FaissIndex
+    vectors = np.zeros((12_000, base.shape[1]), np.float32)
+    vectors[ids] = base
+    loaded = cls.load(tmp_path / name, vectors)
+    for a, b in zip(method.search(queries, 5), loaded.search(queries, 5)):
+        np.testing.assert_array_equal(a, b)
+    assert loaded.params() == method.params()
+    assert loaded.memory_bytes() == method.memory_bytes()
+
+
+def test_memory_is_measured_from_the_real_index(data):
+    base, _, ids = data
+    raw = base.nbytes
+    assert built("flat", base, ids).memory_bytes() >= raw
+    assert built("sq8", base, ids).memory_bytes() < raw / 3
+    assert built("brute", base, ids).memory_bytes() == raw + ids.nbytes
+
+
+def test_bad_parameters_are_clear_errors(data):
+    base, queries, ids = data
+    ivf = built("ivf", base, ids)
+    with pytest.raises(LookalikeError, match="nprobe=0 is out of range"):
+        ivf.search(queries, 5, {"nprobe": 0})
+    with pytest.raises(LookalikeError, match="no search parameter 'efSearch'"):
+        ivf.set_params(efSearch=3)
+    with pytest.raises(LookalikeError, match="unknown method"):
+        make_method("kdtree", 10, 4)
+    with pytest.raises(LookalikeError, match="queries are 16-d"):
+        built("flat", base, ids).search(queries[:, :16], 5)
+
+
+def test_saved_index_of_another_gallery_is_refused(tiny_gallery, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_gallery, copy)
+    gallery = open_gallery(copy)
+    save_method(gallery, get_method(gallery, "flat")[0])
+    assert isinstance(load_method(gallery, "flat"), FaissIndex)
+    manifest = gallery.manifest | {"fingerprint": "another"}
+    (copy / "manifest.json").write_text(__import__("json").dumps(manifest))
+    with pytest.raises(IndexMismatchError, match="rebuild it with `lookalike index"):
+        load_method(open_gallery(copy), "flat")
