@@ -4,12 +4,14 @@ The record list is cut into fixed shards (a multiple of the batch size, so every
 same whether a run is fresh or resumed). Each finished shard is written atomically to
 `<out>/.partial/`; a killed run picks up at the first missing shard, and the committed gallery
 is identical to an uninterrupted run. `commit` assembles the shards and writes the manifest
-last. The Ray engine reuses `prepare`, `embed_shard`-style shard files and `commit` unchanged.
+last. The Ray engine (`lookalike.distributed`) reuses `prepare`, the decoding, the shard format
+(`encode_shard`), `calibrate_precision`, `record_state` and `commit`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -35,6 +37,7 @@ from .gallery import (
     SCHEMA_VERSION,
     Gallery,
     atomic_save_npy,
+    atomic_write_bytes,
     atomic_write_json,
     atomic_write_parquet,
     clear_gallery,
@@ -223,21 +226,22 @@ def calibrate_precision(embedder: Embedder, images: torch.Tensor, requested: str
     }
 
 
+def encode_shard(embeddings: np.ndarray, indices: list[int], bad: list[tuple[int, str]], seconds: float) -> bytes:
+    """The shard file format (an .npz), as bytes: both engines write it, the Ray engine through fsspec."""
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        embeddings=embeddings.astype(np.float32, copy=False),
+        indices=np.asarray(indices, dtype=np.int64),
+        bad_indices=np.asarray([i for i, _ in bad], dtype=np.int64),
+        bad_reasons=np.asarray([r for _, r in bad], dtype=str),
+        seconds=np.float64(seconds),
+    )
+    return buffer.getvalue()
+
+
 def write_shard(job: Job, shard: Shard, embeddings: np.ndarray, indices: list[int], bad: list[tuple[int, str]], seconds: float) -> None:
-    from .gallery import _atomic
-
-    def save(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(
-                f,
-                embeddings=embeddings.astype(np.float32, copy=False),
-                indices=np.asarray(indices, dtype=np.int64),
-                bad_indices=np.asarray([i for i, _ in bad], dtype=np.int64),
-                bad_reasons=np.asarray([r for _, r in bad], dtype=str),
-                seconds=np.float64(seconds),
-            )
-
-    _atomic(job.partial / shard.filename, save)
+    atomic_write_bytes(job.partial / shard.filename, encode_shard(embeddings, indices, bad, seconds))
 
 
 def run_local(job: Job, embedder: Embedder, workers: int, progress: bool = True) -> None:
@@ -282,15 +286,20 @@ def run_local(job: Job, embedder: Embedder, workers: int, progress: bool = True)
 
 def ensure_state(job: Job, embedder: Embedder) -> None:
     """Write the job's state file before the first shard, so a resume can check its arguments."""
-    job.partial.mkdir(parents=True, exist_ok=True)
     if "precision" in job.state:
         embedder.precision = job.state["precision"]["precision"]
-    job.state.setdefault("model", {k: v for k, v in embedder.describe().items() if k != "precision"})
+    record_state(job, embedder.describe())
+
+
+def record_state(job: Job, model: dict) -> None:
+    """Record the model (as `Embedder.describe()` gives it) in the state file; the Ray engine gets it from a worker."""
+    job.partial.mkdir(parents=True, exist_ok=True)
+    job.state.setdefault("model", {k: v for k, v in model.items() if k != "precision"})
     job.state.setdefault("started", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     atomic_write_json(job.partial / STATE, job.state)
 
 
-def commit(job: Job, embedder: Embedder, extra_timings: dict | None = None) -> Gallery:
+def commit(job: Job, embedder: Embedder | None = None, extra_timings: dict | None = None) -> Gallery:
     """Assemble the shards into the final gallery files; manifest.json goes last."""
     missing = job.todo()
     if missing:
@@ -302,7 +311,7 @@ def commit(job: Job, embedder: Embedder, extra_timings: dict | None = None) -> G
             idx.append(z["indices"])
             bad.extend(zip(z["bad_indices"].tolist(), z["bad_reasons"].tolist()))
             seconds += float(z["seconds"])
-    embeddings = np.concatenate(embs) if embs else np.zeros((0, embedder.dim), np.float32)
+    embeddings = np.concatenate(embs) if embs else np.zeros((0, job.state["model"]["dim"]), np.float32)
     indices = np.concatenate(idx) if idx else np.zeros(0, np.int64)
     if len(indices) == 0:
         raise GalleryError(f"no image under {job.config.data} could be decoded ({len(bad)} bad files); nothing to store")

@@ -69,6 +69,23 @@ class FaissIndex(SearchMethod):
         return int(self.index.d) if self.index is not None else 0
 
     def _build(self, vectors: np.ndarray) -> BuildStats:
+        index, train_n, t_train = self._trained_index(vectors)
+        t = time.perf_counter()
+        index = self._add(index, vectors)
+        t_add = time.perf_counter() - t
+        self.index = index
+        self._memory = None
+        self._apply(self._search_params)
+        return BuildStats(round(t_train, 4), round(t_add, 4), train_n)
+
+    def _add(self, index: faiss.Index, vectors: np.ndarray) -> faiss.Index:
+        """Add every vector to the trained `index`; the Ray engine overrides this (lookalike.distributed.index)."""
+        for start in range(0, len(vectors), 65536):  # add in blocks: a memmapped gallery is never copied whole
+            index.add(as_float32_c(np.asarray(vectors[start : start + 65536])))
+        return index
+
+    def _trained_index(self, vectors: np.ndarray) -> tuple[faiss.Index, int, float]:
+        """A new, still empty index from the factory, trained on a seeded sample: (index, training vectors, seconds)."""
         n, d = vectors.shape
         nlist = ivf_nlist(self.factory)
         if nlist and n < nlist:
@@ -89,14 +106,7 @@ class FaissIndex(SearchMethod):
             t = time.perf_counter()
             index.train(sample)
             t_train = time.perf_counter() - t
-        t = time.perf_counter()
-        for start in range(0, n, 65536):  # add in blocks: a memmapped gallery is never copied whole
-            index.add(as_float32_c(np.asarray(vectors[start : start + 65536])))
-        t_add = time.perf_counter() - t
-        self.index = index
-        self._memory = None
-        self._apply(self._search_params)
-        return BuildStats(round(t_train, 4), round(t_add, 4), train_n)
+        return index, train_n, t_train
 
     def _apply(self, params: dict[str, Any]) -> None:
         space = faiss.ParameterSpace()

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import LookalikeError
 from ..runtime import as_float32_c
 from .base import IDS_FILE, BuildStats
-from .faiss_index import FaissIndex
+from .faiss_index import MAX_POINTS_PER_CENTROID, FaissIndex
 
 K_FACTOR_RANGE = (1, 256)
 DEFAULT_K_FACTOR = 4
@@ -66,9 +66,17 @@ class MmapRerankIndex(FaissIndex):
 
     kind = "faiss-mmap-rerank"
 
-    def __init__(self, name: str, factory: str, metric: str = "ip", search_params: dict[str, Any] | None = None, seed: int = 0, **options: Any):
+    def __init__(
+        self,
+        name: str,
+        factory: str,
+        metric: str = "ip",
+        search_params: dict[str, Any] | None = None,
+        seed: int = 0,
+        train_points_per_list: int = MAX_POINTS_PER_CENTROID,
+    ):
         search_params = {"k_factor": DEFAULT_K_FACTOR, **(search_params or {})}
-        super().__init__(name, factory, metric, search_params, seed, **options)
+        super().__init__(name, factory, metric, search_params, seed, train_points_per_list)
         self.vectors = np.zeros((0, 0), dtype=np.float32)  # row positions → exact vectors
 
     def _build(self, vectors: np.ndarray) -> BuildStats:

@@ -327,5 +327,5 @@ class SearchService:
 
     def _too_large_message(self, size: int | None = None) -> str:
         limit_mb = self.config.max_upload_bytes / 2**20
-        got = f" ({size / 2**20:.1f} MB)" if size else ""
+        got = f" ({size} bytes)" if size else ""
         return f"the upload{got} is over the {limit_mb:g} MB limit; send a smaller image or start the server with a larger --max-upload-mb"
