@@ -43,10 +43,15 @@ weights are said to be so).
 def parser(description: str) -> argparse.ArgumentParser:
     """The arguments every benchmark script takes; scripts add their own."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--quick", action="store_true", help="a fast smoke run with tiny sizes (figures are not meaningful)")
+    p.add_argument("--quick", action="store_true", help="a fast smoke run with tiny sizes; its figures are not meaningful, so it leaves the docs alone")
     p.add_argument("--threads", type=int, default=None, help="torch/FAISS/BLAS threads (default: one per core)")
     p.add_argument("--no-write", action="store_true", help=f"print only; leave {DOC.relative_to(ROOT)} alone")
     return p
+
+
+def should_write(args: argparse.Namespace) -> bool:
+    """Write docs/benchmarks.md only from full runs: a --quick smoke run must not replace real figures."""
+    return not (args.no_write or args.quick)
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:

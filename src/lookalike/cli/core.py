@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a gallery built with other arguments")
     _engine_args(p)
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs per model actor")
+    p.add_argument("--staging", default=None, help="ray: fsspec URL where workers write shards (e.g. s3://bucket/job) when they do not share --out's filesystem")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("index", help="build and save a search index for a gallery")
@@ -118,10 +119,12 @@ def extract_config(args: argparse.Namespace):
 
 def cmd_extract(args: argparse.Namespace) -> int:
     config = extract_config(args)
+    if args.staging and args.engine != "ray":
+        raise LookalikeError("--staging is where Ray workers write shards; add --engine ray or drop --staging")
     if args.engine == "ray":
         from ..distributed import extract_ray
 
-        gallery = extract_ray(config, address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker)
+        gallery = extract_ray(config, address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker, staging=args.staging)
     else:
         from ..extract import extract
 

@@ -5,9 +5,9 @@ Named methods and the factory strings they stand for (N = database size, d = dim
     flat     "Flat"                  exact, faiss.IndexFlatIP / IndexFlatL2
     ivf      "IVF{√N},Flat"          approximate; nprobe trades recall for speed
     hnsw     "HNSW{M},Flat"          graph; efSearch trades recall for speed
-    ivfpq    "IVF{√N},PQ{d/8},RFlat" compressed codes, re-ranked by exact distances (k_factor);
+    ivfpq    "IVF{√N},PQ{d/8}np,RFlat" compressed codes, re-ranked by exact distances (k_factor);
                                      RFlat keeps a float copy of every vector, so memory > raw
-    ivfpq-mmap "IVF{√N},PQ{d/8}"     the same codes, re-ranked from the gallery's memory-mapped
+    ivfpq-mmap "IVF{√N},PQ{d/8}np"   the same codes, re-ranked from the gallery's memory-mapped
                                      embeddings.npy: memory ≈ codes only (see search.rerank)
     sq8      "SQ8"                   8-bit scalar quantiser (4× smaller)
     sqfp16   "SQfp16"                16-bit floats (2× smaller)
@@ -56,7 +56,9 @@ def factory_for(
     """The factory string behind a named method, sized for n vectors of dimension d."""
     nlist = nlist or default_nlist(n)
     bits = pq_bits or pq_bits_for(n)
-    pq = f"PQ{pq_m or _pq_subquantizers(d)}" + ("" if bits == 8 else f"x{bits}")
+    # "np": no polysemous training, a code reordering for Hamming pre-filtering we never use
+    # that makes training many times slower (minutes instead of seconds at 100k).
+    pq = f"PQ{pq_m or _pq_subquantizers(d)}" + ("" if bits == 8 else f"x{bits}") + "np"
     if name == "flat":
         return "Flat"
     if name == "ivf":

@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import BadImageError, LookalikeError
 from .schemas import ErrorBody, GalleryInfo, Health, Latency, QueryInfo, SearchResponse
@@ -53,6 +53,7 @@ def create_app(gallery_dir: str | FilePath, config: ServerConfig | None = None) 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     reasons = {
         400: "unreadable image, or both an image and an id",
+        415: "a JSON body: the query is sent as form fields",
         404: "unknown gallery id, or its image file is missing",
         413: "upload over the size limit",
         422: "missing or invalid field: unknown method, k or nprobe out of range, wrong type",
@@ -64,12 +65,23 @@ def _error(status: int, message: str, field: str | None = None, headers: dict[st
     return JSONResponse(ErrorBody(error=message, status=status, field=field).model_dump(), status_code=status, headers=headers)
 
 
-class DeclaredSizeLimit:
-    """Answer 413 (as JSON) before reading a body whose Content-Length is over the route's limit.
+class BodyTooLarge(StarletteHTTPException):
+    def __init__(self) -> None:
+        super().__init__(413, "request body over the limit")
 
-    Bodies sent without a Content-Length (chunked) are cut off while they are read, by the
-    route's `max_body_size`; either way an oversized upload is never buffered whole.
+
+class UploadSizeLimit:
+    """Refuse request bodies over a route's limit with a 413, without ever buffering them whole.
+
+    A declared Content-Length over the limit is refused before reading; a body without one
+    (chunked) is counted while the form parser reads it. The rest of the body is then read
+    and dropped (up to DRAIN_BYTES) before answering: closing a socket with unread data makes
+    the kernel send a reset, and clients that write the whole body before reading (httpx,
+    requests) would lose the 413 and see a broken connection instead. A client that sent
+    `Expect: 100-continue` (curl) gets the 413 before it sends the body at all.
     """
+
+    DRAIN_BYTES = 64 * 2**20
 
     def __init__(self, app: ASGIApp, limits: dict[str, int], message: str):
         self.app = app
@@ -77,12 +89,39 @@ class DeclaredSizeLimit:
         self.message = message
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (limit := self.limits.get(scope["path"])) is not None:
-            declared = Headers(scope=scope).get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
-                await _error(413, self.message, "image", headers={"Connection": "close"})(scope, receive, send)
+        limit = self.limits.get(scope["path"]) if scope["type"] == "http" else None
+        if limit is None:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            if headers.get("expect", "").lower() != "100-continue" and int(declared) <= self.DRAIN_BYTES:
+                await self._drain(receive, int(declared))
+            await _error(413, self.message, "image", headers={"Connection": "close"})(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    if message.get("more_body"):
+                        await self._drain(receive, self.DRAIN_BYTES)
+                    raise BodyTooLarge()  # an HTTPException: FastAPI re-raises it from form parsing, on_http answers
+            return message
+
+        await self.app(scope, counted, send)
+
+    @staticmethod
+    async def _drain(receive: Receive, budget: int) -> None:
+        while budget > 0:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body"):
                 return
-        await self.app(scope, receive, send)
+            budget -= len(message.get("body", b""))
 
 
 def build_app(service: SearchService) -> FastAPI:
@@ -117,7 +156,7 @@ def build_app(service: SearchService) -> FastAPI:
     )
     app.state.service = service
     search_body_limit = config.max_upload_bytes + FORM_OVERHEAD_BYTES
-    app.add_middleware(DeclaredSizeLimit, limits={"/api/search": search_body_limit}, message=service._too_large_message())
+    app.add_middleware(UploadSizeLimit, limits={"/api/search": search_body_limit}, message=service._too_large_message())
 
     # -- errors: always JSON, always one sentence --
     @app.exception_handler(RequestError)
@@ -164,11 +203,11 @@ def build_app(service: SearchService) -> FastAPI:
     @app.post(
         "/api/search",
         response_model=SearchResponse,
-        responses=_errors(400, 404, 413, 422),
-        max_body_size=search_body_limit,
+        responses=_errors(400, 404, 413, 415, 422),
         summary="Find the gallery images nearest to an uploaded image or to a gallery image",
     )
     async def search(
+        request: Request,
         image: Annotated[UploadFile | None, File(description=f"the query image; give this or id (at most {config.max_upload_bytes} bytes)")] = None,
         gallery_id: Annotated[int | None, Form(alias="id", description="a gallery id to search from (its stored embedding; no decoding or embedding)")] = None,
         method: Annotated[str, Form(description="brute, flat, ivf or a saved index; see GET /api/gallery")] = "brute",
@@ -176,12 +215,15 @@ def build_app(service: SearchService) -> FastAPI:
         nprobe: Annotated[int | None, Form(description="IVF lists to visit, for methods that have them; default: the method's own")] = None,
     ) -> SearchResponse:
         started = time.perf_counter()
+        if request.headers.get("content-type", "").startswith("application/json"):
+            raise RequestError("send the query as multipart/form-data fields (image or id, method, k, nprobe), not as JSON", "image", status=415)
         if image is not None and gallery_id is not None:
             raise RequestError("give either an image or an id as the query, not both", "id")
         if image is None and gallery_id is None:
             raise Invalid("missing query: send an image file in field 'image' or a gallery id in field 'id'", "image")
         plan = service.plan(method, k, nprobe)
         if image is not None:
+            service.check_uploads()
             if image.size is not None and image.size > config.max_upload_bytes:
                 raise TooLarge(service._too_large_message(image.size), "image")
             data = await image.read()

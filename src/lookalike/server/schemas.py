@@ -93,7 +93,7 @@ class GalleryInfo(BaseModel):
     arch: str | None
     dim: int
     count: int
-    image_size: int
+    image_size: int | None = Field(description="model input size in pixels; null for generated embeddings (no model)")
     precision: str | None
     weights: dict[str, Any] = Field(description="kind (pretrained | random | file), source, sha256, seed")
     data: DataInfo
@@ -104,6 +104,7 @@ class GalleryInfo(BaseModel):
     created: str | None
     database: str = Field(description="which rows are searched and which are held out")
     has_labels: bool
+    uploads: bool = Field(description="false when no model made the embeddings (generated galleries): query by id only")
     methods: list[MethodInfo]
     limits: Limits
     threads: dict[str, int]

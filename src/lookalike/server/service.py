@@ -29,6 +29,7 @@ from .. import runtime
 from ..errors import BadImageError, LookalikeError
 from ..gallery import Gallery, is_real, open_gallery
 from ..images import DEFAULT_MAX_PIXELS, load_rgb
+from ..models import MODELS
 from ..query import QueryEmbedder
 from ..search import SearchMethod, get_method, load_method, saved_methods
 
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 BUILT_METHODS = ("brute", "flat", "ivf")  # always offered; a saved index of the same name is loaded instead of built
 RANDOM_WEIGHTS_WARNING = "RANDOM weights: the model is untrained, so these rankings carry no learned meaning (fine for tests and timing only)."
 GENERATED_DATA_WARNING = "GENERATED data: the images were drawn by lookalike.synthetic, they are not real photos."
+NO_MODEL_WARNING = "GENERATED embeddings: no model made them, so only gallery ids can be queried (no uploads)."
+ARRAY_PATH_PREFIXES = ("synthetic:", "array:")  # rows written from arrays (experiments.synthetic_gallery) have no image file
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,11 @@ class RequestError(LookalikeError):
 
     status = 400
 
-    def __init__(self, message: str, field_name: str | None = None):
+    def __init__(self, message: str, field_name: str | None = None, status: int | None = None):
         super().__init__(message)
         self.field = field_name
+        if status is not None:
+            self.status = status
 
 
 class NotFound(RequestError):
@@ -140,7 +145,7 @@ class ThumbnailCache:
 class SearchService:
     """One gallery with its query model and search methods, loaded once and shared by every request."""
 
-    def __init__(self, gallery: Gallery, config: ServerConfig, embedder: QueryEmbedder, methods: dict[str, MethodEntry], database_how: str):
+    def __init__(self, gallery: Gallery, config: ServerConfig, embedder: QueryEmbedder | None, methods: dict[str, MethodEntry], database_how: str):
         self.gallery = gallery
         self.config = config
         self.embedder = embedder
@@ -164,7 +169,8 @@ class SearchService:
         config = config or ServerConfig()
         threads = runtime.set_threads(config.threads)
         gallery = open_gallery(gallery_dir)
-        embedder = QueryEmbedder(gallery)
+        # A gallery whose embeddings were generated (no model) can still be searched by gallery id.
+        embedder = QueryEmbedder(gallery) if gallery.model in MODELS else None
         partition = gallery.partition()
         methods: dict[str, MethodEntry] = {}
         for name in BUILT_METHODS:
@@ -182,8 +188,11 @@ class SearchService:
 
     def warm_up(self) -> None:
         """One dummy query through the model and every method, so the first user does not pay for lazy set-up."""
-        size = self.embedder.embedder.preprocess.image_size
-        vector, _ = self.embedder.embed_image(Image.new("RGB", (size, size), (128, 128, 128)))
+        if self.embedder is not None:
+            size = self.embedder.embedder.preprocess.image_size
+            vector, _ = self.embedder.embed_image(Image.new("RGB", (size, size), (128, 128, 128)))
+        else:
+            vector = np.asarray(self.gallery.embeddings[:1], dtype=np.float32)
         for entry in self.methods.values():
             entry.method.search(vector, min(10, max(1, entry.method.ntotal)))
 
@@ -207,6 +216,10 @@ class SearchService:
             params["nprobe"] = nprobe
         return SearchPlan(entry, k, params)
 
+    def check_uploads(self) -> None:
+        if self.embedder is None:
+            raise Invalid(f"this gallery's embeddings were generated without a model ({self.gallery.model}), so an upload cannot be embedded like them; query by gallery id instead", "image")
+
     def check_id(self, gallery_id: int, field_name: str = "id") -> int:
         if not 0 <= gallery_id < self.gallery.count:
             raise NotFound(f"no gallery image with id {gallery_id}; ids run from 0 to {self.gallery.count - 1}", field_name)
@@ -214,6 +227,7 @@ class SearchService:
 
     # -- compute jobs (run in a worker thread behind the compute limiter) --
     def search_upload(self, data: bytes, plan: SearchPlan) -> dict[str, Any]:
+        self.check_uploads()
         if len(data) > self.config.max_upload_bytes:
             raise TooLarge(self._too_large_message(len(data)), "image")
         vector, timings = self.embedder.embed_bytes(data, self.config.max_pixels)
@@ -252,8 +266,11 @@ class SearchService:
     # -- lookups --
     def image_path(self, gallery_id: int) -> Path:
         """The file behind a gallery id: paths come from the gallery's metadata, never from a request."""
-        path = Path(self._paths[self.check_id(gallery_id)])
+        recorded = self._paths[self.check_id(gallery_id)]
+        path = Path(recorded)
         if not path.is_file():
+            if recorded.startswith(ARRAY_PATH_PREFIXES):
+                raise NotFound(f"gallery id {gallery_id} has no image: its embedding was written from an array ({recorded}), not extracted from a file")
             raise NotFound(f"the image file of gallery id {gallery_id} is missing at {path}; the collection was moved or deleted after extraction")
         return path
 
@@ -285,7 +302,10 @@ class SearchService:
         if manifest["model"]["weights"]["kind"] == "random":
             out.append(RANDOM_WEIGHTS_WARNING)
         if manifest["data"].get("synthetic"):
-            out.append(GENERATED_DATA_WARNING)
+            summary = manifest["data"].get("summary")
+            out.append(f"GENERATED data: {summary}." if summary else GENERATED_DATA_WARNING)
+        if self.embedder is None:
+            out.append(NO_MODEL_WARNING)
         return out
 
     def info(self) -> dict[str, Any]:
@@ -298,7 +318,7 @@ class SearchService:
             "arch": model.get("arch"),
             "dim": self.gallery.dim,
             "count": self.gallery.count,
-            "image_size": model["preprocess"]["image_size"],
+            "image_size": (model.get("preprocess") or {}).get("image_size"),
             "precision": model.get("precision", {}).get("precision"),
             "weights": model["weights"],
             "data": {
@@ -315,6 +335,7 @@ class SearchService:
             "created": m.get("created"),
             "database": self.database_how,
             "has_labels": any(label for label in self._labels),
+            "uploads": self.embedder is not None,
             "methods": [entry.describe(self.config.max_k) for entry in self.methods.values()],
             "limits": {
                 "max_k": self.config.max_k,

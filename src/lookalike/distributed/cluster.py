@@ -1,0 +1,130 @@
+"""Connecting to Ray: reuse this process's session, join a cluster, or start a local one.
+
+Ray is the scheduler; lookalike only says how many model actors it wants and what each
+one needs (CPUs, GPUs). A session opened here is closed here; one the caller opened
+(a test, a notebook) is left running.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+from ..errors import LookalikeError
+
+TASK_RETRIES = 3  # a plain Ray task (model probe, index shard) whose worker dies is retried this often
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What the cluster has (logical Ray resources, summed over nodes)."""
+
+    cpus: float
+    gpus: float
+    nodes: int
+
+    def to_dict(self) -> dict:
+        return {"cpus": self.cpus, "gpus": self.gpus, "nodes": self.nodes}
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """How many model actors to run and what each reserves; decode tasks get the CPUs left over."""
+
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    threads_per_worker: int  # torch threads inside one actor
+
+    def to_dict(self) -> dict:
+        return {"workers": self.workers, "cpus_per_worker": self.cpus_per_worker, "gpus_per_worker": self.gpus_per_worker, "threads_per_worker": self.threads_per_worker}
+
+
+@contextmanager
+def connected(address: str | None = None) -> Iterator[Resources]:
+    """Yield the cluster's resources while connected to it.
+
+    `address` None starts a local Ray on this machine (or joins $RAY_ADDRESS when set),
+    "auto" joins the cluster this node belongs to, "ray://host:10001" goes through Ray Client.
+    """
+    import ray
+
+    opened = False
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            where = address or "a new local cluster"
+            raise LookalikeError(f"cannot connect to Ray at {where} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); start one with `ray start --head` and pass --address auto, or check the address") from exc
+        opened = True
+    try:
+        yield cluster_resources()
+    finally:
+        if opened:
+            ray.shutdown()
+
+
+def cluster_resources() -> Resources:
+    import ray
+
+    total = ray.cluster_resources()
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    return Resources(float(total.get("CPU", 0)), float(total.get("GPU", 0)), nodes)
+
+
+def plan_workers(resources: Resources, workers: int | None, gpus_per_worker: float, cpus_per_worker: float | None, threads: int | None) -> WorkerPlan:
+    """Size the model-actor pool so that it fits the cluster and leaves at least one CPU for decoding.
+
+    Default workers: one per `gpus_per_worker` GPUs when GPUs are asked for, else half the CPUs
+    (the other half decodes). Actors that would take every CPU get a fraction of one instead,
+    since Ray Data's decode tasks would otherwise never be scheduled and the job would hang.
+    """
+    if gpus_per_worker < 0 or (cpus_per_worker is not None and cpus_per_worker <= 0):
+        raise LookalikeError("--gpus-per-worker must be ≥ 0 and CPUs per worker > 0")
+    if gpus_per_worker > 0:
+        if resources.gpus < gpus_per_worker:
+            raise LookalikeError(f"--gpus-per-worker {gpus_per_worker} asks for GPUs but the Ray cluster has {resources.gpus:g}; drop the option to embed on CPUs")
+        most = int(resources.gpus // gpus_per_worker)
+        workers = workers or most
+        if workers > most:
+            raise LookalikeError(f"{workers} workers × {gpus_per_worker:g} GPU need {workers * gpus_per_worker:g} GPUs, the cluster has {resources.gpus:g}; use --workers {most} or fewer")
+    workers = workers or max(1, int(resources.cpus // 2))
+    if workers < 1:
+        raise LookalikeError(f"--workers must be at least 1, got {workers}")
+    spare = max(resources.cpus - 1, 0.0)  # one CPU stays free for the decode tasks
+    cpus = cpus_per_worker if cpus_per_worker is not None else min(1.0, spare / workers if spare else 0.5 / workers)
+    cpus = round(cpus, 3)
+    if workers * cpus > resources.cpus:
+        raise LookalikeError(f"{workers} workers × {cpus:g} CPUs need more than the cluster's {resources.cpus:g} CPUs; use fewer --workers")
+    return WorkerPlan(workers, cpus, float(gpus_per_worker), threads or max(1, round(cpus)))
+
+
+def remote_result(ref):
+    """`ray.get`, with a LookalikeError raised on a worker (no weights, no GPU) re-raised as itself."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except Exception as exc:
+        cause = user_error(exc)
+        if cause is None:
+            raise
+        raise cause from exc
+
+
+def user_error(exc: BaseException | None) -> LookalikeError | None:
+    """The LookalikeError inside Ray's wrappers (RayTaskError, actor errors), if any: its message is for the user."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, LookalikeError):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__
+    return None
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

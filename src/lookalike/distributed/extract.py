@@ -1,0 +1,374 @@
+"""`lookalike extract --engine ray`: the local engine's job, decoded and embedded on a Ray cluster.
+
+The job is the local engine's (`lookalike.extract.prepare`): same identity checks, same shard
+plan, same state file, same shard format and the same `commit`, so a job started by one engine
+can be finished by the other. Only the filling of missing shards differs. It is one streaming
+Ray Data pipeline:
+
+    one row per model batch of the missing shards   (cut exactly as the local engine cuts them)
+      → map            decode, resize, crop to uint8   CPU tasks, spread over the cluster
+      → map_batches    normalise + embed               a pool of `workers` model actors (GPUs if asked)
+      → map_batches    assemble and write whole shards one light actor, through fsspec
+
+Embeddings are bitwise equal to the local engine's because every model call sees the same
+batch (shard boundaries are multiples of the batch size, bad files are dropped the same way)
+at the same precision: bf16-or-fp32 is calibrated once, on a worker, before the pipeline
+starts, and stored in the job state that every actor reads.
+
+Failures: Ray Data restarts a model actor that dies and retries its batch on the new one (its
+defaults for actor pools: `max_restarts=-1`, `max_task_retries=-1`); decode tasks are retried
+the same way. If the shard writer dies, the shards it was assembling are simply missing after
+the pass, and the driver runs another pass over the missing ones. Shards are written atomically, so a
+killed job resumes from the finished ones (`lookalike extract` again with the same arguments).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ..datasets import ImageRecord
+from ..errors import GalleryError, LookalikeError
+from ..extract import ExtractConfig, ImageListDataset, Job, Shard, collate, commit, encode_shard, prepare, record_state
+from ..gallery import MANIFEST, Gallery, atomic_write_bytes, open_gallery
+from ..transforms import Preprocess
+from .cluster import TASK_RETRIES, WorkerPlan, connected, first_line, plan_workers, remote_result, user_error
+from .staging import ShardStore
+
+log = logging.getLogger(__name__)
+
+# One decode task per model batch (fine-grained retries and balance), up to this many input blocks;
+# beyond, a task decodes several batches, so a 100M-image job does not put 1.5M blocks on the driver.
+MAX_INPUT_BLOCKS = 20_000
+MAX_PASSES = 3  # passes over the missing shards before giving up (a pass only misses shards if the writer actor died)
+CRASH_HOOK = "LOOKALIKE_TEST_CRASH_ONCE"  # "SHARD:MARKER": tests make a model actor die once on SHARD
+
+
+@dataclass(frozen=True)
+class ModelProbe:
+    """What the driver learns from one worker before the pipeline starts (it never loads the model itself)."""
+
+    model: dict  # Embedder.describe() on the worker's device
+    preprocess: Preprocess
+    precision: dict | None  # calibrate_precision's verdict, None if it was already decided or nothing decoded
+
+
+def extract_ray(
+    config: ExtractConfig,
+    address: str | None = None,
+    workers: int | None = None,
+    gpus_per_worker: float = 0.0,
+    *,
+    staging: str | None = None,
+    cpus_per_worker: float | None = None,
+    progress: bool = True,
+) -> Gallery:
+    """Fill the gallery at `config.out` on a Ray cluster and commit it; returns the finished gallery.
+
+    `staging` is where workers write shard files (any fsspec URL they can reach, e.g.
+    s3://bucket/job); by default `<out>/.partial/`, which then has to be a shared filesystem.
+    """
+    job = prepare(config)
+    if (job.out / MANIFEST).is_file():
+        log.info("gallery at %s is already complete with these arguments", job.out)
+        return open_gallery(job.out)
+    store = ShardStore(staging or str(job.partial))
+    separate = store.local_path != job.partial.resolve()  # workers write elsewhere: copy their shards here
+    job.partial.mkdir(parents=True, exist_ok=True)
+    if separate:
+        store.claim(job.state["identity"], job.state["records_digest"], config.overwrite)
+    collect(job, store, separate)
+    resumed = [s for s in job.shards if job.done(s)]
+    timings = {"engine": "ray", "resumed_shards": len(resumed), "passes": 0}
+    if job.todo() or "model" not in job.state:
+        timings |= fill_shards(job, store, separate, address, workers, gpus_per_worker, cpus_per_worker, progress)
+    images = sum(s.stop - s.start for s in job.shards if s not in resumed)
+    seconds = timings.pop("pipeline_seconds", 0.0)
+    gallery = commit(
+        job,
+        None,
+        {
+            "extract_seconds": round(seconds, 3),
+            "images": images,
+            "ms_per_image": round(1000 * seconds / images, 3) if images and seconds else None,
+            "images_per_second": round(images / seconds, 2) if images and seconds else None,
+            "worker_seconds": round(sum(_shard_seconds(job, s) for s in job.shards if s not in resumed), 3),
+            "note": "extract_seconds: wall time of this run's Ray Data passes (decode, embed and shard writes on the cluster, "
+            "model actors' start-up included) over `images`, this run's images (a resumed run counts only the rest); "
+            "worker_seconds: decode + embed time summed over all batches on all workers; before the passes come "
+            "connect_seconds (joining or starting Ray) and probe_seconds (describing the model and calibrating bf16 on one worker)",
+            "batch_size": config.batch_size,
+            **timings,
+        },
+    )
+    if separate:
+        store.clear()
+    return gallery
+
+
+def fill_shards(
+    job: Job, store: ShardStore, separate: bool, address: str | None, workers: int | None, gpus_per_worker: float, cpus_per_worker: float | None, progress: bool
+) -> dict:
+    """Connect, probe the model, and run passes until every shard is written; returns timings for the manifest."""
+    started = time.perf_counter()
+    with connected(address) as resources:
+        connect_s = time.perf_counter() - started
+        plan = plan_workers(resources, workers, gpus_per_worker, cpus_per_worker, job.config.threads)
+        t = time.perf_counter()
+        probe = probe_model(job, plan)
+        probe_s, pipeline_s, passes = time.perf_counter() - t, 0.0, 0
+        while job.todo():
+            if passes == MAX_PASSES:
+                raise GalleryError(f"{len(job.todo())} shards were still missing after {MAX_PASSES} passes; rerun the same command to resume from the {sum(job.done(s) for s in job.shards)} saved in {store.url}")
+            t = time.perf_counter()
+            run_pass(job, store, plan, probe.preprocess, progress)
+            collect(job, store, separate)
+            pipeline_s, passes = pipeline_s + time.perf_counter() - t, passes + 1
+    return {
+        "pipeline_seconds": pipeline_s,
+        "connect_seconds": round(connect_s, 3),
+        "probe_seconds": round(probe_s, 3),
+        "device": probe.model["device"],
+        **plan.to_dict(),
+        "cluster": resources.to_dict(),
+        "passes": passes,
+    }
+
+
+def _shard_seconds(job: Job, shard: Shard) -> float:
+    with np.load(job.partial / shard.filename) as z:
+        return float(z["seconds"])
+
+
+def collect(job: Job, store: ShardStore, separate: bool) -> None:
+    """Copy finished shards from a separate staging store into `<out>/.partial/`, where `commit` reads them."""
+    if not separate:
+        return
+    wanted = {s.filename: s for s in job.shards if not job.done(s)}
+    for name in sorted(store.shard_names() & wanted.keys()):
+        atomic_write_bytes(job.partial / name, store.read(name))
+
+
+# --- the model, probed once on a worker ---
+
+
+def probe_model(job: Job, plan: WorkerPlan) -> ModelProbe:
+    """Describe the model and, if not yet decided, calibrate bf16 vs fp32 — on a worker, with the workers' resources.
+
+    Calibration uses the first batch (of the first missing shard) that has a decodable image,
+    as the local engine does, so both engines decide alike; the verdict goes into the job
+    state, which every actor and any resumed run reads.
+    """
+    import ray
+
+    task = ray.remote(_probe).options(num_cpus=plan.cpus_per_worker, num_gpus=plan.gpus_per_worker or None, max_retries=TASK_RETRIES)
+    need_precision = "precision" not in job.state
+    rows = batch_rows(job, job.todo()[:1])
+    probe = remote_result(task.remote(job.config, rows, need_precision, plan.threads_per_worker))
+    for shard in job.todo()[1:]:  # the first missing shard had no decodable image: look further, as the local engine would
+        if probe.precision is not None or not need_precision:
+            break
+        probe = remote_result(task.remote(job.config, batch_rows(job, [shard]), True, plan.threads_per_worker))
+    if probe.precision is not None:
+        job.state["precision"] = probe.precision
+    record_state(job, probe.model)  # writes the state file
+    return probe
+
+
+def _probe(config: ExtractConfig, rows: list[dict], calibrate: bool, threads: int) -> ModelProbe:
+    import torch
+
+    from .. import runtime
+    from ..extract import calibrate_precision
+    from ..models import load_model
+
+    runtime.set_threads(threads)
+    embedder = load_model(config.model, config.weights, config.image_size, runtime.pick_device(config.device), config.seed)
+    precision = None
+    if calibrate:
+        _, normalise = split_transform(embedder.preprocess)
+        for row in rows:
+            pixels = decode_batch(row, embedder.preprocess)["pixels"]
+            if len(pixels):
+                precision = calibrate_precision(embedder, normalise(torch.from_numpy(pixels)), config.precision)
+                break
+    return ModelProbe(embedder.describe(), embedder.preprocess, precision)
+
+
+# --- the pipeline ---
+
+
+def batch_rows(job: Job, shards: list[Shard]) -> list[dict]:
+    """One row per model batch: the local engine's cut (batches never straddle a shard boundary)."""
+    bs = job.config.batch_size
+    rows = []
+    for shard in shards:
+        starts = range(shard.start, shard.stop, bs)
+        for j, start in enumerate(starts):
+            stop = min(start + bs, shard.stop)
+            rows.append({"shard": shard.number, "batch": j, "batches": len(starts), "start": start, "paths": [r.path for r in job.collection.records[start:stop]]})
+    return rows
+
+
+def run_pass(job: Job, store: ShardStore, plan: WorkerPlan, preprocess: Preprocess, progress: bool) -> None:
+    """One Ray Data pass over the missing shards; returns when the stream is drained."""
+    import ray
+    from ray.data import ActorPoolStrategy
+    from tqdm import tqdm
+
+    todo = job.todo()
+    rows = batch_rows(job, todo)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one lookalike progress bar instead of one per stage
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-run INFO lines; warnings (e.g. too few CPUs) still show
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # nor the notice that its bars are off
+    precision = job.state.get("precision", {"precision": "fp32"})["precision"]
+    dataset = (
+        ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_INPUT_BLOCKS))
+        .map(decode_batch, fn_kwargs={"preprocess": preprocess}, num_cpus=1)
+        .map_batches(
+            EmbedActor,
+            fn_constructor_kwargs={"config": job.config, "precision": precision, "threads": plan.threads_per_worker, "crash_once": os.environ.get(CRASH_HOOK)},
+            batch_size=1,
+            compute=ActorPoolStrategy(size=plan.workers),
+            num_cpus=plan.cpus_per_worker,
+            num_gpus=plan.gpus_per_worker or None,
+        )
+        .map_batches(
+            ShardWriter,
+            fn_constructor_kwargs={"store": store, "shards": {s.number: s for s in todo}, "dim": job.state["model"]["dim"]},
+            batch_size=1,
+            compute=ActorPoolStrategy(size=1),  # one writer sees every batch of a shard
+            num_cpus=0,
+        )
+    )
+    done_images = sum(s.stop - s.start for s in job.shards) - sum(s.stop - s.start for s in todo)
+    bar = tqdm(total=len(job.collection.records), initial=done_images, unit="img", disable=not progress, desc=f"extract {job.config.model} (ray ×{plan.workers})", dynamic_ncols=True)
+    try:
+        for out in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            bar.update(int(out["images"].sum()))
+    except KeyboardInterrupt:
+        raise GalleryError(f"interrupted: finished shards are kept in {store.url}; rerun the same command to resume") from None
+    except LookalikeError:
+        raise
+    except Exception as exc:
+        raise user_error(exc) or GalleryError(f"the Ray job failed ({first_line(exc)}); finished shards are kept in {store.url}, rerun the same command to resume") from exc
+    finally:
+        bar.close()
+
+
+@lru_cache(maxsize=8)
+def split_transform(preprocess: Preprocess):
+    """`build_transform`'s steps cut before the float conversion: decode tasks ship uint8 crops (4× smaller
+    than float32) and the model actor normalises. Both halves together are exactly the local transform."""
+    from torchvision.transforms import v2 as T
+
+    from ..transforms import build_transform
+
+    steps = build_transform(preprocess).transforms
+    cut = next(i for i, step in enumerate(steps) if isinstance(step, T.ToDtype))
+    return T.Compose(steps[:cut]), T.Compose(steps[cut:])
+
+
+def decode_batch(row: dict, preprocess: Preprocess) -> dict:
+    """Decode one batch's files with the local engine's dataset code (same errors, same order)."""
+    import torch
+
+    torch.set_num_threads(1)  # one decode task per CPU slot
+    started = time.perf_counter()
+    to_pixels, _ = split_transform(preprocess)
+    records = tuple(ImageRecord(str(path), None, "train") for path in row["paths"])
+    dataset = ImageListDataset(records, to_pixels)
+    local, tensor, bad = collate([dataset[i] for i in range(len(dataset))])
+    start = int(row["start"])
+    size = preprocess.image_size
+    return {
+        "shard": int(row["shard"]),
+        "batch": int(row["batch"]),
+        "batches": int(row["batches"]),
+        "indices": np.asarray(local, dtype=np.int64) + start,
+        "pixels": tensor.numpy() if tensor is not None else np.zeros((0, 3, size, size), np.uint8),
+        "bad": json.dumps([[start + i, reason] for i, reason in bad]),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+class EmbedActor:
+    """One model replica; Ray Data hands it one decoded batch per call."""
+
+    def __init__(self, config: ExtractConfig, precision: str, threads: int, crash_once: str | None = None):
+        from .. import runtime
+        from ..models import load_model
+
+        runtime.set_threads(threads)
+        self.embedder = load_model(config.model, config.weights, config.image_size, runtime.pick_device(config.device), config.seed)
+        self.embedder.precision = precision
+        _, self.normalise = split_transform(self.embedder.preprocess)
+        self.crash_once = crash_once
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        self._maybe_crash(int(batch["shard"][0]))
+        started = time.perf_counter()
+        pixels = np.array(batch["pixels"][0], copy=True)  # Ray hands out read-only views; torch wants to own the memory
+        if len(pixels):
+            embeddings = self.embedder.embed(self.normalise(torch.from_numpy(pixels)))
+        else:
+            embeddings = np.zeros((0, self.embedder.dim), np.float32)
+        out = {key: batch[key] for key in ("shard", "batch", "batches", "indices", "bad")}
+        out["embeddings"] = embeddings[None]
+        out["seconds"] = batch["seconds"] + (time.perf_counter() - started)
+        return out
+
+    def _maybe_crash(self, shard: int) -> None:
+        """Test hook: die (as a killed process would) the first time shard SHARD comes by."""
+        if not self.crash_once:
+            return
+        number, marker = self.crash_once.split(":", 1)
+        if int(number) == shard and not os.path.exists(marker):
+            Path(marker).write_text(str(os.getpid()))
+            os._exit(1)
+
+
+class ShardWriter:
+    """Collects the batches of each shard and writes the shard once all have arrived.
+
+    Its buffer is lost if it dies; those shards are then missing after the pass and the
+    driver runs them again. Writing is idempotent, so a shard written twice is harmless.
+    """
+
+    def __init__(self, store: ShardStore, shards: dict[int, Shard], dim: int):
+        self.store = store
+        self.shards = shards
+        self.dim = dim
+        self.pending: dict[int, dict[int, dict]] = {}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        number, part = int(batch["shard"][0]), int(batch["batch"][0])
+        parts = self.pending.setdefault(number, {})
+        parts[part] = {  # keyed by batch: a batch delivered twice (a retried task) counts once
+            "indices": np.asarray(batch["indices"][0], dtype=np.int64).reshape(-1),
+            "embeddings": np.asarray(batch["embeddings"][0], dtype=np.float32).reshape(-1, self.dim),
+            "bad": [(int(i), str(r)) for i, r in json.loads(str(batch["bad"][0]))],
+            "seconds": float(batch["seconds"][0]),
+        }
+        written = -1
+        if len(parts) == int(batch["batches"][0]):
+            self._write(self.shards[number], self.pending.pop(number))
+            written = number
+        images = len(parts[part]["indices"]) + len(parts[part]["bad"])
+        return {"images": np.array([images]), "written": np.array([written])}
+
+    def _write(self, shard: Shard, parts: dict[int, dict]) -> None:
+        ordered = [parts[j] for j in sorted(parts)]
+        embeddings = np.concatenate([p["embeddings"] for p in ordered])
+        indices = np.concatenate([p["indices"] for p in ordered]).tolist()
+        bad = [item for p in ordered for item in p["bad"]]
+        self.store.write(shard.filename, encode_shard(embeddings, indices, bad, sum(p["seconds"] for p in ordered)))

@@ -1,0 +1,654 @@
+"""`lookalike scale`: how the end-to-end per-query latency profile shifts as the gallery grows (10k → 100k → 1M).
+
+Per size it measures, through the SearchMethod interface for every method alike: search time
+per query (single and batched), build/train time and memory, recall@k against exact search and
+label precision@k, with each approximate method's search parameter (nprobe, efSearch) chosen
+per size by a small sweep to reach the recall target. Extraction is a constant cost per image,
+read from the gallery's manifest, and is stacked under the search time in the plot.
+
+Sizes are nested prefixes of one pool of rows: the gallery's own database rows (seeded order),
+then real embeddings from `--extra-embeddings`, then SYNTHETIC rows drawn from a model fitted to
+the real ones (`synthetic_gallery.fit_cluster_model`). Queries are always the gallery's real
+held-out queries. Every table row, the plot and the JSON say which sizes hold synthetic rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import runtime
+from ..errors import GalleryError, LookalikeError
+from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, is_real, open_gallery
+from ..metrics import accuracy, recall_at_k
+from ..search import SearchMethod, make_method
+from .bench import NOT_REAL_TAG
+from .synthetic_gallery import ClusterModel, NeighbourStats, fit_cluster_model, neighbour_stats
+from .timing import Latency, measure_latency
+
+DEFAULT_METHODS = ("brute", "flat", "ivf")
+DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
+FIT_CHECK_ROWS = 10_000  # rows compared between the real and the synthetic sample (NN statistics)
+BISECT_STEPS = 3  # after doubling overshoots the target, narrow the parameter down this many times
+DUPLICATE_DECIMALS = 6
+BLOCK_ROWS = 65_536
+
+
+# --- configuration and results ---
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    sizes: tuple[int, ...] = DEFAULT_SIZES
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    k: int = 10
+    metric: str = "ip"
+    target_recall: float = 0.95
+    max_queries: int = 1000  # held-out queries for recall and label precision
+    timing_queries: int = 200  # a sample of them timed per method: one by one, and as one batch
+    extra_embeddings: str | None = None  # .npy of real embeddings (same model), or a larger gallery folder
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Composition:
+    """Where the rows of one gallery size come from; rows are taken in this order."""
+
+    size: int
+    real_rows: int  # the gallery's own database rows
+    extra_rows: int  # real embeddings from --extra-embeddings
+    synthetic_rows: int  # drawn from the fitted model
+
+    @property
+    def synthetic(self) -> bool:
+        return self.synthetic_rows > 0
+
+    def describe(self) -> str:
+        parts = [f"{self.real_rows} real"] + ([f"{self.extra_rows} extra real"] if self.extra_rows else [])
+        parts += [f"{self.synthetic_rows} SYNTHETIC"] if self.synthetic_rows else []
+        return " + ".join(parts)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The search parameters chosen to reach the recall target, and the sweep that chose them."""
+
+    params: dict[str, Any]
+    recall: float
+    reached: bool
+    sweep: list[dict]  # [{"nprobe": 4, "recall": 0.91}, …] in the order they were tried
+
+
+@dataclass(frozen=True)
+class ScalePoint:
+    """One (size, method) measurement; latencies are ms per query."""
+
+    size: int
+    synthetic_rows: int  # > 0: this row's database holds synthetic embeddings
+    method: str
+    params: dict[str, Any]
+    latency: Latency
+    extract_ms_per_image: float | None
+    memory_bytes: int
+    train_seconds: float
+    build_seconds: float
+    recall: float  # recall@k against exact search, over all accuracy queries
+    precision: float  # label precision@k over the same queries (NaN when no query is labelled)
+    map: float  # label mAP@k
+    target_reached: bool
+    synthetic_result_share: float  # share of the method's top-k results that are synthetic rows
+    sweep: list[dict] = field(default_factory=list)
+
+    @property
+    def end_to_end_single_ms(self) -> float | None:
+        return None if self.extract_ms_per_image is None else self.extract_ms_per_image + self.latency.single_ms
+
+    @property
+    def end_to_end_batch_ms(self) -> float | None:
+        return None if self.extract_ms_per_image is None else self.extract_ms_per_image + self.latency.batch_ms
+
+
+@dataclass(frozen=True)
+class ScaleResult:
+    gallery: str
+    provenance: str
+    real: bool  # pretrained/file weights on real data, and no synthetic rows at any size
+    model: str
+    dim: int
+    config: ScaleConfig
+    extraction: dict  # ms_per_image and what it was measured on
+    queries: str  # how the queries were held out
+    accuracy_queries: int
+    timing_queries: int
+    compositions: list[Composition]
+    extension: dict | None  # how the synthetic rows were made, and the NN-statistics check; None if none were needed
+    extra_source: str | None  # where the extra real rows came from (--extra-embeddings), if any were used
+    points: list[ScalePoint]
+    peak_rss_bytes: int
+    seconds: float
+    environment: dict = field(default_factory=dict)
+
+    @property
+    def any_synthetic(self) -> bool:
+        return any(c.synthetic for c in self.compositions)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        for point, raw in zip(self.points, out["points"]):
+            raw["end_to_end_single_ms"] = point.end_to_end_single_ms
+            raw["end_to_end_batch_ms"] = point.end_to_end_batch_ms
+            for key in ("precision", "map"):  # NaN (no labelled query) is not valid JSON
+                raw[key] = raw[key] if math.isfinite(raw[key]) else None
+        out["any_synthetic"] = self.any_synthetic
+        return out
+
+    def csv_rows(self) -> list[dict]:
+        rows = []
+        for p in self.points:
+            c = next(c for c in self.compositions if c.size == p.size)
+            rows.append(
+                {
+                    "size": p.size,
+                    "real_rows": c.real_rows,
+                    "extra_rows": c.extra_rows,
+                    "synthetic_rows": c.synthetic_rows,
+                    "uses_synthetic_extension": c.synthetic,
+                    "method": p.method,
+                    "params": json.dumps(p.params, sort_keys=True),
+                    "extract_ms_per_image": p.extract_ms_per_image,
+                    "search_single_ms": round(p.latency.single_ms, 5),
+                    "search_single_p99_ms": round(p.latency.single_p99_ms, 5),
+                    "search_batch_ms": round(p.latency.batch_ms, 6),
+                    "end_to_end_single_ms": _round(p.end_to_end_single_ms, 5),
+                    "end_to_end_batch_ms": _round(p.end_to_end_batch_ms, 6),
+                    "memory_bytes": p.memory_bytes,
+                    "train_seconds": p.train_seconds,
+                    "build_seconds": p.build_seconds,
+                    f"recall_at_{self.config.k}": round(p.recall, 5),
+                    f"label_precision_at_{self.config.k}": round(p.precision, 5),
+                    f"label_map_at_{self.config.k}": round(p.map, 5),
+                    "target_recall": self.config.target_recall,
+                    "target_reached": p.target_reached,
+                    "synthetic_result_share": round(p.synthetic_result_share, 5),
+                    "accuracy_queries": self.accuracy_queries,
+                    "timing_queries": self.timing_queries,
+                    "provenance": self.provenance if self.real else f"{NOT_REAL_TAG}: {self.provenance}",
+                }
+            )
+        return rows
+
+    def to_csv(self) -> str:
+        rows = self.csv_rows()
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["size"])
+        writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue()
+
+    def to_markdown(self, plot_name: str | None = "scale.png", heading: str = "#") -> str:
+        cfg, k = self.config, self.config.k
+        ext = self.extraction
+        lines = [f"{heading} lookalike scale — {self.model} ({self.dim}-d)", "", f"**{self.provenance}**", ""]
+        if not is_real_result(self):
+            lines += ["**⚠ NOT A REAL RESULT: random weights, generated data and/or synthetic rows; timings are valid, accuracy is not a real-data figure.**", ""]
+        if self.extra_source:
+            lines += [f"Extra real rows (after the gallery's own) come from {self.extra_source}.", ""]
+        if self.extension:
+            lines += [f"**⚠ SYNTHETIC EXTENSION** at the sizes marked ⚠ below: {self.extension['summary']}", ""]
+        lines += [
+            f"Extraction: **{_fmt(ext.get('ms_per_image'))} ms per image**, {ext['note']}. It is a constant cost per image, "
+            "whatever the gallery size: each query image pays it once, and building a gallery of N images costs N times it.",
+            "",
+            f"Queries: {self.queries}; accuracy over {self.accuracy_queries} queries (recall@{k} against exact search on the same "
+            f"database, label precision@{k}); timings over a sample of {self.timing_queries} of them — single = one query per "
+            f"call, batched = the {self.timing_queries} in one call, per query. Approximate methods: search parameter chosen per "
+            f"size by a sweep, the smallest reaching recall@{k} ≥ {cfg.target_recall}. Metric {cfg.metric}; threads {self.environment.get('threads')}.",
+            "",
+            "| size | rows (real + extra + SYNTHETIC) | method | params | search ms/query single | single p99 | batched | "
+            "end-to-end ms single (extract + search) | memory MiB | train s | build s | "
+            f"recall@{k} | label P@{k} | target | synthetic share of results |",
+            "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        ]
+        for p in self.points:
+            comp = next(c for c in self.compositions if c.size == p.size)
+            mark = " ⚠" if comp.synthetic else ""
+            lines.append(
+                f"| {format_size(p.size)}{mark} | {comp.describe()} | {p.method} | {_params(p.params)} | {p.latency.single_ms:.3f} | "
+                f"{p.latency.single_p99_ms:.3f} | {p.latency.batch_ms:.4f} | {_fmt(p.end_to_end_single_ms)} | "
+                f"{p.memory_bytes / 2**20:.1f} | {p.train_seconds:.2f} | {p.build_seconds:.2f} | {p.recall:.4f} | {p.precision:.4f} | "
+                f"{'met' if p.target_reached else 'MISSED'} | {p.synthetic_result_share:.3f} |"
+            )
+        lines += ["", "⚠ = the database at this size holds synthetic embeddings (see above); its label precision uses the synthetic rows' assigned labels." if self.any_synthetic else ""]
+        lines += ["", shift_summary(self), ""]
+        if self.extension:
+            lines += ["**How the synthetic rows were made and how close they are to the real ones**", "", *extension_lines(self.extension), ""]
+        sweeps = [p for p in self.points if len(p.sweep) > 1]
+        if sweeps:
+            lines += ["**Parameter sweeps** (recall@{} at each value tried)".format(k), ""]
+            for p in sweeps:
+                key = next(key for key in p.sweep[0] if key != "recall")
+                lines.append(f"- {format_size(p.size)} {p.method}: " + ", ".join(f"{key}={s[key]} → {s['recall']:.3f}" for s in p.sweep))
+            lines.append("")
+        if plot_name:
+            lines += [f"![end-to-end per-query latency by method and size]({plot_name})", ""]
+        env = self.environment
+        lines += [
+            f"Peak RSS {self.peak_rss_bytes / 2**30:.2f} GiB; total {self.seconds:.0f} s; machine: {env.get('machine', {}).get('cpu')} "
+            f"({env.get('machine', {}).get('cores')} cores); versions: " + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()),
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def is_real_result(result: ScaleResult) -> bool:
+    return result.real and not result.any_synthetic
+
+
+def extension_lines(extension: dict) -> list[str]:
+    model, check = extension["model"], extension["check"]
+    lines = [
+        f"- Model: {model['method']}; {model['clusters']} clusters, rank {model['rank']} per cluster, fitted on {model['fitted_rows']} real rows "
+        f"(seed {model['seed']}); the principal directions hold {model['explained_variance_share']} of the within-cluster variance on average.",
+        f"- Labels of synthetic rows: {model['label_rule']}.",
+        f"- Nearest-neighbour check (1 − cosine; {check['real']['rows']} real rows vs {check['synthetic']['rows']} synthetic rows, seen from {check['real']['queries']} held-out real queries):",
+        "",
+        "| sample | median distance to k-th NN from a query | median distance to NN from a query | median NN distance within the set | TwoNN intrinsic dimension |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in ("real", "synthetic"):
+        s = check[name]
+        lines.append(f"| {name} | {s['query_knn_distance_median']:.4f} | {s['query_nn_distance_median']:.4f} | {s['within_nn_distance_median']:.4f} | {s['two_nn_dimension']} |")
+    return lines
+
+
+def shift_summary(result: ScaleResult) -> str:
+    """Two sentences on how the latency profile shifts from the smallest to the largest size, from the measured numbers."""
+    sizes = sorted({p.size for p in result.points})
+    if len(sizes) < 2:
+        return ""
+    lo, hi = sizes[0], sizes[-1]
+    parts = []
+    for method in dict.fromkeys(p.method for p in result.points):
+        a = next((p for p in result.points if p.method == method and p.size == lo), None)
+        b = next((p for p in result.points if p.method == method and p.size == hi), None)
+        if a and b:
+            growth = b.latency.single_ms / a.latency.single_ms if a.latency.single_ms else math.nan
+            share = (b.latency.single_ms / b.end_to_end_single_ms) if b.end_to_end_single_ms else None
+            parts.append(
+                f"{method} {a.latency.single_ms:.3f} → {b.latency.single_ms:.3f} ms/query single ({growth:.1f}× for {hi / lo:.0f}× the rows"
+                + (f"; search is {100 * share:.0f}% of end-to-end at {format_size(hi)}" if share is not None else "")
+                + ")"
+            )
+    return f"From {format_size(lo)} to {format_size(hi)}: " + "; ".join(parts) + "."
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _round(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "–"
+
+
+# --- sizes ---
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """"10k,100k,1M" → (10000, 100000, 1000000); sorted, deduplicated."""
+    sizes = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmM]?)", part)
+        if not m:
+            raise LookalikeError(f"cannot read size {part!r}; use numbers with an optional k or M suffix, e.g. --sizes 10k,100k,1M")
+        value = float(m.group(1)) * {"": 1, "k": 1_000, "m": 1_000_000}[m.group(2).lower()]
+        if value < 1 or value != int(value):
+            raise LookalikeError(f"size {part!r} is not a whole number of rows ≥ 1")
+        sizes.append(int(value))
+    if not sizes:
+        raise LookalikeError("--sizes is empty; give e.g. --sizes 10k,100k,1M")
+    return tuple(sorted(set(sizes)))
+
+
+def format_size(n: int) -> str:
+    if n >= 1_000_000 and n % 100_000 == 0:
+        return f"{n / 1_000_000:g}M"
+    if n >= 1_000 and n % 100 == 0:
+        return f"{n / 1_000:g}k"
+    return str(n)
+
+
+# --- the pool of rows every size is a prefix of ---
+
+
+@dataclass
+class Pool:
+    vectors: np.ndarray  # (max size, d) float32
+    labels: np.ndarray  # (max size,) object; None where unknown
+    real_rows: int
+    extra_rows: int
+    synthetic_rows: int
+    extension: dict | None
+    extra_how: str | None = None
+
+    def composition(self, size: int) -> Composition:
+        real = min(size, self.real_rows)
+        extra = min(size - real, self.extra_rows)
+        return Composition(size, real, extra, size - real - extra)
+
+    @property
+    def first_synthetic_row(self) -> int:
+        return self.real_rows + self.extra_rows
+
+
+def build_pool(gallery: Gallery, database_ids: np.ndarray, queries: np.ndarray, size: int, extra: str | None, seed: int) -> Pool:
+    """Real gallery rows (seeded order), then extra real embeddings, then synthetic rows, up to `size` rows."""
+    d = gallery.dim
+    rng = np.random.default_rng(seed)
+    real_ids = rng.permutation(database_ids)[:size]
+    vectors = np.empty((size, d), dtype=np.float32)
+    labels = np.full(size, None, dtype=object)
+    n_real = len(real_ids)
+    _copy_rows(gallery.embeddings, real_ids, vectors[:n_real])
+    labels[:n_real] = gallery.labels[real_ids]
+    n_extra, extra_how = 0, None
+    if size > n_real and extra:
+        rows = load_extra(extra, gallery, queries)
+        n_extra, extra_how = min(size - n_real, len(rows.rows)), rows.how
+        _copy_rows(rows.vectors, rows.rows[:n_extra], vectors[n_real : n_real + n_extra])
+        labels[n_real : n_real + n_extra] = rows.labels[rows.rows[:n_extra]]
+    n_synthetic = size - n_real - n_extra
+    extension = None
+    if n_synthetic:
+        real = vectors[: n_real + n_extra]
+        t = time.perf_counter()
+        model = fit_cluster_model(real, labels[: n_real + n_extra], seed=seed)
+        fit_seconds = time.perf_counter() - t
+        t = time.perf_counter()
+        clusters = model.sample_into(vectors[n_real + n_extra :], seed=seed + 1)
+        sample_seconds = time.perf_counter() - t
+        labels[n_real + n_extra :] = np.asarray(model.labels, dtype=object)[clusters]
+        extension = describe_extension(model, real, vectors[n_real + n_extra :], queries, fit_seconds, sample_seconds, n_synthetic, seed)
+    return Pool(vectors, labels, n_real, n_extra, n_synthetic, extension, extra_how)
+
+
+def describe_extension(model: ClusterModel, real: np.ndarray, synthetic: np.ndarray, queries: np.ndarray, fit_seconds: float, sample_seconds: float, count: int, seed: int) -> dict:
+    """How the synthetic rows were made, plus NN statistics of equal-sized real and synthetic samples."""
+    m = min(FIT_CHECK_ROWS, len(real), len(synthetic))
+    rng = np.random.default_rng(seed + 2)
+    real_sample = real[np.sort(rng.choice(len(real), m, replace=False))]
+    synthetic_sample = synthetic[:m]  # rows are drawn independently, so a prefix is a fair sample
+    check = {"real": neighbour_stats(real_sample, queries).to_dict(), "synthetic": neighbour_stats(synthetic_sample, queries).to_dict()}
+    how = model.describe()
+    summary = (
+        f"{count} synthetic rows drawn from a model fitted to {len(real)} real rows — {how['clusters']} spherical k-means clusters in {how['classes']} classes, "
+        f"each a Gaussian with {how['rank']} principal directions plus isotropic noise (PPCA), samples L2-normalised; "
+        "no real vector is copied. Labels: k-means runs within each real class, so a synthetic row carries its cluster's class."
+    )
+    return {"summary": summary, "rows": count, "model": how, "check": check, "fit_seconds": round(fit_seconds, 2), "sample_seconds": round(sample_seconds, 2)}
+
+
+@dataclass(frozen=True)
+class ExtraRows:
+    vectors: np.ndarray  # (M, d), usually memory-mapped: only the rows used are ever read
+    labels: np.ndarray  # (M,) object; None for a bare .npy
+    rows: np.ndarray  # positions in `vectors` to use, in order (held-out queries removed)
+    how: str
+
+
+def load_extra(source: str, gallery: Gallery, queries: np.ndarray) -> ExtraRows:
+    """Real embeddings to grow the gallery with: a .npy (N, d) array or a gallery folder of the same model.
+
+    Rows equal to a held-out query are left out, so a query never finds itself.
+    """
+    path = Path(source)
+    if path.is_dir():
+        other = open_gallery(path)
+        if other.model != gallery.model or other.manifest["model"]["weights"] != gallery.manifest["model"]["weights"]:
+            raise GalleryError(
+                f"--extra-embeddings gallery {path} was made with {other.model} ({other.manifest['model']['weights']['kind']} weights), "
+                f"not the same model and weights as {gallery.path}; extract it with the same --model and --weights"
+            )
+        vectors, labels, how = other.embeddings, other.labels, f"gallery {path}"
+    elif path.suffix == ".npy" and path.is_file():
+        try:
+            vectors = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise LookalikeError(f"cannot read --extra-embeddings {path} ({exc}); give a .npy file saved with numpy.save") from exc
+        labels, how = np.full(len(vectors), None, dtype=object), f"file {path} (no labels)"
+    else:
+        raise LookalikeError(f"--extra-embeddings {path} is neither a .npy file nor a gallery folder")
+    if vectors.ndim != 2 or vectors.shape[1] != gallery.dim or not np.issubdtype(vectors.dtype, np.floating):
+        raise LookalikeError(f"--extra-embeddings {path} holds {vectors.shape} {vectors.dtype} values; it must be (N, {gallery.dim}) float embeddings from {gallery.model}")
+    sample = np.asarray(vectors[: min(1000, len(vectors))], dtype=np.float32)
+    norms = np.linalg.norm(sample, axis=1)
+    if len(sample) and np.abs(norms - 1).max() > 1e-3:
+        raise LookalikeError(
+            f"--extra-embeddings {path} are not L2-normalised (norms {norms.min():.3f}..{norms.max():.3f}); save them as lookalike extract does, one unit vector per row"
+        )
+    return ExtraRows(vectors, labels, _not_queries(vectors, queries), how)
+
+
+def _not_queries(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Row positions of `vectors` that are not (to 6 decimals) one of the queries."""
+    keys = {np.round(q, DUPLICATE_DECIMALS).tobytes() for q in np.asarray(queries, dtype=np.float32)}
+    drop = []
+    for start in range(0, len(vectors), BLOCK_ROWS):
+        block = np.round(np.asarray(vectors[start : start + BLOCK_ROWS], dtype=np.float32), DUPLICATE_DECIMALS)
+        drop += [start + i for i, row in enumerate(block) if row.tobytes() in keys]
+    return np.setdiff1d(np.arange(len(vectors)), drop)
+
+
+def _copy_rows(source: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+    """out[i] = source[rows[i]], reading a memory-mapped source in sorted blocks (never the whole file at once)."""
+    for start in range(0, len(rows), BLOCK_ROWS):
+        block = rows[start : start + BLOCK_ROWS]
+        order = np.argsort(block)
+        chunk = np.empty((len(block), source.shape[1]), np.float32)
+        chunk[order] = source[block[order]]
+        out[start : start + len(block)] = chunk
+
+
+# --- measuring one method at one size ---
+
+
+def tune_for_recall(method: SearchMethod, queries: np.ndarray, truth: np.ndarray, k: int, target: float) -> tuple[Tuning, np.ndarray]:
+    """The smallest value of the method's first search parameter that reaches `target` recall@k.
+
+    Doubling from the low end until the target is reached, then a few bisection steps between
+    the last miss and the first hit: about log2(range) + 3 batched searches. Methods without a
+    search parameter (exact ones) are searched once. Returns the tuning and the chosen result ids.
+    """
+    ranges = method.search_param_ranges()
+    if not ranges:
+        _, found = method.search(queries, k)
+        recall = recall_at_k(found, truth, k)
+        return Tuning({}, recall, recall >= target, [{"recall": recall}]), found
+    key, (lo, hi) = next(iter(ranges.items()))
+    tried: dict[int, tuple[float, np.ndarray]] = {}
+
+    def trial(value: int) -> float:
+        if value not in tried:
+            _, found = method.search(queries, k, {key: value})
+            tried[value] = (recall_at_k(found, truth, k), found)
+        return tried[value][0]
+
+    value, miss = lo, None
+    while trial(value) < target and value < hi:
+        miss, value = value, min(hi, value * 2)
+    if miss is not None and trial(value) >= target:
+        hit = value
+        for _ in range(BISECT_STEPS):
+            if hit - miss <= 1:
+                break
+            mid = (miss + hit) // 2
+            miss, hit = (mid, hit) if trial(mid) < target else (miss, mid)
+        value = hit
+    method.set_params(**{key: value})
+    recall, found = tried[value]
+    sweep = [{key: v, "recall": round(r, 5)} for v, (r, _) in tried.items()]
+    return Tuning({key: value}, recall, recall >= target, sweep), found
+
+
+def measure_size(pool: Pool, size: int, queries: np.ndarray, query_labels: np.ndarray, config: ScaleConfig, extract_ms: float | None) -> list[ScalePoint]:
+    """Every method at one size; the exact top-k (brute force on the same rows) is the ground truth."""
+    database = pool.vectors[:size]  # a prefix view: no copy for brute force
+    labels = pool.labels[:size]
+    d = database.shape[1]
+    exact = make_method("brute", size, d, config.metric)
+    exact.build(database)
+    _, truth = exact.search(queries, config.k)
+    del exact
+    timing = queries[: config.timing_queries]
+    points = []
+    for name in config.methods:
+        method = make_method(name, size, d, config.metric)
+        stats = method.build(database)
+        tuning, found = tune_for_recall(method, queries, truth, config.k, config.target_recall)
+        latency, _ = measure_latency(method, timing, config.k, single_queries=len(timing))
+        synthetic_share = float(np.mean(found[found >= 0] >= pool.first_synthetic_row)) if np.any(found >= 0) else 0.0
+        acc = accuracy(found, truth, query_labels, labels, config.k)
+        points.append(
+            ScalePoint(
+                size=size,
+                synthetic_rows=pool.composition(size).synthetic_rows,
+                method=name,
+                params=method.params(),
+                latency=latency,
+                extract_ms_per_image=extract_ms,
+                memory_bytes=method.memory_bytes(),
+                train_seconds=stats.train_seconds,
+                build_seconds=stats.build_seconds,
+                recall=acc.recall,
+                precision=acc.precision,
+                map=acc.map,
+                target_reached=tuning.reached,
+                synthetic_result_share=synthetic_share if pool.composition(size).synthetic else 0.0,
+                sweep=tuning.sweep,
+            )
+        )
+        del method
+    return points
+
+
+# --- the experiment ---
+
+
+def extraction_info(gallery: Gallery) -> dict:
+    timings = gallery.manifest.get("timings", {})
+    ms = timings.get("ms_per_image")
+    note = (
+        f"measured when this gallery was extracted ({timings.get('images')} images, batch {timings.get('batch_size')}, "
+        f"{timings.get('threads')} threads, {timings.get('device')}; {gallery.manifest['model'].get('precision', {}).get('precision')})"
+        if ms is not None
+        else "not available: this gallery's embeddings were not extracted from images, so end-to-end figures show search only"
+    )
+    return {"ms_per_image": ms, "note": note, "images_per_second": timings.get("images_per_second")}
+
+
+def run_scale(gallery: Gallery, config: ScaleConfig, progress=print) -> ScaleResult:
+    started = time.perf_counter()
+    if config.k < 1 or not 0 < config.target_recall <= 1:
+        raise LookalikeError("k must be ≥ 1 and --target-recall in (0, 1]")
+    if min(config.sizes) < config.k:
+        raise LookalikeError(f"the smallest size ({min(config.sizes)}) is below k={config.k}; use larger --sizes")
+    for name in config.methods:
+        make_method(name, max(config.sizes), gallery.dim, config.metric)  # unknown names fail now, not after an hour
+    partition = gallery.partition(max_queries=config.max_queries, seed=config.seed)
+    queries = np.ascontiguousarray(gallery.embeddings[partition.query_ids], dtype=np.float32)
+    query_labels = gallery.labels[partition.query_ids]
+    progress(f"building a pool of {format_size(max(config.sizes))} rows from {len(partition.database_ids)} gallery rows" + (f" + {config.extra_embeddings}" if config.extra_embeddings else ""))
+    pool = build_pool(gallery, partition.database_ids, queries, max(config.sizes), config.extra_embeddings, config.seed)
+    if pool.extension:
+        progress(f"⚠ synthetic extension: {pool.extension['summary']}")
+    extraction = extraction_info(gallery)
+    points: list[ScalePoint] = []
+    for size in config.sizes:
+        progress(f"size {format_size(size)} ({pool.composition(size).describe()}) …")
+        points += measure_size(pool, size, queries, query_labels, config, extraction["ms_per_image"])
+    return ScaleResult(
+        gallery=str(gallery.path),
+        provenance=gallery.provenance(),
+        real=is_real(gallery.manifest),
+        model=gallery.model,
+        dim=gallery.dim,
+        config=config,
+        extraction=extraction,
+        queries=partition.how,
+        accuracy_queries=len(queries),
+        timing_queries=min(config.timing_queries, len(queries)),
+        compositions=[pool.composition(s) for s in config.sizes],
+        extension=pool.extension,
+        extra_source=pool.extra_how,
+        points=points,
+        peak_rss_bytes=runtime.peak_rss_bytes(),
+        seconds=round(time.perf_counter() - started, 1),
+        environment=runtime.environment(),
+    )
+
+
+def plot_title(result: ScaleResult) -> str:
+    lines = [f"End-to-end per-query latency: extraction ({_fmt(result.extraction['ms_per_image'])} ms/image, constant) + search — {result.model}"]
+    lines.append(result.provenance if result.real else f"{NOT_REAL_TAG}: {result.provenance}")
+    if result.any_synthetic:
+        synth = ", ".join(format_size(c.size) for c in result.compositions if c.synthetic)
+        lines.append(f"⚠ hatched bars ({synth}) use SYNTHETIC extension: k-means + per-cluster PPCA model of the real embeddings")
+    return "\n".join(lines)
+
+
+def write_scale(result: ScaleResult, folder: Path) -> dict[str, Path]:
+    """scale.json, scale.csv, scale.md and scale.png in `folder`."""
+    from .plots import plot_scale_latency
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {name: folder / f"scale.{name}" for name in ("json", "csv", "md", "png")}
+    bars = [
+        {
+            "method": p.method,
+            "size": format_size(p.size),
+            "extract_ms": p.extract_ms_per_image or 0.0,
+            "single_ms": p.latency.single_ms,
+            "batch_ms": p.latency.batch_ms,
+            "synthetic": p.synthetic_rows > 0,
+        }
+        for p in result.points
+    ]
+    plot_scale_latency(bars, plot_title(result), paths["png"])
+    atomic_write_json(paths["json"], result.to_dict())
+    atomic_write_bytes(paths["csv"], result.to_csv().encode())
+    atomic_write_bytes(paths["md"], result.to_markdown(paths["png"].name).encode())
+    return paths
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    threads = runtime.set_threads(args.threads)
+    gallery = open_gallery(args.gallery)
+    config = ScaleConfig(
+        sizes=parse_sizes(args.sizes),
+        methods=tuple(m.strip() for m in getattr(args, "methods", ",".join(DEFAULT_METHODS)).split(",") if m.strip()),
+        k=args.k,
+        metric=getattr(args, "metric", "ip"),
+        target_recall=args.target_recall,
+        max_queries=args.queries,
+        timing_queries=args.exact_queries,
+        extra_embeddings=args.extra_embeddings,
+    )
+    result = run_scale(gallery, config, progress=lambda line: print(line, flush=True))
+    out = Path(args.out) if args.out else gallery.path / "scale"
+    paths = write_scale(result, out)
+    print(result.to_markdown(plot_name=None))
+    print(f"written: {', '.join(str(p) for p in paths.values())} ({threads} threads)")
+    return 0

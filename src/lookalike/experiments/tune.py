@@ -1,0 +1,328 @@
+"""`lookalike tune`: the fastest index that reaches a recall target on held-out queries, within a memory budget.
+
+autofaiss picks an index for a latency target and then reports recall measured with the
+gallery's own vectors as queries, where every query finds itself. We do the opposite: the
+target is recall@k against exact search, measured on held-out queries. Those are split in
+two: the *validation* half chooses the configuration, the *test* half (never looked at while
+choosing) gives the figure we report, so the reported recall is not the one we tuned on.
+
+`candidate_configs` holds every rule in one place; `tune` measures what it proposes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import runtime
+from ..errors import LookalikeError
+from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, is_real, open_gallery
+from ..metrics import Accuracy, exact_neighbours, recall_per_query
+from ..search import SearchMethod, database_vectors, default_nlist, factory_for, make_method, save_method
+from .bench import NOT_REAL_TAG
+from .timing import Latency
+from .tradeoff import EF_SEARCH, MIN_VECTORS_PER_LIST, QuerySet, _json_safe, evaluate, held_out_queries, powers_of_two_up_to
+
+CANDIDATE_FAMILIES = ("flat", "ivf", "hnsw", "ivf-sq8", "ivfpq-mmap")
+# Validation recall must clear the target with ~95% confidence (one-sided), not just on average:
+# a setting chosen at exactly the target on 500 queries lands below it on new queries half the time.
+CONFIDENCE_Z = 1.645
+# HNSW's graph build costs about N·efConstruction·M distance computations: minutes at 100k×512,
+# about an hour at 1M on 2 cores. Above this size IVF reaches the same recall for far less build time.
+HNSW_MAX_N = 500_000
+HNSW_M = 32  # 32 links per node: the usual choice for 512-d and up (16 loses recall at high efSearch)
+# 8-bit PQ codebooks need ~39·256 ≈ 10k training points; below that the raw vectors are small anyway.
+PQ_MIN_N = 10_000
+# Re-ranking 16·k candidates costs 16·k row reads per query (≈0.1 ms at k = 10 from the page cache),
+# small next to the IVF scan, and recovers nearly all of the ranking error of 64-byte codes.
+PQ_K_FACTOR = 16
+
+
+@dataclass(frozen=True)
+class Candidate:
+    family: str
+    name: str  # make_method name or factory string
+    options: dict[str, Any]  # make_method build options (nlist, m)
+    sweep: str | None  # search parameter raised until the target is met (nprobe, efSearch), None when there is none
+    fixed: dict[str, Any]  # search parameters held fixed (k_factor)
+    estimated_bytes_per_vector: float  # only to skip building what cannot fit; the choice uses the real serialised size
+    reason: str
+
+
+def candidate_configs(n: int, d: int, max_memory_bytes: int | None = None, families: tuple[str, ...] | None = None) -> tuple[list[Candidate], list[str]]:
+    """The configurations worth measuring for n vectors of d dimensions, and why others were left out.
+
+    Every threshold is a rule of thumb with its reason beside it; the measurement on held-out
+    queries, not these rules, decides.
+    """
+    nlist = default_nlist(n)
+    wanted: list[Candidate] = [
+        # Exact search: recall 1 by definition, and below ~10^5 vectors a scan of N·d floats takes about
+        # as long as probing an index, so it is a real contender and the fallback that always meets the target.
+        Candidate("flat", "flat", {}, None, {}, 4 * d + 8, "exact; at small N a scan is as fast as an index"),
+    ]
+    if n >= MIN_VECTORS_PER_LIST * nlist:
+        # IVF-Flat with √N lists (the study's default): memory ≈ raw vectors + ids, nprobe trades recall for speed.
+        wanted.append(Candidate("ivf", "ivf", {"nlist": nlist}, "nprobe", {}, 4 * d + 16, f"IVF with √N = {nlist} lists, exact distances in the lists"))
+    if n >= MIN_VECTORS_PER_LIST * 4 * nlist:
+        # 4√N lists: each probe scans 4× fewer vectors; the coarse quantiser (nlist·d) costs more but pays off at large N.
+        wanted.append(Candidate("ivf", "ivf", {"nlist": 4 * nlist}, "nprobe", {}, 4 * d + 16, f"IVF with 4√N = {4 * nlist} lists: shorter lists to scan"))
+    if n <= HNSW_MAX_N:
+        # HNSW: the lowest single-query latency at high recall, at the price of the largest memory (links) and slowest build.
+        wanted.append(Candidate("hnsw", "hnsw", {"m": HNSW_M}, "efSearch", {}, 4 * d + 8 * HNSW_M + 16, f"graph (M={HNSW_M}): fastest at high recall, slow to build"))
+    if n >= MIN_VECTORS_PER_LIST * nlist:
+        # 8-bit scalar quantisation: 4× smaller than float32 at a small recall cost on unit vectors.
+        wanted.append(Candidate("ivf-sq8", f"IVF{nlist},SQ8", {}, "nprobe", {}, d + 16, "IVF with 8-bit scalar codes: 4× smaller lists"))
+    if n >= PQ_MIN_N:
+        # PQ codes (d/8 bytes) in RAM with exact re-ranking from the memory-mapped gallery: for budgets below the raw vectors.
+        factory = factory_for("ivfpq-mmap", n, d, nlist)
+        wanted.append(Candidate("ivfpq-mmap", "ivfpq-mmap", {"nlist": nlist}, "nprobe", {"k_factor": PQ_K_FACTOR}, d / 8 + 16, f"{factory} codes in RAM, exact re-rank of {PQ_K_FACTOR}·k from the mapped gallery"))
+    chosen, notes = [], []
+    for c in wanted:
+        if families is not None and c.family not in families:
+            continue
+        if max_memory_bytes is not None and c.estimated_bytes_per_vector * n > max_memory_bytes:
+            notes.append(f"{c.family} {c.options or c.name}: ~{c.estimated_bytes_per_vector * n / 2**20:.0f} MiB cannot fit the {max_memory_bytes / 2**20:.0f} MiB budget; not built")
+            continue
+        chosen.append(c)
+    if n > HNSW_MAX_N and (families is None or "hnsw" in families):
+        notes.append(f"hnsw: N={n} > {HNSW_MAX_N}; its build would take about an hour on 2 cores, IVF covers this size")
+    return chosen, notes
+
+
+def sweep_values(method: SearchMethod, param: str | None) -> list[int | None]:
+    if param is None:
+        return [None]
+    if param == "nprobe":
+        return powers_of_two_up_to(method.search_param_ranges()["nprobe"][1])
+    return list(EF_SEARCH) + [1024, 2048]
+
+
+def recall_lower_bound(per_query: np.ndarray) -> float:
+    """One-sided ~95% lower confidence bound on mean recall, from the per-query spread."""
+    if len(per_query) < 2:
+        return float(per_query.mean()) if len(per_query) else float("nan")
+    return float(per_query.mean() - CONFIDENCE_Z * per_query.std(ddof=1) / math.sqrt(len(per_query)))
+
+
+@dataclass(frozen=True)
+class Measured:
+    family: str
+    method: str  # factory string
+    reason: str  # the rule that proposed it
+    setting: dict[str, Any]  # search parameters: the cheapest meeting the target, else the last tried
+    val_recall: float
+    val_recall_bound: float  # lower confidence bound of val_recall
+    val_precision: float
+    single_ms: float
+    batch_ms: float
+    memory_bytes: int
+    build_seconds: float
+    status: str  # "meets target", "below target", "over budget", "chosen"
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    gallery: str
+    provenance: str
+    real: bool
+    k: int
+    metric: str
+    target_recall: float
+    latency: str  # "single" or "batch": the latency minimised
+    max_memory_bytes: int | None
+    n_database: int
+    validation: str
+    test: str
+    candidates: list[Measured]
+    notes: list[str]
+    chosen: int | None  # index into candidates
+    test_accuracy: Accuracy | None
+    test_latency: Latency | None
+    saved_to: str | None
+    environment: dict = field(default_factory=dict)
+
+    def explanation(self) -> str:
+        if self.chosen is None:
+            return (f"no candidate reached recall@{self.k} ≥ {self.target_recall} on the validation queries"
+                    + (f" within {self.max_memory_bytes / 2**20:.0f} MiB" if self.max_memory_bytes else "")
+                    + "; raise --max-memory or lower --target-recall")
+        c = self.candidates[self.chosen]
+        meeting = sum(m.status in ("meets target", "chosen") for m in self.candidates)
+        acc, lat = self.test_accuracy, self.test_latency
+        text = (
+            f"chosen: {c.method} {_setting(c.setting)} — the lowest {self.latency}-query latency "
+            f"({getattr(c, f'{self.latency}_ms'):.3f} ms) of the {meeting} candidate(s) whose validation recall@{self.k} reaches "
+            f"{self.target_recall} with 95% confidence (bound {c.val_recall_bound:.4f})"
+            + (f" within the {self.max_memory_bytes / 2**20:.0f} MiB budget" if self.max_memory_bytes else "")
+            + f"; memory {c.memory_bytes / 2**20:.1f} MiB.\n"
+            f"test queries ({self.test}): recall@{self.k} {acc.recall:.4f}, label P@{self.k} {acc.precision:.4f}, "
+            f"{lat.single_ms:.3f} ms/query single, {lat.batch_ms:.4f} batched."
+        )
+        if acc.recall < self.target_recall:
+            text += f"\nnote: on the test queries recall is {acc.recall:.4f} < {self.target_recall}: the validation estimate was optimistic."
+        return text
+
+    def to_markdown(self) -> str:
+        flag = "" if self.real else f" {NOT_REAL_TAG} |"
+        lines = [
+            f"**{self.provenance}**",
+            "",
+            f"Target recall@{self.k} ≥ {self.target_recall} (metric {self.metric}), minimising {self.latency}-query latency"
+            + (f", memory ≤ {self.max_memory_bytes / 2**20:.0f} MiB" if self.max_memory_bytes else "")
+            + f". Database {self.n_database} vectors. Validation: {self.validation}. Test: {self.test}.",
+            "",
+            "| candidate | setting | val recall | 95% bound | val label P | single ms | batched ms | memory MiB | build s | status |" + ("" if self.real else " provenance |"),
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|" + ("" if self.real else "---|"),
+        ]
+        for m in self.candidates:
+            lines.append(
+                f"| {m.method} | {_setting(m.setting)} | {m.val_recall:.4f} | {m.val_recall_bound:.4f} | {m.val_precision:.4f} | {m.single_ms:.3f} | "
+                f"{m.batch_ms:.4f} | {m.memory_bytes / 2**20:.1f} | {m.build_seconds:.2f} | {'**chosen**' if m.status == 'chosen' else m.status} |{flag}"
+            )
+        lines += ["", self.explanation(), *[f"- {note}" for note in self.notes]]
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict:
+        return _json_safe(asdict(self))
+
+
+def _setting(setting: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in setting.items()) or "–"
+
+
+def split_queries(queries: QuerySet, seed: int = 0) -> tuple[QuerySet, QuerySet]:
+    """A seeded half/half split into validation (to choose) and test (to report)."""
+    if len(queries.vectors) < 2:
+        raise LookalikeError("tuning needs at least 2 held-out queries (one to choose with, one to test); use a gallery with more images")
+    order = np.random.default_rng(seed).permutation(len(queries.vectors))
+    half = len(order) // 2
+    val, test = np.sort(order[:half]), np.sort(order[half:])
+    return queries.subset(val, f"{len(val)} of {len(order)} queries {queries.how}"), queries.subset(test, f"the other {len(test)}")
+
+
+def tune(
+    gallery: Gallery,
+    target_recall: float = 0.95,
+    k: int = 10,
+    max_memory_bytes: int | None = None,
+    latency: str = "single",
+    metric: str = "ip",
+    max_queries: int = 1000,
+    families: tuple[str, ...] | None = None,
+    single_queries: int = 200,
+    save_as: str | None = "tuned",
+) -> TuneResult:
+    """Measure every candidate on validation queries, keep the fastest that meets the target, confirm it on test queries, save it."""
+    if not 0 < target_recall <= 1:
+        raise LookalikeError(f"--target-recall must be in (0, 1], got {target_recall}")
+    if families is not None and (unknown := [f for f in families if f not in CANDIDATE_FAMILIES]):
+        raise LookalikeError(f"unknown candidate family {unknown[0]!r}; use some of {', '.join(CANDIDATE_FAMILIES)}")
+    queries = held_out_queries(gallery, max_queries)
+    val, test = split_queries(queries)
+    n, d = len(queries.database_ids), gallery.dim
+    truth_val = exact_neighbours(gallery, val.database_ids, val.vectors, k, metric)
+    truth_test = exact_neighbours(gallery, test.database_ids, test.vectors, k, metric)
+    labels = gallery.labels
+    vectors = database_vectors(gallery, queries.database_ids)
+    candidates, notes = candidate_configs(n, d, max_memory_bytes, families)
+    if not candidates:
+        raise LookalikeError("no candidate index fits these limits; raise --max-memory or widen --families")
+
+    measured: list[Measured] = []
+    best: tuple[float, int, SearchMethod, dict] | None = None
+    for c in candidates:
+        method = make_method(c.name, n, d, metric, **c.options)
+        method.build(vectors, queries.database_ids)
+        memory = method.memory_bytes()
+        setting, bound, over = dict(c.fixed), float("nan"), max_memory_bytes is not None and memory > max_memory_bytes
+        for value in ([] if over else sweep_values(method, c.sweep)):
+            setting = {**({c.sweep: value} if c.sweep else {}), **c.fixed}
+            _, found = method.search(val.vectors, k, setting or None)
+            bound = recall_lower_bound(recall_per_query(found, truth_val, k))
+            if bound >= target_recall:
+                break
+        lat, acc = evaluate(method, val, truth_val, labels, k, setting or None, single_queries)
+        status = "over budget" if over else ("meets target" if bound >= target_recall else "below target")
+        stats = method.build_stats
+        measured.append(Measured(c.family, str(method.params().get("factory", c.name)), c.reason, setting, acc.recall, bound, acc.precision,
+                                 lat.single_ms, lat.batch_ms, memory, stats.build_seconds if stats else 0.0, status))
+        if over:
+            notes.append(f"{c.family}: real size {memory / 2**20:.1f} MiB exceeds the {max_memory_bytes / 2**20:.1f} MiB budget")
+        cost = lat.single_ms if latency == "single" else lat.batch_ms
+        if status == "meets target" and (best is None or cost < best[0]):
+            best = (cost, len(measured) - 1, method, setting)
+        del method
+
+    chosen = test_acc = test_lat = saved = None
+    if best is not None:
+        _, chosen, method, setting = best
+        measured[chosen] = replace(measured[chosen], status="chosen")
+        test_lat, test_acc = evaluate(method, test, truth_test, labels, k, setting or None, single_queries)
+        if setting:
+            method.set_params(**setting)
+        if save_as:
+            method.name = save_as
+            saved = str(save_method(gallery, method))
+    result = TuneResult(
+        gallery=str(gallery.path),
+        provenance=gallery.provenance(),
+        real=is_real(gallery.manifest),
+        k=k,
+        metric=metric,
+        target_recall=target_recall,
+        latency=latency,
+        max_memory_bytes=max_memory_bytes,
+        n_database=n,
+        validation=val.how,
+        test=test.how,
+        candidates=measured,
+        notes=notes,
+        chosen=chosen,
+        test_accuracy=test_acc,
+        test_latency=test_lat,
+        saved_to=saved,
+        environment=runtime.environment(),
+    )
+    return result
+
+
+UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """'512MB', '1GB', '1.5GiB' or a plain number of bytes; K/M/G/T are powers of 1024, as in autofaiss."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
+    if not m:
+        raise LookalikeError(f"cannot read memory size {text!r}; write it like 512MB or 1GB")
+    return int(float(m.group(1)) * UNITS[m.group(2)])
+
+
+def cli_main(args) -> int:
+    threads = runtime.set_threads(args.threads)
+    gallery = open_gallery(args.gallery)
+    families = tuple(f.strip() for f in args.families.split(",") if f.strip()) if args.families else None
+    result = tune(
+        gallery,
+        target_recall=args.target_recall,
+        k=args.k,
+        max_memory_bytes=parse_bytes(args.max_memory) if args.max_memory else None,
+        latency=args.latency,
+        metric=args.metric,
+        max_queries=args.max_queries,
+        families=families,
+        save_as=args.name,
+    )
+    print(result.to_markdown())
+    if result.chosen is None:
+        raise LookalikeError(result.explanation())
+    folder = Path(result.saved_to)
+    atomic_write_json(folder / "tune.json", result.to_dict())
+    atomic_write_bytes(folder / "tune.md", ("# lookalike tune\n\n" + result.to_markdown()).encode())
+    print(f"saved to {folder} (with tune.json and tune.md); search with: lookalike search --gallery {gallery.path} --method {args.name} --image IMG  ({threads} threads)")
+    return 0

@@ -1,0 +1,262 @@
+// lookalike web demo: plain JavaScript, no build step, talks only to this server's /api.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  gallery: null,  // GET /api/gallery
+  query: null,    // {kind: "upload", file} | {kind: "id", id}
+  seq: 0,         // answers to superseded requests are dropped
+};
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key === "style") node.style.cssText = value;  // CSSOM, allowed by the page's CSP
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) if (child != null) node.append(child);
+  return node;
+}
+
+function ms(x) {
+  if (x == null) return "—";
+  return x < 10 ? `${x.toFixed(2)} ms` : `${x.toFixed(1)} ms`;
+}
+
+function fileName(path) {
+  return (path || "").split(/[\\/]/).pop();
+}
+
+function thumbnail(r) {
+  const img = el("img", { src: `/api/images/${r.id}/thumb`, alt: r.label_name || r.label || `gallery id ${r.id}`, loading: "lazy" });
+  // Rows written from arrays (generated embeddings) have no image file: show a labelled blank instead.
+  img.addEventListener("error", () => img.replaceWith(el("div", { class: "no-image", text: "no image" })), { once: true });
+  return img;
+}
+
+function methodInfo(name) {
+  return state.gallery.methods.find((m) => m.name === name);
+}
+
+// --- gallery, provenance and controls ---
+
+async function loadGallery() {
+  const response = await fetch("/api/gallery");
+  const g = await response.json();
+  if (!response.ok) throw new Error(g.error || response.statusText);
+  state.gallery = g;
+
+  $("provenance").textContent = g.provenance;
+  const badge = $("real-badge");
+  badge.hidden = false;
+  badge.className = "badge " + (g.real ? "real" : "not-real");
+  badge.textContent = g.real ? "trained model · real data" : "⚠ NOT A REAL RESULT";
+  if (g.warnings.length) {
+    const box = $("warnings");
+    box.replaceChildren(...g.warnings.map((w) => el("p", { text: "⚠ " + w })));
+    box.hidden = false;
+  }
+
+  const weights = g.weights.kind === "random"
+    ? el("span", { class: "flag", text: `RANDOM (seed ${g.weights.seed})` })
+    : `${g.weights.kind} · ${g.weights.source}`;
+  const data = g.data.synthetic
+    ? el("span", { class: "flag", text: "GENERATED (not real photos)" })
+    : `${g.data.kind} · ${g.data.root}`;
+  const facts = [
+    ["model", g.image_size ? `${g.model} (${g.dim}-d, ${g.image_size}px, ${g.precision})` : `${g.model} (${g.dim}-d, no model)`],
+    ["weights", weights],
+    ["data", data],
+    ["images", `${g.count.toLocaleString()} (${g.database})`],
+    ["threads", `torch ${g.threads.torch}, faiss ${g.threads.faiss_omp}; ${g.compute_slots} compute slot(s)`],
+    ["folder", g.path],
+  ];
+  $("gallery-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", {}, v)]));
+
+  const select = $("method");
+  select.replaceChildren(...g.methods.map((m) => el("option", { value: m.name, text: m.name + (m.saved ? " (saved)" : "") })));
+  select.value = g.methods.some((m) => m.name === "ivf") ? "ivf" : g.methods[0].name;
+  select.disabled = false;
+  $("random-btn").disabled = false;
+  if (!g.uploads) {
+    $("drop").hidden = true;
+    $("status").textContent = "This gallery's embeddings were generated without a model: pick a random gallery image to search.";
+  }
+  updateMethodControls();
+}
+
+function updateMethodControls() {
+  const m = methodInfo($("method").value);
+  const kind = m.factory ? `FAISS ${m.factory}` : `brute force (${m.params.backend || "exact"})`;
+  $("method-desc").textContent = `${kind}, ${m.metric === "ip" ? "cosine" : "squared L2"}, ${m.ntotal.toLocaleString()} vectors`;
+  const k = $("k");
+  k.max = m.k_range[1];
+  if (+k.value > m.k_range[1]) k.value = m.k_range[1];
+  const range = m.param_ranges.nprobe;
+  $("nprobe-row").hidden = !range;
+  if (range) {
+    const slider = $("nprobe");
+    slider.min = range[0];
+    slider.max = range[1];
+    slider.value = Math.min(range[1], Math.max(range[0], m.params.nprobe || range[0]));
+    $("nprobe-value").textContent = slider.value;
+  }
+}
+
+// --- queries ---
+
+function setUploadQuery(file) {
+  if (!file) return;
+  const limit = state.gallery.limits.max_upload_bytes;
+  if (file.size > limit) {
+    showError(`${file.name} is ${(file.size / 2 ** 20).toFixed(1)} MB; this server takes uploads up to ${(limit / 2 ** 20).toFixed(0)} MB`);
+    return;
+  }
+  state.query = { kind: "upload", file };
+  showQuery(URL.createObjectURL(file), `upload: ${file.name} (${(file.size / 1024).toFixed(0)} KB)`);
+  search();
+}
+
+function setIdQuery(id) {
+  state.query = { kind: "id", id };
+  showQuery(`/api/images/${id}`, `gallery id ${id}`);
+  search();
+}
+
+function showQuery(src, caption) {
+  const img = $("query-img");
+  if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  img.src = src;
+  $("query-caption").textContent = caption;
+  $("query-preview").hidden = false;
+}
+
+async function search() {
+  if (!state.query || !state.gallery) return;
+  const seq = ++state.seq;
+  const method = $("method").value;
+  const form = new FormData();
+  if (state.query.kind === "upload") form.append("image", state.query.file, state.query.file.name);
+  else form.append("id", state.query.id);
+  form.append("method", method);
+  form.append("k", $("k").value);
+  if (!$("nprobe-row").hidden) form.append("nprobe", $("nprobe").value);
+
+  $("status").textContent = "searching…";
+  document.body.dataset.busy = "1";
+  let answer;
+  try {
+    const response = await fetch("/api/search", { method: "POST", body: form });
+    answer = await response.json();
+    if (seq !== state.seq) return;
+    if (!response.ok) {
+      showError(answer.error || `HTTP ${response.status}`);
+      $("status").textContent = "";
+      return;
+    }
+  } catch (err) {
+    if (seq === state.seq) showError(`the server did not answer (${err.message})`);
+    return;
+  } finally {
+    if (seq === state.seq) delete document.body.dataset.busy;
+  }
+  hideError();
+  render(answer);
+}
+
+// --- rendering ---
+
+function render(answer) {
+  const q = answer.query;
+  if (q.kind === "id") {
+    $("query-caption").textContent = `gallery id ${q.id} · ${q.label_name || q.label || "no label"} · ${q.path}`;
+  }
+  const higherIsBetter = answer.metric === "ip";
+  const cards = answer.results.map((r) => {
+    const isQuery = q.kind === "id" && r.id === q.id;
+    const mark = isQuery
+      ? el("span", { class: "self-mark", title: "the query image itself (it is in the searched set)", text: "= query" })
+      : r.same_label ? el("span", { class: "same-mark", title: "same label as the query", text: "✓ same" }) : null;
+    const card = el(
+      "button",
+      { class: "card", type: "button", title: `search from gallery id ${r.id}\n${r.path}` },
+      thumbnail(r),
+      el("div", { class: "meta" },
+        el("span", { class: "rank", text: `#${r.rank}` }),
+        mark,
+        el("span", { class: "score", title: higherIsBetter ? "cosine similarity" : "squared L2 distance", text: r.score.toFixed(4) })),
+      el("div", { class: "label", title: r.label || "", text: r.label_name || r.label || "(no label)" }),
+      el("div", { class: "path", title: r.path, text: fileName(r.path) }),
+    );
+    card.addEventListener("click", () => setIdQuery(r.id));
+    return el("li", { class: "result" + (r.same_label ? " same" : ""), "data-id": r.id, "data-score": r.score }, card);
+  });
+  $("results").replaceChildren(...cards);
+
+  const params = Object.entries(answer.params).map(([k, v]) => `${k}=${v}`).join(", ");
+  let status = `${answer.results.length} results · ${answer.method}${params ? " (" + params + ")" : ""} · ${higherIsBetter ? "cosine similarity, higher is nearer" : "squared L2 distance, lower is nearer"}`;
+  const labelled = answer.results.filter((r) => r.same_label !== null);
+  if (labelled.length) status += ` · ${labelled.filter((r) => r.same_label).length}/${labelled.length} share the query's label (green)`;
+  if (!answer.real) status += " · ⚠ random weights / generated data";
+  $("status").textContent = status;
+  renderLatency(answer.latency_ms, q.kind);
+}
+
+function renderLatency(t, kind) {
+  const parts = [
+    ["decode + preprocess", t.decode_ms, "var(--decode)"],
+    ["embed", t.embed_ms, "var(--embed)"],
+    ["search", t.search_ms, "var(--search)"],
+    ["queue wait", t.wait_ms, "var(--wait)"],
+  ];
+  const total = Math.max(t.total_ms, 1e-6);
+  $("latency-bar").replaceChildren(...parts.filter(([, v]) => v).map(([name, v, color]) =>
+    el("span", { style: `width:${(100 * v / total).toFixed(2)}%;background:${color}`, title: `${name}: ${ms(v)}` })));
+  const rows = parts.map(([name, v, color]) => [
+    el("dt", {}, el("span", { class: "swatch", style: `background:${color}` }), name),
+    el("dd", { text: v == null && kind === "id" ? "— (stored)" : ms(v), "data-part": name }),
+  ]);
+  rows.push([el("dt", { text: "total" }), el("dd", { text: ms(t.total_ms) })]);
+  $("latency").replaceChildren(...rows.flat());
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = false;
+}
+
+function hideError() {
+  $("error").hidden = true;
+}
+
+// --- wiring ---
+
+function wire() {
+  $("file-input").addEventListener("change", (e) => setUploadQuery(e.target.files[0]));
+  $("random-btn").addEventListener("click", () => setIdQuery(Math.floor(Math.random() * state.gallery.count)));
+  $("method").addEventListener("change", () => { updateMethodControls(); search(); });
+  $("k").addEventListener("change", search);
+  $("nprobe").addEventListener("input", () => { $("nprobe-value").textContent = $("nprobe").value; });
+  $("nprobe").addEventListener("change", search);
+
+  const drop = $("drop");
+  for (const name of ["dragenter", "dragover"]) {
+    drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.add("over"); });
+  }
+  for (const name of ["dragleave", "drop"]) {
+    drop.addEventListener(name, () => drop.classList.remove("over"));
+  }
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    const file = [...e.dataTransfer.files].find((f) => f.type.startsWith("image/")) || e.dataTransfer.files[0];
+    setUploadQuery(file);
+  });
+  // A file dropped beside the box must not make the browser navigate away from the page.
+  for (const name of ["dragover", "drop"]) window.addEventListener(name, (e) => e.preventDefault());
+}
+
+wire();
+loadGallery().catch((err) => showError(`cannot load the gallery description: ${err.message}`));

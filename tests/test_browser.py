@@ -1,0 +1,143 @@
+"""The web demo in a real headless browser: Debian's Chromium driven by Playwright (no browser download).
+
+Starts the real `lookalike serve` on the tiny generated gallery, uploads an image through the
+page, checks the result grid, switches method, searches from a result and from a random
+gallery image, shows a bad upload's error, and saves a screenshot.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from .conftest import LOOKALIKE
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("LOOKALIKE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+START_TIMEOUT_S = 240  # importing torch on a busy 2-core machine can take a while
+WAIT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def served(tiny_gallery):
+    """`lookalike serve --port 0` as a subprocess; yields the URL it prints once it listens."""
+    proc = subprocess.Popen([*LOOKALIKE, "serve", "--gallery", str(tiny_gallery), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    seen = []
+    try:
+        while True:
+            try:
+                line = lines.get(timeout=START_TIMEOUT_S)
+            except queue.Empty:
+                pytest.fail(f"lookalike serve printed no URL within {START_TIMEOUT_S} s:\n{''.join(seen)}")
+            seen.append(line)
+            if m := re.search(r"http://127\.0\.0\.1:\d+", line):
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"lookalike serve exited with {proc.returncode}:\n{''.join(seen)}")
+        yield m.group(0)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(
+            f"Chromium is not installed (looked for {CHROMIUM}): install Debian's chromium "
+            "(`apt-get install chromium`, which scripts/install-browser.sh runs) or set LOOKALIKE_CHROMIUM"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+def test_search_in_the_page(served, browser, tiny_collection, tmp_path):
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    requests, console_errors = [], []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: console_errors.append(str(e)))
+    page.goto(served + "/")
+
+    # provenance: random weights and generated data are flagged where a user sees them
+    expect(page.locator("#real-badge")).to_have_text(re.compile("NOT A REAL RESULT"), timeout=WAIT_MS)
+    expect(page.locator("#warnings")).to_contain_text("RANDOM weights")
+    expect(page.locator("#warnings")).to_contain_text("GENERATED data")
+    expect(page.locator("#provenance")).to_contain_text("resnet18")
+    expect(page.locator("#method option")).to_have_count(3)  # brute, flat, ivf
+
+    # upload through the page: k results, each with a score, best first
+    k = 6
+    page.locator("#k").fill(str(k))
+    page.locator("#k").dispatch_event("change")
+    query = sorted((tiny_collection / "val" / "images").glob("*.JPEG"))[0]
+    page.set_input_files("#file-input", str(query))
+    results = page.locator("#results .result")
+    expect(results).to_have_count(k, timeout=WAIT_MS)
+    expect(page.locator("#status")).to_contain_text("ivf")
+    scores = [float(s) for s in page.locator("#results .score").all_inner_texts()]
+    assert len(scores) == k and scores == sorted(scores, reverse=True)
+    expect(page.locator("#latency")).to_contain_text("embed")
+    assert re.search(r"\d+(\.\d+)? ms", page.locator("#latency").inner_text())
+    expect(page.locator("#nprobe-row")).to_be_visible()
+    ivf_paths = page.locator("#results .path").all_inner_texts()
+
+    # switch method: flat is exact, and ivf with its default nprobe (all 10 lists) was exact too
+    page.select_option("#method", "flat")
+    expect(page.locator("#status")).to_contain_text("flat", timeout=WAIT_MS)
+    expect(results).to_have_count(k)
+    expect(page.locator("#nprobe-row")).to_be_hidden()
+    assert page.locator("#results .path").all_inner_texts() == ivf_paths
+
+    # click a result: search from it; results sharing its label are marked
+    first_id = results.first.get_attribute("data-id")
+    results.first.locator(".card").click()
+    expect(page.locator("#query-caption")).to_contain_text(f"gallery id {first_id}", timeout=WAIT_MS)
+    expect(page.locator("#results .result").first.locator(".self-mark")).to_have_text("= query")
+    expect(page.locator("#results .result.same").first).to_be_visible()
+    expect(page.locator("#latency")).to_contain_text("(stored)")
+
+    # a random gallery image
+    page.click("#random-btn")
+    expect(page.locator("#query-caption")).to_contain_text("gallery id", timeout=WAIT_MS)
+    expect(results).to_have_count(k, timeout=WAIT_MS)
+    page.wait_for_load_state("networkidle")
+
+    screenshot = tmp_path / "lookalike-page.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000
+    assert console_errors == []
+
+    # a file that is not an image: the page shows the server's message
+    bad = tmp_path / "notes.txt"
+    bad.write_text("this is not an image")
+    page.set_input_files("#file-input", str(bad))
+    expect(page.locator("#error")).to_contain_text("not a recognised image format", timeout=WAIT_MS)
+
+    # the page works offline: every request went to this server
+    outside = [url for url in requests if not url.startswith((served, "blob:", "data:"))]
+    assert outside == []
+    page.close()

@@ -1,0 +1,87 @@
+"""The one metrics module against cases worked out by hand: recall, label precision, mAP, ground truth."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from lookalike.gallery import open_gallery
+from lookalike.metrics import accuracy, average_precision_at_k, exact_neighbours, ground_truth, precision_at_k, recall_at_k, recall_per_query
+
+GALLERY_LABELS = np.array(["a", "a", "b", "b", None], dtype=object)
+
+
+def test_recall_counts_the_overlap_with_the_exact_top_k():
+    found = np.array([[1, 2, 3], [4, 5, 6]])
+    truth = np.array([[1, 2, 9], [6, 5, 4]])  # order within the top k does not matter
+    np.testing.assert_allclose(recall_per_query(found, truth, 3), [2 / 3, 1.0])
+    assert recall_at_k(found, truth, 3) == pytest.approx(5 / 6)
+    assert recall_at_k(found, truth, 1) == pytest.approx(0.5)  # only the first column of each
+
+
+def test_recall_ignores_minus_one_padding_on_both_sides():
+    # an approximate method that found only 2 of 3 results pads with -1; -1 never matches -1
+    found = np.array([[7, 8, -1]])
+    assert recall_at_k(found, np.array([[7, 8, 9]]), 3) == pytest.approx(2 / 3)
+    # a database of 2 vectors: exact search itself returns 2 results, and finding both is recall 1
+    assert recall_at_k(np.array([[8, 7, -1]]), np.array([[7, 8, -1]]), 3) == 1.0
+    assert recall_at_k(np.array([[-1, -1, -1]]), np.array([[7, 8, -1]]), 3) == 0.0
+
+
+def test_label_precision_at_k():
+    found = np.array([[0, 1, 2], [2, -1, -1]])
+    # query "a": results a, a, b → 2/3; query "b": results b, missing, missing → 1/3
+    assert precision_at_k(found, np.array(["a", "b"], dtype=object), GALLERY_LABELS, 3) == pytest.approx(0.5)
+    assert precision_at_k(found, np.array(["a", "b"], dtype=object), GALLERY_LABELS, 1) == pytest.approx(1.0)
+
+
+def test_unlabelled_queries_are_left_out_of_label_metrics():
+    found = np.array([[0, 1, 2], [4, 3, 2]])
+    labels = np.array(["a", None], dtype=object)
+    assert precision_at_k(found, labels, GALLERY_LABELS, 3) == pytest.approx(2 / 3)  # not (2/3 + 0) / 2
+    assert average_precision_at_k(found, labels, GALLERY_LABELS, 3) == pytest.approx(1.0)
+    none = np.array([None, None], dtype=object)
+    assert math.isnan(precision_at_k(found, none, GALLERY_LABELS, 3))
+    assert math.isnan(average_precision_at_k(found, none, GALLERY_LABELS, 3))
+    # an unlabelled gallery image never counts as relevant, even for an unlabelled query
+    assert precision_at_k(np.array([[4]]), np.array(["a"], dtype=object), GALLERY_LABELS, 1) == 0.0
+
+
+def test_average_precision_at_k():
+    labels = np.array(["a", "a", "b"], dtype=object)
+    # query "a", results a, a, b: relevance [1, 1, 0] → (1/1 + 2/2) / 2 = 1
+    # query "a", results b, a, a: relevance [0, 1, 1] → (1/2 + 2/3) / 2 = 7/12
+    # query "b", results a, a, unlabelled: nothing relevant → 0
+    found = np.array([[0, 1, 2], [2, 0, 1], [0, 1, 4]])
+    assert average_precision_at_k(found, labels, GALLERY_LABELS, 3) == pytest.approx((1 + 7 / 12 + 0) / 3)
+    # -1 padding is simply not relevant: relevance [1, 0, 0] → 1
+    assert average_precision_at_k(np.array([[2, -1, -1]]), np.array(["b"], dtype=object), GALLERY_LABELS, 3) == pytest.approx(1.0)
+
+
+def test_accuracy_bundles_the_three_figures():
+    found = np.array([[0, 1, 2]])
+    acc = accuracy(found, np.array([[0, 1, 3]]), np.array(["a"], dtype=object), GALLERY_LABELS, 3)
+    assert (acc.recall, acc.precision, acc.map) == pytest.approx((2 / 3, 2 / 3, 1.0))
+
+
+def test_ground_truth_is_exact_cached_and_never_the_query_itself(tiny_gallery, tmp_path):
+    copy = tmp_path / "g"
+    shutil.copytree(tiny_gallery, copy)
+    gallery = open_gallery(copy)
+    partition = gallery.partition()
+    truth = ground_truth(gallery, partition, 5)
+    x = np.asarray(gallery.embeddings)
+    scores = x[partition.query_ids] @ x[partition.database_ids].T
+    expected = partition.database_ids[np.argsort(-scores, axis=1, kind="stable")[:, :5]]
+    assert recall_at_k(truth, expected, 5) > 0.99  # ties may swap within float noise, nothing more
+    assert not np.isin(truth, partition.query_ids).any()
+    cached = list((copy / "cache").glob("groundtruth-*.npy"))
+    assert len(cached) == 1
+    np.save(cached[0], np.zeros_like(truth))  # a second call reads the cache, not a recomputation
+    assert (ground_truth(gallery, partition, 5) == 0).all()
+    # other query vectors get their own cache entry
+    other = exact_neighbours(gallery, partition.database_ids, x[partition.query_ids[:3]] * -1, 5)
+    assert other.shape == (3, 5) and len(list((copy / "cache").glob("groundtruth-*.npy"))) == 2

@@ -1,0 +1,100 @@
+"""The added index families through the one search interface: PQ with re-ranking from memory-mapped vectors, small-gallery PQ, real memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lookalike.errors import LookalikeError
+from lookalike.search import MmapRerankIndex, factory_for, make_method
+from lookalike.search.faiss_index import serialised_bytes
+from lookalike.search.rerank import exact_rerank, is_memory_mapped
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def mapped(tmp_path_factory):
+    """3000 clustered 64-d unit vectors saved as .npy and opened memory-mapped, like a gallery's embeddings."""
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((30, 64))
+    base = unit(np.repeat(centres, 100, axis=0) + 0.7 * rng.standard_normal((3000, 64)))
+    queries = unit(centres[rng.integers(0, 30, 40)] + 0.7 * rng.standard_normal((40, 64)))
+    path = tmp_path_factory.mktemp("mm") / "embeddings.npy"
+    np.save(path, base)
+    return np.load(path, mmap_mode="r"), queries
+
+
+def exact_ids(base, queries, k):
+    flat = make_method("flat", len(base), base.shape[1])
+    flat.build(base)
+    return flat.search(queries, k)[1]
+
+
+def test_exact_rerank_orders_candidates_by_true_score():
+    rng = np.random.default_rng(0)
+    vectors = unit(rng.standard_normal((50, 8)))
+    q = unit(rng.standard_normal((2, 8)))
+    candidates = np.array([[3, 9, 14, -1, 20], [1, 2, -1, -1, -1]])
+    scores, top = exact_rerank(q, candidates, vectors, 4, "ip")
+    for row, cand in enumerate(candidates):
+        valid = cand[cand >= 0]
+        best = valid[np.argsort(-(vectors[valid] @ q[row]))][:4]
+        np.testing.assert_array_equal(top[row, : len(best)], best)
+        np.testing.assert_allclose(scores[row, : len(best)], vectors[best] @ q[row], rtol=1e-5)
+    assert list(top[1, 2:]) == [-1, -1]  # fewer candidates than k: padded like FAISS
+
+
+def test_mmap_rerank_matches_faiss_rflat_and_costs_only_the_codes(mapped):
+    base, queries = mapped
+    in_ram = make_method("ivfpq", len(base), 64, search_params={"nprobe": 8})
+    mmap = make_method("ivfpq-mmap", len(base), 64, search_params={"nprobe": 8})
+    in_ram.build(base)
+    mmap.build(base)
+    assert isinstance(mmap, MmapRerankIndex) and is_memory_mapped(mmap.vectors)
+    for k_factor in (1, 4, 16):
+        np.testing.assert_array_equal(mmap.search(queries, 10, {"k_factor": k_factor})[1], in_ram.search(queries, 10, {"k_factor": k_factor})[1])
+    truth = exact_ids(base, queries, 10)
+    recall = lambda found: np.mean([len(np.intersect1d(f, t)) / 10 for f, t in zip(found, truth)])  # noqa: E731
+    assert recall(mmap.search(queries, 10, {"k_factor": 16, "nprobe": 55})[1]) > recall(mmap.search(queries, 10, {"k_factor": 1, "nprobe": 55})[1])
+    assert mmap.memory_bytes() < base.nbytes / 4 < in_ram.memory_bytes()  # RFlat keeps a float copy; mmap keeps codes
+    held = make_method("ivfpq-mmap", len(base), 64)
+    held.build(np.array(base))  # vectors handed over in RAM are held, and counted
+    assert held.memory_bytes() >= base.nbytes
+
+
+def test_mmap_rerank_round_trips_and_checks_k_factor(mapped, tmp_path):
+    base, queries = mapped
+    method = make_method("ivfpq-mmap", len(base), 64, "l2")
+    method.build(base)
+    method.save(tmp_path / "m")
+    loaded = MmapRerankIndex.load(tmp_path / "m", base)
+    for a, b in zip(method.search(queries, 5), loaded.search(queries, 5)):
+        np.testing.assert_array_equal(a, b)
+    assert loaded.params() == method.params() and loaded.memory_bytes() == method.memory_bytes()
+    scores, ids = loaded.search(queries[:1], 3)
+    np.testing.assert_allclose(scores[0], ((base[ids[0]] - queries[0]) ** 2).sum(1), atol=1e-5)  # exact squared L2
+    with pytest.raises(LookalikeError, match="k_factor=0 is out of range"):
+        loaded.search(queries, 5, {"k_factor": 0})
+
+
+def test_pq_on_a_tiny_gallery_uses_fewer_bits_and_trains():
+    assert factory_for("ivfpq", 100, 512, 10) == "IVF10,PQ64x6np,RFlat"
+    assert factory_for("ivfpq-mmap", 100_000, 512) == "IVF316,PQ64np"
+    rng = np.random.default_rng(0)
+    base = unit(rng.standard_normal((100, 32)))
+    method = make_method("ivfpq", 100, 32, nlist=4)
+    method.build(base)
+    assert method.search(base[:2], 3)[1].shape == (2, 3)
+
+
+def test_memory_is_counted_without_copying_the_index(mapped):
+    import faiss
+
+    base, _ = mapped
+    method = make_method("IVF8,SQ8", len(base), 64)
+    method.build(base)
+    assert serialised_bytes(method.index) == faiss.serialize_index(method.index).nbytes
+    assert method.memory_bytes() == serialised_bytes(method.index) + method.ids.nbytes

@@ -1,0 +1,421 @@
+"""The web demo's JSON API, against a real uvicorn server on 127.0.0.1 over a tiny generated gallery.
+
+Every endpoint, every bad input (each must be a clear 4xx JSON error, never a 500), start-up
+refusals through the real CLI, and 8 concurrent clients whose answers must match `lookalike search`.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import socket
+import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+
+from lookalike.errors import GalleryError
+from lookalike.gallery import open_gallery
+from lookalike.search import make_method, save_method
+from lookalike.server import ServerConfig, create_app
+
+from .conftest import LOOKALIKE, run_cli
+
+UPLOAD_LIMIT = 200_000  # bytes: small, so the over-limit cases stay cheap
+SAVED_FACTORY = "IVF4,Flat"  # a saved index beside the built-in methods
+SAVED_NAME = "IVF4_Flat"
+
+
+class ThreadedServer:
+    """uvicorn serving `app` on a free loopback port, in a thread of the test process."""
+
+    def __init__(self, app):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # else no TCP_NODELAY: 40 ms delayed-ACK stalls
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> ThreadedServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def gallery_dir(tiny_gallery, tmp_path_factory) -> Path:
+    """A copy of the session's tiny gallery with one extra saved index (IVF4,Flat)."""
+    out = tmp_path_factory.mktemp("served") / "gallery"
+    shutil.copytree(tiny_gallery, out)
+    gallery = open_gallery(out)
+    ids = gallery.partition().database_ids
+    method = make_method(SAVED_FACTORY, len(ids), gallery.dim)
+    method.build(gallery.embeddings[ids], ids)
+    save_method(gallery, method)
+    return out
+
+
+@pytest.fixture(scope="module")
+def app(gallery_dir):
+    return create_app(gallery_dir, ServerConfig(max_upload_bytes=UPLOAD_LIMIT))
+
+
+@pytest.fixture(scope="module")
+def server(app):
+    with ThreadedServer(app) as running:
+        yield running.url
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def query_images(tiny_collection) -> list[Path]:
+    """Held-out val images: not in the searched set, like a user's own photo."""
+    return sorted((tiny_collection / "val" / "images").glob("*.JPEG"))[:2]
+
+
+def upload(client: httpx.Client, path: Path, **fields) -> httpx.Response:
+    return client.post("/api/search", files={"image": (path.name, path.read_bytes(), "image/jpeg")}, data={k: str(v) for k, v in fields.items()})
+
+
+def search_id(client: httpx.Client, gallery_id: int, **fields) -> httpx.Response:
+    return client.post("/api/search", data={"id": str(gallery_id), **{k: str(v) for k, v in fields.items()}})
+
+
+def ok(response: httpx.Response) -> dict:
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def ranking(answer: dict) -> list[tuple[str, float]]:
+    return [(r["path"], r["score"]) for r in answer["results"]]
+
+
+# --- the CLI's answers, the reference every server answer must agree with ---
+
+CLI_ROW = re.compile(r"^\s*(\d+)\s+(-?\d+\.\d+)\s{2}.{24}\s{2}(\S+)")
+
+
+def parse_cli_search(stdout: str) -> list[tuple[str, float]]:
+    rows = [CLI_ROW.match(line) for line in stdout.splitlines()]
+    return [(m.group(3), float(m.group(2))) for m in rows if m]
+
+
+@pytest.fixture(scope="module")
+def cli_rankings(gallery_dir, query_images) -> dict[tuple[int, str], list[tuple[str, float]]]:
+    """`lookalike search` for (image 0, brute) and (image 1, ivf --nprobe 2), run side by side."""
+    cases = {(0, "brute"): [], (1, "ivf"): ["--nprobe", "2"]}
+    procs = {
+        key: subprocess.Popen(
+            [*LOOKALIKE, "search", "--gallery", str(gallery_dir), "--image", str(query_images[key[0]]), "--method", key[1], "-k", "8", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for key, extra in cases.items()
+    }
+    out = {}
+    for key, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+        out[key] = parse_cli_search(stdout)
+        assert len(out[key]) == 8, stdout
+    return out
+
+
+def assert_same_ranking(got: list[tuple[str, float]], want: list[tuple[str, float]]) -> None:
+    assert [p for p, _ in got] == [p for p, _ in want]
+    assert np.allclose([s for _, s in got], [s for _, s in want], atol=1e-4)  # the CLI prints 4 decimals
+
+
+# --- endpoints ---
+
+
+def test_healthz(client, gallery_dir):
+    body = ok(client.get("/healthz"))
+    assert body["status"] == "ok" and body["count"] == 120 and body["real"] is False
+    assert body["gallery"] == str(gallery_dir)
+    assert body["methods"] == ["brute", "flat", "ivf", SAVED_NAME]
+
+
+def test_gallery_describes_provenance_and_methods(client):
+    g = ok(client.get("/api/gallery"))
+    assert (g["model"], g["dim"], g["count"], g["image_size"]) == ("resnet18", 512, 120, 32)
+    assert g["weights"]["kind"] == "random" and g["data"]["synthetic"] is True and g["real"] is False
+    assert "RANDOM weights" in g["provenance"] and "GENERATED data" in g["provenance"]
+    assert any("RANDOM weights" in w for w in g["warnings"]) and any("GENERATED data" in w for w in g["warnings"])
+    assert g["uploads"] is True and g["has_labels"] is True
+    methods = {m["name"]: m for m in g["methods"]}
+    assert methods["brute"]["param_ranges"] == {} and methods["flat"]["factory"] == "Flat"
+    assert methods["ivf"]["param_ranges"] == {"nprobe": [1, 10]}  # round(√100) lists over the 100 train rows
+    assert methods[SAVED_NAME]["saved"] is True and methods[SAVED_NAME]["param_ranges"] == {"nprobe": [1, 4]}
+    assert all(m["ntotal"] == 100 and m["k_range"] == [1, 100] for m in methods.values())  # val rows are held out
+    assert g["limits"]["max_upload_bytes"] == UPLOAD_LIMIT
+
+
+def test_openapi_documents_every_endpoint(client):
+    spec = ok(client.get("/openapi.json"))
+    paths = spec["paths"]
+    assert {"/api/search", "/api/images/{id}", "/api/images/{id}/thumb", "/api/gallery", "/healthz"} <= set(paths)
+    search = paths["/api/search"]["post"]
+    form = search["requestBody"]["content"]["multipart/form-data"]["schema"]
+    form = spec["components"]["schemas"][form["$ref"].split("/")[-1]] if "$ref" in form else form
+    assert {"image", "id", "method", "k", "nprobe"} <= set(form["properties"])
+    assert search["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/SearchResponse")
+    for code in ("400", "404", "413", "422"):
+        assert search["responses"][code]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    assert {"SearchResponse", "Result", "Latency", "GalleryInfo", "MethodInfo", "ErrorBody"} <= set(spec["components"]["schemas"])
+    assert client.get("/docs").status_code == 404  # Swagger UI would need a CDN
+
+
+def test_page_and_its_files_load_nothing_from_outside(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert client.get(asset).status_code == 200
+    for text in (page.text, client.get("/static/app.js").text, client.get("/static/style.css").text):
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.I), "the page must work offline: no external URLs"
+
+
+def test_upload_search_matches_cli(client, query_images, cli_rankings):
+    answer = ok(upload(client, query_images[0], method="brute", k=8))
+    assert_same_ranking(ranking(answer), cli_rankings[(0, "brute")])
+    assert answer["query"]["kind"] == "upload" and answer["query"]["bytes"] == query_images[0].stat().st_size
+    t = answer["latency_ms"]
+    assert t["decode_ms"] > 0 and t["embed_ms"] > 0 and t["search_ms"] > 0 and t["total_ms"] >= t["search_ms"]
+    assert answer["real"] is False and "RANDOM weights" in answer["provenance"]
+
+    answer = ok(upload(client, query_images[1], method="ivf", k=8, nprobe=2))
+    assert answer["params"] == {"nprobe": 2}
+    assert_same_ranking(ranking(answer), cli_rankings[(1, "ivf")])
+
+
+def test_search_by_id_uses_the_stored_embedding_and_marks_labels(client, app):
+    train_id = 3  # a database row: it finds itself first
+    answer = ok(search_id(client, train_id, method="flat", k=5))
+    assert answer["query"]["kind"] == "id" and answer["query"]["id"] == train_id
+    assert answer["results"][0]["id"] == train_id and answer["results"][0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert answer["latency_ms"]["decode_ms"] is None and answer["latency_ms"]["embed_ms"] is None
+    label = answer["query"]["label"]
+    assert label and all(r["same_label"] == (r["label"] == label) for r in answer["results"])
+    assert any(r["same_label"] for r in answer["results"])
+
+    val_id = int(np.flatnonzero(app.state.service.gallery.splits == "val")[0])  # held out: never among the results
+    answer = ok(search_id(client, val_id, method="brute", k=100))
+    assert val_id not in [r["id"] for r in answer["results"]] and len(answer["results"]) == 100
+
+
+def test_nprobe_applies_to_one_call_only(client):
+    exact = ok(search_id(client, 7, method="flat", k=10))
+    full = ok(search_id(client, 7, method=SAVED_NAME, k=10, nprobe=4))  # every list visited: exact
+    assert [r["id"] for r in full["results"]] == [r["id"] for r in exact["results"]] and full["params"] == {"nprobe": 4}
+    one = ok(search_id(client, 7, method=SAVED_NAME, k=10, nprobe=1))
+    assert one["params"] == {"nprobe": 1}
+    default = ok(search_id(client, 7, method=SAVED_NAME, k=10))
+    assert default["params"] == {"nprobe": 4}  # min(16, nlist) stored with the index, untouched by the calls above
+
+
+def test_images_and_thumbnails_by_id(client, app):
+    path = Path(app.state.service.row(5)["path"])
+    full = client.get("/api/images/5")
+    assert full.status_code == 200 and full.content == path.read_bytes() and full.headers["content-type"] == "image/jpeg"
+    thumb = client.get("/api/images/5/thumb")
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    image = Image.open(io.BytesIO(thumb.content))
+    assert image.format == "JPEG" and max(image.size) <= ServerConfig().thumb_px
+    assert client.get("/api/images/5/thumb").content == thumb.content  # served from the cache
+
+
+# --- bad input: a clear 4xx JSON error, never a 500 ---
+
+
+def _jpeg_bytes(size: int = 48) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (200, 30, 30)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def _over_limit_chunks():
+    """A valid multipart body, streamed without a Content-Length (chunked), three times the limit."""
+    yield b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="big.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+    for _ in range(3 * UPLOAD_LIMIT // 65536 + 1):
+        yield b"\xff" * 65536
+    yield b"\r\n--xyz--\r\n"
+
+
+BAD_REQUESTS = {
+    "non-image upload": (400, "not a recognised image format", lambda c: c.post("/api/search", files={"image": ("notes.txt", b"hello, not an image", "text/plain")})),
+    "corrupt image": (400, "corrupt or truncated", lambda c: c.post("/api/search", files={"image": ("cut.jpg", _jpeg_bytes()[:300], "image/jpeg")})),
+    "empty upload": (400, "empty", lambda c: c.post("/api/search", files={"image": ("empty.jpg", b"", "image/jpeg")})),
+    "upload over the limit": (413, "limit", lambda c: c.post("/api/search", files={"image": ("big.jpg", b"\xff" * (UPLOAD_LIMIT + 1), "image/jpeg")})),
+    "body over the limit, declared": (413, "limit", lambda c: c.post("/api/search", files={"image": ("big.jpg", b"\xff" * (3 * UPLOAD_LIMIT), "image/jpeg")})),
+    "body over the limit, chunked": (413, "limit", lambda c: c.post("/api/search", content=_over_limit_chunks(), headers={"content-type": "multipart/form-data; boundary=xyz"})),
+    "two files": (400, "files", lambda c: c.post("/api/search", files=[("image", ("a.jpg", _jpeg_bytes(), "image/jpeg")), ("image", ("b.jpg", _jpeg_bytes(), "image/jpeg"))])),
+    "image and id": (400, "not both", lambda c: c.post("/api/search", files={"image": ("a.jpg", _jpeg_bytes(), "image/jpeg")}, data={"id": "1"})),
+    "missing query": (422, "missing query", lambda c: c.post("/api/search", data={"method": "brute"})),
+    "no body at all": (422, "missing query", lambda c: c.post("/api/search")),
+    "json body": (415, "multipart", lambda c: c.post("/api/search", json={"id": 1})),
+    "text field as image": (422, "image", lambda c: c.post("/api/search", data={"image": "cat.jpg"})),
+    "unknown id": (404, "no gallery image with id 120", lambda c: search_id(c, 120)),
+    "negative id": (404, "no gallery image with id -1", lambda c: search_id(c, -1)),
+    "id not a number": (422, "id", lambda c: c.post("/api/search", data={"id": "seven"})),
+    "unknown method": (422, "unknown method 'hnsw'", lambda c: search_id(c, 1, method="hnsw")),
+    "k zero": (422, "k=0 is out of range", lambda c: search_id(c, 1, k=0)),
+    "k too large": (422, "k=101 is out of range", lambda c: search_id(c, 1, k=101)),
+    "k not a number": (422, "k", lambda c: search_id(c, 1, k="ten")),
+    "nprobe zero": (422, "nprobe=0 is out of range", lambda c: search_id(c, 1, method="ivf", nprobe=0)),
+    "nprobe over nlist": (422, "nprobe=5 is out of range", lambda c: search_id(c, 1, method=SAVED_NAME, nprobe=5)),
+    "nprobe for brute": (422, "has no nprobe", lambda c: search_id(c, 1, method="brute", nprobe=2)),
+    "image of unknown id": (404, "no gallery image with id 999", lambda c: c.get("/api/images/999")),
+    "thumb of unknown id": (404, "no gallery image with id 999", lambda c: c.get("/api/images/999/thumb")),
+    "image id not a number": (422, "id", lambda c: c.get("/api/images/abc")),
+    "image path traversal": (404, "no such endpoint", lambda c: c.get("/api/images/..%2F..%2Fetc%2Fpasswd")),
+    "unknown endpoint": (404, "no such endpoint", lambda c: c.get("/api/nothing")),
+    "wrong http method": (405, "not allowed", lambda c: c.get("/api/search")),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_input_is_a_clear_4xx_json_error(client, case):
+    status, words, send = BAD_REQUESTS[case]
+    response = send(client)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["status"] == status and words.lower() in body["error"].lower()
+    assert len(body["error"]) > 20  # a sentence, not a code
+
+
+def test_a_missing_image_file_is_404_not_500(client, app):
+    service = app.state.service
+    saved = service._paths[9]
+    service._paths[9] = "/nonexistent/lookalike/moved.jpg"
+    try:
+        for url in ("/api/images/9", "/api/images/9/thumb"):
+            response = client.get(url)
+            assert response.status_code == 404 and "missing" in response.json()["error"]
+    finally:
+        service._paths[9] = saved
+
+
+def test_the_server_still_works_after_bad_input(client):
+    assert ok(search_id(client, 2, method="ivf", k=3))["results"]
+
+
+# --- concurrency ---
+
+
+def test_concurrent_searches_all_succeed_and_agree(server, client, query_images, cli_rankings):
+    """8 clients × 50 requests mixing uploads and ids over every method; each answer equals the reference."""
+    jobs = [
+        ("upload", 0, {"method": "brute", "k": 8}),
+        ("upload", 1, {"method": "ivf", "k": 8, "nprobe": 2}),
+        ("id", 11, {"method": "flat", "k": 10}),
+        ("id", 11, {"method": SAVED_NAME, "k": 10, "nprobe": 1}),
+        ("id", 11, {"method": SAVED_NAME, "k": 10, "nprobe": 4}),
+        ("id", 57, {"method": "ivf", "k": 5, "nprobe": 1}),
+    ]
+    files = [p.read_bytes() for p in query_images]
+
+    def send(c: httpx.Client, job) -> httpx.Response:
+        kind, which, fields = job
+        data = {k: str(v) for k, v in fields.items()}
+        if kind == "upload":
+            return c.post("/api/search", files={"image": (f"q{which}.jpg", files[which], "image/jpeg")}, data=data)
+        return c.post("/api/search", data={"id": str(which), **data})
+
+    reference = [ranking(ok(send(client, job))) for job in jobs]
+    assert_same_ranking(reference[0], cli_rankings[(0, "brute")])
+    assert_same_ranking(reference[1], cli_rankings[(1, "ivf")])
+    assert [p for p, _ in reference[4]] == [p for p, _ in reference[2]]  # nprobe = nlist is exact
+
+    def worker(seed: int) -> list[str]:
+        problems = []
+        with httpx.Client(base_url=server, timeout=120) as c:
+            for i in range(50):
+                j = (seed * 7 + i) % len(jobs)
+                response = send(c, jobs[j])
+                if response.status_code != 200:
+                    problems.append(f"{jobs[j]}: HTTP {response.status_code} {response.text[:200]}")
+                elif ranking(response.json()) != reference[j]:
+                    problems.append(f"{jobs[j]}: different results under load")
+        return problems
+
+    with ThreadPoolExecutor(8) as pool:
+        problems = [p for found in pool.map(worker, range(8)) for p in found]
+    assert problems == []
+
+
+# --- start-up refusals ---
+
+
+def test_inconsistent_gallery_refuses_to_start(gallery_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(gallery_dir, broken)
+    np.save(broken / "embeddings.npy", np.zeros((7, 512), np.float32))
+    with pytest.raises(GalleryError, match="inconsistent"):
+        create_app(broken)
+    (broken / "metadata.parquet").unlink()
+    with pytest.raises(GalleryError, match="missing metadata.parquet"):
+        create_app(broken)
+
+
+def test_index_from_another_gallery_refuses_to_start(gallery_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(gallery_dir, other)
+    manifest = (other / "manifest.json").read_text()
+    (other / "manifest.json").write_text(manifest.replace(open_gallery(gallery_dir).fingerprint, "0000-not-this-one"))
+    with pytest.raises(GalleryError, match="built from another gallery"):
+        create_app(other)
+
+
+def test_cli_refuses_bad_starts_with_exit_code_2(gallery_dir, tmp_path):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    cases = {
+        "missing gallery": (["--gallery", str(tmp_path / "nope")], "no gallery at"),
+        "remote host without flag": (["--gallery", str(gallery_dir), "--host", "0.0.0.0"], "--allow-remote"),
+        "port in use": (["--gallery", str(gallery_dir), "--port", str(port)], "cannot listen"),
+        "bad upload limit": (["--gallery", str(gallery_dir), "--max-upload-mb", "0"], "--max-upload-mb"),
+    }
+    try:
+        procs = {name: subprocess.Popen([*LOOKALIKE, "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name, (args, _) in cases.items()}
+        for name, proc in procs.items():
+            _, stderr = proc.communicate(timeout=120)
+            assert proc.returncode == 2, f"{name}: {stderr}"
+            assert stderr.startswith("lookalike serve: error:") and cases[name][1] in stderr, f"{name}: {stderr}"
+    finally:
+        busy.close()
+
+
+def test_cli_defaults():
+    help_text = run_cli("serve", "--help").stdout
+    assert "127.0.0.1" in help_text and "--allow-remote" in help_text and "default 10" in help_text
+    assert ServerConfig().max_upload_bytes == 10 * 2**20
+
+
+def test_cli_socket_is_tcp_so_responses_are_not_delayed():
+    """asyncio sets TCP_NODELAY only on sockets whose proto is TCP; without it keep-alive answers stall ~40 ms."""
+    from lookalike.cli.web import listen
+
+    sock = listen("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()

@@ -1,0 +1,135 @@
+"""`lookalike tradeoff` and `lookalike tune` end to end through the real CLI, on a tiny generated gallery."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lookalike.experiments.tune import parse_bytes
+from lookalike.gallery import open_gallery
+from lookalike.metrics import ground_truth, recall_at_k
+from lookalike.search import get_method, load_method, save_method
+
+from .conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def gallery(tiny_gallery, tmp_path_factory):
+    """A private copy: these commands write ground truth, plots and indexes into the gallery."""
+    copy = tmp_path_factory.mktemp("tradeoff") / "gallery"
+    shutil.copytree(tiny_gallery, copy)
+    return copy
+
+
+def strict_json(path):
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_tradeoff_writes_points_plot_and_cheapest_settings(gallery, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("tradeoff", "--gallery", gallery, "--k", "5", "--families", "ivf,hnsw,ivfpq-mmap,sq8", "--index", "IVF4,SQ8",
+                   "--single-queries", "5", "--out", out)
+    assert "RANDOM weights" in proc.stdout and "GENERATED data" in proc.stdout
+    for target in ("0.9", "0.95", "0.99"):
+        assert f"recall@5 ≥ {target}: " in proc.stdout
+    assert "ivf nlist=40: N=100 is too small to train it" in proc.stdout  # 4√N lists need more vectors; said, not hidden
+
+    rows = list(csv.DictReader((out / "tradeoff.csv").open()))
+    families = {r["family"] for r in rows}
+    assert {"exact", "ivf", "hnsw", "ivfpq-mmap", "sq8", "factory"} <= families
+    assert all(0.0 <= float(r["recall"]) <= 1.0 and int(r["memory_bytes"]) > 0 and float(r["single_ms"]) > 0 for r in rows)
+    assert all(float(r["recall"]) == 1.0 for r in rows if r["exact"] == "True")
+    assert any(r["pareto"] == "True" for r in rows)
+    assert all("RANDOM weights" in r["provenance"] for r in rows)
+    ivf = [r for r in rows if r["family"] == "ivf"]
+    assert [int(r["nprobe"]) for r in ivf][0] == 1 and all(r["nlist"] == "10" for r in ivf)
+    assert float(ivf[-1]["recall"]) == 1.0 or int(ivf[-1]["nprobe"]) == 10  # a curve runs until exact, or to nprobe = nlist
+    flat = next(r for r in rows if r["curve"] == "flat")
+    pq = [r for r in rows if r["family"] == "ivfpq-mmap"]
+    assert {r["k_factor"] for r in pq} == {"1", "4", "16"}
+    assert int(pq[0]["memory_bytes"]) < int(flat["memory_bytes"])  # codes only; the exact vectors stay memory-mapped
+
+    data = strict_json(out / "tradeoff.json")
+    assert len(data["points"]) == len(rows) and data["real"] is False
+    assert set(data["cheapest"]) == {"0.9", "0.95", "0.99"} and data["cheapest"]["0.9"]["recall"] >= 0.9
+    assert data["environment"]["versions"]["faiss-cpu"]
+
+    with Image.open(out / "tradeoff.png") as image:
+        assert image.format == "PNG" and image.width >= 800 and image.height >= 400
+        assert len(set(image.convert("L").getdata())) > 10  # something was drawn
+
+
+def test_tradeoff_with_a_list_of_query_images(gallery, tmp_path):
+    g = open_gallery(gallery)
+    val = [i for i, s in enumerate(g.splits) if s == "val"][:3]
+    listing = tmp_path / "all_img_list.txt"
+    lines = [f"{g.paths[i]}\t{g.labels[i]}" for i in val[:2]] + [g.paths[val[2]]]  # the last one has no label
+    listing.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    run_cli("tradeoff", "--gallery", gallery, "--k", "3", "--families", "ivf", "--queries", listing, "--single-queries", "3", "--out", out)
+    data = strict_json(out / "tradeoff.json")
+    assert data["n_queries"] == 3 and str(listing) in data["queries"]
+    assert data["n_database"] == g.count - 3  # the query images themselves are not searched
+    exact = [p for p in data["points"] if p["exact"]]
+    assert all(p["recall"] == 1.0 for p in exact)
+    assert all(p["precision"] is not None for p in exact)  # two of the three queries are labelled
+
+
+def test_tradeoff_rejects_a_bad_factory_string_before_sweeping(gallery, tmp_path):
+    proc = run_cli("tradeoff", "--gallery", gallery, "--families", "ivf", "--index", "IVF4,Bogus12", "--out", tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "lookalike tradeoff: error: FAISS cannot build --index 'IVF4,Bogus12'" in proc.stderr
+    proc = run_cli("tradeoff", "--gallery", gallery, "--families", "ivf,kdtree", "--out", tmp_path, check=False)
+    assert proc.returncode == 2 and "unknown index family 'kdtree'" in proc.stderr
+    assert not (tmp_path / "tradeoff.csv").exists()
+
+
+def test_tune_choice_meets_its_target_on_held_out_queries(gallery):
+    proc = run_cli("tune", "--gallery", gallery, "--k", "5", "--target-recall", "0.9", "--families", "ivf,hnsw,ivf-sq8")
+    assert "**chosen**" in proc.stdout and "95% bound" in proc.stdout and "test queries" in proc.stdout
+    g = open_gallery(gallery)
+    tuned = load_method(g, "tuned")
+    report = strict_json(g.path / "indexes" / "tuned" / "tune.json")
+    chosen = report["candidates"][report["chosen"]]
+    assert chosen["status"] == "chosen" and chosen["val_recall_bound"] >= 0.9
+    assert report["test_accuracy"]["recall"] >= 0.9  # the half of the queries it was not tuned on
+    assert tuned.params()["factory"] == chosen["method"]
+    partition = g.partition()
+    _, found = tuned.search(np.asarray(g.embeddings[partition.query_ids]), 5)
+    assert recall_at_k(found, ground_truth(g, partition, 5), 5) >= 0.9  # every held-out query, through the saved index
+
+
+def test_tune_with_an_impossible_budget_says_what_to_do(gallery):
+    proc = run_cli("tune", "--gallery", gallery, "--k", "5", "--max-memory", "1KB", "--name", "never", check=False)
+    assert proc.returncode == 2
+    assert "lookalike tune: error: no candidate index fits these limits; raise --max-memory" in proc.stderr
+    assert not (gallery / "indexes" / "never").exists()
+
+
+@pytest.mark.parametrize("name", ["PCA64,IVF4,Flat", "IVF4,PQ16x4np", "ivfpq-mmap"])
+def test_factory_string_index_round_trips_through_the_gallery(gallery, name):
+    g = open_gallery(gallery)
+    method, built_now = get_method(g, name, nlist=4) if name == "ivfpq-mmap" else get_method(g, name)
+    assert built_now
+    method.set_params(nprobe=2)
+    save_method(g, method)
+    loaded = load_method(g, name)
+    queries = np.asarray(g.embeddings[g.partition().query_ids])
+    for a, b in zip(method.search(queries, 5), loaded.search(queries, 5)):
+        np.testing.assert_array_equal(a, b)
+    assert loaded.params() == method.params() and loaded.memory_bytes() == method.memory_bytes()
+    assert type(loaded) is type(method)
+
+
+def test_parse_bytes():
+    assert parse_bytes("1GB") == 2**30 and parse_bytes("512 MiB") == 512 * 2**20 and parse_bytes("1.5k") == 1536 and parse_bytes("100") == 100
+    with pytest.raises(Exception, match="write it like 512MB"):
+        parse_bytes("lots")
