@@ -48,7 +48,7 @@ SECTION = "Extraction (issue 2)"
 GOAL_SPEEDUP = 2.0
 # Per model: images the pipeline embeds per round, images the naive loop embeds per round.
 # CLIP ViT-B/32 costs ~4.4 GFLOPs an image against ResNet-18's 1.8 and MobileNetV2's 0.3.
-DEFAULT_IMAGES = {"resnet18": (512, 96), "mobilenet": (512, 96), "clip": (256, 48)}
+DEFAULT_IMAGES = {"resnet18": (384, 48), "mobilenet": (384, 48), "clip": (192, 24)}
 QUICK_IMAGES = (32, 4)
 QUICK_IMAGE_SIZE = 64  # --quick is a smoke run: small inputs, one round
 ABLATION_IMAGES = 32

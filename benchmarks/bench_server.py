@@ -294,11 +294,20 @@ def reading(results: list[LoadResult]) -> list[str]:
         out.append(
             f"Reading: with the default model one compute job runs at a time on both cores. A search by id with ivf takes "
             f"{id1.percentile(50):.1f} ms (p50) end to end, of which {id1.server_median('search_ms'):.1f} ms is the search; an upload "
-            f"takes {up1.percentile(50):.0f} ms, nearly all of it the {up1.server_median('embed_ms'):.0f} ms forward pass. Under load, "
-            f"upload throughput stays at one forward pass at a time ({rate(up1):.1f} req/s with {lo} client, {rate(upn):.1f} with {hi}) "
-            f"and the extra latency is queue wait (p50 {up1.percentile(50):.0f} → {upn.percentile(50):.0f} ms; server wait column), "
-            "never slower, interleaved forward passes."
+            f"takes {up1.percentile(50):.0f} ms, of which the forward pass is {up1.server_median('embed_ms'):.0f} ms. Under load, uploads "
+            f"go from {rate(up1):.1f} req/s with {lo} client to {rate(upn):.1f} with {hi} (one forward pass at a time: more clients add "
+            f"queueing, not throughput) and p50 latency from {up1.percentile(50):.0f} to {upn.percentile(50):.0f} ms, of which "
+            f"{upn.server_median('wait_ms'):.0f} ms (median) is waiting for the compute slot."
         )
+    brute, flat = by.get((default, "id", "brute", lo)), by.get((default, "id", "flat", lo))
+    if brute and flat and id1:
+        out += [
+            "",
+            f"Exact search of one query over the whole database is memory-bound: {brute.server_median('search_ms'):.0f} ms for brute "
+            f"(torch, both cores) and {flat.server_median('search_ms'):.0f} ms for flat (FAISS scans fewer than 20 queries with its "
+            f"per-query loop, so one query runs on one core), against {id1.server_median('search_ms'):.1f} ms for ivf. At this size one "
+            + (f"exact search costs more than an upload's forward pass ({up1.server_median('embed_ms'):.0f} ms)." if up1 else "exact search is the costly step."),
+        ]
     if len(CONFIGS) > 1:
         alt = CONFIGS[1]["label"]
         pairs = [(by.get((default, k, m, c)), by.get((alt, k, m, c))) for k, m in CONFIGS[1]["scenarios"] for c in levels]
@@ -306,7 +315,10 @@ def reading(results: list[LoadResult]) -> list[str]:
         if pairs:
             parts = [f"{a.kind} {a.method} ×{a.concurrency}: {rate(a):.1f} vs {rate(b):.1f} req/s, p50 {a.percentile(50):.0f} vs {b.percentile(50):.0f} ms" for a, b in pairs]
             out.append("")
-            out.append(f"Side by side, {default} vs {alt}: " + "; ".join(parts) + ".")
+            out.append(
+                f"Side by side, {default} vs {alt}: " + "; ".join(parts) + ". The two servers ran one after the other in this run, "
+                "so other work on the machine may differ between them (see the load average above)."
+            )
     return out
 
 

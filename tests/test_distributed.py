@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from lookalike.distributed import build_index_ray, extract_ray
+from lookalike.distributed.cluster import Resources, plan_workers
 from lookalike.distributed.extract import CRASH_HOOK, ShardWriter
 from lookalike.distributed.staging import ShardStore
-from lookalike.errors import GalleryError, LookalikeError
+from lookalike.errors import GalleryError, LookalikeError, WeightsUnavailableError
 from lookalike.extract import ExtractConfig, Job, Shard, ensure_state, extract, prepare, run_local
 from lookalike.gallery import EMBEDDINGS, MANIFEST, METADATA, open_gallery
 from lookalike.models import load_model
@@ -146,7 +147,25 @@ def test_staging_store_writes_through_fsspec_and_refuses_another_jobs_shards():
     store.clear()
 
 
-@pytest.mark.parametrize("method", ["ivf", "IVF4,SQ8"])
+def test_an_error_on_a_worker_reaches_the_user_as_one_sentence(ray_address, collection, tmp_path):
+    config = ExtractConfig(data=str(collection), out=str(tmp_path / "ray"), **{**SETTINGS, "weights": str(tmp_path / "missing.pt")})
+    with pytest.raises(WeightsUnavailableError, match="neither 'pretrained', 'random' nor an existing file") as caught:
+        extract_ray(config, workers=1, progress=False)
+    assert "Traceback" not in str(caught.value)
+
+
+def test_worker_plan_leaves_cpu_for_decoding_and_fits_the_gpus():
+    plan = plan_workers(Resources(cpus=2, gpus=0, nodes=1), workers=2, gpus_per_worker=0, cpus_per_worker=None, threads=None)
+    assert plan.workers == 2 and plan.workers * plan.cpus_per_worker + plan.cpus_per_decode <= 2
+    assert plan_workers(Resources(cpus=32, gpus=4, nodes=2), None, 1, None, None).workers == 4  # one actor per GPU
+    assert plan_workers(Resources(cpus=32, gpus=4, nodes=2), None, 0.5, None, None).workers == 8
+    with pytest.raises(LookalikeError, match="fewer --workers"):
+        plan_workers(Resources(cpus=2, gpus=0, nodes=1), 2, 0, 1.0, None)
+    with pytest.raises(LookalikeError, match="the Ray cluster has 0"):
+        plan_workers(Resources(cpus=8, gpus=0, nodes=1), None, 1, None, None)
+
+
+@pytest.mark.parametrize("method", ["ivf", "IVF4,SQ8", "IVF4,PQ8x4"])
 def test_sharded_ivf_index_equals_the_single_process_build(ray_address, local_gallery, method):
     ids = local_gallery.partition().database_ids
     sharded = build_index_ray(local_gallery, method, nlist=4, shard_size=10)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lookalike.cli import main
 from lookalike.errors import GalleryError, LookalikeError
 from lookalike.experiments.scale import parse_sizes, tune_for_recall
 from lookalike.experiments.synthetic_gallery import (
@@ -176,7 +177,7 @@ def test_scale_cli_end_to_end_with_synthetic_extension(tiny_gallery, tmp_path):
     for r in rows:
         synthetic = int(r["size"]) > 100  # the tiny gallery has 100 train rows
         assert r["uses_synthetic_extension"] == str(synthetic)
-        assert int(r["real_rows"]) + int(r["extra_rows"]) + int(r["synthetic_rows"]) == int(r["size"])
+        assert int(r["gallery_rows"]) + int(r["extra_rows"]) + int(r["synthetic_rows"]) == int(r["size"])
         assert float(r["search_single_ms"]) > 0 and float(r["memory_bytes"]) > 0
         assert float(r["end_to_end_single_ms"]) == pytest.approx(float(r["extract_ms_per_image"]) + float(r["search_single_ms"]), abs=1e-4)
         assert "random weights" in r["provenance"]
@@ -196,25 +197,48 @@ def test_scale_cli_end_to_end_with_synthetic_extension(tiny_gallery, tmp_path):
         assert image.format == "PNG" and image.width >= 800 and image.height >= 400
 
 
+def _lookalike(*args) -> int:
+    """The CLI's own entry point, in this process: the same parsing and error handling as the script, without a new interpreter."""
+    return main([str(a) for a in args])
+
+
 def test_scale_grows_with_extra_real_embeddings_before_synthesising(tiny_gallery, tmp_path):
     gallery = open_gallery(tiny_gallery)
     query = np.asarray(gallery.embeddings[gallery.partition().query_ids[:1]])
     extra, _ = make_clustered_embeddings(30, gallery.dim, n_clusters=3, rank=4, seed=1)
     np.save(tmp_path / "extra.npy", np.concatenate([extra, query]))  # a copy of a query must be left out
     out = tmp_path / "scale"
-    run_cli("scale", "--gallery", tiny_gallery, "--sizes", "100,140", "--methods", "flat", "--extra-embeddings", tmp_path / "extra.npy", "--queries", "20", "--out", out)
+    assert _lookalike("scale", "--gallery", tiny_gallery, "--sizes", "100,140", "--methods", "flat", "--extra-embeddings", tmp_path / "extra.npy", "--queries", "20", "--out", out) == 0
     rows = {int(r["size"]): r for r in _csv(out / "scale.csv")}
     assert (rows[100]["extra_rows"], rows[100]["synthetic_rows"]) == ("0", "0")
-    assert (rows[140]["real_rows"], rows[140]["extra_rows"], rows[140]["synthetic_rows"]) == ("100", "30", "10")
+    assert (rows[140]["gallery_rows"], rows[140]["extra_rows"], rows[140]["synthetic_rows"]) == ("100", "30", "10")
     assert "extra.npy" in (out / "scale.md").read_text()
 
 
-def test_scale_rejects_bad_input_with_a_clear_error(tiny_gallery, tmp_path):
+def test_scale_extra_embeddings_from_a_gallery_folder_of_the_same_model(tiny_gallery, tmp_path, capsys):
+    gallery = open_gallery(tiny_gallery)
+    extra, labels = make_clustered_embeddings(20, gallery.dim, n_clusters=2, rank=4, seed=2)
+    segments = [Segment("generated", 0, 20, True, "stand-in for a larger extraction")]
+    same = write_array_gallery(tmp_path / "same", extra, labels, segments=segments, model=gallery.manifest["model"])
+    other = write_array_gallery(tmp_path / "other", extra, labels, segments=segments, model=generated_model_block(gallery.dim, 0))
+    out = tmp_path / "scale"
+    assert _lookalike("scale", "--gallery", tiny_gallery, "--sizes", "120", "--methods", "flat", "--extra-embeddings", same.path, "--queries", "20", "--out", out) == 0
+    row = _csv(out / "scale.csv")[0]
+    assert (row["gallery_rows"], row["extra_rows"], row["synthetic_rows"]) == ("100", "20", "0")
+    assert _lookalike("scale", "--gallery", tiny_gallery, "--sizes", "120", "--extra-embeddings", other.path, "--out", tmp_path / "o") == 2
+    assert "not the same model and weights" in capsys.readouterr().err
+
+
+def test_scale_rejects_bad_input_with_a_clear_error(tiny_gallery, tmp_path, capsys):
     np.save(tmp_path / "wrong.npy", np.ones((5, 7), np.float32))
-    proc = run_cli("scale", "--gallery", tiny_gallery, "--sizes", "200", "--extra-embeddings", tmp_path / "wrong.npy", "--out", tmp_path / "o", check=False)
-    assert proc.returncode == 2 and "must be (N, 512)" in proc.stderr
-    proc = run_cli("scale", "--gallery", tiny_gallery, "--sizes", "5", "--out", tmp_path / "o", check=False)
-    assert proc.returncode == 2 and "below k=10" in proc.stderr
-    proc = run_cli("scale", "--gallery", tiny_gallery, "--sizes", "50", "--methods", "nosuch", "--out", tmp_path / "o", check=False)
-    assert proc.returncode == 2 and "unknown method" in proc.stderr
+    cases = [
+        (("--sizes", "200", "--extra-embeddings", tmp_path / "wrong.npy"), "must be (N, 512)"),
+        (("--sizes", "5"), "below k=10"),
+        (("--sizes", "50", "--methods", "nosuch"), "unknown method"),
+        (("--sizes", "lots"), "cannot read size"),
+    ]
+    for args, message in cases:
+        assert _lookalike("scale", "--gallery", tiny_gallery, "--out", tmp_path / "o", *args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("lookalike scale: error: ") and message in err, err
     assert not (tmp_path / "o").exists()

@@ -419,3 +419,20 @@ def test_cli_socket_is_tcp_so_responses_are_not_delayed():
         assert sock.proto == socket.IPPROTO_TCP
     finally:
         sock.close()
+
+
+def test_a_generated_gallery_is_served_for_id_queries_only(tmp_path):
+    """Embeddings generated without a model: searchable by id; uploads and images get clear 4xx answers."""
+    from lookalike.experiments.synthetic_gallery import write_generated_gallery
+
+    gallery = write_generated_gallery(tmp_path / "generated", n=400, d=32, val=20, n_clusters=8)
+    with ThreadedServer(create_app(gallery.path)) as running, httpx.Client(base_url=running.url, timeout=60) as c:
+        info = ok(c.get("/api/gallery"))
+        assert info["uploads"] is False and info["real"] is False and info["image_size"] is None
+        assert any("GENERATED" in w for w in info["warnings"]) and any("no uploads" in w for w in info["warnings"])
+        answer = ok(search_id(c, 390, method="ivf", k=5))
+        assert len(answer["results"]) == 5 and answer["results"][0]["path"].startswith("synthetic:")
+        response = c.post("/api/search", files={"image": ("a.jpg", _jpeg_bytes(), "image/jpeg")})
+        assert response.status_code == 422 and "generated without a model" in response.json()["error"]
+        response = c.get("/api/images/3/thumb")
+        assert response.status_code == 404 and "has no image" in response.json()["error"]

@@ -64,7 +64,7 @@ def test_tradeoff_writes_points_plot_and_cheapest_settings(gallery, tmp_path):
 
     with Image.open(out / "tradeoff.png") as image:
         assert image.format == "PNG" and image.width >= 800 and image.height >= 400
-        assert len(set(image.convert("L").getdata())) > 10  # something was drawn
+        assert len(image.convert("L").getcolors(maxcolors=256) or range(257)) > 10  # something was drawn
 
 
 def test_tradeoff_with_a_list_of_query_images(gallery, tmp_path):

@@ -14,6 +14,7 @@ from typing import Iterator
 
 from ..errors import LookalikeError
 
+MIN_DECODE_CPUS = 0.1  # below this, decode tasks would crawl: refuse the plan instead
 TASK_RETRIES = 3  # a plain Ray task (model probe, index shard) whose worker dies is retried this often
 
 
@@ -37,9 +38,10 @@ class WorkerPlan:
     cpus_per_worker: float
     gpus_per_worker: float
     threads_per_worker: int  # torch threads inside one actor
+    cpus_per_decode: float  # CPUs one decode task reserves: 1, or less on a cluster too small for that
 
     def to_dict(self) -> dict:
-        return {"workers": self.workers, "cpus_per_worker": self.cpus_per_worker, "gpus_per_worker": self.gpus_per_worker, "threads_per_worker": self.threads_per_worker}
+        return {"workers": self.workers, "cpus_per_worker": self.cpus_per_worker, "gpus_per_worker": self.gpus_per_worker, "threads_per_worker": self.threads_per_worker, "cpus_per_decode": self.cpus_per_decode}
 
 
 @contextmanager
@@ -75,11 +77,12 @@ def cluster_resources() -> Resources:
 
 
 def plan_workers(resources: Resources, workers: int | None, gpus_per_worker: float, cpus_per_worker: float | None, threads: int | None) -> WorkerPlan:
-    """Size the model-actor pool so that it fits the cluster and leaves at least one CPU for decoding.
+    """Size the model-actor pool so that it fits the cluster and leaves CPU for decoding.
 
     Default workers: one per `gpus_per_worker` GPUs when GPUs are asked for, else half the CPUs
-    (the other half decodes). Actors that would take every CPU get a fraction of one instead,
-    since Ray Data's decode tasks would otherwise never be scheduled and the job would hang.
+    (the other half decodes). Each actor reserves at most one CPU, and less when the actors would
+    otherwise take every CPU: Ray Data's decode tasks would then never be scheduled and the job
+    would hang. One CPU (half of a 1-CPU cluster) always stays free for decoding.
     """
     if gpus_per_worker < 0 or (cpus_per_worker is not None and cpus_per_worker <= 0):
         raise LookalikeError("--gpus-per-worker must be ≥ 0 and CPUs per worker > 0")
@@ -93,12 +96,12 @@ def plan_workers(resources: Resources, workers: int | None, gpus_per_worker: flo
     workers = workers or max(1, int(resources.cpus // 2))
     if workers < 1:
         raise LookalikeError(f"--workers must be at least 1, got {workers}")
-    spare = max(resources.cpus - 1, 0.0)  # one CPU stays free for the decode tasks
-    cpus = cpus_per_worker if cpus_per_worker is not None else min(1.0, spare / workers if spare else 0.5 / workers)
-    cpus = round(cpus, 3)
-    if workers * cpus > resources.cpus:
-        raise LookalikeError(f"{workers} workers × {cpus:g} CPUs need more than the cluster's {resources.cpus:g} CPUs; use fewer --workers")
-    return WorkerPlan(workers, cpus, float(gpus_per_worker), threads or max(1, round(cpus)))
+    free = min(1.0, resources.cpus / 2)
+    cpus = round(cpus_per_worker if cpus_per_worker is not None else min(1.0, (resources.cpus - free) / workers), 3)
+    decode = round(min(1.0, resources.cpus - workers * cpus), 3)
+    if decode < MIN_DECODE_CPUS:
+        raise LookalikeError(f"{workers} workers × {cpus:g} CPUs leave none of the cluster's {resources.cpus:g} CPUs for decoding; use fewer --workers")
+    return WorkerPlan(workers, cpus, float(gpus_per_worker), threads or max(1, round(cpus)), decode)
 
 
 def remote_result(ref):
@@ -119,9 +122,10 @@ def user_error(exc: BaseException | None) -> LookalikeError | None:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, LookalikeError):
+        inner = getattr(exc, "cause", None)  # RayTaskError keeps the worker's own exception here
+        if isinstance(exc, LookalikeError) and not isinstance(inner, BaseException):
             return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__
+        exc = inner if isinstance(inner, BaseException) else exc.__cause__
     return None
 
 

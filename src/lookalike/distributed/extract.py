@@ -231,7 +231,7 @@ def run_pass(job: Job, store: ShardStore, plan: WorkerPlan, preprocess: Preproce
     precision = job.state.get("precision", {"precision": "fp32"})["precision"]
     dataset = (
         ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_INPUT_BLOCKS))
-        .map(decode_batch, fn_kwargs={"preprocess": preprocess}, num_cpus=1)
+        .map(decode_batch, fn_kwargs={"preprocess": preprocess}, num_cpus=plan.cpus_per_decode)
         .map_batches(
             EmbedActor,
             fn_constructor_kwargs={"config": job.config, "precision": precision, "threads": plan.threads_per_worker, "crash_once": os.environ.get(CRASH_HOOK)},

@@ -23,7 +23,7 @@ from .. import runtime
 from ..errors import LookalikeError
 from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, open_gallery
 from .bench import BenchResult, combined_table, run_bench, write_bench
-from .scale import ScaleConfig, ScaleResult, format_size, is_real_result, parse_sizes, run_scale, write_scale
+from .scale import ScaleConfig, ScaleResult, format_size, parse_sizes, run_scale, write_scale
 from .tradeoff import RECALL_TARGETS, TradeoffResult, run_tradeoff, write_tradeoff
 
 DEFAULT_SIZES = (100_000, 1_000_000)
@@ -181,7 +181,7 @@ def run_report(config: ReportConfig, progress=print) -> list[GalleryReport]:
 def report_markdown(reports: list[GalleryReport], config: ReportConfig, seconds: float) -> str:
     env = runtime.environment()
     machine, threads, versions = env["machine"], env["threads"], env["versions"]
-    all_real = all(r.bench.real and is_real_result(r.scale) for r in reports)
+    all_real = all(r.bench.real and r.scale.fully_real for r in reports)
     lines = [
         "# lookalike report",
         "",
@@ -235,7 +235,7 @@ def report_json(reports: list[GalleryReport], config: ReportConfig) -> dict:
                 "folder": r.folder,
                 "gallery": r.bench.gallery,
                 "provenance": r.bench.provenance,
-                "real": r.bench.real and is_real_result(r.scale),
+                "real": r.bench.real and r.scale.fully_real,
                 "synthetic_extension": r.scale.extension,
                 "accuracy_summary": accuracy_summary(r),
                 "scale_summary": scale_summary(r),

@@ -65,7 +65,7 @@ class Composition:
     """Where the rows of one gallery size come from; rows are taken in this order."""
 
     size: int
-    real_rows: int  # the gallery's own database rows
+    gallery_rows: int  # the gallery's own database rows (real or generated: the provenance line says which)
     extra_rows: int  # real embeddings from --extra-embeddings
     synthetic_rows: int  # drawn from the fitted model
 
@@ -74,7 +74,7 @@ class Composition:
         return self.synthetic_rows > 0
 
     def describe(self) -> str:
-        parts = [f"{self.real_rows} real"] + ([f"{self.extra_rows} extra real"] if self.extra_rows else [])
+        parts = [f"{self.gallery_rows} gallery"] + ([f"{self.extra_rows} extra"] if self.extra_rows else [])
         parts += [f"{self.synthetic_rows} SYNTHETIC"] if self.synthetic_rows else []
         return " + ".join(parts)
 
@@ -142,6 +142,11 @@ class ScaleResult:
     def any_synthetic(self) -> bool:
         return any(c.synthetic for c in self.compositions)
 
+    @property
+    def fully_real(self) -> bool:
+        """Real weights on real data at every size: no random weights, generated data or synthetic rows."""
+        return self.real and not self.any_synthetic
+
     def to_dict(self) -> dict:
         out = asdict(self)
         for point, raw in zip(self.points, out["points"]):
@@ -159,7 +164,7 @@ class ScaleResult:
             rows.append(
                 {
                     "size": p.size,
-                    "real_rows": c.real_rows,
+                    "gallery_rows": c.gallery_rows,
                     "extra_rows": c.extra_rows,
                     "synthetic_rows": c.synthetic_rows,
                     "uses_synthetic_extension": c.synthetic,
@@ -199,7 +204,7 @@ class ScaleResult:
         cfg, k = self.config, self.config.k
         ext = self.extraction
         lines = [f"{heading} lookalike scale — {self.model} ({self.dim}-d)", "", f"**{self.provenance}**", ""]
-        if not is_real_result(self):
+        if not self.fully_real:
             lines += ["**⚠ NOT A REAL RESULT: random weights, generated data and/or synthetic rows; timings are valid, accuracy is not a real-data figure.**", ""]
         if self.extra_source:
             lines += [f"Extra real rows (after the gallery's own) come from {self.extra_source}.", ""]
@@ -214,9 +219,9 @@ class ScaleResult:
             f"call, batched = the {self.timing_queries} in one call, per query. Approximate methods: search parameter chosen per "
             f"size by a sweep, the smallest reaching recall@{k} ≥ {cfg.target_recall}. Metric {cfg.metric}; threads {self.environment.get('threads')}.",
             "",
-            "| size | rows (real + extra + SYNTHETIC) | method | params | search ms/query single | single p99 | batched | "
+            "| size | rows (gallery + extra + SYNTHETIC) | method | params | search ms/query single | single p99 | batched | "
             "end-to-end ms single (extract + search) | memory MiB | train s | build s | "
-            f"recall@{k} | label P@{k} | target | synthetic share of results |",
+            f"recall@{k} | label P@{k} | target | synthetic share: results (database) |",
             "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
         ]
         for p in self.points:
@@ -226,7 +231,7 @@ class ScaleResult:
                 f"| {format_size(p.size)}{mark} | {comp.describe()} | {p.method} | {_params(p.params)} | {p.latency.single_ms:.3f} | "
                 f"{p.latency.single_p99_ms:.3f} | {p.latency.batch_ms:.4f} | {_fmt(p.end_to_end_single_ms)} | "
                 f"{p.memory_bytes / 2**20:.1f} | {p.train_seconds:.2f} | {p.build_seconds:.2f} | {p.recall:.4f} | {p.precision:.4f} | "
-                f"{'met' if p.target_reached else 'MISSED'} | {p.synthetic_result_share:.3f} |"
+                f"{'met' if p.target_reached else 'MISSED'} | {p.synthetic_result_share:.3f} ({comp.synthetic_rows / comp.size:.3f}) |"
             )
         lines += ["", "⚠ = the database at this size holds synthetic embeddings (see above); its label precision uses the synthetic rows' assigned labels." if self.any_synthetic else ""]
         lines += ["", shift_summary(self), ""]
@@ -247,10 +252,6 @@ class ScaleResult:
             f"({env.get('machine', {}).get('cores')} cores); versions: " + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()),
         ]
         return "\n".join(lines) + "\n"
-
-
-def is_real_result(result: ScaleResult) -> bool:
-    return result.real and not result.any_synthetic
 
 
 def extension_lines(extension: dict) -> list[str]:
@@ -285,7 +286,7 @@ def shift_summary(result: ScaleResult) -> str:
             share = (b.latency.single_ms / b.end_to_end_single_ms) if b.end_to_end_single_ms else None
             parts.append(
                 f"{method} {a.latency.single_ms:.3f} → {b.latency.single_ms:.3f} ms/query single ({growth:.1f}× for {hi / lo:.0f}× the rows"
-                + (f"; search is {100 * share:.0f}% of end-to-end at {format_size(hi)}" if share is not None else "")
+                + (f"; search is {100 * share:.1f}% of end-to-end at {format_size(hi)}" if share is not None else "")
                 + ")"
             )
     return f"From {format_size(lo)} to {format_size(hi)}: " + "; ".join(parts) + "."
@@ -337,20 +338,20 @@ def format_size(n: int) -> str:
 class Pool:
     vectors: np.ndarray  # (max size, d) float32
     labels: np.ndarray  # (max size,) object; None where unknown
-    real_rows: int
+    gallery_rows: int
     extra_rows: int
     synthetic_rows: int
     extension: dict | None
     extra_how: str | None = None
 
     def composition(self, size: int) -> Composition:
-        real = min(size, self.real_rows)
-        extra = min(size - real, self.extra_rows)
-        return Composition(size, real, extra, size - real - extra)
+        own = min(size, self.gallery_rows)
+        extra = min(size - own, self.extra_rows)
+        return Composition(size, own, extra, size - own - extra)
 
     @property
     def first_synthetic_row(self) -> int:
-        return self.real_rows + self.extra_rows
+        return self.gallery_rows + self.extra_rows
 
 
 def build_pool(gallery: Gallery, database_ids: np.ndarray, queries: np.ndarray, size: int, extra: str | None, seed: int) -> Pool:
@@ -547,9 +548,10 @@ def measure_size(pool: Pool, size: int, queries: np.ndarray, query_labels: np.nd
 
 
 def extraction_info(gallery: Gallery) -> dict:
+    """Per-image extraction time from the manifest; galleries written from arrays may carry one measured elsewhere (`measured_on` says where)."""
     timings = gallery.manifest.get("timings", {})
     ms = timings.get("ms_per_image")
-    note = (
+    note = timings.get("measured_on") or (
         f"measured when this gallery was extracted ({timings.get('images')} images, batch {timings.get('batch_size')}, "
         f"{timings.get('threads')} threads, {timings.get('device')}; {gallery.manifest['model'].get('precision', {}).get('precision')})"
         if ms is not None

@@ -49,7 +49,7 @@ MAX_CLUSTERS = 1024  # 256 merged a 1000-cluster generated set into blobs whose 
 ROWS_PER_CLUSTER = 80  # measured on generated data with known clusters: fewer rows per cluster over-splits and tightens them
 MIN_ROWS_PER_CLUSTER = 5
 DEFAULT_RANK = 32  # principal directions kept per cluster; the rest of the spread is isotropic
-MAX_FIT_ROWS = 100_000  # a seeded sample this large fits 256 clusters well; more only costs time
+MAX_FIT_ROWS = 100_000  # a seeded sample this large gives MAX_CLUSTERS clusters ~100 rows each; more only costs time
 MAX_ROWS_PER_CLUSTER_PCA = 512  # enough to estimate 32 directions; keeps the n×n eigh cheap
 MIN_ROWS_FOR_PCA = 3
 SAMPLE_BLOCK_ROWS = 65_536
@@ -180,7 +180,17 @@ def _kmeans_groups(x: np.ndarray, rows: np.ndarray, k: int, seed: int) -> list[n
     return [rows[assign[:, 0] == j] for j in range(k) if np.any(assign[:, 0] == j)]
 
 
-def _assemble(x, members, cluster_labels, rank, pooled_std, rng, n_all, seed, labelled) -> ClusterModel:
+def _assemble(
+    x: np.ndarray,
+    members: list[np.ndarray],
+    cluster_labels: list[Any],
+    rank: int,
+    pooled_std: float,
+    rng: np.random.Generator,
+    n_all: int,
+    seed: int,
+    labelled: bool,
+) -> ClusterModel:
     """PPCA per cluster (see `_fit_spread`), weights by cluster size, and the description of the fit."""
     c, d = len(members), x.shape[1]
     centroids = np.zeros((c, d), np.float32)
@@ -236,11 +246,15 @@ def _fit_spread(resid: np.ndarray, rank: int, basis: np.ndarray, scales: np.ndar
 
 
 def _principal_axes(resid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Covariance eigenvalues (descending) and unit eigenvectors (rows) of centred rows, via the small Gram matrix.
+    """Covariance eigenvalues (descending) and unit eigenvectors (rows) of centred rows, via the smaller Gram matrix.
 
     With n ≤ d rows, eigh of the n×n Gram matrix is several times faster than an SVD, and the
     eigenvectors in feature space are Rᵀu/‖Rᵀu‖; the eigenvalues are the same.
     """
+    if len(resid) > resid.shape[1]:  # more rows than dimensions: the d×d covariance is the smaller one
+        values, vectors = np.linalg.eigh(resid.T @ resid)
+        order = np.argsort(values)[::-1]
+        return np.maximum(values[order], 0.0) / (len(resid) - 1), vectors[:, order].T
     values, vectors = np.linalg.eigh(resid @ resid.T)
     order = np.argsort(values)[::-1]
     values = np.maximum(values[order], 0.0)
@@ -306,7 +320,8 @@ def random_cluster_model(d: int, seed: int = 0, **params: Any) -> ClusterModel:
     spread = 1.0 - p.centroid_norm**2
     decay = 1.0 / np.sqrt(np.arange(1, p.rank + 1))
     variances = 0.8 * spread * decay**2 / (decay**2).sum()
-    group_bases = np.stack([np.linalg.qr(rng.standard_normal((d, p.rank)))[0] for _ in range(groups)]).astype(np.float32)
+    with single_threaded_blas():  # 500 small QRs (see single_threaded_blas)
+        group_bases = np.stack([np.linalg.qr(rng.standard_normal((d, p.rank)))[0] for _ in range(groups)]).astype(np.float32)
     how = {
         "generator": GENERATOR,
         "method": "make_clustered_embeddings: random mixture of low-rank Gaussians, L2-normalised (GENERATED, no model, no images)",

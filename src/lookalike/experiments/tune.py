@@ -53,6 +53,9 @@ class Candidate:
     estimated_bytes_per_vector: float  # only to skip building what cannot fit; the choice uses the real serialised size
     reason: str
 
+    def label(self) -> str:
+        return " ".join([self.family, *(f"{k}={v}" for k, v in self.options.items())])
+
 
 def candidate_configs(n: int, d: int, max_memory_bytes: int | None = None, families: tuple[str, ...] | None = None) -> tuple[list[Candidate], list[str]]:
     """The configurations worth measuring for n vectors of d dimensions, and why others were left out.
@@ -87,7 +90,7 @@ def candidate_configs(n: int, d: int, max_memory_bytes: int | None = None, famil
         if families is not None and c.family not in families:
             continue
         if max_memory_bytes is not None and c.estimated_bytes_per_vector * n > max_memory_bytes:
-            notes.append(f"{c.family} {c.options or c.name}: ~{c.estimated_bytes_per_vector * n / 2**20:.0f} MiB cannot fit the {max_memory_bytes / 2**20:.0f} MiB budget; not built")
+            notes.append(f"{c.label()}: ~{c.estimated_bytes_per_vector * n / 2**20:.1f} MiB estimated, over the {max_memory_bytes / 2**20:.1f} MiB budget; not built")
             continue
         chosen.append(c)
     if n > HNSW_MAX_N and (families is None or "hnsw" in families):
@@ -247,13 +250,18 @@ def tune(
             bound = recall_lower_bound(recall_per_query(found, truth_val, k))
             if bound >= target_recall:
                 break
-        lat, acc = evaluate(method, val, truth_val, labels, k, setting or None, single_queries)
-        status = "over budget" if over else ("meets target" if bound >= target_recall else "below target")
         stats = method.build_stats
-        measured.append(Measured(c.family, str(method.params().get("factory", c.name)), c.reason, setting, acc.recall, bound, acc.precision,
+        factory = str(method.params().get("factory", c.name))
+        if over:  # measured size, not the estimate, decides; no point timing what cannot be used
+            notes.append(f"{c.label()}: real size {memory / 2**20:.1f} MiB exceeds the {max_memory_bytes / 2**20:.1f} MiB budget")
+            nan = float("nan")
+            measured.append(Measured(c.family, factory, c.reason, setting, nan, nan, nan, nan, nan, memory, stats.build_seconds, "over budget"))
+            del method
+            continue
+        lat, acc = evaluate(method, val, truth_val, labels, k, setting or None, single_queries)
+        status = "meets target" if bound >= target_recall else "below target"
+        measured.append(Measured(c.family, factory, c.reason, setting, acc.recall, bound, acc.precision,
                                  lat.single_ms, lat.batch_ms, memory, stats.build_seconds if stats else 0.0, status))
-        if over:
-            notes.append(f"{c.family}: real size {memory / 2**20:.1f} MiB exceeds the {max_memory_bytes / 2**20:.1f} MiB budget")
         cost = lat.single_ms if latency == "single" else lat.batch_ms
         if status == "meets target" and (best is None or cost < best[0]):
             best = (cost, len(measured) - 1, method, setting)

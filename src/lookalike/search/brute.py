@@ -1,8 +1,8 @@
 """Exact cosine search by matrix product, in numpy or torch.
 
 Queries go in blocks so the (block × N) score matrix stays under `score_block_bytes`
-whatever the number of queries; top-k is a partial selection (argpartition / topk),
-never a full sort of N scores.
+whatever the number of queries; top-k is a partial selection (torch.topk, or `top_k_rows`
+for numpy), never a full sort of N scores.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ from ..runtime import as_float32_c
 from .base import BuildStats, SearchMethod
 
 BACKENDS = ("numpy", "torch")
-SCORE_BLOCK_BYTES = 64 * 2**20
+# Bigger query blocks make a more efficient matrix product: on 100k × 512 (2-core EPYC, 1 thread) a
+# 64 MiB block (167 queries) ran at 63 (torch) / 78 (numpy) GFLOP/s, a 256 MiB block (671) at 75 / 92.
+SCORE_BLOCK_BYTES = 256 * 2**20
+SELECT_GROUPS = 16  # see top_k_rows
 
 
 class BruteForce(SearchMethod):
@@ -65,11 +68,7 @@ class BruteForce(SearchMethod):
         return scores, positions
 
     def _block_numpy(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        sims = q @ self.vectors.T
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else np.broadcast_to(np.arange(sims.shape[1]), sims.shape).copy()
-        top_sims = np.take_along_axis(sims, top, axis=1)
-        order = np.argsort(-top_sims, axis=1, kind="stable")
-        return np.take_along_axis(top_sims, order, axis=1), np.take_along_axis(top, order, axis=1)
+        return top_k_rows(q @ self.vectors.T, k)
 
     def _block_torch(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         import torch
@@ -99,3 +98,38 @@ class BruteForce(SearchMethod):
         ids = np.load(Path(folder) / "ids.npy")
         method.vectors = as_float32_c(vectors[ids] if len(ids) != len(vectors) or not np.array_equal(ids, np.arange(len(vectors))) else vectors)
         return method
+
+
+def top_k_rows(scores: np.ndarray, k: int, groups: int = SELECT_GROUPS) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest scores of each row of (b, n) `scores` and their columns, best first (ties: lower column).
+
+    Why not np.argpartition alone: on 100k columns it costs about as much as the matrix product
+    that made the scores. Instead one vectorised pass views each row as `groups` interleaved
+    slices and takes their element-wise maximum (n/groups maxima). The k-th largest maximum is
+    at most the row's k-th largest score (k distinct scores reach it), so only the columns whose
+    maximum reaches it can hold the top k: their few `groups` scores are gathered and sorted.
+    """
+    b, n = scores.shape
+    m = n // groups
+    threshold = None
+    if m >= k:
+        grid = scores[:, : m * groups].reshape(b, groups, m)
+        maxima = grid.max(axis=1)
+        threshold = np.partition(maxima, m - k, axis=1)[:, m - k]
+    if threshold is None or np.isnan(threshold).any():  # too few columns to prune, or NaN scores: plain selection
+        cols = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.broadcast_to(np.arange(n), (b, n))
+        rows = np.repeat(np.arange(b), cols.shape[1])
+        cols = cols.ravel()
+        vals = scores[rows, cols]
+    else:
+        r, j = np.nonzero(maxima >= threshold[:, None])
+        rows = np.repeat(r, groups)
+        cols = (j[:, None] + m * np.arange(groups)).ravel()
+        vals = grid[r, :, j].ravel()
+        if m * groups < n:  # the last n mod groups columns are not in the grid: always candidates
+            rows = np.concatenate([rows, np.repeat(np.arange(b), n - m * groups)])
+            cols = np.concatenate([cols, np.tile(np.arange(m * groups, n), b)])
+            vals = np.concatenate([vals, scores[:, m * groups :].ravel()])
+    order = np.lexsort((cols, -vals, rows))  # by row, then best score, then column
+    pick = order[np.searchsorted(rows[order], np.arange(b))[:, None] + np.arange(k)]
+    return vals[pick], cols[pick].astype(np.int64, copy=False)

@@ -156,7 +156,7 @@ def build_app(service: SearchService) -> FastAPI:
     )
     app.state.service = service
     search_body_limit = config.max_upload_bytes + FORM_OVERHEAD_BYTES
-    app.add_middleware(UploadSizeLimit, limits={"/api/search": search_body_limit}, message=service._too_large_message())
+    app.add_middleware(UploadSizeLimit, limits={"/api/search": search_body_limit}, message=service.too_large_message())
 
     # -- errors: always JSON, always one sentence --
     @app.exception_handler(RequestError)
@@ -185,7 +185,7 @@ def build_app(service: SearchService) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 413:
-            message, field = service._too_large_message(), "image"
+            message, field = service.too_large_message(), "image"
         elif exc.status_code == 404:
             message, field = f"no such endpoint: {request.method} {request.url.path}; the API is described at /openapi.json", None
         elif exc.status_code == 405:
@@ -225,7 +225,7 @@ def build_app(service: SearchService) -> FastAPI:
         if image is not None:
             service.check_uploads()
             if image.size is not None and image.size > config.max_upload_bytes:
-                raise TooLarge(service._too_large_message(image.size), "image")
+                raise TooLarge(service.too_large_message(image.size), "image")
             data = await image.read()
             outcome, wait_ms = await run_compute(service.search_upload, data, plan)
             query, query_label = QueryInfo(kind="upload", filename=image.filename, bytes=len(data)), None

@@ -192,7 +192,7 @@ class SearchService:
             size = self.embedder.embedder.preprocess.image_size
             vector, _ = self.embedder.embed_image(Image.new("RGB", (size, size), (128, 128, 128)))
         else:
-            vector = np.asarray(self.gallery.embeddings[:1], dtype=np.float32)
+            vector = np.array(self.gallery.embeddings[:1], dtype=np.float32)
         for entry in self.methods.values():
             entry.method.search(vector, min(10, max(1, entry.method.ntotal)))
 
@@ -229,14 +229,14 @@ class SearchService:
     def search_upload(self, data: bytes, plan: SearchPlan) -> dict[str, Any]:
         self.check_uploads()
         if len(data) > self.config.max_upload_bytes:
-            raise TooLarge(self._too_large_message(len(data)), "image")
+            raise TooLarge(self.too_large_message(len(data)), "image")
         vector, timings = self.embedder.embed_bytes(data, self.config.max_pixels)
         hits, search_ms = self._search(vector, plan)
         return {"hits": hits, "decode_ms": timings.decode_ms, "embed_ms": timings.embed_ms, "search_ms": search_ms}
 
     def search_id(self, gallery_id: int, plan: SearchPlan) -> dict[str, Any]:
         """Search with the stored embedding of a gallery image: no decoding, no forward pass."""
-        vector = np.asarray(self.gallery.embeddings[gallery_id : gallery_id + 1], dtype=np.float32)
+        vector = np.array(self.gallery.embeddings[gallery_id : gallery_id + 1], dtype=np.float32)  # a copy: torch warns on read-only memmaps
         hits, search_ms = self._search(vector, plan)
         return {"hits": hits, "decode_ms": None, "embed_ms": None, "search_ms": search_ms}
 
@@ -346,7 +346,7 @@ class SearchService:
             "compute_slots": self.config.compute_slots,
         }
 
-    def _too_large_message(self, size: int | None = None) -> str:
+    def too_large_message(self, size: int | None = None) -> str:
         limit_mb = self.config.max_upload_bytes / 2**20
         got = f" ({size} bytes)" if size else ""
         return f"the upload{got} is over the {limit_mb:g} MB limit; send a smaller image or start the server with a larger --max-upload-mb"

@@ -26,6 +26,7 @@ function ms(x) {
 }
 
 function fileName(path) {
+  if (/^[a-z]+:[^\\/]/.test(path || "")) return path;  // "synthetic:…" rows written from arrays: no file to name
   return (path || "").split(/[\\/]/).pop();
 }
 

@@ -1,0 +1,54 @@
+"""`lookalike report` end to end: two tiny galleries (random-weight CNN, generated embeddings) → one Markdown report."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from PIL import Image
+
+from lookalike.cli import main
+from lookalike.experiments.synthetic_gallery import write_generated_gallery
+
+from .conftest import run_cli
+
+
+def test_report_end_to_end_on_two_galleries(tiny_gallery, tmp_path):
+    generated = write_generated_gallery(tmp_path / "generated", 600, 32, val=60, n_clusters=12, rank=4, seed=0).path
+    out = tmp_path / "report"
+    proc = run_cli("report", "--galleries", tiny_gallery, generated, "--out", out, "--sizes", "60,200")
+    assert "report written to" in proc.stdout
+    text = (out / "report.md").read_text()
+
+    # what produced it: weights, data, synthetic extension, versions, threads
+    assert "RANDOM weights (seed 0)" in text and "no model — the embeddings were generated" in text
+    assert "GENERATED images" in text and "SYNTHETIC embeddings" in text and "NOT A REAL RESULT" in text
+    assert re.search(r"Versions: .*torch [\d.]+.*faiss-cpu [\d.]+", text)
+    assert re.search(r"Threads: torch \d+, faiss_omp \d+", text)
+
+    # the generated summary answers both questions with measured numbers
+    summary = text.split("## Summary", 1)[1].split("## Timing table", 1)[0]
+    assert "(i)" in summary and "(ii)" in summary and "from 60 to 200" in summary
+    assert re.search(r"resnet18, recall@10 ≥ 0\.95: .* ms/query single", summary)
+    assert re.search(r"generated, 60 → 200 rows[^\n]*\n(  - [^\n]*\n)*  - flat: search [\d.]+ → [\d.]+ ms/query single", summary)
+    assert "⚠ 200 with synthetic extension" in summary  # the tiny gallery has 100 train rows
+
+    # every plot it links exists and is a sane PNG; every table file is there
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(links) == 4  # tradeoff + scale for each gallery
+    for link in links:
+        with Image.open(out / link) as image:
+            assert image.format == "PNG" and image.width >= 600 and image.height >= 300
+    info = json.loads((out / "report.json").read_text(), parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+    assert [g["real"] for g in info["galleries"]] == [False, False]
+    assert info["galleries"][0]["synthetic_extension"]["rows"] == 100 and info["galleries"][1]["synthetic_extension"] is None
+    for g in info["galleries"]:
+        assert all((out / path).is_file() for path in g["files"].values())
+    assert "| feature dim | 512 | 32 |" in text  # the combined bench table has one column per gallery
+
+
+def test_report_refuses_a_missing_gallery_before_measuring_anything(tiny_gallery, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["report", "--galleries", str(tiny_gallery), str(tmp_path / "nope"), "--out", str(out), "--sizes", "60"]) == 2
+    assert "lookalike report: error: no gallery at" in capsys.readouterr().err
+    assert not out.exists()
