@@ -503,7 +503,9 @@ def tune_for_recall(method: SearchMethod, queries: np.ndarray, truth: np.ndarray
     return Tuning({key: value}, recall, recall >= target, sweep), found
 
 
-def measure_size(pool: Pool, size: int, queries: np.ndarray, query_labels: np.ndarray, config: ScaleConfig, extract_ms: float | None) -> list[ScalePoint]:
+def measure_size(
+    pool: Pool, size: int, queries: np.ndarray, query_labels: np.ndarray, config: ScaleConfig, extract_ms: float | None, progress=print
+) -> list[ScalePoint]:
     """Every method at one size; the exact top-k (brute force on the same rows) is the ground truth."""
     database = pool.vectors[:size]  # a prefix view: no copy for brute force
     labels = pool.labels[:size]
@@ -521,6 +523,10 @@ def measure_size(pool: Pool, size: int, queries: np.ndarray, query_labels: np.nd
         latency, _ = measure_latency(method, timing, config.k, single_queries=len(timing))
         synthetic_share = float(np.mean(found[found >= 0] >= pool.first_synthetic_row)) if np.any(found >= 0) else 0.0
         acc = accuracy(found, truth, query_labels, labels, config.k)
+        progress(
+            f"  {name}: built in {stats.build_seconds:.1f} s, {_params(tuning.params)}, recall@{config.k} {acc.recall:.4f}, "
+            f"{latency.single_ms:.3f} ms/query single, {latency.batch_ms:.4f} batched"
+        )
         points.append(
             ScalePoint(
                 size=size,
@@ -579,7 +585,7 @@ def run_scale(gallery: Gallery, config: ScaleConfig, progress=print) -> ScaleRes
     points: list[ScalePoint] = []
     for size in config.sizes:
         progress(f"size {format_size(size)} ({pool.composition(size).describe()}) …")
-        points += measure_size(pool, size, queries, query_labels, config, extraction["ms_per_image"])
+        points += measure_size(pool, size, queries, query_labels, config, extraction["ms_per_image"], progress)
     return ScaleResult(
         gallery=str(gallery.path),
         provenance=gallery.provenance(),
