@@ -21,6 +21,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,7 +29,7 @@ from common import ROOT, environment_markdown, load_watch, markdown_table, parse
 
 from lookalike import runtime  # noqa: E402
 from lookalike.experiments.scale import ScaleConfig, ScaleResult, format_size, run_scale, write_scale  # noqa: E402
-from lookalike.experiments.synthetic_gallery import write_generated_gallery  # noqa: E402
+from lookalike.experiments.synthetic_gallery import GeneratorParams, write_generated_gallery  # noqa: E402
 from lookalike.extract import ExtractConfig, extract  # noqa: E402
 from lookalike.gallery import MANIFEST, Gallery, atomic_write_json, open_gallery  # noqa: E402
 from lookalike.synthetic import generate_collection  # noqa: E402
@@ -61,11 +62,13 @@ def extraction_ms(model: str, work: Path, quick: bool) -> dict:
 
 
 def generated_gallery(work: Path, name: str, d: int, rows: int, extraction: dict) -> Gallery:
-    """The GENERATED gallery, reused across runs when it has the same shape (generation is seeded)."""
+    """The GENERATED gallery, reused across runs when its shape and generator parameters match (generation is seeded)."""
     path = work / f"gallery-{name}-{rows}"
     if (path / MANIFEST).is_file():
         gallery = open_gallery(path)
-        if gallery.count == rows + VAL and gallery.dim == d:
+        made_by = gallery.manifest["data"].get("generator") or {}
+        same = all(made_by.get(key) == value for key, value in {**asdict(GeneratorParams()), "seed": 0}.items())
+        if gallery.count == rows + VAL and gallery.dim == d and same:
             _set_extraction(gallery, extraction)
             return open_gallery(path)
     t = time.perf_counter()

@@ -101,7 +101,7 @@ def plot_scale_latency(bars: Sequence[dict], title: str, path: Path) -> Path:
                 ax.bar(x, bar["extract_ms"], width * 0.9, color="0.75", edgecolor="black", linewidth=0.4, hatch=hatch, label="extraction (per image)" if (m, s) == (0, 0) else None)
                 ax.bar(x, bar[key], width * 0.9, bottom=bar["extract_ms"], color=f"C{m % 10}", edgecolor="black", linewidth=0.4, hatch=hatch, label=f"{method} search" if s == 0 else None)
                 total = bar["extract_ms"] + bar[key]
-                ax.annotate(f"{total:.3g}", (x, total), ha="center", va="bottom", fontsize=6, rotation=90, xytext=(0, 2), textcoords="offset points")
+                ax.annotate(f"{total:.0f}" if total >= 100 else f"{total:.3g}", (x, total), ha="center", va="bottom", fontsize=6, rotation=90, xytext=(0, 2), textcoords="offset points")
                 ticks.append(x)
                 tick_labels.append(f"{size}{' ⚠synth' if bar['synthetic'] else ''}")
         ax.set_xticks(ticks)
