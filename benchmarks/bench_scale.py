@@ -138,6 +138,44 @@ def ratios(result: ScaleResult) -> list[str]:
     return lines
 
 
+def thread_check(gallery: Gallery, result: ScaleResult, threads: int, rounds: int = 2) -> str:
+    """Single-query latency at `threads` and at 1 thread, alternating rounds, at the smallest size.
+
+    FAISS parallelises one query badly: its extra OpenMP thread mostly waits, and on a busy
+    machine the waiting costs more than it saves. This shows how much, side by side.
+    """
+    import numpy as np
+
+    from lookalike.experiments.timing import measure_latency
+    from lookalike.search import make_method
+
+    size = min(p.size for p in result.points)
+    database = np.ascontiguousarray(gallery.embeddings[:size])  # the train rows come first in a generated gallery
+    queries = np.ascontiguousarray(gallery.embeddings[gallery.partition().query_ids[:200]])
+    methods = {}
+    for p in (p for p in result.points if p.size == size):
+        method = make_method(p.method, size, gallery.dim)
+        method.build(database)
+        if "nprobe" in p.params:
+            method.set_params(nprobe=p.params["nprobe"])
+        methods[p.method] = method
+    times: dict[tuple[str, int], list[float]] = {}
+    for _ in range(rounds):
+        for n in (threads, 1):
+            runtime.set_threads(n)
+            for name, method in methods.items():
+                times.setdefault((name, n), []).append(measure_latency(method, queries, 10, batch_repeats=1)[0].single_ms)
+    runtime.set_threads(threads)
+    rows = [[name, f"{np.median(times[(name, threads)]):.3f}", f"{np.median(times[(name, 1)]):.3f}", f"{np.median(times[(name, threads)]) / np.median(times[(name, 1)]):.2f}×"] for name in methods]
+    return "\n".join(
+        [
+            f"Single-query latency at {threads} threads against 1 thread, same {format_size(size)}-row database and 200 queries, {rounds} alternating rounds (median ms):",
+            "",
+            markdown_table(["method", f"{threads} threads", "1 thread", "ratio"], rows),
+        ]
+    )
+
+
 def main() -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--work", default="/tmp/lookalike-bench-scale", help="folder for the generated galleries (reused between runs)")
@@ -174,6 +212,9 @@ def main() -> int:
                     f"![end-to-end latency, d = {d}](figures/{figure.name})",
                 ]
             )
+            if name == "d512" and threads > 1:
+                print("  thread check …", flush=True)
+                text += "\n\n" + thread_check(gallery, result, threads)
             print(text, flush=True)
             sections.append(text)
     intro = (

@@ -3,10 +3,13 @@
 Exact search of Q queries against N gallery vectors of dimension d is one matrix product,
 2·Q·N·d floating-point operations, plus a top-k selection. Its floor on this machine is that
 count divided by the machine's own measured sgemm rate (torch.mm and numpy matmul on large
-square fp32 matrices, at the same thread count): the roofline. Each round times the sgemm
-rates and every exact method back to back, so load from other work falls on all of them
-alike; figures are medians over rounds, and each method's distance from the roofline is the
-median of its per-round ratios.
+square fp32 matrices, at the same thread count): the roofline.
+
+On a shared machine the load changes by the second, so nothing is timed in one long stretch:
+the queries go in chunks, and for each chunk the sgemm rates and every method are measured
+back to back (batched: the chunk in one call; single: a few of its queries one per call).
+Each chunk's ratio to the roofline uses the sgemm rate measured beside it; figures are
+medians over chunks (batched totals are sums over chunks).
 
 Data: GENERATED unit vectors (no model, no image). Exact search uses uniform random unit
 vectors; ivf also runs on a generated Gaussian mixture with 1000 centres
@@ -23,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import faiss
 import numpy as np
 import torch
 
@@ -34,12 +38,15 @@ from lookalike.experiments.synthetic_gallery import random_cluster_model  # noqa
 from lookalike.experiments.timing import measure_latency  # noqa: E402
 from lookalike.metrics import recall_at_k  # noqa: E402
 from lookalike.search import DEFAULT_NPROBE, SearchMethod, default_nlist, make_method  # noqa: E402
+from lookalike.search.brute import SCORE_BLOCK_BYTES  # noqa: E402
 
 SECTION = "Exact and IVF search (issue 2)"
 GOAL_ROOFLINE = 1.5
 K = 10
-DEFAULT = {"n": 100_000, "queries": 10_000, "d": 512, "sgemm_n": 3072, "single": 200}  # Q = tiny-ImageNet's val
-QUICK = {"n": 10_000, "queries": 500, "d": 512, "sgemm_n": 512, "single": 20}
+# Q = tiny-ImageNet's val size; chunks of 1,000 queries, 20 of them also timed one per call (200 in all).
+DEFAULT = {"n": 100_000, "queries": 10_000, "d": 512, "sgemm_n": 3072, "chunk": 1_000, "single_per_chunk": 20}
+QUICK = {"n": 10_000, "queries": 500, "d": 512, "sgemm_n": 512, "chunk": 100, "single_per_chunk": 4}
+CHECK_CHUNKS = 3  # chunks measured again at one thread
 EXACT = [("brute (torch)", "brute", "torch"), ("brute (numpy)", "brute", "numpy"), ("flat (faiss)", "flat", None)]
 
 
@@ -61,12 +68,15 @@ def sgemm_flops(n: int, repeats: int) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
-class ExactFigures:
+class Timed:
+    """One method's figures over all chunks."""
+
     label: str
-    batch_s: float  # all queries in one call, median over rounds
-    ratio: float  # batch_s / roofline_s, median of per-round ratios
-    single_ms: float  # one query per call, median
-    single_p99_ms: float
+    batch_s: float  # all queries, batched per chunk, summed over chunks
+    ratio: float  # chunk time / chunk roofline, median over chunks (exact methods only)
+    single_ms: float  # one query per call: median over chunks of the chunk's median
+    single_p99_ms: float  # median over chunks of the chunk's p99
+    ids: np.ndarray  # (Q, K) results of the batched calls
 
     def row(self, queries: int) -> list[object]:
         ok = "✓" if self.ratio <= GOAL_ROOFLINE else "✗ missed"
@@ -80,127 +90,163 @@ def build(name: str, backend: str | None, vectors: np.ndarray) -> SearchMethod:
     return method
 
 
-def exact_search(gallery: np.ndarray, queries: np.ndarray, sizes: dict, rounds: int) -> tuple[list[ExactFigures], dict[str, float]]:
-    """Rounds of: sgemm rates, then each exact method on every query at once and on single queries."""
-    methods = {label: build(name, backend, gallery) for label, name, backend in EXACT}
-    flop = 2.0 * len(queries) * len(gallery) * gallery.shape[1]
+def interleaved(methods: dict[str, SearchMethod], queries: np.ndarray, n: int, sizes: dict, sgemm_rates: dict[str, list[float]] | None) -> list[Timed]:
+    """Chunk by chunk: (optionally) the sgemm rates, then each method batched and on single queries."""
+    chunk, singles = sizes["chunk"], sizes["single_per_chunk"]
     batch = {label: [] for label in methods}
     ratio = {label: [] for label in methods}
     single = {label: [] for label in methods}
     p99 = {label: [] for label in methods}
-    rates: dict[str, list[float]] = {"torch": [], "numpy": []}
-    for r in range(rounds):
-        for lib, rate in sgemm_flops(sizes["sgemm_n"], repeats=3).items():
-            rates[lib].append(rate)
-        roofline_s = flop / max(rates["torch"][-1], rates["numpy"][-1])
+    ids = {label: [] for label in methods}
+    for start in range(0, len(queries), chunk):
+        q = queries[start : start + chunk]
+        roofline_s = None
+        if sgemm_rates is not None:
+            for lib, rate in sgemm_flops(sizes["sgemm_n"], repeats=1).items():
+                sgemm_rates[lib].append(rate)
+            roofline_s = 2.0 * len(q) * n * queries.shape[1] / max(rates[-1] for rates in sgemm_rates.values())
         for label, method in methods.items():
-            t = time.perf_counter()
-            method.search(queries, K)
-            batch[label].append(time.perf_counter() - t)
-            ratio[label].append(batch[label][-1] / roofline_s)
-            latency, _ = measure_latency(method, queries[: sizes["single"]], K, single_queries=sizes["single"], batch_repeats=1)
+            latency, found = measure_latency(method, q, K, single_queries=singles, batch_repeats=1)
+            batch[label].append(latency.batch_ms * len(q) / 1000)
             single[label].append(latency.single_ms)
             p99[label].append(latency.single_p99_ms)
-            print(f"  round {r + 1} {label}: {batch[label][-1]:.2f} s batched ({ratio[label][-1]:.2f}× roofline {roofline_s:.2f} s), "
-                  f"{latency.single_ms:.2f} ms single", flush=True)
-    figures = [
-        ExactFigures(label, statistics.median(batch[label]), statistics.median(ratio[label]),
-                     statistics.median(single[label]), statistics.median(p99[label]))
+            ids[label].append(found)
+            if roofline_s:
+                ratio[label].append(batch[label][-1] / roofline_s)
+        line = ", ".join(f"{label} {batch[label][-1]:.2f} s" + (f" ({ratio[label][-1]:.2f}×)" if roofline_s else "") for label in methods)
+        print(f"  queries {start:,}–{start + len(q):,}: " + line + (f"; roofline {roofline_s:.2f} s" if roofline_s else ""), flush=True)
+    return [
+        Timed(label, sum(batch[label]), statistics.median(ratio[label]) if ratio[label] else float("nan"),
+              statistics.median(single[label]), statistics.median(p99[label]), np.concatenate(ids[label]))
         for label in methods
     ]
-    sgemm = {lib: statistics.median(v) for lib, v in rates.items()}
-    return figures, sgemm
+
+
+@dataclass(frozen=True)
+class ExactRun:
+    threads: int
+    queries: int
+    sgemm: dict[str, float]  # FLOP/s, median over chunks
+    timed: list[Timed]  # flat last
+
+    def rows(self) -> list[list[object]]:
+        truth = self.timed[-1].ids
+        return [[f.label, self.threads, f"{self.queries:,}", *f.row(self.queries)[1:], f"{recall_at_k(f.ids, truth, K):.4f}"] for f in self.timed]
+
+
+def exact_search(methods: dict[str, SearchMethod], n: int, queries: np.ndarray, sizes: dict, threads: int) -> ExactRun:
+    runtime.set_threads(threads)
+    rates: dict[str, list[float]] = {"torch": [], "numpy": []}
+    timed = interleaved(methods, queries, n, sizes, rates)
+    return ExactRun(threads, len(queries), {lib: statistics.median(v) for lib, v in rates.items()}, timed)
 
 
 @dataclass(frozen=True)
 class IvfFigures:
     data: str
+    n: int  # gallery size
     nlist: int
     nprobe: int
     train_s: float
     add_s: float
     recall: float  # recall@10 against flat on the same data
-    single_ms: float
-    single_p99_ms: float
-    batch_ms: float  # per query, all queries in one call
-    flat_single_ms: float
-    flat_batch_ms: float
+    imbalance: float  # FAISS's list imbalance factor (1 = equal lists)
+    scanned: float  # gallery vectors compared per query (FAISS indexIVF_stats.ndis / nq)
+    ivf: Timed
+    flat: Timed
 
     def row(self) -> list[object]:
-        return [self.data, self.nlist, self.nprobe, f"{self.train_s:.1f} / {self.add_s:.1f}", f"**{self.recall:.3f}**",
-                f"{self.single_ms:.3f} ({self.single_p99_ms:.3f})", f"{self.batch_ms:.4f}",
-                f"{self.flat_single_ms / self.single_ms:.1f}× / {self.flat_batch_ms / self.batch_ms:.1f}×"]
+        return [self.data, self.nlist, self.nprobe, f"{self.train_s:.1f} / {self.add_s:.1f}", f"{self.imbalance:.2f}",
+                f"{self.scanned:,.0f} ({100 * self.scanned / self.n:.1f}%)",
+                f"**{self.recall:.3f}**",
+                f"{self.ivf.single_ms:.3f} ({self.ivf.single_p99_ms:.3f})", f"{1000 * self.ivf.batch_s / len(self.ivf.ids):.4f}",
+                f"{self.flat.single_ms / self.ivf.single_ms:.0f}× / {self.flat.batch_s / self.ivf.batch_s:.0f}×"]
 
 
 def ivf_search(data: str, gallery: np.ndarray, queries: np.ndarray, sizes: dict) -> IvfFigures:
-    """ivf at the default nlist and nprobe, timed with flat on the same data, which also gives the ground truth."""
-    flat, ivf = build("flat", None, gallery), build("ivf", None, gallery)
-    flat_latency, truth = measure_latency(flat, queries, K, single_queries=sizes["single"], batch_repeats=1)
-    latency, found = measure_latency(ivf, queries, K, single_queries=sizes["single"], batch_repeats=3)
+    """ivf at the default nlist and nprobe, timed beside flat on the same data, which also gives the ground truth."""
+    ivf = build("ivf", None, gallery)
+    faiss.cvar.indexIVF_stats.reset()
+    flat_timed, ivf_timed = interleaved({"flat": build("flat", None, gallery), "ivf": ivf}, queries, len(gallery), sizes, None)
+    stats = faiss.cvar.indexIVF_stats
+    scanned = stats.ndis / max(1, stats.nq)
     params = ivf.params()
-    print(f"  ivf on {data}: recall@{K} {recall_at_k(found, truth, K):.3f}, {latency.single_ms:.3f} ms single, "
-          f"{latency.batch_ms:.4f} ms/query batched", flush=True)
-    return IvfFigures(
-        data, params["nlist"], params["nprobe"], ivf.build_stats.train_seconds, ivf.build_stats.add_seconds,
-        recall_at_k(found, truth, K), latency.single_ms, latency.single_p99_ms, latency.batch_ms,
-        flat_latency.single_ms, flat_latency.batch_ms,
-    )
+    recall = recall_at_k(ivf_timed.ids, flat_timed.ids, K)
+    print(f"  ivf on {data}: recall@{K} {recall:.3f}, {ivf_timed.single_ms:.3f} ms single, "
+          f"{1000 * ivf_timed.batch_s / len(queries):.4f} ms/query batched", flush=True)
+    imbalance = faiss.extract_index_ivf(ivf.index).invlists.imbalance_factor()
+    return IvfFigures(data, len(gallery), params["nlist"], params["nprobe"], ivf.build_stats.train_seconds,
+                      ivf.build_stats.add_seconds, recall, imbalance, scanned, ivf_timed, flat_timed)
 
 
 def main() -> None:
-    p = parser(__doc__.split("\n")[0])
-    p.add_argument("--rounds", type=int, default=3, help="rounds of sgemm + exact methods (default 3)")
-    args = p.parse_args()
+    args = parser(__doc__.split("\n")[0]).parse_args()
     sizes = QUICK if args.quick else DEFAULT
-    rounds = 1 if args.quick else args.rounds
     threads = runtime.set_threads(args.threads)
     n, q, d = sizes["n"], sizes["queries"], sizes["d"]
     rng = np.random.default_rng(0)
     with load_watch() as load:
         gallery, queries = unit_rows(rng, n, d), unit_rows(rng, q, d)
-        print(f"exact search: {q:,} queries × {n:,} × {d} generated uniform unit vectors, k={K}, {threads} threads, {rounds} rounds", flush=True)
-        exact, sgemm = exact_search(gallery, queries, sizes, rounds)
-        print("ivf: uniform and clustered generated vectors", flush=True)
+        print(f"exact search: {q:,} queries × {n:,} × {d} generated uniform unit vectors, k={K}, {threads} threads", flush=True)
+        methods = {label: build(name, backend, gallery) for label, name, backend in EXACT}
+        runs = [exact_search(methods, n, queries, sizes, threads)]
+        if threads > 1 and not args.quick:  # the same at one thread, where other work's load disturbs least
+            check = queries[: CHECK_CHUNKS * sizes["chunk"]]
+            print(f"exact search again at 1 thread: {len(check):,} queries", flush=True)
+            runs.append(exact_search(methods, n, check, sizes, 1))
+            runtime.set_threads(threads)
+        del methods
+        print("ivf beside flat: uniform, then clustered generated vectors", flush=True)
         ivf = [ivf_search("uniform unit vectors", gallery, queries, sizes)]
         del gallery
         mixture = random_cluster_model(d, n_clusters=1000, seed=0)
         clustered, _ = mixture.sample(n, seed=1)
         clustered_queries, _ = mixture.sample(q, seed=2)
         ivf.append(ivf_search("Gaussian mixture, 1000 centres", clustered, clustered_queries, sizes))
-    flop = 2.0 * q * n * d
-    best = max(sgemm.values())
     exact_table = markdown_table(
-        ["method", "all queries, s", "queries/s", f"× roofline (goal ≤ {GOAL_ROOFLINE:g}×)", "single query ms (median)", "single p99 ms"],
-        [f.row(q) for f in exact],
+        ["method", "threads", "queries", "all queries, s", "queries/s", f"× roofline (goal ≤ {GOAL_ROOFLINE:g}×)",
+         "single query ms (median)", "single p99 ms", f"recall@{K} vs flat"],
+        [row for run in runs for row in run.rows()],
     )
-    sgemm_line = (
-        f"Measured sgemm ({sizes['sgemm_n']}×{sizes['sgemm_n']} fp32, {threads} threads): torch.mm {sgemm['torch'] / 1e9:.0f} GFLOP/s, "
-        f"numpy matmul {sgemm['numpy'] / 1e9:.0f} GFLOP/s. Roofline for 2·Q·N·d = {flop / 1e12:.2f} TFLOP at the faster rate: "
-        f"**{flop / best:.2f} s** ({q / (flop / best):,.0f} queries/s)."
+    sgemm_line = " ".join(
+        f"Measured sgemm ({sizes['sgemm_n']}×{sizes['sgemm_n']} fp32, {run.threads} thread{'s' if run.threads > 1 else ''}, "
+        f"median over chunks): torch.mm {run.sgemm['torch'] / 1e9:.0f} GFLOP/s, numpy matmul {run.sgemm['numpy'] / 1e9:.0f} GFLOP/s; "
+        f"roofline for 2·Q·N·d = {2.0 * run.queries * n * d / 1e12:.2f} TFLOP at the faster rate: "
+        f"**{2.0 * run.queries * n * d / max(run.sgemm.values()):.2f} s**."
+        for run in runs
     )
     ivf_table = markdown_table(
-        ["data", "nlist", "nprobe", "train / add s", f"recall@{K}", "single query ms (p99)", "batched ms/query", "speed-up over flat single / batched"],
+        ["data", "nlist", "nprobe", "train / add s", "list imbalance", "scanned per query", f"recall@{K}", "single query ms (p99)", "batched ms/query", "speed-up over flat single / batched"],
         [f.row() for f in ivf],
     )
     print("\n" + sgemm_line + "\n" + exact_table + "\n\n" + ivf_table)
+    chunks = -(-q // sizes["chunk"])
     doc = [
         f"**Generated data, no model**: a gallery of N = {n:,} uniform random unit vectors of d = {d} and Q = {q:,} separate "
-        f"query vectors (tiny-ImageNet's val size), k = {K}, {threads} threads for torch, FAISS and BLAS. "
-        f"*All queries*: one `search` call with every query (brute works through them in blocks that keep the score "
-        f"matrix under {64} MiB); median over {rounds} rounds. *Single query*: one query per call, as the study timed it "
-        f"(`experiments.timing.measure_latency`, {sizes['single']} queries per round). The roofline is 2·Q·N·d divided by "
-        "the machine's own sgemm rate, measured in the same rounds; *× roofline* is the median of per-round ratios.",
+        f"query vectors (tiny-ImageNet's val size), k = {K}, {threads} threads for torch, FAISS and BLAS. The queries go in "
+        f"{chunks} chunks of {sizes['chunk']:,}; for each chunk the sgemm rates and every method are measured back to back, "
+        "so all share the same load. *All queries*: each chunk in one `search` call (brute works through it in blocks that "
+        f"keep the score matrix under {SCORE_BLOCK_BYTES // 2**20} MiB), summed over chunks. *× roofline*: a chunk's time over "
+        "2·chunk·N·d divided by the faster sgemm rate measured beside it, median over chunks. *Single query*: one query "
+        f"per call, as the study timed it (`experiments.timing.measure_latency`, {sizes['single_per_chunk']} queries per chunk), "
+        "median over chunks of each chunk's median (and of its p99). The one-thread rows repeat the first "
+        f"{CHECK_CHUNKS} chunks with torch, FAISS and BLAS at one thread: a single thread is barely slowed by other "
+        "work's threads, while two threads that must wait for each other are, so they show the methods' own efficiency.",
         "",
         sgemm_line,
         "",
         exact_table,
         "",
         f"**ivf** (`IndexIVFFlat`, inner product) at the defaults: nlist = round(√N) = {default_nlist(n)}, "
-        f"nprobe = `lookalike.search.DEFAULT_NPROBE` = {DEFAULT_NPROBE}; recall@{K} against flat on the same data and queries. "
-        "Uniform unit vectors have no cluster structure, so ivf's recall on them is its worst case; the Gaussian-mixture "
-        "rows (1000 random centres, `experiments.synthetic_gallery.random_cluster_model`, queries drawn from the same "
-        "mixture) are closer to how real embeddings cluster — both are GENERATED, not image embeddings. "
-        "Single-query times are medians (p99 in brackets); the speed-up compares with flat measured on the same data in the same run.",
+        f"nprobe = `lookalike.search.DEFAULT_NPROBE` = {DEFAULT_NPROBE}, timed chunk by chunk beside flat on the same data; "
+        f"recall@{K} against flat's results. Uniform unit vectors have no cluster structure, so ivf's recall on them is its "
+        "worst case; the Gaussian-mixture rows (1000 random centres, `experiments.synthetic_gallery.random_cluster_model`, "
+        "queries drawn from the same mixture) are closer to how real embeddings cluster — both are GENERATED, not image "
+        "embeddings. *List imbalance* is FAISS's imbalance factor (1 = equal lists); *scanned per query* counts the "
+        "gallery vectors each query is compared with (FAISS `indexIVF_stats`): on the mixture, k-means leaves uneven "
+        "lists and the queries, drawn where the data is dense, land in the big ones, so ivf scans more than nprobe/nlist "
+        "of the gallery — and does so without BLAS, which is why batched ivf gains little over batched flat there. "
+        "Single-query times are medians (p99 in brackets).",
         "",
         ivf_table,
         "",

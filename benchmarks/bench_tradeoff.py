@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, environment_markdown, load_watch, markdown_table, parser, should_write, write_section  # noqa: E402
 
@@ -169,9 +171,32 @@ def tune_table(result: TuneResult) -> str:
     return markdown_table(["candidate", "setting", "val recall", "95% bound", "single ms", "batched ms", "memory MiB", "build s", "status"], rows)
 
 
-def run_config(config: Config, write: bool) -> str:
+def flat_thread_check(gallery: Gallery, threads: int, n_queries: int = 50) -> dict[int, float]:
+    """flat's single-query median (ms) at 1 and 2 threads, side by side, then back to `threads`.
+
+    On a shared machine a multi-threaded single query waits at every OpenMP barrier for a
+    descheduled thread, so the thread count changes flat's latency far more than IVF's (whose
+    single queries run on one thread anyway); this shows by how much, in this run.
+    """
+    from lookalike.experiments.timing import measure_latency
+    from lookalike.search import database_vectors, make_method
+
+    partition = gallery.partition(max_queries=n_queries)
+    flat = make_method("flat", len(partition.database_ids), gallery.dim)
+    flat.build(database_vectors(gallery, partition.database_ids))
+    queries = np.asarray(gallery.embeddings[partition.query_ids])
+    out = {}
+    for t in (1, 2):
+        runtime.set_threads(t)
+        out[t] = measure_latency(flat, queries, K, single_queries=n_queries, batch_repeats=1)[0].single_ms
+    runtime.set_threads(threads)
+    return out
+
+
+def run_config(config: Config, write: bool, threads: int) -> str:
     gallery = generated_gallery(config)
     with load_watch() as load:
+        by_threads = flat_thread_check(gallery, threads)
         t = time.perf_counter()
         result = run_tradeoff(
             gallery, k=K, families=config.families, max_queries=config.queries, single_queries=config.single_queries,
@@ -196,6 +221,8 @@ def run_config(config: Config, write: bool) -> str:
         f"Sweep: {len(result.points)} points in **{sweep_s:.0f} s** (builds and ground truth included); "
         f"tuning: **{tune_s:.0f} s**. Queries: {result.queries}; exact methods timed on {result.exact_queries}. Raw vectors: {mib(result.raw_bytes)} MiB. "
         f"Peak RSS {mib(result.peak_rss_bytes)} MiB.",
+        f"- {threads} thread(s) for every figure below. Side by side in this run, flat's single-query median was {by_threads[1]:.2f} ms at 1 thread "
+        f"and {by_threads[2]:.2f} ms at 2 threads: on this shared machine a 2-thread query waits at OpenMP barriers for a descheduled thread.",
         *[f"- {note}" for note in config.notes],
         *[f"- skipped: {s}" for s in result.skipped],
         "",
@@ -224,12 +251,12 @@ def main() -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--only", default=None, help=f"comma-separated galleries to run: {', '.join(CONFIGS)}")
     args = p.parse_args()
-    runtime.set_threads(args.threads)
+    threads = runtime.set_threads(args.threads)
     configs = QUICK if args.quick else CONFIGS
     names = args.only.split(",") if args.only else list(configs)
     WORK.mkdir(parents=True, exist_ok=True)
     for name in names:
-        text = run_config(configs[name], should_write(args))
+        text = run_config(configs[name], should_write(args), threads)
         if should_write(args):
             (WORK / f"{name}.md").write_text(text)
     if should_write(args):

@@ -133,3 +133,22 @@ def test_parse_bytes():
     assert parse_bytes("1GB") == 2**30 and parse_bytes("512 MiB") == 512 * 2**20 and parse_bytes("1.5k") == 1536 and parse_bytes("100") == 100
     with pytest.raises(Exception, match="write it like 512MB"):
         parse_bytes("lots")
+
+
+def test_candidate_rules_follow_size_and_budget():
+    from lookalike.experiments.tune import candidate_configs
+
+    small, _ = candidate_configs(100, 512)
+    assert [c.family for c in small] == ["flat", "ivf", "hnsw", "ivf-sq8"]  # too few vectors for 4√N lists or PQ codebooks
+    big, notes = candidate_configs(1_000_000, 512, max_memory_bytes=2**30)
+    assert [c.family for c in big] == ["ivf-sq8", "ivfpq-mmap"]  # raw vectors (1.9 GiB) cannot fit 1 GiB; HNSW would build for an hour
+    assert any("hnsw" in n and "hour" in n for n in notes) and any(n.startswith("flat") and "budget" in n for n in notes)
+
+
+def test_nlists_too_large_for_the_gallery_are_skipped_and_said():
+    from lookalike.experiments.tradeoff import plan_builds
+
+    builds, skipped = plan_builds(("ivf", "ivfpq-mmap"), ("OPQ16,IVF64,PQ16",), 100_000, 512)
+    assert [b.label for b in builds][:3] == ["ivf nlist=316", "ivf nlist=1264", "ivf nlist=5056"] and builds[-1].family == "factory"
+    builds, skipped = plan_builds(("ivf",), (), 1000, 512)  # 4√N = 128 lists would hold under 10 vectors each
+    assert [b.options["nlist"] for b in builds] == [32] and len(skipped) == 2 and "nlist=128: N=1000 is too small" in skipped[0]

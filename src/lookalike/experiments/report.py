@@ -216,7 +216,7 @@ def report_markdown(reports: list[GalleryReport], config: ReportConfig, seconds:
         lines += [
             f"## {r.bench.model} — `{r.bench.gallery}`",
             "",
-            f"### Accuracy vs speed (tradeoff)",
+            "### Accuracy vs speed (tradeoff)",
             "",
             r.tradeoff.to_markdown(),
             f"![recall vs latency]({r.folder}/tradeoff/tradeoff.png)",

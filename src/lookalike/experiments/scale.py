@@ -33,7 +33,7 @@ from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, is_real, o
 from ..metrics import accuracy, recall_at_k
 from ..search import SearchMethod, make_method
 from .bench import NOT_REAL_TAG
-from .synthetic_gallery import ClusterModel, NeighbourStats, fit_cluster_model, neighbour_stats
+from .synthetic_gallery import ClusterModel, fit_cluster_model, neighbour_stats
 from .timing import Latency, measure_latency
 
 DEFAULT_METHODS = ("brute", "flat", "ivf")

@@ -209,6 +209,40 @@ def split_queries(queries: QuerySet, seed: int = 0) -> tuple[QuerySet, QuerySet]
     return queries.subset(val, f"{len(val)} of {len(order)} queries {queries.how}"), queries.subset(test, f"the other {len(test)}")
 
 
+def measure_candidate(
+    c: Candidate,
+    vectors: np.ndarray,
+    database_ids: np.ndarray,
+    val: QuerySet,
+    truth: np.ndarray,
+    gallery_labels: np.ndarray,
+    k: int,
+    metric: str,
+    target_recall: float,
+    max_memory_bytes: int | None,
+    single_queries: int,
+) -> tuple[Measured, SearchMethod]:
+    """Build one candidate, raise its search parameter until validation recall clears the target, and time that setting."""
+    method = make_method(c.name, len(database_ids), vectors.shape[1], metric, **c.options)
+    method.build(vectors, database_ids)
+    memory, build_s = method.memory_bytes(), method.build_stats.build_seconds
+    factory = str(method.params().get("factory", c.name))
+    setting = dict(c.fixed)
+    if max_memory_bytes is not None and memory > max_memory_bytes:  # the measured size decides, not the estimate
+        nan = float("nan")
+        return Measured(c.family, factory, c.reason, setting, nan, nan, nan, nan, nan, memory, build_s, "over budget"), method
+    bound = float("nan")
+    for value in sweep_values(method, c.sweep):  # cheapest first: the first setting that clears the target is the one
+        setting = {**({c.sweep: value} if c.sweep else {}), **c.fixed}
+        _, found = method.search(val.vectors, k, setting or None)
+        bound = recall_lower_bound(recall_per_query(found, truth, k))
+        if bound >= target_recall:
+            break
+    lat, acc = evaluate(method, val, truth, gallery_labels, k, setting or None, single_queries)
+    status = "meets target" if bound >= target_recall else "below target"
+    return Measured(c.family, factory, c.reason, setting, acc.recall, bound, acc.precision, lat.single_ms, lat.batch_ms, memory, build_s, status), method
+
+
 def tune(
     gallery: Gallery,
     target_recall: float = 0.95,
@@ -240,32 +274,14 @@ def tune(
     measured: list[Measured] = []
     best: tuple[float, int, SearchMethod, dict] | None = None
     for c in candidates:
-        method = make_method(c.name, n, d, metric, **c.options)
-        method.build(vectors, queries.database_ids)
-        memory = method.memory_bytes()
-        setting, bound, over = dict(c.fixed), float("nan"), max_memory_bytes is not None and memory > max_memory_bytes
-        for value in ([] if over else sweep_values(method, c.sweep)):
-            setting = {**({c.sweep: value} if c.sweep else {}), **c.fixed}
-            _, found = method.search(val.vectors, k, setting or None)
-            bound = recall_lower_bound(recall_per_query(found, truth_val, k))
-            if bound >= target_recall:
-                break
-        stats = method.build_stats
-        factory = str(method.params().get("factory", c.name))
-        if over:  # measured size, not the estimate, decides; no point timing what cannot be used
-            notes.append(f"{c.label()}: real size {memory / 2**20:.1f} MiB exceeds the {max_memory_bytes / 2**20:.1f} MiB budget")
-            nan = float("nan")
-            measured.append(Measured(c.family, factory, c.reason, setting, nan, nan, nan, nan, nan, memory, stats.build_seconds, "over budget"))
-            del method
-            continue
-        lat, acc = evaluate(method, val, truth_val, labels, k, setting or None, single_queries)
-        status = "meets target" if bound >= target_recall else "below target"
-        measured.append(Measured(c.family, factory, c.reason, setting, acc.recall, bound, acc.precision,
-                                 lat.single_ms, lat.batch_ms, memory, stats.build_seconds if stats else 0.0, status))
-        cost = lat.single_ms if latency == "single" else lat.batch_ms
-        if status == "meets target" and (best is None or cost < best[0]):
-            best = (cost, len(measured) - 1, method, setting)
-        del method
+        result, method = measure_candidate(c, vectors, queries.database_ids, val, truth_val, labels, k, metric, target_recall, max_memory_bytes, single_queries)
+        measured.append(result)
+        if result.status == "over budget":
+            notes.append(f"{c.label()}: real size {result.memory_bytes / 2**20:.1f} MiB exceeds the {max_memory_bytes / 2**20:.1f} MiB budget")
+        cost = result.single_ms if latency == "single" else result.batch_ms
+        if result.status == "meets target" and (best is None or cost < best[0]):
+            best = (cost, len(measured) - 1, method, result.setting)
+        del method  # only the best so far stays alive: at 1M each index is gigabytes
 
     chosen = test_acc = test_lat = saved = None
     if best is not None:
@@ -277,7 +293,7 @@ def tune(
         if save_as:
             method.name = save_as
             saved = str(save_method(gallery, method))
-    result = TuneResult(
+    return TuneResult(
         gallery=str(gallery.path),
         provenance=gallery.provenance(),
         real=is_real(gallery.manifest),
@@ -297,7 +313,6 @@ def tune(
         saved_to=saved,
         environment=runtime.environment(),
     )
-    return result
 
 
 UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -332,5 +347,5 @@ def cli_main(args) -> int:
     folder = Path(result.saved_to)
     atomic_write_json(folder / "tune.json", result.to_dict())
     atomic_write_bytes(folder / "tune.md", ("# lookalike tune\n\n" + result.to_markdown()).encode())
-    print(f"saved to {folder} (with tune.json and tune.md); search with: lookalike search --gallery {gallery.path} --method {args.name} --image IMG  ({threads} threads)")
+    print(f"saved to {folder} (with tune.json and tune.md); search with: lookalike search --gallery {gallery.path} --method {args.name}{' --metric l2' if args.metric == 'l2' else ''} --image IMG  ({threads} threads)")
     return 0
