@@ -119,8 +119,10 @@ def ratios(result: ScaleResult) -> list[str]:
         flat, ivf = at[("flat", big)], at[("ivf", big)]
         lines.append(
             f"- At {format_size(big)}: ivf (nprobe {ivf.params.get('nprobe')}) reaches recall@10 {ivf.recall:.4f} at {ivf.latency.single_ms:.3f} ms/query single, "
-            f"**{flat.latency.single_ms / ivf.latency.single_ms:.0f}× below flat's {flat.latency.single_ms:.1f} ms** (goal ≥ 20×), with "
-            f"**{ivf.memory_bytes / (big * result.dim * 4):.3f}× the raw vectors' memory** (goal ≤ 1.2×)."
+            f"**{flat.latency.single_ms / ivf.latency.single_ms:.0f}× below flat's {flat.latency.single_ms:.1f} ms** "
+            f"(goal ≥ 20×: {'✓' if flat.latency.single_ms >= 20 * ivf.latency.single_ms else '✗ missed, see the list-balance check below'}), with "
+            f"**{ivf.memory_bytes / (big * result.dim * 4):.3f}× the raw vectors' memory** "
+            f"(goal ≤ 1.2×: {'✓' if ivf.memory_bytes <= 1.2 * big * result.dim * 4 else '✗ missed'})."
         )
     if len(sizes) > 1:
         lo = sizes[0]
@@ -167,6 +169,7 @@ def thread_check(gallery: Gallery, result: ScaleResult, threads: int, other: int
             for name, method in methods.items():
                 times.setdefault((name, n), []).append(measure_latency(method, queries, 10, batch_repeats=1)[0].single_ms)
     runtime.set_threads(threads)
+    balance = ivf_balance(methods["ivf"], queries) if "ivf" in methods else ""
     rows = [[name, f"{np.median(times[(name, threads)]):.3f}", f"{np.median(times[(name, other)]):.3f}", f"{np.median(times[(name, other)]) / np.median(times[(name, threads)]):.2f}×"] for name in methods]
     return "\n".join(
         [
@@ -174,7 +177,28 @@ def thread_check(gallery: Gallery, result: ScaleResult, threads: int, other: int
             f"{rounds} alternating rounds (median ms):",
             "",
             markdown_table(["method", f"{threads} thread(s)", f"{other} thread(s)", f"{other} / {threads}"], rows),
+            "",
+            balance,
         ]
+    )
+
+
+def ivf_balance(method, queries) -> str:
+    """How much of the database one ivf query really scans (FAISS indexIVF_stats), against the even share nprobe/nlist."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(method.index)
+    faiss.cvar.indexIVF_stats.reset()
+    for q in queries:
+        method.search(q[None], 10)
+    scanned = faiss.cvar.indexIVF_stats.ndis / len(queries)
+    even = ivf.nprobe / ivf.nlist
+    return (
+        f"List balance (same database): ivf with nlist {ivf.nlist}, nprobe {ivf.nprobe} scans **{scanned:,.0f} vectors per query, "
+        f"{100 * scanned / ivf.ntotal:.1f}% of the database**, against the even share nprobe/nlist = {100 * even:.1f}%; FAISS's imbalance "
+        f"factor is {ivf.invlists.imbalance_factor():.2f} (1 = equal lists). The generated mixture's k-means lists are uneven and the "
+        "queries, drawn where the data is dense, land in the big ones — so ivf's single-query speed-up over flat is far smaller "
+        "than nlist/nprobe suggests, and this is why it misses the 20× goal where it does."
     )
 
 

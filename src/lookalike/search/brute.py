@@ -59,22 +59,26 @@ class BruteForce(SearchMethod):
         scores = np.full((len(queries), k), -np.inf if self.metric == "ip" else np.inf, dtype=np.float32)
         positions = np.full((len(queries), k), -1, dtype=np.int64)
         run = self._block_torch if self.backend == "torch" else self._block_numpy
+        # One score buffer per call, reused by every block: a fresh 256 MiB array per block costs its page
+        # faults each time (numpy brute on 100k × 512 went from 1.57× to 1.23× the sgemm roofline).
+        buffer = np.empty((min(block, len(queries)), n), dtype=np.float32)
         for start in range(0, len(queries), block):
-            s, p = run(queries[start : start + block], k_eff)
+            q = queries[start : start + block]
+            s, p = run(q, k_eff, buffer[: len(q)])
             if self.metric == "l2":
                 s = np.maximum(2.0 - 2.0 * s, 0.0)  # |x−y|² = 2 − 2⟨x,y⟩ for unit vectors
             scores[start : start + block, :k_eff] = s
             positions[start : start + block, :k_eff] = p
         return scores, positions
 
-    def _block_numpy(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return top_k_rows(q @ self.vectors.T, k)
+    def _block_numpy(self, q: np.ndarray, k: int, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return top_k_rows(np.matmul(q, self.vectors.T, out=out), k)
 
-    def _block_torch(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _block_torch(self, q: np.ndarray, k: int, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         with torch.inference_mode():
-            sims = torch.from_numpy(q) @ self._torch_vectors().T
+            sims = torch.mm(torch.from_numpy(q), self._torch_vectors().T, out=torch.from_numpy(out))
             values, indices = torch.topk(sims, k, dim=1, largest=True, sorted=True)
         return values.numpy(), indices.numpy()
 
