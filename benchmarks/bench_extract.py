@@ -2,7 +2,7 @@
 
 naive     one image at a time, decoded and preprocessed in the main thread, fp32, default
           (NCHW) memory format, no DataLoader — what the original study did.
-pipeline  `lookalike.extract.extract`, the code path of `lookalike extract`: batches, DataLoader
+pipeline  `lookalike.embed.extract.extract`, the code path of `lookalike extract`: batches, DataLoader
           workers decoding, channels_last, bf16 autocast where the CPU supports it and the
           calibration keeps it, inference_mode. Its images/s is the manifest's figure: the wall
           time of decode + preprocess + embed, DataLoader start-up and bf16 calibration included,
@@ -37,12 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment_markdown, load_watch, markdown_table, parser, should_write, write_section  # noqa: E402
 
 from lookalike import runtime  # noqa: E402
-from lookalike.datasets import load_collection  # noqa: E402
-from lookalike.extract import ExtractConfig, extract  # noqa: E402
-from lookalike.images import load_rgb  # noqa: E402
-from lookalike.models import MODELS, Embedder, load_model  # noqa: E402
-from lookalike.synthetic import generate_collection  # noqa: E402
-from lookalike.transforms import build_transform  # noqa: E402
+from lookalike.data.datasets import load_collection  # noqa: E402
+from lookalike.embed.extract import ExtractConfig, extract  # noqa: E402
+from lookalike.data.images import load_rgb  # noqa: E402
+from lookalike.embed.models import MODELS, Embedder, load_model  # noqa: E402
+from lookalike.data.synthetic import generate_collection  # noqa: E402
+from lookalike.embed.transforms import build_transform  # noqa: E402
 
 SECTION = "Extraction (issue 2)"
 GOAL_SPEEDUP = 2.0
@@ -249,10 +249,10 @@ def main() -> None:
     print("\n" + table)
     doc = [
         f"Images/s at {args.image_size} px, CPU. **Random weights** (pretrained weights are unreachable from this machine; "
-        "speed does not depend on weight values) and **generated data** (`lookalike.synthetic`, 64×64 JPEGs like "
+        "speed does not depend on weight values) and **generated data** (`lookalike.data.synthetic`, 64×64 JPEGs like "
         "tiny-ImageNet's, upscaled by each model's own preprocessing). "
         "*naive*: the study's loop — one image at a time, decoded in the main thread, fp32, default memory format, "
-        "no DataLoader. *pipeline*: `lookalike.extract.extract` (what `lookalike extract` runs) with batch size "
+        "no DataLoader. *pipeline*: `lookalike.embed.extract.extract` (what `lookalike extract` runs) with batch size "
         f"{args.bs}, {workers} DataLoader decode workers, {threads} torch threads, channels_last for the CNNs, bf16 "
         "autocast when the CPU supports it and the calibration keeps it, inference_mode; its figure is the manifest's "
         "(decode + preprocess + embed, DataLoader start-up and bf16 calibration included, model loading excluded). "

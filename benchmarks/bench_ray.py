@@ -1,7 +1,7 @@
 """The Ray engine against the local engine on one 2-core machine, and a paper estimate for big jobs (issue 5).
 
 Measured, side by side in rounds (the order rotating) on the same generated images:
-    local     `lookalike.extract.extract`: one process, 2 DataLoader decode workers, 2 torch threads
+    local     `lookalike.embed.extract.extract`: one process, 2 DataLoader decode workers, 2 torch threads
     local-1t  the same with 1 torch thread: a control for torch's threads stalling on a busy machine
     ray       `lookalike.distributed.extract_ray` on a local `ray.init(num_cpus=2)` cluster, 2 model
               actors (½ CPU and 1 torch thread each) and Ray Data decode tasks on the CPU left over
@@ -16,7 +16,7 @@ workers, from the measured per-image figures and stated public GPU throughputs; 
 section lists every assumption.
 
 Random weights (speed does not depend on weight values; pretrained weights are unreachable
-here) and generated JPEGs (lookalike.synthetic), 64×64 like tiny-ImageNet.
+here) and generated JPEGs (lookalike.data.synthetic), 64×64 like tiny-ImageNet.
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment_markdown, load_watch, markdown_table, parser, should_write, write_section  # noqa: E402
 
 from lookalike import runtime  # noqa: E402
-from lookalike.datasets import load_collection  # noqa: E402
+from lookalike.data.datasets import load_collection  # noqa: E402
 from lookalike.distributed import extract_ray  # noqa: E402
 from lookalike.distributed.extract import split_transform  # noqa: E402
-from lookalike.extract import ExtractConfig, extract  # noqa: E402
-from lookalike.images import load_rgb  # noqa: E402
-from lookalike.models import get_spec  # noqa: E402
-from lookalike.synthetic import generate_collection  # noqa: E402
+from lookalike.embed.extract import ExtractConfig, extract  # noqa: E402
+from lookalike.data.images import load_rgb  # noqa: E402
+from lookalike.embed.models import get_spec  # noqa: E402
+from lookalike.data.synthetic import generate_collection  # noqa: E402
 
 SECTION = "Ray engine (issue 5)"
 MODEL = "resnet18"
@@ -96,7 +96,7 @@ def model_ms_per_image(image_size: int, bs: int, precision: str, threads: int) -
     """Model alone, pre-made tensors: median ms per image over 5 batches at `threads` torch threads."""
     import torch
 
-    from lookalike.models import load_model
+    from lookalike.embed.models import load_model
 
     torch.set_num_threads(threads)
     embedder = load_model(MODEL, "random", image_size, "cpu")
@@ -222,7 +222,7 @@ def main() -> None:
 
     doc = [
         f"Wall time of `lookalike extract` with each engine on the same **generated** collection ({n_all:,} "
-        f"{sizes['image_size']}×{sizes['image_size']} JPEGs from `lookalike.synthetic`, not real photos), {MODEL} with **random weights** "
+        f"{sizes['image_size']}×{sizes['image_size']} JPEGs from `lookalike.data.synthetic`, not real photos), {MODEL} with **random weights** "
         f"(speed does not depend on weight values), input {args.image_size} px, batch {args.bs}, shards of {args.shard_size}, precision {precision} "
         f"(the job's calibration; the same for every engine). Medians over {args.rounds} rounds, the engines' order rotating. "
         f"local: one process, {runtime.default_threads()} DataLoader decode workers and {args.threads or runtime.default_threads()} torch threads (the default); "

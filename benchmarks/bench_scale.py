@@ -6,11 +6,11 @@ d = 512 and 100k + 1000 rows at d = 1280; the last 1000 rows are the held-out qu
 is made of generated rows only, so no synthetic extension is involved here.
 
 Extraction has no gallery to come from, so the constant per-image cost stacked under the search
-time is measured here with the real pipeline (`lookalike.extract.extract`): resnet18 (512-d) and
+time is measured here with the real pipeline (`lookalike.embed.extract.extract`): resnet18 (512-d) and
 mobilenet (1280-d) with RANDOM weights (speed does not depend on weight values) on generated
 64×64 JPEGs resized to 224 px — the manifest's batched images/s figure.
 
-Search: `lookalike.experiments.scale.run_scale` — brute, flat and ivf through the SearchMethod
+Search: `lookalike.study.scale.run_scale` — brute, flat and ivf through the SearchMethod
 interface; ivf's nprobe chosen per size by a sweep to reach recall@10 ≥ 0.95 on 1000 held-out
 queries; every method timed on the same 200-query sample (single: one per call, batched: one
 call), which keeps the exact baselines at 1M affordable on 2 cores.
@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, environment_markdown, load_watch, markdown_table, parser, should_write, write_section  # noqa: E402
 
 from lookalike import runtime  # noqa: E402
-from lookalike.experiments.scale import ScaleConfig, ScaleResult, format_size, run_scale, write_scale  # noqa: E402
-from lookalike.experiments.synthetic_gallery import GeneratorParams, write_generated_gallery  # noqa: E402
-from lookalike.extract import ExtractConfig, extract  # noqa: E402
+from lookalike.study.scale import ScaleConfig, ScaleResult, format_size, run_scale, write_scale  # noqa: E402
+from lookalike.gallery.generated import GeneratorParams, write_generated_gallery  # noqa: E402
+from lookalike.embed.extract import ExtractConfig, extract  # noqa: E402
 from lookalike.gallery import MANIFEST, Gallery, atomic_write_json, open_gallery  # noqa: E402
-from lookalike.synthetic import generate_collection  # noqa: E402
+from lookalike.data.synthetic import generate_collection  # noqa: E402
 
 SECTION = "Scale 100k → 1M (issue 3)"
 FIGURES = ROOT / "docs" / "figures"
@@ -56,7 +56,7 @@ def extraction_ms(model: str, work: Path, quick: bool, threads: int) -> dict:
     t = gallery.manifest["timings"]
     return {
         "ms_per_image": t["ms_per_image"],
-        "measured_on": f"measured by benchmarks/bench_scale.py with `lookalike.extract`: {model} (RANDOM weights — speed does not depend on them) on "
+        "measured_on": f"measured by benchmarks/bench_scale.py with `lookalike.embed.extract`: {model} (RANDOM weights — speed does not depend on them) on "
         f"{t['images']} generated 64×64 JPEGs at {gallery.manifest['model']['preprocess']['image_size']} px, batch {t['batch_size']}, {t['threads']} threads, "
         f"{gallery.manifest['model']['precision']['precision']}",
     }
@@ -149,7 +149,7 @@ def thread_check(gallery: Gallery, result: ScaleResult, threads: int, other: int
     """
     import numpy as np
 
-    from lookalike.experiments.timing import measure_latency
+    from lookalike.study.timing import measure_latency
     from lookalike.search import make_method
 
     size = min(p.size for p in result.points)

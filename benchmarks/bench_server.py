@@ -10,7 +10,7 @@ each at several concurrency levels (clients with one request in flight each). No
 fail: the script exits non-zero if any request does.
 
 Gallery: 100,000 rows of 512-d. The first rows are real extractions — resnet18 with RANDOM
-weights at 224 px over a small GENERATED collection (lookalike.synthetic) — and the rest are
+weights at 224 px over a small GENERATED collection (lookalike.data.synthetic) — and the rest are
 SYNTHETIC rows sampled from a cluster model fitted to them
 (`experiments.synthetic_gallery.fit_cluster_model`, written by `write_array_gallery`). The
 gallery keeps the resnet18 model block, so uploads are embedded by the same (random-weight)
@@ -70,9 +70,9 @@ START_TIMEOUT_S = 600
 
 def build_gallery(work: Path, sizes: dict) -> Gallery:
     """Extract a small generated collection with resnet18 (random weights), then extend it to `rows` with fitted synthetic rows."""
-    from lookalike.experiments.synthetic_gallery import Segment, fit_cluster_model, write_array_gallery
-    from lookalike.extract import ExtractConfig, extract
-    from lookalike.synthetic import generate_collection
+    from lookalike.gallery.generated import Segment, fit_cluster_model, write_array_gallery
+    from lookalike.embed.extract import ExtractConfig, extract
+    from lookalike.data.synthetic import generate_collection
 
     out = work / f"gallery-{sizes['rows']}"
     if (out / "manifest.json").is_file():

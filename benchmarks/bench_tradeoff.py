@@ -32,9 +32,9 @@ from common import ROOT, environment_markdown, load_watch, markdown_table, parse
 
 from lookalike import runtime  # noqa: E402
 from lookalike.errors import GalleryError  # noqa: E402
-from lookalike.experiments.synthetic_gallery import write_generated_gallery  # noqa: E402
-from lookalike.experiments.tradeoff import FAMILIES, Point, TradeoffResult, run_tradeoff, write_tradeoff  # noqa: E402
-from lookalike.experiments.tune import TuneResult, parse_bytes, tune  # noqa: E402
+from lookalike.gallery.generated import write_generated_gallery  # noqa: E402
+from lookalike.study.tradeoff import FAMILIES, Point, TradeoffResult, run_tradeoff, write_tradeoff  # noqa: E402
+from lookalike.study.tune import TuneResult, parse_bytes, tune  # noqa: E402
 from lookalike.gallery import Gallery, open_gallery  # noqa: E402
 
 SECTION = "Accuracy vs speed (issue 3)"
@@ -178,7 +178,7 @@ def flat_thread_check(gallery: Gallery, threads: int, n_queries: int = 50) -> di
     descheduled thread, so the thread count changes flat's latency far more than IVF's (whose
     single queries run on one thread anyway); this shows by how much, in this run.
     """
-    from lookalike.experiments.timing import measure_latency
+    from lookalike.study.timing import measure_latency
     from lookalike.search import database_vectors, make_method
 
     partition = gallery.partition(max_queries=n_queries)

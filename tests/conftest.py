@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lookalike.synthetic import generate_collection
+from lookalike.data.synthetic import generate_collection
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 LOOKALIKE = [sys.executable, "-m", "lookalike.cli"]  # the same entry point as the `lookalike` script

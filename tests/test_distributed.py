@@ -20,11 +20,11 @@ from lookalike.distributed.cluster import Resources, plan_workers
 from lookalike.distributed.extract import CRASH_HOOK, ShardWriter
 from lookalike.distributed.staging import ShardStore
 from lookalike.errors import GalleryError, LookalikeError, WeightsUnavailableError
-from lookalike.extract import ExtractConfig, Job, Shard, ensure_state, extract, prepare, run_local
+from lookalike.embed.extract import ExtractConfig, Job, Shard, ensure_state, extract, prepare, run_local
 from lookalike.gallery import EMBEDDINGS, METADATA, open_gallery
-from lookalike.models import load_model
+from lookalike.embed.models import load_model
 from lookalike.search import database_vectors, make_method
-from lookalike.synthetic import generate_collection, make_bad_images
+from lookalike.data.synthetic import generate_collection, make_bad_images
 
 from .conftest import run_cli
 

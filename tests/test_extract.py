@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from lookalike.errors import GalleryError, WeightsUnavailableError
-from lookalike.extract import ExtractConfig, extract
+from lookalike.embed.extract import ExtractConfig, extract
 from lookalike.gallery import open_gallery
-from lookalike.models import MODELS, load_model
-from lookalike.synthetic import generate_collection, make_bad_images
+from lookalike.embed.models import MODELS, load_model
+from lookalike.data.synthetic import generate_collection, make_bad_images
 
 from .conftest import LOOKALIKE, run_cli
 

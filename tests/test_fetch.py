@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from lookalike.datasets import load_collection
+from lookalike.data.datasets import load_collection
 from lookalike.errors import DataError
-from lookalike.fetch import (
+from lookalike.data.fetch import (
     TINY_IMAGENET_MD5,
     TINY_IMAGENET_SIZE_BYTES,
     TINY_IMAGENET_URL,
     fetch_tiny_imagenet,
 )
-from lookalike.synthetic import generate_collection
+from lookalike.data.synthetic import generate_collection
 
 
 @pytest.fixture(autouse=True)

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from lookalike.errors import BadImageError, LookalikeError
-from lookalike.images import IMAGE_EXTENSIONS, is_image_path, load_rgb, load_rgb_bytes
-from lookalike.synthetic import make_bad_images
+from lookalike.data.images import IMAGE_EXTENSIONS, is_image_path, load_rgb, load_rgb_bytes
+from lookalike.data.synthetic import make_bad_images
 
 
 def _encode(im: Image.Image, fmt: str, **kw) -> bytes:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lookalike.gallery import open_gallery
-from lookalike.metrics import accuracy, average_precision_at_k, exact_neighbours, ground_truth, precision_at_k, recall_at_k, recall_per_query
+from lookalike.study.metrics import accuracy, average_precision_at_k, exact_neighbours, ground_truth, precision_at_k, recall_at_k, recall_per_query
 
 GALLERY_LABELS = np.array(["a", "a", "b", "b", None], dtype=object)
 

@@ -8,7 +8,7 @@ import re
 from PIL import Image
 
 from lookalike.cli import main
-from lookalike.experiments.synthetic_gallery import write_generated_gallery
+from lookalike.gallery.generated import write_generated_gallery
 
 from .conftest import run_cli
 

@@ -12,8 +12,8 @@ from PIL import Image
 
 from lookalike.cli import main
 from lookalike.errors import GalleryError, LookalikeError
-from lookalike.experiments.scale import parse_sizes, tune_for_recall
-from lookalike.experiments.synthetic_gallery import (
+from lookalike.study.scale import parse_sizes, tune_for_recall
+from lookalike.gallery.generated import (
     SYNTHETIC_PATH_PREFIX,
     Segment,
     fit_cluster_model,

@@ -24,7 +24,7 @@ from PIL import Image
 from lookalike.errors import GalleryError
 from lookalike.gallery import open_gallery
 from lookalike.search import make_method, save_method
-from lookalike.server import ServerConfig, create_app
+from lookalike.serve import ServerConfig, create_app
 
 from .conftest import LOOKALIKE, run_cli
 
@@ -423,7 +423,7 @@ def test_cli_socket_is_tcp_so_responses_are_not_delayed():
 
 def test_a_generated_gallery_is_served_for_id_queries_only(tmp_path):
     """Embeddings generated without a model: searchable by id; uploads and images get clear 4xx answers."""
-    from lookalike.experiments.synthetic_gallery import write_generated_gallery
+    from lookalike.gallery.generated import write_generated_gallery
 
     gallery = write_generated_gallery(tmp_path / "generated", n=400, d=32, val=20, n_clusters=8)
     with ThreadedServer(create_app(gallery.path)) as running, httpx.Client(base_url=running.url, timeout=60) as c:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lookalike.experiments.tune import parse_bytes
+from lookalike.study.tune import parse_bytes
 from lookalike.gallery import open_gallery
-from lookalike.metrics import ground_truth, recall_at_k
+from lookalike.study.metrics import ground_truth, recall_at_k
 from lookalike.search import get_method, load_method, save_method
 
 from .conftest import run_cli
@@ -136,7 +136,7 @@ def test_parse_bytes():
 
 
 def test_candidate_rules_follow_size_and_budget():
-    from lookalike.experiments.tune import candidate_configs
+    from lookalike.study.tune import candidate_configs
 
     small, _ = candidate_configs(100, 512)
     assert [c.family for c in small] == ["flat", "ivf", "hnsw", "ivf-sq8"]  # too few vectors for 4√N lists or PQ codebooks
@@ -146,7 +146,7 @@ def test_candidate_rules_follow_size_and_budget():
 
 
 def test_nlists_too_large_for_the_gallery_are_skipped_and_said():
-    from lookalike.experiments.tradeoff import plan_builds
+    from lookalike.study.tradeoff import plan_builds
 
     builds, skipped = plan_builds(("ivf", "ivfpq-mmap"), ("OPQ16,IVF64,PQ16",), 100_000, 512)
     assert [b.label for b in builds][:3] == ["ivf nlist=316", "ivf nlist=1264", "ivf nlist=5056"] and builds[-1].family == "factory"

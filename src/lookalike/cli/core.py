@@ -88,7 +88,7 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from ..fetch import TINY_IMAGENET_URL, fetch_tiny_imagenet
+    from ..data.fetch import TINY_IMAGENET_URL, fetch_tiny_imagenet
 
     path = fetch_tiny_imagenet(Path(args.dest), url=args.url or TINY_IMAGENET_URL)
     print(f"tiny-ImageNet-200 is ready at {path}")
@@ -97,7 +97,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def extract_config(args: argparse.Namespace):
-    from ..extract import ExtractConfig
+    from ..embed.extract import ExtractConfig
 
     return ExtractConfig(
         data=args.data,
@@ -126,7 +126,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
         gallery = extract_ray(config, address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker, staging=args.staging)
     else:
-        from ..extract import extract
+        from ..embed.extract import extract
 
         gallery = extract(config)
     print_gallery_summary(gallery)
@@ -178,7 +178,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from .. import runtime
     from ..gallery import is_real, open_gallery
-    from ..query import QueryEmbedder
+    from ..embed.query import QueryEmbedder
     from ..search import get_method
 
     runtime.set_threads(args.threads)
@@ -208,7 +208,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .. import runtime
-    from ..experiments.bench import combined_table, run_bench, write_bench
+    from ..study.bench import combined_table, run_bench, write_bench
     from ..gallery import atomic_write_bytes, open_gallery
 
     threads = runtime.set_threads(args.threads)
@@ -231,7 +231,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..demo import DemoConfig, run_demo
+    from ..study.demo import DemoConfig, run_demo
 
     if args.weights not in ("auto", "pretrained", "random"):
         raise LookalikeError(f"--weights for the demo is auto, pretrained or random, not {args.weights!r}")
@@ -240,7 +240,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from ..models import MODELS, weights_hint
+    from ..embed.models import MODELS, weights_hint
 
     for name, spec in MODELS.items():
         print(f"{name:<10} {spec.dim:>5}-d  {spec.family}:{spec.arch} ({spec.pretrained})  input {spec.preprocess.image_size}")

@@ -67,7 +67,7 @@ def _run(command: str):
     def run(args: argparse.Namespace) -> int:
         import importlib
 
-        module = importlib.import_module(f"lookalike.experiments.{command}")
+        module = importlib.import_module(f"lookalike.study.{command}")
         return module.cli_main(args)
 
     return run

@@ -67,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from ..server import ServerConfig, create_app
+        from ..serve import ServerConfig, create_app
 
         config = ServerConfig(max_upload_bytes=int(args.max_upload_mb * 2**20), threads=args.threads, compute_slots=args.compute_slots)
         app = create_app(args.gallery, config)

@@ -1,6 +1,6 @@
 """`lookalike extract --engine ray`: the local engine's job, decoded and embedded on a Ray cluster.
 
-The job is the local engine's (`lookalike.extract.prepare`): same identity checks, same shard
+The job is the local engine's (`lookalike.embed.extract.prepare`): same identity checks, same shard
 plan, same state file, same shard format and the same `commit`, so a job started by one engine
 can be finished by the other. Only the filling of missing shards differs. It is one streaming
 Ray Data pipeline:
@@ -34,11 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import ImageRecord
+from ..data.datasets import ImageRecord
 from ..errors import GalleryError, LookalikeError
-from ..extract import ExtractConfig, ImageListDataset, Job, Shard, collate, commit, encode_shard, prepare, record_state
+from ..embed.extract import ExtractConfig, ImageListDataset, Job, Shard, collate, commit, encode_shard, prepare, record_state
 from ..gallery import MANIFEST, Gallery, atomic_write_bytes, open_gallery
-from ..transforms import Preprocess
+from ..embed.transforms import Preprocess
 from .cluster import TASK_RETRIES, WorkerPlan, connected, first_line, plan_workers, remote_result, user_error
 from .staging import ShardStore
 
@@ -186,8 +186,8 @@ def _probe(config: ExtractConfig, rows: list[dict], calibrate: bool, threads: in
     import torch
 
     from .. import runtime
-    from ..extract import calibrate_precision
-    from ..models import load_model
+    from ..embed.extract import calibrate_precision
+    from ..embed.models import load_model
 
     runtime.set_threads(threads)
     embedder = load_model(config.model, config.weights, config.image_size, runtime.pick_device(config.device), config.seed)
@@ -269,7 +269,7 @@ def split_transform(preprocess: Preprocess):
     than float32) and the model actor normalises. Both halves together are exactly the local transform."""
     from torchvision.transforms import v2 as T
 
-    from ..transforms import build_transform
+    from ..embed.transforms import build_transform
 
     steps = build_transform(preprocess).transforms
     cut = next(i for i, step in enumerate(steps) if isinstance(step, T.ToDtype))
@@ -304,7 +304,7 @@ class EmbedActor:
 
     def __init__(self, config: ExtractConfig, precision: str, threads: int, crash_once: str | None = None):
         from .. import runtime
-        from ..models import load_model
+        from ..embed.models import load_model
 
         runtime.set_threads(threads)
         self.embedder = load_model(config.model, config.weights, config.image_size, runtime.pick_device(config.device), config.seed)

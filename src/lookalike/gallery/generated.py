@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from .. import runtime
 from ..errors import GalleryError, LookalikeError
-from ..gallery import (
+from . import (
     EMBEDDINGS,
     MANIFEST,
     METADATA,
@@ -43,7 +43,7 @@ from ..gallery import (
     open_gallery,
 )
 
-GENERATOR = "lookalike.experiments.synthetic_gallery"
+GENERATOR = "lookalike.gallery.generated"
 SYNTHETIC_PATH_PREFIX = "synthetic:"  # metadata `path` of every row that is not a real image
 MAX_CLUSTERS = 1024  # 256 merged a 1000-cluster generated set into blobs whose samples sat too far from real rows
 ROWS_PER_CLUSTER = 80  # measured on generated data with known clusters: fewer rows per cluster over-splits and tightens them
@@ -436,7 +436,7 @@ def write_array_gallery(
     timings: dict | None = None,
     overwrite: bool = False,
 ) -> Gallery:
-    """Write a gallery folder (the layout `lookalike.extract.commit` writes) from arrays, manifest last.
+    """Write a gallery folder (the layout `lookalike.embed.extract.commit` writes) from arrays, manifest last.
 
     `segments` must cover every row exactly once; rows of synthetic segments get paths
     "synthetic:<source>/<row>" unless `paths` is given, and the manifest's `data` block records

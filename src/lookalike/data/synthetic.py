@@ -5,7 +5,7 @@ anything. `generate_collection` writes a collection in the tiny-ImageNet-200 lay
 classes are easy to tell apart (each has its own shape, colours, texture and orientation)
 while images within a class still vary (position, size, rotation, colour, brightness).
 A `SYNTHETIC.json` marker at the root keeps anyone from mistaking it for photographs:
-`lookalike.datasets.load_collection` reads it into `Collection.synthetic`.
+`lookalike.data.datasets.load_collection` reads it into `Collection.synthetic`.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lookalike.datasets import SYNTHETIC_MARKER
+from lookalike.data.datasets import SYNTHETIC_MARKER
 from lookalike.errors import DataError
 
 __all__ = ["GENERATOR", "VERSION", "ClassStyle", "class_style", "generate_collection", "make_bad_images"]
 
-GENERATOR = "lookalike.synthetic"
+GENERATOR = "lookalike.synthetic"  # the marker's format id, kept from before the package layout so old collections still open
 #: Bump when the same parameters would produce different pixels.
 VERSION = 1
 

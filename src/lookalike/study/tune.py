@@ -22,7 +22,7 @@ import numpy as np
 from .. import runtime
 from ..errors import LookalikeError
 from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, is_real, open_gallery
-from ..metrics import Accuracy, exact_neighbours, recall_per_query
+from .metrics import Accuracy, exact_neighbours, recall_per_query
 from ..search import SearchMethod, database_vectors, default_nlist, factory_for, make_method, save_method
 from .bench import NOT_REAL_TAG
 from .timing import Latency

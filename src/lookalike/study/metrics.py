@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .gallery import CACHE, Gallery, Partition, atomic_save_npy
+from ..gallery import CACHE, Gallery, Partition, atomic_save_npy
 
 
 def recall_per_query(found: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
@@ -97,7 +97,7 @@ def accuracy(found: np.ndarray, truth: np.ndarray, query_labels: np.ndarray, gal
 
 def exact_neighbours(gallery: Gallery, database_ids: np.ndarray, queries: np.ndarray, k: int, metric: str = "ip") -> np.ndarray:
     """Exact top-k gallery ids of `queries` (any vectors, e.g. embedded query images) among `database_ids`, cached beside the gallery."""
-    from .search import BruteForce, database_vectors
+    from ..search import BruteForce, database_vectors
 
     database_ids = np.asarray(database_ids, dtype=np.int64)
     queries = np.ascontiguousarray(queries, dtype=np.float32)

@@ -64,7 +64,7 @@ def weights_line(gallery: Gallery) -> str:
 def data_line(gallery: Gallery, scale: ScaleResult) -> str:
     data = gallery.manifest["data"]
     base = data.get("summary") or (
-        f"GENERATED images ({data.get('kind')}, lookalike.synthetic) — not real photos" if data.get("synthetic") else f"real images: {data.get('kind')} at {data.get('root')}"
+        f"GENERATED images ({data.get('kind')}, lookalike.data.synthetic) — not real photos" if data.get("synthetic") else f"real images: {data.get('kind')} at {data.get('root')}"
     )
     if scale.extension:
         synth = ", ".join(format_size(c.size) for c in scale.compositions if c.synthetic)

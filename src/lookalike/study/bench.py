@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import runtime
 from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, is_real
-from ..metrics import ground_truth, precision_at_k, recall_at_k
+from .metrics import ground_truth, precision_at_k, recall_at_k
 from ..search import get_method
 from .timing import Latency, measure_latency
 

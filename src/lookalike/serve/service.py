@@ -28,16 +28,16 @@ from PIL import Image
 from .. import runtime
 from ..errors import BadImageError, LookalikeError
 from ..gallery import Gallery, is_real, open_gallery
-from ..images import DEFAULT_MAX_PIXELS, load_rgb
-from ..models import MODELS
-from ..query import QueryEmbedder
+from ..data.images import DEFAULT_MAX_PIXELS, load_rgb
+from ..embed.models import MODELS
+from ..embed.query import QueryEmbedder
 from ..search import SearchMethod, get_method, load_method, saved_methods
 
 log = logging.getLogger(__name__)
 
 BUILT_METHODS = ("brute", "flat", "ivf")  # always offered; a saved index of the same name is loaded instead of built
 RANDOM_WEIGHTS_WARNING = "RANDOM weights: the model is untrained, so these rankings carry no learned meaning (fine for tests and timing only)."
-GENERATED_DATA_WARNING = "GENERATED data: the images were drawn by lookalike.synthetic, they are not real photos."
+GENERATED_DATA_WARNING = "GENERATED data: the images were drawn by lookalike.data.synthetic, they are not real photos."
 NO_MODEL_WARNING = "GENERATED embeddings: no model made them, so only gallery ids can be queried (no uploads)."
 ARRAY_PATH_PREFIXES = ("synthetic:", "array:")  # rows written from arrays (experiments.synthetic_gallery) have no image file
 

@@ -29,7 +29,7 @@ import numpy as np
 from .. import runtime
 from ..errors import BadImageError, DataError, LookalikeError
 from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, is_real, open_gallery
-from ..metrics import Accuracy, accuracy, exact_neighbours
+from .metrics import Accuracy, accuracy, exact_neighbours
 from ..search import SearchMethod, database_vectors, default_nlist, factory_for, make_method
 from .bench import NOT_REAL_TAG
 from .timing import Latency, measure_latency
@@ -74,8 +74,8 @@ def list_queries(gallery: Gallery, list_file: str, max_queries: int = 1000) -> Q
 
     The database is the whole gallery minus any image that is also a query, so no query finds itself.
     """
-    from ..datasets import load_collection
-    from ..query import QueryEmbedder
+    from ..data.datasets import load_collection
+    from ..embed.query import QueryEmbedder
 
     records = load_collection(list_file).records[:max_queries]
     embedder = QueryEmbedder(gallery)

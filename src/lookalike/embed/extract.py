@@ -26,10 +26,10 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import runtime
-from .datasets import Collection, ImageRecord, load_collection
-from .errors import BadImageError, GalleryError
-from .gallery import (
+from .. import runtime
+from ..data.datasets import Collection, ImageRecord, load_collection
+from ..errors import BadImageError, GalleryError
+from ..gallery import (
     EMBEDDINGS,
     MANIFEST,
     METADATA,
@@ -43,7 +43,7 @@ from .gallery import (
     clear_gallery,
     open_gallery,
 )
-from .images import load_rgb
+from ..data.images import load_rgb
 from .models import Embedder, load_model
 from .transforms import build_transform
 

@@ -2,7 +2,7 @@
 
 `load_collection` looks at what the user gave and finds the image paths and labels without
 opening any image, so listing 100k files takes a fraction of a second. Decoding, and
-reporting unreadable files, is the extractor's job (see `lookalike.images`).
+reporting unreadable files, is the extractor's job (see `lookalike.data.images`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from lookalike.errors import DataError
-from lookalike.images import is_image_path
+from lookalike.data.images import is_image_path
 
 __all__ = [
     "SPLITS",
@@ -32,7 +32,7 @@ SPLITS = ("train", "val", "test", "gallery")
 #: The forms `load_collection` recognises, as stored in `Collection.kind`.
 KINDS = ("tiny-imagenet", "class-folders", "list")
 
-#: File written at a collection's root by `lookalike.synthetic`.
+#: File written at a collection's root by `lookalike.data.synthetic`.
 SYNTHETIC_MARKER = "SYNTHETIC.json"
 
 _TINY_DIRNAME = "tiny-imagenet-200"
@@ -56,7 +56,7 @@ class Collection:
     root: str  # absolute path of what the user gave
     kind: str  # "tiny-imagenet" | "class-folders" | "list"
     records: tuple[ImageRecord, ...]  # sorted: split order train, val, test, gallery; then path
-    synthetic: dict | None  # content of SYNTHETIC.json when made by lookalike.synthetic, else None
+    synthetic: dict | None  # content of SYNTHETIC.json when made by lookalike.data.synthetic, else None
 
     def __len__(self) -> int:
         return len(self.records)

@@ -10,13 +10,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import runtime
-from .errors import WeightsUnavailableError
-from .experiments.bench import combined_table, run_bench, write_bench
-from .extract import ExtractConfig, extract
-from .gallery import atomic_write_bytes
-from .search import make_method, save_method
-from .synthetic import generate_collection
+from .. import runtime
+from ..errors import WeightsUnavailableError
+from .bench import combined_table, run_bench, write_bench
+from ..embed.extract import ExtractConfig, extract
+from ..gallery import atomic_write_bytes
+from ..search import make_method, save_method
+from ..data.synthetic import generate_collection
 
 CLASSES = 20
 VAL_SHARE = 0.1

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .errors import GalleryError
-from .gallery import Gallery
-from .images import load_rgb, load_rgb_bytes
+from ..errors import GalleryError
+from ..gallery import Gallery
+from ..data.images import load_rgb, load_rgb_bytes
 from .models import Embedder, load_model
 from .transforms import build_transform
 

@@ -30,10 +30,10 @@ import numpy as np
 from .. import runtime
 from ..errors import GalleryError, LookalikeError
 from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, is_real, open_gallery
-from ..metrics import accuracy, recall_at_k
+from .metrics import accuracy, recall_at_k
 from ..search import SearchMethod, make_method
 from .bench import NOT_REAL_TAG
-from .synthetic_gallery import ClusterModel, fit_cluster_model, neighbour_stats
+from ..gallery.generated import ClusterModel, fit_cluster_model, neighbour_stats
 from .timing import Latency, measure_latency
 
 DEFAULT_METHODS = ("brute", "flat", "ivf")

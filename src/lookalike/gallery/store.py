@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import GalleryError
+from ..errors import GalleryError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -212,7 +212,7 @@ def provenance_line(manifest: dict) -> str:
         if weights["kind"] == "none"
         else f"{weights['kind']} weights ({weights['source']})"
     )
-    d = "GENERATED data (lookalike.synthetic, not real photos)" if data.get("synthetic") else f"data: {data.get('kind')} at {data.get('root')}"
+    d = "GENERATED data (lookalike.data.synthetic, not real photos)" if data.get("synthetic") else f"data: {data.get('kind')} at {data.get('root')}"
     d = data.get("summary") or d  # galleries written from arrays describe their real and SYNTHETIC row ranges
     return f"{manifest['model']['model']} ({manifest['model']['dim']}-d) · {w} · {d} · {manifest['count']} images"
 

@@ -1,0 +1,32 @@
+"""The gallery: one folder per (collection, model) of embeddings, metadata and a manifest.
+
+`store` reads and writes that folder; `generated` writes galleries of generated vectors for
+the experiments at sizes no image collection here reaches.
+"""
+
+from .store import (
+    CACHE,
+    EMBEDDINGS,
+    INDEXES,
+    MANIFEST,
+    MAX_HELD_OUT_QUERIES,
+    METADATA,
+    METADATA_SCHEMA,
+    SCHEMA_VERSION,
+    Gallery,
+    Partition,
+    atomic_save_npy,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_parquet,
+    clear_gallery,
+    is_real,
+    open_gallery,
+    provenance_line,
+)
+
+__all__ = [
+    "CACHE", "EMBEDDINGS", "INDEXES", "MANIFEST", "MAX_HELD_OUT_QUERIES", "METADATA", "METADATA_SCHEMA", "SCHEMA_VERSION",
+    "Gallery", "Partition", "atomic_save_npy", "atomic_write_bytes", "atomic_write_json", "atomic_write_parquet",
+    "clear_gallery", "is_real", "open_gallery", "provenance_line",
+]
