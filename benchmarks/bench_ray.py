@@ -89,7 +89,7 @@ def run_engine(engine: str, data: Path, out: Path, args, splits: tuple[str, ...]
     else:
         gallery = extract(cfg, progress=False)
     wall = time.perf_counter() - t
-    return Run(engine, int(gallery.manifest["timings"]["images"]), wall, gallery.manifest["model"]["precision"]["precision"]), out
+    return Run(engine, int(gallery.manifest.timings["images"]), wall, gallery.manifest.model.precision_name), out
 
 
 def model_ms_per_image(image_size: int, bs: int, precision: str, threads: int) -> float:

@@ -53,12 +53,12 @@ def extraction_ms(model: str, work: Path, quick: bool, threads: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     config = ExtractConfig(data=str(data), out=str(out), model=model, weights="random", image_size=64 if quick else None, batch_size=32, threads=threads, workers=threads)
     gallery = extract(config, progress=False)
-    t = gallery.manifest["timings"]
+    t = gallery.manifest.timings
     return {
         "ms_per_image": t["ms_per_image"],
         "measured_on": f"measured by benchmarks/bench_scale.py with `lookalike.embed.extract`: {model} (RANDOM weights — speed does not depend on them) on "
-        f"{t['images']} generated 64×64 JPEGs at {gallery.manifest['model']['preprocess']['image_size']} px, batch {t['batch_size']}, {t['threads']} threads, "
-        f"{gallery.manifest['model']['precision']['precision']}",
+        f"{t['images']} generated 64×64 JPEGs at {gallery.manifest.model.image_size} px, batch {t['batch_size']}, {t['threads']} threads, "
+        f"{gallery.manifest.model.precision_name}",
     }
 
 
@@ -67,7 +67,7 @@ def generated_gallery(work: Path, name: str, d: int, rows: int, extraction: dict
     path = work / f"gallery-{name}-{rows}"
     if (path / MANIFEST).is_file():
         gallery = open_gallery(path)
-        made_by = gallery.manifest["data"].get("generator") or {}
+        made_by = gallery.manifest.data.generator or {}
         same = all(made_by.get(key) == value for key, value in {**asdict(GeneratorParams()), "seed": 0}.items())
         if gallery.count == rows + VAL and gallery.dim == d and same:
             _set_extraction(gallery, extraction)

@@ -102,8 +102,8 @@ def build_gallery(work: Path, sizes: dict) -> Gallery:
         label_names=[*meta["label_name"], *(names.get(label) for label in cluster_labels)],
         paths=[*meta["path"], *(f"synthetic:cluster-model/{i}" for i in range(n_real, sizes["rows"]))],
         segments=segments,
-        model=source.manifest["model"],
-        data={"kind": "arrays", "root": str(data), "synthetic": True, "source_data": source.manifest["data"]},
+        model=source.manifest.model,
+        data={"kind": "arrays", "root": str(data), "synthetic": True, "source_data": source.manifest.data.to_dict()},
         timings={"fit_and_sample_seconds": round(seconds, 2)},
         overwrite=True,
     )

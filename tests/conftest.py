@@ -35,3 +35,10 @@ def tiny_gallery(tiny_collection, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("galleries") / "resnet18"
     run_cli("extract", "--data", tiny_collection, "--out", out, "--model", "resnet18", "--weights", "random", "--image-size", "32", "--bs", "16")
     return out
+
+
+def manifest_json(gallery) -> dict:
+    """The manifest as written on disk, read independently of `lookalike.gallery.Manifest`."""
+    import json
+
+    return json.loads((Path(gallery.path) / "manifest.json").read_text())

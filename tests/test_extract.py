@@ -21,7 +21,7 @@ from lookalike.gallery import open_gallery
 from lookalike.embed.models import MODELS, load_model
 from lookalike.data.synthetic import generate_collection, make_bad_images
 
-from .conftest import LOOKALIKE, run_cli
+from .conftest import LOOKALIKE, run_cli, manifest_json
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -73,7 +73,7 @@ def test_bad_images_are_skipped_and_reported(tmp_path):
     wnid = (data / "wnids.txt").read_text().split()[0]
     bad = make_bad_images(data / "train" / wnid / "images")
     gallery = extract(_config(data, tmp_path / "g"), progress=False)
-    skipped = gallery.manifest["skipped"]
+    skipped = manifest_json(gallery)["skipped"]
     assert skipped["count"] == len(bad)
     assert {Path(f["path"]).name for f in skipped["files"]} == {p.name for p in bad}
     assert gallery.count == 16
@@ -82,7 +82,7 @@ def test_bad_images_are_skipped_and_reported(tmp_path):
 
 def test_gallery_files_and_manifest(tiny_gallery):
     gallery = open_gallery(tiny_gallery)
-    manifest = gallery.manifest
+    manifest = manifest_json(gallery)
     assert gallery.embeddings.shape == (120, 512)
     np.testing.assert_allclose(np.linalg.norm(gallery.embeddings, axis=1), 1.0, rtol=1e-5)
     meta = pq.read_table(tiny_gallery / "metadata.parquet").to_pydict()
@@ -114,7 +114,7 @@ def test_same_arguments_on_a_complete_gallery_do_nothing(tmp_path):
     data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=4, val_per_class=1)
     first = extract(_config(data, tmp_path / "g"), progress=False)
     again = extract(_config(data, tmp_path / "g"), progress=False)
-    assert again.manifest["created"] == first.manifest["created"]
+    assert again.manifest.created == first.manifest.created
 
 
 def test_killed_extraction_resumes_to_the_same_gallery(tmp_path):
@@ -141,7 +141,7 @@ def test_killed_extraction_resumes_to_the_same_gallery(tmp_path):
     np.testing.assert_array_equal(np.asarray(resumed.embeddings), np.asarray(whole.embeddings))
     assert pq.read_table(out / "metadata.parquet").equals(pq.read_table(tmp_path / "whole" / "metadata.parquet"))
     strip = lambda m: {k: v for k, v in m.items() if k not in ("created", "timings", "environment")}
-    assert strip(resumed.manifest) == strip(whole.manifest)
+    assert strip(manifest_json(resumed)) == strip(manifest_json(whole))
 
 
 def test_interrupted_run_with_other_arguments_is_refused(tmp_path):

@@ -22,7 +22,7 @@ def test_report_end_to_end_on_two_galleries(tiny_gallery, tmp_path):
 
     # what produced it: weights, data, synthetic extension, versions, threads
     assert "RANDOM weights (seed 0)" in text and "no model — the embeddings were generated" in text
-    assert "GENERATED images" in text and "SYNTHETIC embeddings" in text and "NOT A REAL RESULT" in text
+    assert "GENERATED data" in text and "SYNTHETIC embeddings" in text and "NOT A REAL RESULT" in text
     assert re.search(r"Versions: .*torch [\d.]+.*faiss-cpu [\d.]+", text)
     assert re.search(r"Threads: torch \d+, faiss_omp \d+", text)
 

@@ -25,7 +25,7 @@ from lookalike.gallery.generated import (
 from lookalike.gallery import is_real, open_gallery
 from lookalike.search import make_method
 
-from .conftest import run_cli
+from .conftest import run_cli, manifest_json
 
 
 def _strict_json(text: str):
@@ -122,8 +122,8 @@ def test_write_array_gallery_marks_synthetic_rows(tmp_path):
     assert again.count == 120 and again.dim == 16 and np.array_equal(np.asarray(again.embeddings), x)
     assert not is_real(again.manifest)
     assert "40 SYNTHETIC rows" in gallery.provenance() and "NO MODEL" in gallery.provenance()
-    assert [s["synthetic"] for s in again.manifest["data"]["segments"]] == [False, True]
-    assert again.manifest["data"]["synthetic_rows"] == 40
+    assert [s["synthetic"] for s in manifest_json(again)["data"]["segments"]] == [False, True]
+    assert manifest_json(again)["data"]["synthetic_rows"] == 40
     assert all(p.startswith(SYNTHETIC_PATH_PREFIX) for p in again.paths[80:]) and not any(p.startswith(SYNTHETIC_PATH_PREFIX) for p in again.paths[:80])
     part = again.partition()
     assert len(part.query_ids) == 20 and len(part.database_ids) == 100
@@ -219,7 +219,7 @@ def test_scale_extra_embeddings_from_a_gallery_folder_of_the_same_model(tiny_gal
     gallery = open_gallery(tiny_gallery)
     extra, labels = make_clustered_embeddings(20, gallery.dim, n_clusters=2, rank=4, seed=2)
     segments = [Segment("generated", 0, 20, True, "stand-in for a larger extraction")]
-    same = write_array_gallery(tmp_path / "same", extra, labels, segments=segments, model=gallery.manifest["model"])
+    same = write_array_gallery(tmp_path / "same", extra, labels, segments=segments, model=gallery.manifest.model)
     other = write_array_gallery(tmp_path / "other", extra, labels, segments=segments, model=generated_model_block(gallery.dim, 0))
     out = tmp_path / "scale"
     assert _lookalike("scale", "--gallery", tiny_gallery, "--sizes", "120", "--methods", "flat", "--extra-embeddings", same.path, "--queries", "20", "--out", out) == 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from .conftest import manifest_json
+
 from lookalike.errors import IndexMismatchError, LookalikeError
 from lookalike.gallery import open_gallery
 from lookalike.search import BruteForce, FaissIndex, get_method, load_method, make_method, save_method
@@ -117,7 +119,7 @@ def test_saved_index_of_another_gallery_is_refused(tiny_gallery, tmp_path):
     gallery = open_gallery(copy)
     save_method(gallery, get_method(gallery, "flat")[0])
     assert isinstance(load_method(gallery, "flat"), FaissIndex)
-    manifest = gallery.manifest | {"fingerprint": "another"}
+    manifest = manifest_json(gallery) | {"fingerprint": "another"}
     (copy / "manifest.json").write_text(__import__("json").dumps(manifest))
     with pytest.raises(IndexMismatchError, match="rebuild it with `lookalike index"):
         load_method(open_gallery(copy), "flat")

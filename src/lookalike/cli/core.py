@@ -135,18 +135,18 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def print_gallery_summary(gallery) -> None:
     m = gallery.manifest
-    t = m["timings"]
+    t = m.timings
+    precision = m.model.precision
     print(f"gallery: {gallery.path}")
     print(f"  {gallery.provenance()}")
-    print(f"  precision: {m['model']['precision']['precision']}" + (f" (bf16 vs fp32 cosine min {m['model']['precision']['bf16_vs_fp32_cosine_min']:.5f})" if "bf16_vs_fp32_cosine_min" in m["model"]["precision"] else ""))
+    print(f"  precision: {m.model.precision_name}" + (f" (bf16 vs fp32 cosine min {precision['bf16_vs_fp32_cosine_min']:.5f})" if "bf16_vs_fp32_cosine_min" in precision else ""))
     print(f"  extraction: {t['ms_per_image']:.2f} ms/image ({t['images_per_second']} images/s)")
-    skipped = m["skipped"]
-    if skipped["count"]:
-        print(f"  skipped {skipped['count']} unreadable file(s):")
-        for f in skipped["files"][:20]:
+    if m.skipped:
+        print(f"  skipped {len(m.skipped)} unreadable file(s):")
+        for f in m.skipped[:20]:
             print(f"    {f['reason']}")
-        if skipped["count"] > 20:
-            print(f"    … and {skipped['count'] - 20} more (see manifest.json)")
+        if len(m.skipped) > 20:
+            print(f"    … and {len(m.skipped) - 20} more (see manifest.json)")
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -177,7 +177,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from .. import runtime
-    from ..gallery import is_real, open_gallery
+    from ..gallery import open_gallery
     from ..embed.query import QueryEmbedder
     from ..search import get_method
 
@@ -192,7 +192,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     scores, ids = method.search(vector, args.k, params)
     search_ms = 1000 * (time.perf_counter() - t)
-    tag = "" if is_real(gallery.manifest) else "  ⚠ random weights/generated data"
+    tag = "" if gallery.is_real else "  ⚠ random weights/generated data"
     print(gallery.provenance())
     print(f"query: {args.image}   method: {method.name} {method.params()}   metric: {args.metric}")
     print(f"{'rank':>4}  {'score':>8}  {'label':<24}  path")

@@ -10,40 +10,37 @@ last. The Ray engine (`lookalike.distributed`) reuses `prepare`, the decoding, t
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .. import runtime
 from ..data.datasets import Collection, ImageRecord, load_collection
 from ..errors import BadImageError, GalleryError
+from ..data.images import load_rgb
 from ..gallery import (
-    EMBEDDINGS,
     MANIFEST,
-    METADATA,
-    METADATA_SCHEMA,
-    SCHEMA_VERSION,
+    DataInfo,
     Gallery,
-    atomic_save_npy,
+    ModelInfo,
+    Rows,
     atomic_write_bytes,
     atomic_write_json,
-    atomic_write_parquet,
     clear_gallery,
     open_gallery,
+    records_digest,
+    write_gallery,
 )
-from ..data.images import load_rgb
 from .models import Embedder, load_model
 from .transforms import build_transform
 
@@ -168,11 +165,9 @@ def make_loader(dataset: Dataset, batches: list[list[int]], workers: int, pin_me
 # --- the job ---
 
 
-def records_digest(records: tuple[ImageRecord, ...]) -> str:
-    h = hashlib.sha256()
-    for r in records:
-        h.update(f"{r.path}\t{r.label}\t{r.split}\n".encode())
-    return h.hexdigest()
+def collection_digest(records: tuple[ImageRecord, ...]) -> str:
+    """The image list's identity (gallery.records_digest over every record, bad files included)."""
+    return records_digest([r.path for r in records], [r.label for r in records], [r.split for r in records])
 
 
 def prepare(config: ExtractConfig) -> Job:
@@ -180,7 +175,7 @@ def prepare(config: ExtractConfig) -> Job:
     collection = load_collection(config.data, config.splits)
     out = Path(config.out)
     identity = config.identity()
-    digest = records_digest(collection.records)
+    digest = collection_digest(collection.records)
     manifest_path, state_path = out / MANIFEST, out / PARTIAL / STATE
     for existing, what in ((manifest_path, "gallery"), (state_path, "unfinished extraction")):
         if not existing.is_file():
@@ -316,29 +311,15 @@ def commit(job: Job, embedder: Embedder | None = None, extra_timings: dict | Non
     if len(indices) == 0:
         raise GalleryError(f"no image under {job.config.data} could be decoded ({len(bad)} bad files); nothing to store")
     records = [job.collection.records[i] for i in indices.tolist()]
-    table = pa.Table.from_pydict(
-        {
-            "id": np.arange(len(records), dtype=np.int64),
-            "path": [r.path for r in records],
-            "label": [r.label for r in records],
-            "label_name": [r.label_name for r in records],
-            "split": [r.split for r in records],
-        },
-        schema=METADATA_SCHEMA,
-    )
-    atomic_save_npy(job.out / EMBEDDINGS, embeddings)
-    atomic_write_parquet(job.out / METADATA, table)
-    fingerprint = hashlib.sha256(embeddings.tobytes()).hexdigest()[:16] + "-" + records_digest(tuple(records))[:16]
     n_total = len(job.collection.records)
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {**job.state["model"], "precision": job.state.get("precision", {"precision": "fp32"})},
-        "data": job.collection.provenance(),
-        "count": int(len(records)),
-        "fingerprint": fingerprint,
-        "skipped": {"count": len(bad), "files": [{"path": job.collection.records[i].path, "reason": r} for i, r in bad]},
-        "timings": {
+    gallery = write_gallery(
+        job.out,
+        embeddings,
+        Rows([r.path for r in records], [r.label for r in records], [r.label_name for r in records], [r.split for r in records]),
+        model=ModelInfo.from_dict({**job.state["model"], "precision": job.state.get("precision", {"precision": "fp32"})}),
+        data=DataInfo.from_dict(job.collection.provenance()),
+        skipped=[{"path": job.collection.records[i].path, "reason": r} for i, r in bad],
+        timings={
             "extract_seconds": round(seconds, 3),
             "images": n_total,
             "ms_per_image": round(1000 * seconds / max(1, n_total), 3),
@@ -346,16 +327,11 @@ def commit(job: Job, embedder: Embedder | None = None, extra_timings: dict | Non
             "note": "wall time of decode + preprocess + embed, summed over shards (resumed runs included)",
             **(extra_timings or {}),
         },
-        "extract": {
-            "identity": job.state["identity"],
-            "records_digest": job.state["records_digest"],
-            "shards": len(job.shards),
-        },
-        "environment": runtime.environment(),
-    }
-    atomic_write_json(job.out / MANIFEST, manifest)
+        extract={"identity": job.state["identity"], "records_digest": job.state["records_digest"], "shards": len(job.shards)},
+        environment=runtime.environment(),
+    )
     shutil.rmtree(job.partial, ignore_errors=True)
-    return open_gallery(job.out)
+    return gallery
 
 
 def extract(config: ExtractConfig, progress: bool = True) -> Gallery:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LookalikeError, WeightsUnavailableError
+from ..gallery.manifest import Weights
 from .transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 log = logging.getLogger(__name__)
@@ -65,28 +66,7 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-@dataclass(frozen=True)
-class WeightsInfo:
-    """Where a model's weights came from; recorded in every output so random weights never pass as real."""
-
-    kind: str  # "pretrained" | "random" | "file"
-    source: str
-    sha256: str | None = None
-    seed: int | None = None
-
-    @property
-    def is_trained(self) -> bool:
-        return self.kind != "random"
-
-    def label(self) -> str:
-        if self.kind == "random":
-            return f"RANDOM weights (seed {self.seed}; untrained, results are not meaningful)"
-        if self.kind == "file":
-            return f"weights from file {self.source} (sha256 {self.sha256[:12] if self.sha256 else '?'})"
-        return f"pretrained weights ({self.source})"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+WeightsInfo = Weights  # where a model's weights came from: the gallery manifest's own type
 
 
 def get_spec(name: str) -> ModelSpec:

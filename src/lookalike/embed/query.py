@@ -27,13 +27,13 @@ class QueryTimings:
 
 def embedder_for(gallery: Gallery, device: str = "cpu") -> Embedder:
     """Rebuild the model that made `gallery` (random weights are re-created from their seed)."""
-    model = gallery.manifest["model"]
-    weights = model["weights"]
-    source = {"pretrained": "pretrained", "random": "random"}.get(weights["kind"], weights["source"])
-    embedder = load_model(model["model"], source, model["preprocess"]["image_size"], device, weights.get("seed") or 0)
+    model = gallery.manifest.model
+    weights = model.weights
+    source = {"pretrained": "pretrained", "random": "random"}.get(weights.kind, weights.source)
+    embedder = load_model(model.name, source, model.image_size, device, weights.seed or 0)
     if embedder.dim != gallery.dim:
-        raise GalleryError(f"model {model['model']} gives {embedder.dim}-d embeddings but {gallery.path} holds {gallery.dim}-d ones; re-extract the gallery")
-    embedder.precision = model.get("precision", {}).get("precision", "fp32")
+        raise GalleryError(f"model {model.name} gives {embedder.dim}-d embeddings but {gallery.path} holds {gallery.dim}-d ones; re-extract the gallery")
+    embedder.precision = model.precision_name
     return embedder
 
 

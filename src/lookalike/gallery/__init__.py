@@ -4,6 +4,7 @@
 the experiments at sizes no image collection here reaches.
 """
 
+from .manifest import SCHEMA_VERSION, DataInfo, Manifest, ModelInfo, Weights
 from .store import (
     CACHE,
     EMBEDDINGS,
@@ -12,21 +13,25 @@ from .store import (
     MAX_HELD_OUT_QUERIES,
     METADATA,
     METADATA_SCHEMA,
-    SCHEMA_VERSION,
     Gallery,
     Partition,
+    Rows,
     atomic_save_npy,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_parquet,
     clear_gallery,
     is_real,
+    embeddings_digest,
     open_gallery,
     provenance_line,
+    records_digest,
+    write_gallery,
 )
 
 __all__ = [
     "CACHE", "EMBEDDINGS", "INDEXES", "MANIFEST", "MAX_HELD_OUT_QUERIES", "METADATA", "METADATA_SCHEMA", "SCHEMA_VERSION",
     "Gallery", "Partition", "atomic_save_npy", "atomic_write_bytes", "atomic_write_json", "atomic_write_parquet",
-    "clear_gallery", "is_real", "open_gallery", "provenance_line",
+    "clear_gallery", "is_real", "open_gallery", "provenance_line", "DataInfo", "Manifest", "ModelInfo", "Weights", "Rows",
+    "embeddings_digest", "records_digest", "write_gallery",
 ]

@@ -16,32 +16,18 @@ normal gallery folder whose manifest says, row range by row range, what is real 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import pyarrow as pa
 
 from .. import runtime
 from ..errors import GalleryError, LookalikeError
-from . import (
-    EMBEDDINGS,
-    MANIFEST,
-    METADATA,
-    METADATA_SCHEMA,
-    SCHEMA_VERSION,
-    Gallery,
-    atomic_save_npy,
-    atomic_write_json,
-    atomic_write_parquet,
-    clear_gallery,
-    open_gallery,
-)
+from .manifest import DataInfo, ModelInfo, Weights
+from .store import MANIFEST, Gallery, Rows, clear_gallery, records_digest, write_gallery
 
 GENERATOR = "lookalike.gallery.generated"
 SYNTHETIC_PATH_PREFIX = "synthetic:"  # metadata `path` of every row that is not a real image
@@ -408,18 +394,14 @@ class Segment:
         return self.stop - self.start
 
 
-def generated_model_block(dim: int, seed: int) -> dict:
-    """The manifest `model` block of a gallery whose embeddings no model produced."""
-    return {
-        "model": "generated",
-        "arch": None,
-        "family": GENERATOR,
-        "dim": int(dim),
-        "weights": {"kind": "none", "source": "no model: embeddings generated, not extracted from images", "sha256": None, "seed": seed},
-        "preprocess": None,
-        "device": None,
-        "precision": {"precision": "fp32"},
-    }
+def generated_model_block(dim: int, seed: int) -> ModelInfo:
+    """The manifest's model of a gallery whose embeddings no model produced."""
+    return ModelInfo(
+        name="generated",
+        dim=int(dim),
+        weights=Weights("none", "no model: embeddings generated, not extracted from images", seed=seed),
+        family=GENERATOR,
+    )
 
 
 def write_array_gallery(
@@ -429,7 +411,7 @@ def write_array_gallery(
     splits: Sequence[str] | None = None,
     *,
     segments: Sequence[Segment],
-    model: dict,
+    model: ModelInfo,
     data: dict | None = None,
     paths: Sequence[str] | None = None,
     label_names: Sequence[str | None] | None = None,
@@ -441,7 +423,7 @@ def write_array_gallery(
     `segments` must cover every row exactly once; rows of synthetic segments get paths
     "synthetic:<source>/<row>" unless `paths` is given, and the manifest's `data` block records
     every segment, so `is_real` is False and `provenance()` names the synthetic share.
-    `model` is the manifest `model` block: the source gallery's, or `generated_model_block`.
+    `model` is the source gallery's `manifest.model`, or `generated_model_block`.
     """
     path = Path(path)
     embeddings = np.asarray(embeddings)
@@ -449,8 +431,8 @@ def write_array_gallery(
         raise LookalikeError(f"write_array_gallery wants an (N, d) float32 array, got {embeddings.shape} {embeddings.dtype}")
     n, d = embeddings.shape
     _check_segments(segments, n)
-    if int(model.get("dim", d)) != d:
-        raise LookalikeError(f"the model block says {model.get('dim')}-d but the embeddings are {d}-d")
+    if model.dim != d:
+        raise LookalikeError(f"the model block says {model.dim}-d but the embeddings are {d}-d")
     labels = [None] * n if labels is None else [None if v is None else str(v) for v in labels]
     splits = ["train"] * n if splits is None else [str(s) for s in splits]
     label_names = [None] * n if label_names is None else list(label_names)
@@ -461,14 +443,7 @@ def write_array_gallery(
     if (path / MANIFEST).is_file() and not overwrite:
         raise GalleryError(f"{path} already holds a gallery; use another folder or pass overwrite=True")
     clear_gallery(path) if path.exists() else path.mkdir(parents=True)
-    table = pa.Table.from_pydict(
-        {"id": np.arange(n, dtype=np.int64), "path": list(paths), "label": labels, "label_name": label_names, "split": splits},
-        schema=METADATA_SCHEMA,
-    )
-    atomic_save_npy(path / EMBEDDINGS, embeddings)
-    atomic_write_parquet(path / METADATA, table)
     synthetic_rows = sum(s.count for s in segments if s.synthetic)
-    digest = hashlib.sha256("\n".join(f"{p}\t{l}\t{s}" for p, l, s in zip(paths, labels, splits)).encode()).hexdigest()
     data_block = {
         "kind": "arrays",
         "root": None,
@@ -480,20 +455,16 @@ def write_array_gallery(
         "splits": dict(Counter(splits)),
         "summary": (data or {}).get("summary") or composition_summary(segments),
     }
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": model,
-        "data": data_block,
-        "count": n,
-        "fingerprint": _array_digest(embeddings)[:16] + "-" + digest[:16],
-        "skipped": {"count": 0, "files": []},
-        "timings": {"ms_per_image": None, "note": "no images were decoded: the embeddings were written from arrays", **(timings or {})},
-        "extract": {"identity": None, "records_digest": digest, "written_by": f"{GENERATOR}.write_array_gallery"},
-        "environment": runtime.environment(),
-    }
-    atomic_write_json(path / MANIFEST, manifest)
-    return open_gallery(path)
+    return write_gallery(
+        path,
+        embeddings,
+        Rows(list(paths), labels, label_names, splits),
+        model=model,
+        data=DataInfo.from_dict(data_block),
+        timings={"ms_per_image": None, "note": "no images were decoded: the embeddings were written from arrays", **(timings or {})},
+        extract={"identity": None, "records_digest": records_digest(list(paths), labels, splits), "written_by": f"{GENERATOR}.write_array_gallery"},
+        environment=runtime.environment(),
+    )
 
 
 def composition_summary(segments: Sequence[Segment]) -> str:
@@ -510,13 +481,6 @@ def _check_segments(segments: Sequence[Segment], n: int) -> None:
         position = s.stop
     if position != n:
         raise LookalikeError(f"segments cover {position} rows but there are {n} embeddings")
-
-
-def _array_digest(x: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for start in range(0, len(x), SAMPLE_BLOCK_ROWS):
-        h.update(np.ascontiguousarray(x[start : start + SAMPLE_BLOCK_ROWS]).tobytes())
-    return h.hexdigest()
 
 
 def write_generated_gallery(path: str | Path, n: int, d: int, val: int = 1000, seed: int = 0, overwrite: bool = False, **params: Any) -> Gallery:

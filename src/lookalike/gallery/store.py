@@ -12,22 +12,24 @@ Layout (see README "What each output file holds"):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import GalleryError
+from .manifest import DataInfo, Manifest, ModelInfo
 
-SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
 METADATA = "metadata.parquet"
@@ -99,7 +101,7 @@ class Partition:
 @dataclass(frozen=True)
 class Gallery:
     path: Path
-    manifest: dict
+    manifest: Manifest
 
     @cached_property
     def embeddings(self) -> np.ndarray:
@@ -124,26 +126,30 @@ class Gallery:
 
     @property
     def model(self) -> str:
-        return self.manifest["model"]["model"]
+        return self.manifest.model.name
 
     @property
     def dim(self) -> int:
-        return int(self.manifest["model"]["dim"])
+        return self.manifest.model.dim
 
     @property
     def count(self) -> int:
-        return int(self.manifest["count"])
+        return self.manifest.count
 
     @property
     def fingerprint(self) -> str:
         """Identifies this gallery's content; saved indexes record it and refuse another gallery's."""
-        return self.manifest["fingerprint"]
+        return self.manifest.fingerprint
+
+    @property
+    def is_real(self) -> bool:
+        return self.manifest.is_real
 
     def row(self, gallery_id: int) -> dict:
         return {k: v[0] for k, v in self.metadata.slice(int(gallery_id), 1).to_pydict().items()}
 
     def provenance(self) -> str:
-        return provenance_line(self.manifest)
+        return self.manifest.describe()
 
     def partition(self, max_queries: int = MAX_HELD_OUT_QUERIES, seed: int = 0) -> Partition:
         """Held-out queries: the val split when there is one, else a seeded sample removed from the database.
@@ -176,15 +182,7 @@ def open_gallery(path: str | os.PathLike) -> Gallery:
     if not manifest_path.is_file():
         hint = " (an extraction was started here: rerun the same `lookalike extract` to finish it)" if (path / ".partial").exists() else ""
         raise GalleryError(f"{path} is not a complete gallery: {MANIFEST} is missing{hint}")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise GalleryError(f"cannot read {manifest_path} ({exc}); re-extract with `lookalike extract --overwrite`") from exc
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise GalleryError(
-            f"gallery at {path} has schema version {manifest.get('schema_version')}, this lookalike reads {SCHEMA_VERSION}; re-extract it"
-        )
-    gallery = Gallery(path, manifest)
+    gallery = Gallery(path, Manifest.read(manifest_path))
     for name in (EMBEDDINGS, METADATA):
         if not (path / name).is_file():
             raise GalleryError(f"gallery at {path} is missing {name}; re-extract with `lookalike extract --overwrite`")
@@ -201,24 +199,93 @@ def open_gallery(path: str | os.PathLike) -> Gallery:
     return gallery
 
 
-def provenance_line(manifest: dict) -> str:
+def provenance_line(manifest: Manifest) -> str:
     """One line naming model, weights and data, printed beside every result so random/synthetic never pass as real."""
-    weights = manifest["model"]["weights"]
-    data = manifest["data"]
-    w = (
-        f"RANDOM weights (seed {weights.get('seed')}, not a trained model)"
-        if weights["kind"] == "random"
-        else f"NO MODEL ({weights['source']})"
-        if weights["kind"] == "none"
-        else f"{weights['kind']} weights ({weights['source']})"
+    return manifest.describe()
+
+
+def is_real(manifest: Manifest) -> bool:
+    return manifest.is_real
+
+
+# --- writing: the one writer every gallery goes through (extraction, the Ray engine, generated arrays) ---
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The metadata of each embedding row, in row order."""
+
+    paths: Sequence[str]
+    labels: Sequence[str | None]
+    label_names: Sequence[str | None]
+    splits: Sequence[str]
+
+    def __post_init__(self) -> None:
+        if not len(self.paths) == len(self.labels) == len(self.label_names) == len(self.splits):
+            raise GalleryError(f"{len(self.paths)} paths but {len(self.labels)} labels, {len(self.label_names)} label names and {len(self.splits)} splits")
+
+    def table(self) -> pa.Table:
+        n = len(self.paths)
+        return pa.Table.from_pydict(
+            {"id": np.arange(n, dtype=np.int64), "path": list(self.paths), "label": list(self.labels), "label_name": list(self.label_names), "split": list(self.splits)},
+            schema=METADATA_SCHEMA,
+        )
+
+
+def records_digest(paths: Sequence[str], labels: Sequence[str | None], splits: Sequence[str]) -> str:
+    """sha256 over (path, label, split) lines: identifies an image list and its labelling."""
+    h = hashlib.sha256()
+    for path, label, split in zip(paths, labels, splits):
+        h.update(f"{path}\t{label}\t{split}\n".encode())
+    return h.hexdigest()
+
+
+def embeddings_digest(embeddings: np.ndarray, block_rows: int = 65_536) -> str:
+    """sha256 of the float32 rows, read in blocks so a memory-mapped 1M-row array is never copied whole."""
+    h = hashlib.sha256()
+    for start in range(0, len(embeddings), block_rows):
+        h.update(np.ascontiguousarray(embeddings[start : start + block_rows], dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def write_gallery(
+    path: str | os.PathLike,
+    embeddings: np.ndarray,
+    rows: Rows,
+    *,
+    model: ModelInfo,
+    data: DataInfo,
+    skipped: Sequence[dict[str, str]] = (),
+    timings: dict[str, Any] | None = None,
+    extract: dict[str, Any] | None = None,
+    environment: dict[str, Any] | None = None,
+) -> Gallery:
+    """Write embeddings, metadata and — last — the manifest, each atomically; return the opened gallery."""
+    path = Path(path)
+    embeddings = np.asarray(embeddings)
+    if embeddings.ndim != 2 or embeddings.dtype != np.float32:
+        raise GalleryError(f"a gallery holds an (N, d) float32 array, got {embeddings.shape} {embeddings.dtype}")
+    n, d = embeddings.shape
+    if len(rows.paths) != n:
+        raise GalleryError(f"{n} embeddings but metadata for {len(rows.paths)} rows")
+    if model.dim != d:
+        raise GalleryError(f"the model {model.name} gives {model.dim}-d embeddings but the array is {d}-d")
+    atomic_save_npy(path / EMBEDDINGS, embeddings)
+    atomic_write_parquet(path / METADATA, rows.table())
+    fingerprint = embeddings_digest(embeddings)[:16] + "-" + records_digest(rows.paths, rows.labels, rows.splits)[:16]
+    manifest = Manifest(
+        model=model,
+        data=data,
+        count=n,
+        fingerprint=fingerprint,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        skipped=tuple(skipped),
+        timings=dict(timings or {}),
+        extract=dict(extract or {}),
+        environment=dict(environment or {}),
     )
-    d = "GENERATED data (lookalike.data.synthetic, not real photos)" if data.get("synthetic") else f"data: {data.get('kind')} at {data.get('root')}"
-    d = data.get("summary") or d  # galleries written from arrays describe their real and SYNTHETIC row ranges
-    return f"{manifest['model']['model']} ({manifest['model']['dim']}-d) · {w} · {d} · {manifest['count']} images"
-
-
-def is_real(manifest: dict) -> bool:
-    return manifest["model"]["weights"]["kind"] not in ("random", "none") and not manifest["data"].get("synthetic")
+    atomic_write_json(path / MANIFEST, manifest.to_dict())
+    return open_gallery(path)
 
 
 def clear_gallery(path: Path) -> None:

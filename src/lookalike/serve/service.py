@@ -27,7 +27,7 @@ from PIL import Image
 
 from .. import runtime
 from ..errors import BadImageError, LookalikeError
-from ..gallery import Gallery, is_real, open_gallery
+from ..gallery import Gallery, open_gallery
 from ..data.images import DEFAULT_MAX_PIXELS, load_rgb
 from ..embed.models import MODELS
 from ..embed.query import QueryEmbedder
@@ -36,9 +36,6 @@ from ..search import SearchMethod, get_method, load_method, saved_methods
 log = logging.getLogger(__name__)
 
 BUILT_METHODS = ("brute", "flat", "ivf")  # always offered; a saved index of the same name is loaded instead of built
-RANDOM_WEIGHTS_WARNING = "RANDOM weights: the model is untrained, so these rankings carry no learned meaning (fine for tests and timing only)."
-GENERATED_DATA_WARNING = "GENERATED data: the images were drawn by lookalike.data.synthetic, they are not real photos."
-NO_MODEL_WARNING = "GENERATED embeddings: no model made them, so only gallery ids can be queried (no uploads)."
 ARRAY_PATH_PREFIXES = ("synthetic:", "array:")  # rows written from arrays (experiments.synthetic_gallery) have no image file
 
 
@@ -294,45 +291,36 @@ class SearchService:
     # -- description --
     @property
     def real(self) -> bool:
-        return is_real(self.gallery.manifest)
+        return self.gallery.is_real
 
     def warnings(self) -> list[str]:
-        manifest = self.gallery.manifest
-        out = []
-        if manifest["model"]["weights"]["kind"] == "random":
-            out.append(RANDOM_WEIGHTS_WARNING)
-        if manifest["data"].get("synthetic"):
-            summary = manifest["data"].get("summary")
-            out.append(f"GENERATED data: {summary}." if summary else GENERATED_DATA_WARNING)
-        if self.embedder is None:
-            out.append(NO_MODEL_WARNING)
-        return out
+        return self.gallery.manifest.warnings()
 
     def info(self) -> dict[str, Any]:
         """The manifest summary behind GET /api/gallery and the page's provenance panel."""
         m = self.gallery.manifest
-        model, data = m["model"], m["data"]
+        model, data = m.model, m.data
         return {
             "path": str(self.gallery.path),
-            "model": model["model"],
-            "arch": model.get("arch"),
+            "model": model.name,
+            "arch": model.arch,
             "dim": self.gallery.dim,
             "count": self.gallery.count,
-            "image_size": (model.get("preprocess") or {}).get("image_size"),
-            "precision": model.get("precision", {}).get("precision"),
-            "weights": model["weights"],
+            "image_size": model.image_size,
+            "precision": model.precision_name,
+            "weights": model.weights.to_dict(),
             "data": {
-                "kind": data.get("kind"),
-                "root": data.get("root"),
-                "synthetic": bool(data.get("synthetic")),
-                "splits": data.get("splits"),
-                "note": (data.get("generator") or {}).get("note") or data.get("note"),
+                "kind": data.kind,
+                "root": data.root,
+                "synthetic": data.synthetic,
+                "splits": data.splits,
+                "note": (data.generator or {}).get("note") or data.extra.get("note"),
             },
             "real": self.real,
             "provenance": self.gallery.provenance(),
             "warnings": self.warnings(),
             "fingerprint": self.gallery.fingerprint,
-            "created": m.get("created"),
+            "created": m.created,
             "database": self.database_how,
             "has_labels": any(label for label in self._labels),
             "uploads": self.embedder is not None,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import runtime
-from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, is_real
+from ..gallery import Gallery, atomic_write_bytes, atomic_write_json
 from .metrics import ground_truth, precision_at_k, recall_at_k
 from ..search import get_method
 from .timing import Latency, measure_latency
@@ -121,10 +121,10 @@ def run_bench(
     return BenchResult(
         gallery=str(gallery.path),
         provenance=gallery.provenance(),
-        real=is_real(gallery.manifest),
+        real=gallery.is_real,
         model=gallery.model,
         dim=gallery.dim,
-        extract_ms_per_image=gallery.manifest.get("timings", {}).get("ms_per_image"),
+        extract_ms_per_image=gallery.manifest.timings.get("ms_per_image"),
         k=k,
         metric=metric,
         queries=partition.how,

@@ -55,7 +55,7 @@ def run_demo(config: DemoConfig) -> str:
             banner(f"{model}: pretrained weights unavailable — falling back to RANDOM weights; results below are NOT real")
             print(f"(why: {exc})", flush=True)
             gallery = extract(ExtractConfig(**{**cfg.__dict__, "weights": "random"}))
-        if gallery.manifest["model"]["weights"]["kind"] == "random":
+        if gallery.manifest.weights.kind == "random":
             banner(f"{model}: RANDOM weights — timings are real, retrieval quality is not")
         partition = gallery.partition()
         ivf = make_method("ivf", len(partition.database_ids), gallery.dim)

@@ -52,20 +52,11 @@ class GalleryReport:
 
 
 def weights_line(gallery: Gallery) -> str:
-    weights = gallery.manifest["model"]["weights"]
-    kind = weights["kind"]
-    if kind == "random":
-        return f"RANDOM weights (seed {weights.get('seed')}) — not a trained model"
-    if kind == "none":
-        return "no model — the embeddings were generated, not extracted from images"
-    return f"{kind} weights ({weights.get('source')})"
+    return gallery.manifest.weights.label()
 
 
 def data_line(gallery: Gallery, scale: ScaleResult) -> str:
-    data = gallery.manifest["data"]
-    base = data.get("summary") or (
-        f"GENERATED images ({data.get('kind')}, lookalike.data.synthetic) — not real photos" if data.get("synthetic") else f"real images: {data.get('kind')} at {data.get('root')}"
-    )
+    base = gallery.manifest.data.describe()
     if scale.extension:
         synth = ", ".join(format_size(c.size) for c in scale.compositions if c.synthetic)
         base += f"; the scale sizes {synth} add SYNTHETIC embeddings ({scale.extension['rows']} rows from a k-means + per-cluster PPCA model of the real ones)"

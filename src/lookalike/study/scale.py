@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import runtime
 from ..errors import GalleryError, LookalikeError
-from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, is_real, open_gallery
+from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, open_gallery
 from .metrics import accuracy, recall_at_k
 from ..search import SearchMethod, make_method
 from .bench import NOT_REAL_TAG
@@ -417,9 +417,9 @@ def load_extra(source: str, gallery: Gallery, queries: np.ndarray) -> ExtraRows:
     path = Path(source)
     if path.is_dir():
         other = open_gallery(path)
-        if other.model != gallery.model or other.manifest["model"]["weights"] != gallery.manifest["model"]["weights"]:
+        if other.model != gallery.model or other.manifest.weights != gallery.manifest.weights:
             raise GalleryError(
-                f"--extra-embeddings gallery {path} was made with {other.model} ({other.manifest['model']['weights']['kind']} weights), "
+                f"--extra-embeddings gallery {path} was made with {other.model} ({other.manifest.weights.kind} weights), "
                 f"not the same model and weights as {gallery.path}; extract it with the same --model and --weights"
             )
         vectors, labels, how = other.embeddings, other.labels, f"gallery {path}"
@@ -555,11 +555,11 @@ def measure_size(
 
 def extraction_info(gallery: Gallery) -> dict:
     """Per-image extraction time from the manifest; galleries written from arrays may carry one measured elsewhere (`measured_on` says where)."""
-    timings = gallery.manifest.get("timings", {})
+    timings = gallery.manifest.timings
     ms = timings.get("ms_per_image")
     note = timings.get("measured_on") or (
         f"measured when this gallery was extracted ({timings.get('images')} images, batch {timings.get('batch_size')}, "
-        f"{timings.get('threads')} threads, {timings.get('device')}; {gallery.manifest['model'].get('precision', {}).get('precision')})"
+        f"{timings.get('threads')} threads, {timings.get('device')}; {gallery.manifest.model.precision_name})"
         if ms is not None
         else "not available: this gallery's embeddings were not extracted from images, so end-to-end figures show search only"
     )
@@ -589,7 +589,7 @@ def run_scale(gallery: Gallery, config: ScaleConfig, progress=print) -> ScaleRes
     return ScaleResult(
         gallery=str(gallery.path),
         provenance=gallery.provenance(),
-        real=is_real(gallery.manifest),
+        real=gallery.is_real,
         model=gallery.model,
         dim=gallery.dim,
         config=config,

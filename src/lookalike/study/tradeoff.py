@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import runtime
 from ..errors import BadImageError, DataError, LookalikeError
-from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, is_real, open_gallery
+from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, open_gallery
 from .metrics import Accuracy, accuracy, exact_neighbours
 from ..search import SearchMethod, database_vectors, default_nlist, factory_for, make_method
 from .bench import NOT_REAL_TAG
@@ -405,7 +405,7 @@ def run_tradeoff(
     return TradeoffResult(
         gallery=str(gallery.path),
         provenance=gallery.provenance(),
-        real=is_real(gallery.manifest),
+        real=gallery.is_real,
         model=gallery.model,
         dim=d,
         n_database=n,

@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import runtime
 from ..errors import LookalikeError
-from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, is_real, open_gallery
+from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, open_gallery
 from .metrics import Accuracy, exact_neighbours, recall_per_query
 from ..search import SearchMethod, database_vectors, default_nlist, factory_for, make_method, save_method
 from .bench import NOT_REAL_TAG
@@ -296,7 +296,7 @@ def tune(
     return TuneResult(
         gallery=str(gallery.path),
         provenance=gallery.provenance(),
-        real=is_real(gallery.manifest),
+        real=gallery.is_real,
         k=k,
         metric=metric,
         target_recall=target_recall,

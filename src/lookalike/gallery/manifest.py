@@ -1,0 +1,210 @@
+"""`manifest.json` as a typed, frozen object: what made a gallery, and whether any of it is not real.
+
+The gallery owns this format. Every reader goes through `Manifest`, never the raw dict, so a field
+is renamed in one place and a random-weights or generated-data gallery can never be described as
+real by a caller that forgot to look. `Manifest.from_dict` reads every manifest written so far
+(schema 1, from before this class existed, and schema 2); `to_dict` writes schema 2.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import GalleryError
+
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a model's weights came from; recorded in every output so random weights never pass as real."""
+
+    kind: str  # "pretrained" | "random" | "file" | "none" (embeddings generated without a model)
+    source: str
+    sha256: str | None = None
+    seed: int | None = None
+
+    @property
+    def is_trained(self) -> bool:
+        return self.kind in ("pretrained", "file")
+
+    def label(self) -> str:
+        """The one description of weights used by every output (CLI, report, server, tables)."""
+        if self.kind == "random":
+            return f"RANDOM weights (seed {self.seed}) — not a trained model, rankings carry no learned meaning"
+        if self.kind == "none":
+            return "NO MODEL (no model — the embeddings were generated, not extracted from images)"
+        if self.kind == "file":
+            return f"weights from file {self.source} (sha256 {self.sha256[:12] if self.sha256 else '?'})"
+        return f"pretrained weights ({self.source})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model that made the embeddings (`name` "generated" when none did)."""
+
+    name: str
+    dim: int
+    weights: Weights
+    arch: str | None = None
+    family: str | None = None
+    preprocess: dict[str, Any] | None = None  # embed.transforms.Preprocess as a dict
+    precision: dict[str, Any] = field(default_factory=lambda: {"precision": "fp32"})  # the calibration record
+    device: str | None = None
+
+    @property
+    def precision_name(self) -> str:
+        return str(self.precision.get("precision", "fp32"))
+
+    @property
+    def image_size(self) -> int | None:
+        return None if not self.preprocess else int(self.preprocess["image_size"])
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["model"] = out.pop("name")  # the on-disk key since schema 1
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
+        known = {f.name for f in fields(cls)} - {"name", "dim", "weights"}
+        return cls(
+            name=d["model"],
+            dim=int(d["dim"]),
+            weights=Weights(**{k: v for k, v in d["weights"].items() if k in ("kind", "source", "sha256", "seed")}),
+            **{k: d[k] for k in known if d.get(k) is not None},
+        )
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """The collection the rows came from; `synthetic` is True when any row is not an embedding of a real image."""
+
+    kind: str  # "tiny-imagenet" | "class-folders" | "list" | "arrays" | "generated"
+    root: str | None = None
+    synthetic: bool = False
+    splits: dict[str, int] = field(default_factory=dict)
+    generator: dict[str, Any] | None = None  # what generated the images or vectors, when something did
+    summary: str | None = None  # one line naming real and SYNTHETIC row ranges (galleries written from arrays)
+    extra: dict[str, Any] = field(default_factory=dict)  # everything else recorded (segments, counts, notes)
+
+    def describe(self) -> str:
+        if self.summary:
+            return self.summary
+        if self.synthetic:
+            return f"GENERATED data ({self.kind} images drawn by lookalike.data.synthetic, not real photos)"
+        return f"data: {self.kind} at {self.root}"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "extra"}
+        return {**out, **self.extra}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataInfo:
+        named = {f.name for f in fields(cls)} - {"extra"}
+        return cls(
+            kind=d.get("kind") or "unknown",
+            root=d.get("root"),
+            synthetic=bool(d.get("synthetic")),
+            splits=dict(d.get("splits") or {}),
+            generator=d.get("generator"),
+            summary=d.get("summary"),
+            extra={k: v for k, v in d.items() if k not in named},
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything `manifest.json` records. Written last, so its presence means the gallery is complete."""
+
+    model: ModelInfo
+    data: DataInfo
+    count: int
+    fingerprint: str  # identifies the content; saved indexes record it and refuse another gallery's
+    created: str
+    skipped: tuple[dict[str, str], ...] = ()  # {"path", "reason"} of every file that could not be decoded
+    timings: dict[str, Any] = field(default_factory=dict)
+    extract: dict[str, Any] = field(default_factory=dict)  # identity and records digest, for resume/refusal
+    environment: dict[str, Any] = field(default_factory=dict)  # machine, threads, library versions
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def weights(self) -> Weights:
+        return self.model.weights
+
+    @property
+    def is_real(self) -> bool:
+        """True only for trained weights on real images: anything else must be labelled wherever it is shown."""
+        return self.weights.is_trained and not self.data.synthetic
+
+    def describe(self) -> str:
+        """One line naming model, weights and data, printed beside every result."""
+        return f"{self.model.name} ({self.model.dim}-d) · {self.weights.label()} · {self.data.describe()} · {self.count} images"
+
+    def warnings(self) -> list[str]:
+        """Plain statements of what is not real, for the page, the CLI and reports."""
+        out = []
+        if self.weights.kind == "random":
+            out.append("RANDOM weights: the model is untrained, so these rankings carry no learned meaning (fine for tests and timing only).")
+        if self.weights.kind == "none":
+            out.append("GENERATED embeddings: no model made them, so only gallery ids can be queried (no uploads).")
+        if self.data.synthetic:
+            out.append(f"GENERATED data: {self.data.summary}." if self.data.summary else "GENERATED data: the images were drawn by lookalike.data.synthetic, they are not real photos.")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "created": self.created,
+            "is_real": self.is_real,
+            "model": self.model.to_dict(),
+            "data": self.data.to_dict(),
+            "count": self.count,
+            "fingerprint": self.fingerprint,
+            "skipped": {"count": len(self.skipped), "files": list(self.skipped)},
+            "timings": self.timings,
+            "extract": self.extract,
+            "environment": self.environment,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "manifest") -> Manifest:
+        """Read any manifest written so far; schema 1 differs only in lacking `is_real`, which is derived."""
+        version = d.get("schema_version")
+        if version not in READABLE_SCHEMAS:
+            raise GalleryError(f"{where} has schema version {version}; this lookalike reads {', '.join(map(str, READABLE_SCHEMAS))}: re-extract the gallery or upgrade lookalike")
+        try:
+            return cls(
+                model=ModelInfo.from_dict(d["model"]),
+                data=DataInfo.from_dict(d.get("data") or {}),
+                count=int(d["count"]),
+                fingerprint=str(d["fingerprint"]),
+                created=str(d.get("created", "")),
+                skipped=tuple((d.get("skipped") or {}).get("files", ())),
+                timings=dict(d.get("timings") or {}),
+                extract=dict(d.get("extract") or {}),
+                environment=dict(d.get("environment") or {}),
+                schema_version=int(version),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GalleryError(f"{where} is missing or has a malformed field ({type(exc).__name__}: {exc}); re-extract the gallery with --overwrite") from exc
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise GalleryError(f"cannot read {path} ({exc}); re-extract with `lookalike extract --overwrite`") from exc
+        if not isinstance(raw, dict):
+            raise GalleryError(f"{path} is not a JSON object; re-extract with `lookalike extract --overwrite`")
+        return cls.from_dict(raw, str(path))
+
+    def with_timings(self, **timings: Any) -> Manifest:
+        return replace(self, timings={**self.timings, **timings})
