@@ -118,17 +118,14 @@ def extract_config(args: argparse.Namespace):
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    from ..api import extract
+
     config = extract_config(args)
-    if args.staging and args.engine != "ray":
-        raise LookalikeError("--staging is where Ray workers write shards; add --engine ray or drop --staging")
-    if args.engine == "ray":
-        from ..distributed import extract_ray
-
-        gallery = extract_ray(config, address=args.address, workers=args.workers, gpus_per_worker=args.gpus_per_worker, staging=args.staging)
-    else:
-        from ..embed.extract import extract
-
-        gallery = extract(config)
+    options = {k: v for k, v in config.__dict__.items() if k not in ("data", "out", "model", "weights")}
+    gallery = extract(
+        config.data, config.out, config.model, config.weights, engine=args.engine, progress=True,
+        address=args.address, gpus_per_worker=args.gpus_per_worker, staging=args.staging, **options,
+    )
     print_gallery_summary(gallery)
     return 0
 
@@ -151,58 +148,49 @@ def print_gallery_summary(gallery) -> None:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from .. import runtime
+    from ..api import build_index
     from ..gallery import open_gallery
-    from ..search import make_method, save_method
+    from ..search import method_dir
 
     runtime.set_threads(args.threads)
     gallery = open_gallery(args.gallery)
-    partition = gallery.partition()
-    if args.engine == "ray":
-        from ..distributed import build_index_ray
-
-        method = build_index_ray(gallery, args.method, metric=args.metric, nlist=args.nlist, address=args.address)
-    else:
-        method = make_method(args.method, len(partition.database_ids), gallery.dim, args.metric, nlist=args.nlist)
-        method.build(gallery.embeddings[partition.database_ids], partition.database_ids)
-    if args.nprobe:
-        method.set_params(nprobe=args.nprobe)
-    folder = save_method(gallery, method)
+    params = {"nprobe": args.nprobe} if args.nprobe else {}
+    method = build_index(gallery, args.method, metric=args.metric, nlist=args.nlist, engine=args.engine, address=args.address, **params)
     stats = method.build_stats
     print(f"{gallery.provenance()}")
-    print(f"index {method.name}: {method.params()} over {method.ntotal} vectors ({partition.how})")
+    print(f"index {method.name}: {method.params()} over {method.ntotal} vectors ({gallery.partition().how})")
     print(f"  train {stats.train_seconds:.2f} s (on {stats.train_size} vectors), add {stats.add_seconds:.2f} s, memory {method.memory_bytes() / 2**20:.2f} MiB")
-    print(f"  saved to {folder}")
+    print(f"  saved to {method_dir(gallery, method.name, method.metric)}")
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from .. import runtime
     from ..gallery import open_gallery
-    from ..embed.query import QueryEmbedder
-    from ..search import get_method
+    from ..search import METHOD_FILE, method_dir
 
     runtime.set_threads(args.threads)
     gallery = open_gallery(args.gallery)
-    embedder = QueryEmbedder(gallery)
-    vector, timings = embedder.embed_path(args.image)
+    searcher = gallery.searcher
     t = time.perf_counter()
-    method, built_now = get_method(gallery, args.method, args.metric)
+    vector = searcher.vector(args.image)
+    embed_ms = 1000 * (time.perf_counter() - t)
+    built_now = args.method != "brute" and not (method_dir(gallery, args.method, args.metric) / METHOD_FILE).is_file()
+    t = time.perf_counter()
+    method = searcher.method(args.method, args.metric)
     build_ms = 1000 * (time.perf_counter() - t)
-    params = {"nprobe": args.nprobe} if args.nprobe else None
+    params = {"nprobe": args.nprobe} if args.nprobe else {}
     t = time.perf_counter()
-    scores, ids = method.search(vector, args.k, params)
+    hits = gallery.search(vector, args.k, args.method, args.metric, **params)
     search_ms = 1000 * (time.perf_counter() - t)
     tag = "" if gallery.is_real else "  ⚠ random weights/generated data"
     print(gallery.provenance())
     print(f"query: {args.image}   method: {method.name} {method.params()}   metric: {args.metric}")
     print(f"{'rank':>4}  {'score':>8}  {'label':<24}  path")
-    for rank, (score, gid) in enumerate(zip(scores[0], ids[0]), 1):
-        if gid < 0:
-            continue
-        row = gallery.row(int(gid))
-        label = row["label_name"] or row["label"] or "-"
-        print(f"{rank:>4}  {score:8.4f}  {label[:24]:<24}  {row['path']}{tag}")
-    print(f"time: decode+preprocess {timings.decode_ms:.1f} ms, embed {timings.embed_ms:.1f} ms, search {search_ms:.2f} ms" + (f" (index built now in {build_ms:.0f} ms; save it with `lookalike index`)" if built_now and args.method != "brute" else ""))
+    for hit in hits:
+        label = hit.label_name or hit.label or "-"
+        print(f"{hit.rank:>4}  {hit.score:8.4f}  {label[:24]:<24}  {hit.path}{tag}")
+    print(f"time: decode+preprocess+embed {embed_ms:.1f} ms, search {search_ms:.2f} ms" + (f" (index built now in {build_ms:.0f} ms; save it with `lookalike index`)" if built_now else ""))
     return 0
 
 

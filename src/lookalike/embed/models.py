@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +29,9 @@ import pyarrow.parquet as pq
 
 from ..errors import GalleryError
 from .manifest import DataInfo, Manifest, ModelInfo
+
+if TYPE_CHECKING:
+    from ..search.searcher import Hit, Query, Searcher
 
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
@@ -150,6 +153,22 @@ class Gallery:
 
     def provenance(self) -> str:
         return self.manifest.describe()
+
+    @cached_property
+    def searcher(self) -> Searcher:
+        """The query model and search methods of this gallery, loaded on first use and kept."""
+        from ..search.searcher import Searcher
+
+        return Searcher(self)
+
+    def search(self, query: Query, k: int = 10, method: str = "flat", metric: str = "ip", **params: Any) -> list[Hit]:
+        """The k nearest images to `query` — an image path, a PIL image, a (d,) vector or a gallery id.
+
+        `method` is a named method or a saved index ("flat", "ivf", "hnsw", …); `params` such as
+        nprobe=16 or efSearch=128 apply to this call only. Searches the gallery's database rows
+        (see `partition`): the held-out query rows are never in it.
+        """
+        return self.searcher.search(query, k, method, metric, **params)
 
     def partition(self, max_queries: int = MAX_HELD_OUT_QUERIES, seed: int = 0) -> Partition:
         """Held-out queries: the val split when there is one, else a seeded sample removed from the database.

@@ -1,0 +1,95 @@
+"""The public Python API: one call for each thing the CLI does, re-exported from `lookalike`.
+
+    import lookalike
+    g = lookalike.open_gallery("galleries/clip")
+    hits = g.search("cat.jpg", k=10, method="ivf", nprobe=16)
+    lookalike.extract("photos/", "galleries/clip", model="clip")
+    lookalike.build_index(g, "hnsw")
+
+The CLI and the server are thin layers over these functions.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .gallery import Gallery, open_gallery
+from .search import SearchMethod
+
+__all__ = ["extract", "build_index"]
+
+
+def extract(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    model: str = "resnet18",
+    weights: str = "pretrained",
+    *,
+    engine: str = "local",
+    progress: bool = False,
+    address: str | None = None,
+    gpus_per_worker: float = 0.0,
+    staging: str | None = None,
+    **options: Any,
+) -> Gallery:
+    """Embed every image under `data` into the gallery folder `out` and return it (resumable, like `lookalike extract`).
+
+    `options` are `ExtractConfig` fields: image_size, batch_size, shard_size, precision, splits,
+    seed, workers, device, threads, overwrite. `engine="ray"` runs on a Ray cluster (`address`).
+    """
+    from .embed.extract import ExtractConfig
+    from .errors import LookalikeError
+
+    try:
+        config = ExtractConfig(data=os.fspath(data), out=os.fspath(out), model=model, weights=os.fspath(weights), **options)
+    except TypeError as exc:
+        raise LookalikeError(f"lookalike.extract: {exc}; see ExtractConfig for the accepted options") from None
+    if engine == "ray":
+        from .distributed import extract_ray
+
+        return extract_ray(config, address=address, workers=config.workers, gpus_per_worker=gpus_per_worker, staging=staging)
+    if engine != "local":
+        raise LookalikeError(f"unknown engine {engine!r}; use local or ray")
+    if staging:
+        raise LookalikeError("staging is where Ray workers write shards; pass engine='ray' or drop staging")
+    from .embed.extract import extract as run_extract
+
+    return run_extract(config, progress=progress)
+
+
+def build_index(
+    gallery: Gallery | str | os.PathLike,
+    method: str = "ivf",
+    *,
+    metric: str = "ip",
+    nlist: int | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    **search_params: Any,
+) -> SearchMethod:
+    """Build `method` over the gallery's database rows and save it in `<gallery>/indexes/`, like `lookalike index`.
+
+    `search_params` (e.g. nprobe=32) are stored as the index's defaults. Returns the built method.
+    """
+    from .errors import LookalikeError
+    from .search import make_method, save_method
+
+    gallery = gallery if isinstance(gallery, Gallery) else open_gallery(gallery)
+    database = gallery.partition().database_ids
+    if engine == "ray":
+        from .distributed import build_index_ray
+
+        built = build_index_ray(gallery, method, metric=metric, nlist=nlist, address=address)
+    elif engine == "local":
+        from .search import database_vectors
+
+        built = make_method(method, len(database), gallery.dim, metric, nlist=nlist)
+        built.build(database_vectors(gallery, database), database)
+    else:
+        raise LookalikeError(f"unknown engine {engine!r}; use local or ray")
+    if search_params:
+        built.set_params(**search_params)
+    save_method(gallery, built)
+    gallery.searcher.forget(built.name, metric)  # the next gallery.search uses the new index
+    return built
