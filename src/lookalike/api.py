@@ -29,6 +29,7 @@ def extract(
     engine: str = "local",
     progress: bool = False,
     address: str | None = None,
+    actors: int | None = None,
     gpus_per_worker: float = 0.0,
     staging: str | None = None,
     **options: Any,
@@ -36,7 +37,8 @@ def extract(
     """Embed every image under `data` into the gallery folder `out` and return it (resumable, like `lookalike extract`).
 
     `options` are `ExtractConfig` fields: image_size, batch_size, shard_size, precision, splits,
-    seed, workers, device, threads, overwrite. `engine="ray"` runs on a Ray cluster (`address`).
+    seed, workers (local decode processes), device, threads, overwrite. `engine="ray"` runs on a
+    Ray cluster (`address`) with `actors` model actors of `gpus_per_worker` GPUs each.
     """
     from .embed.extract import ExtractConfig
     from .errors import LookalikeError
@@ -48,7 +50,7 @@ def extract(
     if engine == "ray":
         from .distributed import extract_ray
 
-        return extract_ray(config, address=address, workers=config.workers, gpus_per_worker=gpus_per_worker, staging=staging)
+        return extract_ray(config, address=address, workers=actors, gpus_per_worker=gpus_per_worker, staging=staging)
     if engine != "local":
         raise LookalikeError(f"unknown engine {engine!r}; use local or ray")
     if staging:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..errors import LookalikeError
+from . import options as opt
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,16 +20,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("extract", help="embed every image of a collection into a gallery folder (resumable)")
     p.add_argument("--data", required=True, help="tiny-ImageNet root, class-folder tree, or a text file of image paths")
     p.add_argument("--out", required=True, help="gallery folder to write")
-    p.add_argument("--model", default="resnet18", choices=["resnet18", "mobilenet", "clip"])
+    opt.model(p)
     p.add_argument("--weights", default="pretrained", help="pretrained (default), random (explicit, seeded) or PATH to a state dict")
     p.add_argument("--image-size", type=int, default=None, help="input size (default: the model's own, 224)")
     p.add_argument("--bs", type=int, default=64, help="batch size")
     p.add_argument("--shard-size", type=int, default=4096, help="images per resumable shard (rounded up to a multiple of --bs)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 where the hardware has it and it keeps embeddings within cosine 0.995 of fp32")
     p.add_argument("--splits", default=None, help="comma-separated splits to embed (default: all), e.g. train,val")
-    p.add_argument("--workers", type=int, default=None, help="decode workers (local) or model actors (ray); default: one per core")
+    p.add_argument("--decode-workers", type=int, default=None, help="local engine: image decoding processes (default: one per core)")
+    p.add_argument("--actors", type=int, default=None, help="ray engine: model actors (default: one per CPU of the cluster, or per GPU)")
+    p.add_argument("--workers", dest="legacy_workers", type=int, default=None, action=opt.Deprecated, new="--decode-workers (local) or --actors (ray)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=None, help="torch/FAISS threads (default: one per core)")
+    opt.threads(p)
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random")
     p.add_argument("--overwrite", action="store_true", help="replace a gallery built with other arguments")
     _engine_args(p)
@@ -37,35 +40,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("index", help="build and save a search index for a gallery")
-    p.add_argument("--gallery", required=True)
-    p.add_argument("--method", default="ivf", help="flat, ivf, hnsw, ivfpq, sq8, sqfp16, or a FAISS index_factory string")
+    opt.gallery(p)
+    opt.method(p, "ivf")
     p.add_argument("--nlist", type=int, default=None, help="IVF lists (default round(√N))")
     p.add_argument("--nprobe", type=int, default=None, help="default nprobe stored with the index")
-    p.add_argument("--metric", choices=["ip", "l2"], default="ip")
-    p.add_argument("--threads", type=int, default=None)
+    opt.metric(p)
+    opt.threads(p)
     _engine_args(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="find the nearest gallery images to one image")
-    p.add_argument("--gallery", required=True)
+    opt.gallery(p)
     p.add_argument("--image", required=True, help="query image file")
-    p.add_argument("--method", default="brute", help="brute, flat, ivf or any saved index name")
-    p.add_argument("-k", type=int, default=10)
-    p.add_argument("--metric", choices=["ip", "l2"], default="ip")
+    opt.method(p, "brute")
+    opt.k(p)
+    opt.metric(p)
     p.add_argument("--nprobe", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None)
+    opt.threads(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("bench", help="the timing table: extraction and per-query search for brute, flat and ivf")
-    p.add_argument("--gallery", required=True, nargs="+", help="one or more galleries (one per model gives the combined table)")
+    opt.gallery(p, several=True, help="one or more galleries (one per model gives the combined table)")
     p.add_argument("--methods", default="brute,flat,ivf", help="comma-separated methods")
-    p.add_argument("-k", type=int, default=10)
-    p.add_argument("--metric", choices=["ip", "l2"], default="ip")
-    p.add_argument("--queries", type=int, default=1000, help="held-out queries to use at most")
-    p.add_argument("--single-queries", type=int, default=200, help="queries timed one at a time")
+    opt.k(p)
+    opt.metric(p)
+    opt.queries(p)
+    opt.timing_queries(p, old="--single-queries")
     p.add_argument("--nlist", type=int, default=None)
     p.add_argument("--nprobe", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None)
+    opt.threads(p)
     p.add_argument("--out", default=None, help="also write the combined table (Markdown) here")
     p.set_defaults(func=cmd_bench)
 
@@ -99,6 +102,12 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 def extract_config(args: argparse.Namespace):
     from ..embed.extract import ExtractConfig
 
+    if args.legacy_workers is not None:  # --workers meant decode workers locally and model actors on Ray
+        if args.engine == "ray":
+            args.actors = args.actors if args.actors is not None else args.legacy_workers
+        else:
+            args.decode_workers = args.decode_workers if args.decode_workers is not None else args.legacy_workers
+
     return ExtractConfig(
         data=args.data,
         out=args.out,
@@ -110,7 +119,7 @@ def extract_config(args: argparse.Namespace):
         precision=args.precision,
         splits=tuple(args.splits.split(",")) if args.splits else None,
         seed=args.seed,
-        workers=args.workers,
+        workers=args.decode_workers if args.engine == "local" else None,
         device=args.device,
         threads=args.threads,
         overwrite=args.overwrite,
@@ -124,7 +133,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     options = {k: v for k, v in config.__dict__.items() if k not in ("data", "out", "model", "weights")}
     gallery = extract(
         config.data, config.out, config.model, config.weights, engine=args.engine, progress=True,
-        address=args.address, gpus_per_worker=args.gpus_per_worker, staging=args.staging, **options,
+        address=args.address, actors=args.actors, gpus_per_worker=args.gpus_per_worker, staging=args.staging, **options,
     )
     print_gallery_summary(gallery)
     return 0
@@ -204,7 +213,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     results = []
     for path in args.gallery:
         gallery = open_gallery(path)
-        result = run_bench(gallery, methods, args.k, args.metric, args.queries, args.single_queries, args.nlist, args.nprobe)
+        result = run_bench(gallery, methods, args.k, args.metric, args.queries, args.timing_queries, args.nlist, args.nprobe)
         write_bench(result, gallery.path)
         print(result.to_markdown())
         print(f"(written to {gallery.path / 'bench.md'} and bench.json; {threads} threads)\n")

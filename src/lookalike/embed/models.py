@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,63 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import LookalikeError, WeightsUnavailableError
+from ..errors import WeightsUnavailableError
 from ..gallery.manifest import Weights
-from .transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from .registry import MODELS, ModelSpec, get_spec  # noqa: F401 (MODELS, get_spec: re-exported for callers of this module)
+from .transforms import Preprocess
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    dim: int
-    family: str  # "torchvision" | "open_clip"
-    arch: str  # torchvision builder name, or open_clip model name
-    pretrained: str  # torchvision weights enum, or open_clip pretrained tag
-    preprocess: Preprocess
-    channels_last: bool  # convolutional nets gain from NHWC on CPU; ViTs do not
-
-
-MODELS: dict[str, ModelSpec] = {
-    "resnet18": ModelSpec(
-        name="resnet18",
-        dim=512,
-        family="torchvision",
-        arch="resnet18",
-        pretrained="ResNet18_Weights.IMAGENET1K_V1",
-        preprocess=Preprocess(224, 256, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
-        channels_last=True,
-    ),
-    "mobilenet": ModelSpec(
-        name="mobilenet",
-        dim=1280,
-        family="torchvision",
-        arch="mobilenet_v2",
-        pretrained="MobileNet_V2_Weights.IMAGENET1K_V2",
-        preprocess=Preprocess(224, 232, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
-        channels_last=True,
-    ),
-    "clip": ModelSpec(
-        name="clip",
-        dim=512,
-        family="open_clip",
-        arch="ViT-B-32-quickgelu",  # the 'openai' weights were trained with QuickGELU
-        pretrained="openai",
-        preprocess=Preprocess(224, 224, CLIP_MEAN, CLIP_STD, "bicubic"),
-        channels_last=False,
-    ),
-}
-
-
 WeightsInfo = Weights  # where a model's weights came from: the gallery manifest's own type
-
-
-def get_spec(name: str) -> ModelSpec:
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise LookalikeError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
 
 
 class Embedder:
@@ -148,20 +99,11 @@ def load_model(
                 f"--weights {weights!r} is neither 'pretrained', 'random' nor an existing file; pass one of those"
             )
         module, info = _build_from_file(spec, path, image_size)
-    return Embedder(spec, _feature_extractor(spec, module), info, preprocess, device)
+    return Embedder(spec, spec.head(module), info, preprocess, device)
 
 
 def _build(spec: ModelSpec, state: dict | None, image_size: int | None) -> nn.Module:
-    if spec.family == "torchvision":
-        import torchvision
-
-        model = torchvision.models.get_model(spec.arch, weights=None)
-        if state is not None:
-            _load_backbone_state(model, state, spec)
-        return model
-    import open_clip
-
-    model = open_clip.create_model(spec.arch, pretrained=None, force_image_size=image_size)
+    model = spec.build(spec, image_size)
     if state is not None:
         _load_backbone_state(model, state, spec)
     return model
@@ -247,23 +189,11 @@ def _load_backbone_state(model: nn.Module, state: dict, spec: ModelSpec) -> None
         raise WeightsUnavailableError(f"weights for {spec.name} must be a state dict, got {type(state).__name__}")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     result = model.load_state_dict(state, strict=False)
-    head = ("fc.", "classifier.") if spec.family == "torchvision" else ("transformer.", "token_embedding", "ln_final", "text_projection", "positional_embedding", "logit_")
-    missing = [k for k in result.missing_keys if not k.startswith(head)]
+    missing = [k for k in result.missing_keys if not k.startswith(spec.optional_keys)]
     if missing or not any(k in state for k in model.state_dict()):
         raise WeightsUnavailableError(
             f"weights file does not fit {spec.name} ({spec.arch}): {len(missing)} backbone tensors missing, e.g. {missing[:3]}"
         )
-
-
-def _feature_extractor(spec: ModelSpec, model: nn.Module) -> nn.Module:
-    """Drop the classifier (CNNs) or the text tower (CLIP): we want the pooled image feature."""
-    if spec.arch == "resnet18":
-        model.fc = nn.Identity()  # global-average-pooled 512-d
-    elif spec.arch == "mobilenet_v2":
-        model.classifier = nn.Identity()  # global-average-pooled 1280-d
-    else:
-        model = model.visual  # projected 512-d image embedding
-    return model
 
 
 def weights_hint(name: str) -> str:

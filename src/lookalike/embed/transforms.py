@@ -7,12 +7,11 @@ constants and data loading can change without touching model code.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2 as T
+if TYPE_CHECKING:  # imported when a transform is built, so the model registry (and the CLI) load without torch
+    import torch
+    from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,6 +40,10 @@ class Preprocess:
 
 def build_transform(p: Preprocess) -> Callable[[Image.Image], torch.Tensor]:
     """PIL RGB image → normalised float32 CHW tensor."""
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import v2 as T
+
     return T.Compose(
         [
             T.PILToTensor(),

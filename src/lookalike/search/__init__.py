@@ -31,14 +31,12 @@ from ..gallery import INDEXES, Gallery
 from .base import METHOD_FILE, BuildStats, SearchMethod
 from .brute import BruteForce
 from .faiss_index import MAX_POINTS_PER_CENTROID, FaissIndex, ivf_nlist
+from .registry import DEFAULT_HNSW_M, METHODS, PARAMS, MethodSpec, default_params
 from .rerank import MmapRerankIndex, rows_view
 
-NAMED_METHODS = ("brute", "flat", "ivf", "hnsw", "ivfpq", "ivfpq-mmap", "sq8", "sqfp16")
+NAMED_METHODS = tuple(METHODS)
 METHOD_CLASSES = {cls.kind: cls for cls in (BruteForce, FaissIndex, MmapRerankIndex)}
-DEFAULT_NPROBE = 16
-DEFAULT_HNSW_M = 32
-DEFAULT_EF_SEARCH = 64
-DEFAULT_K_FACTOR = 4
+DEFAULT_NPROBE = PARAMS["nprobe"].default
 FACTORY_PATTERN = re.compile(r"^(Flat|IVF|HNSW|PQ|OPQ|SQ|PCA|IDMap|LSH|NSG|RR|L2norm)")
 
 __all__ = ["SearchMethod", "BuildStats", "BruteForce", "FaissIndex", "MmapRerankIndex", "make_method", "default_nlist",
@@ -59,20 +57,9 @@ def factory_for(
     # "np": no polysemous training, a code reordering for Hamming pre-filtering we never use
     # that makes training many times slower (minutes instead of seconds at 100k).
     pq = f"PQ{pq_m or _pq_subquantizers(d)}" + ("" if bits == 8 else f"x{bits}") + "np"
-    if name == "flat":
-        return "Flat"
-    if name == "ivf":
-        return f"IVF{nlist},Flat"
-    if name == "hnsw":
-        return f"HNSW{m or DEFAULT_HNSW_M},Flat"
-    if name == "ivfpq":
-        return f"IVF{nlist},{pq},RFlat"
-    if name == "ivfpq-mmap":
-        return f"IVF{nlist},{pq}"
-    if name == "sq8":
-        return "SQ8"
-    if name == "sqfp16":
-        return "SQfp16"
+    spec = METHODS.get(name)
+    if spec is not None and spec.factory is not None:
+        return spec.factory.format(nlist=nlist, m=m or DEFAULT_HNSW_M, pq=pq)
     if "," in name or FACTORY_PATTERN.match(name):
         return name
     raise LookalikeError(f"unknown method {name!r}; use one of {', '.join(NAMED_METHODS)} or a FAISS index_factory string such as 'IVF1024,PQ32'")
@@ -107,20 +94,15 @@ def make_method(
 
     `sizes` are factory_for's m (HNSW links), pq_m (sub-quantisers) and pq_bits.
     """
-    if name == "brute":
-        return BruteForce("brute", metric, backend=backend)
+    spec = METHODS.get(name) or MethodSpec(method_key(name), "faiss", None, "a FAISS index_factory string")
+    if spec.kind == "brute":
+        return BruteForce(spec.name, metric, backend=backend)
     factory = factory_for(name, n, d, nlist, **sizes)
-    params: dict[str, Any] = {}
-    if (lists := ivf_nlist(factory)) is not None:
-        params["nprobe"] = min(DEFAULT_NPROBE, lists)
-    if "HNSW" in factory:
-        params["efSearch"] = DEFAULT_EF_SEARCH
-    if "RFlat" in factory or name == "ivfpq-mmap":
-        params["k_factor"] = DEFAULT_K_FACTOR
+    params: dict[str, Any] = default_params(factory, spec.kind)
+    if "nprobe" in params:
+        params["nprobe"] = min(params["nprobe"], ivf_nlist(factory) or 1)
     params.update(search_params or {})
-    key = name if name in NAMED_METHODS else method_key(factory)
-    cls = MmapRerankIndex if name == "ivfpq-mmap" else FaissIndex
-    return cls(key, factory, metric, params, train_points_per_list=train_points_per_list)
+    return METHOD_CLASSES[spec.kind](spec.name if name in METHODS else method_key(factory), factory, metric, params, train_points_per_list=train_points_per_list)
 
 
 def database_vectors(gallery: Gallery, ids: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from ..errors import LookalikeError
 from ..gallery import atomic_write_bytes
 from ..runtime import as_float32_c
 from .base import BuildStats, SearchMethod
+from .registry import PARAMS, params_of
 
 INDEX_FILE = "index.faiss"
 FAISS_METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
@@ -136,12 +137,10 @@ class FaissIndex(SearchMethod):
         if self.index is None:
             return ranges
         ivf = faiss.try_extract_index_ivf(self.index)
-        if ivf is not None:
-            ranges["nprobe"] = (1, int(ivf.nlist))
-        if "HNSW" in self.factory:
-            ranges["efSearch"] = (1, 4096)
-        if "RFlat" in self.factory or "Refine" in self.factory:
-            ranges["k_factor"] = (1, 256)
+        for name in params_of(self.factory, self.kind):
+            spec = PARAMS[name]
+            high = spec.high if spec.high is not None else int(ivf.nlist) if name == "nprobe" and ivf is not None else spec.low
+            ranges[name] = (spec.low, high)
         return ranges
 
     def params(self) -> dict[str, Any]:

@@ -19,9 +19,10 @@ from ..errors import LookalikeError
 from ..runtime import as_float32_c
 from .base import IDS_FILE, BuildStats
 from .faiss_index import MAX_POINTS_PER_CENTROID, FaissIndex
+from .registry import PARAMS
 
-K_FACTOR_RANGE = (1, 256)
-DEFAULT_K_FACTOR = 4
+K_FACTOR_RANGE = (PARAMS["k_factor"].low, PARAMS["k_factor"].high)
+DEFAULT_K_FACTOR = PARAMS["k_factor"].default
 
 
 def is_memory_mapped(array: np.ndarray) -> bool:
@@ -95,9 +96,6 @@ class MmapRerankIndex(FaissIndex):
         if "k_factor" in params:
             self._check_k_factor(params["k_factor"])
         super()._apply({key: value for key, value in params.items() if key != "k_factor"})
-
-    def search_param_ranges(self) -> dict[str, tuple[int, int]]:
-        return {**super().search_param_ranges(), "k_factor": K_FACTOR_RANGE} if self.index is not None else {}
 
     def _search(self, queries: np.ndarray, k: int, params: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
         params = dict(params or {})

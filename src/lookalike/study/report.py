@@ -245,10 +245,13 @@ def write_report(reports: list[GalleryReport], config: ReportConfig, seconds: fl
 
 
 def cli_main(args: argparse.Namespace) -> int:
+    from ..cli.options import require
+
+    require(args, "gallery", "--gallery")
     threads = runtime.set_threads(args.threads)
     if args.k < 1:
         raise LookalikeError(f"--k must be at least 1, got {args.k}")
-    config = ReportConfig(galleries=tuple(args.galleries), out=Path(args.out), sizes=parse_sizes(args.sizes), k=args.k)
+    config = ReportConfig(galleries=tuple(args.gallery), out=Path(args.out), sizes=parse_sizes(args.sizes), k=args.k)
     started = time.perf_counter()
     reports = run_report(config, progress=lambda line: print(line, flush=True))
     path = write_report(reports, config, time.perf_counter() - started)

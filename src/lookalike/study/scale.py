@@ -651,7 +651,7 @@ def cli_main(args: argparse.Namespace) -> int:
         metric=getattr(args, "metric", "ip"),
         target_recall=args.target_recall,
         max_queries=args.queries,
-        timing_queries=args.exact_queries,
+        timing_queries=args.timing_queries,
         extra_embeddings=args.extra_embeddings,
     )
     result = run_scale(gallery, config, progress=lambda line: print(line, flush=True))

@@ -459,7 +459,7 @@ def cli_main(args) -> int:
     if args.k < 1:
         raise LookalikeError(f"--k must be at least 1, got {args.k}")
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
-    queries = list_queries(gallery, args.queries, args.max_queries) if args.queries else None
+    queries = list_queries(gallery, args.query_list, args.queries) if args.query_list else None
     out = Path(args.out) if args.out else gallery.path / "tradeoff"
     print(gallery.provenance())
     result = run_tradeoff(
@@ -469,9 +469,9 @@ def cli_main(args) -> int:
         families=families,
         factories=tuple(args.index),
         queries=queries,
-        max_queries=args.max_queries,
-        single_queries=args.single_queries,
-        exact_queries=args.exact_queries,
+        max_queries=args.queries,
+        single_queries=args.timing_queries,
+        exact_queries=args.exact_timing_queries,
         nlist_factors=parse_int_list(args.nlist_factors, "--nlist-factors"),
         stop_recall=args.stop_recall,
     )

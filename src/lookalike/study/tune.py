@@ -337,7 +337,7 @@ def cli_main(args) -> int:
         max_memory_bytes=parse_bytes(args.max_memory) if args.max_memory else None,
         latency=args.latency,
         metric=args.metric,
-        max_queries=args.max_queries,
+        max_queries=args.queries,
         families=families,
         save_as=args.name,
     )

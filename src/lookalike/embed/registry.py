@@ -1,0 +1,111 @@
+"""The model registry: each model as data (dimension, preprocessing, weights source) plus its builders.
+
+Importing this module costs no torch import, so the CLI takes its `--model` choices from here and
+`lookalike --help` stays fast; the builders import torchvision or open_clip when they run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from ..errors import LookalikeError
+from .transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocess
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+def torchvision_architecture(spec: ModelSpec, image_size: int | None) -> nn.Module:
+    """The torchvision network with untrained weights (any input size: the CNNs pool globally)."""
+    import torchvision
+
+    return torchvision.models.get_model(spec.arch, weights=None)
+
+
+def open_clip_architecture(spec: ModelSpec, image_size: int | None) -> nn.Module:
+    """The whole open_clip model (image and text towers) with untrained weights, at `image_size`."""
+    import open_clip
+
+    return open_clip.create_model(spec.arch, pretrained=None, force_image_size=image_size)
+
+
+def replace_with_identity(attribute: str) -> Callable[[nn.Module], nn.Module]:
+    """A head that drops the classifier `attribute`, leaving the globally pooled feature."""
+
+    def head(model: nn.Module) -> nn.Module:
+        from torch import nn
+
+        setattr(model, attribute, nn.Identity())
+        return model
+
+    return head
+
+
+def clip_image_tower(model: nn.Module) -> nn.Module:
+    """CLIP's image tower: the projected image embedding."""
+    return model.visual
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    dim: int
+    family: str  # "torchvision" | "open_clip": where pretrained weights are fetched from
+    arch: str  # torchvision builder name, or open_clip model name
+    pretrained: str  # torchvision weights enum, or open_clip pretrained tag
+    preprocess: Preprocess
+    channels_last: bool  # convolutional nets gain from NHWC on CPU; ViTs do not
+    build: Callable[[ModelSpec, int | None], nn.Module]  # the untrained architecture at an input size
+    head: Callable[[nn.Module], nn.Module]  # whole model → image feature extractor
+    optional_keys: tuple[str, ...]  # state-dict prefixes a weights file may lack: the parts `head` drops
+    has_text: bool = False  # a text tower in the same embedding space (CLIP)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "resnet18": ModelSpec(
+        name="resnet18",
+        dim=512,
+        family="torchvision",
+        arch="resnet18",
+        pretrained="ResNet18_Weights.IMAGENET1K_V1",
+        preprocess=Preprocess(224, 256, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
+        channels_last=True,
+        build=torchvision_architecture,
+        head=replace_with_identity("fc"),  # global-average-pooled 512-d
+        optional_keys=("fc.",),
+    ),
+    "mobilenet": ModelSpec(
+        name="mobilenet",
+        dim=1280,
+        family="torchvision",
+        arch="mobilenet_v2",
+        pretrained="MobileNet_V2_Weights.IMAGENET1K_V2",
+        preprocess=Preprocess(224, 232, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
+        channels_last=True,
+        build=torchvision_architecture,
+        head=replace_with_identity("classifier"),  # global-average-pooled 1280-d
+        optional_keys=("classifier.",),
+    ),
+    "clip": ModelSpec(
+        name="clip",
+        dim=512,
+        family="open_clip",
+        arch="ViT-B-32-quickgelu",  # the 'openai' weights were trained with QuickGELU
+        pretrained="openai",
+        preprocess=Preprocess(224, 224, CLIP_MEAN, CLIP_STD, "bicubic"),
+        channels_last=False,
+        build=open_clip_architecture,
+        head=clip_image_tower,  # projected 512-d image embedding
+        optional_keys=("transformer.", "token_embedding", "ln_final", "text_projection", "positional_embedding", "logit_"),
+        has_text=True,
+    ),
+}
+MODEL_NAMES = tuple(MODELS)
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise LookalikeError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None

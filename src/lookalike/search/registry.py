@@ -1,0 +1,77 @@
+"""The search-method registry: every named method and search-time parameter, as data.
+
+One table says what each name means (its class, its FAISS factory template) and one says each
+search-time parameter's default and allowed range. `make_method`, the CLI's help, the tuner and
+the server read them; nothing else spells a default or a range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A search-time knob: its default and range (`high` None: bounded by the built index, e.g. nprobe ≤ nlist)."""
+
+    name: str
+    default: int
+    low: int
+    high: int | None
+    meaning: str
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A named method: which class builds it and, for FAISS families, the factory template it stands for.
+
+    Template fields: {nlist} IVF lists, {m} HNSW links per node, {pq} the PQ code ("PQ64np").
+    """
+
+    name: str
+    kind: str  # SearchMethod.kind of the class that implements it
+    factory: str | None
+    summary: str
+    exact: bool = False
+
+
+PARAMS: Mapping[str, ParamSpec] = {
+    p.name: p
+    for p in (
+        ParamSpec("nprobe", 16, 1, None, "IVF lists visited per query (at most nlist)"),
+        ParamSpec("efSearch", 64, 1, 4096, "HNSW candidate list size during search"),
+        ParamSpec("k_factor", 4, 1, 256, "candidates re-ranked exactly, as a multiple of k"),
+    )
+}
+DEFAULT_HNSW_M = 32
+
+METHODS: Mapping[str, MethodSpec] = {
+    s.name: s
+    for s in (
+        MethodSpec("brute", "brute", None, "exact: matrix product in blocks + partial top-k (numpy or torch)", exact=True),
+        MethodSpec("flat", "faiss", "Flat", "exact: faiss.IndexFlatIP / IndexFlatL2", exact=True),
+        MethodSpec("ivf", "faiss", "IVF{nlist},Flat", "inverted lists over k-means cells; nprobe trades recall for speed"),
+        MethodSpec("hnsw", "faiss", "HNSW{m},Flat", "graph; efSearch trades recall for speed"),
+        MethodSpec("ivfpq", "faiss", "IVF{nlist},{pq},RFlat", "PQ codes re-ranked by exact vectors held in RAM (more memory than raw)"),
+        MethodSpec("ivfpq-mmap", "faiss-mmap-rerank", "IVF{nlist},{pq}", "PQ codes in RAM, re-ranked from the memory-mapped gallery"),
+        MethodSpec("sq8", "faiss", "SQ8", "8-bit scalar quantiser (4× smaller)"),
+        MethodSpec("sqfp16", "faiss", "SQfp16", "16-bit float scalar quantiser (2× smaller)"),
+    )
+}
+
+
+def params_of(factory: str, kind: str) -> tuple[str, ...]:
+    """The search-time parameters a method built from `factory` understands."""
+    names = []
+    if "IVF" in factory:
+        names.append("nprobe")
+    if "HNSW" in factory:
+        names.append("efSearch")
+    if "RFlat" in factory or "Refine" in factory or kind == "faiss-mmap-rerank":
+        names.append("k_factor")
+    return tuple(names)
+
+
+def default_params(factory: str, kind: str) -> dict[str, int]:
+    return {name: PARAMS[name].default for name in params_of(factory, kind)}
