@@ -2,6 +2,7 @@
 
 Named methods and the factory strings they stand for (N = database size, d = dimension):
     brute    exact, matrix product + partial top-k (numpy or torch)
+    exact16  exact, a bf16/fp16 scan + fp32 re-rank of every candidate within a proven error bound
     flat     "Flat"                  exact, faiss.IndexFlatIP / IndexFlatL2
     ivf      "IVF{√N},Flat"          approximate; nprobe trades recall for speed
     hnsw     "HNSW{M},Flat"          graph; efSearch trades recall for speed
@@ -30,12 +31,13 @@ from ..errors import GalleryError, IndexMismatchError, LookalikeError
 from ..gallery import INDEXES, Gallery
 from .base import METHOD_FILE, BuildStats, SearchMethod
 from .brute import BruteForce
+from .exact16 import Exact16
 from .faiss_index import MAX_POINTS_PER_CENTROID, FaissIndex, ivf_nlist
 from .registry import DEFAULT_HNSW_M, METHODS, PARAMS, MethodSpec, default_params
 from .rerank import MmapRerankIndex, rows_view
 
 NAMED_METHODS = tuple(METHODS)
-METHOD_CLASSES = {cls.kind: cls for cls in (BruteForce, FaissIndex, MmapRerankIndex)}
+METHOD_CLASSES = {cls.kind: cls for cls in (BruteForce, Exact16, FaissIndex, MmapRerankIndex)}
 DEFAULT_NPROBE = PARAMS["nprobe"].default
 FACTORY_PATTERN = re.compile(r"^(Flat|IVF|HNSW|PQ|OPQ|SQ|PCA|IDMap|LSH|NSG|RR|L2norm)")
 
@@ -97,6 +99,8 @@ def make_method(
     spec = METHODS.get(name) or MethodSpec(method_key(name), "faiss", None, "a FAISS index_factory string")
     if spec.kind == "brute":
         return BruteForce(spec.name, metric, backend=backend)
+    if spec.kind == "exact16":
+        return Exact16(spec.name, metric)
     factory = factory_for(name, n, d, nlist, **sizes)
     params: dict[str, Any] = default_params(factory, spec.kind)
     if "nprobe" in params:

@@ -1,0 +1,101 @@
+"""exact16: a 16-bit scan plus fp32 re-ranking returns exactly fp32 brute force's top k."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lookalike.search import exact16 as exact16_module
+from lookalike.search.exact16 import UNIT_ROUNDOFF, Exact16, score_error_bound
+
+
+def numpy_top_k(x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Independent reference: fp32 scores by plain numpy, best first, ties to the lower row."""
+    scores = q @ x.T
+    order = np.lexsort((np.broadcast_to(np.arange(len(x)), scores.shape), -scores), axis=1)[:, :k]
+    return np.take_along_axis(scores, order, axis=1), order
+
+
+def near_ties(seed: int = 1, d: int = 96, n: int = 12000, step: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """For each query, 40 rows whose scores climb in steps of `step` (1e-5: far below bf16's resolution,
+    ~4e-3), 300 exact duplicates of them (ties), and random filler."""
+    rng = np.random.default_rng(seed)
+    queries = rng.standard_normal((30, d))
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    ladder = []
+    for q in queries:
+        for c in 0.95 + step * np.arange(40):
+            r = rng.standard_normal(d)
+            r -= (r @ q) * q
+            ladder.append(c * q + np.sqrt(1 - c * c) * r / np.linalg.norm(r))
+    ladder = np.array(ladder)
+    rows = np.concatenate([ladder, ladder[rng.integers(0, len(ladder), 300)], rng.standard_normal((n - len(ladder) - 300, d))])
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows[rng.permutation(len(rows))].astype(np.float32), queries.astype(np.float32)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32", "auto"])
+def test_near_ties_give_exactly_the_fp32_ids(precision):
+    x, q = near_ties()
+    method = Exact16(precision=precision)
+    method.build(x)
+    want_scores, want_ids = numpy_top_k(x, q, 25)
+    scores, ids = method.search(q, 25)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-6)
+    single_scores, single_ids = method.search(q[3], 25)  # one query at a time takes the same path
+    np.testing.assert_array_equal(single_ids[0], want_ids[3])
+
+
+def test_the_error_bound_is_what_keeps_it_exact(monkeypatch):
+    """Without the margin (and without the slack the group maxima add) the bf16 scan drops true neighbours:
+    the near-tie test above can fail."""
+    x, q = near_ties(step=1e-4)  # a ladder about as wide as bf16's rounding: its order gets scrambled
+    monkeypatch.setattr(exact16_module, "GROUPS", 1)
+    method = Exact16(precision="bf16")
+    method.build(x)
+    np.testing.assert_array_equal(method.search(q, 25)[1], numpy_top_k(x, q, 25)[1])  # with the margin: exact
+    monkeypatch.setattr(exact16_module, "score_error_bound", lambda precision, d: 0.0)
+    method = Exact16(precision="bf16")
+    method.build(x)
+    assert not np.array_equal(method.search(q, 25)[1], numpy_top_k(x, q, 25)[1])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_the_bound_covers_the_real_rounding_error(precision):
+    import torch
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4000, 256))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = x[:50] + 0.05 * rng.standard_normal((50, 256))  # near neighbours: large scores, large absolute errors
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    approx = torch.mm(torch.from_numpy(q.astype(np.float32)).to(dtype), torch.from_numpy(x.astype(np.float32)).to(dtype).T).double().numpy()
+    error = np.abs(approx - q @ x.T).max()
+    bound = score_error_bound(precision, 256)
+    assert error <= bound
+    assert bound < 4 * UNIT_ROUNDOFF[precision]  # and not uselessly loose
+
+
+def test_l2_and_a_saved_method_agree_with_brute_force(tiny_gallery, tmp_path):
+    import shutil
+
+    from lookalike.gallery import open_gallery
+    from lookalike.search import get_method, load_method, save_method
+
+    copy = tmp_path / "g"
+    shutil.copytree(tiny_gallery, copy)
+    gallery = open_gallery(copy)
+    queries = np.asarray(gallery.embeddings)[gallery.partition().query_ids]
+    for metric in ("ip", "l2"):
+        brute = get_method(gallery, "brute", metric)[0]
+        built = get_method(gallery, "exact16", metric)[0]
+        save_method(gallery, built)
+        loaded = load_method(gallery, "exact16", metric)
+        assert loaded.params()["precision"] == built.params()["precision"]
+        want = brute.search(queries, 10)
+        for method in (built, loaded):
+            scores, ids = method.search(queries, 10)
+            np.testing.assert_array_equal(ids, want[1])
+            np.testing.assert_allclose(scores, want[0], atol=1e-5)
