@@ -75,8 +75,10 @@ def build_index(
     `search_params` (e.g. nprobe=32) are stored as the index's defaults. Returns the built method.
     """
     from .errors import LookalikeError
+    from .runtime import configure_faiss
     from .search import make_method, save_method
 
+    configure_faiss()
     gallery = gallery if isinstance(gallery, Gallery) else open_gallery(gallery)
     database = gallery.partition().database_ids
     if engine == "ray":

@@ -26,8 +26,37 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# FAISS's process-wide knobs, set here and nowhere else, and recorded beside every timing (environment()).
+FAISS_SETTINGS = {
+    # Exact FAISS search multiplies tiles of 4096 queries × this many database vectors. FAISS's default of
+    # 1024 makes many short OpenMP regions; on a shared 2-core machine each waits for a descheduled thread,
+    # and flat on 1000 × 100k × 512 ran at 2.0× the sgemm roofline with 2 threads against 1.2× with 16384
+    # (benchmarks/bench_search.py). The tile is then 256 MiB, brute's score block size.
+    "distance_compute_blas_database_bs": 16384,
+    # Below this many queries FAISS scans without BLAS, one query at a time: 3× slower than numpy's
+    # matrix-vector product for a single query on 100k × 512 (bench_search.py measures both settings).
+    # BLAS for every batch size, a single query included.
+    "distance_compute_blas_threshold": 1,
+}
+
+
+def configure_faiss(settings: dict[str, int] | None = None) -> dict[str, int]:
+    """Apply FAISS's global settings (FAISS_SETTINGS unless given) and return the values now in force."""
+    import faiss
+
+    for name, value in (settings or FAISS_SETTINGS).items():
+        setattr(faiss.cvar, name, value)
+    return faiss_settings()
+
+
+def faiss_settings() -> dict[str, int]:
+    import faiss
+
+    return {name: int(getattr(faiss.cvar, name)) for name in FAISS_SETTINGS}
+
+
 def set_threads(n: int | None = None) -> int:
-    """Pin torch, FAISS (OpenMP) and BLAS to `n` threads and return the count used."""
+    """Pin torch, FAISS (OpenMP) and BLAS to `n` threads, apply FAISS's settings, and return the count used."""
     import faiss
     import torch
     from threadpoolctl import threadpool_limits
@@ -36,6 +65,7 @@ def set_threads(n: int | None = None) -> int:
     torch.set_num_threads(n)
     faiss.omp_set_num_threads(n)
     threadpool_limits(n)
+    configure_faiss()
     return n
 
 
@@ -128,7 +158,7 @@ def _numpy_blas() -> str:
 
 def environment() -> dict[str, object]:
     """Everything a reader needs to judge a timing: machine, threads, versions."""
-    return {"machine": machine(), "threads": thread_counts(), "versions": versions()}
+    return {"machine": machine(), "threads": thread_counts(), "faiss_settings": faiss_settings(), "versions": versions()}
 
 
 def as_float32_c(x: np.ndarray) -> np.ndarray:

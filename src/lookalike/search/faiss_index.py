@@ -28,12 +28,6 @@ SEARCH_PARAMS = ("nprobe", "efSearch", "k_factor")
 MIN_POINTS_PER_CENTROID = 30
 MAX_POINTS_PER_CENTROID = 256
 PQ_CODEBOOK_TRAINING = 256 * 256  # 256 centroids per sub-quantiser × 256 points each
-# Exact FAISS search multiplies tiles of 4096 queries × `distance_compute_blas_database_bs` vectors.
-# FAISS's default of 1024 makes many short OpenMP regions; on a shared 2-core machine each waits for a
-# descheduled thread, and flat on 1000 × 100k × 512 ran at 2.0× the sgemm roofline with 2 threads
-# (slower than 1 thread) against 1.2× with 16384 (benchmarks/bench_search.py). The tile is then
-# 4096 × 16384 floats = 256 MiB, brute's score block size; fewer database vectors keep smaller tiles.
-faiss.cvar.distance_compute_blas_database_bs = 16384
 
 
 def ivf_nlist(factory: str) -> int | None:

@@ -37,6 +37,9 @@ class Searcher:
     """One gallery's query model and search methods, loaded on first use and shared by later calls."""
 
     def __init__(self, gallery: Gallery, device: str = "cpu"):
+        from ..runtime import configure_faiss
+
+        configure_faiss()  # the library's FAISS settings, explicitly (the CLI applies them with its threads)
         self.gallery = gallery
         self.device = device
         self._embedder = None
