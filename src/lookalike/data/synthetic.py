@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 
 from lookalike.data.datasets import SYNTHETIC_MARKER
 from lookalike.errors import DataError
+from lookalike.gallery import json_text
 
 __all__ = ["GENERATOR", "VERSION", "ClassStyle", "class_style", "generate_collection", "make_bad_images"]
 
@@ -268,7 +269,7 @@ def _write_collection(root: Path, params: dict) -> None:
             _write_image(root / "test" / "images" / f"test_{k}.JPEG", styles[int(ci)], grid, size, rng)
 
     # The marker goes last: its presence means the collection is complete.
-    (root / SYNTHETIC_MARKER).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (root / SYNTHETIC_MARKER).write_text(json_text(params, sort_keys=True), encoding="utf-8")
 
 
 def _rng(seed: int, split: str, class_index: int, image_index: int) -> np.random.Generator:

@@ -284,8 +284,8 @@ def decode_batch(row: dict, preprocess: Preprocess) -> dict:
     started = time.perf_counter()
     to_pixels, _ = split_transform(preprocess)
     records = tuple(ImageRecord(str(path), None, "train") for path in row["paths"])
-    dataset = ImageListDataset(records, to_pixels)
-    local, tensor, bad = collate([dataset[i] for i in range(len(dataset))])
+    dataset = ImageListDataset(records, to_pixels, min_side=preprocess.resize_size)
+    local, tensor, bad, _ = collate([dataset[i] for i in range(len(dataset))])
     start = int(row["start"])
     size = preprocess.image_size
     return {

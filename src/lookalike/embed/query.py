@@ -14,7 +14,7 @@ from PIL import Image
 
 from ..errors import GalleryError
 from ..gallery import Gallery
-from ..data.images import load_rgb, load_rgb_bytes
+from ..data.images import DEFAULT_MAX_PIXELS, load_rgb, load_rgb_bytes
 from .models import Embedder, load_model
 from .transforms import build_transform
 
@@ -50,11 +50,12 @@ class QueryEmbedder:
         t2 = time.perf_counter()
         return vector, QueryTimings(1000 * (t1 - t0), 1000 * (t2 - t1))
 
-    def embed_path(self, path: str) -> tuple[np.ndarray, QueryTimings]:
+    def embed_path(self, path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, QueryTimings]:
         t0 = time.perf_counter()
-        return self.embed_image(load_rgb(path), t0)
+        return self.embed_image(load_rgb(path, max_pixels=max_pixels, min_side=self.embedder.preprocess.resize_size), t0)
 
-    def embed_bytes(self, data: bytes, max_pixels: int | None = None) -> tuple[np.ndarray, QueryTimings]:
+    def embed_bytes(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, QueryTimings]:
+        """Decoding is reduced to what the resize keeps (as at extraction), so its cost is bounded by max_pixels."""
         t0 = time.perf_counter()
-        image = load_rgb_bytes(data, max_pixels=max_pixels) if max_pixels else load_rgb_bytes(data)
+        image = load_rgb_bytes(data, max_pixels=max_pixels, min_side=self.embedder.preprocess.resize_size)
         return self.embed_image(image, t0)

@@ -6,6 +6,7 @@ the experiments at sizes no image collection here reaches.
 
 from .store import (
     CACHE,
+    CONTENT_HASH,
     EMBEDDINGS,
     INDEXES,
     MANIFEST,
@@ -20,13 +21,14 @@ from .store import (
     atomic_write_json,
     atomic_write_parquet,
     clear_gallery,
+    json_text,
     is_real,
     open_gallery,
     provenance_line,
 )
 
 __all__ = [
-    "CACHE", "EMBEDDINGS", "INDEXES", "MANIFEST", "MAX_HELD_OUT_QUERIES", "METADATA", "METADATA_SCHEMA", "SCHEMA_VERSION",
+    "CACHE", "CONTENT_HASH", "EMBEDDINGS", "INDEXES", "MANIFEST", "MAX_HELD_OUT_QUERIES", "METADATA", "METADATA_SCHEMA", "SCHEMA_VERSION",
     "Gallery", "Partition", "atomic_save_npy", "atomic_write_bytes", "atomic_write_json", "atomic_write_parquet",
-    "clear_gallery", "is_real", "open_gallery", "provenance_line",
+    "clear_gallery", "is_real", "json_text", "open_gallery", "provenance_line",
 ]
