@@ -98,3 +98,36 @@ def test_a_gallery_without_content_hashes_still_opens_and_partitions(tmp_path, t
     partition = gallery.partition()
     assert partition.duplicates is None
     assert np.array_equal(partition.database_ids, open_gallery(tiny_gallery).partition().database_ids)
+
+
+# --- files we write ---
+
+
+def test_atomic_writes_respect_the_umask_like_a_normal_write(tmp_path):
+    from lookalike.gallery import atomic_write_bytes
+
+    old = os.umask(0o002)
+    try:
+        atomic_write_bytes(tmp_path / "shared.bin", b"x")
+        (tmp_path / "plain.bin").write_bytes(b"x")  # what open() would have made
+        os.umask(0o077)
+        atomic_write_bytes(tmp_path / "private.bin", b"x")
+    finally:
+        os.umask(old)
+    mode = lambda name: (tmp_path / name).stat().st_mode & 0o777  # noqa: E731
+    assert mode("shared.bin") == mode("plain.bin") == 0o664
+    assert mode("private.bin") == 0o600
+
+
+def test_json_outputs_are_strict_json_even_with_nan_figures(tmp_path):
+    import json
+
+    from lookalike.gallery import atomic_write_json
+
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+
+    figures = {"recall": float("nan"), "qps": [np.float32("inf"), -float("inf"), 1.5], "n": np.int64(3), "ok": np.float64(0.25)}
+    atomic_write_json(tmp_path / "bench.json", figures)
+    text = (tmp_path / "bench.json").read_text()
+    assert json.loads(text, parse_constant=refuse) == {"recall": None, "qps": [None, None, 1.5], "n": 3, "ok": 0.25}

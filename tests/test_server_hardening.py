@@ -6,12 +6,9 @@ server fixes (no exception text in a 500, Host check on loopback, no absolute pa
 from __future__ import annotations
 
 import io
-import json
 import logging
-import struct
 import threading
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,9 +19,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from lookalike.data.synthetic import generate_collection
+from lookalike.data.synthetic import generate_collection, hostile_uploads
 from lookalike.embed.extract import ExtractConfig, extract
-from lookalike.gallery import open_gallery
 from lookalike.gallery.generated import write_generated_gallery
 from lookalike.search import make_method, save_method
 from lookalike.serve import ServerConfig, create_app
@@ -43,48 +39,6 @@ def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-
-def _png_declaring(width: int, height: int) -> bytes:
-    """A valid PNG signature and IHDR declaring width × height, with one tiny IDAT: a header-only bomb."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + _png_chunk(b"IEND", b"")
-
-
-def _gradient(width: int, height: int, dtype=np.uint8, top: int = 255) -> np.ndarray:
-    y, x = np.mgrid[0:height, 0:width]
-    return ((x + y) * top // (width + height)).astype(dtype)
-
-
-def hostile_corpus() -> dict[str, bytes]:
-    """Every file named in issue 10, made here; each fits the server's byte and pixel limits or tests them."""
-    rng = np.random.default_rng(0)
-    photo = Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
-    frames = [Image.new("P", (64, 64), i % 256) for i in range(1000)]
-    pages = [Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)) for _ in range(30)]
-    jpeg = _encode(photo, "JPEG", quality=90)
-    return {
-        "1x65000.png": _encode(Image.new("RGB", (1, 65000), (200, 10, 10)), "PNG"),
-        "65000x1.png": _encode(Image.new("RGB", (65000, 1), (10, 200, 10)), "PNG"),
-        "2x60000.jpg": _encode(Image.new("RGB", (2, 60000), (10, 10, 200)), "JPEG"),
-        "60000x2.jpg": _encode(Image.new("L", (60000, 2), 90), "JPEG"),
-        "empty.jpg": b"",
-        "truncated.jpg": jpeg[: len(jpeg) // 2],
-        "declares-100kx100k.png": _png_declaring(100_000, 100_000),
-        "declares-4096x4096.png": _png_declaring(4096, 4096),  # within the limit, body missing
-        "animated-1000-frames.gif": _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=10, loop=0),
-        "multi-page.tiff": _encode(pages[0], "TIFF", save_all=True, append_images=pages[1:]),
-        "cmyk.jpg": _encode(Image.fromarray(rng.integers(0, 256, (1200, 1600, 3), dtype=np.uint8)).convert("CMYK"), "JPEG"),
-        "16-bit-at-pixel-limit.png": _encode(Image.fromarray(_gradient(4096, 4096, np.uint16, 65535)), "PNG"),
-        "rgba-at-pixel-limit.png": _encode(Image.fromarray(np.dstack([_gradient(4096, 4096)] * 4)), "PNG"),
-        "48-megapixel.jpg": _encode(Image.fromarray(np.dstack([_gradient(8000, 6000)] * 3)), "JPEG", quality=80),
-        "text.jpg": b"this is not an image, only text with a .jpg name\n" * 20,
-        "drawing.svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="100000" height="100000"><rect width="100%" height="100%"/></svg>',
-    }
-
-
 @pytest.fixture(scope="module")
 def full_size_gallery(tmp_path_factory) -> Path:
     """A resnet18 gallery at the model's real input size (resize 256, crop 224): hostile costs scale with it."""
@@ -97,7 +51,7 @@ def full_size_gallery(tmp_path_factory) -> Path:
 def test_hostile_uploads_cost_under_a_second_of_cpu_each_and_leave_the_server_healthy(full_size_gallery):
     app = create_app(full_size_gallery, ServerConfig(max_upload_bytes=10 * 2**20))
     assert app.state.service.embedder.embedder.preprocess.resize_size == 256
-    corpus = hostile_corpus()
+    corpus = hostile_uploads()
     costs: dict[str, tuple[int, float]] = {}
     with TestClient(app, base_url="http://127.0.0.1") as client:
         for name, data in corpus.items():

@@ -31,6 +31,13 @@ def embedder_for(gallery: Gallery, device: str = "cpu") -> Embedder:
     weights = model["weights"]
     source = {"pretrained": "pretrained", "random": "random"}.get(weights["kind"], weights["source"])
     embedder = load_model(model["model"], source, model["preprocess"]["image_size"], device, weights.get("seed") or 0)
+    recorded = weights.get("sha256") or ""
+    if len(recorded) == 64 and embedder.weights.sha256 != recorded:  # older galleries recorded only a name prefix
+        where = weights["source"] if weights["kind"] == "file" else "the cached pretrained file"
+        raise GalleryError(
+            f"the weights in {where} (sha256 {str(embedder.weights.sha256)[:12]}…) are not the ones {gallery.path} was extracted with "
+            f"(sha256 {recorded[:12]}…), so queries would not match its embeddings; restore that file or re-extract the gallery"
+        )
     if embedder.dim != gallery.dim:
         raise GalleryError(f"model {model['model']} gives {embedder.dim}-d embeddings but {gallery.path} holds {gallery.dim}-d ones; re-extract the gallery")
     embedder.precision = model.get("precision", {}).get("precision", "fp32")
