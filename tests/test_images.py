@@ -229,3 +229,20 @@ def test_pixel_limit_is_checked_on_what_is_decoded_and_can_be_raised():
     with pytest.raises(BadImageError, match="--max-pixels"):
         load_rgb_bytes(big)
     assert load_rgb_bytes(big, max_pixels=200_000_000, min_side=1000).size == (2500, 2167)  # factor 13000 // 2000 = 6
+
+
+def test_cap_aspect_keeps_ordinary_images_and_cuts_long_ones_around_their_centre():
+    from lookalike.embed.models import MODELS
+    from lookalike.embed.transforms import build_transform, cap_aspect
+
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 256, (10, 100, 3), dtype=np.uint8)
+    cut = cap_aspect(Image.fromarray(wide))
+    assert cut.size == (40, 10) and np.array_equal(np.asarray(cut), wide[:, 30:70])
+    tall = rng.integers(0, 256, (101, 5, 3), dtype=np.uint8)
+    assert np.array_equal(np.asarray(cap_aspect(Image.fromarray(tall))), tall[40:60])
+    ordinary = Image.fromarray(wide[:, :40])
+    assert cap_aspect(ordinary) is ordinary  # 4:1 and squarer: untouched, so embeddings do not change
+    # A 1×65000 strip becomes a 256×1024 resize, then the usual 224² crop.
+    tensor = build_transform(MODELS["resnet18"].preprocess)(Image.new("RGB", (1, 65000), (9, 9, 9)))
+    assert tuple(tensor.shape) == (3, 224, 224)

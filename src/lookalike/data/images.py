@@ -37,6 +37,9 @@ REDUCE_HEADROOM = 2
 
 _WHITE = (255, 255, 255)
 
+# Every size is checked here against max_pixels, so PIL's warning above its own threshold is noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 
 def is_image_path(path: str | os.PathLike) -> bool:
     """True when the file name ends in one of IMAGE_EXTENSIONS (any case, e.g. `.JPEG`)."""
@@ -152,7 +155,6 @@ def _allow_pixels(max_pixels: int) -> None:
     """Let PIL open images up to our own limit: it would refuse above 2 × its threshold before we can say how to raise ours."""
     if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = max_pixels
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # we check every size ourselves
 
 
 def _reduce(im: Image.Image, min_side: int) -> Image.Image:
