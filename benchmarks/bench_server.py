@@ -148,6 +148,11 @@ class Server:
                 raise SystemExit(f"lookalike serve exited with {self.proc.returncode}:\n{''.join(seen)}")
         self.start_seconds = time.perf_counter() - t
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the server process has used so far (all its threads), from /proc/<pid>/stat."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_peak_bytes(self) -> int | None:
         try:
             for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -244,6 +249,27 @@ async def run_load(url: str, config: str, kind: str, method: str, concurrency: i
 HEADERS = ["server", "query", "method", "clients", "requests", "failed", "p50 ms", "p99 ms", "req/s", "server wait ms", "decode ms", "embed ms", "search ms"]
 
 
+HOSTILE_HEADERS = ["upload (issue 10)", "bytes", "HTTP", "server CPU s", "wall ms"]
+
+
+def hostile_rows(server: Server) -> list[list[object]]:
+    """Each hostile upload once, sequentially: the server process's CPU time for it (goal: ≤ 1 s each)."""
+    import httpx
+
+    from lookalike.data.synthetic import hostile_uploads
+
+    rows = []
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        for name, data in hostile_uploads().items():
+            cpu, t = server.cpu_seconds(), time.perf_counter()
+            response = client.post("/api/search", files={"image": (name, data, "application/octet-stream")}, data={"k": str(K), "method": "ivf"})
+            wall = time.perf_counter() - t
+            rows.append([name, f"{len(data):,}", response.status_code, f"{server.cpu_seconds() - cpu:.2f}", f"{1000 * wall:.0f}"])
+        healthy = client.get("/healthz").status_code == 200
+    rows.append(["(then /healthz)", "", 200 if healthy else "FAILED", "", ""])
+    return rows
+
+
 @dataclass
 class ServerRun:
     config: dict
@@ -252,7 +278,7 @@ class ServerRun:
     info: dict
 
 
-def to_markdown(results: list[LoadResult], runs: list[ServerRun], jpeg_bytes: int, load: dict, quick: bool) -> str:
+def to_markdown(results: list[LoadResult], runs: list[ServerRun], jpeg_bytes: int, load: dict, quick: bool, hostile: list[list[object]] | None = None) -> str:
     total = sum(len(r.latencies_ms) for r in results)
     failed = sum(len(r.failures) for r in results)
     info = runs[0].info
@@ -277,6 +303,15 @@ def to_markdown(results: list[LoadResult], runs: list[ServerRun], jpeg_bytes: in
         )
     lines += ["", markdown_table(HEADERS, [r.row() for r in results]), "", f"**{total} requests, {failed} failed.**"]
     lines += reading(results)
+    if hostile:
+        lines += [
+            "",
+            "Hostile uploads (issue 10; files from `lookalike.data.synthetic.hostile_uploads`), one at a time to the default server: "
+            "the server process's CPU time per request (user + system, all threads, /proc; clock-tick resolution 10 ms). "
+            "Goal: at most 1 s each, and the server healthy afterwards.",
+            "",
+            markdown_table(HOSTILE_HEADERS, hostile),
+        ]
     return "\n".join(lines)
 
 
@@ -335,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = gallery.partition().query_ids
     results: list[LoadResult] = []
     runs: list[ServerRun] = []
+    hostile: list[list[object]] = []
     import httpx
 
     with load_watch() as load:
@@ -352,13 +388,16 @@ def main(argv: list[str] | None = None) -> int:
                         for failure in result.failures[:5]:
                             print(f"  FAILED: {failure}", flush=True)
                 runs.append(ServerRun(config, server.start_seconds, server.rss_peak_bytes(), info))
+                if config is CONFIGS[0]:
+                    hostile = hostile_rows(server)
+                    print(markdown_table(HOSTILE_HEADERS, hostile), flush=True)
             finally:
                 server.stop()
-    markdown = to_markdown(results, runs, len(jpeg), load, args.quick)
+    markdown = to_markdown(results, runs, len(jpeg), load, args.quick, hostile)
     print("\n" + markdown)
     if should_write(args):
         print(f"\nwritten to {write_section(SECTION, markdown)}")
-    failed = sum(len(r.failures) for r in results)
+    failed = sum(len(r.failures) for r in results) + sum(1 for row in hostile if not (isinstance(row[2], int) and row[2] < 500))
     if failed:
         print(f"{failed} request(s) failed", file=sys.stderr)
     return 1 if failed else 0

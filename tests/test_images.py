@@ -171,8 +171,78 @@ def test_bad_bytes_name_the_upload():
 def test_decompression_bomb_is_refused_before_decoding(tmp_path):
     path = tmp_path / "big.png"
     Image.new("L", (100, 100)).save(path)
-    with pytest.raises(BadImageError, match="max_pixels"):
+    with pytest.raises(BadImageError, match="--max-pixels"):
         load_rgb(path, max_pixels=9_999)
     assert load_rgb(path, max_pixels=10_000).size == (100, 100)
     with pytest.raises(BadImageError, match="upload"):
         load_rgb_bytes(path.read_bytes(), max_pixels=100)
+
+
+# --- large images are reduced as they decode (min_side), and the limit names its option ---
+
+
+def _gradient(width: int, height: int) -> np.ndarray:
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([(x * 255 // width), (y * 255 // height), ((x + y) % 256)], axis=-1).astype(np.uint8)
+
+
+def test_large_png_is_box_reduced_to_twice_the_resize_side():
+    pixels = _gradient(2000, 1000)
+    out = load_rgb_bytes(_encode(Image.fromarray(pixels), "PNG"), min_side=100)
+    # short side 1000 // (2 × 100) = factor 5: the independent box mean of 5×5 blocks.
+    want = pixels.reshape(200, 5, 400, 5, 3).astype(np.float64).mean(axis=(1, 3))
+    assert out.size == (400, 200)
+    assert np.abs(np.asarray(out).astype(np.float64) - want).max() <= 1.0
+    # Without min_side (or when it would not halve the image) nothing is reduced.
+    assert load_rgb_bytes(_encode(Image.fromarray(pixels), "PNG")).size == (2000, 1000)
+    assert load_rgb_bytes(_encode(Image.fromarray(pixels), "PNG"), min_side=300).size == (2000, 1000)
+
+
+def test_large_16bit_png_is_reduced_and_scaled():
+    im = Image.fromarray(np.full((1000, 1600), 257 * 77, dtype=np.uint16))
+    out = load_rgb_bytes(_encode(im, "PNG"), min_side=50)
+    assert out.size == (160, 100)  # factor 1000 // 100 = 10
+    assert np.all(np.asarray(out) == 77)
+
+
+def test_large_jpeg_decodes_at_reduced_scale_and_keeps_its_orientation():
+    im = Image.fromarray(_gradient(1600, 800))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise when shown
+    data = _encode(im, "JPEG", quality=90, exif=exif)
+    full = load_rgb_bytes(data)
+    assert full.size == (800, 1600)  # exif_transpose applied
+    small = load_rgb_bytes(data, min_side=100)
+    assert small.size == (200, 400)  # DCT scaling 1/4 (800 // 200), then the same rotation
+    # Same picture: the full decode box-reduced by 4 matches the draft decode closely.
+    ref = np.asarray(full).astype(np.float64).reshape(400, 4, 200, 4, 3).mean(axis=(1, 3))
+    assert np.abs(np.asarray(small).astype(np.float64) - ref).mean() < 4.0
+
+
+def test_pixel_limit_is_checked_on_what_is_decoded_and_can_be_raised():
+    data = _encode(Image.fromarray(_gradient(1600, 800)), "JPEG")
+    with pytest.raises(BadImageError, match="--max-pixels"):
+        load_rgb_bytes(data, max_pixels=1_000_000)
+    assert load_rgb_bytes(data, max_pixels=1_280_000).size == (1600, 800)
+    assert load_rgb_bytes(data, max_pixels=100_000, min_side=100).size == (400, 200)  # decoded at 1/4: 80,000 px
+    big = _encode(Image.new("L", (15000, 13000)), "PNG")  # 195 Mpx: over PIL's own hard limit of 2 × 89.5 Mpx
+    with pytest.raises(BadImageError, match="--max-pixels"):
+        load_rgb_bytes(big)
+    assert load_rgb_bytes(big, max_pixels=200_000_000, min_side=1000).size == (2500, 2167)  # factor 13000 // 2000 = 6
+
+
+def test_cap_aspect_keeps_ordinary_images_and_cuts_long_ones_around_their_centre():
+    from lookalike.embed.models import MODELS
+    from lookalike.embed.transforms import build_transform, cap_aspect
+
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 256, (10, 100, 3), dtype=np.uint8)
+    cut = cap_aspect(Image.fromarray(wide))
+    assert cut.size == (40, 10) and np.array_equal(np.asarray(cut), wide[:, 30:70])
+    tall = rng.integers(0, 256, (101, 5, 3), dtype=np.uint8)
+    assert np.array_equal(np.asarray(cap_aspect(Image.fromarray(tall))), tall[40:60])
+    ordinary = Image.fromarray(wide[:, :40])
+    assert cap_aspect(ordinary) is ordinary  # 4:1 and squarer: untouched, so embeddings do not change
+    # A 1×65000 strip becomes a 256×1024 resize, then the usual 224² crop.
+    tensor = build_transform(MODELS["resnet18"].preprocess)(Image.new("RGB", (1, 65000), (9, 9, 9)))
+    assert tuple(tensor.shape) == (3, 224, 224)

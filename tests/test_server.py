@@ -118,8 +118,11 @@ def parse_cli_search(stdout: str) -> list[tuple[str, float]]:
 
 
 @pytest.fixture(scope="module")
-def cli_rankings(gallery_dir, query_images) -> dict[tuple[int, str], list[tuple[str, float]]]:
-    """`lookalike search` for (image 0, brute) and (image 1, ivf --nprobe 2), run side by side."""
+def cli_rankings(gallery_dir, query_images, tiny_collection) -> dict[tuple[int, str], list[tuple[str, float]]]:
+    """`lookalike search` for (image 0, brute) and (image 1, ivf --nprobe 2), run side by side.
+
+    The CLI prints the files' absolute paths; the server shows them relative to the collection root.
+    """
     cases = {(0, "brute"): [], (1, "ivf"): ["--nprobe", "2"]}
     procs = {
         key: subprocess.Popen(
@@ -132,7 +135,7 @@ def cli_rankings(gallery_dir, query_images) -> dict[tuple[int, str], list[tuple[
     for key, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr
-        out[key] = parse_cli_search(stdout)
+        out[key] = [(Path(path).relative_to(tiny_collection).as_posix(), score) for path, score in parse_cli_search(stdout)]
         assert len(out[key]) == 8, stdout
     return out
 
@@ -231,7 +234,7 @@ def test_nprobe_applies_to_one_call_only(client):
 
 
 def test_images_and_thumbnails_by_id(client, app):
-    path = Path(app.state.service.row(5)["path"])
+    path = Path(app.state.service.gallery.paths[5])
     full = client.get("/api/images/5")
     assert full.status_code == 200 and full.content == path.read_bytes() and full.headers["content-type"] == "image/jpeg"
     thumb = client.get("/api/images/5/thumb")

@@ -69,7 +69,23 @@ def set_threads(n: int | None = None) -> int:
     return n
 
 
+def pin_thread(n: int) -> None:
+    """Apply `n` threads in the calling thread too: OpenMP settings (FAISS's) are per thread.
+
+    A thread that never called omp_set_num_threads starts from the OpenMP default (OMP_NUM_THREADS
+    or one per core), whatever the main thread set; so a worker thread must set it itself.
+    torch re-applies its own global setting in each new thread, and BLAS pools are process-wide.
+    """
+    import faiss
+    import torch
+
+    faiss.omp_set_num_threads(n)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 def thread_counts() -> dict[str, int]:
+    """The thread counts in force in the calling thread (call it where the work runs)."""
     import faiss
     import torch
     from threadpoolctl import threadpool_info

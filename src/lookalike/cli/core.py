@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from ..data.images import DEFAULT_MAX_PIXELS
 from ..errors import LookalikeError
 from . import options as opt
 
@@ -34,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     opt.threads(p)
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random")
     p.add_argument("--overwrite", action="store_true", help="replace a gallery built with other arguments")
+    p.add_argument("--max-pixels", type=int, default=None, help=f"skip images over this many pixels (width × height) as possible decompression bombs (default {DEFAULT_MAX_PIXELS:,}, PIL's own threshold); raise it for legitimate large images")
     _engine_args(p)
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs per model actor")
     p.add_argument("--staging", default=None, help="ray: fsspec URL where workers write shards (e.g. s3://bucket/job) when they do not share --out's filesystem")
@@ -123,7 +125,14 @@ def extract_config(args: argparse.Namespace):
         device=args.device,
         threads=args.threads,
         overwrite=args.overwrite,
+        **({"max_pixels": _positive(args.max_pixels, "--max-pixels")} if args.max_pixels is not None else {}),
     )
+
+
+def _positive(value: int, option: str) -> int:
+    if value < 1:
+        raise LookalikeError(f"{option} must be a positive number of pixels, got {value}")
+    return value
 
 
 def cmd_extract(args: argparse.Namespace) -> int:

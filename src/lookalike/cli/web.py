@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MB (default 10)")
     p.add_argument("--threads", type=int, default=None, help="torch/FAISS threads of each compute job (default: one per core)")
     p.add_argument("--compute-slots", type=int, default=1, help="compute jobs (decode+embed+search) run at once (default 1, using all --threads)")
+    p.add_argument("--max-pixels", type=int, default=None, help="largest upload in pixels as decoded, width × height (default 4096² = 16.8 M; JPEGs decode reduced); each costs CPU in proportion")
     p.set_defaults(func=cmd_serve)
 
 
@@ -60,6 +61,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise LookalikeError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
     if args.compute_slots < 1:
         raise LookalikeError(f"--compute-slots must be at least 1, got {args.compute_slots}")
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise LookalikeError(f"--max-pixels must be a positive number of pixels, got {args.max_pixels}")
     if args.port < 0 or args.port > 65535:
         raise LookalikeError(f"--port must be 0..65535, got {args.port}")
     open_gallery(args.gallery)  # a missing or inconsistent gallery fails here, before torch is even imported
@@ -68,8 +71,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from ..serve import ServerConfig, create_app
+        from ..serve.service import LOOPBACK_HOSTS
 
-        config = ServerConfig(max_upload_bytes=int(args.max_upload_mb * 2**20), threads=args.threads, compute_slots=args.compute_slots)
+        config = ServerConfig(
+            max_upload_bytes=int(args.max_upload_mb * 2**20),
+            threads=args.threads,
+            compute_slots=args.compute_slots,
+            **({"max_pixels": args.max_pixels} if args.max_pixels is not None else {}),
+            # Bound to loopback: answer only to loopback names (DNS rebinding). --allow-remote: any name.
+            allowed_hosts=LOOPBACK_HOSTS if is_loopback(args.host) else None,
+        )
         app = create_app(args.gallery, config)
         service = app.state.service
         host, port = sock.getsockname()[:2]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -29,8 +30,15 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 #: PIL's own default decompression-bomb threshold, in pixels (width * height).
 DEFAULT_MAX_PIXELS = 89_478_485
+#: Decoding is the one step whose cost grows with the pixel count; callers that shrink images
+#: afterwards pass `min_side` and get at most this many times that side back (JPEG `draft`
+#: decodes at 1/2..1/8 scale, other formats are box-reduced right after decoding).
+REDUCE_HEADROOM = 2
 
 _WHITE = (255, 255, 255)
+
+# Every size is checked here against max_pixels, so PIL's warning above its own threshold is noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def is_image_path(path: str | os.PathLike) -> bool:
@@ -38,18 +46,21 @@ def is_image_path(path: str | os.PathLike) -> bool:
     return os.fspath(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
-def load_rgb(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_rgb(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None) -> Image.Image:
     """Decode the image at `path` into a new, fully loaded 8-bit RGB image.
 
     EXIF orientation is applied, transparency is composited on white and 16-bit data is
-    scaled (not clipped) to 8 bits. Images over `max_pixels` (width * height) are refused
-    before their pixels are decoded. Any failure raises BadImageError naming the path.
+    scaled (not clipped) to 8 bits. Images over `max_pixels` (width * height, as decoded) are
+    refused before their pixels are decoded. With `min_side` (the short side the caller will
+    resize to), large images are reduced while or right after they decode, keeping a short side
+    of at least REDUCE_HEADROOM × min_side. Only the first frame of an animated or multi-page
+    file is read. Any failure raises BadImageError naming the path.
     """
     name = os.fspath(path)
     try:
         # Open the file ourselves so a missing or unreadable file gets a clear reason.
         with open(name, "rb") as fh:
-            return _decode(fh, name, max_pixels)
+            return _decode(fh, name, max_pixels, min_side)
     except BadImageError:
         raise
     except MemoryError:
@@ -63,12 +74,13 @@ def load_rgb_bytes(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     name: str = "upload",
+    min_side: int | None = None,
 ) -> Image.Image:
-    """Decode an in-memory image (e.g. an HTTP upload); `name` is used in error messages."""
+    """Decode an in-memory image (e.g. an HTTP upload) like `load_rgb`; `name` is used in error messages."""
     if not data:
         raise BadImageError(_message(name, "it is empty (0 bytes)"))
     try:
-        return _decode(io.BytesIO(bytes(data)), name, max_pixels)
+        return _decode(io.BytesIO(bytes(data)), name, max_pixels, min_side)
     except BadImageError:
         raise
     except MemoryError:
@@ -91,31 +103,73 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, UnidentifiedImageError):
         return "not a recognised image format"
     if isinstance(exc, Image.DecompressionBombError):
-        return f"decompression bomb ({exc})"
+        return f"decompression bomb ({exc}); if the image is legitimate, raise the limit with --max-pixels"
     text = str(exc).strip() or type(exc).__name__
     return f"corrupt or truncated ({text})"
 
 
-def _decode(fh: io.IOBase, name: str, max_pixels: int) -> Image.Image:
-    """Open, size-check, fully load and convert; the returned image owns its pixels."""
+def _decode(fh: io.IOBase, name: str, max_pixels: int, min_side: int | None = None) -> Image.Image:
+    """Open, size-check, fully load (reduced when allowed) and convert; the returned image owns its pixels."""
     if fh.read(1) == b"":
         raise BadImageError(_message(name, "it is empty (0 bytes)"))
     fh.seek(0)
+    _allow_pixels(max_pixels)
     with Image.open(fh) as im:
         width, height = im.size
         if width <= 0 or height <= 0:
             raise BadImageError(_message(name, f"it has no pixels ({width}x{height})"))
-        if width * height > max_pixels:
+        if min_side and im.format == "JPEG":
+            im.draft(None, (REDUCE_HEADROOM * min_side, REDUCE_HEADROOM * min_side))  # DCT-domain 1/2..1/8 scaling
+        w, h = im.size
+        if w * h > max_pixels:
             raise BadImageError(
                 _message(
                     name,
-                    f"{width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels} "
-                    "(possible decompression bomb)",
+                    f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} pixels "
+                    "(possible decompression bomb); if the image is legitimate, raise the limit with --max-pixels",
                 )
             )
         # load() now, while the file is open: a truncated or corrupt body fails here, not later.
+        # Only the first frame: seek() is never called, so animated/multi-page files cost one frame.
         im.load()
-        return _to_rgb8(ImageOps.exif_transpose(im) or im)
+        reduced = _reduce(im, min_side) if min_side else im
+        if reduced is im:
+            return _to_rgb8(ImageOps.exif_transpose(im) or im)
+        # The reduced copy has lost TIFF tags, so take the orientation from the original.
+        method = _TRANSPOSE.get(im.getexif().get(0x0112, 1))
+        return _to_rgb8(reduced.transpose(method) if method is not None else reduced)
+
+
+_TRANSPOSE = {  # EXIF orientation → PIL transpose, as ImageOps.exif_transpose maps it
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _allow_pixels(max_pixels: int) -> None:
+    """Let PIL open images up to our own limit: it would refuse above 2 × its threshold before we can say how to raise ours."""
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _reduce(im: Image.Image, min_side: int) -> Image.Image:
+    """Box-reduce by the largest integer factor that keeps the short side ≥ REDUCE_HEADROOM × min_side."""
+    factor = min(im.size) // (REDUCE_HEADROOM * min_side)
+    if factor < 2:
+        return im
+    if im.mode.startswith("I;16"):
+        im = im.convert("I")  # same values, a mode reduce() handles
+    elif im.mode in ("P", "1"):
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    try:
+        return im.reduce(factor)
+    except ValueError:  # a mode reduce() does not support: convert at full size instead
+        return im
 
 
 def _to_rgb8(im: Image.Image) -> Image.Image:

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.datasets import ImageRecord
+from ..data.images import DEFAULT_MAX_PIXELS
 from ..errors import GalleryError, LookalikeError
 from ..embed.extract import ExtractConfig, ImageListDataset, Job, Shard, collate, commit, encode_shard, prepare, record_state
 from ..gallery import MANIFEST, Gallery, atomic_write_bytes, open_gallery
@@ -195,7 +196,7 @@ def _probe(config: ExtractConfig, rows: list[dict], calibrate: bool, threads: in
     if calibrate:
         _, normalise = split_transform(embedder.preprocess)
         for row in rows:
-            pixels = decode_batch(row, embedder.preprocess)["pixels"]
+            pixels = decode_batch(row, embedder.preprocess, config.max_pixels)["pixels"]
             if len(pixels):
                 precision = calibrate_precision(embedder, normalise(torch.from_numpy(pixels)), config.precision)
                 break
@@ -231,7 +232,7 @@ def run_pass(job: Job, store: ShardStore, plan: WorkerPlan, preprocess: Preproce
     precision = job.state.get("precision", {"precision": "fp32"})["precision"]
     dataset = (
         ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_INPUT_BLOCKS))
-        .map(decode_batch, fn_kwargs={"preprocess": preprocess}, num_cpus=plan.cpus_per_decode)
+        .map(decode_batch, fn_kwargs={"preprocess": preprocess, "max_pixels": job.config.max_pixels}, num_cpus=plan.cpus_per_decode)
         .map_batches(
             EmbedActor,
             fn_constructor_kwargs={"config": job.config, "precision": precision, "threads": plan.threads_per_worker, "crash_once": os.environ.get(CRASH_HOOK)},
@@ -276,16 +277,16 @@ def split_transform(preprocess: Preprocess):
     return T.Compose(steps[:cut]), T.Compose(steps[cut:])
 
 
-def decode_batch(row: dict, preprocess: Preprocess) -> dict:
-    """Decode one batch's files with the local engine's dataset code (same errors, same order)."""
+def decode_batch(row: dict, preprocess: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """Decode one batch's files with the local engine's dataset code (same errors, same order, same content hashes)."""
     import torch
 
     torch.set_num_threads(1)  # one decode task per CPU slot
     started = time.perf_counter()
     to_pixels, _ = split_transform(preprocess)
     records = tuple(ImageRecord(str(path), None, "train") for path in row["paths"])
-    dataset = ImageListDataset(records, to_pixels)
-    local, tensor, bad = collate([dataset[i] for i in range(len(dataset))])
+    dataset = ImageListDataset(records, to_pixels, max_pixels, preprocess.resize_size)
+    local, tensor, bad, hashes = collate([dataset[i] for i in range(len(dataset))])
     start = int(row["start"])
     size = preprocess.image_size
     return {
@@ -295,6 +296,7 @@ def decode_batch(row: dict, preprocess: Preprocess) -> dict:
         "indices": np.asarray(local, dtype=np.int64) + start,
         "pixels": tensor.numpy() if tensor is not None else np.zeros((0, 3, size, size), np.uint8),
         "bad": json.dumps([[start + i, reason] for i, reason in bad]),
+        "hashes": json.dumps(hashes),
         "seconds": time.perf_counter() - started,
     }
 
@@ -322,7 +324,7 @@ class EmbedActor:
             embeddings = self.embedder.embed(self.normalise(torch.from_numpy(pixels)))
         else:
             embeddings = np.zeros((0, self.embedder.dim), np.float32)
-        out = {key: batch[key] for key in ("shard", "batch", "batches", "indices", "bad")}
+        out = {key: batch[key] for key in ("shard", "batch", "batches", "indices", "bad", "hashes") if key in batch}
         out["embeddings"] = embeddings[None]
         out["seconds"] = batch["seconds"] + (time.perf_counter() - started)
         return out
@@ -357,6 +359,7 @@ class ShardWriter:
             "indices": np.asarray(batch["indices"][0], dtype=np.int64).reshape(-1),
             "embeddings": np.asarray(batch["embeddings"][0], dtype=np.float32).reshape(-1, self.dim),
             "bad": [(int(i), str(r)) for i, r in json.loads(str(batch["bad"][0]))],
+            "hashes": [str(h) for h in json.loads(str(batch["hashes"][0]))] if "hashes" in batch else None,
             "seconds": float(batch["seconds"][0]),
         }
         written = -1
@@ -371,4 +374,5 @@ class ShardWriter:
         embeddings = np.concatenate([p["embeddings"] for p in ordered])
         indices = np.concatenate([p["indices"] for p in ordered]).tolist()
         bad = [item for p in ordered for item in p["bad"]]
-        self.store.write(shard.filename, encode_shard(embeddings, indices, bad, sum(p["seconds"] for p in ordered)))
+        hashes = None if any(p["hashes"] is None for p in ordered) else [h for p in ordered for h in p["hashes"]]
+        self.store.write(shard.filename, encode_shard(embeddings, indices, bad, sum(p["seconds"] for p in ordered), hashes))

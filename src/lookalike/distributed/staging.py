@@ -15,7 +15,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ..errors import GalleryError
-from ..gallery import atomic_write_bytes
+from ..gallery import atomic_write_bytes, json_text
 
 JOB_FILE = "job.json"  # identity of the extraction the shards in a staging URL belong to
 
@@ -92,4 +92,4 @@ class ShardStore:
             raise GalleryError(f"staging location {self.url} holds shard files of an unknown extraction; give another --staging URL or pass --overwrite")
         elif self.shard_names():
             self.clear()
-        self.write(JOB_FILE, (json.dumps(mine, indent=2, sort_keys=True) + "\n").encode())
+        self.write(JOB_FILE, json_text(mine, sort_keys=True).encode())

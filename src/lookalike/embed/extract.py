@@ -10,6 +10,7 @@ last. The Ray engine (`lookalike.distributed`) reuses `prepare`, the decoding, t
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -27,7 +28,6 @@ from torch.utils.data import DataLoader, Dataset
 from .. import runtime
 from ..data.datasets import Collection, ImageRecord, load_collection
 from ..errors import BadImageError, GalleryError
-from ..data.images import load_rgb
 from ..gallery import (
     MANIFEST,
     DataInfo,
@@ -41,6 +41,7 @@ from ..gallery import (
     records_digest,
     write_gallery,
 )
+from ..data.images import DEFAULT_MAX_PIXELS, load_rgb_bytes
 from .models import Embedder, load_model
 from .transforms import build_transform
 
@@ -68,6 +69,7 @@ class ExtractConfig:
     device: str = "auto"
     threads: int | None = None
     overwrite: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped as possible decompression bombs (--max-pixels)
 
     def identity(self) -> dict:
         """The arguments that determine the gallery's content; a resume or re-run must match them."""
@@ -81,6 +83,8 @@ class ExtractConfig:
             "precision": self.precision,
             "splits": list(self.splits) if self.splits else None,
             "seed": self.seed,
+            # Only when raised or lowered: galleries made before the option existed keep their identity.
+            **({"max_pixels": self.max_pixels} if self.max_pixels != DEFAULT_MAX_PIXELS else {}),
         }
 
     @property
@@ -124,30 +128,44 @@ class Job:
 
 
 class ImageListDataset(Dataset):
-    """Decodes in DataLoader workers; a bad file becomes an error entry, never an exception."""
+    """Decodes in DataLoader workers; a bad file becomes an error entry, never an exception.
 
-    def __init__(self, records: tuple[ImageRecord, ...], transform):
+    Each file is read once: its bytes are hashed (sha256, so a duplicate under another path or
+    a symlink is recognised later, see Gallery.partition) and decoded from memory.
+    """
+
+    def __init__(self, records: tuple[ImageRecord, ...], transform, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None):
         self.records = records
         self.transform = transform
+        self.max_pixels = max_pixels
+        self.min_side = min_side  # the resize target: large images are reduced as they decode
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int):
+        path = self.records[index].path
         try:
-            return index, self.transform(load_rgb(self.records[index].path)), None
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            return index, None, f"cannot read image {path}: {exc.strerror or exc}; remove or replace the file", None
+        try:
+            image = load_rgb_bytes(data, max_pixels=self.max_pixels, name=path, min_side=self.min_side)
+            return index, self.transform(image), None, hashlib.sha256(data).hexdigest()
         except BadImageError as exc:
-            return index, None, str(exc)
+            return index, None, str(exc), None
         except Exception as exc:  # a transform failing on a degenerate image must not kill the run
-            return index, None, f"{self.records[index].path}: {type(exc).__name__}: {exc}"
+            return index, None, f"{path}: {type(exc).__name__}: {exc}", None
 
 
 def collate(items):
-    ok = [(i, t) for i, t, _ in items if t is not None]
-    bad = [(i, e) for i, _, e in items if e is not None]
-    indices = [i for i, _ in ok]
-    tensor = torch.stack([t for _, t in ok]) if ok else None
-    return indices, tensor, bad
+    """(indices, stacked tensor or None, [(index, reason)], content hashes aligned with indices)."""
+    ok = [(i, t, h) for i, t, _, h in items if t is not None]
+    bad = [(i, e) for i, _, e, _ in items if e is not None]
+    indices = [i for i, _, _ in ok]
+    tensor = torch.stack([t for _, t, _ in ok]) if ok else None
+    return indices, tensor, bad, [h for _, _, h in ok]
 
 
 def make_loader(dataset: Dataset, batches: list[list[int]], workers: int, pin_memory: bool) -> DataLoader:
@@ -221,9 +239,14 @@ def calibrate_precision(embedder: Embedder, images: torch.Tensor, requested: str
     }
 
 
-def encode_shard(embeddings: np.ndarray, indices: list[int], bad: list[tuple[int, str]], seconds: float) -> bytes:
-    """The shard file format (an .npz), as bytes: both engines write it, the Ray engine through fsspec."""
+def encode_shard(embeddings: np.ndarray, indices: list[int], bad: list[tuple[int, str]], seconds: float, hashes: list[str] | None = None) -> bytes:
+    """The shard file format (an .npz), as bytes: both engines write it, the Ray engine through fsspec.
+
+    `hashes` (sha256 of each file, aligned with `indices`) is optional: shards without it give a
+    gallery without the content-hash column.
+    """
     buffer = io.BytesIO()
+    extra = {"hashes": np.asarray(hashes, dtype="U64")} if hashes is not None and len(hashes) == len(indices) else {}
     np.savez(
         buffer,
         embeddings=embeddings.astype(np.float32, copy=False),
@@ -231,12 +254,13 @@ def encode_shard(embeddings: np.ndarray, indices: list[int], bad: list[tuple[int
         bad_indices=np.asarray([i for i, _ in bad], dtype=np.int64),
         bad_reasons=np.asarray([r for _, r in bad], dtype=str),
         seconds=np.float64(seconds),
+        **extra,
     )
     return buffer.getvalue()
 
 
-def write_shard(job: Job, shard: Shard, embeddings: np.ndarray, indices: list[int], bad: list[tuple[int, str]], seconds: float) -> None:
-    atomic_write_bytes(job.partial / shard.filename, encode_shard(embeddings, indices, bad, seconds))
+def write_shard(job: Job, shard: Shard, embeddings: np.ndarray, indices: list[int], bad: list[tuple[int, str]], seconds: float, hashes: list[str] | None = None) -> None:
+    atomic_write_bytes(job.partial / shard.filename, encode_shard(embeddings, indices, bad, seconds, hashes))
 
 
 def run_local(job: Job, embedder: Embedder, workers: int, progress: bool = True) -> None:
@@ -248,15 +272,15 @@ def run_local(job: Job, embedder: Embedder, workers: int, progress: bool = True)
         return
     bs = job.config.batch_size
     batches = [list(range(b, min(b + bs, s.stop))) for s in todo for b in range(s.start, s.stop, bs)]
-    dataset = ImageListDataset(job.collection.records, build_transform(embedder.preprocess))
+    dataset = ImageListDataset(job.collection.records, build_transform(embedder.preprocess), job.config.max_pixels, embedder.preprocess.resize_size)
     loader = make_loader(dataset, batches, workers, pin_memory=embedder.device.startswith("cuda"))
     done_images = sum(s.stop - s.start for s in job.shards) - sum(s.stop - s.start for s in todo)
     bar = tqdm(total=len(job.collection.records), initial=done_images, unit="img", disable=not progress, desc=f"extract {embedder.spec.name}", dynamic_ncols=True)
     shard_iter = iter(todo)
     shard = next(shard_iter)
-    embs, idx, bad, started = [], [], [], time.perf_counter()
+    embs, idx, bad, hashes, started = [], [], [], [], time.perf_counter()
     try:
-        for indices, tensor, bad_items in loader:
+        for indices, tensor, bad_items, digests in loader:
             if tensor is not None:
                 if "precision" not in job.state:
                     job.state["precision"] = calibrate_precision(embedder, tensor, job.config.precision)
@@ -264,13 +288,14 @@ def run_local(job: Job, embedder: Embedder, workers: int, progress: bool = True)
                     embedder.precision = job.state["precision"]["precision"]
                 embs.append(embedder.embed(tensor))
                 idx.extend(indices)
+                hashes.extend(digests)
             bad.extend(bad_items)
             bar.update(len(indices) + len(bad_items))
             last = max(indices + [i for i, _ in bad_items])
             if last == shard.stop - 1:
                 emb = np.concatenate(embs) if embs else np.zeros((0, embedder.dim), np.float32)
-                write_shard(job, shard, emb, idx, bad, time.perf_counter() - started)
-                embs, idx, bad, started = [], [], [], time.perf_counter()
+                write_shard(job, shard, emb, idx, bad, time.perf_counter() - started, hashes)
+                embs, idx, bad, hashes, started = [], [], [], [], time.perf_counter()
                 shard = next(shard_iter, None)
     except KeyboardInterrupt:
         done = sum(job.done(s) for s in job.shards)
@@ -299,11 +324,12 @@ def commit(job: Job, embedder: Embedder | None = None, extra_timings: dict | Non
     missing = job.todo()
     if missing:
         raise GalleryError(f"cannot commit {job.out}: {len(missing)} shards are missing; rerun the extraction to finish them")
-    embs, idx, bad, seconds = [], [], [], 0.0
+    embs, idx, bad, hashes, seconds = [], [], [], [], 0.0
     for shard in job.shards:
         with np.load(job.partial / shard.filename) as z:
             embs.append(z["embeddings"])
             idx.append(z["indices"])
+            hashes.append(z["hashes"].tolist() if "hashes" in z.files else None)
             bad.extend(zip(z["bad_indices"].tolist(), z["bad_reasons"].tolist()))
             seconds += float(z["seconds"])
     embeddings = np.concatenate(embs) if embs else np.zeros((0, job.state["model"]["dim"]), np.float32)
@@ -315,7 +341,11 @@ def commit(job: Job, embedder: Embedder | None = None, extra_timings: dict | Non
     gallery = write_gallery(
         job.out,
         embeddings,
-        Rows([r.path for r in records], [r.label for r in records], [r.label_name for r in records], [r.split for r in records]),
+        Rows(
+            [r.path for r in records], [r.label for r in records], [r.label_name for r in records], [r.split for r in records],
+            # every shard hashed its files (shards from before content hashes did not)
+            content_hashes=[h for part in hashes for h in part] if all(h is not None for h in hashes) else None,
+        ),
         model=ModelInfo.from_dict({**job.state["model"], "precision": job.state.get("precision", {"precision": "fp32"})}),
         data=DataInfo.from_dict(job.collection.provenance()),
         skipped=[{"path": job.collection.records[i].path, "reason": r} for i, r in bad],

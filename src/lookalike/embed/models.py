@@ -7,7 +7,10 @@ product and |x − y|² = 2 − 2⟨x, y⟩ for every search method downstream.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import os
+import re
 import warnings
 from pathlib import Path
 
@@ -115,6 +118,9 @@ def _build_pretrained(spec: ModelSpec, image_size: int | None) -> tuple[nn.Modul
 
         enum = torchvision.models.get_weight(spec.pretrained)
         hub_file = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
+        if hub_file.is_file():
+            # torchvision checks the hash only while downloading; a cached file is loaded unchecked.
+            verify_hash_prefix(hub_file, enum.url)
         try:
             state = enum.get_state_dict(progress=True, check_hash=True)
         except Exception as exc:  # URLError, HTTPError, RuntimeError on hash mismatch, ...
@@ -125,12 +131,14 @@ def _build_pretrained(spec: ModelSpec, image_size: int | None) -> tuple[nn.Modul
             ) from exc
         model = torchvision.models.get_model(spec.arch, weights=None)
         model.load_state_dict(state)
-        return model, WeightsInfo("pretrained", f"torchvision {spec.pretrained}", sha256=Path(enum.url).stem.split("-")[-1])
+        return model, WeightsInfo("pretrained", f"torchvision {spec.pretrained}", sha256=verify_hash_prefix(hub_file, enum.url))
     import open_clip
 
     cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained)
     repo = cfg.get("hf_hub", "").rstrip("/")
     cached = _hf_cached_file(repo)
+    if cached is not None:
+        verify_hf_blob(cached)
     try:
         if cached is None and not _reachable("huggingface.co"):
             raise ConnectionError("huggingface.co is unreachable")
@@ -146,7 +154,47 @@ def _build_pretrained(spec: ModelSpec, image_size: int | None) -> tuple[nn.Modul
             f"`huggingface-cli download {repo} open_clip_pytorch_model.bin` so the file lands in {HF_HUB_CACHE}, "
             f"or pass --weights PATH to an open_clip checkpoint (or --weights random for an untrained model)"
         ) from exc
-    return model, WeightsInfo("pretrained", f"open_clip {spec.arch} '{spec.pretrained}'")
+    loaded = cached or _hf_cached_file(repo)
+    digest = verify_hf_blob(loaded) if loaded else None
+    return model, WeightsInfo("pretrained", f"open_clip {spec.arch} '{spec.pretrained}'", sha256=digest)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_hash_prefix(path: Path, url: str | None = None) -> str:
+    """Check a torch hub file against the sha256 prefix in its name (as torch.hub's check_hash does); return the full sha256.
+
+    A file placed at the cache path by hand, e.g. random weights saved as resnet18-f37072fd.pth,
+    would otherwise be labelled as the published pretrained model.
+    """
+    digest = file_sha256(path)
+    match = torch.hub.HASH_REGEX.search(path.name)
+    prefix = match.group(1) if match else ""
+    if prefix and not digest.startswith(prefix):
+        source = f" with a fresh download of {url}" if url else " with the published file"
+        raise WeightsUnavailableError(
+            f"cached weights {path} are not the published file: the name says sha256 {prefix}…, the file's is {digest[:len(prefix)]}…; "
+            f"delete or replace {path}{source}"
+        )
+    return digest
+
+
+def verify_hf_blob(path: str | Path) -> str:
+    """Check a Hugging Face cache file against its blob name (the sha256 of LFS files); return the full sha256."""
+    digest = file_sha256(path)
+    blob = Path(os.path.realpath(path)).name
+    if re.fullmatch(r"[0-9a-f]{64}", blob) and blob != digest:
+        raise WeightsUnavailableError(
+            f"cached weights {path} are not the published file: the hub recorded sha256 {blob[:12]}…, the file's is {digest[:12]}…; "
+            f"delete {os.path.realpath(path)} so it is downloaded again, or replace it"
+        )
+    return digest
 
 
 def _hf_cached_file(repo: str) -> str | None:
@@ -172,9 +220,10 @@ def _reachable(host: str, port: int = 443, timeout_s: float = 3.0) -> bool:
 
 
 def _build_from_file(spec: ModelSpec, path: Path, image_size: int | None) -> tuple[nn.Module, WeightsInfo]:
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    data = path.read_bytes()  # read once: the bytes hashed are the bytes loaded
+    digest = hashlib.sha256(data).hexdigest()
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsUnavailableError(f"cannot read weights file {path} ({exc}); pass a torch state dict or checkpoint") from exc
     return _build(spec, state, image_size), WeightsInfo("file", str(path.resolve()), sha256=digest)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from ..errors import GalleryError
 from ..gallery import Gallery
-from ..data.images import load_rgb, load_rgb_bytes
+from ..data.images import DEFAULT_MAX_PIXELS, load_rgb, load_rgb_bytes
 from .models import Embedder, load_model
 from .transforms import build_transform
 
@@ -31,6 +31,13 @@ def embedder_for(gallery: Gallery, device: str = "cpu") -> Embedder:
     weights = model.weights
     source = {"pretrained": "pretrained", "random": "random"}.get(weights.kind, weights.source)
     embedder = load_model(model.name, source, model.image_size, device, weights.seed or 0)
+    recorded = weights.sha256 or ""
+    if len(recorded) == 64 and embedder.weights.sha256 != recorded:  # older galleries recorded only a name prefix
+        where = weights.source if weights.kind == "file" else "the cached pretrained file"
+        raise GalleryError(
+            f"the weights in {where} (sha256 {str(embedder.weights.sha256)[:12]}…) are not the ones {gallery.path} was extracted with "
+            f"(sha256 {recorded[:12]}…), so queries would not match its embeddings; restore that file or re-extract the gallery"
+        )
     if embedder.dim != gallery.dim:
         raise GalleryError(f"model {model.name} gives {embedder.dim}-d embeddings but {gallery.path} holds {gallery.dim}-d ones; re-extract the gallery")
     embedder.precision = model.precision_name
@@ -50,11 +57,12 @@ class QueryEmbedder:
         t2 = time.perf_counter()
         return vector, QueryTimings(1000 * (t1 - t0), 1000 * (t2 - t1))
 
-    def embed_path(self, path: str) -> tuple[np.ndarray, QueryTimings]:
+    def embed_path(self, path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, QueryTimings]:
         t0 = time.perf_counter()
-        return self.embed_image(load_rgb(path), t0)
+        return self.embed_image(load_rgb(path, max_pixels=max_pixels, min_side=self.embedder.preprocess.resize_size), t0)
 
-    def embed_bytes(self, data: bytes, max_pixels: int | None = None) -> tuple[np.ndarray, QueryTimings]:
+    def embed_bytes(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, QueryTimings]:
+        """Decoding is reduced to what the resize keeps (as at extraction), so its cost is bounded by max_pixels."""
         t0 = time.perf_counter()
-        image = load_rgb_bytes(data, max_pixels=max_pixels) if max_pixels else load_rgb_bytes(data)
+        image = load_rgb_bytes(data, max_pixels=max_pixels, min_side=self.embedder.preprocess.resize_size)
         return self.embed_image(image, t0)

@@ -17,6 +17,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip.constants.OPENAI_DATASET_MEAN
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: Resize scales the short side, so a 1×65000 image would become 256×16.6M pixels before the
+#: centre crop throws nearly all of them away. The crop only ever keeps the middle short-side
+#: square, so longer images are first cut to this aspect ratio around their centre: the kept
+#: region is the same and resize work is bounded by MAX_ASPECT × resize_size² whatever the input.
+MAX_ASPECT = 4
 
 
 @dataclass(frozen=True)
@@ -38,14 +43,29 @@ class Preprocess:
         return asdict(self)
 
 
+def cap_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.Image:
+    """Centre-cut an image longer than `max_aspect` × its short side; other images are returned as they are."""
+    width, height = image.size
+    short = max(1, min(width, height))
+    keep = int(max_aspect * short)
+    if max(width, height) <= keep:
+        return image
+    if width > height:
+        left = (width - keep) // 2
+        return image.crop((left, 0, left + keep, height))
+    top = (height - keep) // 2
+    return image.crop((0, top, width, top + keep))
+
+
 def build_transform(p: Preprocess) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL RGB image → normalised float32 CHW tensor."""
+    """PIL RGB image → normalised float32 CHW tensor; resize work is bounded (see MAX_ASPECT)."""
     import torch
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import v2 as T
 
     return T.Compose(
         [
+            cap_aspect,
             T.PILToTensor(),
             T.Resize(p.resize_size, interpolation=InterpolationMode(p.interpolation), antialias=True),
             T.CenterCrop(p.image_size),

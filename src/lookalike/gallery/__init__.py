@@ -7,6 +7,7 @@ the experiments at sizes no image collection here reaches.
 from .manifest import SCHEMA_VERSION, DataInfo, Manifest, ModelInfo, Weights
 from .store import (
     CACHE,
+    CONTENT_HASH,
     EMBEDDINGS,
     INDEXES,
     MANIFEST,
@@ -21,6 +22,7 @@ from .store import (
     atomic_write_json,
     atomic_write_parquet,
     clear_gallery,
+    json_text,
     is_real,
     embeddings_digest,
     open_gallery,
@@ -30,8 +32,8 @@ from .store import (
 )
 
 __all__ = [
-    "CACHE", "EMBEDDINGS", "INDEXES", "MANIFEST", "MAX_HELD_OUT_QUERIES", "METADATA", "METADATA_SCHEMA", "SCHEMA_VERSION",
+    "CACHE", "CONTENT_HASH", "EMBEDDINGS", "INDEXES", "MANIFEST", "MAX_HELD_OUT_QUERIES", "METADATA", "METADATA_SCHEMA", "SCHEMA_VERSION",
     "Gallery", "Partition", "atomic_save_npy", "atomic_write_bytes", "atomic_write_json", "atomic_write_parquet",
     "clear_gallery", "is_real", "open_gallery", "provenance_line", "DataInfo", "Manifest", "ModelInfo", "Weights", "Rows",
-    "embeddings_digest", "records_digest", "write_gallery",
+    "embeddings_digest", "records_digest", "write_gallery", "json_text",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -47,6 +48,7 @@ METADATA_SCHEMA = pa.schema(
         ("split", pa.string()),
     ]
 )
+CONTENT_HASH = "sha256"  # optional metadata column: sha256 of each image file (galleries extracted before it lack it)
 MAX_HELD_OUT_QUERIES = 1000
 
 
@@ -58,7 +60,26 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+    atomic_write_bytes(path, json_text(obj).encode())
+
+
+def json_text(obj: Any, indent: int | None = 2, sort_keys: bool = False) -> str:
+    """Strict JSON for every file we write: NaN and ±inf become null (json.dumps would write bare NaN, which no JSON parser accepts)."""
+    return json.dumps(_json_safe(obj), indent=indent, sort_keys=sort_keys, default=str, allow_nan=False) + "\n"
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, np.generic):
+        return _json_safe(obj.item())
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, dict):
+        return {key: _json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(value) for value in obj]
+    return obj
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
@@ -80,6 +101,7 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a gallery file gets the mode any normal write would
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -89,16 +111,35 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask both sets and gets)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 # --- reading ---
 
 
 @dataclass(frozen=True)
 class Partition:
-    """Which gallery rows are searched (database) and which are held-out queries; they never overlap."""
+    """Which gallery rows are searched (database) and which are held-out queries; they never overlap.
+
+    Nor do their files: a database row whose file has the same content (sha256) as a query's,
+    e.g. a copy under another path or a symlink, is left out too and counted in `duplicates`.
+    """
 
     database_ids: np.ndarray
     query_ids: np.ndarray
     how: str  # human-readable, e.g. "train (100000) vs val (10000)"
+    duplicates: int | None = None  # database rows dropped as copies of a query; None: no content hashes to check
 
 
 @dataclass(frozen=True)
@@ -181,15 +222,35 @@ class Gallery:
         val = np.flatnonzero(splits == "val")
         if len(train) and len(val):
             queries = val if len(val) <= max_queries else np.sort(np.random.default_rng(seed).choice(val, max_queries, replace=False))
-            how = f"train ({len(train)}) vs val ({len(queries)} of {len(val)})"
-            return Partition(train, queries, how)
+            return self._without_copies(train, queries, f"train ({len(train)}) vs val ({len(queries)} of {len(val)})")
         pool = np.flatnonzero((splits != "test") & (splits != "val")) if len(train) == 0 else train
         n_queries = min(max_queries, max(1, len(pool) // 10))
         if len(pool) < 2:
             raise GalleryError(f"gallery at {self.path} has {len(pool)} searchable images; it needs at least 2")
         queries = np.sort(np.random.default_rng(seed).choice(pool, n_queries, replace=False))
         database = np.setdiff1d(pool, queries, assume_unique=True)
-        return Partition(database, queries, f"{len(database)} images vs {n_queries} held-out (seed {seed})")
+        return self._without_copies(database, queries, f"{{database}} images vs {n_queries} held-out (seed {seed})")
+
+    @cached_property
+    def content_hashes(self) -> np.ndarray | None:
+        """sha256 of each row's file, or None for a gallery extracted before the column existed."""
+        if CONTENT_HASH not in self.metadata.column_names:
+            return None
+        return np.asarray(self.metadata.column(CONTENT_HASH).to_pylist(), dtype=object)
+
+    def _without_copies(self, database: np.ndarray, queries: np.ndarray, how: str) -> Partition:
+        """Drop database rows whose file content equals a query's; `how` may hold a {database} field for the final count."""
+        hashes = self.content_hashes
+        if hashes is None:
+            return Partition(database, queries, how.format(database=len(database)))  # an older or generated gallery: paths only
+        query_hashes = {h for h in hashes[queries] if h}
+        copies = np.fromiter((h in query_hashes for h in hashes[database]), dtype=bool, count=len(database))
+        kept = database[~copies]
+        if len(kept) == 0:
+            raise GalleryError(f"gallery at {self.path}: every database image is a copy of a held-out query; it needs distinct images")
+        dropped = int(copies.sum())
+        note = f" ({dropped} copies of queries left out of the database)" if dropped else ""
+        return Partition(kept, queries, how.format(database=len(kept)) + note, dropped)
 
 
 def open_gallery(path: str | os.PathLike) -> Gallery:
@@ -238,17 +299,22 @@ class Rows:
     labels: Sequence[str | None]
     label_names: Sequence[str | None]
     splits: Sequence[str]
+    content_hashes: Sequence[str] | None = None  # sha256 of each image file, when the writer hashed them
 
     def __post_init__(self) -> None:
-        if not len(self.paths) == len(self.labels) == len(self.label_names) == len(self.splits):
-            raise GalleryError(f"{len(self.paths)} paths but {len(self.labels)} labels, {len(self.label_names)} label names and {len(self.splits)} splits")
+        lengths = {len(self.paths), len(self.labels), len(self.label_names), len(self.splits)} | ({len(self.content_hashes)} if self.content_hashes is not None else set())
+        if len(lengths) != 1:
+            raise GalleryError(f"{len(self.paths)} paths but {len(self.labels)} labels, {len(self.label_names)} label names, {len(self.splits)} splits and {len(self.content_hashes or [])} content hashes")
 
     def table(self) -> pa.Table:
         n = len(self.paths)
-        return pa.Table.from_pydict(
+        table = pa.Table.from_pydict(
             {"id": np.arange(n, dtype=np.int64), "path": list(self.paths), "label": list(self.labels), "label_name": list(self.label_names), "split": list(self.splits)},
             schema=METADATA_SCHEMA,
         )
+        if self.content_hashes is not None:
+            table = table.append_column(CONTENT_HASH, pa.array(list(self.content_hashes), pa.string()))
+        return table
 
 
 def records_digest(paths: Sequence[str], labels: Sequence[str | None], splits: Sequence[str]) -> str:

@@ -7,7 +7,6 @@ them in every table, and implement each family (flat, ivf, hnsw, pq, sq) as one 
 from __future__ import annotations
 
 import re
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -62,7 +61,6 @@ class FaissIndex(SearchMethod):
         self.train_points_per_list = train_points_per_list  # k-means sample per IVF list: fewer trains faster, 30 is FAISS's floor
         self.index: faiss.Index | None = None
         self._search_params: dict[str, Any] = dict(search_params or {})
-        self._lock = threading.Lock()  # guards temporary per-call parameter changes
         self._memory: int | None = None
 
     @property
@@ -152,16 +150,22 @@ class FaissIndex(SearchMethod):
             raise LookalikeError(f"queries are {queries.shape[1]}-d but {self.name} holds {self.index.d}-d vectors")
         if not params:
             return self.index.search(queries, k)
-        with self._lock:  # FAISS parameters live on the index: change, search, restore atomically
-            self._apply(params)
-            try:
-                return self.index.search(queries, k)
-            finally:
-                self._apply(self._current_values(params))
+        self._check(params)
+        # Per-call values travel in a FAISS SearchParameters object: the shared index is never
+        # changed, so concurrent searches with and without parameters cannot see each other's.
+        search_params, keep = search_parameters(self.index, {key: int(value) for key, value in params.items()})
+        try:
+            return self.index.search(queries, k, params=search_params)
+        finally:
+            del keep  # the Python owners of nested parameter objects live until the search returns
 
-    def _current_values(self, params: dict[str, Any]) -> dict[str, Any]:
-        defaults = {"nprobe": 1, "efSearch": 16, "k_factor": 1}
-        return {key: self._search_params.get(key, defaults[key]) for key in params}
+    def _check(self, params: dict[str, Any]) -> None:
+        for key, value in params.items():
+            if key not in self.search_param_ranges():
+                raise LookalikeError(f"{self.name} ({self.factory}) has no search parameter {key!r}; known: {', '.join(self.search_param_ranges()) or 'none'}")
+            lo, hi = self.search_param_ranges()[key]
+            if not lo <= int(value) <= hi:
+                raise LookalikeError(f"{key}={value} is out of range for {self.name}: use {lo}..{hi}")
 
     def memory_bytes(self) -> int:
         """Serialised size of the real index plus the id map: what a loaded copy occupies.
@@ -194,6 +198,41 @@ class FaissIndex(SearchMethod):
         method.index = faiss.read_index(str(folder / INDEX_FILE))
         method._apply(method._search_params)
         return method
+
+
+def search_parameters(index: faiss.Index, values: dict[str, int]) -> tuple[faiss.SearchParameters | None, list]:
+    """A SearchParameters tree for `index` that sets `values` (nprobe, efSearch, k_factor) and keeps the index's own others.
+
+    FAISS reads per-call parameters from this object instead of the index, so nothing shared is
+    mutated. Wrappers pass them down: IndexPreTransform (OPQ…) via SearchParametersPreTransform,
+    IndexRefine (…,RFlat) via IndexRefineSearchParameters. The list holds every object created,
+    which must outlive the search (FAISS stores raw pointers to the nested ones).
+    """
+    keep: list = []
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        inner, keep = search_parameters(index.index, values)
+        if inner is None:
+            return None, keep
+        p = faiss.SearchParametersPreTransform()
+        p.index_params = inner
+    elif isinstance(index, faiss.IndexRefine):
+        inner, keep = search_parameters(index.base_index, values)
+        p = faiss.IndexRefineSearchParameters()
+        p.k_factor = float(values.get("k_factor", index.k_factor))
+        if inner is not None:
+            p.base_index_params = inner
+    elif isinstance(index, faiss.IndexIVF):
+        p = faiss.SearchParametersIVF()
+        p.nprobe = int(values.get("nprobe", index.nprobe))
+        p.max_codes = int(index.max_codes)
+    elif isinstance(index, faiss.IndexHNSW):
+        p = faiss.SearchParametersHNSW()
+        p.efSearch = int(values.get("efSearch", index.hnsw.efSearch))
+    else:
+        return None, keep
+    keep.append(p)
+    return p, keep
 
 
 def serialised_bytes(index: faiss.Index) -> int:

@@ -15,6 +15,7 @@ runs in worker threads behind one limiter (see service.py and docs/server.md).
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, which use build_app's locals.
 import logging
 import time
+import uuid
 from importlib import metadata
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Callable
@@ -124,6 +125,42 @@ class UploadSizeLimit:
             budget -= len(message.get("body", b""))
 
 
+class LoopbackHostOnly:
+    """Refuse requests whose Host header is not one of `allowed` (any port): DNS-rebinding protection.
+
+    A page on evil.example can make a browser resolve its own name to 127.0.0.1 and then read
+    this server's answers as same-origin; the browser still sends `Host: evil.example`, so a
+    server meant for this machine only answers to its loopback names.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...]):
+        self.app = app
+        self.allowed = {name.lower() for name in allowed}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = Headers(scope=scope).get("host", "")
+            if host_name(host) not in self.allowed:
+                shown = host[:100] or "(none)"
+                message = (
+                    f"Host {shown!r} is not this server's loopback address; open it as http://127.0.0.1:<port>/ or "
+                    "http://localhost:<port>/ (other host names are refused to block DNS rebinding; start with "
+                    "--host and --allow-remote to serve other names)"
+                )
+                await _error(400, message, "host")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def host_name(host: str) -> str:
+    """The name part of a Host header, lower-cased: 'LocalHost:8000' → 'localhost', '[::1]:80' → '[::1]'."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end > 0 else host
+    return host.split(":", 1)[0]
+
+
 def build_app(service: SearchService) -> FastAPI:
     config = service.config
     info = GalleryInfo(**service.info())  # computed once: methods' memory_bytes serialises each index
@@ -135,7 +172,7 @@ def build_app(service: SearchService) -> FastAPI:
 
         def job() -> tuple[Any, float]:
             started = time.perf_counter()
-            return fn(*args), started
+            return service.run_job(fn, *args), started  # sets the threads in this worker thread (OpenMP's are per thread)
 
         result, started = await anyio.to_thread.run_sync(job, limiter=compute)
         return result, 1000 * (started - queued)
@@ -157,6 +194,8 @@ def build_app(service: SearchService) -> FastAPI:
     app.state.service = service
     search_body_limit = config.max_upload_bytes + FORM_OVERHEAD_BYTES
     app.add_middleware(UploadSizeLimit, limits={"/api/search": search_body_limit}, message=service.too_large_message())
+    if config.allowed_hosts is not None:
+        app.add_middleware(LoopbackHostOnly, allowed=config.allowed_hosts)  # added last: runs first
 
     # -- errors: always JSON, always one sentence --
     @app.exception_handler(RequestError)
@@ -195,9 +234,12 @@ def build_app(service: SearchService) -> FastAPI:
         return _error(exc.status_code, message, field, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - a bug if reached
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return _error(500, f"internal error ({type(exc).__name__}: {exc}); this is a bug in lookalike, please report it")
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # The text of an unexpected exception can hold paths and internals: it goes to the log only,
+        # under a reference the client can quote.
+        reference = uuid.uuid4().hex[:12]
+        log.error("unexpected error %s on %s %s", reference, request.method, request.url.path, exc_info=exc)
+        return _error(500, f"internal error (reference {reference}); this is a bug in lookalike, please report it with the server log")
 
     # -- API --
     @app.post(

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from PIL import Image
 from .. import runtime
 from ..errors import BadImageError, LookalikeError
 from ..gallery import Gallery, open_gallery
-from ..data.images import DEFAULT_MAX_PIXELS, load_rgb
+from ..data.images import load_rgb
 from ..embed.models import MODELS
 from ..embed.query import QueryEmbedder
 from ..search import SearchMethod, get_method, load_method, saved_methods
@@ -37,6 +39,11 @@ log = logging.getLogger(__name__)
 
 BUILT_METHODS = ("brute", "flat", "ivf")  # always offered; a saved index of the same name is loaded instead of built
 ARRAY_PATH_PREFIXES = ("synthetic:", "array:")  # rows written from arrays (experiments.synthetic_gallery) have no image file
+# Decoding a non-JPEG costs CPU in proportion to its pixels (JPEGs decode at 1/2..1/8 scale, see
+# data.images), so an upload's decoded size is capped well below PIL's 89.5 Mpx bomb threshold:
+# 16.8 Mpx (4096²) keeps the worst upload within about a second of CPU (tests/test_server_hardening.py).
+SERVER_MAX_PIXELS = 4096 * 4096
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
 @dataclass(frozen=True)
@@ -44,13 +51,16 @@ class ServerConfig:
     """Limits and resources of one server; the defaults suit a 2-core laptop."""
 
     max_upload_bytes: int = 10 * 2**20
-    max_pixels: int = DEFAULT_MAX_PIXELS  # width × height of an upload, checked before its pixels are decoded
+    max_pixels: int = SERVER_MAX_PIXELS  # width × height of an upload as decoded, checked before its pixels are decoded
     max_k: int = 100
     threads: int | None = None  # torch/FAISS/BLAS threads of a compute job (default: one per core)
     compute_slots: int = 1  # compute jobs at once; 1 job × all cores keeps the cores busy without oversubscribing
     thumb_px: int = 160  # longest side of a thumbnail, in pixels
     thumb_cache_entries: int = 4096  # thumbnails kept in memory (LRU), a few KB each
     metric: str = "ip"
+    # Host header names accepted (any port); None accepts any. A server bound to loopback must refuse
+    # other names, or a web page on another site could reach it through DNS rebinding.
+    allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS
 
 
 class RequestError(LookalikeError):
@@ -154,6 +164,10 @@ class SearchService:
         self._labels: list[str | None] = metadata.column("label").to_pylist()
         self._label_names: list[str | None] = metadata.column("label_name").to_pylist()
         self._splits: list[str | None] = metadata.column("split").to_pylist()
+        data = gallery.manifest.data
+        self._shown_paths = [shown_path(p, data.root, data.kind == "list") for p in self._paths]
+        self.threads = config.threads or runtime.default_threads()
+        self.job_threads: dict[str, int] = {}  # thread counts in force inside a compute job (set by load)
 
     # -- start-up --
     @classmethod
@@ -179,9 +193,16 @@ class SearchService:
                 t = time.perf_counter()
                 methods[name] = MethodEntry(name, load_method(gallery, name), True, time.perf_counter() - t)
         service = cls(gallery, config, embedder, methods, partition.how)
-        service.warm_up()
+        with ThreadPoolExecutor(1) as pool:  # a fresh thread, as the server's workers are: what it reports is what requests get
+            pool.submit(service.run_job, service.warm_up).result()
+            service.job_threads = pool.submit(service.run_job, runtime.thread_counts).result()
         log.info("serving %s with %s (%d threads)", gallery.path, ", ".join(methods), threads)
         return service
+
+    def run_job(self, fn, *args):
+        """Run one compute job in the calling (worker) thread with the configured threads in force there."""
+        runtime.pin_thread(self.threads)
+        return fn(*args)
 
     def warm_up(self) -> None:
         """One dummy query through the model and every method, so the first user does not pay for lazy set-up."""
@@ -272,9 +293,10 @@ class SearchService:
         return path
 
     def row(self, gallery_id: int) -> dict[str, Any]:
+        """A gallery row as the API shows it: the path is relative to the collection root, never a server path."""
         return {
             "id": gallery_id,
-            "path": self._paths[gallery_id],
+            "path": self._shown_paths[gallery_id],
             "label": self._labels[gallery_id],
             "label_name": self._label_names[gallery_id],
             "split": self._splits[gallery_id],
@@ -330,7 +352,7 @@ class SearchService:
                 "max_upload_bytes": self.config.max_upload_bytes,
                 "max_pixels": self.config.max_pixels,
             },
-            "threads": runtime.thread_counts(),
+            "threads": dict(self.job_threads),
             "compute_slots": self.config.compute_slots,
         }
 
@@ -338,3 +360,20 @@ class SearchService:
         limit_mb = self.config.max_upload_bytes / 2**20
         got = f" ({size} bytes)" if size else ""
         return f"the upload{got} is over the {limit_mb:g} MB limit; send a smaller image or start the server with a larger --max-upload-mb"
+
+
+def shown_path(path: str, root: str | None, root_is_list_file: bool = False) -> str:
+    """`path` relative to the collection root (the folder of a list file); the file name when outside it.
+
+    Answers must not reveal where the server keeps its files; rows written from arrays
+    ("synthetic:…") and paths that are already relative are shown as they are.
+    """
+    if path.startswith(ARRAY_PATH_PREFIXES) or not os.path.isabs(path):
+        return path
+    base = os.path.dirname(root) if root and root_is_list_file else root
+    if base:
+        try:
+            return Path(path).relative_to(base).as_posix()
+        except ValueError:
+            pass
+    return Path(path).name

@@ -1,0 +1,68 @@
+"""Weights identity: a cached file must be the published one, and a gallery's query model the one it was extracted with."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+
+from lookalike.embed.models import load_model, verify_hash_prefix, verify_hf_blob
+from lookalike.embed.query import QueryEmbedder
+from lookalike.errors import LookalikeError, WeightsUnavailableError
+from lookalike.gallery import open_gallery
+
+
+def test_random_weights_at_the_torch_hub_cache_path_are_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # torch.hub.get_dir() → <TORCH_HOME>/hub
+    impostor = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    impostor.parent.mkdir(parents=True)
+    torch.save(load_model("resnet18", "random", seed=3).module.state_dict(), impostor)
+    with pytest.raises(WeightsUnavailableError, match=r"resnet18-f37072fd\.pth are not the published file.*delete or replace"):
+        load_model("resnet18", "pretrained")
+
+
+def test_hash_prefix_check_returns_the_full_sha256(tmp_path):
+    payload = b"some weights" * 1000
+    digest = hashlib.sha256(payload).hexdigest()
+    good = tmp_path / f"model-{digest[:8]}.pth"
+    good.write_bytes(payload)
+    assert verify_hash_prefix(good) == digest
+    bad = tmp_path / f"model-{'0' * 8 if not digest.startswith('0' * 8) else 'f' * 8}.pth"
+    bad.write_bytes(payload)
+    with pytest.raises(WeightsUnavailableError, match=str(bad.name)):
+        verify_hash_prefix(bad)
+
+
+def test_hugging_face_blob_is_checked_against_its_name(tmp_path):
+    payload = b"clip weights"
+    digest = hashlib.sha256(payload).hexdigest()
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "abc"
+    blobs.mkdir()
+    snapshot.mkdir(parents=True)
+    (blobs / digest).write_bytes(payload)
+    (snapshot / "open_clip_model.safetensors").symlink_to(blobs / digest)
+    assert verify_hf_blob(snapshot / "open_clip_model.safetensors") == digest
+    (blobs / digest).write_bytes(b"tampered")
+    with pytest.raises(WeightsUnavailableError, match="not the published file"):
+        verify_hf_blob(snapshot / "open_clip_model.safetensors")
+
+
+def test_a_weights_file_gallery_refuses_queries_when_the_file_changed(tmp_path, tiny_gallery):
+    weights = tmp_path / "mine.pt"
+    torch.save(load_model("resnet18", "random", image_size=32, seed=11).module.state_dict(), weights)
+    recorded = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert load_model("resnet18", str(weights), image_size=32).weights.sha256 == recorded  # the full sha256 is stored
+
+    gallery_dir = tmp_path / "g"
+    shutil.copytree(tiny_gallery, gallery_dir)
+    manifest = json.loads((gallery_dir / "manifest.json").read_text())
+    manifest["model"]["weights"] = {"kind": "file", "source": str(weights), "sha256": recorded, "seed": None}
+    (gallery_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert QueryEmbedder(open_gallery(gallery_dir)).embedder.weights.sha256 == recorded
+
+    torch.save(load_model("resnet18", "random", image_size=32, seed=12).module.state_dict(), weights)  # same path, other weights
+    with pytest.raises(LookalikeError, match=r"mine\.pt.*not the ones .* was extracted with.*restore that file or re-extract"):
+        QueryEmbedder(open_gallery(gallery_dir))
