@@ -22,6 +22,7 @@ from pathlib import Path
 from .. import runtime
 from ..errors import LookalikeError
 from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, open_gallery
+from .metrics import MAP_DEFINITION
 from .bench import BenchResult, combined_table, run_bench, write_bench
 from .scale import ScaleConfig, ScaleResult, format_size, parse_sizes, run_scale, write_scale
 from .tradeoff import RECALL_TARGETS, TradeoffResult, run_tradeoff, write_tradeoff
@@ -200,6 +201,7 @@ def report_markdown(reports: list[GalleryReport], config: ReportConfig, seconds:
         "- Threads: " + ", ".join(f"{k} {v}" for k, v in threads.items()) + ".",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         f"- k = {config.k}; scale sizes {', '.join(format_size(s) for s in config.sizes)}; approximate methods in the scale section tuned to recall@{config.k} ≥ {config.target_recall}.",
+        f"- {MAP_DEFINITION}.",
         "",
         "## Summary",
         "",

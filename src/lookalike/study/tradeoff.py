@@ -29,7 +29,7 @@ import numpy as np
 from .. import runtime
 from ..errors import BadImageError, DataError, LookalikeError
 from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, is_real, open_gallery
-from .metrics import Accuracy, accuracy, exact_neighbours
+from .metrics import MAP_DEFINITION, Accuracy, accuracy, exact_neighbours
 from ..search import SearchMethod, database_vectors, default_nlist, factory_for, make_method
 from .bench import NOT_REAL_TAG
 from .timing import Latency, measure_latency
@@ -216,7 +216,7 @@ def evaluate(
 ) -> tuple[Latency, Accuracy]:
     """Latency (single and batched) and accuracy of one search setting, measured the way every experiment does."""
     latency, found = measure_latency(method, queries.vectors, k, params, single_queries=single_queries)
-    return latency, accuracy(found, truth, queries.labels, gallery_labels, k)
+    return latency, accuracy(found, truth, queries.labels, gallery_labels, k, queries.database_ids)
 
 
 def make_point(family: str, curve: str, method: SearchMethod, latency: Latency, acc: Accuracy, exact: bool) -> Point:
@@ -335,6 +335,7 @@ class TradeoffResult:
                 f"{p.memory_bytes / 2**20:.1f} | {p.memory_bytes / max(1, self.raw_bytes):.2f} | {p.bytes_per_vector:.0f} | {p.train_seconds:.2f} | {p.build_seconds:.2f} | {'●' if p.pareto else ''} |{flag}"
             )
         lines += ["", *[f"- {line}" for line in self.cheapest_lines()]]
+        lines += [f"- {MAP_DEFINITION}."]
         lines += [f"- skipped: {s}" for s in self.skipped]
         return "\n".join(lines) + "\n"
 
@@ -387,7 +388,7 @@ def run_tradeoff(
         latency, sample_acc = evaluate(method, exact_set, truth[sample], labels, k, None, single_queries)
         # Exact search returns the ground truth, so its label metrics are the ground truth's over every
         # query (comparable with the approximate rows); its recall is checked on the timed sample.
-        acc = replace(accuracy(truth, truth, queries.labels, labels, k), recall=sample_acc.recall)
+        acc = replace(accuracy(truth, truth, queries.labels, labels, k, queries.database_ids), recall=sample_acc.recall)
         points.append(make_point("exact", name, method, latency, acc, exact=True))
         log(f"  {name}: {latency.single_ms:.3f} ms/query")
         del method
