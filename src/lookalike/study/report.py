@@ -110,9 +110,9 @@ def scale_summary(report: GalleryReport) -> list[str]:
         return [f"- {s.model}: only one size was measured ({format_size(sizes[0])}); give --sizes with two or more."] if sizes else []
     lo, hi = sizes[0], sizes[-1]
     synthetic = [format_size(c.size) for c in s.compositions if c.synthetic and c.size in (lo, hi)]
-    extract = s.extraction.get("ms_per_image")
+    extract = s.extraction.get("single_image_ms")
     head = f"- {s.model}, {format_size(lo)} → {format_size(hi)} rows" + (f" (⚠ {', '.join(synthetic)} with synthetic extension)" if synthetic else "")
-    head += f"; extraction is a constant {extract:.2f} ms per query image:" if extract is not None else "; no extraction time (generated embeddings):"
+    head += f"; extraction is a constant {extract:.2f} ms per query image (one image, batch 1):" if extract is not None else "; no single-image extraction time recorded (generated embeddings or an older gallery):"
     lines = [head]
     for method in dict.fromkeys(p.method for p in s.points):
         a = next((p for p in s.points if p.method == method and p.size == lo), None)
@@ -126,7 +126,7 @@ def scale_summary(report: GalleryReport) -> list[str]:
         if extract is not None:
             line += f"; search share of end-to-end {_share(a)} → {_share(b)}"
         if a.params.get("nprobe") is not None:
-            line += f"; nprobe {a.params['nprobe']} → {b.params['nprobe']} to keep recall@{s.config.k} ≥ {s.config.target_recall} ({a.recall:.3f}, {b.recall:.3f})"
+            line += f"; nprobe {a.params['nprobe']} → {b.params['nprobe']} tuned for recall@{s.config.k} ≥ {s.config.target_recall} on validation queries (test recall {a.recall:.3f}, {b.recall:.3f})"
         lines.append(line + ".")
     return lines
 
