@@ -555,6 +555,8 @@ def measure_size(
         method = make_method(name, size, d, config.metric)
         stats = method.build(database)
         tuning, _ = tune_for_recall(method, val, truth_val, config.k, config.target_recall)  # leaves the chosen value set
+        if hasattr(method, "reset_working_set"):  # memory-mapped re-ranking: count the pages the test queries read
+            method.reset_working_set()
         _, found = method.search(test, config.k)
         latency, _ = measure_latency(method, timing, config.k, single_queries=len(timing))
         synthetic_share = float(np.mean(found[found >= 0] >= pool.first_synthetic_row)) if np.any(found >= 0) else 0.0
