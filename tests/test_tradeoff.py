@@ -172,8 +172,13 @@ def test_candidate_rules_follow_size_and_budget():
     small, _ = candidate_configs(100, 512)
     assert [c.family for c in small] == ["flat", "ivf", "hnsw", "ivf-sq8"]  # too few vectors for 4√N lists or PQ codebooks
     big, notes = candidate_configs(1_000_000, 512, max_memory_bytes=2**30)
-    assert [c.family for c in big] == ["ivf-sq8", "ivfpq-mmap"]  # raw vectors (1.9 GiB) cannot fit 1 GiB; HNSW would build for an hour
-    assert any("hnsw" in n and "hour" in n for n in notes) and any(n.startswith("flat") and "budget" in n for n in notes)
+    assert [c.family for c in big] == ["ivf-sq8", "ivfpq-mmap"]  # raw vectors (1.9 GiB) cannot fit 1 GiB; HNSW over the default size limit
+    assert any("hnsw" in n and "size limit" in n for n in notes) and any(n.startswith("flat") and "budget" in n for n in notes)
+    # the limit is a parameter, so a benchmark can set it from measured build times
+    allowed, notes = candidate_configs(1_000_000, 512, hnsw_max_n=2_000_000)
+    assert "hnsw" in [c.family for c in allowed] and not any("hnsw" in n for n in notes)
+    refused, notes = candidate_configs(200_000, 512, hnsw_max_n=100_000)
+    assert "hnsw" not in [c.family for c in refused] and any("hnsw: N=200000 > 100000" in n for n in notes)
 
 
 def test_nlists_too_large_for_the_gallery_are_skipped_and_said():
@@ -206,3 +211,31 @@ def test_tune_budget_counts_the_page_cache_a_memory_mapped_index_reads(tmp_path)
     (m,) = roomy.candidates
     assert m.status == "chosen" and codes < m.memory_bytes <= codes + x.nbytes + 4096
     assert m.cold_single_ms is not None and "cold-cache single query" in roomy.to_markdown()
+
+
+def test_hnsw_inclusion_at_1m_follows_the_measured_build_times():
+    """bench_tradeoff's rule: fit t = c·N·log2 N to measured builds, include HNSW where the extrapolation fits the budget."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_tradeoff_under_test", folder / "bench_tradeoff.py")
+        bench = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop("bench_tradeoff_under_test", None)
+    c = 1e-6  # measured points that follow the model exactly: the fit must recover c
+    measured = [(n, c * n * np.log2(n)) for n in (100_000, 250_000, 500_000)]
+    f = np.array([n * np.log2(n) for n, _ in measured])
+    fitted = float(f @ np.array([t for _, t in measured]) / (f @ f))
+    builds = bench.HnswBuilds(512, measured, fitted, 1_000_000)
+    assert builds.c == pytest.approx(c) and builds.predict(1_000_000) == pytest.approx(c * 1e6 * np.log2(1e6))  # ≈ 20 s
+    assert builds.included and "is swept" in builds.markdown()
+    slow = bench.HnswBuilds(512, measured, 1e-3, 1_000_000)  # ≈ 5.5 h predicted at 1M
+    assert not slow.included and "left out" in slow.markdown()
+    limit = slow.max_n()
+    assert slow.predict(limit) <= bench.HNSW_BUILD_BUDGET_S < slow.predict(limit + 1)

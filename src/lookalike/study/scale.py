@@ -64,6 +64,7 @@ class ScaleConfig:
     timing_queries: int = 200  # a sample of them timed per method: one by one, and as one batch
     extra_embeddings: str | None = None  # .npy of real embeddings (same model), or a larger gallery folder
     seed: int = 0
+    train_points_per_list: int | None = None  # IVF k-means points per list (None: the library default)
 
 
 @dataclass(frozen=True)
@@ -552,7 +553,8 @@ def measure_size(
     timing = test[: config.timing_queries]
     points = []
     for name in config.methods:
-        method = make_method(name, size, d, config.metric)
+        extra = {} if config.train_points_per_list is None or name == "brute" else {"train_points_per_list": config.train_points_per_list}
+        method = make_method(name, size, d, config.metric, **extra)
         stats = method.build(database)
         tuning, _ = tune_for_recall(method, val, truth_val, config.k, config.target_recall)  # leaves the chosen value set
         if hasattr(method, "reset_working_set"):  # memory-mapped re-ranking: count the pages the test queries read
