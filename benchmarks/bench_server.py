@@ -314,9 +314,11 @@ def reading(results: list[LoadResult]) -> list[str]:
         pairs = [(a, b) for a, b in pairs if a and b and a.latencies_ms and b.latencies_ms]
         if pairs:
             parts = [f"{a.kind} {a.method} ×{a.concurrency}: {rate(a):.1f} vs {rate(b):.1f} req/s, p50 {a.percentile(50):.0f} vs {b.percentile(50):.0f} ms" for a, b in pairs]
+            wins = sum(rate(a) > rate(b) for a, b in pairs)
             out.append("")
             out.append(
-                f"Side by side, {default} vs {alt}: " + "; ".join(parts) + ". The two servers ran one after the other in this run, "
+                f"Side by side, {default} vs {alt}: " + "; ".join(parts) + f". **{default} had the higher throughput in {wins} of {len(pairs)} "
+                f"comparisons** (docs/server.md links here for the choice of default). The two servers ran one after the other in this run, "
                 "so other work on the machine may differ between them (see the load average above)."
             )
     return out
