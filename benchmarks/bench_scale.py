@@ -163,7 +163,7 @@ def thread_check(gallery: Gallery, result: ScaleResult, threads: int, other: int
     queries = np.ascontiguousarray(gallery.embeddings[gallery.partition().query_ids[:200]])
     methods = {}
     for p in (p for p in result.points if p.size == size):
-        method = make_method(p.method, size, gallery.dim)
+        method = make_method(p.method, size, gallery.dim, **({} if p.method == "brute" else {"train_points_per_list": TRAIN_POINTS_PER_LIST}))
         method.build(database)
         if "nprobe" in p.params:
             method.set_params(nprobe=p.params["nprobe"])

@@ -220,7 +220,7 @@ def main() -> None:
         ["data", "nlist", "nprobe", "train / add s", "list imbalance", "scanned per query", f"recall@{K}", "single query ms (p99)", "batched ms/query", "speed-up over flat single / batched"],
         [f.row() for f in ivf],
     )
-    print("\n" + sgemm_line + "\n" + exact_table + "\n\n" + ivf_table)
+    print("\n" + sgemm_line + "\n" + exact_table + "\n\n" + ivf_table + "\n" + generator_line(GENERATOR, 0, None))
     chunks = -(-q // sizes["chunk"])
     doc = [
         f"**Generated data, no model**: a gallery of N = {n:,} uniform random unit vectors of d = {d} and Q = {q:,} separate "
