@@ -1,19 +1,22 @@
 """The 100k → 1M end-to-end latency profile (issue 3): `lookalike scale` on GENERATED galleries of the real sizes.
 
-Galleries: GENERATED embeddings (`experiments.synthetic_gallery.write_generated_gallery`: a random
-mixture of low-rank Gaussians with sibling clusters; no model, no images) of 1M + 1000 rows at
+Galleries: GENERATED embeddings (`lookalike.gallery.generated.write_generated_gallery` with
+`common.GENERATOR`, the generator bench_tradeoff uses: a random mixture of low-rank Gaussians
+with sibling clusters; no model, no images) of 1M + 1000 rows at
 d = 512 and 100k + 1000 rows at d = 1280; the last 1000 rows are the held-out queries. Every size
 is made of generated rows only, so no synthetic extension is involved here.
 
 Extraction has no gallery to come from, so the constant per-image cost stacked under the search
 time is measured here with the real pipeline (`lookalike.embed.extract.extract`): resnet18 (512-d) and
 mobilenet (1280-d) with RANDOM weights (speed does not depend on weight values) on generated
-64×64 JPEGs resized to 224 px — the manifest's batched images/s figure.
+64×64 JPEGs resized to 224 px. The end-to-end single-query figure uses one image embedded alone
+(batch 1, recorded by the extraction); the batched figure uses the batch throughput.
 
 Search: `lookalike.study.scale.run_scale` — brute, flat and ivf through the SearchMethod
-interface; ivf's nprobe chosen per size by a sweep to reach recall@10 ≥ 0.95 on 1000 held-out
-queries; every method timed on the same 200-query sample (single: one per call, batched: one
-call), which keeps the exact baselines at 1M affordable on 2 cores.
+interface; ivf trained on `common.TRAIN_POINTS_PER_LIST` points per list (as bench_tradeoff's 1M
+gallery), its nprobe chosen per size by a sweep to reach recall@10 ≥ 0.95 on 500 validation
+queries and reported on the other 500 (test); every method timed on the same 200 test queries
+(single: one per call, batched: one call), which keeps the exact baselines at 1M affordable.
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, environment_markdown, load_watch, markdown_table, parser, should_write, write_section  # noqa: E402
+from common import GENERATOR, ROOT, TRAIN_POINTS_PER_LIST, environment_markdown, generator_line, load_watch, markdown_table, parser, should_write, write_section  # noqa: E402
 
 from lookalike import runtime  # noqa: E402
 from lookalike.study.scale import ScaleConfig, ScaleResult, format_size, run_scale, write_scale  # noqa: E402
-from lookalike.gallery.generated import GeneratorParams, write_generated_gallery  # noqa: E402
+from lookalike.gallery.generated import write_generated_gallery  # noqa: E402
 from lookalike.embed.extract import ExtractConfig, extract  # noqa: E402
-from lookalike.gallery import MANIFEST, Gallery, atomic_write_json, open_gallery  # noqa: E402
+from lookalike.gallery import MANIFEST, Gallery, open_gallery, write_manifest  # noqa: E402
 from lookalike.data.synthetic import generate_collection  # noqa: E402
 
 SECTION = "Scale 100k → 1M (issue 3)"
@@ -56,6 +59,8 @@ def extraction_ms(model: str, work: Path, quick: bool, threads: int) -> dict:
     t = gallery.manifest.timings
     return {
         "ms_per_image": t["ms_per_image"],
+        "single_image_ms": t["single_image_ms"],
+        "single_image_note": t["single_image_note"] + f" ({model}, RANDOM weights, {t['threads']} threads)",
         "measured_on": f"measured by benchmarks/bench_scale.py with `lookalike.embed.extract`: {model} (RANDOM weights — speed does not depend on them) on "
         f"{t['images']} generated 64×64 JPEGs at {gallery.manifest.model.image_size} px, batch {t['batch_size']}, {t['threads']} threads, "
         f"{gallery.manifest.model.precision_name}",
@@ -68,21 +73,19 @@ def generated_gallery(work: Path, name: str, d: int, rows: int, extraction: dict
     if (path / MANIFEST).is_file():
         gallery = open_gallery(path)
         made_by = gallery.manifest.data.generator or {}
-        same = all(made_by.get(key) == value for key, value in {**asdict(GeneratorParams()), "seed": 0}.items())
+        same = all(made_by.get(key) == value for key, value in {**asdict(GENERATOR), "seed": 0}.items())
         if gallery.count == rows + VAL and gallery.dim == d and same:
             _set_extraction(gallery, extraction)
             return open_gallery(path)
     t = time.perf_counter()
-    gallery = write_generated_gallery(path, rows + VAL, d, val=VAL, seed=0, overwrite=True)
+    gallery = write_generated_gallery(path, rows + VAL, d, val=VAL, seed=0, overwrite=True, **asdict(GENERATOR))
     print(f"  generated {rows + VAL} × {d} in {time.perf_counter() - t:.0f} s", flush=True)
     _set_extraction(gallery, extraction)
     return open_gallery(path)
 
 
 def _set_extraction(gallery: Gallery, extraction: dict) -> None:
-    manifest = dict(gallery.manifest)
-    manifest["timings"] = {**manifest["timings"], **extraction}
-    atomic_write_json(gallery.path / MANIFEST, manifest)
+    write_manifest(gallery.path, gallery.manifest.with_timings(**extraction))
 
 
 def table(result: ScaleResult) -> str:
@@ -105,7 +108,7 @@ def table(result: ScaleResult) -> str:
             ]
         )
     return markdown_table(
-        ["size", "method", "nlist, nprobe", "search ms single", "p99", "ms batched", "end-to-end ms single", "search share", "memory MiB (× raw)", "train / build s", "recall@10", "label P@10"],
+        ["size", "method", "nlist, nprobe", "search ms single", "p99", "ms batched", "end-to-end ms single (batch-1 extract + search)", "search share", "memory MiB (× raw)", "train / build s", "test recall@10", "label P@10"],
         rows,
     )
 
@@ -136,7 +139,8 @@ def ratios(result: ScaleResult) -> list[str]:
                 )
     lines.append(
         f"- Peak RSS of the whole run so far {result.peak_rss_bytes / 2**30:.1f} GiB (limit {GOAL_MEMORY_GIB} GiB); this gallery took {result.seconds / 60:.1f} min; "
-        f"exact baselines timed on a sample of {result.timing_queries} queries, accuracy over {result.accuracy_queries}."
+        f"exact baselines timed on a sample of {result.timing_queries} test queries; nprobe tuned on {result.validation_queries} validation queries, "
+        f"accuracy reported on the other {result.accuracy_queries} (test)."
     )
     return lines
 
@@ -157,7 +161,7 @@ def thread_check(gallery: Gallery, result: ScaleResult, threads: int, other: int
     queries = np.ascontiguousarray(gallery.embeddings[gallery.partition().query_ids[:200]])
     methods = {}
     for p in (p for p in result.points if p.size == size):
-        method = make_method(p.method, size, gallery.dim)
+        method = make_method(p.method, size, gallery.dim, **({} if p.method == "brute" else {"train_points_per_list": TRAIN_POINTS_PER_LIST}))
         method.build(database)
         if "nprobe" in p.params:
             method.set_params(nprobe=p.params["nprobe"])
@@ -220,9 +224,9 @@ def main() -> int:
                 continue
             print(f"== {name}: {rows} + {VAL} × {d}, sizes {', '.join(map(format_size, sizes))}", flush=True)
             extraction = extraction_ms(model, work, args.quick, threads)
-            print(f"  extraction {model}: {extraction['ms_per_image']:.2f} ms/image", flush=True)
+            print(f"  extraction {model}: {extraction['single_image_ms']:.2f} ms for one image alone, {extraction['ms_per_image']:.2f} ms/image batched", flush=True)
             gallery = generated_gallery(work, name, d, rows, extraction)
-            result = run_scale(gallery, ScaleConfig(sizes=sizes), progress=lambda line: print("  " + line, flush=True))
+            result = run_scale(gallery, ScaleConfig(sizes=sizes, train_points_per_list=TRAIN_POINTS_PER_LIST), progress=lambda line: print("  " + line, flush=True))
             paths = write_scale(result, work / f"scale-{name}")
             figure = FIGURES / f"scale-{name}.png"
             if should_write(args):
@@ -232,7 +236,11 @@ def main() -> int:
                 [
                     f"### d = {d}: {', '.join(map(format_size, sizes))} rows",
                     "",
-                    f"{result.provenance}. Extraction {result.extraction['ms_per_image']:.2f} ms/image, constant per image: {result.extraction['note']}.",
+                    f"{result.provenance}. Extraction, constant per image: **{result.extraction['single_image_ms']:.2f} ms for one image alone** "
+                    f"({result.extraction['single_note']}), used for the end-to-end single-query figure; {result.extraction['ms_per_image']:.2f} ms/image "
+                    f"in batches ({result.extraction['note']}).",
+                    "",
+                    generator_line(GENERATOR, 0, TRAIN_POINTS_PER_LIST),
                     "",
                     table(result),
                     "",
@@ -248,11 +256,13 @@ def main() -> int:
             sections.append(text)
     intro = (
         "`lookalike scale` (`benchmarks/bench_scale.py`) on GENERATED galleries — no model, no images: "
-        "`write_generated_gallery` draws unit vectors from a random mixture of 1000 low-rank Gaussian clusters in sibling pairs; "
-        "the last 1000 rows are the held-out queries. Accuracy figures describe that generated data only. "
-        "End-to-end = the constant per-image extraction time (measured here with random weights; see each table) + search. "
-        "ivf's nprobe is the smallest reaching recall@10 ≥ 0.95 at each size (a doubling sweep, then bisection); "
-        "every method is timed on the same 200-query sample, one query per call (single) and in one call (batched). "
+        f"`write_generated_gallery` draws unit vectors from a random mixture of {GENERATOR.n_clusters} low-rank Gaussian clusters in sibling pairs "
+        "(the same generator and IVF training size as the accuracy-vs-speed section's 1M gallery; each table lists them); "
+        "the last 1000 rows are the held-out queries, split in half: validation (to choose nprobe) and test (to report). "
+        "Accuracy figures describe that generated data only. "
+        "End-to-end single = one image embedded alone (batch 1; measured here with random weights) + one single-query search. "
+        "ivf's nprobe is the smallest reaching recall@10 ≥ 0.95 on the validation queries at each size (a doubling sweep, then bisection); "
+        "every method is timed on the same 200 test queries, one query per call (single) and in one call (batched). "
         f"Everything — extraction included — runs with {threads} thread(s) (`--threads`); the check under the first table shows why."
     )
     markdown = "\n\n".join([intro, *sections, environment_markdown(load, args.quick)])

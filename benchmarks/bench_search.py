@@ -12,8 +12,9 @@ Each chunk's ratio to the roofline uses the sgemm rate measured beside it; figur
 medians over chunks (batched totals are sums over chunks).
 
 Data: GENERATED unit vectors (no model, no image). Exact search uses uniform random unit
-vectors; ivf also runs on a generated Gaussian mixture with 1000 centres
-(`experiments.synthetic_gallery.random_cluster_model`), because uniform vectors have no
+vectors; ivf also runs on a generated Gaussian mixture (`lookalike.gallery.generated.
+random_cluster_model` with `common.GENERATOR`, the generator of the other sections; the section
+prints its parameters and the IVF training size), because uniform vectors have no
 cluster structure and so give ivf its worst case. Queries are drawn apart from the gallery,
 never gallery members searched for themselves.
 """
@@ -22,8 +23,7 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import faiss
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment_markdown, load_watch, markdown_table, median_seconds, parser, should_write, write_section  # noqa: E402
+from common import GENERATOR, environment_markdown, generator_line, load_watch, markdown_table, median_seconds, parser, should_write, write_section  # noqa: E402
 
 from lookalike import runtime  # noqa: E402
 from lookalike.gallery.generated import random_cluster_model  # noqa: E402
@@ -199,10 +199,10 @@ def main() -> None:
         print("ivf beside flat: uniform, then clustered generated vectors", flush=True)
         ivf = [ivf_search("uniform unit vectors", gallery, queries, sizes)]
         del gallery
-        mixture = random_cluster_model(d, n_clusters=1000, seed=0)
+        mixture = random_cluster_model(d, seed=0, **asdict(GENERATOR))
         clustered, _ = mixture.sample(n, seed=1)
         clustered_queries, _ = mixture.sample(q, seed=2)
-        ivf.append(ivf_search("Gaussian mixture, 1000 centres", clustered, clustered_queries, sizes))
+        ivf.append(ivf_search(f"Gaussian mixture, {GENERATOR.n_clusters} centres", clustered, clustered_queries, sizes))
     exact_table = markdown_table(
         ["method", "threads", "queries", "all queries, s", "queries/s", f"× roofline (goal ≤ {GOAL_ROOFLINE:g}×)",
          "single query ms (median)", "single p99 ms", f"recall@{K} vs flat"],
@@ -219,7 +219,7 @@ def main() -> None:
         ["data", "nlist", "nprobe", "train / add s", "list imbalance", "scanned per query", f"recall@{K}", "single query ms (p99)", "batched ms/query", "speed-up over flat single / batched"],
         [f.row() for f in ivf],
     )
-    print("\n" + sgemm_line + "\n" + exact_table + "\n\n" + ivf_table)
+    print("\n" + sgemm_line + "\n" + exact_table + "\n\n" + ivf_table + "\n" + generator_line(GENERATOR, 0, None))
     chunks = -(-q // sizes["chunk"])
     doc = [
         f"**Generated data, no model**: a gallery of N = {n:,} uniform random unit vectors of d = {d} and Q = {q:,} separate "
@@ -240,7 +240,7 @@ def main() -> None:
         f"**ivf** (`IndexIVFFlat`, inner product) at the defaults: nlist = round(√N) = {default_nlist(n)}, "
         f"nprobe = `lookalike.search.DEFAULT_NPROBE` = {DEFAULT_NPROBE}, timed chunk by chunk beside flat on the same data; "
         f"recall@{K} against flat's results. Uniform unit vectors have no cluster structure, so ivf's recall on them is its "
-        "worst case; the Gaussian-mixture rows (1000 random centres, `experiments.synthetic_gallery.random_cluster_model`, "
+        f"worst case; the Gaussian-mixture rows ({GENERATOR.n_clusters} random centres, `lookalike.gallery.generated.random_cluster_model`, "
         "queries drawn from the same mixture) are closer to how real embeddings cluster — both are GENERATED, not image "
         "embeddings. *List imbalance* is FAISS's imbalance factor (1 = equal lists); *scanned per query* counts the "
         "gallery vectors each query is compared with (FAISS `indexIVF_stats`): on the mixture, k-means leaves uneven "
@@ -250,6 +250,8 @@ def main() -> None:
         "Single-query times are medians (p99 in brackets).",
         "",
         ivf_table,
+        "",
+        generator_line(GENERATOR, 0, None) + " The uniform rows are `numpy.random.default_rng(0)` normals, normalised.",
         "",
         environment_markdown(load, args.quick),
     ]

@@ -341,7 +341,8 @@ def reading(results: list[LoadResult]) -> list[str]:
             f"Exact search of one query over the whole database is memory-bound: {brute.server_median('search_ms'):.0f} ms for brute "
             f"(torch, both cores) and {flat.server_median('search_ms'):.0f} ms for flat (FAISS scans fewer than 20 queries with its "
             f"per-query loop, so one query runs on one core), against {id1.server_median('search_ms'):.1f} ms for ivf. At this size one "
-            + (f"exact search costs more than an upload's forward pass ({up1.server_median('embed_ms'):.0f} ms)." if up1 else "exact search is the costly step."),
+            + (f"exact search costs {'more' if brute.server_median('search_ms') > up1.server_median('embed_ms') else 'less'} than an upload's forward pass "
+               f"({up1.server_median('embed_ms'):.0f} ms)." if up1 else "exact search was measured without uploads."),
         ]
     if len(CONFIGS) > 1:
         alt = CONFIGS[1]["label"]
@@ -349,9 +350,11 @@ def reading(results: list[LoadResult]) -> list[str]:
         pairs = [(a, b) for a, b in pairs if a and b and a.latencies_ms and b.latencies_ms]
         if pairs:
             parts = [f"{a.kind} {a.method} ×{a.concurrency}: {rate(a):.1f} vs {rate(b):.1f} req/s, p50 {a.percentile(50):.0f} vs {b.percentile(50):.0f} ms" for a, b in pairs]
+            wins = sum(rate(a) > rate(b) for a, b in pairs)
             out.append("")
             out.append(
-                f"Side by side, {default} vs {alt}: " + "; ".join(parts) + ". The two servers ran one after the other in this run, "
+                f"Side by side, {default} vs {alt}: " + "; ".join(parts) + f". **{default} had the higher throughput in {wins} of {len(pairs)} "
+                f"comparisons** (docs/server.md links here for the choice of default). The two servers ran one after the other in this run, "
                 "so other work on the machine may differ between them (see the load average above)."
             )
     return out

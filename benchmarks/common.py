@@ -21,6 +21,12 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from lookalike import runtime
+from lookalike.gallery.generated import GeneratorParams
+
+# One generator and one IVF training size for every section whose figures are compared with each
+# other (the 1M goal is checked by both bench_scale and bench_tradeoff): each prints them.
+GENERATOR = GeneratorParams()
+TRAIN_POINTS_PER_LIST = 64  # k-means points per IVF list at 1M: FAISS's floor is 39; 256 (the library default) takes ~30 min for 4000 lists on 2 cores
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -127,3 +133,18 @@ def write_section(title: str, markdown: str, path: Path = DOC) -> Path:
         tmp.write_text(text)
         os.replace(tmp, path)
     return path
+
+
+def generator_line(params: GeneratorParams, seed: int, train_points_per_list: int | None) -> str:
+    """The generator parameters and the IVF training size behind a section's figures, as one Markdown line."""
+    from dataclasses import asdict
+
+    from lookalike.search.faiss_index import MAX_POINTS_PER_CENTROID
+
+    fields = ", ".join(f"{k}={v}" for k, v in asdict(params).items())
+    train = train_points_per_list or MAX_POINTS_PER_CENTROID
+    return (
+        f"- Generated data: `GeneratorParams({fields})`, seed {seed}. IVF k-means trained on at most **{train} points per list**"
+        + (" (the library default)" if train == MAX_POINTS_PER_CENTROID else " (not the library default: set for this benchmark)")
+        + "."
+    )

@@ -151,3 +151,38 @@ def test_interrupted_run_with_other_arguments_is_refused(tmp_path):
     with pytest.raises(GalleryError, match="unfinished extraction"):
         extract(_config(data, tmp_path / "g"), progress=False)
     assert (partial / "state.json").exists()
+
+
+class _TwoPrecisionEmbedder:
+    """Stands in for a model: bf16 output is the fp32 output turned by a chosen angle, so its cosine is known."""
+
+    device = "cpu"
+
+    def __init__(self, cosine: float):
+        self.cosine = cosine
+
+    def embed(self, images, precision=None):
+        n = len(images)
+        fp32 = np.tile(np.eye(4, dtype=np.float32)[0], (n, 1))
+        if precision == "fp32":
+            return fp32
+        sine = np.sqrt(1 - self.cosine**2)
+        return np.tile(np.array([self.cosine, sine, 0, 0], np.float32), (n, 1))
+
+
+def test_bf16_is_kept_only_at_or_above_its_cosine_threshold(monkeypatch):
+    import torch
+
+    from lookalike import runtime
+    from lookalike.embed.extract import BF16_MIN_COSINE, calibrate_precision
+
+    monkeypatch.setattr(runtime, "bf16_supported", lambda device: True)
+    images = torch.zeros((8, 3, 4, 4))
+    above = calibrate_precision(_TwoPrecisionEmbedder(0.999), images, "auto")
+    below = calibrate_precision(_TwoPrecisionEmbedder(0.99), images, "auto")
+    assert 0.99 < BF16_MIN_COSINE < 0.999
+    assert above["precision"] == "bf16" and above["bf16_vs_fp32_cosine_min"] == pytest.approx(0.999, abs=1e-6)
+    assert below["precision"] == "fp32" and "<" in below["reason"]
+    assert calibrate_precision(_TwoPrecisionEmbedder(0.999), images, "fp32")["precision"] == "fp32"
+    monkeypatch.setattr(runtime, "bf16_supported", lambda device: False)
+    assert calibrate_precision(_TwoPrecisionEmbedder(0.999), images, "auto")["precision"] == "fp32"  # no hardware support

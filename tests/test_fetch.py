@@ -14,12 +14,7 @@ import pytest
 
 from lookalike.data.datasets import load_collection
 from lookalike.errors import DataError
-from lookalike.data.fetch import (
-    TINY_IMAGENET_MD5,
-    TINY_IMAGENET_SIZE_BYTES,
-    TINY_IMAGENET_URL,
-    fetch_tiny_imagenet,
-)
+from lookalike.data.fetch import fetch_tiny_imagenet
 from lookalike.data.synthetic import generate_collection
 
 
@@ -117,10 +112,22 @@ def _fetch(dest: Path, url: str, md5: str | None) -> Path:
     return fetch_tiny_imagenet(dest, url=url, md5=md5, progress=False, timeout_s=5)
 
 
-def test_constants():
-    assert TINY_IMAGENET_URL == "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
-    assert TINY_IMAGENET_MD5 == "90528d7ca1a48142e341f4ef8d21d0de"
-    assert TINY_IMAGENET_SIZE_BYTES == 248_100_043
+def test_defaults_request_the_official_archive_and_enforce_its_md5(tmp_path, server, monkeypatch):
+    """Called with no url/md5, fetch asks the official host and refuses bytes that are not the official archive."""
+    import urllib.request
+
+    requested, real_urlopen = [], urllib.request.urlopen
+
+    def to_local_server(request, timeout):
+        requested.append(request.full_url)
+        request.full_url = server.url  # the official host is unreachable here: the local server answers instead
+        return real_urlopen(request, timeout=timeout)
+
+    monkeypatch.setattr(urllib.request, "urlopen", to_local_server)
+    with pytest.raises(DataError, match="expected 90528d7ca1a48142e341f4ef8d21d0de, so it was deleted"):
+        fetch_tiny_imagenet(tmp_path, progress=False, timeout_s=5)
+    assert requested == ["http://cs231n.stanford.edu/tiny-imagenet-200.zip"]
+    assert not (tmp_path / "tiny-imagenet-200").exists()
 
 
 def test_full_download_verify_and_unpack(tmp_path, server, archive):

@@ -46,7 +46,7 @@ def test_extract_max_pixels_refuses_by_default_names_the_option_and_can_be_raise
     raised = extract(_config(data, tmp_path / "g", max_pixels=120_000, overwrite=True), progress=False)
     assert len(raised.manifest.skipped) == 0
     assert str(big) in raised.paths and raised.count == refused.count + 1
-    assert raised.manifest["extract"]["identity"]["max_pixels"] == 120_000
+    assert raised.manifest.extract["identity"]["max_pixels"] == 120_000
 
 
 def test_extract_cli_passes_max_pixels_and_refuses_nonsense(tmp_path):

@@ -123,3 +123,39 @@ def test_saved_index_of_another_gallery_is_refused(tiny_gallery, tmp_path):
     (copy / "manifest.json").write_text(__import__("json").dumps(manifest))
     with pytest.raises(IndexMismatchError, match="rebuild it with `lookalike index"):
         load_method(open_gallery(copy), "flat")
+
+
+def test_saved_index_over_other_database_rows_is_refused_or_rebuilt(tmp_path):
+    """No val split: `bench --queries 10` holds out another sample than `index` did; the saved index holds some of those queries."""
+    import json
+
+    from lookalike.gallery.generated import Segment, generated_model_block, make_clustered_embeddings, write_array_gallery
+    from lookalike.study.bench import run_bench
+
+    x, labels = make_clustered_embeddings(300, 32, n_clusters=6, rank=4, seed=0)
+    gallery = write_array_gallery(tmp_path / "g", x, labels, ["train"] * 300, segments=[Segment("generated", 0, 300, True, "test rows")], model=generated_model_block(32, 0))
+    default = gallery.partition()
+    method = make_method("flat", len(default.database_ids), 32)
+    method.build(x[default.database_ids], default.database_ids)
+    folder = save_method(gallery, method)
+    assert json.loads((folder / "method.json").read_text())["database_digest"]
+    assert load_method(gallery, "flat", database_ids=default.database_ids).ntotal == len(default.database_ids)
+    other = gallery.partition(max_queries=10)
+    assert np.isin(other.query_ids, default.database_ids).any()  # the case that matters: some queries are in the saved index
+    with pytest.raises(IndexMismatchError, match="rebuild it with `lookalike index"):
+        load_method(gallery, "flat", database_ids=other.database_ids)
+    rebuilt, built_now = get_method(gallery, "flat", database_ids=other.database_ids)
+    assert built_now and set(rebuilt.ids.tolist()) == set(other.database_ids.tolist())
+    # bench with the other sample: exact search against an independent full sort over the right rows, no query finds itself
+    result = run_bench(gallery, methods=("flat",), k=5, max_queries=10)
+    queries = x[other.query_ids]
+    truth = other.database_ids[np.argsort(-(queries @ x[other.database_ids].T), axis=1, kind="stable")[:, :5]]
+    _, found = rebuilt.search(queries, 5)
+    assert not np.isin(found, other.query_ids).any()
+    assert np.mean([len(set(f) & set(t)) / 5 for f, t in zip(found, truth)]) == pytest.approx(1.0)
+    assert result.methods[0].built_now and result.methods[0].recall == pytest.approx(1.0)
+    # a saved method that cannot be rebuilt by name (tune's) is refused with the message
+    method.name = "tuned"
+    save_method(gallery, method)
+    with pytest.raises(IndexMismatchError, match="rebuild"):
+        get_method(gallery, "tuned", database_ids=other.database_ids)

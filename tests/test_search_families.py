@@ -8,7 +8,8 @@ import pytest
 from lookalike.errors import LookalikeError
 from lookalike.search import MmapRerankIndex, factory_for, make_method
 from lookalike.search.faiss_index import serialised_bytes
-from lookalike.search.rerank import exact_rerank, is_memory_mapped
+from lookalike.search.faiss_index import FaissIndex
+from lookalike.search.rerank import drop_page_cache, exact_rerank, is_memory_mapped
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -59,7 +60,10 @@ def test_mmap_rerank_matches_faiss_rflat_and_costs_only_the_codes(mapped):
     truth = exact_ids(base, queries, 10)
     recall = lambda found: np.mean([len(np.intersect1d(f, t)) / 10 for f, t in zip(found, truth)])  # noqa: E731
     assert recall(mmap.search(queries, 10, {"k_factor": 16, "nprobe": 55})[1]) > recall(mmap.search(queries, 10, {"k_factor": 1, "nprobe": 55})[1])
-    assert mmap.memory_bytes() < base.nbytes / 4 < in_ram.memory_bytes()  # RFlat keeps a float copy; mmap keeps codes
+    assert in_ram.memory_bytes() > base.nbytes  # RFlat keeps a float copy
+    fresh = make_method("ivfpq-mmap", len(base), 64, search_params={"nprobe": 8})
+    fresh.build(base)
+    assert fresh.memory_bytes() < base.nbytes / 4  # before any search: the codes only
     held = make_method("ivfpq-mmap", len(base), 64)
     held.build(np.array(base))  # vectors handed over in RAM are held, and counted
     assert held.memory_bytes() >= base.nbytes
@@ -98,3 +102,56 @@ def test_memory_is_counted_without_copying_the_index(mapped):
     method.build(base)
     assert serialised_bytes(method.index) == faiss.serialize_index(method.index).nbytes
     assert method.memory_bytes() == serialised_bytes(method.index) + method.ids.nbytes
+
+
+def _resident_pages(path) -> np.ndarray:
+    """Which pages of a file are in the page cache, from mincore(2) on a fresh read-only mapping."""
+    import ctypes
+    import mmap
+    import os
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) as mapping:
+        address = np.frombuffer(mapping, dtype=np.uint8).ctypes.data
+        pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+        vec = (ctypes.c_ubyte * pages)()
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        assert libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vec) == 0, ctypes.get_errno()
+        return np.frombuffer(vec, dtype=np.uint8) & 1
+
+
+def test_mmap_memory_counts_the_pages_the_searches_read(mapped):
+    base, queries = mapped
+    method = make_method("ivfpq-mmap", len(base), 64, search_params={"nprobe": 8, "k_factor": 4})
+    method.build(base)
+    codes = method.memory_bytes()
+    method.search(queries, 10)
+    # independently: the candidate rows FAISS hands to the re-ranker, and the file pages holding them
+    _, candidates = FaissIndex._search(method, np.ascontiguousarray(queries), 40, None)
+    header = base.offset  # the .npy header: rows start this many bytes into the file
+    def pages_of(rows):  # a 256-byte row after the header may straddle two pages
+        return {p for r in rows if r >= 0 for p in range((header + r * 256) // 4096, (header + r * 256 + 255) // 4096 + 1)}
+
+    pages = pages_of(candidates.ravel())
+    assert method.working_set_bytes() == len(pages) * 4096
+    assert method.memory_bytes() == codes + len(pages) * 4096 > codes
+    per_query = np.mean([len(pages_of(row)) for row in candidates])
+    assert method.pages_per_query() == pytest.approx(per_query)
+    method.reset_working_set()
+    assert method.memory_bytes() == codes
+
+
+def test_cold_latency_reads_from_an_evicted_file(mapped):
+    base, queries = mapped
+    method = make_method("ivfpq-mmap", len(base), 64)
+    method.build(base)
+    method.search(queries, 10)  # warm: the pages read are in the page cache
+    assert _resident_pages(base.filename).sum() > 0
+    drop_page_cache(method.vectors)
+    assert _resident_pages(base.filename).sum() == 0  # what every cold query starts from
+    cold = method.cold_single_ms(queries, 10)
+    assert cold is not None and cold > 0
+    held = make_method("ivfpq-mmap", len(base), 64)
+    held.build(np.array(base))
+    assert held.cold_single_ms(queries, 10) is None  # vectors in RAM: there is no file to read

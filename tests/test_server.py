@@ -287,7 +287,6 @@ BAD_REQUESTS = {
     "image of unknown id": (404, "no gallery image with id 999", lambda c: c.get("/api/images/999")),
     "thumb of unknown id": (404, "no gallery image with id 999", lambda c: c.get("/api/images/999/thumb")),
     "image id not a number": (422, "id", lambda c: c.get("/api/images/abc")),
-    "image path traversal": (404, "no such endpoint", lambda c: c.get("/api/images/..%2F..%2Fetc%2Fpasswd")),
     "unknown endpoint": (404, "no such endpoint", lambda c: c.get("/api/nothing")),
     "wrong http method": (405, "not allowed", lambda c: c.get("/api/search")),
 }
@@ -439,3 +438,34 @@ def test_a_generated_gallery_is_served_for_id_queries_only(tmp_path):
         assert response.status_code == 422 and "generated without a model" in response.json()["error"]
         response = c.get("/api/images/3/thumb")
         assert response.status_code == 404 and "has no image" in response.json()["error"]
+
+
+def test_path_traversal_never_serves_a_file_outside_the_served_folders(server, gallery_dir):
+    """The routes that serve files by path (/static) and by id (/api/images), asked raw, so no client tidies the path."""
+    import http.client
+    import urllib.parse
+
+    from lookalike.serve.app import STATIC_DIR
+
+    secret = (STATIC_DIR.parent / "app.py").read_bytes()[:200]  # a file beside the static folder
+    manifest = (gallery_dir / "manifest.json").read_bytes()[:200]
+    url = urllib.parse.urlsplit(server)
+    attempts = [
+        "/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2fapp.py", "/static/%2e%2e%2fapp.py", "/static/..%5capp.py",
+        "/static//" + str(STATIC_DIR.parent / "app.py"), "/static/../../../../../../" + str(STATIC_DIR.parent / "app.py").lstrip("/"),
+        "/api/images/-1", "/api/images/..%2Fmanifest.json", "/static/../../../" + str(gallery_dir / "manifest.json").lstrip("/"),
+    ]
+    for path in attempts:
+        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+        connection.close()
+        assert 400 <= response.status < 500, (path, response.status)
+        assert secret not in body and manifest not in body, path
+    # the same raw client does reach a file that is meant to be served, so the checks above can fail
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    connection.request("GET", "/static/style.css")
+    response = connection.getresponse()
+    assert response.status == 200 and response.read() == (STATIC_DIR / "style.css").read_bytes()
+    connection.close()

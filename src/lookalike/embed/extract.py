@@ -376,4 +376,19 @@ def extract(config: ExtractConfig, progress: bool = True) -> Gallery:
     ensure_state(job, embedder)
     workers = config.workers if config.workers is not None else runtime.default_threads()
     run_local(job, embedder, workers, progress)
-    return commit(job, embedder, {"threads": threads, "workers": workers, "device": device, "batch_size": config.batch_size})
+    timings = {"threads": threads, "workers": workers, "device": device, "batch_size": config.batch_size}
+    return commit(job, embedder, timings | single_image_timing(job, embedder))
+
+
+def single_image_timing(job: Job, embedder: Embedder) -> dict:
+    """Batch-1 latency of one of the collection's images: what a query image costs (scale's end-to-end figure)."""
+    from .query import SINGLE_IMAGE_REPEATS, single_image_ms
+
+    for record in job.collection.records[:10]:  # the first that decodes
+        try:
+            ms = single_image_ms(embedder, record.path)
+        except Exception:  # noqa: BLE001 - an undecodable file is already reported among the skipped ones
+            continue
+        note = f"one image decoded, preprocessed and embedded alone (batch 1), median of {SINGLE_IMAGE_REPEATS} runs after a warm-up, at extraction"
+        return {"single_image_ms": ms, "single_image_note": note}
+    return {}

@@ -6,6 +6,7 @@ exactly as the gallery was.
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -66,3 +67,20 @@ class QueryEmbedder:
         t0 = time.perf_counter()
         image = load_rgb_bytes(data, max_pixels=max_pixels, min_side=self.embedder.preprocess.resize_size)
         return self.embed_image(image, t0)
+
+
+SINGLE_IMAGE_REPEATS = 5
+
+
+def single_image_ms(embedder: Embedder, path: str, repeats: int = SINGLE_IMAGE_REPEATS) -> float:
+    """Median ms to decode, preprocess and embed one image alone (batch 1), after one warm-up run.
+
+    A query image pays this, not the per-image share of a batch-64 extraction, which is a throughput figure.
+    """
+    transform = build_transform(embedder.preprocess)
+    times = []
+    for _ in range(repeats + 1):
+        t = time.perf_counter()
+        embedder.embed(transform(load_rgb(path))[None])
+        times.append(1000 * (time.perf_counter() - t))
+    return round(statistics.median(times[1:]), 3)

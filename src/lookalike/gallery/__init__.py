@@ -29,11 +29,12 @@ from .store import (
     provenance_line,
     records_digest,
     write_gallery,
+    write_manifest,
 )
 
 __all__ = [
     "CACHE", "CONTENT_HASH", "EMBEDDINGS", "INDEXES", "MANIFEST", "MAX_HELD_OUT_QUERIES", "METADATA", "METADATA_SCHEMA", "SCHEMA_VERSION",
     "Gallery", "Partition", "atomic_save_npy", "atomic_write_bytes", "atomic_write_json", "atomic_write_parquet",
     "clear_gallery", "is_real", "open_gallery", "provenance_line", "DataInfo", "Manifest", "ModelInfo", "Weights", "Rows",
-    "embeddings_digest", "records_digest", "write_gallery", "json_text",
+    "embeddings_digest", "records_digest", "write_gallery", "write_manifest", "json_text",
 ]

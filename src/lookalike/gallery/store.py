@@ -369,8 +369,13 @@ def write_gallery(
         extract=dict(extract or {}),
         environment=dict(environment or {}),
     )
-    atomic_write_json(path / MANIFEST, manifest.to_dict())
+    write_manifest(path, manifest)
     return open_gallery(path)
+
+
+def write_manifest(path: str | os.PathLike, manifest: Manifest) -> None:
+    """Replace a gallery's manifest (e.g. to add timings measured elsewhere), atomically."""
+    atomic_write_json(Path(path) / MANIFEST, manifest.to_dict())
 
 
 def clear_gallery(path: Path) -> None:

@@ -18,6 +18,7 @@ passed to faiss.index_factory as is.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -42,7 +43,7 @@ DEFAULT_NPROBE = PARAMS["nprobe"].default
 FACTORY_PATTERN = re.compile(r"^(Flat|IVF|HNSW|PQ|OPQ|SQ|PCA|IDMap|LSH|NSG|RR|L2norm)")
 
 __all__ = ["SearchMethod", "BuildStats", "BruteForce", "FaissIndex", "MmapRerankIndex", "make_method", "default_nlist",
-           "factory_for", "pq_bits_for", "database_vectors", "save_method", "load_method", "saved_methods", "get_method"]
+           "factory_for", "pq_bits_for", "database_vectors", "database_digest", "save_method", "load_method", "saved_methods", "get_method"]
 
 
 def default_nlist(n: int) -> int:
@@ -127,12 +128,17 @@ def method_dir(gallery: Gallery, name: str, metric: str = "ip") -> Path:
     return gallery.path / INDEXES / (method_key(name) + ("" if metric == "ip" else f"-{metric}"))
 
 
+def database_digest(ids: np.ndarray) -> str:
+    """A digest of the gallery ids an index holds: two indexes over different rows never share one."""
+    return hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()[:32]
+
+
 def save_method(gallery: Gallery, method: SearchMethod) -> Path:
-    """Save under <gallery>/indexes/<name>/, stamped with the gallery fingerprint it was built from."""
+    """Save under <gallery>/indexes/<name>/, stamped with the gallery fingerprint and the database rows it was built from."""
     folder = method_dir(gallery, method.name, method.metric)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    method.save(tmp, {"gallery_fingerprint": gallery.fingerprint, "model": gallery.model})
+    method.save(tmp, {"gallery_fingerprint": gallery.fingerprint, "model": gallery.model, "database_digest": database_digest(method.ids)})
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder
@@ -143,8 +149,12 @@ def saved_methods(gallery: Gallery) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / METHOD_FILE).is_file()) if root.is_dir() else []
 
 
-def load_method(gallery: Gallery, name: str, metric: str = "ip") -> SearchMethod:
-    """Load a saved method and check that it was built from this very gallery."""
+def load_method(gallery: Gallery, name: str, metric: str = "ip", database_ids: np.ndarray | None = None) -> SearchMethod:
+    """Load a saved method and check that it was built from this very gallery.
+
+    With `database_ids`, also check that it holds exactly those rows: an index built over another
+    held-out sample contains some of this run's queries, and they would find themselves.
+    """
     folder = method_dir(gallery, name, metric)
     if not (folder / METHOD_FILE).is_file():
         raise GalleryError(f"no saved index {name!r} in {gallery.path}; build it with `lookalike index --gallery {gallery.path} --method {name}`")
@@ -154,14 +164,31 @@ def load_method(gallery: Gallery, name: str, metric: str = "ip") -> SearchMethod
             f"index {folder} was built from another gallery ({info.get('model')}, {info.get('dim')}-d) than {gallery.path} "
             f"({gallery.model}, {gallery.dim}-d); rebuild it with `lookalike index --gallery {gallery.path} --method {name}`"
         )
+    if database_ids is not None and info.get("database_digest") != database_digest(database_ids):
+        raise IndexMismatchError(
+            f"index {folder} holds {info.get('ntotal')} database rows that are not the {len(database_ids)} rows searched here "
+            "(another held-out query sample, e.g. another --queries on a gallery without a val split, or an index saved before "
+            f"lookalike recorded its rows), so some queries could find themselves; rebuild it with `lookalike index --gallery {gallery.path} "
+            f"--method {name}`, or delete {folder} to search an index built on the fly"
+        )
     return METHOD_CLASSES[info["kind"]].load(folder, gallery.embeddings)
 
 
 def get_method(gallery: Gallery, name: str, metric: str = "ip", database_ids: np.ndarray | None = None, **options: Any) -> tuple[SearchMethod, bool]:
-    """The saved method if there is one, else a freshly built one; the flag says whether it was built now."""
+    """The saved method if there is one, else a freshly built one; the flag says whether it was built now.
+
+    With `database_ids`, a saved method is used only if it holds exactly those rows; otherwise a
+    named method is built afresh over them (a custom saved one, e.g. `tune`'s, is refused).
+    """
     folder = method_dir(gallery, name, metric)
     if name != "brute" and (folder / METHOD_FILE).is_file() and not options:
-        return load_method(gallery, name, metric), False
+        try:
+            return load_method(gallery, name, metric, database_ids), False
+        except IndexMismatchError as mismatch:
+            try:
+                make_method(name, 1, gallery.dim, metric)
+            except LookalikeError:
+                raise mismatch from None  # not a method we can rebuild: the mismatch message says how
     if database_ids is None:
         database_ids = gallery.partition().database_ids
     method = make_method(name, len(database_ids), gallery.dim, metric, **options)

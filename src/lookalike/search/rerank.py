@@ -4,12 +4,21 @@ FAISS's own re-ranking (`…,RFlat`) keeps a full float copy of every vector ins
 so it needs *more* memory than the raw vectors. Here the index holds only its codes (e.g.
 "IVF1000,PQ64": 64 bytes a vector); a search asks it for k·k_factor candidates and re-scores
 them exactly with rows read from the gallery's embeddings.npy, which stays on disk,
-memory-mapped. The RAM cost is the codes; the price is k·k_factor row reads per query, served
-from the page cache once the gallery is warm (from disk otherwise).
+memory-mapped. The price is k·k_factor row reads per query, served from the page cache once
+the gallery is warm (from disk otherwise).
+
+So the mapped vectors are not free: the pages a search reads must stay in the page cache for the
+warm latency to hold. `memory_bytes` counts the codes plus that working set (every page of the
+mapped file the searches so far have read, tracked exactly from the candidate rows), and
+`cold_single_ms` times single queries with the file dropped from the page cache first.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
+import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +32,8 @@ from .registry import PARAMS
 
 K_FACTOR_RANGE = (PARAMS["k_factor"].low, PARAMS["k_factor"].high)
 DEFAULT_K_FACTOR = PARAMS["k_factor"].default
+PAGE_BYTES = mmap.PAGESIZE
+COLD_QUERIES = 20  # single queries timed cold, each after dropping the file from the page cache
 
 
 def is_memory_mapped(array: np.ndarray) -> bool:
@@ -36,6 +47,39 @@ def rows_view(vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
     if len(ids) and ids[-1] - ids[0] == len(ids) - 1 and np.all(np.diff(ids) == 1):
         return vectors[int(ids[0]) : int(ids[-1]) + 1]
     return np.asarray(vectors[ids])
+
+
+def file_offset(array: np.ndarray) -> int:
+    """Byte offset in its file of a memory-mapped array's first element (views of a mapping included)."""
+    root = array
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    return int(array.offset) + array.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+
+
+def pages_of_rows(rows: np.ndarray, row_bytes: int, offset: int) -> np.ndarray:
+    """Sorted distinct file pages holding the given rows of a C-contiguous array that starts `offset` bytes into the file."""
+    rows = np.unique(np.asarray(rows, dtype=np.int64))
+    first = (offset + rows * row_bytes) // PAGE_BYTES
+    last = (offset + (rows + 1) * row_bytes - 1) // PAGE_BYTES
+    spans = last - first + 1
+    return np.unique(np.repeat(first, spans) + (np.arange(spans.sum()) - np.repeat(np.cumsum(spans) - spans, spans)))
+
+
+def drop_page_cache(array: np.ndarray) -> None:
+    """Evict a memory-mapped array's file from the page cache: unmap our pages, then POSIX_FADV_DONTNEED the file.
+
+    The kernel keeps pages that a process still maps, so the madvise comes first.
+    """
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None and hasattr(mapping, "madvise"):
+        mapping.madvise(mmap.MADV_DONTNEED)
+    fd = os.open(array.filename, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)  # dirty pages (a file just written) cannot be dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def exact_rerank(queries: np.ndarray, candidates: np.ndarray, vectors: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -79,6 +123,9 @@ class MmapRerankIndex(FaissIndex):
         search_params = {"k_factor": DEFAULT_K_FACTOR, **(search_params or {})}
         super().__init__(name, factory, metric, search_params, seed, train_points_per_list)
         self.vectors = np.zeros((0, 0), dtype=np.float32)  # row positions → exact vectors
+        self._touched = np.zeros(0, dtype=bool)  # file pages of the mapped vectors read by searches so far
+        self._pages_read = 0  # distinct pages summed over queries
+        self._queries = 0
 
     def _build(self, vectors: np.ndarray) -> BuildStats:
         stats = super()._build(vectors)
@@ -101,11 +148,51 @@ class MmapRerankIndex(FaissIndex):
         params = dict(params or {})
         k_factor = self._check_k_factor(params.pop("k_factor", self._search_params["k_factor"]))
         _, candidates = super()._search(queries, k * k_factor, params or None)
+        if is_memory_mapped(self.vectors):
+            self._record_pages(candidates)
         return exact_rerank(queries, candidates, self.vectors, k, self.metric)
 
+    def _record_pages(self, candidates: np.ndarray) -> None:
+        """Mark the file pages the re-ranking of these candidates reads (per query and in all)."""
+        row_bytes, offset = self.vectors.shape[1] * self.vectors.itemsize, file_offset(self.vectors)
+        if not len(self._touched):
+            self._touched = np.zeros((offset + len(self.vectors) * row_bytes) // PAGE_BYTES + 1, dtype=bool)
+        for row in candidates:
+            pages = pages_of_rows(row[row >= 0], row_bytes, offset)
+            self._touched[pages] = True
+            self._pages_read += len(pages)
+        self._queries += len(candidates)
+
+    def working_set_bytes(self) -> int:
+        """Bytes of the mapped file that searches so far have read: the page cache their warm latency relied on."""
+        return int(self._touched.sum()) * PAGE_BYTES
+
+    def pages_per_query(self) -> float:
+        """Mean distinct pages of the mapped file read per query (NaN before any search)."""
+        return self._pages_read / self._queries if self._queries else float("nan")
+
+    def reset_working_set(self) -> None:
+        self._touched[:] = False
+        self._pages_read = self._queries = 0
+
     def memory_bytes(self) -> int:
-        """The codes and ids; the exact vectors count only when they are held in RAM rather than memory-mapped."""
-        return super().memory_bytes() + (0 if is_memory_mapped(self.vectors) else int(self.vectors.nbytes))
+        """The codes and ids, plus the exact vectors: all of them when held in RAM, the working set read so far when memory-mapped."""
+        return super().memory_bytes() + (self.working_set_bytes() if is_memory_mapped(self.vectors) else int(self.vectors.nbytes))
+
+    def cold_single_ms(self, queries: np.ndarray, k: int, params: dict[str, Any] | None = None, n: int = COLD_QUERIES) -> float | None:
+        """Median ms of one query searched alone right after the mapped file was dropped from the page cache.
+
+        None when the vectors are held in RAM (nothing to read from disk).
+        """
+        if not is_memory_mapped(self.vectors):
+            return None
+        times = []
+        for query in np.asarray(queries, dtype=np.float32)[:n]:
+            drop_page_cache(self.vectors)
+            t = time.perf_counter()
+            self.search(query[None], k, params)
+            times.append(1000 * (time.perf_counter() - t))
+        return statistics.median(times) if times else None
 
     @classmethod
     def _load(cls, folder: Path, info: dict[str, Any], vectors: np.ndarray) -> MmapRerankIndex:

@@ -63,15 +63,34 @@ def precision_at_k(found: np.ndarray, query_labels: np.ndarray, gallery_labels: 
     return float(rel.sum(axis=1).mean() / k)
 
 
-def average_precision_at_k(found: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, k: int) -> float:
-    """mAP@k over labelled queries: mean of Σ_j P@j·rel_j / (relevant results in the top k); 0 for a query with none."""
+MAP_DEFINITION = "mAP@k = mean over labelled queries of Σ_j P@j·rel_j / min(k, items with the query's label in the database)"
+
+
+def relevant_counts(query_labels: np.ndarray, database_labels: np.ndarray) -> np.ndarray:
+    """(Q,) how many database rows carry each query's label: the most relevant results a search could find."""
+    values, counts = np.unique(np.asarray([str(x) for x in database_labels if x is not None], dtype=object), return_counts=True)
+    table = dict(zip(values.tolist(), counts.tolist()))
+    return np.asarray([table.get(str(q), 0) if q is not None else 0 for q in query_labels], dtype=np.int64)
+
+
+def average_precision_at_k(
+    found: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, k: int, database_labels: np.ndarray | None = None
+) -> float:
+    """mAP@k over labelled queries: mean of Σ_j P@j·rel_j / min(k, relevant items in the database).
+
+    Dividing by the relevant items that exist (capped at k), not by the hits found, is the
+    standard definition: one hit at rank 1 out of ten findable scores 0.1, not 1. A query with
+    no relevant item in the database scores 0. `database_labels` are the labels of the searched
+    rows (default: `gallery_labels`, when the gallery is the database).
+    """
     keep = labelled(query_labels)
     if not keep.any():
         return float("nan")
-    rel = relevance(np.asarray(found)[keep, :k], np.asarray(query_labels, dtype=object)[keep], gallery_labels).astype(np.float64)
+    q_labels = np.asarray(query_labels, dtype=object)[keep]
+    rel = relevance(np.asarray(found)[keep, :k], q_labels, gallery_labels).astype(np.float64)
     prec = np.cumsum(rel, axis=1) / np.arange(1, rel.shape[1] + 1)
-    n_rel = rel.sum(axis=1)
-    ap = np.where(n_rel > 0, (prec * rel).sum(axis=1) / np.maximum(n_rel, 1), 0.0)
+    ideal = np.minimum(k, relevant_counts(q_labels, gallery_labels if database_labels is None else database_labels))
+    ap = np.where(ideal > 0, (prec * rel).sum(axis=1) / np.maximum(ideal, 1), 0.0)
     return float(ap.mean())
 
 
@@ -81,17 +100,21 @@ class Accuracy:
 
     recall: float  # recall@k against exact search
     precision: float  # label precision@k (NaN when no query is labelled)
-    map: float  # label mAP@k
+    map: float  # label mAP@k, normalised by min(k, relevant items in the database)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def accuracy(found: np.ndarray, truth: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, k: int) -> Accuracy:
+def accuracy(
+    found: np.ndarray, truth: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, k: int, database_ids: np.ndarray | None = None
+) -> Accuracy:
+    """`database_ids`: the gallery rows searched (default: all of `gallery_labels`), for mAP's count of relevant items."""
+    database_labels = None if database_ids is None else np.asarray(gallery_labels, dtype=object)[np.asarray(database_ids, dtype=np.int64)]
     return Accuracy(
         recall=recall_at_k(found, truth, k),
         precision=precision_at_k(found, query_labels, gallery_labels, k),
-        map=average_precision_at_k(found, query_labels, gallery_labels, k),
+        map=average_precision_at_k(found, query_labels, gallery_labels, k, database_labels),
     )
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from .. import runtime
 from ..errors import LookalikeError
 from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, open_gallery
+from .metrics import MAP_DEFINITION
 from .bench import BenchResult, combined_table, run_bench, write_bench
 from .scale import ScaleConfig, ScaleResult, format_size, parse_sizes, run_scale, write_scale
 from .tradeoff import RECALL_TARGETS, TradeoffResult, run_tradeoff, write_tradeoff
@@ -100,9 +101,9 @@ def scale_summary(report: GalleryReport) -> list[str]:
         return [f"- {s.model}: only one size was measured ({format_size(sizes[0])}); give --sizes with two or more."] if sizes else []
     lo, hi = sizes[0], sizes[-1]
     synthetic = [format_size(c.size) for c in s.compositions if c.synthetic and c.size in (lo, hi)]
-    extract = s.extraction.get("ms_per_image")
+    extract = s.extraction.get("single_image_ms")
     head = f"- {s.model}, {format_size(lo)} → {format_size(hi)} rows" + (f" (⚠ {', '.join(synthetic)} with synthetic extension)" if synthetic else "")
-    head += f"; extraction is a constant {extract:.2f} ms per query image:" if extract is not None else "; no extraction time (generated embeddings):"
+    head += f"; extraction is a constant {extract:.2f} ms per query image (one image, batch 1):" if extract is not None else "; no single-image extraction time recorded (generated embeddings or an older gallery):"
     lines = [head]
     for method in dict.fromkeys(p.method for p in s.points):
         a = next((p for p in s.points if p.method == method and p.size == lo), None)
@@ -116,7 +117,7 @@ def scale_summary(report: GalleryReport) -> list[str]:
         if extract is not None:
             line += f"; search share of end-to-end {_share(a)} → {_share(b)}"
         if a.params.get("nprobe") is not None:
-            line += f"; nprobe {a.params['nprobe']} → {b.params['nprobe']} to keep recall@{s.config.k} ≥ {s.config.target_recall} ({a.recall:.3f}, {b.recall:.3f})"
+            line += f"; nprobe {a.params['nprobe']} → {b.params['nprobe']} tuned for recall@{s.config.k} ≥ {s.config.target_recall} on validation queries (test recall {a.recall:.3f}, {b.recall:.3f})"
         lines.append(line + ".")
     return lines
 
@@ -191,6 +192,7 @@ def report_markdown(reports: list[GalleryReport], config: ReportConfig, seconds:
         "- Threads: " + ", ".join(f"{k} {v}" for k, v in threads.items()) + ".",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         f"- k = {config.k}; scale sizes {', '.join(format_size(s) for s in config.sizes)}; approximate methods in the scale section tuned to recall@{config.k} ≥ {config.target_recall}.",
+        f"- {MAP_DEFINITION}.",
         "",
         "## Summary",
         "",

@@ -3,8 +3,11 @@
 Per size it measures, through the SearchMethod interface for every method alike: search time
 per query (single and batched), build/train time and memory, recall@k against exact search and
 label precision@k, with each approximate method's search parameter (nprobe, efSearch) chosen
-per size by a small sweep to reach the recall target. Extraction is a constant cost per image,
-read from the gallery's manifest, and is stacked under the search time in the plot.
+per size by a small sweep to reach the recall target. The held-out queries are split as `tune`
+splits them: the sweep sees only the validation half, and the recall and label figures reported
+are measured on the other (test) half, so they are not the figures the parameter was chosen on.
+Extraction is a constant cost per image, read from the gallery's manifest: one image embedded
+alone (batch 1) for the end-to-end single-query figure, batch throughput for the batched one.
 
 Sizes are nested prefixes of one pool of rows: the gallery's own database rows (seeded order),
 then real embeddings from `--extra-embeddings`, then SYNTHETIC rows drawn from a model fitted to
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import math
@@ -35,6 +39,8 @@ from ..search import SearchMethod, make_method
 from .bench import NOT_REAL_TAG
 from ..gallery.generated import ClusterModel, fit_cluster_model, neighbour_stats
 from .timing import Latency, measure_latency
+from .tradeoff import QuerySet
+from .tune import split_queries
 
 DEFAULT_METHODS = ("brute", "flat", "ivf")
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
@@ -58,6 +64,7 @@ class ScaleConfig:
     timing_queries: int = 200  # a sample of them timed per method: one by one, and as one batch
     extra_embeddings: str | None = None  # .npy of real embeddings (same model), or a larger gallery folder
     seed: int = 0
+    train_points_per_list: int | None = None  # IVF k-means points per list (None: the library default)
 
 
 @dataclass(frozen=True)
@@ -98,20 +105,23 @@ class ScalePoint:
     method: str
     params: dict[str, Any]
     latency: Latency
-    extract_ms_per_image: float | None
+    extract_ms_per_image: float | None  # batch throughput: what each image costs when extracted in batches
     memory_bytes: int
     train_seconds: float
     build_seconds: float
-    recall: float  # recall@k against exact search, over all accuracy queries
+    recall: float  # recall@k against exact search, over the test queries (not the ones the parameter was tuned on)
     precision: float  # label precision@k over the same queries (NaN when no query is labelled)
     map: float  # label mAP@k
-    target_reached: bool
+    target_reached: bool  # test recall ≥ target
     synthetic_result_share: float  # share of the method's top-k results that are synthetic rows
-    sweep: list[dict] = field(default_factory=list)
+    sweep: list[dict] = field(default_factory=list)  # recall on the validation queries at each value tried
+    val_recall: float = float("nan")  # recall@k on the validation queries at the chosen parameter
+    extract_single_ms: float | None = None  # one image decoded and embedded alone (batch 1)
 
     @property
     def end_to_end_single_ms(self) -> float | None:
-        return None if self.extract_ms_per_image is None else self.extract_ms_per_image + self.latency.single_ms
+        """One query image alone: its batch-1 embedding latency plus one single-query search."""
+        return None if self.extract_single_ms is None else self.extract_single_ms + self.latency.single_ms
 
     @property
     def end_to_end_batch_ms(self) -> float | None:
@@ -128,7 +138,7 @@ class ScaleResult:
     config: ScaleConfig
     extraction: dict  # ms_per_image and what it was measured on
     queries: str  # how the queries were held out
-    accuracy_queries: int
+    accuracy_queries: int  # test queries: recall and label figures are over these
     timing_queries: int
     compositions: list[Composition]
     extension: dict | None  # how the synthetic rows were made, and the NN-statistics check; None if none were needed
@@ -137,6 +147,7 @@ class ScaleResult:
     peak_rss_bytes: int
     seconds: float
     environment: dict = field(default_factory=dict)
+    validation_queries: int = 0  # queries the search parameter was tuned on (never reported)
 
     @property
     def any_synthetic(self) -> bool:
@@ -152,7 +163,7 @@ class ScaleResult:
         for point, raw in zip(self.points, out["points"]):
             raw["end_to_end_single_ms"] = point.end_to_end_single_ms
             raw["end_to_end_batch_ms"] = point.end_to_end_batch_ms
-            for key in ("precision", "map"):  # NaN (no labelled query) is not valid JSON
+            for key in ("precision", "map", "val_recall"):  # NaN (no labelled query) is not valid JSON
                 raw[key] = raw[key] if math.isfinite(raw[key]) else None
         out["any_synthetic"] = self.any_synthetic
         return out
@@ -171,6 +182,7 @@ class ScaleResult:
                     "method": p.method,
                     "params": json.dumps(p.params, sort_keys=True),
                     "extract_ms_per_image": p.extract_ms_per_image,
+                    "extract_single_ms": p.extract_single_ms,
                     "search_single_ms": round(p.latency.single_ms, 5),
                     "search_single_p99_ms": round(p.latency.single_p99_ms, 5),
                     "search_batch_ms": round(p.latency.batch_ms, 6),
@@ -180,12 +192,14 @@ class ScaleResult:
                     "train_seconds": p.train_seconds,
                     "build_seconds": p.build_seconds,
                     f"recall_at_{self.config.k}": round(p.recall, 5),
+                    f"validation_recall_at_{self.config.k}": round(p.val_recall, 5),
                     f"label_precision_at_{self.config.k}": round(p.precision, 5),
                     f"label_map_at_{self.config.k}": round(p.map, 5),
                     "target_recall": self.config.target_recall,
                     "target_reached": p.target_reached,
                     "synthetic_result_share": round(p.synthetic_result_share, 5),
                     "accuracy_queries": self.accuracy_queries,
+                    "validation_queries": self.validation_queries,
                     "timing_queries": self.timing_queries,
                     "provenance": self.provenance if self.real else f"{NOT_REAL_TAG}: {self.provenance}",
                 }
@@ -211,17 +225,19 @@ class ScaleResult:
         if self.extension:
             lines += [f"**⚠ SYNTHETIC EXTENSION** at the sizes marked ⚠ below: {self.extension['summary']}", ""]
         lines += [
-            f"Extraction: **{_fmt(ext.get('ms_per_image'))} ms per image**, {ext['note']}. It is a constant cost per image, "
-            "whatever the gallery size: each query image pays it once, and building a gallery of N images costs N times it.",
+            f"Extraction: **{_fmt(ext.get('single_image_ms'))} ms for one image alone** (batch 1: {ext.get('single_note', 'n/a')}); "
+            f"{_fmt(ext.get('ms_per_image'))} ms per image in batches ({ext['note']}). It is a constant cost per image, "
+            "whatever the gallery size: each query image pays the batch-1 figure once, and building a gallery of N images costs N times the batched one.",
             "",
-            f"Queries: {self.queries}; accuracy over {self.accuracy_queries} queries (recall@{k} against exact search on the same "
-            f"database, label precision@{k}); timings over a sample of {self.timing_queries} of them — single = one query per "
-            f"call, batched = the {self.timing_queries} in one call, per query. Approximate methods: search parameter chosen per "
-            f"size by a sweep, the smallest reaching recall@{k} ≥ {cfg.target_recall}. Metric {cfg.metric}; threads {self.environment.get('threads')}.",
+            f"Queries: {self.queries}, split in two as `tune` does: the search parameter of each approximate method is chosen per "
+            f"size by a sweep on {self.validation_queries} **validation** queries (the smallest value reaching recall@{k} ≥ {cfg.target_recall}); "
+            f"recall@{k} (against exact search on the same database), label precision@{k} and the target column are measured on the "
+            f"other {self.accuracy_queries} **test** queries; timings over a sample of {self.timing_queries} test queries — single = one query per "
+            f"call, batched = the {self.timing_queries} in one call, per query. Metric {cfg.metric}; threads {self.environment.get('threads')}.",
             "",
             "| size | rows (gallery + extra + SYNTHETIC) | method | params | search ms/query single | single p99 | batched | "
-            "end-to-end ms single (extract + search) | memory MiB | train s | build s | "
-            f"recall@{k} | label P@{k} | target | synthetic share: results (database) |",
+            "end-to-end ms single (batch-1 extract + search) | memory MiB | train s | build s | "
+            f"test recall@{k} | label P@{k} | target (test) | synthetic share: results (database) |",
             "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
         ]
         for p in self.points:
@@ -239,7 +255,7 @@ class ScaleResult:
             lines += ["**How the synthetic rows were made and how close they are to the real ones**", "", *extension_lines(self.extension), ""]
         sweeps = [p for p in self.points if len(p.sweep) > 1]
         if sweeps:
-            lines += ["**Parameter sweeps** (recall@{} at each value tried)".format(k), ""]
+            lines += ["**Parameter sweeps** (validation recall@{} at each value tried)".format(k), ""]
             for p in sweeps:
                 key = next(key for key in p.sweep[0] if key != "recall")
                 lines.append(f"- {format_size(p.size)} {p.method}: " + ", ".join(f"{key}={s[key]} → {s['recall']:.3f}" for s in p.sweep))
@@ -366,7 +382,7 @@ def build_pool(gallery: Gallery, database_ids: np.ndarray, queries: np.ndarray, 
     labels[:n_real] = gallery.labels[real_ids]
     n_extra, extra_how = 0, None
     if size > n_real and extra:
-        rows = load_extra(extra, gallery, queries)
+        rows = load_extra(extra, gallery, queries, vectors[:n_real])
         n_extra, extra_how = min(size - n_real, len(rows.rows)), rows.how
         _copy_rows(rows.vectors, rows.rows[:n_extra], vectors[n_real : n_real + n_extra])
         labels[n_real : n_real + n_extra] = rows.labels[rows.rows[:n_extra]]
@@ -409,10 +425,12 @@ class ExtraRows:
     how: str
 
 
-def load_extra(source: str, gallery: Gallery, queries: np.ndarray) -> ExtraRows:
+def load_extra(source: str, gallery: Gallery, queries: np.ndarray, pool: np.ndarray | None = None) -> ExtraRows:
     """Real embeddings to grow the gallery with: a .npy (N, d) array or a gallery folder of the same model.
 
-    Rows equal to a held-out query are left out, so a query never finds itself.
+    Rows equal to a held-out query are left out, so a query never finds itself; rows equal to one
+    already in the pool (the gallery's own database rows) or to an earlier extra row are left out
+    too, since a duplicate splits ties and counts its label twice in label precision.
     """
     path = Path(source)
     if path.is_dir():
@@ -439,17 +457,31 @@ def load_extra(source: str, gallery: Gallery, queries: np.ndarray) -> ExtraRows:
         raise LookalikeError(
             f"--extra-embeddings {path} are not L2-normalised (norms {norms.min():.3f}..{norms.max():.3f}); save them as lookalike extract does, one unit vector per row"
         )
-    return ExtraRows(vectors, labels, _not_queries(vectors, queries), how)
+    keep = _new_rows(vectors, [queries] + ([] if pool is None else [pool]))
+    if dropped := len(vectors) - len(keep):
+        how += f"; {dropped} rows left out as copies of a query, of a gallery row or of an earlier extra row"
+    return ExtraRows(vectors, labels, keep, how)
 
 
-def _not_queries(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """Row positions of `vectors` that are not (to 6 decimals) one of the queries."""
-    keys = {np.round(q, DUPLICATE_DECIMALS).tobytes() for q in np.asarray(queries, dtype=np.float32)}
-    drop = []
+def _row_keys(rows: np.ndarray) -> list[bytes]:
+    """A 16-byte digest per row of its values rounded to 6 decimals: equal rows, equal keys."""
+    rounded = np.round(np.asarray(rows, dtype=np.float32), DUPLICATE_DECIMALS) + np.float32(0.0)  # + 0: −0.0 → 0.0
+    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rounded]
+
+
+def _new_rows(vectors: np.ndarray, seen: list[np.ndarray]) -> np.ndarray:
+    """Row positions of `vectors` that equal (to 6 decimals) no row of `seen` and no earlier row of `vectors`."""
+    keys: set[bytes] = set()
+    for rows in seen:
+        for start in range(0, len(rows), BLOCK_ROWS):
+            keys.update(_row_keys(rows[start : start + BLOCK_ROWS]))
+    keep = []
     for start in range(0, len(vectors), BLOCK_ROWS):
-        block = np.round(np.asarray(vectors[start : start + BLOCK_ROWS], dtype=np.float32), DUPLICATE_DECIMALS)
-        drop += [start + i for i, row in enumerate(block) if row.tobytes() in keys]
-    return np.setdiff1d(np.arange(len(vectors)), drop)
+        for i, key in enumerate(_row_keys(vectors[start : start + BLOCK_ROWS])):
+            if key not in keys:
+                keys.add(key)
+                keep.append(start + i)
+    return np.asarray(keep, dtype=np.int64)
 
 
 def _copy_rows(source: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
@@ -504,28 +536,36 @@ def tune_for_recall(method: SearchMethod, queries: np.ndarray, truth: np.ndarray
 
 
 def measure_size(
-    pool: Pool, size: int, queries: np.ndarray, query_labels: np.ndarray, config: ScaleConfig, extract_ms: float | None, progress=print
+    pool: Pool, size: int, val: np.ndarray, test: np.ndarray, test_labels: np.ndarray, config: ScaleConfig, extraction: dict, progress=print
 ) -> list[ScalePoint]:
-    """Every method at one size; the exact top-k (brute force on the same rows) is the ground truth."""
+    """Every method at one size: tuned on the validation queries, measured on the test queries.
+
+    The exact top-k (brute force on the same rows) is the ground truth for both.
+    """
     database = pool.vectors[:size]  # a prefix view: no copy for brute force
     labels = pool.labels[:size]
     d = database.shape[1]
     exact = make_method("brute", size, d, config.metric)
     exact.build(database)
-    _, truth = exact.search(queries, config.k)
+    _, truth_val = exact.search(val, config.k)
+    _, truth = exact.search(test, config.k)
     del exact
-    timing = queries[: config.timing_queries]
+    timing = test[: config.timing_queries]
     points = []
     for name in config.methods:
-        method = make_method(name, size, d, config.metric)
+        extra = {} if config.train_points_per_list is None or name == "brute" else {"train_points_per_list": config.train_points_per_list}
+        method = make_method(name, size, d, config.metric, **extra)
         stats = method.build(database)
-        tuning, found = tune_for_recall(method, queries, truth, config.k, config.target_recall)
+        tuning, _ = tune_for_recall(method, val, truth_val, config.k, config.target_recall)  # leaves the chosen value set
+        if hasattr(method, "reset_working_set"):  # memory-mapped re-ranking: count the pages the test queries read
+            method.reset_working_set()
+        _, found = method.search(test, config.k)
         latency, _ = measure_latency(method, timing, config.k, single_queries=len(timing))
         synthetic_share = float(np.mean(found[found >= 0] >= pool.first_synthetic_row)) if np.any(found >= 0) else 0.0
-        acc = accuracy(found, truth, query_labels, labels, config.k)
+        acc = accuracy(found, truth, test_labels, labels, config.k)
         progress(
-            f"  {name}: built in {stats.build_seconds:.1f} s, {_params(tuning.params)}, recall@{config.k} {acc.recall:.4f}, "
-            f"{latency.single_ms:.3f} ms/query single, {latency.batch_ms:.4f} batched"
+            f"  {name}: built in {stats.build_seconds:.1f} s, {_params(tuning.params)}, recall@{config.k} {acc.recall:.4f} on test "
+            f"({tuning.recall:.4f} on validation), {latency.single_ms:.3f} ms/query single, {latency.batch_ms:.4f} batched"
         )
         points.append(
             ScalePoint(
@@ -534,16 +574,18 @@ def measure_size(
                 method=name,
                 params=method.params(),
                 latency=latency,
-                extract_ms_per_image=extract_ms,
+                extract_ms_per_image=extraction.get("ms_per_image"),
                 memory_bytes=method.memory_bytes(),
                 train_seconds=stats.train_seconds,
                 build_seconds=stats.build_seconds,
                 recall=acc.recall,
                 precision=acc.precision,
                 map=acc.map,
-                target_reached=tuning.reached,
+                target_reached=acc.recall >= config.target_recall,
                 synthetic_result_share=synthetic_share if pool.composition(size).synthetic else 0.0,
                 sweep=tuning.sweep,
+                val_recall=tuning.recall,
+                extract_single_ms=extraction.get("single_image_ms"),
             )
         )
         del method
@@ -563,7 +605,14 @@ def extraction_info(gallery: Gallery) -> dict:
         if ms is not None
         else "not available: this gallery's embeddings were not extracted from images, so end-to-end figures show search only"
     )
-    return {"ms_per_image": ms, "note": note, "images_per_second": timings.get("images_per_second")}
+    single = timings.get("single_image_ms")
+    single_note = timings.get("single_image_note") or (
+        "not recorded for this gallery (extracted before batch-1 timing was added, or not extracted from images): "
+        "end-to-end single-query figures are n/a; re-extract to record it"
+        if single is None
+        else "one image decoded, preprocessed and embedded alone, median of repeats, measured at extraction"
+    )
+    return {"ms_per_image": ms, "note": note, "images_per_second": timings.get("images_per_second"), "single_image_ms": single, "single_note": single_note}
 
 
 def run_scale(gallery: Gallery, config: ScaleConfig, progress=print) -> ScaleResult:
@@ -576,7 +625,8 @@ def run_scale(gallery: Gallery, config: ScaleConfig, progress=print) -> ScaleRes
         make_method(name, max(config.sizes), gallery.dim, config.metric)  # unknown names fail now, not after an hour
     partition = gallery.partition(max_queries=config.max_queries, seed=config.seed)
     queries = np.ascontiguousarray(gallery.embeddings[partition.query_ids], dtype=np.float32)
-    query_labels = gallery.labels[partition.query_ids]
+    held_out = QuerySet(queries, gallery.labels[partition.query_ids], partition.database_ids, partition.how)
+    val, test = split_queries(held_out, seed=config.seed)
     progress(f"building a pool of {format_size(max(config.sizes))} rows from {len(partition.database_ids)} gallery rows" + (f" + {config.extra_embeddings}" if config.extra_embeddings else ""))
     pool = build_pool(gallery, partition.database_ids, queries, max(config.sizes), config.extra_embeddings, config.seed)
     if pool.extension:
@@ -585,7 +635,7 @@ def run_scale(gallery: Gallery, config: ScaleConfig, progress=print) -> ScaleRes
     points: list[ScalePoint] = []
     for size in config.sizes:
         progress(f"size {format_size(size)} ({pool.composition(size).describe()}) …")
-        points += measure_size(pool, size, queries, query_labels, config, extraction["ms_per_image"], progress)
+        points += measure_size(pool, size, val.vectors, test.vectors, test.labels, config, extraction, progress)
     return ScaleResult(
         gallery=str(gallery.path),
         provenance=gallery.provenance(),
@@ -595,8 +645,8 @@ def run_scale(gallery: Gallery, config: ScaleConfig, progress=print) -> ScaleRes
         config=config,
         extraction=extraction,
         queries=partition.how,
-        accuracy_queries=len(queries),
-        timing_queries=min(config.timing_queries, len(queries)),
+        accuracy_queries=len(test.vectors),
+        timing_queries=min(config.timing_queries, len(test.vectors)),
         compositions=[pool.composition(s) for s in config.sizes],
         extension=pool.extension,
         extra_source=pool.extra_how,
@@ -604,11 +654,12 @@ def run_scale(gallery: Gallery, config: ScaleConfig, progress=print) -> ScaleRes
         peak_rss_bytes=runtime.peak_rss_bytes(),
         seconds=round(time.perf_counter() - started, 1),
         environment=runtime.environment(),
+        validation_queries=len(val.vectors),
     )
 
 
 def plot_title(result: ScaleResult) -> str:
-    lines = [f"End-to-end per-query latency: extraction ({_fmt(result.extraction['ms_per_image'])} ms/image, constant) + search — {result.model}"]
+    lines = [f"End-to-end per-query latency: extraction of one image ({_fmt(result.extraction.get('single_image_ms'))} ms, batch 1, constant) + search — {result.model}"]
     lines.append(result.provenance if result.real else f"{NOT_REAL_TAG}: {result.provenance}")
     if result.any_synthetic:
         synth = ", ".join(format_size(c.size) for c in result.compositions if c.synthetic)
@@ -627,7 +678,8 @@ def write_scale(result: ScaleResult, folder: Path) -> dict[str, Path]:
         {
             "method": p.method,
             "size": format_size(p.size),
-            "extract_ms": p.extract_ms_per_image or 0.0,
+            "extract_ms": p.extract_single_ms or 0.0,
+            "extract_batch_ms": p.extract_ms_per_image or 0.0,
             "single_ms": p.latency.single_ms,
             "batch_ms": p.latency.batch_ms,
             "synthetic": p.synthetic_rows > 0,
