@@ -105,7 +105,7 @@ def environment_markdown(load: dict | None = None, quick: bool = False) -> str:
         busy = max(load["load_before"], load["load_after"]) > 0.5 * m["cores"]
         lines.append(
             f"- 1-minute load average {load['load_before']:.1f} before and {load['load_after']:.1f} after the run"
-            + (" — the machine was shared with other work, so absolute figures are noisy; the side-by-side ratios are what count." if busy else ".")
+            + (" — above 1.0: the machine was busy, so these figures are **not valid for a goal**; rerun them on a quiet machine." if busy else " (quiet machine: valid for the goals).")
         )
     if quick:
         lines.append("- **`--quick` smoke run: sizes are tiny and these figures are not meaningful.**")
