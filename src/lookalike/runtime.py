@@ -33,10 +33,10 @@ FAISS_SETTINGS = {
     # and flat on 1000 × 100k × 512 ran at 2.0× the sgemm roofline with 2 threads against 1.2× with 16384
     # (benchmarks/bench_search.py). The tile is then 256 MiB, brute's score block size.
     "distance_compute_blas_database_bs": 16384,
-    # Below this many queries FAISS scans without BLAS, one query at a time: 3× slower than numpy's
-    # matrix-vector product for a single query on 100k × 512 (bench_search.py measures both settings).
-    # BLAS for every batch size, a single query included.
-    "distance_compute_blas_threshold": 1,
+    # Below this many queries FAISS scans without BLAS. Sending single queries to BLAS instead (a
+    # threshold of 1) was measured no faster on 100k × 512 (an sgemm with one row is not a fast
+    # matrix-vector product), so FAISS's default stays, deliberately; bench_search.py times both.
+    "distance_compute_blas_threshold": 20,
 }
 
 
