@@ -12,6 +12,7 @@ Named methods and the factory strings they stand for (N = database size, d = dim
                                      embeddings.npy: memory ≈ codes only (see search.rerank)
     sq8      "SQ8"                   8-bit scalar quantiser (4× smaller)
     sqfp16   "SQfp16"                16-bit floats (2× smaller)
+    usearch-f16, usearch-i8          usearch's HNSW over f16 / i8 vectors (see search.usearch_index)
 Anything else containing a comma or starting like a factory string ("OPQ32,IVF1024,PQ32") is
 passed to faiss.index_factory as is.
 """
@@ -35,10 +36,11 @@ from .brute import BruteForce
 from .exact16 import Exact16
 from .faiss_index import MAX_POINTS_PER_CENTROID, FaissIndex, ivf_nlist
 from .registry import DEFAULT_HNSW_M, METHODS, PARAMS, MethodSpec, default_params
+from .usearch_index import UsearchHnsw
 from .rerank import MmapRerankIndex, rows_view
 
 NAMED_METHODS = tuple(METHODS)
-METHOD_CLASSES = {cls.kind: cls for cls in (BruteForce, Exact16, FaissIndex, MmapRerankIndex)}
+METHOD_CLASSES = {cls.kind: cls for cls in (BruteForce, Exact16, FaissIndex, MmapRerankIndex, UsearchHnsw)}
 DEFAULT_NPROBE = PARAMS["nprobe"].default
 FACTORY_PATTERN = re.compile(r"^(Flat|IVF|HNSW|PQ|OPQ|SQ|PCA|IDMap|LSH|NSG|RR|L2norm)")
 
@@ -102,6 +104,8 @@ def make_method(
         return BruteForce(spec.name, metric, backend=backend)
     if spec.kind == "exact16":
         return Exact16(spec.name, metric)
+    if spec.kind == "usearch":
+        return UsearchHnsw(spec.name, metric, search_params={**default_params("", "usearch"), **(search_params or {})}, m=sizes.get("m") or DEFAULT_HNSW_M, **spec.options)
     factory = factory_for(name, n, d, nlist, **sizes)
     params: dict[str, Any] = default_params(factory, spec.kind)
     if "nprobe" in params:

@@ -7,8 +7,8 @@ the server read them; nothing else spells a default or a range.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class MethodSpec:
     factory: str | None
     summary: str
     exact: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)  # constructor arguments of the class (e.g. usearch's dtype)
 
 
 PARAMS: Mapping[str, ParamSpec] = {
@@ -58,12 +59,16 @@ METHODS: Mapping[str, MethodSpec] = {
         MethodSpec("ivfpq-mmap", "faiss-mmap-rerank", "IVF{nlist},{pq}", "PQ codes in RAM, re-ranked from the memory-mapped gallery"),
         MethodSpec("sq8", "faiss", "SQ8", "8-bit scalar quantiser (4× smaller)"),
         MethodSpec("sqfp16", "faiss", "SQfp16", "16-bit float scalar quantiser (2× smaller)"),
+        MethodSpec("usearch-f16", "usearch", None, "usearch HNSW (M 32) over f16 vectors; efSearch trades recall for speed", options={"dtype": "f16"}),
+        MethodSpec("usearch-i8", "usearch", None, "usearch HNSW (M 32) over i8 vectors (4× smaller); efSearch trades recall for speed", options={"dtype": "i8"}),
     )
 }
 
 
 def params_of(factory: str, kind: str) -> tuple[str, ...]:
     """The search-time parameters a method built from `factory` understands."""
+    if kind == "usearch":
+        return ("efSearch",)
     names = []
     if "IVF" in factory:
         names.append("nprobe")

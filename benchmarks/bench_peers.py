@@ -1,0 +1,273 @@
+"""lookalike's search methods beside hnswlib and usearch: same data, same queries, same threads, one run (issue 9).
+
+Two galleries:
+- GENERATED: `write_generated_gallery(n=100_000, d=512, val=1000)` — 99,000 database vectors and
+  1,000 held-out queries (the clustered generator of the other sections; no model, no images);
+- EXTRACTED: GENERATED images (`lookalike.data.synthetic`) embedded by the project's own resnet18
+  with RANDOM weights — real model code on generated pictures, so its neighbours mean nothing,
+  but its vectors have a CNN's structure rather than the generator's.
+Every method answers the gallery's held-out queries; recall@10 is against exact search (flat).
+Each curve sweeps its search breadth (efSearch / expansion_search / nprobe). Single-query
+latency: the median over the timed queries, one per call; batched: all queries in one call.
+Peers are built with the same graph parameters as lookalike's HNSW (M 32, efConstruction 40)
+and run with the same thread count. Memory is each index's own size (FAISS's serialised
+bytes, hnswlib's saved file, usearch's `memory_usage`).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import GENERATOR, ROOT, environment_markdown, generator_line, load_watch, markdown_table, parser, should_write, write_section  # noqa: E402
+
+from lookalike import runtime  # noqa: E402
+from lookalike.gallery import Gallery, open_gallery  # noqa: E402
+from lookalike.search import database_vectors, make_method  # noqa: E402
+from lookalike.study.metrics import exact_neighbours, recall_at_k  # noqa: E402
+
+SECTION = "Peers: hnswlib and usearch side by side (issue 9)"
+K = 10
+M, EF_CONSTRUCTION = 32, 40
+TARGETS = (0.90, 0.95, 0.99)
+EF_VALUES = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+NPROBE_VALUES = (1, 2, 4, 8, 16, 32, 64, 128)
+WORK = ROOT / "runs" / "bench_peers"
+DEFAULT = {"n": 100_000, "val": 1000, "images_per_class": 500, "classes": 20, "image_size": 64, "single": 300}
+QUICK = {"n": 6_000, "val": 200, "images_per_class": 30, "classes": 5, "image_size": 32, "single": 30}
+
+
+@dataclass(frozen=True)
+class Point:
+    library: str  # "lookalike" or the peer's name
+    method: str
+    setting: str
+    recall: float
+    single_ms: float
+    batch_ms: float  # per query
+    build_s: float
+    memory_mib: float
+
+
+class Peer:
+    """The calls a peer library offers, wrapped to lookalike's `search(queries, k)` shape; `setting` sets its breadth."""
+
+    def __init__(self, library: str, method: str, build: Callable[[np.ndarray], Any], search: Callable[[Any, np.ndarray, int], np.ndarray],
+                 set_breadth: Callable[[Any, int], None], memory: Callable[[Any], int]):
+        self.library, self.method, self._search, self._set, self._memory = library, method, search, set_breadth, memory
+        self._build = build
+        self.index = None
+        self.build_s = 0.0
+
+    def build(self, vectors: np.ndarray) -> None:
+        t = time.perf_counter()
+        self.index = self._build(vectors)
+        self.build_s = time.perf_counter() - t
+
+    def search(self, queries: np.ndarray, k: int) -> np.ndarray:
+        return self._search(self.index, queries, k)
+
+    def set_breadth(self, value: int) -> None:
+        self._set(self.index, value)
+
+    def memory_bytes(self) -> int:
+        return self._memory(self.index)
+
+
+def hnswlib_peer(threads: int) -> Peer:
+    import hnswlib
+
+    def build(x: np.ndarray):
+        index = hnswlib.Index(space="ip", dim=x.shape[1])
+        index.init_index(max_elements=len(x), M=M, ef_construction=EF_CONSTRUCTION, random_seed=0)
+        index.set_num_threads(threads)
+        index.add_items(x, np.arange(len(x)))
+        return index
+
+    def memory(index) -> int:
+        with tempfile.TemporaryDirectory() as tmp:
+            index.save_index(os.path.join(tmp, "h.bin"))
+            return os.path.getsize(os.path.join(tmp, "h.bin"))
+
+    return Peer("hnswlib", f"HNSW M={M}, efC={EF_CONSTRUCTION}, f32", build, lambda index, q, k: index.knn_query(q, k=k)[0].astype(np.int64),
+                lambda index, ef: index.set_ef(ef), memory)
+
+
+def usearch_peer(threads: int, dtype: str) -> Peer:
+    from usearch.index import Index
+
+    def build(x: np.ndarray):
+        index = Index(ndim=x.shape[1], metric="ip", dtype=dtype, connectivity=M, expansion_add=EF_CONSTRUCTION)
+        index.add(np.arange(len(x), dtype=np.uint64), x, threads=threads)
+        return index
+
+    def search(index, q: np.ndarray, k: int) -> np.ndarray:
+        found = index.search(q, k, threads=threads)
+        keys = np.asarray(found.keys, dtype=np.int64).reshape(len(q), -1)
+        counts = np.asarray(found.counts).reshape(-1) if hasattr(found, "counts") else np.array([keys.shape[1]])
+        return np.where(np.arange(keys.shape[1])[None, :] < counts[:, None], keys, -1)
+
+    def set_breadth(index, ef: int) -> None:
+        index.expansion_search = ef
+
+    return Peer("usearch", f"HNSW M={M}, efC={EF_CONSTRUCTION}, {dtype}", build, search, set_breadth, lambda index: int(index.memory_usage))
+
+
+def time_it(search: Callable[[np.ndarray], Any], queries: np.ndarray, single: int) -> tuple[float, float, Any]:
+    """(median single-query ms, batched ms per query, batched result)."""
+    search(queries[:1])
+    singles = []
+    for q in queries[:single]:
+        t = time.perf_counter()
+        search(q[None])
+        singles.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    found = search(queries)
+    batch = (time.perf_counter() - t) / len(queries)
+    return 1000 * statistics.median(singles), 1000 * batch, found
+
+
+def sweep_lookalike(name: str, database: np.ndarray, db_ids: np.ndarray, queries: np.ndarray, truth: np.ndarray, single: int) -> list[Point]:
+    method = make_method(name, len(database), database.shape[1])
+    method.build(database, db_ids)
+    stats = method.build_stats
+    ranges = method.search_param_ranges()
+    if "nprobe" in ranges:
+        settings = [{"nprobe": v} for v in NPROBE_VALUES if v <= ranges["nprobe"][1]]
+    elif "efSearch" in ranges:
+        settings = [{"efSearch": v} for v in EF_VALUES]
+    else:
+        settings = [{}]
+    points = []
+    for setting in settings:
+        single_ms, batch_ms, (_, ids) = time_it(lambda q: method.search(q, K, setting or None), queries, single)
+        label = ", ".join(f"{k}={v}" for k, v in setting.items()) or "–"
+        points.append(Point("lookalike", name, label, recall_at_k(ids, truth, K), single_ms, batch_ms, stats.build_seconds, method.memory_bytes() / 2**20))
+        print(f"  lookalike {name} {label}: recall {points[-1].recall:.4f}, {single_ms:.3f} ms single", flush=True)
+        if points[-1].recall >= 0.999:
+            break
+    return points
+
+
+def sweep_peer(peer: Peer, database: np.ndarray, db_ids: np.ndarray, queries: np.ndarray, truth: np.ndarray, single: int) -> list[Point]:
+    peer.build(database)
+    memory = peer.memory_bytes() / 2**20
+    points = []
+    for ef in EF_VALUES:
+        peer.set_breadth(ef)
+        single_ms, batch_ms, found = time_it(lambda q: peer.search(q, K), queries, single)
+        ids = np.where(found >= 0, db_ids[np.clip(found, 0, None)], -1)
+        points.append(Point(peer.library, peer.method, f"ef={ef}", recall_at_k(ids, truth, K), single_ms, batch_ms, peer.build_s, memory))
+        print(f"  {peer.library} {peer.method} ef={ef}: recall {points[-1].recall:.4f}, {single_ms:.3f} ms single", flush=True)
+        if points[-1].recall >= 0.999:
+            break
+    return points
+
+
+def fastest_at(points: list[Point], target: float) -> Point | None:
+    reaching = [p for p in points if p.recall >= target]
+    return min(reaching, key=lambda p: p.single_ms) if reaching else None
+
+
+def pareto(points: list[Point]) -> set[int]:
+    """Indices of the points no other point beats on both recall and single-query latency."""
+    return {i for i, p in enumerate(points) if not any(o.recall >= p.recall and o.single_ms < p.single_ms for o in points)}
+
+
+def run_gallery(title: str, gallery: Gallery, threads: int, single: int) -> str:
+    partition = gallery.partition()
+    database = np.ascontiguousarray(database_vectors(gallery, partition.database_ids), dtype=np.float32)
+    queries = np.ascontiguousarray(gallery.embeddings[partition.query_ids], dtype=np.float32)
+    truth = exact_neighbours(gallery, partition.database_ids, queries, K)
+    print(f"{title}: {len(database):,} × {database.shape[1]}, {len(queries):,} queries", flush=True)
+    points: list[Point] = []
+    for name in ("exact16", "flat", "ivf", "hnsw", "usearch-f16", "usearch-i8"):
+        points += sweep_lookalike(name, database, partition.database_ids, queries, truth, single)
+    for peer in (hnswlib_peer(threads), usearch_peer(threads, "f32"), usearch_peer(threads, "f16")):
+        points += sweep_peer(peer, database, partition.database_ids, queries, truth, single)
+    front = pareto(points)
+    rows = [[p.library, p.method, p.setting, f"{p.recall:.4f}", f"{p.single_ms:.3f}", f"{p.batch_ms:.4f}", f"{p.build_s:.1f}", f"{p.memory_mib:.0f}", "●" if i in front else ""]
+            for i, p in enumerate(points)]
+    goal_rows = []
+    for target in TARGETS:
+        ours = fastest_at([p for p in points if p.library == "lookalike"], target)
+        theirs = fastest_at([p for p in points if p.library != "lookalike"], target)
+        met = ours is not None and (theirs is None or ours.single_ms <= theirs.single_ms)
+        goal_rows.append([f"{target:.2f}", f"{ours.method} {ours.setting}: {ours.single_ms:.3f} ms" if ours else "none reaches it",
+                          f"{theirs.library} {theirs.setting}: {theirs.single_ms:.3f} ms" if theirs else "none reaches it", "✓" if met else "✗ missed"])
+    return "\n".join([
+        f"### {title}",
+        "",
+        gallery.provenance(),
+        "",
+        markdown_table(["library", "method", "setting", f"recall@{K}", "single ms", "batched ms/query", "build s", "memory MiB", "Pareto"], rows),
+        "",
+        "Goal: at each recall target, lookalike's fastest method (single query) is at least as fast as the faster peer.",
+        "",
+        markdown_table(["recall@10 target", "lookalike's fastest", "fastest peer", "goal"], goal_rows),
+    ])
+
+
+def generated(sizes: dict) -> Gallery:
+    from lookalike.gallery.generated import write_generated_gallery
+
+    path = WORK / f"generated-{sizes['n']}"
+    try:
+        gallery = open_gallery(path)
+        if gallery.count == sizes["n"]:
+            return gallery
+    except Exception:
+        pass
+    return write_generated_gallery(path, sizes["n"], 512, val=sizes["val"], seed=0, overwrite=True)
+
+
+def extracted(sizes: dict, threads: int) -> Gallery:
+    from lookalike.api import extract
+    from lookalike.data.synthetic import generate_collection
+
+    data = generate_collection(WORK / f"images-{sizes['classes']}x{sizes['images_per_class']}", n_classes=sizes["classes"],
+                               train_per_class=sizes["images_per_class"], val_per_class=max(1, sizes["images_per_class"] // 10), seed=0)
+    return extract(data, WORK / f"resnet18-{sizes['classes']}x{sizes['images_per_class']}", model="resnet18", weights="random",
+                   image_size=sizes["image_size"], batch_size=64, threads=threads)
+
+
+def main() -> None:
+    args = parser(__doc__.split("\n")[0]).parse_args()
+    sizes = QUICK if args.quick else DEFAULT
+    threads = runtime.set_threads(args.threads)
+    import hnswlib  # noqa: F401 (fail early: both peers are benchmark dependencies, `pip install hnswlib usearch`)
+    import usearch
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    with load_watch() as load:
+        images = extracted(sizes, threads)
+        runtime.set_threads(threads)
+        parts = [run_gallery("GENERATED vectors", generated(sizes), threads, sizes["single"]),
+                 run_gallery(f"Embeddings from resnet18 (RANDOM weights) of GENERATED {sizes['image_size']} px images", images, threads, sizes["single"])]
+    import importlib.metadata as md
+
+    doc = "\n\n".join([
+        __doc__.split("\n\n", 1)[1].strip(),
+        f"Peers: hnswlib {md.version('hnswlib')}, usearch {usearch.__version__}; {threads} threads everywhere. "
+        "*Pareto* marks the points no other point beats on both recall and single-query latency. "
+        f"Queries timed one per call: the first {sizes['single']} held-out queries.",
+        generator_line(GENERATOR, 0, None),
+        *parts,
+        environment_markdown(load, args.quick),
+    ])
+    print(doc)
+    if should_write(args):
+        print(f"\nwrote section '{SECTION}' of {write_section(SECTION, doc)}")
+
+
+if __name__ == "__main__":
+    main()
