@@ -169,13 +169,13 @@ def test_candidate_rules_follow_size_and_budget():
     from lookalike.study.tune import candidate_configs
 
     small, _ = candidate_configs(100, 512)
-    assert [c.family for c in small] == ["flat", "ivf", "hnsw", "ivf-sq8"]  # too few vectors for 4√N lists or PQ codebooks
+    assert [c.family for c in small] == ["flat", "ivf", "hnsw", "usearch-f16", "ivf-sq8"]  # too few vectors for 4√N lists or PQ codebooks
     big, notes = candidate_configs(1_000_000, 512, max_memory_bytes=2**30)
     assert [c.family for c in big] == ["ivf-sq8", "ivfpq-mmap"]  # raw vectors (1.9 GiB) cannot fit 1 GiB; HNSW over the default size limit
     assert any("hnsw" in n and "size limit" in n for n in notes) and any(n.startswith("flat") and "budget" in n for n in notes)
     # the limit is a parameter, so a benchmark can set it from measured build times
     allowed, notes = candidate_configs(1_000_000, 512, hnsw_max_n=2_000_000)
-    assert "hnsw" in [c.family for c in allowed] and not any("hnsw" in n for n in notes)
+    assert {"hnsw", "usearch-f16"} <= {c.family for c in allowed} and not any("hnsw" in n for n in notes)
     refused, notes = candidate_configs(200_000, 512, hnsw_max_n=100_000)
     assert "hnsw" not in [c.family for c in refused] and any("hnsw: N=200000 > 100000" in n for n in notes)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..study.tradeoff import FAMILIES
 from . import options as opt
 
 
@@ -16,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     opt.metric(p)
     opt.k(p)
     p.add_argument("--query-list", default=None, help="text file of query image paths (the study's all_img_list); default: held-out gallery queries")
-    p.add_argument("--families", default="ivf,hnsw,ivfpq,ivfpq-mmap,sq8,sqfp16", help="comma-separated index families to sweep ('' for none)")
+    p.add_argument("--families", default=",".join(FAMILIES), help="comma-separated index families to sweep ('' for none)")
     p.add_argument("--index", action="append", default=[], help="an extra FAISS index_factory string to measure (repeatable)")
     opt.queries(p, old="--max-queries", legacy_list=True)
     opt.timing_queries(p, old="--single-queries")

@@ -34,7 +34,7 @@ from ..search import SearchMethod, database_vectors, default_nlist, factory_for,
 from .bench import NOT_REAL_TAG
 from .timing import Latency, measure_latency
 
-FAMILIES = ("ivf", "hnsw", "ivfpq", "ivfpq-mmap", "sq8", "sqfp16")
+FAMILIES = ("ivf", "hnsw", "usearch-f16", "ivfpq", "ivfpq-mmap", "sq8", "sqfp16")
 EXACT_METHODS = ("brute", "flat")
 NLIST_FACTORS = (1, 4, 16)  # nlist = factor·√N, as in the original study
 # Fewer than ~10 vectors per list leaves k-means fitting centroids to single points, and lists
