@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import GENERATOR, environment_markdown, generator_line, load_watch, markdown_table, median_seconds, parser, should_write, write_section  # noqa: E402
 
 from lookalike import runtime  # noqa: E402
-from lookalike.gallery.generated import random_cluster_model  # noqa: E402
+from lookalike.data.vectors import random_cluster_model  # noqa: E402
 from lookalike.study.timing import measure_latency  # noqa: E402
 from lookalike.study.metrics import recall_at_k  # noqa: E402
 from lookalike.search import DEFAULT_NPROBE, SearchMethod, default_nlist, make_method  # noqa: E402

@@ -70,7 +70,8 @@ START_TIMEOUT_S = 600
 
 def build_gallery(work: Path, sizes: dict) -> Gallery:
     """Extract a small generated collection with resnet18 (random weights), then extend it to `rows` with fitted synthetic rows."""
-    from lookalike.gallery.generated import Segment, fit_cluster_model, write_array_gallery
+    from lookalike.gallery.generated import Segment, write_array_gallery
+    from lookalike.data.vectors import fit_cluster_model
     from lookalike.embed.extract import ExtractConfig, extract
     from lookalike.data.synthetic import generate_collection
 

@@ -34,7 +34,8 @@ from common import GENERATOR, ROOT, TRAIN_POINTS_PER_LIST, environment_markdown,
 
 from lookalike import runtime  # noqa: E402
 from lookalike.errors import GalleryError  # noqa: E402
-from lookalike.gallery.generated import make_clustered_embeddings, write_generated_gallery  # noqa: E402
+from lookalike.gallery.generated import write_generated_gallery  # noqa: E402
+from lookalike.data.vectors import make_clustered_embeddings  # noqa: E402
 from lookalike.search import make_method  # noqa: E402
 from lookalike.study.tradeoff import FAMILIES, Point, TradeoffResult, run_tradeoff, write_tradeoff  # noqa: E402
 from lookalike.study.tune import HNSW_M, TuneResult, parse_bytes, tune  # noqa: E402

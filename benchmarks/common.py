@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from lookalike import runtime
-from lookalike.gallery.generated import GeneratorParams
+from lookalike.data.vectors import GeneratorParams
 
 # One generator and one IVF training size for every section whose figures are compared with each
 # other (the 1M goal is checked by both bench_scale and bench_tradeoff): each prints them.

@@ -13,15 +13,8 @@ from PIL import Image
 from lookalike.cli import main
 from lookalike.errors import GalleryError, LookalikeError
 from lookalike.study.scale import Pool, ScaleConfig, load_extra, measure_size, parse_sizes, tune_for_recall
-from lookalike.gallery.generated import (
-    SYNTHETIC_PATH_PREFIX,
-    Segment,
-    fit_cluster_model,
-    generated_model_block,
-    make_clustered_embeddings,
-    neighbour_stats,
-    write_array_gallery,
-)
+from lookalike.gallery.generated import SYNTHETIC_PATH_PREFIX, Segment, generated_model_block, write_array_gallery
+from lookalike.data.vectors import fit_cluster_model, make_clustered_embeddings, neighbour_stats
 from lookalike.gallery import is_real, open_gallery
 from lookalike.search import make_method
 

@@ -129,7 +129,8 @@ def test_saved_index_over_other_database_rows_is_refused_or_rebuilt(tmp_path):
     """No val split: `bench --queries 10` holds out another sample than `index` did; the saved index holds some of those queries."""
     import json
 
-    from lookalike.gallery.generated import Segment, generated_model_block, make_clustered_embeddings, write_array_gallery
+    from lookalike.gallery.generated import Segment, generated_model_block, write_array_gallery
+    from lookalike.data.vectors import make_clustered_embeddings
     from lookalike.study.bench import run_bench
 
     x, labels = make_clustered_embeddings(300, 32, n_clusters=6, rank=4, seed=0)

@@ -181,7 +181,7 @@ def test_openapi_documents_every_endpoint(client):
     assert search["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/SearchResponse")
     for code in ("400", "404", "413", "422"):
         assert search["responses"][code]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
-    assert {"SearchResponse", "Result", "Latency", "GalleryInfo", "MethodInfo", "ErrorBody"} <= set(spec["components"]["schemas"])
+    assert {"SearchResponse", "Result", "SearchTimings", "GalleryInfo", "MethodInfo", "ErrorBody"} <= set(spec["components"]["schemas"])
     assert client.get("/docs").status_code == 404  # Swagger UI would need a CDN
 
 

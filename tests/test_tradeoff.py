@@ -96,7 +96,8 @@ def test_tradeoff_rejects_a_bad_factory_string_before_sweeping(gallery, tmp_path
 @pytest.fixture(scope="module")
 def clustered_gallery(tmp_path_factory):
     """6000 clustered 32-d rows (5000 train, 1000 val): large enough that an approximate setting is the fastest pick."""
-    from lookalike.gallery.generated import Segment, generated_model_block, make_clustered_embeddings, write_array_gallery
+    from lookalike.gallery.generated import Segment, generated_model_block, write_array_gallery
+    from lookalike.data.vectors import make_clustered_embeddings
 
     x, labels = make_clustered_embeddings(6000, 32, n_clusters=40, rank=8, seed=3)
     folder = tmp_path_factory.mktemp("tune") / "g"
@@ -191,7 +192,8 @@ def test_nlists_too_large_for_the_gallery_are_skipped_and_said():
 
 def test_tune_budget_counts_the_page_cache_a_memory_mapped_index_reads(tmp_path):
     """ivfpq-mmap: codes fit the budget, but its warm latency needs the mapped file's pages; those count."""
-    from lookalike.gallery.generated import Segment, generated_model_block, make_clustered_embeddings, write_array_gallery
+    from lookalike.gallery.generated import Segment, generated_model_block, write_array_gallery
+    from lookalike.data.vectors import make_clustered_embeddings
     from lookalike.search import database_vectors, make_method
     from lookalike.study.tune import tune
 

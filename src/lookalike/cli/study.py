@@ -1,12 +1,17 @@
 """`lookalike tradeoff | tune | scale | report`: the study's accuracy-vs-speed and scale experiments.
 
-Each command parses its options here and hands them to its experiment module's `cli_main`.
+Each command parses its options here, builds the experiment's config and calls it; the
+experiments (lookalike.study) know nothing of argparse. They are imported when their command
+runs, so `lookalike --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
+from pathlib import Path
 
+from ..errors import LookalikeError
 from ..study.tradeoff import FAMILIES
 from . import options as opt
 
@@ -27,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-recall", type=float, default=1.0, help="end a curve once its recall@k reaches this")
     p.add_argument("--out", default=None, help="output folder (default: <gallery>/tradeoff)")
     opt.threads(p)
-    p.set_defaults(func=_run("tradeoff"))
+    p.set_defaults(func=cmd_tradeoff)
 
     p = sub.add_parser("tune", help="pick the fastest index that reaches a recall target on held-out queries")
     opt.gallery(p)
@@ -40,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--families", default=None, help="only consider these candidate families (default: all the rules allow)")
     p.add_argument("--name", default="tuned", help="name to save the chosen index under (search it with --method NAME)")
     opt.threads(p)
-    p.set_defaults(func=_run("tune"))
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("scale", help="latency profile as the gallery grows (e.g. 10k, 100k, 1M)")
     opt.gallery(p)
@@ -54,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     opt.metric(p)
     p.add_argument("--out", default=None, help="output folder (default: <gallery>/scale)")
     opt.threads(p)
-    p.set_defaults(func=_run("scale"))
+    p.set_defaults(func=cmd_scale)
 
     p = sub.add_parser("report", help="bench + tradeoff + scale for one or more galleries, as one Markdown report")
     opt.gallery(p, several=True, old="--galleries")
@@ -62,16 +67,107 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sizes", default="100k,1M", help="sizes for the scale section (question ii: 100k → 1M; synthetic extension above the gallery's size)")
     opt.k(p)
     opt.threads(p)
-    p.set_defaults(func=_run("report"))
+    p.set_defaults(func=cmd_report)
 
 
-def _run(command: str):
-    """Import the experiment only when its command runs, so `lookalike --help` stays fast."""
+def cmd_tradeoff(args: argparse.Namespace) -> int:
+    from .. import runtime
+    from ..gallery import open_gallery
+    from ..study.core import list_queries
+    from ..study.tradeoff import parse_int_list, run_tradeoff, write_tradeoff
 
-    def run(args: argparse.Namespace) -> int:
-        import importlib
+    threads = runtime.set_threads(args.threads)
+    gallery = open_gallery(args.gallery)
+    if args.k < 1:
+        raise LookalikeError(f"--k must be at least 1, got {args.k}")
+    families = tuple(f.strip() for f in args.families.split(",") if f.strip())
+    queries = list_queries(gallery, args.query_list, args.queries) if args.query_list else None
+    out = Path(args.out) if args.out else gallery.path / "tradeoff"
+    print(gallery.provenance())
+    result = run_tradeoff(
+        gallery,
+        k=args.k,
+        metric=args.metric,
+        families=families,
+        factories=tuple(args.index),
+        queries=queries,
+        max_queries=args.queries,
+        single_queries=args.timing_queries,
+        exact_queries=args.exact_timing_queries,
+        nlist_factors=parse_int_list(args.nlist_factors, "--nlist-factors"),
+        stop_recall=args.stop_recall,
+    )
+    paths = write_tradeoff(result, out)
+    print(result.to_markdown())
+    print(f"written: {', '.join(str(p) for p in paths.values())} ({threads} threads)")
+    return 0
 
-        module = importlib.import_module(f"lookalike.study.{command}")
-        return module.cli_main(args)
 
-    return run
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .. import runtime
+    from ..gallery import open_gallery
+    from ..study.tune import parse_bytes, tune, write_tune
+
+    threads = runtime.set_threads(args.threads)
+    gallery = open_gallery(args.gallery)
+    families = tuple(f.strip() for f in args.families.split(",") if f.strip()) if args.families else None
+    result = tune(
+        gallery,
+        target_recall=args.target_recall,
+        k=args.k,
+        max_memory_bytes=parse_bytes(args.max_memory) if args.max_memory else None,
+        latency=args.latency,
+        metric=args.metric,
+        max_queries=args.queries,
+        families=families,
+        save_as=args.name,
+    )
+    print(result.to_markdown())
+    if result.chosen is None:
+        raise LookalikeError(result.explanation())
+    folder = Path(result.saved_to)
+    write_tune(result, folder)
+    print(f"saved to {folder} (with tune.json and tune.md); search with: lookalike search --gallery {gallery.path} --method {args.name}{' --metric l2' if args.metric == 'l2' else ''} --image IMG  ({threads} threads)")
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from .. import runtime
+    from ..gallery import open_gallery
+    from ..study.scale import ScaleConfig, parse_sizes, run_scale, write_scale
+
+    threads = runtime.set_threads(args.threads)
+    gallery = open_gallery(args.gallery)
+    config = ScaleConfig(
+        sizes=parse_sizes(args.sizes),
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        k=args.k,
+        metric=args.metric,
+        target_recall=args.target_recall,
+        max_queries=args.queries,
+        timing_queries=args.timing_queries,
+        extra_embeddings=args.extra_embeddings,
+    )
+    result = run_scale(gallery, config, progress=lambda line: print(line, flush=True))
+    out = Path(args.out) if args.out else gallery.path / "scale"
+    paths = write_scale(result, out)
+    print(result.to_markdown(plot_name=None))
+    print(f"written: {', '.join(str(p) for p in paths.values())} ({threads} threads)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .. import runtime
+    from ..study.report import ReportConfig, run_report, write_report
+    from ..study.scale import parse_sizes
+
+    opt.require(args, "gallery", "--gallery")
+    threads = runtime.set_threads(args.threads)
+    if args.k < 1:
+        raise LookalikeError(f"--k must be at least 1, got {args.k}")
+    config = ReportConfig(galleries=tuple(args.gallery), out=Path(args.out), sizes=parse_sizes(args.sizes), k=args.k)
+    started = time.perf_counter()
+    reports = run_report(config, progress=lambda line: print(line, flush=True))
+    path = write_report(reports, config, time.perf_counter() - started)
+    print(f"\nreport written to {path} ({threads} threads); plots and tables under {config.out}/<gallery>/")
+    return 0

@@ -12,7 +12,7 @@ Every failure is a JSON `ErrorBody` with a 4xx status; a 500 would be a bug. CPU
 runs in worker threads behind one limiter (see service.py and docs/server.md).
 """
 
-# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, which use build_app's locals.
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, which use their enclosing function's locals.
 import logging
 import time
 import uuid
@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import BadImageError, LookalikeError
-from .schemas import ErrorBody, GalleryInfo, Health, Latency, QueryInfo, SearchResponse
+from .schemas import ErrorBody, GalleryInfo, Health, QueryInfo, SearchResponse, SearchTimings
 from .service import Invalid, RequestError, SearchService, ServerConfig, TooLarge
 
 log = logging.getLogger(__name__)
@@ -161,22 +161,37 @@ def host_name(host: str) -> str:
     return host.split(":", 1)[0]
 
 
-def build_app(service: SearchService) -> FastAPI:
-    config = service.config
-    info = GalleryInfo(**service.info())  # computed once: methods' memory_bytes serialises each index
-    compute = anyio.CapacityLimiter(config.compute_slots)
+class ComputeSlots:
+    """CPU-heavy jobs run in worker threads, at most `slots` at once; waiting requests queue on the event loop."""
 
-    async def run_compute(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
-        """Run a CPU-heavy job in a worker thread once a compute slot is free; also return the wait in ms."""
+    def __init__(self, service: SearchService):
+        self.service = service
+        self.limiter = anyio.CapacityLimiter(service.config.compute_slots)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+        """Run `fn(*args)` once a slot is free; also return the wait in ms."""
         queued = time.perf_counter()
 
         def job() -> tuple[Any, float]:
             started = time.perf_counter()
-            return service.run_job(fn, *args), started  # sets the threads in this worker thread (OpenMP's are per thread)
+            return self.service.run_job(fn, *args), started  # sets the threads in this worker thread (OpenMP's are per thread)
 
-        result, started = await anyio.to_thread.run_sync(job, limiter=compute)
+        result, started = await anyio.to_thread.run_sync(job, limiter=self.limiter)
         return result, 1000 * (started - queued)
 
+
+def build_app(service: SearchService) -> FastAPI:
+    """The app: middleware, JSON error handlers, the API routes and the page, over one loaded service."""
+    info = GalleryInfo(**service.info())  # computed once: methods' memory_bytes serialises each index
+    app = _new_app(service)
+    _add_error_handlers(app, service)
+    _add_api(app, service, info, ComputeSlots(service))
+    _add_page(app)
+    return app
+
+
+def _new_app(service: SearchService) -> FastAPI:
+    config = service.config
     app = FastAPI(
         title="lookalike",
         version=_version(),
@@ -196,8 +211,12 @@ def build_app(service: SearchService) -> FastAPI:
     app.add_middleware(UploadSizeLimit, limits={"/api/search": search_body_limit}, message=service.too_large_message())
     if config.allowed_hosts is not None:
         app.add_middleware(LoopbackHostOnly, allowed=config.allowed_hosts)  # added last: runs first
+    return app
 
-    # -- errors: always JSON, always one sentence --
+
+def _add_error_handlers(app: FastAPI, service: SearchService) -> None:
+    """Every failure is a JSON ErrorBody of one sentence; an unexpected one is logged, not echoed."""
+
     @app.exception_handler(RequestError)
     async def on_request_error(request: Request, exc: RequestError) -> JSONResponse:
         return _error(exc.status, str(exc), exc.field)
@@ -241,7 +260,10 @@ def build_app(service: SearchService) -> FastAPI:
         log.error("unexpected error %s on %s %s", reference, request.method, request.url.path, exc_info=exc)
         return _error(500, f"internal error (reference {reference}); this is a bug in lookalike, please report it with the server log")
 
-    # -- API --
+
+def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: ComputeSlots) -> None:
+    config = service.config
+
     @app.post(
         "/api/search",
         response_model=SearchResponse,
@@ -269,14 +291,14 @@ def build_app(service: SearchService) -> FastAPI:
             if image.size is not None and image.size > config.max_upload_bytes:
                 raise TooLarge(service.too_large_message(image.size), "image")
             data = await image.read()
-            outcome, wait_ms = await run_compute(service.search_upload, data, plan)
+            outcome, wait_ms = await compute.run(service.search_upload, data, plan)
             query, query_label = QueryInfo(kind="upload", filename=image.filename, bytes=len(data)), None
         else:
             service.check_id(gallery_id)
-            outcome, wait_ms = await run_compute(service.search_id, gallery_id, plan)
+            outcome, wait_ms = await compute.run(service.search_id, gallery_id, plan)
             row = service.row(gallery_id)
             query, query_label = QueryInfo(kind="id", **{k_: row[k_] for k_ in ("id", "label", "label_name", "path")}), row["label"]
-        latency = Latency(
+        latency = SearchTimings(
             decode_ms=outcome["decode_ms"],
             embed_ms=outcome["embed_ms"],
             search_ms=outcome["search_ms"],
@@ -306,7 +328,7 @@ def build_app(service: SearchService) -> FastAPI:
         service.check_id(gallery_id)
         data = service.thumbs.get(gallery_id)
         if data is None:
-            data, _ = await run_compute(service.thumbnail, gallery_id)
+            data, _ = await compute.run(service.thumbnail, gallery_id)
         return Response(data, media_type="image/jpeg", headers=IMAGE_CACHE)
 
     @app.get("/api/gallery", response_model=GalleryInfo, summary="The gallery's manifest summary, provenance and search methods")
@@ -317,13 +339,13 @@ def build_app(service: SearchService) -> FastAPI:
     async def healthz() -> Health:
         return Health(status="ok", gallery=str(service.gallery.path), count=service.gallery.count, methods=list(service.methods), real=info.real)
 
-    # -- the page --
+
+def _add_page(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={**PAGE_HEADERS, "Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    return app
 
 
 def _version() -> str:

@@ -26,7 +26,7 @@ class Result(BaseModel):
     same_label: bool | None = Field(description="whether the result has the query's label; null when the query or the result has none")
 
 
-class Latency(BaseModel):
+class SearchTimings(BaseModel):
     """Server-side milliseconds of this request; null where a step did not run (a gallery-id query is not decoded or embedded)."""
 
     decode_ms: float | None = Field(description="bytes → RGB pixels, plus resize, crop and normalise")
@@ -53,7 +53,7 @@ class SearchResponse(BaseModel):
     params: dict[str, int] = Field(description="search-time parameters this call used, e.g. {'nprobe': 8}")
     k: int
     results: list[Result]
-    latency_ms: Latency
+    latency_ms: SearchTimings
     provenance: str = Field(description="model, weights and data behind these results")
     real: bool = Field(description="false when the gallery was made with random weights or generated data")
 

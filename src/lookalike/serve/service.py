@@ -30,6 +30,7 @@ from PIL import Image
 from .. import runtime
 from ..errors import BadImageError, LookalikeError
 from ..gallery import Gallery, open_gallery
+from ..gallery.generated import has_image_file
 from ..data.images import load_rgb
 from ..embed.models import MODELS
 from ..embed.query import QueryEmbedder
@@ -38,7 +39,6 @@ from ..search import SearchMethod, get_method, load_method, saved_methods
 log = logging.getLogger(__name__)
 
 BUILT_METHODS = ("brute", "flat", "ivf")  # always offered; a saved index of the same name is loaded instead of built
-ARRAY_PATH_PREFIXES = ("synthetic:", "array:")  # rows written from arrays (experiments.synthetic_gallery) have no image file
 # Decoding a non-JPEG costs CPU in proportion to its pixels (JPEGs decode at 1/2..1/8 scale, see
 # data.images), so an upload's decoded size is capped well below PIL's 89.5 Mpx bomb threshold:
 # 16.8 Mpx (4096²) keeps the worst upload within about a second of CPU (tests/test_server_hardening.py).
@@ -287,7 +287,7 @@ class SearchService:
         recorded = self._paths[self.check_id(gallery_id)]
         path = Path(recorded)
         if not path.is_file():
-            if recorded.startswith(ARRAY_PATH_PREFIXES):
+            if not has_image_file(recorded):
                 raise NotFound(f"gallery id {gallery_id} has no image: its embedding was written from an array ({recorded}), not extracted from a file")
             raise NotFound(f"the image file of gallery id {gallery_id} is missing at {path}; the collection was moved or deleted after extraction")
         return path
@@ -368,7 +368,7 @@ def shown_path(path: str, root: str | None, root_is_list_file: bool = False) -> 
     Answers must not reveal where the server keeps its files; rows written from arrays
     ("synthetic:…") and paths that are already relative are shown as they are.
     """
-    if path.startswith(ARRAY_PATH_PREFIXES) or not os.path.isabs(path):
+    if not has_image_file(path) or not os.path.isabs(path):
         return path
     base = os.path.dirname(root) if root and root_is_list_file else root
     if base:

@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 
 from .. import runtime
-from ..gallery import Gallery, atomic_write_bytes, atomic_write_json
+from ..gallery import Gallery
+from .core import NOT_REAL_TAG, fmt, format_params, write_outputs
 from .metrics import ground_truth, precision_at_k, recall_at_k
 from ..search import get_method
 from .timing import Latency, measure_latency
 
 DEFAULT_METHODS = ("brute", "flat", "ivf")
-NOT_REAL_TAG = "⚠ random weights / generated data"
 
 
 @dataclass(frozen=True)
@@ -60,27 +60,19 @@ class BenchResult:
             f"**{self.provenance}**" + ("" if self.real else "  \n**⚠ NOT A REAL RESULT: random weights and/or generated data; timings are valid, accuracy is not.**"),
             "",
             f"Queries: {self.queries}; k = {self.k}; metric = {self.metric}; threads = {self.environment.get('threads')}.",
-            f"Extraction: {_fmt(self.extract_ms_per_image)} ms/image. Peak RSS: {self.peak_rss_bytes / 2**20:.0f} MiB.",
+            f"Extraction: {fmt(self.extract_ms_per_image)} ms/image. Peak RSS: {self.peak_rss_bytes / 2**20:.0f} MiB.",
             "",
             "| method | params | single ms/query (median) | single p99 ms | batched ms/query | memory MiB | train s | build s | recall@k vs exact | label P@k |" + ("" if self.real else " provenance |"),
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("" if self.real else "---|"),
         ]
         for m in self.methods:
             rows.append(
-                f"| {m.method} | {_params(m.params)} | {m.latency.single_ms:.3f} | {m.latency.single_p99_ms:.3f} | "
+                f"| {m.method} | {format_params(m.params)} | {m.latency.single_ms:.3f} | {m.latency.single_p99_ms:.3f} | "
                 f"{m.latency.batch_ms:.4f} | {m.memory_bytes / 2**20:.2f} | {m.train_seconds:.2f} | {m.build_seconds:.2f} | "
                 f"{m.recall:.4f} | {m.precision:.4f} |" + ("" if self.real else f" {NOT_REAL_TAG} |")
             )
         rows += ["", f"single = one query per call over {self.methods[0].latency.single_queries} queries; batched = all {self.methods[0].latency.batch_queries} queries in one call, divided by their count."]
         return "\n".join(rows) + "\n"
-
-
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
-def _params(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in params.items()) or "–"
 
 
 def run_bench(
@@ -134,9 +126,8 @@ def run_bench(
     )
 
 
-def write_bench(result: BenchResult, folder: Path) -> None:
-    atomic_write_bytes(Path(folder) / "bench.md", result.to_markdown().encode())
-    atomic_write_json(Path(folder) / "bench.json", result.to_dict())
+def write_bench(result: BenchResult, folder: Path) -> dict[str, Path]:
+    return write_outputs(folder, "bench", result.to_markdown(), result.to_dict())
 
 
 def combined_table(results: list[BenchResult]) -> str:
@@ -151,12 +142,12 @@ def combined_table(results: list[BenchResult]) -> str:
         lines.append(f"| {label} | " + " | ".join(values) + " |" + ("" if all_real else f" {NOT_REAL_TAG} |"))
 
     row("feature dim", [str(r.dim) for r in results])
-    row("extraction ms/image", [_fmt(r.extract_ms_per_image) for r in results])
+    row("extraction ms/image", [fmt(r.extract_ms_per_image) for r in results])
     names = [m.method for m in results[0].methods]
     for name in names:
         per = [next((m for m in r.methods if m.method == name), None) for r in results]
-        row(f"{name} ms/query, single", [_fmt(m.latency.single_ms) if m else "–" for m in per])
-        row(f"{name} ms/query, batched", [_fmt(m.latency.batch_ms, 4) if m else "–" for m in per])
+        row(f"{name} ms/query, single", [fmt(m.latency.single_ms) if m else "–" for m in per])
+        row(f"{name} ms/query, batched", [fmt(m.latency.batch_ms, 4) if m else "–" for m in per])
         row(f"{name} memory MiB", [f"{m.memory_bytes / 2**20:.2f}" if m else "–" for m in per])
         if any(m and m.train_seconds for m in per):
             row(f"{name} train / build s", [f"{m.train_seconds:.2f} / {m.build_seconds:.2f}" if m else "–" for m in per])

@@ -11,20 +11,17 @@ and the library versions and thread counts behind the figures.
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import runtime
-from ..errors import LookalikeError
 from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, open_gallery
 from .metrics import MAP_DEFINITION
 from .bench import BenchResult, combined_table, run_bench, write_bench
-from .scale import ScaleConfig, ScaleResult, format_size, parse_sizes, run_scale, write_scale
+from .scale import ScaleConfig, ScaleResult, format_size, run_scale, write_scale
 from .tradeoff import RECALL_TARGETS, TradeoffResult, run_tradeoff, write_tradeoff
 
 DEFAULT_SIZES = (100_000, 1_000_000)
@@ -244,18 +241,3 @@ def write_report(reports: list[GalleryReport], config: ReportConfig, seconds: fl
     atomic_write_bytes(path, report_markdown(reports, config, seconds).encode())
     atomic_write_json(config.out / "report.json", report_json(reports, config))
     return path
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    from ..cli.options import require
-
-    require(args, "gallery", "--gallery")
-    threads = runtime.set_threads(args.threads)
-    if args.k < 1:
-        raise LookalikeError(f"--k must be at least 1, got {args.k}")
-    config = ReportConfig(galleries=tuple(args.gallery), out=Path(args.out), sizes=parse_sizes(args.sizes), k=args.k)
-    started = time.perf_counter()
-    reports = run_report(config, progress=lambda line: print(line, flush=True))
-    path = write_report(reports, config, time.perf_counter() - started)
-    print(f"\nreport written to {path} ({threads} threads); plots and tables under {config.out}/<gallery>/")
-    return 0

@@ -17,7 +17,6 @@ held-out queries. Every table row, the plot and the JSON say which sizes hold sy
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
@@ -33,14 +32,12 @@ import numpy as np
 
 from .. import runtime
 from ..errors import GalleryError, LookalikeError
-from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, open_gallery
+from ..gallery import Gallery, open_gallery
 from .metrics import accuracy, recall_at_k
 from ..search import SearchMethod, make_method
-from .bench import NOT_REAL_TAG
-from ..gallery.generated import ClusterModel, fit_cluster_model, neighbour_stats
+from ..data.vectors import ClusterModel, fit_cluster_model, neighbour_stats
 from .timing import Latency, measure_latency
-from .tradeoff import QuerySet
-from .tune import split_queries
+from .core import NOT_REAL_TAG, QuerySet, cheapest_reaching, doubling, fmt, format_params, split_queries, write_outputs
 
 DEFAULT_METHODS = ("brute", "flat", "ivf")
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
@@ -225,8 +222,8 @@ class ScaleResult:
         if self.extension:
             lines += [f"**⚠ SYNTHETIC EXTENSION** at the sizes marked ⚠ below: {self.extension['summary']}", ""]
         lines += [
-            f"Extraction: **{_fmt(ext.get('single_image_ms'))} ms for one image alone** (batch 1: {ext.get('single_note', 'n/a')}); "
-            f"{_fmt(ext.get('ms_per_image'))} ms per image in batches ({ext['note']}). It is a constant cost per image, "
+            f"Extraction: **{fmt(ext.get('single_image_ms'))} ms for one image alone** (batch 1: {ext.get('single_note', 'n/a')}); "
+            f"{fmt(ext.get('ms_per_image'))} ms per image in batches ({ext['note']}). It is a constant cost per image, "
             "whatever the gallery size: each query image pays the batch-1 figure once, and building a gallery of N images costs N times the batched one.",
             "",
             f"Queries: {self.queries}, split in two as `tune` does: the search parameter of each approximate method is chosen per "
@@ -244,8 +241,8 @@ class ScaleResult:
             comp = next(c for c in self.compositions if c.size == p.size)
             mark = " ⚠" if comp.synthetic else ""
             lines.append(
-                f"| {format_size(p.size)}{mark} | {comp.describe()} | {p.method} | {_params(p.params)} | {p.latency.single_ms:.3f} | "
-                f"{p.latency.single_p99_ms:.3f} | {p.latency.batch_ms:.4f} | {_fmt(p.end_to_end_single_ms)} | "
+                f"| {format_size(p.size)}{mark} | {comp.describe()} | {p.method} | {format_params(p.params)} | {p.latency.single_ms:.3f} | "
+                f"{p.latency.single_p99_ms:.3f} | {p.latency.batch_ms:.4f} | {fmt(p.end_to_end_single_ms)} | "
                 f"{p.memory_bytes / 2**20:.1f} | {p.train_seconds:.2f} | {p.build_seconds:.2f} | {p.recall:.4f} | {p.precision:.4f} | "
                 f"{'met' if p.target_reached else 'MISSED'} | {p.synthetic_result_share:.3f} ({comp.synthetic_rows / comp.size:.3f}) |"
             )
@@ -308,16 +305,8 @@ def shift_summary(result: ScaleResult) -> str:
     return f"From {format_size(lo)} to {format_size(hi)}: " + "; ".join(parts) + "."
 
 
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
 def _round(x: float | None, digits: int) -> float | None:
     return None if x is None else round(x, digits)
-
-
-def _params(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in params.items()) or "–"
 
 
 # --- sizes ---
@@ -510,29 +499,16 @@ def tune_for_recall(method: SearchMethod, queries: np.ndarray, truth: np.ndarray
         recall = recall_at_k(found, truth, k)
         return Tuning({}, recall, recall >= target, [{"recall": recall}]), found
     key, (lo, hi) = next(iter(ranges.items()))
-    tried: dict[int, tuple[float, np.ndarray]] = {}
+    found_at: dict[int, np.ndarray] = {}
 
-    def trial(value: int) -> float:
-        if value not in tried:
-            _, found = method.search(queries, k, {key: value})
-            tried[value] = (recall_at_k(found, truth, k), found)
-        return tried[value][0]
+    def recall_at(value: int) -> float:
+        _, found_at[value] = method.search(queries, k, {key: value})
+        return recall_at_k(found_at[value], truth, k)
 
-    value, miss = lo, None
-    while trial(value) < target and value < hi:
-        miss, value = value, min(hi, value * 2)
-    if miss is not None and trial(value) >= target:
-        hit = value
-        for _ in range(BISECT_STEPS):
-            if hit - miss <= 1:
-                break
-            mid = (miss + hit) // 2
-            miss, hit = (mid, hit) if trial(mid) < target else (miss, mid)
-        value = hit
-    method.set_params(**{key: value})
-    recall, found = tried[value]
-    sweep = [{key: v, "recall": round(r, 5)} for v, (r, _) in tried.items()]
-    return Tuning({key: value}, recall, recall >= target, sweep), found
+    chosen = cheapest_reaching(doubling(lo, hi), recall_at, target, refine_steps=BISECT_STEPS)
+    method.set_params(**{key: chosen.value})
+    sweep = [{key: v, "recall": round(r, 5)} for v, r in chosen.tried.items()]
+    return Tuning({key: chosen.value}, chosen.score, chosen.reached, sweep), found_at[chosen.value]
 
 
 def measure_size(
@@ -564,7 +540,7 @@ def measure_size(
         synthetic_share = float(np.mean(found[found >= 0] >= pool.first_synthetic_row)) if np.any(found >= 0) else 0.0
         acc = accuracy(found, truth, test_labels, labels, config.k)
         progress(
-            f"  {name}: built in {stats.build_seconds:.1f} s, {_params(tuning.params)}, recall@{config.k} {acc.recall:.4f} on test "
+            f"  {name}: built in {stats.build_seconds:.1f} s, {format_params(tuning.params)}, recall@{config.k} {acc.recall:.4f} on test "
             f"({tuning.recall:.4f} on validation), {latency.single_ms:.3f} ms/query single, {latency.batch_ms:.4f} batched"
         )
         points.append(
@@ -659,7 +635,7 @@ def run_scale(gallery: Gallery, config: ScaleConfig, progress=print) -> ScaleRes
 
 
 def plot_title(result: ScaleResult) -> str:
-    lines = [f"End-to-end per-query latency: extraction of one image ({_fmt(result.extraction.get('single_image_ms'))} ms, batch 1, constant) + search — {result.model}"]
+    lines = [f"End-to-end per-query latency: extraction of one image ({fmt(result.extraction.get('single_image_ms'))} ms, batch 1, constant) + search — {result.model}"]
     lines.append(result.provenance if result.real else f"{NOT_REAL_TAG}: {result.provenance}")
     if result.any_synthetic:
         synth = ", ".join(format_size(c.size) for c in result.compositions if c.synthetic)
@@ -673,7 +649,7 @@ def write_scale(result: ScaleResult, folder: Path) -> dict[str, Path]:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {name: folder / f"scale.{name}" for name in ("json", "csv", "md", "png")}
+    paths = {"png": folder / "scale.png"}
     bars = [
         {
             "method": p.method,
@@ -687,28 +663,5 @@ def write_scale(result: ScaleResult, folder: Path) -> dict[str, Path]:
         for p in result.points
     ]
     plot_scale_latency(bars, plot_title(result), paths["png"])
-    atomic_write_json(paths["json"], result.to_dict())
-    atomic_write_bytes(paths["csv"], result.to_csv().encode())
-    atomic_write_bytes(paths["md"], result.to_markdown(paths["png"].name).encode())
+    paths.update(write_outputs(folder, "scale", result.to_markdown(paths["png"].name), result.to_dict(), result.to_csv()))
     return paths
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    threads = runtime.set_threads(args.threads)
-    gallery = open_gallery(args.gallery)
-    config = ScaleConfig(
-        sizes=parse_sizes(args.sizes),
-        methods=tuple(m.strip() for m in getattr(args, "methods", ",".join(DEFAULT_METHODS)).split(",") if m.strip()),
-        k=args.k,
-        metric=getattr(args, "metric", "ip"),
-        target_recall=args.target_recall,
-        max_queries=args.queries,
-        timing_queries=args.timing_queries,
-        extra_embeddings=args.extra_embeddings,
-    )
-    result = run_scale(gallery, config, progress=lambda line: print(line, flush=True))
-    out = Path(args.out) if args.out else gallery.path / "scale"
-    paths = write_scale(result, out)
-    print(result.to_markdown(plot_name=None))
-    print(f"written: {', '.join(str(p) for p in paths.values())} ({threads} threads)")
-    return 0

@@ -12,9 +12,7 @@ of query images embedded with the gallery's own model; a query never searches fo
 
 from __future__ import annotations
 
-import csv
 import gc
-import io
 import math
 import re
 import sys
@@ -27,12 +25,12 @@ from typing import Any
 import numpy as np
 
 from .. import runtime
-from ..errors import BadImageError, DataError, LookalikeError
-from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, open_gallery
+from ..errors import LookalikeError
+from ..gallery import Gallery
 from .metrics import MAP_DEFINITION, Accuracy, accuracy, exact_neighbours
 from ..search import SearchMethod, database_vectors, default_nlist, factory_for, make_method
-from .bench import NOT_REAL_TAG
-from .timing import Latency, measure_latency
+from .core import NOT_REAL_TAG, QuerySet, cold_latency, csv_text, evaluate, held_out_queries, write_outputs
+from .timing import Latency
 
 FAMILIES = ("ivf", "hnsw", "usearch-f16", "ivfpq", "ivfpq-mmap", "sq8", "sqfp16")
 EXACT_METHODS = ("brute", "flat")
@@ -48,52 +46,6 @@ RECALL_TARGETS = (0.9, 0.95, 0.99)
 # (e.g. PQ's own ranking error); further points only cost time. Checked from the 3rd point on.
 PLATEAU_GAIN = 0.001
 EXACT_QUERIES = 200  # exact search cost grows with N; its recall is 1 by definition, so a sample times it
-
-
-@dataclass(frozen=True)
-class QuerySet:
-    """Query vectors with their labels, and the gallery rows they are searched against."""
-
-    vectors: np.ndarray  # (Q, d) float32, unit length
-    labels: np.ndarray  # (Q,) object: label strings, or None when unlabelled
-    database_ids: np.ndarray  # gallery ids that are searched; never the queries themselves
-    how: str
-
-    def subset(self, rows: np.ndarray, how: str) -> QuerySet:
-        return QuerySet(self.vectors[rows], self.labels[rows], self.database_ids, how)
-
-
-def held_out_queries(gallery: Gallery, max_queries: int = 1000, seed: int = 0) -> QuerySet:
-    partition = gallery.partition(max_queries=max_queries, seed=seed)
-    vectors = np.ascontiguousarray(gallery.embeddings[partition.query_ids], dtype=np.float32)
-    return QuerySet(vectors, gallery.labels[partition.query_ids], partition.database_ids, f"held out: {partition.how}")
-
-
-def list_queries(gallery: Gallery, list_file: str, max_queries: int = 1000) -> QuerySet:
-    """Embed the images named in `list_file` (path, optional tab-separated label) with the gallery's model.
-
-    The database is the whole gallery minus any image that is also a query, so no query finds itself.
-    """
-    from ..data.datasets import load_collection
-    from ..embed.query import QueryEmbedder
-
-    records = load_collection(list_file).records[:max_queries]
-    embedder = QueryEmbedder(gallery)
-    vectors, labels, skipped = [], [], []
-    for record in records:
-        try:
-            vectors.append(embedder.embed_path(record.path)[0].reshape(-1))
-            labels.append(record.label)
-        except (BadImageError, DataError, OSError) as exc:
-            skipped.append(f"{record.path}: {exc}")
-    if not vectors:
-        raise DataError(f"none of the {len(records)} images listed in {list_file} could be read; check the paths in it")
-    for line in skipped:
-        print(f"skipped query {line}", file=sys.stderr)
-    query_paths = {r.path for r in records}
-    database = np.asarray([i for i, p in enumerate(gallery.paths) if p not in query_paths], dtype=np.int64)
-    how = f"{len(vectors)} images from {list_file}" + (f" ({len(skipped)} unreadable skipped)" if skipped else "") + f" vs {len(database)} gallery images"
-    return QuerySet(np.asarray(vectors, dtype=np.float32), np.asarray(labels, dtype=object), database, how)
 
 
 # --- what to build and how to sweep it ---
@@ -206,26 +158,6 @@ class Point:
         return row
 
 
-def evaluate(
-    method: SearchMethod,
-    queries: QuerySet,
-    truth: np.ndarray,
-    gallery_labels: np.ndarray,
-    k: int,
-    params: dict[str, Any] | None,
-    single_queries: int,
-) -> tuple[Latency, Accuracy]:
-    """Latency (single and batched) and accuracy of one search setting, measured the way every experiment does.
-
-    A memory-mapped method starts a fresh working set here, so its memory_bytes() afterwards
-    counts the pages this setting's queries read.
-    """
-    if hasattr(method, "reset_working_set"):
-        method.reset_working_set()
-    latency, found = measure_latency(method, queries.vectors, k, params, single_queries=single_queries)
-    return latency, accuracy(found, truth, queries.labels, gallery_labels, k, queries.database_ids)
-
-
 def make_point(family: str, curve: str, method: SearchMethod, latency: Latency, acc: Accuracy, exact: bool) -> Point:
     stats = method.build_stats
     params = method.params()
@@ -273,11 +205,6 @@ def sweep(
             recalls.append(acc.recall)
             if acc.recall >= stop_recall or (len(recalls) >= 3 and recalls[-1] - recalls[-2] < PLATEAU_GAIN):
                 break
-
-
-def cold_latency(method: SearchMethod, queries: np.ndarray, k: int, params: dict[str, Any] | None) -> float | None:
-    """Cold-cache single-query ms for methods that read a memory-mapped file; None for the rest."""
-    return method.cold_single_ms(queries, k, params) if hasattr(method, "cold_single_ms") else None
 
 
 def mark_pareto(points: list[Point]) -> list[Point]:
@@ -359,18 +286,8 @@ class TradeoffResult:
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict:
-        """Plain JSON: NaN (label metrics without labels) becomes null, which every JSON reader accepts."""
-        return _json_safe({**asdict(self), "cheapest": {str(t): (asdict(p) if (p := self.cheapest(t)) else None) for t in RECALL_TARGETS}})
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
+        """JSON-ready; the writer (gallery.json_text) turns NaN (label metrics without labels) into null."""
+        return {**asdict(self), "cheapest": {str(t): (asdict(p) if (p := self.cheapest(t)) else None) for t in RECALL_TARGETS}}
 
 
 def run_tradeoff(
@@ -447,17 +364,9 @@ def write_tradeoff(result: TradeoffResult, folder: Path) -> dict[str, Path]:
     """tradeoff.csv, tradeoff.json, tradeoff.md and tradeoff.png in `folder`."""
     from .plots import plot_tradeoff, wrapped_title
 
-    folder = Path(folder)
-    rows = [p.csv_row() for p in result.points]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) + ["provenance"])
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({**row, "provenance": result.provenance})
-    paths = {"csv": folder / "tradeoff.csv", "json": folder / "tradeoff.json", "md": folder / "tradeoff.md", "png": folder / "tradeoff.png"}
-    atomic_write_bytes(paths["csv"], buffer.getvalue().encode())
-    atomic_write_json(paths["json"], result.to_dict())
-    atomic_write_bytes(paths["md"], (f"# lookalike tradeoff — {result.model}\n\n" + result.to_markdown()).encode())
+    markdown = f"# lookalike tradeoff — {result.model}\n\n" + result.to_markdown()
+    paths = write_outputs(folder, "tradeoff", markdown, result.to_dict(), csv_text([p.csv_row() for p in result.points], {"provenance": result.provenance}))
+    paths["png"] = Path(folder) / "tradeoff.png"
     title = wrapped_title(result.title(), f"{result.n_database} vectors, {result.queries}; {result.metric}; machine: {result.environment.get('machine', {}).get('cpu')}")
     plot_tradeoff(result.points, title, paths["png"], result.k)
     return paths
@@ -471,31 +380,3 @@ def parse_int_list(text: str, what: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise LookalikeError(f"{what} must list positive whole numbers, got {text!r}")
     return values
-
-
-def cli_main(args) -> int:
-    threads = runtime.set_threads(args.threads)
-    gallery = open_gallery(args.gallery)
-    if args.k < 1:
-        raise LookalikeError(f"--k must be at least 1, got {args.k}")
-    families = tuple(f.strip() for f in args.families.split(",") if f.strip())
-    queries = list_queries(gallery, args.query_list, args.queries) if args.query_list else None
-    out = Path(args.out) if args.out else gallery.path / "tradeoff"
-    print(gallery.provenance())
-    result = run_tradeoff(
-        gallery,
-        k=args.k,
-        metric=args.metric,
-        families=families,
-        factories=tuple(args.index),
-        queries=queries,
-        max_queries=args.queries,
-        single_queries=args.timing_queries,
-        exact_queries=args.exact_timing_queries,
-        nlist_factors=parse_int_list(args.nlist_factors, "--nlist-factors"),
-        stop_recall=args.stop_recall,
-    )
-    paths = write_tradeoff(result, out)
-    print(result.to_markdown())
-    print(f"written: {', '.join(str(p) for p in paths.values())} ({threads} threads)")
-    return 0

@@ -21,12 +21,12 @@ import numpy as np
 
 from .. import runtime
 from ..errors import LookalikeError
-from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, open_gallery
+from ..gallery import Gallery
 from .metrics import Accuracy, exact_neighbours, recall_per_query
 from ..search import SearchMethod, database_vectors, default_nlist, factory_for, make_method, save_method
-from .bench import NOT_REAL_TAG
 from .timing import Latency
-from .tradeoff import EF_SEARCH, cold_latency, MIN_VECTORS_PER_LIST, QuerySet, _json_safe, evaluate, held_out_queries, powers_of_two_up_to
+from .core import NOT_REAL_TAG, QuerySet, cheapest_reaching, write_outputs, cold_latency, evaluate, format_params, held_out_queries, split_queries
+from .tradeoff import EF_SEARCH, MIN_VECTORS_PER_LIST, powers_of_two_up_to
 
 CANDIDATE_FAMILIES = ("flat", "ivf", "hnsw", "ivf-sq8", "ivfpq-mmap")
 # Validation recall must clear the target with ~95% confidence (one-sided), not just on average:
@@ -165,7 +165,7 @@ class TuneResult:
         meeting = sum(m.status in ("meets target", "chosen") for m in self.candidates)
         acc, lat = self.test_accuracy, self.test_latency
         text = (
-            f"chosen: {c.method} {_setting(c.setting)} — the lowest {self.latency}-query latency "
+            f"chosen: {c.method} {format_params(c.setting)} — the lowest {self.latency}-query latency "
             f"({getattr(c, f'{self.latency}_ms'):.3f} ms) of the {meeting} candidate(s) whose validation recall@{self.k} reaches "
             f"{self.target_recall} with 95% confidence (bound {c.val_recall_bound:.4f})"
             + (f" within the {self.max_memory_bytes / 2**20:.0f} MiB budget" if self.max_memory_bytes else "")
@@ -191,7 +191,7 @@ class TuneResult:
         ]
         for m in self.candidates:
             lines.append(
-                f"| {m.method} | {_setting(m.setting)} | {m.val_recall:.4f} | {m.val_recall_bound:.4f} | {m.val_precision:.4f} | {m.single_ms:.3f} | "
+                f"| {m.method} | {format_params(m.setting)} | {m.val_recall:.4f} | {m.val_recall_bound:.4f} | {m.val_precision:.4f} | {m.single_ms:.3f} | "
                 f"{m.batch_ms:.4f} | {m.memory_bytes / 2**20:.1f} | {m.build_seconds:.2f} | {'**chosen**' if m.status == 'chosen' else m.status} |{flag}"
             )
         lines += ["", self.explanation(), *[f"- {note}" for note in self.notes]]
@@ -204,21 +204,7 @@ class TuneResult:
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict:
-        return _json_safe(asdict(self))
-
-
-def _setting(setting: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in setting.items()) or "–"
-
-
-def split_queries(queries: QuerySet, seed: int = 0) -> tuple[QuerySet, QuerySet]:
-    """A seeded half/half split into validation (to choose) and test (to report)."""
-    if len(queries.vectors) < 2:
-        raise LookalikeError("tuning needs at least 2 held-out queries (one to choose with, one to test); use a gallery with more images")
-    order = np.random.default_rng(seed).permutation(len(queries.vectors))
-    half = len(order) // 2
-    val, test = np.sort(order[:half]), np.sort(order[half:])
-    return queries.subset(val, f"{len(val)} of {len(order)} queries {queries.how}"), queries.subset(test, f"the other {len(test)}")
+        return asdict(self)
 
 
 def measure_candidate(
@@ -243,13 +229,13 @@ def measure_candidate(
     if max_memory_bytes is not None and memory > max_memory_bytes:  # the measured size decides, not the estimate
         nan = float("nan")
         return Measured(c.family, factory, c.reason, setting, nan, nan, nan, nan, nan, memory, build_s, "over budget"), method
-    bound = float("nan")
-    for value in sweep_values(method, c.sweep):  # cheapest first: the first setting that clears the target is the one
-        setting = {**({c.sweep: value} if c.sweep else {}), **c.fixed}
-        _, found = method.search(val.vectors, k, setting or None)
-        bound = recall_lower_bound(recall_per_query(found, truth, k))
-        if bound >= target_recall:
-            break
+
+    def bound_at(value: int | None) -> float:
+        _, found = method.search(val.vectors, k, {**({c.sweep: value} if c.sweep else {}), **c.fixed} or None)
+        return recall_lower_bound(recall_per_query(found, truth, k))
+
+    chosen = cheapest_reaching(sweep_values(method, c.sweep), bound_at, target_recall)  # the first setting that clears the target
+    setting, bound = {**({c.sweep: chosen.value} if c.sweep else {}), **c.fixed}, chosen.score
     lat, acc = evaluate(method, val, truth, gallery_labels, k, setting or None, single_queries)
     # Measured again after searching: a memory-mapped method's page-cache working set counts, since its latency relied on it.
     memory = method.memory_bytes()
@@ -347,26 +333,6 @@ def parse_bytes(text: str) -> int:
     return int(float(m.group(1)) * UNITS[m.group(2)])
 
 
-def cli_main(args) -> int:
-    threads = runtime.set_threads(args.threads)
-    gallery = open_gallery(args.gallery)
-    families = tuple(f.strip() for f in args.families.split(",") if f.strip()) if args.families else None
-    result = tune(
-        gallery,
-        target_recall=args.target_recall,
-        k=args.k,
-        max_memory_bytes=parse_bytes(args.max_memory) if args.max_memory else None,
-        latency=args.latency,
-        metric=args.metric,
-        max_queries=args.queries,
-        families=families,
-        save_as=args.name,
-    )
-    print(result.to_markdown())
-    if result.chosen is None:
-        raise LookalikeError(result.explanation())
-    folder = Path(result.saved_to)
-    atomic_write_json(folder / "tune.json", result.to_dict())
-    atomic_write_bytes(folder / "tune.md", ("# lookalike tune\n\n" + result.to_markdown()).encode())
-    print(f"saved to {folder} (with tune.json and tune.md); search with: lookalike search --gallery {gallery.path} --method {args.name}{' --metric l2' if args.metric == 'l2' else ''} --image IMG  ({threads} threads)")
-    return 0
+def write_tune(result: TuneResult, folder: Path) -> dict[str, Path]:
+    """tune.md and tune.json beside the saved index."""
+    return write_outputs(folder, "tune", "# lookalike tune\n\n" + result.to_markdown(), result.to_dict())
