@@ -55,7 +55,7 @@ def measure_precisions(vectors: np.ndarray, candidates: tuple[str, ...] = ("fp32
     """GFLOP/s of a (PROBE_QUERIES × d) @ (d × PROBE_ROWS) product per precision, on this machine now."""
     import torch
 
-    rows = torch.from_numpy(as_float32_c(np.asarray(vectors[:PROBE_ROWS])))
+    rows = torch.from_numpy(np.array(vectors[:PROBE_ROWS], dtype=np.float32))  # a copy: a read-only memmap cannot back a tensor
     queries = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:PROBE_QUERIES]]
     rates = {}
     for precision in candidates:
@@ -105,7 +105,7 @@ class Exact16(SearchMethod):
         dtype = _torch_dtype(self.precision)
         scan = torch.empty(self.vectors.shape, dtype=dtype)
         for start in range(0, len(self.vectors), 65536):  # convert in blocks: never a second fp32 copy
-            scan[start : start + 65536] = torch.from_numpy(as_float32_c(np.asarray(self.vectors[start : start + 65536])))
+            scan[start : start + 65536] = torch.from_numpy(np.array(self.vectors[start : start + 65536], dtype=np.float32))
         self._scan = scan
         return BuildStats(round(train, 4), round(time.perf_counter() - t, 4), 0)
 
