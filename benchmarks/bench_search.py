@@ -267,7 +267,7 @@ def main() -> None:
         "so all share the same load. *All queries*: each chunk in one `search` call (brute works through it in blocks that "
         f"keep the score matrix under {SCORE_BLOCK_BYTES // 2**20} MiB), summed over chunks. *× roofline*: a chunk's time over "
         "2·chunk·N·d divided by the faster sgemm rate measured beside it, median over chunks. *Single query*: one query "
-        f"per call, as the study timed it (`experiments.timing.measure_latency`, {sizes['single_per_chunk']} queries per chunk), "
+        f"per call, as the study timed it (`lookalike.study.timing.measure_latency`, {sizes['single_per_chunk']} queries per chunk), "
         "median over chunks of each chunk's median (and of its p99). The one-thread rows repeat the first "
         f"{CHECK_CHUNKS} chunks with torch, FAISS and BLAS at one thread: a single thread is barely slowed by other "
         "work's threads, while two threads that must wait for each other are, so they show the methods' own efficiency. "

@@ -12,7 +12,7 @@ fail: the script exits non-zero if any request does.
 Gallery: 100,000 rows of 512-d. The first rows are real extractions — resnet18 with RANDOM
 weights at 224 px over a small GENERATED collection (lookalike.data.synthetic) — and the rest are
 SYNTHETIC rows sampled from a cluster model fitted to them
-(`experiments.synthetic_gallery.fit_cluster_model`, written by `write_array_gallery`). The
+(`lookalike.data.vectors.fit_cluster_model`, written by `lookalike.gallery.generated.write_array_gallery`). The
 gallery keeps the resnet18 model block, so uploads are embedded by the same (random-weight)
 model. Latencies are valid; the rankings mean nothing, and every output says so.
 

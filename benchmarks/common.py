@@ -102,10 +102,12 @@ def environment_markdown(load: dict | None = None, quick: bool = False) -> str:
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
     ]
     if load:
-        busy = max(load["load_before"], load["load_after"]) > 0.5 * m["cores"]
+        # The start decides: the run itself keeps every core busy, so the load after it is always high.
+        busy = load["load_before"] > 1.0
         lines.append(
             f"- 1-minute load average {load['load_before']:.1f} before and {load['load_after']:.1f} after the run"
-            + (" — above 1.0: the machine was busy, so these figures are **not valid for a goal**; rerun them on a quiet machine." if busy else " (quiet machine: valid for the goals).")
+            + (" — above 1.0 at the start: the machine was busy, so these figures are **not valid for a goal**; rerun them on a quiet machine."
+               if busy else " (under 1.0 at the start: a quiet machine, valid for the goals; the load after includes this run's own threads).")
         )
     if quick:
         lines.append("- **`--quick` smoke run: sizes are tiny and these figures are not meaningful.**")

@@ -155,3 +155,27 @@ def test_cold_latency_reads_from_an_evicted_file(mapped):
     held = make_method("ivfpq-mmap", len(base), 64)
     held.build(np.array(base))
     assert held.cold_single_ms(queries, 10) is None  # vectors in RAM: there is no file to read
+
+
+def test_scanned_fraction_counts_the_lists_each_query_visits():
+    import faiss
+
+    from lookalike.data.vectors import make_clustered_embeddings
+    from lookalike.search import make_method
+
+    x, _ = make_clustered_embeddings(4000, 32, n_clusters=20, rank=4, seed=1)
+    db, q = x[:3800], x[3800:]
+    ivf = make_method("ivf", len(db), 32, nlist=16)
+    ivf.build(db)
+    assert ivf.scanned_fraction(q, 10, {"nprobe": 16}) == 1.0  # every list probed: the whole database
+    inner = faiss.extract_index_ivf(ivf.index)
+    _, lists = inner.quantizer.search(q, 1)  # independent count: the size of each query's one probed list
+    want = np.mean([inner.invlists.list_size(int(l)) for l in lists[:, 0]]) / len(db)
+    assert ivf.scanned_fraction(q, 10, {"nprobe": 1}) == pytest.approx(want)
+    flat, brute = make_method("flat", len(db), 32), make_method("brute", len(db), 32)
+    flat.build(db)
+    brute.build(db)
+    assert flat.scanned_fraction(q, 10) == 1.0 and brute.scanned_fraction(q, 10) == 1.0
+    hnsw = make_method("hnsw", len(db), 32)
+    hnsw.build(db)
+    assert hnsw.scanned_fraction(q, 10) is None  # a graph cannot say

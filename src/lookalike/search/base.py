@@ -103,6 +103,13 @@ class SearchMethod(ABC):
         """Valid (min, max) of each search-time parameter; the server validates requests with it."""
         return {}
 
+    def scanned_fraction(self, queries: np.ndarray, k: int, params: dict[str, Any] | None = None) -> float | None:
+        """The share of the database each query compared itself with, where the method can say (IVF); else None.
+
+        Exact methods scan everything (1.0); an index that skips most of the data reports its real
+        share, which on clustered data can be far above nprobe/nlist."""
+        return None
+
     # -- memory --
     @abstractmethod
     def memory_bytes(self) -> int:

@@ -47,6 +47,9 @@ class BruteForce(SearchMethod):
     def params(self) -> dict[str, Any]:
         return {"backend": self.backend}
 
+    def scanned_fraction(self, queries: np.ndarray, k: int, params: dict[str, Any] | None = None) -> float | None:
+        return 1.0  # every query is scored against every row
+
     def memory_bytes(self) -> int:
         return int(self.vectors.nbytes + self.ids.nbytes)
 

@@ -167,6 +167,17 @@ class FaissIndex(SearchMethod):
             if not lo <= int(value) <= hi:
                 raise LookalikeError(f"{key}={value} is out of range for {self.name}: use {lo}..{hi}")
 
+    def scanned_fraction(self, queries: np.ndarray, k: int, params: dict[str, Any] | None = None) -> float | None:
+        """Vectors compared per query over the database size, counted by FAISS (indexIVF_stats) for IVF indexes."""
+        if self.index is None:
+            return None
+        if faiss.try_extract_index_ivf(self.index) is None:
+            return 1.0 if self.factory == "Flat" else None
+        faiss.cvar.indexIVF_stats.reset()
+        self.search(queries, k, params)
+        stats = faiss.cvar.indexIVF_stats
+        return float(stats.ndis) / max(1, int(stats.nq)) / max(1, self.ntotal)
+
     def memory_bytes(self) -> int:
         """Serialised size of the real index plus the id map: what a loaded copy occupies.
 

@@ -11,7 +11,7 @@ alone (batch 1) for the end-to-end single-query figure, batch throughput for the
 
 Sizes are nested prefixes of one pool of rows: the gallery's own database rows (seeded order),
 then real embeddings from `--extra-embeddings`, then SYNTHETIC rows drawn from a model fitted to
-the real ones (`synthetic_gallery.fit_cluster_model`). Queries are always the gallery's real
+the real ones (`lookalike.data.vectors.fit_cluster_model`). Queries are always the gallery's real
 held-out queries. Every table row, the plot and the JSON say which sizes hold synthetic rows.
 """
 
