@@ -99,3 +99,27 @@ def test_l2_and_a_saved_method_agree_with_brute_force(tiny_gallery, tmp_path):
             scores, ids = method.search(queries, 10)
             np.testing.assert_array_equal(ids, want[1])
             np.testing.assert_allclose(scores, want[0], atol=1e-5)
+
+
+def test_densely_packed_data_is_exact_without_gathering_the_whole_gallery(monkeypatch):
+    """An untrained model's embeddings nearly coincide: most of the gallery lies within the bound of the k-th score.
+    Those queries take the dense fp32 product; spread-out queries in the same batch keep the gathered path."""
+    rng = np.random.default_rng(2)
+    d = 64
+    centre = rng.standard_normal(d)
+    packed = centre + 0.02 * rng.standard_normal((3000, d))  # cosines ~0.99 to each other
+    spread = rng.standard_normal((3000, d))
+    x = np.concatenate([packed, spread])
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    q = np.concatenate([x[:20] + 0.01 * rng.standard_normal((20, d)), rng.standard_normal((20, d))])
+    q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    gathered = []
+    original = exact16_module._exact_scores
+    monkeypatch.setattr(exact16_module, "_exact_scores", lambda *a: gathered.append(len(a[2])) or original(*a))
+    method = Exact16(precision="bf16")
+    method.build(x)
+    scores, ids = method.search(q, 10)
+    want_scores, want_ids = numpy_top_k(x, q, 10)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-6)
+    assert sum(gathered) < 20 * len(x) // exact16_module.DENSE_SHARE + 20 * len(x) // 10  # the packed queries were not gathered row by row

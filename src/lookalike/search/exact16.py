@@ -28,12 +28,15 @@ import numpy as np
 from ..errors import LookalikeError
 from ..runtime import as_float32_c
 from .base import BuildStats, SearchMethod
+from .brute import top_k_rows
 from .rerank import is_memory_mapped
 
 UNIT_ROUNDOFF = {"bf16": 2.0**-8, "fp16": 2.0**-11, "fp32": 2.0**-24}
 GROUPS = 16  # rows per group (interleaved); the groups' maxima bound the k-th score from below
 SCORE_BLOCK_BYTES = 128 * 2**20  # the (queries × N) 16-bit score block of one pass
 PROBE_ROWS, PROBE_QUERIES = 16384, 256  # the matrix product timed per precision at build time
+DENSE_SHARE = 16  # a query with more than n/16 candidates is re-ranked by a dense fp32 product instead of gathers
+RERANK_PAIRS = 131_072  # (query, row) pairs gathered at once: 2 × 131072 × d floats, 512 MiB at d = 512
 
 
 def score_error_bound(precision: str, d: int) -> float:
@@ -164,16 +167,35 @@ class Exact16(SearchMethod):
                 if m * GROUPS < n:  # the last n mod GROUPS rows are outside the grid: always candidates
                     rows = np.concatenate([rows, np.repeat(np.arange(b), n - m * GROUPS)])
                     cols = np.concatenate([cols, np.tile(np.arange(m * GROUPS, n), b)])
-        short = np.flatnonzero(np.bincount(rows, minlength=b) < k)
-        if len(short):  # only NaN scores do this (a finite row always keeps ≥ k candidates): score every row
-            kept = ~np.isin(rows, short)
-            rows = np.concatenate([rows[kept], np.repeat(short, n)])
-            cols = np.concatenate([cols[kept], np.tile(np.arange(n), len(short))])
-        exact = _exact_scores(queries, self.vectors, rows, cols)
-        order = np.lexsort((cols, -exact, rows))  # by query, then best score, then lower row
-        first = np.searchsorted(rows[order], np.arange(b))
-        pick = order[first[:, None] + np.arange(k)]
-        return exact[pick], cols[pick].astype(np.int64, copy=False)
+        return self._rerank(queries, rows, cols, k)
+
+    def _rerank(self, queries: np.ndarray, rows: np.ndarray, cols: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """fp32 top k among each query's candidates (rows, cols): gathered where they are few, a dense product where not.
+
+        Densely packed data (near-duplicate images, an untrained model's embeddings) can leave most of the
+        gallery within the error bound; gathering those rows one by one would cost more memory and time
+        than a plain fp32 product, so such queries get the product (`brute.top_k_rows`, the same ties).
+        """
+        b, n = len(queries), len(self.vectors)
+        counts = np.bincount(rows, minlength=b)
+        dense = np.flatnonzero((counts > max(k, n // DENSE_SHARE)) | (counts < k))  # < k: only NaN scores do that
+        scores = np.empty((b, k), dtype=np.float32)
+        positions = np.empty((b, k), dtype=np.int64)
+        if len(dense):
+            block = max(1, SCORE_BLOCK_BYTES // (4 * n))
+            for start in range(0, len(dense), block):
+                chosen = dense[start : start + block]
+                scores[chosen], positions[chosen] = top_k_rows(queries[chosen] @ np.asarray(self.vectors).T, k)
+        sparse = ~np.isin(rows, dense)
+        rows, cols = rows[sparse], cols[sparse]
+        if len(rows):
+            exact = np.concatenate([_exact_scores(queries, self.vectors, rows[s : s + RERANK_PAIRS], cols[s : s + RERANK_PAIRS]) for s in range(0, len(rows), RERANK_PAIRS)])
+            order = np.lexsort((cols, -exact, rows))  # by query, then best score, then lower row
+            first = np.searchsorted(rows[order], np.unique(rows))
+            pick = order[first[:, None] + np.arange(k)]
+            kept = rows[pick[:, 0]]
+            scores[kept], positions[kept] = exact[pick], cols[pick].astype(np.int64, copy=False)
+        return scores, positions
 
     def _save(self, folder: Path) -> None:
         """Nothing to write: the scan copy is rebuilt from the gallery's embeddings.npy at load."""
