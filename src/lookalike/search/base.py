@@ -99,8 +99,22 @@ class SearchMethod(ABC):
         if params:
             raise LookalikeError(f"{self.name} has no search parameters; got {', '.join(params)}")
 
+    def check_params(self, params: dict[str, Any]) -> dict[str, int]:
+        """The one validation of search-time parameters (the API, the CLI and the server all rely on it):
+        each must be one this method has, within `search_param_ranges`. Returns them as ints."""
+        ranges = self.search_param_ranges()
+        checked = {}
+        for key, value in params.items():
+            if key not in ranges:
+                raise LookalikeError(f"{self.name} has no {key}; its search parameters are: {', '.join(ranges) or 'none'}")
+            lo, hi = ranges[key]
+            if not lo <= int(value) <= hi:
+                raise LookalikeError(f"{key}={value} is out of range for {self.name}: use {lo}..{hi}")
+            checked[key] = int(value)
+        return checked
+
     def search_param_ranges(self) -> dict[str, tuple[int, int]]:
-        """Valid (min, max) of each search-time parameter; the server validates requests with it."""
+        """Valid (min, max) of each search-time parameter (from search.registry, bounded by the built index)."""
         return {}
 
     def scanned_fraction(self, queries: np.ndarray, k: int, params: dict[str, Any] | None = None) -> float | None:

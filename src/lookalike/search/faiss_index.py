@@ -160,12 +160,7 @@ class FaissIndex(SearchMethod):
             del keep  # the Python owners of nested parameter objects live until the search returns
 
     def _check(self, params: dict[str, Any]) -> None:
-        for key, value in params.items():
-            if key not in self.search_param_ranges():
-                raise LookalikeError(f"{self.name} ({self.factory}) has no search parameter {key!r}; known: {', '.join(self.search_param_ranges()) or 'none'}")
-            lo, hi = self.search_param_ranges()[key]
-            if not lo <= int(value) <= hi:
-                raise LookalikeError(f"{key}={value} is out of range for {self.name}: use {lo}..{hi}")
+        self.check_params(params)
 
     def scanned_fraction(self, queries: np.ndarray, k: int, params: dict[str, Any] | None = None) -> float | None:
         """Vectors compared per query over the database size, counted by FAISS (indexIVF_stats) for IVF indexes."""

@@ -76,15 +76,7 @@ class UsearchHnsw(SearchMethod):
         return {"efSearch": (spec.low, spec.high)} if self.index is not None else {}
 
     def _check(self, params: dict[str, Any]) -> int | None:
-        unknown = set(params) - {"efSearch"}
-        if unknown:
-            raise LookalikeError(f"{self.name} has no search parameter {', '.join(sorted(unknown))}; it takes efSearch")
-        if "efSearch" not in params:
-            return None
-        lo, hi = PARAMS["efSearch"].low, PARAMS["efSearch"].high
-        if not lo <= int(params["efSearch"]) <= hi:
-            raise LookalikeError(f"efSearch={params['efSearch']} is out of range for {self.name}: use {lo}..{hi}")
-        return int(params["efSearch"])
+        return self.check_params(params).get("efSearch")
 
     def set_params(self, **params: Any) -> None:
         ef = self._check(params)

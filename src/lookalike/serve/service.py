@@ -222,16 +222,13 @@ class SearchService:
         k_max = min(self.config.max_k, entry.method.ntotal)
         if not 1 <= k <= k_max:
             raise Invalid(f"k={k} is out of range for {method}: use 1..{k_max}", "k")
-        params: dict[str, int] = {}
-        if nprobe is not None:
-            ranges = entry.method.search_param_ranges()
-            if "nprobe" not in ranges:
-                with_nprobe = [name for name, e in self.methods.items() if "nprobe" in e.method.search_param_ranges()]
-                raise Invalid(f"method {method} has no nprobe; leave nprobe out or pick an IVF method ({', '.join(with_nprobe) or 'none here'})", "nprobe")
-            lo, hi = ranges["nprobe"]
-            if not lo <= nprobe <= hi:
-                raise Invalid(f"nprobe={nprobe} is out of range for {method}: use {lo}..{hi} (its number of lists)", "nprobe")
-            params["nprobe"] = nprobe
+        requested = {"nprobe": nprobe} if nprobe is not None else {}
+        try:
+            params = entry.method.check_params(requested)  # the method's own validation, the one the API uses
+        except LookalikeError as exc:
+            offering = [name for name, e in self.methods.items() if set(requested) <= set(e.method.search_param_ranges())]
+            hint = f"; methods here that take {', '.join(requested)}: {', '.join(offering) or 'none'}" if set(requested) - set(entry.method.search_param_ranges()) else ""
+            raise Invalid(f"{exc}{hint}", next(iter(requested))) from None
         return SearchPlan(entry, k, params)
 
     def check_uploads(self) -> None:

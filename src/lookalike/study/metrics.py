@@ -120,7 +120,7 @@ def accuracy(
 
 def exact_neighbours(gallery: Gallery, database_ids: np.ndarray, queries: np.ndarray, k: int, metric: str = "ip") -> np.ndarray:
     """Exact top-k gallery ids of `queries` (any vectors, e.g. embedded query images) among `database_ids`, cached beside the gallery."""
-    from ..search import BruteForce, database_vectors
+    from ..search import database_vectors
 
     database_ids = np.asarray(database_ids, dtype=np.int64)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -128,11 +128,18 @@ def exact_neighbours(gallery: Gallery, database_ids: np.ndarray, queries: np.nda
     path = Path(gallery.path) / CACHE / f"groundtruth-{metric}-k{k}-{key}.npy"
     if path.is_file():
         return np.load(path)
-    exact = BruteForce("brute", metric)
-    exact.build(database_vectors(gallery, database_ids), database_ids)
-    _, ids = exact.search(queries, k)
+    ids = exact_top_k(database_vectors(gallery, database_ids), queries, k, metric, database_ids)
     atomic_save_npy(path, ids)
     return ids
+
+
+def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str = "ip", ids: np.ndarray | None = None) -> np.ndarray:
+    """The ground truth of every experiment: exact top-k rows (or `ids`) of `queries` among `vectors`, by brute force."""
+    from ..search import BruteForce
+
+    exact = BruteForce("brute", metric)
+    exact.build(vectors, ids)
+    return exact.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
 
 
 def ground_truth(gallery: Gallery, partition: Partition, k: int, metric: str = "ip") -> np.ndarray:

@@ -33,7 +33,7 @@ import numpy as np
 from .. import runtime
 from ..errors import GalleryError, LookalikeError
 from ..gallery import Gallery, open_gallery
-from .metrics import accuracy, recall_at_k
+from .metrics import accuracy, exact_top_k, recall_at_k
 from ..search import SearchMethod, make_method
 from ..data.vectors import ClusterModel, fit_cluster_model, neighbour_stats
 from .timing import Latency, measure_latency
@@ -521,11 +521,8 @@ def measure_size(
     database = pool.vectors[:size]  # a prefix view: no copy for brute force
     labels = pool.labels[:size]
     d = database.shape[1]
-    exact = make_method("brute", size, d, config.metric)
-    exact.build(database)
-    _, truth_val = exact.search(val, config.k)
-    _, truth = exact.search(test, config.k)
-    del exact
+    both = exact_top_k(database, np.concatenate([val, test]), config.k, config.metric)
+    truth_val, truth = both[: len(val)], both[len(val) :]
     timing = test[: config.timing_queries]
     points = []
     for name in config.methods:
