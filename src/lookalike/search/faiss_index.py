@@ -7,9 +7,10 @@ them in every table, and implement each family (flat, ivf, hnsw, pq, sq) as one 
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import faiss
 import numpy as np
@@ -27,6 +28,22 @@ SEARCH_PARAMS = ("nprobe", "efSearch", "k_factor")
 MIN_POINTS_PER_CENTROID = 30
 MAX_POINTS_PER_CENTROID = 256
 PQ_CODEBOOK_TRAINING = 256 * 256  # 256 centroids per sub-quantiser × 256 points each
+
+
+@contextmanager
+def one_thread_for_one_query(queries: int) -> Iterator[None]:
+    """FAISS's graph and list searches split work over queries, so one query runs on one thread anyway;
+    waking the other OpenMP threads for it only adds latency (bench_peers: HNSW single queries).
+    The setting is per calling thread, and restored."""
+    if queries != 1:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def ivf_nlist(factory: str) -> int | None:
@@ -148,16 +165,17 @@ class FaissIndex(SearchMethod):
             raise LookalikeError(f"{self.name} is not built; build or load it first")
         if queries.shape[1] != self.index.d:
             raise LookalikeError(f"queries are {queries.shape[1]}-d but {self.name} holds {self.index.d}-d vectors")
-        if not params:
-            return self.index.search(queries, k)
-        self._check(params)
-        # Per-call values travel in a FAISS SearchParameters object: the shared index is never
-        # changed, so concurrent searches with and without parameters cannot see each other's.
-        search_params, keep = search_parameters(self.index, {key: int(value) for key, value in params.items()})
-        try:
-            return self.index.search(queries, k, params=search_params)
-        finally:
-            del keep  # the Python owners of nested parameter objects live until the search returns
+        with one_thread_for_one_query(len(queries)):
+            if not params:
+                return self.index.search(queries, k)
+            self._check(params)
+            # Per-call values travel in a FAISS SearchParameters object: the shared index is never
+            # changed, so concurrent searches with and without parameters cannot see each other's.
+            search_params, keep = search_parameters(self.index, {key: int(value) for key, value in params.items()})
+            try:
+                return self.index.search(queries, k, params=search_params)
+            finally:
+                del keep  # the Python owners of nested parameter objects live until the search returns
 
     def _check(self, params: dict[str, Any]) -> None:
         self.check_params(params)
