@@ -32,9 +32,9 @@ PQ_CODEBOOK_TRAINING = 256 * 256  # 256 centroids per sub-quantiser × 256 point
 
 @contextmanager
 def one_thread_for_one_query(queries: int) -> Iterator[None]:
-    """FAISS's graph and list searches split work over queries, so one query runs on one thread anyway;
-    waking the other OpenMP threads for it only adds latency (bench_peers: HNSW single queries).
-    The setting is per calling thread, and restored."""
+    """FAISS's graph search splits work over queries, so one query runs on one thread anyway; waking the
+    other OpenMP threads for it only adds latency (bench_peers: HNSW single queries). Flat search is left
+    alone: one query's scan is split over the database. The setting is per calling thread, and restored."""
     if queries != 1:
         yield
         return
@@ -165,7 +165,7 @@ class FaissIndex(SearchMethod):
             raise LookalikeError(f"{self.name} is not built; build or load it first")
         if queries.shape[1] != self.index.d:
             raise LookalikeError(f"queries are {queries.shape[1]}-d but {self.name} holds {self.index.d}-d vectors")
-        with one_thread_for_one_query(len(queries)):
+        with one_thread_for_one_query(len(queries) if "HNSW" in self.factory else 0):
             if not params:
                 return self.index.search(queries, k)
             self._check(params)
