@@ -74,7 +74,7 @@ def cmd_tradeoff(args: argparse.Namespace) -> int:
     from .. import runtime
     from ..gallery import open_gallery
     from ..study.core import list_queries
-    from ..study.tradeoff import parse_int_list, run_tradeoff, write_tradeoff
+    from ..study.tradeoff import TradeoffConfig, parse_int_list, run_tradeoff, write_tradeoff
 
     threads = runtime.set_threads(args.threads)
     gallery = open_gallery(args.gallery)
@@ -84,8 +84,7 @@ def cmd_tradeoff(args: argparse.Namespace) -> int:
     queries = list_queries(gallery, args.query_list, args.queries) if args.query_list else None
     out = Path(args.out) if args.out else gallery.path / "tradeoff"
     print(gallery.provenance())
-    result = run_tradeoff(
-        gallery,
+    config = TradeoffConfig(
         k=args.k,
         metric=args.metric,
         families=families,
@@ -97,6 +96,7 @@ def cmd_tradeoff(args: argparse.Namespace) -> int:
         nlist_factors=parse_int_list(args.nlist_factors, "--nlist-factors"),
         stop_recall=args.stop_recall,
     )
+    result = run_tradeoff(gallery, config)
     paths = write_tradeoff(result, out)
     print(result.to_markdown())
     print(f"written: {', '.join(str(p) for p in paths.values())} ({threads} threads)")
@@ -106,13 +106,12 @@ def cmd_tradeoff(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from .. import runtime
     from ..gallery import open_gallery
-    from ..study.tune import parse_bytes, tune, write_tune
+    from ..study.tune import TuneConfig, parse_bytes, tune, write_tune
 
     threads = runtime.set_threads(args.threads)
     gallery = open_gallery(args.gallery)
     families = tuple(f.strip() for f in args.families.split(",") if f.strip()) if args.families else None
-    result = tune(
-        gallery,
+    config = TuneConfig(
         target_recall=args.target_recall,
         k=args.k,
         max_memory_bytes=parse_bytes(args.max_memory) if args.max_memory else None,
@@ -122,6 +121,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         families=families,
         save_as=args.name,
     )
+    result = tune(gallery, config)
     print(result.to_markdown())
     if result.chosen is None:
         raise LookalikeError(result.explanation())

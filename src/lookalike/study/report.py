@@ -22,7 +22,7 @@ from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, open_galle
 from .metrics import MAP_DEFINITION
 from .bench import BenchResult, combined_table, run_bench, write_bench
 from .scale import ScaleConfig, ScaleResult, format_size, run_scale, write_scale
-from .tradeoff import RECALL_TARGETS, TradeoffResult, run_tradeoff, write_tradeoff
+from .tradeoff import RECALL_TARGETS, TradeoffConfig, TradeoffResult, run_tradeoff, write_tradeoff
 
 DEFAULT_SIZES = (100_000, 1_000_000)
 
@@ -158,7 +158,7 @@ def run_report(config: ReportConfig, progress=print) -> list[GalleryReport]:
         bench = run_bench(gallery, k=config.k)
         write_bench(bench, folder)
         progress("tradeoff …")
-        tradeoff = run_tradeoff(gallery, k=config.k)
+        tradeoff = run_tradeoff(gallery, TradeoffConfig(k=config.k))
         write_tradeoff(tradeoff, folder / "tradeoff")
         progress("scale …")
         scale = run_scale(gallery, ScaleConfig(sizes=config.sizes, k=config.k, target_recall=config.target_recall), progress=progress)

@@ -290,22 +290,31 @@ class TradeoffResult:
         return {**asdict(self), "cheapest": {str(t): (asdict(p) if (p := self.cheapest(t)) else None) for t in RECALL_TARGETS}}
 
 
-def run_tradeoff(
-    gallery: Gallery,
-    k: int = 10,
-    metric: str = "ip",
-    families: Sequence[str] = FAMILIES,
-    factories: Sequence[str] = (),
-    queries: QuerySet | None = None,
-    max_queries: int = 1000,
-    single_queries: int = 200,
-    exact_queries: int = EXACT_QUERIES,
-    nlist_factors: Sequence[int] = NLIST_FACTORS,
-    stop_recall: float = 1.0,
-    train_points_per_list: int | None = None,
-    progress: bool = True,
-) -> TradeoffResult:
-    """Measure exact references, then every family's curves, on one set of queries against one ground truth."""
+@dataclass(frozen=True)
+class TradeoffConfig:
+    """What `run_tradeoff` measures; the CLI and the benchmarks build one."""
+
+    k: int = 10
+    metric: str = "ip"
+    families: Sequence[str] = FAMILIES
+    factories: Sequence[str] = ()
+    queries: QuerySet | None = None  # default: the gallery's held-out queries
+    max_queries: int = 1000
+    single_queries: int = 200
+    exact_queries: int = EXACT_QUERIES
+    nlist_factors: Sequence[int] = NLIST_FACTORS
+    stop_recall: float = 1.0
+    train_points_per_list: int | None = None
+
+
+def run_tradeoff(gallery: Gallery, config: TradeoffConfig | None = None, progress: bool = True, **options: Any) -> TradeoffResult:
+    """Measure exact references, then every family's curves, on one set of queries against one ground truth.
+
+    `options` (TradeoffConfig's fields) build the config when none is given.
+    """
+    c = config if config is not None else TradeoffConfig(**options)
+    k, metric, families, factories, queries, max_queries = c.k, c.metric, c.families, c.factories, c.queries, c.max_queries
+    single_queries, exact_queries, nlist_factors, stop_recall, train_points_per_list = c.single_queries, c.exact_queries, c.nlist_factors, c.stop_recall, c.train_points_per_list
     started = time.perf_counter()
     queries = queries or held_out_queries(gallery, max_queries)
     n, d = len(queries.database_ids), gallery.dim

@@ -246,21 +246,31 @@ def measure_candidate(
     return Measured(c.family, factory, c.reason, setting, acc.recall, bound, acc.precision, lat.single_ms, lat.batch_ms, memory, build_s, status, cold), method
 
 
-def tune(
-    gallery: Gallery,
-    target_recall: float = 0.95,
-    k: int = 10,
-    max_memory_bytes: int | None = None,
-    latency: str = "single",
-    metric: str = "ip",
-    max_queries: int = 1000,
-    families: tuple[str, ...] | None = None,
-    single_queries: int = 200,
-    save_as: str | None = "tuned",
-    hnsw_max_n: int = HNSW_MAX_N,
-    train_points_per_list: int | None = None,
-) -> TuneResult:
-    """Measure every candidate on validation queries, keep the fastest that meets the target, confirm it on test queries, save it."""
+@dataclass(frozen=True)
+class TuneConfig:
+    """What `tune` searches for: a recall target, a latency to minimise, a memory budget, the candidates allowed."""
+
+    target_recall: float = 0.95
+    k: int = 10
+    max_memory_bytes: int | None = None
+    latency: str = "single"  # "single" or "batch"
+    metric: str = "ip"
+    max_queries: int = 1000
+    families: tuple[str, ...] | None = None
+    single_queries: int = 200
+    save_as: str | None = "tuned"
+    hnsw_max_n: int = HNSW_MAX_N
+    train_points_per_list: int | None = None
+
+
+def tune(gallery: Gallery, config: TuneConfig | None = None, **options: Any) -> TuneResult:
+    """Measure every candidate on validation queries, keep the fastest that meets the target, confirm it on test queries, save it.
+
+    `options` (TuneConfig's fields) build the config when none is given.
+    """
+    c = config if config is not None else TuneConfig(**options)
+    target_recall, k, max_memory_bytes, latency, metric, max_queries = c.target_recall, c.k, c.max_memory_bytes, c.latency, c.metric, c.max_queries
+    families, single_queries, save_as, hnsw_max_n, train_points_per_list = c.families, c.single_queries, c.save_as, c.hnsw_max_n, c.train_points_per_list
     if not 0 < target_recall <= 1:
         raise LookalikeError(f"--target-recall must be in (0, 1], got {target_recall}")
     if families is not None and (unknown := [f for f in families if f not in CANDIDATE_FAMILIES]):
