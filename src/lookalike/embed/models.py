@@ -27,13 +27,10 @@ from .transforms import Preprocess
 log = logging.getLogger(__name__)
 
 
-WeightsInfo = Weights  # where a model's weights came from: the gallery manifest's own type
-
-
 class Embedder:
     """A feature extractor that maps a batch of preprocessed images to unit-norm float32 embeddings."""
 
-    def __init__(self, spec: ModelSpec, module: nn.Module, weights: WeightsInfo, preprocess: Preprocess, device: str):
+    def __init__(self, spec: ModelSpec, module: nn.Module, weights: Weights, preprocess: Preprocess, device: str):
         self.spec = spec
         self.weights = weights
         self.preprocess = preprocess
@@ -92,7 +89,7 @@ def load_model(
             stacklevel=2,
         )
         torch.manual_seed(seed)
-        module, info = _build(spec, None, image_size), WeightsInfo("random", "random init", seed=seed)
+        module, info = _build(spec, None, image_size), Weights("random", "random init", seed=seed)
     elif weights == "pretrained":
         module, info = _build_pretrained(spec, image_size)
     else:
@@ -112,7 +109,7 @@ def _build(spec: ModelSpec, state: dict | None, image_size: int | None) -> nn.Mo
     return model
 
 
-def _build_pretrained(spec: ModelSpec, image_size: int | None) -> tuple[nn.Module, WeightsInfo]:
+def _build_pretrained(spec: ModelSpec, image_size: int | None) -> tuple[nn.Module, Weights]:
     if spec.family == "torchvision":
         import torchvision
 
@@ -131,7 +128,7 @@ def _build_pretrained(spec: ModelSpec, image_size: int | None) -> tuple[nn.Modul
             ) from exc
         model = torchvision.models.get_model(spec.arch, weights=None)
         model.load_state_dict(state)
-        return model, WeightsInfo("pretrained", f"torchvision {spec.pretrained}", sha256=verify_hash_prefix(hub_file, enum.url))
+        return model, Weights("pretrained", f"torchvision {spec.pretrained}", sha256=verify_hash_prefix(hub_file, enum.url))
     import open_clip
 
     cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained)
@@ -156,7 +153,7 @@ def _build_pretrained(spec: ModelSpec, image_size: int | None) -> tuple[nn.Modul
         ) from exc
     loaded = cached or _hf_cached_file(repo)
     digest = verify_hf_blob(loaded) if loaded else None
-    return model, WeightsInfo("pretrained", f"open_clip {spec.arch} '{spec.pretrained}'", sha256=digest)
+    return model, Weights("pretrained", f"open_clip {spec.arch} '{spec.pretrained}'", sha256=digest)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -219,14 +216,14 @@ def _reachable(host: str, port: int = 443, timeout_s: float = 3.0) -> bool:
         return False
 
 
-def _build_from_file(spec: ModelSpec, path: Path, image_size: int | None) -> tuple[nn.Module, WeightsInfo]:
+def _build_from_file(spec: ModelSpec, path: Path, image_size: int | None) -> tuple[nn.Module, Weights]:
     data = path.read_bytes()  # read once: the bytes hashed are the bytes loaded
     digest = hashlib.sha256(data).hexdigest()
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsUnavailableError(f"cannot read weights file {path} ({exc}); pass a torch state dict or checkpoint") from exc
-    return _build(spec, state, image_size), WeightsInfo("file", str(path.resolve()), sha256=digest)
+    return _build(spec, state, image_size), Weights("file", str(path.resolve()), sha256=digest)
 
 
 def _load_backbone_state(model: nn.Module, state: dict, spec: ModelSpec) -> None:
