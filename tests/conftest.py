@@ -12,6 +12,14 @@ import pytest
 from lookalike.data.synthetic import generate_collection
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory) -> Path:
+    """Converted models (OpenVINO IR) go to a folder of this test session, never the user's ~/.cache (subprocesses inherit it)."""
+    path = tmp_path_factory.mktemp("model-cache")
+    os.environ["LOOKALIKE_CACHE"] = str(path)
+    return path
 LOOKALIKE = [sys.executable, "-m", "lookalike.cli"]  # the same entry point as the `lookalike` script
 
 

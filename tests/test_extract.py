@@ -36,7 +36,7 @@ def test_random_weights_are_seeded_and_labelled():
     a = load_model("resnet18", "random", image_size=32, seed=3)
     b = load_model("resnet18", "random", image_size=32, seed=3)
     x = torch.randn(2, 3, 32, 32)
-    np.testing.assert_array_equal(a.embed(x, "fp32"), b.embed(x, "fp32"))
+    np.testing.assert_array_equal(a.embed(x), b.embed(x))
     assert "RANDOM" in a.weights.label()
     assert not a.weights.is_trained
 
@@ -59,7 +59,7 @@ def test_weights_from_a_file_are_loaded_and_hashed(tmp_path):
     torch.save({"state_dict": {f"module.{k}": v for k, v in source.module.state_dict().items()}}, path)
     loaded = load_model("resnet18", str(path), image_size=32)
     x = torch.randn(2, 3, 32, 32)
-    np.testing.assert_allclose(loaded.embed(x, "fp32"), source.embed(x, "fp32"), atol=1e-6)
+    np.testing.assert_allclose(loaded.embed(x), source.embed(x), atol=1e-6)
     assert loaded.weights.kind == "file" and len(loaded.weights.sha256) == 64
 
 
@@ -116,9 +116,12 @@ def test_same_arguments_on_a_complete_gallery_do_nothing(tmp_path):
     assert again.manifest.created == first.manifest.created
 
 
-def test_killed_extraction_resumes_to_the_same_gallery(tmp_path):
+@pytest.mark.parametrize("backend,precision", [("torch", "fp32"), ("openvino", "bf16")])
+def test_killed_extraction_resumes_to_the_same_gallery(tmp_path, backend, precision):
+    """A separate uninterrupted run makes the same choice only when it is given: both name backend and precision."""
     data = generate_collection(tmp_path / "data", n_classes=4, train_per_class=60, val_per_class=4)
-    args = ["extract", "--data", data, "--model", "resnet18", "--weights", "random", "--image-size", "64", "--bs", "8", "--shard-size", "16", "--workers", "0"]
+    args = ["extract", "--data", data, "--model", "resnet18", "--weights", "random", "--image-size", "64", "--bs", "8", "--shard-size", "16", "--workers", "0",
+            "--backend", backend, "--precision", precision]
     run_cli(*args, "--out", tmp_path / "whole")
 
     out = tmp_path / "resumed"
@@ -139,8 +142,15 @@ def test_killed_extraction_resumes_to_the_same_gallery(tmp_path):
     whole, resumed = open_gallery(tmp_path / "whole"), open_gallery(out)
     np.testing.assert_array_equal(np.asarray(resumed.embeddings), np.asarray(whole.embeddings))
     assert pq.read_table(out / "metadata.parquet").equals(pq.read_table(tmp_path / "whole" / "metadata.parquet"))
-    strip = lambda m: {k: v for k, v in m.items() if k not in ("created", "timings", "environment")}
-    assert strip(manifest_json(resumed)) == strip(manifest_json(whole))
+    assert manifest_json(resumed)["model"]["inference"]["backend"] == backend
+    assert without_measurements(manifest_json(resumed)) == without_measurements(manifest_json(whole))
+
+
+def without_measurements(manifest: dict) -> dict:
+    """The manifest less what is measured afresh by each run (times, rates, the core split they imply)."""
+    inference = {k: manifest["model"]["inference"][k] for k in ("backend", "precision", "reason")}
+    model = {**manifest["model"], "inference": inference}
+    return {**{k: v for k, v in manifest.items() if k not in ("created", "timings", "environment")}, "model": model}
 
 
 def test_interrupted_run_with_other_arguments_is_refused(tmp_path):
@@ -151,38 +161,3 @@ def test_interrupted_run_with_other_arguments_is_refused(tmp_path):
     with pytest.raises(GalleryError, match="unfinished extraction"):
         extract(_config(data, tmp_path / "g"), progress=False)
     assert (partial / "state.json").exists()
-
-
-class _TwoPrecisionEmbedder:
-    """Stands in for a model: bf16 output is the fp32 output turned by a chosen angle, so its cosine is known."""
-
-    device = "cpu"
-
-    def __init__(self, cosine: float):
-        self.cosine = cosine
-
-    def embed(self, images, precision=None):
-        n = len(images)
-        fp32 = np.tile(np.eye(4, dtype=np.float32)[0], (n, 1))
-        if precision == "fp32":
-            return fp32
-        sine = np.sqrt(1 - self.cosine**2)
-        return np.tile(np.array([self.cosine, sine, 0, 0], np.float32), (n, 1))
-
-
-def test_bf16_is_kept_only_at_or_above_its_cosine_threshold(monkeypatch):
-    import torch
-
-    from lookalike import runtime
-    from lookalike.embed.extract import BF16_MIN_COSINE, calibrate_precision
-
-    monkeypatch.setattr(runtime, "bf16_supported", lambda device: True)
-    images = torch.zeros((8, 3, 4, 4))
-    above = calibrate_precision(_TwoPrecisionEmbedder(0.999), images, "auto")
-    below = calibrate_precision(_TwoPrecisionEmbedder(0.99), images, "auto")
-    assert 0.99 < BF16_MIN_COSINE < 0.999
-    assert above["precision"] == "bf16" and above["bf16_vs_fp32_cosine_min"] == pytest.approx(0.999, abs=1e-6)
-    assert below["precision"] == "fp32" and "<" in below["reason"]
-    assert calibrate_precision(_TwoPrecisionEmbedder(0.999), images, "fp32")["precision"] == "fp32"
-    monkeypatch.setattr(runtime, "bf16_supported", lambda device: False)
-    assert calibrate_precision(_TwoPrecisionEmbedder(0.999), images, "auto")["precision"] == "fp32"  # no hardware support

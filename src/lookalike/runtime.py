@@ -15,7 +15,7 @@ from importlib import metadata
 
 import numpy as np
 
-TRACKED_PACKAGES = ("lookalike", "torch", "torchvision", "open_clip_torch", "faiss-cpu", "numpy", "pillow", "pyarrow")
+TRACKED_PACKAGES = ("lookalike", "torch", "torchvision", "open_clip_torch", "faiss-cpu", "openvino", "numpy", "pillow", "pyarrow")
 
 
 def default_threads() -> int:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..data.images import DEFAULT_MAX_PIXELS
+from ..embed.registry import BACKENDS, PRECISIONS
 from ..errors import LookalikeError
 from . import options as opt
 
@@ -26,9 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=None, help="input size (default: the model's own, 224)")
     p.add_argument("--bs", type=int, default=64, help="batch size")
     p.add_argument("--shard-size", type=int, default=4096, help="images per resumable shard (rounded up to a multiple of --bs)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 where the hardware has it and it keeps embeddings within cosine 0.995 of fp32")
+    p.add_argument("--backend", choices=["auto", *BACKENDS], default="auto", help="inference backend; auto: the fastest measured on the job's first images (see --precision)")
+    p.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto", help="auto: measured with the backend; a precision is kept only within cosine 0.999 of fp32 torch (fp16: CUDA only)")
     p.add_argument("--splits", default=None, help="comma-separated splits to embed (default: all), e.g. train,val")
-    p.add_argument("--decode-workers", type=int, default=None, help="local engine: image decoding processes (default: one per core)")
+    p.add_argument("--decode-workers", type=int, default=None, help="local engine: image decoding processes (default: the cores split between decoding and inference by measurement)")
     p.add_argument("--actors", type=int, default=None, help="ray engine: model actors (default: one per CPU of the cluster, or per GPU)")
     p.add_argument("--workers", dest="legacy_workers", type=int, default=None, action=opt.Deprecated, new="--decode-workers (local) or --actors (ray)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -119,6 +121,7 @@ def extract_config(args: argparse.Namespace):
         batch_size=args.bs,
         shard_size=args.shard_size,
         precision=args.precision,
+        backend=args.backend,
         splits=tuple(args.splits.split(",")) if args.splits else None,
         seed=args.seed,
         workers=args.decode_workers if args.engine == "local" else None,
@@ -151,10 +154,19 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def print_gallery_summary(gallery) -> None:
     m = gallery.manifest
     t = m.timings
-    precision = m.model.precision
+    inference = m.model.inference
     print(f"gallery: {gallery.path}")
     print(f"  {gallery.provenance()}")
-    print(f"  precision: {m.model.precision_name}" + (f" (bf16 vs fp32 cosine min {precision['bf16_vs_fp32_cosine_min']:.5f})" if "bf16_vs_fp32_cosine_min" in precision else ""))
+    if inference:
+        print(f"  inference: {inference.describe()}")
+        for c in inference.candidates:
+            rate = f"{c.images_per_second:7.1f} img/s" if c.images_per_second else "        –    "
+            cosine = f"cosine min {c.cosine_min:.5f}" if c.cosine_min is not None else ""
+            print(f"    {'*' if (c.backend, c.precision) == (inference.backend, inference.precision) else ' '} {c.backend:9} {c.precision:5} {rate}  {cosine}  {c.note}".rstrip())
+        if inference.split:
+            print(f"  cores: {inference.split}")
+    else:
+        print(f"  precision: {m.model.precision_name}")
     print(f"  extraction: {t['ms_per_image']:.2f} ms/image ({t['images_per_second']} images/s)")
     if m.skipped:
         print(f"  skipped {len(m.skipped)} unreadable file(s):")

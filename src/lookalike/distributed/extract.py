@@ -12,8 +12,9 @@ Ray Data pipeline:
 
 Embeddings are bitwise equal to the local engine's because every model call sees the same
 batch (shard boundaries are multiples of the batch size, bad files are dropped the same way)
-at the same precision: bf16-or-fp32 is calibrated once, on a worker, before the pipeline
-starts, and stored in the job state that every actor reads.
+on the same backend at the same precision: both are calibrated once, on a worker, before the
+pipeline starts (`embed.calibrate`, as the local engine does), and stored in the job state that
+every actor reads.
 
 Failures: Ray Data restarts a model actor that dies and retries its batch on the new one (its
 defaults for actor pools: `max_restarts=-1`, `max_task_retries=-1`); decode tasks are retried
@@ -37,7 +38,8 @@ import numpy as np
 from ..data.datasets import ImageRecord
 from ..data.images import DEFAULT_MAX_PIXELS
 from ..errors import GalleryError, LookalikeError
-from ..embed.extract import ExtractConfig, ImageListDataset, Job, Shard, collate, commit, encode_shard, prepare, record_state
+from ..embed.extract import ExtractConfig, ImageListDataset, Job, Shard, apply_inference, collate, commit, encode_shard, prepare, record_state, saved_inference
+from ..gallery.manifest import Inference
 from ..gallery import MANIFEST, Gallery, atomic_write_bytes, open_gallery
 from ..embed.transforms import Preprocess
 from .cluster import TASK_RETRIES, WorkerPlan, connected, first_line, plan_workers, remote_result, user_error
@@ -58,7 +60,7 @@ class ModelProbe:
 
     model: dict  # Embedder.describe() on the worker's device
     preprocess: Preprocess
-    precision: dict | None  # calibrate_precision's verdict, None if it was already decided or nothing decoded
+    inference: dict | None  # the calibration's Inference, None if it was already decided or nothing decoded
 
 
 def extract_ray(
@@ -170,37 +172,39 @@ def probe_model(job: Job, plan: WorkerPlan) -> ModelProbe:
     import ray
 
     task = ray.remote(_probe).options(num_cpus=plan.cpus_per_worker, num_gpus=plan.gpus_per_worker or None, max_retries=TASK_RETRIES)
-    need_precision = "precision" not in job.state
+    need = "inference" not in job.state and "precision" not in job.state
     rows = batch_rows(job, job.todo()[:1])
-    probe = remote_result(task.remote(job.config, rows, need_precision, plan.threads_per_worker))
+    probe = remote_result(task.remote(job.config, rows, need, plan.threads_per_worker))
     for shard in job.todo()[1:]:  # the first missing shard had no decodable image: look further, as the local engine would
-        if probe.precision is not None or not need_precision:
+        if probe.inference is not None or not need:
             break
         probe = remote_result(task.remote(job.config, batch_rows(job, [shard]), True, plan.threads_per_worker))
-    if probe.precision is not None:
-        job.state["precision"] = probe.precision
+    if probe.inference is not None:
+        job.state["inference"] = probe.inference
     record_state(job, probe.model)  # writes the state file
     return probe
 
 
-def _probe(config: ExtractConfig, rows: list[dict], calibrate: bool, threads: int) -> ModelProbe:
+def _probe(config: ExtractConfig, rows: list[dict], calibrate_now: bool, threads: int) -> ModelProbe:
     import torch
 
     from .. import runtime
-    from ..embed.extract import calibrate_precision
+    from ..embed.calibrate import calibrate
     from ..embed.models import load_model
 
     runtime.set_threads(threads)
     embedder = load_model(config.model, config.weights, config.image_size, runtime.pick_device(config.device), config.seed)
-    precision = None
-    if calibrate:
+    inference = None
+    if calibrate_now:
         _, normalise = split_transform(embedder.preprocess)
         for row in rows:
             pixels = decode_batch(row, embedder.preprocess, config.max_pixels)["pixels"]
             if len(pixels):
-                precision = calibrate_precision(embedder, normalise(torch.from_numpy(pixels)), config.precision)
+                choice, measured, reason = calibrate(embedder, normalise(torch.from_numpy(pixels)), config.backend, config.precision, threads)
+                split = f"ray: each model actor runs {threads} inference thread{'s' if threads != 1 else ''}; decoding runs in separate tasks"
+                inference = Inference(choice.backend, choice.precision, reason, tuple(measured), threads=threads, split=split).to_dict()
                 break
-    return ModelProbe(embedder.describe(), embedder.preprocess, precision)
+    return ModelProbe(embedder.describe(), embedder.preprocess, inference)
 
 
 # --- the pipeline ---
@@ -229,13 +233,13 @@ def run_pass(job: Job, store: ShardStore, plan: WorkerPlan, preprocess: Preproce
     ray.data.DataContext.get_current().enable_progress_bars = False  # one lookalike progress bar instead of one per stage
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-run INFO lines; warnings (e.g. too few CPUs) still show
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # nor the notice that its bars are off
-    precision = job.state.get("precision", {"precision": "fp32"})["precision"]
+    inference = saved_inference(job.state).to_dict()
     dataset = (
         ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_INPUT_BLOCKS))
         .map(decode_batch, fn_kwargs={"preprocess": preprocess, "max_pixels": job.config.max_pixels}, num_cpus=plan.cpus_per_decode)
         .map_batches(
             EmbedActor,
-            fn_constructor_kwargs={"config": job.config, "precision": precision, "threads": plan.threads_per_worker, "crash_once": os.environ.get(CRASH_HOOK)},
+            fn_constructor_kwargs={"config": job.config, "inference": inference, "threads": plan.threads_per_worker, "crash_once": os.environ.get(CRASH_HOOK)},
             batch_size=1,
             compute=ActorPoolStrategy(size=plan.workers),
             num_cpus=plan.cpus_per_worker,
@@ -304,13 +308,13 @@ def decode_batch(row: dict, preprocess: Preprocess, max_pixels: int = DEFAULT_MA
 class EmbedActor:
     """One model replica; Ray Data hands it one decoded batch per call."""
 
-    def __init__(self, config: ExtractConfig, precision: str, threads: int, crash_once: str | None = None):
+    def __init__(self, config: ExtractConfig, inference: dict, threads: int, crash_once: str | None = None):
         from .. import runtime
         from ..embed.models import load_model
 
         runtime.set_threads(threads)
         self.embedder = load_model(config.model, config.weights, config.image_size, runtime.pick_device(config.device), config.seed)
-        self.embedder.precision = precision
+        apply_inference(self.embedder, Inference.from_dict(inference), threads)
         _, self.normalise = split_transform(self.embedder.preprocess)
         self.crash_once = crash_once
 

@@ -5,7 +5,7 @@ same whether a run is fresh or resumed). Each finished shard is written atomical
 `<out>/.partial/`; a killed run picks up at the first missing shard, and the committed gallery
 is identical to an uninterrupted run. `commit` assembles the shards and writes the manifest
 last. The Ray engine (`lookalike.distributed`) reuses `prepare`, the decoding, the shard format
-(`encode_shard`), `calibrate_precision`, `record_state` and `commit`.
+(`encode_shard`), `apply_inference`, `record_state` and `commit`; calibration is `embed.calibrate`'s.
 """
 
 from __future__ import annotations
@@ -42,15 +42,16 @@ from ..gallery import (
     write_gallery,
 )
 from ..data.images import DEFAULT_MAX_PIXELS, load_rgb_bytes
+from ..gallery.manifest import Inference
+from .backends import BackendUnavailable, Choice
+from .calibrate import CALIBRATION_IMAGES, calibrate
 from .models import Embedder, load_model
-from .transforms import build_transform
+from .transforms import Preprocess, build_transform
 
 log = logging.getLogger(__name__)
 
 PARTIAL = ".partial"
 STATE = "state.json"
-BF16_MIN_COSINE = 0.995  # below this, bf16 changes rankings noticeably: fall back to fp32
-CALIBRATION_IMAGES = 16
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,11 @@ class ExtractConfig:
     image_size: int | None = None
     batch_size: int = 64
     shard_size: int = 4096
-    precision: str = "auto"  # "auto" | "fp32" | "bf16"
+    precision: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16" (CUDA)
+    backend: str = "auto"  # "auto" | "torch" | "openvino"
     splits: tuple[str, ...] | None = None
     seed: int = 0
-    workers: int | None = None  # DataLoader decode workers; None → one per core
+    workers: int | None = None  # decode workers; None → split the cores by measurement
     device: str = "auto"
     threads: int | None = None
     overwrite: bool = False
@@ -81,6 +83,7 @@ class ExtractConfig:
             "batch_size": self.batch_size,
             "shard_size": self.effective_shard_size,
             "precision": self.precision,
+            **({"backend": self.backend} if self.backend != "auto" else {}),  # only when set: older identities still match
             "splits": list(self.splits) if self.splits else None,
             "seed": self.seed,
             # Only when raised or lowered: galleries made before the option existed keep their identity.
@@ -223,20 +226,98 @@ def _describe_difference(prev: dict | None, new: dict, prev_digest: str | None, 
     return "built with " + ", ".join(changed)
 
 
-def calibrate_precision(embedder: Embedder, images: torch.Tensor, requested: str) -> dict:
-    """Decide fp32 vs bf16 by measuring it: bf16 is kept only if embeddings stay within BF16_MIN_COSINE."""
-    if requested == "fp32" or (requested == "auto" and not runtime.bf16_supported(embedder.device)):
-        return {"precision": "fp32", "reason": "requested" if requested == "fp32" else "no bf16 hardware support"}
-    x = images[:CALIBRATION_IMAGES]
-    cos = (embedder.embed(x, "fp32") * embedder.embed(x, "bf16")).sum(axis=1)
-    ok = requested == "bf16" or float(cos.min()) >= BF16_MIN_COSINE
-    return {
-        "precision": "bf16" if ok else "fp32",
-        "bf16_vs_fp32_cosine_mean": float(cos.mean()),
-        "bf16_vs_fp32_cosine_min": float(cos.min()),
-        "calibration_images": int(len(x)),
-        "reason": "requested" if requested == "bf16" else f"bf16 min cosine {'≥' if ok else '<'} {BF16_MIN_COSINE}",
-    }
+def decode_sample(job: Job, preprocess: Preprocess, n: int = CALIBRATION_IMAGES) -> tuple[torch.Tensor | None, float | None]:
+    """The first `n` decodable images of the job's missing shards, and the mean ms one core takes to read and decode one."""
+    dataset = ImageListDataset(job.collection.records, build_transform(preprocess), job.config.max_pixels, preprocess.resize_size)
+    tensors, seconds, tried = [], 0.0, 0
+    for shard in job.todo():
+        for index in range(shard.start, shard.stop):
+            started = time.perf_counter()
+            _, tensor, _, _ = dataset[index]
+            seconds += time.perf_counter() - started
+            tried += 1
+            if tensor is not None:
+                tensors.append(tensor)
+            if len(tensors) == n:
+                break
+        if len(tensors) == n:
+            break
+    if not tensors:
+        return None, None
+    return torch.stack(tensors), 1000 * seconds / tried
+
+
+def split_cores(decode_ms: float, model_ms: float, cores: int) -> tuple[int, int, str]:
+    """Decode workers and inference threads for `cores`, from one core's decode cost and the model's cost on all cores.
+
+    Each gets the share of the cores its work needs: decode costs `decode_ms` core-ms per image,
+    the model `model_ms × cores`. At least one decode worker (so decoding overlaps inference) and
+    one inference thread; a decode share under a quarter of the cores leaves the model every core.
+    """
+    model_core_ms = model_ms * cores
+    share = decode_ms / (decode_ms + model_core_ms)
+    workers = min(cores, max(1, round(share * cores)))
+    threads = max(1, cores - round(share * cores))
+    rule = (
+        f"decode {decode_ms:.1f} core-ms/img vs model {model_core_ms:.1f} core-ms/img on {cores} cores: "
+        f"decode share {share:.0%} → {workers} decode worker{'s' if workers != 1 else ''}, {threads} inference thread{'s' if threads != 1 else ''}"
+    )
+    return workers, threads, rule
+
+
+def decide_inference(job: Job, embedder: Embedder, workers: int | None, threads: int | None) -> Inference:
+    """Calibrate backend and precision on the job's first images, then split the cores; saved in the job state.
+
+    A resumed run reads the saved decision instead, so every shard is embedded alike and a
+    resumed gallery is byte-identical to an uninterrupted one.
+    """
+    if "inference" in job.state or "precision" in job.state:
+        decided = saved_inference(job.state)
+    else:
+        cores = runtime.default_threads()
+        sample, decode_ms = decode_sample(job, embedder.preprocess)
+        if sample is None:  # nothing decodes: commit will say so
+            decided = Inference("torch", "fp32", "no image decoded, nothing to calibrate")
+        else:
+            choice, measured, reason = calibrate(embedder, sample, job.config.backend, job.config.precision)
+            model_ms = 1000 / next(c.images_per_second for c in measured if (c.backend, c.precision) == (choice.backend, choice.precision))
+            auto_workers, auto_threads, rule = split_cores(decode_ms, model_ms, cores)
+            overridden = [f"--{name} {value}" for name, value in (("threads", threads), ("decode-workers", workers)) if value is not None]
+            decided = Inference(
+                choice.backend,
+                choice.precision,
+                reason,
+                tuple(measured),
+                threads=threads if threads is not None else auto_threads,
+                workers=workers if workers is not None else auto_workers,
+                split=rule + (f"; overridden by {' and '.join(overridden)}" if overridden else ""),
+                decode_ms_per_image=round(decode_ms, 3),
+                model_ms_per_image=round(model_ms, 3),
+            )
+        job.state["inference"] = decided.to_dict()
+        atomic_write_json(job.partial / STATE, job.state)
+    apply_inference(embedder, decided, threads)
+    return decided
+
+
+def saved_inference(state: dict) -> Inference:
+    """The decision a job state holds; states from before backends hold only a torch precision."""
+    if "inference" in state:
+        return Inference.from_dict(state["inference"])
+    return Inference("torch", state.get("precision", {"precision": "fp32"})["precision"], "saved by an earlier lookalike")
+
+
+def apply_inference(embedder: Embedder, decided: Inference, threads: int | None = None) -> None:
+    """Run `embedder` as `decided` says: its backend, precision and inference threads (`threads` overrides)."""
+    threads = threads if threads is not None else decided.threads
+    runtime.set_threads(threads)
+    try:
+        embedder.use(Choice(decided.backend, decided.precision), threads if decided.backend == "openvino" else None)
+    except BackendUnavailable as exc:
+        raise GalleryError(
+            f"this extraction embeds with {decided.backend} {decided.precision}, which cannot run here ({exc}); "
+            "install what it needs to finish the same gallery, or start again with --overwrite"
+        ) from exc
 
 
 def encode_shard(embeddings: np.ndarray, indices: list[int], bad: list[tuple[int, str]], seconds: float, hashes: list[str] | None = None) -> bytes:
@@ -282,10 +363,6 @@ def run_local(job: Job, embedder: Embedder, workers: int, progress: bool = True)
     try:
         for indices, tensor, bad_items, digests in loader:
             if tensor is not None:
-                if "precision" not in job.state:
-                    job.state["precision"] = calibrate_precision(embedder, tensor, job.config.precision)
-                    atomic_write_json(job.partial / STATE, job.state)
-                    embedder.precision = job.state["precision"]["precision"]
                 embs.append(embedder.embed(tensor))
                 idx.extend(indices)
                 hashes.extend(digests)
@@ -306,8 +383,6 @@ def run_local(job: Job, embedder: Embedder, workers: int, progress: bool = True)
 
 def ensure_state(job: Job, embedder: Embedder) -> None:
     """Write the job's state file before the first shard, so a resume can check its arguments."""
-    if "precision" in job.state:
-        embedder.precision = job.state["precision"]["precision"]
     record_state(job, embedder.describe())
 
 
@@ -346,7 +421,7 @@ def commit(job: Job, embedder: Embedder | None = None, extra_timings: dict | Non
             # every shard hashed its files (shards from before content hashes did not)
             content_hashes=[h for part in hashes for h in part] if all(h is not None for h in hashes) else None,
         ),
-        model=ModelInfo.from_dict({**job.state["model"], "precision": job.state.get("precision", {"precision": "fp32"})}),
+        model=ModelInfo.from_dict({**job.state["model"], **inference_record(job.state)}),
         data=DataInfo.from_dict(job.collection.provenance()),
         skipped=[{"path": job.collection.records[i].path, "reason": r} for i, r in bad],
         timings={
@@ -364,19 +439,31 @@ def commit(job: Job, embedder: Embedder | None = None, extra_timings: dict | Non
     return gallery
 
 
+def inference_record(state: dict) -> dict:
+    """The manifest's `inference` (typed) and `precision` (its summary, as galleries before backends had it)."""
+    if "inference" not in state:
+        return {"precision": state.get("precision", {"precision": "fp32"})}
+    decided = saved_inference(state)
+    return {"inference": state["inference"], "precision": {"precision": decided.precision, "backend": decided.backend, "reason": decided.reason}}
+
+
 def extract(config: ExtractConfig, progress: bool = True) -> Gallery:
     """The local engine: prepare → fill missing shards → commit. Returns the finished gallery."""
     job = prepare(config)
     if (job.out / MANIFEST).is_file():
         log.info("gallery at %s is already complete with these arguments", job.out)
         return open_gallery(job.out)
-    threads = runtime.set_threads(config.threads)
+    runtime.set_threads(config.threads)
     device = runtime.pick_device(config.device)
     embedder = load_model(config.model, config.weights, config.image_size, device, config.seed)
     ensure_state(job, embedder)
-    workers = config.workers if config.workers is not None else runtime.default_threads()
+    started = time.perf_counter()
+    decided = decide_inference(job, embedder, config.workers, config.threads)
+    workers = config.workers if config.workers is not None else (decided.workers or runtime.default_threads())
+    calibration_s = time.perf_counter() - started
     run_local(job, embedder, workers, progress)
-    timings = {"threads": threads, "workers": workers, "device": device, "batch_size": config.batch_size}
+    threads = runtime.thread_counts().get("torch") if decided.backend == "torch" else getattr(embedder.active, "threads", None)
+    timings = {"threads": threads, "workers": workers, "device": device, "batch_size": config.batch_size, "calibration_seconds": round(calibration_s, 3)}
     return commit(job, embedder, timings | single_image_timing(job, embedder))
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import WeightsUnavailableError
 from ..gallery.manifest import Weights
+from .backends import BACKENDS, Backend, BackendUnavailable, Choice, OpenVINOBackend, TorchBackend, module_digest, openvino_model
 from .registry import MODELS, ModelSpec, get_spec  # noqa: F401 (MODELS, get_spec: re-exported for callers of this module)
 from .transforms import Preprocess
 
@@ -28,7 +28,11 @@ log = logging.getLogger(__name__)
 
 
 class Embedder:
-    """A feature extractor that maps a batch of preprocessed images to unit-norm float32 embeddings."""
+    """A model with its weights and preprocessing, run by one inference backend at a time.
+
+    `embed` maps a batch of preprocessed images to unit-norm float32 embeddings with the active
+    backend (torch fp32 until `use` picks another); `backend` builds any other, for calibration.
+    """
 
     def __init__(self, spec: ModelSpec, module: nn.Module, weights: Weights, preprocess: Preprocess, device: str):
         self.spec = spec
@@ -38,26 +42,49 @@ class Embedder:
         self.module = module.eval().to(device)
         if spec.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
-        self.precision = "fp32"
+        self._backends: dict[tuple[Choice, int | None], Backend] = {}
+        self.active: Backend = self.backend(Choice("torch", "fp32"))
 
     @property
     def dim(self) -> int:
         return self.spec.dim
 
-    def embed(self, images: torch.Tensor, precision: str | None = None) -> np.ndarray:
-        """(B, 3, H, W) float tensor → (B, dim) L2-normalised float32 array."""
-        precision = precision or self.precision
-        x = images.to(self.device, non_blocking=True)
-        if self.spec.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(
-            device_type="cuda" if self.device.startswith("cuda") else "cpu",
-            dtype=torch.bfloat16,
-            enabled=precision == "bf16",
-        ):
-            features = self.module(x)
-        features = F.normalize(features.float().flatten(1), dim=1)
-        return features.cpu().numpy()
+    @property
+    def choice(self) -> Choice:
+        return self.active.choice
+
+    @property
+    def precision(self) -> str:
+        return self.active.choice.precision
+
+    def embed(self, images: torch.Tensor) -> np.ndarray:
+        """(B, 3, H, W) float tensor → (B, dim) L2-normalised float32 array, by the active backend."""
+        return self.active(images)
+
+    def use(self, choice: Choice, threads: int | None = None) -> Backend:
+        """Make `choice` the active backend (raises BackendUnavailable if it cannot run here)."""
+        self.active = self.backend(choice, threads)
+        return self.active
+
+    def backend(self, choice: Choice, threads: int | None = None) -> Backend:
+        """The backend for `choice`, built once; OpenVINO's converted model comes from the on-disk cache."""
+        key = (choice, threads)
+        if key not in self._backends:
+            if choice.backend == "torch":
+                self._backends[key] = TorchBackend(self.module, self.device, choice.precision, self.spec.channels_last)
+            elif choice.backend == "openvino":
+                if self.device != "cpu":
+                    raise BackendUnavailable(f"lookalike runs openvino on the CPU only, and this model is on {self.device}")
+                xml = openvino_model(self.module, self.weights_key(), self.preprocess.image_size)
+                self._backends[key] = OpenVINOBackend(xml, choice.precision, threads)
+            else:
+                raise BackendUnavailable(f"unknown inference backend {choice.backend!r}; choose one of {', '.join(BACKENDS)}")
+        return self._backends[key]
+
+    def weights_key(self) -> str:
+        """Names the converted-model cache entry: model and weights sha256 (of the tensors themselves for random weights)."""
+        weights = self.weights.sha256 if self.weights.kind != "random" and self.weights.sha256 else module_digest(self.module)
+        return f"{self.spec.name}-{hashlib.sha256(f'{self.spec.arch}|{weights}'.encode()).hexdigest()[:16]}"
 
     def describe(self) -> dict:
         return {

@@ -6,6 +6,7 @@ exactly as the gallery was.
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from dataclasses import dataclass
@@ -16,8 +17,12 @@ from PIL import Image
 from ..errors import GalleryError
 from ..gallery import Gallery
 from ..data.images import DEFAULT_MAX_PIXELS, load_rgb, load_rgb_bytes
+from .backends import BackendUnavailable, Choice
+from .calibrate import REFERENCE
 from .models import Embedder, load_model
 from .transforms import build_transform
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,8 +31,13 @@ class QueryTimings:
     embed_ms: float  # the forward pass
 
 
-def embedder_for(gallery: Gallery, device: str = "cpu") -> Embedder:
-    """Rebuild the model that made `gallery` (random weights are re-created from their seed)."""
+def embedder_for(gallery: Gallery, device: str = "cpu", threads: int | None = None) -> Embedder:
+    """Rebuild the model that made `gallery` (random weights are re-created from their seed), run as it was.
+
+    The query runs on the backend and precision the manifest records. Where that backend cannot
+    run (OpenVINO not installed), torch fp32 stands in: the calibration measured the gallery's
+    backend within cosine 0.999 of it, and the fallback is said once.
+    """
     model = gallery.manifest.model
     weights = model.weights
     source = {"pretrained": "pretrained", "random": "random"}.get(weights.kind, weights.source)
@@ -41,13 +51,18 @@ def embedder_for(gallery: Gallery, device: str = "cpu") -> Embedder:
         )
     if embedder.dim != gallery.dim:
         raise GalleryError(f"model {model.name} gives {embedder.dim}-d embeddings but {gallery.path} holds {gallery.dim}-d ones; re-extract the gallery")
-    embedder.precision = model.precision_name
+    recorded_choice = Choice(model.backend_name, model.precision_name)
+    try:
+        embedder.use(recorded_choice, threads if recorded_choice.backend == "openvino" else None)
+    except BackendUnavailable as exc:
+        log.warning("%s was embedded with %s, which cannot run here (%s); queries use torch fp32, within the cosine measured at extraction", gallery.path, recorded_choice, exc)
+        embedder.use(REFERENCE)
     return embedder
 
 
 class QueryEmbedder:
-    def __init__(self, gallery: Gallery, device: str = "cpu"):
-        self.embedder = embedder_for(gallery, device)
+    def __init__(self, gallery: Gallery, device: str = "cpu", threads: int | None = None):
+        self.embedder = embedder_for(gallery, device, threads)
         self.transform = build_transform(self.embedder.preprocess)
 
     def embed_image(self, image: Image.Image, decode_started: float | None = None) -> tuple[np.ndarray, QueryTimings]:

@@ -103,6 +103,10 @@ MODELS: dict[str, ModelSpec] = {
 }
 MODEL_NAMES = tuple(MODELS)
 
+#: Inference backends (embed.backends) and the precisions they may run at; which one a job uses is measured (embed.calibrate).
+BACKENDS = ("torch", "openvino")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
 
 def get_spec(name: str) -> ModelSpec:
     try:

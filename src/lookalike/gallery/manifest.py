@@ -47,6 +47,48 @@ class Weights:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """One backend × precision as the calibration measured it on the job's own images."""
+
+    backend: str  # "torch" | "openvino"
+    precision: str  # "fp32" | "bf16" | "fp16"
+    images_per_second: float | None = None
+    cosine_min: float | None = None  # to fp32 torch, over the calibration images
+    cosine_mean: float | None = None
+    images: int = 0  # how many images the figures above come from
+    kept: bool = False  # eligible: ran, and close enough to fp32 torch
+    note: str = ""  # why not kept (unavailable, pruned as slower, cosine too low), or "reference"
+
+
+@dataclass(frozen=True)
+class Inference:
+    """How the embeddings were computed: the backend and precision chosen, the alternatives measured, and the core split."""
+
+    backend: str
+    precision: str
+    reason: str
+    candidates: tuple[Candidate, ...] = ()
+    threads: int | None = None  # inference threads
+    workers: int | None = None  # decode processes
+    split: str = ""  # how threads and workers were decided
+    decode_ms_per_image: float | None = None  # one core, measured on the calibration images
+    model_ms_per_image: float | None = None  # the chosen backend, all inference threads
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Inference:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in known}
+        values["candidates"] = tuple(Candidate(**{k: v for k, v in c.items() if k in {f.name for f in fields(Candidate)}}) for c in d.get("candidates", ()))
+        return cls(**values)
+
+    def describe(self) -> str:
+        return f"{self.backend} {self.precision} ({self.reason})"
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """The model that made the embeddings (`name` "generated" when none did)."""
 
@@ -56,12 +98,17 @@ class ModelInfo:
     arch: str | None = None
     family: str | None = None
     preprocess: dict[str, Any] | None = None  # embed.transforms.Preprocess as a dict
-    precision: dict[str, Any] = field(default_factory=lambda: {"precision": "fp32"})  # the calibration record
+    precision: dict[str, Any] = field(default_factory=lambda: {"precision": "fp32"})  # the calibration record before backends existed
     device: str | None = None
+    inference: Inference | None = None  # None in galleries extracted before inference backends: torch at `precision`
 
     @property
     def precision_name(self) -> str:
-        return str(self.precision.get("precision", "fp32"))
+        return self.inference.precision if self.inference else str(self.precision.get("precision", "fp32"))
+
+    @property
+    def backend_name(self) -> str:
+        return self.inference.backend if self.inference else "torch"
 
     @property
     def image_size(self) -> int | None:
@@ -74,11 +121,12 @@ class ModelInfo:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
-        known = {f.name for f in fields(cls)} - {"name", "dim", "weights"}
+        known = {f.name for f in fields(cls)} - {"name", "dim", "weights", "inference"}
         return cls(
             name=d["model"],
             dim=int(d["dim"]),
             weights=Weights(**{k: v for k, v in d["weights"].items() if k in ("kind", "source", "sha256", "seed")}),
+            inference=Inference.from_dict(d["inference"]) if d.get("inference") else None,
             **{k: d[k] for k in known if d.get(k) is not None},
         )
 

@@ -181,7 +181,7 @@ class SearchService:
         threads = runtime.set_threads(config.threads)
         gallery = open_gallery(gallery_dir)
         # A gallery whose embeddings were generated (no model) can still be searched by gallery id.
-        embedder = QueryEmbedder(gallery) if gallery.model in MODELS else None
+        embedder = QueryEmbedder(gallery, threads=threads) if gallery.model in MODELS else None
         partition = gallery.partition()
         methods: dict[str, MethodEntry] = {}
         for name in BUILT_METHODS:

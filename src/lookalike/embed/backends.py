@@ -1,0 +1,181 @@
+"""Inference backends: one module, several ways to run it.
+
+A backend maps a batch of preprocessed images (B, 3, H, W float32) to L2-normalised float32
+embeddings. `torch` runs the module eagerly (CUDA when the embedder is on a GPU); `openvino`
+converts it once to OpenVINO IR, cached on disk, and runs it on the CPU plugin. Which backend and
+precision a job uses is decided by measurement (`embed.calibrate`), never assumed: on one CPU
+bf16 autocast doubles a CNN's speed and slows CLIP down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from ..errors import LookalikeError
+from .registry import BACKENDS, PRECISIONS  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "LOOKALIKE_CACHE"  # where converted models are kept (default ~/.cache/lookalike)
+
+
+class BackendUnavailable(LookalikeError):
+    """A backend that cannot run here (not installed, no such hardware, conversion failed)."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A backend and the precision it runs at: what the calibration decides and the manifest records."""
+
+    backend: str
+    precision: str
+
+    def __str__(self) -> str:
+        return f"{self.backend} {self.precision}"
+
+
+class Backend(Protocol):
+    choice: Choice
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray: ...
+
+
+def normalise(features: np.ndarray) -> np.ndarray:
+    """Rows to unit length in float32, as torch's F.normalize does (eps 1e-12)."""
+    features = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
+
+class TorchBackend:
+    """Eager torch; bf16/fp16 through autocast, so weights stay fp32 and only the matmuls drop precision."""
+
+    def __init__(self, module: nn.Module, device: str, precision: str, channels_last: bool):
+        import torch
+
+        self.choice = Choice("torch", precision)
+        self.module, self.device, self.channels_last = module, device, channels_last
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        if precision == "fp16" and not device.startswith("cuda"):
+            raise BackendUnavailable("torch fp16 runs only on CUDA here; the CPU has no fast fp16 path")
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        import torch
+
+        x = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(
+            device_type="cuda" if self.device.startswith("cuda") else "cpu", dtype=self.dtype or torch.float32, enabled=self.dtype is not None
+        ):
+            features = self.module(x)
+        return normalise(features.float().flatten(1).cpu().numpy())
+
+
+class OpenVINOBackend:
+    """OpenVINO's CPU plugin. One infer request per calling thread, so the server's concurrent queries never share one."""
+
+    HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+    def __init__(self, model_xml: Path, precision: str, threads: int | None):
+        import openvino as ov
+
+        if precision not in self.HINTS:
+            raise BackendUnavailable(f"openvino runs fp32 or bf16 on the CPU, not {precision}")
+        core = ov.Core()
+        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            raise BackendUnavailable("this CPU has no bf16 support in OpenVINO")
+        # Compiled blobs are cached too (keyed by OpenVINO on the IR and these properties), so a
+        # second run skips graph compilation as well as conversion.
+        core.set_property({"CACHE_DIR": str(cache_root() / "openvino" / "compiled")})
+        config = {"INFERENCE_PRECISION_HINT": self.HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.choice = Choice("openvino", precision)
+        self.compiled = core.compile_model(str(model_xml), "CPU", config)
+        self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
+        self._local = threading.local()
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        pixels = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+        return normalise(request.infer({0: pixels}, share_inputs=True)[0])
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lookalike").expanduser()
+
+
+def openvino_version() -> str | None:
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    return ov.__version__.split("-")[0]
+
+
+def module_digest(module: nn.Module) -> str:
+    """sha256 over the module's tensors: the identity of the weights actually loaded, whatever their source."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+_convert_lock = threading.Lock()
+
+
+def openvino_model(module: nn.Module, key: str, image_size: int) -> Path:
+    """The module as OpenVINO IR on disk, converted once per (model, weights, input size, OpenVINO version).
+
+    The IR is written to a temporary folder and renamed into place, so a killed conversion never
+    leaves a half-written model that a later run would load.
+    """
+    version = openvino_version()
+    if version is None:
+        raise BackendUnavailable("openvino is not installed (pip install openvino)")
+    folder = cache_root() / "openvino" / f"{key}-{image_size}px-ov{version}"
+    xml = folder / "model.xml"
+    if xml.is_file():
+        log.debug("openvino: reusing converted model %s", folder)
+        return xml
+    import openvino as ov
+    import torch
+
+    with _convert_lock:
+        if xml.is_file():
+            return xml
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
+        try:
+            example = torch.zeros(1, 3, image_size, image_size)
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notices, about OpenVINO's internals
+                converted = ov.convert_model(module.eval(), example_input=example, input=[ov.PartialShape([-1, 3, image_size, image_size])])
+            ov.save_model(converted, tmp / "model.xml", compress_to_fp16=False)
+            tmp.rename(folder)
+        except OSError:
+            if not xml.is_file():  # another process won the race: theirs is as good as ours
+                raise
+        except Exception as exc:
+            raise BackendUnavailable(f"openvino could not convert the model ({type(exc).__name__}: {str(exc)[:200]})") from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return xml

@@ -1,0 +1,128 @@
+"""Choose the inference backend and precision by measuring them on the job's own images.
+
+Every candidate (torch and OpenVINO, fp32 and bf16, fp16 on CUDA) embeds the same calibration
+images. fp32 torch is the reference: a candidate is kept only if each image's embedding stays
+within MIN_COSINE of it, and the fastest kept candidate wins. Nothing is assumed from the
+hardware: on one CPU bf16 autocast doubles ResNet-18's speed and slows CLIP down.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..gallery.manifest import Candidate
+from .backends import BACKENDS, BackendUnavailable, Choice
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models import Embedder
+
+log = logging.getLogger(__name__)
+
+MIN_COSINE = 0.999  # below this a backend or precision changes rankings: it is not kept
+CALIBRATION_IMAGES = 16
+WARMUP_IMAGES = 2  # the first call pays one-off costs (graph compilation, allocator growth): run it untimed
+PROBE_IMAGES = 4  # a candidate this much slower than the best so far on a short probe is not timed further
+PRUNE_FACTOR = 2.0
+REFERENCE = Choice("torch", "fp32")
+
+
+def candidates(device: str, backend: str = "auto", precision: str = "auto") -> list[Choice]:
+    """The backend × precision pairs a job may use on this device, given the user's requests."""
+    backends = BACKENDS if backend == "auto" else (backend,)
+    precisions = ("fp32", "bf16", "fp16") if device.startswith("cuda") else ("fp32", "bf16")
+    if precision != "auto":
+        precisions = (precision,)
+    return [Choice(b, p) for b in backends for p in precisions if not (b == "openvino" and (not device.startswith("cpu") or p == "fp16"))]
+
+
+def calibrate(
+    embedder: Embedder,
+    images: torch.Tensor,
+    backend: str = "auto",
+    precision: str = "auto",
+    threads: int | None = None,
+) -> tuple[Choice, list[Candidate], str]:
+    """Measure the candidates on `images`; return the choice, every measurement, and why it was chosen.
+
+    fp32 torch always runs, as the reference. A candidate that cannot run (OpenVINO missing, a
+    failed conversion) is recorded with its reason, and if no requested candidate can run, the
+    torch ones are measured instead: the run never stops for a backend. An explicit `precision`
+    is honoured even below MIN_COSINE, with a warning; with "auto" precision is never assumed.
+    """
+    x = images[:CALIBRATION_IMAGES]
+    wanted = candidates(embedder.device, backend, precision)
+    reference, reference_rate = _time(embedder.backend(REFERENCE, threads), x)
+    measured = [_measure(REFERENCE, reference, reference, reference_rate, kept=REFERENCE in wanted, note="reference")]
+
+    def measure(choices: list[Choice]) -> None:
+        for choice in choices:
+            if choice == REFERENCE:
+                measured[0] = _measure(REFERENCE, reference, reference, reference_rate, kept=True, note="reference")
+                continue
+            best = max((c.images_per_second or 0.0 for c in measured if c.kept), default=0.0)
+            try:
+                run = embedder.backend(choice, threads)
+                run(x[:WARMUP_IMAGES])
+                probe_rate = _rate(run, x[:PROBE_IMAGES])
+                if probe_rate * PRUNE_FACTOR < best:
+                    note = f"not timed further: under 1/{PRUNE_FACTOR:g} of the best rate on {PROBE_IMAGES} images"
+                    measured.append(Candidate(choice.backend, choice.precision, round(probe_rate, 2), images=min(PROBE_IMAGES, len(x)), note=note))
+                    continue
+                out, rate = _time(run, x, warm=True)
+            except BackendUnavailable as exc:
+                log.warning("%s cannot run here: %s; going on without it", choice, exc)
+                measured.append(Candidate(choice.backend, choice.precision, note=f"unavailable: {exc}"))
+                continue
+            low = float((out * reference).sum(axis=1).min())
+            ok = low >= MIN_COSINE
+            if not ok and precision != "auto":
+                log.warning("%s keeps embeddings only within cosine %.5f of fp32 torch (< %s); using it because it was requested", choice, low, MIN_COSINE)
+            note = "" if ok else f"cosine min {low:.5f} < {MIN_COSINE}" + (" (kept: precision requested)" if precision != "auto" else "")
+            measured.append(_measure(choice, out, reference, rate, kept=ok or precision != "auto", note=note))
+
+    measure(wanted)
+    reason = "fastest measured within cosine {cos} of fp32 torch"
+    if not any(c.kept for c in measured):
+        fallback = candidates(embedder.device, "torch", precision)
+        log.warning("no %s backend could run here, so torch runs instead", backend)
+        measure(fallback)
+        reason = f"{backend} could not run; " + reason
+    kept = [c for c in measured if c.kept]
+    if not kept:  # nothing requested can run (say fp16 on a CPU): the reference always can
+        measured[0] = replace(measured[0], kept=True)
+        kept, reason = [measured[0]], f"nothing requested could run; {reason}"
+    winner = max(kept, key=lambda c: c.images_per_second or 0.0)
+    if len(kept) == 1:
+        reason = "the only candidate " + ("requested" if backend != "auto" and precision != "auto" else "kept")
+    else:
+        reason = reason.format(cos=MIN_COSINE) + f": {winner.images_per_second:.1f} img/s among {len(kept)}"
+    return Choice(winner.backend, winner.precision), measured, reason
+
+
+def _measure(choice: Choice, out: np.ndarray, reference: np.ndarray, rate: float, kept: bool, note: str) -> Candidate:
+    cosine = (out * reference).sum(axis=1)
+    return Candidate(
+        choice.backend, choice.precision, round(rate, 2), round(float(cosine.min()), 6), round(float(cosine.mean()), 6), len(out), kept=kept, note=note
+    )
+
+
+def _rate(run, x: torch.Tensor) -> float:
+    started = time.perf_counter()
+    run(x)
+    return len(x) / max(time.perf_counter() - started, 1e-9)
+
+
+def _time(run, x: torch.Tensor, warm: bool = False) -> tuple[np.ndarray, float]:
+    """Embeddings of `x` and images/s of one timed call (after an untimed warm-up unless already warm)."""
+    if not warm:
+        run(x[:WARMUP_IMAGES])
+    started = time.perf_counter()
+    out = run(x)
+    return out, len(x) / max(time.perf_counter() - started, 1e-9)
