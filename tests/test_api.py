@@ -81,8 +81,12 @@ def test_bad_queries_say_what_to_pass(tiny_gallery, query, message):
 
 
 def test_extract_and_build_index_match_the_cli(tiny_collection, tiny_gallery, tmp_path):
-    made = lookalike.extract(tiny_collection, tmp_path / "api", model="resnet18", weights="random", image_size=32, batch_size=16, workers=0)
     cli = lookalike.open_gallery(tiny_gallery)  # made by `lookalike extract` with the same arguments
+    chosen = cli.manifest.model.inference  # `auto` measures afresh each run: give this run the CLI run's choice
+    made = lookalike.extract(
+        tiny_collection, tmp_path / "api", model="resnet18", weights="random", image_size=32, batch_size=16, workers=0,
+        backend=chosen.backend, precision=chosen.precision, threads=chosen.threads,
+    )
     np.testing.assert_array_equal(np.asarray(made.embeddings), np.asarray(cli.embeddings))
     assert made.paths == cli.paths
 

@@ -17,13 +17,15 @@ import logging
 import math
 import shutil
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from .. import runtime
 from ..data.datasets import Collection, ImageRecord, load_collection
@@ -130,8 +132,8 @@ class Job:
 # --- decoding ---
 
 
-class ImageListDataset(Dataset):
-    """Decodes in DataLoader workers; a bad file becomes an error entry, never an exception.
+class ImageListDataset:
+    """Decodes one record (in a decode worker thread); a bad file becomes an error entry, never an exception.
 
     Each file is read once: its bytes are hashed (sha256, so a duplicate under another path or
     a symlink is recognised later, see Gallery.partition) and decoded from memory.
@@ -171,16 +173,36 @@ def collate(items):
     return indices, tensor, bad, [h for _, _, h in ok]
 
 
-def make_loader(dataset: Dataset, batches: list[list[int]], workers: int, pin_memory: bool) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_sampler=batches,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=pin_memory,
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,
-    )
+PREFETCH_PER_WORKER = 2  # batches each decode worker may run ahead of the model
+
+
+def decoded_batches(dataset: ImageListDataset, batches: list[list[int]], workers: int, pin_memory: bool = False) -> Iterator[tuple]:
+    """`collate`d batches in order, decoded by `workers` threads while the model runs (0: inline, in the caller's thread).
+
+    Threads, not processes: decoding (file reads, PIL's JPEG decoder, hashing, torch's resize)
+    releases the GIL, the model runs in native code too, and nothing is pickled between processes.
+    It also keeps the process fork-free: forking after OpenVINO's CPU plugin started its threads
+    was seen to crash the process at its next fork.
+    """
+    def decode(batch: list[int]) -> tuple:
+        out = collate([dataset[i] for i in batch])
+        return (out[0], out[1].pin_memory(), *out[2:]) if pin_memory and out[1] is not None else out
+
+    if workers <= 0:
+        yield from map(decode, batches)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="lookalike-decode")
+    try:
+        ahead = deque(pool.submit(decode, b) for b in batches[: PREFETCH_PER_WORKER * workers])
+        rest = iter(batches[PREFETCH_PER_WORKER * workers :])
+        while ahead:
+            done = ahead.popleft().result()
+            following = next(rest, None)
+            if following is not None:
+                ahead.append(pool.submit(decode, following))
+            yield done
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --- the job ---
@@ -310,7 +332,8 @@ def saved_inference(state: dict) -> Inference:
 def apply_inference(embedder: Embedder, decided: Inference, threads: int | None = None) -> None:
     """Run `embedder` as `decided` says: its backend, precision and inference threads (`threads` overrides)."""
     threads = threads if threads is not None else decided.threads
-    runtime.set_threads(threads)
+    # With OpenVINO, torch only decodes: one thread per decode worker, the cores left to the model.
+    runtime.set_threads(1 if decided.backend == "openvino" else threads)
     try:
         embedder.use(Choice(decided.backend, decided.precision), threads if decided.backend == "openvino" else None)
     except BackendUnavailable as exc:
@@ -345,7 +368,7 @@ def write_shard(job: Job, shard: Shard, embeddings: np.ndarray, indices: list[in
 
 
 def run_local(job: Job, embedder: Embedder, workers: int, progress: bool = True) -> None:
-    """Fill every missing shard in this process, decoding in `workers` DataLoader processes."""
+    """Fill every missing shard in this process, decoding in `workers` threads beside the model."""
     from tqdm import tqdm
 
     todo = job.todo()
@@ -354,7 +377,7 @@ def run_local(job: Job, embedder: Embedder, workers: int, progress: bool = True)
     bs = job.config.batch_size
     batches = [list(range(b, min(b + bs, s.stop))) for s in todo for b in range(s.start, s.stop, bs)]
     dataset = ImageListDataset(job.collection.records, build_transform(embedder.preprocess), job.config.max_pixels, embedder.preprocess.resize_size)
-    loader = make_loader(dataset, batches, workers, pin_memory=embedder.device.startswith("cuda"))
+    loader = decoded_batches(dataset, batches, workers, pin_memory=embedder.device.startswith("cuda"))
     done_images = sum(s.stop - s.start for s in job.shards) - sum(s.stop - s.start for s in todo)
     bar = tqdm(total=len(job.collection.records), initial=done_images, unit="img", disable=not progress, desc=f"extract {embedder.spec.name}", dynamic_ncols=True)
     shard_iter = iter(todo)
