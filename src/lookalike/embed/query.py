@@ -13,25 +13,26 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..errors import GalleryError
+from ..errors import GalleryError, TextQueryError
 from ..gallery import Gallery
 from ..data.images import DEFAULT_MAX_PIXELS, load_rgb, load_rgb_bytes
-from .models import Embedder, load_model
+from .models import Embedder, Towers, load_towers
 from .transforms import build_transform
 
 
 @dataclass(frozen=True)
 class QueryTimings:
-    decode_ms: float  # file/bytes → RGB pixels, plus resize/crop/normalise
+    decode_ms: float  # file/bytes → RGB pixels, plus resize/crop/normalise (text: tokenizing)
     embed_ms: float  # the forward pass
 
 
-def embedder_for(gallery: Gallery, device: str = "cpu") -> Embedder:
-    """Rebuild the model that made `gallery` (random weights are re-created from their seed)."""
+def towers_for(gallery: Gallery, device: str = "cpu") -> Towers:
+    """Rebuild the model that made `gallery` (random weights are re-created from their seed), with its text tower if it has one."""
     model = gallery.manifest.model
     weights = model.weights
     source = {"pretrained": "pretrained", "random": "random"}.get(weights.kind, weights.source)
-    embedder = load_model(model.name, source, model.image_size, device, weights.seed or 0)
+    towers = load_towers(model.name, source, model.image_size, device, weights.seed or 0, stacklevel=3)
+    embedder = towers.image
     recorded = weights.sha256 or ""
     if len(recorded) == 64 and embedder.weights.sha256 != recorded:  # older galleries recorded only a name prefix
         where = weights.source if weights.kind == "file" else "the cached pretrained file"
@@ -42,13 +43,31 @@ def embedder_for(gallery: Gallery, device: str = "cpu") -> Embedder:
     if embedder.dim != gallery.dim:
         raise GalleryError(f"model {model.name} gives {embedder.dim}-d embeddings but {gallery.path} holds {gallery.dim}-d ones; re-extract the gallery")
     embedder.precision = model.precision_name
-    return embedder
+    return towers
 
 
 class QueryEmbedder:
+    """A gallery's own image tower and preprocessing, and its text tower when the model has one (CLIP)."""
+
     def __init__(self, gallery: Gallery, device: str = "cpu"):
-        self.embedder = embedder_for(gallery, device)
+        towers = towers_for(gallery, device)
+        self.embedder = towers.image
+        self.text = towers.text
+        self.no_text = towers.no_text
         self.transform = build_transform(self.embedder.preprocess)
+
+    def check_text(self, text: str) -> None:
+        """TextQueryError unless `text` can be searched here: the model has a text tower and the text fits it."""
+        if self.text is None:
+            raise TextQueryError(self.no_text or "this gallery's model cannot embed text")
+        self.text.tokenize(text)
+
+    def embed_text(self, text: str) -> tuple[np.ndarray, QueryTimings]:
+        """(1, d) unit vector of a text query; `decode_ms` is the tokenizing."""
+        if self.text is None:
+            raise TextQueryError(self.no_text or "this gallery's model cannot embed text")
+        vector, tokenize_ms, embed_ms = self.text.embed(text)
+        return vector, QueryTimings(tokenize_ms, embed_ms)
 
     def embed_image(self, image: Image.Image, decode_started: float | None = None) -> tuple[np.ndarray, QueryTimings]:
         t0 = decode_started if decode_started is not None else time.perf_counter()
