@@ -215,7 +215,7 @@ function render(answer) {
   const cards = answer.results.map((r) => {
     const exactMark = r.in_exact == null ? null : r.in_exact
       ? el("span", { class: "exact-mark", title: `also in the exact top ${answer.k}`, text: "✓ exact" })
-      : el("span", { class: "not-exact-mark", title: `not in the exact top ${answer.k}`, text: "✗ not exact" });
+      : el("span", { class: "not-exact-mark", title: `not in the exact top ${answer.k}`, text: "∉ exact" });
     const classes = ["result", r.same_label ? "same" : "", r.in_exact === true ? "in-exact" : "", r.in_exact === false ? "not-exact" : ""];
     return el("li", { class: classes.filter(Boolean).join(" "), "data-id": r.id, "data-score": r.score }, card(r, q, higherIsBetter, exactMark));
   });
