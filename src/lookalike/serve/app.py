@@ -31,7 +31,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import BadImageError, LookalikeError
 from ..search.registry import PARAMS
-from .schemas import Comparison, ErrorBody, GalleryInfo, Health, QueryInfo, SearchResponse, SearchTimings
+from .schemas import (
+    Comparison,
+    ErrorBody,
+    GalleryInfo,
+    Health,
+    QueryInfo,
+    SearchResponse,
+    SearchTimings,
+)
 from .service import Invalid, RequestError, SearchService, ServerConfig, TooLarge
 
 log = logging.getLogger(__name__)
