@@ -87,15 +87,21 @@ def browser():
         browser.close()
 
 
-def test_search_in_the_page(served, browser, tiny_collection, tmp_path):
-    from playwright.sync_api import expect
-
+def open_page(browser, url: str):
+    """The page at a laptop's 1366×768, with every request URL and every console error recorded."""
     page = browser.new_page(viewport={"width": 1366, "height": 768})
     requests, console_errors = [], []
     page.on("request", lambda r: requests.append(r.url))
     page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: console_errors.append(str(e)))
-    page.goto(served + "/")
+    page.goto(url + "/")
+    return page, requests, console_errors
+
+
+def test_search_in_the_page(served, browser, tiny_collection, tmp_path):
+    from playwright.sync_api import expect
+
+    page, requests, console_errors = open_page(browser, served)
 
     # provenance: random weights and generated data are flagged where a user sees them
     expect(page.locator("#real-badge")).to_have_text(re.compile("NOT A REAL RESULT"), timeout=WAIT_MS)
@@ -166,12 +172,7 @@ def set_slider(page, selector: str, value: int) -> None:
 def test_text_query_and_compare_with_exact(served_clip, browser, tmp_path):
     from playwright.sync_api import expect
 
-    page = browser.new_page(viewport={"width": 1366, "height": 768})
-    requests, console_errors = [], []
-    page.on("request", lambda r: requests.append(r.url))
-    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: console_errors.append(str(e)))
-    page.goto(served_clip + "/")
+    page, requests, console_errors = open_page(browser, served_clip)
     expect(page.locator("#provenance")).to_contain_text("clip", timeout=WAIT_MS)
     expect(page.locator("#text-form")).to_be_visible()
 

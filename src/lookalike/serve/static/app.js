@@ -92,6 +92,14 @@ async function loadGallery() {
   updateMethodControls();
 }
 
+function makeParamRows() {
+  // One hidden slider row per parameter; updateMethodControls shows those the chosen method has.
+  $("param-rows").replaceChildren(...PARAMS.map((name) => el("div", { id: `${name}-row`, class: "row", hidden: "" },
+    el("label", { for: name, text: name }),
+    el("input", { id: name, type: "range", min: "1", max: "1", value: "1" }),
+    el("output", { id: `${name}-value`, for: name }))));
+}
+
 function updateMethodControls() {
   const m = methodInfo($("method").value);
   const kind = m.factory ? `FAISS ${m.factory}` : `brute force (${m.params.backend || "exact"})`;
@@ -288,6 +296,7 @@ function hideError() {
 // --- wiring ---
 
 function wire() {
+  makeParamRows();
   $("file-input").addEventListener("change", (e) => setUploadQuery(e.target.files[0]));
   $("random-btn").addEventListener("click", () => setIdQuery(Math.floor(Math.random() * state.gallery.count)));
   $("method").addEventListener("change", () => { updateMethodControls(); search(); });
