@@ -96,16 +96,18 @@ def model_ms_per_image(image_size: int, bs: int, precision: str, threads: int) -
     """Model alone, pre-made tensors: median ms per image over 5 batches at `threads` torch threads."""
     import torch
 
+    from lookalike.embed.backends import Choice
     from lookalike.embed.models import load_model
 
     torch.set_num_threads(threads)
     embedder = load_model(MODEL, "random", image_size, "cpu")
     x = torch.randn(bs, 3, image_size, image_size)
-    embedder.embed(x, precision)
+    embedder.use(Choice("torch", precision))
+    embedder.embed(x)
     times = []
     for _ in range(5):
         t = time.perf_counter()
-        embedder.embed(x, precision)
+        embedder.embed(x)
         times.append(1000 * (time.perf_counter() - t) / bs)
     runtime.set_threads(None)
     return statistics.median(times)

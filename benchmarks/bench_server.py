@@ -9,6 +9,9 @@ load generator with a bounded number of requests and a time cap per run. Two kin
 each at several concurrency levels (clients with one request in flight each). Nothing may
 fail: the script exits non-zero if any request does.
 
+A second section (issue 12) times text queries — tokenize + CLIP's text tower + search — on a
+gallery built the same way with clip (RANDOM weights) instead of resnet18.
+
 Gallery: 100,000 rows of 512-d. The first rows are real extractions — resnet18 with RANDOM
 weights at 224 px over a small GENERATED collection (lookalike.data.synthetic) — and the rest are
 SYNTHETIC rows sampled from a cluster model fitted to them
@@ -45,15 +48,21 @@ from lookalike import runtime  # noqa: E402
 from lookalike.gallery import Gallery, open_gallery  # noqa: E402
 
 SECTION = "Web demo (issue 4)"
+TEXT_SECTION = "Text queries (issue 12)"
 K = 10
 DEFAULT = {
     "rows": 100_000, "classes": 20, "train_per_class": 30, "val_per_class": 5, "image_size": None,
-    "requests": {"id": 300, "upload": 120}, "concurrency": (1, 4, 16), "time_cap_s": 90.0,
+    "requests": {"id": 300, "upload": 120, "text": 200}, "concurrency": (1, 4, 16), "time_cap_s": 90.0,
 }
 QUICK = {
     "rows": 3_000, "classes": 5, "train_per_class": 10, "val_per_class": 2, "image_size": 64,
-    "requests": {"id": 30, "upload": 10}, "concurrency": (1, 4), "time_cap_s": 20.0,
+    "requests": {"id": 30, "upload": 10, "text": 10}, "concurrency": (1, 4), "time_cap_s": 20.0,
 }
+TEXT_SCENARIOS = (("text", "brute"), ("text", "flat"), ("text", "ivf"))
+# Queries of a few lengths, as typed into the page: the text tower's cost does not depend on the
+# length (it always reads the full 77-token context), tokenizing does, a little.
+TEXTS = ("a red car", "a photo of a dog on a beach", "a yellow star on an olive green background",
+         "a close-up photograph of a small bird sitting on a branch in the rain, with a blurred city behind it")
 SCENARIOS = (("id", "brute"), ("id", "flat"), ("id", "ivf"), ("upload", "ivf"))
 # The server's concurrency model, side by side: the default (one compute job at a time using
 # every core) against as many single-threaded jobs as cores, on the CPU-heavy scenarios.
@@ -68,32 +77,33 @@ START_TIMEOUT_S = 600
 # --- the gallery ---
 
 
-def build_gallery(work: Path, sizes: dict) -> Gallery:
-    """Extract a small generated collection with resnet18 (random weights), then extend it to `rows` with fitted synthetic rows."""
+def build_gallery(work: Path, sizes: dict, model: str = "resnet18") -> Gallery:
+    """Extract a small generated collection with `model` (random weights), then extend it to `rows` with fitted synthetic rows."""
     from lookalike.gallery.generated import Segment, write_array_gallery
     from lookalike.data.vectors import fit_cluster_model
     from lookalike.embed.extract import ExtractConfig, extract
     from lookalike.data.synthetic import generate_collection
 
-    out = work / f"gallery-{sizes['rows']}"
+    tag = "" if model == "resnet18" else f"-{model}"  # the resnet18 folders keep the names earlier runs made
+    out = work / f"gallery{tag}-{sizes['rows']}"
     if (out / "manifest.json").is_file():
         gallery = open_gallery(out)
         if gallery.count == sizes["rows"]:
             return gallery
     data = generate_collection(work / "data", n_classes=sizes["classes"], train_per_class=sizes["train_per_class"], val_per_class=sizes["val_per_class"], seed=0)
-    source = extract(ExtractConfig(data=str(data), out=str(work / "source"), model="resnet18", weights="random", image_size=sizes["image_size"], batch_size=32), progress=False)
+    source = extract(ExtractConfig(data=str(data), out=str(work / f"source{tag}"), model=model, weights="random", image_size=sizes["image_size"], batch_size=32), progress=False)
     n_real = source.count
     train = np.flatnonzero(source.splits == "train")
     t = time.perf_counter()
-    model = fit_cluster_model(source.embeddings[train], source.labels[train], seed=0)
-    synthetic, clusters = model.sample(sizes["rows"] - n_real, seed=1)
+    fitted = fit_cluster_model(source.embeddings[train], source.labels[train], seed=0)
+    synthetic, clusters = fitted.sample(sizes["rows"] - n_real, seed=1)
     seconds = time.perf_counter() - t
     meta = source.metadata.to_pydict()
-    cluster_labels = np.asarray(model.labels, dtype=object)[clusters]
+    cluster_labels = np.asarray(fitted.labels, dtype=object)[clusters]
     names = dict(zip(meta["label"], meta["label_name"]))
     segments = [
-        Segment("gallery", 0, n_real, False, f"resnet18 (RANDOM weights) embeddings of {n_real} GENERATED images", {"source": str(source.path)}),
-        Segment("synthetic", n_real, sizes["rows"], True, f"sampled from a cluster model fitted to the {len(train)} train rows", model.describe()),
+        Segment("gallery", 0, n_real, False, f"{model} (RANDOM weights) embeddings of {n_real} GENERATED images", {"source": str(source.path)}),
+        Segment("synthetic", n_real, sizes["rows"], True, f"sampled from a cluster model fitted to the {len(train)} train rows", fitted.describe()),
     ]
     return write_array_gallery(
         out,
@@ -213,6 +223,8 @@ async def run_load(url: str, config: str, kind: str, method: str, concurrency: i
         fields = {"method": method, "k": str(K)}
         if kind == "id":
             return await client.post("/api/search", data={"id": str(int(ids[i % len(ids)])), **fields})
+        if kind == "text":
+            return await client.post("/api/search", data={"text": TEXTS[i % len(TEXTS)], **fields})
         return await client.post("/api/search", files={"image": ("query.jpg", jpeg, "image/jpeg")}, data=fields)
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -316,6 +328,46 @@ def to_markdown(results: list[LoadResult], runs: list[ServerRun], jpeg_bytes: in
     return "\n".join(lines)
 
 
+TEXT_HEADERS = ["query", "method", "clients", "requests", "failed", "p50 ms", "p99 ms", "req/s", "server wait ms", "tokenize ms", "text tower ms", "search ms"]
+
+
+def text_markdown(results: list[LoadResult], run: ServerRun, load: dict, quick: bool) -> str:
+    """The text-query section: end-to-end latency, and the server's split into tokenize, text tower and search."""
+    info = run.info
+    ivf = next(m for m in info["methods"] if m["name"] == "ivf")
+    rows = [r.row()[1:] for r in results]  # the server column is the default configuration throughout
+    one = [r for r in results if r.concurrency == min(r.concurrency for r in results)]
+    lines = [
+        (
+            "`benchmarks/bench_server.py`: text queries (`POST /api/search` with `text`) to the real `lookalike serve` over a "
+            "CLIP gallery, driven like the web demo section above. A text query is tokenized (open_clip's BPE tokenizer), "
+            "embedded by CLIP's text tower (the whole 77-token context, batch 1) and searched; the *server* columns are "
+            "medians of the per-request split the API returns (tokenize is reported as `decode_ms`)."
+        ),
+        "",
+        f"**Gallery: {info['provenance']}.** " + " ".join(info["warnings"]) + " **Latencies are real; the rankings are not meaningful.**",
+        "",
+        environment_markdown(load, quick),
+        (
+            f"- Weights: {info['weights']['kind']} (seed {info['weights'].get('seed')}); a trained text tower has the same shape and cost. "
+            f"Texts: {len(TEXTS)} queries of {min(map(len, TEXTS))}–{max(map(len, TEXTS))} characters, in turn; k = {K}. "
+            f"Methods over {ivf['ntotal']:,} rows: brute (torch), flat, ivf = {ivf['factory']}. Server {run.config['label']}, "
+            f"threads {info['threads']}, started in {run.start_seconds:.1f} s."
+        ),
+        "",
+        markdown_table(TEXT_HEADERS, rows),
+        "",
+        f"**{sum(len(r.latencies_ms) for r in results)} requests, {sum(len(r.failures) for r in results)} failed.**",
+    ]
+    if one:
+        parts = [
+            f"{r.method} {r.percentile(50):.1f} ms (text tower {r.server_median('embed_ms'):.1f} ms, search {r.server_median('search_ms'):.1f} ms)"
+            for r in one if r.latencies_ms
+        ]
+        lines += ["", "Reading: one client at a time, a text query costs end to end (p50) " + "; ".join(parts) + "."]
+    return "\n".join(lines)
+
+
 def reading(results: list[LoadResult]) -> list[str]:
     """A few sentences read off the table, so the figures that matter are stated, not just listed."""
     default = CONFIGS[0]["label"]
@@ -361,13 +413,34 @@ def reading(results: list[LoadResult]) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = parser(__doc__.splitlines()[0])
-    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-server", help="folder for the generated collection and galleries (reused between runs)")
-    args = p.parse_args(argv)
-    sizes = QUICK if args.quick else DEFAULT
-    runtime.set_threads(args.threads)
-    args.work.mkdir(parents=True, exist_ok=True)
+def run_text(args, sizes: dict) -> tuple[list[LoadResult], ServerRun]:
+    """Text queries against the default server configuration over a CLIP gallery of the same size."""
+    import httpx
+
+    print(f"building the {sizes['rows']:,}-row CLIP gallery in {args.work} (reused if present)…", flush=True)
+    gallery = build_gallery(args.work, sizes, model="clip")
+    config = CONFIGS[0]
+    server = Server(gallery.path, args.threads, config["slots"])
+    results = []
+    try:
+        info = httpx.get(server.url + "/api/gallery", timeout=60).json()
+        print(f"server {config['label']} at {server.url} ({server.start_seconds:.1f} s to start): {info['provenance']}", flush=True)
+        for kind, method in TEXT_SCENARIOS:
+            for concurrency in sizes["concurrency"]:
+                result = asyncio.run(run_load(server.url, config["label"], kind, method, concurrency, sizes["requests"][kind], sizes["time_cap_s"], np.zeros(0), b""))
+                results.append(result)
+                print(markdown_table(TEXT_HEADERS, [result.row()[1:]]).splitlines()[-1], flush=True)
+                for failure in result.failures[:5]:
+                    print(f"  FAILED: {failure}", flush=True)
+        return results, ServerRun(config, server.start_seconds, server.rss_peak_bytes(), info)
+    finally:
+        server.stop()
+
+
+def run_web(args, sizes: dict) -> tuple[list[LoadResult], list[ServerRun], list[list[object]], int]:
+    """The web demo section: by id and by upload, under both server configurations, then the hostile uploads."""
+    import httpx
+
     print(f"building the {sizes['rows']:,}-row gallery in {args.work} (reused if present)…", flush=True)
     gallery = build_gallery(args.work, sizes)
     jpeg = upload_jpeg(gallery)
@@ -375,32 +448,55 @@ def main(argv: list[str] | None = None) -> int:
     results: list[LoadResult] = []
     runs: list[ServerRun] = []
     hostile: list[list[object]] = []
-    import httpx
+    for config in CONFIGS:
+        threads = args.threads if config["threads"] is None else config["threads"]
+        server = Server(gallery.path, threads, config["slots"])
+        try:
+            info = httpx.get(server.url + "/api/gallery", timeout=60).json()
+            print(f"server {config['label']} at {server.url} ({server.start_seconds:.1f} s to start): {info['provenance']}", flush=True)
+            for kind, method in config["scenarios"]:
+                for concurrency in sizes["concurrency"]:
+                    result = asyncio.run(run_load(server.url, config["label"], kind, method, concurrency, sizes["requests"][kind], sizes["time_cap_s"], ids, jpeg))
+                    results.append(result)
+                    print(markdown_table(HEADERS, [result.row()]).splitlines()[-1], flush=True)
+                    for failure in result.failures[:5]:
+                        print(f"  FAILED: {failure}", flush=True)
+            runs.append(ServerRun(config, server.start_seconds, server.rss_peak_bytes(), info))
+            if config is CONFIGS[0]:
+                hostile = hostile_rows(server)
+                print(markdown_table(HOSTILE_HEADERS, hostile), flush=True)
+        finally:
+            server.stop()
+    return results, runs, hostile, len(jpeg)
 
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-server", help="folder for the generated collection and galleries (reused between runs)")
+    p.add_argument("--only", choices=["web", "text"], default=None, help=f"run one section: web ({SECTION!r}) or text ({TEXT_SECTION!r}); default both")
+    args = p.parse_args(argv)
+    sizes = QUICK if args.quick else DEFAULT
+    runtime.set_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    results: list[LoadResult] = []
+    hostile: list[list[object]] = []
+    sections: list[tuple[str, str]] = []
     with load_watch() as load:
-        for config in CONFIGS:
-            threads = args.threads if config["threads"] is None else config["threads"]
-            server = Server(gallery.path, threads, config["slots"])
-            try:
-                info = httpx.get(server.url + "/api/gallery", timeout=60).json()
-                print(f"server {config['label']} at {server.url} ({server.start_seconds:.1f} s to start): {info['provenance']}", flush=True)
-                for kind, method in config["scenarios"]:
-                    for concurrency in sizes["concurrency"]:
-                        result = asyncio.run(run_load(server.url, config["label"], kind, method, concurrency, sizes["requests"][kind], sizes["time_cap_s"], ids, jpeg))
-                        results.append(result)
-                        print(markdown_table(HEADERS, [result.row()]).splitlines()[-1], flush=True)
-                        for failure in result.failures[:5]:
-                            print(f"  FAILED: {failure}", flush=True)
-                runs.append(ServerRun(config, server.start_seconds, server.rss_peak_bytes(), info))
-                if config is CONFIGS[0]:
-                    hostile = hostile_rows(server)
-                    print(markdown_table(HOSTILE_HEADERS, hostile), flush=True)
-            finally:
-                server.stop()
-    markdown = to_markdown(results, runs, len(jpeg), load, args.quick, hostile)
-    print("\n" + markdown)
+        if args.only != "text":
+            web, runs, hostile, jpeg_bytes = run_web(args, sizes)
+            results += web
+        if args.only != "web":
+            text, text_run = run_text(args, sizes)
+            results += text
+    if args.only != "text":
+        sections.append((SECTION, to_markdown(web, runs, jpeg_bytes, load, args.quick, hostile)))
+    if args.only != "web":
+        sections.append((TEXT_SECTION, text_markdown(text, text_run, load, args.quick)))
+    for title, markdown in sections:
+        print(f"\n## {title}\n\n{markdown}")
     if should_write(args):
-        print(f"\nwritten to {write_section(SECTION, markdown)}")
+        for title, markdown in sections:
+            print(f"written to {write_section(title, markdown)}")
     failed = sum(len(r.failures) for r in results) + sum(1 for row in hostile if not (isinstance(row[2], int) and row[2] < 500))
     if failed:
         print(f"{failed} request(s) failed", file=sys.stderr)

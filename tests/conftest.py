@@ -45,6 +45,14 @@ def tiny_gallery(tiny_collection, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def clip_gallery(tiny_collection, tmp_path_factory) -> Path:
+    """A CLIP gallery (random weights, seed 0, 32-px input) over `tiny_collection`: text queries work on it; read-only."""
+    out = tmp_path_factory.mktemp("galleries") / "clip"
+    run_cli("extract", "--data", tiny_collection, "--out", out, "--model", "clip", "--weights", "random", "--image-size", "32", "--bs", "16")
+    return out
+
+
 def manifest_json(gallery) -> dict:
     """The manifest as written on disk, read independently of `lookalike.gallery.Manifest`."""
     import json

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,8 +33,22 @@ WAIT_MS = 60_000
 
 @pytest.fixture(scope="module")
 def served(tiny_gallery):
+    """`lookalike serve` over the resnet18 gallery; yields its URL."""
+    with running_server(tiny_gallery) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def served_clip(clip_gallery):
+    """`lookalike serve` over the CLIP gallery (text queries); yields its URL."""
+    with running_server(clip_gallery) as url:
+        yield url
+
+
+@contextmanager
+def running_server(gallery: Path):
     """`lookalike serve --port 0` as a subprocess; yields the URL it prints once it listens."""
-    proc = subprocess.Popen([*LOOKALIKE, "serve", "--gallery", str(tiny_gallery), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([*LOOKALIKE, "serve", "--gallery", str(gallery), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     seen = []
@@ -72,15 +87,21 @@ def browser():
         browser.close()
 
 
-def test_search_in_the_page(served, browser, tiny_collection, tmp_path):
-    from playwright.sync_api import expect
-
+def open_page(browser, url: str):
+    """The page at a laptop's 1366×768, with every request URL and every console error recorded."""
     page = browser.new_page(viewport={"width": 1366, "height": 768})
     requests, console_errors = [], []
     page.on("request", lambda r: requests.append(r.url))
     page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: console_errors.append(str(e)))
-    page.goto(served + "/")
+    page.goto(url + "/")
+    return page, requests, console_errors
+
+
+def test_search_in_the_page(served, browser, tiny_collection, tmp_path):
+    from playwright.sync_api import expect
+
+    page, requests, console_errors = open_page(browser, served)
 
     # provenance: random weights and generated data are flagged where a user sees them
     expect(page.locator("#real-badge")).to_have_text(re.compile("NOT A REAL RESULT"), timeout=WAIT_MS)
@@ -140,4 +161,65 @@ def test_search_in_the_page(served, browser, tiny_collection, tmp_path):
     # the page works offline: every request went to this server
     outside = [url for url in requests if not url.startswith((served, "blob:", "data:"))]
     assert outside == []
+    page.close()
+
+
+def set_slider(page, selector: str, value: int) -> None:
+    """Move a range input as a user's drag ends: set the value, then fire input and change."""
+    page.eval_on_selector(selector, "(e, v) => { e.value = v; e.dispatchEvent(new Event('input')); e.dispatchEvent(new Event('change')); }", value)
+
+
+def test_text_query_and_compare_with_exact(served_clip, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    page, requests, console_errors = open_page(browser, served_clip)
+    expect(page.locator("#provenance")).to_contain_text("clip", timeout=WAIT_MS)
+    expect(page.locator("#text-form")).to_be_visible()
+
+    # a text query: results, and the random weights said where the results are
+    k = 8
+    page.locator("#k").fill(str(k))
+    page.locator("#k").dispatch_event("change")
+    page.locator("#text-input").fill("a red car")
+    page.locator("#text-btn").click()
+    results = page.locator("#results .result")
+    expect(results).to_have_count(k, timeout=WAIT_MS)
+    expect(page.locator("#query-caption")).to_contain_text("a red car")
+    expect(page.locator("#status")).to_contain_text("RANDOM weights")
+    expect(page.locator("#status")).to_contain_text("no learned meaning")
+    expect(page.locator("#latency")).to_contain_text("tokenize")
+    expect(page.locator("#compare-strip")).to_be_hidden()
+
+    # compare with exact at the default nprobe (every list of this small index): nothing missed
+    page.locator("#compare").check()
+    expect(page.locator("#compare-strip")).to_be_visible(timeout=WAIT_MS)
+    expect(page.locator("#compare-recall")).to_have_text(f"recall@{k} 1.00", timeout=WAIT_MS)
+    expect(page.locator("#missed")).to_be_hidden()
+    expect(page.locator("#results .exact-mark")).to_have_count(k)
+
+    # nprobe 1: the approximate results lose neighbours, shown in a row of their own
+    set_slider(page, "#nprobe", 1)
+    expect(page.locator("#status")).to_contain_text("nprobe=1", timeout=WAIT_MS)
+    expect(page.locator("#missed")).to_be_visible(timeout=WAIT_MS)
+    missed = page.locator("#missed-results .result")
+    n_missed = missed.count()
+    assert n_missed > 0
+    expect(page.locator("#compare-recall")).to_have_text(f"recall@{k} {(k - n_missed) / k:.2f}")
+    expect(page.locator("#compare-latency")).to_contain_text("ivf")
+    expect(page.locator("#compare-latency")).to_contain_text("brute (exact)")
+    assert re.search(r"\d+(\.\d+)? ms", page.locator("#compare-latency").inner_text())
+    shown = set(results.evaluate_all("els => els.map(e => e.dataset.id)"))
+    assert not shown & set(missed.evaluate_all("els => els.map(e => e.dataset.id)"))  # missed = exact minus approximate
+    assert page.locator("#results .not-exact-mark").count() == results.count() - (k - n_missed)
+    page.wait_for_load_state("networkidle")
+    screenshot = tmp_path / "lookalike-compare.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000
+    assert console_errors == []
+
+    # an empty text query: the server's message (the browser logs the 422 itself as a console error)
+    page.locator("#text-input").fill("")
+    page.locator("#text-btn").click()
+    expect(page.locator("#error")).to_contain_text("the text query is empty", timeout=WAIT_MS)
+    assert [url for url in requests if not url.startswith((served_clip, "blob:", "data:"))] == []
     page.close()

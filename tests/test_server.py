@@ -177,7 +177,7 @@ def test_openapi_documents_every_endpoint(client):
     search = paths["/api/search"]["post"]
     form = search["requestBody"]["content"]["multipart/form-data"]["schema"]
     form = spec["components"]["schemas"][form["$ref"].split("/")[-1]] if "$ref" in form else form
-    assert {"image", "id", "method", "k", "nprobe"} <= set(form["properties"])
+    assert {"image", "id", "text", "method", "k", "nprobe", "efSearch", "k_factor", "compare"} <= set(form["properties"])
     assert search["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/SearchResponse")
     for code in ("400", "404", "413", "422"):
         assert search["responses"][code]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
@@ -270,6 +270,11 @@ BAD_REQUESTS = {
     "body over the limit, chunked": (413, "limit", lambda c: c.post("/api/search", content=_over_limit_chunks(), headers={"content-type": "multipart/form-data; boundary=xyz"})),
     "two files": (400, "files", lambda c: c.post("/api/search", files=[("image", ("a.jpg", _jpeg_bytes(), "image/jpeg")), ("image", ("b.jpg", _jpeg_bytes(), "image/jpeg"))])),
     "image and id": (400, "not both", lambda c: c.post("/api/search", files={"image": ("a.jpg", _jpeg_bytes(), "image/jpeg")}, data={"id": "1"})),
+    "image and text": (400, "not both image and text", lambda c: c.post("/api/search", files={"image": ("a.jpg", _jpeg_bytes(), "image/jpeg")}, data={"text": "a red car"})),
+    "text without a text tower": (422, "no text tower", lambda c: c.post("/api/search", data={"text": "a red car"})),
+    "efSearch for ivf": (422, "ivf has no efSearch", lambda c: search_id(c, 1, method="ivf", efSearch=8)),
+    "k_factor zero": (422, "has no k_factor", lambda c: search_id(c, 1, method="ivf", k_factor=0)),
+    "unknown comparison": (422, "compare=exact", lambda c: search_id(c, 1, method="ivf", compare="yes")),
     "missing query": (422, "missing query", lambda c: c.post("/api/search", data={"method": "brute"})),
     "no body at all": (422, "missing query", lambda c: c.post("/api/search")),
     "json body": (415, "multipart", lambda c: c.post("/api/search", json={"id": 1})),

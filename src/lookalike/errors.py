@@ -23,3 +23,7 @@ class GalleryError(LookalikeError):
 
 class IndexMismatchError(GalleryError):
     """A saved index does not belong to the gallery it is loaded with."""
+
+
+class TextQueryError(LookalikeError):
+    """A text query cannot be searched: empty, too long for the text tower, or the gallery's model has no text tower."""

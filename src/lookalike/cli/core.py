@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ..data.images import DEFAULT_MAX_PIXELS
-from ..embed.registry import BACKENDS, PRECISIONS
+from ..embed.registry import BACKENDS, PRECISIONS, TEXT_MODEL_NAMES
 from ..errors import LookalikeError
 from . import options as opt
 
@@ -53,13 +53,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     _engine_args(p)
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("search", help="find the nearest gallery images to one image")
+    p = sub.add_parser("search", help="find the nearest gallery images to one image, or to a text with a CLIP gallery")
     opt.gallery(p)
-    p.add_argument("--image", required=True, help="query image file")
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--image", help="query image file")
+    query.add_argument("--text", help=f"a text query, e.g. \"a red car\" (galleries of {', '.join(TEXT_MODEL_NAMES)} only)")
     opt.method(p, "brute")
     opt.k(p)
     opt.metric(p)
-    p.add_argument("--nprobe", type=int, default=None)
+    opt.search_params(p)
+    p.add_argument("--compare", action="store_true", help="also search exactly over the same rows: recall@k of this query, the neighbours the method missed, both latencies")
     opt.threads(p)
     p.set_defaults(func=cmd_search)
 
@@ -203,25 +206,48 @@ def cmd_search(args: argparse.Namespace) -> int:
     gallery = open_gallery(args.gallery)
     searcher = gallery.searcher
     t = time.perf_counter()
-    vector = searcher.vector(args.image)
+    vector = searcher.vector(args.image, args.text)
     embed_ms = 1000 * (time.perf_counter() - t)
     built_now = args.method != "brute" and not (method_dir(gallery, args.method, args.metric) / METHOD_FILE).is_file()
     t = time.perf_counter()
     method = searcher.method(args.method, args.metric)
     build_ms = 1000 * (time.perf_counter() - t)
-    params = {"nprobe": args.nprobe} if args.nprobe else {}
+    params = opt.chosen_search_params(args)
     t = time.perf_counter()
-    hits = gallery.search(vector, args.k, args.method, args.metric, **params)
+    if args.compare:
+        comparison = gallery.compare(vector, args.k, args.method, args.metric, **params)
+        hits = list(comparison.hits)
+    else:
+        hits = gallery.search(vector, args.k, args.method, args.metric, **params)
     search_ms = 1000 * (time.perf_counter() - t)
     tag = "" if gallery.is_real else "  ⚠ random weights/generated data"
     print(gallery.provenance())
-    print(f"query: {args.image}   method: {method.name} {method.params()}   metric: {args.metric}")
+    for warning in gallery.manifest.warnings():
+        print(f"⚠ {warning}")
+    query = f"text {args.text!r}" if args.text is not None else args.image
+    print(f"query: {query}   method: {method.name} {method.params()}   metric: {args.metric}" + (f"   this call: {params}" if params else ""))
     print(f"{'rank':>4}  {'score':>8}  {'label':<24}  path")
-    for hit in hits:
-        label = hit.label_name or hit.label or "-"
-        print(f"{hit.rank:>4}  {hit.score:8.4f}  {label[:24]:<24}  {hit.path}{tag}")
-    print(f"time: decode+preprocess+embed {embed_ms:.1f} ms, search {search_ms:.2f} ms" + (f" (index built now in {build_ms:.0f} ms; save it with `lookalike index`)" if built_now else ""))
+    marks = comparison.in_exact if args.compare else [None] * len(hits)
+    for hit, in_exact in zip(hits, marks):
+        print(hit_line(hit, tag, in_exact))
+    step = "tokenize+embed text" if args.text is not None else "decode+preprocess+embed"
+    if args.compare:
+        print(comparison.summary())
+        if comparison.missed:
+            print(f"missed by {method.name} (in the exact top {args.k}, at their exact rank):")
+            for hit in comparison.missed_hits:
+                print(hit_line(hit, tag))
+        print(f"time: {step} {embed_ms:.1f} ms" + (f" (index built now in {build_ms:.0f} ms; save it with `lookalike index`)" if built_now else ""))
+    else:
+        print(f"time: {step} {embed_ms:.1f} ms, search {search_ms:.2f} ms" + (f" (index built now in {build_ms:.0f} ms; save it with `lookalike index`)" if built_now else ""))
     return 0
+
+
+def hit_line(hit, tag: str = "", in_exact: bool | None = None) -> str:
+    """One result row of `lookalike search`; with --compare, a mark for results outside the exact top k."""
+    label = hit.label_name or hit.label or "-"
+    mark = "" if in_exact is None else ("  (exact)" if in_exact else "  (NOT in exact top k)")
+    return f"{hit.rank:>4}  {hit.score:8.4f}  {label[:24]:<24}  {hit.path}{mark}{tag}"
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

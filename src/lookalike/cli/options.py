@@ -19,7 +19,9 @@ import sys
 from typing import Any
 
 from ..embed.registry import MODEL_NAMES
-from ..search.registry import METHODS
+from ..search.registry import METHODS, PARAMS
+
+SEARCH_PARAM_FLAGS = {"nprobe": "--nprobe", "efSearch": "--ef-search", "k_factor": "--k-factor"}  # registry name → option
 
 METHOD_HELP = f"{', '.join(METHODS)}, a FAISS index_factory string, or the name of an index saved in the gallery"
 
@@ -95,6 +97,18 @@ def method(p: argparse.ArgumentParser, default: str) -> None:
 
 def metric(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", choices=["ip", "l2"], default="ip", help="ip: inner product (cosine); l2: squared distance (2 − 2·cos)")
+
+
+def search_params(p: argparse.ArgumentParser) -> None:
+    """Search-time parameters for one call (ranges and meanings from search.registry.PARAMS; the method checks them)."""
+    for name, flag in SEARCH_PARAM_FLAGS.items():
+        spec = PARAMS[name]
+        p.add_argument(flag, dest=name, type=int, default=None, help=f"{spec.meaning} (default: the method's own, {spec.default} when built)")
+
+
+def chosen_search_params(args: argparse.Namespace) -> dict[str, int]:
+    """The search-time parameters given on the command line, by their registry names."""
+    return {name: getattr(args, name) for name in SEARCH_PARAM_FLAGS if getattr(args, name, None) is not None}
 
 
 def threads(p: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from ..errors import WeightsUnavailableError
 from ..gallery.manifest import Weights
 from .backends import BACKENDS, Backend, BackendUnavailable, Choice, OpenVINOBackend, TorchBackend, module_digest, openvino_model
 from .registry import MODELS, ModelSpec, get_spec  # noqa: F401 (MODELS, get_spec: re-exported for callers of this module)
+from .text import TextEmbedder, no_text_message
 from .transforms import Preprocess
 
 log = logging.getLogger(__name__)
@@ -107,16 +109,44 @@ def load_model(
     seed: int = 0,
 ) -> Embedder:
     """Build model `name` with `weights` = "pretrained", "random" or a path to a state dict / checkpoint."""
+    return load_towers(name, weights, image_size, device, seed, text=False, stacklevel=3).image
+
+
+@dataclass(frozen=True)
+class Towers:
+    """A model's image embedder and, when it has one, its text embedder, built from one network."""
+
+    image: Embedder
+    text: TextEmbedder | None
+    no_text: str | None  # why `text` is None (the model has no text tower, or the weights file lacks it)
+
+
+def load_towers(
+    name: str,
+    weights: str = "pretrained",
+    image_size: int | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    text: bool = True,
+    stacklevel: int = 2,
+) -> Towers:
+    """The image tower and, for a model with one (CLIP) when `text`, the text tower, both cut from one network.
+
+    Building the network once is what makes the two towers match: the same weights file, the
+    same pretrained checkpoint or the same random seed gives both their weights. Extraction
+    passes text=False, so the text tower is freed as soon as the image tower is cut out.
+    """
     spec = get_spec(name)
     preprocess = spec.preprocess.with_image_size(image_size) if image_size else spec.preprocess
+    missing: list[str] = []
     if weights == "random":
         warnings.warn(
             f"{name}: using RANDOM weights (seed {seed}) — embeddings carry no learned meaning; "
             "use them for tests and timing only",
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
         torch.manual_seed(seed)
-        module, info = _build(spec, None, image_size), Weights("random", "random init", seed=seed)
+        module, info = spec.build(spec, image_size), Weights("random", "random init", seed=seed)
     elif weights == "pretrained":
         module, info = _build_pretrained(spec, image_size)
     else:
@@ -125,15 +155,19 @@ def load_model(
             raise WeightsUnavailableError(
                 f"--weights {weights!r} is neither 'pretrained', 'random' nor an existing file; pass one of those"
             )
-        module, info = _build_from_file(spec, path, image_size)
-    return Embedder(spec, spec.head(module), info, preprocess, device)
-
-
-def _build(spec: ModelSpec, state: dict | None, image_size: int | None) -> nn.Module:
-    model = spec.build(spec, image_size)
-    if state is not None:
-        _load_backbone_state(model, state, spec)
-    return model
+        module, info, missing = _build_from_file(spec, path, image_size)
+    text_embedder, no_text = None, no_text_message(name)
+    if spec.text_tower is not None:
+        # A file may hold the image tower only (the text tower's keys are optional for extraction): its
+        # text tower would then be untrained, and text queries would be ranked by noise under a real name.
+        absent = [key for key in missing if not key.startswith("logit_")]
+        if not text:
+            no_text = f"{name}'s text tower was not loaded (text=False)"
+        elif absent:
+            no_text = f"the weights file {weights} holds no text tower ({len(absent)} tensors missing, e.g. {absent[0]}), so this gallery cannot be searched by text; pass a full open_clip checkpoint"
+        else:
+            text_embedder, no_text = TextEmbedder(name, spec.text_tower(spec, module.eval().to(device)), device), None
+    return Towers(Embedder(spec, spec.head(module), info, preprocess, device), text_embedder, no_text)
 
 
 def _build_pretrained(spec: ModelSpec, image_size: int | None) -> tuple[nn.Module, Weights]:
@@ -243,18 +277,23 @@ def _reachable(host: str, port: int = 443, timeout_s: float = 3.0) -> bool:
         return False
 
 
-def _build_from_file(spec: ModelSpec, path: Path, image_size: int | None) -> tuple[nn.Module, Weights]:
+def _build_from_file(spec: ModelSpec, path: Path, image_size: int | None) -> tuple[nn.Module, Weights, list[str]]:
+    """The network with the file's weights, and the optional tensors the file lacked (see `_load_backbone_state`)."""
     data = path.read_bytes()  # read once: the bytes hashed are the bytes loaded
     digest = hashlib.sha256(data).hexdigest()
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsUnavailableError(f"cannot read weights file {path} ({exc}); pass a torch state dict or checkpoint") from exc
-    return _build(spec, state, image_size), Weights("file", str(path.resolve()), sha256=digest)
+    model = spec.build(spec, image_size)
+    missing = _load_backbone_state(model, state, spec)
+    return model, Weights("file", str(path.resolve()), sha256=digest), missing
 
 
-def _load_backbone_state(model: nn.Module, state: dict, spec: ModelSpec) -> None:
-    """Accept a bare state dict or a checkpoint holding one; the classifier head may be absent."""
+def _load_backbone_state(model: nn.Module, state: dict, spec: ModelSpec) -> list[str]:
+    """Accept a bare state dict or a checkpoint holding one; the classifier head may be absent.
+
+    Returns the optional keys (`spec.optional_keys`) the file lacked, e.g. a CLIP file's text tower."""
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -267,6 +306,7 @@ def _load_backbone_state(model: nn.Module, state: dict, spec: ModelSpec) -> None
         raise WeightsUnavailableError(
             f"weights file does not fit {spec.name} ({spec.arch}): {len(missing)} backbone tensors missing, e.g. {missing[:3]}"
         )
+    return [k for k in result.missing_keys if k.startswith(spec.optional_keys)]
 
 
 def weights_hint(name: str) -> str:

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..errors import GalleryError
+from ..errors import GalleryError, TextQueryError
 from ..gallery import Gallery
 from ..data.images import DEFAULT_MAX_PIXELS, load_rgb, load_rgb_bytes
 from .backends import BackendUnavailable, Choice
 from .calibrate import REFERENCE
-from .models import Embedder, load_model
+from .models import Embedder, Towers, load_towers
 from .transforms import build_transform
 
 log = logging.getLogger(__name__)
@@ -27,21 +27,22 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class QueryTimings:
-    decode_ms: float  # file/bytes → RGB pixels, plus resize/crop/normalise
+    decode_ms: float  # file/bytes → RGB pixels, plus resize/crop/normalise (text: tokenizing)
     embed_ms: float  # the forward pass
 
 
-def embedder_for(gallery: Gallery, device: str = "cpu", threads: int | None = None) -> Embedder:
-    """Rebuild the model that made `gallery` (random weights are re-created from their seed), run as it was.
+def towers_for(gallery: Gallery, device: str = "cpu", threads: int | None = None) -> Towers:
+    """Rebuild the model that made `gallery` (random weights are re-created from their seed), run as it was, with its text tower if it has one.
 
-    The query runs on the backend and precision the manifest records. Where that backend cannot
-    run (OpenVINO not installed), torch fp32 stands in: the calibration measured the gallery's
-    backend within cosine 0.999 of it, and the fallback is said once.
+    The image tower runs on the backend and precision the manifest records. Where that backend
+    cannot run (OpenVINO not installed), torch fp32 stands in: the calibration measured the
+    gallery's backend within cosine 0.999 of it, and the fallback is said once.
     """
     model = gallery.manifest.model
     weights = model.weights
     source = {"pretrained": "pretrained", "random": "random"}.get(weights.kind, weights.source)
-    embedder = load_model(model.name, source, model.image_size, device, weights.seed or 0)
+    towers = load_towers(model.name, source, model.image_size, device, weights.seed or 0, stacklevel=3)
+    embedder = towers.image
     recorded = weights.sha256 or ""
     if len(recorded) == 64 and embedder.weights.sha256 != recorded:  # older galleries recorded only a name prefix
         where = weights.source if weights.kind == "file" else "the cached pretrained file"
@@ -57,13 +58,31 @@ def embedder_for(gallery: Gallery, device: str = "cpu", threads: int | None = No
     except BackendUnavailable as exc:
         log.warning("%s was embedded with %s, which cannot run here (%s); queries use torch fp32, within the cosine measured at extraction", gallery.path, recorded_choice, exc)
         embedder.use(REFERENCE)
-    return embedder
+    return towers
 
 
 class QueryEmbedder:
+    """A gallery's own image tower and preprocessing, and its text tower when the model has one (CLIP)."""
+
     def __init__(self, gallery: Gallery, device: str = "cpu", threads: int | None = None):
-        self.embedder = embedder_for(gallery, device, threads)
+        towers = towers_for(gallery, device, threads)
+        self.embedder = towers.image
+        self.text = towers.text
+        self.no_text = towers.no_text
         self.transform = build_transform(self.embedder.preprocess)
+
+    def check_text(self, text: str) -> None:
+        """TextQueryError unless `text` can be searched here: the model has a text tower and the text fits it."""
+        if self.text is None:
+            raise TextQueryError(self.no_text or "this gallery's model cannot embed text")
+        self.text.tokenize(text)
+
+    def embed_text(self, text: str) -> tuple[np.ndarray, QueryTimings]:
+        """(1, d) unit vector of a text query; `decode_ms` is the tokenizing."""
+        if self.text is None:
+            raise TextQueryError(self.no_text or "this gallery's model cannot embed text")
+        vector, tokenize_ms, embed_ms = self.text.embed(text)
+        return vector, QueryTimings(tokenize_ms, embed_ms)
 
     def embed_image(self, image: Image.Image, decode_started: float | None = None) -> tuple[np.ndarray, QueryTimings]:
         t0 = decode_started if decode_started is not None else time.perf_counter()

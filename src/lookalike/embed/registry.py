@@ -15,6 +15,8 @@ from .transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Prepro
 if TYPE_CHECKING:
     from torch import nn
 
+    from .text import TextTower
+
 
 def torchvision_architecture(spec: ModelSpec, image_size: int | None) -> nn.Module:
     """The torchvision network with untrained weights (any input size: the CNNs pool globally)."""
@@ -47,6 +49,20 @@ def clip_image_tower(model: nn.Module) -> nn.Module:
     return model.visual
 
 
+def open_clip_text_tower(spec: ModelSpec, model: nn.Module) -> TextTower:
+    """CLIP's text tower, taken from the very model the image tower came from, so both share one set of weights.
+
+    The tokenizer is open_clip's own for `spec.arch`; its BPE vocabulary ships inside the open_clip
+    package, so text search works offline.
+    """
+    import open_clip
+
+    from .text import TextTower
+
+    tokenizer = open_clip.get_tokenizer(spec.arch)
+    return TextTower(model.encode_text, tokenizer, int(tokenizer.context_length))
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -59,7 +75,12 @@ class ModelSpec:
     build: Callable[[ModelSpec, int | None], nn.Module]  # the untrained architecture at an input size
     head: Callable[[nn.Module], nn.Module]  # whole model → image feature extractor
     optional_keys: tuple[str, ...]  # state-dict prefixes a weights file may lack: the parts `head` drops
-    has_text: bool = False  # a text tower in the same embedding space (CLIP)
+    # whole model → its text tower in the same embedding space (CLIP); None: the model cannot embed text
+    text_tower: Callable[[ModelSpec, nn.Module], TextTower] | None = None
+
+    @property
+    def has_text(self) -> bool:
+        return self.text_tower is not None
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -98,10 +119,11 @@ MODELS: dict[str, ModelSpec] = {
         build=open_clip_architecture,
         head=clip_image_tower,  # projected 512-d image embedding
         optional_keys=("transformer.", "token_embedding", "ln_final", "text_projection", "positional_embedding", "logit_"),
-        has_text=True,
+        text_tower=open_clip_text_tower,
     ),
 }
 MODEL_NAMES = tuple(MODELS)
+TEXT_MODEL_NAMES = tuple(name for name, spec in MODELS.items() if spec.has_text)  # the models a text query can search
 
 #: Inference backends (embed.backends) and the precisions they may run at; which one a job uses is measured (embed.calibrate).
 BACKENDS = ("torch", "openvino")

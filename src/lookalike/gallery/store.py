@@ -33,6 +33,7 @@ from .manifest import DataInfo, Manifest, ModelInfo
 
 if TYPE_CHECKING:
     from ..search.searcher import Hit, Query, Searcher
+    from ..study.compare import Comparison
 
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
@@ -202,14 +203,28 @@ class Gallery:
 
         return Searcher(self)
 
-    def search(self, query: Query, k: int = 10, method: str = "flat", metric: str = "ip", **params: Any) -> list[Hit]:
-        """The k nearest images to `query` — an image path, a PIL image, a (d,) vector or a gallery id.
+    def search(
+        self, query: Query | None = None, k: int = 10, method: str = "flat", metric: str = "ip", *, text: str | None = None, **params: Any
+    ) -> list[Hit]:
+        """The k nearest images to `query` — an image path, a PIL image, a (d,) vector or a gallery id — or to `text`.
 
-        `method` is a named method or a saved index ("flat", "ivf", "hnsw", …); `params` such as
-        nprobe=16 or efSearch=128 apply to this call only. Searches the gallery's database rows
-        (see `partition`): the held-out query rows are never in it.
+        `text` ("a red car") needs a model with a text tower (CLIP): it is embedded by the text tower
+        of the very model that embedded the gallery. `method` is a named method or a saved index
+        ("flat", "ivf", "hnsw", …); `params` such as nprobe=16 or efSearch=128 apply to this call
+        only. Searches the gallery's database rows (see `partition`): the held-out query rows are never in it.
         """
-        return self.searcher.search(query, k, method, metric, **params)
+        return self.searcher.search(query, k, method, metric, text=text, **params)
+
+    def compare(
+        self, query: Query | None = None, k: int = 10, method: str = "ivf", metric: str = "ip", *, text: str | None = None, **params: Any
+    ) -> Comparison:
+        """Search like `search` with `method`, and with exact search over the same rows: what the method missed for this query.
+
+        Returns a `lookalike.study.compare.Comparison`: both result lists, recall@k, the missed ids and each search's ms.
+        """
+        from ..study.compare import compare
+
+        return compare(self, query, k, method, metric, text=text, **params)
 
     def partition(self, max_queries: int = MAX_HELD_OUT_QUERIES, seed: int = 0) -> Partition:
         """Held-out queries: the val split when there is one, else a seeded sample removed from the database.

@@ -1,4 +1,4 @@
-"""Searching one gallery with any query form: an image file, a PIL image, a vector or a gallery id.
+"""Searching one gallery with any query form: an image file, a PIL image, a vector, a gallery id or text (CLIP).
 
 Why a class: the query model and each search method are loaded once and kept, so a Python user
 calling `gallery.search(...)` in a loop pays for them once, as the server does.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -44,6 +45,7 @@ class Searcher:
         self.device = device
         self._embedder = None
         self._methods: dict[tuple[str, str], SearchMethod] = {}
+        self._exact: dict[tuple[str, str], SearchMethod] = {}  # (method, metric) → the exact search it is compared with
         self._lock = threading.Lock()
 
     # -- query → vector --
@@ -60,8 +62,14 @@ class Searcher:
             self._embedder = QueryEmbedder(self.gallery, self.device)
         return self._embedder
 
-    def vector(self, query: Query) -> np.ndarray:
-        """(1, d) float32 unit vector for any query form."""
+    def vector(self, query: Query | None = None, text: str | None = None) -> np.ndarray:
+        """(1, d) float32 unit vector for any query form, or for `text` with a model that has a text tower (CLIP)."""
+        if text is not None:
+            if query is not None:
+                raise LookalikeError("give either a query (image, vector or gallery id) or text, not both")
+            return self.text_vector(text)
+        if query is None:
+            raise LookalikeError("nothing to search with: pass a query (an image path, a PIL image, a vector or a gallery id) or text=...")
         if isinstance(query, (bool, np.bool_)):
             raise LookalikeError("a query is an image path, a PIL image, a vector or a gallery id, not a bool")
         if isinstance(query, (int, np.integer)):
@@ -80,6 +88,21 @@ class Searcher:
         if isinstance(query, Image.Image):
             return self.embedder.embed_image(query.convert("RGB"))[0]
         raise LookalikeError(f"cannot search with a {type(query).__name__}; pass an image path, a PIL image, a numpy vector or a gallery id")
+
+    def text_vector(self, text: str) -> np.ndarray:
+        """(1, d) unit vector of `text` from the text tower of the gallery's own model, or TextQueryError.
+
+        A gallery of a model without a text tower is refused from the registry, before any model is loaded."""
+        from ..embed.registry import MODELS
+        from ..embed.text import no_text_message
+        from ..errors import TextQueryError
+
+        spec = MODELS.get(self.gallery.model)
+        if spec is None or not spec.has_text:
+            raise TextQueryError(no_text_message(self.gallery.model))
+        if not isinstance(text, str):
+            raise TextQueryError(f"text must be a string, not a {type(text).__name__}")
+        return self.embedder.embed_text(text)[0]
 
     def _checked_vector(self, query: np.ndarray) -> np.ndarray:
         vector = np.asarray(query, dtype=np.float32).reshape(1, -1) if query.ndim == 1 else np.asarray(query, dtype=np.float32)
@@ -105,21 +128,40 @@ class Searcher:
         """Drop a cached method, e.g. after its index was rebuilt and saved."""
         with self._lock:
             self._methods.pop((name, metric), None)
+            self._exact.pop((name, metric), None)
+
+    def exact_for(self, method: SearchMethod, make: Callable[[], SearchMethod]) -> SearchMethod:
+        """The exact search that `method` is compared with (study.compare), made once by `make` and kept."""
+        key = (method.name, method.metric)
+        with self._lock:
+            known = self._exact.get(key)
+        if known is None:
+            known = make()  # outside the lock: making it may load or build methods through self.method
+            with self._lock:
+                known = self._exact.setdefault(key, known)
+        return known
 
     # -- the search --
-    def search(self, query: Query, k: int = 10, method: str = "flat", metric: str = "ip", **params: Any) -> list[Hit]:
-        """The k nearest gallery images to `query`, best first; `params` (nprobe, efSearch, k_factor) apply to this call only."""
-        vector = self.vector(query)
+    def search(
+        self, query: Query | None = None, k: int = 10, method: str = "flat", metric: str = "ip", *, text: str | None = None, **params: Any
+    ) -> list[Hit]:
+        """The k nearest gallery images to `query` (or `text`), best first; `params` (nprobe, efSearch, k_factor) apply to this call only."""
+        vector = self.vector(query, text)
         chosen = self.method(method, metric)
         scores, ids = chosen.search(vector, k, params or None)
         return self.hits(scores[0], ids[0])
 
     def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
         """Hits for one query's (scores, ids); −1 ids (fewer results than k) are dropped."""
-        valid = ids >= 0
-        rows = ids[valid].astype(np.int64).tolist()
-        meta = self.gallery.metadata.take(rows).to_pydict() if rows else {}
-        return [
-            Hit(n + 1, gid, float(score), meta["path"][n], meta["label"][n], meta["label_name"][n], meta["split"][n])
-            for n, (gid, score) in enumerate(zip(rows, scores[valid]))
-        ]
+        return hits_of(self.gallery, scores, ids)
+
+
+def hits_of(gallery: Gallery, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
+    """Hits for one query's (scores, ids) with the gallery's metadata; −1 ids (fewer results than k) are dropped."""
+    valid = ids >= 0
+    rows = ids[valid].astype(np.int64).tolist()
+    meta = gallery.metadata.take(rows).to_pydict() if rows else {}
+    return [
+        Hit(n + 1, gid, float(score), meta["path"][n], meta["label"][n], meta["label_name"][n], meta["split"][n])
+        for n, (gid, score) in enumerate(zip(rows, scores[valid]))
+    ]

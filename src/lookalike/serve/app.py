@@ -1,6 +1,6 @@
 """The FastAPI app of `lookalike serve`: a JSON API over one gallery and the single page that uses it.
 
-    POST /api/search             multipart: image (file) or id, method, k, nprobe → results + latency
+    POST /api/search             multipart: image (file), id or text; method, k, nprobe/efSearch/k_factor, compare → results + latency
     GET  /api/images/{id}        the original image file of a gallery id
     GET  /api/images/{id}/thumb  a JPEG thumbnail (made once, then cached)
     GET  /api/gallery            manifest summary, provenance, methods and their parameter ranges
@@ -30,7 +30,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import BadImageError, LookalikeError
-from .schemas import ErrorBody, GalleryInfo, Health, QueryInfo, SearchResponse, SearchTimings
+from ..search.registry import PARAMS
+from .schemas import (
+    Comparison,
+    ErrorBody,
+    GalleryInfo,
+    Health,
+    QueryInfo,
+    SearchResponse,
+    SearchTimings,
+)
 from .service import Invalid, RequestError, SearchService, ServerConfig, TooLarge
 
 log = logging.getLogger(__name__)
@@ -53,11 +62,11 @@ def create_app(gallery_dir: str | FilePath, config: ServerConfig | None = None) 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     reasons = {
-        400: "unreadable image, or both an image and an id",
+        400: "unreadable image, or more than one query (image, id, text)",
         415: "a JSON body: the query is sent as form fields",
         404: "unknown gallery id, or its image file is missing",
         413: "upload over the size limit",
-        422: "missing or invalid field: unknown method, k or nprobe out of range, wrong type",
+        422: "missing or invalid field: unknown method, k or a search parameter out of range, empty or over-long text, text for a model without a text tower, wrong type",
     }
     return {code: {"model": ErrorBody, "description": reasons[code]} for code in codes}
 
@@ -268,31 +277,43 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
         "/api/search",
         response_model=SearchResponse,
         responses=_errors(400, 404, 413, 415, 422),
-        summary="Find the gallery images nearest to an uploaded image or to a gallery image",
+        summary="Find the gallery images nearest to an uploaded image, a gallery image or a text (CLIP galleries)",
     )
     async def search(
         request: Request,
-        image: Annotated[UploadFile | None, File(description=f"the query image; give this or id (at most {config.max_upload_bytes} bytes)")] = None,
+        image: Annotated[UploadFile | None, File(description=f"the query image; give this, id or text (at most {config.max_upload_bytes} bytes)")] = None,
         gallery_id: Annotated[int | None, Form(alias="id", description="a gallery id to search from (its stored embedding; no decoding or embedding)")] = None,
+        text: Annotated[str | None, Form(description="a text query, e.g. 'a red car', embedded by the text tower of the gallery's model (CLIP galleries only; at most its context of 77 tokens)")] = None,
         method: Annotated[str, Form(description="brute, flat, ivf or a saved index; see GET /api/gallery")] = "brute",
         k: Annotated[int, Form(description="results wanted; 1..min(max_k, method's ntotal)")] = 10,
-        nprobe: Annotated[int | None, Form(description="IVF lists to visit, for methods that have them; default: the method's own")] = None,
+        nprobe: Annotated[int | None, Form(description=f"{PARAMS['nprobe'].meaning}; within the method's param_ranges (GET /api/gallery); default: the method's own")] = None,
+        ef_search: Annotated[int | None, Form(alias="efSearch", description=f"{PARAMS['efSearch'].meaning}; within the method's param_ranges; default: the method's own")] = None,
+        k_factor: Annotated[int | None, Form(description=f"{PARAMS['k_factor'].meaning}; within the method's param_ranges; default: the method's own")] = None,
+        compare: Annotated[str | None, Form(description="exact: also search exactly over the same rows and report recall@k, the missed ids and both latencies")] = None,
     ) -> SearchResponse:
         started = time.perf_counter()
         if request.headers.get("content-type", "").startswith("application/json"):
-            raise RequestError("send the query as multipart/form-data fields (image or id, method, k, nprobe), not as JSON", "image", status=415)
-        if image is not None and gallery_id is not None:
-            raise RequestError("give either an image or an id as the query, not both", "id")
-        if image is None and gallery_id is None:
-            raise Invalid("missing query: send an image file in field 'image' or a gallery id in field 'id'", "image")
-        plan = service.plan(method, k, nprobe)
+            raise RequestError("send the query as multipart/form-data fields (image, id or text, method, k, nprobe), not as JSON", "image", status=415)
+        given = [name for name, value in (("image", image), ("id", gallery_id), ("text", text)) if value is not None]
+        if len(given) > 1:
+            raise RequestError(f"give one query — an image, an id or a text — not both {given[0]} and {given[1]}", given[1])
+        if not given:
+            if (await request.form()).get("text") == "":  # FastAPI reads an empty form field as absent
+                service.check_text("")  # raises: the gallery has no text tower, or the text is empty
+            raise Invalid("missing query: send an image file in field 'image', a gallery id in field 'id' or a text in field 'text'", "image")
+        plan = service.plan(method, k, {"nprobe": nprobe, "efSearch": ef_search, "k_factor": k_factor}, compare)
+        query_label = None
         if image is not None:
             service.check_uploads()
             if image.size is not None and image.size > config.max_upload_bytes:
                 raise TooLarge(service.too_large_message(image.size), "image")
             data = await image.read()
             outcome, wait_ms = await compute.run(service.search_upload, data, plan)
-            query, query_label = QueryInfo(kind="upload", filename=image.filename, bytes=len(data)), None
+            query = QueryInfo(kind="upload", filename=image.filename, bytes=len(data))
+        elif text is not None:
+            service.check_text(text)  # cheap (text over the context's length in characters is refused untokenized)
+            outcome, wait_ms = await compute.run(service.search_text, text, plan)
+            query = QueryInfo(kind="text", text=text)
         else:
             service.check_id(gallery_id)
             outcome, wait_ms = await compute.run(service.search_id, gallery_id, plan)
@@ -305,16 +326,26 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
             wait_ms=wait_ms,
             total_ms=1000 * (time.perf_counter() - started),
         )
+        compared = outcome["compare"]
         return SearchResponse(
             query=query,
             method=plan.entry.name,
             metric=plan.entry.method.metric,
             params=plan.effective_params(),
             k=plan.k,
-            results=service.results(outcome["hits"], query_label),
+            results=service.results(outcome["hits"], query_label, None if compared is None else {h.id for h in compared.exact_hits}),
             latency_ms=latency,
+            compare=None if compared is None else Comparison(
+                exact_method=compared.exact_method,
+                exact_results=service.results([(h.id, h.score) for h in compared.exact_hits], query_label),
+                recall=compared.recall,
+                missed_ids=list(compared.missed),
+                method_ms=compared.method_ms,
+                exact_ms=compared.exact_ms,
+            ),
             provenance=info.provenance,
             real=info.real,
+            warnings=info.warnings,
         )
 
     image_responses = {200: {"content": {"image/*": {}}, "description": "the image"}, **_errors(404, 422)}

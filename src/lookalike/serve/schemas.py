@@ -24,26 +24,39 @@ class Result(BaseModel):
     path: str = Field(description="the image's path as recorded at extraction")
     split: str | None
     same_label: bool | None = Field(description="whether the result has the query's label; null when the query or the result has none")
+    in_exact: bool | None = Field(None, description="with compare=exact: whether this result is also among the exact top k; null otherwise")
 
 
 class SearchTimings(BaseModel):
     """Server-side milliseconds of this request; null where a step did not run (a gallery-id query is not decoded or embedded)."""
 
-    decode_ms: float | None = Field(description="bytes → RGB pixels, plus resize, crop and normalise")
-    embed_ms: float | None = Field(description="the model's forward pass")
-    search_ms: float = Field(description="the search method's call")
+    decode_ms: float | None = Field(description="bytes → RGB pixels, plus resize, crop and normalise; for a text query, tokenizing")
+    embed_ms: float | None = Field(description="the model's forward pass (the text tower's, for a text query)")
+    search_ms: float = Field(description="the search method's call (with compare=exact, the chosen method's alone)")
     wait_ms: float = Field(description="time queued for the compute slot (grows under concurrent load)")
     total_ms: float = Field(description="from the parsed request to the response, wait included")
 
 
 class QueryInfo(BaseModel):
-    kind: Literal["upload", "id"]
+    kind: Literal["upload", "id", "text"]
+    text: str | None = None
     id: int | None = None
     filename: str | None = None
     bytes: int | None = None
     label: str | None = None
     label_name: str | None = None
     path: str | None = None
+
+
+class Comparison(BaseModel):
+    """compare=exact: the same query searched exactly over the same rows, and what the chosen method missed."""
+
+    exact_method: str = Field(description="the exact search compared with: brute force over the chosen method's own rows")
+    exact_results: list[Result] = Field(description="the true k nearest rows, best first")
+    recall: float = Field(description="recall@k of this query: |results ∩ exact top k| / k (lookalike.study.metrics.recall_per_query)")
+    missed_ids: list[int] = Field(description="gallery ids of the exact top k that the method did not return, in exact rank order")
+    method_ms: float = Field(description="the chosen method's search, in ms")
+    exact_ms: float = Field(description="the exact search, in ms")
 
 
 class SearchResponse(BaseModel):
@@ -54,8 +67,10 @@ class SearchResponse(BaseModel):
     k: int
     results: list[Result]
     latency_ms: SearchTimings
+    compare: Comparison | None = Field(None, description="present when the request asked compare=exact")
     provenance: str = Field(description="model, weights and data behind these results")
     real: bool = Field(description="false when the gallery was made with random weights or generated data")
+    warnings: list[str] = Field(description="what is not real about these results (random weights: the ranking means nothing)")
 
 
 class MethodInfo(BaseModel):
@@ -105,6 +120,9 @@ class GalleryInfo(BaseModel):
     database: str = Field(description="which rows are searched and which are held out")
     has_labels: bool
     uploads: bool = Field(description="false when no model made the embeddings (generated galleries): query by id only")
+    text: bool = Field(description="whether text queries work: the model has a text tower (CLIP)")
+    text_note: str | None = Field(description="why text queries do not work here, when they do not")
+    exact_method: str = Field(description="the exact search that compare=exact compares each method with")
     methods: list[MethodInfo]
     limits: Limits
     threads: dict[str, int]

@@ -28,17 +28,21 @@ import numpy as np
 from PIL import Image
 
 from .. import runtime
-from ..errors import BadImageError, LookalikeError
+from ..errors import BadImageError, LookalikeError, TextQueryError
 from ..gallery import Gallery, open_gallery
 from ..gallery.generated import has_image_file
 from ..data.images import load_rgb
 from ..embed.models import MODELS
 from ..embed.query import QueryEmbedder
+from ..embed.text import no_text_message
 from ..search import SearchMethod, get_method, load_method, saved_methods
+from ..study.compare import EXACT_METHOD, compare_search, exact_twin
 
 log = logging.getLogger(__name__)
 
 BUILT_METHODS = ("brute", "flat", "ivf")  # always offered; a saved index of the same name is loaded instead of built
+assert EXACT_METHOD in BUILT_METHODS  # every method is compared with this one (or with its twin over the method's rows)
+COMPARE_VALUES = ("exact",)  # what `compare` may ask for: the chosen method against exact search
 # Decoding a non-JPEG costs CPU in proportion to its pixels (JPEGs decode at 1/2..1/8 scale, see
 # data.images), so an upload's decoded size is capped well below PIL's 89.5 Mpx bomb threshold:
 # 16.8 Mpx (4096²) keeps the worst upload within about a second of CPU (tests/test_server_hardening.py).
@@ -114,11 +118,12 @@ class MethodEntry:
 
 @dataclass(frozen=True)
 class SearchPlan:
-    """A validated request: which method, how many results, which per-call parameters."""
+    """A validated request: which method, how many results, which per-call parameters, and whether to compare with exact search."""
 
     entry: MethodEntry
     k: int
     params: dict[str, int] = field(default_factory=dict)
+    exact: SearchMethod | None = None  # set when the request asked compare=exact: exact search over the entry's rows
 
     def effective_params(self) -> dict[str, int]:
         """The search-time parameters this call really used (request values over the method's defaults)."""
@@ -157,6 +162,10 @@ class SearchService:
         self.config = config
         self.embedder = embedder
         self.methods = methods
+        # The exact search each method is compared with: the shared brute force when it holds the same rows
+        # (every built method does), else brute force over that saved index's own rows, built once here.
+        exact = methods[EXACT_METHOD].method
+        self.exact = {name: exact_twin(gallery, entry.method, exact) for name, entry in methods.items()}
         self.database_how = database_how
         self.thumbs = ThumbnailCache(config.thumb_cache_entries)
         metadata = gallery.metadata
@@ -209,27 +218,56 @@ class SearchService:
         if self.embedder is not None:
             size = self.embedder.embedder.preprocess.image_size
             vector, _ = self.embedder.embed_image(Image.new("RGB", (size, size), (128, 128, 128)))
+            if self.embedder.text is not None:
+                self.embedder.embed_text("a photo")
         else:
             vector = np.array(self.gallery.embeddings[:1], dtype=np.float32)
-        for entry in self.methods.values():
+        for name, entry in self.methods.items():
             entry.method.search(vector, min(10, max(1, entry.method.ntotal)))
+            self.exact[name].search(vector, min(10, max(1, entry.method.ntotal)))
 
     # -- validation (cheap: runs on the event loop) --
-    def plan(self, method: str, k: int, nprobe: int | None) -> SearchPlan:
+    def plan(self, method: str, k: int, params: dict[str, int | None] | None = None, compare: str | None = None) -> SearchPlan:
+        """Check the method, k, the per-call search parameters (nprobe, efSearch, k_factor) and `compare`.
+
+        Parameter ranges are checked by the method itself (`SearchMethod.check_params`, the ranges
+        `/api/gallery` lists), one parameter at a time so the error names the field at fault."""
         entry = self.methods.get(method)
         if entry is None:
             raise Invalid(f"unknown method {method!r}; this gallery offers {', '.join(self.methods)}", "method")
         k_max = min(self.config.max_k, entry.method.ntotal)
         if not 1 <= k <= k_max:
             raise Invalid(f"k={k} is out of range for {method}: use 1..{k_max}", "k")
-        requested = {"nprobe": nprobe} if nprobe is not None else {}
+        checked: dict[str, int] = {}
+        for key, value in (params or {}).items():
+            if value is None:
+                continue
+            try:
+                checked.update(entry.method.check_params({key: value}))  # the method's own validation, the one the API uses
+            except LookalikeError as exc:
+                hint = ""
+                if key not in entry.method.search_param_ranges():
+                    offering = [name for name, e in self.methods.items() if key in e.method.search_param_ranges()]
+                    hint = f"; methods here that take {key}: {', '.join(offering) or 'none'}"
+                raise Invalid(f"{exc}{hint}", key) from None
+        if compare is not None and compare not in COMPARE_VALUES:
+            raise Invalid(f"compare={compare!r} is not a comparison this server makes; send compare=exact to compare {method} with exact search, or leave it out", "compare")
+        return SearchPlan(entry, k, checked, self.exact[entry.name] if compare else None)
+
+    def no_text(self) -> str | None:
+        """Why this gallery cannot be searched by text (its model has no text tower), or None when it can."""
+        if self.embedder is None:
+            return no_text_message(self.gallery.model)
+        return None if self.embedder.text is not None else self.embedder.no_text
+
+    def check_text(self, text: str) -> None:
+        """A text query this gallery can answer: its model has a text tower, and the text is neither empty nor over its context."""
+        if self.no_text() is not None:
+            raise Invalid(str(self.no_text()), "text")
         try:
-            params = entry.method.check_params(requested)  # the method's own validation, the one the API uses
-        except LookalikeError as exc:
-            offering = [name for name, e in self.methods.items() if set(requested) <= set(e.method.search_param_ranges())]
-            hint = f"; methods here that take {', '.join(requested)}: {', '.join(offering) or 'none'}" if set(requested) - set(entry.method.search_param_ranges()) else ""
-            raise Invalid(f"{exc}{hint}", next(iter(requested))) from None
-        return SearchPlan(entry, k, params)
+            self.embedder.check_text(text)
+        except TextQueryError as exc:
+            raise Invalid(str(exc), "text") from None
 
     def check_uploads(self) -> None:
         if self.embedder is None:
@@ -246,20 +284,27 @@ class SearchService:
         if len(data) > self.config.max_upload_bytes:
             raise TooLarge(self.too_large_message(len(data)), "image")
         vector, timings = self.embedder.embed_bytes(data, self.config.max_pixels)
-        hits, search_ms = self._search(vector, plan)
-        return {"hits": hits, "decode_ms": timings.decode_ms, "embed_ms": timings.embed_ms, "search_ms": search_ms}
+        return {**self._search(vector, plan), "decode_ms": timings.decode_ms, "embed_ms": timings.embed_ms}
 
     def search_id(self, gallery_id: int, plan: SearchPlan) -> dict[str, Any]:
         """Search with the stored embedding of a gallery image: no decoding, no forward pass."""
         vector = np.array(self.gallery.embeddings[gallery_id : gallery_id + 1], dtype=np.float32)  # a copy: torch warns on read-only memmaps
-        hits, search_ms = self._search(vector, plan)
-        return {"hits": hits, "decode_ms": None, "embed_ms": None, "search_ms": search_ms}
+        return {**self._search(vector, plan), "decode_ms": None, "embed_ms": None}
 
-    def _search(self, vector: np.ndarray, plan: SearchPlan) -> tuple[list[tuple[int, float]], float]:
+    def search_text(self, text: str, plan: SearchPlan) -> dict[str, Any]:
+        """Search with the text tower's embedding of `text` (checked by check_text); `decode_ms` is the tokenizing."""
+        vector, timings = self.embedder.embed_text(text)
+        return {**self._search(vector, plan), "decode_ms": timings.decode_ms, "embed_ms": timings.embed_ms}
+
+    def _search(self, vector: np.ndarray, plan: SearchPlan) -> dict[str, Any]:
+        """hits as (id, score) pairs and search_ms; with plan.exact also `compare` (study.compare.Comparison)."""
+        if plan.exact is not None:
+            comparison = compare_search(self.gallery, plan.entry.method, plan.exact, vector, plan.k, plan.params)
+            return {"hits": [(h.id, h.score) for h in comparison.hits], "search_ms": comparison.method_ms, "compare": comparison}
         t = time.perf_counter()
         scores, ids = plan.entry.method.search(vector, plan.k, plan.params or None)
         search_ms = 1000 * (time.perf_counter() - t)
-        return [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0], search_ms
+        return {"hits": [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0], "search_ms": search_ms, "compare": None}
 
     def thumbnail(self, gallery_id: int) -> bytes:
         """A JPEG of at most thumb_px on its longest side, made once and kept in the LRU cache."""
@@ -299,12 +344,14 @@ class SearchService:
             "split": self._splits[gallery_id],
         }
 
-    def results(self, hits: list[tuple[int, float]], query_label: str | None) -> list[dict[str, Any]]:
+    def results(self, hits: list[tuple[int, float]], query_label: str | None, exact_ids: set[int] | None = None) -> list[dict[str, Any]]:
+        """Result rows as the API shows them; `in_exact` says whether each is among `exact_ids` (null when not comparing)."""
         out = []
         for rank, (gallery_id, score) in enumerate(hits, 1):
             row = self.row(gallery_id)
             same = None if not query_label or not row["label"] else row["label"] == query_label
-            out.append({"rank": rank, **row, "score": score, "same_label": same})
+            in_exact = None if exact_ids is None else gallery_id in exact_ids
+            out.append({"rank": rank, **row, "score": score, "same_label": same, "in_exact": in_exact})
         return out
 
     # -- description --
@@ -343,6 +390,9 @@ class SearchService:
             "database": self.database_how,
             "has_labels": any(label for label in self._labels),
             "uploads": self.embedder is not None,
+            "text": self.no_text() is None,
+            "text_note": self.no_text(),
+            "exact_method": EXACT_METHOD,
             "methods": [entry.describe(self.config.max_k) for entry in self.methods.values()],
             "limits": {
                 "max_k": self.config.max_k,

@@ -4,9 +4,10 @@
 const $ = (id) => document.getElementById(id);
 const state = {
   gallery: null,  // GET /api/gallery
-  query: null,    // {kind: "upload", file} | {kind: "id", id}
+  query: null,    // {kind: "upload", file} | {kind: "id", id} | {kind: "text", text}
   seq: 0,         // answers to superseded requests are dropped
 };
+const PARAMS = ["nprobe", "efSearch", "k_factor"];  // per-request search parameters; ranges come from /api/gallery
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -85,7 +86,18 @@ async function loadGallery() {
     $("drop").hidden = true;
     $("status").textContent = "This gallery's embeddings were generated without a model: pick a random gallery image to search.";
   }
+  $("text-form").hidden = !g.text;  // only a model with a text tower (CLIP) can embed text
+  if (g.text) $("status").textContent = "Upload an image, drop one on the box, describe one in words, or pick a random gallery image.";
+  $("compare").title = `search exactly too (${g.exact_method}, same rows) and show what the method missed`;
   updateMethodControls();
+}
+
+function makeParamRows() {
+  // One hidden slider row per parameter; updateMethodControls shows those the chosen method has.
+  $("param-rows").replaceChildren(...PARAMS.map((name) => el("div", { id: `${name}-row`, class: "row", hidden: "" },
+    el("label", { for: name, text: name }),
+    el("input", { id: name, type: "range", min: "1", max: "1", value: "1" }),
+    el("output", { id: `${name}-value`, for: name }))));
 }
 
 function updateMethodControls() {
@@ -95,14 +107,15 @@ function updateMethodControls() {
   const k = $("k");
   k.max = m.k_range[1];
   if (+k.value > m.k_range[1]) k.value = m.k_range[1];
-  const range = m.param_ranges.nprobe;
-  $("nprobe-row").hidden = !range;
-  if (range) {
-    const slider = $("nprobe");
+  for (const name of PARAMS) {
+    const range = m.param_ranges[name];
+    $(`${name}-row`).hidden = !range;
+    if (!range) continue;
+    const slider = $(name);
     slider.min = range[0];
     slider.max = range[1];
-    slider.value = Math.min(range[1], Math.max(range[0], m.params.nprobe || range[0]));
-    $("nprobe-value").textContent = slider.value;
+    slider.value = Math.min(range[1], Math.max(range[0], m.params[name] || range[0]));
+    $(`${name}-value`).textContent = slider.value;
   }
 }
 
@@ -126,10 +139,18 @@ function setIdQuery(id) {
   search();
 }
 
+function setTextQuery(text) {
+  state.query = { kind: "text", text };
+  showQuery(null, `text: “${text}”`);
+  search();
+}
+
 function showQuery(src, caption) {
   const img = $("query-img");
   if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
-  img.src = src;
+  if (src) img.src = src;
+  else img.removeAttribute("src");
+  img.hidden = !src;
   $("query-caption").textContent = caption;
   $("query-preview").hidden = false;
 }
@@ -140,10 +161,12 @@ async function search() {
   const method = $("method").value;
   const form = new FormData();
   if (state.query.kind === "upload") form.append("image", state.query.file, state.query.file.name);
+  else if (state.query.kind === "text") form.append("text", state.query.text);
   else form.append("id", state.query.id);
   form.append("method", method);
   form.append("k", $("k").value);
-  if (!$("nprobe-row").hidden) form.append("nprobe", $("nprobe").value);
+  for (const name of PARAMS) if (!$(`${name}-row`).hidden) form.append(name, $(name).value);
+  if ($("compare").checked) form.append("compare", "exact");
 
   $("status").textContent = "searching…";
   document.body.dataset.busy = "1";
@@ -169,45 +192,82 @@ async function search() {
 
 // --- rendering ---
 
+function card(r, q, higherIsBetter, extraMark = null) {
+  const isQuery = q.kind === "id" && r.id === q.id;
+  const mark = isQuery
+    ? el("span", { class: "self-mark", title: "the query image itself (it is in the searched set)", text: "= query" })
+    : r.same_label ? el("span", { class: "same-mark", title: "same label as the query", text: "✓ same" }) : null;
+  const button = el(
+    "button",
+    { class: "card", type: "button", title: `search from gallery id ${r.id}\n${r.path}` },
+    thumbnail(r),
+    el("div", { class: "meta" },
+      el("span", { class: "rank", text: `#${r.rank}` }),
+      mark,
+      extraMark,
+      el("span", { class: "score", title: higherIsBetter ? "cosine similarity" : "squared L2 distance", text: r.score.toFixed(4) })),
+    el("div", { class: "label", title: r.label || "", text: r.label_name || r.label || "(no label)" }),
+    el("div", { class: "path", title: r.path, text: fileName(r.path) }),
+  );
+  button.addEventListener("click", () => setIdQuery(r.id));
+  return button;
+}
+
 function render(answer) {
   const q = answer.query;
   if (q.kind === "id") {
     $("query-caption").textContent = `gallery id ${q.id} · ${q.label_name || q.label || "no label"} · ${q.path}`;
   }
   const higherIsBetter = answer.metric === "ip";
+  const compared = answer.compare;
   const cards = answer.results.map((r) => {
-    const isQuery = q.kind === "id" && r.id === q.id;
-    const mark = isQuery
-      ? el("span", { class: "self-mark", title: "the query image itself (it is in the searched set)", text: "= query" })
-      : r.same_label ? el("span", { class: "same-mark", title: "same label as the query", text: "✓ same" }) : null;
-    const card = el(
-      "button",
-      { class: "card", type: "button", title: `search from gallery id ${r.id}\n${r.path}` },
-      thumbnail(r),
-      el("div", { class: "meta" },
-        el("span", { class: "rank", text: `#${r.rank}` }),
-        mark,
-        el("span", { class: "score", title: higherIsBetter ? "cosine similarity" : "squared L2 distance", text: r.score.toFixed(4) })),
-      el("div", { class: "label", title: r.label || "", text: r.label_name || r.label || "(no label)" }),
-      el("div", { class: "path", title: r.path, text: fileName(r.path) }),
-    );
-    card.addEventListener("click", () => setIdQuery(r.id));
-    return el("li", { class: "result" + (r.same_label ? " same" : ""), "data-id": r.id, "data-score": r.score }, card);
+    const exactMark = r.in_exact == null ? null : r.in_exact
+      ? el("span", { class: "exact-mark", title: `also in the exact top ${answer.k}`, text: "✓ exact" })
+      : el("span", { class: "not-exact-mark", title: `not in the exact top ${answer.k}`, text: "∉ exact" });
+    const classes = ["result", r.same_label ? "same" : "", r.in_exact === true ? "in-exact" : "", r.in_exact === false ? "not-exact" : ""];
+    return el("li", { class: classes.filter(Boolean).join(" "), "data-id": r.id, "data-score": r.score }, card(r, q, higherIsBetter, exactMark));
   });
   $("results").replaceChildren(...cards);
+  renderCompare(answer, q, higherIsBetter);
 
   const params = Object.entries(answer.params).map(([k, v]) => `${k}=${v}`).join(", ");
   let status = `${answer.results.length} results · ${answer.method}${params ? " (" + params + ")" : ""} · ${higherIsBetter ? "cosine similarity, higher is nearer" : "squared L2 distance, lower is nearer"}`;
   const labelled = answer.results.filter((r) => r.same_label !== null);
   if (labelled.length) status += ` · ${labelled.filter((r) => r.same_label).length}/${labelled.length} share the query's label (green)`;
-  if (!answer.real) status += " · ⚠ random weights / generated data";
+  if (!answer.real) {
+    // A text query on random weights is the easiest result to over-read: say so in the manifest's own words.
+    const random = answer.warnings.find((w) => w.startsWith("RANDOM"));
+    status += q.kind === "text" && random ? ` · ⚠ ${random}` : " · ⚠ random weights / generated data";
+  }
   $("status").textContent = status;
   renderLatency(answer.latency_ms, q.kind);
 }
 
+function renderCompare(answer, q, higherIsBetter) {
+  const c = answer.compare;
+  $("compare-strip").hidden = !c;
+  $("missed").hidden = !c || !c.missed_ids.length;
+  if (!c) {
+    $("missed-results").replaceChildren();
+    return;
+  }
+  const found = c.exact_results.length - c.missed_ids.length;
+  $("compare-recall").textContent = `recall@${answer.k} ${c.recall.toFixed(2)}`;
+  $("compare-recall-note").textContent = `${found} of the ${c.exact_results.length} exact neighbours found by ${answer.method}; ${c.missed_ids.length} missed`;
+  $("compare-latency").replaceChildren(
+    el("dt", { text: answer.method }), el("dd", { text: ms(c.method_ms), "data-part": "method" }),
+    el("dt", { text: `${c.exact_method} (exact)` }), el("dd", { text: ms(c.exact_ms), "data-part": "exact" }),
+  );
+  const missed = new Set(c.missed_ids);
+  $("missed-title").textContent = `Missed by ${answer.method}: in the exact top ${answer.k}, not in its results (${c.missed_ids.length})`;
+  $("missed-results").replaceChildren(...c.exact_results.filter((r) => missed.has(r.id)).map((r) =>
+    el("li", { class: "result missed-result", "data-id": r.id, "data-score": r.score }, card(r, q, higherIsBetter,
+      el("span", { class: "not-exact-mark", title: `exact rank ${r.rank}`, text: "missed" })))));
+}
+
 function renderLatency(t, kind) {
   const parts = [
-    ["decode + preprocess", t.decode_ms, "var(--decode)"],
+    [kind === "text" ? "tokenize" : "decode + preprocess", t.decode_ms, "var(--decode)"],
     ["embed", t.embed_ms, "var(--embed)"],
     ["search", t.search_ms, "var(--search)"],
     ["queue wait", t.wait_ms, "var(--wait)"],
@@ -236,12 +296,20 @@ function hideError() {
 // --- wiring ---
 
 function wire() {
+  makeParamRows();
   $("file-input").addEventListener("change", (e) => setUploadQuery(e.target.files[0]));
   $("random-btn").addEventListener("click", () => setIdQuery(Math.floor(Math.random() * state.gallery.count)));
   $("method").addEventListener("change", () => { updateMethodControls(); search(); });
   $("k").addEventListener("change", search);
-  $("nprobe").addEventListener("input", () => { $("nprobe-value").textContent = $("nprobe").value; });
-  $("nprobe").addEventListener("change", search);
+  for (const name of PARAMS) {
+    $(name).addEventListener("input", () => { $(`${name}-value`).textContent = $(name).value; });
+    $(name).addEventListener("change", search);
+  }
+  $("compare").addEventListener("change", search);
+  $("text-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    setTextQuery($("text-input").value);
+  });
 
   const drop = $("drop");
   for (const name of ["dragenter", "dragover"]) {

@@ -1,0 +1,115 @@
+"""The study's question (i), one query at a time: what does approximate search miss for *this* query?
+
+The tables answer on average over held-out queries. A comparison answers for the query in front
+of you: the chosen method and exact search run on the same vector over the same database rows,
+and recall@k is `metrics.recall_per_query`, the very figure the tables average. The web page's
+"compare with exact", `POST /api/search` with compare=exact and `lookalike search --compare`
+all come here (through `Gallery.compare` or `compare_search`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..gallery import Gallery
+from ..search import SearchMethod, database_vectors, make_method
+from ..search.searcher import Hit, Query, hits_of
+from .metrics import recall_per_query
+
+EXACT_METHOD = "brute"  # the ground truth of every table is brute force (metrics.exact_top_k), so it is here too
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One query searched by `method` and by exact search over the same rows; times in ms for this one call each."""
+
+    method: str
+    exact_method: str
+    k: int
+    hits: tuple[Hit, ...]  # the method's results, best first
+    exact_hits: tuple[Hit, ...]  # the true k nearest rows, best first
+    recall: float  # |hits ∩ exact top-k| / |exact top-k| (k unless the database holds fewer rows)
+    missed: tuple[int, ...]  # gallery ids of the exact top-k the method did not return, in exact rank order
+    method_ms: float
+    exact_ms: float
+
+    @property
+    def in_exact(self) -> tuple[bool, ...]:
+        """For each of the method's hits: is it one of the exact top k?"""
+        exact = {h.id for h in self.exact_hits}
+        return tuple(h.id in exact for h in self.hits)
+
+    @property
+    def missed_hits(self) -> tuple[Hit, ...]:
+        """The exact results the method missed, with their exact rank and score."""
+        missed = set(self.missed)
+        return tuple(h for h in self.exact_hits if h.id in missed)
+
+    def summary(self) -> str:
+        """One line: recall and both latencies, for the CLI."""
+        return (
+            f"recall@{self.k} {self.recall:.2f} against exact search ({self.exact_method}): {len(self.missed)} of the "
+            f"{len(self.exact_hits)} true neighbours missed · {self.method} {self.method_ms:.2f} ms, {self.exact_method} {self.exact_ms:.2f} ms"
+        )
+
+
+def compare_search(
+    gallery: Gallery, method: SearchMethod, exact: SearchMethod, vector: np.ndarray, k: int, params: dict[str, Any] | None = None
+) -> Comparison:
+    """Search `vector` with `method` (with this call's `params`) and with `exact`, and say what the method missed.
+
+    `exact` must search the same rows with the same metric (see `exact_twin`); each search is
+    timed on its own, so the two latencies are comparable.
+    """
+    t = time.perf_counter()
+    scores, ids = method.search(vector, k, params or None)
+    method_ms = 1000 * (time.perf_counter() - t)
+    t = time.perf_counter()
+    exact_scores, exact_ids = exact.search(vector, k)
+    exact_ms = 1000 * (time.perf_counter() - t)
+    found = set(ids[0][ids[0] >= 0].tolist())
+    missed = tuple(int(i) for i in exact_ids[0] if i >= 0 and int(i) not in found)
+    return Comparison(
+        method=method.name,
+        exact_method=exact.name,
+        k=k,
+        hits=tuple(hits_of(gallery, scores[0], ids[0])),
+        exact_hits=tuple(hits_of(gallery, exact_scores[0], exact_ids[0])),
+        recall=float(recall_per_query(ids, exact_ids, k)[0]),
+        missed=missed,
+        method_ms=method_ms,
+        exact_ms=exact_ms,
+    )
+
+
+def same_rows(a: SearchMethod, b: SearchMethod) -> bool:
+    """Whether two methods search the same gallery rows with the same metric."""
+    return a.metric == b.metric and len(a.ids) == len(b.ids) and bool(np.array_equal(np.sort(a.ids), np.sort(b.ids)))
+
+
+def exact_twin(gallery: Gallery, method: SearchMethod, exact: SearchMethod) -> SearchMethod:
+    """`exact` when it searches `method`'s rows with its metric; else exact search built now over `method`'s rows.
+
+    A saved index may hold other rows than the gallery's current database (e.g. `tune`'s); its
+    missed neighbours must be counted among the rows it could have found.
+    """
+    if same_rows(method, exact):
+        return exact
+    twin = make_method(EXACT_METHOD, len(method.ids), gallery.dim, method.metric)
+    twin.build(database_vectors(gallery, method.ids), method.ids)
+    return twin
+
+
+def compare(
+    gallery: Gallery, query: Query | None = None, k: int = 10, method: str = "ivf", metric: str = "ip", *, text: str | None = None, **params: Any
+) -> Comparison:
+    """`Gallery.compare`: `query` (or `text`) searched with `method` and with exact search, over the same rows."""
+    searcher = gallery.searcher
+    vector = searcher.vector(query, text)
+    chosen = searcher.method(method, metric)
+    exact = searcher.exact_for(chosen, lambda: exact_twin(gallery, chosen, searcher.method(EXACT_METHOD, metric)))
+    return compare_search(gallery, chosen, exact, vector, k, params)
