@@ -1,0 +1,149 @@
+"""Inference backends (issue 8): equivalence to fp32 torch, the converted-model cache, calibration, fallback, the query path."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import lookalike
+from lookalike.embed.backends import BackendUnavailable, Choice, cache_root
+from lookalike.embed.calibrate import MIN_COSINE, calibrate
+from lookalike.embed.extract import split_cores
+from lookalike.embed.models import MODELS, load_model
+from lookalike.data.synthetic import generate_collection
+
+from .conftest import run_cli
+
+SIZES = {"resnet18": 32, "mobilenet": 32, "clip": 64}
+
+
+def fp32_reference(embedder, x: torch.Tensor) -> np.ndarray:
+    """Independent of the backends: the module itself, fp32, then numpy normalisation."""
+    with torch.no_grad():
+        out = embedder.module(x).float().flatten(1).numpy()
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_backend_and_precision_stays_within_cosine_of_fp32_torch(name):
+    embedder = load_model(name, "random", image_size=SIZES[name], seed=1)
+    x = torch.randn(6, 3, SIZES[name], SIZES[name])
+    reference = fp32_reference(embedder, x)
+    for choice in (Choice("torch", "fp32"), Choice("torch", "bf16"), Choice("openvino", "fp32"), Choice("openvino", "bf16")):
+        out = embedder.backend(choice)(x)
+        assert out.shape == (6, MODELS[name].dim) and out.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+        assert (out * reference).sum(axis=1).min() >= MIN_COSINE, choice
+
+
+def test_converted_models_are_cached_on_disk_and_reused(monkeypatch):
+    import openvino
+
+    first = load_model("resnet18", "random", image_size=32, seed=7)
+    x = torch.randn(2, 3, 32, 32)
+    expected = first.backend(Choice("openvino", "fp32"))(x)
+    folders = {p.name for p in (cache_root() / "openvino").iterdir() if p.name.startswith("resnet18-")}
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(openvino, "convert_model", no_conversion)
+    again = load_model("resnet18", "random", image_size=32, seed=7)  # a new process would see the same: a fresh model object
+    np.testing.assert_array_equal(again.backend(Choice("openvino", "fp32"))(x), expected)
+    assert {p.name for p in (cache_root() / "openvino").iterdir() if p.name.startswith("resnet18-")} == folders
+
+    other = load_model("resnet18", "random", image_size=32, seed=8)  # other weights: another cache entry, so a conversion
+    with pytest.raises(BackendUnavailable, match="could not convert"):
+        other.backend(Choice("openvino", "fp32"))
+
+
+class FakeEmbedder:
+    """Backends with known speed and known error: each output is the reference turned by a chosen angle."""
+
+    device = "cpu"
+
+    def __init__(self, behaviour: dict[Choice, tuple[float, float] | None]):
+        self.behaviour = behaviour  # choice → (cosine to the reference, seconds per call), None = cannot run
+
+    def backend(self, choice: Choice, threads=None):
+        if self.behaviour.get(choice) is None:
+            raise BackendUnavailable(f"{choice} is not here")
+        cosine, seconds = self.behaviour[choice]
+
+        def run(x):
+            import time
+
+            time.sleep(seconds)
+            return np.tile(np.array([cosine, np.sqrt(1 - cosine**2), 0, 0], np.float32), (len(x), 1))
+
+        return run
+
+
+def test_calibration_keeps_only_candidates_within_cosine_and_picks_the_fastest():
+    x = torch.zeros(8, 3, 4, 4)
+    fake = FakeEmbedder({
+        Choice("torch", "fp32"): (1.0, 0.02),
+        Choice("torch", "bf16"): (0.99, 0.001),  # fastest, but changes the embeddings
+        Choice("openvino", "fp32"): (1.0, 0.01),
+        Choice("openvino", "bf16"): (0.9995, 0.005),
+    })
+    choice, measured, reason = calibrate(fake, x)
+    assert choice == Choice("openvino", "bf16")
+    by = {(c.backend, c.precision): c for c in measured}
+    assert not by["torch", "bf16"].kept and "cosine" in by["torch", "bf16"].note
+    assert by["openvino", "bf16"].cosine_min == pytest.approx(0.9995, abs=1e-6)
+    assert by["openvino", "bf16"].images_per_second > by["openvino", "fp32"].images_per_second
+    # An explicit precision is honoured even below the threshold; an explicit backend restricts the candidates.
+    assert calibrate(fake, x, precision="bf16", backend="torch")[0] == Choice("torch", "bf16")
+    assert calibrate(fake, x, backend="openvino")[0] == Choice("openvino", "bf16")
+
+
+def test_a_backend_that_cannot_run_falls_back_to_torch_with_one_sentence(caplog):
+    x = torch.zeros(8, 3, 4, 4)
+    fake = FakeEmbedder({Choice("torch", "fp32"): (1.0, 0.001), Choice("torch", "bf16"): (1.0, 0.0)})
+    with caplog.at_level(logging.WARNING):
+        choice, measured, reason = calibrate(fake, x, backend="openvino")
+    assert choice.backend == "torch" and "could not run" in reason
+    assert "no openvino backend could run here, so torch runs instead" in caplog.text
+    assert all(c.note.startswith("unavailable") for c in measured if c.backend == "openvino")
+
+
+def test_extraction_without_openvino_installed_falls_back_and_says_so(tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now fails, as when it is not installed
+    data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=6, val_per_class=1)
+    with caplog.at_level(logging.WARNING):
+        g = lookalike.extract(data, tmp_path / "g", model="resnet18", weights="random", image_size=32, backend="openvino", progress=False)
+    inference = g.manifest.model.inference
+    assert inference.backend == "torch"
+    assert any("openvino is not installed (pip install openvino)" in c.note for c in inference.candidates)
+    assert "no openvino backend could run here, so torch runs instead" in caplog.text
+
+
+def test_the_cores_go_where_the_work_is():
+    assert split_cores(decode_ms=0.5, model_ms=5.0, cores=2)[:2] == (1, 2)  # decoding is light: the model keeps every core
+    assert split_cores(decode_ms=40.0, model_ms=2.0, cores=2)[:2] == (2, 1)  # large photos: decoding needs both
+    assert split_cores(decode_ms=10.0, model_ms=5.0, cores=2)[:2] == (1, 1)
+
+
+def test_a_query_embedded_by_the_server_matches_the_gallery_row_of_the_same_file(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from lookalike.serve import ServerConfig, create_app
+
+    data = generate_collection(tmp_path / "data", n_classes=3, train_per_class=8, val_per_class=2)
+    out = tmp_path / "g"
+    run_cli("extract", "--data", data, "--out", out, "--model", "resnet18", "--weights", "random", "--image-size", "32", "--backend", "openvino", "--precision", "bf16")
+    g = lookalike.open_gallery(out)
+    assert g.manifest.model.inference.backend == "openvino"
+    row = int(g.partition().database_ids[3])
+    path = g.paths[row]
+    with TestClient(create_app(out, ServerConfig()), base_url="http://127.0.0.1") as client:
+        with open(path, "rb") as fh:
+            answer = client.post("/api/search", files={"image": ("q.jpg", fh.read(), "image/jpeg")}, data={"method": "brute", "k": "3"})
+    assert answer.status_code == 200, answer.text
+    top = answer.json()["results"][0]
+    assert top["id"] == row and top["score"] >= 0.999
