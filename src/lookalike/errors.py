@@ -23,3 +23,7 @@ class GalleryError(LookalikeError):
 
 class IndexMismatchError(GalleryError):
     """A saved index does not belong to the gallery it is loaded with."""
+
+
+class IndexStaleError(GalleryError):
+    """A saved index was built before its gallery was updated and could not follow the update: it must be rebuilt, never served."""
