@@ -42,3 +42,12 @@ def manifest_json(gallery) -> dict:
     import json
 
     return json.loads((Path(gallery.path) / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """A local 2-CPU Ray cluster for this test session (shared by every module that needs Ray); the CLI tests join it by address."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
