@@ -410,7 +410,8 @@ def commit(job: Job, embedder: Embedder | None = None, extra_timings: dict | Non
         "extract": {"identity": job.state["identity"], "records_digest": job.state["records_digest"], "shards": len(job.shards)},
         "environment": runtime.environment(),
     }
-    if job.base is not None:
+    if job.base is not None:  # the query latency measured at the full extraction still holds: same model, same input
+        what["timings"] |= {k: v for k, v in job.base.manifest.timings.items() if k.startswith("single_image")}
         incremental.stage_update(job.partial, job.whole, job.plan, job.base, new, **what)
         return incremental.finish_update(job.out)
     if len(new.indices) == 0:
@@ -448,7 +449,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> Gallery:
     workers = config.workers if config.workers is not None else runtime.default_threads()
     run_local(job, embedder, workers, progress)
     timings = {"threads": threads, "workers": workers, "device": device, "batch_size": config.batch_size}
-    return commit(job, embedder, timings | single_image_timing(job, embedder))
+    return commit(job, embedder, timings | (single_image_timing(job, embedder) if job.base is None else {}))
 
 
 def single_image_timing(job: Job, embedder: Embedder) -> dict:
