@@ -166,7 +166,7 @@ def test_a_killed_update_resumes_to_the_gallery_of_an_uninterrupted_one(tmp_path
     classes = sorted((data / "train").iterdir())
     for i, src in enumerate(_images(donor)):
         shutil.copyfile(src, classes[i % 4] / "images" / f"new_{i:03d}.JPEG")
-    (sorted((classes[0] / "images").glob("s*.JPEG"))[0]).unlink()
+    min((classes[0] / "images").glob("s*.JPEG")).unlink()
 
     out = tmp_path / "resumed"
     proc = subprocess.Popen([*LOOKALIKE, *map(str, args), "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -196,7 +196,7 @@ def test_an_update_killed_while_moving_in_is_finished_by_the_next_run(collection
     shutil.copytree(out, reference)
     change_folder(data, donor)
 
-    import lookalike.gallery.store as store
+    from lookalike.gallery import store
 
     real_replace = os.replace
 
@@ -234,7 +234,7 @@ def test_the_held_out_sample_of_a_collection_without_val_does_not_shift(tmp_path
     donor = generate_collection(tmp_path / "donor", n_classes=3, train_per_class=10, val_per_class=0, seed=9)
     for i, src in enumerate(_images(donor)):
         shutil.copyfile(src, folders / sorted(os.listdir(folders))[i % 3] / f"new_{i}.JPEG")
-    removed = sorted((folders / sorted(os.listdir(folders))[0]).glob("*.JPEG"))[:5]
+    removed = sorted((folders / min(os.listdir(folders))).glob("*.JPEG"))[:5]
     for path in removed:
         path.unlink()
 
@@ -248,14 +248,14 @@ def test_the_held_out_sample_of_a_collection_without_val_does_not_shift(tmp_path
 
 def test_unreadable_files_are_retried_only_when_they_change(tmp_path):
     data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=6, val_per_class=2)
-    images = sorted((data / "train").iterdir())[0] / "images"
+    images = min((data / "train").iterdir()) / "images"
     bad = make_bad_images(images)
     out = tmp_path / "g"
     first = extract(_config(data, out), progress=False)
     assert len(first.manifest.skipped) == len(bad)
     again = extract(_config(data, out), progress=False)
     assert again.manifest.created == first.manifest.created  # the same bad files: nothing to do
-    shutil.copyfile(sorted(images.glob("s*.JPEG"))[0], bad[0])  # a bad file repaired
+    shutil.copyfile(min(images.glob("s*.JPEG")), bad[0])  # a bad file repaired
     updated = extract(_config(data, out), progress=False)
     fresh = extract(_config(data, tmp_path / "fresh"), progress=False)
     assert_same_rows_per_path(updated, fresh)

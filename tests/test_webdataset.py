@@ -65,7 +65,8 @@ def shards(tmp_path_factory) -> dict:
     with tarfile.open(fileobj=whole, mode="w") as tar:
         for i, path in enumerate(images[12:], start=300):
             _add(tar, f"{i:06d}.jpg", path.read_bytes())
-    last = tarfile.open(fileobj=io.BytesIO(whole.getvalue())).getmembers()[-1]
+    with tarfile.open(fileobj=io.BytesIO(whole.getvalue())) as written:
+        last = written.getmembers()[-1]
     cut = last.offset_data + last.size // 2  # the shard ends half-way through its last image
     (folder / "shard-00002.tar").write_bytes(whole.getvalue()[:cut])
     for i, path in enumerate(images[12:-1], start=300):  # the last image lies across the cut: lost

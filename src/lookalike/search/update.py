@@ -27,8 +27,8 @@ import numpy as np
 from ..errors import GalleryError
 from ..gallery import INDEXES, Gallery, Partition, atomic_write_json
 from ..runtime import as_float32_c
-from .base import IDS_FILE, METHOD_FILE
 from . import METHOD_CLASSES, database_digest, database_vectors, save_method, saved_methods
+from .base import IDS_FILE, METHOD_FILE
 
 
 def stage_indexes(old: Gallery, new: Gallery) -> tuple[dict[str, str], str]:
