@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from lookalike.errors import GalleryError, IndexStaleError
 from lookalike.gallery import ID_MAP, open_gallery
 from lookalike.search import database_vectors, load_method, make_method
 
-from .conftest import LOOKALIKE, run_cli
+from .conftest import kill_after_shards, run_cli
 
 SETTINGS = {"model": "resnet18", "weights": "random", "image_size": 32, "batch_size": 8, "shard_size": 16}
 
@@ -169,14 +167,7 @@ def test_a_killed_update_resumes_to_the_gallery_of_an_uninterrupted_one(tmp_path
     min((classes[0] / "images").glob("s*.JPEG")).unlink()
 
     out = tmp_path / "resumed"
-    proc = subprocess.Popen([*LOOKALIKE, *map(str, args), "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while len(list((out / ".partial").glob("shard-*.npz"))) < 3:
-        assert proc.poll() is None, "the update finished before it could be killed; add more images"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_shards(args, out)
     assert open_gallery(out).count == open_gallery(tmp_path / "whole").count  # killed mid-update: the old gallery is whole
 
     run_cli(*args, "--out", out)
