@@ -31,6 +31,21 @@ def run_cli(*args: str, check: bool = True, timeout: float = 600, **kwargs) -> s
     return proc
 
 
+def kill_after_shards(args: list, out: Path, shards: int = 3, timeout: float = 120) -> None:
+    """Start `lookalike ARGS --out OUT` and SIGKILL it once `shards` shards are saved in OUT/.partial (what a crash leaves)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([*LOOKALIKE, *map(str, args), "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while len(list((Path(out) / ".partial").glob("shard-*.npz"))) < shards:
+        assert proc.poll() is None, "the run finished before it could be killed; give it more images"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.fixture(scope="session")
 def tiny_collection(tmp_path_factory) -> Path:
     """5 classes × (20 train + 4 val) images of 64×64 in the tiny-ImageNet layout."""
@@ -58,3 +73,12 @@ def manifest_json(gallery) -> dict:
     import json
 
     return json.loads((Path(gallery.path) / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """A local 2-CPU Ray cluster for this test session (shared by every module that needs Ray); the CLI tests join it by address."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

@@ -36,14 +36,6 @@ CLI_SETTINGS = ["--model", "resnet18", "--weights", "random", "--image-size", "3
 VOLATILE = ("timings", "created", "environment")  # what may differ between two runs of the same extraction
 
 
-@pytest.fixture(scope="session")
-def ray_address():
-    """A local 2-CPU Ray cluster for this test session; the CLI tests join it by address."""
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory) -> Path:
     """4 classes × (12 train + 3 val) 32-px images plus 5 undecodable files, all sorting first in class 0."""

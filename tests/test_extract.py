@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +16,7 @@ from lookalike.gallery import open_gallery
 from lookalike.embed.models import MODELS, load_model
 from lookalike.data.synthetic import generate_collection, make_bad_images
 
-from .conftest import LOOKALIKE, run_cli, manifest_json
+from .conftest import kill_after_shards, manifest_json, run_cli
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -125,14 +121,7 @@ def test_killed_extraction_resumes_to_the_same_gallery(tmp_path, backend, precis
     run_cli(*args, "--out", tmp_path / "whole")
 
     out = tmp_path / "resumed"
-    proc = subprocess.Popen([*LOOKALIKE, *map(str, args), "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while len(list((out / ".partial").glob("shard-*.npz"))) < 3:
-        assert proc.poll() is None, "extraction finished before it could be killed; make the collection larger"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_shards(args, out)
     done = len(list((out / ".partial").glob("shard-*.npz")))
     assert not (out / "manifest.json").exists() and done < 16
 

@@ -37,8 +37,14 @@ def extract(
     """Embed every image under `data` into the gallery folder `out` and return it (resumable, like `lookalike extract`).
 
     `options` are `ExtractConfig` fields: image_size, batch_size, shard_size, precision, splits,
-    seed, workers (local decode processes), device, threads, overwrite. `engine="ray"` runs on a
+    seed, workers (local decode processes), device, threads, overwrite, update. `engine="ray"` runs on a
     Ray cluster (`address`) with `actors` model actors of `gpus_per_worker` GPUs each.
+
+    On a gallery made with the same arguments, this updates it to the folder (`update=None`, the
+    default; `update=True` also fails when it cannot update, `update=False` refuses a changed folder):
+    only new and changed images are embedded, removed ones dropped, saved indexes follow.
+    `gallery.manifest.update` says what changed; ids move, `id_map.npy` maps old ids to new ones.
+    `data` may also be webdataset tar shards: 'shards/{00000..00009}.tar' or a folder of .tar files.
     """
     from .embed.extract import ExtractConfig
     from .errors import LookalikeError

@@ -27,3 +27,7 @@ class IndexMismatchError(GalleryError):
 
 class TextQueryError(LookalikeError):
     """A text query cannot be searched: empty, too long for the text tower, or the gallery's model has no text tower."""
+
+
+class IndexStaleError(GalleryError):
+    """A saved index was built before its gallery was updated and could not follow the update: it must be rebuilt, never served."""

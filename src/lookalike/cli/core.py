@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("extract", help="embed every image of a collection into a gallery folder (resumable)")
-    p.add_argument("--data", required=True, help="tiny-ImageNet root, class-folder tree, or a text file of image paths")
+    p.add_argument("--data", required=True, help="tiny-ImageNet root, class-folder tree, a text file of image paths, or webdataset shards ('shards/{00000..00009}.tar' or a folder of .tar files)")
     p.add_argument("--out", required=True, help="gallery folder to write")
     opt.model(p)
     p.add_argument("--weights", default="pretrained", help="pretrained (default), random (explicit, seeded) or PATH to a state dict")
@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     opt.threads(p)
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random")
     p.add_argument("--overwrite", action="store_true", help="replace a gallery built with other arguments")
+    p.add_argument("--update", action=argparse.BooleanOptionalAction, default=None,
+                   help="update a gallery built with these arguments to the folder: embed only new and changed files, drop removed ones (the default); --update also fails if the gallery cannot be updated, --no-update refuses a changed folder")
     p.add_argument("--max-pixels", type=int, default=None, help=f"skip images over this many pixels (width × height) as possible decompression bombs (default {DEFAULT_MAX_PIXELS:,}, PIL's own threshold); raise it for legitimate large images")
     _engine_args(p)
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs per model actor")
@@ -131,6 +133,7 @@ def extract_config(args: argparse.Namespace):
         device=args.device,
         threads=args.threads,
         overwrite=args.overwrite,
+        update=args.update,
         **({"max_pixels": _positive(args.max_pixels, "--max-pixels")} if args.max_pixels is not None else {}),
     )
 
@@ -171,6 +174,11 @@ def print_gallery_summary(gallery) -> None:
     else:
         print(f"  precision: {m.model.precision_name}")
     print(f"  extraction: {t['ms_per_image']:.2f} ms/image ({t['images_per_second']} images/s)")
+    if m.update is not None:
+        from ..embed.incremental import describe_update
+
+        for line in describe_update(m.update):
+            print(f"  {line}")
     if m.skipped:
         print(f"  skipped {len(m.skipped)} unreadable file(s):")
         for f in m.skipped[:20]:

@@ -6,7 +6,7 @@
     --query-list FILE       a text file of query image paths (the study's all_img_list)
     --timing-queries N      how many of those queries are timed one at a time per method or point
     --exact-timing-queries N  the sample that times the exact baselines (brute, flat) in a sweep
-    --decode-workers N      local extraction: DataLoader processes decoding images
+    --decode-workers N      local extraction: threads decoding images beside the model
     --actors N              Ray extraction: model actors
 
 Old spellings keep working for one release and print a deprecation warning naming the new one.

@@ -1,4 +1,4 @@
-"""Reading image collections: tiny-ImageNet-200, class-folder trees and list files.
+"""Reading image collections: tiny-ImageNet-200, class-folder trees, list files and webdataset tar shards.
 
 `load_collection` looks at what the user gave and finds the image paths and labels without
 opening any image, so listing 100k files takes a fraction of a second. Decoding, and
@@ -16,6 +16,7 @@ from typing import Iterator, Sequence
 
 from lookalike.errors import DataError
 from lookalike.data.images import is_image_path
+from lookalike.data.webdataset import find_shards, member_stat, shard_records, shard_root
 
 __all__ = [
     "SPLITS",
@@ -24,13 +25,14 @@ __all__ = [
     "ImageRecord",
     "Collection",
     "load_collection",
+    "file_stat",
 ]
 
 #: Every split a record can belong to, in the order records are sorted.
 SPLITS = ("train", "val", "test", "gallery")
 
 #: The forms `load_collection` recognises, as stored in `Collection.kind`.
-KINDS = ("tiny-imagenet", "class-folders", "list")
+KINDS = ("tiny-imagenet", "class-folders", "list", "webdataset")
 
 #: File written at a collection's root by `lookalike.data.synthetic`.
 SYNTHETIC_MARKER = "SYNTHETIC.json"
@@ -54,9 +56,10 @@ class Collection:
     """The records of one collection, plus where they came from."""
 
     root: str  # absolute path of what the user gave
-    kind: str  # "tiny-imagenet" | "class-folders" | "list"
+    kind: str  # "tiny-imagenet" | "class-folders" | "list" | "webdataset"
     records: tuple[ImageRecord, ...]  # sorted: split order train, val, test, gallery; then path
     synthetic: dict | None  # content of SYNTHETIC.json when made by lookalike.data.synthetic, else None
+    problems: tuple[tuple[str, str], ...] = ()  # (path, reason) of inputs that lost images while listing (a truncated tar)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -82,10 +85,14 @@ def load_collection(source: str | os.PathLike, splits: Sequence[str] | None = No
     """List the images of a collection, auto-detecting its form.
 
     `source` is a tiny-ImageNet-200 folder (or the folder holding `tiny-imagenet-200/`), a
-    folder of class folders, or a text file with one image path per line. `splits` keeps
-    only those splits (e.g. ["train", "val"]); asking for a split with no images is an error.
+    folder of class folders, a text file with one image path per line, or webdataset tar shards
+    (`shards/{00000..00009}.tar`, one .tar, or a folder of .tar files; see lookalike.data.webdataset).
+    `splits` keeps only those splits (e.g. ["train", "val"]); asking for a split with no images is an error.
     """
     wanted = _check_splits(splits)
+    shards = find_shards(os.fspath(source))
+    if shards is not None:
+        return _webdataset_collection(os.fspath(source), shards, wanted)
     given = Path(os.path.expanduser(os.fspath(source)))
     root = os.path.abspath(given)
     if not given.exists():
@@ -124,6 +131,18 @@ def load_collection(source: str | os.PathLike, splits: Sequence[str] | None = No
         records=tuple(records),
         synthetic=_read_marker(Path(marker_dir)),
     )
+
+
+def file_stat(path: str) -> tuple[int, int]:
+    """(size in bytes, mtime in ns) of a record's image, taken before it is read; (−1, −1) when it is gone.
+
+    An update compares them with the gallery's to skip unchanged files without reading them.
+    """
+    try:
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return member_stat(path)
 
 
 def _check_splits(splits: Sequence[str] | None) -> frozenset[str] | None:
@@ -318,6 +337,22 @@ def _list_records(
         seen.add(full)
         records.append(ImageRecord(full, label, "gallery"))
     return records
+
+
+# --- webdataset shards -----------------------------------------------------------------
+
+
+def _webdataset_collection(source: str, shards: list[str], wanted: frozenset[str] | None) -> Collection:
+    """Samples of tar shards, as gallery-split records `<shard>.tar#<key>` (the image bytes stay in the tar)."""
+    root = shard_root(source, shards)
+    if wanted is not None and "gallery" not in wanted:
+        raise DataError(f"webdataset shards under {root} have only the gallery split; drop the splits filter")
+    samples, problems = shard_records(shards)
+    if not samples:
+        detail = f" ({problems[0][1]})" if problems else ""
+        raise DataError(f"no sample with a jpg, png or webp member in the {len(shards)} shard(s) under {root}{detail}")
+    records = sorted((ImageRecord(path, label, "gallery") for path, label in samples), key=lambda r: r.path)
+    return Collection(root=root, kind="webdataset", records=tuple(records), synthetic=_read_marker(Path(root)), problems=tuple(problems))
 
 
 # --- provenance -----------------------------------------------------------------------

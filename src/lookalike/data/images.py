@@ -23,6 +23,7 @@ __all__ = [
     "is_image_path",
     "load_rgb",
     "load_rgb_bytes",
+    "read_image_bytes",
 ]
 
 #: Extensions we treat as images when scanning folders (compare lower-cased).
@@ -44,6 +45,23 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 def is_image_path(path: str | os.PathLike) -> bool:
     """True when the file name ends in one of IMAGE_EXTENSIONS (any case, e.g. `.JPEG`)."""
     return os.fspath(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def read_image_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of a record's image: the file at `path`, or the tar member a webdataset path `<shard>.tar#<key>` names.
+
+    OSError (FileNotFoundError when nothing is there) for the caller to report like any unreadable file.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        from .webdataset import read_member, split_member_path
+
+        if split_member_path(name) is None:
+            raise
+        return read_member(name)
 
 
 def load_rgb(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None) -> Image.Image:

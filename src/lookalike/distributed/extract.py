@@ -40,7 +40,7 @@ from ..data.images import DEFAULT_MAX_PIXELS
 from ..errors import GalleryError, LookalikeError
 from ..embed.extract import ExtractConfig, ImageListDataset, Job, Shard, apply_inference, collate, commit, encode_shard, prepare, record_state, saved_inference
 from ..gallery.manifest import Inference
-from ..gallery import MANIFEST, Gallery, atomic_write_bytes, open_gallery
+from ..gallery import Gallery, atomic_write_bytes, open_gallery
 from ..embed.transforms import Preprocess
 from .cluster import TASK_RETRIES, WorkerPlan, connected, first_line, plan_workers, remote_result, user_error
 from .staging import ShardStore
@@ -79,14 +79,14 @@ def extract_ray(
     s3://bucket/job); by default `<out>/.partial/`, which then has to be a shared filesystem.
     """
     job = prepare(config)
-    if (job.out / MANIFEST).is_file():
+    if job.complete:
         log.info("gallery at %s is already complete with these arguments", job.out)
         return open_gallery(job.out)
     store = ShardStore(staging or str(job.partial))
     separate = store.local_path != job.partial.resolve()  # workers write elsewhere: copy their shards here
     job.partial.mkdir(parents=True, exist_ok=True)
-    if separate:
-        store.claim(job.state["identity"], job.state["records_digest"], config.overwrite)
+    if separate:  # an update's shards hold other images than a full extraction's: its base gallery is part of the claim
+        store.claim(job.state["identity"], job.state["records_digest"] + (f"+{job.base.fingerprint}" if job.base is not None else ""), config.overwrite)
     collect(job, store, separate)
     resumed = [s for s in job.shards if job.done(s)]
     timings = {"engine": "ray", "resumed_shards": len(resumed), "passes": 0}

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -43,10 +43,11 @@ from ..gallery import (
     records_digest,
     write_gallery,
 )
-from ..data.images import DEFAULT_MAX_PIXELS, load_rgb_bytes
+from ..data.images import DEFAULT_MAX_PIXELS, load_rgb_bytes, read_image_bytes
 from ..gallery.manifest import Inference
 from .backends import BackendUnavailable, Choice
 from .calibrate import CALIBRATION_IMAGES, calibrate
+from . import incremental
 from .models import Embedder, load_model
 from .transforms import Preprocess, build_transform
 
@@ -74,6 +75,7 @@ class ExtractConfig:
     threads: int | None = None
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped as possible decompression bombs (--max-pixels)
+    update: bool | None = None  # a gallery with this identity: None/True update it to the folder (True: it must be updatable), False: refuse a changed folder
 
     def identity(self) -> dict:
         """The arguments that determine the gallery's content; a resume or re-run must match them."""
@@ -110,17 +112,30 @@ class Shard:
 
 @dataclass
 class Job:
-    """Everything an engine needs to fill the missing shards of one extraction."""
+    """Everything an engine needs to fill the missing shards of one extraction.
+
+    `collection` holds the images this job embeds: the whole collection, or for an update of
+    `base` only the new and changed ones (`whole` is then the folder's whole collection, and
+    `plan` says which row of `base` every other record keeps).
+    """
 
     config: ExtractConfig
     collection: Collection
     out: Path
     shards: list[Shard]
     state: dict = field(default_factory=dict)
+    plan: incremental.Plan | None = None  # the scan of the whole collection (stats before reading), and the rows reused
+    whole: Collection | None = None
+    base: Gallery | None = None  # the gallery this job updates
 
     @property
     def partial(self) -> Path:
         return self.out / PARTIAL
+
+    @property
+    def complete(self) -> bool:
+        """The gallery at `out` already is what this job would write: nothing to do."""
+        return self.base is None and (self.out / MANIFEST).is_file()
 
     def done(self, shard: Shard) -> bool:
         return (self.partial / shard.filename).is_file()
@@ -151,8 +166,7 @@ class ImageListDataset:
     def __getitem__(self, index: int):
         path = self.records[index].path
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
+            data = read_image_bytes(path)  # a file, or a webdataset tar member
         except OSError as exc:
             return index, None, f"cannot read image {path}: {exc.strerror or exc}; remove or replace the file", None
         try:
@@ -214,29 +228,61 @@ def collection_digest(records: tuple[ImageRecord, ...]) -> str:
 
 
 def prepare(config: ExtractConfig) -> Job:
-    """Read the collection and check the output folder: resume, refuse, or (with --overwrite) clear it."""
-    collection = load_collection(config.data, config.splits)
+    """Read the collection and check the output folder: resume, update, refuse, or (with --overwrite) clear it.
+
+    A gallery made with the same arguments is updated to the folder (see embed.incremental)
+    unless `config.update` is False; an update killed while moving its result in is finished first.
+    """
     out = Path(config.out)
+    incremental.finish_update(out)
+    collection = load_collection(config.data, config.splits)
     identity = config.identity()
     digest = collection_digest(collection.records)
     manifest_path, state_path = out / MANIFEST, out / PARTIAL / STATE
-    for existing, what in ((manifest_path, "gallery"), (state_path, "unfinished extraction")):
-        if not existing.is_file():
-            continue
-        previous = json.loads(existing.read_text())
-        prev_identity = previous.get("extract", {}).get("identity") if what == "gallery" else previous.get("identity")
-        prev_digest = previous.get("extract", {}).get("records_digest") if what == "gallery" else previous.get("records_digest")
-        if prev_identity == identity and prev_digest == digest:
-            continue
-        if config.overwrite:
+    base = None
+    if manifest_path.is_file():
+        previous = json.loads(manifest_path.read_text())
+        prev_identity, prev_digest = previous.get("extract", {}).get("identity"), previous.get("extract", {}).get("records_digest")
+        if prev_identity == identity and config.update is not False:
+            base = open_gallery(out)
+        elif prev_identity == identity and prev_digest == digest:
+            pass
+        elif config.overwrite:
             clear_gallery(out)
-            break
-        raise GalleryError(f"{out} holds a{'n' if what[0] == 'u' else ''} {what} {_describe_difference(prev_identity, identity, prev_digest, digest)}; use another --out or pass --overwrite")
-    n = len(collection.records)
+        else:
+            difference = _describe_difference(prev_identity, identity, prev_digest, digest)
+            if config.update:
+                raise GalleryError(f"cannot update the gallery in {out}: it was {difference}; use another --out or pass --overwrite to re-extract")
+            hint = "; drop --no-update to update it to the folder" if prev_identity == identity else ""
+            raise GalleryError(f"{out} holds a gallery {difference}{hint}; use another --out or pass --overwrite")
+    scanned = incremental.scan(collection.records)  # before any file is read
+    plan = None
+    if state_path.is_file():
+        previous = json.loads(state_path.read_text())
+        same = previous.get("identity") == identity and previous.get("records_digest") == digest and previous.get("base") == (base.fingerprint if base else None)
+        saved = incremental.load_plan(out / PARTIAL, len(collection.records)) if same else None
+        if same and (base is None or (saved is not None and saved.same_scan(scanned))):
+            plan = saved  # resume (None: a job started by an older lookalike, scanned now)
+        elif previous.get("base") is not None and previous.get("identity") == identity:
+            log.warning("discarding the unfinished update in %s: the folder changed since it began (the gallery itself is untouched)", out / PARTIAL)
+            shutil.rmtree(out / PARTIAL)
+        elif config.overwrite:
+            clear_gallery(out)
+            base = None
+        else:
+            raise GalleryError(f"{out} holds an unfinished extraction {_describe_difference(previous.get('identity'), identity, previous.get('records_digest'), digest)}; use another --out or pass --overwrite")
+    if plan is None:
+        plan = scanned if base is None else incremental.plan_update(collection.records, scanned, base)
+        if base is not None and incremental.unchanged(plan, base, digest):
+            base = None  # the gallery already is the folder's: the job is complete
+    embed = incremental.subset(collection, plan)
+    n = len(embed.records)
     size = config.effective_shard_size
     shards = [Shard(i, start, min(start + size, n)) for i, start in enumerate(range(0, n, size))]
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {"identity": identity, "records_digest": digest}
-    return Job(config, collection, out, shards, state)
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {"identity": identity, "records_digest": digest, "base": base.fingerprint if base else None}
+    if base is not None:
+        state = incremental.base_state(base) | state  # new rows are embedded with the gallery's own model and precision
+    return Job(config, embed, out, shards, state, plan, collection, base)
 
 
 def _describe_difference(prev: dict | None, new: dict, prev_digest: str | None, digest: str) -> str:
@@ -295,6 +341,9 @@ def decide_inference(job: Job, embedder: Embedder, workers: int | None, threads:
     """
     if "inference" in job.state or "precision" in job.state:
         decided = saved_inference(job.state)
+    elif job.base is not None:  # an update embeds its new files as the gallery's other rows were embedded
+        model = job.base.manifest.model
+        decided = replace(model.inference, reason=f"as the gallery being updated ({model.inference.reason})") if model.inference else Inference("torch", model.precision_name, "as the gallery being updated")
     else:
         cores = runtime.default_threads()
         sample, decode_ms = decode_sample(job, embedder.preprocess)
@@ -410,15 +459,19 @@ def ensure_state(job: Job, embedder: Embedder) -> None:
 
 
 def record_state(job: Job, model: dict) -> None:
-    """Record the model (as `Embedder.describe()` gives it) in the state file; the Ray engine gets it from a worker."""
+    """Record the model (as `Embedder.describe()` gives it) and the scan in `.partial/`, before any shard; the Ray engine gets the model from a worker."""
+    if job.base is not None:
+        incremental.check_model(job.base, model)
     job.partial.mkdir(parents=True, exist_ok=True)
     job.state.setdefault("model", {k: v for k, v in model.items() if k != "precision"})
     job.state.setdefault("started", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    if job.plan is not None and not (job.partial / incremental.PLAN).is_file():
+        incremental.save_plan(job.partial, job.plan)
     atomic_write_json(job.partial / STATE, job.state)
 
 
-def commit(job: Job, embedder: Embedder | None = None, extra_timings: dict | None = None) -> Gallery:
-    """Assemble the shards into the final gallery files; manifest.json goes last."""
+def read_shards(job: Job) -> incremental.NewRows:
+    """Every shard's rows, in shard order; record numbers are the job's own (`job.collection`)."""
     missing = job.todo()
     if missing:
         raise GalleryError(f"cannot commit {job.out}: {len(missing)} shards are missing; rerun the extraction to finish them")
@@ -430,33 +483,53 @@ def commit(job: Job, embedder: Embedder | None = None, extra_timings: dict | Non
             hashes.append(z["hashes"].tolist() if "hashes" in z.files else None)
             bad.extend(zip(z["bad_indices"].tolist(), z["bad_reasons"].tolist()))
             seconds += float(z["seconds"])
-    embeddings = np.concatenate(embs) if embs else np.zeros((0, job.state["model"]["dim"]), np.float32)
-    indices = np.concatenate(idx) if idx else np.zeros(0, np.int64)
-    if len(indices) == 0:
-        raise GalleryError(f"no image under {job.config.data} could be decoded ({len(bad)} bad files); nothing to store")
-    records = [job.collection.records[i] for i in indices.tolist()]
-    n_total = len(job.collection.records)
-    gallery = write_gallery(
-        job.out,
-        embeddings,
-        Rows(
-            [r.path for r in records], [r.label for r in records], [r.label_name for r in records], [r.split for r in records],
-            # every shard hashed its files (shards from before content hashes did not)
-            content_hashes=[h for part in hashes for h in part] if all(h is not None for h in hashes) else None,
-        ),
-        model=ModelInfo.from_dict({**job.state["model"], **inference_record(job.state)}),
-        data=DataInfo.from_dict(job.collection.provenance()),
-        skipped=[{"path": job.collection.records[i].path, "reason": r} for i, r in bad],
-        timings={
+    return incremental.NewRows(
+        np.concatenate(embs) if embs else np.zeros((0, job.state["model"]["dim"]), np.float32),
+        np.concatenate(idx) if idx else np.zeros(0, np.int64),
+        # every shard hashed its files (shards from before content hashes did not)
+        [h for part in hashes for h in part] if all(h is not None for h in hashes) else None,
+        bad,
+        seconds,
+    )
+
+
+def commit(job: Job, embedder: Embedder | None = None, extra_timings: dict | None = None) -> Gallery:
+    """Assemble the shards into the final gallery files; manifest.json goes last. An update is written aside and moved in."""
+    new = read_shards(job)
+    n_total, seconds = len(job.collection.records), new.seconds
+    what = {
+        "model": ModelInfo.from_dict({**job.state["model"], **inference_record(job.state)}),
+        "timings": {
             "extract_seconds": round(seconds, 3),
             "images": n_total,
             "ms_per_image": round(1000 * seconds / max(1, n_total), 3),
             "images_per_second": round(n_total / seconds, 2) if seconds else None,
-            "note": "wall time of decode + preprocess + embed, summed over shards (resumed runs included)",
+            "note": "wall time of decode + preprocess + embed, summed over shards (resumed runs included)"
+            + ("; an update: `images` counts the new and changed images it embedded" if job.base is not None else ""),
             **(extra_timings or {}),
         },
-        extract={"identity": job.state["identity"], "records_digest": job.state["records_digest"], "shards": len(job.shards)},
-        environment=runtime.environment(),
+        "extract": {"identity": job.state["identity"], "records_digest": job.state["records_digest"], "shards": len(job.shards)},
+        "environment": runtime.environment(),
+    }
+    if job.base is not None:  # the query latency measured at the full extraction still holds: same model, same input
+        what["timings"] |= {k: v for k, v in job.base.manifest.timings.items() if k.startswith("single_image")}
+        incremental.stage_update(job.partial, job.whole, job.plan, job.base, new, **what)
+        return incremental.finish_update(job.out)
+    if len(new.indices) == 0:
+        raise GalleryError(f"no image under {job.config.data} could be decoded ({len(new.bad)} bad files); nothing to store")
+    plan = job.plan if job.plan is not None and len(job.plan.reuse) == n_total else incremental.scan(job.collection.records)
+    records = [job.collection.records[i] for i in new.indices.tolist()]
+    gallery = write_gallery(
+        job.out,
+        new.embeddings,
+        Rows(
+            [r.path for r in records], [r.label for r in records], [r.label_name for r in records], [r.split for r in records],
+            content_hashes=new.hashes, sizes=plan.sizes[new.indices], mtimes=plan.mtimes[new.indices],
+        ),
+        data=DataInfo.from_dict(job.collection.provenance()),
+        skipped=[{"path": p, "reason": r} for p, r in job.collection.problems]
+        + [incremental.skipped_entry(job.collection.records[i].path, r, plan, i) for i, r in new.bad],
+        **what,
     )
     shutil.rmtree(job.partial, ignore_errors=True)
     return gallery
@@ -473,9 +546,11 @@ def inference_record(state: dict) -> dict:
 def extract(config: ExtractConfig, progress: bool = True) -> Gallery:
     """The local engine: prepare → fill missing shards → commit. Returns the finished gallery."""
     job = prepare(config)
-    if (job.out / MANIFEST).is_file():
+    if job.complete:
         log.info("gallery at %s is already complete with these arguments", job.out)
         return open_gallery(job.out)
+    if not job.todo() and job.base is not None:  # an update with nothing to embed: removals, relabelling, touched files
+        return commit(job)
     runtime.set_threads(config.threads)
     device = runtime.pick_device(config.device)
     embedder = load_model(config.model, config.weights, config.image_size, device, config.seed)
@@ -487,7 +562,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> Gallery:
     run_local(job, embedder, workers, progress)
     threads = runtime.thread_counts().get("torch") if decided.backend == "torch" else getattr(embedder.active, "threads", None)
     timings = {"threads": threads, "workers": workers, "device": device, "batch_size": config.batch_size, "calibration_seconds": round(calibration_s, 3)}
-    return commit(job, embedder, timings | single_image_timing(job, embedder))
+    return commit(job, embedder, timings | (single_image_timing(job, embedder) if job.base is None else {}))
 
 
 def single_image_timing(job: Job, embedder: Embedder) -> dict:

@@ -4,11 +4,14 @@
 the experiments at sizes no image collection here reaches.
 """
 
-from .manifest import SCHEMA_VERSION, DataInfo, Manifest, ModelInfo, Weights
+from .manifest import SCHEMA_VERSION, DataInfo, Manifest, ModelInfo, UpdateInfo, Weights
 from .store import (
     CACHE,
     CONTENT_HASH,
     EMBEDDINGS,
+    FILE_MTIME,
+    FILE_SIZE,
+    ID_MAP,
     INDEXES,
     MANIFEST,
     MAX_HELD_OUT_QUERIES,
@@ -25,6 +28,7 @@ from .store import (
     json_text,
     is_real,
     embeddings_digest,
+    install_gallery,
     open_gallery,
     provenance_line,
     records_digest,
@@ -33,8 +37,8 @@ from .store import (
 )
 
 __all__ = [
-    "CACHE", "CONTENT_HASH", "EMBEDDINGS", "INDEXES", "MANIFEST", "MAX_HELD_OUT_QUERIES", "METADATA", "METADATA_SCHEMA", "SCHEMA_VERSION",
+    "CACHE", "CONTENT_HASH", "EMBEDDINGS", "FILE_MTIME", "FILE_SIZE", "ID_MAP", "INDEXES", "MANIFEST", "MAX_HELD_OUT_QUERIES", "METADATA", "METADATA_SCHEMA", "SCHEMA_VERSION",
     "Gallery", "Partition", "atomic_save_npy", "atomic_write_bytes", "atomic_write_json", "atomic_write_parquet",
-    "clear_gallery", "is_real", "open_gallery", "provenance_line", "DataInfo", "Manifest", "ModelInfo", "Weights", "Rows",
+    "clear_gallery", "is_real", "open_gallery", "provenance_line", "DataInfo", "Manifest", "ModelInfo", "Weights", "Rows", "UpdateInfo", "install_gallery",
     "embeddings_digest", "records_digest", "write_gallery", "write_manifest", "json_text",
 ]

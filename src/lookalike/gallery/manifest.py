@@ -169,6 +169,35 @@ class DataInfo:
 
 
 @dataclass(frozen=True)
+class UpdateInfo:
+    """How `extract` updated this gallery from the one before it: what it reused, embedded and dropped.
+
+    Ids are row positions, in the order a fresh extraction gives (split, then path), so they move
+    when files before them come or go: `id_map` (a file in the gallery) maps every id of the
+    gallery `base_fingerprint` to its id here, −1 where the row is gone (file removed, or re-embedded
+    because its content changed).
+    """
+
+    base_fingerprint: str
+    base_count: int
+    reused: int  # rows carried over: same path, and same size and mtime or, failing that, same content hash
+    added: int  # paths new to the gallery (previously unreadable files included), embedded
+    changed: int  # paths whose content changed, embedded again
+    removed: int  # rows whose file is no longer in the collection
+    hashed: int  # files whose size or mtime differed, read to compare their content hash
+    id_map: str = "id_map.npy"
+    indexes: dict[str, str] | None = None  # saved index → "updated in place …" / "rebuilt …" / "stale: …"; None until done
+    held_out: str | None = None  # how the held-out queries behaved across the update
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UpdateInfo:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything `manifest.json` records. Written last, so its presence means the gallery is complete."""
 
@@ -177,10 +206,11 @@ class Manifest:
     count: int
     fingerprint: str  # identifies the content; saved indexes record it and refuse another gallery's
     created: str
-    skipped: tuple[dict[str, str], ...] = ()  # {"path", "reason"} of every file that could not be decoded
+    skipped: tuple[dict[str, Any], ...] = ()  # {"path", "reason"[, "size", "mtime_ns"]} of every file that could not be decoded
     timings: dict[str, Any] = field(default_factory=dict)
     extract: dict[str, Any] = field(default_factory=dict)  # identity and records digest, for resume/refusal
     environment: dict[str, Any] = field(default_factory=dict)  # machine, threads, library versions
+    update: UpdateInfo | None = None  # set when `extract` updated an earlier version of the gallery
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -220,6 +250,7 @@ class Manifest:
             "timings": self.timings,
             "extract": self.extract,
             "environment": self.environment,
+            **({"update": self.update.to_dict()} if self.update is not None else {}),
         }
 
     @classmethod
@@ -239,6 +270,7 @@ class Manifest:
                 timings=dict(d.get("timings") or {}),
                 extract=dict(d.get("extract") or {}),
                 environment=dict(d.get("environment") or {}),
+                update=UpdateInfo.from_dict(d["update"]) if d.get("update") else None,
                 schema_version=int(version),
             )
         except (KeyError, TypeError, ValueError) as exc:

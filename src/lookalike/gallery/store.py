@@ -3,7 +3,8 @@
 Layout (see README "What each output file holds"):
     manifest.json       what made the gallery (model, weights, data, preprocessing, timings, versions)
     embeddings.npy      (N, d) float32, L2-normalised, memory-mappable
-    metadata.parquet    id, path, label, label_name, split (row i describes embeddings[i])
+    metadata.parquet    id, path, label, label_name, split, sha256, size, mtime_ns (row i describes embeddings[i])
+    id_map.npy          after an update: each id of the gallery before it → its id now (−1: gone)
     indexes/<name>/     saved search methods (see lookalike.search)
     cache/              ground truth and other derived data, safe to delete
 
@@ -29,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import GalleryError
-from .manifest import DataInfo, Manifest, ModelInfo
+from .manifest import DataInfo, Manifest, ModelInfo, UpdateInfo
 
 if TYPE_CHECKING:
     from ..search.searcher import Hit, Query, Searcher
@@ -50,6 +51,9 @@ METADATA_SCHEMA = pa.schema(
     ]
 )
 CONTENT_HASH = "sha256"  # optional metadata column: sha256 of each image file (galleries extracted before it lack it)
+FILE_SIZE, FILE_MTIME = "size", "mtime_ns"  # optional columns: each file's stat before it was read (older galleries lack them)
+ID_MAP = "id_map.npy"
+HELD_OUT_FRACTION = 0.1  # of a collection without a val split, by path hash (see Gallery.partition)
 MAX_HELD_OUT_QUERIES = 1000
 
 
@@ -230,21 +234,34 @@ class Gallery:
         """Held-out queries: the val split when there is one, else a seeded sample removed from the database.
 
         Searching gallery members for themselves flatters recall (each finds itself at rank 1),
-        so queries are never part of the database.
+        so queries are never part of the database. The sample is chosen by a seeded hash of each
+        row's path, not by row position: a row is held out when its hash falls in the lowest
+        HELD_OUT_FRACTION (at least 1 row, at most `max_queries`: the lowest hashes). So an update
+        that adds or removes files never moves a remaining row between queries and database, except
+        at the `max_queries` cap (collections over 10,000 images), where rows near the cut may.
         """
         splits = self.splits
         train = np.flatnonzero(splits == "train")
         val = np.flatnonzero(splits == "val")
         if len(train) and len(val):
-            queries = val if len(val) <= max_queries else np.sort(np.random.default_rng(seed).choice(val, max_queries, replace=False))
+            queries = val if len(val) <= max_queries else np.sort(val[self._path_order(val, seed)[:max_queries]])
             return self._without_copies(train, queries, f"train ({len(train)}) vs val ({len(queries)} of {len(val)})")
         pool = np.flatnonzero((splits != "test") & (splits != "val")) if len(train) == 0 else train
-        n_queries = min(max_queries, max(1, len(pool) // 10))
         if len(pool) < 2:
             raise GalleryError(f"gallery at {self.path} has {len(pool)} searchable images; it needs at least 2")
-        queries = np.sort(np.random.default_rng(seed).choice(pool, n_queries, replace=False))
+        order, fractions = self._path_order(pool, seed, with_fractions=True)
+        n_queries = int(np.clip(np.count_nonzero(fractions < HELD_OUT_FRACTION), 1, min(max_queries, len(pool) - 1)))
+        queries = np.sort(pool[order[:n_queries]])
         database = np.setdiff1d(pool, queries, assume_unique=True)
         return self._without_copies(database, queries, f"{{database}} images vs {n_queries} held-out (seed {seed})")
+
+    def _path_order(self, rows: np.ndarray, seed: int, with_fractions: bool = False):
+        """`rows` positions ordered by a seeded hash of their paths (and each hash as a fraction of its range)."""
+        hashes = self._path_hashes(seed)[rows]
+        order = np.argsort(hashes, kind="stable")
+        if not with_fractions:
+            return order
+        return order, hashes[order].astype(np.float64) / 2.0**64
 
     @cached_property
     def content_hashes(self) -> np.ndarray | None:
@@ -252,6 +269,25 @@ class Gallery:
         if CONTENT_HASH not in self.metadata.column_names:
             return None
         return np.asarray(self.metadata.column(CONTENT_HASH).to_pylist(), dtype=object)
+
+    def _path_hashes(self, seed: int) -> np.ndarray:
+        """A seeded 64-bit hash of every row's path, computed once per seed (about 1 s for 1M rows)."""
+        cache = self.__dict__.setdefault("_path_hash_cache", {})
+        if seed not in cache:
+            salt = str(seed).encode()[:16]
+            cache[seed] = np.fromiter(
+                (int.from_bytes(hashlib.blake2b(p.encode(), digest_size=8, salt=salt).digest(), "big") for p in self.paths),
+                dtype=np.uint64, count=self.count,
+            )
+        return cache[seed]
+
+    @cached_property
+    def file_stats(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(size, mtime_ns) of each row's file when it was read, or None for a gallery extracted before they were stored."""
+        names = self.metadata.column_names
+        if FILE_SIZE not in names or FILE_MTIME not in names:
+            return None
+        return (self.metadata.column(FILE_SIZE).to_numpy().astype(np.int64), self.metadata.column(FILE_MTIME).to_numpy().astype(np.int64))
 
     def _without_copies(self, database: np.ndarray, queries: np.ndarray, how: str) -> Partition:
         """Drop database rows whose file content equals a query's; `how` may hold a {database} field for the final count."""
@@ -315,9 +351,12 @@ class Rows:
     label_names: Sequence[str | None]
     splits: Sequence[str]
     content_hashes: Sequence[str] | None = None  # sha256 of each image file, when the writer hashed them
+    sizes: Sequence[int] | None = None  # each file's size and mtime (ns) before it was read, so an update can skip unchanged files
+    mtimes: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
-        lengths = {len(self.paths), len(self.labels), len(self.label_names), len(self.splits)} | ({len(self.content_hashes)} if self.content_hashes is not None else set())
+        optional = (self.content_hashes, self.sizes, self.mtimes)
+        lengths = {len(self.paths), len(self.labels), len(self.label_names), len(self.splits)} | {len(c) for c in optional if c is not None}
         if len(lengths) != 1:
             raise GalleryError(f"{len(self.paths)} paths but {len(self.labels)} labels, {len(self.label_names)} label names, {len(self.splits)} splits and {len(self.content_hashes or [])} content hashes")
 
@@ -329,6 +368,9 @@ class Rows:
         )
         if self.content_hashes is not None:
             table = table.append_column(CONTENT_HASH, pa.array(list(self.content_hashes), pa.string()))
+        if self.sizes is not None and self.mtimes is not None:
+            table = table.append_column(FILE_SIZE, pa.array(np.asarray(self.sizes, dtype=np.int64), pa.int64()))
+            table = table.append_column(FILE_MTIME, pa.array(np.asarray(self.mtimes, dtype=np.int64), pa.int64()))
         return table
 
 
@@ -359,8 +401,14 @@ def write_gallery(
     timings: dict[str, Any] | None = None,
     extract: dict[str, Any] | None = None,
     environment: dict[str, Any] | None = None,
+    update: UpdateInfo | None = None,
+    id_map: np.ndarray | None = None,
 ) -> Gallery:
-    """Write embeddings, metadata and — last — the manifest, each atomically; return the opened gallery."""
+    """Write embeddings, metadata and — last — the manifest, each atomically; return the opened gallery.
+
+    An update (`update`, with `id_map`: old id → new id, −1 for rows gone) is written into a
+    staging folder and moved over the old gallery by `install_gallery`.
+    """
     path = Path(path)
     embeddings = np.asarray(embeddings)
     if embeddings.ndim != 2 or embeddings.dtype != np.float32:
@@ -372,6 +420,10 @@ def write_gallery(
         raise GalleryError(f"the model {model.name} gives {model.dim}-d embeddings but the array is {d}-d")
     atomic_save_npy(path / EMBEDDINGS, embeddings)
     atomic_write_parquet(path / METADATA, rows.table())
+    if update is not None:
+        if id_map is None:
+            raise GalleryError("an updated gallery needs its id map (old id → new id)")
+        atomic_save_npy(path / update.id_map, np.asarray(id_map, dtype=np.int64))
     fingerprint = embeddings_digest(embeddings)[:16] + "-" + records_digest(rows.paths, rows.labels, rows.splits)[:16]
     manifest = Manifest(
         model=model,
@@ -383,6 +435,7 @@ def write_gallery(
         timings=dict(timings or {}),
         extract=dict(extract or {}),
         environment=dict(environment or {}),
+        update=update,
     )
     write_manifest(path, manifest)
     return open_gallery(path)
@@ -393,9 +446,34 @@ def write_manifest(path: str | os.PathLike, manifest: Manifest) -> None:
     atomic_write_json(Path(path) / MANIFEST, manifest.to_dict())
 
 
+def install_gallery(staged: Path, path: Path) -> None:
+    """Move the complete gallery written in `staged` over the one at `path`: its manifest goes first, the new one last.
+
+    Why: an update reads the old gallery while writing the new one, so the new one is written
+    aside (its saved indexes too) and then moved in by renames. Without a manifest nobody reads
+    a mix of old and new files; a crash part-way leaves `path` incomplete and `staged` holding
+    what is left to move, so calling this again finishes the job.
+    """
+    staged, path = Path(staged), Path(path)
+    if not (staged / MANIFEST).is_file():
+        raise GalleryError(f"nothing to install from {staged}: it holds no complete gallery")
+    (path / MANIFEST).unlink(missing_ok=True)
+    for name in (EMBEDDINGS, METADATA, ID_MAP):
+        if (staged / name).exists():
+            os.replace(staged / name, path / name)
+    if (staged / INDEXES).is_dir():
+        (path / INDEXES).mkdir(exist_ok=True)
+        for folder in sorted((staged / INDEXES).iterdir()):
+            target = path / INDEXES / folder.name
+            if target.exists():
+                shutil.rmtree(target)  # a crash here leaves the staged copy, which the next call moves in
+            os.replace(folder, target)
+    os.replace(staged / MANIFEST, path / MANIFEST)
+
+
 def clear_gallery(path: Path) -> None:
     """Remove what lookalike wrote in `path` (for --overwrite), and nothing else the user keeps there."""
-    for name in (MANIFEST, EMBEDDINGS, METADATA):
+    for name in (MANIFEST, EMBEDDINGS, METADATA, ID_MAP):
         (path / name).unlink(missing_ok=True)
     for name in (INDEXES, CACHE, ".partial"):
         shutil.rmtree(path / name, ignore_errors=True)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GalleryError, IndexMismatchError, LookalikeError
+from ..errors import GalleryError, IndexMismatchError, IndexStaleError, LookalikeError
 from ..gallery import INDEXES, Gallery
 from .base import METHOD_FILE, BuildStats, SearchMethod
 from .brute import BruteForce
@@ -133,8 +133,11 @@ def method_dir(gallery: Gallery, name: str, metric: str = "ip") -> Path:
 
 
 def database_digest(ids: np.ndarray) -> str:
-    """A digest of the gallery ids an index holds: two indexes over different rows never share one."""
-    return hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()[:32]
+    """A digest of the set of gallery ids an index holds: two indexes over different rows never share one.
+
+    Sorted first: an index updated in place holds its kept rows, then the added ones (a build
+    holds them in ascending order, so digests saved before updates existed are unchanged)."""
+    return hashlib.sha256(np.sort(np.asarray(ids, dtype=np.int64)).tobytes()).hexdigest()[:32]
 
 
 def save_method(gallery: Gallery, method: SearchMethod) -> Path:
@@ -143,14 +146,18 @@ def save_method(gallery: Gallery, method: SearchMethod) -> Path:
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     method.save(tmp, {"gallery_fingerprint": gallery.fingerprint, "model": gallery.model, "database_digest": database_digest(method.ids)})
-    shutil.rmtree(folder, ignore_errors=True)
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)  # a crash from here on leaves the previous index as .old, never half of one
     tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
     return folder
 
 
 def saved_methods(gallery: Gallery) -> list[str]:
     root = gallery.path / INDEXES
-    return sorted(p.name for p in root.iterdir() if (p / METHOD_FILE).is_file()) if root.is_dir() else []
+    return sorted(p.name for p in root.iterdir() if (p / METHOD_FILE).is_file() and not p.name.endswith((".tmp", ".old"))) if root.is_dir() else []
 
 
 def load_method(gallery: Gallery, name: str, metric: str = "ip", database_ids: np.ndarray | None = None) -> SearchMethod:
@@ -163,6 +170,10 @@ def load_method(gallery: Gallery, name: str, metric: str = "ip", database_ids: n
     if not (folder / METHOD_FILE).is_file():
         raise GalleryError(f"no saved index {name!r} in {gallery.path}; build it with `lookalike index --gallery {gallery.path} --method {name}`")
     info = json.loads((folder / METHOD_FILE).read_text())
+    stale = info.get("stale") or stale_reason(gallery, info)
+    if stale:
+        again = info.get("name", name) if info.get("name") in METHODS else info.get("factory") or info.get("name", name)
+        raise IndexStaleError(f"index {folder} is stale: {stale}; it is not searched — rebuild it with `lookalike index --gallery {gallery.path} --method '{again}'`, or delete {folder}")
     if info.get("gallery_fingerprint") != gallery.fingerprint or info.get("dim") != gallery.dim:
         raise IndexMismatchError(
             f"index {folder} was built from another gallery ({info.get('model')}, {info.get('dim')}-d) than {gallery.path} "
@@ -176,6 +187,14 @@ def load_method(gallery: Gallery, name: str, metric: str = "ip", database_ids: n
             f"--method {name}`, or delete {folder} to search an index built on the fly"
         )
     return METHOD_CLASSES[info["kind"]].load(folder, gallery.embeddings)
+
+
+def stale_reason(gallery: Gallery, info: dict[str, Any]) -> str | None:
+    """Why an index not yet marked stale is one: it was built on the gallery as it was before its last update."""
+    update = gallery.manifest.update
+    if update is not None and info.get("gallery_fingerprint") == update.base_fingerprint != gallery.fingerprint:
+        return f"it was built before `lookalike extract` updated the gallery ({update.added} added, {update.changed} changed, {update.removed} removed) and was not updated with it"
+    return None
 
 
 def get_method(gallery: Gallery, name: str, metric: str = "ip", database_ids: np.ndarray | None = None, **options: Any) -> tuple[SearchMethod, bool]:

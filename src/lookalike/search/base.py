@@ -65,6 +65,20 @@ class SearchMethod(ABC):
     @abstractmethod
     def _build(self, vectors: np.ndarray) -> BuildStats: ...
 
+    def apply_update(self, keep: np.ndarray, vectors: np.ndarray) -> bool:
+        """Follow a gallery update in place: drop the rows at positions where `keep` is False, then append `vectors`.
+
+        Kept rows move down in order, as a flat index compacts; the caller then sets `ids` to the
+        kept rows' new gallery ids followed by the appended rows'. Returns False, changing nothing,
+        when the family cannot (a graph cannot forget a node): the caller rebuilds it (`fresh`) or
+        marks it stale.
+        """
+        return False
+
+    def fresh(self) -> SearchMethod | None:
+        """An unbuilt method with this one's parameters, for a family that is rebuilt when it cannot follow an update; None: mark it stale instead."""
+        return None
+
     # -- searching --
     @abstractmethod
     def _search(self, queries: np.ndarray, k: int, params: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:

@@ -47,6 +47,11 @@ class BruteForce(SearchMethod):
     def params(self) -> dict[str, Any]:
         return {"backend": self.backend}
 
+    def apply_update(self, keep: np.ndarray, vectors: np.ndarray) -> bool:
+        self.vectors = np.concatenate([np.asarray(self.vectors)[keep], as_float32_c(np.asarray(vectors)).reshape(-1, self.dim)])
+        self._tv = None
+        return True
+
     def scanned_fraction(self, queries: np.ndarray, k: int, params: dict[str, Any] | None = None) -> float | None:
         return 1.0  # every query is scored against every row
 

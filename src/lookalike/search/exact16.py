@@ -112,6 +112,15 @@ class Exact16(SearchMethod):
         self._scan = scan
         return BuildStats(round(train, 4), round(time.perf_counter() - t, 4), 0)
 
+    def apply_update(self, keep: np.ndarray, vectors: np.ndarray) -> bool:
+        """The scan copy is the rows themselves: convert the new set (at the precision measured at build)."""
+        requested, self.requested = self.requested, self.precision
+        try:
+            self._build(np.concatenate([np.asarray(self.vectors)[keep], np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)]))
+        finally:
+            self.requested = requested
+        return True
+
     def params(self) -> dict[str, Any]:
         out: dict[str, Any] = {"precision": self.precision, "error_bound": round(score_error_bound(self.precision, max(1, self.dim)), 6)}
         if self.rates:

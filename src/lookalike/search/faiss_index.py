@@ -100,6 +100,30 @@ class FaissIndex(SearchMethod):
             index.add(as_float32_c(np.asarray(vectors[start : start + 65536])))
         return index
 
+    def apply_update(self, keep: np.ndarray, vectors: np.ndarray) -> bool:
+        """IVF and flat-code indexes (Flat, SQ) drop rows in place; any index adds. HNSW, refined and
+        pre-transformed indexes cannot drop rows here (False: HNSW is rebuilt, the others go stale)."""
+        index = faiss.downcast_index(self.index)
+        drop = np.flatnonzero(~np.asarray(keep, dtype=bool)).astype(np.int64)
+        if len(drop):
+            if isinstance(index, faiss.IndexIVF):
+                index.remove_ids(faiss.IDSelectorBatch(len(drop), faiss.swig_ptr(drop)))
+                renumber_ivf(index, keep)
+            elif isinstance(index, faiss.IndexFlatCodes):
+                index.remove_ids(faiss.IDSelectorBatch(len(drop), faiss.swig_ptr(drop)))  # compacts, keeping order
+            else:
+                return False
+        if len(vectors):
+            self.index = self._add(self.index, vectors)  # positions continue from ntotal, after the kept rows
+        self._memory = None
+        return True
+
+    def fresh(self) -> FaissIndex | None:
+        """HNSW graphs are rebuilt when rows go; other families cannot be rebuilt without retraining, and go stale."""
+        if "HNSW" not in self.factory or "IVF" in self.factory:
+            return None
+        return type(self)(self.name, self.factory, self.metric, dict(self._search_params), self.seed, self.train_points_per_list)
+
     def _trained_index(self, vectors: np.ndarray) -> tuple[faiss.Index, int, float]:
         """A new, still empty index from the factory, trained on a seeded sample: (index, training vectors, seconds)."""
         n, d = vectors.shape
@@ -222,6 +246,30 @@ class FaissIndex(SearchMethod):
         method.index = faiss.read_index(str(folder / INDEX_FILE))
         method._apply(method._search_params)
         return method
+
+
+def renumber_ivf(ivf: faiss.IndexIVF, keep: np.ndarray) -> None:
+    """After `remove_ids`, give the kept rows positions 0..n−1 in their old order, as a flat index's removal does.
+
+    An IVF index stores each row's label in its list; `SearchMethod.ids` maps labels (positions)
+    to gallery ids, so labels must stay dense for `ids` to stay a plain array.
+    """
+    if ivf.direct_map.type != faiss.DirectMap.NoMap:
+        ivf.make_direct_map(False)  # the map is keyed by the old labels; it is rebuilt below
+        rebuild_map = True
+    else:
+        rebuild_map = False
+    position = np.cumsum(np.asarray(keep, dtype=np.int64)) - 1  # old label → new label
+    invlists = ivf.invlists
+    for lst in range(ivf.nlist):
+        size = invlists.list_size(lst)
+        if not size:
+            continue
+        labels = np.ascontiguousarray(position[faiss.rev_swig_ptr(invlists.get_ids(lst), size)], dtype=np.int64)
+        codes = np.array(faiss.rev_swig_ptr(invlists.get_codes(lst), size * invlists.code_size), copy=True)
+        invlists.update_entries(lst, 0, size, faiss.swig_ptr(labels), faiss.swig_ptr(codes))
+    if rebuild_map:
+        ivf.make_direct_map(True)
 
 
 def search_parameters(index: faiss.Index, values: dict[str, int]) -> tuple[faiss.SearchParameters | None, list]:

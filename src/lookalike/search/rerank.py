@@ -132,6 +132,13 @@ class MmapRerankIndex(FaissIndex):
         self.vectors = vectors if is_memory_mapped(vectors) else as_float32_c(np.asarray(vectors))
         return stats
 
+    def apply_update(self, keep: np.ndarray, vectors: np.ndarray) -> bool:
+        if not super().apply_update(keep, vectors):
+            return False
+        self.vectors = np.concatenate([np.asarray(self.vectors)[keep], as_float32_c(np.asarray(vectors)).reshape(-1, self.vectors.shape[1])])
+        self._touched = np.zeros(0, dtype=bool)
+        return True
+
     def _check_k_factor(self, value: Any) -> int:
         lo, hi = K_FACTOR_RANGE
         if not lo <= int(value) <= hi:

@@ -71,6 +71,18 @@ class UsearchHnsw(SearchMethod):
         self.index = index
         return BuildStats(0.0, round(time.perf_counter() - t, 4), 0)
 
+    def apply_update(self, keep: np.ndarray, vectors: np.ndarray) -> bool:
+        """New rows join the graph in place; a graph cannot forget a node, so removals need a rebuild."""
+        if not keep.all():
+            return False
+        if len(vectors):
+            start = len(self.ids)
+            self.index.add(np.arange(start, start + len(vectors), dtype=np.uint64), as_float32_c(np.asarray(vectors)), threads=_threads())
+        return True
+
+    def fresh(self) -> UsearchHnsw:
+        return UsearchHnsw(self.name, self.metric, self.dtype, self.m, {"efSearch": self._ef})
+
     def search_param_ranges(self) -> dict[str, tuple[int, int]]:
         spec = PARAMS["efSearch"]
         return {"efSearch": (spec.low, spec.high)} if self.index is not None else {}

@@ -351,7 +351,10 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
     image_responses = {200: {"content": {"image/*": {}}, "description": "the image"}, **_errors(404, 422)}
 
     @app.get("/api/images/{id}", response_class=FileResponse, responses=image_responses, summary="The original image file of a gallery id")
-    async def image_file(gallery_id: Annotated[int, Path(alias="id")]) -> FileResponse:
+    async def image_file(gallery_id: Annotated[int, Path(alias="id")]) -> Response:
+        member = service.image_member(gallery_id)  # a webdataset sample: its bytes come from the tar
+        if member is not None:
+            return Response(member[0], media_type=member[1], headers=IMAGE_CACHE)
         return FileResponse(service.image_path(gallery_id), headers=IMAGE_CACHE)
 
     @app.get("/api/images/{id}/thumb", response_class=Response, responses={200: {"content": {"image/jpeg": {}}, "description": "the thumbnail"}, **_errors(404, 422)}, summary="A JPEG thumbnail of a gallery image")

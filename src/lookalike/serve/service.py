@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+import mimetypes
 import os
 import threading
 import time
@@ -31,7 +32,8 @@ from .. import runtime
 from ..errors import BadImageError, LookalikeError, TextQueryError
 from ..gallery import Gallery, open_gallery
 from ..gallery.generated import has_image_file
-from ..data.images import load_rgb
+from ..data.images import load_rgb, load_rgb_bytes
+from ..data.webdataset import find_member, is_member_path, read_member
 from ..embed.models import MODELS
 from ..embed.query import QueryEmbedder
 from ..embed.text import no_text_message
@@ -311,9 +313,9 @@ class SearchService:
         cached = self.thumbs.get(gallery_id)
         if cached is not None:
             return cached
-        path = self.image_path(gallery_id)
+        member = self.image_member(gallery_id)
         try:
-            image = load_rgb(path, max_pixels=self.config.max_pixels)
+            image = load_rgb_bytes(member[0], max_pixels=self.config.max_pixels, name=self._paths[gallery_id]) if member else load_rgb(self.image_path(gallery_id), max_pixels=self.config.max_pixels)
         except BadImageError as exc:
             raise NotFound(f"the image of gallery id {gallery_id} cannot be read ({exc})") from exc
         image.thumbnail((self.config.thumb_px, self.config.thumb_px))
@@ -324,6 +326,17 @@ class SearchService:
         return data
 
     # -- lookups --
+    def image_member(self, gallery_id: int) -> tuple[bytes, str] | None:
+        """(bytes, media type) of a webdataset sample's image, read from its tar; None for an ordinary file."""
+        recorded = self._paths[self.check_id(gallery_id)]
+        if not is_member_path(recorded) or os.path.isfile(recorded):
+            return None
+        try:
+            member = find_member(recorded)
+            return read_member(recorded), mimetypes.guess_type(member.name)[0] or "application/octet-stream"
+        except OSError as exc:
+            raise NotFound(f"the image of gallery id {gallery_id} cannot be read from its tar shard ({exc}); the shard was moved, rewritten or deleted after extraction") from exc
+
     def image_path(self, gallery_id: int) -> Path:
         """The file behind a gallery id: paths come from the gallery's metadata, never from a request."""
         recorded = self._paths[self.check_id(gallery_id)]

@@ -1,0 +1,254 @@
+"""Incremental update: a gallery follows its folder, equals a fresh extraction of it per path, resumes after a kill, keeps indexes honest.
+
+Every check compares the updated gallery with an independent computation: a fresh extraction of
+the changed folder into another gallery, and indexes built afresh on it. Generated images,
+random weights, 32-px input: none of this is a real model or real photos.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from lookalike import build_index
+from lookalike.data.synthetic import generate_collection, make_bad_images
+from lookalike.embed.extract import ExtractConfig, extract
+from lookalike.errors import GalleryError, IndexStaleError
+from lookalike.gallery import ID_MAP, open_gallery
+from lookalike.search import database_vectors, load_method, make_method
+
+from .conftest import kill_after_shards, run_cli
+
+SETTINGS = {"model": "resnet18", "weights": "random", "image_size": 32, "batch_size": 8, "shard_size": 16}
+
+
+def _config(data: Path, out: Path, **kw) -> ExtractConfig:
+    return ExtractConfig(data=str(data), out=str(out), **SETTINGS, **kw)
+
+
+def _images(data: Path) -> list[Path]:
+    return sorted(data.glob("train/*/images/*.JPEG"))
+
+
+def assert_same_rows_per_path(updated, fresh) -> None:
+    """Per path: the same metadata (label, split, hash, stat) and the same embedding as a fresh extraction."""
+    ours, theirs = updated.metadata.to_pylist(), fresh.metadata.to_pylist()
+    assert sorted(r["path"] for r in ours) == sorted(r["path"] for r in theirs)
+    by_path = {r["path"]: (i, r) for i, r in enumerate(theirs)}
+    for i, row in enumerate(ours):
+        j, other = by_path[row["path"]]
+        assert {k: v for k, v in row.items() if k != "id"} == {k: v for k, v in other.items() if k != "id"}, row["path"]
+        np.testing.assert_allclose(updated.embeddings[i], fresh.embeddings[j], rtol=0, atol=1e-6, err_msg=row["path"])
+    assert [s["path"] for s in updated.manifest.skipped] == [s["path"] for s in fresh.manifest.skipped]
+
+
+def change_folder(data: Path, donor: Path) -> dict[str, list[Path]]:
+    """Add three images, remove two, replace one's content, touch one (new mtime, same bytes)."""
+    classes = sorted((data / "train").iterdir())
+    donors = _images(donor)
+    added = []
+    for i, src in enumerate(donors[:3]):
+        added.append(classes[i % len(classes)] / "images" / f"added_{i}.JPEG")
+        shutil.copyfile(src, added[-1])
+    images = sorted((classes[1] / "images").glob("*.JPEG"))
+    removed, changed, touched = images[1:3], images[3], images[4]
+    for path in removed:
+        path.unlink()
+    shutil.copyfile(donors[5], changed)
+    later = time.time_ns() + 10**9
+    os.utime(touched, ns=(later, later))
+    return {"added": added, "removed": removed, "changed": [changed], "touched": [touched]}
+
+
+@pytest.fixture()
+def collection(tmp_path) -> tuple[Path, Path]:
+    data = generate_collection(tmp_path / "data", n_classes=3, train_per_class=8, val_per_class=2)
+    donor = generate_collection(tmp_path / "donor", n_classes=3, train_per_class=3, val_per_class=0, seed=5)
+    return data, donor
+
+
+def test_update_embeds_only_what_changed_and_equals_a_fresh_extraction(collection, tmp_path):
+    data, donor = collection
+    out = tmp_path / "g"
+    before = extract(_config(data, out), progress=False)
+    old_paths, old_ids = before.paths, {p: i for i, p in enumerate(before.paths)}
+    changes = change_folder(data, donor)
+
+    updated = extract(_config(data, out), progress=False)
+    fresh = extract(_config(data, tmp_path / "fresh"), progress=False)
+
+    assert_same_rows_per_path(updated, fresh)
+    assert updated.paths == fresh.paths  # documented: rows come in a fresh extraction's order
+    info = updated.manifest.update
+    assert (info.added, info.changed, info.removed, info.reused) == (3, 1, 2, before.count - 3)
+    assert info.hashed == 2  # the touched and the changed file: their stat differed, their hash was compared
+    assert updated.manifest.timings["images"] == 4  # only the added and the changed images were embedded
+    # ids: every kept row maps to the row of the same path; removed and re-embedded rows map to −1
+    id_map = np.load(out / ID_MAP)
+    gone = {str(p) for p in changes["removed"] + changes["changed"]}
+    for path, old in old_ids.items():
+        assert (id_map[old] == -1) if path in gone else (updated.paths[id_map[old]] == path)
+    assert len(id_map) == len(old_paths)
+    assert not (out / ".partial").exists()
+
+
+def test_an_unchanged_folder_is_left_alone_and_no_update_refuses_a_changed_one(collection, tmp_path):
+    data, donor = collection
+    out = tmp_path / "g"
+    first = extract(_config(data, out), progress=False)
+    os.utime(_images(data)[0])  # touched, same content: hashed, reused
+    again = extract(_config(data, out), progress=False)
+    assert again.fingerprint == first.fingerprint and again.manifest.update.reused == first.count
+    third = extract(_config(data, out), progress=False)
+    assert third.manifest.created == again.manifest.created  # nothing changed at all: nothing written
+
+    change_folder(data, donor)
+    with pytest.raises(GalleryError, match="--no-update"):
+        extract(_config(data, out, update=False), progress=False)
+    other = ExtractConfig(**{**_config(data, out).__dict__, "model": "mobilenet", "update": True})
+    with pytest.raises(GalleryError, match=r"cannot update .*model='resnet18' \(now 'mobilenet'\)"):
+        extract(other, progress=False)
+    assert open_gallery(out).fingerprint == first.fingerprint  # refused: untouched
+
+
+def test_saved_indexes_follow_the_update_or_are_refused_as_stale(collection, tmp_path):
+    data, donor = collection
+    out = tmp_path / "g"
+    gallery = extract(_config(data, out), progress=False)
+    for method, options in (("flat", {}), ("ivf", {"nlist": 2}), ("hnsw", {}), ("brute", {}), ("PCA8,Flat", {})):
+        build_index(gallery, method, **options)
+    change_folder(data, donor)
+    updated = extract(_config(data, out), progress=False)
+    outcomes = updated.manifest.update.indexes
+    assert outcomes["flat"].startswith("updated in place") and outcomes["ivf"].startswith("updated in place")
+    assert outcomes["hnsw"].startswith("rebuilt") and outcomes["PCA8_Flat"].startswith("stale")
+
+    database = updated.partition().database_ids
+    queries = np.array(updated.embeddings)
+    exact = make_method("flat", len(database), updated.dim)
+    exact.build(database_vectors(updated, database), database)
+    truth_scores, truth = exact.search(queries, 5)
+    for name, params in (("flat", None), ("ivf", {"nprobe": 2}), ("brute", None)):
+        method = load_method(updated, name, database_ids=database)  # holds exactly the new database rows
+        scores, found = method.search(queries, 5, params)
+        np.testing.assert_allclose(scores, truth_scores, atol=1e-5)
+        assert (found == truth).mean() > 0.99, name  # ties aside, the same neighbours as a fresh exact index
+    hnsw = load_method(updated, "hnsw", database_ids=database)
+    assert sorted(hnsw.ids.tolist()) == database.tolist()
+
+    with pytest.raises(IndexStaleError, match=r"stale: .*lookalike index --gallery .* --method 'PCA8,Flat'"):
+        updated.search(0, k=3, method="PCA8_Flat")
+    proc = run_cli("search", "--gallery", out, "--image", updated.paths[0], "--method", "PCA8_Flat", check=False)
+    assert proc.returncode == 2 and "is stale" in proc.stderr and "lookalike index" in proc.stderr
+    from lookalike.serve.service import SearchService
+
+    with pytest.raises(IndexStaleError, match="PCA8_Flat is stale"):
+        SearchService.load(out)
+    build_index(updated, "PCA8,Flat")  # rebuilding clears it
+    assert updated.search(0, k=3, method="PCA8_Flat")
+
+
+def test_a_killed_update_resumes_to_the_gallery_of_an_uninterrupted_one(tmp_path):
+    data = generate_collection(tmp_path / "data", n_classes=4, train_per_class=4, val_per_class=1)
+    donor = generate_collection(tmp_path / "donor", n_classes=4, train_per_class=60, val_per_class=0, seed=3)
+    args = ["extract", "--data", data, "--model", "resnet18", "--weights", "random", "--image-size", "64", "--bs", "8", "--shard-size", "16", "--decode-workers", "0"]
+    run_cli(*args, "--out", tmp_path / "whole")
+    shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
+    classes = sorted((data / "train").iterdir())
+    for i, src in enumerate(_images(donor)):
+        shutil.copyfile(src, classes[i % 4] / "images" / f"new_{i:03d}.JPEG")
+    min((classes[0] / "images").glob("s*.JPEG")).unlink()
+
+    out = tmp_path / "resumed"
+    kill_after_shards(args, out)
+    assert open_gallery(out).count == open_gallery(tmp_path / "whole").count  # killed mid-update: the old gallery is whole
+
+    run_cli(*args, "--out", out)
+    run_cli(*args, "--out", tmp_path / "whole")
+    whole, resumed = open_gallery(tmp_path / "whole"), open_gallery(out)
+    np.testing.assert_array_equal(np.asarray(resumed.embeddings), np.asarray(whole.embeddings))
+    assert pq.read_table(out / "metadata.parquet").equals(pq.read_table(tmp_path / "whole" / "metadata.parquet"))
+    assert resumed.manifest.update.added == whole.manifest.update.added == 240
+    assert resumed.fingerprint == whole.fingerprint
+
+
+def test_an_update_killed_while_moving_in_is_finished_by_the_next_run(collection, tmp_path, monkeypatch):
+    data, donor = collection
+    out, reference = tmp_path / "g", tmp_path / "reference"
+    extract(_config(data, out), progress=False)
+    build_index(open_gallery(out), "ivf", nlist=2)
+    shutil.copytree(out, reference)
+    change_folder(data, donor)
+
+    from lookalike.gallery import store
+
+    real_replace = os.replace
+
+    def crash_on_metadata(src, dst):  # the process dies after the new embeddings moved in, before the metadata
+        if Path(dst) == out / "metadata.parquet":
+            raise KeyboardInterrupt("killed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(store.os, "replace", crash_on_metadata)
+    with pytest.raises(KeyboardInterrupt):
+        extract(_config(data, out), progress=False)
+    monkeypatch.setattr(store.os, "replace", real_replace)
+    with pytest.raises(GalleryError, match="manifest.json is missing"):
+        open_gallery(out)  # nobody reads a mix of old and new files
+
+    finished = extract(_config(data, out), progress=False)
+    uninterrupted = extract(_config(data, reference), progress=False)
+    np.testing.assert_array_equal(np.asarray(finished.embeddings), np.asarray(uninterrupted.embeddings))
+    assert finished.metadata.equals(uninterrupted.metadata) and finished.fingerprint == uninterrupted.fingerprint
+    assert np.array_equal(np.load(out / ID_MAP), np.load(reference / ID_MAP))
+    for name in ("ids.npy", "index.faiss"):
+        assert (out / "indexes" / "ivf" / name).read_bytes() == (reference / "indexes" / "ivf" / name).read_bytes()
+    assert not (out / ".partial").exists()
+
+
+def test_the_held_out_sample_of_a_collection_without_val_does_not_shift(tmp_path):
+    source = generate_collection(tmp_path / "src", n_classes=3, train_per_class=30, val_per_class=0)
+    folders = tmp_path / "folders"
+    for class_dir in sorted((source / "train").iterdir()):
+        shutil.copytree(class_dir / "images", folders / class_dir.name)
+    out = tmp_path / "g"
+    before = extract(_config(folders, out), progress=False)
+    queries = {before.paths[i] for i in before.partition().query_ids}
+    build_index(before, "flat")
+    donor = generate_collection(tmp_path / "donor", n_classes=3, train_per_class=10, val_per_class=0, seed=9)
+    for i, src in enumerate(_images(donor)):
+        shutil.copyfile(src, folders / sorted(os.listdir(folders))[i % 3] / f"new_{i}.JPEG")
+    removed = sorted((folders / min(os.listdir(folders))).glob("*.JPEG"))[:5]
+    for path in removed:
+        path.unlink()
+
+    after = extract(_config(folders, out), progress=False)
+    now = {after.paths[i] for i in after.partition().query_ids}
+    kept = set(after.paths) - {str(p) for p in folders.glob("*/new_*.JPEG")}
+    assert {p for p in queries if p in kept} == {p for p in now if p in kept}  # no kept row changed sides
+    assert after.manifest.update.held_out.startswith("stable")
+    assert load_method(after, "flat", database_ids=after.partition().database_ids).ntotal == len(after.partition().database_ids)
+
+
+def test_unreadable_files_are_retried_only_when_they_change(tmp_path):
+    data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=6, val_per_class=2)
+    images = min((data / "train").iterdir()) / "images"
+    bad = make_bad_images(images)
+    out = tmp_path / "g"
+    first = extract(_config(data, out), progress=False)
+    assert len(first.manifest.skipped) == len(bad)
+    again = extract(_config(data, out), progress=False)
+    assert again.manifest.created == first.manifest.created  # the same bad files: nothing to do
+    shutil.copyfile(min(images.glob("s*.JPEG")), bad[0])  # a bad file repaired
+    updated = extract(_config(data, out), progress=False)
+    fresh = extract(_config(data, tmp_path / "fresh"), progress=False)
+    assert_same_rows_per_path(updated, fresh)
+    assert updated.manifest.update.added == 1 and updated.manifest.timings["images"] == 1
+    assert json.loads((out / "manifest.json").read_text())["skipped"]["count"] == len(bad) - 1
