@@ -33,6 +33,12 @@ def _config(data: Path, out: Path, **kw) -> ExtractConfig:
     return ExtractConfig(data=str(data), out=str(out), **SETTINGS, **kw)
 
 
+def _fresh(data: Path, out: Path, like) -> ExtractConfig:
+    """A fresh extraction told to embed as `like` did: `auto` measures afresh, and might pick another backend."""
+    chosen = like.manifest.model.inference
+    return _config(data, out, backend=chosen.backend, precision=chosen.precision, threads=chosen.threads)
+
+
 def _images(data: Path) -> list[Path]:
     return sorted(data.glob("train/*/images/*.JPEG"))
 
@@ -45,7 +51,7 @@ def assert_same_rows_per_path(updated, fresh) -> None:
     for i, row in enumerate(ours):
         j, other = by_path[row["path"]]
         assert {k: v for k, v in row.items() if k != "id"} == {k: v for k, v in other.items() if k != "id"}, row["path"]
-        np.testing.assert_allclose(updated.embeddings[i], fresh.embeddings[j], rtol=0, atol=1e-6, err_msg=row["path"])
+        np.testing.assert_allclose(updated.embeddings[i], fresh.embeddings[j], rtol=0, atol=1e-6, err_msg=f"{row['path']}: {updated.manifest.model.inference} vs {fresh.manifest.model.inference}")
     assert [s["path"] for s in updated.manifest.skipped] == [s["path"] for s in fresh.manifest.skipped]
 
 
@@ -82,7 +88,7 @@ def test_update_embeds_only_what_changed_and_equals_a_fresh_extraction(collectio
     changes = change_folder(data, donor)
 
     updated = extract(_config(data, out), progress=False)
-    fresh = extract(_config(data, tmp_path / "fresh"), progress=False)
+    fresh = extract(_fresh(data, tmp_path / "fresh", updated), progress=False)
 
     assert_same_rows_per_path(updated, fresh)
     assert updated.paths == fresh.paths  # documented: rows come in a fresh extraction's order
@@ -248,7 +254,7 @@ def test_unreadable_files_are_retried_only_when_they_change(tmp_path):
     assert again.manifest.created == first.manifest.created  # the same bad files: nothing to do
     shutil.copyfile(min(images.glob("s*.JPEG")), bad[0])  # a bad file repaired
     updated = extract(_config(data, out), progress=False)
-    fresh = extract(_config(data, tmp_path / "fresh"), progress=False)
+    fresh = extract(_fresh(data, tmp_path / "fresh", updated), progress=False)
     assert_same_rows_per_path(updated, fresh)
     assert updated.manifest.update.added == 1 and updated.manifest.timings["images"] == 1
     assert json.loads((out / "manifest.json").read_text())["skipped"]["count"] == len(bad) - 1
