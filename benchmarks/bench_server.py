@@ -315,7 +315,7 @@ def to_markdown(results: list[LoadResult], runs: list[ServerRun], jpeg_bytes: in
             f"(model load + building brute, flat and ivf), peak RSS {rss}."
         )
     lines += ["", markdown_table(HEADERS, [r.row() for r in results]), "", f"**{total} requests, {failed} failed.**"]
-    lines += reading(results)
+    lines += reading(results, info)
     if hostile:
         lines += [
             "",
@@ -368,7 +368,10 @@ def text_markdown(results: list[LoadResult], run: ServerRun, load: dict, quick: 
     return "\n".join(lines)
 
 
-def reading(results: list[LoadResult]) -> list[str]:
+UPLOAD_GOAL_MS = 25.0  # issue 8: upload → results, one client, resnet18
+
+
+def reading(results: list[LoadResult], info: dict) -> list[str]:
     """A few sentences read off the table, so the figures that matter are stated, not just listed."""
     default = CONFIGS[0]["label"]
     by = {(r.config, r.kind, r.method, r.concurrency): r for r in results}
@@ -387,6 +390,14 @@ def reading(results: list[LoadResult]) -> list[str]:
             f"queueing, not throughput) and p50 latency from {up1.percentile(50):.0f} to {upn.percentile(50):.0f} ms, of which "
             f"{upn.server_median('wait_ms'):.0f} ms (median) is waiting for the compute slot."
         )
+    if up1:
+        p50 = up1.percentile(50)
+        out += [
+            "",
+            f"Goal (issue 8): an upload answered in p50 ≤ {UPLOAD_GOAL_MS:g} ms with one client ({info['model']}, embedded with "
+            f"{info.get('backend') or 'torch'} {info['precision']}, as the gallery's manifest records): **{p50:.1f} ms** "
+            + ("✓" if p50 <= UPLOAD_GOAL_MS else "✗ missed") + ".",
+        ]
     brute, flat = by.get((default, "id", "brute", lo)), by.get((default, "id", "flat", lo))
     if brute and flat and id1:
         out += [

@@ -114,11 +114,24 @@ def environment_markdown(load: dict | None = None, quick: bool = False) -> str:
     return "\n".join(lines)
 
 
-def write_section(title: str, markdown: str, path: Path = DOC) -> Path:
+def wait_for_quiet(threshold: float = 0.6, timeout_s: float = 300.0) -> float:
+    """Wait until the 1-minute load average is under `threshold` (or `timeout_s` passed); return it.
+
+    Scripts that generate their data first call this before timing, so the load they made
+    themselves has decayed when the measured part starts.
+    """
+    deadline = time.monotonic() + timeout_s
+    while os.getloadavg()[0] >= threshold and time.monotonic() < deadline:
+        time.sleep(5)
+    return os.getloadavg()[0]
+
+
+def write_section(title: str, markdown: str, path: Path = DOC, retire: Sequence[str] = ()) -> Path:
     """Replace the `## title` section of docs/benchmarks.md with `markdown`, or append it.
 
     A section runs from its heading to the next `## ` heading. The file is locked while it is
     rewritten and replaced atomically, so scripts run side by side never lose each other's sections.
+    Sections named in `retire` (an earlier title of this one) are removed.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     body = f"## {title}\n\n{markdown.strip()}\n"
@@ -126,6 +139,8 @@ def write_section(title: str, markdown: str, path: Path = DOC) -> Path:
     with open(lock_file, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         text = path.read_text() if path.is_file() else DOC_HEADER
+        for old in retire:
+            text = re.compile(rf"^## {re.escape(old)}[ \t]*\n.*?(?=^## |\Z)", re.M | re.S).sub("", text)
         pattern = re.compile(rf"^## {re.escape(title)}[ \t]*\n.*?(?=^## |\Z)", re.M | re.S)
         if pattern.search(text):
             text = pattern.sub(lambda _: body + "\n", text, count=1).rstrip("\n") + "\n"

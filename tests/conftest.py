@@ -82,3 +82,11 @@ def ray_address():
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+def without_measurements(manifest: dict) -> dict:
+    """A manifest less what each run measures afresh: timings, environment, and the calibration's rates and core split."""
+    model = dict(manifest["model"])
+    if model.get("inference"):
+        model["inference"] = {k: model["inference"][k] for k in ("backend", "precision", "reason")}
+    return {**{k: v for k, v in manifest.items() if k not in ("created", "timings", "environment")}, "model": model}

@@ -91,7 +91,7 @@ def test_calibration_keeps_only_candidates_within_cosine_and_picks_the_fastest()
         Choice("openvino", "fp32"): (1.0, 0.01),
         Choice("openvino", "bf16"): (0.9995, 0.005),
     })
-    choice, measured, reason = calibrate(fake, x)
+    choice, measured, _ = calibrate(fake, x)
     assert choice == Choice("openvino", "bf16")
     by = {(c.backend, c.precision): c for c in measured}
     assert not by["torch", "bf16"].kept and "cosine" in by["torch", "bf16"].note
@@ -142,8 +142,7 @@ def test_a_query_embedded_by_the_server_matches_the_gallery_row_of_the_same_file
     row = int(g.partition().database_ids[3])
     path = g.paths[row]
     with TestClient(create_app(out, ServerConfig()), base_url="http://127.0.0.1") as client:
-        with open(path, "rb") as fh:
-            answer = client.post("/api/search", files={"image": ("q.jpg", fh.read(), "image/jpeg")}, data={"method": "brute", "k": "3"})
+        answer = client.post("/api/search", files={"image": ("q.jpg", open(path, "rb").read(), "image/jpeg")}, data={"method": "brute", "k": "3"})
     assert answer.status_code == 200, answer.text
     top = answer.json()["results"][0]
     assert top["id"] == row and top["score"] >= 0.999

@@ -16,7 +16,7 @@ from lookalike.gallery import open_gallery
 from lookalike.embed.models import MODELS, load_model
 from lookalike.data.synthetic import generate_collection, make_bad_images
 
-from .conftest import kill_after_shards, manifest_json, run_cli
+from .conftest import kill_after_shards, manifest_json, run_cli, without_measurements
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -134,12 +134,6 @@ def test_killed_extraction_resumes_to_the_same_gallery(tmp_path, backend, precis
     assert manifest_json(resumed)["model"]["inference"]["backend"] == backend
     assert without_measurements(manifest_json(resumed)) == without_measurements(manifest_json(whole))
 
-
-def without_measurements(manifest: dict) -> dict:
-    """The manifest less what is measured afresh by each run (times, rates, the core split they imply)."""
-    inference = {k: manifest["model"]["inference"][k] for k in ("backend", "precision", "reason")}
-    model = {**manifest["model"], "inference": inference}
-    return {**{k: v for k, v in manifest.items() if k not in ("created", "timings", "environment")}, "model": model}
 
 
 def test_interrupted_run_with_other_arguments_is_refused(tmp_path):

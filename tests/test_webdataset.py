@@ -24,7 +24,8 @@ from lookalike.gallery import EMBEDDINGS, METADATA
 
 from .conftest import manifest_json
 
-SETTINGS = {"model": "resnet18", "weights": "random", "image_size": 32, "batch_size": 4, "shard_size": 8}
+# Backend and precision given: runs compared with each other must not each measure their own winner.
+SETTINGS = {"model": "resnet18", "weights": "random", "image_size": 32, "batch_size": 4, "shard_size": 8, "backend": "openvino", "precision": "bf16"}
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

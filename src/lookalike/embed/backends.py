@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # ours → OpenVINO's INFERENCE_PRECISION_HINT
 CACHE_ENV = "LOOKALIKE_CACHE"  # where converted models are kept (default ~/.cache/lookalike)
 
 
@@ -89,12 +90,10 @@ class TorchBackend:
 class OpenVINOBackend:
     """OpenVINO's CPU plugin. One infer request per calling thread, so the server's concurrent queries never share one."""
 
-    HINTS = {"fp32": "f32", "bf16": "bf16"}
-
     def __init__(self, model_xml: Path, precision: str, threads: int | None):
         import openvino as ov
 
-        if precision not in self.HINTS:
+        if precision not in OPENVINO_PRECISIONS:
             raise BackendUnavailable(f"openvino runs fp32 or bf16 on the CPU, not {precision}")
         core = ov.Core()
         if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
@@ -102,7 +101,7 @@ class OpenVINOBackend:
         # Compiled blobs are cached too (keyed by OpenVINO on the IR and these properties), so a
         # second run skips graph compilation as well as conversion.
         core.set_property({"CACHE_DIR": str(cache_root() / "openvino" / "compiled")})
-        config = {"INFERENCE_PRECISION_HINT": self.HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.choice = Choice("openvino", precision)

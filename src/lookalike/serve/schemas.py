@@ -110,6 +110,7 @@ class GalleryInfo(BaseModel):
     count: int
     image_size: int | None = Field(description="model input size in pixels; null for generated embeddings (no model)")
     precision: str | None
+    backend: str | None = None  # the inference backend uploads are embedded with (the gallery's, see its manifest)
     weights: dict[str, Any] = Field(description="kind (pretrained | random | file), source, sha256, seed")
     data: DataInfo
     real: bool

@@ -387,6 +387,7 @@ class SearchService:
             "count": self.gallery.count,
             "image_size": model.image_size,
             "precision": model.precision_name,
+            "backend": model.backend_name,
             "weights": model.weights.to_dict(),
             "data": {
                 "kind": data.kind,
