@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GENERATOR, ROOT, TRAIN_POINTS_PER_LIST, environment_markdown, generator_line, load_watch, markdown_table, parser, should_write, write_section  # noqa: E402
+from common import GENERATOR, ROOT, TRAIN_POINTS_PER_LIST, environment_markdown, generator_line, load_watch, markdown_table, parser, should_write, wait_for_quiet, write_section  # noqa: E402
 
 from lookalike import runtime  # noqa: E402
 from lookalike.errors import GalleryError  # noqa: E402
@@ -267,6 +267,7 @@ def run_config(config: Config, write: bool, threads: int) -> str:
     hnsw = measure_hnsw_builds(config) if config.hnsw_sizes else None
     if hnsw is not None and hnsw.included and "hnsw" not in config.families:
         config = replace(config, families=(*config.families, "hnsw"))
+    wait_for_quiet()  # generating the gallery and timing HNSW builds loaded the cores: let that pass first
     with load_watch() as load:
         by_threads = flat_thread_check(gallery, threads)
         t = time.perf_counter()

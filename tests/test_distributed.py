@@ -20,7 +20,7 @@ from lookalike.distributed.cluster import Resources, plan_workers
 from lookalike.distributed.extract import CRASH_HOOK, ShardWriter
 from lookalike.distributed.staging import ShardStore
 from lookalike.errors import GalleryError, LookalikeError, WeightsUnavailableError
-from lookalike.embed.extract import ExtractConfig, Job, Shard, ensure_state, extract, prepare, run_local
+from lookalike.embed.extract import ExtractConfig, Job, Shard, decide_inference, ensure_state, extract, prepare, run_local
 from lookalike.gallery import EMBEDDINGS, METADATA, open_gallery
 from lookalike.embed.models import load_model
 from lookalike.search import database_vectors, make_method
@@ -86,6 +86,7 @@ def test_a_resumed_job_survives_a_dying_worker_and_stages_through_fsspec(ray_add
     job = prepare(config)
     embedder = load_model(config.model, config.weights, config.image_size, "cpu", config.seed)
     ensure_state(job, embedder)
+    decide_inference(job, embedder, workers=0, threads=None)  # the local engine's choice, saved in the job state
     run_local(Job(job.config, job.collection, job.out, job.shards[:2], job.state), embedder, workers=0, progress=False)
     before = {p.name: p.stat().st_mtime_ns for p in job.partial.glob("shard-*.npz")}
     assert len(before) == 2 and len(job.shards) > 4

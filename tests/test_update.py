@@ -243,6 +243,18 @@ def test_the_held_out_sample_of_a_collection_without_val_does_not_shift(tmp_path
     assert load_method(after, "flat", database_ids=after.partition().database_ids).ntotal == len(after.partition().database_ids)
 
 
+@pytest.mark.parametrize("backend,precision", [("openvino", "bf16"), ("torch", "bf16")])
+def test_an_update_embeds_new_files_with_the_gallerys_own_backend_and_precision(collection, tmp_path, backend, precision):
+    data, donor = collection
+    out = tmp_path / "g"
+    extract(_config(data, out, backend=backend, precision=precision), progress=False)
+    change_folder(data, donor)
+    updated = extract(_config(data, out, backend=backend, precision=precision), progress=False)
+    assert (updated.manifest.model.inference.backend, updated.manifest.model.inference.precision) == (backend, precision)
+    fresh = extract(_config(data, tmp_path / "fresh", backend=backend, precision=precision), progress=False)
+    assert_same_rows_per_path(updated, fresh)  # the new rows too: the other backend would differ by ~1e-3
+
+
 def test_unreadable_files_are_retried_only_when_they_change(tmp_path):
     data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=6, val_per_class=2)
     images = min((data / "train").iterdir()) / "images"

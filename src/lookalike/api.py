@@ -36,8 +36,9 @@ def extract(
 ) -> Gallery:
     """Embed every image under `data` into the gallery folder `out` and return it (resumable, like `lookalike extract`).
 
-    `options` are `ExtractConfig` fields: image_size, batch_size, shard_size, precision, splits,
-    seed, workers (local decode processes), device, threads, overwrite, update. `engine="ray"` runs on a
+    `options` are `ExtractConfig` fields: image_size, batch_size, shard_size, backend ("auto",
+    "torch", "openvino"), precision ("auto", "fp32", "bf16", "fp16"), splits, seed, workers (local
+    decode threads), device, threads (inference threads), overwrite, update. `engine="ray"` runs on a
     Ray cluster (`address`) with `actors` model actors of `gpus_per_worker` GPUs each.
 
     On a gallery made with the same arguments, this updates it to the folder (`update=None`, the

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -339,11 +339,8 @@ def decide_inference(job: Job, embedder: Embedder, workers: int | None, threads:
     A resumed run reads the saved decision instead, so every shard is embedded alike and a
     resumed gallery is byte-identical to an uninterrupted one.
     """
-    if "inference" in job.state or "precision" in job.state:
+    if "inference" in job.state or "precision" in job.state:  # a resumed run, or an update (the gallery's own choice)
         decided = saved_inference(job.state)
-    elif job.base is not None:  # an update embeds its new files as the gallery's other rows were embedded
-        model = job.base.manifest.model
-        decided = replace(model.inference, reason=f"as the gallery being updated ({model.inference.reason})") if model.inference else Inference("torch", model.precision_name, "as the gallery being updated")
     else:
         cores = runtime.default_threads()
         sample, decode_ms = decode_sample(job, embedder.preprocess)
