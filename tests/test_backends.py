@@ -127,6 +127,8 @@ def test_the_cores_go_where_the_work_is():
     assert split_cores(decode_ms=0.5, model_ms=5.0, cores=2)[:2] == (1, 2)  # decoding is light: the model keeps every core
     assert split_cores(decode_ms=40.0, model_ms=2.0, cores=2)[:2] == (2, 1)  # large photos: decoding needs both
     assert split_cores(decode_ms=10.0, model_ms=5.0, cores=2)[:2] == (1, 1)
+    assert split_cores(decode_ms=36.0, model_ms=10.0, cores=2)[:2] == (2, 1)  # 12-Mpx JPEGs, a light model: decoding needs more than a core
+    assert split_cores(decode_ms=36.0, model_ms=25.0, cores=2)[:2] == (1, 2)  # … a heavy model: it needs more than a core
 
 
 def test_a_query_embedded_by_the_server_matches_the_gallery_row_of_the_same_file(tmp_path):

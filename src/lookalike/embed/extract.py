@@ -318,14 +318,16 @@ def decode_sample(job: Job, preprocess: Preprocess, n: int = CALIBRATION_IMAGES)
 def split_cores(decode_ms: float, model_ms: float, cores: int) -> tuple[int, int, str]:
     """Decode workers and inference threads for `cores`, from one core's decode cost and the model's cost on all cores.
 
-    Each gets the share of the cores its work needs: decode costs `decode_ms` core-ms per image,
-    the model `model_ms × cores`. At least one decode worker (so decoding overlaps inference) and
-    one inference thread; a decode share under a quarter of the cores leaves the model every core.
+    Each side gets the share of the cores its work needs, rounded up, so neither starves the
+    other: decode costs `decode_ms` core-ms per image, the model `model_ms × cores`. The two may
+    then overlap by one thread; that costs little, because neither spins while it waits (the
+    decode threads block on the GIL-free work they run, OpenVINO runs its own pool), while
+    rounding down would leave a core idle behind the slower side.
     """
     model_core_ms = model_ms * cores
     share = decode_ms / (decode_ms + model_core_ms)
-    workers = min(cores, max(1, round(share * cores)))
-    threads = max(1, cores - round(share * cores))
+    workers = min(cores, max(1, math.ceil(share * cores - 1e-9)))
+    threads = max(1, cores - math.floor(share * cores + 1e-9))
     rule = (
         f"decode {decode_ms:.1f} core-ms/img vs model {model_core_ms:.1f} core-ms/img on {cores} cores: "
         f"decode share {share:.0%} → {workers} decode worker{'s' if workers != 1 else ''}, {threads} inference thread{'s' if threads != 1 else ''}"
