@@ -137,6 +137,7 @@ def bench_model(name: str, inputs: str, data: Path, work: Path, args) -> Row:
     naive_rate, pipe_rate, ratios, decode_ms, model_ms, cosines, calibration = [], [], [], [], [], [], []
     for r in range(args.rounds):
         paths = [rec.path for rec in records[(r * n_naive) % len(records) :][:n_naive]]
+        runtime.set_threads(args.threads)  # the naive loop always gets every core, whatever the last pipeline run chose
         started = time.perf_counter()
         fp32, decode_s, model_s = naive_loop(naive_module, transform, paths)
         naive_rate.append(len(paths) / (time.perf_counter() - started))

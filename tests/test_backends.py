@@ -148,3 +148,10 @@ def test_a_query_embedded_by_the_server_matches_the_gallery_row_of_the_same_file
     assert answer.status_code == 200, answer.text
     top = answer.json()["results"][0]
     assert top["id"] == row and top["score"] >= 0.999
+
+
+def test_extraction_leaves_the_callers_thread_count_as_it_was(tmp_path):
+    data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=4, val_per_class=1)
+    torch.set_num_threads(2)
+    lookalike.extract(data, tmp_path / "g", model="resnet18", weights="random", image_size=32, backend="openvino", precision="fp32", progress=False)
+    assert torch.get_num_threads() == 2  # the job ran torch on one thread (OpenVINO infers), then gave the caller its two back

@@ -550,18 +550,22 @@ def extract(config: ExtractConfig, progress: bool = True) -> Gallery:
         return open_gallery(job.out)
     if not job.todo() and job.base is not None:  # an update with nothing to embed: removals, relabelling, touched files
         return commit(job)
-    runtime.set_threads(config.threads)
-    device = runtime.pick_device(config.device)
-    embedder = load_model(config.model, config.weights, config.image_size, device, config.seed)
-    ensure_state(job, embedder)
-    started = time.perf_counter()
-    decided = decide_inference(job, embedder, config.workers, config.threads)
-    workers = config.workers if config.workers is not None else (decided.workers or runtime.default_threads())
-    calibration_s = time.perf_counter() - started
-    run_local(job, embedder, workers, progress)
-    threads = runtime.thread_counts().get("torch") if decided.backend == "torch" else getattr(embedder.active, "threads", None)
-    timings = {"threads": threads, "workers": workers, "device": device, "batch_size": config.batch_size, "calibration_seconds": round(calibration_s, 3)}
-    return commit(job, embedder, timings | (single_image_timing(job, embedder) if job.base is None else {}))
+    threads_before = torch.get_num_threads()  # restored at the end: the split below is this job's, not the caller's
+    try:
+        runtime.set_threads(config.threads)
+        device = runtime.pick_device(config.device)
+        embedder = load_model(config.model, config.weights, config.image_size, device, config.seed)
+        ensure_state(job, embedder)
+        started = time.perf_counter()
+        decided = decide_inference(job, embedder, config.workers, config.threads)
+        workers = config.workers if config.workers is not None else (decided.workers or runtime.default_threads())
+        calibration_s = time.perf_counter() - started
+        run_local(job, embedder, workers, progress)
+        threads = runtime.thread_counts().get("torch") if decided.backend == "torch" else getattr(embedder.active, "threads", None)
+        timings = {"threads": threads, "workers": workers, "device": device, "batch_size": config.batch_size, "calibration_seconds": round(calibration_s, 3)}
+        return commit(job, embedder, timings | (single_image_timing(job, embedder) if job.base is None else {}))
+    finally:
+        runtime.set_threads(threads_before)
 
 
 def single_image_timing(job: Job, embedder: Embedder) -> dict:
