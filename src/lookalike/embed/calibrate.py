@@ -72,7 +72,7 @@ def calibrate(
             try:
                 run = embedder.backend(choice, threads)
                 run(x[:WARMUP_IMAGES])
-                probe_rate = _rate(run, x[:PROBE_IMAGES])
+                probe_rate = _time(run, x[:PROBE_IMAGES], warm=True)[1]
                 if probe_rate * PRUNE_FACTOR < best:
                     note = f"not timed further: under 1/{PRUNE_FACTOR:g} of the best rate on {PROBE_IMAGES} images"
                     measured.append(Candidate(choice.backend, choice.precision, round(probe_rate, 2), images=min(PROBE_IMAGES, len(x)), note=note))
@@ -82,29 +82,29 @@ def calibrate(
                 log.warning("%s cannot run here: %s; going on without it", choice, exc)
                 measured.append(Candidate(choice.backend, choice.precision, note=f"unavailable: {exc}"))
                 continue
-            low = float((out * reference).sum(axis=1).min())
-            ok = low >= MIN_COSINE
-            if not ok and precision != "auto":
-                log.warning("%s keeps embeddings only within cosine %.5f of fp32 torch (< %s); using it because it was requested", choice, low, MIN_COSINE)
-            note = "" if ok else f"cosine min {low:.5f} < {MIN_COSINE}" + (" (kept: precision requested)" if precision != "auto" else "")
-            measured.append(_measure(choice, out, reference, rate, kept=ok or precision != "auto", note=note))
+            found = _measure(choice, out, reference, rate, kept=True, note="")
+            if found.cosine_min < MIN_COSINE:
+                if precision != "auto":
+                    log.warning("%s keeps embeddings only within cosine %.5f of fp32 torch (< %s); using it because it was requested", choice, found.cosine_min, MIN_COSINE)
+                note = f"cosine min {found.cosine_min:.5f} < {MIN_COSINE}" + (" (kept: precision requested)" if precision != "auto" else "")
+                found = replace(found, kept=precision != "auto", note=note)
+            measured.append(found)
 
     measure(wanted)
-    reason = "fastest measured within cosine {cos} of fp32 torch"
+    prefix = ""
     if not any(c.kept for c in measured):
-        fallback = candidates(embedder.device, "torch", precision)
         log.warning("no %s backend could run here, so torch runs instead", backend)
-        measure(fallback)
-        reason = f"{backend} could not run; " + reason
+        measure(candidates(embedder.device, "torch", precision))
+        prefix = f"{backend} could not run; "
     kept = [c for c in measured if c.kept]
     if not kept:  # nothing requested can run (say fp16 on a CPU): the reference always can
         measured[0] = replace(measured[0], kept=True)
-        kept, reason = [measured[0]], f"nothing requested could run; {reason}"
+        kept, prefix = [measured[0]], f"nothing requested could run; {prefix}"
     winner = max(kept, key=lambda c: c.images_per_second or 0.0)
     if len(kept) == 1:
         reason = "the only candidate " + ("requested" if backend != "auto" and precision != "auto" else "kept")
     else:
-        reason = reason.format(cos=MIN_COSINE) + f": {winner.images_per_second:.1f} img/s among {len(kept)}"
+        reason = f"{prefix}fastest measured within cosine {MIN_COSINE} of fp32 torch: {winner.images_per_second:.1f} img/s among {len(kept)}"
     return Choice(winner.backend, winner.precision), measured, reason
 
 
@@ -113,12 +113,6 @@ def _measure(choice: Choice, out: np.ndarray, reference: np.ndarray, rate: float
     return Candidate(
         choice.backend, choice.precision, round(rate, 2), round(float(cosine.min()), 6), round(float(cosine.mean()), 6), len(out), kept=kept, note=note
     )
-
-
-def _rate(run, x: torch.Tensor) -> float:
-    started = time.perf_counter()
-    run(x)
-    return len(x) / max(time.perf_counter() - started, 1e-9)
 
 
 def _time(run, x: torch.Tensor, warm: bool = False) -> tuple[np.ndarray, float]:

@@ -281,7 +281,7 @@ def prepare(config: ExtractConfig) -> Job:
     shards = [Shard(i, start, min(start + size, n)) for i, start in enumerate(range(0, n, size))]
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"identity": identity, "records_digest": digest, "base": base.fingerprint if base else None}
     if base is not None:
-        state = incremental.base_state(base) | state  # new rows are embedded with the gallery's own model and precision
+        state = incremental.base_state(base) | state  # new rows are embedded with the gallery's own model, backend and precision
     return Job(config, embed, out, shards, state, plan, collection, base)
 
 
@@ -298,16 +298,13 @@ def decode_sample(job: Job, preprocess: Preprocess, n: int = CALIBRATION_IMAGES)
     """The first `n` decodable images of the job's missing shards, and the mean ms one core takes to read and decode one."""
     dataset = ImageListDataset(job.collection.records, build_transform(preprocess), job.config.max_pixels, preprocess.resize_size)
     tensors, seconds, tried = [], 0.0, 0
-    for shard in job.todo():
-        for index in range(shard.start, shard.stop):
-            started = time.perf_counter()
-            _, tensor, _, _ = dataset[index]
-            seconds += time.perf_counter() - started
-            tried += 1
-            if tensor is not None:
-                tensors.append(tensor)
-            if len(tensors) == n:
-                break
+    for index in (i for shard in job.todo() for i in range(shard.start, shard.stop)):
+        started = time.perf_counter()
+        _, tensor, _, _ = dataset[index]
+        seconds += time.perf_counter() - started
+        tried += 1
+        if tensor is not None:
+            tensors.append(tensor)
         if len(tensors) == n:
             break
     if not tensors:
