@@ -190,7 +190,7 @@ def run_gallery(title: str, gallery: Gallery, threads: int, single: int) -> str:
     truth = exact_neighbours(gallery, partition.database_ids, queries, K)
     print(f"{title}: {len(database):,} × {database.shape[1]}, {len(queries):,} queries", flush=True)
     points: list[Point] = []
-    for name in ("exact16", "flat", "ivf", "hnsw", "usearch-f16", "usearch-i8"):
+    for name in ("exact-lowp", "flat", "ivf", "hnsw", "usearch-f16", "usearch-i8"):
         points += sweep_lookalike(name, database, partition.database_ids, queries, truth, single)
     for peer in (hnswlib_peer(threads), usearch_peer(threads, "f32"), usearch_peer(threads, "f16")):
         points += sweep_peer(peer, database, partition.database_ids, queries, truth, single)

@@ -2,7 +2,7 @@
 
 Named methods and the factory strings they stand for (N = database size, d = dimension):
     brute    exact, matrix product + partial top-k (numpy or torch)
-    exact16  exact, a bf16/fp16 scan + fp32 re-rank of every candidate within a proven error bound
+    exact-lowp exact, an int8/bf16/fp16 scan + fp32 re-rank of every candidate within a proven error bound
     flat     "Flat"                  exact, faiss.IndexFlatIP / IndexFlatL2
     ivf      "IVF{√N},Flat"          approximate; nprobe trades recall for speed
     hnsw     "HNSW{M},Flat"          graph; efSearch trades recall for speed
@@ -33,14 +33,15 @@ from ..errors import GalleryError, IndexMismatchError, IndexStaleError, Lookalik
 from ..gallery import INDEXES, Gallery
 from .base import METHOD_FILE, BuildStats, SearchMethod
 from .brute import BruteForce
-from .exact16 import Exact16
+from .exact_lowp import ExactLowPrecision
 from .faiss_index import MAX_POINTS_PER_CENTROID, FaissIndex, ivf_nlist
 from .registry import DEFAULT_HNSW_M, METHODS, PARAMS, MethodSpec, default_params
 from .usearch_index import UsearchHnsw
 from .rerank import MmapRerankIndex, rows_view
 
 NAMED_METHODS = tuple(METHODS)
-METHOD_CLASSES = {cls.kind: cls for cls in (BruteForce, Exact16, FaissIndex, MmapRerankIndex, UsearchHnsw)}
+METHOD_CLASSES = {cls.kind: cls for cls in (BruteForce, ExactLowPrecision, FaissIndex, MmapRerankIndex, UsearchHnsw)}
+METHOD_CLASSES["exact16"] = ExactLowPrecision  # indexes saved before the int8 scan (they hold no files: rebuilt at load)
 DEFAULT_NPROBE = PARAMS["nprobe"].default
 FACTORY_PATTERN = re.compile(r"^(Flat|IVF|HNSW|PQ|OPQ|SQ|PCA|IDMap|LSH|NSG|RR|L2norm)")
 
@@ -102,8 +103,8 @@ def make_method(
     spec = METHODS.get(name) or MethodSpec(method_key(name), "faiss", None, "a FAISS index_factory string")
     if spec.kind == "brute":
         return BruteForce(spec.name, metric, backend=backend)
-    if spec.kind == "exact16":
-        return Exact16(spec.name, metric)
+    if spec.kind == "exact-lowp":
+        return ExactLowPrecision(spec.name, metric)
     if spec.kind == "usearch":
         return UsearchHnsw(spec.name, metric, search_params={**default_params("", "usearch"), **(search_params or {})}, m=sizes.get("m") or DEFAULT_HNSW_M, **spec.options)
     factory = factory_for(name, n, d, nlist, **sizes)

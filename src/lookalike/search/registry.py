@@ -52,7 +52,7 @@ METHODS: Mapping[str, MethodSpec] = {
     for s in (
         MethodSpec("brute", "brute", None, "exact: matrix product in blocks + partial top-k (numpy or torch)", exact=True),
         MethodSpec("flat", "faiss", "Flat", "exact: faiss.IndexFlatIP / IndexFlatL2", exact=True),
-        MethodSpec("exact16", "exact16", None, "exact: a bf16/fp16 scan (chosen by measurement) picks candidates within a proven error bound, fp32 re-ranks them", exact=True),
+        MethodSpec("exact-lowp", "exact-lowp", None, "exact: an int8, bf16 or fp16 scan (chosen by measurement) picks candidates within a proven error bound, fp32 re-ranks them", exact=True),
         MethodSpec("ivf", "faiss", "IVF{nlist},Flat", "inverted lists over k-means cells; nprobe trades recall for speed"),
         MethodSpec("hnsw", "faiss", "HNSW{m},Flat", "graph; efSearch trades recall for speed"),
         MethodSpec("ivfpq", "faiss", "IVF{nlist},{pq},RFlat", "PQ codes re-ranked by exact vectors held in RAM (more memory than raw)"),

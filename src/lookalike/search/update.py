@@ -5,7 +5,7 @@
 in. For each index, rows whose file went, changed or became a held-out query are dropped and the
 new database rows are added:
 
-    brute, exact16, flat, sq8/sqfp16   in place (their rows are the gallery's, or flat codes)
+    brute, exact-lowp, flat, sq8/sqfp16   in place (their rows are the gallery's, or flat codes)
     IVF families (ivf, IVF…,PQ…, ivfpq-mmap)   in place: `remove_ids`, then `add`; the coarse quantiser
                                        is not retrained, so rebuild after the collection has changed much
     hnsw, usearch                      new rows join the graph in place; with removals, rebuilt

@@ -1,12 +1,12 @@
-"""exact16: a 16-bit scan plus fp32 re-ranking returns exactly fp32 brute force's top k."""
+"""exact-lowp: an int8 or 16-bit scan plus fp32 re-ranking returns exactly fp32 brute force's top k."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lookalike.search import exact16 as exact16_module
-from lookalike.search.exact16 import UNIT_ROUNDOFF, Exact16, score_error_bound
+from lookalike.search import exact_lowp as lowp
+from lookalike.search.exact_lowp import UNIT_ROUNDOFF, ExactLowPrecision, quantize_rows, score_error_bound
 
 
 def numpy_top_k(x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -34,10 +34,10 @@ def near_ties(seed: int = 1, d: int = 96, n: int = 12000, step: float = 1e-5) ->
     return rows[rng.permutation(len(rows))].astype(np.float32), queries.astype(np.float32)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32", "auto"])
+@pytest.mark.parametrize("precision", ["int8", "bf16", "fp16", "fp32", "auto"])
 def test_near_ties_give_exactly_the_fp32_ids(precision):
     x, q = near_ties()
-    method = Exact16(precision=precision)
+    method = ExactLowPrecision(precision=precision)
     method.build(x)
     want_scores, want_ids = numpy_top_k(x, q, 25)
     scores, ids = method.search(q, 25)
@@ -51,12 +51,13 @@ def test_the_error_bound_is_what_keeps_it_exact(monkeypatch):
     """Without the margin (and without the slack the group maxima add) the bf16 scan drops true neighbours:
     the near-tie test above can fail."""
     x, q = near_ties(step=1e-4)  # a ladder about as wide as bf16's rounding: its order gets scrambled
-    monkeypatch.setattr(exact16_module, "GROUPS", 1)
-    method = Exact16(precision="bf16")
+    monkeypatch.setattr(lowp, "GROUPS", 1)
+    method = ExactLowPrecision(precision="bf16")
     method.build(x)
     np.testing.assert_array_equal(method.search(q, 25)[1], numpy_top_k(x, q, 25)[1])  # with the margin: exact
-    monkeypatch.setattr(exact16_module, "score_error_bound", lambda precision, d: 0.0)
-    method = Exact16(precision="bf16")
+    monkeypatch.setattr(lowp, "score_error_bound", lambda precision, d: 0.0)
+    monkeypatch.setattr(lowp, "gamma", lambda d: 0.0)
+    method = ExactLowPrecision(precision="bf16")
     method.build(x)
     assert not np.array_equal(method.search(q, 25)[1], numpy_top_k(x, q, 25)[1])
 
@@ -90,9 +91,9 @@ def test_l2_and_a_saved_method_agree_with_brute_force(tiny_gallery, tmp_path):
     queries = np.asarray(gallery.embeddings)[gallery.partition().query_ids]
     for metric in ("ip", "l2"):
         brute = get_method(gallery, "brute", metric)[0]
-        built = get_method(gallery, "exact16", metric)[0]
+        built = get_method(gallery, "exact-lowp", metric)[0]
         save_method(gallery, built)
-        loaded = load_method(gallery, "exact16", metric)
+        loaded = load_method(gallery, "exact-lowp", metric)
         assert loaded.params()["precision"] == built.params()["precision"]
         want = brute.search(queries, 10)
         for method in (built, loaded):
@@ -114,12 +115,81 @@ def test_densely_packed_data_is_exact_without_gathering_the_whole_gallery(monkey
     q = np.concatenate([x[:20] + 0.01 * rng.standard_normal((20, d)), rng.standard_normal((20, d))])
     q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
     gathered = []
-    original = exact16_module._exact_scores
-    monkeypatch.setattr(exact16_module, "_exact_scores", lambda *a: gathered.append(len(a[2])) or original(*a))
-    method = Exact16(precision="bf16")
+    original = lowp._exact_scores
+    monkeypatch.setattr(lowp, "_exact_scores", lambda *a: gathered.append(len(a[2])) or original(*a))
+    method = ExactLowPrecision(precision="bf16")
     method.build(x)
     scores, ids = method.search(q, 10)
     want_scores, want_ids = numpy_top_k(x, q, 10)
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_allclose(scores, want_scores, atol=1e-6)
-    assert sum(gathered) < 20 * len(x) // exact16_module.DENSE_SHARE + 20 * len(x) // 10  # the packed queries were not gathered row by row
+    assert sum(gathered) < 20 * len(x) // lowp.DENSE_SHARE + 20 * len(x) // 10  # the packed queries were not gathered row by row
+
+
+def crowded(seed: int = 3, d: int = 64, n: int = 6000) -> tuple[np.ndarray, np.ndarray]:
+    """Queries with 600 rows each within 2e-3 of one another: all of them inside the int8 bound."""
+    rng = np.random.default_rng(seed)
+    queries = rng.standard_normal((6, d))
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    rows = [rng.standard_normal((n - 600 * len(queries), d))]
+    for q in queries:
+        r = rng.standard_normal((600, d))
+        r -= (r @ q)[:, None] * q
+        c = 0.9 + 2e-3 * rng.random(600)
+        rows.append(c[:, None] * q + np.sqrt(1 - c * c)[:, None] * r / np.linalg.norm(r, axis=1, keepdims=True))
+    x = np.concatenate(rows)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x[rng.permutation(len(x))].astype(np.float32), queries.astype(np.float32)
+
+
+@pytest.mark.parametrize("count", [1, lowp.FEW_QUERIES, lowp.FEW_QUERIES + 1])
+def test_int8_is_exact_for_a_few_crowded_queries_and_for_a_batch(count):
+    """1 and FEW_QUERIES queries scan the few-query copy (here fp16); one more takes the int8 product."""
+    x, q = crowded()
+    method = ExactLowPrecision(precision="int8", few_precision="fp16")
+    method.build(x)
+    scores, ids = method.search(q[:count], 20)
+    want_scores, want_ids = numpy_top_k(x, q[:count], 20)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-6)
+
+
+def test_the_int8_bounds_cover_the_real_rounding_error():
+    """|⟨q,x⟩ − αβ⟨q̂,x̂⟩| ≤ e·X + ‖αq̂‖·F (module docstring), and the rows alone are within F."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 128))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = x[:40] + 0.05 * rng.standard_normal((40, 128))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    rows = quantize_rows(x.astype(np.float32))
+    codes = rows.codes.numpy().astype(np.float64)
+    exact = q @ x.T
+    assert np.abs(rows.scale * (q @ codes.T) - exact).max() <= rows.max_error
+    alpha = np.abs(q).max(axis=1) / 127
+    q_codes = np.clip(np.rint(q / alpha[:, None]), -127, 127)
+    e = np.linalg.norm(q - alpha[:, None] * q_codes, axis=1)
+    bound = e * rows.max_norm + alpha * np.linalg.norm(q_codes, axis=1) * rows.max_error
+    assert (np.abs(alpha[:, None] * rows.scale * (q_codes @ codes.T) - exact) <= bound[:, None]).all()
+
+
+def test_the_int8_margin_is_what_keeps_it_exact(monkeypatch):
+    x, q = crowded()
+    monkeypatch.setattr(lowp, "GROUPS", 1)
+    method = ExactLowPrecision(precision="int8")
+    method.build(x)
+    want = numpy_top_k(x, q, 20)[1]
+    np.testing.assert_array_equal(method.search(q, 20)[1], want)
+    monkeypatch.setattr(lowp, "int8_margin", lambda queries, *rest: np.zeros(len(queries), dtype=np.int64))
+    assert not np.array_equal(method.search(q, 20)[1], want)
+
+
+def test_auto_keeps_the_fastest_measured_precision_for_batches_and_for_a_few_queries(monkeypatch):
+    timings = {"batch": {"int8": 0.1, "bf16": 0.2, "fp16": 0.9, "fp32": 0.4}, "few": {"bf16": 7.0, "fp16": 3.0, "fp32": 9.0}}
+    monkeypatch.setattr(lowp, "probe_precisions", lambda vectors: timings)
+    x, q = crowded()
+    method = ExactLowPrecision()
+    method.build(x)
+    assert (method.precision, method.few_precision) == ("int8", "fp16")
+    assert method.memory_bytes() >= x.nbytes + x.size + 2 * x.size  # the fp32 rows, the int8 copy and the fp16 copy
+    assert method.params()["probe_ms_per_query"] == timings
+    np.testing.assert_array_equal(method.search(q[:1], 5)[1], numpy_top_k(x, q[:1], 5)[1])

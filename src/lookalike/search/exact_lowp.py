@@ -1,0 +1,370 @@
+"""Exact search from a low-precision scan: int8, bf16 or fp16 scores select candidates, fp32 re-ranks them.
+
+Why: one fp32 product per (query, row) is the fp32 roofline. An int8 product (AVX-512 VNNI, AMX)
+runs at about four times that rate and a 16-bit one (AVX-512-BF16, AMX) at about twice, and both
+read fewer bytes, so batched and single-query exact search can beat the roofline. The result
+stays exact *by construction*, not most of the time: every score of the scan carries a proven
+error bound E, and
+
+    if a_k is the k-th largest approximate score and t_k the k-th largest exact one, then
+    a_k ≤ t_k + E, so every true top-k row has approximate score ≥ t_k − E ≥ a_k − 2E.
+
+Any floor L ≤ a_k − 2E therefore keeps them all; re-scoring every row with score ≥ L in fp32
+returns exactly fp32 brute force's top k (ties: lower row first, as `brute` with numpy). L comes
+cheaply from `brute.top_k_rows`'s trick: the k-th largest of the maxima of groups of rows is at
+most a_k.
+
+The bounds, for queries q and rows x (‖x‖ ≤ X, ‖q‖ = 1 up to rounding):
+- 16-bit and fp32 scans (unit roundoff u: bf16 2⁻⁸, fp16 2⁻¹¹, fp32 2⁻²⁴), products accumulated
+  in fp32 over d terms and rounded back to the format (`score_error_bound`):
+      E = (2u + u²) + γ_d (1 + u)² + u (1 + 2u + u² + γ_d (1 + u)²),   γ_d = d·2⁻²⁴ / (1 − d·2⁻²⁴).
+- int8: the gallery is stored as integers x̂ = round(x / β) with one scale β for all rows; F, the
+  largest ‖x − βx̂‖ over the rows, is measured at build. Batched, each query is rounded the same
+  way (q̂ = round(q / α), e = ‖q − αq̂‖) and the integer products are exact, so
+      |⟨q, x⟩ − αβ⟨q̂, x̂⟩| ≤ |⟨q − αq̂, x⟩| + |⟨αq̂, x − βx̂⟩| ≤ e·X + ‖αq̂‖·F.
+  The fp32 re-rank's own rounding (2γ_d) is added to every bound as slack.
+
+Which precision scans is chosen by measurement at build, separately for batches and for a few
+queries: a probe search of gallery rows with each candidate precision, timed, the fastest kept
+(`probe_precisions`). int8 takes part in batches only: its kernel wants many query rows (one query
+padded to the kernel's minimum of 17 rows is slower than an fp16 scan), so a few queries always
+scan a 16-bit or fp32 copy; when the two choices differ, both copies are held.
+Which precision scans is chosen by measurement at build: a probe search of gallery rows with
+each candidate precision, timed, the fastest kept (`probe_precisions`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import LookalikeError
+from ..runtime import as_float32_c
+from .base import BuildStats, SearchMethod
+from .brute import top_k_rows
+from .rerank import is_memory_mapped
+
+UNIT_ROUNDOFF = {"bf16": 2.0**-8, "fp16": 2.0**-11, "fp32": 2.0**-24}
+PRECISIONS = ("int8", "bf16", "fp16", "fp32")
+GROUPS = 16  # rows per group; the groups' maxima bound the k-th score from below
+SCORE_BLOCK_BYTES = 128 * 2**20  # the (queries × N) score block of one pass
+INT8_ROW_BLOCK = 4096  # gallery rows per int8 product: the int8 kernel runs twice as fast on blocks this size as on 100k rows at once
+FEW_QUERIES = 4  # at most this many queries scan the few-query copy (a 16-bit or fp32 product), more the batch copy
+FEW_PRECISIONS = ("bf16", "fp16", "fp32")
+PROBE_ROWS, PROBE_QUERIES = 32768, 128  # the probe search timed per precision at build time
+DENSE_SHARE = 16  # a query with more than n/16 candidates is re-ranked by a dense fp32 product instead of gathers
+RERANK_PAIRS = 131_072  # (query, row) pairs gathered at once: 2 × 131072 × d floats, 512 MiB at d = 512
+ROW_BLOCK = 16384  # rows converted at once at build: never a second full fp32 copy
+
+
+def gamma(d: int) -> float:
+    """γ_d: the relative error bound of an fp32 sum of d terms."""
+    return d * 2.0**-24 / (1 - d * 2.0**-24)
+
+
+def score_error_bound(precision: str, d: int) -> float:
+    """The worst-case |approximate − exact| inner product of two unit vectors in a 16-bit or fp32 scan."""
+    u = UNIT_ROUNDOFF[precision]
+    products = 2 * u + u * u
+    accumulated = products + gamma(d) * (1 + u) ** 2
+    return accumulated + (u * (1 + accumulated) if precision != "fp32" else 0.0)
+
+
+def _torch_dtype(precision: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+@dataclass(frozen=True)
+class Int8Rows:
+    """The gallery as integers x̂ = round(x / scale), with what the int8 bound needs."""
+
+    codes: Any  # torch int8 (n, d)
+    scale: float  # β
+    max_error: float  # F = max over rows of ‖x − βx̂‖ (rounded up)
+    max_norm: float  # X = max over rows of ‖x‖ (rounded up)
+
+
+def quantize_rows(vectors: np.ndarray) -> Int8Rows:
+    """Round the rows to one shared int8 grid, block by block, measuring the rounding error as it goes."""
+    import torch
+
+    n, d = vectors.shape
+    peak = max(float(np.abs(vectors[s : s + ROW_BLOCK]).max()) for s in range(0, n, ROW_BLOCK)) if n else 1.0
+    scale = (peak or 1.0) / 127
+    codes = torch.empty((n, d), dtype=torch.int8)
+    max_error = max_norm = 0.0
+    for start in range(0, n, ROW_BLOCK):
+        block = np.asarray(vectors[start : start + ROW_BLOCK], dtype=np.float64)
+        rounded = np.clip(np.rint(block / scale), -127, 127)
+        max_error = max(max_error, float(np.linalg.norm(block - scale * rounded, axis=1).max()))
+        max_norm = max(max_norm, float(np.linalg.norm(block, axis=1).max()))
+        codes[start : start + len(block)] = torch.from_numpy(rounded.astype(np.int8))
+    return Int8Rows(codes, scale, max_error * (1 + 1e-6) + 1e-9, max_norm * (1 + 1e-6))
+
+
+def int8_margin(queries: np.ndarray, rounded: np.ndarray, scale: np.ndarray, rows: Int8Rows) -> np.ndarray:
+    """2E per query in the integer product's units, rounded up: E = e·X + ‖αq̂‖·F + the re-rank's 2γ_d."""
+    error = np.linalg.norm(queries - scale[:, None] * rounded, axis=1)  # e
+    rounded_norm = scale * np.linalg.norm(rounded, axis=1)  # ‖αq̂‖
+    bound = error * rows.max_norm + rounded_norm * rows.max_error + 2 * gamma(queries.shape[1]) * np.linalg.norm(queries, axis=1) * rows.max_norm
+    return np.ceil(2 * bound * (1 + 1e-6) / (scale * rows.scale)).astype(np.int64) + 1
+
+
+def probe_precisions(vectors: np.ndarray, k: int = 10) -> dict[str, dict[str, float]]:
+    """ms per query of probe searches (gallery rows against the first PROBE_ROWS rows), per precision:
+    {"batch": {precision: ms}, "few": {precision: ms}}.
+
+    Why a search and not a product's GFLOP/s: int8's looser bound keeps more candidates, so the
+    fastest product is not always the fastest exact search; the probe pays both.
+    """
+    rows = np.array(vectors[:PROBE_ROWS], dtype=np.float32)
+    queries = rows[np.random.default_rng(0).permutation(len(rows))[:PROBE_QUERIES]]
+    out: dict[str, dict[str, float]] = {"batch": {}, "few": {}}
+    for precision in PRECISIONS:
+        method = ExactLowPrecision(precision=precision)
+        method.build(rows)
+        method.search(queries[:FEW_QUERIES + 1], k)  # warm-up: kernel selection, page faults
+        out["batch"][precision] = round(_best_seconds(lambda: method.search(queries, k), 2) / len(queries) * 1e3, 4)
+        if precision in FEW_PRECISIONS:
+            out["few"][precision] = round(_best_seconds(lambda: method.search(queries[:1], k), 5) * 1e3, 4)
+    return out
+
+
+def _best_seconds(call, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+class ExactLowPrecision(SearchMethod):
+    """Exact top-k: a low-precision scan picks candidates within a proven error bound, fp32 re-ranks them."""
+
+    kind = "exact-lowp"
+
+    def __init__(self, name: str = "exact-lowp", metric: str = "ip", precision: str = "auto", few_precision: str | None = None):
+        super().__init__(name, metric)
+        if precision not in ("auto", *PRECISIONS):
+            raise LookalikeError(f"unknown scan precision {precision!r}; use auto, {', '.join(PRECISIONS)}")
+        self.requested = precision
+        self.precision = "fp32" if precision == "auto" else precision  # batches
+        self.few_precision = few_precision or ("fp32" if precision in ("auto", "int8") else precision)  # FEW_QUERIES or fewer
+        self.probe_ms: dict[str, dict[str, float]] = {}
+        self.vectors = np.zeros((0, 0), dtype=np.float32)  # exact rows for re-ranking (memory-mapped when given so)
+        self._scans: dict[str, Any] = {}  # precision → torch (N, d) copy; "int8" → Int8Rows
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def _build(self, vectors: np.ndarray) -> BuildStats:
+        import torch
+
+        t = time.perf_counter()
+        self.vectors = vectors if is_memory_mapped(vectors) else as_float32_c(np.asarray(vectors))
+        if self.requested == "auto":
+            self.probe_ms = probe_precisions(self.vectors)
+            self.precision = min(self.probe_ms["batch"], key=self.probe_ms["batch"].get)
+            self.few_precision = min(self.probe_ms["few"], key=self.probe_ms["few"].get)
+        train = time.perf_counter() - t
+        t = time.perf_counter()
+        self._scans = {}
+        for precision in {self.precision, self.few_precision}:
+            if precision == "int8":
+                self._scans[precision] = quantize_rows(self.vectors)
+                continue
+            scan = torch.empty(self.vectors.shape, dtype=_torch_dtype(precision))
+            for start in range(0, len(self.vectors), ROW_BLOCK):
+                scan[start : start + ROW_BLOCK] = torch.from_numpy(np.array(self.vectors[start : start + ROW_BLOCK], dtype=np.float32))
+            self._scans[precision] = scan
+        return BuildStats(round(train, 4), round(time.perf_counter() - t, 4), 0)
+
+    def apply_update(self, keep: np.ndarray, vectors: np.ndarray) -> bool:
+        """The scan copies are the rows themselves: convert the new set (at the precisions measured at build)."""
+        requested, self.requested = self.requested, self.precision
+        try:
+            self._build(np.concatenate([np.asarray(self.vectors)[keep], np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)]))
+        finally:
+            self.requested = requested
+        return True
+
+    def params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"precision": self.precision, "few_precision": self.few_precision}
+        int8 = self._scans.get("int8")
+        if int8 is not None:
+            out.update(scale=int8.scale, max_row_error=round(int8.max_error, 6))
+        for precision in {self.precision, self.few_precision} - {"int8"}:
+            out[f"error_bound_{precision}"] = round(score_error_bound(precision, max(1, self.dim)), 6)
+        if self.probe_ms:
+            out["probe_ms_per_query"] = self.probe_ms
+        return out
+
+    def memory_bytes(self) -> int:
+        scans = sum(int(s.codes.numel()) if isinstance(s, Int8Rows) else int(s.numel() * s.element_size()) for s in self._scans.values())
+        return scans + (0 if is_memory_mapped(self.vectors) else int(self.vectors.nbytes)) + int(self.ids.nbytes)
+
+    def _search(self, queries: np.ndarray, k: int, params: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
+        if params:
+            self.set_params(**params)  # raises: no search-time parameters
+        if not self._scans:
+            raise LookalikeError(f"{self.name} is not built; build or load it first")
+        if queries.shape[1] != self.dim:
+            raise LookalikeError(f"queries are {queries.shape[1]}-d but {self.name} holds {self.dim}-d vectors")
+        n = len(self.vectors)
+        k_eff = min(k, n)
+        scores = np.full((len(queries), k), -np.inf if self.metric == "ip" else np.inf, dtype=np.float32)
+        positions = np.full((len(queries), k), -1, dtype=np.int64)
+        if n == 0:
+            return scores, positions
+        precision = self.few_precision if len(queries) <= FEW_QUERIES else self.precision
+        block = max(1, SCORE_BLOCK_BYTES // (4 * n))
+        for start in range(0, len(queries), block):
+            chunk = queries[start : start + block]
+            rows, cols = self._candidates_int8(chunk, k_eff) if precision == "int8" else self._candidates_float(chunk, k_eff, precision)
+            s, p = self._rerank(chunk, rows, cols, k_eff)
+            scores[start : start + block, :k_eff] = self._as_metric(s)
+            positions[start : start + block, :k_eff] = p
+        return scores, positions
+
+    def _as_metric(self, inner: np.ndarray) -> np.ndarray:
+        return np.maximum(2.0 - 2.0 * inner, 0.0) if self.metric == "l2" else inner
+
+    def _candidates_float(self, queries: np.ndarray, k: int, precision: str) -> tuple[np.ndarray, np.ndarray]:
+        """(query, row) pairs within 2E of the k-th score of a 16-bit or fp32 product."""
+        import torch
+
+        scan = self._scans[precision]
+        bound = score_error_bound(precision, self.dim) + 2 * gamma(self.dim)
+        with torch.inference_mode():
+            approx = torch.mm(scan, torch.from_numpy(queries).to(scan.dtype).T)  # (n, b): groups of consecutive rows
+            kth, maxima = _kth_lower_bound(approx, k)
+            if kth is None:
+                return _every_pair(len(queries), approx.shape[0])
+            floor = _round_down(kth.float() - 2 * bound, scan.dtype)  # L ≤ a_k − 2E, exactly representable
+            return _pairs_at_or_above(approx, maxima, floor)
+
+    def _candidates_int8(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(query, row) pairs within 2E of the k-th score of the exact integer product of the rounded vectors."""
+        import torch
+
+        rows = self._scans["int8"]
+        scale = np.maximum(np.abs(queries).max(axis=1), 1e-30).astype(np.float64) / 127  # α per query
+        rounded = np.clip(np.rint(queries / scale[:, None]), -127, 127)
+        margin = int8_margin(queries, rounded, scale, rows)
+        n, b = len(self.vectors), len(queries)
+        q_codes = torch.from_numpy(rounded.astype(np.int8).T.copy())  # (d, b)
+        with torch.inference_mode():
+            products = torch.empty((n, b), dtype=torch.int32)
+            for start in range(0, n, INT8_ROW_BLOCK):
+                torch._int_mm(rows.codes[start : start + INT8_ROW_BLOCK], q_codes, out=products[start : start + INT8_ROW_BLOCK])
+            kth, maxima = _kth_lower_bound(products, k)
+            if kth is None:
+                return _every_pair(b, n)
+            floor = (kth.long() - torch.from_numpy(margin)).clamp(min=-(2**31)).to(torch.int32)
+            return _pairs_at_or_above(products, maxima, floor)
+
+    def _rerank(self, queries: np.ndarray, rows: np.ndarray, cols: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """fp32 top k among each query's candidates (rows, cols): gathered where they are few, a dense product where not.
+
+        Densely packed data (near-duplicate images, an untrained model's embeddings) can leave most of the
+        gallery within the error bound; gathering those rows one by one would cost more memory and time
+        than a plain fp32 product, so such queries get the product (`brute.top_k_rows`, the same ties).
+        """
+        b, n = len(queries), len(self.vectors)
+        counts = np.bincount(rows, minlength=b)
+        dense = np.flatnonzero((counts > max(k, n // DENSE_SHARE)) | (counts < k))  # < k: only NaN scores do that
+        scores = np.empty((b, k), dtype=np.float32)
+        positions = np.empty((b, k), dtype=np.int64)
+        if len(dense):
+            block = max(1, SCORE_BLOCK_BYTES // (4 * n))
+            for start in range(0, len(dense), block):
+                chosen = dense[start : start + block]
+                scores[chosen], positions[chosen] = top_k_rows(queries[chosen] @ np.asarray(self.vectors).T, k)
+        sparse = ~np.isin(rows, dense)
+        rows, cols = rows[sparse], cols[sparse]
+        if len(rows):
+            exact = np.concatenate([_exact_scores(queries, self.vectors, rows[s : s + RERANK_PAIRS], cols[s : s + RERANK_PAIRS]) for s in range(0, len(rows), RERANK_PAIRS)])
+            order = np.lexsort((cols, -exact, rows))  # by query, then best score, then lower row
+            first = np.searchsorted(rows[order], np.unique(rows))
+            pick = order[first[:, None] + np.arange(k)]
+            kept = rows[pick[:, 0]]
+            scores[kept], positions[kept] = exact[pick], cols[pick].astype(np.int64, copy=False)
+        return scores, positions
+
+    def _save(self, folder: Path) -> None:
+        """Nothing to write: the scan copy is rebuilt from the gallery's embeddings.npy at load."""
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "requested_precision": self.requested}
+
+    @classmethod
+    def _load(cls, folder: Path, info: dict[str, Any], vectors: np.ndarray) -> ExactLowPrecision:
+        from .rerank import rows_view
+
+        params = info["params"]
+        method = cls(info["name"], info["metric"], params["precision"], params.get("few_precision"))  # the precisions measured at build
+        method.build(rows_view(vectors, np.load(Path(folder) / "ids.npy")))
+        method.probe_ms = params.get("probe_ms_per_query", {})
+        return method
+
+
+def _kth_lower_bound(scores, k: int):
+    """A lower bound on each query's k-th largest score, and the groups' maxima it came from; (None, None)
+    when there are too few rows to prune. `scores` is (n, b): consecutive rows form a group, so the
+    reduction reads contiguous query vectors."""
+    import torch
+
+    n, b = scores.shape
+    m = n // GROUPS
+    if m < k:
+        return None, None
+    maxima = scores[: m * GROUPS].view(m, GROUPS, b).amax(dim=1)  # (m, b): the k-th largest is ≤ the k-th largest score
+    return torch.topk(maxima.T, k, dim=1, sorted=False).values.amin(dim=1), maxima
+
+
+def _pairs_at_or_above(scores, maxima, floor) -> tuple[np.ndarray, np.ndarray]:
+    """(query, row) of every score ≥ its query's floor; rows past the last full group are always candidates."""
+    import torch
+
+    n, b = scores.shape
+    m = maxima.shape[0]
+    g, r = torch.nonzero(maxima >= floor[None, :], as_tuple=True)  # candidate (group, query)
+    keep = scores[: m * GROUPS].view(m, GROUPS, b)[g, :, r] >= floor[r][:, None]  # (c, GROUPS)
+    i, j = torch.nonzero(keep, as_tuple=True)
+    queries, rows = r[i].numpy(), (g[i] * GROUPS + j).numpy()
+    if m * GROUPS < n:
+        queries = np.concatenate([queries, np.repeat(np.arange(b), n - m * GROUPS)])
+        rows = np.concatenate([rows, np.tile(np.arange(m * GROUPS, n), b)])
+    return queries, rows
+
+
+def _every_pair(b: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.repeat(np.arange(b), n), np.tile(np.arange(n), b)
+
+
+def _round_down(values, dtype):
+    """`values` (fp32) converted to `dtype`, never above them: a floor rounded up could drop a candidate."""
+    import torch
+
+    converted = values.to(dtype)
+    lower = torch.nextafter(converted, torch.full_like(converted, -float("inf")))
+    return torch.where(converted.float() > values, lower, converted)
+
+
+def _exact_scores(queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """fp32 inner products of (query row, gallery row) pairs; a memory-mapped gallery is read in file order."""
+    if is_memory_mapped(vectors):
+        order = np.argsort(cols, kind="stable")
+        gathered = np.empty((len(cols), vectors.shape[1]), dtype=np.float32)
+        gathered[order] = vectors[cols[order]]
+    else:
+        gathered = vectors[cols]
+    return np.einsum("cd,cd->c", queries[rows], gathered).astype(np.float32, copy=False)
