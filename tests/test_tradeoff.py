@@ -170,15 +170,18 @@ def test_candidate_rules_follow_size_and_budget():
     from lookalike.study.tune import candidate_configs
 
     small, _ = candidate_configs(100, 512)
-    assert [c.family for c in small] == ["flat", "ivf", "hnsw", "usearch-f16", "ivf-sq8"]  # too few vectors for 4√N lists or PQ codebooks
+    assert [c.family for c in small] == ["flat", "ivf", "hnsw", "usearch-f16", "hnswlib", "hnswlib-m16", "ivf-sq8"]  # too few vectors for 4√N lists or PQ codebooks
+    assert [c.options["m"] for c in small if c.sweep == "efSearch"] == [32, 32, 32, 16]
     big, notes = candidate_configs(1_000_000, 512, max_memory_bytes=2**30)
     assert [c.family for c in big] == ["ivf-sq8", "ivfpq-mmap"]  # raw vectors (1.9 GiB) cannot fit 1 GiB; HNSW over the default size limit
     assert any("hnsw" in n and "size limit" in n for n in notes) and any(n.startswith("flat") and "budget" in n for n in notes)
     # the limit is a parameter, so a benchmark can set it from measured build times
     allowed, notes = candidate_configs(1_000_000, 512, hnsw_max_n=2_000_000)
-    assert {"hnsw", "usearch-f16"} <= {c.family for c in allowed} and not any("hnsw" in n for n in notes)
+    assert {"hnsw", "usearch-f16", "hnswlib", "hnswlib-m16"} <= {c.family for c in allowed} and not any("hnsw" in n for n in notes)
     refused, notes = candidate_configs(200_000, 512, hnsw_max_n=100_000)
-    assert "hnsw" not in [c.family for c in refused] and any("hnsw: N=200000 > 100000" in n for n in notes)
+    assert not {"hnsw", "hnswlib"} & {c.family for c in refused} and any("hnsw: N=200000 > 100000" in n for n in notes)
+    _, notes = candidate_configs(200_000, 512, families=("hnswlib-m16",), hnsw_max_n=100_000)
+    assert any("size limit" in n for n in notes)  # asked for a graph that is over the limit: said
 
 
 def test_nlists_too_large_for_the_gallery_are_skipped_and_said():
@@ -186,6 +189,8 @@ def test_nlists_too_large_for_the_gallery_are_skipped_and_said():
 
     builds, skipped = plan_builds(("ivf", "ivfpq-mmap"), ("OPQ16,IVF64,PQ16",), 100_000, 512)
     assert [b.label for b in builds][:3] == ["ivf nlist=316", "ivf nlist=1264", "ivf nlist=5056"] and builds[-1].family == "factory"
+    graphs, _ = plan_builds(("hnsw", "usearch-f16", "hnswlib"), (), 1000, 512)
+    assert [b.label for b in graphs] == ["hnsw M=16", "hnsw M=32", "usearch-f16", "hnswlib M=16", "hnswlib M=32"]
     builds, skipped = plan_builds(("ivf",), (), 1000, 512)  # 4√N = 128 lists would hold under 10 vectors each
     assert [b.options["nlist"] for b in builds] == [32] and len(skipped) == 2 and "nlist=128: N=1000 is too small" in skipped[0]
 

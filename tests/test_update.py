@@ -128,13 +128,13 @@ def test_saved_indexes_follow_the_update_or_are_refused_as_stale(collection, tmp
     data, donor = collection
     out = tmp_path / "g"
     gallery = extract(_config(data, out), progress=False)
-    for method, options in (("flat", {}), ("ivf", {"nlist": 2}), ("hnsw", {}), ("brute", {}), ("PCA8,Flat", {})):
+    for method, options in (("flat", {}), ("ivf", {"nlist": 2}), ("hnsw", {}), ("hnswlib", {}), ("brute", {}), ("PCA8,Flat", {})):
         build_index(gallery, method, **options)
     change_folder(data, donor)
     updated = extract(_config(data, out), progress=False)
     outcomes = updated.manifest.update.indexes
     assert outcomes["flat"].startswith("updated in place") and outcomes["ivf"].startswith("updated in place")
-    assert outcomes["hnsw"].startswith("rebuilt") and outcomes["PCA8_Flat"].startswith("stale")
+    assert outcomes["hnsw"].startswith("rebuilt") and outcomes["hnswlib"].startswith("rebuilt") and outcomes["PCA8_Flat"].startswith("stale")
 
     database = updated.partition().database_ids
     queries = np.array(updated.embeddings)
@@ -146,8 +146,9 @@ def test_saved_indexes_follow_the_update_or_are_refused_as_stale(collection, tmp
         scores, found = method.search(queries, 5, params)
         np.testing.assert_allclose(scores, truth_scores, atol=1e-5)
         assert (found == truth).mean() > 0.99, name  # ties aside, the same neighbours as a fresh exact index
-    hnsw = load_method(updated, "hnsw", database_ids=database)
-    assert sorted(hnsw.ids.tolist()) == database.tolist()
+    for name in ("hnsw", "hnswlib"):
+        graph = load_method(updated, name, database_ids=database)
+        assert sorted(graph.ids.tolist()) == database.tolist()
 
     with pytest.raises(IndexStaleError, match=r"stale: .*lookalike index --gallery .* --method 'PCA8,Flat'"):
         updated.search(0, k=3, method="PCA8_Flat")

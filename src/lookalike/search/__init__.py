@@ -13,6 +13,7 @@ Named methods and the factory strings they stand for (N = database size, d = dim
     sq8      "SQ8"                   8-bit scalar quantiser (4× smaller)
     sqfp16   "SQfp16"                16-bit floats (2× smaller)
     usearch-f16, usearch-i8          usearch's HNSW over f16 / i8 vectors (see search.usearch_index)
+    hnswlib, hnswlib-m16             hnswlib's HNSW (M 32 / M 16) over f32 vectors (see search.hnswlib_index)
 Anything else containing a comma or starting like a factory string ("OPQ32,IVF1024,PQ32") is
 passed to faiss.index_factory as is.
 """
@@ -35,17 +36,18 @@ from .base import METHOD_FILE, BuildStats, SearchMethod
 from .brute import BruteForce
 from .exact_lowp import ExactLowPrecision
 from .faiss_index import MAX_POINTS_PER_CENTROID, FaissIndex, ivf_nlist
-from .registry import DEFAULT_HNSW_M, METHODS, PARAMS, MethodSpec, default_params
+from .registry import DEFAULT_HNSW_M, GRAPH_KINDS, METHODS, PARAMS, MethodSpec, default_params
+from .hnswlib_index import HnswlibHnsw
 from .usearch_index import UsearchHnsw
 from .rerank import MmapRerankIndex, rows_view
 
 NAMED_METHODS = tuple(METHODS)
-METHOD_CLASSES = {cls.kind: cls for cls in (BruteForce, ExactLowPrecision, FaissIndex, MmapRerankIndex, UsearchHnsw)}
+METHOD_CLASSES = {cls.kind: cls for cls in (BruteForce, ExactLowPrecision, FaissIndex, MmapRerankIndex, UsearchHnsw, HnswlibHnsw)}
 METHOD_CLASSES["exact16"] = ExactLowPrecision  # indexes saved before the int8 scan (they hold no files: rebuilt at load)
 DEFAULT_NPROBE = PARAMS["nprobe"].default
 FACTORY_PATTERN = re.compile(r"^(Flat|IVF|HNSW|PQ|OPQ|SQ|PCA|IDMap|LSH|NSG|RR|L2norm)")
 
-__all__ = ["SearchMethod", "BuildStats", "BruteForce", "FaissIndex", "MmapRerankIndex", "make_method", "default_nlist",
+__all__ = ["SearchMethod", "BuildStats", "BruteForce", "FaissIndex", "MmapRerankIndex", "UsearchHnsw", "HnswlibHnsw", "make_method", "default_nlist",
            "factory_for", "pq_bits_for", "database_vectors", "database_digest", "save_method", "load_method", "saved_methods", "get_method"]
 
 
@@ -105,8 +107,9 @@ def make_method(
         return BruteForce(spec.name, metric, backend=backend)
     if spec.kind == "exact-lowp":
         return ExactLowPrecision(spec.name, metric)
-    if spec.kind == "usearch":
-        return UsearchHnsw(spec.name, metric, search_params={**default_params("", "usearch"), **(search_params or {})}, m=sizes.get("m") or DEFAULT_HNSW_M, **spec.options)
+    if spec.kind in GRAPH_KINDS:
+        options = {**spec.options, "m": sizes.get("m") or spec.options.get("m") or DEFAULT_HNSW_M}
+        return METHOD_CLASSES[spec.kind](spec.name, metric, search_params={**default_params("", spec.kind), **(search_params or {})}, **options)
     factory = factory_for(name, n, d, nlist, **sizes)
     params: dict[str, Any] = default_params(factory, spec.kind)
     if "nprobe" in params:

@@ -34,7 +34,8 @@ PQ_CODEBOOK_TRAINING = 256 * 256  # 256 centroids per sub-quantiser × 256 point
 def one_thread_for_one_query(queries: int) -> Iterator[None]:
     """FAISS's graph search splits work over queries, so one query runs on one thread anyway; waking the
     other OpenMP threads for it only adds latency (bench_peers: HNSW single queries). Flat search is left
-    alone: one query's scan is split over the database. The setting is per calling thread, and restored."""
+    alone: one query's scan is split over the database. The setting is per calling thread, and restored.
+    (`FaissIndex._search` does the same inline, without a generator, on its single-query path.)"""
     if queries != 1:
         yield
         return
@@ -44,6 +45,10 @@ def one_thread_for_one_query(queries: int) -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(before)
+
+
+# Per-call SearchParameters objects kept per index (see FaissIndex._per_call): at most this many settings.
+PER_CALL_CACHE = 64
 
 
 def ivf_nlist(factory: str) -> int | None:
@@ -76,9 +81,22 @@ class FaissIndex(SearchMethod):
         self.factory = factory
         self.seed = seed
         self.train_points_per_list = train_points_per_list  # k-means sample per IVF list: fewer trains faster, 30 is FAISS's floor
-        self.index: faiss.Index | None = None
         self._search_params: dict[str, Any] = dict(search_params or {})
         self._memory: int | None = None
+        self._graph = "HNSW" in factory  # one query on one thread (see one_thread_for_one_query)
+        self.index: faiss.Index | None = None
+
+    @property
+    def index(self) -> faiss.Index | None:
+        return self._index
+
+    @index.setter
+    def index(self, index: faiss.Index | None) -> None:
+        # search_param_ranges and per-call SearchParameters are derived from the index: kept with it, dropped
+        # when it is replaced (build, load, an engine's add) or its own parameters change (set_params)
+        self._index = index
+        self._ranges: dict[str, tuple[int, int]] | None = None
+        self._per_call_cache: dict[tuple, tuple[Any, list]] = {}
 
     @property
     def dim(self) -> int:
@@ -164,8 +182,14 @@ class FaissIndex(SearchMethod):
     def set_params(self, **params: Any) -> None:
         self._apply(params)
         self._search_params.update(params)
+        self._per_call_cache = {}  # cached SearchParameters copied the index's former values
 
     def search_param_ranges(self) -> dict[str, tuple[int, int]]:
+        if self._ranges is None:
+            self._ranges = self._param_ranges()
+        return dict(self._ranges)
+
+    def _param_ranges(self) -> dict[str, tuple[int, int]]:
         ranges: dict[str, tuple[int, int]] = {}
         if self.index is None:
             return ranges
@@ -185,21 +209,42 @@ class FaissIndex(SearchMethod):
         return {**out, **self._search_params}
 
     def _search(self, queries: np.ndarray, k: int, params: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
-        if self.index is None:
+        index = self.index
+        if index is None:
             raise LookalikeError(f"{self.name} is not built; build or load it first")
-        if queries.shape[1] != self.index.d:
-            raise LookalikeError(f"queries are {queries.shape[1]}-d but {self.name} holds {self.index.d}-d vectors")
-        with one_thread_for_one_query(len(queries) if "HNSW" in self.factory else 0):
-            if not params:
-                return self.index.search(queries, k)
-            self._check(params)
-            # Per-call values travel in a FAISS SearchParameters object: the shared index is never
-            # changed, so concurrent searches with and without parameters cannot see each other's.
-            search_params, keep = search_parameters(self.index, {key: int(value) for key, value in params.items()})
+        if queries.shape[1] != index.d:
+            raise LookalikeError(f"queries are {queries.shape[1]}-d but {self.name} holds {index.d}-d vectors")
+        # Per-call values travel in a FAISS SearchParameters object: the shared index is never
+        # changed, so concurrent searches with and without parameters cannot see each other's.
+        # `per_call` (the object and the Python owners of its nested ones) stays referenced until the search returns
+        per_call = self._per_call(params) if params else (None, None)
+        if self._graph and len(queries) == 1:  # one_thread_for_one_query, inline: this path is timed in microseconds
+            before = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)
             try:
-                return self.index.search(queries, k, params=search_params)
+                return index.search(queries, k, params=per_call[0])
             finally:
-                del keep  # the Python owners of nested parameter objects live until the search returns
+                faiss.omp_set_num_threads(before)
+        return index.search(queries, k, params=per_call[0])
+
+    def _per_call(self, params: dict[str, Any]) -> tuple[faiss.SearchParameters | None, list]:
+        """The checked SearchParameters for `params` and the owners of its nested objects (`search_parameters`),
+        built once per setting and kept with the index: FAISS only reads them, so concurrent searches share one.
+        A setting found in the cache was checked when it was added, against the same index and ranges."""
+        cache = self._per_call_cache
+        key = tuple(params.items())
+        try:
+            entry = cache.get(key)
+        except TypeError:  # an unhashable value: check_params says what is wrong with it
+            entry, key = None, None
+        if entry is None:
+            self._check(params)
+            entry = search_parameters(self.index, {name: int(value) for name, value in params.items()})
+            if key is not None:
+                if len(cache) >= PER_CALL_CACHE:
+                    cache = self._per_call_cache = {}
+                cache[key] = entry
+        return entry
 
     def _check(self, params: dict[str, Any]) -> None:
         self.check_params(params)

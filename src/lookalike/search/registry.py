@@ -34,7 +34,7 @@ class MethodSpec:
     factory: str | None
     summary: str
     exact: bool = False
-    options: Mapping[str, Any] = field(default_factory=dict)  # constructor arguments of the class (e.g. usearch's dtype)
+    options: Mapping[str, Any] = field(default_factory=dict)  # constructor arguments of the class (e.g. usearch's dtype, hnswlib's m)
 
 
 PARAMS: Mapping[str, ParamSpec] = {
@@ -46,6 +46,9 @@ PARAMS: Mapping[str, ParamSpec] = {
     )
 }
 DEFAULT_HNSW_M = 32
+# Kinds whose every method is an HNSW graph of another library, searched with efSearch and built with
+# `m` links per node (its registry option, else DEFAULT_HNSW_M; make_method's `m` overrides both).
+GRAPH_KINDS = ("usearch", "hnswlib")
 
 METHODS: Mapping[str, MethodSpec] = {
     s.name: s
@@ -61,13 +64,15 @@ METHODS: Mapping[str, MethodSpec] = {
         MethodSpec("sqfp16", "faiss", "SQfp16", "16-bit float scalar quantiser (2× smaller)"),
         MethodSpec("usearch-f16", "usearch", None, "usearch HNSW (M 32) over f16 vectors; efSearch trades recall for speed", options={"dtype": "f16"}),
         MethodSpec("usearch-i8", "usearch", None, "usearch HNSW (M 32) over i8 vectors (4× smaller); efSearch trades recall for speed", options={"dtype": "i8"}),
+        MethodSpec("hnswlib", "hnswlib", None, "hnswlib HNSW (M 32) over f32 vectors; efSearch trades recall for speed", options={"m": 32}),
+        MethodSpec("hnswlib-m16", "hnswlib", None, "hnswlib HNSW (M 16): a lighter graph, cheaper per step but wider searches for the same recall; efSearch trades recall for speed", options={"m": 16}),
     )
 }
 
 
 def params_of(factory: str, kind: str) -> tuple[str, ...]:
     """The search-time parameters a method built from `factory` understands."""
-    if kind == "usearch":
+    if kind in GRAPH_KINDS:
         return ("efSearch",)
     names = []
     if "IVF" in factory:

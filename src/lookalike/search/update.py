@@ -8,7 +8,7 @@ new database rows are added:
     brute, exact-lowp, flat, sq8/sqfp16   in place (their rows are the gallery's, or flat codes)
     IVF families (ivf, IVF…,PQ…, ivfpq-mmap)   in place: `remove_ids`, then `add`; the coarse quantiser
                                        is not retrained, so rebuild after the collection has changed much
-    hnsw, usearch                      new rows join the graph in place; with removals, rebuilt
+    hnsw, usearch, hnswlib             new rows join the graph in place; with removals, rebuilt
     anything else (ivfpq's refine, OPQ)  with removals, marked stale
 
 A stale index keeps its files but its `method.json` says why; `load_method` refuses it (the CLI's

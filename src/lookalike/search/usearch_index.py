@@ -23,6 +23,7 @@ from .registry import DEFAULT_HNSW_M, PARAMS
 
 INDEX_FILE = "index.usearch"
 EXPANSION_ADD = 40  # efConstruction, as the peers are built in bench_peers.py
+EF_LOW, EF_HIGH = PARAMS["efSearch"].low, PARAMS["efSearch"].high
 
 
 def _usearch():
@@ -88,6 +89,11 @@ class UsearchHnsw(SearchMethod):
         return {"efSearch": (spec.low, spec.high)} if self.index is not None else {}
 
     def _check(self, params: dict[str, Any]) -> int | None:
+        """efSearch from per-call `params`: the usual {"efSearch": n} checked inline, anything else by check_params (its errors)."""
+        if len(params) == 1 and self.index is not None:
+            ef = params.get("efSearch")
+            if ef.__class__ is int and EF_LOW <= ef <= EF_HIGH:
+                return ef
         return self.check_params(params).get("efSearch")
 
     def set_params(self, **params: Any) -> None:
@@ -102,26 +108,41 @@ class UsearchHnsw(SearchMethod):
         return {"dtype": self.dtype, "M": self.m, "efConstruction": EXPANSION_ADD, "efSearch": self._ef}
 
     def _search(self, queries: np.ndarray, k: int, params: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
-        if self.index is None:
+        index = self.index
+        if index is None:
             raise LookalikeError(f"{self.name} is not built; build or load it first")
-        if queries.shape[1] != self.dim:
-            raise LookalikeError(f"queries are {queries.shape[1]}-d but {self.name} holds {self.dim}-d vectors")
-        ef = self._check(params or {})
+        if queries.shape[1] != index.ndim:
+            raise LookalikeError(f"queries are {queries.shape[1]}-d but {self.name} holds {index.ndim}-d vectors")
+        ef = self._check(params) if params else None
         with self._lock:
             if ef is not None:
-                self.index.expansion_search = ef
+                index.expansion_search = ef
             try:
                 # one query runs on one thread: a pool hand-off costs more than the search itself
-                found = self.index.search(queries, k, threads=1 if len(queries) == 1 else _threads())
+                found = index.search(queries, k, threads=1 if len(queries) == 1 else _threads())
             finally:
-                self.index.expansion_search = self._ef
-        keys = np.asarray(found.keys, dtype=np.int64).reshape(len(queries), -1)[:, :k]
-        distances = np.asarray(found.distances, dtype=np.float32).reshape(len(queries), -1)[:, :k]
+                if ef is not None:
+                    index.expansion_search = self._ef
+        keys, distances = found.keys, found.distances
         # a batch gives BatchMatches (keys padded to k, `counts` found); one vector gives Matches (only what was found)
+        if keys.ndim == 1:
+            keys, distances = keys.reshape(1, -1), distances.reshape(1, -1)
+            complete = keys.shape[1] == k
+        else:
+            complete = not len(found.counts) or int(found.counts.min()) == k
+        if complete:  # the common case, kept to a few array operations: usearch's keys are row positions < 2**63
+            scores = (1.0 - distances) if self.metric == "ip" else 2.0 * distances  # usearch's cos distance is 1 − cos
+            return scores, keys.view(np.int64)
+        return self._with_missing(found, keys, distances, len(queries), k)
+
+    def _with_missing(self, found: Any, keys: np.ndarray, distances: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Results where some query found fewer than k: the missing ones as id −1, score ∓inf, padded to k like FAISS."""
+        keys = np.asarray(keys, dtype=np.int64).reshape(n, -1)[:, :k]
+        distances = np.asarray(distances, dtype=np.float32).reshape(n, -1)[:, :k]
         counts = np.asarray(found.counts).reshape(-1) if hasattr(found, "counts") else np.array([np.asarray(found.keys).size])
         missing = np.arange(keys.shape[1])[None, :] >= counts[:, None]
         positions = np.where(missing, -1, keys)
-        scores = (1.0 - distances) if self.metric == "ip" else 2.0 * distances  # usearch's cos distance is 1 − cos
+        scores = (1.0 - distances) if self.metric == "ip" else 2.0 * distances
         scores = np.where(missing, -np.inf if self.metric == "ip" else np.inf, scores).astype(np.float32)
         if keys.shape[1] < k:  # fewer results than k: pad like FAISS
             pad = k - keys.shape[1]

@@ -32,7 +32,8 @@ from ..search import SearchMethod, database_vectors, default_nlist, factory_for,
 from .core import NOT_REAL_TAG, QuerySet, cold_latency, csv_text, evaluate, held_out_queries, write_outputs
 from .timing import Latency
 
-FAMILIES = ("ivf", "hnsw", "usearch-f16", "ivfpq", "ivfpq-mmap", "sq8", "sqfp16")
+FAMILIES = ("ivf", "hnsw", "usearch-f16", "hnswlib", "ivfpq", "ivfpq-mmap", "sq8", "sqfp16")
+M_SWEPT = ("hnsw", "hnswlib")  # graph families built at each HNSW_M (hnswlib at M 16 is the registry's hnswlib-m16)
 EXACT_METHODS = ("brute", "flat")
 NLIST_FACTORS = (1, 4, 16)  # nlist = factor·√N, as in the original study
 # Fewer than ~10 vectors per list leaves k-means fitting centroids to single points, and lists
@@ -76,8 +77,8 @@ def plan_builds(families: Sequence[str], factories: Sequence[str], n: int, d: in
     for family in families:
         if family == "ivf":
             builds += [Build("ivf", "ivf", {"nlist": nl}, f"ivf nlist={nl}") for nl in trainable]
-        elif family == "hnsw":
-            builds += [Build("hnsw", "hnsw", {"m": m}, f"hnsw M={m}") for m in HNSW_M]
+        elif family in M_SWEPT:
+            builds += [Build(family, family, {"m": m}, f"{family} M={m}") for m in HNSW_M]
         elif family in ("ivfpq", "ivfpq-mmap"):
             if n < MIN_VECTORS_PER_LIST * root:
                 skipped.append(f"{family}: N={n} is too small to train an IVF of {root} lists")

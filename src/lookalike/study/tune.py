@@ -24,11 +24,16 @@ from ..errors import LookalikeError
 from ..gallery import Gallery
 from .metrics import Accuracy, exact_neighbours, recall_per_query
 from ..search import SearchMethod, database_vectors, default_nlist, factory_for, make_method, save_method
+from ..search.registry import METHODS
 from .timing import Latency
 from .core import NOT_REAL_TAG, QuerySet, cheapest_reaching, write_outputs, cold_latency, evaluate, format_params, held_out_queries, split_queries
 from .tradeoff import EF_SEARCH, MIN_VECTORS_PER_LIST, powers_of_two_up_to
 
-CANDIDATE_FAMILIES = ("flat", "ivf", "hnsw", "ivf-sq8", "ivfpq-mmap")
+# The other libraries' graphs measured beside FAISS's hnsw (registry names; usearch-i8 is left out: its
+# i8 vectors trade recall for memory, and the memory case is ivf-sq8's and ivfpq-mmap's).
+GRAPH_CANDIDATES = ("usearch-f16", "hnswlib", "hnswlib-m16")
+CANDIDATE_FAMILIES = ("flat", "ivf", "hnsw", *GRAPH_CANDIDATES, "ivf-sq8", "ivfpq-mmap")
+VECTOR_BYTES = {"f32": 4, "f16": 2, "i8": 1}  # bytes per dimension of a graph's stored vectors
 # Validation recall must clear the target with ~95% confidence (one-sided), not just on average:
 # a setting chosen at exactly the target on 500 queries lands below it on new queries half the time.
 CONFIDENCE_Z = 1.645
@@ -81,8 +86,13 @@ def candidate_configs(
     if n <= hnsw_max_n:
         # HNSW: the lowest single-query latency at high recall, at the price of the largest memory (links) and slowest build.
         wanted.append(Candidate("hnsw", "hnsw", {"m": HNSW_M}, "efSearch", {}, 4 * d + 8 * HNSW_M + 16, f"graph (M={HNSW_M}): fastest at high recall, slow to build"))
-        # usearch's HNSW over f16 vectors: half the vector memory, and faster per query than FAISS's graph here (bench_peers.py).
-        wanted.append(Candidate("usearch-f16", "usearch-f16", {"m": HNSW_M}, "efSearch", {}, 2 * d + 8 * HNSW_M + 16, f"usearch graph (M={HNSW_M}) over f16 vectors"))
+        # The other libraries' graphs, faster per query than FAISS's here (bench_peers.py): usearch's over f16
+        # vectors (half the vector memory), hnswlib's at M 32 and at M 16 (cheaper steps, wider searches: measured).
+        for name in GRAPH_CANDIDATES:
+            spec = METHODS[name]
+            m, dtype = spec.options.get("m", HNSW_M), spec.options.get("dtype", "f32")
+            per_vector = VECTOR_BYTES[dtype] * d + 8 * m + 16
+            wanted.append(Candidate(name, name, {"m": m}, "efSearch", {}, per_vector, f"{spec.kind} graph (M={m}) over {dtype} vectors"))
     if n >= MIN_VECTORS_PER_LIST * nlist:
         # 8-bit scalar quantisation: 4× smaller than float32 at a small recall cost on unit vectors.
         wanted.append(Candidate("ivf-sq8", f"IVF{nlist},SQ8", {}, "nprobe", {}, d + 16, "IVF with 8-bit scalar codes: 4× smaller lists"))
@@ -98,7 +108,7 @@ def candidate_configs(
             notes.append(f"{c.label()}: ~{c.estimated_bytes_per_vector * n / 2**20:.1f} MiB estimated, over the {max_memory_bytes / 2**20:.1f} MiB budget; not built")
             continue
         chosen.append(c)
-    if n > hnsw_max_n and (families is None or "hnsw" in families or "usearch-f16" in families):
+    if n > hnsw_max_n and (families is None or any(f in ("hnsw", *GRAPH_CANDIDATES) for f in families)):
         notes.append(f"hnsw: N={n} > {hnsw_max_n}, the size limit for building an HNSW graph here; IVF covers this size")
     return chosen, notes
 
