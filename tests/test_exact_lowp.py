@@ -142,11 +142,12 @@ def crowded(seed: int = 3, d: int = 64, n: int = 6000) -> tuple[np.ndarray, np.n
     return x[rng.permutation(len(x))].astype(np.float32), queries.astype(np.float32)
 
 
+@pytest.mark.parametrize("few", ["int8", "fp16"])
 @pytest.mark.parametrize("count", [1, lowp.FEW_QUERIES, lowp.FEW_QUERIES + 1])
-def test_int8_is_exact_for_a_few_crowded_queries_and_for_a_batch(count):
-    """1 and FEW_QUERIES queries scan the few-query copy (here fp16); one more takes the int8 product."""
+def test_int8_is_exact_for_a_few_crowded_queries_and_for_a_batch(count, few):
+    """1 and FEW_QUERIES queries scan the few-query copy (numkong's int8 kernel, or fp16); one more takes torch's int8 product."""
     x, q = crowded()
-    method = ExactLowPrecision(precision="int8", few_precision="fp16")
+    method = ExactLowPrecision(precision="int8", few_precision=few)
     method.build(x)
     scores, ids = method.search(q[:count], 20)
     want_scores, want_ids = numpy_top_k(x, q[:count], 20)
@@ -193,3 +194,17 @@ def test_auto_keeps_the_fastest_measured_precision_for_batches_and_for_a_few_que
     assert method.memory_bytes() >= x.nbytes + x.size + 2 * x.size  # the fp32 rows, the int8 copy and the fp16 copy
     assert method.params()["probe_ms_per_query"] == timings
     np.testing.assert_array_equal(method.search(q[:1], 5)[1], numpy_top_k(x, q[:1], 5)[1])
+
+
+def test_the_int8_product_streamed_over_many_parts_is_exact(monkeypatch):
+    """Parts of 1,000 rows: early parts keep pairs against a lower running floor, the final floor filters them."""
+    monkeypatch.setattr(lowp, "INT8_ROW_BLOCK", 1008)
+    monkeypatch.setattr(lowp, "INT8_PART_BYTES", 1)  # one row block per part
+    x, q = near_ties()
+    method = ExactLowPrecision(precision="int8")
+    method.build(x)
+    assert lowp._int8_part_rows(len(x), len(q)) == 1008
+    want_scores, want_ids = numpy_top_k(x, q, 25)
+    scores, ids = method.search(q, 25)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-6)

@@ -19,22 +19,20 @@ The bounds, for queries q and rows x (‖x‖ ≤ X, ‖q‖ = 1 up to rounding)
   in fp32 over d terms and rounded back to the format (`score_error_bound`):
       E = (2u + u²) + γ_d (1 + u)² + u (1 + 2u + u² + γ_d (1 + u)²),   γ_d = d·2⁻²⁴ / (1 − d·2⁻²⁴).
 - int8: the gallery is stored as integers x̂ = round(x / β) with one scale β for all rows; F, the
-  largest ‖x − βx̂‖ over the rows, is measured at build. Batched, each query is rounded the same
-  way (q̂ = round(q / α), e = ‖q − αq̂‖) and the integer products are exact, so
+  largest ‖x − βx̂‖ over the rows, is measured at build. Each query is rounded the same way
+  (q̂ = round(q / α), e = ‖q − αq̂‖) and the integer products are exact (torch's `_int_mm` for
+  batches, numkong's int8 dot kernel for a few queries), so
       |⟨q, x⟩ − αβ⟨q̂, x̂⟩| ≤ |⟨q − αq̂, x⟩| + |⟨αq̂, x − βx̂⟩| ≤ e·X + ‖αq̂‖·F.
   The fp32 re-rank's own rounding (2γ_d) is added to every bound as slack.
 
 Which precision scans is chosen by measurement at build, separately for batches and for a few
-queries: a probe search of gallery rows with each candidate precision, timed, the fastest kept
-(`probe_precisions`). int8 takes part in batches only: its kernel wants many query rows (one query
-padded to the kernel's minimum of 17 rows is slower than an fp16 scan), so a few queries always
-scan a 16-bit or fp32 copy; when the two choices differ, both copies are held.
-Which precision scans is chosen by measurement at build: a probe search of gallery rows with
-each candidate precision, timed, the fastest kept (`probe_precisions`).
+queries (≤ FEW_QUERIES): a probe search of gallery rows with each precision, timed, the fastest
+kept (`probe_precisions`). When the two choices differ, both copies are held.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +50,10 @@ UNIT_ROUNDOFF = {"bf16": 2.0**-8, "fp16": 2.0**-11, "fp32": 2.0**-24}
 PRECISIONS = ("int8", "bf16", "fp16", "fp32")
 GROUPS = 16  # rows per group; the groups' maxima bound the k-th score from below
 SCORE_BLOCK_BYTES = 128 * 2**20  # the (queries × N) score block of one pass
+INT8_QUERY_BLOCK = 1024  # queries per streamed int8 pass: the kernel's rate rises with the query columns (measured: 339 → 1000 columns, 0.17 → 0.14 ms/query)
+INT8_PART_BYTES = 64 * 2**20  # the int8 scores of one part of the gallery (measured at 1024 queries × 99k rows: 0.23 ms/query at 64 MiB parts, 0.26 at 128)
 INT8_ROW_BLOCK = 4096  # gallery rows per int8 product: the int8 kernel runs twice as fast on blocks this size as on 100k rows at once
-FEW_QUERIES = 4  # at most this many queries scan the few-query copy (a 16-bit or fp32 product), more the batch copy
-FEW_PRECISIONS = ("bf16", "fp16", "fp32")
+FEW_QUERIES = 4  # at most this many queries scan the few-query copy; more scan the batch copy
 PROBE_ROWS, PROBE_QUERIES = 32768, 128  # the probe search timed per precision at build time
 DENSE_SHARE = 16  # a query with more than n/16 candidates is re-ranked by a dense fp32 product instead of gathers
 RERANK_PAIRS = 131_072  # (query, row) pairs gathered at once: 2 × 131072 × d floats, 512 MiB at d = 512
@@ -131,8 +130,7 @@ def probe_precisions(vectors: np.ndarray, k: int = 10) -> dict[str, dict[str, fl
         method.build(rows)
         method.search(queries[:FEW_QUERIES + 1], k)  # warm-up: kernel selection, page faults
         out["batch"][precision] = round(_best_seconds(lambda: method.search(queries, k), 2) / len(queries) * 1e3, 4)
-        if precision in FEW_PRECISIONS:
-            out["few"][precision] = round(_best_seconds(lambda: method.search(queries[:1], k), 5) * 1e3, 4)
+        out["few"][precision] = round(_best_seconds(lambda: method.search(queries[:1], k), 5) * 1e3, 4)
     return out
 
 
@@ -156,7 +154,7 @@ class ExactLowPrecision(SearchMethod):
             raise LookalikeError(f"unknown scan precision {precision!r}; use auto, {', '.join(PRECISIONS)}")
         self.requested = precision
         self.precision = "fp32" if precision == "auto" else precision  # batches
-        self.few_precision = few_precision or ("fp32" if precision in ("auto", "int8") else precision)  # FEW_QUERIES or fewer
+        self.few_precision = few_precision or ("fp32" if precision == "auto" else precision)  # FEW_QUERIES or fewer
         self.probe_ms: dict[str, dict[str, float]] = {}
         self.vectors = np.zeros((0, 0), dtype=np.float32)  # exact rows for re-ranking (memory-mapped when given so)
         self._scans: dict[str, Any] = {}  # precision → torch (N, d) copy; "int8" → Int8Rows
@@ -225,10 +223,16 @@ class ExactLowPrecision(SearchMethod):
         if n == 0:
             return scores, positions
         precision = self.few_precision if len(queries) <= FEW_QUERIES else self.precision
-        block = max(1, SCORE_BLOCK_BYTES // (4 * n))
+        if precision == "int8":  # the int8 product streams over parts of the gallery: any number of rows fits the buffer
+            block = min(len(queries), INT8_QUERY_BLOCK)
+            size = block * _int8_part_rows(n, block)
+        else:
+            block = min(len(queries), max(1, SCORE_BLOCK_BYTES // (4 * n)))
+            size = block * n
+        workspace = _workspace(size, precision) if len(queries) > FEW_QUERIES else None  # one score buffer for every block: fresh pages cost as much as the product's writes
         for start in range(0, len(queries), block):
             chunk = queries[start : start + block]
-            rows, cols = self._candidates_int8(chunk, k_eff) if precision == "int8" else self._candidates_float(chunk, k_eff, precision)
+            rows, cols = self._candidates_int8(chunk, k_eff, workspace) if precision == "int8" else self._candidates_float(chunk, k_eff, precision, workspace)
             s, p = self._rerank(chunk, rows, cols, k_eff)
             scores[start : start + block, :k_eff] = self._as_metric(s)
             positions[start : start + block, :k_eff] = p
@@ -237,21 +241,25 @@ class ExactLowPrecision(SearchMethod):
     def _as_metric(self, inner: np.ndarray) -> np.ndarray:
         return np.maximum(2.0 - 2.0 * inner, 0.0) if self.metric == "l2" else inner
 
-    def _candidates_float(self, queries: np.ndarray, k: int, precision: str) -> tuple[np.ndarray, np.ndarray]:
+    def _candidates_float(self, queries: np.ndarray, k: int, precision: str, workspace) -> tuple[np.ndarray, np.ndarray]:
         """(query, row) pairs within 2E of the k-th score of a 16-bit or fp32 product."""
         import torch
 
         scan = self._scans[precision]
         bound = score_error_bound(precision, self.dim) + 2 * gamma(self.dim)
         with torch.inference_mode():
-            approx = torch.mm(scan, torch.from_numpy(queries).to(scan.dtype).T)  # (n, b): groups of consecutive rows
+            asked = torch.from_numpy(queries).to(scan.dtype).T
+            if len(queries) <= FEW_QUERIES:  # (measured: writing into the buffer costs a small product 10%)
+                approx = torch.mm(scan, asked)  # (n, b): groups of consecutive rows
+            else:
+                approx = torch.mm(scan, asked, out=workspace[: len(scan) * len(queries)].view(len(scan), len(queries)))
             kth, maxima = _kth_lower_bound(approx, k)
             if kth is None:
                 return _every_pair(len(queries), approx.shape[0])
             floor = _round_down(kth.float() - 2 * bound, scan.dtype)  # L ≤ a_k − 2E, exactly representable
             return _pairs_at_or_above(approx, maxima, floor)
 
-    def _candidates_int8(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _candidates_int8(self, queries: np.ndarray, k: int, workspace) -> tuple[np.ndarray, np.ndarray]:
         """(query, row) pairs within 2E of the k-th score of the exact integer product of the rounded vectors."""
         import torch
 
@@ -260,16 +268,14 @@ class ExactLowPrecision(SearchMethod):
         rounded = np.clip(np.rint(queries / scale[:, None]), -127, 127)
         margin = int8_margin(queries, rounded, scale, rows)
         n, b = len(self.vectors), len(queries)
-        q_codes = torch.from_numpy(rounded.astype(np.int8).T.copy())  # (d, b)
         with torch.inference_mode():
-            products = torch.empty((n, b), dtype=torch.int32)
-            for start in range(0, n, INT8_ROW_BLOCK):
-                torch._int_mm(rows.codes[start : start + INT8_ROW_BLOCK], q_codes, out=products[start : start + INT8_ROW_BLOCK])
-            kth, maxima = _kth_lower_bound(products, k)
-            if kth is None:
-                return _every_pair(b, n)
-            floor = (kth.long() - torch.from_numpy(margin)).clamp(min=-(2**31)).to(torch.int32)
-            return _pairs_at_or_above(products, maxima, floor)
+            if b <= FEW_QUERIES:
+                products = torch.from_numpy(_few_int8_products(rounded.astype(np.int8), rows.codes.numpy()))
+                kth, maxima = _kth_lower_bound(products, k)
+                if kth is None:
+                    return _every_pair(b, n)
+                return _pairs_at_or_above(products, maxima, kth.long() - torch.from_numpy(margin))
+            return _streamed_int8_pairs(rows.codes, rounded.astype(np.int8), torch.from_numpy(margin), k, workspace)
 
     def _rerank(self, queries: np.ndarray, rows: np.ndarray, cols: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """fp32 top k among each query's candidates (rows, cols): gathered where they are few, a dense product where not.
@@ -314,6 +320,74 @@ class ExactLowPrecision(SearchMethod):
         method.build(rows_view(vectors, np.load(Path(folder) / "ids.npy")))
         method.probe_ms = params.get("probe_ms_per_query", {})
         return method
+
+
+def _int8_part_rows(n: int, queries: int) -> int:
+    """Gallery rows per part of the streamed int8 product: the (rows × queries) int32 scores fill INT8_PART_BYTES."""
+    rows = max(INT8_ROW_BLOCK, INT8_PART_BYTES // (4 * queries) // INT8_ROW_BLOCK * INT8_ROW_BLOCK)  # a multiple of GROUPS
+    return min(rows, n)
+
+
+def _streamed_int8_pairs(codes, q_codes: np.ndarray, margin, k: int, workspace) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates of the int8 product computed part by part, so many queries share one pass (the kernel runs
+    faster with more query columns) without a (rows × queries) buffer for the whole gallery.
+
+    Each part keeps the pairs at or above a running floor: the k-th largest group maximum over the parts
+    seen so far, minus 2E. That floor only rises, so it never exceeds the final one; at the end the
+    kept pairs are filtered by the final floor, which leaves exactly the one-pass candidates.
+    """
+    import torch
+
+    n, b = len(codes), len(q_codes)
+    part = _int8_part_rows(n, b)
+    asked = torch.from_numpy(q_codes.T.copy())  # (d, b)
+    best = None  # (≤ k, b): the k largest group maxima so far
+    kept_q, kept_r, kept_v = [], [], []
+    for start in range(0, n, part):
+        stop = min(n, start + part)
+        products = workspace[: (stop - start) * b].view(stop - start, b)
+        for s in range(start, stop, INT8_ROW_BLOCK):
+            torch._int_mm(codes[s : min(stop, s + INT8_ROW_BLOCK)], asked, out=products[s - start : min(stop, s + INT8_ROW_BLOCK) - start])
+        m = (stop - start) // GROUPS
+        maxima = products[: m * GROUPS].view(m, GROUPS, b).amax(dim=1)
+        pool = maxima if best is None else torch.cat([best, maxima])
+        best = torch.topk(pool, min(k, len(pool)), dim=0, sorted=False).values if len(pool) else pool
+        floor = best.amin(dim=0).long() - margin if len(best) >= k else torch.full((b,), -(2**62), dtype=torch.int64)
+        q, r = _pairs_at_or_above(products, maxima, floor)
+        kept_q.append(q)
+        kept_r.append(r + start)
+        kept_v.append(products[torch.from_numpy(r), torch.from_numpy(q)].numpy())
+    final = floor.numpy()
+    q, r, v = np.concatenate(kept_q), np.concatenate(kept_r), np.concatenate(kept_v)
+    keep = v >= final[q]
+    return q[keep], r[keep]
+
+
+def _few_int8_products(q_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """(n, b) exact integer products (as float64) for a few queries: numkong's int8 dot kernel, which reads
+    the codes once per query, on one slice of the rows per thread (its own threads split the queries, not the rows)."""
+    import numkong
+    import torch
+
+    threads = max(1, torch.get_num_threads())
+    cuts = np.linspace(0, len(codes), threads + 1).astype(int)
+    if threads == 1:
+        return np.asarray(numkong.cdist(q_codes, codes, metric="dot")).T.copy()
+    parts = _pool(threads).map(lambda i: np.asarray(numkong.cdist(q_codes, codes[cuts[i] : cuts[i + 1]], metric="dot")), range(threads))
+    return np.concatenate(list(parts), axis=1).T.copy()
+
+
+@functools.cache
+def _pool(threads: int):
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(threads, thread_name_prefix="lookalike-int8")
+
+
+def _workspace(size: int, precision: str):
+    import torch
+
+    return torch.empty(size, dtype=torch.int32 if precision == "int8" else _torch_dtype(precision))
 
 
 def _kth_lower_bound(scores, k: int):
