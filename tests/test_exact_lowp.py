@@ -208,3 +208,22 @@ def test_the_int8_product_streamed_over_many_parts_is_exact(monkeypatch):
     scores, ids = method.search(q, 25)
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_allclose(scores, want_scores, atol=1e-6)
+
+
+def test_the_few_query_int8_products_are_exact_integers(monkeypatch):
+    """numkong's kernel, rows split across threads: the products equal numpy's int64 ones; with 1 thread too."""
+    import torch
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((5 * lowp.ROW_BLOCK + 7, 64))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    rows = quantize_rows(x.astype(np.float32))
+    q_codes = rng.integers(-127, 128, (lowp.FEW_QUERIES, 64)).astype(np.int8)
+    exact = q_codes.astype(np.int64) @ rows.codes.numpy().astype(np.int64).T
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            np.testing.assert_array_equal(lowp._few_int8_products(q_codes, rows).numpy(), exact)
+    finally:
+        torch.set_num_threads(threads)
