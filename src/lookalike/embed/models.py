@@ -45,6 +45,7 @@ class Embedder:
         if spec.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
         self._backends: dict[tuple[Choice, int | None], Backend] = {}
+        self._weights_key: str | None = None
         self.active: Backend = self.backend(Choice("torch", "fp32"))
 
     @property
@@ -84,9 +85,13 @@ class Embedder:
         return self._backends[key]
 
     def weights_key(self) -> str:
-        """Names the converted-model cache entry: model and weights sha256 (of the tensors themselves for random weights)."""
-        weights = self.weights.sha256 if self.weights.kind != "random" and self.weights.sha256 else module_digest(self.module)
-        return f"{self.spec.name}-{hashlib.sha256(f'{self.spec.arch}|{weights}'.encode()).hexdigest()[:16]}"
+        """Names the converted-model cache entry: model and weights sha256 (of the tensors themselves for random weights).
+
+        Computed once per embedder: hashing CLIP's tensors takes about 0.2 s, and calibration asks for every OpenVINO candidate."""
+        if self._weights_key is None:
+            weights = self.weights.sha256 if self.weights.kind != "random" and self.weights.sha256 else module_digest(self.module)
+            self._weights_key = f"{self.spec.name}-{hashlib.sha256(f'{self.spec.arch}|{weights}'.encode()).hexdigest()[:16]}"
+        return self._weights_key
 
     def describe(self) -> dict:
         return {
