@@ -160,6 +160,7 @@ class ExactRun:
     bandwidth: float  # bytes/s read, measured in this run
     gallery_bytes: int  # N·d·4
     timed: list[Timed]  # flat last
+    lowp: str  # the precisions exact-lowp's build-time probe chose
 
     def rows(self) -> list[list[object]]:
         truth = self.timed[-1].ids
@@ -167,8 +168,8 @@ class ExactRun:
         return [[self.data, f.label, self.threads, f"{self.queries:,}", *f.row(self.queries)[1:], same(f)] for f in self.timed]
 
     def single_limits_ms(self) -> dict[str, float]:
-        """One query's floor: the gallery's bytes (fp32, and the 16-bit scan copy) over the measured bandwidth."""
-        return {"fp32": 1000 * self.gallery_bytes / self.bandwidth, "16-bit": 500 * self.gallery_bytes / self.bandwidth}
+        """One query's floor: the gallery's bytes (fp32, and 16-bit and 8-bit scan copies) over the measured bandwidth."""
+        return {"fp32": 1000 * self.gallery_bytes / self.bandwidth, "16-bit": 500 * self.gallery_bytes / self.bandwidth, "8-bit": 250 * self.gallery_bytes / self.bandwidth}
 
 
 def exact_search(data: str, methods: dict[str, SearchMethod], n: int, queries: np.ndarray, sizes: dict, threads: int) -> ExactRun:
@@ -176,7 +177,9 @@ def exact_search(data: str, methods: dict[str, SearchMethod], n: int, queries: n
     rates: dict[str, list[float]] = {"torch": [], "numpy": [], "bf16": []}
     bandwidth = read_bandwidth()
     timed = interleaved(methods, queries, n, sizes, rates)
-    return ExactRun(data, threads, len(queries), {lib: statistics.median(v) for lib, v in rates.items()}, bandwidth, n * queries.shape[1] * 4, timed)
+    chosen = methods["exact-lowp"].params()
+    lowp = f"{chosen['precision']} for batches, {chosen['few_precision']} for ≤ {FEW_QUERIES} queries"
+    return ExactRun(data, threads, len(queries), {lib: statistics.median(v) for lib, v in rates.items()}, bandwidth, n * queries.shape[1] * 4, timed, lowp)
 
 
 @dataclass(frozen=True)
@@ -255,8 +258,9 @@ def main() -> None:
         f"bf16 torch.mm {run.sgemm['bf16'] / 1e9:.0f} GFLOP/s; roofline for 2·Q·N·d = {2.0 * run.queries * n * d / 1e12:.2f} TFLOP: "
         f"**{2.0 * run.queries * n * d / max(run.sgemm['torch'], run.sgemm['numpy']):.2f} s** in fp32, "
         f"**{2.0 * run.queries * n * d / run.sgemm['bf16']:.2f} s** in bf16. Memory read bandwidth {run.bandwidth / 1e9:.1f} GB/s: "
-        f"one query's floor is **{run.single_limits_ms()['fp32']:.2f} ms** for the fp32 gallery and "
-        f"**{run.single_limits_ms()['16-bit']:.2f} ms** for a 16-bit copy; exact-lowp one query: "
+        f"one query's floor is **{run.single_limits_ms()['fp32']:.2f} ms** for the fp32 gallery, "
+        f"**{run.single_limits_ms()['8-bit']:.2f} ms** for an 8-bit copy and "
+        f"**{run.single_limits_ms()['16-bit']:.2f} ms** for a 16-bit copy. exact-lowp scanned {run.lowp}; one query: "
         f"**{next(f.single_ms for f in run.timed if f.label == 'exact-lowp'):.2f} ms** "
         f"({'✓' if next(f.single_ms for f in run.timed if f.label == 'exact-lowp') <= GOAL_SINGLE_MS else '✗ missed'}, goal ≤ {GOAL_SINGLE_MS} ms at 100k × 512)."
         for run in runs
