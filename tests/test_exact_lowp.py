@@ -227,3 +227,18 @@ def test_the_few_query_int8_products_are_exact_integers(monkeypatch):
             np.testing.assert_array_equal(lowp._few_int8_products(q_codes, rows).numpy(), exact)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_kept_int8_buffer_is_reused_counted_and_never_shared():
+    x, q = crowded()
+    method = ExactLowPrecision(precision="int8")
+    method.build(x)
+    before = method.memory_bytes()
+    want = numpy_top_k(x, q, 20)[1]
+    np.testing.assert_array_equal(method.search(q, 20)[1], want)
+    kept = method._spare
+    assert kept is not None and method.memory_bytes() == before + kept.numel() * 4
+    np.testing.assert_array_equal(method.search(q, 20)[1], want)
+    assert method._spare is kept  # the same buffer, not a fresh one
+    borrowed = method._borrow(kept.numel())  # a search in progress holds it: another one gets its own
+    assert borrowed is kept and method._borrow(kept.numel()) is not kept
