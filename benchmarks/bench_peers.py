@@ -154,7 +154,9 @@ def sweep_lookalike(name: str, database: np.ndarray, db_ids: np.ndarray, queries
     points = []
     for setting in settings:
         single_ms, batch_ms, (_, ids) = time_it(lambda q: method.search(q, K, setting or None), queries, single)
-        label = ", ".join(f"{k}={v}" for k, v in setting.items()) or "–"
+        built = method.params()
+        chosen = f"scans {built['precision']} (batches), {built['few_precision']} (one query)" if "few_precision" in built else "–"  # exact-lowp's probe
+        label = ", ".join(f"{k}={v}" for k, v in setting.items()) or chosen
         points.append(Point("lookalike", name, label, recall_at_k(ids, truth, K), single_ms, batch_ms, stats.build_seconds, method.memory_bytes() / 2**20))
         print(f"  lookalike {name} {label}: recall {points[-1].recall:.4f}, {single_ms:.3f} ms single", flush=True)
         if points[-1].recall >= 0.999:

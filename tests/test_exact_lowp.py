@@ -210,23 +210,21 @@ def test_the_int8_product_streamed_over_many_parts_is_exact(monkeypatch):
     np.testing.assert_allclose(scores, want_scores, atol=1e-6)
 
 
-def test_the_few_query_int8_products_are_exact_integers(monkeypatch):
-    """numkong's kernel, rows split across threads: the products equal numpy's int64 ones; with 1 thread too."""
-    import torch
-
+def test_the_few_query_int8_candidates_are_exactly_the_integer_products_at_or_above_the_floor():
+    """numkong's kernel and the top list: with margin 0 the pairs are exactly the rows whose integer product
+    reaches the k-th (numpy's int64 products); with a wide margin the list is not enough and rows are compared in full."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((5 * lowp.ROW_BLOCK + 7, 64))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     rows = quantize_rows(x.astype(np.float32))
     q_codes = rng.integers(-127, 128, (lowp.FEW_QUERIES, 64)).astype(np.int8)
     exact = q_codes.astype(np.int64) @ rows.codes.numpy().astype(np.int64).T
-    threads = torch.get_num_threads()
-    try:
-        for count in (1, 2, 3):
-            torch.set_num_threads(count)
-            np.testing.assert_array_equal(lowp._few_int8_products(q_codes, rows).numpy(), exact)
-    finally:
-        torch.set_num_threads(threads)
+    for margin in (0, 40_000):  # 40,000: the queries' top lists are not enough, so rows are compared in full
+        kth = np.sort(exact, axis=1)[:, -10]
+        want = set(zip(*np.nonzero(exact >= (kth - margin)[:, None])))
+        got = lowp._few_int8_pairs(q_codes, rows, np.full(len(q_codes), margin), 10)
+        assert set(zip(*got)) == want and len(got[0]) == len(want)
+        assert margin == 0 or len(want) > lowp.WIDE * len(q_codes)
 
 
 def test_the_kept_int8_buffer_is_reused_counted_and_never_shared():

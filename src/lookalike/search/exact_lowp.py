@@ -32,7 +32,6 @@ kept (`probe_precisions`). When the two choices differ, both copies are held.
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from dataclasses import dataclass
@@ -295,10 +294,10 @@ class ExactLowPrecision(SearchMethod):
         scale = np.maximum(np.abs(queries).max(axis=1), 1e-30).astype(np.float64) / 127  # α per query
         rounded = np.clip(np.rint(queries / scale[:, None]), -127, 127)
         margin = int8_margin(queries, rounded, scale, rows)
-        n, b = len(self.vectors), len(queries)
+        b = len(queries)
         with torch.inference_mode():
             if b <= FEW_QUERIES:
-                return _few_pairs(_few_int8_products(rounded.astype(np.int8), rows), margin, k)
+                return _few_int8_pairs(rounded.astype(np.int8), rows, margin, k)
             return _streamed_int8_pairs(rows.codes, rounded.astype(np.int8), torch.from_numpy(margin), k, workspace)
 
     def _rerank(self, queries: np.ndarray, rows: np.ndarray, cols: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -387,56 +386,34 @@ def _streamed_int8_pairs(codes, q_codes: np.ndarray, margin, k: int, workspace) 
     return q[keep], r[keep]
 
 
-def _few_int8_products(q_codes: np.ndarray, rows: Int8Rows):
-    """(b, n) exact integer products ⟨q̂, x̂⟩ for a few queries, as a float64 tensor.
+def _few_int8_pairs(q_codes: np.ndarray, rows: Int8Rows, margin: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(query, row) pairs within `margin` of the k-th exact integer product ⟨q̂, x̂⟩, for a few queries.
 
-    numkong's int8 dot kernel reads the codes once per query; its own threads split the queries, so
-    the rows are split here, one slice per thread. Measured at 99k × 512, one query: 2.0–2.8 ms on two
-    threads, against 2.3–3.4 on one, 3.3–3.6 for torch's `_int_mm` and 2.4–3.9 for its int8-weight
-    kernel (`_weight_int8pack_mm`, whose output is also rounded to bf16).
+    numkong's int8 dot kernel reads the codes once per query (torch's int8 product wants many query
+    rows). Measured at 99k × 512, one query, interleaved: numkong 2.8 ms, the same split over two
+    threads 3.4 (it holds the GIL), torch's `_int_mm` 4.7; torch's int8-weight kernel
+    (`_weight_int8pack_mm`) was no faster and rounds its output to bf16. A top list of WIDE products
+    gives the k-th; when it ends under the floor it holds every candidate, else the query is
+    compared in full.
     """
     import numkong
     import torch
 
-    codes = rows.codes.numpy()
-    threads = max(1, torch.get_num_threads())
-    if threads == 1 or len(codes) < 2 * ROW_BLOCK:
-        return torch.from_numpy(np.asarray(numkong.cdist(q_codes, codes, metric="dot")))
-    cuts = np.linspace(0, len(codes), threads + 1).astype(int)
-    parts = _pool(threads).map(lambda i: np.asarray(numkong.cdist(q_codes, codes[cuts[i] : cuts[i + 1]], metric="dot")), range(threads))
-    return torch.from_numpy(np.concatenate(list(parts), axis=1))
-
-
-@functools.cache
-def _pool(threads: int):
-    from concurrent.futures import ThreadPoolExecutor
-
-    return ThreadPoolExecutor(threads, thread_name_prefix="lookalike-int8")
-
-
-def _few_pairs(products, margin: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(query, row) of every score ≥ its query's floor, for a few (b, n) rows of scores.
-
-    A top list of WIDE scores per query gives the exact k-th score; when the list's lowest score is
-    already under the floor, it holds every candidate (measured at 99k scores: 0.2 ms, against 0.7 ms
-    for group maxima plus a full comparison). A query whose list is not enough is compared in full.
-    """
-    import torch
-
-    b, n = products.shape
+    b, n = len(q_codes), len(rows.codes)
     if n <= k:
         return _every_pair(b, n)
-    values, rows = torch.topk(products, min(n, WIDE), dim=1)  # sorted, best first
+    products = torch.from_numpy(np.asarray(numkong.cdist(q_codes, rows.codes.numpy(), metric="dot")))
+    values, where = torch.topk(products, min(n, WIDE), dim=1)
     floor = values[:, k - 1].double() - torch.from_numpy(margin).double()
     keep = values >= floor[:, None]
-    complete = (~keep[:, -1]) | (values.shape[1] == n)
+    complete = ~keep[:, -1] | (values.shape[1] == n)  # the list ends under the floor: it holds every candidate
     q, j = torch.nonzero(keep & complete[:, None], as_tuple=True)
-    queries, found = [q.numpy()], [rows[q, j].numpy()]
-    for i in torch.nonzero(~complete).flatten().tolist():  # at most FEW_QUERIES: a crowded query, compared in full
+    queries, found = [q.numpy()], [where[q, j].numpy()]
+    for i in torch.nonzero(~complete).flatten().tolist():  # a crowded query: compared in full
         hit = torch.nonzero(products[i] >= floor[i]).flatten().numpy()
         queries.append(np.full(len(hit), i))
         found.append(hit)
-    return np.concatenate(queries), np.concatenate(found)
+    return np.concatenate(queries), np.concatenate(found).astype(np.int64)
 
 
 def _workspace(size: int, precision: str):
