@@ -55,7 +55,7 @@ WIDE = 64  # a few queries' first top list: the k-th score and, usually, every c
 INT8_PART_BYTES = 64 * 2**20  # the int8 scores of one part of the gallery, a buffer the method keeps between calls (measured at 1000 queries × 99k rows, whole search: 0.24 ms/query with 64 MiB kept, 0.29 with 16 MiB allocated per call, 0.23 with 128 MiB kept)
 INT8_ROW_BLOCK = 4096  # gallery rows per int8 product: the int8 kernel runs twice as fast on blocks this size as on 100k rows at once
 FEW_QUERIES = 4  # at most this many queries scan the few-query copy; more scan the batch copy
-PROBE_ROWS, PROBE_QUERIES = 32768, 128  # the probe search timed per precision at build time
+PROBE_ROWS, PROBE_QUERIES = 65536, 512  # the probe search timed per precision at build time; smaller probes misrank: the int8 kernel wants many queries, and a bf16 copy of 16k rows sits in cache (at 32k rows × 128 queries, or 16k × 512, bf16 looked as fast as int8; at 99k × 1,000 int8 is 1.6× faster)
 PROBE_ROUNDS = 3
 DENSE_SHARE = 16  # a query with more than n/16 candidates is re-ranked by a dense fp32 product instead of gathers
 RERANK_PAIRS = 131_072  # (query, row) pairs gathered at once: 2 × 131072 × d floats, 512 MiB at d = 512
@@ -136,9 +136,14 @@ def probe_precisions(vectors: np.ndarray, k: int = 10) -> dict[str, dict[str, fl
         methods[precision].search(queries[:1], k)
     batch: dict[str, list[float]] = {p: [] for p in PRECISIONS}
     few: dict[str, list[float]] = {p: [] for p in PRECISIONS}
-    for _ in range(PROBE_ROUNDS):  # round-robin: a pause of the machine slows one round of every precision, not one precision
+    for round_ in range(PROBE_ROUNDS):  # round-robin: a pause of the machine slows one round of every precision, not one precision
         for precision, method in methods.items():
+            if round_ and min(batch[precision]) > 2 * min(min(t) for t in batch.values()):
+                continue  # after the first round, a precision at under half the best batch rate is not timed further
             batch[precision].append(_best_seconds(lambda: method.search(queries, k), 1) / len(queries))
+        for precision, method in methods.items():
+            if round_ and min(few[precision]) > 2 * min(min(t) for t in few.values()):
+                continue
             few[precision].append(_best_seconds(lambda: method.search(queries[:1], k), 3))
     return {
         "batch": {p: round(min(t) * 1e3, 4) for p, t in batch.items()},
