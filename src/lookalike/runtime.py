@@ -84,6 +84,14 @@ def pin_thread(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def search_threads() -> int:
+    """The thread count lookalike set for FAISS (`set_threads`): libraries with their own thread pools
+    (usearch, hnswlib) are given it, so every search family runs on the same cores."""
+    import faiss
+
+    return max(1, int(faiss.omp_get_max_threads()))
+
+
 def thread_counts() -> dict[str, int]:
     """The thread counts in force in the calling thread (call it where the work runs)."""
     import faiss

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LookalikeError
-from ..runtime import as_float32_c
+from ..runtime import as_float32_c, search_threads
 from .base import BuildStats, SearchMethod
 from .registry import DEFAULT_HNSW_M, PARAMS
 
@@ -44,13 +44,6 @@ def _hnswlib():
     except ImportError as exc:  # pragma: no cover - hnswlib is a dependency; this guards a broken install
         raise LookalikeError("the hnswlib methods need the hnswlib package: pip install hnswlib") from exc
     return hnswlib
-
-
-def _threads() -> int:
-    """The thread count lookalike set for FAISS (runtime.set_threads), so every family runs on the same cores."""
-    import faiss
-
-    return max(1, int(faiss.omp_get_max_threads()))
 
 
 class HnswlibHnsw(SearchMethod):
@@ -80,7 +73,7 @@ class HnswlibHnsw(SearchMethod):
         index.set_ef(self._ef)
         for start in range(0, n, 65536):  # a memory-mapped gallery is read block by block
             block = as_float32_c(np.asarray(vectors[start : start + 65536]))
-            index.add_items(block, np.arange(start, start + len(block), dtype=np.int64), num_threads=_threads())
+            index.add_items(block, np.arange(start, start + len(block), dtype=np.int64), num_threads=search_threads())
         self._adopt(index)
         return BuildStats(0.0, round(time.perf_counter() - t, 4), 0)
 
@@ -96,7 +89,7 @@ class HnswlibHnsw(SearchMethod):
             start = len(self.ids)
             with self._lock:
                 self.index.resize_index(start + len(vectors))
-                self.index.add_items(as_float32_c(np.asarray(vectors)), np.arange(start, start + len(vectors), dtype=np.int64), num_threads=_threads())
+                self.index.add_items(as_float32_c(np.asarray(vectors)), np.arange(start, start + len(vectors), dtype=np.int64), num_threads=search_threads())
                 self._count = int(self.index.element_count)
         return True
 
@@ -136,7 +129,7 @@ class HnswlibHnsw(SearchMethod):
         n = len(queries)
         found = min(k, self._count)  # hnswlib cannot return more than it holds
         # one query runs on one thread (hnswlib does so itself below 4 queries per thread; said here, not relied on)
-        threads = 1 if n == 1 else _threads()
+        threads = 1 if n == 1 else search_threads()
         with self._lock:
             if ef is not None:
                 index.set_ef(ef)

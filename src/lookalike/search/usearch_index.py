@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LookalikeError
-from ..runtime import as_float32_c
+from ..runtime import as_float32_c, search_threads
 from .base import BuildStats, SearchMethod
 from .registry import DEFAULT_HNSW_M, PARAMS
 
@@ -32,13 +32,6 @@ def _usearch():
     except ImportError as exc:  # pragma: no cover - usearch is a dependency; this guards a broken install
         raise LookalikeError("the usearch methods need the usearch package: pip install usearch") from exc
     return Index
-
-
-def _threads() -> int:
-    """The thread count lookalike set for FAISS (runtime.set_threads), so every family runs on the same cores."""
-    import faiss
-
-    return max(1, int(faiss.omp_get_max_threads()))
 
 
 class UsearchHnsw(SearchMethod):
@@ -68,7 +61,7 @@ class UsearchHnsw(SearchMethod):
         index = self._new_index(vectors.shape[1])
         for start in range(0, len(vectors), 65536):  # a memory-mapped gallery is read block by block
             block = as_float32_c(np.asarray(vectors[start : start + 65536]))
-            index.add(np.arange(start, start + len(block), dtype=np.uint64), block, threads=_threads())
+            index.add(np.arange(start, start + len(block), dtype=np.uint64), block, threads=search_threads())
         self.index = index
         return BuildStats(0.0, round(time.perf_counter() - t, 4), 0)
 
@@ -78,7 +71,7 @@ class UsearchHnsw(SearchMethod):
             return False
         if len(vectors):
             start = len(self.ids)
-            self.index.add(np.arange(start, start + len(vectors), dtype=np.uint64), as_float32_c(np.asarray(vectors)), threads=_threads())
+            self.index.add(np.arange(start, start + len(vectors), dtype=np.uint64), as_float32_c(np.asarray(vectors)), threads=search_threads())
         return True
 
     def fresh(self) -> UsearchHnsw:
@@ -119,7 +112,7 @@ class UsearchHnsw(SearchMethod):
                 index.expansion_search = ef
             try:
                 # one query runs on one thread: a pool hand-off costs more than the search itself
-                found = index.search(queries, k, threads=1 if len(queries) == 1 else _threads())
+                found = index.search(queries, k, threads=1 if len(queries) == 1 else search_threads())
             finally:
                 if ef is not None:
                     index.expansion_search = self._ef
