@@ -89,7 +89,6 @@ class Int8Rows:
     scale: float  # β
     max_error: float  # F = max over rows of ‖x − βx̂‖ (rounded up)
     max_norm: float  # X = max over rows of ‖x‖ (rounded up)
-    max_code_norm: float  # max over rows of ‖x̂‖ (the integers; rounded up)
 
 
 def quantize_rows(vectors: np.ndarray) -> Int8Rows:
@@ -100,15 +99,14 @@ def quantize_rows(vectors: np.ndarray) -> Int8Rows:
     peak = max(float(np.abs(vectors[s : s + ROW_BLOCK]).max()) for s in range(0, n, ROW_BLOCK)) if n else 1.0
     scale = (peak or 1.0) / 127
     codes = torch.empty((n, d), dtype=torch.int8)
-    max_error = max_norm = max_code_norm = 0.0
+    max_error = max_norm = 0.0
     for start in range(0, n, ROW_BLOCK):
         block = np.asarray(vectors[start : start + ROW_BLOCK], dtype=np.float64)
         rounded = np.clip(np.rint(block / scale), -127, 127)
         max_error = max(max_error, float(np.linalg.norm(block - scale * rounded, axis=1).max()))
         max_norm = max(max_norm, float(np.linalg.norm(block, axis=1).max()))
-        max_code_norm = max(max_code_norm, float(np.linalg.norm(rounded, axis=1).max()))
         codes[start : start + len(block)] = torch.from_numpy(rounded.astype(np.int8))
-    return Int8Rows(codes, scale, max_error * (1 + 1e-6) + 1e-9, max_norm * (1 + 1e-6), max_code_norm * (1 + 1e-6))
+    return Int8Rows(codes, scale, max_error * (1 + 1e-6) + 1e-9, max_norm * (1 + 1e-6))
 
 
 def int8_margin(queries: np.ndarray, rounded: np.ndarray, scale: np.ndarray, rows: Int8Rows) -> np.ndarray:
