@@ -130,8 +130,9 @@ def bench_model(name: str, inputs: str, data: Path, work: Path, args) -> Row:
     listing.write_text("".join(r.path + "\n" for r in records))
     embedder = load_model(name, "random", args.image_size, "cpu")
     for choice in CHOICES:  # conversion and compilation are paid once per model, not per job: fill the caches first
-        if choice.backend == "openvino":
-            embedder.backend(choice)
+        if choice.backend == "openvino":  # (every mode a run may compile: queries', the calibration's, each thread split's)
+            for threads, streams in ((None, 1), (None, None), *((t, None) for t in range(1, runtime.default_threads() + 1))):
+                embedder.backend(choice, threads, streams)
     naive_module = embedder.module.to(memory_format=torch.contiguous_format)
     transform = build_transform(embedder.preprocess)
     naive_rate, pipe_rate, ratios, decode_ms, model_ms, cosines, calibration = [], [], [], [], [], [], []
@@ -153,7 +154,8 @@ def bench_model(name: str, inputs: str, data: Path, work: Path, args) -> Row:
         cosines.extend((np.stack([by_path[p] for p in paths]) * fp32).sum(axis=1).tolist())
         print(f"  {name} {inputs} round {r + 1}: naive {naive_rate[-1]:.1f} img/s, pipeline {pipe_rate[-1]:.1f} img/s ({inference.backend} {inference.precision}), ratio {ratios[-1]:.2f}", flush=True)
         shutil.rmtree(work / f"{name}-{r}", ignore_errors=True)
-    split = f"{inference.workers} / {inference.threads} ({inference.decode_ms_per_image:.1f}, {inference.model_ms_per_image:.1f})"
+    streams = f" × {inference.streams} streams" if (inference.streams or 1) > 1 else ""
+    split = f"{inference.workers} / {inference.threads}{streams} ({inference.decode_ms_per_image:.1f}, {inference.model_ms_per_image:.1f})"
     return Row(
         name, inputs, statistics.median(naive_rate), statistics.median(decode_ms), statistics.median(model_ms), statistics.median(pipe_rate),
         statistics.median(ratios), f"{inference.backend} {inference.precision}", split, statistics.median(calibration),
@@ -166,13 +168,16 @@ def model_only(embedder: Embedder, images: torch.Tensor, bs: int, rounds: int, w
     reference = embedder.backend(Choice("torch", "fp32"))(images)
     rows = []
     for choice in CHOICES:
-        try:
-            run = embedder.backend(choice)
-        except Exception as exc:  # noqa: BLE001 - a backend missing here is reported, not fatal
-            rows.append([embedder.spec.name, str(choice), "–", "–", f"unavailable: {exc}"])
-            continue
-        rows.append([embedder.spec.name, str(choice), *_rate_latency_cosine(run, images, bs, rounds, reference)])
-        print(f"  model only {rows[-1]}", flush=True)
+        # OpenVINO in both its modes: latency (one stream over every core: queries) and throughput (streams side by side: extraction)
+        for streams in ((1, None) if choice.backend == "openvino" else (1,)):
+            try:
+                run = embedder.backend(choice, None, streams)
+            except Exception as exc:  # noqa: BLE001 - a backend missing here is reported, not fatal
+                rows.append([embedder.spec.name, str(choice), "–", "–", f"unavailable: {exc}"])
+                break
+            label = str(choice) if choice.backend == "torch" else f"{choice}, {run.streams} stream{'s' if run.streams > 1 else ''} ({'latency' if streams == 1 else 'throughput'} mode)"
+            rows.append([embedder.spec.name, label, *_rate_latency_cosine(run, images, bs, rounds, reference)])
+            print(f"  model only {rows[-1]}", flush=True)
     rows.append(onnxruntime_row(embedder, images, bs, rounds, reference, work))
     print(f"  model only {rows[-1]}", flush=True)
     return rows
@@ -303,9 +308,9 @@ def main() -> None:
         "*pipeline*: `lookalike extract` (`lookalike.embed.extract.extract`) with its defaults: batch size "
         f"{args.bs}, decode threads beside the model, JPEGs decoded at the smallest scale the resize needs, and the backend "
         "and precision its calibration measured fastest within cosine 0.999 of fp32 torch (chosen per run; the split of the "
-        "cores between decoding and inference is measured too). Its figure is decode + calibration + embedding "
+        "cores between decoding and inference is measured too; OpenVINO runs in its throughput mode, its streams side by side). Its figure is decode + calibration + embedding "
         "(the manifest's `extract_seconds` + `calibration_seconds`); model loading is excluded for both, and OpenVINO's "
-        "converted-model cache is filled before the rounds (a conversion is paid once per model and weights, not per job). "
+        "converted-model and compiled-model caches are filled before the rounds (a conversion is paid once per model and weights, not per job). "
         f"Rounds alternate naive and pipeline ({args.rounds} rounds); per round the pipeline embeds "
         + "; ".join(f"{inputs}: " + ", ".join(f"{n} ({m})" for m, (n, _) in IMAGES[inputs].items()) for inputs in args.inputs)
         + " images, the naive loop "
@@ -334,7 +339,8 @@ def main() -> None:
             "",
             f"The model alone, every backend × precision, on {MODEL_ONLY_IMAGES} pre-decoded images (throughput: median of 3 "
             f"passes; batch-1: median of {LATENCY_REPEATS} single-image calls after one warm-up), all cores. OpenVINO runs "
-            "with its latency hint (one stream over every core). onnxruntime (CPU provider, fp32: it has no bf16 CPU kernels) "
+            "in both its modes: latency (one stream over every core; what a query uses) and throughput (streams side by side, "
+            "each on its own part of a batch; what extraction uses, and what its calibration measures). onnxruntime (CPU provider, fp32: it has no bf16 CPU kernels) "
             "is measured for the record only: lookalike would add it as a backend where it beat every other candidate. "
             "No GPU on this machine, so no CUDA rows.",
             "",

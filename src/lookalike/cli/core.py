@@ -170,7 +170,8 @@ def print_gallery_summary(gallery) -> None:
             cosine = f"cosine min {c.cosine_min:.5f}" if c.cosine_min is not None else ""
             print(f"    {'*' if (c.backend, c.precision) == (inference.backend, inference.precision) else ' '} {c.backend:9} {c.precision:5} {rate}  {cosine}  {c.note}".rstrip())
         if inference.split:
-            print(f"  cores: {inference.split}")
+            streams = f"; {inference.streams} OpenVINO streams at once" if (inference.streams or 1) > 1 else ""
+            print(f"  cores: {inference.split}{streams}")
     else:
         print(f"  precision: {m.model.precision_name}")
     print(f"  extraction: {t['ms_per_image']:.2f} ms/image ({t['images_per_second']} images/s)")

@@ -88,9 +88,17 @@ class TorchBackend:
 
 
 class OpenVINOBackend:
-    """OpenVINO's CPU plugin. One infer request per calling thread, so the server's concurrent queries never share one."""
+    """OpenVINO's CPU plugin, in one of its two modes.
 
-    def __init__(self, model_xml: Path, precision: str, threads: int | None):
+    `streams` 1 (queries): its latency mode, one stream whose threads share each call; one infer
+    request per calling thread, so the server's concurrent queries never share one.
+    `streams` None or n > 1 (extraction): its throughput mode, n streams (None: as many as
+    OpenVINO picks for `threads`, usually one per thread) that each run their own part of a batch
+    at once. Measured here on 2 cores: 1.11–1.19× the latency mode's images/s for all three
+    models (bench_extract's model-only table), since no thread waits for another inside a layer.
+    """
+
+    def __init__(self, model_xml: Path, precision: str, threads: int | None, streams: int | None = 1):
         import openvino as ov
 
         if precision not in OPENVINO_PRECISIONS:
@@ -101,20 +109,45 @@ class OpenVINOBackend:
         # Compiled blobs are cached too (keyed by OpenVINO on the IR and these properties), so a
         # second run skips graph compilation as well as conversion.
         core.set_property({"CACHE_DIR": str(cache_root() / "openvino" / "compiled")})
-        config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        config: dict[str, object] = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        if streams not in (None, 1):
+            config["NUM_STREAMS"] = int(streams)
         self.choice = Choice("openvino", precision)
         self.compiled = core.compile_model(str(model_xml), "CPU", config)
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
+        self.streams = int(self.compiled.get_property("NUM_STREAMS"))
         self._local = threading.local()
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
         pixels = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
-        return normalise(request.infer({0: pixels}, share_inputs=True)[0])
+        if self.streams == 1 or len(pixels) == 1:
+            request = getattr(self._local, "request", None)
+            if request is None:
+                request = self._local.request = self.compiled.create_infer_request()
+            return normalise(request.infer({0: pixels}, share_inputs=True)[0])
+        return normalise(self._in_parts(pixels))
+
+    def _in_parts(self, pixels: np.ndarray) -> np.ndarray:
+        """The batch split into one part per stream, run at once. The parts depend only on the batch, so
+        a resumed extraction embeds every image exactly as an uninterrupted one does."""
+        import openvino as ov
+
+        queue = getattr(self._local, "queue", None)
+        if queue is None:
+            queue = self._local.queue = ov.AsyncInferQueue(self.compiled, self.streams)
+        parts = np.array_split(pixels, min(self.streams, len(pixels)))
+        outputs: list[np.ndarray | None] = [None] * len(parts)
+
+        def done(request, i: int) -> None:
+            outputs[i] = request.get_output_tensor(0).data.copy()
+
+        queue.set_callback(done)
+        for i, part in enumerate(parts):
+            queue.start_async({0: part}, i, share_inputs=True)
+        queue.wait_all()
+        return np.concatenate(outputs)
 
 
 def cache_root() -> Path:

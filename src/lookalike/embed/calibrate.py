@@ -70,7 +70,7 @@ def calibrate(
                 continue
             best = max((c.images_per_second or 0.0 for c in measured if c.kept), default=0.0)
             try:
-                run = embedder.backend(choice, threads)
+                run = embedder.backend(choice, threads, streams=None)  # OpenVINO as extraction runs it: its throughput mode
                 run(x[:WARMUP_IMAGES])
                 probe_rate = _time(run, x[:PROBE_IMAGES], warm=True)[1]
                 if probe_rate * PRUNE_FACTOR < best:

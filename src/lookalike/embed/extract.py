@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -45,7 +45,7 @@ from ..gallery import (
 )
 from ..data.images import DEFAULT_MAX_PIXELS, load_rgb_bytes, read_image_bytes
 from ..gallery.manifest import Inference
-from .backends import BackendUnavailable, Choice
+from .backends import Backend, BackendUnavailable, Choice
 from .calibrate import CALIBRATION_IMAGES, calibrate
 from . import incremental
 from .models import Embedder, load_model
@@ -361,8 +361,11 @@ def decide_inference(job: Job, embedder: Embedder, workers: int | None, threads:
                 decode_ms_per_image=round(decode_ms, 3),
                 model_ms_per_image=round(model_ms, 3),
             )
+        active = apply_inference(embedder, decided, threads, streams=None)  # OpenVINO picks its streams; recorded for a resume
+        decided = replace(decided, streams=getattr(active, "streams", None) if decided.backend == "openvino" else None)
         job.state["inference"] = decided.to_dict()
         atomic_write_json(job.partial / STATE, job.state)
+        return decided
     apply_inference(embedder, decided, threads)
     return decided
 
@@ -374,13 +377,17 @@ def saved_inference(state: dict) -> Inference:
     return Inference("torch", state.get("precision", {"precision": "fp32"})["precision"], "saved by an earlier lookalike")
 
 
-def apply_inference(embedder: Embedder, decided: Inference, threads: int | None = None) -> None:
-    """Run `embedder` as `decided` says: its backend, precision and inference threads (`threads` overrides)."""
+def apply_inference(embedder: Embedder, decided: Inference, threads: int | None = None, streams: int | None | str = "recorded") -> Backend:
+    """Run `embedder` as `decided` says: its backend, precision, inference threads (`threads` overrides) and
+    OpenVINO streams (`streams`: the recorded ones by default, None to let OpenVINO pick; a state saved
+    before streams were recorded ran one)."""
     threads = threads if threads is not None else decided.threads
+    streams = (decided.streams or 1) if streams == "recorded" else streams
+    openvino = decided.backend == "openvino"
     # With OpenVINO, torch only decodes: one thread per decode worker, the cores left to the model.
-    runtime.set_threads(1 if decided.backend == "openvino" else threads)
+    runtime.set_threads(1 if openvino else threads)
     try:
-        embedder.use(Choice(decided.backend, decided.precision), threads if decided.backend == "openvino" else None)
+        return embedder.use(Choice(decided.backend, decided.precision), threads if openvino else None, streams if openvino else 1)
     except BackendUnavailable as exc:
         raise GalleryError(
             f"this extraction embeds with {decided.backend} {decided.precision}, which cannot run here ({exc}); "
@@ -569,6 +576,8 @@ def single_image_timing(job: Job, embedder: Embedder) -> dict:
     """Batch-1 latency of one of the collection's images: what a query image costs (scale's end-to-end figure)."""
     from .query import SINGLE_IMAGE_REPEATS, single_image_ms
 
+    if embedder.choice.backend == "openvino":  # a query runs OpenVINO's latency mode, not the extraction's streams
+        embedder.use(embedder.choice, getattr(embedder.active, "threads", None))
     for record in job.collection.records[:10]:  # the first that decodes
         try:
             ms = single_image_ms(embedder, record.path)

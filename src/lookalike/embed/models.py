@@ -64,14 +64,16 @@ class Embedder:
         """(B, 3, H, W) float tensor → (B, dim) L2-normalised float32 array, by the active backend."""
         return self.active(images)
 
-    def use(self, choice: Choice, threads: int | None = None) -> Backend:
+    def use(self, choice: Choice, threads: int | None = None, streams: int | None = 1) -> Backend:
         """Make `choice` the active backend (raises BackendUnavailable if it cannot run here)."""
-        self.active = self.backend(choice, threads)
+        self.active = self.backend(choice, threads, streams)
         return self.active
 
-    def backend(self, choice: Choice, threads: int | None = None) -> Backend:
-        """The backend for `choice`, built once; OpenVINO's converted model comes from the on-disk cache."""
-        key = (choice, threads)
+    def backend(self, choice: Choice, threads: int | None = None, streams: int | None = 1) -> Backend:
+        """The backend for `choice`, built once; OpenVINO's converted model comes from the on-disk cache.
+
+        `streams` (OpenVINO only): 1 for queries, None or n > 1 for extraction (see `OpenVINOBackend`)."""
+        key = (choice, threads, streams if choice.backend == "openvino" else 1)
         if key not in self._backends:
             if choice.backend == "torch":
                 self._backends[key] = TorchBackend(self.module, self.device, choice.precision, self.spec.channels_last)
@@ -79,7 +81,7 @@ class Embedder:
                 if self.device != "cpu":
                     raise BackendUnavailable(f"lookalike runs openvino on the CPU only, and this model is on {self.device}")
                 xml = openvino_model(self.module, self.weights_key(), self.preprocess.image_size)
-                self._backends[key] = OpenVINOBackend(xml, choice.precision, threads)
+                self._backends[key] = OpenVINOBackend(xml, choice.precision, threads, streams)
             else:
                 raise BackendUnavailable(f"unknown inference backend {choice.backend!r}; choose one of {', '.join(BACKENDS)}")
         return self._backends[key]
