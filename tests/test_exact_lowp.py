@@ -47,6 +47,48 @@ def test_near_ties_give_exactly_the_fp32_ids(precision):
     np.testing.assert_array_equal(single_ids[0], want_ids[3])
 
 
+def test_the_int8_scan_streamed_over_many_parts_gives_exactly_the_fp32_ids(monkeypatch):
+    """Parts and kernel blocks that end mid-group and mid-block, and a running floor over 84 parts."""
+    monkeypatch.setattr(lowp, "INT8_ROW_BLOCK", 48)  # three groups of 16
+    monkeypatch.setattr(lowp, "INT8_PART_BYTES", 4 * 30 * 144)  # 144 rows of 30 queries' int32 scores per part
+    x, q = near_ties(n=12003)  # the last part: 51 rows, a block of 48 and one of 3, 3 rows past the last full group
+    method = ExactLowPrecision(precision="int8")
+    method.build(x)
+    assert lowp._int8_part_rows(len(x), len(q)) == 144
+    want_scores, want_ids = numpy_top_k(x, q, 25)
+    scores, ids = method.search(q, 25)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-6)
+
+
+def test_streamed_int8_candidates_are_the_one_pass_candidates_and_hold_every_row_within_the_margin(monkeypatch):
+    """The candidate pairs themselves (the search's fallbacks would hide a too-high floor): every row whose exact integer
+    product is within the margin of its query's k-th (numpy, int64) is among them, and streaming over 70 parts
+    changes nothing against one pass."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    n, b, d, k = 10_003, 24, 64, 10
+    codes = rng.integers(-127, 128, (n, d), dtype=np.int8)
+    q_codes = rng.integers(-127, 128, (b, d), dtype=np.int8)
+    margin = rng.integers(0, 3000, b).astype(np.int64)  # the k-th and the best are ~5000 apart here: a floor off by that shows
+    products = q_codes.astype(np.int64) @ codes.astype(np.int64).T
+    kth = -np.sort(-products, axis=1)[:, k - 1]
+
+    def candidates(part_rows: int) -> set[tuple[int, int]]:
+        monkeypatch.setattr(lowp, "INT8_PART_BYTES", 4 * b * part_rows)
+        workspace = torch.empty(b * max(part_rows, lowp.INT8_ROW_BLOCK), dtype=torch.int32)
+        q, r = lowp._streamed_int8_pairs(torch.from_numpy(codes), q_codes, torch.from_numpy(margin), k, workspace)
+        return set(zip(q.tolist(), r.tolist()))
+
+    monkeypatch.setattr(lowp, "INT8_ROW_BLOCK", 48)
+    streamed = candidates(144)
+    within = {(i, j) for i, j in zip(*np.nonzero(products >= (kth - margin)[:, None]))}
+    assert within <= streamed
+    monkeypatch.setattr(lowp, "INT8_ROW_BLOCK", 4096)
+    assert streamed == candidates(n)
+
+
 def test_the_error_bound_is_what_keeps_it_exact(monkeypatch):
     """Without the margin (and without the slack the group maxima add) the bf16 scan drops true neighbours:
     the near-tie test above can fail."""
