@@ -326,7 +326,7 @@ def main() -> None:
         doc += [
             "",
             "Decoding large photos: `lookalike.data.images.load_rgb` with and without `min_side` (JPEG `draft`: DCT-domain "
-            "scaling to the smallest scale that keeps twice the resize target), then the model's preprocessing; one core, "
+            "scaling to the smallest scale that keeps the resize target), then the model's preprocessing; one core, "
             f"median ms per image. The cosine compares resnet18 fp32 embeddings of the two decodes (random weights): "
             f"{'✓' if decode_cosine >= 0.99 else '✗'} goal ≥ 0.99.",
             "",

@@ -212,8 +212,9 @@ def test_large_jpeg_decodes_at_reduced_scale_and_keeps_its_orientation():
     data = _encode(im, "JPEG", quality=90, exif=exif)
     full = load_rgb_bytes(data)
     assert full.size == (800, 1600)  # exif_transpose applied
-    small = load_rgb_bytes(data, min_side=100)
-    assert small.size == (200, 400)  # DCT scaling 1/4 (800 // 200), then the same rotation
+    small = load_rgb_bytes(data, min_side=200)
+    assert small.size == (200, 400)  # DCT scaling 1/4 (the smallest that keeps 800 ≥ 200), then the same rotation
+    assert load_rgb_bytes(data, min_side=100).size == (100, 200)  # 1/8 keeps 100
     # Same picture: the full decode box-reduced by 4 matches the draft decode closely.
     ref = np.asarray(full).astype(np.float64).reshape(400, 4, 200, 4, 3).mean(axis=(1, 3))
     assert np.abs(np.asarray(small).astype(np.float64) - ref).mean() < 4.0
@@ -224,7 +225,7 @@ def test_pixel_limit_is_checked_on_what_is_decoded_and_can_be_raised():
     with pytest.raises(BadImageError, match="--max-pixels"):
         load_rgb_bytes(data, max_pixels=1_000_000)
     assert load_rgb_bytes(data, max_pixels=1_280_000).size == (1600, 800)
-    assert load_rgb_bytes(data, max_pixels=100_000, min_side=100).size == (400, 200)  # decoded at 1/4: 80,000 px
+    assert load_rgb_bytes(data, max_pixels=100_000, min_side=200).size == (400, 200)  # decoded at 1/4: 80,000 px
     big = _encode(Image.new("L", (15000, 13000)), "PNG")  # 195 Mpx: over PIL's own hard limit of 2 × 89.5 Mpx
     with pytest.raises(BadImageError, match="--max-pixels"):
         load_rgb_bytes(big)
