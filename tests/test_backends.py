@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -42,6 +43,24 @@ def test_every_backend_and_precision_stays_within_cosine_of_fp32_torch(name):
             # row by row against the reference: a part put back in the wrong place would fail here
             assert (out * reference).sum(axis=1).min() >= MIN_COSINE, (choice, getattr(run, "streams", 1))
     assert embedder.backend(Choice("openvino", "fp32"), 2, streams=2).streams == 2
+
+
+def test_openvino_streams_embed_batches_in_order_and_as_one_call_would():
+    """Extraction's pipelined loop (each batch whole on one of two streams, two at once) against one call per batch
+    (split over the streams): the same bytes, the same order, and a batch of failed images (None) passed through."""
+    from lookalike.embed.backends import map_batches
+
+    embedder = load_model("resnet18", "random", image_size=32, seed=3)
+    run = embedder.backend(Choice("openvino", "bf16"), 2, streams=2)
+    batches = [torch.randn(5, 3, 32, 32), None, torch.randn(1, 3, 32, 32), torch.randn(8, 3, 32, 32), torch.randn(3, 3, 32, 32)]
+    out = list(map_batches(run, ((f"batch {i}", x) for i, x in enumerate(batches))))
+    assert [tag for tag, _ in out] == [f"batch {i}" for i in range(len(batches))]
+    for (_, got), x in zip(out, batches):
+        if x is None:
+            assert got is None
+        else:
+            np.testing.assert_array_equal(got, run(x))
+            assert (got * fp32_reference(embedder, x)).sum(axis=1).min() >= MIN_COSINE
 
 
 def test_converted_models_are_cached_on_disk_and_reused(monkeypatch):
@@ -104,6 +123,30 @@ def test_calibration_keeps_only_candidates_within_cosine_and_picks_the_fastest()
     # An explicit precision is honoured even below the threshold; an explicit backend restricts the candidates.
     assert calibrate(fake, x, precision="bf16", backend="torch")[0] == Choice("torch", "bf16")
     assert calibrate(fake, x, backend="openvino")[0] == Choice("openvino", "bf16")
+
+
+def test_a_hiccup_in_one_timed_call_does_not_decide_the_choice():
+    """The two leaders are timed twice: openvino bf16's first full call stalls (other work took the core), its second does not."""
+    x = torch.zeros(8, 3, 4, 4)
+    calls = {"openvino": 0}
+
+    class Hiccup(FakeEmbedder):
+        def backend(self, choice: Choice, threads=None, streams=1):
+            run = super().backend(choice, threads, streams)
+            if choice != Choice("openvino", "bf16"):
+                return run
+
+            def stalled_once(images):
+                calls["openvino"] += 1
+                if calls["openvino"] == 3:  # warm-up, probe, then the first full timing: 8 images at 530 img/s, not 1600
+                    time.sleep(0.01)
+                return run(images)
+
+            return stalled_once
+
+    fake = Hiccup({Choice("torch", "fp32"): (1.0, 0.05), Choice("torch", "bf16"): (0.9999, 0.01), Choice("openvino", "bf16"): (0.9999, 0.005)})
+    choice, measured, _ = calibrate(fake, x, precision="auto")
+    assert calls["openvino"] == 4 and choice == Choice("openvino", "bf16")
 
 
 def test_a_backend_that_cannot_run_falls_back_to_torch_with_one_sentence(caplog):

@@ -16,9 +16,11 @@ import shutil
 import tempfile
 import threading
 import warnings
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # ours → OpenVINO's INFERENCE_PRECISION_HINT
 CACHE_ENV = "LOOKALIKE_CACHE"  # where converted models are kept (default ~/.cache/lookalike)
+T = TypeVar("T")
 
 
 class BackendUnavailable(LookalikeError):
@@ -148,6 +151,50 @@ class OpenVINOBackend:
             queue.start_async({0: part}, i, share_inputs=True)
         queue.wait_all()
         return np.concatenate(outputs)
+
+    def map_batches(self, items: Iterable[tuple[T, torch.Tensor | None]]) -> Iterator[tuple[T, np.ndarray | None]]:
+        """(tag, batch) → (tag, embeddings), in order, each batch whole on one stream and `streams` batches at once.
+
+        Extraction's loop: a stream never waits for another, as the parts of one split batch do
+        (measured: 8% more images/s for resnet18 beside a decode thread on 2 cores). A batch
+        embeds to the same bytes whole or split (the kernels work image by image), so calibration's
+        split calls measure what this runs. A None batch (every image in it failed) passes through.
+        """
+        if self.streams == 1:
+            yield from sequential(self, items)
+            return
+        import openvino as ov
+
+        queue = ov.AsyncInferQueue(self.compiled, self.streams)
+        finished: dict[int, np.ndarray] = {}
+        queue.set_callback(lambda request, i: finished.__setitem__(i, request.get_output_tensor(0).data.copy()))
+        pending: deque[tuple[int, T, np.ndarray | None]] = deque()  # holds each batch's pixels until it is done (share_inputs)
+        try:
+            for i, (tag, images) in enumerate(items):
+                pixels = None if images is None else np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+                if pixels is not None:
+                    queue.start_async({0: pixels}, i, share_inputs=True)  # waits while every stream is busy
+                pending.append((i, tag, pixels))
+                while pending and (pending[0][2] is None or pending[0][0] in finished):
+                    j, done_tag, pixels = pending.popleft()
+                    yield done_tag, None if pixels is None else normalise(finished.pop(j))
+            queue.wait_all()
+            for j, done_tag, pixels in pending:
+                yield done_tag, None if pixels is None else normalise(finished.pop(j))
+        finally:
+            queue.wait_all()  # nothing may still read a batch's pixels once this returns (an interrupted run too)
+
+
+def sequential(run: Backend, items: Iterable[tuple[T, torch.Tensor | None]]) -> Iterator[tuple[T, np.ndarray | None]]:
+    """`map_batches` for a backend that runs one batch at a time."""
+    for tag, images in items:
+        yield tag, None if images is None else run(images)
+
+
+def map_batches(run: Backend, items: Iterable[tuple[T, torch.Tensor | None]]) -> Iterator[tuple[T, np.ndarray | None]]:
+    """(tag, batch) → (tag, embeddings) in order, as many batches at once as the backend runs well."""
+    pipelined = getattr(run, "map_batches", None)
+    return pipelined(items) if pipelined is not None else sequential(run, items)
 
 
 def cache_root() -> Path:

@@ -45,7 +45,7 @@ from ..gallery import (
 )
 from ..data.images import DEFAULT_MAX_PIXELS, load_rgb_bytes, read_image_bytes
 from ..gallery.manifest import Inference
-from .backends import Backend, BackendUnavailable, Choice
+from .backends import Backend, BackendUnavailable, Choice, map_batches
 from .calibrate import CALIBRATION_IMAGES, calibrate
 from . import incremental
 from .models import Embedder, load_model
@@ -436,9 +436,9 @@ def run_local(job: Job, embedder: Embedder, workers: int, progress: bool = True)
     shard = next(shard_iter)
     embs, idx, bad, hashes, started = [], [], [], [], time.perf_counter()
     try:
-        for indices, tensor, bad_items, digests in loader:
-            if tensor is not None:
-                embs.append(embedder.embed(tensor))
+        for (indices, bad_items, digests), embedded in map_batches(embedder.active, (((i, b, d), t) for i, t, b, d in loader)):
+            if embedded is not None:
+                embs.append(embedded)
                 idx.extend(indices)
                 hashes.extend(digests)
             bad.extend(bad_items)
