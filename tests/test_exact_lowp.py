@@ -89,6 +89,24 @@ def test_streamed_int8_candidates_are_the_one_pass_candidates_and_hold_every_row
     assert streamed == candidates(n)
 
 
+@pytest.mark.parametrize("d", [512, 1280])
+def test_few_query_int8_candidates_are_exactly_the_rows_within_the_margin(d):
+    """One query's candidates against numpy's int64 products: at d = 512 numkong's scores come back in float32, at
+    d = 1280 (MobileNetV2's width) the products pass 2²⁴, so they come back in float64."""
+    import torch
+
+    rng = np.random.default_rng(4)
+    n, b, k = 4000, 3, 10
+    codes = np.where(rng.random((n, d)) < 0.97, 127, rng.integers(-127, 128, (n, d))).astype(np.int8)
+    q_codes = np.where(rng.random((b, d)) < 0.97, 127, rng.integers(-127, 128, (b, d))).astype(np.int8)
+    products = q_codes.astype(np.int64) @ codes.astype(np.int64).T
+    kth = -np.sort(-products, axis=1)[:, k - 1]
+    rows = lowp.Int8Rows(torch.from_numpy(codes), 1.0, 0.0, 1.0)  # only the codes matter here
+    for margin in (np.zeros(b, np.int64), rng.integers(1, 200, b), rng.integers(200, 5000, b)):
+        q, r = lowp._few_int8_pairs(q_codes, rows, margin, k)
+        assert set(zip(q.tolist(), r.tolist())) == {(i, j) for i, j in zip(*np.nonzero(products >= (kth - margin)[:, None]))}
+
+
 def test_the_error_bound_is_what_keeps_it_exact(monkeypatch):
     """Without the margin (and without the slack the group maxima add) the bf16 scan drops true neighbours:
     the near-tie test above can fail."""
