@@ -90,7 +90,7 @@ class FakeEmbedder:
     device = "cpu"
 
     def __init__(self, behaviour: dict[Choice, tuple[float, float] | None]):
-        self.behaviour = behaviour  # choice → (cosine to the reference, seconds per call), None = cannot run
+        self.behaviour = behaviour  # choice → (cosine to the reference, seconds per 8 images), None = cannot run
 
     def backend(self, choice: Choice, threads=None, streams=1):
         if self.behaviour.get(choice) is None:
@@ -100,7 +100,7 @@ class FakeEmbedder:
         def run(x):
             import time
 
-            time.sleep(seconds)
+            time.sleep(seconds * len(x) / 8)
             return np.tile(np.array([cosine, np.sqrt(1 - cosine**2), 0, 0], np.float32), (len(x), 1))
 
         return run
@@ -138,8 +138,8 @@ def test_a_hiccup_in_one_timed_call_does_not_decide_the_choice():
 
             def stalled_once(images):
                 calls["openvino"] += 1
-                if calls["openvino"] == 3:  # warm-up, probe, then the first full timing: 8 images at 530 img/s, not 1600
-                    time.sleep(0.01)
+                if calls["openvino"] == 3:  # warm-up, probe, then the first full timing: 8 images at 670 img/s, not 1600
+                    time.sleep(0.007)
                 return run(images)
 
             return stalled_once
