@@ -31,13 +31,13 @@ def data():
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-@pytest.mark.parametrize("name, m", [("hnswlib", 32), ("hnswlib-m16", 16)])
-def test_hnswlib_matches_numpy_at_a_wide_search(data, name, m, metric):
+@pytest.mark.parametrize("name, m, ef_construction", [("hnswlib", 32, 40), ("hnswlib-m16", 16, 100)])
+def test_hnswlib_matches_numpy_at_a_wide_search(data, name, m, ef_construction, metric):
     x, q = data
     method = make_method(name, len(x), 32, metric)
     assert isinstance(method, HnswlibHnsw)
     method.build(x, np.arange(1000, 4000))  # ids other than row positions
-    assert method.params() == {"M": m, "efConstruction": 40, "efSearch": 64} and method.ntotal == 3000 and method.dim == 32
+    assert method.params() == {"M": m, "efConstruction": ef_construction, "efSearch": 64} and method.ntotal == 3000 and method.dim == 32
     scores, ids = method.search(q, 10, {"efSearch": 512})
     want = np.argsort(-(q @ x.T), axis=1)[:, :10] + 1000  # l2 on unit vectors ranks as ip does
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, want)])

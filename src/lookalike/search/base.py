@@ -19,6 +19,7 @@ from ..gallery import atomic_save_npy, atomic_write_json
 from ..runtime import as_float32_c
 
 METRICS = ("ip", "l2")
+FLOAT32 = np.dtype(np.float32)  # compared by identity in `search`: numpy keeps one instance of each builtin dtype
 METHOD_FILE = "method.json"
 IDS_FILE = "ids.npy"
 
@@ -101,7 +102,7 @@ class SearchMethod(ABC):
     def search(self, queries: np.ndarray, k: int, params: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k for each query row; `params` (e.g. {"nprobe": 8}) apply to this call only."""
         # Kept lean: a single graph query takes ~0.1–0.2 ms and each numpy call after it a few µs (its cache is cold).
-        if not (queries.__class__ is np.ndarray and queries.ndim == 2 and queries.dtype == np.float32 and queries.flags.c_contiguous):
+        if not (queries.__class__ is np.ndarray and queries.ndim == 2 and queries.dtype is FLOAT32 and queries.flags.c_contiguous):
             queries = as_float32_c(np.atleast_2d(queries))
         if k < 1:
             raise LookalikeError(f"k must be at least 1, got {k}")

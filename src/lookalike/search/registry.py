@@ -65,7 +65,7 @@ METHODS: Mapping[str, MethodSpec] = {
         MethodSpec("usearch-f16", "usearch", None, "usearch HNSW (M 32) over f16 vectors; efSearch trades recall for speed", options={"dtype": "f16"}),
         MethodSpec("usearch-i8", "usearch", None, "usearch HNSW (M 32) over i8 vectors (4× smaller); efSearch trades recall for speed", options={"dtype": "i8"}),
         MethodSpec("hnswlib", "hnswlib", None, "hnswlib HNSW (M 32) over f32 vectors; efSearch trades recall for speed", options={"m": 32}),
-        MethodSpec("hnswlib-m16", "hnswlib", None, "hnswlib HNSW (M 16): a lighter graph, cheaper per step but wider searches for the same recall; efSearch trades recall for speed", options={"m": 16}),
+        MethodSpec("hnswlib-m16", "hnswlib", None, "hnswlib HNSW (M 16, efConstruction 100): a lighter graph built more carefully, cheaper per step; efSearch trades recall for speed", options={"m": 16, "ef_construction": 100}),
     )
 }
 
