@@ -13,7 +13,7 @@ Named methods and the factory strings they stand for (N = database size, d = dim
     sq8      "SQ8"                   8-bit scalar quantiser (4× smaller)
     sqfp16   "SQfp16"                16-bit floats (2× smaller)
     usearch-f16, usearch-i8          usearch's HNSW over f16 / i8 vectors (see search.usearch_index)
-    hnswlib, hnswlib-m16             hnswlib's HNSW (M 32 / M 16) over f32 vectors (see search.hnswlib_index)
+    hnswlib, hnswlib-m16             hnswlib's HNSW (M 32 / M 16, efC 40 / 100) over f32 vectors (see search.hnswlib_index)
 Anything else containing a comma or starting like a factory string ("OPQ32,IVF1024,PQ32") is
 passed to faiss.index_factory as is.
 """

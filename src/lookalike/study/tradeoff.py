@@ -33,7 +33,7 @@ from .core import NOT_REAL_TAG, QuerySet, cold_latency, csv_text, evaluate, held
 from .timing import Latency
 
 FAMILIES = ("ivf", "hnsw", "usearch-f16", "hnswlib", "ivfpq", "ivfpq-mmap", "sq8", "sqfp16")
-M_SWEPT = ("hnsw", "hnswlib")  # graph families built at each HNSW_M (hnswlib at M 16 is the registry's hnswlib-m16)
+M_SWEPT = ("hnsw", "hnswlib")  # graph families built at each HNSW_M (at efConstruction 40; the registry's hnswlib-m16 builds with 100)
 EXACT_METHODS = ("brute", "flat")
 NLIST_FACTORS = (1, 4, 16)  # nlist = factor·√N, as in the original study
 # Fewer than ~10 vectors per list leaves k-means fitting centroids to single points, and lists
