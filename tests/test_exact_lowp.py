@@ -47,20 +47,6 @@ def test_near_ties_give_exactly_the_fp32_ids(precision):
     np.testing.assert_array_equal(single_ids[0], want_ids[3])
 
 
-def test_the_int8_scan_streamed_over_many_parts_gives_exactly_the_fp32_ids(monkeypatch):
-    """Parts and kernel blocks that end mid-group and mid-block, and a running floor over 84 parts."""
-    monkeypatch.setattr(lowp, "INT8_ROW_BLOCK", 48)  # three groups of 16
-    monkeypatch.setattr(lowp, "INT8_PART_BYTES", 4 * 30 * 144)  # 144 rows of 30 queries' int32 scores per part
-    x, q = near_ties(n=12003)  # the last part: 51 rows, a block of 48 and one of 3, 3 rows past the last full group
-    method = ExactLowPrecision(precision="int8")
-    method.build(x)
-    assert lowp._int8_part_rows(len(x), len(q)) == 144
-    want_scores, want_ids = numpy_top_k(x, q, 25)
-    scores, ids = method.search(q, 25)
-    np.testing.assert_array_equal(ids, want_ids)
-    np.testing.assert_allclose(scores, want_scores, atol=1e-6)
-
-
 def test_streamed_int8_candidates_are_the_one_pass_candidates_and_hold_every_row_within_the_margin(monkeypatch):
     """The candidate pairs themselves (the search's fallbacks would hide a too-high floor): every row whose exact integer
     product is within the margin of its query's k-th (numpy, int64) is among them, and streaming over 70 parts
@@ -256,14 +242,18 @@ def test_auto_keeps_the_fastest_measured_precision_for_batches_and_for_a_few_que
     np.testing.assert_array_equal(method.search(q[:1], 5)[1], numpy_top_k(x, q[:1], 5)[1])
 
 
-def test_the_int8_product_streamed_over_many_parts_is_exact(monkeypatch):
-    """Parts of 1,000 rows: early parts keep pairs against a lower running floor, the final floor filters them."""
-    monkeypatch.setattr(lowp, "INT8_ROW_BLOCK", 1008)
-    monkeypatch.setattr(lowp, "INT8_PART_BYTES", 1)  # one row block per part
-    x, q = near_ties()
+@pytest.mark.parametrize("row_block, part_bytes, n, part_rows", [
+    (1008, 1, 12000, 1008),  # one row block per part
+    (48, 4 * 30 * 144, 12003, 144),  # three blocks of 3 groups per part; the last part: 51 rows, blocks of 48 and 3, 3 rows past its last group
+])
+def test_the_int8_product_streamed_over_many_parts_is_exact(monkeypatch, row_block, part_bytes, n, part_rows):
+    """Early parts keep pairs against a lower running floor, the final floor filters them."""
+    monkeypatch.setattr(lowp, "INT8_ROW_BLOCK", row_block)
+    monkeypatch.setattr(lowp, "INT8_PART_BYTES", part_bytes)
+    x, q = near_ties(n=n)
     method = ExactLowPrecision(precision="int8")
     method.build(x)
-    assert lowp._int8_part_rows(len(x), len(q)) == 1008
+    assert lowp._int8_part_rows(len(x), len(q)) == part_rows
     want_scores, want_ids = numpy_top_k(x, q, 25)
     scores, ids = method.search(q, 25)
     np.testing.assert_array_equal(ids, want_ids)
