@@ -75,8 +75,8 @@ def load_rgb(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, m
     scaled (not clipped) to 8 bits. Images over `max_pixels` (width * height, as decoded) are
     refused before their pixels are decoded. With `min_side` (the short side the caller will
     resize to), large images are reduced while or right after they decode, keeping a short side
-    of at least min_side (JPEG) or REDUCE_HEADROOM × min_side (other formats). Only the first frame of an animated or multi-page
-    file is read. Any failure raises BadImageError naming the path.
+    of at least min_side (JPEG) or REDUCE_HEADROOM × min_side (other formats). Only the first
+    frame of an animated or multi-page file is read. Any failure raises BadImageError naming the path.
     """
     name = os.fspath(path)
     try:

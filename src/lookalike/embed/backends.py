@@ -96,8 +96,8 @@ class OpenVINOBackend:
     `streams` 1 (queries): its latency mode, one stream whose threads share each call; one infer
     request per calling thread, so the server's concurrent queries never share one.
     `streams` None or n > 1 (extraction): its throughput mode, n streams (None: as many as
-    OpenVINO picks for `threads`, usually one per thread) that each run their own part of a batch
-    at once, so no thread waits for another inside a layer. Measured end to end on 2 cores, the
+    OpenVINO picks for `threads`, usually one per thread) side by side, so no thread waits for
+    another inside a layer: a call splits its batch over them, `map_batches` gives each a batch. Measured end to end on 2 cores, the
     two modes interleaved (OpenVINO bf16): MobileNetV2 228 against 202 img/s, CLIP 40.1 against
     39.0, ResNet-18 a tie (bench_extract's model-only table shows both modes).
     """
@@ -125,7 +125,7 @@ class OpenVINOBackend:
         self._local = threading.local()
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
-        pixels = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+        pixels = _pixels(images)
         if self.streams == 1 or len(pixels) == 1:
             request = getattr(self._local, "request", None)
             if request is None:
@@ -172,7 +172,7 @@ class OpenVINOBackend:
         pending: deque[tuple[int, T, np.ndarray | None]] = deque()  # holds each batch's pixels until it is done (share_inputs)
         try:
             for i, (tag, images) in enumerate(items):
-                pixels = None if images is None else np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+                pixels = None if images is None else _pixels(images)
                 if pixels is not None:
                     queue.start_async({0: pixels}, i, share_inputs=True)  # waits while every stream is busy
                 pending.append((i, tag, pixels))
@@ -184,6 +184,10 @@ class OpenVINOBackend:
                 yield done_tag, None if pixels is None else normalise(finished.pop(j))
         finally:
             queue.wait_all()  # nothing may still read a batch's pixels once this returns (an interrupted run too)
+
+
+def _pixels(images: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
 
 
 def sequential(run: Backend, items: Iterable[tuple[T, torch.Tensor | None]]) -> Iterator[tuple[T, np.ndarray | None]]:

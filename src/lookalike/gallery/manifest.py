@@ -70,7 +70,7 @@ class Inference:
     candidates: tuple[Candidate, ...] = ()
     threads: int | None = None  # inference threads
     workers: int | None = None  # decode threads (processes before lookalike decoded in threads)
-    streams: int | None = None  # OpenVINO streams, each running its part of a batch at once (its throughput mode); None: one (latency mode), or torch
+    streams: int | None = None  # OpenVINO streams running batches side by side (its throughput mode); None: one (latency mode), or torch
     split: str = ""  # how threads and workers were decided
     decode_ms_per_image: float | None = None  # one core, measured on the calibration images
     model_ms_per_image: float | None = None  # the chosen backend, all inference threads
