@@ -131,27 +131,12 @@ class OpenVINOBackend:
             if request is None:
                 request = self._local.request = self.compiled.create_infer_request()
             return normalise(request.infer({0: pixels}, share_inputs=True)[0])
-        return normalise(self._in_parts(pixels))
+        import torch
 
-    def _in_parts(self, pixels: np.ndarray) -> np.ndarray:
-        """The batch split into one part per stream, run at once. The parts depend only on the batch, so
-        a resumed extraction embeds every image exactly as an uninterrupted one does."""
-        import openvino as ov
-
-        queue = getattr(self._local, "queue", None)
-        if queue is None:
-            queue = self._local.queue = ov.AsyncInferQueue(self.compiled, self.streams)
+        # the batch split into one part per stream, run at once; the parts depend only on the batch, so a
+        # resumed extraction embeds every image exactly as an uninterrupted one does
         parts = np.array_split(pixels, min(self.streams, len(pixels)))
-        outputs: list[np.ndarray | None] = [None] * len(parts)
-
-        def done(request, i: int) -> None:
-            outputs[i] = request.get_output_tensor(0).data.copy()
-
-        queue.set_callback(done)
-        for i, part in enumerate(parts):
-            queue.start_async({0: part}, i, share_inputs=True)
-        queue.wait_all()
-        return np.concatenate(outputs)
+        return np.concatenate([embedded for _, embedded in self.map_batches((i, torch.from_numpy(part)) for i, part in enumerate(parts))])
 
     def map_batches(self, items: Iterable[tuple[T, torch.Tensor | None]]) -> Iterator[tuple[T, np.ndarray | None]]:
         """(tag, batch) → (tag, embeddings), in order, each batch whole on one stream and `streams` batches at once.
