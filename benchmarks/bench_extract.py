@@ -42,7 +42,7 @@ from lookalike.data.datasets import load_collection  # noqa: E402
 from lookalike.data.images import load_rgb  # noqa: E402
 from lookalike.data.synthetic import generate_collection  # noqa: E402
 from lookalike.embed.backends import Choice, map_batches  # noqa: E402
-from lookalike.embed.extract import ExtractConfig, extract  # noqa: E402
+from lookalike.embed.extract import DEFAULT_BATCH_SIZE, ExtractConfig, extract  # noqa: E402
 from lookalike.embed.models import MODELS, Embedder, load_model  # noqa: E402
 from lookalike.embed.transforms import build_transform  # noqa: E402
 
@@ -53,12 +53,13 @@ GOAL_SPEEDUP = 4.0
 # The pipeline job is large enough that its fixed costs (calibration) weigh as in a real collection.
 IMAGES = {
     "64×64": {"resnet18": (1536, 48), "mobilenet": (1536, 64), "clip": (512, 16)},
-    "4000×3000": {"resnet18": (320, 8), "mobilenet": (320, 8), "clip": (192, 8)},
+    "4000×3000": {"resnet18": (320, 8), "mobilenet": (320, 8), "clip": (320, 8)},
 }
 QUICK_IMAGES = (24, 3)
 LARGE = (4000, 3000)
 CHOICES = (Choice("torch", "fp32"), Choice("torch", "bf16"), Choice("openvino", "fp32"), Choice("openvino", "bf16"))
 MODEL_ONLY_IMAGES = 32
+MODEL_ONLY_BATCH = 32
 MODEL_ONLY_PASSES = 4  # the images run 4 times per timed pass, so a throughput mode's streams overlap batches
 LATENCY_REPEATS = 10
 
@@ -271,7 +272,7 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--inputs", nargs="+", default=list(IMAGES), choices=list(IMAGES))
     p.add_argument("--image-size", type=int, default=224, help="model input in pixels (default 224, as the study)")
-    p.add_argument("--bs", type=int, default=ExtractConfig.batch_size, help="pipeline batch size (default: extract's)")
+    p.add_argument("--bs", type=int, default=None, help=f"pipeline batch size (default: extract's, {DEFAULT_BATCH_SIZE['cpu']} on a CPU)")
     p.add_argument("--rounds", type=int, default=3, help="alternating naive/pipeline rounds (default 3)")
     p.add_argument("--no-model-only", action="store_true", help="skip the backend × precision table")
     args = p.parse_args()
@@ -301,7 +302,7 @@ def main() -> None:
                     transform = build_transform(embedder.preprocess)
                     n = 4 if args.quick else MODEL_ONLY_IMAGES
                     images = torch.stack([transform(load_rgb(r.path)) for r in load_collection(small).records[:n]])
-                    model_rows += model_only(embedder, images, min(args.bs, 32), 1 if args.quick else 3, work)
+                    model_rows += model_only(embedder, images, MODEL_ONLY_BATCH, 1 if args.quick else 3, work)
     table = markdown_table(HEADERS, [r.cells() for r in rows])
     print("\n" + table)
     doc = [
@@ -310,7 +311,7 @@ def main() -> None:
         "and 4000×3000 JPEGs made from them: upscaled, with noise so they compress like photos, a quarter with EXIF orientation 6). "
         "*naive*: the study's loop — one image at a time, decoded at full size in the main thread, fp32 torch, NCHW. "
         "*pipeline*: `lookalike extract` (`lookalike.embed.extract.extract`) with its defaults: batch size "
-        f"{args.bs}, decode threads beside the model, JPEGs decoded at the smallest scale the resize needs, and the backend "
+        f"{args.bs or DEFAULT_BATCH_SIZE['cpu']}, decode threads beside the model, JPEGs decoded at the smallest scale the resize needs, and the backend "
         "and precision its calibration measured fastest within cosine 0.999 of fp32 torch (chosen per run; the split of the "
         "cores between decoding and inference is measured too; OpenVINO runs in its throughput mode, its streams side by side). Its figure is decode + calibration + embedding "
         "(the manifest's `extract_seconds` + `calibration_seconds`); model loading is excluded for both, and OpenVINO's "
@@ -337,7 +338,7 @@ def main() -> None:
             decode,
         ]
     if model_rows:
-        model_table = markdown_table(["model", "backend precision", f"img/s at batch {min(args.bs, 32)}", "batch-1 ms", "cosine to fp32 torch min / mean"], model_rows)
+        model_table = markdown_table(["model", "backend precision", f"img/s at batch {MODEL_ONLY_BATCH}", "batch-1 ms", "cosine to fp32 torch min / mean"], model_rows)
         print("\n" + model_table)
         doc += [
             "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +148,32 @@ def test_interrupted_run_with_other_arguments_is_refused(tmp_path):
     with pytest.raises(GalleryError, match="unfinished extraction"):
         extract(_config(data, tmp_path / "g"), progress=False)
     assert (partial / "state.json").exists()
+
+
+def test_every_image_is_read_once_the_calibrations_included(tmp_path, monkeypatch):
+    """The images the calibration decodes are handed to the run, not decoded a second time."""
+    import lookalike.embed.extract as extraction
+
+    data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=10, val_per_class=2)
+    reads: list[str] = []
+    real = extraction.read_image_bytes
+    monkeypatch.setattr(extraction, "read_image_bytes", lambda path: reads.append(str(path)) or real(path))
+    gallery = extract(ExtractConfig(data=str(data), out=str(tmp_path / "g"), weights="random", image_size=32, backend="torch"), progress=False)
+    assert len(gallery.paths) == 24
+    assert sorted(reads) == sorted(str(p) for p in gallery.paths)
+
+
+def test_the_default_batch_size_is_the_devices_for_a_new_gallery_and_the_gallerys_own_after(tmp_path):
+    data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=6, val_per_class=1)
+    fresh = extract(ExtractConfig(data=str(data), out=str(tmp_path / "new"), weights="random", image_size=32, backend="torch"), progress=False)
+    assert manifest_json(fresh)["extract"]["identity"]["batch_size"] == 16  # the documented CPU default
+
+    explicit = ExtractConfig(data=str(data), out=str(tmp_path / "old"), weights="random", image_size=32, backend="torch", batch_size=5)
+    rows = len(extract(explicit, progress=False).paths)
+    generate_collection(tmp_path / "more", n_classes=1, train_per_class=3, val_per_class=0, seed=7)
+    folder = next(data.glob("train/*/images"))
+    for i, path in enumerate(sorted((tmp_path / "more").rglob("*.JPEG"))):  # three new images: an update, not "other arguments"
+        (folder / f"added_{i}.JPEG").write_bytes(path.read_bytes())
+    updated = extract(replace(explicit, batch_size=None), progress=False)
+    assert len(updated.paths) == rows + 3
+    assert manifest_json(updated)["extract"]["identity"]["batch_size"] == 5

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     opt.model(p)
     p.add_argument("--weights", default="pretrained", help="pretrained (default), random (explicit, seeded) or PATH to a state dict")
     p.add_argument("--image-size", type=int, default=None, help="input size (default: the model's own, 224)")
-    p.add_argument("--bs", type=int, default=64, help="batch size")
+    p.add_argument("--bs", type=int, default=None, help="batch size (default: the gallery's own when updating or resuming, else 16 on a CPU and 64 on a GPU)")
     p.add_argument("--shard-size", type=int, default=4096, help="images per resumable shard (rounded up to a multiple of --bs)")
     p.add_argument("--backend", choices=["auto", *BACKENDS], default="auto", help="inference backend; auto: the fastest measured on the job's first images (see --precision)")
     p.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto", help="auto: measured with the backend; a precision is kept only within cosine 0.999 of fp32 torch (fp16: CUDA only)")

@@ -107,7 +107,7 @@ def extract_ray(
             "model actors' start-up included) over `images`, this run's images (a resumed run counts only the rest); "
             "worker_seconds: decode + embed time summed over all batches on all workers; before the passes come "
             "connect_seconds (joining or starting Ray) and probe_seconds (describing the model and calibrating bf16 on one worker)",
-            "batch_size": config.batch_size,
+            "batch_size": job.config.batch_size,
             **timings,
         },
     )

@@ -53,11 +53,11 @@ class Candidate:
     backend: str  # "torch" | "openvino"
     precision: str  # "fp32" | "bf16" | "fp16"
     images_per_second: float | None = None
-    cosine_min: float | None = None  # to fp32 torch, over the calibration images
+    cosine_min: float | None = None  # to fp32 torch, over the images the reference embedded (the first 4)
     cosine_mean: float | None = None
-    images: int = 0  # how many images the figures above come from
+    images: int = 0  # how many images it embedded for the figures above
     kept: bool = False  # eligible: ran, and close enough to fp32 torch
-    note: str = ""  # why not kept (unavailable, pruned as slower, cosine too low), or "reference"
+    note: str = ""  # why not kept (unavailable, pruned as slower, cosine too low), or that it is the reference
 
 
 @dataclass(frozen=True)
