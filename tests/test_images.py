@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lookalike.errors import BadImageError, LookalikeError
@@ -247,3 +248,20 @@ def test_cap_aspect_keeps_ordinary_images_and_cuts_long_ones_around_their_centre
     # A 1×65000 strip becomes a 256×1024 resize, then the usual 224² crop.
     tensor = build_transform(MODELS["resnet18"].preprocess)(Image.new("RGB", (1, 65000), (9, 9, 9)))
     assert tuple(tensor.shape) == (3, 224, 224)
+
+
+@pytest.mark.parametrize("model", ["resnet18", "clip"])
+def test_the_transform_normalises_as_the_formula_does(model):
+    """(x / 255 − mean) / std per channel, computed here in float64 from the resized, cropped uint8 pixels."""
+    from lookalike.embed.models import MODELS
+    from lookalike.embed.transforms import build_transform
+
+    p = MODELS[model].preprocess
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, (p.resize_size, p.resize_size, 3), dtype=np.uint8))  # the resize's size already: it keeps it
+    top = round((p.resize_size - p.image_size) / 2)  # the centre crop
+    pixels = np.asarray(image, dtype=np.float64)[top : top + p.image_size, top : top + p.image_size].transpose(2, 0, 1)
+    expected = (pixels / 255 - np.array(p.mean)[:, None, None]) / np.array(p.std)[:, None, None]
+    got = build_transform(p)(image)
+    assert got.dtype == torch.float32 and tuple(got.shape) == expected.shape
+    np.testing.assert_allclose(got.numpy(), expected, atol=2e-6)

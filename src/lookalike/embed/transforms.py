@@ -6,7 +6,7 @@ constants and data loading can change without touching model code.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:  # imported when a transform is built, so the model registry (and the CLI) load without torch
@@ -57,9 +57,31 @@ def cap_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.Imag
     return image.crop((0, top, width, top + keep))
 
 
+@dataclass(frozen=True)
+class ToNormalizedFloat:
+    """uint8 CHW → float32 (x / 255 − mean) / std, as torchvision's ToDtype(scale=True) + Normalize compute it
+    (to within 1e-6), with one new tensor and two in-place passes where those two make two tensors and four
+    passes: 0.37 against 0.57 ms of a 64 px image's 0.95 ms of decoding, most of it touching fresh memory."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    scale: torch.Tensor = field(init=False, repr=False, compare=False)
+    shift: torch.Tensor = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        import torch
+
+        object.__setattr__(self, "scale", torch.tensor([1 / (255 * s) for s in self.std], dtype=torch.float32).view(3, 1, 1))
+        object.__setattr__(self, "shift", torch.tensor([-m / s for m, s in zip(self.mean, self.std)], dtype=torch.float32).view(3, 1, 1))
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        return image.to(torch.float32).mul_(self.scale).add_(self.shift)
+
+
 def build_transform(p: Preprocess) -> Callable[[Image.Image], torch.Tensor]:
     """PIL RGB image → normalised float32 CHW tensor; resize work is bounded (see MAX_ASPECT)."""
-    import torch
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import v2 as T
 
@@ -69,7 +91,6 @@ def build_transform(p: Preprocess) -> Callable[[Image.Image], torch.Tensor]:
             T.PILToTensor(),
             T.Resize(p.resize_size, interpolation=InterpolationMode(p.interpolation), antialias=True),
             T.CenterCrop(p.image_size),
-            T.ToDtype(torch.float32, scale=True),
-            T.Normalize(mean=list(p.mean), std=list(p.std)),
+            ToNormalizedFloat(tuple(p.mean), tuple(p.std)),
         ]
     )
