@@ -46,7 +46,7 @@ NPROBE_VALUES = (1, 2, 4, 8, 16, 32, 64, 128)
 HEAD_TO_HEAD_ROUNDS = 6
 CONTENDER_WITHIN = 2.0  # a curve's point joins the head-to-head if the sweep timed it within this factor of the fastest
 # every graph method sweeps EF_VALUES (hnsw, usearch-*, hnswlib*), IVF sweeps NPROBE_VALUES
-LOOKALIKE_METHODS = ("exact-lowp", "flat", "ivf", "hnsw", "usearch-f16", "usearch-i8", "hnswlib", "hnswlib-m16")
+LOOKALIKE_METHODS = ("exact-lowp", "flat", "ivf", "hnsw", "hnsw-sq8", "hnsw16-sq8", "usearch-f16", "usearch-i8", "hnswlib", "hnswlib-m16")
 WORK = ROOT / "runs" / "bench_peers"
 DEFAULT = {"n": 100_000, "val": 1000, "images_per_class": 500, "classes": 20, "image_size": 64, "single": 300}
 QUICK = {"n": 6_000, "val": 200, "images_per_class": 30, "classes": 5, "image_size": 32, "single": 30}

@@ -75,7 +75,7 @@ def test_l2_scores_are_two_minus_two_cosine_with_the_same_ranking(data, name):
     np.testing.assert_allclose(l2_scores, direct, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["brute", "flat", "ivf", "hnsw", "sq8", "IVF16,PQ8"])
+@pytest.mark.parametrize("name", ["brute", "flat", "ivf", "hnsw", "hnsw-sq8", "sq8", "IVF16,PQ8"])
 def test_save_load_round_trip(tmp_path, data, name):
     base, queries, ids = data
     method = built(name, base, ids)
@@ -88,6 +88,22 @@ def test_save_load_round_trip(tmp_path, data, name):
         np.testing.assert_array_equal(a, b)
     assert loaded.params() == method.params()
     assert loaded.memory_bytes() == method.memory_bytes()
+
+
+@pytest.mark.parametrize("name, m", [("hnsw-sq8", 32), ("hnsw16-sq8", 16)])
+def test_a_graph_over_8_bit_codes_finds_the_neighbours_in_a_quarter_of_the_bytes(data, name, m):
+    base, queries, ids = data
+    method = built(name, base, ids)
+    assert method.params()["factory"] == f"HNSW{m}_SQ8"
+    exact = ids[np.argsort(-(queries @ base.T), axis=1, kind="stable")[:, :10]]
+    for ef, floor in ((16, 0.7), (256, 0.95)):
+        _, found = method.search(queries, 10, {"efSearch": ef})
+        recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)])
+        assert recall >= floor, (ef, recall)
+    _, one = method.search(queries[0], 10, {"efSearch": 256})  # one query: the single-thread path
+    np.testing.assert_array_equal(one[0], found[0])
+    # the same graph over floats holds 4 bytes per dimension where this holds 1: three quarters of the vectors' bytes saved
+    assert built(f"HNSW{m},Flat", base, ids).memory_bytes() - method.memory_bytes() >= 0.7 * base.nbytes
 
 
 def test_memory_is_measured_from_the_real_index(data):

@@ -6,6 +6,7 @@ Named methods and the factory strings they stand for (N = database size, d = dim
     flat     "Flat"                  exact, faiss.IndexFlatIP / IndexFlatL2
     ivf      "IVF{√N},Flat"          approximate; nprobe trades recall for speed
     hnsw     "HNSW{M},Flat"          graph; efSearch trades recall for speed
+    hnsw-sq8, hnsw16-sq8 "HNSW{M}_SQ8", "HNSW16_SQ8"  the graph over 8-bit codes: a quarter of the bytes per step
     ivfpq    "IVF{√N},PQ{d/8}np,RFlat" compressed codes, re-ranked by exact distances (k_factor);
                                      RFlat keeps a float copy of every vector, so memory > raw
     ivfpq-mmap "IVF{√N},PQ{d/8}np"   the same codes, re-ranked from the gallery's memory-mapped

@@ -58,6 +58,8 @@ METHODS: Mapping[str, MethodSpec] = {
         MethodSpec("exact-lowp", "exact-lowp", None, "exact: an int8, bf16 or fp16 scan (chosen by measurement) picks candidates within a proven error bound, fp32 re-ranks them", exact=True),
         MethodSpec("ivf", "faiss", "IVF{nlist},Flat", "inverted lists over k-means cells; nprobe trades recall for speed"),
         MethodSpec("hnsw", "faiss", "HNSW{m},Flat", "graph; efSearch trades recall for speed"),
+        MethodSpec("hnsw-sq8", "faiss", "HNSW{m}_SQ8", "graph over 8-bit scalar-quantised vectors: each step reads a quarter of the bytes, and the quantiser caps recall; efSearch trades recall for speed"),
+        MethodSpec("hnsw16-sq8", "faiss", "HNSW16_SQ8", "the same graph with M 16: cheaper steps, for lower recall targets; efSearch trades recall for speed"),
         MethodSpec("ivfpq", "faiss", "IVF{nlist},{pq},RFlat", "PQ codes re-ranked by exact vectors held in RAM (more memory than raw)"),
         MethodSpec("ivfpq-mmap", "faiss-mmap-rerank", "IVF{nlist},{pq}", "PQ codes in RAM, re-ranked from the memory-mapped gallery"),
         MethodSpec("sq8", "faiss", "SQ8", "8-bit scalar quantiser (4× smaller)"),

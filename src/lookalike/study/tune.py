@@ -32,7 +32,10 @@ from .tradeoff import EF_SEARCH, MIN_VECTORS_PER_LIST, powers_of_two_up_to
 # The other libraries' graphs measured beside FAISS's hnsw (registry names; usearch-i8 is left out: its
 # i8 vectors trade recall for memory, and the memory case is ivf-sq8's and ivfpq-mmap's).
 GRAPH_CANDIDATES = ("usearch-f16", "hnswlib", "hnswlib-m16")
-CANDIDATE_FAMILIES = ("flat", "ivf", "hnsw", *GRAPH_CANDIDATES, "ivf-sq8", "ivfpq-mmap")
+# FAISS's graphs over 8-bit codes (registry name → M): a quarter of the bytes read per step, so the fastest at
+# moderate recall targets (bench_peers.py), with a recall ceiling the quantiser sets.
+QUANTISED_GRAPHS = {"hnsw-sq8": 32, "hnsw16-sq8": 16}
+CANDIDATE_FAMILIES = ("flat", "ivf", "hnsw", *GRAPH_CANDIDATES, *QUANTISED_GRAPHS, "ivf-sq8", "ivfpq-mmap")
 VECTOR_BYTES = {"f32": 4, "f16": 2, "i8": 1}  # bytes per dimension of a graph's stored vectors
 # Validation recall must clear the target with ~95% confidence (one-sided), not just on average:
 # a setting chosen at exactly the target on 500 queries lands below it on new queries half the time.
@@ -93,6 +96,8 @@ def candidate_configs(
             m, dtype = spec.options.get("m", HNSW_M), spec.options.get("dtype", "f32")
             per_vector = VECTOR_BYTES[dtype] * d + 8 * m + 16
             wanted.append(Candidate(name, name, {"m": m}, "efSearch", {}, per_vector, f"{spec.kind} graph (M={m}) over {dtype} vectors"))
+        for name, m in QUANTISED_GRAPHS.items():
+            wanted.append(Candidate(name, name, {"m": m}, "efSearch", {}, d + 8 * m + 16, f"faiss graph (M={m}) over 8-bit codes"))
     if n >= MIN_VECTORS_PER_LIST * nlist:
         # 8-bit scalar quantisation: 4× smaller than float32 at a small recall cost on unit vectors.
         wanted.append(Candidate("ivf-sq8", f"IVF{nlist},SQ8", {}, "nprobe", {}, d + 16, "IVF with 8-bit scalar codes: 4× smaller lists"))
@@ -108,7 +113,7 @@ def candidate_configs(
             notes.append(f"{c.label()}: ~{c.estimated_bytes_per_vector * n / 2**20:.1f} MiB estimated, over the {max_memory_bytes / 2**20:.1f} MiB budget; not built")
             continue
         chosen.append(c)
-    if n > hnsw_max_n and (families is None or any(f in ("hnsw", *GRAPH_CANDIDATES) for f in families)):
+    if n > hnsw_max_n and (families is None or any(f in ("hnsw", *GRAPH_CANDIDATES, *QUANTISED_GRAPHS) for f in families)):
         notes.append(f"hnsw: N={n} > {hnsw_max_n}, the size limit for building an HNSW graph here; IVF covers this size")
     return chosen, notes
 
