@@ -274,10 +274,10 @@ def split_transform(preprocess: Preprocess):
     than float32) and the model actor normalises. Both halves together are exactly the local transform."""
     from torchvision.transforms import v2 as T
 
-    from ..embed.transforms import build_transform
+    from ..embed.transforms import ToNormalizedFloat, build_transform
 
     steps = build_transform(preprocess).transforms
-    cut = next(i for i, step in enumerate(steps) if isinstance(step, T.ToDtype))
+    cut = next(i for i, step in enumerate(steps) if isinstance(step, ToNormalizedFloat))
     return T.Compose(steps[:cut]), T.Compose(steps[cut:])
 
 
