@@ -1,7 +1,7 @@
 """The Ray engine against the local engine on one 2-core machine, and a paper estimate for big jobs (issue 5).
 
 Measured, side by side in rounds (the order rotating) on the same generated images:
-    local     `lookalike.embed.extract.extract`: one process, 2 DataLoader decode workers, 2 torch threads
+    local     `lookalike.embed.extract.extract`: one process, decode threads beside the model, cores split by its calibration
     local-1t  the same with 1 torch thread: a control for torch's threads stalling on a busy machine
     ray       `lookalike.distributed.extract_ray` on a local `ray.init(num_cpus=2)` cluster, 2 model
               actors (½ CPU and 1 torch thread each) and Ray Data decode tasks on the CPU left over
@@ -227,7 +227,7 @@ def main() -> None:
         f"{sizes['image_size']}×{sizes['image_size']} JPEGs from `lookalike.data.synthetic`, not real photos), {MODEL} with **random weights** "
         f"(speed does not depend on weight values), input {args.image_size} px, batch {args.bs}, shards of {args.shard_size}, precision {precision} "
         f"(the job's calibration; the same for every engine). Medians over {args.rounds} rounds, the engines' order rotating. "
-        f"local: one process, {runtime.default_threads()} DataLoader decode workers and {args.threads or runtime.default_threads()} torch threads (the default); "
+        f"local: one process, decode threads beside the model and {args.threads or runtime.default_threads()} inference threads, split as the job's calibration measured (the default); "
         f"local, 1 torch thread: the same with `--threads 1`, a control (below); ray: a local `ray.init(num_cpus=2)` cluster, {args.workers} model actors "
         f"(½ CPU, 1 torch thread each) and Ray Data decode tasks on the remaining CPU. Each engine also ran on the val split alone "
         f"({runs[('local', 'val')][0].images:,} images); the line through both sizes splits its wall time into a fixed cost and a cost per image. "
@@ -240,12 +240,15 @@ def main() -> None:
         f"plus {ray_start_s:.1f} s for `ray.init` (starting the local cluster; joining a running one with `--address` skips it). "
         f"Ray's fixed cost ({ray_fixed:.1f} s against {fits['local'][0]:.1f} s local) is starting the model actors and decode workers, each a new "
         f"process that imports torch and builds the model, plus the model probe; per image, Ray costs {ray_ms / fits[best][1]:.2f}× that local run.",
-        f"- Why Ray can beat the default local engine here: the machine was shared (load average in the last line), and torch with 2 OpenMP "
-        f"threads stalls whenever one of them is preempted — measured in this run, the model alone takes {model_ms[2]:.2f} ms per image at 2 threads "
-        f"and {model_ms[1]:.2f} ms at 1. Ray's actors run one thread each, in separate processes, so they escape it; the 1-thread local control "
-        "shows how much of the gap is that rather than Ray. (We could not measure on an idle machine; there the 2 threads should not stall, and "
-        "Ray can only add its fixed cost and copies: on one machine it has no extra cores to spread over.) Ray pays off when it brings more "
-        "machines (the estimate below).",
+        (f"- Why Ray can beat the default local engine here: the machine was shared (load average in the last line), and torch with 2 OpenMP "
+         f"threads stalls whenever one of them is preempted — measured in this run, the model alone takes {model_ms[2]:.2f} ms per image at 2 threads "
+         f"and {model_ms[1]:.2f} ms at 1. Ray's actors run one thread each, in separate processes, so they escape it; the 1-thread local control "
+         "shows how much of the gap is that rather than Ray. Ray pays off when it brings more machines (the estimate below)."
+         if med(("ray", "all")) < med(("local", "all")) else
+         f"- Ray is slower here, as it must be on one machine: it has no extra cores to spread over, and it adds its start-up and the copies "
+         f"between processes. The 1-thread local control shows what torch's two OpenMP threads cost or gain against one (the model alone, "
+         f"measured in this run: {model_ms[2]:.2f} ms per image at 2 threads, {model_ms[1]:.2f} ms at 1). Ray pays off when it brings more "
+         "machines (the estimate below)."),
         f"- Every engine's gallery was byte-identical to the default local engine's (embeddings.npy and metadata.parquet) in every round: **{identical}**.",
         "",
         "**Paper estimate, not a measurement**: wall time of the Ray engine for 1M and 100M images on N GPU workers, each with "
@@ -259,7 +262,7 @@ def main() -> None:
         f"PyTorch ResNet-50 v1.5 inference on one V100 16GB, mixed precision, batch 256, and ResNet-18 needs 1.8 against 4.1 GFLOPs per image; "
         f"CLIP ViT-B/32 ≈ {GPU_CLIP_IMAGES_PER_S:,} img/s, clip-retrieval's README figure for an RTX 3080.",
         f"- Decode rate: measured here, {decode_ms:.2f} ms per image per core (read, decode, resize and crop to 224 px; one thread; generated "
-        f"{BIG_IMAGE_PX}×{BIG_IMAGE_PX} JPEGs, about the size of an ImageNet photo; on this busy machine), so {DECODE_CPUS_PER_GPU} CPUs decode "
+        f"{BIG_IMAGE_PX}×{BIG_IMAGE_PX} JPEGs, about the size of an ImageNet photo; {'on this busy machine' if load['load_before'] > 1.0 else 'on a quiet machine'}), so {DECODE_CPUS_PER_GPU} CPUs decode "
         f"{DECODE_CPUS_PER_GPU * 1000 / decode_ms:,.0f} images/s. Real photos of other sizes, or slower storage (S3 reads), change it. With these "
         "figures both models are decode-bound, so more decode CPUs per GPU (or CPU-only nodes in the Ray cluster) is the first lever.",
         "- Not included: listing the images and the final commit on the driver. `commit` concatenates every shard in the driver's "
