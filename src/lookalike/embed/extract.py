@@ -83,8 +83,17 @@ class ExtractConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped as possible decompression bombs (--max-pixels)
     update: bool | None = None  # a gallery with this identity: None/True update it to the folder (True: it must be updatable), False: refuse a changed folder
 
+    def resolved(self) -> ExtractConfig:
+        """This config with its batch size decided: the gallery's own in `out`, else the device's default."""
+        if self.batch_size is not None:
+            return self
+        out = Path(self.out)
+        return replace(self, batch_size=_default_batch_size(self, out / MANIFEST, out / PARTIAL / STATE))
+
     def identity(self) -> dict:
         """The arguments that determine the gallery's content; a resume or re-run must match them."""
+        if self.batch_size is None:
+            return self.resolved().identity()
         return {
             "data": str(Path(self.data).resolve()),
             "model": self.model,
@@ -102,7 +111,8 @@ class ExtractConfig:
 
     @property
     def effective_shard_size(self) -> int:
-        return max(1, math.ceil(self.shard_size / self.batch_size)) * self.batch_size
+        batch = self.resolved().batch_size
+        return max(1, math.ceil(self.shard_size / batch)) * batch
 
 
 @dataclass(frozen=True)
@@ -249,8 +259,7 @@ def prepare(config: ExtractConfig) -> Job:
     incremental.finish_update(out)
     collection = load_collection(config.data, config.splits)
     manifest_path, state_path = out / MANIFEST, out / PARTIAL / STATE
-    if config.batch_size is None:
-        config = replace(config, batch_size=_default_batch_size(config, manifest_path, state_path))
+    config = config.resolved()
     identity = config.identity()
     digest = collection_digest(collection.records)
     base = None
