@@ -85,10 +85,7 @@ class ExtractConfig:
 
     def resolved(self) -> ExtractConfig:
         """This config with its batch size decided: the gallery's own in `out`, else the device's default."""
-        if self.batch_size is not None:
-            return self
-        out = Path(self.out)
-        return replace(self, batch_size=_default_batch_size(self, out / MANIFEST, out / PARTIAL / STATE))
+        return self if self.batch_size is not None else replace(self, batch_size=_default_batch_size(self))
 
     def identity(self) -> dict:
         """The arguments that determine the gallery's content; a resume or re-run must match them."""
@@ -258,10 +255,10 @@ def prepare(config: ExtractConfig) -> Job:
     out = Path(config.out)
     incremental.finish_update(out)
     collection = load_collection(config.data, config.splits)
-    manifest_path, state_path = out / MANIFEST, out / PARTIAL / STATE
     config = config.resolved()
     identity = config.identity()
     digest = collection_digest(collection.records)
+    manifest_path, state_path = out / MANIFEST, out / PARTIAL / STATE
     base = None
     if manifest_path.is_file():
         previous = json.loads(manifest_path.read_text())
@@ -308,9 +305,10 @@ def prepare(config: ExtractConfig) -> Job:
     return Job(config, embed, out, shards, state, plan, collection, base)
 
 
-def _default_batch_size(config: ExtractConfig, manifest_path: Path, state_path: Path) -> int:
-    """The batch size of the gallery or unfinished job in the folder (its identity holds it), else the device's default."""
-    for path, keys in ((state_path, ("identity",)), (manifest_path, ("extract", "identity"))):
+def _default_batch_size(config: ExtractConfig) -> int:
+    """The batch size of the unfinished job or the gallery in `config.out` (its identity holds it), else the device's default."""
+    out = Path(config.out)
+    for path, keys in ((out / PARTIAL / STATE, ("identity",)), (out / MANIFEST, ("extract", "identity"))):
         try:
             record = json.loads(path.read_text())
             for key in keys:
