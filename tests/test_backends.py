@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import time
@@ -92,6 +93,9 @@ class FakeEmbedder:
     def __init__(self, behaviour: dict[Choice, tuple[float, float] | None]):
         self.behaviour = behaviour  # choice → (cosine to the reference, seconds per 8 images), None = cannot run
 
+    def int8_cached(self) -> bool:
+        return True
+
     def backend(self, choice: Choice, threads=None, streams=1):
         if self.behaviour.get(choice) is None:
             raise BackendUnavailable(f"{choice} is not here")
@@ -170,6 +174,73 @@ def test_extraction_without_openvino_installed_falls_back_and_says_so(tmp_path, 
     assert "no openvino backend could run here, so torch runs instead" in caplog.text
 
 
+def generated_pixels(embedder, n: int = 6, seed: int = 5) -> torch.Tensor:
+    """Images in the range real ones have (int8's activation ranges are set on images, so noise is no test of it)."""
+    from lookalike.data.images import load_rgb
+    from lookalike.embed.transforms import build_transform
+
+    root = generate_collection(cache_root().parent / f"int8-test-images-{seed}", n_classes=2, train_per_class=n // 2, val_per_class=0, seed=seed)
+    transform = build_transform(embedder.preprocess)
+    return torch.stack([transform(load_rgb(p)) for p in sorted(root.rglob("*.JPEG"))])
+
+
+def test_int8_stays_within_cosine_is_quantised_once_and_is_the_same_model_from_an_empty_cache(monkeypatch, tmp_path):
+    """A query or a resumed run on another machine rebuilds the int8 model: it must come out byte for byte the same."""
+    import nncf
+
+    from lookalike.embed.quantise import int8_folder
+
+    def weights_digest(embedder) -> str:  # the IR's numbers; its XML names nodes by a per-process counter
+        return hashlib.sha256((int8_folder(embedder) / "model.bin").read_bytes()).hexdigest()
+
+    embedder = load_model("resnet18", "random", image_size=32, seed=1)
+    x = generated_pixels(embedder)
+    out = embedder.backend(Choice("openvino", "int8"))(x)
+    assert (out * fp32_reference(embedder, x)).sum(axis=1).min() >= MIN_COSINE
+    digest = weights_digest(embedder)
+
+    def no_quantisation(*args, **kwargs):
+        raise AssertionError("quantised again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(nncf, "quantize", no_quantisation)
+        again = load_model("resnet18", "random", image_size=32, seed=1)
+        assert again.int8_cached()
+        np.testing.assert_array_equal(again.backend(Choice("openvino", "int8"))(x), out)
+
+    monkeypatch.setenv("LOOKALIKE_CACHE", str(tmp_path / "empty-cache"))
+    fresh = load_model("resnet18", "random", image_size=32, seed=1)
+    assert not fresh.int8_cached()
+    np.testing.assert_array_equal(fresh.backend(Choice("openvino", "int8"))(x), out)
+    assert weights_digest(fresh) == digest
+
+
+def test_int8_without_nncf_is_unavailable_with_one_sentence(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nncf", None)  # `import nncf` now fails, as when it is not installed
+    with pytest.raises(BackendUnavailable, match=r"int8 needs NNCF, which is not installed \(pip install nncf\)"):
+        load_model("resnet18", "random", image_size=32, seed=9).backend(Choice("openvino", "int8"))
+    with pytest.raises(BackendUnavailable, match="int8 with openvino only"):
+        load_model("resnet18", "random", image_size=32, seed=9).backend(Choice("torch", "int8"))
+
+
+def test_int8_is_tried_where_quantising_pays_off_or_costs_nothing():
+    from lookalike.embed.calibrate import QUANTISE_MIN_IMAGES
+
+    x = torch.zeros(8, 3, 4, 4)
+    behaviour = {Choice("torch", "fp32"): (1.0, 0.02), Choice("openvino", "bf16"): (0.9999, 0.01), Choice("openvino", "int8"): (0.9995, 0.004)}
+
+    class NotQuantised(FakeEmbedder):
+        def int8_cached(self) -> bool:
+            return False
+
+    choice, measured, _ = calibrate(NotQuantised(behaviour), x, job_images=QUANTISE_MIN_IMAGES - 1)
+    assert choice == Choice("openvino", "bf16")
+    assert "not tried" in next(c.note for c in measured if c.precision == "int8")
+    assert calibrate(NotQuantised(behaviour), x, job_images=QUANTISE_MIN_IMAGES)[0] == Choice("openvino", "int8")  # large enough to pay off
+    assert calibrate(FakeEmbedder(behaviour), x, job_images=10)[0] == Choice("openvino", "int8")  # already quantised: free to try
+    assert calibrate(NotQuantised(behaviour), x, precision="int8", job_images=10)[0] == Choice("openvino", "int8")  # asked for
+
+
 def test_the_cores_go_where_the_work_is():
     assert split_cores(decode_ms=0.5, model_ms=5.0, cores=2)[:2] == (1, 2)  # decoding is light: the model keeps every core
     assert split_cores(decode_ms=40.0, model_ms=2.0, cores=2)[:2] == (2, 1)  # large photos: decoding needs both
@@ -178,16 +249,17 @@ def test_the_cores_go_where_the_work_is():
     assert split_cores(decode_ms=36.0, model_ms=25.0, cores=2)[:2] == (1, 2)  # … a heavy model: it needs more than a core
 
 
-def test_a_query_embedded_by_the_server_matches_the_gallery_row_of_the_same_file(tmp_path):
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_a_query_embedded_by_the_server_matches_the_gallery_row_of_the_same_file(tmp_path, precision):
     from fastapi.testclient import TestClient
 
     from lookalike.serve import ServerConfig, create_app
 
     data = generate_collection(tmp_path / "data", n_classes=3, train_per_class=8, val_per_class=2)
     out = tmp_path / "g"
-    run_cli("extract", "--data", data, "--out", out, "--model", "resnet18", "--weights", "random", "--image-size", "32", "--backend", "openvino", "--precision", "bf16")
+    run_cli("extract", "--data", data, "--out", out, "--model", "resnet18", "--weights", "random", "--image-size", "32", "--backend", "openvino", "--precision", precision)
     g = lookalike.open_gallery(out)
-    assert g.manifest.model.inference.backend == "openvino"
+    assert (g.manifest.model.inference.backend, g.manifest.model.inference.precision) == ("openvino", precision)
     row = int(g.partition().database_ids[3])
     path = g.paths[row]
     with TestClient(create_app(out, ServerConfig()), base_url="http://127.0.0.1") as client:

@@ -113,7 +113,7 @@ def test_same_arguments_on_a_complete_gallery_do_nothing(tmp_path):
     assert again.manifest.created == first.manifest.created
 
 
-@pytest.mark.parametrize("backend,precision", [("torch", "fp32"), ("openvino", "bf16")])
+@pytest.mark.parametrize("backend,precision", [("torch", "fp32"), ("openvino", "int8")])
 def test_killed_extraction_resumes_to_the_same_gallery(tmp_path, backend, precision):
     """A separate uninterrupted run makes the same choice only when it is given: both name backend and precision."""
     data = generate_collection(tmp_path / "data", n_classes=4, train_per_class=60, val_per_class=4)

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bs", type=int, default=None, help="batch size (default: the gallery's own when updating or resuming, else 16 on a CPU and 64 on a GPU)")
     p.add_argument("--shard-size", type=int, default=4096, help="images per resumable shard (rounded up to a multiple of --bs)")
     p.add_argument("--backend", choices=["auto", *BACKENDS], default="auto", help="inference backend; auto: the fastest measured on the job's first images (see --precision)")
-    p.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto", help="auto: measured with the backend; a precision is kept only within cosine 0.999 of fp32 torch (fp16: CUDA only)")
+    p.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto", help="auto: measured with the backend; a precision is kept only within cosine 0.999 of fp32 torch (fp16: CUDA only; int8: openvino, quantised once per model and weights)")
     p.add_argument("--splits", default=None, help="comma-separated splits to embed (default: all), e.g. train,val")
     p.add_argument("--decode-workers", type=int, default=None, help="local engine: image decoding processes (default: the cores split between decoding and inference by measurement)")
     p.add_argument("--actors", type=int, default=None, help="ray engine: model actors (default: one per CPU of the cluster, or per GPU)")

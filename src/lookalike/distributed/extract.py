@@ -174,18 +174,19 @@ def probe_model(job: Job, plan: WorkerPlan) -> ModelProbe:
     task = ray.remote(_probe).options(num_cpus=plan.cpus_per_worker, num_gpus=plan.gpus_per_worker or None, max_retries=TASK_RETRIES)
     need = "inference" not in job.state and "precision" not in job.state
     rows = batch_rows(job, job.todo()[:1])
-    probe = remote_result(task.remote(job.config, rows, need, plan.threads_per_worker))
+    job_images = sum(s.stop - s.start for s in job.todo())
+    probe = remote_result(task.remote(job.config, rows, need, plan.threads_per_worker, job_images))
     for shard in job.todo()[1:]:  # the first missing shard had no decodable image: look further, as the local engine would
         if probe.inference is not None or not need:
             break
-        probe = remote_result(task.remote(job.config, batch_rows(job, [shard]), True, plan.threads_per_worker))
+        probe = remote_result(task.remote(job.config, batch_rows(job, [shard]), True, plan.threads_per_worker, job_images))
     if probe.inference is not None:
         job.state["inference"] = probe.inference
     record_state(job, probe.model)  # writes the state file
     return probe
 
 
-def _probe(config: ExtractConfig, rows: list[dict], calibrate_now: bool, threads: int) -> ModelProbe:
+def _probe(config: ExtractConfig, rows: list[dict], calibrate_now: bool, threads: int, job_images: int) -> ModelProbe:
     import torch
 
     from .. import runtime
@@ -200,7 +201,7 @@ def _probe(config: ExtractConfig, rows: list[dict], calibrate_now: bool, threads
         for row in rows:
             pixels = decode_batch(row, embedder.preprocess, config.max_pixels)["pixels"]
             if len(pixels):
-                choice, measured, reason = calibrate(embedder, normalise(torch.from_numpy(pixels)), config.backend, config.precision, threads)
+                choice, measured, reason = calibrate(embedder, normalise(torch.from_numpy(pixels)), config.backend, config.precision, threads, job_images)
                 split = f"ray: each model actor runs {threads} inference thread{'s' if threads != 1 else ''}; decoding runs in separate tasks"
                 inference = Inference(choice.backend, choice.precision, reason, tuple(measured), threads=threads, split=split).to_dict()
                 break

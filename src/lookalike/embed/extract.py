@@ -392,7 +392,7 @@ def decide_inference(job: Job, embedder: Embedder, workers: int | None, threads:
             decided = Inference("torch", "fp32", "no image decoded, nothing to calibrate")
         else:
             # at `cores` threads, the split's usual outcome, so the run reuses the candidate compiled here
-            choice, measured, reason = calibrate(embedder, sample, job.config.backend, job.config.precision, threads=cores)
+            choice, measured, reason = calibrate(embedder, sample, job.config.backend, job.config.precision, threads=cores, job_images=sum(s.stop - s.start for s in job.todo()))
             model_ms = 1000 / next(c.images_per_second for c in measured if (c.backend, c.precision) == (choice.backend, choice.precision))
             auto_workers, auto_threads, rule = split_cores(decode_ms, model_ms, cores)
             overridden = [f"--{name} {value}" for name, value in (("threads", threads), ("decode-workers", workers)) if value is not None]

@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import WeightsUnavailableError
 from ..gallery.manifest import Weights
 from .backends import BACKENDS, Backend, BackendUnavailable, Choice, OpenVINOBackend, TorchBackend, module_digest, openvino_model
+from .quantise import int8_model, is_quantised
 from .registry import MODELS, ModelSpec, get_spec  # noqa: F401 (MODELS, get_spec: re-exported for callers of this module)
 from .text import TextEmbedder, no_text_message
 from .transforms import Preprocess
@@ -81,10 +82,16 @@ class Embedder:
                 if self.device != "cpu":
                     raise BackendUnavailable(f"lookalike runs openvino on the CPU only, and this model is on {self.device}")
                 xml = openvino_model(self.module, self.weights_key(), self.preprocess.image_size)
+                if choice.precision == "int8":
+                    xml = int8_model(self, xml)
                 self._backends[key] = OpenVINOBackend(xml, choice.precision, threads, streams)
             else:
                 raise BackendUnavailable(f"unknown inference backend {choice.backend!r}; choose one of {', '.join(BACKENDS)}")
         return self._backends[key]
+
+    def int8_cached(self) -> bool:
+        """Whether this model's int8 version is already quantised and on disk (so trying it costs a job nothing)."""
+        return is_quantised(self)
 
     def weights_key(self) -> str:
         """Names the converted-model cache entry: model and weights sha256 (of the tensors themselves for random weights).

@@ -77,6 +77,7 @@ class ModelSpec:
     optional_keys: tuple[str, ...]  # state-dict prefixes a weights file may lack: the parts `head` drops
     # whole model → its text tower in the same embedding space (CLIP); None: the model cannot embed text
     text_tower: Callable[[ModelSpec, nn.Module], TextTower] | None = None
+    quantise: str = "cnn"  # the int8 recipe (embed.quantise.RECIPES)
 
     @property
     def has_text(self) -> bool:
@@ -120,6 +121,7 @@ MODELS: dict[str, ModelSpec] = {
         head=clip_image_tower,  # projected 512-d image embedding
         optional_keys=("transformer.", "token_embedding", "ln_final", "text_projection", "positional_embedding", "logit_"),
         text_tower=open_clip_text_tower,
+        quantise="transformer",
     ),
 }
 MODEL_NAMES = tuple(MODELS)
@@ -127,7 +129,7 @@ TEXT_MODEL_NAMES = tuple(name for name, spec in MODELS.items() if spec.has_text)
 
 #: Inference backends (embed.backends) and the precisions they may run at; which one a job uses is measured (embed.calibrate).
 BACKENDS = ("torch", "openvino")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # fp16: torch on CUDA; int8: OpenVINO on the CPU (embed.quantise)
 
 
 def get_spec(name: str) -> ModelSpec:
