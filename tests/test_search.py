@@ -75,7 +75,7 @@ def test_l2_scores_are_two_minus_two_cosine_with_the_same_ranking(data, name):
     np.testing.assert_allclose(l2_scores, direct, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["brute", "flat", "ivf", "hnsw", "hnsw-sq8", "sq8", "IVF16,PQ8"])
+@pytest.mark.parametrize("name", ["brute", "flat", "ivf", "hnsw", "hnsw-sq8", "hnsw16-fp16", "sq8", "IVF16,PQ8"])
 def test_save_load_round_trip(tmp_path, data, name):
     base, queries, ids = data
     method = built(name, base, ids)
@@ -104,6 +104,21 @@ def test_a_graph_over_8_bit_codes_finds_the_neighbours_in_a_quarter_of_the_bytes
     np.testing.assert_array_equal(one[0], found[0])
     # the same graph over floats holds 4 bytes per dimension where this holds 1: three quarters of the vectors' bytes saved
     assert built(f"HNSW{m},Flat", base, ids).memory_bytes() - method.memory_bytes() >= 0.7 * base.nbytes
+
+
+def test_a_graph_over_16_bit_floats_is_built_carefully_and_finds_what_the_float_graph_finds(data, tmp_path):
+    base, queries, ids = data
+    method = built("hnsw16-fp16", base, ids)
+    assert method.params()["factory"] == "HNSW16_SQfp16" and method.index.hnsw.efConstruction == 100
+    exact = ids[np.argsort(-(queries @ base.T), axis=1, kind="stable")[:, :10]]
+    _, found = method.search(queries, 10, {"efSearch": 256})
+    assert np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)]) >= 0.97  # fp16 costs ~1e-3 per score: no recall cap
+    # half the bytes of the same graph over floats, two per dimension
+    assert built("HNSW16,Flat", base, ids).memory_bytes() - method.memory_bytes() >= 0.45 * base.nbytes
+    method.save(tmp_path / "g")  # a rebuild after an update keeps the build breadth
+    vectors = np.zeros((12_000, base.shape[1]), np.float32)
+    vectors[ids] = base
+    assert FaissIndex.load(tmp_path / "g", vectors).fresh().ef_construction == 100
 
 
 def test_memory_is_measured_from_the_real_index(data):

@@ -170,8 +170,8 @@ def test_candidate_rules_follow_size_and_budget():
     from lookalike.study.tune import candidate_configs
 
     small, _ = candidate_configs(100, 512)
-    assert [c.family for c in small] == ["flat", "ivf", "hnsw", "usearch-f16", "hnswlib", "hnswlib-m16", "hnsw-sq8", "hnsw16-sq8", "ivf-sq8"]  # too few vectors for 4√N lists or PQ codebooks
-    assert [c.options["m"] for c in small if c.sweep == "efSearch"] == [32, 32, 32, 16, 32, 16]
+    assert [c.family for c in small] == ["flat", "ivf", "hnsw", "usearch-f16", "hnswlib", "hnswlib-m16", "hnsw-sq8", "hnsw16-sq8", "hnsw16-fp16", "ivf-sq8"]  # too few vectors for 4√N lists or PQ codebooks
+    assert [c.options["m"] for c in small if c.sweep == "efSearch"] == [32, 32, 32, 16, 32, 16, 16]
     big, notes = candidate_configs(1_000_000, 512, max_memory_bytes=2**30)
     assert [c.family for c in big] == ["ivf-sq8", "ivfpq-mmap"]  # raw vectors (1.9 GiB) cannot fit 1 GiB; HNSW over the default size limit
     assert any("hnsw" in n and "size limit" in n for n in notes) and any(n.startswith("flat") and "budget" in n for n in notes)

@@ -37,7 +37,7 @@ class ShardedIVF(FaissIndex):
 
     def __init__(self, base: FaissIndex, shard_size: int | None = None):
         info = base.describe()
-        super().__init__(base.name, base.factory, base.metric, info["search_params"], info["seed"], base.train_points_per_list)
+        super().__init__(base.name, base.factory, base.metric, info["search_params"], info["seed"], base.train_points_per_list, base.ef_construction)
         self.shard_size = shard_size  # vectors per Ray task; None: two shards per cluster CPU
         self.shards = 0
 

@@ -7,6 +7,7 @@ Named methods and the factory strings they stand for (N = database size, d = dim
     ivf      "IVF{√N},Flat"          approximate; nprobe trades recall for speed
     hnsw     "HNSW{M},Flat"          graph; efSearch trades recall for speed
     hnsw-sq8, hnsw16-sq8 "HNSW{M}_SQ8", "HNSW16_SQ8"  the graph over 8-bit codes: a quarter of the bytes per step
+    hnsw16-fp16 "HNSW16_SQfp16"      the graph over 16-bit floats: half the bytes per step, no recall cap
     ivfpq    "IVF{√N},PQ{d/8}np,RFlat" compressed codes, re-ranked by exact distances (k_factor);
                                      RFlat keeps a float copy of every vector, so memory > raw
     ivfpq-mmap "IVF{√N},PQ{d/8}np"   the same codes, re-ranked from the gallery's memory-mapped
@@ -116,7 +117,9 @@ def make_method(
     if "nprobe" in params:
         params["nprobe"] = min(params["nprobe"], ivf_nlist(factory) or 1)
     params.update(search_params or {})
-    return METHOD_CLASSES[spec.kind](spec.name if name in METHODS else method_key(factory), factory, metric, params, train_points_per_list=train_points_per_list)
+    return METHOD_CLASSES[spec.kind](
+        spec.name if name in METHODS else method_key(factory), factory, metric, params, train_points_per_list=train_points_per_list, **spec.options
+    )
 
 
 def database_vectors(gallery: Gallery, ids: np.ndarray) -> np.ndarray:

@@ -76,10 +76,12 @@ class FaissIndex(SearchMethod):
         search_params: dict[str, Any] | None = None,
         seed: int = 0,
         train_points_per_list: int = MAX_POINTS_PER_CENTROID,
+        ef_construction: int | None = None,
     ):
         super().__init__(name, metric)
         self.factory = factory
         self.seed = seed
+        self.ef_construction = ef_construction  # an HNSW graph's build breadth (None: FAISS's default, 40)
         self.train_points_per_list = train_points_per_list  # k-means sample per IVF list: fewer trains faster, 30 is FAISS's floor
         self._search_params: dict[str, Any] = dict(search_params or {})
         self._memory: int | None = None
@@ -140,7 +142,7 @@ class FaissIndex(SearchMethod):
         """HNSW graphs are rebuilt when rows go; other families cannot be rebuilt without retraining, and go stale."""
         if "HNSW" not in self.factory or "IVF" in self.factory:
             return None
-        return type(self)(self.name, self.factory, self.metric, dict(self._search_params), self.seed, self.train_points_per_list)
+        return type(self)(self.name, self.factory, self.metric, dict(self._search_params), self.seed, self.train_points_per_list, self.ef_construction)
 
     def _trained_index(self, vectors: np.ndarray) -> tuple[faiss.Index, int, float]:
         """A new, still empty index from the factory, trained on a seeded sample: (index, training vectors, seconds)."""
@@ -152,6 +154,11 @@ class FaissIndex(SearchMethod):
             index = faiss.index_factory(d, self.factory, FAISS_METRICS[self.metric])
         except RuntimeError as exc:
             raise LookalikeError(f"FAISS cannot build {self.factory!r} for d={d}: {str(exc).splitlines()[-1] if str(exc) else exc}") from exc
+        if self.ef_construction is not None:
+            graph = faiss.downcast_index(index)
+            if not isinstance(graph, faiss.IndexHNSW):
+                raise LookalikeError(f"ef_construction applies to HNSW graphs, not {self.factory!r}")
+            graph.hnsw.efConstruction = int(self.ef_construction)
         train_n, t_train = 0, 0.0
         if not index.is_trained:
             train_n = training_size(self.factory, n, self.train_points_per_list)
@@ -280,13 +287,14 @@ class FaissIndex(SearchMethod):
             "search_params": self._search_params,
             "seed": self.seed,
             "train_points_per_list": self.train_points_per_list,
+            **({"ef_construction": self.ef_construction} if self.ef_construction is not None else {}),
         }
 
     @classmethod
     def _load(cls, folder: Path, info: dict[str, Any], vectors: np.ndarray) -> FaissIndex:
         method = cls(
             info["name"], info["factory"], info["metric"], info.get("search_params"), info.get("seed", 0),
-            info.get("train_points_per_list", MAX_POINTS_PER_CENTROID),
+            info.get("train_points_per_list", MAX_POINTS_PER_CENTROID), info.get("ef_construction"),
         )
         method.index = faiss.read_index(str(folder / INDEX_FILE))
         method._apply(method._search_params)

@@ -34,7 +34,7 @@ class MethodSpec:
     factory: str | None
     summary: str
     exact: bool = False
-    options: Mapping[str, Any] = field(default_factory=dict)  # constructor arguments of the class (e.g. usearch's dtype, hnswlib's m)
+    options: Mapping[str, Any] = field(default_factory=dict)  # constructor arguments of the class (e.g. usearch's dtype, hnswlib's m, an HNSW's ef_construction)
 
 
 PARAMS: Mapping[str, ParamSpec] = {
@@ -59,7 +59,8 @@ METHODS: Mapping[str, MethodSpec] = {
         MethodSpec("ivf", "faiss", "IVF{nlist},Flat", "inverted lists over k-means cells; nprobe trades recall for speed"),
         MethodSpec("hnsw", "faiss", "HNSW{m},Flat", "graph; efSearch trades recall for speed"),
         MethodSpec("hnsw-sq8", "faiss", "HNSW{m}_SQ8", "graph over 8-bit scalar-quantised vectors: each step reads a quarter of the bytes, and the quantiser caps recall; efSearch trades recall for speed"),
-        MethodSpec("hnsw16-sq8", "faiss", "HNSW16_SQ8", "the same graph with M 16: cheaper steps, for lower recall targets; efSearch trades recall for speed"),
+        MethodSpec("hnsw16-sq8", "faiss", "HNSW16_SQ8", "the same graph with M 16, built more carefully (efConstruction 100): cheaper steps, for lower recall targets; efSearch trades recall for speed", options={"ef_construction": 100}),
+        MethodSpec("hnsw16-fp16", "faiss", "HNSW16_SQfp16", "graph (M 16, efConstruction 100) over 16-bit floats: half the bytes per step, with no recall cap; for galleries that fit in cache; efSearch trades recall for speed", options={"ef_construction": 100}),
         MethodSpec("ivfpq", "faiss", "IVF{nlist},{pq},RFlat", "PQ codes re-ranked by exact vectors held in RAM (more memory than raw)"),
         MethodSpec("ivfpq-mmap", "faiss-mmap-rerank", "IVF{nlist},{pq}", "PQ codes in RAM, re-ranked from the memory-mapped gallery"),
         MethodSpec("sq8", "faiss", "SQ8", "8-bit scalar quantiser (4× smaller)"),

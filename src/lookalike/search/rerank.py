@@ -119,9 +119,10 @@ class MmapRerankIndex(FaissIndex):
         search_params: dict[str, Any] | None = None,
         seed: int = 0,
         train_points_per_list: int = MAX_POINTS_PER_CENTROID,
+        ef_construction: int | None = None,
     ):
         search_params = {"k_factor": DEFAULT_K_FACTOR, **(search_params or {})}
-        super().__init__(name, factory, metric, search_params, seed, train_points_per_list)
+        super().__init__(name, factory, metric, search_params, seed, train_points_per_list, ef_construction)
         self.vectors = np.zeros((0, 0), dtype=np.float32)  # row positions → exact vectors
         self._touched = np.zeros(0, dtype=bool)  # file pages of the mapped vectors read by searches so far
         self._pages_read = 0  # distinct pages summed over queries

@@ -34,7 +34,7 @@ from .tradeoff import EF_SEARCH, MIN_VECTORS_PER_LIST, powers_of_two_up_to
 GRAPH_CANDIDATES = ("usearch-f16", "hnswlib", "hnswlib-m16")
 # FAISS's graphs over 8-bit codes (registry name → M): a quarter of the bytes read per step, so the fastest at
 # moderate recall targets (bench_peers.py), with a recall ceiling the quantiser sets.
-QUANTISED_GRAPHS = {"hnsw-sq8": 32, "hnsw16-sq8": 16}
+QUANTISED_GRAPHS = {"hnsw-sq8": (32, "i8"), "hnsw16-sq8": (16, "i8"), "hnsw16-fp16": (16, "f16")}  # FAISS graphs over codes: M, bytes per dimension
 CANDIDATE_FAMILIES = ("flat", "ivf", "hnsw", *GRAPH_CANDIDATES, *QUANTISED_GRAPHS, "ivf-sq8", "ivfpq-mmap")
 VECTOR_BYTES = {"f32": 4, "f16": 2, "i8": 1}  # bytes per dimension of a graph's stored vectors
 # Validation recall must clear the target with ~95% confidence (one-sided), not just on average:
@@ -96,8 +96,8 @@ def candidate_configs(
             m, dtype = spec.options.get("m", HNSW_M), spec.options.get("dtype", "f32")
             per_vector = VECTOR_BYTES[dtype] * d + 8 * m + 16
             wanted.append(Candidate(name, name, {"m": m}, "efSearch", {}, per_vector, f"{spec.kind} graph (M={m}) over {dtype} vectors"))
-        for name, m in QUANTISED_GRAPHS.items():
-            wanted.append(Candidate(name, name, {"m": m}, "efSearch", {}, d + 8 * m + 16, f"faiss graph (M={m}) over 8-bit codes"))
+        for name, (m, codes) in QUANTISED_GRAPHS.items():
+            wanted.append(Candidate(name, name, {"m": m}, "efSearch", {}, VECTOR_BYTES[codes] * d + 8 * m + 16, f"faiss graph (M={m}) over {8 * VECTOR_BYTES[codes]}-bit codes"))
     if n >= MIN_VECTORS_PER_LIST * nlist:
         # 8-bit scalar quantisation: 4× smaller than float32 at a small recall cost on unit vectors.
         wanted.append(Candidate("ivf-sq8", f"IVF{nlist},SQ8", {}, "nprobe", {}, d + 16, "IVF with 8-bit scalar codes: 4× smaller lists"))
