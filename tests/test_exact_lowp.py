@@ -290,3 +290,11 @@ def test_the_kept_int8_buffer_is_reused_counted_and_never_shared():
     assert method._spare is kept  # the same buffer, not a fresh one
     borrowed = method._borrow(kept.numel())  # a search in progress holds it: another one gets its own
     assert borrowed is kept and method._borrow(kept.numel()) is not kept
+
+
+def test_a_few_queries_scan_the_narrowest_copy_the_probe_found_about_as_fast():
+    from lookalike.search.exact_lowp import fewest_bytes_within
+
+    assert fewest_bytes_within({"int8": 2.74, "bf16": 7.4, "fp16": 2.63, "fp32": 13.7}, 1.15) == "int8"  # one query reads the whole copy
+    assert fewest_bytes_within({"int8": 4.0, "bf16": 7.4, "fp16": 2.63, "fp32": 13.7}, 1.15) == "fp16"  # clearly faster: measured wins
+    assert fewest_bytes_within({"int8": 9.0, "bf16": 2.0, "fp16": 2.1, "fp32": 13.7}, 1.15) == "bf16"  # same width: the faster

@@ -55,6 +55,12 @@ WIDE = 64  # a few queries' first top list: the k-th score and, usually, every c
 INT8_PART_BYTES = 64 * 2**20  # the int8 scores of one part of the gallery, a buffer the method keeps between calls (measured at 1000 queries × 99k rows, whole search: 0.24 ms/query with 64 MiB kept, 0.29 with 16 MiB allocated per call, 0.23 with 128 MiB kept)
 INT8_ROW_BLOCK = 4096  # gallery rows per int8 product: the int8 kernel runs twice as fast on blocks this size as on 100k rows at once
 FEW_QUERIES = 4  # at most this many queries scan the few-query copy; more scan the batch copy
+# A few queries read the whole copy once, so their limit is its bytes; the probe's 65k rows are partly cached, which
+# flatters the wider copies. So of the precisions the probe timed within this factor of the fastest, the narrowest
+# wins. (Measured on uniform vectors: fp16 2.63 against int8 2.74 ms per query in the probe; on the 100k gallery one
+# query took 4.1-4.8 ms in fp16 against 3.8 in int8.)
+FEW_TIE = 1.15
+BYTES = {"int8": 1, "bf16": 2, "fp16": 2, "fp32": 4}
 PROBE_ROWS, PROBE_QUERIES = 65536, 512  # the probe search timed per precision at build time; smaller probes misrank: the int8 kernel wants many queries, and a bf16 copy of 16k rows sits in cache (at 32k rows × 128 queries, or 16k × 512, bf16 looked as fast as int8; at 99k × 1,000 int8 is 1.6× faster)
 PROBE_ROUNDS = 3
 DENSE_SHARE = 16  # a query with more than n/16 candidates is re-ranked by a dense fp32 product instead of gathers
@@ -149,6 +155,12 @@ def probe_precisions(vectors: np.ndarray, k: int = 10) -> dict[str, dict[str, fl
     }
 
 
+def fewest_bytes_within(ms: dict[str, float], factor: float) -> str:
+    """The narrowest precision timed within `factor` of the fastest (ties: the fastest)."""
+    best = min(ms.values())
+    return min((p for p, t in ms.items() if t <= factor * best), key=lambda p: (BYTES[p], ms[p]))
+
+
 def _best_seconds(call, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -188,7 +200,7 @@ class ExactLowPrecision(SearchMethod):
         if self.requested == "auto":
             self.probe_ms = probe_precisions(self.vectors)
             self.precision = min(self.probe_ms["batch"], key=self.probe_ms["batch"].get)
-            self.few_precision = min(self.probe_ms["few"], key=self.probe_ms["few"].get)
+            self.few_precision = fewest_bytes_within(self.probe_ms["few"], FEW_TIE)
         train = time.perf_counter() - t
         t = time.perf_counter()
         self._scans, self._spare = {}, None
