@@ -260,9 +260,12 @@ def test_the_int8_product_streamed_over_many_parts_is_exact(monkeypatch, row_blo
     np.testing.assert_allclose(scores, want_scores, atol=1e-6)
 
 
-def test_the_few_query_int8_candidates_are_exactly_the_integer_products_at_or_above_the_floor():
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_few_query_int8_candidates_are_exactly_the_integer_products_at_or_above_the_floor(monkeypatch, threads):
     """numkong's kernel and the top list: with margin 0 the pairs are exactly the rows whose integer product
-    reaches the k-th (numpy's int64 products); with a wide margin the list is not enough and rows are compared in full."""
+    reaches the k-th (numpy's int64 products); with a wide margin the list is not enough and rows are compared in full.
+    On 3 threads the rows are split in 3 uneven parts, each with its own top list."""
+    monkeypatch.setattr(lowp, "search_threads", lambda: threads)
     rng = np.random.default_rng(5)
     x = rng.standard_normal((5 * lowp.ROW_BLOCK + 7, 64))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
