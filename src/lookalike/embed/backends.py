@@ -17,7 +17,7 @@ import tempfile
 import threading
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -212,43 +212,55 @@ def module_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-_convert_lock = threading.Lock()
+_cache_lock = threading.Lock()
 
 
-def openvino_model(module: nn.Module, key: str, image_size: int) -> Path:
-    """The module as OpenVINO IR on disk, converted once per (model, weights, input size, OpenVINO version).
+def cached_ir(folder: Path, make: Callable[[], object], failure: str) -> Path:
+    """`folder`/model.xml, the OpenVINO model `make()` returns, saved there once and reused after.
 
-    The IR is written to a temporary folder and renamed into place, so a killed conversion never
-    leaves a half-written model that a later run would load.
+    The IR is written to a temporary folder and renamed into place, so a killed run never leaves a
+    half-written model that a later run would load; another process that wins the race saved the
+    same model. Any error but BackendUnavailable becomes one: `failure` (what could not be done) and why.
     """
-    version = openvino_version()
-    if version is None:
-        raise BackendUnavailable("openvino is not installed (pip install openvino)")
-    folder = cache_root() / "openvino" / f"{key}-{image_size}px-ov{version}"
     xml = folder / "model.xml"
     if xml.is_file():
-        log.debug("openvino: reusing converted model %s", folder)
+        log.debug("openvino: reusing %s", folder)
         return xml
     import openvino as ov
-    import torch
 
-    with _convert_lock:
+    with _cache_lock:
         if xml.is_file():
             return xml
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=".making-", dir=folder.parent))
         try:
-            example = torch.zeros(1, 3, image_size, image_size)
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notices, about OpenVINO's internals
-                converted = ov.convert_model(module.eval(), example_input=example, input=[ov.PartialShape([-1, 3, image_size, image_size])])
-            ov.save_model(converted, tmp / "model.xml", compress_to_fp16=False)
+            ov.save_model(make(), tmp / "model.xml", compress_to_fp16=False)
             tmp.rename(folder)
         except OSError:
             if not xml.is_file():  # another process won the race: theirs is as good as ours
                 raise
+        except BackendUnavailable:
+            raise
         except Exception as exc:
-            raise BackendUnavailable(f"openvino could not convert the model ({type(exc).__name__}: {str(exc)[:200]})") from exc
+            raise BackendUnavailable(f"{failure} ({type(exc).__name__}: {str(exc)[:200]})") from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return xml
+
+
+def openvino_model(module: nn.Module, key: str, image_size: int) -> Path:
+    """The module as OpenVINO IR on disk, converted once per (model, weights, input size, OpenVINO version)."""
+    version = openvino_version()
+    if version is None:
+        raise BackendUnavailable("openvino is not installed (pip install openvino)")
+
+    def convert():
+        import openvino as ov
+        import torch
+
+        example = torch.zeros(1, 3, image_size, image_size)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notices, about OpenVINO's internals
+            return ov.convert_model(module.eval(), example_input=example, input=[ov.PartialShape([-1, 3, image_size, image_size])])
+
+    return cached_ir(cache_root() / "openvino" / f"{key}-{image_size}px-ov{version}", convert, "openvino could not convert the model")

@@ -17,14 +17,12 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import shutil
 import tempfile
-import threading
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .backends import BackendUnavailable, cache_root, openvino_version
+from .backends import BackendUnavailable, cache_root, cached_ir, openvino_version
 
 if TYPE_CHECKING:
     from .models import Embedder
@@ -36,7 +34,6 @@ QUANTISE_SEED = 0
 # Recipes by architecture (ModelSpec.quantise). CLIP's ViT: NNCF's transformer scheme without SmoothQuant, which
 # measured worse here (random weights, cosine min to fp32: 0.9981 with SmoothQuant at its default, 0.9996 without).
 RECIPES = ("cnn", "transformer")
-_lock = threading.Lock()
 
 
 def nncf_version() -> str | None:
@@ -67,38 +64,15 @@ def is_quantised(embedder: Embedder) -> bool:
 def int8_model(embedder: Embedder, fp32_xml: Path) -> Path:
     """`embedder`'s OpenVINO IR (`fp32_xml`) quantised to int8, made once and cached.
 
-    Written to a temporary folder and renamed into place, so a killed run never leaves a half-made
-    model behind. Costs one fp32 pass over QUANTISE_IMAGES plus NNCF's bias correction: measured
+    Costs one fp32 pass over QUANTISE_IMAGES plus NNCF's bias correction: measured
     3-5 s for ResNet-18, 17 s for CLIP on 2 cores.
     """
     if nncf_version() is None:
         raise BackendUnavailable("int8 needs NNCF, which is not installed (pip install nncf)")
     folder = int8_folder(embedder)
-    xml = folder / "model.xml"
-    if xml.is_file():
-        return xml
-    with _lock:
-        if xml.is_file():
-            return xml
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".quantise-", dir=folder.parent))
-        try:
-            log.info("quantising %s to int8 once (cached in %s)", embedder.spec.name, folder)
-            quantised = _quantise(embedder, fp32_xml)
-            import openvino as ov
-
-            ov.save_model(quantised, tmp / "model.xml", compress_to_fp16=False)
-            tmp.rename(folder)
-        except OSError:
-            if not xml.is_file():  # another process won the race: its model is the same one
-                raise
-        except BackendUnavailable:
-            raise
-        except Exception as exc:
-            raise BackendUnavailable(f"NNCF could not quantise the model to int8 ({type(exc).__name__}: {str(exc)[:200]})") from exc
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return xml
+    if not (folder / "model.xml").is_file():
+        log.info("quantising %s to int8 once (cached in %s)", embedder.spec.name, folder)
+    return cached_ir(folder, lambda: _quantise(embedder, fp32_xml), "NNCF could not quantise the model to int8")
 
 
 def calibration_pixels(embedder: Embedder):
