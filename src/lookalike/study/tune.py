@@ -34,7 +34,7 @@ from .tradeoff import EF_SEARCH, MIN_VECTORS_PER_LIST, powers_of_two_up_to
 GRAPH_CANDIDATES = ("usearch-f16", "hnswlib", "hnswlib-m16")
 # FAISS's graphs over 8-bit codes (registry name → M): a quarter of the bytes read per step, so the fastest at
 # moderate recall targets (bench_peers.py), with a recall ceiling the quantiser sets.
-QUANTISED_GRAPHS = {"hnsw-sq8": (32, "i8"), "hnsw16-sq8": (16, "i8"), "hnsw16-fp16": (16, "f16")}  # FAISS graphs over codes: M, bytes per dimension
+QUANTISED_GRAPHS = {"hnsw-sq8": (32, "i8"), "hnsw16-sq8": (16, "i8"), "hnsw16-fp16": (16, "f16")}  # FAISS graphs over codes: M, and the codes' type (a VECTOR_BYTES key)
 CANDIDATE_FAMILIES = ("flat", "ivf", "hnsw", *GRAPH_CANDIDATES, *QUANTISED_GRAPHS, "ivf-sq8", "ivfpq-mmap")
 VECTOR_BYTES = {"f32": 4, "f16": 2, "i8": 1}  # bytes per dimension of a graph's stored vectors
 # Validation recall must clear the target with ~95% confidence (one-sided), not just on average:
