@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(BIN)/lookalike demo
 
 test: $(STAMP)
+	$(BIN)/ruff format --check --quiet . && $(BIN)/ruff check --quiet .
 	bash scripts/install-browser.sh
 	$(BIN)/python -m pytest -q
 

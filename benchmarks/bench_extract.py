@@ -1,4 +1,5 @@
-"""Extraction end to end: the study's naive loop against `lookalike extract`, per model, on small and on 12-megapixel JPEGs (issue 8).
+"""Extraction end to end: the study's naive loop against `lookalike extract`, per model, on small and on 12-megapixel
+JPEGs (issue 8).
 
 naive     one image at a time, decoded in the main thread at full size, fp32 torch, default (NCHW)
           memory format — what the original study did.
@@ -35,8 +36,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment_markdown, load_watch, markdown_table, parser, should_write, wait_for_quiet, write_section  # noqa: E402
-
+from common import (
+    environment_markdown,
+    load_watch,
+    markdown_table,
+    parser,
+    should_write,
+    wait_for_quiet,
+    write_section,
+)  # noqa: E402
 from lookalike import runtime  # noqa: E402
 from lookalike.data.datasets import load_collection  # noqa: E402
 from lookalike.data.images import load_rgb  # noqa: E402
@@ -57,7 +65,13 @@ IMAGES = {
 }
 QUICK_IMAGES = (24, 3)
 LARGE = (4000, 3000)
-CHOICES = (Choice("torch", "fp32"), Choice("torch", "bf16"), Choice("openvino", "fp32"), Choice("openvino", "bf16"), Choice("openvino", "int8"))
+CHOICES = (
+    Choice("torch", "fp32"),
+    Choice("torch", "bf16"),
+    Choice("openvino", "fp32"),
+    Choice("openvino", "bf16"),
+    Choice("openvino", "int8"),
+)
 MODEL_ONLY_IMAGES = 32
 MODEL_ONLY_BATCH = 32
 MODEL_ONLY_PASSES = 4  # the images run 4 times per timed pass, so a throughput mode's streams overlap batches
@@ -96,8 +110,16 @@ class Row:
 
 
 HEADERS = [
-    "model", "JPEGs", "naive img/s", "naive decode / model ms per img", "pipeline img/s", f"speed-up (goal ≥ {GOAL_SPEEDUP:g}×)",
-    "backend, precision", "decode workers / inference threads (decode, model ms per img)", "calibration s", "cosine to naive fp32 min / mean",
+    "model",
+    "JPEGs",
+    "naive img/s",
+    "naive decode / model ms per img",
+    "pipeline img/s",
+    f"speed-up (goal ≥ {GOAL_SPEEDUP:g}×)",
+    "backend, precision",
+    "decode workers / inference threads (decode, model ms per img)",
+    "calibration s",
+    "cosine to naive fp32 min / mean",
 ]
 
 
@@ -119,7 +141,15 @@ def naive_loop(module: torch.nn.Module, transform, paths: list[str]) -> tuple[np
 def pipeline_run(listing: Path, out: Path, model: str, args) -> tuple:
     """One `lookalike extract` into a fresh folder; returns (manifest, path → embedding)."""
     shutil.rmtree(out, ignore_errors=True)
-    config = ExtractConfig(data=str(listing), out=str(out), model=model, weights="random", image_size=args.image_size, batch_size=args.bs, threads=args.threads)
+    config = ExtractConfig(
+        data=str(listing),
+        out=str(out),
+        model=model,
+        weights="random",
+        image_size=args.image_size,
+        batch_size=args.bs,
+        threads=args.threads,
+    )
     gallery = extract(config, progress=False)
     by_path = dict(zip(gallery.paths, np.asarray(gallery.embeddings)))
     return gallery.manifest, by_path
@@ -132,8 +162,13 @@ def bench_model(name: str, inputs: str, data: Path, work: Path, args) -> Row:
     listing.write_text("".join(r.path + "\n" for r in records))
     embedder = load_model(name, "random", args.image_size, "cpu")
     for choice in CHOICES:  # conversion and compilation are paid once per model, not per job: fill the caches first
-        if choice.backend == "openvino":  # (every mode a run may compile: queries', the calibration's, each thread split's)
-            for threads, streams in ((None, 1), (None, None), *((t, None) for t in range(1, runtime.default_threads() + 1))):
+        # (every mode a run may compile: queries', the calibration's, each thread split's)
+        if choice.backend == "openvino":
+            for threads, streams in (
+                (None, 1),
+                (None, None),
+                *((t, None) for t in range(1, runtime.default_threads() + 1)),
+            ):
                 embedder.backend(choice, threads, streams)
     naive_module = embedder.module.to(memory_format=torch.contiguous_format)
     transform = build_transform(embedder.preprocess)
@@ -154,14 +189,30 @@ def bench_model(name: str, inputs: str, data: Path, work: Path, args) -> Row:
         ratios.append(pipe_rate[-1] / naive_rate[-1])
         inference = manifest.model.inference
         cosines.extend((np.stack([by_path[p] for p in paths]) * fp32).sum(axis=1).tolist())
-        print(f"  {name} {inputs} round {r + 1}: naive {naive_rate[-1]:.1f} img/s, pipeline {pipe_rate[-1]:.1f} img/s ({inference.backend} {inference.precision}), ratio {ratios[-1]:.2f}", flush=True)
+        print(
+            f"  {name} {inputs} round {r + 1}: naive {naive_rate[-1]:.1f} img/s, pipeline {pipe_rate[-1]:.1f} img/s"
+            f" ({inference.backend} {inference.precision}), ratio {ratios[-1]:.2f}",
+            flush=True,
+        )
         shutil.rmtree(work / f"{name}-{r}", ignore_errors=True)
     streams = f" × {inference.streams} streams" if (inference.streams or 1) > 1 else ""
-    split = f"{inference.workers} / {inference.threads}{streams} ({inference.decode_ms_per_image:.1f}, {inference.model_ms_per_image:.1f})"
+    split = (
+        f"{inference.workers} / {inference.threads}{streams} ({inference.decode_ms_per_image:.1f},"
+        f" {inference.model_ms_per_image:.1f})"
+    )
     return Row(
-        name, inputs, statistics.median(naive_rate), statistics.median(decode_ms), statistics.median(model_ms), statistics.median(pipe_rate),
-        statistics.median(ratios), f"{inference.backend} {inference.precision}", split, statistics.median(calibration),
-        float(np.min(cosines)), float(np.mean(cosines)),
+        name,
+        inputs,
+        statistics.median(naive_rate),
+        statistics.median(decode_ms),
+        statistics.median(model_ms),
+        statistics.median(pipe_rate),
+        statistics.median(ratios),
+        f"{inference.backend} {inference.precision}",
+        split,
+        statistics.median(calibration),
+        float(np.min(cosines)),
+        float(np.mean(cosines)),
     )
 
 
@@ -170,14 +221,22 @@ def model_only(embedder: Embedder, images: torch.Tensor, bs: int, rounds: int, w
     reference = embedder.backend(Choice("torch", "fp32"))(images)
     rows = []
     for choice in CHOICES:
-        # OpenVINO in both its modes: latency (one stream over every core: queries) and throughput (streams side by side: extraction)
-        for streams in ((1, None) if choice.backend == "openvino" else (1,)):
+        # OpenVINO in both its modes: latency (one stream over every core: queries) and throughput (streams side by
+        # side: extraction)
+        for streams in (1, None) if choice.backend == "openvino" else (1,):
             try:
                 run = embedder.backend(choice, None, streams)
             except Exception as exc:  # noqa: BLE001 - a backend missing here is reported, not fatal
                 rows.append([embedder.spec.name, str(choice), "–", "–", f"unavailable: {exc}"])
                 break
-            label = str(choice) if choice.backend == "torch" else f"{choice}, {run.streams} stream{'s' if run.streams > 1 else ''} ({'latency' if streams == 1 else 'throughput'} mode)"
+            label = (
+                str(choice)
+                if choice.backend == "torch"
+                else (
+                    f"{choice}, {run.streams} stream{'s' if run.streams > 1 else ''}"
+                    f" ({'latency' if streams == 1 else 'throughput'} mode)"
+                )
+            )
             if choice.precision == "int8" and streams == 1:
                 label += f"; quantised once in {quantise_seconds(embedder, work):.1f} s"
             rows.append([embedder.spec.name, label, *_rate_latency_cosine(run, images, bs, rounds, reference)])
@@ -188,7 +247,8 @@ def model_only(embedder: Embedder, images: torch.Tensor, bs: int, rounds: int, w
 
 
 def quantise_seconds(embedder: Embedder, work: Path) -> float:
-    """What making the int8 model costs once (conversion excluded): timed into an empty cache, the real one left as it is."""
+    """What making the int8 model costs once (conversion excluded): timed into an empty cache, the real one left as it
+    is."""
     from lookalike.embed.backends import CACHE_ENV, openvino_model
     from lookalike.embed.quantise import int8_model
 
@@ -205,15 +265,26 @@ def quantise_seconds(embedder: Embedder, work: Path) -> float:
             del os.environ[CACHE_ENV]
 
 
-def onnxruntime_row(embedder: Embedder, images: torch.Tensor, bs: int, rounds: int, reference: np.ndarray, work: Path) -> list[object]:
-    """onnxruntime's CPU provider (fp32; it has no bf16 CPU kernels), measured like the backends: issue 8 adds it only if it wins somewhere."""
+def onnxruntime_row(
+    embedder: Embedder, images: torch.Tensor, bs: int, rounds: int, reference: np.ndarray, work: Path
+) -> list[object]:
+    """onnxruntime's CPU provider (fp32; it has no bf16 CPU kernels), measured like the backends: issue 8 adds it only
+    if it wins somewhere."""
     try:
         import onnxruntime as ort
     except ImportError:
         return [embedder.spec.name, "onnxruntime fp32", "–", "–", "unavailable: pip install '.[bench]'"]
     path = work / f"{embedder.spec.name}.onnx"
     size = images.shape[-1]
-    torch.onnx.export(embedder.module.eval(), (torch.zeros(1, 3, size, size),), str(path), input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+    torch.onnx.export(
+        embedder.module.eval(),
+        (torch.zeros(1, 3, size, size),),
+        str(path),
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "batch"}},
+        dynamo=False,
+    )
     options = ort.SessionOptions()
     options.intra_op_num_threads = runtime.default_threads()
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -222,7 +293,11 @@ def onnxruntime_row(embedder: Embedder, images: torch.Tensor, bs: int, rounds: i
         out = session.run(None, {"x": x.numpy()})[0]
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
-    return [embedder.spec.name, "onnxruntime fp32 (benchmark only)", *_rate_latency_cosine(run, images, bs, rounds, reference)]
+    return [
+        embedder.spec.name,
+        "onnxruntime fp32 (benchmark only)",
+        *_rate_latency_cosine(run, images, bs, rounds, reference),
+    ]
 
 
 def _rate_latency_cosine(run, images: torch.Tensor, bs: int, rounds: int, reference: np.ndarray) -> list[str]:
@@ -241,11 +316,16 @@ def _rate_latency_cosine(run, images: torch.Tensor, bs: int, rounds: int, refere
         run(images[i % len(images)][None])
         single.append(1000 * (time.perf_counter() - started))
     cosine = (out * reference).sum(axis=1)
-    return [f"{statistics.median(rates):.1f}", f"{statistics.median(single[1:]):.1f}", f"{cosine.min():.6f} / {cosine.mean():.6f}"]
+    return [
+        f"{statistics.median(rates):.1f}",
+        f"{statistics.median(single[1:]):.1f}",
+        f"{cosine.min():.6f} / {cosine.mean():.6f}",
+    ]
 
 
 def decode_table(data: Path, args) -> tuple[list[object], float]:
-    """4000×3000 JPEGs: full-size decode against the reduced decode, and the embedding cosine between them (resnet18, fp32 torch)."""
+    """4000×3000 JPEGs: full-size decode against the reduced decode, and the embedding cosine between them (resnet18,
+    fp32 torch)."""
     embedder = load_model("resnet18", "random", args.image_size, "cpu")
     transform = build_transform(embedder.preprocess)
     paths = [r.path for r in load_collection(data).records[: 4 if args.quick else 16]]
@@ -258,7 +338,13 @@ def decode_table(data: Path, args) -> tuple[list[object], float]:
         reduced.append(transform(load_rgb(path, min_side=embedder.preprocess.resize_size)))
         reduced_ms.append(1000 * (time.perf_counter() - started))
     cosine = (embedder.embed(torch.stack(full)) * embedder.embed(torch.stack(reduced))).sum(axis=1)
-    row = [len(paths), f"{statistics.median(full_ms):.1f}", f"{statistics.median(reduced_ms):.1f}", f"{statistics.median(full_ms) / statistics.median(reduced_ms):.1f}×", f"{cosine.min():.5f} / {cosine.mean():.5f}"]
+    row = [
+        len(paths),
+        f"{statistics.median(full_ms):.1f}",
+        f"{statistics.median(reduced_ms):.1f}",
+        f"{statistics.median(full_ms) / statistics.median(reduced_ms):.1f}×",
+        f"{cosine.min():.5f} / {cosine.mean():.5f}",
+    ]
     return row, float(cosine.min())
 
 
@@ -292,7 +378,12 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--inputs", nargs="+", default=list(IMAGES), choices=list(IMAGES))
     p.add_argument("--image-size", type=int, default=224, help="model input in pixels (default 224, as the study)")
-    p.add_argument("--bs", type=int, default=None, help=f"pipeline batch size (default: extract's, {DEFAULT_BATCH_SIZE['cpu']} on a CPU)")
+    p.add_argument(
+        "--bs",
+        type=int,
+        default=None,
+        help=f"pipeline batch size (default: extract's, {DEFAULT_BATCH_SIZE['cpu']} on a CPU)",
+    )
     p.add_argument("--rounds", type=int, default=3, help="alternating naive/pipeline rounds (default 3)")
     p.add_argument("--no-model-only", action="store_true", help="skip the backend × precision table")
     args = p.parse_args()
@@ -303,17 +394,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lookalike-bench-extract-") as tmp:
         work = Path(tmp)
         n_small = max(QUICK_IMAGES[0] if args.quick else n for n, _ in IMAGES["64×64"].values())
-        small = generate_collection(work / "small", n_classes=16, train_per_class=-(-n_small // 16), val_per_class=0, image_size=64)
+        small = generate_collection(
+            work / "small", n_classes=16, train_per_class=-(-n_small // 16), val_per_class=0, image_size=64
+        )
         sets = {"64×64": small}
         if "4000×3000" in args.inputs:
             print("generating 4000×3000 JPEGs", flush=True)
             n_large = QUICK_IMAGES[0] if args.quick else max(n for n, _ in IMAGES["4000×3000"].values())
             sets["4000×3000"] = large_collection(small, work / "large", n_large)
         if not args.quick:
-            print(f"waiting for the load of the data generation to pass (1-minute load average {os.getloadavg()[0]:.2f})", flush=True)
+            print(
+                f"waiting for the load of the data generation to pass (1-minute load average {os.getloadavg()[0]:.2f})",
+                flush=True,
+            )
             wait_for_quiet()
         with load_watch() as load:
-            rows = [bench_model(name, inputs, sets[inputs], work, args) for inputs in args.inputs for name in args.models]
+            rows = [
+                bench_model(name, inputs, sets[inputs], work, args) for inputs in args.inputs for name in args.models
+            ]
             decode_row, decode_cosine = decode_table(sets["4000×3000"], args) if "4000×3000" in sets else (None, None)
             model_rows = []
             if not args.no_model_only:
@@ -326,52 +424,81 @@ def main() -> None:
     table = markdown_table(HEADERS, [r.cells() for r in rows])
     print("\n" + table)
     doc = [
-        f"Images/s at {args.image_size} px model input, CPU. **Random weights** (pretrained weights are unreachable from this machine; "
-        "speed does not depend on weight values) and **generated data** (`lookalike.data.synthetic` 64×64 JPEGs like tiny-ImageNet's, "
-        "and 4000×3000 JPEGs made from them: upscaled, with noise so they compress like photos, a quarter with EXIF orientation 6). "
-        "*naive*: the study's loop — one image at a time, decoded at full size in the main thread, fp32 torch, NCHW. "
-        "*pipeline*: `lookalike extract` (`lookalike.embed.extract.extract`) with its defaults: batch size "
-        f"{args.bs or DEFAULT_BATCH_SIZE['cpu']}, decode threads beside the model, JPEGs decoded at the smallest scale the resize needs, and the backend "
-        "and precision its calibration measured fastest within cosine 0.999 of fp32 torch (chosen per run; the split of the "
-        "cores between decoding and inference is measured too; OpenVINO runs in its throughput mode, its streams side by side). Its figure is decode + calibration + embedding "
-        "(the manifest's `extract_seconds` + `calibration_seconds`); model loading is excluded for both, and OpenVINO's "
-        "converted-model, int8-model and compiled-model caches are filled before the rounds (a conversion or a quantisation is paid once per model and "
-        "weights, not per job: the model-only table says what quantising costs). "
-        f"Rounds alternate naive and pipeline ({args.rounds} rounds); per round the pipeline embeds "
-        + "; ".join(f"{inputs}: " + ", ".join(f"{n} ({m})" for m, (n, _) in IMAGES[inputs].items()) for inputs in args.inputs)
+        f"Images/s at {args.image_size} px model input, CPU. **Random weights** (pretrained weights are unreachable"
+        " from this machine; speed does not depend on weight values) and **generated data**"
+        " (`lookalike.data.synthetic` 64×64 JPEGs like tiny-ImageNet's, and 4000×3000 JPEGs made from them: upscaled,"
+        " with noise so they compress like photos, a quarter with EXIF orientation 6). *naive*: the study's loop — one"
+        " image at a time, decoded at full size in the main thread, fp32 torch, NCHW. *pipeline*: `lookalike extract`"
+        f" (`lookalike.embed.extract.extract`) with its defaults: batch size {args.bs or DEFAULT_BATCH_SIZE['cpu']},"
+        " decode threads beside the model, JPEGs decoded at the smallest scale the resize needs, and the backend and"
+        " precision its calibration measured fastest within cosine 0.999 of fp32 torch (chosen per run; the split of"
+        " the cores between decoding and inference is measured too; OpenVINO runs in its throughput mode, its streams"
+        " side by side). Its figure is decode + calibration + embedding (the manifest's `extract_seconds` +"
+        " `calibration_seconds`); model loading is excluded for both, and OpenVINO's converted-model, int8-model and"
+        " compiled-model caches are filled before the rounds (a conversion or a quantisation is paid once per model"
+        " and weights, not per job: the model-only table says what quantising costs). Rounds alternate naive and"
+        f" pipeline ({args.rounds} rounds); per round the pipeline embeds "
+        + "; ".join(
+            f"{inputs}: " + ", ".join(f"{n} ({m})" for m, (n, _) in IMAGES[inputs].items()) for inputs in args.inputs
+        )
         + " images, the naive loop "
         + "; ".join(f"{inputs}: " + ", ".join(f"{k}" for _, (_, k) in IMAGES[inputs].items()) for inputs in args.inputs)
-        + ". Figures are medians over rounds, the speed-up the median of per-round ratios. *cosine to naive fp32*: each "
+        + ". Figures are medians over rounds, the speed-up the median of per-round ratios. *cosine to naive fp32*:"
+        " each "
         "image's pipeline embedding against its naive embedding (random weights; trained weights may differ).",
         "",
         table,
     ]
     if decode_row:
-        decode = markdown_table(["4000×3000 JPEGs", "full decode + preprocess ms/img", "reduced decode + preprocess ms/img", "faster", "embedding cosine reduced vs full, min / mean (goal ≥ 0.99)"], [decode_row])
+        decode = markdown_table(
+            [
+                "4000×3000 JPEGs",
+                "full decode + preprocess ms/img",
+                "reduced decode + preprocess ms/img",
+                "faster",
+                "embedding cosine reduced vs full, min / mean (goal ≥ 0.99)",
+            ],
+            [decode_row],
+        )
         print("\n" + decode)
         doc += [
             "",
-            "Decoding large photos: `lookalike.data.images.load_rgb` with and without `min_side` (JPEG `draft`: DCT-domain "
-            "scaling to the smallest scale that keeps the resize target), then the model's preprocessing; one core, "
-            f"median ms per image. The cosine compares resnet18 fp32 embeddings of the two decodes (random weights): "
-            f"{'✓' if decode_cosine >= 0.99 else '✗'} goal ≥ 0.99.",
+            (
+                "Decoding large photos: `lookalike.data.images.load_rgb` with and without `min_side` (JPEG `draft`:"
+                " DCT-domain scaling to the smallest scale that keeps the resize target), then the model's"
+                " preprocessing; one core, median ms per image. The cosine compares resnet18 fp32 embeddings of the"
+                f" two decodes (random weights): {'✓' if decode_cosine >= 0.99 else '✗'} goal ≥ 0.99."
+            ),
             "",
             decode,
         ]
     if model_rows:
-        model_table = markdown_table(["model", "backend precision", f"img/s at batch {MODEL_ONLY_BATCH}", "batch-1 ms", "cosine to fp32 torch min / mean"], model_rows)
+        model_table = markdown_table(
+            [
+                "model",
+                "backend precision",
+                f"img/s at batch {MODEL_ONLY_BATCH}",
+                "batch-1 ms",
+                "cosine to fp32 torch min / mean",
+            ],
+            model_rows,
+        )
         print("\n" + model_table)
         doc += [
             "",
-            f"The model alone, every backend × precision, on {MODEL_ONLY_IMAGES} pre-decoded images (throughput: {MODEL_ONLY_PASSES} × "
-            f"{MODEL_ONLY_IMAGES} images fed batch by batch as extraction feeds them, median of 3 "
-            f"passes; batch-1: median of {LATENCY_REPEATS} single-image calls after one warm-up), all cores. OpenVINO runs "
-            "in both its modes: latency (one stream over every core; what a query uses) and throughput (streams side by side, "
-            "each on its own part of a batch; what extraction uses, and what its calibration measures). int8: the OpenVINO model quantised "
-            "post-training by NNCF, activation ranges from 64 generated images. Its cosine here is that of random weights and says little "
-            "about trained ones: every job's calibration measures it on the job's own images and keeps int8 only at ≥ 0.999. onnxruntime (CPU provider, fp32: it has no bf16 CPU kernels) "
-            "is measured for the record only: lookalike would add it as a backend where it beat every other candidate. "
-            "No GPU on this machine, so no CUDA rows.",
+            (
+                f"The model alone, every backend × precision, on {MODEL_ONLY_IMAGES} pre-decoded images (throughput:"
+                f" {MODEL_ONLY_PASSES} × {MODEL_ONLY_IMAGES} images fed batch by batch as extraction feeds them, median"
+                f" of 3 passes; batch-1: median of {LATENCY_REPEATS} single-image calls after one warm-up), all cores."
+                " OpenVINO runs in both its modes: latency (one stream over every core; what a query uses) and"
+                " throughput (streams side by side, each on its own part of a batch; what extraction uses, and what"
+                " its calibration measures). int8: the OpenVINO model quantised post-training by NNCF, activation"
+                " ranges from 64 generated images. Its cosine here is that of random weights and says little about"
+                " trained ones: every job's calibration measures it on the job's own images and keeps int8 only at ≥"
+                " 0.999. onnxruntime (CPU provider, fp32: it has no bf16 CPU kernels) is measured for the record only:"
+                " lookalike would add it as a backend where it beat every other candidate. No GPU on this machine, so"
+                " no CUDA rows."
+            ),
             "",
             model_table,
         ]

@@ -26,15 +26,25 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GENERATOR, ROOT, environment_markdown, generator_line, load_watch, markdown_table, parser, should_write, write_section  # noqa: E402
-
+from common import (
+    GENERATOR,
+    ROOT,
+    environment_markdown,
+    generator_line,
+    load_watch,
+    markdown_table,
+    parser,
+    should_write,
+    write_section,
+)  # noqa: E402
 from lookalike import runtime  # noqa: E402
 from lookalike.gallery import Gallery, open_gallery  # noqa: E402
 from lookalike.search import database_vectors, make_method  # noqa: E402
@@ -49,7 +59,19 @@ NPROBE_VALUES = (1, 2, 4, 8, 16, 32, 64, 128)
 HEAD_TO_HEAD_ROUNDS = 6
 CONTENDER_WITHIN = 2.0  # a curve's point joins the head-to-head if the sweep timed it within this factor of the fastest
 # every graph method sweeps EF_VALUES (hnsw, usearch-*, hnswlib*), IVF sweeps NPROBE_VALUES
-LOOKALIKE_METHODS = ("exact-lowp", "flat", "ivf", "hnsw", "hnsw-sq8", "hnsw16-sq8", "hnsw16-fp16", "usearch-f16", "usearch-i8", "hnswlib", "hnswlib-m16")
+LOOKALIKE_METHODS = (
+    "exact-lowp",
+    "flat",
+    "ivf",
+    "hnsw",
+    "hnsw-sq8",
+    "hnsw16-sq8",
+    "hnsw16-fp16",
+    "usearch-f16",
+    "usearch-i8",
+    "hnswlib",
+    "hnswlib-m16",
+)
 WORK = ROOT / "runs" / "bench_peers"
 DEFAULT = {"n": 100_000, "val": 1000, "images_per_class": 500, "classes": 20, "image_size": 64, "single": 300}
 QUICK = {"n": 6_000, "val": 200, "images_per_class": 30, "classes": 5, "image_size": 32, "single": 30}
@@ -70,10 +92,18 @@ class Point:
 
 
 class Peer:
-    """The calls a peer library offers, wrapped to lookalike's `search(queries, k)` shape; `setting` sets its breadth."""
+    """The calls a peer library offers, wrapped to lookalike's `search(queries, k)` shape; `setting` sets its
+    breadth."""
 
-    def __init__(self, library: str, method: str, build: Callable[[np.ndarray], Any], search: Callable[[Any, np.ndarray, int], np.ndarray],
-                 set_breadth: Callable[[Any, int], None], memory: Callable[[Any], int]):
+    def __init__(
+        self,
+        library: str,
+        method: str,
+        build: Callable[[np.ndarray], Any],
+        search: Callable[[Any, np.ndarray, int], np.ndarray],
+        set_breadth: Callable[[Any, int], None],
+        memory: Callable[[Any], int],
+    ):
         self.library, self.method, self._search, self._set, self._memory = library, method, search, set_breadth, memory
         self._build = build
         self.index = None
@@ -109,8 +139,14 @@ def hnswlib_peer(threads: int) -> Peer:
             index.save_index(os.path.join(tmp, "h.bin"))
             return os.path.getsize(os.path.join(tmp, "h.bin"))
 
-    return Peer("hnswlib", f"HNSW M={M}, efC={EF_CONSTRUCTION}, f32", build, lambda index, q, k: index.knn_query(q, k=k)[0].astype(np.int64),
-                lambda index, ef: index.set_ef(ef), memory)
+    return Peer(
+        "hnswlib",
+        f"HNSW M={M}, efC={EF_CONSTRUCTION}, f32",
+        build,
+        lambda index, q, k: index.knn_query(q, k=k)[0].astype(np.int64),
+        lambda index, ef: index.set_ef(ef),
+        memory,
+    )
 
 
 def usearch_peer(threads: int, dtype: str) -> Peer:
@@ -130,7 +166,14 @@ def usearch_peer(threads: int, dtype: str) -> Peer:
     def set_breadth(index, ef: int) -> None:
         index.expansion_search = ef
 
-    return Peer("usearch", f"HNSW M={M}, efC={EF_CONSTRUCTION}, {dtype}", build, search, set_breadth, lambda index: int(index.memory_usage))
+    return Peer(
+        "usearch",
+        f"HNSW M={M}, efC={EF_CONSTRUCTION}, {dtype}",
+        build,
+        search,
+        set_breadth,
+        lambda index: int(index.memory_usage),
+    )
 
 
 def time_it(search: Callable[[np.ndarray], Any], queries: np.ndarray, single: int) -> tuple[float, float, Any]:
@@ -147,7 +190,9 @@ def time_it(search: Callable[[np.ndarray], Any], queries: np.ndarray, single: in
     return 1000 * statistics.median(singles), 1000 * batch, found
 
 
-def sweep_lookalike(name: str, database: np.ndarray, db_ids: np.ndarray, queries: np.ndarray, truth: np.ndarray, single: int) -> list[Point]:
+def sweep_lookalike(
+    name: str, database: np.ndarray, db_ids: np.ndarray, queries: np.ndarray, truth: np.ndarray, single: int
+) -> list[Point]:
     method = make_method(name, len(database), database.shape[1])
     method.build(database, db_ids)
     stats = method.build_stats
@@ -160,34 +205,69 @@ def sweep_lookalike(name: str, database: np.ndarray, db_ids: np.ndarray, queries
         settings = [{}]
     points = []
     for setting in settings:
+
         def prepare(setting: dict = setting) -> Callable[[np.ndarray], Any]:
             method.set_params(**setting)  # once, as a peer's breadth is set: a tuned method is searched so
             return lambda q: method.search(q, K)
 
         single_ms, batch_ms, (_, ids) = time_it(prepare(), queries, single)
         built = method.params()
-        chosen = f"scans {built['precision']} (batches), {built['few_precision']} (one query)" if "few_precision" in built else "–"  # exact-lowp's probe
+        chosen = (
+            f"scans {built['precision']} (batches), {built['few_precision']} (one query)"
+            if "few_precision" in built
+            else "–"
+        )  # exact-lowp's probe
         label = ", ".join(f"{k}={v}" for k, v in setting.items()) or chosen
-        points.append(Point("lookalike", name, label, recall_at_k(ids, truth, K), single_ms, batch_ms, stats.build_seconds, method.memory_bytes() / 2**20, prepare))
+        points.append(
+            Point(
+                "lookalike",
+                name,
+                label,
+                recall_at_k(ids, truth, K),
+                single_ms,
+                batch_ms,
+                stats.build_seconds,
+                method.memory_bytes() / 2**20,
+                prepare,
+            )
+        )
         print(f"  lookalike {name} {label}: recall {points[-1].recall:.4f}, {single_ms:.3f} ms single", flush=True)
         if points[-1].recall >= 0.999:
             break
     return points
 
 
-def sweep_peer(peer: Peer, database: np.ndarray, db_ids: np.ndarray, queries: np.ndarray, truth: np.ndarray, single: int) -> list[Point]:
+def sweep_peer(
+    peer: Peer, database: np.ndarray, db_ids: np.ndarray, queries: np.ndarray, truth: np.ndarray, single: int
+) -> list[Point]:
     peer.build(database)
     memory = peer.memory_bytes() / 2**20
     points = []
     for ef in EF_VALUES:
+
         def prepare(ef: int = ef) -> Callable[[np.ndarray], Any]:
             peer.set_breadth(ef)
             return lambda q: peer.search(q, K)
 
         single_ms, batch_ms, found = time_it(prepare(), queries, single)
         ids = np.where(found >= 0, db_ids[np.clip(found, 0, None)], -1)
-        points.append(Point(peer.library, peer.method, f"ef={ef}", recall_at_k(ids, truth, K), single_ms, batch_ms, peer.build_s, memory, prepare))
-        print(f"  {peer.library} {peer.method} ef={ef}: recall {points[-1].recall:.4f}, {single_ms:.3f} ms single", flush=True)
+        points.append(
+            Point(
+                peer.library,
+                peer.method,
+                f"ef={ef}",
+                recall_at_k(ids, truth, K),
+                single_ms,
+                batch_ms,
+                peer.build_s,
+                memory,
+                prepare,
+            )
+        )
+        print(
+            f"  {peer.library} {peer.method} ef={ef}: recall {points[-1].recall:.4f}, {single_ms:.3f} ms single",
+            flush=True,
+        )
         if points[-1].recall >= 0.999:
             break
     return points
@@ -223,7 +303,9 @@ def head_to_head(points: list[Point], queries: np.ndarray, single: int) -> list[
 
 def pareto(points: list[Point]) -> set[int]:
     """Indices of the points no other point beats on both recall and single-query latency."""
-    return {i for i, p in enumerate(points) if not any(o.recall >= p.recall and o.single_ms < p.single_ms for o in points)}
+    return {
+        i for i, p in enumerate(points) if not any(o.recall >= p.recall and o.single_ms < p.single_ms for o in points)
+    }
 
 
 def run_gallery(title: str, gallery: Gallery, threads: int, single: int) -> str:
@@ -238,38 +320,104 @@ def run_gallery(title: str, gallery: Gallery, threads: int, single: int) -> str:
     for peer in (hnswlib_peer(threads), usearch_peer(threads, "f32"), usearch_peer(threads, "f16")):
         points += sweep_peer(peer, database, partition.database_ids, queries, truth, single)
     front = pareto(points)
-    rows = [[p.library, p.method, p.setting, f"{p.recall:.4f}", f"{p.single_ms:.3f}", f"{p.batch_ms:.4f}", f"{p.build_s:.1f}", f"{p.memory_mib:.0f}", "●" if i in front else ""]
-            for i, p in enumerate(points)]
+    rows = [
+        [
+            p.library,
+            p.method,
+            p.setting,
+            f"{p.recall:.4f}",
+            f"{p.single_ms:.3f}",
+            f"{p.batch_ms:.4f}",
+            f"{p.build_s:.1f}",
+            f"{p.memory_mib:.0f}",
+            "●" if i in front else "",
+        ]
+        for i, p in enumerate(points)
+    ]
     goal_rows = []
     for target in TARGETS:
-        ours, theirs = contenders([p for p in points if p.library == "lookalike"], target), contenders([p for p in points if p.library != "lookalike"], target)
+        ours, theirs = (
+            contenders([p for p in points if p.library == "lookalike"], target),
+            contenders([p for p in points if p.library != "lookalike"], target),
+        )
         if not (ours and theirs):
-            goal_rows.append([f"{target:.2f}", "none reaches it" if not ours else "–", "–", "none reaches it" if not theirs else "–", "–", "–", "–", "✓" if ours else "✗ missed"])
+            goal_rows.append(
+                [
+                    f"{target:.2f}",
+                    "none reaches it" if not ours else "–",
+                    "–",
+                    "none reaches it" if not theirs else "–",
+                    "–",
+                    "–",
+                    "–",
+                    "✓" if ours else "✗ missed",
+                ]
+            )
             continue
         timed = dict(zip(map(id, ours + theirs), head_to_head(ours + theirs, queries, single)))
         best_ours, best_theirs = min(ours, key=lambda p: timed[id(p)]), min(theirs, key=lambda p: timed[id(p)])
         ours_ms, theirs_ms = timed[id(best_ours)], timed[id(best_theirs)]
-        goal_rows.append([
-            f"{target:.2f}", f"{best_ours.method} {best_ours.setting}", f"{best_ours.single_ms:.3f}",
-            f"{best_theirs.library} ({best_theirs.method}) {best_theirs.setting}", f"{best_theirs.single_ms:.3f}",
-            ", ".join(f"{p.library if p.library != 'lookalike' else ''} {p.method} {p.setting}: {timed[id(p)]:.3f}".strip() for p in ours + theirs),
-            f"{ours_ms:.3f} / {theirs_ms:.3f}", "✓" if ours_ms <= theirs_ms else "✗ missed",
-        ])
-    return "\n".join([
-        f"### {title}",
-        "",
-        gallery.provenance(),
-        "",
-        markdown_table(["library", "method", "setting", f"recall@{K}", "single ms", "batched ms/query", "build s", "memory MiB", "Pareto"], rows),
-        "",
-        ("Goal: at each recall target, lookalike's fastest method (single query) is at least as fast as the faster peer. "
-         "At each target, every curve (lookalike's methods and the peers alike) puts forward its narrowest point that reaches it, "
-         f"if the sweep timed that point within {CONTENDER_WITHIN:g}× the fastest such point; the contenders are then timed again "
-         f"in turn ({HEAD_TO_HEAD_ROUNDS} rounds of the same queries each, each round in another order), and the goal compares "
-         "the fastest of each side on those medians."),
-        "",
-        markdown_table(["recall@10 target", "lookalike's fastest", "sweep ms", "fastest peer", "sweep ms", "every contender, timed in turn (ms)", "head to head ms (lookalike / peer)", "goal"], goal_rows),
-    ])
+        goal_rows.append(
+            [
+                f"{target:.2f}",
+                f"{best_ours.method} {best_ours.setting}",
+                f"{best_ours.single_ms:.3f}",
+                f"{best_theirs.library} ({best_theirs.method}) {best_theirs.setting}",
+                f"{best_theirs.single_ms:.3f}",
+                ", ".join(
+                    f"{'' if p.library == 'lookalike' else p.library} {p.method} {p.setting}:"
+                    f" {timed[id(p)]:.3f}".strip()
+                    for p in ours + theirs
+                ),
+                f"{ours_ms:.3f} / {theirs_ms:.3f}",
+                "✓" if ours_ms <= theirs_ms else "✗ missed",
+            ]
+        )
+    return "\n".join(
+        [
+            f"### {title}",
+            "",
+            gallery.provenance(),
+            "",
+            markdown_table(
+                [
+                    "library",
+                    "method",
+                    "setting",
+                    f"recall@{K}",
+                    "single ms",
+                    "batched ms/query",
+                    "build s",
+                    "memory MiB",
+                    "Pareto",
+                ],
+                rows,
+            ),
+            "",
+            (
+                "Goal: at each recall target, lookalike's fastest method (single query) is at least as fast as the"
+                " faster peer. At each target, every curve (lookalike's methods and the peers alike) puts forward its"
+                f" narrowest point that reaches it, if the sweep timed that point within {CONTENDER_WITHIN:g}× the"
+                f" fastest such point; the contenders are then timed again in turn ({HEAD_TO_HEAD_ROUNDS} rounds of the"
+                " same queries each, each round in another order), and the goal compares the fastest of each side on"
+                " those medians."
+            ),
+            "",
+            markdown_table(
+                [
+                    "recall@10 target",
+                    "lookalike's fastest",
+                    "sweep ms",
+                    "fastest peer",
+                    "sweep ms",
+                    "every contender, timed in turn (ms)",
+                    "head to head ms (lookalike / peer)",
+                    "goal",
+                ],
+                goal_rows,
+            ),
+        ]
+    )
 
 
 def generated(sizes: dict) -> Gallery:
@@ -289,10 +437,22 @@ def extracted(sizes: dict, threads: int) -> Gallery:
     from lookalike.api import extract
     from lookalike.data.synthetic import generate_collection
 
-    data = generate_collection(WORK / f"images-{sizes['classes']}x{sizes['images_per_class']}", n_classes=sizes["classes"],
-                               train_per_class=sizes["images_per_class"], val_per_class=max(1, sizes["images_per_class"] // 10), seed=0)
-    return extract(data, WORK / f"resnet18-{sizes['classes']}x{sizes['images_per_class']}", model="resnet18", weights="random",
-                   image_size=sizes["image_size"], batch_size=64, threads=threads)
+    data = generate_collection(
+        WORK / f"images-{sizes['classes']}x{sizes['images_per_class']}",
+        n_classes=sizes["classes"],
+        train_per_class=sizes["images_per_class"],
+        val_per_class=max(1, sizes["images_per_class"] // 10),
+        seed=0,
+    )
+    return extract(
+        data,
+        WORK / f"resnet18-{sizes['classes']}x{sizes['images_per_class']}",
+        model="resnet18",
+        weights="random",
+        image_size=sizes["image_size"],
+        batch_size=64,
+        threads=threads,
+    )
 
 
 def main() -> None:
@@ -306,19 +466,30 @@ def main() -> None:
     with load_watch() as load:
         images = extracted(sizes, threads)
         runtime.set_threads(threads)
-        parts = [run_gallery("GENERATED vectors", generated(sizes), threads, sizes["single"]),
-                 run_gallery(f"Embeddings from resnet18 (RANDOM weights) of GENERATED {sizes['image_size']} px images", images, threads, sizes["single"])]
+        parts = [
+            run_gallery("GENERATED vectors", generated(sizes), threads, sizes["single"]),
+            run_gallery(
+                f"Embeddings from resnet18 (RANDOM weights) of GENERATED {sizes['image_size']} px images",
+                images,
+                threads,
+                sizes["single"],
+            ),
+        ]
     import importlib.metadata as md
 
-    doc = "\n\n".join([
-        __doc__.split("\n\n", 1)[1].strip(),
-        f"Peers: hnswlib {md.version('hnswlib')}, usearch {usearch.__version__}; {threads} threads everywhere. "
-        "*Pareto* marks the points no other point beats on both recall and single-query latency. "
-        f"Queries timed one per call: the first {sizes['single']} held-out queries.",
-        generator_line(GENERATOR, 0, None),
-        *parts,
-        environment_markdown(load, args.quick),
-    ])
+    doc = "\n\n".join(
+        [
+            __doc__.split("\n\n", 1)[1].strip(),
+            (
+                f"Peers: hnswlib {md.version('hnswlib')}, usearch {usearch.__version__}; {threads} threads everywhere. "
+                "*Pareto* marks the points no other point beats on both recall and single-query latency. "
+                f"Queries timed one per call: the first {sizes['single']} held-out queries."
+            ),
+            generator_line(GENERATOR, 0, None),
+            *parts,
+            environment_markdown(load, args.quick),
+        ]
+    )
     print(doc)
     if should_write(args):
         print(f"\nwrote section '{SECTION}' of {write_section(SECTION, doc)}")

@@ -1,7 +1,8 @@
 """The Ray engine against the local engine on one 2-core machine, and a paper estimate for big jobs (issue 5).
 
 Measured, side by side in rounds (the order rotating) on the same generated images:
-    local     `lookalike.embed.extract.extract`: one process, decode threads beside the model, cores split by its calibration
+    local     `lookalike.embed.extract.extract`: one process, decode threads beside the model, cores split by its
+    calibration
     local-1t  the same with 1 torch thread: a control for torch's threads stalling on a busy machine
     ray       `lookalike.distributed.extract_ray` on a local `ray.init(num_cpus=2)` cluster, 2 model
               actors (½ CPU and 1 torch thread each) and Ray Data decode tasks on the CPU left over
@@ -30,18 +31,16 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment_markdown, load_watch, markdown_table, parser, should_write, write_section  # noqa: E402
-
 from lookalike import runtime  # noqa: E402
 from lookalike.data.datasets import load_collection  # noqa: E402
+from lookalike.data.images import load_rgb  # noqa: E402
+from lookalike.data.synthetic import generate_collection  # noqa: E402
 from lookalike.distributed import extract_ray  # noqa: E402
 from lookalike.distributed.extract import split_transform  # noqa: E402
 from lookalike.embed.extract import ExtractConfig, extract  # noqa: E402
-from lookalike.data.images import load_rgb  # noqa: E402
 from lookalike.embed.models import get_spec  # noqa: E402
-from lookalike.data.synthetic import generate_collection  # noqa: E402
 
 SECTION = "Ray engine (issue 5)"
 MODEL = "resnet18"
@@ -76,8 +75,17 @@ class Run:
 
 
 def config(data: Path, out: Path, args, splits: tuple[str, ...] | None, threads: int | None) -> ExtractConfig:
-    return ExtractConfig(data=str(data), out=str(out), model=MODEL, weights="random", image_size=args.image_size,
-                         batch_size=args.bs, shard_size=args.shard_size, splits=splits, threads=threads)
+    return ExtractConfig(
+        data=str(data),
+        out=str(out),
+        model=MODEL,
+        weights="random",
+        image_size=args.image_size,
+        batch_size=args.bs,
+        shard_size=args.shard_size,
+        splits=splits,
+        threads=threads,
+    )
 
 
 def run_engine(engine: str, data: Path, out: Path, args, splits: tuple[str, ...] | None) -> tuple[Run, Path]:
@@ -137,9 +145,9 @@ def decode_ms_per_image(work: Path, image_size: int, repeats: int) -> float:
 
 def fit(small: list[Run], large: list[Run]) -> tuple[float, float]:
     """Fixed seconds and ms per image from the median wall times at two sizes (a straight line through both)."""
-    s, l = statistics.median(r.wall_s for r in small), statistics.median(r.wall_s for r in large)
-    per_image = (l - s) / (large[0].images - small[0].images)
-    return s - per_image * small[0].images, 1000 * per_image
+    small_s, large_s = statistics.median(r.wall_s for r in small), statistics.median(r.wall_s for r in large)
+    per_image = (large_s - small_s) / (large[0].images - small[0].images)
+    return small_s - per_image * small[0].images, 1000 * per_image
 
 
 def estimate_rows(ray_fixed_s: float, efficiency: float, decode_ms: float) -> list[list[object]]:
@@ -170,7 +178,15 @@ def human(seconds: float) -> str:
 def main() -> None:
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds of local and ray (medians over rounds)")
-    p.add_argument("--image-size", type=int, default=64, help="model input in px (default 64: 224 px would take hours on 2 cores; see the per-image scaling in the output)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=64,
+        help=(
+            "model input in px (default 64: 224 px would take hours on 2 cores; see the per-image scaling in the"
+            " output)"
+        ),
+    )
     p.add_argument("--bs", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=2048)
     p.add_argument("--workers", type=int, default=2, help="Ray model actors")
@@ -192,13 +208,18 @@ def main() -> None:
         identical = True
         engines = list(ENGINES)
         for r in range(args.rounds):
-            order = engines[r % len(engines):] + engines[: r % len(engines)]  # rotate, so load falls on every engine alike
+            # rotate, so load falls on every engine alike
+            order = engines[r % len(engines) :] + engines[: r % len(engines)]
             for splits, label in ((None, "all"), (("val",), "val")):
                 outs = {}
                 for engine in order:
                     run, outs[engine] = run_engine(engine, data, work / f"{engine}-{label}", args, splits)
                     runs.setdefault((engine, label), []).append(run)
-                    print(f"round {r + 1}: {ENGINES[engine]:22s} {run.images:6d} images  wall {run.wall_s:7.1f} s  ({run.images / run.wall_s:6.1f} images/s)", flush=True)
+                    print(
+                        f"round {r + 1}: {ENGINES[engine]:22s} {run.images:6d} images  wall {run.wall_s:7.1f} s "
+                        f" ({run.images / run.wall_s:6.1f} images/s)",
+                        flush=True,
+                    )
                 identical &= all(same_gallery(outs["local"], outs[e]) for e in engines[1:])
         ray.shutdown()
         precision = runs[("local", "all")][0].precision
@@ -207,67 +228,123 @@ def main() -> None:
 
     med = lambda key: statistics.median(r.wall_s for r in runs[key])  # noqa: E731
     fits = {e: fit(runs[(e, "val")], runs[(e, "all")]) for e in engines}
-    rows = [[ENGINES[e], f"{med((e, 'all')):.1f}", f"**{n_all / med((e, 'all')):.1f}**", f"{fits[e][0]:.1f}", f"{fits[e][1]:.2f}", f"{1000 / fits[e][1]:.1f}"] for e in engines]
-    table = markdown_table(["engine", f"wall s ({n_all:,} images)", "images/s", "fixed s", "ms / image", "images/s after start-up"], rows)
+    rows = [
+        [
+            ENGINES[e],
+            f"{med((e, 'all')):.1f}",
+            f"**{n_all / med((e, 'all')):.1f}**",
+            f"{fits[e][0]:.1f}",
+            f"{fits[e][1]:.2f}",
+            f"{1000 / fits[e][1]:.1f}",
+        ]
+        for e in engines
+    ]
+    table = markdown_table(
+        ["engine", f"wall s ({n_all:,} images)", "images/s", "fixed s", "ms / image", "images/s after start-up"], rows
+    )
     best = min(("local", "local-1t"), key=lambda e: med((e, "all")))
     overhead_s = med(("ray", "all")) - med((best, "all"))
     overhead_pct = 100 * overhead_s / med((best, "all"))
     ray_fixed, ray_ms = fits["ray"]
-    measured_efficiency = fits[best][1] / ray_ms  # the best local engine's per-image cost over Ray's, on the same 2 cores
-    efficiency = min(1.0, measured_efficiency)  # Ray cannot make a GPU or a decoder faster; above 1 is noise or pipelining
+    # the best local engine's per-image cost over Ray's, on the same 2 cores
+    measured_efficiency = fits[best][1] / ray_ms
+    # Ray cannot make a GPU or a decoder faster; above 1 is noise or pipelining
+    efficiency = min(1.0, measured_efficiency)
     print("\n" + table)
-    print(f"ray.init: {ray_start_s:.1f} s; Ray vs {ENGINES[best]} on {n_all:,} images: {overhead_s:+.1f} s ({overhead_pct:+.0f} %); galleries identical: {identical}")
-    print(f"model alone ({precision}, {args.image_size} px, batch {args.bs}): {model_ms[2]:.2f} ms/image at 2 torch threads, {model_ms[1]:.2f} at 1")
+    print(
+        f"ray.init: {ray_start_s:.1f} s; Ray vs {ENGINES[best]} on {n_all:,} images: {overhead_s:+.1f} s"
+        f" ({overhead_pct:+.0f} %); galleries identical: {identical}"
+    )
+    print(
+        f"model alone ({precision}, {args.image_size} px, batch {args.bs}): {model_ms[2]:.2f} ms/image at 2 torch"
+        f" threads, {model_ms[1]:.2f} at 1"
+    )
 
-    est = markdown_table(["model", "images", "images/s per worker (assumed)", *[f"N = {n}" for n in ESTIMATE_WORKERS]], estimate_rows(ray_fixed + ray_start_s, efficiency, decode_ms))
+    est = markdown_table(
+        ["model", "images", "images/s per worker (assumed)", *[f"N = {n}" for n in ESTIMATE_WORKERS]],
+        estimate_rows(ray_fixed + ray_start_s, efficiency, decode_ms),
+    )
     print(f"\ndecode of a {BIG_IMAGE_PX}-px JPEG to {224} px: {decode_ms:.2f} ms per image per core\n" + est)
 
     doc = [
-        f"Wall time of `lookalike extract` with each engine on the same **generated** collection ({n_all:,} "
-        f"{sizes['image_size']}×{sizes['image_size']} JPEGs from `lookalike.data.synthetic`, not real photos), {MODEL} with **random weights** "
-        f"(speed does not depend on weight values), input {args.image_size} px, batch {args.bs}, shards of {args.shard_size}, precision {precision} "
-        f"(the job's calibration; the same for every engine). Medians over {args.rounds} rounds, the engines' order rotating. "
-        f"local: one process, decode threads beside the model and {args.threads or runtime.default_threads()} inference threads, split as the job's calibration measured (the default); "
-        f"local, 1 torch thread: the same with `--threads 1`, a control (below); ray: a local `ray.init(num_cpus=2)` cluster, {args.workers} model actors "
-        f"(½ CPU, 1 torch thread each) and Ray Data decode tasks on the remaining CPU. Each engine also ran on the val split alone "
-        f"({runs[('local', 'val')][0].images:,} images); the line through both sizes splits its wall time into a fixed cost and a cost per image. "
-        f"Input is {args.image_size} px rather than 224 px so that a round takes minutes, not hours, on 2 cores: at 224 px the model costs "
-        f"about (224/{args.image_size})² ≈ {(224 / args.image_size) ** 2:.0f}× more per image on every engine, so fixed costs weigh less still.",
+        (
+            f"Wall time of `lookalike extract` with each engine on the same **generated** collection ({n_all:,}"
+            f" {sizes['image_size']}×{sizes['image_size']} JPEGs from `lookalike.data.synthetic`, not real photos),"
+            f" {MODEL} with **random weights** (speed does not depend on weight values), input {args.image_size} px,"
+            f" batch {args.bs}, shards of {args.shard_size}, precision {precision} (the job's calibration; the same for"
+            f" every engine). Medians over {args.rounds} rounds, the engines' order rotating. local: one process,"
+            f" decode threads beside the model and {args.threads or runtime.default_threads()} inference threads, split"
+            " as the job's calibration measured (the default); local, 1 torch thread: the same with `--threads 1`, a"
+            f" control (below); ray: a local `ray.init(num_cpus=2)` cluster, {args.workers} model actors (½ CPU, 1"
+            " torch thread each) and Ray Data decode tasks on the remaining CPU. Each engine also ran on the val split"
+            f" alone ({runs[('local', 'val')][0].images:,} images); the line through both sizes splits its wall time"
+            f" into a fixed cost and a cost per image. Input is {args.image_size} px rather than 224 px so that a round"
+            f" takes minutes, not hours, on 2 cores: at 224 px the model costs about (224/{args.image_size})² ≈"
+            f" {(224 / args.image_size) ** 2:.0f}× more per image on every engine, so fixed costs weigh less still."
+        ),
         "",
         table,
         "",
-        f"- Ray against the faster local run ({ENGINES[best]}) on {n_all:,} images: **{overhead_s:+.1f} s ({overhead_pct:+.0f} %)** of wall time, "
-        f"plus {ray_start_s:.1f} s for `ray.init` (starting the local cluster; joining a running one with `--address` skips it). "
-        f"Ray's fixed cost ({ray_fixed:.1f} s against {fits['local'][0]:.1f} s local) is starting the model actors and decode workers, each a new "
-        f"process that imports torch and builds the model, plus the model probe; per image, Ray costs {ray_ms / fits[best][1]:.2f}× that local run.",
-        (f"- Why Ray can beat the default local engine here: the machine was shared (load average in the last line), and torch with 2 OpenMP "
-         f"threads stalls whenever one of them is preempted — measured in this run, the model alone takes {model_ms[2]:.2f} ms per image at 2 threads "
-         f"and {model_ms[1]:.2f} ms at 1. Ray's actors run one thread each, in separate processes, so they escape it; the 1-thread local control "
-         "shows how much of the gap is that rather than Ray. Ray pays off when it brings more machines (the estimate below)."
-         if med(("ray", "all")) < med(("local", "all")) else
-         f"- Ray is slower here, as it must be on one machine: it has no extra cores to spread over, and it adds its start-up and the copies "
-         f"between processes. The 1-thread local control shows what torch's two OpenMP threads cost or gain against one (the model alone, "
-         f"measured in this run: {model_ms[2]:.2f} ms per image at 2 threads, {model_ms[1]:.2f} ms at 1). Ray pays off when it brings more "
-         "machines (the estimate below)."),
-        f"- Every engine's gallery was byte-identical to the default local engine's (embeddings.npy and metadata.parquet) in every round: **{identical}**.",
+        (
+            f"- Ray against the faster local run ({ENGINES[best]}) on {n_all:,} images: **{overhead_s:+.1f} s"
+            f" ({overhead_pct:+.0f} %)** of wall time, plus {ray_start_s:.1f} s for `ray.init` (starting the local"
+            f" cluster; joining a running one with `--address` skips it). Ray's fixed cost ({ray_fixed:.1f} s against"
+            f" {fits['local'][0]:.1f} s local) is starting the model actors and decode workers, each a new process that"
+            " imports torch and builds the model, plus the model probe; per image, Ray costs"
+            f" {ray_ms / fits[best][1]:.2f}× that local run."
+        ),
+        (
+            "- Why Ray can beat the default local engine here: the machine was shared (load average in the last line),"
+            " and torch with 2 OpenMP threads stalls whenever one of them is preempted — measured in this run, the"
+            f" model alone takes {model_ms[2]:.2f} ms per image at 2 threads and {model_ms[1]:.2f} ms at 1. Ray's"
+            " actors run one thread each, in separate processes, so they escape it; the 1-thread local control shows"
+            " how much of the gap is that rather than Ray. Ray pays off when it brings more machines (the estimate"
+            " below)."
+            if med(("ray", "all")) < med(("local", "all"))
+            else (
+                "- Ray is slower here, as it must be on one machine: it has no extra cores to spread over, and it adds"
+                " its start-up and the copies between processes. The 1-thread local control shows what torch's two"
+                f" OpenMP threads cost or gain against one (the model alone, measured in this run: {model_ms[2]:.2f} ms"
+                f" per image at 2 threads, {model_ms[1]:.2f} ms at 1). Ray pays off when it brings more machines (the"
+                " estimate below)."
+            )
+        ),
+        (
+            "- Every engine's gallery was byte-identical to the default local engine's (embeddings.npy and"
+            f" metadata.parquet) in every round: **{identical}**."
+        ),
         "",
-        "**Paper estimate, not a measurement**: wall time of the Ray engine for 1M and 100M images on N GPU workers, each with "
-        f"{DECODE_CPUS_PER_GPU} decode CPUs. Per worker, the rate is the slower of (a) the GPU's model throughput and (b) its decode CPUs, "
-        f"times Ray's per-image efficiency (best local ms per image / Ray ms per image, measured above: {measured_efficiency:.2f}, capped at 1, so {efficiency:.2f}); "
-        f"plus the fixed start-up measured above ({ray_fixed + ray_start_s:.0f} s; on a real cluster, loading the model on every node takes longer).",
+        (
+            "**Paper estimate, not a measurement**: wall time of the Ray engine for 1M and 100M images on N GPU"
+            f" workers, each with {DECODE_CPUS_PER_GPU} decode CPUs. Per worker, the rate is the slower of (a) the"
+            " GPU's model throughput and (b) its decode CPUs, times Ray's per-image efficiency (best local ms per"
+            f" image / Ray ms per image, measured above: {measured_efficiency:.2f}, capped at 1, so {efficiency:.2f});"
+            f" plus the fixed start-up measured above ({ray_fixed + ray_start_s:.0f} s; on a real cluster, loading the"
+            " model on every node takes longer)."
+        ),
         "",
         est,
         "",
-        f"- GPU rates (public figures, not measured here): ResNet-18 ≈ 2 × 3,382 img/s, where 3,382 img/s is NVIDIA DeepLearningExamples' "
-        f"PyTorch ResNet-50 v1.5 inference on one V100 16GB, mixed precision, batch 256, and ResNet-18 needs 1.8 against 4.1 GFLOPs per image; "
-        f"CLIP ViT-B/32 ≈ {GPU_CLIP_IMAGES_PER_S:,} img/s, clip-retrieval's README figure for an RTX 3080.",
-        f"- Decode rate: measured here, {decode_ms:.2f} ms per image per core (read, decode, resize and crop to 224 px; one thread; generated "
-        f"{BIG_IMAGE_PX}×{BIG_IMAGE_PX} JPEGs, about the size of an ImageNet photo; {'on this busy machine' if load['load_before'] > 1.0 else 'on a quiet machine'}), so {DECODE_CPUS_PER_GPU} CPUs decode "
-        f"{DECODE_CPUS_PER_GPU * 1000 / decode_ms:,.0f} images/s. Real photos of other sizes, or slower storage (S3 reads), change it. With these "
-        "figures both models are decode-bound, so more decode CPUs per GPU (or CPU-only nodes in the Ray cluster) is the first lever.",
-        "- Not included: listing the images and the final commit on the driver. `commit` concatenates every shard in the driver's "
-        "memory (2 KiB per 512-d image): 2 GB for 1M images is fine, 200 GB for 100M is not — a 100M job needs a sharded gallery format "
-        "(a follow-up; see docs/cluster.md). Also assumed: linear scaling (no shared-storage or network bottleneck).",
+        (
+            "- GPU rates (public figures, not measured here): ResNet-18 ≈ 2 × 3,382 img/s, where 3,382 img/s is NVIDIA"
+            " DeepLearningExamples' PyTorch ResNet-50 v1.5 inference on one V100 16GB, mixed precision, batch 256, and"
+            f" ResNet-18 needs 1.8 against 4.1 GFLOPs per image; CLIP ViT-B/32 ≈ {GPU_CLIP_IMAGES_PER_S:,} img/s,"
+            " clip-retrieval's README figure for an RTX 3080."
+        ),
+        (
+            f"- Decode rate: measured here, {decode_ms:.2f} ms per image per core (read, decode, resize and crop to 224"
+            f" px; one thread; generated {BIG_IMAGE_PX}×{BIG_IMAGE_PX} JPEGs, about the size of an ImageNet photo;"
+            f" {'on this busy machine' if load['load_before'] > 1.0 else 'on a quiet machine'}), so"
+            f" {DECODE_CPUS_PER_GPU} CPUs decode {DECODE_CPUS_PER_GPU * 1000 / decode_ms:,.0f} images/s. Real photos of"
+            " other sizes, or slower storage (S3 reads), change it. With these figures both models are decode-bound,"
+            " so more decode CPUs per GPU (or CPU-only nodes in the Ray cluster) is the first lever."
+        ),
+        (
+            "- Not included: listing the images and the final commit on the driver. `commit` concatenates every shard"
+            " in the driver's memory (2 KiB per 512-d image): 2 GB for 1M images is fine, 200 GB for 100M is not — a"
+            " 100M job needs a sharded gallery format (a follow-up; see docs/cluster.md). Also assumed: linear scaling"
+            " (no shared-storage or network bottleneck)."
+        ),
         "",
         environment_markdown(load, args.quick),
         f"- Ray {ray.__version__}.",

@@ -28,14 +28,24 @@ from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GENERATOR, ROOT, TRAIN_POINTS_PER_LIST, environment_markdown, generator_line, load_watch, markdown_table, parser, should_write, write_section  # noqa: E402
-
+from common import (
+    GENERATOR,
+    ROOT,
+    TRAIN_POINTS_PER_LIST,
+    environment_markdown,
+    generator_line,
+    load_watch,
+    markdown_table,
+    parser,
+    should_write,
+    write_section,
+)  # noqa: E402
 from lookalike import runtime  # noqa: E402
-from lookalike.study.scale import ScaleConfig, ScaleResult, format_size, run_scale, write_scale  # noqa: E402
-from lookalike.gallery.generated import write_generated_gallery  # noqa: E402
+from lookalike.data.synthetic import generate_collection  # noqa: E402
 from lookalike.embed.extract import ExtractConfig, extract  # noqa: E402
 from lookalike.gallery import MANIFEST, Gallery, open_gallery, write_manifest  # noqa: E402
-from lookalike.data.synthetic import generate_collection  # noqa: E402
+from lookalike.gallery.generated import write_generated_gallery  # noqa: E402
+from lookalike.study.scale import ScaleConfig, ScaleResult, format_size, run_scale, write_scale  # noqa: E402
 
 SECTION = "Scale 100k → 1M (issue 3)"
 FIGURES = ROOT / "docs" / "figures"
@@ -51,24 +61,42 @@ GOAL_MEMORY_GIB = 24
 
 def extraction_ms(model: str, work: Path, quick: bool, threads: int) -> dict:
     """Per-image extraction time of `model` with the real pipeline, on generated images (random weights)."""
-    data = generate_collection(work / "extract-data", n_classes=8, train_per_class=(4 if quick else EXTRACT_IMAGES // 8), val_per_class=0, seed=0)
+    data = generate_collection(
+        work / "extract-data",
+        n_classes=8,
+        train_per_class=(4 if quick else EXTRACT_IMAGES // 8),
+        val_per_class=0,
+        seed=0,
+    )
     out = work / f"extract-{model}"
     shutil.rmtree(out, ignore_errors=True)
-    config = ExtractConfig(data=str(data), out=str(out), model=model, weights="random", image_size=64 if quick else None, batch_size=32, threads=threads, workers=threads)
+    config = ExtractConfig(
+        data=str(data),
+        out=str(out),
+        model=model,
+        weights="random",
+        image_size=64 if quick else None,
+        batch_size=32,
+        threads=threads,
+        workers=threads,
+    )
     gallery = extract(config, progress=False)
     t = gallery.manifest.timings
     return {
         "ms_per_image": t["ms_per_image"],
         "single_image_ms": t["single_image_ms"],
         "single_image_note": t["single_image_note"] + f" ({model}, RANDOM weights, {t['threads']} threads)",
-        "measured_on": f"measured by benchmarks/bench_scale.py with `lookalike.embed.extract`: {model} (RANDOM weights — speed does not depend on them) on "
-        f"{t['images']} generated 64×64 JPEGs at {gallery.manifest.model.image_size} px, batch {t['batch_size']}, {t['threads']} threads, "
-        f"{gallery.manifest.model.precision_name}",
+        "measured_on": (
+            f"measured by benchmarks/bench_scale.py with `lookalike.embed.extract`: {model} (RANDOM weights — speed"
+            f" does not depend on them) on {t['images']} generated 64×64 JPEGs at {gallery.manifest.model.image_size}"
+            f" px, batch {t['batch_size']}, {t['threads']} threads, {gallery.manifest.model.precision_name}"
+        ),
     }
 
 
 def generated_gallery(work: Path, name: str, d: int, rows: int, extraction: dict) -> Gallery:
-    """The GENERATED gallery, reused across runs when its shape and generator parameters match (generation is seeded)."""
+    """The GENERATED gallery, reused across runs when its shape and generator parameters match (generation is
+    seeded)."""
     path = work / f"gallery-{name}-{rows}"
     if (path / MANIFEST).is_file():
         gallery = open_gallery(path)
@@ -108,7 +136,20 @@ def table(result: ScaleResult) -> str:
             ]
         )
     return markdown_table(
-        ["size", "method", "nlist, nprobe", "search ms single", "p99", "ms batched", "end-to-end ms single (batch-1 extract + search)", "search share", "memory MiB (× raw)", "train / build s", "test recall@10", "label P@10"],
+        [
+            "size",
+            "method",
+            "nlist, nprobe",
+            "search ms single",
+            "p99",
+            "ms batched",
+            "end-to-end ms single (batch-1 extract + search)",
+            "search share",
+            "memory MiB (× raw)",
+            "train / build s",
+            "test recall@10",
+            "label P@10",
+        ],
         rows,
     )
 
@@ -120,12 +161,18 @@ def ratios(result: ScaleResult) -> list[str]:
     big = sizes[-1]
     if ("flat", big) in at and ("ivf", big) in at:
         flat, ivf = at[("flat", big)], at[("ivf", big)]
+        speed_mark = (
+            "✓"
+            if flat.latency.single_ms >= 20 * ivf.latency.single_ms
+            else "✗ missed, see the list-balance check below"
+        )
         lines.append(
-            f"- At {format_size(big)}: ivf (nprobe {ivf.params.get('nprobe')}) reaches recall@10 {ivf.recall:.4f} at {ivf.latency.single_ms:.3f} ms/query single, "
-            f"**{flat.latency.single_ms / ivf.latency.single_ms:.0f}× below flat's {flat.latency.single_ms:.1f} ms** "
-            f"(goal ≥ 20×: {'✓' if flat.latency.single_ms >= 20 * ivf.latency.single_ms else '✗ missed, see the list-balance check below'}), with "
-            f"**{ivf.memory_bytes / (big * result.dim * 4):.3f}× the raw vectors' memory** "
-            f"(goal ≤ 1.2×: {'✓' if ivf.memory_bytes <= 1.2 * big * result.dim * 4 else '✗ missed'})."
+            f"- At {format_size(big)}: ivf (nprobe {ivf.params.get('nprobe')}) reaches recall@10 {ivf.recall:.4f} at"
+            f" {ivf.latency.single_ms:.3f} ms/query single, **{flat.latency.single_ms / ivf.latency.single_ms:.0f}×"
+            f" below flat's {flat.latency.single_ms:.1f} ms** (goal ≥ 20×:"
+            f" {speed_mark}),"
+            f" with **{ivf.memory_bytes / (big * result.dim * 4):.3f}× the raw vectors' memory** (goal ≤ 1.2×:"
+            f" {'✓' if ivf.memory_bytes <= 1.2 * big * result.dim * 4 else '✗ missed'})."
         )
     if len(sizes) > 1:
         lo = sizes[0]
@@ -133,14 +180,18 @@ def ratios(result: ScaleResult) -> list[str]:
             if (method, lo) in at and (method, big) in at:
                 a, b = at[(method, lo)], at[(method, big)]
                 lines.append(
-                    f"- {method}, {format_size(lo)} → {format_size(big)} ({big // lo}× the rows): single {a.latency.single_ms:.3f} → {b.latency.single_ms:.3f} ms "
-                    f"({b.latency.single_ms / a.latency.single_ms:.1f}×), end-to-end {a.end_to_end_single_ms:.2f} → {b.end_to_end_single_ms:.2f} ms "
-                    f"(search {100 * a.latency.single_ms / a.end_to_end_single_ms:.0f}% → {100 * b.latency.single_ms / b.end_to_end_single_ms:.0f}% of it)."
+                    f"- {method}, {format_size(lo)} → {format_size(big)} ({big // lo}× the rows): single"
+                    f" {a.latency.single_ms:.3f} → {b.latency.single_ms:.3f} ms"
+                    f" ({b.latency.single_ms / a.latency.single_ms:.1f}×), end-to-end {a.end_to_end_single_ms:.2f} →"
+                    f" {b.end_to_end_single_ms:.2f} ms (search"
+                    f" {100 * a.latency.single_ms / a.end_to_end_single_ms:.0f}% →"
+                    f" {100 * b.latency.single_ms / b.end_to_end_single_ms:.0f}% of it)."
                 )
     lines.append(
-        f"- Peak RSS of the whole run so far {result.peak_rss_bytes / 2**30:.1f} GiB (limit {GOAL_MEMORY_GIB} GiB); this gallery took {result.seconds / 60:.1f} min; "
-        f"exact baselines timed on a sample of {result.timing_queries} test queries; nprobe tuned on {result.validation_queries} validation queries, "
-        f"accuracy reported on the other {result.accuracy_queries} (test)."
+        f"- Peak RSS of the whole run so far {result.peak_rss_bytes / 2**30:.1f} GiB (limit {GOAL_MEMORY_GIB} GiB);"
+        f" this gallery took {result.seconds / 60:.1f} min; exact baselines timed on a sample of"
+        f" {result.timing_queries} test queries; nprobe tuned on {result.validation_queries} validation queries,"
+        f" accuracy reported on the other {result.accuracy_queries} (test)."
     )
     return lines
 
@@ -153,15 +204,20 @@ def thread_check(gallery: Gallery, result: ScaleResult, threads: int, other: int
     """
     import numpy as np
 
-    from lookalike.study.timing import measure_latency
     from lookalike.search import make_method
+    from lookalike.study.timing import measure_latency
 
     size = min(p.size for p in result.points)
     database = np.ascontiguousarray(gallery.embeddings[:size])  # the train rows come first in a generated gallery
     queries = np.ascontiguousarray(gallery.embeddings[gallery.partition().query_ids[:200]])
     methods = {}
     for p in (p for p in result.points if p.size == size):
-        method = make_method(p.method, size, gallery.dim, **({} if p.method == "brute" else {"train_points_per_list": TRAIN_POINTS_PER_LIST}))
+        method = make_method(
+            p.method,
+            size,
+            gallery.dim,
+            **({} if p.method == "brute" else {"train_points_per_list": TRAIN_POINTS_PER_LIST}),
+        )
         method.build(database)
         if "nprobe" in p.params:
             method.set_params(nprobe=p.params["nprobe"])
@@ -171,14 +227,26 @@ def thread_check(gallery: Gallery, result: ScaleResult, threads: int, other: int
         for n in (threads, other):
             runtime.set_threads(n)
             for name, method in methods.items():
-                times.setdefault((name, n), []).append(measure_latency(method, queries, 10, batch_repeats=1)[0].single_ms)
+                times.setdefault((name, n), []).append(
+                    measure_latency(method, queries, 10, batch_repeats=1)[0].single_ms
+                )
     runtime.set_threads(threads)
     balance = ivf_balance(methods["ivf"], queries) if "ivf" in methods else ""
-    rows = [[name, f"{np.median(times[(name, threads)]):.3f}", f"{np.median(times[(name, other)]):.3f}", f"{np.median(times[(name, other)]) / np.median(times[(name, threads)]):.2f}×"] for name in methods]
+    rows = [
+        [
+            name,
+            f"{np.median(times[(name, threads)]):.3f}",
+            f"{np.median(times[(name, other)]):.3f}",
+            f"{np.median(times[(name, other)]) / np.median(times[(name, threads)]):.2f}×",
+        ]
+        for name in methods
+    ]
     return "\n".join(
         [
-            f"Why {threads} thread(s): single-query latency at {threads} against {other} thread(s), same {format_size(size)}-row database and 200 queries, "
-            f"{rounds} alternating rounds (median ms):",
+            (
+                f"Why {threads} thread(s): single-query latency at {threads} against {other} thread(s), same"
+                f" {format_size(size)}-row database and 200 queries, {rounds} alternating rounds (median ms):"
+            ),
             "",
             markdown_table(["method", f"{threads} thread(s)", f"{other} thread(s)", f"{other} / {threads}"], rows),
             "",
@@ -188,7 +256,8 @@ def thread_check(gallery: Gallery, result: ScaleResult, threads: int, other: int
 
 
 def ivf_balance(method, queries) -> str:
-    """How much of the database one ivf query really scans (FAISS indexIVF_stats), against the even share nprobe/nlist."""
+    """How much of the database one ivf query really scans (FAISS indexIVF_stats), against the even share
+    nprobe/nlist."""
     import faiss
 
     ivf = faiss.extract_index_ivf(method.index)
@@ -198,17 +267,20 @@ def ivf_balance(method, queries) -> str:
     scanned = faiss.cvar.indexIVF_stats.ndis / len(queries)
     even = ivf.nprobe / ivf.nlist
     return (
-        f"List balance (same database): ivf with nlist {ivf.nlist}, nprobe {ivf.nprobe} scans **{scanned:,.0f} vectors per query, "
-        f"{100 * scanned / ivf.ntotal:.1f}% of the database**, against the even share nprobe/nlist = {100 * even:.1f}%; FAISS's imbalance "
-        f"factor is {ivf.invlists.imbalance_factor():.2f} (1 = equal lists). The generated mixture's k-means lists are uneven and the "
-        "queries, drawn where the data is dense, land in the big ones — so ivf's single-query speed-up over flat is far smaller "
-        "than nlist/nprobe suggests, and this is why it misses the 20× goal where it does."
+        f"List balance (same database): ivf with nlist {ivf.nlist}, nprobe {ivf.nprobe} scans **{scanned:,.0f} vectors"
+        f" per query, {100 * scanned / ivf.ntotal:.1f}% of the database**, against the even share nprobe/nlist ="
+        f" {100 * even:.1f}%; FAISS's imbalance factor is {ivf.invlists.imbalance_factor():.2f} (1 = equal lists). The"
+        " generated mixture's k-means lists are uneven and the queries, drawn where the data is dense, land in the big"
+        " ones — so ivf's single-query speed-up over flat is far smaller than nlist/nprobe suggests, and this is why"
+        " it misses the 20× goal where it does."
     )
 
 
 def main() -> int:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--work", default="/tmp/lookalike-bench-scale", help="folder for the generated galleries (reused between runs)")
+    p.add_argument(
+        "--work", default="/tmp/lookalike-bench-scale", help="folder for the generated galleries (reused between runs)"
+    )
     p.add_argument("--only", choices=sorted(RUNS), default=None, help="run one gallery only")
     # One thread by default, as the tradeoff section does: FAISS's second OpenMP thread waits at a
     # barrier on a single query, and on this shared machine that made flat 3× slower (see the check).
@@ -224,9 +296,17 @@ def main() -> int:
                 continue
             print(f"== {name}: {rows} + {VAL} × {d}, sizes {', '.join(map(format_size, sizes))}", flush=True)
             extraction = extraction_ms(model, work, args.quick, threads)
-            print(f"  extraction {model}: {extraction['single_image_ms']:.2f} ms for one image alone, {extraction['ms_per_image']:.2f} ms/image batched", flush=True)
+            print(
+                f"  extraction {model}: {extraction['single_image_ms']:.2f} ms for one image alone,"
+                f" {extraction['ms_per_image']:.2f} ms/image batched",
+                flush=True,
+            )
             gallery = generated_gallery(work, name, d, rows, extraction)
-            result = run_scale(gallery, ScaleConfig(sizes=sizes, train_points_per_list=TRAIN_POINTS_PER_LIST), progress=lambda line: print("  " + line, flush=True))
+            result = run_scale(
+                gallery,
+                ScaleConfig(sizes=sizes, train_points_per_list=TRAIN_POINTS_PER_LIST),
+                progress=lambda line: print("  " + line, flush=True),
+            )
             paths = write_scale(result, work / f"scale-{name}")
             figure = FIGURES / f"scale-{name}.png"
             if should_write(args):
@@ -236,9 +316,12 @@ def main() -> int:
                 [
                     f"### d = {d}: {', '.join(map(format_size, sizes))} rows",
                     "",
-                    f"{result.provenance}. Extraction, constant per image: **{result.extraction['single_image_ms']:.2f} ms for one image alone** "
-                    f"({result.extraction['single_note']}), used for the end-to-end single-query figure; {result.extraction['ms_per_image']:.2f} ms/image "
-                    f"in batches ({result.extraction['note']}).",
+                    (
+                        f"{result.provenance}. Extraction, constant per image:"
+                        f" **{result.extraction['single_image_ms']:.2f} ms for one image alone**"
+                        f" ({result.extraction['single_note']}), used for the end-to-end single-query figure;"
+                        f" {result.extraction['ms_per_image']:.2f} ms/image in batches ({result.extraction['note']})."
+                    ),
                     "",
                     generator_line(GENERATOR, 0, TRAIN_POINTS_PER_LIST),
                     "",
@@ -255,15 +338,16 @@ def main() -> int:
             print(text, flush=True)
             sections.append(text)
     intro = (
-        "`lookalike scale` (`benchmarks/bench_scale.py`) on GENERATED galleries — no model, no images: "
-        f"`write_generated_gallery` draws unit vectors from a random mixture of {GENERATOR.n_clusters} low-rank Gaussian clusters in sibling pairs "
-        "(the same generator and IVF training size as the accuracy-vs-speed section's 1M gallery; each table lists them); "
-        "the last 1000 rows are the held-out queries, split in half: validation (to choose nprobe) and test (to report). "
-        "Accuracy figures describe that generated data only. "
-        "End-to-end single = one image embedded alone (batch 1; measured here with random weights) + one single-query search. "
-        "ivf's nprobe is the smallest reaching recall@10 ≥ 0.95 on the validation queries at each size (a doubling sweep, then bisection); "
-        "every method is timed on the same 200 test queries, one query per call (single) and in one call (batched). "
-        f"Everything — extraction included — runs with {threads} thread(s) (`--threads`); the check under the first table shows why."
+        "`lookalike scale` (`benchmarks/bench_scale.py`) on GENERATED galleries — no model, no images:"
+        f" `write_generated_gallery` draws unit vectors from a random mixture of {GENERATOR.n_clusters} low-rank"
+        " Gaussian clusters in sibling pairs (the same generator and IVF training size as the accuracy-vs-speed"
+        " section's 1M gallery; each table lists them); the last 1000 rows are the held-out queries, split in half:"
+        " validation (to choose nprobe) and test (to report). Accuracy figures describe that generated data only."
+        " End-to-end single = one image embedded alone (batch 1; measured here with random weights) + one single-query"
+        " search. ivf's nprobe is the smallest reaching recall@10 ≥ 0.95 on the validation queries at each size (a"
+        " doubling sweep, then bisection); every method is timed on the same 200 test queries, one query per call"
+        f" (single) and in one call (batched). Everything — extraction included — runs with {threads} thread(s)"
+        " (`--threads`); the check under the first table shows why."
     )
     markdown = "\n\n".join([intro, *sections, environment_markdown(load, args.quick)])
     if should_write(args):

@@ -36,15 +36,24 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GENERATOR, environment_markdown, generator_line, load_watch, markdown_table, median_seconds, parser, should_write, write_section  # noqa: E402
-
+from common import (
+    GENERATOR,
+    environment_markdown,
+    generator_line,
+    load_watch,
+    markdown_table,
+    median_seconds,
+    parser,
+    should_write,
+    write_section,
+)  # noqa: E402
 from lookalike import runtime  # noqa: E402
 from lookalike.data.vectors import random_cluster_model  # noqa: E402
-from lookalike.study.timing import measure_latency  # noqa: E402
-from lookalike.study.metrics import recall_at_k  # noqa: E402
 from lookalike.search import DEFAULT_NPROBE, SearchMethod, default_nlist, make_method  # noqa: E402
 from lookalike.search.brute import SCORE_BLOCK_BYTES  # noqa: E402
 from lookalike.search.exact_lowp import FEW_QUERIES  # noqa: E402
+from lookalike.study.metrics import recall_at_k  # noqa: E402
+from lookalike.study.timing import measure_latency  # noqa: E402
 
 SECTION = "Exact and IVF search (issues 2, 9)"
 GOAL_ROOFLINE = 1.5  # issue 2: brute and flat within 1.5× the fp32 roofline
@@ -56,8 +65,13 @@ DEFAULT = {"n": 100_000, "queries": 10_000, "d": 512, "sgemm_n": 3072, "chunk": 
 QUICK = {"n": 10_000, "queries": 500, "d": 512, "sgemm_n": 512, "chunk": 100, "single_per_chunk": 4}
 CHECK_CHUNKS = 3  # chunks measured again at one thread
 FLAT_BLAS_ALWAYS = "flat (faiss, BLAS threshold 1)"
-EXACT = [("exact-lowp", "exact-lowp", None), ("brute (torch)", "brute", "torch"), ("brute (numpy)", "brute", "numpy"),
-         (FLAT_BLAS_ALWAYS, "flat", None), ("flat (faiss)", "flat", None)]
+EXACT = [
+    ("exact-lowp", "exact-lowp", None),
+    ("brute (torch)", "brute", "torch"),
+    ("brute (numpy)", "brute", "numpy"),
+    (FLAT_BLAS_ALWAYS, "flat", None),
+    ("flat (faiss)", "flat", None),
+]
 # FAISS settings in force while one row is timed (the rest run with runtime.FAISS_SETTINGS, which keeps
 # FAISS's default threshold of 20: fewer queries are scanned without BLAS). The BLAS-always row measures that choice.
 ROW_FAISS_SETTINGS = {FLAT_BLAS_ALWAYS: {"distance_compute_blas_threshold": 1}}
@@ -103,8 +117,15 @@ class Timed:
     def row(self, queries: int) -> list[object]:
         goal = GOAL_LOWP if self.label == "exact-lowp" else GOAL_ROOFLINE
         ok = f"✓ (goal ≤ {goal:g}×)" if self.ratio <= goal else f"✗ missed (goal ≤ {goal:g}×)"
-        return [self.label, f"{self.batch_s:.2f}", f"{queries / self.batch_s:,.0f}", f"**{self.ratio:.2f}×** {ok}", f"{self.ratio_bf16:.2f}×",
-                f"{self.single_ms:.2f}", f"{self.single_p99_ms:.2f}"]
+        return [
+            self.label,
+            f"{self.batch_s:.2f}",
+            f"{queries / self.batch_s:,.0f}",
+            f"**{self.ratio:.2f}×** {ok}",
+            f"{self.ratio_bf16:.2f}×",
+            f"{self.single_ms:.2f}",
+            f"{self.single_p99_ms:.2f}",
+        ]
 
 
 def build(name: str, backend: str | None, vectors: np.ndarray) -> SearchMethod:
@@ -113,7 +134,13 @@ def build(name: str, backend: str | None, vectors: np.ndarray) -> SearchMethod:
     return method
 
 
-def interleaved(methods: dict[str, SearchMethod], queries: np.ndarray, n: int, sizes: dict, sgemm_rates: dict[str, list[float]] | None) -> list[Timed]:
+def interleaved(
+    methods: dict[str, SearchMethod],
+    queries: np.ndarray,
+    n: int,
+    sizes: dict,
+    sgemm_rates: dict[str, list[float]] | None,
+) -> list[Timed]:
     """Chunk by chunk: (optionally) the sgemm rates, then each method batched and on single queries."""
     chunk, singles = sizes["chunk"], sizes["single_per_chunk"]
     batch = {label: [] for label in methods}
@@ -142,11 +169,26 @@ def interleaved(methods: dict[str, SearchMethod], queries: np.ndarray, n: int, s
             if roofline_s:
                 ratio[label].append(batch[label][-1] / roofline_s)
                 ratio_bf16[label].append(batch[label][-1] / roofline_bf16_s)
-        line = ", ".join(f"{label} {batch[label][-1]:.2f} s" + (f" ({ratio[label][-1]:.2f}×)" if roofline_s else "") for label in methods)
-        print(f"  queries {start:,}–{start + len(q):,}: " + line + (f"; roofline {roofline_s:.2f} s" if roofline_s else ""), flush=True)
+        line = ", ".join(
+            f"{label} {batch[label][-1]:.2f} s" + (f" ({ratio[label][-1]:.2f}×)" if roofline_s else "")
+            for label in methods
+        )
+        print(
+            f"  queries {start:,}–{start + len(q):,}: "
+            + line
+            + (f"; roofline {roofline_s:.2f} s" if roofline_s else ""),
+            flush=True,
+        )
     return [
-        Timed(label, sum(batch[label]), statistics.median(ratio[label]) if ratio[label] else float("nan"),
-              statistics.median(ratio_bf16[label]) if ratio_bf16[label] else float("nan"), statistics.median(single[label]), statistics.median(p99[label]), np.concatenate(ids[label]))
+        Timed(
+            label,
+            sum(batch[label]),
+            statistics.median(ratio[label]) if ratio[label] else float("nan"),
+            statistics.median(ratio_bf16[label]) if ratio_bf16[label] else float("nan"),
+            statistics.median(single[label]),
+            statistics.median(p99[label]),
+            np.concatenate(ids[label]),
+        )
         for label in methods
     ]
 
@@ -164,22 +206,44 @@ class ExactRun:
 
     def rows(self) -> list[list[object]]:
         truth = self.timed[-1].ids
-        same = lambda f: "identical ids" if np.array_equal(f.ids, truth) else f"{recall_at_k(f.ids, truth, K):.4f}"
-        return [[self.data, f.label, self.threads, f"{self.queries:,}", *f.row(self.queries)[1:], same(f)] for f in self.timed]
+
+        def same(f) -> str:
+            return "identical ids" if np.array_equal(f.ids, truth) else f"{recall_at_k(f.ids, truth, K):.4f}"
+
+        return [
+            [self.data, f.label, self.threads, f"{self.queries:,}", *f.row(self.queries)[1:], same(f)]
+            for f in self.timed
+        ]
 
     def single_limits_ms(self) -> dict[str, float]:
-        """One query's floor: the gallery's bytes (fp32, and 16-bit and 8-bit scan copies) over the measured bandwidth."""
-        return {"fp32": 1000 * self.gallery_bytes / self.bandwidth, "16-bit": 500 * self.gallery_bytes / self.bandwidth, "8-bit": 250 * self.gallery_bytes / self.bandwidth}
+        """One query's floor: the gallery's bytes (fp32, and 16-bit and 8-bit scan copies) over the measured
+        bandwidth."""
+        return {
+            "fp32": 1000 * self.gallery_bytes / self.bandwidth,
+            "16-bit": 500 * self.gallery_bytes / self.bandwidth,
+            "8-bit": 250 * self.gallery_bytes / self.bandwidth,
+        }
 
 
-def exact_search(data: str, methods: dict[str, SearchMethod], n: int, queries: np.ndarray, sizes: dict, threads: int) -> ExactRun:
+def exact_search(
+    data: str, methods: dict[str, SearchMethod], n: int, queries: np.ndarray, sizes: dict, threads: int
+) -> ExactRun:
     runtime.set_threads(threads)
     rates: dict[str, list[float]] = {"torch": [], "numpy": [], "bf16": []}
     bandwidth = read_bandwidth()
     timed = interleaved(methods, queries, n, sizes, rates)
     chosen = methods["exact-lowp"].params()
     lowp = f"{chosen['precision']} for batches, {chosen['few_precision']} for ≤ {FEW_QUERIES} queries"
-    return ExactRun(data, threads, len(queries), {lib: statistics.median(v) for lib, v in rates.items()}, bandwidth, n * queries.shape[1] * 4, timed, lowp)
+    return ExactRun(
+        data,
+        threads,
+        len(queries),
+        {lib: statistics.median(v) for lib, v in rates.items()},
+        bandwidth,
+        n * queries.shape[1] * 4,
+        timed,
+        lowp,
+    )
 
 
 @dataclass(frozen=True)
@@ -197,27 +261,50 @@ class IvfFigures:
     flat: Timed
 
     def row(self) -> list[object]:
-        return [self.data, self.nlist, self.nprobe, f"{self.train_s:.1f} / {self.add_s:.1f}", f"{self.imbalance:.2f}",
-                f"{self.scanned:,.0f} ({100 * self.scanned / self.n:.1f}%)",
-                f"**{self.recall:.3f}**",
-                f"{self.ivf.single_ms:.3f} ({self.ivf.single_p99_ms:.3f})", f"{1000 * self.ivf.batch_s / len(self.ivf.ids):.4f}",
-                f"{self.flat.single_ms / self.ivf.single_ms:.1f}× / {self.flat.batch_s / self.ivf.batch_s:.1f}×"]
+        return [
+            self.data,
+            self.nlist,
+            self.nprobe,
+            f"{self.train_s:.1f} / {self.add_s:.1f}",
+            f"{self.imbalance:.2f}",
+            f"{self.scanned:,.0f} ({100 * self.scanned / self.n:.1f}%)",
+            f"**{self.recall:.3f}**",
+            f"{self.ivf.single_ms:.3f} ({self.ivf.single_p99_ms:.3f})",
+            f"{1000 * self.ivf.batch_s / len(self.ivf.ids):.4f}",
+            f"{self.flat.single_ms / self.ivf.single_ms:.1f}× / {self.flat.batch_s / self.ivf.batch_s:.1f}×",
+        ]
 
 
 def ivf_search(data: str, gallery: np.ndarray, queries: np.ndarray, sizes: dict) -> IvfFigures:
     """ivf at the default nlist and nprobe, timed beside flat on the same data, which also gives the ground truth."""
     ivf = build("ivf", None, gallery)
     faiss.cvar.indexIVF_stats.reset()
-    flat_timed, ivf_timed = interleaved({"flat": build("flat", None, gallery), "ivf": ivf}, queries, len(gallery), sizes, None)
+    flat_timed, ivf_timed = interleaved(
+        {"flat": build("flat", None, gallery), "ivf": ivf}, queries, len(gallery), sizes, None
+    )
     stats = faiss.cvar.indexIVF_stats
     scanned = stats.ndis / max(1, stats.nq)
     params = ivf.params()
     recall = recall_at_k(ivf_timed.ids, flat_timed.ids, K)
-    print(f"  ivf on {data}: recall@{K} {recall:.3f}, {ivf_timed.single_ms:.3f} ms single, "
-          f"{1000 * ivf_timed.batch_s / len(queries):.4f} ms/query batched", flush=True)
+    print(
+        f"  ivf on {data}: recall@{K} {recall:.3f}, {ivf_timed.single_ms:.3f} ms single, "
+        f"{1000 * ivf_timed.batch_s / len(queries):.4f} ms/query batched",
+        flush=True,
+    )
     imbalance = faiss.extract_index_ivf(ivf.index).invlists.imbalance_factor()
-    return IvfFigures(data, len(gallery), params["nlist"], params["nprobe"], ivf.build_stats.train_seconds,
-                      ivf.build_stats.add_seconds, recall, imbalance, scanned, ivf_timed, flat_timed)
+    return IvfFigures(
+        data,
+        len(gallery),
+        params["nlist"],
+        params["nprobe"],
+        ivf.build_stats.train_seconds,
+        ivf.build_stats.add_seconds,
+        recall,
+        imbalance,
+        scanned,
+        ivf_timed,
+        flat_timed,
+    )
 
 
 def main() -> None:
@@ -233,11 +320,15 @@ def main() -> None:
         gallery, queries = unit_rows(rng, n, d), unit_rows(rng, q, d)
         mixture_label = f"Gaussian mixture, {GENERATOR.n_clusters} centres"
         runs = []
-        for data, rows, asked, count in ((mixture_label, clustered, clustered_queries, q), ("uniform unit vectors", gallery, queries, CHECK_CHUNKS * sizes["chunk"])):
+        for data, rows, asked, count in (
+            (mixture_label, clustered, clustered_queries, q),
+            ("uniform unit vectors", gallery, queries, CHECK_CHUNKS * sizes["chunk"]),
+        ):
             print(f"exact search: {count:,} queries × {n:,} × {d} ({data}), k={K}, {threads} threads", flush=True)
             methods = {label: build(name, backend, rows) for label, name, backend in EXACT}
             runs.append(exact_search(data, methods, n, asked[:count], sizes, threads))
-            if threads > 1 and not args.quick and data == mixture_label:  # the same at one thread, where other work's load disturbs least
+            # the same at one thread, where other work's load disturbs least
+            if threads > 1 and not args.quick and data == mixture_label:
                 check = asked[: CHECK_CHUNKS * sizes["chunk"]]
                 print(f"exact search again at 1 thread: {len(check):,} queries", flush=True)
                 runs.append(exact_search(data, methods, n, check, sizes, 1))
@@ -248,63 +339,95 @@ def main() -> None:
         del gallery
         ivf.append(ivf_search(mixture_label, clustered, clustered_queries, sizes))
     exact_table = markdown_table(
-        ["data", "method", "threads", "queries", "all queries, s", "queries/s", "× fp32 roofline", "× bf16 roofline",
-         "single query ms (median)", "single p99 ms", f"recall@{K} vs flat"],
+        [
+            "data",
+            "method",
+            "threads",
+            "queries",
+            "all queries, s",
+            "queries/s",
+            "× fp32 roofline",
+            "× bf16 roofline",
+            "single query ms (median)",
+            "single p99 ms",
+            f"recall@{K} vs flat",
+        ],
         [row for run in runs for row in run.rows()],
     )
     sgemm_line = "\n\n".join(
-        f"{run.data}, measured ({sizes['sgemm_n']}×{sizes['sgemm_n']} matrices, {run.threads} thread{'s' if run.threads > 1 else ''}, "
-        f"median over chunks): fp32 torch.mm {run.sgemm['torch'] / 1e9:.0f} GFLOP/s, numpy matmul {run.sgemm['numpy'] / 1e9:.0f} GFLOP/s, "
-        f"bf16 torch.mm {run.sgemm['bf16'] / 1e9:.0f} GFLOP/s; roofline for 2·Q·N·d = {2.0 * run.queries * n * d / 1e12:.2f} TFLOP: "
-        f"**{2.0 * run.queries * n * d / max(run.sgemm['torch'], run.sgemm['numpy']):.2f} s** in fp32, "
-        f"**{2.0 * run.queries * n * d / run.sgemm['bf16']:.2f} s** in bf16. Memory read bandwidth {run.bandwidth / 1e9:.1f} GB/s: "
-        f"one query's floor is **{run.single_limits_ms()['fp32']:.2f} ms** for the fp32 gallery, "
-        f"**{run.single_limits_ms()['8-bit']:.2f} ms** for an 8-bit copy and "
-        f"**{run.single_limits_ms()['16-bit']:.2f} ms** for a 16-bit copy. exact-lowp scanned {run.lowp}; one query: "
-        f"**{next(f.single_ms for f in run.timed if f.label == 'exact-lowp'):.2f} ms** "
-        f"({'✓' if next(f.single_ms for f in run.timed if f.label == 'exact-lowp') <= GOAL_SINGLE_MS else '✗ missed'}, goal ≤ {GOAL_SINGLE_MS} ms at 100k × 512)."
+        f"{run.data}, measured ({sizes['sgemm_n']}×{sizes['sgemm_n']} matrices, {run.threads}"
+        f" thread{'s' if run.threads > 1 else ''}, median over chunks): fp32 torch.mm {run.sgemm['torch'] / 1e9:.0f}"
+        f" GFLOP/s, numpy matmul {run.sgemm['numpy'] / 1e9:.0f} GFLOP/s, bf16 torch.mm {run.sgemm['bf16'] / 1e9:.0f}"
+        f" GFLOP/s; roofline for 2·Q·N·d = {2.0 * run.queries * n * d / 1e12:.2f} TFLOP:"
+        f" **{2.0 * run.queries * n * d / max(run.sgemm['torch'], run.sgemm['numpy']):.2f} s** in fp32,"
+        f" **{2.0 * run.queries * n * d / run.sgemm['bf16']:.2f} s** in bf16. Memory read bandwidth"
+        f" {run.bandwidth / 1e9:.1f} GB/s: one query's floor is **{run.single_limits_ms()['fp32']:.2f} ms** for the"
+        f" fp32 gallery, **{run.single_limits_ms()['8-bit']:.2f} ms** for an 8-bit copy and"
+        f" **{run.single_limits_ms()['16-bit']:.2f} ms** for a 16-bit copy. exact-lowp scanned {run.lowp}; one query:"
+        f" **{next(f.single_ms for f in run.timed if f.label == 'exact-lowp'):.2f} ms**"
+        f" ({'✓' if next(f.single_ms for f in run.timed if f.label == 'exact-lowp') <= GOAL_SINGLE_MS else '✗ missed'},"
+        f" goal ≤ {GOAL_SINGLE_MS} ms at 100k × 512)."
         for run in runs
     )
     ivf_table = markdown_table(
-        ["data", "nlist", "nprobe", "train / add s", "list imbalance", "scanned per query", f"recall@{K}", "single query ms (p99)", "batched ms/query", "speed-up over flat single / batched"],
+        [
+            "data",
+            "nlist",
+            "nprobe",
+            "train / add s",
+            "list imbalance",
+            "scanned per query",
+            f"recall@{K}",
+            "single query ms (p99)",
+            "batched ms/query",
+            "speed-up over flat single / batched",
+        ],
         [f.row() for f in ivf],
     )
     print("\n" + sgemm_line + "\n" + exact_table + "\n\n" + ivf_table + "\n" + generator_line(GENERATOR, 0, None))
     chunks = -(-q // sizes["chunk"])
     doc = [
-        f"**Generated data, no model**: galleries of N = {n:,} vectors of d = {d}: the Gaussian mixture of "
-        f"`write_generated_gallery` (issue 9's data) with Q = {q:,} separate query vectors drawn from it (tiny-ImageNet's val size), and "
-        f"uniform random unit vectors with {CHECK_CHUNKS * sizes['chunk']:,} separate uniform queries (the worst case for exact-lowp's pruning), k = {K}, {threads} threads for torch, FAISS and BLAS. The queries go in "
-        f"{chunks} chunks of {sizes['chunk']:,}; for each chunk the sgemm rates and every method are measured back to back, "
-        "so all share the same load. *All queries*: each chunk in one `search` call (brute works through it in blocks that "
-        f"keep the score matrix under {SCORE_BLOCK_BYTES // 2**20} MiB), summed over chunks. *× roofline*: a chunk's time over "
-        "2·chunk·N·d divided by the faster sgemm rate measured beside it, median over chunks. *Single query*: one query "
-        f"per call, as the study timed it (`lookalike.study.timing.measure_latency`, {sizes['single_per_chunk']} queries per chunk), "
-        "median over chunks of each chunk's median (and of its p99). The one-thread rows repeat the first "
-        f"{CHECK_CHUNKS} chunks with torch, FAISS and BLAS at one thread: a single thread is barely slowed by other "
-        "work's threads, while two threads that must wait for each other are, so they show the methods' own efficiency. "
-        "*exact-lowp* scans an int8, bf16 or fp16 copy of the gallery (chosen by a timed probe search at build, separately "
-        f"for batches and for ≤ {FEW_QUERIES} queries) and re-ranks in fp32 every row "
-        "whose approximate score lies within the proven error bound of the k-th: its results are fp32 brute force's by "
-        "construction, and the last column checks them against flat. "
-        f"*{FLAT_BLAS_ALWAYS}* sends even a single query to BLAS (`distance_compute_blas_threshold` = 1); *flat (faiss)* keeps "
-        "FAISS's default of 20 (fewer queries are scanned without BLAS), lookalike's setting (`lookalike.runtime.FAISS_SETTINGS`), chosen from this comparison.",
+        (
+            f"**Generated data, no model**: galleries of N = {n:,} vectors of d = {d}: the Gaussian mixture of"
+            f" `write_generated_gallery` (issue 9's data) with Q = {q:,} separate query vectors drawn from it"
+            f" (tiny-ImageNet's val size), and uniform random unit vectors with {CHECK_CHUNKS * sizes['chunk']:,}"
+            f" separate uniform queries (the worst case for exact-lowp's pruning), k = {K}, {threads} threads for"
+            f" torch, FAISS and BLAS. The queries go in {chunks} chunks of {sizes['chunk']:,}; for each chunk the sgemm"
+            " rates and every method are measured back to back, so all share the same load. *All queries*: each chunk"
+            " in one `search` call (brute works through it in blocks that keep the score matrix under"
+            f" {SCORE_BLOCK_BYTES // 2**20} MiB), summed over chunks. *× roofline*: a chunk's time over 2·chunk·N·d"
+            " divided by the faster sgemm rate measured beside it, median over chunks. *Single query*: one query per"
+            f" call, as the study timed it (`lookalike.study.timing.measure_latency`, {sizes['single_per_chunk']}"
+            " queries per chunk), median over chunks of each chunk's median (and of its p99). The one-thread rows"
+            f" repeat the first {CHECK_CHUNKS} chunks with torch, FAISS and BLAS at one thread: a single thread is"
+            " barely slowed by other work's threads, while two threads that must wait for each other are, so they show"
+            " the methods' own efficiency. *exact-lowp* scans an int8, bf16 or fp16 copy of the gallery (chosen by a"
+            f" timed probe search at build, separately for batches and for ≤ {FEW_QUERIES} queries) and re-ranks in"
+            " fp32 every row whose approximate score lies within the proven error bound of the k-th: its results are"
+            f" fp32 brute force's by construction, and the last column checks them against flat. *{FLAT_BLAS_ALWAYS}*"
+            " sends even a single query to BLAS (`distance_compute_blas_threshold` = 1); *flat (faiss)* keeps FAISS's"
+            " default of 20 (fewer queries are scanned without BLAS), lookalike's setting"
+            " (`lookalike.runtime.FAISS_SETTINGS`), chosen from this comparison."
+        ),
         "",
         sgemm_line,
         "",
         exact_table,
         "",
-        f"**ivf** (`IndexIVFFlat`, inner product) at the defaults: nlist = round(√N) = {default_nlist(n)}, "
-        f"nprobe = `lookalike.search.DEFAULT_NPROBE` = {DEFAULT_NPROBE}, timed chunk by chunk beside flat on the same data; "
-        f"recall@{K} against flat's results. Uniform unit vectors have no cluster structure, so ivf's recall on them is its "
-        f"worst case; the Gaussian-mixture rows ({GENERATOR.n_clusters} random centres, `lookalike.gallery.generated.random_cluster_model`, "
-        "queries drawn from the same mixture) are closer to how real embeddings cluster — both are GENERATED, not image "
-        "embeddings. *List imbalance* is FAISS's imbalance factor (1 = equal lists); *scanned per query* counts the "
-        "gallery vectors each query is compared with (FAISS `indexIVF_stats`): on the mixture, k-means leaves uneven "
-        "lists and the queries, drawn where the data is dense, land in the big ones, so ivf scans more than nprobe/nlist "
-        "of the gallery — and scans it without BLAS, so batched there ivf can even be slower than flat, whose scan is one "
-        "matrix product; one query at a time (the study's mode, and an interactive user's) it stays far ahead. "
-        "Single-query times are medians (p99 in brackets).",
+        (
+            f"**ivf** (`IndexIVFFlat`, inner product) at the defaults: nlist = round(√N) = {default_nlist(n)}, nprobe ="
+            f" `lookalike.search.DEFAULT_NPROBE` = {DEFAULT_NPROBE}, timed chunk by chunk beside flat on the same data;"
+            f" recall@{K} against flat's results. Uniform unit vectors have no cluster structure, so ivf's recall on"
+            f" them is its worst case; the Gaussian-mixture rows ({GENERATOR.n_clusters} random centres,"
+            " `lookalike.gallery.generated.random_cluster_model`, queries drawn from the same mixture) are closer to"
+            " how real embeddings cluster — both are GENERATED, not image embeddings. *List imbalance* is FAISS's"
+            " imbalance factor (1 = equal lists); *scanned per query* counts the gallery vectors each query is"
+            " compared with (FAISS `indexIVF_stats`): on the mixture, k-means leaves uneven lists and the queries,"
+            " drawn where the data is dense, land in the big ones, so ivf scans more than nprobe/nlist of the gallery"
+            " — and scans it without BLAS, so batched there ivf can even be slower than flat, whose scan is one matrix"
+            " product; one query at a time (the study's mode, and an interactive user's) it stays far ahead."
+            " Single-query times are medians (p99 in brackets)."
+        ),
         "",
         ivf_table,
         "",

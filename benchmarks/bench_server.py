@@ -42,8 +42,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, environment_markdown, load_watch, markdown_table, parser, should_write, write_section  # noqa: E402
-
+from common import (
+    ROOT,
+    environment_markdown,
+    load_watch,
+    markdown_table,
+    parser,
+    should_write,
+    write_section,
+)  # noqa: E402
 from lookalike import runtime  # noqa: E402
 from lookalike.gallery import Gallery, open_gallery  # noqa: E402
 
@@ -51,18 +58,34 @@ SECTION = "Web demo (issue 4)"
 TEXT_SECTION = "Text queries (issue 12)"
 K = 10
 DEFAULT = {
-    "rows": 100_000, "classes": 20, "train_per_class": 30, "val_per_class": 5, "image_size": None,
-    "requests": {"id": 300, "upload": 120, "text": 200}, "concurrency": (1, 4, 16), "time_cap_s": 90.0,
+    "rows": 100_000,
+    "classes": 20,
+    "train_per_class": 30,
+    "val_per_class": 5,
+    "image_size": None,
+    "requests": {"id": 300, "upload": 120, "text": 200},
+    "concurrency": (1, 4, 16),
+    "time_cap_s": 90.0,
 }
 QUICK = {
-    "rows": 3_000, "classes": 5, "train_per_class": 10, "val_per_class": 2, "image_size": 64,
-    "requests": {"id": 30, "upload": 10, "text": 10}, "concurrency": (1, 4), "time_cap_s": 20.0,
+    "rows": 3_000,
+    "classes": 5,
+    "train_per_class": 10,
+    "val_per_class": 2,
+    "image_size": 64,
+    "requests": {"id": 30, "upload": 10, "text": 10},
+    "concurrency": (1, 4),
+    "time_cap_s": 20.0,
 }
 TEXT_SCENARIOS = (("text", "brute"), ("text", "flat"), ("text", "ivf"))
 # Queries of a few lengths, as typed into the page: the text tower's cost does not depend on the
 # length (it always reads the full 77-token context), tokenizing does, a little.
-TEXTS = ("a red car", "a photo of a dog on a beach", "a yellow star on an olive green background",
-         "a close-up photograph of a small bird sitting on a branch in the rain, with a blurred city behind it")
+TEXTS = (
+    "a red car",
+    "a photo of a dog on a beach",
+    "a yellow star on an olive green background",
+    "a close-up photograph of a small bird sitting on a branch in the rain, with a blurred city behind it",
+)
 SCENARIOS = (("id", "brute"), ("id", "flat"), ("id", "ivf"), ("upload", "ivf"))
 # The server's concurrency model, side by side: the default (one compute job at a time using
 # every core) against as many single-threaded jobs as cores, on the CPU-heavy scenarios.
@@ -78,11 +101,12 @@ START_TIMEOUT_S = 600
 
 
 def build_gallery(work: Path, sizes: dict, model: str = "resnet18") -> Gallery:
-    """Extract a small generated collection with `model` (random weights), then extend it to `rows` with fitted synthetic rows."""
-    from lookalike.gallery.generated import Segment, write_array_gallery
+    """Extract a small generated collection with `model` (random weights), then extend it to `rows` with fitted
+    synthetic rows."""
+    from lookalike.data.synthetic import generate_collection
     from lookalike.data.vectors import fit_cluster_model
     from lookalike.embed.extract import ExtractConfig, extract
-    from lookalike.data.synthetic import generate_collection
+    from lookalike.gallery.generated import Segment, write_array_gallery
 
     tag = "" if model == "resnet18" else f"-{model}"  # the resnet18 folders keep the names earlier runs made
     out = work / f"gallery{tag}-{sizes['rows']}"
@@ -90,8 +114,24 @@ def build_gallery(work: Path, sizes: dict, model: str = "resnet18") -> Gallery:
         gallery = open_gallery(out)
         if gallery.count == sizes["rows"]:
             return gallery
-    data = generate_collection(work / "data", n_classes=sizes["classes"], train_per_class=sizes["train_per_class"], val_per_class=sizes["val_per_class"], seed=0)
-    source = extract(ExtractConfig(data=str(data), out=str(work / f"source{tag}"), model=model, weights="random", image_size=sizes["image_size"], batch_size=32), progress=False)
+    data = generate_collection(
+        work / "data",
+        n_classes=sizes["classes"],
+        train_per_class=sizes["train_per_class"],
+        val_per_class=sizes["val_per_class"],
+        seed=0,
+    )
+    source = extract(
+        ExtractConfig(
+            data=str(data),
+            out=str(work / f"source{tag}"),
+            model=model,
+            weights="random",
+            image_size=sizes["image_size"],
+            batch_size=32,
+        ),
+        progress=False,
+    )
     n_real = source.count
     train = np.flatnonzero(source.splits == "train")
     t = time.perf_counter()
@@ -102,8 +142,22 @@ def build_gallery(work: Path, sizes: dict, model: str = "resnet18") -> Gallery:
     cluster_labels = np.asarray(fitted.labels, dtype=object)[clusters]
     names = dict(zip(meta["label"], meta["label_name"]))
     segments = [
-        Segment("gallery", 0, n_real, False, f"{model} (RANDOM weights) embeddings of {n_real} GENERATED images", {"source": str(source.path)}),
-        Segment("synthetic", n_real, sizes["rows"], True, f"sampled from a cluster model fitted to the {len(train)} train rows", fitted.describe()),
+        Segment(
+            "gallery",
+            0,
+            n_real,
+            False,
+            f"{model} (RANDOM weights) embeddings of {n_real} GENERATED images",
+            {"source": str(source.path)},
+        ),
+        Segment(
+            "synthetic",
+            n_real,
+            sizes["rows"],
+            True,
+            f"sampled from a cluster model fitted to the {len(train)} train rows",
+            fitted.describe(),
+        ),
     ]
     return write_array_gallery(
         out,
@@ -137,7 +191,18 @@ class Server:
     """`lookalike serve --port 0` in a subprocess; `url` once it listens, `rss_peak_bytes()` from /proc."""
 
     def __init__(self, gallery: Path, threads: int | None, slots: int = 1):
-        command = [sys.executable, "-m", "lookalike.cli", "serve", "--gallery", str(gallery), "--port", "0", "--compute-slots", str(slots)]
+        command = [
+            sys.executable,
+            "-m",
+            "lookalike.cli",
+            "serve",
+            "--gallery",
+            str(gallery),
+            "--port",
+            "0",
+            "--compute-slots",
+            str(slots),
+        ]
         if threads:
             command += ["--threads", str(threads)]
         t = time.perf_counter()
@@ -150,7 +215,7 @@ class Server:
                 line = lines.get(timeout=START_TIMEOUT_S)
             except queue.Empty:
                 self.stop()
-                raise SystemExit(f"lookalike serve printed no URL in {START_TIMEOUT_S} s:\n{''.join(seen)}")
+                raise SystemExit(f"lookalike serve printed no URL in {START_TIMEOUT_S} s:\n{''.join(seen)}") from None
             seen.append(line)
             if m := re.search(r"http://127\.0\.0\.1:\d+", line):
                 self.url = m.group(0)
@@ -207,14 +272,36 @@ class LoadResult:
         fmt = lambda x: "—" if x is None else f"{x:.1f}"  # noqa: E731
         params = ", ".join(f"{k}={v}" for k, v in self.params.items())
         return [
-            self.config, f"by {self.kind}", self.method + (f" ({params})" if params else ""), self.concurrency, len(self.latencies_ms), len(self.failures),
-            f"{self.percentile(50):.1f}", f"{self.percentile(99):.1f}", f"{len(self.latencies_ms) / self.wall_s:.1f}" if self.wall_s else "—",
-            fmt(self.server_median("wait_ms")), fmt(self.server_median("decode_ms")), fmt(self.server_median("embed_ms")), fmt(self.server_median("search_ms")),
+            self.config,
+            f"by {self.kind}",
+            self.method + (f" ({params})" if params else ""),
+            self.concurrency,
+            len(self.latencies_ms),
+            len(self.failures),
+            f"{self.percentile(50):.1f}",
+            f"{self.percentile(99):.1f}",
+            f"{len(self.latencies_ms) / self.wall_s:.1f}" if self.wall_s else "—",
+            fmt(self.server_median("wait_ms")),
+            fmt(self.server_median("decode_ms")),
+            fmt(self.server_median("embed_ms")),
+            fmt(self.server_median("search_ms")),
         ]
 
 
-async def run_load(url: str, config: str, kind: str, method: str, concurrency: int, total: int, time_cap_s: float, ids: np.ndarray, jpeg: bytes, warmup: int = 5) -> LoadResult:
-    """`total` requests (or as many as fit in `time_cap_s`) from `concurrency` clients with one request in flight each."""
+async def run_load(
+    url: str,
+    config: str,
+    kind: str,
+    method: str,
+    concurrency: int,
+    total: int,
+    time_cap_s: float,
+    ids: np.ndarray,
+    jpeg: bytes,
+    warmup: int = 5,
+) -> LoadResult:
+    """`total` requests (or as many as fit in `time_cap_s`) from `concurrency` clients with one request in flight
+    each."""
     import httpx
 
     result = LoadResult(config, kind, method, concurrency)
@@ -259,7 +346,21 @@ async def run_load(url: str, config: str, kind: str, method: str, concurrency: i
 # --- report ---
 
 
-HEADERS = ["server", "query", "method", "clients", "requests", "failed", "p50 ms", "p99 ms", "req/s", "server wait ms", "decode ms", "embed ms", "search ms"]
+HEADERS = [
+    "server",
+    "query",
+    "method",
+    "clients",
+    "requests",
+    "failed",
+    "p50 ms",
+    "p99 ms",
+    "req/s",
+    "server wait ms",
+    "decode ms",
+    "embed ms",
+    "search ms",
+]
 
 
 HOSTILE_HEADERS = ["upload (issue 10)", "bytes", "HTTP", "server CPU s", "wall ms"]
@@ -275,9 +376,21 @@ def hostile_rows(server: Server) -> list[list[object]]:
     with httpx.Client(base_url=server.url, timeout=120) as client:
         for name, data in hostile_uploads().items():
             cpu, t = server.cpu_seconds(), time.perf_counter()
-            response = client.post("/api/search", files={"image": (name, data, "application/octet-stream")}, data={"k": str(K), "method": "ivf"})
+            response = client.post(
+                "/api/search",
+                files={"image": (name, data, "application/octet-stream")},
+                data={"k": str(K), "method": "ivf"},
+            )
             wall = time.perf_counter() - t
-            rows.append([name, f"{len(data):,}", response.status_code, f"{server.cpu_seconds() - cpu:.2f}", f"{1000 * wall:.0f}"])
+            rows.append(
+                [
+                    name,
+                    f"{len(data):,}",
+                    response.status_code,
+                    f"{server.cpu_seconds() - cpu:.2f}",
+                    f"{1000 * wall:.0f}",
+                ]
+            )
         healthy = client.get("/healthz").status_code == 200
     rows.append(["(then /healthz)", "", 200 if healthy else "FAILED", "", ""])
     return rows
@@ -291,22 +404,35 @@ class ServerRun:
     info: dict
 
 
-def to_markdown(results: list[LoadResult], runs: list[ServerRun], jpeg_bytes: int, load: dict, quick: bool, hostile: list[list[object]] | None = None) -> str:
+def to_markdown(
+    results: list[LoadResult],
+    runs: list[ServerRun],
+    jpeg_bytes: int,
+    load: dict,
+    quick: bool,
+    hostile: list[list[object]] | None = None,
+) -> str:
     total = sum(len(r.latencies_ms) for r in results)
     failed = sum(len(r.failures) for r in results)
     info = runs[0].info
     ivf = next(m for m in info["methods"] if m["name"] == "ivf")
     lines = [
-        "`benchmarks/bench_server.py`: the real `lookalike serve` (subprocess) driven over loopback by an async httpx "
-        "load generator; each client keeps one request in flight. Latencies are client-side (request sent → answer parsed), "
-        "in ms; the *server* columns are medians of the per-request split the API returns.",
+        (
+            "`benchmarks/bench_server.py`: the real `lookalike serve` (subprocess) driven over loopback by an async"
+            " httpx load generator; each client keeps one request in flight. Latencies are client-side (request sent →"
+            " answer parsed), in ms; the *server* columns are medians of the per-request split the API returns."
+        ),
         "",
-        f"**Gallery: {info['provenance']}.** " + " ".join(info["warnings"]) + " **Latencies are real; the rankings are not meaningful.**",
+        f"**Gallery: {info['provenance']}.** "
+        + " ".join(info["warnings"])
+        + " **Latencies are real; the rankings are not meaningful.**",
         "",
         environment_markdown(load, quick),
-        f"- Upload: one {UPLOAD_SIZE[0]}×{UPLOAD_SIZE[1]} JPEG ({jpeg_bytes / 1024:.0f} KB), model input {info['image_size']} px. "
-        f"By id: held-out (val) rows, k = {K}. Methods over {ivf['ntotal']:,} rows: brute (torch), flat, ivf = {ivf['factory']}. "
-        "The load generator runs on the same 2 cores as the server.",
+        (
+            f"- Upload: one {UPLOAD_SIZE[0]}×{UPLOAD_SIZE[1]} JPEG ({jpeg_bytes / 1024:.0f} KB), model input"
+            f" {info['image_size']} px. By id: held-out (val) rows, k = {K}. Methods over {ivf['ntotal']:,} rows: brute"
+            f" (torch), flat, ivf = {ivf['factory']}. The load generator runs on the same 2 cores as the server."
+        ),
     ]
     for run in runs:
         rss = f"{run.rss_peak_bytes / 2**20:,.0f} MiB" if run.rss_peak_bytes else "n/a"
@@ -319,16 +445,31 @@ def to_markdown(results: list[LoadResult], runs: list[ServerRun], jpeg_bytes: in
     if hostile:
         lines += [
             "",
-            "Hostile uploads (issue 10; files from `lookalike.data.synthetic.hostile_uploads`), one at a time to the default server: "
-            "the server process's CPU time per request (user + system, all threads, /proc; clock-tick resolution 10 ms). "
-            "Goal: at most 1 s each, and the server healthy afterwards.",
+            (
+                "Hostile uploads (issue 10; files from `lookalike.data.synthetic.hostile_uploads`), one at a time to"
+                " the default server: the server process's CPU time per request (user + system, all threads, /proc;"
+                " clock-tick resolution 10 ms). Goal: at most 1 s each, and the server healthy afterwards."
+            ),
             "",
             markdown_table(HOSTILE_HEADERS, hostile),
         ]
     return "\n".join(lines)
 
 
-TEXT_HEADERS = ["query", "method", "clients", "requests", "failed", "p50 ms", "p99 ms", "req/s", "server wait ms", "tokenize ms", "text tower ms", "search ms"]
+TEXT_HEADERS = [
+    "query",
+    "method",
+    "clients",
+    "requests",
+    "failed",
+    "p50 ms",
+    "p99 ms",
+    "req/s",
+    "server wait ms",
+    "tokenize ms",
+    "text tower ms",
+    "search ms",
+]
 
 
 def text_markdown(results: list[LoadResult], run: ServerRun, load: dict, quick: bool) -> str:
@@ -339,20 +480,24 @@ def text_markdown(results: list[LoadResult], run: ServerRun, load: dict, quick: 
     one = [r for r in results if r.concurrency == min(r.concurrency for r in results)]
     lines = [
         (
-            "`benchmarks/bench_server.py`: text queries (`POST /api/search` with `text`) to the real `lookalike serve` over a "
-            "CLIP gallery, driven like the web demo section above. A text query is tokenized (open_clip's BPE tokenizer), "
-            "embedded by CLIP's text tower (the whole 77-token context, batch 1) and searched; the *server* columns are "
-            "medians of the per-request split the API returns (tokenize is reported as `decode_ms`)."
+            "`benchmarks/bench_server.py`: text queries (`POST /api/search` with `text`) to the real `lookalike serve`"
+            " over a CLIP gallery, driven like the web demo section above. A text query is tokenized (open_clip's BPE"
+            " tokenizer), embedded by CLIP's text tower (the whole 77-token context, batch 1) and searched; the"
+            " *server* columns are medians of the per-request split the API returns (tokenize is reported as"
+            " `decode_ms`)."
         ),
         "",
-        f"**Gallery: {info['provenance']}.** " + " ".join(info["warnings"]) + " **Latencies are real; the rankings are not meaningful.**",
+        f"**Gallery: {info['provenance']}.** "
+        + " ".join(info["warnings"])
+        + " **Latencies are real; the rankings are not meaningful.**",
         "",
         environment_markdown(load, quick),
         (
-            f"- Weights: {info['weights']['kind']} (seed {info['weights'].get('seed')}); a trained text tower has the same shape and cost. "
-            f"Texts: {len(TEXTS)} queries of {min(map(len, TEXTS))}–{max(map(len, TEXTS))} characters, in turn; k = {K}. "
-            f"Methods over {ivf['ntotal']:,} rows: brute (torch), flat, ivf = {ivf['factory']}. Server {run.config['label']}, "
-            f"threads {info['threads']}, started in {run.start_seconds:.1f} s."
+            f"- Weights: {info['weights']['kind']} (seed {info['weights'].get('seed')}); a trained text tower has the"
+            f" same shape and cost. Texts: {len(TEXTS)} queries of {min(map(len, TEXTS))}–{max(map(len, TEXTS))}"
+            f" characters, in turn; k = {K}. Methods over {ivf['ntotal']:,} rows: brute (torch), flat, ivf ="
+            f" {ivf['factory']}. Server {run.config['label']}, threads {info['threads']}, started in"
+            f" {run.start_seconds:.1f} s."
         ),
         "",
         markdown_table(TEXT_HEADERS, rows),
@@ -361,8 +506,10 @@ def text_markdown(results: list[LoadResult], run: ServerRun, load: dict, quick: 
     ]
     if one:
         parts = [
-            f"{r.method} {r.percentile(50):.1f} ms (text tower {r.server_median('embed_ms'):.1f} ms, search {r.server_median('search_ms'):.1f} ms)"
-            for r in one if r.latencies_ms
+            f"{r.method} {r.percentile(50):.1f} ms (text tower {r.server_median('embed_ms'):.1f} ms, search"
+            f" {r.server_median('search_ms'):.1f} ms)"
+            for r in one
+            if r.latencies_ms
         ]
         lines += ["", "Reading: one client at a time, a text query costs end to end (p50) " + "; ".join(parts) + "."]
     return "\n".join(lines)
@@ -383,43 +530,58 @@ def reading(results: list[LoadResult], info: dict) -> list[str]:
     out = [""]
     if up1 and upn and id1:
         out.append(
-            f"Reading: with the default model one compute job runs at a time on both cores. A search by id with ivf takes "
-            f"{id1.percentile(50):.1f} ms (p50) end to end, of which {id1.server_median('search_ms'):.1f} ms is the search; an upload "
-            f"takes {up1.percentile(50):.0f} ms, of which the forward pass is {up1.server_median('embed_ms'):.0f} ms. Under load, uploads "
-            f"go from {rate(up1):.1f} req/s with {lo} client to {rate(upn):.1f} with {hi} (one forward pass at a time: more clients add "
-            f"queueing, not throughput) and p50 latency from {up1.percentile(50):.0f} to {upn.percentile(50):.0f} ms, of which "
-            f"{upn.server_median('wait_ms'):.0f} ms (median) is waiting for the compute slot."
+            "Reading: with the default model one compute job runs at a time on both cores. A search by id with ivf"
+            f" takes {id1.percentile(50):.1f} ms (p50) end to end, of which {id1.server_median('search_ms'):.1f} ms is"
+            f" the search; an upload takes {up1.percentile(50):.0f} ms, of which the forward pass is"
+            f" {up1.server_median('embed_ms'):.0f} ms. Under load, uploads go from {rate(up1):.1f} req/s with {lo}"
+            f" client to {rate(upn):.1f} with {hi} (one forward pass at a time: more clients add queueing, not"
+            f" throughput) and p50 latency from {up1.percentile(50):.0f} to {upn.percentile(50):.0f} ms, of which"
+            f" {upn.server_median('wait_ms'):.0f} ms (median) is waiting for the compute slot."
         )
     if up1:
         p50 = up1.percentile(50)
         out += [
             "",
-            f"Goal (issue 8): an upload answered in p50 ≤ {UPLOAD_GOAL_MS:g} ms with one client ({info['model']}, embedded with "
-            f"{info.get('backend') or 'torch'} {info['precision']}, as the gallery's manifest records): **{p50:.1f} ms** "
-            + ("✓" if p50 <= UPLOAD_GOAL_MS else "✗ missed") + ".",
+            f"Goal (issue 8): an upload answered in p50 ≤ {UPLOAD_GOAL_MS:g} ms with one client ({info['model']},"
+            f" embedded with {info.get('backend') or 'torch'} {info['precision']}, as the gallery's manifest records):"
+            f" **{p50:.1f} ms** " + ("✓" if p50 <= UPLOAD_GOAL_MS else "✗ missed") + ".",
         ]
     brute, flat = by.get((default, "id", "brute", lo)), by.get((default, "id", "flat", lo))
     if brute and flat and id1:
         out += [
             "",
-            f"Exact search of one query over the whole database is memory-bound: {brute.server_median('search_ms'):.0f} ms for brute "
-            f"(torch, both cores) and {flat.server_median('search_ms'):.0f} ms for flat (FAISS scans fewer than 20 queries with its "
-            f"per-query loop, so one query runs on one core), against {id1.server_median('search_ms'):.1f} ms for ivf. At this size one "
-            + (f"exact search costs {'more' if brute.server_median('search_ms') > up1.server_median('embed_ms') else 'less'} than an upload's forward pass "
-               f"({up1.server_median('embed_ms'):.0f} ms)." if up1 else "exact search was measured without uploads."),
+            f"Exact search of one query over the whole database is memory-bound: {brute.server_median('search_ms'):.0f}"
+            f" ms for brute (torch, both cores) and {flat.server_median('search_ms'):.0f} ms for flat (FAISS scans"
+            " fewer than 20 queries with its per-query loop, so one query runs on one core), against"
+            f" {id1.server_median('search_ms'):.1f} ms for ivf. At this size one "
+            + (
+                "exact search costs"
+                f" {'more' if brute.server_median('search_ms') > up1.server_median('embed_ms') else 'less'} than an"
+                f" upload's forward pass ({up1.server_median('embed_ms'):.0f} ms)."
+                if up1
+                else "exact search was measured without uploads."
+            ),
         ]
     if len(CONFIGS) > 1:
         alt = CONFIGS[1]["label"]
-        pairs = [(by.get((default, k, m, c)), by.get((alt, k, m, c))) for k, m in CONFIGS[1]["scenarios"] for c in levels]
+        pairs = [
+            (by.get((default, k, m, c)), by.get((alt, k, m, c))) for k, m in CONFIGS[1]["scenarios"] for c in levels
+        ]
         pairs = [(a, b) for a, b in pairs if a and b and a.latencies_ms and b.latencies_ms]
         if pairs:
-            parts = [f"{a.kind} {a.method} ×{a.concurrency}: {rate(a):.1f} vs {rate(b):.1f} req/s, p50 {a.percentile(50):.0f} vs {b.percentile(50):.0f} ms" for a, b in pairs]
+            parts = [
+                f"{a.kind} {a.method} ×{a.concurrency}: {rate(a):.1f} vs {rate(b):.1f} req/s, p50"
+                f" {a.percentile(50):.0f} vs {b.percentile(50):.0f} ms"
+                for a, b in pairs
+            ]
             wins = sum(rate(a) > rate(b) for a, b in pairs)
             out.append("")
             out.append(
-                f"Side by side, {default} vs {alt}: " + "; ".join(parts) + f". **{default} had the higher throughput in {wins} of {len(pairs)} "
-                f"comparisons** (docs/server.md links here for the choice of default). The two servers ran one after the other in this run, "
-                "so other work on the machine may differ between them (see the load average above)."
+                f"Side by side, {default} vs {alt}: "
+                + "; ".join(parts)
+                + f". **{default} had the higher throughput in {wins} of {len(pairs)} comparisons** (docs/server.md"
+                " links here for the choice of default). The two servers ran one after the other in this run, so"
+                " other work on the machine may differ between them (see the load average above)."
             )
     return out
 
@@ -435,10 +597,25 @@ def run_text(args, sizes: dict) -> tuple[list[LoadResult], ServerRun]:
     results = []
     try:
         info = httpx.get(server.url + "/api/gallery", timeout=60).json()
-        print(f"server {config['label']} at {server.url} ({server.start_seconds:.1f} s to start): {info['provenance']}", flush=True)
+        print(
+            f"server {config['label']} at {server.url} ({server.start_seconds:.1f} s to start): {info['provenance']}",
+            flush=True,
+        )
         for kind, method in TEXT_SCENARIOS:
             for concurrency in sizes["concurrency"]:
-                result = asyncio.run(run_load(server.url, config["label"], kind, method, concurrency, sizes["requests"][kind], sizes["time_cap_s"], np.zeros(0), b""))
+                result = asyncio.run(
+                    run_load(
+                        server.url,
+                        config["label"],
+                        kind,
+                        method,
+                        concurrency,
+                        sizes["requests"][kind],
+                        sizes["time_cap_s"],
+                        np.zeros(0),
+                        b"",
+                    )
+                )
                 results.append(result)
                 print(markdown_table(TEXT_HEADERS, [result.row()[1:]]).splitlines()[-1], flush=True)
                 for failure in result.failures[:5]:
@@ -464,10 +641,26 @@ def run_web(args, sizes: dict) -> tuple[list[LoadResult], list[ServerRun], list[
         server = Server(gallery.path, threads, config["slots"])
         try:
             info = httpx.get(server.url + "/api/gallery", timeout=60).json()
-            print(f"server {config['label']} at {server.url} ({server.start_seconds:.1f} s to start): {info['provenance']}", flush=True)
+            print(
+                f"server {config['label']} at {server.url} ({server.start_seconds:.1f} s to start):"
+                f" {info['provenance']}",
+                flush=True,
+            )
             for kind, method in config["scenarios"]:
                 for concurrency in sizes["concurrency"]:
-                    result = asyncio.run(run_load(server.url, config["label"], kind, method, concurrency, sizes["requests"][kind], sizes["time_cap_s"], ids, jpeg))
+                    result = asyncio.run(
+                        run_load(
+                            server.url,
+                            config["label"],
+                            kind,
+                            method,
+                            concurrency,
+                            sizes["requests"][kind],
+                            sizes["time_cap_s"],
+                            ids,
+                            jpeg,
+                        )
+                    )
                     results.append(result)
                     print(markdown_table(HEADERS, [result.row()]).splitlines()[-1], flush=True)
                     for failure in result.failures[:5]:
@@ -483,8 +676,18 @@ def run_web(args, sizes: dict) -> tuple[list[LoadResult], list[ServerRun], list[
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-server", help="folder for the generated collection and galleries (reused between runs)")
-    p.add_argument("--only", choices=["web", "text"], default=None, help=f"run one section: web ({SECTION!r}) or text ({TEXT_SECTION!r}); default both")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=ROOT / "runs" / "bench-server",
+        help="folder for the generated collection and galleries (reused between runs)",
+    )
+    p.add_argument(
+        "--only",
+        choices=["web", "text"],
+        default=None,
+        help=f"run one section: web ({SECTION!r}) or text ({TEXT_SECTION!r}); default both",
+    )
     args = p.parse_args(argv)
     sizes = QUICK if args.quick else DEFAULT
     runtime.set_threads(args.threads)
@@ -508,7 +711,9 @@ def main(argv: list[str] | None = None) -> int:
     if should_write(args):
         for title, markdown in sections:
             print(f"written to {write_section(title, markdown)}")
-    failed = sum(len(r.failures) for r in results) + sum(1 for row in hostile if not (isinstance(row[2], int) and row[2] < 500))
+    failed = sum(len(r.failures) for r in results) + sum(
+        1 for row in hostile if not (isinstance(row[2], int) and row[2] < 500)
+    )
     if failed:
         print(f"{failed} request(s) failed", file=sys.stderr)
     return 1 if failed else 0

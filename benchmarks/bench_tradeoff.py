@@ -30,16 +30,27 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GENERATOR, ROOT, TRAIN_POINTS_PER_LIST, environment_markdown, generator_line, load_watch, markdown_table, parser, should_write, wait_for_quiet, write_section  # noqa: E402
-
+from common import (
+    GENERATOR,
+    ROOT,
+    TRAIN_POINTS_PER_LIST,
+    environment_markdown,
+    generator_line,
+    load_watch,
+    markdown_table,
+    parser,
+    should_write,
+    wait_for_quiet,
+    write_section,
+)  # noqa: E402
 from lookalike import runtime  # noqa: E402
-from lookalike.errors import GalleryError  # noqa: E402
-from lookalike.gallery.generated import write_generated_gallery  # noqa: E402
 from lookalike.data.vectors import make_clustered_embeddings  # noqa: E402
+from lookalike.errors import GalleryError  # noqa: E402
+from lookalike.gallery import Gallery, open_gallery  # noqa: E402
+from lookalike.gallery.generated import write_generated_gallery  # noqa: E402
 from lookalike.search import make_method  # noqa: E402
 from lookalike.study.tradeoff import FAMILIES, Point, TradeoffResult, run_tradeoff, write_tradeoff  # noqa: E402
 from lookalike.study.tune import HNSW_M, TuneResult, parse_bytes, tune  # noqa: E402
-from lookalike.gallery import Gallery, open_gallery  # noqa: E402
 
 SECTION = "Accuracy vs speed (issue 3)"
 WORK = ROOT / "runs" / "bench_tradeoff"
@@ -68,21 +79,44 @@ class Config:
     tune_families: tuple[str, ...] | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
     goals: bool = False
-    hnsw_sizes: tuple[int, ...] = ()  # measure HNSW builds at these sizes; HNSW joins this config only if the extrapolation fits the budget
+    hnsw_sizes: tuple[
+        int, ...
+    ] = ()  # measure HNSW builds at these sizes; HNSW joins this config only if the extrapolation fits the budget
 
 
 CONFIGS = {
     "100k-512": Config("100k-512", 100_000, 512, 1000),
     "100k-1280": Config("100k-1280", 100_000, 1280, 1000),
     "1M-512": Config(
-        "1M-512", 1_000_000, 512, 500,
-        families=("ivf", "ivfpq-mmap"), nlist_factors=(1, 4), exact_queries=100, single_queries=100, stop_recall=0.995,
-        train_points_per_list=TRAIN_POINTS_PER_LIST, tune_budget="1GB", hnsw_sizes=(100_000, 250_000, 500_000),
+        "1M-512",
+        1_000_000,
+        512,
+        500,
+        families=("ivf", "ivfpq-mmap"),
+        nlist_factors=(1, 4),
+        exact_queries=100,
+        single_queries=100,
+        stop_recall=0.995,
+        train_points_per_list=TRAIN_POINTS_PER_LIST,
+        tune_budget="1GB",
+        hnsw_sizes=(100_000, 250_000, 500_000),
         notes=(
-            "exact baselines timed on a sample of 100 queries (their recall is 1 by definition); approximate points on all 500",
-            f"IVF k-means trained on {TRAIN_POINTS_PER_LIST} points per list (FAISS's floor is 39) so 4000 lists train in minutes on 2 cores",
-            "nlist = 16√N = 16000 not built (not measured here: 16000 lists × 64 points is the whole database in k-means)",
-            "SQ8 and SQfp16 (flat) not swept at 1M: they scan 1M codes per query; both are measured at 100k above, and IVF-SQ8 is a tuner candidate here",
+            (
+                "exact baselines timed on a sample of 100 queries (their recall is 1 by definition); approximate points"
+                " on all 500"
+            ),
+            (
+                f"IVF k-means trained on {TRAIN_POINTS_PER_LIST} points per list (FAISS's floor is 39) so 4000 lists"
+                " train in minutes on 2 cores"
+            ),
+            (
+                "nlist = 16√N = 16000 not built (not measured here: 16000 lists × 64 points is the whole database in"
+                " k-means)"
+            ),
+            (
+                "SQ8 and SQfp16 (flat) not swept at 1M: they scan 1M codes per query; both are measured at 100k above,"
+                " and IVF-SQ8 is a tuner candidate here"
+            ),
             "curves end at recall 0.995: beyond it, doubling nprobe only costs time",
             "tuned under a 1 GiB budget (the raw vectors take 1.9 GiB), so the tuner must pick a compressed index",
         ),
@@ -90,8 +124,20 @@ CONFIGS = {
     ),
 }
 QUICK = {
-    "quick": Config("quick", 5000, 64, 200, families=("ivf", "ivfpq-mmap"), nlist_factors=(1, 4), exact_queries=50, single_queries=20, tune_budget="1MB",
-                    goals=True, train_points_per_list=TRAIN_POINTS_PER_LIST, hnsw_sizes=(1000, 2000, 4000)),
+    "quick": Config(
+        "quick",
+        5000,
+        64,
+        200,
+        families=("ivf", "ivfpq-mmap"),
+        nlist_factors=(1, 4),
+        exact_queries=50,
+        single_queries=20,
+        tune_budget="1MB",
+        goals=True,
+        train_points_per_list=TRAIN_POINTS_PER_LIST,
+        hnsw_sizes=(1000, 2000, 4000),
+    ),
 }
 
 
@@ -107,7 +153,9 @@ def generated_gallery(config: Config) -> Gallery:
     except GalleryError:
         pass
     t = time.perf_counter()
-    gallery = write_generated_gallery(path, config.n + config.queries, config.d, val=config.queries, seed=SEED, overwrite=True, **asdict(GENERATOR))
+    gallery = write_generated_gallery(
+        path, config.n + config.queries, config.d, val=config.queries, seed=SEED, overwrite=True, **asdict(GENERATOR)
+    )
     print(f"generated {path} in {time.perf_counter() - t:.0f} s", flush=True)
     return gallery
 
@@ -131,7 +179,18 @@ def point_row(p: Point, result: TradeoffResult, flat_ms: float) -> list[str]:
     ]
 
 
-HEADERS = ["setting", "recall@10", "label P@10", "single ms/query", "cold-cache single ms", "vs flat", "batched ms/query", "memory MiB", "× raw", "build s"]
+HEADERS = [
+    "setting",
+    "recall@10",
+    "label P@10",
+    "single ms/query",
+    "cold-cache single ms",
+    "vs flat",
+    "batched ms/query",
+    "memory MiB",
+    "× raw",
+    "build s",
+]
 
 
 def curve_table(result: TradeoffResult) -> str:
@@ -163,26 +222,76 @@ def goals(result: TradeoffResult) -> list[list[str]]:
     rows = []
     if best:
         speedup = flat.single_ms / best.single_ms
-        rows.append([f"recall@10 ≥ 0.95 at ≥ {GOAL_SPEEDUP:.0f}× below flat single-query", f"{best.setting()}: recall {best.recall:.4f}, "
-                     f"{best.single_ms:.3f} ms vs flat {flat.single_ms:.3f} ms = **{speedup:.1f}×**", "✓" if speedup >= GOAL_SPEEDUP else "✗ missed"])
+        rows.append(
+            [
+                f"recall@10 ≥ 0.95 at ≥ {GOAL_SPEEDUP:.0f}× below flat single-query",
+                (
+                    f"{best.setting()}: recall {best.recall:.4f}, "
+                    f"{best.single_ms:.3f} ms vs flat {flat.single_ms:.3f} ms = **{speedup:.1f}×**"
+                ),
+                "✓" if speedup >= GOAL_SPEEDUP else "✗ missed",
+            ]
+        )
     else:
         rows.append([f"recall@10 ≥ 0.95 at ≥ {GOAL_SPEEDUP:.0f}× below flat", "no setting reached 0.95", "✗ missed"])
-    rows.append([f"IVF-Flat memory ≤ {GOAL_IVF_MEMORY}× raw", f"**{ivf_ratio:.3f}×** (largest nlist; serialised index + id map vs N·d·4)", "✓" if ivf_ratio <= GOAL_IVF_MEMORY else "✗ missed"])
+    rows.append(
+        [
+            f"IVF-Flat memory ≤ {GOAL_IVF_MEMORY}× raw",
+            f"**{ivf_ratio:.3f}×** (largest nlist; serialised index + id map vs N·d·4)",
+            "✓" if ivf_ratio <= GOAL_IVF_MEMORY else "✗ missed",
+        ]
+    )
     if lean:
-        rows.append([f"PQ/SQ ≥ {GOAL_COMPRESSION:.0f}× smaller with recall@10 ≥ 0.9", f"{lean.setting()}: recall {lean.recall:.4f}, {mib(lean.memory_bytes)} MiB = "
-                     f"**{result.raw_bytes / lean.memory_bytes:.1f}× smaller**, {lean.single_ms:.3f} ms", "✓"])
+        rows.append(
+            [
+                f"PQ/SQ ≥ {GOAL_COMPRESSION:.0f}× smaller with recall@10 ≥ 0.9",
+                (
+                    f"{lean.setting()}: recall {lean.recall:.4f}, {mib(lean.memory_bytes)} MiB = "
+                    f"**{result.raw_bytes / lean.memory_bytes:.1f}× smaller**, {lean.single_ms:.3f} ms"
+                ),
+                "✓",
+            ]
+        )
     else:
         rows.append([f"PQ/SQ ≥ {GOAL_COMPRESSION:.0f}× smaller with recall@10 ≥ 0.9", "no such setting", "✗ missed"])
     return rows
 
 
 def tune_table(result: TuneResult) -> str:
-    rows = [[m.method, ", ".join(f"{k}={v}" for k, v in m.setting.items()) or "–", f"{m.val_recall:.4f}", f"{m.val_recall_bound:.4f}", f"{m.single_ms:.3f}",
-             "–" if m.cold_single_ms is None else f"{m.cold_single_ms:.3f}", f"{m.batch_ms:.4f}", mib(m.memory_bytes), f"{m.build_seconds:.1f}",
-             "**chosen**" if m.status == "chosen" else m.status] for m in result.candidates]
-    return markdown_table(["candidate", "setting", "val recall", "95% bound", "single ms", "cold-cache single ms", "batched ms", "memory MiB", "build s", "status"], rows) + (
-        "\n\nMemory of a memory-mapped re-ranking index (ivfpq-mmap) = its codes + the pages of the mapped gallery its queries read "
-        "(the page cache its warm latency relies on); cold-cache = the gallery file dropped from the page cache before each single query."
+    rows = [
+        [
+            m.method,
+            ", ".join(f"{k}={v}" for k, v in m.setting.items()) or "–",
+            f"{m.val_recall:.4f}",
+            f"{m.val_recall_bound:.4f}",
+            f"{m.single_ms:.3f}",
+            "–" if m.cold_single_ms is None else f"{m.cold_single_ms:.3f}",
+            f"{m.batch_ms:.4f}",
+            mib(m.memory_bytes),
+            f"{m.build_seconds:.1f}",
+            "**chosen**" if m.status == "chosen" else m.status,
+        ]
+        for m in result.candidates
+    ]
+    return (
+        markdown_table(
+            [
+                "candidate",
+                "setting",
+                "val recall",
+                "95% bound",
+                "single ms",
+                "cold-cache single ms",
+                "batched ms",
+                "memory MiB",
+                "build s",
+                "status",
+            ],
+            rows,
+        )
+        + "\n\nMemory of a memory-mapped re-ranking index (ivfpq-mmap) = its codes + the pages of the mapped gallery"
+        " its queries read (the page cache its warm latency relies on); cold-cache = the gallery file dropped from"
+        " the page cache before each single query."
     )
 
 
@@ -193,8 +302,8 @@ def flat_thread_check(gallery: Gallery, threads: int, n_queries: int = 50) -> di
     descheduled thread, so the thread count changes flat's latency far more than IVF's (whose
     single queries run on one thread anyway); this shows by how much, in this run.
     """
-    from lookalike.study.timing import measure_latency
     from lookalike.search import database_vectors, make_method
+    from lookalike.study.timing import measure_latency
 
     partition = gallery.partition(max_queries=n_queries)
     flat = make_method("flat", len(partition.database_ids), gallery.dim)
@@ -236,16 +345,25 @@ class HnswBuilds:
         rows = [[f"{n:,}", f"{s:.1f}", f"{self.predict(n):.1f}"] for n, s in self.measured]
         rows.append([f"**{self.target_n:,}** (extrapolated)", "–", f"**{self.predict(self.target_n):.0f}**"])
         verdict = (
-            f"fits the {HNSW_BUILD_BUDGET_S / 60:.0f}-min budget, so HNSW is swept and offered to the tuner at {self.target_n:,}"
+            f"fits the {HNSW_BUILD_BUDGET_S / 60:.0f}-min budget, so HNSW is swept and offered to the tuner at"
+            f" {self.target_n:,}"
             if self.included
-            else f"exceeds the {HNSW_BUILD_BUDGET_S / 60:.0f}-min budget, so HNSW is left out of the {self.target_n:,} sweep and the tuner builds it only up to N = {self.max_n():,}"
+            else (
+                f"exceeds the {HNSW_BUILD_BUDGET_S / 60:.0f}-min budget, so HNSW is left out of the {self.target_n:,}"
+                f" sweep and the tuner builds it only up to N = {self.max_n():,}"
+            )
         )
-        return "\n".join([
-            f"**HNSW build time** (`HNSW{HNSW_M},Flat`, d = {self.d}, same generator, measured here, then t = c·N·log₂N fitted by least squares, "
-            f"c = {self.c:.3g} s): the predicted {self.predict(self.target_n) / 60:.1f} min at {self.target_n:,} {verdict}.",
-            "",
-            markdown_table(["N", "build s (measured)", "build s (fit)"], rows),
-        ])
+        return "\n".join(
+            [
+                (
+                    f"**HNSW build time** (`HNSW{HNSW_M},Flat`, d = {self.d}, same generator, measured here, then t ="
+                    f" c·N·log₂N fitted by least squares, c = {self.c:.3g} s): the predicted"
+                    f" {self.predict(self.target_n) / 60:.1f} min at {self.target_n:,} {verdict}."
+                ),
+                "",
+                markdown_table(["N", "build s (measured)", "build s (fit)"], rows),
+            ]
+        )
 
 
 def measure_hnsw_builds(config: Config) -> HnswBuilds:
@@ -272,32 +390,55 @@ def run_config(config: Config, write: bool, threads: int) -> str:
         by_threads = flat_thread_check(gallery, threads)
         t = time.perf_counter()
         result = run_tradeoff(
-            gallery, k=K, families=config.families, max_queries=config.queries, single_queries=config.single_queries,
-            exact_queries=config.exact_queries, nlist_factors=config.nlist_factors, stop_recall=config.stop_recall,
+            gallery,
+            k=K,
+            families=config.families,
+            max_queries=config.queries,
+            single_queries=config.single_queries,
+            exact_queries=config.exact_queries,
+            nlist_factors=config.nlist_factors,
+            stop_recall=config.stop_recall,
             train_points_per_list=config.train_points_per_list,
         )
         paths = write_tradeoff(result, WORK / f"tradeoff-{config.name}")
         sweep_s = time.perf_counter() - t
         t = time.perf_counter()
-        tuned = tune(gallery, target_recall=0.95, k=K, max_memory_bytes=parse_bytes(config.tune_budget) if config.tune_budget else None,
-                     max_queries=config.queries, single_queries=config.single_queries, families=config.tune_families, save_as="tuned",
-                     **({"hnsw_max_n": hnsw.max_n()} if hnsw is not None else {}), train_points_per_list=config.train_points_per_list)
+        tuned = tune(
+            gallery,
+            target_recall=0.95,
+            k=K,
+            max_memory_bytes=parse_bytes(config.tune_budget) if config.tune_budget else None,
+            max_queries=config.queries,
+            single_queries=config.single_queries,
+            families=config.tune_families,
+            save_as="tuned",
+            **({"hnsw_max_n": hnsw.max_n()} if hnsw is not None else {}),
+            train_points_per_list=config.train_points_per_list,
+        )
         tune_s = time.perf_counter() - t
     figure = FIGURES / f"tradeoff-{config.name}.png"
     if write:
         FIGURES.mkdir(parents=True, exist_ok=True)
         figure.write_bytes(paths["png"].read_bytes())
     lines = [
-        f"### {config.n:,} × {config.d} (GENERATED embeddings: {GENERATOR.n_clusters}-cluster low-rank Gaussian mixture; no model, no images)",
+        (
+            f"### {config.n:,} × {config.d} (GENERATED embeddings: {GENERATOR.n_clusters}-cluster low-rank Gaussian"
+            " mixture; no model, no images)"
+        ),
         "",
         f"**{result.provenance}**",
         "",
         generator_line(GENERATOR, SEED, config.train_points_per_list),
-        f"Sweep: {len(result.points)} points in **{sweep_s:.0f} s** (builds and ground truth included); "
-        f"tuning: **{tune_s:.0f} s**. Queries: {result.queries}; exact methods timed on {result.exact_queries}. Raw vectors: {mib(result.raw_bytes)} MiB. "
-        f"Peak RSS {mib(result.peak_rss_bytes)} MiB.",
-        f"- {threads} thread(s) for every figure below. Side by side in this run, flat's single-query median was {by_threads[1]:.2f} ms at 1 thread "
-        f"and {by_threads[2]:.2f} ms at 2 threads: on this shared machine a 2-thread query waits at OpenMP barriers for a descheduled thread.",
+        (
+            f"Sweep: {len(result.points)} points in **{sweep_s:.0f} s** (builds and ground truth included); tuning:"
+            f" **{tune_s:.0f} s**. Queries: {result.queries}; exact methods timed on {result.exact_queries}. Raw"
+            f" vectors: {mib(result.raw_bytes)} MiB. Peak RSS {mib(result.peak_rss_bytes)} MiB."
+        ),
+        (
+            f"- {threads} thread(s) for every figure below. Side by side in this run, flat's single-query median was"
+            f" {by_threads[1]:.2f} ms at 1 thread and {by_threads[2]:.2f} ms at 2 threads: on this shared machine a"
+            " 2-thread query waits at OpenMP barriers for a descheduled thread."
+        ),
         *[f"- {note}" for note in config.notes],
         *[f"- skipped: {s}" for s in result.skipped],
         "",
@@ -305,9 +446,14 @@ def run_config(config: Config, write: bool, threads: int) -> str:
         "",
         *[f"- {line}" for line in result.cheapest_lines()],
         "",
-        f"![recall@10 vs latency, {config.name}](figures/{figure.name}) — full table: `{paths['md'].relative_to(ROOT)}` (CSV and JSON beside it).",
+        (
+            f"![recall@10 vs latency, {config.name}](figures/{figure.name}) — full table:"
+            f" `{paths['md'].relative_to(ROOT)}` (CSV and JSON beside it)."
+        ),
         "",
-        "**Tuner's pick** (`lookalike tune --target-recall 0.95 --k 10" + (f" --max-memory {config.tune_budget}" if config.tune_budget else "") + "`):",
+        "**Tuner's pick** (`lookalike tune --target-recall 0.95 --k 10"
+        + (f" --max-memory {config.tune_budget}" if config.tune_budget else "")
+        + "`):",
         "",
         tune_table(tuned),
         "",
@@ -327,7 +473,11 @@ def run_config(config: Config, write: bool, threads: int) -> str:
 def main() -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--only", default=None, help=f"comma-separated galleries to run: {', '.join(CONFIGS)}")
-    p.add_argument("--assemble", action="store_true", help="run nothing; rebuild the docs section from the fragments in runs/bench_tradeoff/")
+    p.add_argument(
+        "--assemble",
+        action="store_true",
+        help="run nothing; rebuild the docs section from the fragments in runs/bench_tradeoff/",
+    )
     args = p.parse_args()
     threads = runtime.set_threads(args.threads)
     configs = QUICK if args.quick else CONFIGS
@@ -340,14 +490,17 @@ def main() -> int:
     if should_write(args):
         fragments = [(WORK / f"{name}.md").read_text() for name in CONFIGS if (WORK / f"{name}.md").is_file()]
         intro = (
-            "`benchmarks/bench_tradeoff.py`: recall@10 against exact search vs per-query latency for every index family, on "
-            "**GENERATED** unit vectors (not embeddings of real images), and the tuner's pick. Rows: the exact references, the Pareto "
-            "frontier (●), and each family's cheapest setting reaching recall 0.9 / 0.95 / 0.99. \"vs flat\" is flat's single-query "
-            "latency divided by the row's, measured in the same run. ivfpq-mmap's memory counts its codes plus the pages of the memory-mapped "
-            "gallery its queries read, and its cold-cache column times single queries with that file dropped from the page cache first. Each gallery below was measured in its own run; its machine and load are listed under it. "
-            "The issue's goals are checked under the 1M gallery. Recall at a given nprobe or efSearch depends on how clustered the vectors are "
-            "(compare 512-d with 1280-d below), so it does not carry over to real embeddings as is; the shape of the curves, the memory figures "
-            "and the latency ratios are what carry over, and `lookalike tradeoff` measures the real thing on a real gallery."
+            "`benchmarks/bench_tradeoff.py`: recall@10 against exact search vs per-query latency for every index"
+            " family, on **GENERATED** unit vectors (not embeddings of real images), and the tuner's pick. Rows: the"
+            " exact references, the Pareto frontier (●), and each family's cheapest setting reaching recall 0.9 / 0.95"
+            " / 0.99. \"vs flat\" is flat's single-query latency divided by the row's, measured in the same run."
+            " ivfpq-mmap's memory counts its codes plus the pages of the memory-mapped gallery its queries read, and"
+            " its cold-cache column times single queries with that file dropped from the page cache first. Each gallery"
+            " below was measured in its own run; its machine and load are listed under it. The issue's goals are"
+            " checked under the 1M gallery. Recall at a given nprobe or efSearch depends on how clustered the vectors"
+            " are (compare 512-d with 1280-d below), so it does not carry over to real embeddings as is; the shape of"
+            " the curves, the memory figures and the latency ratios are what carry over, and `lookalike tradeoff`"
+            " measures the real thing on a real gallery."
         )
         write_section(SECTION, intro + "\n\n" + "\n".join(fragments))
     return 0

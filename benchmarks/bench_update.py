@@ -30,7 +30,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment_markdown, load_watch, markdown_table, parser, should_write, write_section  # noqa: E402
-
 from lookalike import build_index, runtime  # noqa: E402
 from lookalike.data.synthetic import generate_collection  # noqa: E402
 from lookalike.embed.extract import ExtractConfig, extract, prepare  # noqa: E402
@@ -44,7 +43,15 @@ ADDED_FRACTION = 0.01
 
 
 def config(data: Path, out: Path, args) -> ExtractConfig:
-    return ExtractConfig(data=str(data), out=str(out), model=MODEL, weights="random", image_size=args.image_size, batch_size=args.bs, threads=args.threads)
+    return ExtractConfig(
+        data=str(data),
+        out=str(out),
+        model=MODEL,
+        weights="random",
+        image_size=args.image_size,
+        batch_size=args.bs,
+        threads=args.threads,
+    )
 
 
 def add_images(data: Path, donor: Path, count: int) -> int:
@@ -66,7 +73,9 @@ def main() -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3, help="updates timed, each on a fresh copy of the full gallery")
     p.add_argument("--bs", type=int, default=64)
-    p.add_argument("--image-size", type=int, default=None, help="model input (default: the model's own, 224; --quick: 32)")
+    p.add_argument(
+        "--image-size", type=int, default=None, help="model input (default: the model's own, 224; --quick: 32)"
+    )
     args = p.parse_args()
     warnings.filterwarnings("ignore", message=".*RANDOM weights.*")
     sizes = QUICK if args.quick else FULL
@@ -78,8 +87,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-update-") as tmp, load_watch() as load:
         root = Path(tmp)
         data = generate_collection(root / "data", seed=0, **sizes)
-        donor = generate_collection(root / "donor", n_classes=sizes["n_classes"], train_per_class=-(-n_added // sizes["n_classes"]),
-                                    val_per_class=0, image_size=sizes["image_size"], seed=1)
+        donor = generate_collection(
+            root / "donor",
+            n_classes=sizes["n_classes"],
+            train_per_class=-(-n_added // sizes["n_classes"]),
+            val_per_class=0,
+            image_size=sizes["image_size"],
+            seed=1,
+        )
         full, full_s = timed(lambda: extract(config(data, root / "full", args), progress=False))
         build_index(full, "flat")
         build_index(full, "ivf")
@@ -97,15 +112,29 @@ def main() -> int:
 
         info = gallery.manifest.update
         kept = np.flatnonzero(np.load(out / info.id_map) >= 0)
-        same = np.array_equal(np.asarray(gallery.embeddings)[np.load(out / info.id_map)[kept]], np.asarray(full.embeddings)[kept])
+        same = np.array_equal(
+            np.asarray(gallery.embeddings)[np.load(out / info.id_map)[kept]], np.asarray(full.embeddings)[kept]
+        )
         assert info.added == added and same, "the update's kept rows differ from the full extraction's"
 
     update_median = statistics.median(update_s)
     ratio = update_median / full_s
     rows = [
         ["full extraction", f"{n:,}", f"{full_s:.1f}", "100%", ""],
-        ["update (+1%)", f"{added:,}", f"{update_median:.2f}", f"{100 * ratio:.2f}%", "✓" if ratio <= GOAL_RATIO else "✗ missed"],
-        ["  of which embedding", f"{added:,}", f"{statistics.median(embed_s):.2f}", f"{100 * statistics.median(embed_s) / full_s:.2f}%", ""],
+        [
+            "update (+1%)",
+            f"{added:,}",
+            f"{update_median:.2f}",
+            f"{100 * ratio:.2f}%",
+            "✓" if ratio <= GOAL_RATIO else "✗ missed",
+        ],
+        [
+            "  of which embedding",
+            f"{added:,}",
+            f"{statistics.median(embed_s):.2f}",
+            f"{100 * statistics.median(embed_s) / full_s:.2f}%",
+            "",
+        ],
         ["  scan + plan alone", f"{n + added:,}", f"{scan_s:.2f}", f"{100 * scan_s / full_s:.2f}%", ""],
         ["no-op re-run", "0", f"{noop_s:.2f}", f"{100 * noop_s / full_s:.2f}%", ""],
     ]
@@ -113,19 +142,22 @@ def main() -> int:
     print(table)
     print(f"index updates: {info.indexes}")
     intro = (
-        f"Adding {ADDED_FRACTION:.0%} new images to a {n:,}-image gallery ({MODEL}, RANDOM weights, GENERATED {sizes['image_size']}-px JPEGs, "
-        f"input {args.image_size or 224} px, batch {args.bs}, {threads} threads): the update's wall time against the full extraction's, "
-        f"median of {args.rounds} updates on fresh copies of the gallery (with saved flat and ivf indexes, which it updates)."
+        f"Adding {ADDED_FRACTION:.0%} new images to a {n:,}-image gallery ({MODEL}, RANDOM weights, GENERATED"
+        f" {sizes['image_size']}-px JPEGs, input {args.image_size or 224} px, batch {args.bs}, {threads} threads): the"
+        f" update's wall time against the full extraction's, median of {args.rounds} updates on fresh copies of the"
+        " gallery (with saved flat and ivf indexes, which it updates)."
     )
-    body = "\n".join([
-        intro,
-        "",
-        table,
-        "",
-        f"Index updates in the last round: {', '.join(f'{k} {v}' for k, v in (info.indexes or {}).items())}.",
-        "",
-        environment_markdown(load, args.quick),
-    ])
+    body = "\n".join(
+        [
+            intro,
+            "",
+            table,
+            "",
+            f"Index updates in the last round: {', '.join(f'{k} {v}' for k, v in (info.indexes or {}).items())}.",
+            "",
+            environment_markdown(load, args.quick),
+        ]
+    )
     if should_write(args):
         write_section(SECTION, body)
     return 0

@@ -15,10 +15,10 @@ import re
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 from lookalike import runtime
 from lookalike.data.vectors import GeneratorParams
@@ -26,7 +26,9 @@ from lookalike.data.vectors import GeneratorParams
 # One generator and one IVF training size for every section whose figures are compared with each
 # other (the 1M goal is checked by both bench_scale and bench_tradeoff): each prints them.
 GENERATOR = GeneratorParams()
-TRAIN_POINTS_PER_LIST = 64  # k-means points per IVF list at 1M: FAISS's floor is 39; 256 (the library default) takes ~30 min for 4000 lists on 2 cores
+# k-means points per IVF list at 1M: FAISS's floor is 39; 256 (the library default) takes ~30 min for 4000 lists on 2
+# cores
+TRAIN_POINTS_PER_LIST = 64
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -49,7 +51,11 @@ weights are said to be so).
 def parser(description: str) -> argparse.ArgumentParser:
     """The arguments every benchmark script takes; scripts add their own."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--quick", action="store_true", help="a fast smoke run with tiny sizes; its figures are not meaningful, so it leaves the docs alone")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a fast smoke run with tiny sizes; its figures are not meaningful, so it leaves the docs alone",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch/FAISS/BLAS threads (default: one per core)")
     p.add_argument("--no-write", action="store_true", help=f"print only; leave {DOC.relative_to(ROOT)} alone")
     return p
@@ -95,9 +101,11 @@ def environment_markdown(load: dict | None = None, quick: bool = False) -> str:
     env = runtime.environment()
     m, threads, versions = env["machine"], env["threads"], env["versions"]
     lines = [
-        f"- Measured {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {m['cpu']}, {m['cores']} cores, "
-        f"{m['memory_gib']} GiB RAM, torch CPU capability {m['cpu_capability']}, bf16 on CPU: {'yes' if m['bf16_cpu'] else 'no'}, "
-        f"CUDA: {m['cuda'] or 'none'}; numpy BLAS {m['numpy_blas']}.",
+        (
+            f"- Measured {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} on {m['cpu']}, {m['cores']} cores,"
+            f" {m['memory_gib']} GiB RAM, torch CPU capability {m['cpu_capability']}, bf16 on CPU:"
+            f" {'yes' if m['bf16_cpu'] else 'no'}, CUDA: {m['cuda'] or 'none'}; numpy BLAS {m['numpy_blas']}."
+        ),
         "- Threads: " + ", ".join(f"{k} {v}" for k, v in threads.items()) + ".",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
     ]
@@ -106,8 +114,15 @@ def environment_markdown(load: dict | None = None, quick: bool = False) -> str:
         busy = load["load_before"] > 1.0
         lines.append(
             f"- 1-minute load average {load['load_before']:.1f} before and {load['load_after']:.1f} after the run"
-            + (" — above 1.0 at the start: the machine was busy, so these figures are **not valid for a goal**; rerun them on a quiet machine."
-               if busy else " (under 1.0 at the start: a quiet machine, valid for the goals; the load after includes this run's own threads).")
+            + (
+                " — above 1.0 at the start: the machine was busy, so these figures are **not valid for a goal**; rerun"
+                " them on a quiet machine."
+                if busy
+                else (
+                    " (under 1.0 at the start: a quiet machine, valid for the goals; the load after includes this run's"
+                    " own threads)."
+                )
+            )
         )
     if quick:
         lines.append("- **`--quick` smoke run: sizes are tiny and these figures are not meaningful.**")
@@ -135,7 +150,9 @@ def write_section(title: str, markdown: str, path: Path = DOC, retire: Sequence[
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     body = f"## {title}\n\n{markdown.strip()}\n"
-    lock_file = Path(tempfile.gettempdir()) / f"lookalike-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}.lock"
+    lock_file = (
+        Path(tempfile.gettempdir()) / f"lookalike-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}.lock"
+    )
     with open(lock_file, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         text = path.read_text() if path.is_file() else DOC_HEADER
@@ -161,7 +178,12 @@ def generator_line(params: GeneratorParams, seed: int, train_points_per_list: in
     fields = ", ".join(f"{k}={v}" for k, v in asdict(params).items())
     train = train_points_per_list or MAX_POINTS_PER_CENTROID
     return (
-        f"- Generated data: `GeneratorParams({fields})`, seed {seed}. IVF k-means trained on at most **{train} points per list**"
-        + (" (the library default)" if train == MAX_POINTS_PER_CENTROID else " (not the library default: set for this benchmark)")
+        f"- Generated data: `GeneratorParams({fields})`, seed {seed}. IVF k-means trained on at most **{train} points"
+        " per list**"
+        + (
+            " (the library default)"
+            if train == MAX_POINTS_PER_CENTROID
+            else " (not the library default: set for this benchmark)"
+        )
         + "."
     )

@@ -16,10 +16,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 @pytest.fixture(scope="session", autouse=True)
 def model_cache(tmp_path_factory) -> Path:
-    """Converted models (OpenVINO IR) go to a folder of this test session, never the user's ~/.cache (subprocesses inherit it)."""
+    """Converted models (OpenVINO IR) go to a folder of this test session, never the user's ~/.cache (subprocesses
+    inherit it)."""
     path = tmp_path_factory.mktemp("model-cache")
     os.environ["LOOKALIKE_CACHE"] = str(path)
     return path
+
+
 LOOKALIKE = [sys.executable, "-m", "lookalike.cli"]  # the same entry point as the `lookalike` script
 
 
@@ -27,16 +30,24 @@ def run_cli(*args: str, check: bool = True, timeout: float = 600, **kwargs) -> s
     """Run the real `lookalike` command line and return the finished process (stdout/stderr as text)."""
     proc = subprocess.run([*LOOKALIKE, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kwargs)
     if check and proc.returncode != 0:
-        raise AssertionError(f"lookalike {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"lookalike {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
 def kill_after_shards(args: list, out: Path, shards: int = 3, timeout: float = 120) -> None:
-    """Start `lookalike ARGS --out OUT` and SIGKILL it once `shards` shards are saved in OUT/.partial (what a crash leaves)."""
+    """Start `lookalike ARGS --out OUT` and SIGKILL it once `shards` shards are saved in OUT/.partial (what a crash
+    leaves)."""
     import signal
     import time
 
-    proc = subprocess.Popen([*LOOKALIKE, *map(str, args), "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [*LOOKALIKE, *map(str, args), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + timeout
     while len(list((Path(out) / ".partial").glob("shard-*.npz"))) < shards:
         assert proc.poll() is None, "the run finished before it could be killed; give it more images"
@@ -49,22 +60,53 @@ def kill_after_shards(args: list, out: Path, shards: int = 3, timeout: float = 1
 @pytest.fixture(scope="session")
 def tiny_collection(tmp_path_factory) -> Path:
     """5 classes × (20 train + 4 val) images of 64×64 in the tiny-ImageNet layout."""
-    return generate_collection(tmp_path_factory.mktemp("data") / "tiny", n_classes=5, train_per_class=20, val_per_class=4, seed=0)
+    return generate_collection(
+        tmp_path_factory.mktemp("data") / "tiny", n_classes=5, train_per_class=20, val_per_class=4, seed=0
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_gallery(tiny_collection, tmp_path_factory) -> Path:
     """A resnet18 gallery (random weights, 32-px input) over `tiny_collection`; treat it as read-only."""
     out = tmp_path_factory.mktemp("galleries") / "resnet18"
-    run_cli("extract", "--data", tiny_collection, "--out", out, "--model", "resnet18", "--weights", "random", "--image-size", "32", "--bs", "16")
+    run_cli(
+        "extract",
+        "--data",
+        tiny_collection,
+        "--out",
+        out,
+        "--model",
+        "resnet18",
+        "--weights",
+        "random",
+        "--image-size",
+        "32",
+        "--bs",
+        "16",
+    )
     return out
 
 
 @pytest.fixture(scope="session")
 def clip_gallery(tiny_collection, tmp_path_factory) -> Path:
-    """A CLIP gallery (random weights, seed 0, 32-px input) over `tiny_collection`: text queries work on it; read-only."""
+    """A CLIP gallery (random weights, seed 0, 32-px input) over `tiny_collection`: text queries work on it;
+    read-only."""
     out = tmp_path_factory.mktemp("galleries") / "clip"
-    run_cli("extract", "--data", tiny_collection, "--out", out, "--model", "clip", "--weights", "random", "--image-size", "32", "--bs", "16")
+    run_cli(
+        "extract",
+        "--data",
+        tiny_collection,
+        "--out",
+        out,
+        "--model",
+        "clip",
+        "--weights",
+        "random",
+        "--image-size",
+        "32",
+        "--bs",
+        "16",
+    )
     return out
 
 
@@ -77,7 +119,8 @@ def manifest_json(gallery) -> dict:
 
 @pytest.fixture(scope="session")
 def ray_address():
-    """A local 2-CPU Ray cluster for this test session (shared by every module that needs Ray); the CLI tests join it by address."""
+    """A local 2-CPU Ray cluster for this test session (shared by every module that needs Ray); the CLI tests join it by
+    address."""
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
@@ -85,7 +128,8 @@ def ray_address():
 
 
 def without_measurements(manifest: dict) -> dict:
-    """A manifest less what each run measures afresh: timings, environment, and the calibration's rates and core split."""
+    """A manifest less what each run measures afresh: timings, environment, and the calibration's rates and core
+    split."""
     model = dict(manifest["model"])
     if model.get("inference"):
         model["inference"] = {k: model["inference"][k] for k in ("backend", "precision", "reason")}

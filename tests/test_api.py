@@ -72,7 +72,13 @@ def test_search_parameters_apply_to_one_call(tiny_gallery):
 
 @pytest.mark.parametrize(
     "query, message",
-    [("no/such/file.jpg", "does not exist"), (np.zeros(512, np.float32), "zero"), (np.ones(7, np.float32), "shape"), (True, "bool"), (10**6, "no gallery image")],
+    [
+        ("no/such/file.jpg", "does not exist"),
+        (np.zeros(512, np.float32), "zero"),
+        (np.ones(7, np.float32), "shape"),
+        (True, "bool"),
+        (10**6, "no gallery image"),
+    ],
 )
 def test_bad_queries_say_what_to_pass(tiny_gallery, query, message):
     g = lookalike.open_gallery(tiny_gallery)
@@ -84,8 +90,16 @@ def test_extract_and_build_index_match_the_cli(tiny_collection, tiny_gallery, tm
     cli = lookalike.open_gallery(tiny_gallery)  # made by `lookalike extract` with the same arguments
     chosen = cli.manifest.model.inference  # `auto` measures afresh each run: give this run the CLI run's choice
     made = lookalike.extract(
-        tiny_collection, tmp_path / "api", model="resnet18", weights="random", image_size=32, batch_size=16, workers=0,
-        backend=chosen.backend, precision=chosen.precision, threads=chosen.threads,
+        tiny_collection,
+        tmp_path / "api",
+        model="resnet18",
+        weights="random",
+        image_size=32,
+        batch_size=16,
+        workers=0,
+        backend=chosen.backend,
+        precision=chosen.precision,
+        threads=chosen.threads,
     )
     np.testing.assert_array_equal(np.asarray(made.embeddings), np.asarray(cli.embeddings))
     assert made.paths == cli.paths
@@ -98,7 +112,9 @@ def test_extract_and_build_index_match_the_cli(tiny_collection, tiny_gallery, tm
     assert built.params()["nlist"] == 4 and built.params()["nprobe"] == 4
     query = int(g.partition().query_ids[0])
     want, _ = expected_top(g, np.asarray(g.embeddings[query]), 10)
-    assert [h.id for h in lookalike.open_gallery(copy).search(query, k=10, method="ivf")] == want.tolist()  # nprobe = nlist: exact
+    assert [
+        h.id for h in lookalike.open_gallery(copy).search(query, k=10, method="ivf")
+    ] == want.tolist()  # nprobe = nlist: exact
 
     with pytest.raises(lookalike.LookalikeError, match="ExtractConfig"):
         lookalike.extract(tiny_collection, tmp_path / "x", no_such_option=1)

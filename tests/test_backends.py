@@ -1,4 +1,5 @@
-"""Inference backends (issue 8): equivalence to fp32 torch, the converted-model cache, calibration, fallback, the query path."""
+"""Inference backends (issue 8): equivalence to fp32 torch, the converted-model cache, calibration, fallback, the query
+path."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import pytest
 import torch
 
 import lookalike
+from lookalike.data.synthetic import generate_collection
 from lookalike.embed.backends import BackendUnavailable, Choice, cache_root
 from lookalike.embed.calibrate import MIN_COSINE, calibrate
 from lookalike.embed.extract import split_cores
 from lookalike.embed.models import MODELS, load_model
-from lookalike.data.synthetic import generate_collection
 
 from .conftest import run_cli
 
@@ -35,9 +36,17 @@ def test_every_backend_and_precision_stays_within_cosine_of_fp32_torch(name):
     embedder = load_model(name, "random", image_size=SIZES[name], seed=1)
     x = torch.randn(6, 3, SIZES[name], SIZES[name])
     reference = fp32_reference(embedder, x)
-    for choice in (Choice("torch", "fp32"), Choice("torch", "bf16"), Choice("openvino", "fp32"), Choice("openvino", "bf16")):
+    for choice in (
+        Choice("torch", "fp32"),
+        Choice("torch", "bf16"),
+        Choice("openvino", "fp32"),
+        Choice("openvino", "bf16"),
+    ):
         # OpenVINO also in its throughput mode, as extraction runs it: the batch split over two streams at once
-        for run in (embedder.backend(choice), *([embedder.backend(choice, 2, streams=2)] if choice.backend == "openvino" else [])):
+        for run in (
+            embedder.backend(choice),
+            *([embedder.backend(choice, 2, streams=2)] if choice.backend == "openvino" else []),
+        ):
             out = run(x)
             assert out.shape == (6, MODELS[name].dim) and out.dtype == np.float32
             np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
@@ -53,7 +62,13 @@ def test_openvino_streams_embed_batches_in_order_and_as_one_call_would():
 
     embedder = load_model("resnet18", "random", image_size=32, seed=3)
     run = embedder.backend(Choice("openvino", "bf16"), 2, streams=2)
-    batches = [torch.randn(5, 3, 32, 32), None, torch.randn(1, 3, 32, 32), torch.randn(8, 3, 32, 32), torch.randn(3, 3, 32, 32)]
+    batches = [
+        torch.randn(5, 3, 32, 32),
+        None,
+        torch.randn(1, 3, 32, 32),
+        torch.randn(8, 3, 32, 32),
+        torch.randn(3, 3, 32, 32),
+    ]
     out = list(map_batches(run, ((f"batch {i}", x) for i, x in enumerate(batches))))
     assert [tag for tag, _ in out] == [f"batch {i}" for i in range(len(batches))]
     for (_, got), x in zip(out, batches):
@@ -76,11 +91,13 @@ def test_converted_models_are_cached_on_disk_and_reused(monkeypatch):
         raise AssertionError("converted again")
 
     monkeypatch.setattr(openvino, "convert_model", no_conversion)
-    again = load_model("resnet18", "random", image_size=32, seed=7)  # a new process would see the same: a fresh model object
+    # a new process would see the same: a fresh model object
+    again = load_model("resnet18", "random", image_size=32, seed=7)
     np.testing.assert_array_equal(again.backend(Choice("openvino", "fp32"))(x), expected)
     assert {p.name for p in (cache_root() / "openvino").iterdir() if p.name.startswith("resnet18-")} == folders
 
-    other = load_model("resnet18", "random", image_size=32, seed=8)  # other weights: another cache entry, so a conversion
+    # other weights: another cache entry, so a conversion
+    other = load_model("resnet18", "random", image_size=32, seed=8)
     with pytest.raises(BackendUnavailable, match="could not convert"):
         other.backend(Choice("openvino", "fp32"))
 
@@ -112,12 +129,14 @@ class FakeEmbedder:
 
 def test_calibration_keeps_only_candidates_within_cosine_and_picks_the_fastest():
     x = torch.zeros(8, 3, 4, 4)
-    fake = FakeEmbedder({
-        Choice("torch", "fp32"): (1.0, 0.02),
-        Choice("torch", "bf16"): (0.99, 0.001),  # fastest, but changes the embeddings
-        Choice("openvino", "fp32"): (1.0, 0.01),
-        Choice("openvino", "bf16"): (0.9995, 0.005),
-    })
+    fake = FakeEmbedder(
+        {
+            Choice("torch", "fp32"): (1.0, 0.02),
+            Choice("torch", "bf16"): (0.99, 0.001),  # fastest, but changes the embeddings
+            Choice("openvino", "fp32"): (1.0, 0.01),
+            Choice("openvino", "bf16"): (0.9995, 0.005),
+        }
+    )
     choice, measured, _ = calibrate(fake, x)
     assert choice == Choice("openvino", "bf16")
     by = {(c.backend, c.precision): c for c in measured}
@@ -130,7 +149,8 @@ def test_calibration_keeps_only_candidates_within_cosine_and_picks_the_fastest()
 
 
 def test_a_hiccup_in_one_timed_call_does_not_decide_the_choice():
-    """The two leaders are timed twice: openvino bf16's first full call stalls (other work took the core), its second does not."""
+    """The two leaders are timed twice: openvino bf16's first full call stalls (other work took the core), its second
+    does not."""
     x = torch.zeros(8, 3, 4, 4)
     calls = {"openvino": 0}
 
@@ -142,13 +162,20 @@ def test_a_hiccup_in_one_timed_call_does_not_decide_the_choice():
 
             def stalled_once(images):
                 calls["openvino"] += 1
-                if calls["openvino"] == 3:  # warm-up, probe, then the first full timing: 8 images at 670 img/s, not 1600
+                # warm-up, probe, then the first full timing: 8 images at 670 img/s, not 1600
+                if calls["openvino"] == 3:
                     time.sleep(0.007)
                 return run(images)
 
             return stalled_once
 
-    fake = Hiccup({Choice("torch", "fp32"): (1.0, 0.05), Choice("torch", "bf16"): (0.9999, 0.01), Choice("openvino", "bf16"): (0.9999, 0.005)})
+    fake = Hiccup(
+        {
+            Choice("torch", "fp32"): (1.0, 0.05),
+            Choice("torch", "bf16"): (0.9999, 0.01),
+            Choice("openvino", "bf16"): (0.9999, 0.005),
+        }
+    )
     choice, measured, _ = calibrate(fake, x, precision="auto")
     assert calls["openvino"] == 4 and choice == Choice("openvino", "bf16")
 
@@ -167,7 +194,9 @@ def test_extraction_without_openvino_installed_falls_back_and_says_so(tmp_path, 
     monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now fails, as when it is not installed
     data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=6, val_per_class=1)
     with caplog.at_level(logging.WARNING):
-        g = lookalike.extract(data, tmp_path / "g", model="resnet18", weights="random", image_size=32, backend="openvino", progress=False)
+        g = lookalike.extract(
+            data, tmp_path / "g", model="resnet18", weights="random", image_size=32, backend="openvino", progress=False
+        )
     inference = g.manifest.model.inference
     assert inference.backend == "torch"
     assert any("openvino is not installed (pip install openvino)" in c.note for c in inference.candidates)
@@ -179,7 +208,13 @@ def generated_pixels(embedder, n: int = 6, seed: int = 5) -> torch.Tensor:
     from lookalike.data.images import load_rgb
     from lookalike.embed.transforms import build_transform
 
-    root = generate_collection(cache_root().parent / f"int8-test-images-{seed}", n_classes=2, train_per_class=n // 2, val_per_class=0, seed=seed)
+    root = generate_collection(
+        cache_root().parent / f"int8-test-images-{seed}",
+        n_classes=2,
+        train_per_class=n // 2,
+        val_per_class=0,
+        seed=seed,
+    )
     transform = build_transform(embedder.preprocess)
     return torch.stack([transform(load_rgb(p)) for p in sorted(root.rglob("*.JPEG"))])
 
@@ -227,7 +262,11 @@ def test_int8_is_tried_where_quantising_pays_off_or_costs_nothing():
     from lookalike.embed.calibrate import QUANTISE_MIN_IMAGES
 
     x = torch.zeros(8, 3, 4, 4)
-    behaviour = {Choice("torch", "fp32"): (1.0, 0.02), Choice("openvino", "bf16"): (0.9999, 0.01), Choice("openvino", "int8"): (0.9995, 0.004)}
+    behaviour = {
+        Choice("torch", "fp32"): (1.0, 0.02),
+        Choice("openvino", "bf16"): (0.9999, 0.01),
+        Choice("openvino", "int8"): (0.9995, 0.004),
+    }
 
     class NotQuantised(FakeEmbedder):
         def int8_cached(self) -> bool:
@@ -236,17 +275,23 @@ def test_int8_is_tried_where_quantising_pays_off_or_costs_nothing():
     choice, measured, _ = calibrate(NotQuantised(behaviour), x, job_images=QUANTISE_MIN_IMAGES - 1)
     assert choice == Choice("openvino", "bf16")
     assert "not tried" in next(c.note for c in measured if c.precision == "int8")
-    assert calibrate(NotQuantised(behaviour), x, job_images=QUANTISE_MIN_IMAGES)[0] == Choice("openvino", "int8")  # large enough to pay off
-    assert calibrate(FakeEmbedder(behaviour), x, job_images=10)[0] == Choice("openvino", "int8")  # already quantised: free to try
-    assert calibrate(NotQuantised(behaviour), x, precision="int8", job_images=10)[0] == Choice("openvino", "int8")  # asked for
+    # large enough to pay off
+    assert calibrate(NotQuantised(behaviour), x, job_images=QUANTISE_MIN_IMAGES)[0] == Choice("openvino", "int8")
+    # already quantised: free to try
+    assert calibrate(FakeEmbedder(behaviour), x, job_images=10)[0] == Choice("openvino", "int8")
+    # asked for
+    assert calibrate(NotQuantised(behaviour), x, precision="int8", job_images=10)[0] == Choice("openvino", "int8")
 
 
 def test_the_cores_go_where_the_work_is():
-    assert split_cores(decode_ms=0.5, model_ms=5.0, cores=2)[:2] == (1, 2)  # decoding is light: the model keeps every core
+    # decoding is light: the model keeps every core
+    assert split_cores(decode_ms=0.5, model_ms=5.0, cores=2)[:2] == (1, 2)
     assert split_cores(decode_ms=40.0, model_ms=2.0, cores=2)[:2] == (2, 1)  # large photos: decoding needs both
     assert split_cores(decode_ms=10.0, model_ms=5.0, cores=2)[:2] == (1, 1)
-    assert split_cores(decode_ms=36.0, model_ms=10.0, cores=2)[:2] == (2, 1)  # 12-Mpx JPEGs, a light model: decoding needs more than a core
-    assert split_cores(decode_ms=36.0, model_ms=25.0, cores=2)[:2] == (1, 2)  # … a heavy model: it needs more than a core
+    # 12-Mpx JPEGs, a light model: decoding needs more than a core
+    assert split_cores(decode_ms=36.0, model_ms=10.0, cores=2)[:2] == (2, 1)
+    # … a heavy model: it needs more than a core
+    assert split_cores(decode_ms=36.0, model_ms=25.0, cores=2)[:2] == (1, 2)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
@@ -257,15 +302,37 @@ def test_a_query_embedded_by_the_server_matches_the_gallery_row_of_the_same_file
 
     data = generate_collection(tmp_path / "data", n_classes=3, train_per_class=8, val_per_class=2)
     out = tmp_path / "g"
-    # int8 on weights of its own: once a model is quantised, every later job of it tries int8, and the other tests' calibrations need not
+    # int8 on weights of its own: once a model is quantised, every later job of it tries int8, and the other tests'
+    # calibrations need not
     seed = ["--seed", "11"] if precision == "int8" else []
-    run_cli("extract", "--data", data, "--out", out, "--model", "resnet18", "--weights", "random", "--image-size", "32", "--backend", "openvino", "--precision", precision, *seed)
+    run_cli(
+        "extract",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--model",
+        "resnet18",
+        "--weights",
+        "random",
+        "--image-size",
+        "32",
+        "--backend",
+        "openvino",
+        "--precision",
+        precision,
+        *seed,
+    )
     g = lookalike.open_gallery(out)
     assert (g.manifest.model.inference.backend, g.manifest.model.inference.precision) == ("openvino", precision)
     row = int(g.partition().database_ids[3])
     path = g.paths[row]
     with TestClient(create_app(out, ServerConfig()), base_url="http://127.0.0.1") as client:
-        answer = client.post("/api/search", files={"image": ("q.jpg", open(path, "rb").read(), "image/jpeg")}, data={"method": "brute", "k": "3"})
+        answer = client.post(
+            "/api/search",
+            files={"image": ("q.jpg", open(path, "rb").read(), "image/jpeg")},
+            data={"method": "brute", "k": "3"},
+        )
     assert answer.status_code == 200, answer.text
     top = answer.json()["results"][0]
     assert top["id"] == row and top["score"] >= 0.999
@@ -274,5 +341,15 @@ def test_a_query_embedded_by_the_server_matches_the_gallery_row_of_the_same_file
 def test_extraction_leaves_the_callers_thread_count_as_it_was(tmp_path):
     data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=4, val_per_class=1)
     torch.set_num_threads(2)
-    lookalike.extract(data, tmp_path / "g", model="resnet18", weights="random", image_size=32, backend="openvino", precision="fp32", progress=False)
-    assert torch.get_num_threads() == 2  # the job ran torch on one thread (OpenVINO infers), then gave the caller its two back
+    lookalike.extract(
+        data,
+        tmp_path / "g",
+        model="resnet18",
+        weights="random",
+        image_size=32,
+        backend="openvino",
+        precision="fp32",
+        progress=False,
+    )
+    # the job ran torch on one thread (OpenVINO infers), then gave the caller its two back
+    assert torch.get_num_threads() == 2

@@ -7,8 +7,6 @@ gallery image, shows a bad upload's error, and saves a screenshot.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
-
 import os
 import queue
 import re
@@ -16,6 +14,7 @@ import shutil
 import subprocess
 import threading
 from contextlib import contextmanager
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
@@ -26,8 +25,14 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("LOOKALIKE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 START_TIMEOUT_S = 240  # importing torch on a busy 2-core machine can take a while
 WAIT_MS = 60_000
@@ -50,7 +55,12 @@ def served_clip(clip_gallery):
 @contextmanager
 def running_server(gallery: Path):
     """`lookalike serve --port 0` as a subprocess; yields the URL it prints once it listens."""
-    proc = subprocess.Popen([*LOOKALIKE, "serve", "--gallery", str(gallery), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [*LOOKALIKE, "serve", "--gallery", str(gallery), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     seen = []
@@ -168,7 +178,11 @@ def test_search_in_the_page(served, browser, tiny_collection, tmp_path):
 
 def set_slider(page, selector: str, value: int) -> None:
     """Move a range input as a user's drag ends: set the value, then fire input and change."""
-    page.eval_on_selector(selector, "(e, v) => { e.value = v; e.dispatchEvent(new Event('input')); e.dispatchEvent(new Event('change')); }", value)
+    page.eval_on_selector(
+        selector,
+        "(e, v) => { e.value = v; e.dispatchEvent(new Event('input')); e.dispatchEvent(new Event('change')); }",
+        value,
+    )
 
 
 def test_text_query_and_compare_with_exact(served_clip, browser, tmp_path):
@@ -206,9 +220,12 @@ def test_text_query_and_compare_with_exact(served_clip, browser, tmp_path):
     missed = page.locator("#missed-results .result")
     n_missed = missed.count()
     assert n_missed > 0
-    # as the page's toFixed(2) rounds: the float's exact value, a tie up (1/8 = 0.125 shows 0.13; Python's format gives 0.12)
+    # as the page's toFixed(2) rounds: the float's exact value, a tie up (1/8 = 0.125 shows 0.13; Python's format gives
+    # 0.12)
     shown = Decimal((k - n_missed) / k)
-    expect(page.locator("#compare-recall")).to_have_text(f"recall@{k} {shown.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP)}")
+    expect(page.locator("#compare-recall")).to_have_text(
+        f"recall@{k} {shown.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP)}"
+    )
     expect(page.locator("#compare-latency")).to_contain_text("ivf")
     expect(page.locator("#compare-latency")).to_contain_text("brute (exact)")
     assert re.search(r"\d+(\.\d+)? ms", page.locator("#compare-latency").inner_text())

@@ -17,11 +17,26 @@ from .conftest import run_cli
 
 def test_extract_index_search_bench(tiny_collection, tmp_path):
     out = tmp_path / "g"
-    extract = run_cli("extract", "--data", tiny_collection, "--out", out, "--model", "resnet18", "--weights", "random", "--image-size", "32", "--bs", "16")
+    extract = run_cli(
+        "extract",
+        "--data",
+        tiny_collection,
+        "--out",
+        out,
+        "--model",
+        "resnet18",
+        "--weights",
+        "random",
+        "--image-size",
+        "32",
+        "--bs",
+        "16",
+    )
     assert "RANDOM weights" in extract.stdout and "GENERATED data" in extract.stdout
     assert "images/s" in extract.stdout
 
-    index = run_cli("index", "--gallery", out, "--method", "ivf", "--nlist", "8", "--nprobe", "2")  # approximate: 2 of 8 lists
+    # approximate: 2 of 8 lists
+    index = run_cli("index", "--gallery", out, "--method", "ivf", "--nlist", "8", "--nprobe", "2")
     assert "IVF8,Flat" in index.stdout and (out / "indexes" / "ivf" / "index.faiss").is_file()
 
     query = next((tiny_collection / "val" / "images").iterdir())
@@ -32,8 +47,13 @@ def test_extract_index_search_bench(tiny_collection, tmp_path):
         assert all("⚠ random weights" in row for row in rows)
         assert "embed" in found.stdout and "search" in found.stdout
     exact = run_cli("search", "--gallery", out, "--image", query, "--method", "brute", "-k", "5").stdout
-    ivf_all = run_cli("search", "--gallery", out, "--image", query, "--method", "ivf", "--nprobe", "8", "-k", "5").stdout
-    paths = lambda text: [line.split()[-5] for line in text.splitlines() if line.strip()[:1].isdigit()]
+    ivf_all = run_cli(
+        "search", "--gallery", out, "--image", query, "--method", "ivf", "--nprobe", "8", "-k", "5"
+    ).stdout
+
+    def paths(text: str) -> list[str]:
+        return [line.split()[-5] for line in text.splitlines() if line.strip()[:1].isdigit()]
+
     assert paths(exact) == paths(ivf_all)
 
     bench = run_cli("bench", "--gallery", out, "--single-queries", "10")
@@ -58,7 +78,21 @@ def test_extract_index_search_bench(tiny_collection, tmp_path):
 
 def test_combined_table_over_two_galleries(tiny_gallery, tiny_collection, tmp_path):
     other = tmp_path / "mobilenet"
-    run_cli("extract", "--data", tiny_collection, "--out", other, "--model", "mobilenet", "--weights", "random", "--image-size", "32", "--bs", "16")
+    run_cli(
+        "extract",
+        "--data",
+        tiny_collection,
+        "--out",
+        other,
+        "--model",
+        "mobilenet",
+        "--weights",
+        "random",
+        "--image-size",
+        "32",
+        "--bs",
+        "16",
+    )
     combined = tmp_path / "table.md"
     proc = run_cli("bench", "--gallery", tiny_gallery, other, "--single-queries", "5", "--out", combined)
     table = combined.read_text()
@@ -74,16 +108,34 @@ def test_class_folders_and_list_files(tiny_collection, tmp_path):
     listing = tmp_path / "lists" / "all_img_list.txt"
     listing.parent.mkdir()
     images = sorted(folders.rglob("*.JPEG"))[:30]
-    listing.write_text("# the study's --all_img_list\n" + "\n".join(str(Path("..") / p.relative_to(tmp_path)) for p in images) + "\n")
+    listing.write_text(
+        "# the study's --all_img_list\n" + "\n".join(str(Path("..") / p.relative_to(tmp_path)) for p in images) + "\n"
+    )
     for data, count in ((folders, 100), (listing, 30)):
         out = tmp_path / f"g-{data.name}"
-        run_cli("extract", "--data", data, "--out", out, "--model", "resnet18", "--weights", "random", "--image-size", "32", "--bs", "16")
+        run_cli(
+            "extract",
+            "--data",
+            data,
+            "--out",
+            out,
+            "--model",
+            "resnet18",
+            "--weights",
+            "random",
+            "--image-size",
+            "32",
+            "--bs",
+            "16",
+        )
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["count"] == count
 
 
 def test_user_errors_are_one_clear_line(tmp_path, tiny_gallery):
-    missing = run_cli("extract", "--data", tmp_path / "nope", "--out", tmp_path / "g", "--weights", "random", check=False)
+    missing = run_cli(
+        "extract", "--data", tmp_path / "nope", "--out", tmp_path / "g", "--weights", "random", check=False
+    )
     assert missing.returncode == 2 and "error:" in missing.stderr and "Traceback" not in missing.stderr
     no_gallery = run_cli("search", "--gallery", tmp_path / "nope", "--image", "x.jpg", check=False)
     assert no_gallery.returncode == 2 and "lookalike extract --out" in no_gallery.stderr
@@ -95,10 +147,17 @@ def test_user_errors_are_one_clear_line(tmp_path, tiny_gallery):
 
 def test_models_lists_the_weight_sources():
     out = run_cli("models").stdout
-    assert "resnet18" in out and "1280" in out and "resnet18-f37072fd.pth" in out and "vit_base_patch32_clip_224.openai" in out
+    assert (
+        "resnet18" in out
+        and "1280" in out
+        and "resnet18-f37072fd.pth" in out
+        and "vit_base_patch32_clip_224.openai" in out
+    )
 
 
 def test_fetch_offline_says_where_to_put_the_data(tmp_path):
-    proc = run_cli("fetch", "tiny-imagenet", "--dest", tmp_path, "--url", "http://127.0.0.1:9/tiny-imagenet-200.zip", check=False)
+    proc = run_cli(
+        "fetch", "tiny-imagenet", "--dest", tmp_path, "--url", "http://127.0.0.1:9/tiny-imagenet-200.zip", check=False
+    )
     assert proc.returncode == 2, proc.stderr
     assert "tiny-imagenet-200" in proc.stderr and str(tmp_path) in proc.stderr

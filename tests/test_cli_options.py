@@ -48,7 +48,9 @@ def test_old_spellings_work_and_warn(capsys, argv, dest, value, new):
 def test_new_spellings_do_not_warn(capsys):
     args = parse("report", "--gallery", "a", "b")
     assert args.gallery == ["a", "b"]
-    args = parse("tradeoff", "--gallery", "g", "--query-list", "q.txt", "--timing-queries", "4", "--exact-timing-queries", "6")
+    args = parse(
+        "tradeoff", "--gallery", "g", "--query-list", "q.txt", "--timing-queries", "4", "--exact-timing-queries", "6"
+    )
     assert (args.query_list, args.timing_queries, args.exact_timing_queries) == ("q.txt", 4, 6)
     args = parse("extract", "--data", "d", "--out", "o", "--decode-workers", "2", "--actors", "4")
     assert (args.decode_workers, args.actors, args.legacy_workers) == (2, 4, None)

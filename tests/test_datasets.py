@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from lookalike.data.datasets import Collection, ImageRecord, load_collection
-from lookalike.errors import DataError
 from lookalike.data.synthetic import generate_collection
+from lookalike.errors import DataError
 
 # load_collection never opens images, so stub bytes are enough (and keep the tests fast).
 STUB = b"not decoded here"

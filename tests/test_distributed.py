@@ -15,16 +15,25 @@ import faiss
 import numpy as np
 import pytest
 
+from lookalike.data.synthetic import generate_collection, make_bad_images
 from lookalike.distributed import build_index_ray, extract_ray
 from lookalike.distributed.cluster import Resources, plan_workers
 from lookalike.distributed.extract import CRASH_HOOK, ShardWriter
 from lookalike.distributed.staging import ShardStore
-from lookalike.errors import GalleryError, LookalikeError, WeightsUnavailableError
-from lookalike.embed.extract import ExtractConfig, Job, Shard, decide_inference, ensure_state, extract, prepare, run_local
-from lookalike.gallery import EMBEDDINGS, METADATA, open_gallery
+from lookalike.embed.extract import (
+    ExtractConfig,
+    Job,
+    Shard,
+    decide_inference,
+    ensure_state,
+    extract,
+    prepare,
+    run_local,
+)
 from lookalike.embed.models import load_model
+from lookalike.errors import GalleryError, LookalikeError, WeightsUnavailableError
+from lookalike.gallery import EMBEDDINGS, METADATA, open_gallery
 from lookalike.search import database_vectors, make_method
-from lookalike.data.synthetic import generate_collection, make_bad_images
 
 from .conftest import manifest_json, run_cli, without_measurements
 
@@ -32,14 +41,39 @@ ray = pytest.importorskip("ray")
 
 # batches of 4 and shards of 12: several shards, a short last batch, an all-bad first batch
 # Backend and precision given: each engine calibrates on its own, and `auto` could measure another winner.
-SETTINGS = {"model": "resnet18", "weights": "random", "image_size": 32, "batch_size": 4, "shard_size": 12, "backend": "openvino", "precision": "bf16"}
-CLI_SETTINGS = ["--model", "resnet18", "--weights", "random", "--image-size", "32", "--bs", "4", "--shard-size", "12", "--backend", "openvino", "--precision", "bf16"]
+SETTINGS = {
+    "model": "resnet18",
+    "weights": "random",
+    "image_size": 32,
+    "batch_size": 4,
+    "shard_size": 12,
+    "backend": "openvino",
+    "precision": "bf16",
+}
+CLI_SETTINGS = [
+    "--model",
+    "resnet18",
+    "--weights",
+    "random",
+    "--image-size",
+    "32",
+    "--bs",
+    "4",
+    "--shard-size",
+    "12",
+    "--backend",
+    "openvino",
+    "--precision",
+    "bf16",
+]
 
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory) -> Path:
     """4 classes × (12 train + 3 val) 32-px images plus 5 undecodable files, all sorting first in class 0."""
-    root = generate_collection(tmp_path_factory.mktemp("ray") / "data", n_classes=4, train_per_class=12, val_per_class=3, image_size=32)
+    root = generate_collection(
+        tmp_path_factory.mktemp("ray") / "data", n_classes=4, train_per_class=12, val_per_class=3, image_size=32
+    )
     images = next(p for p in sorted((root / "train").iterdir()) if p.is_dir()) / "images"
     make_bad_images(images)
     (images / "aa_broken.jpg").write_bytes(b"not a jpeg")
@@ -49,7 +83,10 @@ def collection(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def local_gallery(collection, tmp_path_factory):
     """The reference: the local engine's gallery of `collection`."""
-    return extract(ExtractConfig(data=str(collection), out=str(tmp_path_factory.mktemp("ray") / "local"), **SETTINGS), progress=False)
+    return extract(
+        ExtractConfig(data=str(collection), out=str(tmp_path_factory.mktemp("ray") / "local"), **SETTINGS),
+        progress=False,
+    )
 
 
 def assert_same_gallery(ray_gallery, local_gallery) -> None:
@@ -64,7 +101,20 @@ def assert_same_gallery(ray_gallery, local_gallery) -> None:
 
 def test_cli_ray_engine_writes_the_same_gallery_as_the_local_engine(ray_address, collection, local_gallery, tmp_path):
     out = tmp_path / "ray"
-    proc = run_cli("extract", "--data", collection, "--out", out, *CLI_SETTINGS, "--engine", "ray", "--address", ray_address, "--workers", "2")
+    proc = run_cli(
+        "extract",
+        "--data",
+        collection,
+        "--out",
+        out,
+        *CLI_SETTINGS,
+        "--engine",
+        "ray",
+        "--address",
+        ray_address,
+        "--workers",
+        "2",
+    )
     assert "RANDOM weights" in proc.stdout and "GENERATED data" in proc.stdout
     gallery = open_gallery(out)
     assert_same_gallery(gallery, local_gallery)
@@ -77,10 +127,13 @@ def test_cli_ray_engine_writes_the_same_gallery_as_the_local_engine(ray_address,
     query = gallery.paths[-1]  # a val image: held out of the index
     proc = run_cli("search", "--gallery", out, "--image", query, "--method", "ivf", "-k", "3")
     results = [line for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
-    assert len(results) == 3 and not any(line.endswith(query) for line in results)  # held-out queries are not in the index
+    # held-out queries are not in the index
+    assert len(results) == 3 and not any(line.endswith(query) for line in results)
 
 
-def test_a_resumed_job_survives_a_dying_worker_and_stages_through_fsspec(ray_address, collection, local_gallery, tmp_path, monkeypatch):
+def test_a_resumed_job_survives_a_dying_worker_and_stages_through_fsspec(
+    ray_address, collection, local_gallery, tmp_path, monkeypatch
+):
     config = ExtractConfig(data=str(collection), out=str(tmp_path / "ray"), **SETTINGS)
     # A job killed after two shards, by the local engine: what `lookalike extract` leaves behind.
     job = prepare(config)
@@ -109,8 +162,15 @@ def test_shard_writer_writes_each_shard_once_whole_whatever_the_order(tmp_path):
 
     def row(batch: int, indices: list[int], bad: list) -> dict:
         vectors = np.array([[i, -i] for i in indices], np.float32).reshape(-1, 2)
-        return {"shard": np.array([0]), "batch": np.array([batch]), "batches": np.array([3]), "indices": np.array([indices], dtype=object),
-                "embeddings": np.array([vectors], dtype=object), "bad": np.array([json.dumps(bad)]), "seconds": np.array([0.5])}
+        return {
+            "shard": np.array([0]),
+            "batch": np.array([batch]),
+            "batches": np.array([3]),
+            "indices": np.array([indices], dtype=object),
+            "embeddings": np.array([vectors], dtype=object),
+            "bad": np.array([json.dumps(bad)]),
+            "seconds": np.array([0.5]),
+        }
 
     out = writer(row(2, [14, 15], []))
     assert out["written"][0] == -1 and not store.shard_names()
@@ -141,14 +201,18 @@ def test_staging_store_writes_through_fsspec_and_refuses_another_jobs_shards():
 
 
 def test_an_error_on_a_worker_reaches_the_user_as_one_sentence(ray_address, collection, tmp_path):
-    config = ExtractConfig(data=str(collection), out=str(tmp_path / "ray"), **{**SETTINGS, "weights": str(tmp_path / "missing.pt")})
+    config = ExtractConfig(
+        data=str(collection), out=str(tmp_path / "ray"), **{**SETTINGS, "weights": str(tmp_path / "missing.pt")}
+    )
     with pytest.raises(WeightsUnavailableError, match="neither 'pretrained', 'random' nor an existing file") as caught:
         extract_ray(config, workers=1, progress=False)
     assert "Traceback" not in str(caught.value)
 
 
 def test_worker_plan_leaves_cpu_for_decoding_and_fits_the_gpus():
-    plan = plan_workers(Resources(cpus=2, gpus=0, nodes=1), workers=2, gpus_per_worker=0, cpus_per_worker=None, threads=None)
+    plan = plan_workers(
+        Resources(cpus=2, gpus=0, nodes=1), workers=2, gpus_per_worker=0, cpus_per_worker=None, threads=None
+    )
     assert plan.workers == 2 and plan.workers * plan.cpus_per_worker + plan.cpus_per_decode <= 2
     assert plan_workers(Resources(cpus=32, gpus=4, nodes=2), None, 1, None, None).workers == 4  # one actor per GPU
     assert plan_workers(Resources(cpus=32, gpus=4, nodes=2), None, 0.5, None, None).workers == 8

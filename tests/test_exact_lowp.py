@@ -29,7 +29,9 @@ def near_ties(seed: int = 1, d: int = 96, n: int = 12000, step: float = 1e-5) ->
             r -= (r @ q) * q
             ladder.append(c * q + np.sqrt(1 - c * c) * r / np.linalg.norm(r))
     ladder = np.array(ladder)
-    rows = np.concatenate([ladder, ladder[rng.integers(0, len(ladder), 300)], rng.standard_normal((n - len(ladder) - 300, d))])
+    rows = np.concatenate(
+        [ladder, ladder[rng.integers(0, len(ladder), 300)], rng.standard_normal((n - len(ladder) - 300, d))]
+    )
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
     return rows[rng.permutation(len(rows))].astype(np.float32), queries.astype(np.float32)
 
@@ -48,7 +50,8 @@ def test_near_ties_give_exactly_the_fp32_ids(precision):
 
 
 def test_streamed_int8_candidates_are_the_one_pass_candidates_and_hold_every_row_within_the_margin(monkeypatch):
-    """The candidate pairs themselves (the search's fallbacks would hide a too-high floor): every row whose exact integer
+    """The candidate pairs themselves (the search's fallbacks would hide a too-high floor): every row whose exact
+    integer
     product is within the margin of its query's k-th (numpy, int64) is among them, and streaming over 70 parts
     changes nothing against one pass."""
     import torch
@@ -57,7 +60,8 @@ def test_streamed_int8_candidates_are_the_one_pass_candidates_and_hold_every_row
     n, b, d, k = 10_003, 24, 64, 10
     codes = rng.integers(-127, 128, (n, d), dtype=np.int8)
     q_codes = rng.integers(-127, 128, (b, d), dtype=np.int8)
-    margin = rng.integers(0, 3000, b).astype(np.int64)  # the k-th and the best are ~5000 apart here: a floor off by that shows
+    # the k-th and the best are ~5000 apart here: a floor off by that shows
+    margin = rng.integers(0, 3000, b).astype(np.int64)
     products = q_codes.astype(np.int64) @ codes.astype(np.int64).T
     kth = -np.sort(-products, axis=1)[:, k - 1]
 
@@ -90,7 +94,9 @@ def test_few_query_int8_candidates_are_exactly_the_rows_within_the_margin(d):
     rows = lowp.Int8Rows(torch.from_numpy(codes), 1.0, 0.0, 1.0)  # only the codes matter here
     for margin in (np.zeros(b, np.int64), rng.integers(1, 200, b), rng.integers(200, 5000, b)):
         q, r = lowp._few_int8_pairs(q_codes, rows, margin, k)
-        assert set(zip(q.tolist(), r.tolist())) == {(i, j) for i, j in zip(*np.nonzero(products >= (kth - margin)[:, None]))}
+        assert set(zip(q.tolist(), r.tolist())) == {
+            (i, j) for i, j in zip(*np.nonzero(products >= (kth - margin)[:, None]))
+        }
 
 
 def test_the_error_bound_is_what_keeps_it_exact(monkeypatch):
@@ -118,7 +124,11 @@ def test_the_bound_covers_the_real_rounding_error(precision):
     q = x[:50] + 0.05 * rng.standard_normal((50, 256))  # near neighbours: large scores, large absolute errors
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    approx = torch.mm(torch.from_numpy(q.astype(np.float32)).to(dtype), torch.from_numpy(x.astype(np.float32)).to(dtype).T).double().numpy()
+    approx = (
+        torch.mm(torch.from_numpy(q.astype(np.float32)).to(dtype), torch.from_numpy(x.astype(np.float32)).to(dtype).T)
+        .double()
+        .numpy()
+    )
     error = np.abs(approx - q @ x.T).max()
     bound = score_error_bound(precision, 256)
     assert error <= bound
@@ -169,7 +179,8 @@ def test_densely_packed_data_is_exact_without_gathering_the_whole_gallery(monkey
     want_scores, want_ids = numpy_top_k(x, q, 10)
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_allclose(scores, want_scores, atol=1e-6)
-    assert sum(gathered) < 20 * len(x) // lowp.DENSE_SHARE + 20 * len(x) // 10  # the packed queries were not gathered row by row
+    # the packed queries were not gathered row by row
+    assert sum(gathered) < 20 * len(x) // lowp.DENSE_SHARE + 20 * len(x) // 10
 
 
 def crowded(seed: int = 3, d: int = 64, n: int = 6000) -> tuple[np.ndarray, np.ndarray]:
@@ -191,7 +202,8 @@ def crowded(seed: int = 3, d: int = 64, n: int = 6000) -> tuple[np.ndarray, np.n
 @pytest.mark.parametrize("few", ["int8", "fp16"])
 @pytest.mark.parametrize("count", [1, lowp.FEW_QUERIES, lowp.FEW_QUERIES + 1])
 def test_int8_is_exact_for_a_few_crowded_queries_and_for_a_batch(count, few):
-    """1 and FEW_QUERIES queries scan the few-query copy (numkong's int8 kernel, or fp16); one more takes torch's int8 product."""
+    """1 and FEW_QUERIES queries scan the few-query copy (numkong's int8 kernel, or fp16); one more takes torch's int8
+    product."""
     x, q = crowded()
     method = ExactLowPrecision(precision="int8", few_precision=few)
     method.build(x)
@@ -231,7 +243,10 @@ def test_the_int8_margin_is_what_keeps_it_exact(monkeypatch):
 
 
 def test_auto_keeps_the_fastest_measured_precision_for_batches_and_for_a_few_queries(monkeypatch):
-    timings = {"batch": {"int8": 0.1, "bf16": 0.2, "fp16": 0.9, "fp32": 0.4}, "few": {"bf16": 7.0, "fp16": 3.0, "fp32": 9.0}}
+    timings = {
+        "batch": {"int8": 0.1, "bf16": 0.2, "fp16": 0.9, "fp32": 0.4},
+        "few": {"bf16": 7.0, "fp16": 3.0, "fp32": 9.0},
+    }
     monkeypatch.setattr(lowp, "probe_precisions", lambda vectors: timings)
     x, q = crowded()
     method = ExactLowPrecision()
@@ -242,10 +257,18 @@ def test_auto_keeps_the_fastest_measured_precision_for_batches_and_for_a_few_que
     np.testing.assert_array_equal(method.search(q[:1], 5)[1], numpy_top_k(x, q[:1], 5)[1])
 
 
-@pytest.mark.parametrize("row_block, part_bytes, n, part_rows", [
-    (1008, 1, 12000, 1008),  # one row block per part
-    (48, 4 * 30 * 144, 12003, 144),  # three blocks of 3 groups per part; the last part: 51 rows, blocks of 48 and 3, 3 rows past its last group
-])
+@pytest.mark.parametrize(
+    "row_block, part_bytes, n, part_rows",
+    [
+        (1008, 1, 12000, 1008),  # one row block per part
+        (
+            48,
+            4 * 30 * 144,
+            12003,
+            144,
+        ),  # three blocks of 3 groups per part; the last part: 51 rows, blocks of 48 and 3, 3 rows past its last group
+    ],
+)
 def test_the_int8_product_streamed_over_many_parts_is_exact(monkeypatch, row_block, part_bytes, n, part_rows):
     """Early parts keep pairs against a lower running floor, the final floor filters them."""
     monkeypatch.setattr(lowp, "INT8_ROW_BLOCK", row_block)
@@ -298,6 +321,9 @@ def test_the_kept_int8_buffer_is_reused_counted_and_never_shared():
 def test_a_few_queries_scan_the_narrowest_copy_the_probe_found_about_as_fast():
     from lookalike.search.exact_lowp import fewest_bytes_within
 
-    assert fewest_bytes_within({"int8": 2.74, "bf16": 7.4, "fp16": 2.63, "fp32": 13.7}, 1.15) == "int8"  # one query reads the whole copy
-    assert fewest_bytes_within({"int8": 4.0, "bf16": 7.4, "fp16": 2.63, "fp32": 13.7}, 1.15) == "fp16"  # clearly faster: measured wins
-    assert fewest_bytes_within({"int8": 9.0, "bf16": 2.0, "fp16": 2.1, "fp32": 13.7}, 1.15) == "bf16"  # same width: the faster
+    # one query reads the whole copy
+    assert fewest_bytes_within({"int8": 2.74, "bf16": 7.4, "fp16": 2.63, "fp32": 13.7}, 1.15) == "int8"
+    # clearly faster: measured wins
+    assert fewest_bytes_within({"int8": 4.0, "bf16": 7.4, "fp16": 2.63, "fp32": 13.7}, 1.15) == "fp16"
+    # same width: the faster
+    assert fewest_bytes_within({"int8": 9.0, "bf16": 2.0, "fp16": 2.1, "fp32": 13.7}, 1.15) == "bf16"

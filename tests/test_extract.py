@@ -1,4 +1,5 @@
-"""Extraction: unit-norm embeddings of the stated size, bad files skipped and reported, resumable, refusing mismatches."""
+"""Extraction: unit-norm embeddings of the stated size, bad files skipped and reported, resumable, refusing
+mismatches."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from lookalike.errors import GalleryError, WeightsUnavailableError
-from lookalike.embed.extract import ExtractConfig, extract
-from lookalike.gallery import open_gallery
-from lookalike.embed.models import MODELS, load_model
 from lookalike.data.synthetic import generate_collection, make_bad_images
+from lookalike.embed.extract import ExtractConfig, extract
+from lookalike.embed.models import MODELS, load_model
+from lookalike.errors import GalleryError, WeightsUnavailableError
+from lookalike.gallery import open_gallery
 
 from .conftest import kill_after_shards, manifest_json, run_cli, without_measurements
 
@@ -45,7 +46,9 @@ def test_offline_pretrained_weights_give_an_error_that_says_what_to_do(monkeypat
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline, raising=False)
+    monkeypatch.setattr(
+        torchvision.models.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline, raising=False
+    )
     with pytest.raises(WeightsUnavailableError, match=r"resnet18-f37072fd\.pth.*--weights"):
         load_model("resnet18", "pretrained")
 
@@ -61,7 +64,16 @@ def test_weights_from_a_file_are_loaded_and_hashed(tmp_path):
 
 
 def _config(data: Path, out: Path, **kw) -> ExtractConfig:
-    return ExtractConfig(data=str(data), out=str(out), model="resnet18", weights="random", image_size=32, batch_size=8, shard_size=16, **kw)
+    return ExtractConfig(
+        data=str(data),
+        out=str(out),
+        model="resnet18",
+        weights="random",
+        image_size=32,
+        batch_size=8,
+        shard_size=16,
+        **kw,
+    )
 
 
 def test_bad_images_are_skipped_and_reported(tmp_path):
@@ -98,7 +110,9 @@ def test_a_gallery_from_other_arguments_is_refused_unless_overwrite(tmp_path, ti
     data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=4, val_per_class=1)
     extract(_config(data, out), progress=False)
     before = (out / "embeddings.npy").read_bytes()
-    other = ExtractConfig(data=str(data), out=str(out), model="mobilenet", weights="random", image_size=32, batch_size=8, shard_size=16)
+    other = ExtractConfig(
+        data=str(data), out=str(out), model="mobilenet", weights="random", image_size=32, batch_size=8, shard_size=16
+    )
     with pytest.raises(GalleryError, match=r"model='resnet18' \(now 'mobilenet'\).*--overwrite"):
         extract(other, progress=False)
     assert (out / "embeddings.npy").read_bytes() == before  # nothing lost
@@ -117,8 +131,28 @@ def test_same_arguments_on_a_complete_gallery_do_nothing(tmp_path):
 def test_killed_extraction_resumes_to_the_same_gallery(tmp_path, backend, precision):
     """A separate uninterrupted run makes the same choice only when it is given: both name backend and precision."""
     data = generate_collection(tmp_path / "data", n_classes=4, train_per_class=60, val_per_class=4)
-    args = ["extract", "--data", data, "--model", "resnet18", "--weights", "random", "--image-size", "64", "--bs", "8", "--shard-size", "16", "--workers", "0",
-            "--backend", backend, "--precision", precision, *(["--seed", "12"] if precision == "int8" else [])]  # int8: see test_backends
+    args = [
+        "extract",
+        "--data",
+        data,
+        "--model",
+        "resnet18",
+        "--weights",
+        "random",
+        "--image-size",
+        "64",
+        "--bs",
+        "8",
+        "--shard-size",
+        "16",
+        "--workers",
+        "0",
+        "--backend",
+        backend,
+        "--precision",
+        precision,
+        *(["--seed", "12"] if precision == "int8" else []),
+    ]  # int8: see test_backends
     run_cli(*args, "--out", tmp_path / "whole")
 
     out = tmp_path / "resumed"
@@ -139,7 +173,6 @@ def test_killed_extraction_resumes_to_the_same_gallery(tmp_path, backend, precis
     assert without_measurements(manifest_json(resumed)) == without_measurements(manifest_json(whole))
 
 
-
 def test_interrupted_run_with_other_arguments_is_refused(tmp_path):
     data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=4, val_per_class=1)
     partial = tmp_path / "g" / ".partial"
@@ -158,21 +191,30 @@ def test_every_image_is_read_once_the_calibrations_included(tmp_path, monkeypatc
     reads: list[str] = []
     real = extraction.read_image_bytes
     monkeypatch.setattr(extraction, "read_image_bytes", lambda path: reads.append(str(path)) or real(path))
-    gallery = extract(ExtractConfig(data=str(data), out=str(tmp_path / "g"), weights="random", image_size=32, backend="torch"), progress=False)
+    gallery = extract(
+        ExtractConfig(data=str(data), out=str(tmp_path / "g"), weights="random", image_size=32, backend="torch"),
+        progress=False,
+    )
     assert len(gallery.paths) == 24
     assert sorted(reads) == sorted(str(p) for p in gallery.paths)
 
 
 def test_the_default_batch_size_is_the_devices_for_a_new_gallery_and_the_gallerys_own_after(tmp_path):
     data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=6, val_per_class=1)
-    fresh = extract(ExtractConfig(data=str(data), out=str(tmp_path / "new"), weights="random", image_size=32, backend="torch"), progress=False)
+    fresh = extract(
+        ExtractConfig(data=str(data), out=str(tmp_path / "new"), weights="random", image_size=32, backend="torch"),
+        progress=False,
+    )
     assert manifest_json(fresh)["extract"]["identity"]["batch_size"] == 16  # the documented CPU default
 
-    explicit = ExtractConfig(data=str(data), out=str(tmp_path / "old"), weights="random", image_size=32, backend="torch", batch_size=5)
+    explicit = ExtractConfig(
+        data=str(data), out=str(tmp_path / "old"), weights="random", image_size=32, backend="torch", batch_size=5
+    )
     rows = len(extract(explicit, progress=False).paths)
     generate_collection(tmp_path / "more", n_classes=1, train_per_class=3, val_per_class=0, seed=7)
     folder = next(data.glob("train/*/images"))
-    for i, path in enumerate(sorted((tmp_path / "more").rglob("*.JPEG"))):  # three new images: an update, not "other arguments"
+    # three new images: an update, not "other arguments"
+    for i, path in enumerate(sorted((tmp_path / "more").rglob("*.JPEG"))):
         (folder / f"added_{i}.JPEG").write_bytes(path.read_bytes())
     updated = extract(replace(explicit, batch_size=None), progress=False)
     assert len(updated.paths) == rows + 3

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from lookalike.data.datasets import load_collection
-from lookalike.errors import DataError
 from lookalike.data.fetch import fetch_tiny_imagenet
 from lookalike.data.synthetic import generate_collection
+from lookalike.errors import DataError
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
-"""hnswlib's HNSW behind SearchMethod: exact at a wide search, numpy-checked scores, per-call efSearch, missing results, save/load, updates."""
+"""hnswlib's HNSW behind SearchMethod: exact at a wide search, numpy-checked scores, per-call efSearch, missing results,
+save/load, updates."""
 
 from __future__ import annotations
 
@@ -37,7 +38,11 @@ def test_hnswlib_matches_numpy_at_a_wide_search(data, name, m, ef_construction, 
     method = make_method(name, len(x), 32, metric)
     assert isinstance(method, HnswlibHnsw)
     method.build(x, np.arange(1000, 4000))  # ids other than row positions
-    assert method.params() == {"M": m, "efConstruction": ef_construction, "efSearch": 64} and method.ntotal == 3000 and method.dim == 32
+    assert (
+        method.params() == {"M": m, "efConstruction": ef_construction, "efSearch": 64}
+        and method.ntotal == 3000
+        and method.dim == 32
+    )
     scores, ids = method.search(q, 10, {"efSearch": 512})
     want = np.argsort(-(q @ x.T), axis=1)[:, :10] + 1000  # l2 on unit vectors ranks as ip does
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, want)])
@@ -63,7 +68,8 @@ def test_per_call_efsearch_does_not_leak_and_is_checked(data):
     assert method.params()["efSearch"] == 64 and method.index.ef == 64  # the per-call value did not stick
     for a, b in zip(method.search(q, 10), before):
         np.testing.assert_array_equal(a, b)
-    assert narrow.shape == before[1].shape and not np.array_equal(narrow, before[1])  # ef 1 is a different (worse) search
+    # ef 1 is a different (worse) search
+    assert narrow.shape == before[1].shape and not np.array_equal(narrow, before[1])
     with pytest.raises(Exception, match="efSearch"):
         method.search(q, 10, {"nprobe": 4})
     with pytest.raises(Exception, match="out of range"):
@@ -79,7 +85,11 @@ def test_per_call_efsearch_does_not_leak_and_is_checked(data):
     # concurrent calls with and without a per-call efSearch each get their own setting
     wide, default = method.search(q, 10, {"efSearch": 512})[1], method.search(q, 10)[1]
     with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda i: (i, method.search(q[i % 40], 10, {"efSearch": 512} if i % 2 else None)[1][0]), range(160)))
+        answers = list(
+            pool.map(
+                lambda i: (i, method.search(q[i % 40], 10, {"efSearch": 512} if i % 2 else None)[1][0]), range(160)
+            )
+        )
     for i, found in answers:
         np.testing.assert_array_equal(found, (wide if i % 2 else default)[i % 40])
 
@@ -149,8 +159,14 @@ def test_hnswlib_saves_and_loads_in_a_gallery(tiny_gallery, tmp_path):
         built.set_params(efSearch=32)
         save_method(gallery, built)
         loaded = load_method(gallery, name)
-        assert type(loaded) is HnswlibHnsw and loaded.params() == built.params() and loaded.memory_bytes() == built.memory_bytes() > 0
+        assert (
+            type(loaded) is HnswlibHnsw
+            and loaded.params() == built.params()
+            and loaded.memory_bytes() == built.memory_bytes() > 0
+        )
         queries = np.asarray(gallery.embeddings)[gallery.partition().query_ids]
         for a, b in zip(loaded.search(queries, 5), built.search(queries, 5)):
             np.testing.assert_array_equal(a, b)
-        np.testing.assert_array_equal(loaded.search(queries, 5, {"efSearch": 200})[1], built.search(queries, 5, {"efSearch": 200})[1])
+        np.testing.assert_array_equal(
+            loaded.search(queries, 5, {"efSearch": 200})[1], built.search(queries, 5, {"efSearch": 200})[1]
+        )

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lookalike.errors import BadImageError, LookalikeError
 from lookalike.data.images import IMAGE_EXTENSIONS, is_image_path, load_rgb, load_rgb_bytes
 from lookalike.data.synthetic import make_bad_images
+from lookalike.errors import BadImageError, LookalikeError
 
 
 def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -258,7 +258,8 @@ def test_the_transform_normalises_as_the_formula_does(model):
 
     p = MODELS[model].preprocess
     rng = np.random.default_rng(1)
-    image = Image.fromarray(rng.integers(0, 256, (p.resize_size, p.resize_size, 3), dtype=np.uint8))  # the resize's size already: it keeps it
+    # the resize's size already: it keeps it
+    image = Image.fromarray(rng.integers(0, 256, (p.resize_size, p.resize_size, 3), dtype=np.uint8))
     top = round((p.resize_size - p.image_size) / 2)  # the centre crop
     pixels = np.asarray(image, dtype=np.float64)[top : top + p.image_size, top : top + p.image_size].transpose(2, 0, 1)
     expected = (pixels / 255 - np.array(p.mean)[:, None, None]) / np.array(p.std)[:, None, None]

@@ -24,7 +24,17 @@ from .conftest import run_cli
 
 
 def _config(data: Path, out: Path, **kw) -> ExtractConfig:
-    return ExtractConfig(data=str(data), out=str(out), model="resnet18", weights="random", image_size=32, batch_size=8, shard_size=16, workers=0, **kw)
+    return ExtractConfig(
+        data=str(data),
+        out=str(out),
+        model="resnet18",
+        weights="random",
+        image_size=32,
+        batch_size=8,
+        shard_size=16,
+        workers=0,
+        **kw,
+    )
 
 
 def _sha(path: str) -> str:
@@ -127,7 +137,12 @@ def test_json_outputs_are_strict_json_even_with_nan_figures(tmp_path):
     def refuse(constant: str):
         raise ValueError(f"{constant} is not JSON")
 
-    figures = {"recall": float("nan"), "qps": [np.float32("inf"), -float("inf"), 1.5], "n": np.int64(3), "ok": np.float64(0.25)}
+    figures = {
+        "recall": float("nan"),
+        "qps": [np.float32("inf"), -float("inf"), 1.5],
+        "n": np.int64(3),
+        "ok": np.float64(0.25),
+    }
     atomic_write_json(tmp_path / "bench.json", figures)
     text = (tmp_path / "bench.json").read_text()
     assert json.loads(text, parse_constant=refuse) == {"recall": None, "qps": [None, None, 1.5], "n": 3, "ok": 0.25}

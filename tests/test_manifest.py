@@ -17,13 +17,34 @@ SCHEMA_1 = {
     "schema_version": 1,
     "created": "2026-11-20T10:00:00+00:00",
     "model": {
-        "model": "resnet18", "arch": "resnet18", "family": "torchvision", "dim": 512,
-        "weights": {"kind": "pretrained", "source": "torchvision ResNet18_Weights.IMAGENET1K_V1", "sha256": "f37072fd", "seed": None},
-        "preprocess": {"image_size": 224, "resize_size": 256, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "interpolation": "bilinear"},
+        "model": "resnet18",
+        "arch": "resnet18",
+        "family": "torchvision",
+        "dim": 512,
+        "weights": {
+            "kind": "pretrained",
+            "source": "torchvision ResNet18_Weights.IMAGENET1K_V1",
+            "sha256": "f37072fd",
+            "seed": None,
+        },
+        "preprocess": {
+            "image_size": 224,
+            "resize_size": 256,
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+            "interpolation": "bilinear",
+        },
         "precision": {"precision": "bf16", "bf16_vs_fp32_cosine_min": 0.9999},
         "device": "cpu",
     },
-    "data": {"kind": "tiny-imagenet", "root": "/data/tiny-imagenet-200", "count": 3, "synthetic": False, "generator": None, "splits": {"train": 2, "val": 1}},
+    "data": {
+        "kind": "tiny-imagenet",
+        "root": "/data/tiny-imagenet-200",
+        "count": 3,
+        "synthetic": False,
+        "generator": None,
+        "splits": {"train": 2, "val": 1},
+    },
     "count": 3,
     "fingerprint": "0123456789abcdef-fedcba9876543210",
     "skipped": {"count": 1, "files": [{"path": "/data/x.jpg", "reason": "corrupt"}]},
@@ -47,7 +68,12 @@ def test_a_schema_1_manifest_reads_into_the_typed_object():
 
 @pytest.mark.parametrize(
     "weights, synthetic, real, words",
-    [("random", False, False, "RANDOM weights"), ("none", True, False, "NO MODEL"), ("file", True, False, "GENERATED"), ("pretrained", False, True, "pretrained weights")],
+    [
+        ("random", False, False, "RANDOM weights"),
+        ("none", True, False, "NO MODEL"),
+        ("file", True, False, "GENERATED"),
+        ("pretrained", False, True, "pretrained weights"),
+    ],
 )
 def test_describe_and_warnings_never_pass_off_random_or_generated(weights, synthetic, real, words):
     raw = json.loads(json.dumps(SCHEMA_1))
@@ -70,7 +96,9 @@ def test_an_old_gallery_on_disk_still_opens(tiny_gallery, tmp_path):
     assert old.search(int(old.partition().query_ids[0]), k=3)  # searchable as before
 
 
-@pytest.mark.parametrize("change, message", [({"schema_version": 9}, "schema version 9"), ({"count": "many"}, "malformed")])
+@pytest.mark.parametrize(
+    "change, message", [({"schema_version": 9}, "schema version 9"), ({"count": "many"}, "malformed")]
+)
 def test_unreadable_manifests_say_what_to_do(tiny_gallery, tmp_path, change, message):
     copy = tmp_path / "bad"
     shutil.copytree(tiny_gallery, copy)

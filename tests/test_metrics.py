@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from lookalike.gallery import open_gallery
-from lookalike.study.metrics import accuracy, average_precision_at_k, exact_neighbours, ground_truth, precision_at_k, recall_at_k, recall_per_query
+from lookalike.study.metrics import (
+    accuracy,
+    average_precision_at_k,
+    exact_neighbours,
+    ground_truth,
+    precision_at_k,
+    recall_at_k,
+    recall_per_query,
+)
 
 GALLERY_LABELS = np.array(["a", "a", "b", "b", None], dtype=object)
 
@@ -58,7 +66,9 @@ def test_average_precision_at_k():
     found = np.array([[0, 1, 2], [2, 0, 1], [0, 1, 4]])
     assert average_precision_at_k(found, labels, GALLERY_LABELS, 3) == pytest.approx((1 + 7 / 12 + 0) / 3)
     # -1 padding is simply not relevant: relevance [1, 0, 0], and 2 "b" items exist → 1 / min(3, 2) = 1/2
-    assert average_precision_at_k(np.array([[2, -1, -1]]), np.array(["b"], dtype=object), GALLERY_LABELS, 3) == pytest.approx(0.5)
+    assert average_precision_at_k(
+        np.array([[2, -1, -1]]), np.array(["b"], dtype=object), GALLERY_LABELS, 3
+    ) == pytest.approx(0.5)
 
 
 def test_average_precision_divides_by_the_relevant_items_in_the_database_not_the_hits_found():
@@ -71,11 +81,15 @@ def test_average_precision_divides_by_the_relevant_items_in_the_database_not_the
     assert average_precision_at_k(found, np.array(["a"], dtype=object), database, 5) == pytest.approx(0.2)
     # only 2 "c" items exist: both found at ranks 1 and 2 is a perfect score at k = 5
     database[[18, 19]] = "c"
-    assert average_precision_at_k(np.array([[18, 19, 0, 1, 2]]), np.array(["c"], dtype=object), database, 5) == pytest.approx(1.0)
+    assert average_precision_at_k(
+        np.array([[18, 19, 0, 1, 2]]), np.array(["c"], dtype=object), database, 5
+    ) == pytest.approx(1.0)
     # the count is over the database rows only when they are given: rows 0–4 searched hold 5 "a", so ideal = min(5, 5)
     found = np.array([[0, 1, 2, 3, 4]])
     assert average_precision_at_k(found, np.array(["a"], dtype=object), database, 5, database[:5]) == pytest.approx(1.0)
-    assert average_precision_at_k(np.array([[0, 10, 11, 12, 13]]), np.array(["a"], dtype=object), database, 5, database[[0, 10, 11, 12, 13]]) == pytest.approx(1.0)
+    assert average_precision_at_k(
+        np.array([[0, 10, 11, 12, 13]]), np.array(["a"], dtype=object), database, 5, database[[0, 10, 11, 12, 13]]
+    ) == pytest.approx(1.0)
 
 
 def test_accuracy_bundles_the_three_figures():
@@ -85,7 +99,9 @@ def test_accuracy_bundles_the_three_figures():
     # with the searched rows given, mAP counts relevant items among them only: database {0, 2, 3, 4} holds one "a"
     found = np.array([[0, 2, 3]])
     assert accuracy(found, found, np.array(["a"], dtype=object), GALLERY_LABELS, 3).map == pytest.approx(1 / 2)
-    assert accuracy(found, found, np.array(["a"], dtype=object), GALLERY_LABELS, 3, np.array([0, 2, 3, 4])).map == pytest.approx(1.0)
+    assert accuracy(
+        found, found, np.array(["a"], dtype=object), GALLERY_LABELS, 3, np.array([0, 2, 3, 4])
+    ).map == pytest.approx(1.0)
 
 
 def test_ground_truth_is_exact_cached_and_never_the_query_itself(tiny_gallery, tmp_path):

@@ -30,7 +30,9 @@ def test_report_end_to_end_on_two_galleries(tiny_gallery, tmp_path):
     summary = text.split("## Summary", 1)[1].split("## Timing table", 1)[0]
     assert "(i)" in summary and "(ii)" in summary and "from 60 to 200" in summary
     assert re.search(r"resnet18, recall@10 ≥ 0\.95: .* ms/query single", summary)
-    assert re.search(r"generated, 60 → 200 rows[^\n]*\n(  - [^\n]*\n)*  - flat: search [\d.]+ → [\d.]+ ms/query single", summary)
+    assert re.search(
+        r"generated, 60 → 200 rows[^\n]*\n(  - [^\n]*\n)*  - flat: search [\d.]+ → [\d.]+ ms/query single", summary
+    )
     assert "⚠ 200 with synthetic extension" in summary  # the tiny gallery has 100 train rows
 
     # every plot it links exists and is a sane PNG; every table file is there
@@ -41,7 +43,10 @@ def test_report_end_to_end_on_two_galleries(tiny_gallery, tmp_path):
             assert image.format == "PNG" and image.width >= 600 and image.height >= 300
     info = json.loads((out / "report.json").read_text(), parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
     assert [g["real"] for g in info["galleries"]] == [False, False]
-    assert info["galleries"][0]["synthetic_extension"]["rows"] == 100 and info["galleries"][1]["synthetic_extension"] is None
+    assert (
+        info["galleries"][0]["synthetic_extension"]["rows"] == 100
+        and info["galleries"][1]["synthetic_extension"] is None
+    )
     for g in info["galleries"]:
         assert all((out / path).is_file() for path in g["files"].values())
     assert "| feature dim | 512 | 32 |" in text  # the combined bench table has one column per gallery
@@ -49,6 +54,9 @@ def test_report_end_to_end_on_two_galleries(tiny_gallery, tmp_path):
 
 def test_report_refuses_a_missing_gallery_before_measuring_anything(tiny_gallery, tmp_path, capsys):
     out = tmp_path / "report"
-    assert main(["report", "--galleries", str(tiny_gallery), str(tmp_path / "nope"), "--out", str(out), "--sizes", "60"]) == 2
+    assert (
+        main(["report", "--galleries", str(tiny_gallery), str(tmp_path / "nope"), "--out", str(out), "--sizes", "60"])
+        == 2
+    )
     assert "lookalike report: error: no gallery at" in capsys.readouterr().err
     assert not out.exists()

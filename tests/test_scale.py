@@ -1,4 +1,5 @@
-"""`lookalike scale` and the galleries it builds from arrays: synthetic extension, array galleries, the CLI end to end."""
+"""`lookalike scale` and the galleries it builds from arrays: synthetic extension, array galleries, the CLI end to
+end."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ import pytest
 from PIL import Image
 
 from lookalike.cli import main
-from lookalike.errors import GalleryError, LookalikeError
-from lookalike.study.scale import Pool, ScaleConfig, load_extra, measure_size, parse_sizes, tune_for_recall
-from lookalike.gallery.generated import SYNTHETIC_PATH_PREFIX, Segment, generated_model_block, write_array_gallery
 from lookalike.data.vectors import fit_cluster_model, make_clustered_embeddings, neighbour_stats
+from lookalike.errors import GalleryError, LookalikeError
 from lookalike.gallery import is_real, open_gallery
+from lookalike.gallery.generated import SYNTHETIC_PATH_PREFIX, Segment, generated_model_block, write_array_gallery
 from lookalike.search import make_method
+from lookalike.study.scale import Pool, ScaleConfig, load_extra, measure_size, parse_sizes, tune_for_recall
 
-from .conftest import run_cli, manifest_json
+from .conftest import manifest_json, run_cli
 
 
 def _strict_json(text: str):
@@ -45,7 +46,8 @@ def clustered_labels_of(rows: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def clustered():
-    """'Real' embeddings with known structure (30 clusters in sibling pairs, rank 8), split into queries / fit / held-out."""
+    """'Real' embeddings with known structure (30 clusters in sibling pairs, rank 8), split into queries / fit /
+    held-out."""
     x, labels = CLUSTERED
     return x[:300], x[300:3150], labels[300:3150], x[3150:]
 
@@ -83,7 +85,9 @@ def test_synthetic_rows_are_not_copies_and_carry_their_clusters_labels(clustered
     # a synthetic row's label agrees with its nearest real row's about as often as a held-out real row's does
     assigned = np.asarray(model.labels, dtype=object)[clusters]
     synthetic_agreement = np.mean(fit_labels[(synthetic @ fit_rows.T).argmax(axis=1)] == assigned)
-    real_agreement = np.mean(fit_labels[(held_out[:1000] @ fit_rows.T).argmax(axis=1)] == clustered_labels_of(held_out[:1000]))
+    real_agreement = np.mean(
+        fit_labels[(held_out[:1000] @ fit_rows.T).argmax(axis=1)] == clustered_labels_of(held_out[:1000])
+    )
     assert synthetic_agreement > real_agreement - 0.1, (synthetic_agreement, real_agreement)
     assert model.describe()["copies_real_vectors"] is False and model.describe()["clusters"] >= 20
 
@@ -100,7 +104,8 @@ def test_make_clustered_embeddings_is_seeded_unit_and_labelled():
     sims = a @ a.T
     assert sims[same].mean() > sims[~same].mean() + 0.1  # rows of a cluster are closer than rows of different clusters
     np.fill_diagonal(sims, -1)
-    assert np.mean(labels[sims.argmax(axis=1)] == labels) > 0.6  # … so a row's nearest neighbour mostly shares its label
+    # … so a row's nearest neighbour mostly shares its label
+    assert np.mean(labels[sims.argmax(axis=1)] == labels) > 0.6
 
 
 # --- galleries written from arrays ---
@@ -108,16 +113,23 @@ def test_make_clustered_embeddings_is_seeded_unit_and_labelled():
 
 def test_write_array_gallery_marks_synthetic_rows(tmp_path):
     x, labels = make_clustered_embeddings(120, 16, n_clusters=4, rank=2, seed=0)
-    segments = [Segment("gallery", 0, 80, False, "rows of a real gallery"), Segment("synthetic", 80, 120, True, "fitted model samples")]
+    segments = [
+        Segment("gallery", 0, 80, False, "rows of a real gallery"),
+        Segment("synthetic", 80, 120, True, "fitted model samples"),
+    ]
     splits = ["train"] * 100 + ["val"] * 20
-    gallery = write_array_gallery(tmp_path / "g", x, labels, splits, segments=segments, model=generated_model_block(16, 0))
+    gallery = write_array_gallery(
+        tmp_path / "g", x, labels, splits, segments=segments, model=generated_model_block(16, 0)
+    )
     again = open_gallery(tmp_path / "g")
     assert again.count == 120 and again.dim == 16 and np.array_equal(np.asarray(again.embeddings), x)
     assert not is_real(again.manifest)
     assert "40 SYNTHETIC rows" in gallery.provenance() and "NO MODEL" in gallery.provenance()
     assert [s["synthetic"] for s in manifest_json(again)["data"]["segments"]] == [False, True]
     assert manifest_json(again)["data"]["synthetic_rows"] == 40
-    assert all(p.startswith(SYNTHETIC_PATH_PREFIX) for p in again.paths[80:]) and not any(p.startswith(SYNTHETIC_PATH_PREFIX) for p in again.paths[:80])
+    assert all(p.startswith(SYNTHETIC_PATH_PREFIX) for p in again.paths[80:]) and not any(
+        p.startswith(SYNTHETIC_PATH_PREFIX) for p in again.paths[:80]
+    )
     part = again.partition()
     assert len(part.query_ids) == 20 and len(part.database_ids) == 100
     with pytest.raises(GalleryError, match="already holds a gallery"):
@@ -169,7 +181,10 @@ def test_scale_tunes_on_validation_queries_and_reports_the_test_queries(clustere
     config = ScaleConfig(sizes=(len(fit_rows),), methods=("brute", "ivf"), k=10, target_recall=0.9, timing_queries=20)
     test_labels = clustered_labels_of(test)
     extraction = {"ms_per_image": 2.0, "single_image_ms": 9.0}
-    points = {p.method: p for p in measure_size(pool, len(fit_rows), val, test, test_labels, config, extraction, progress=lambda _: None)}
+    points = {
+        p.method: p
+        for p in measure_size(pool, len(fit_rows), val, test, test_labels, config, extraction, progress=lambda _: None)
+    }
     truth_test, truth_val = _exact_top_k(fit_rows, test, 10), _exact_top_k(fit_rows, val, 10)
     assert points["brute"].recall == pytest.approx(1.0)
     # label precision of exact search on the test queries, counted by hand
@@ -183,7 +198,9 @@ def test_scale_tunes_on_validation_queries_and_reports_the_test_queries(clustere
     _, found_val = check.search(val, 10, {"nprobe": nprobe})
     assert ivf.recall == pytest.approx(_overlap(found_test, truth_test))  # the reported figure is the test queries'
     assert ivf.val_recall == pytest.approx(_overlap(found_val, truth_val))  # the sweep saw only the validation queries
-    assert {s["nprobe"]: s["recall"] for s in ivf.sweep}[nprobe] == pytest.approx(_overlap(found_val, truth_val), abs=1e-5)
+    assert {s["nprobe"]: s["recall"] for s in ivf.sweep}[nprobe] == pytest.approx(
+        _overlap(found_val, truth_val), abs=1e-5
+    )
     assert ivf.recall != pytest.approx(ivf.val_recall)
     assert ivf.target_reached == (_overlap(found_test, truth_test) >= 0.9)
     # end to end = one image alone (batch 1) + one query's search, never the batch throughput
@@ -215,13 +232,27 @@ def _csv(path: Path) -> list[dict]:
 
 def test_scale_cli_end_to_end_with_synthetic_extension(tiny_gallery, tmp_path):
     out = tmp_path / "scale"
-    proc = run_cli("scale", "--gallery", tiny_gallery, "--sizes", "40,100,300", "--queries", "20", "--timing-queries", "10", "--out", out)
+    proc = run_cli(
+        "scale",
+        "--gallery",
+        tiny_gallery,
+        "--sizes",
+        "40,100,300",
+        "--queries",
+        "20",
+        "--timing-queries",
+        "10",
+        "--out",
+        out,
+    )
     assert "RANDOM weights" in proc.stdout and "SYNTHETIC EXTENSION" in proc.stdout
     rows = _csv(out / "scale.csv")
     timings = open_gallery(tiny_gallery).manifest.timings
     single_ms = timings["single_image_ms"]
     assert single_ms > 0 and single_ms != timings["ms_per_image"]
-    assert [(int(r["size"]), r["method"]) for r in rows] == [(s, m) for s in (40, 100, 300) for m in ("brute", "flat", "ivf")]
+    assert [(int(r["size"]), r["method"]) for r in rows] == [
+        (s, m) for s in (40, 100, 300) for m in ("brute", "flat", "ivf")
+    ]
     for r in rows:
         synthetic = int(r["size"]) > 100  # the tiny gallery has 100 train rows
         assert r["uses_synthetic_extension"] == str(synthetic)
@@ -233,7 +264,8 @@ def test_scale_cli_end_to_end_with_synthetic_extension(tiny_gallery, tmp_path):
     assert int(rows[-1]["synthetic_rows"]) == 200 and float(rows[-1]["synthetic_result_share"]) > 0
     result = _strict_json((out / "scale.json").read_text())
     assert result["any_synthetic"] and result["extension"]["rows"] == 200 and result["timing_queries"] == 10
-    assert (result["validation_queries"], result["accuracy_queries"]) == (10, 10)  # 20 held out, split as tune splits them
+    # 20 held out, split as tune splits them
+    assert (result["validation_queries"], result["accuracy_queries"]) == (10, 10)
     assert set(result["extension"]["check"]) == {"real", "synthetic"}
     markdown = (out / "scale.md").read_text()
     assert "⚠ SYNTHETIC EXTENSION" in markdown and "| 300 ⚠ |" in markdown and "| 100 |" in markdown
@@ -245,7 +277,8 @@ def test_scale_cli_end_to_end_with_synthetic_extension(tiny_gallery, tmp_path):
 
 
 def _lookalike(*args) -> int:
-    """The CLI's own entry point, in this process: the same parsing and error handling as the script, without a new interpreter."""
+    """The CLI's own entry point, in this process: the same parsing and error handling as the script, without a new
+    interpreter."""
     return main([str(a) for a in args])
 
 
@@ -255,7 +288,24 @@ def test_scale_grows_with_extra_real_embeddings_before_synthesising(tiny_gallery
     extra, _ = make_clustered_embeddings(30, gallery.dim, n_clusters=3, rank=4, seed=1)
     np.save(tmp_path / "extra.npy", np.concatenate([extra, query]))  # a copy of a query must be left out
     out = tmp_path / "scale"
-    assert _lookalike("scale", "--gallery", tiny_gallery, "--sizes", "100,140", "--methods", "flat", "--extra-embeddings", tmp_path / "extra.npy", "--queries", "20", "--out", out) == 0
+    assert (
+        _lookalike(
+            "scale",
+            "--gallery",
+            tiny_gallery,
+            "--sizes",
+            "100,140",
+            "--methods",
+            "flat",
+            "--extra-embeddings",
+            tmp_path / "extra.npy",
+            "--queries",
+            "20",
+            "--out",
+            out,
+        )
+        == 0
+    )
     rows = {int(r["size"]): r for r in _csv(out / "scale.csv")}
     assert (rows[100]["extra_rows"], rows[100]["synthetic_rows"]) == ("0", "0")
     assert (rows[140]["gallery_rows"], rows[140]["extra_rows"], rows[140]["synthetic_rows"]) == ("100", "30", "10")
@@ -267,12 +317,44 @@ def test_scale_extra_embeddings_from_a_gallery_folder_of_the_same_model(tiny_gal
     extra, labels = make_clustered_embeddings(20, gallery.dim, n_clusters=2, rank=4, seed=2)
     segments = [Segment("generated", 0, 20, True, "stand-in for a larger extraction")]
     same = write_array_gallery(tmp_path / "same", extra, labels, segments=segments, model=gallery.manifest.model)
-    other = write_array_gallery(tmp_path / "other", extra, labels, segments=segments, model=generated_model_block(gallery.dim, 0))
+    other = write_array_gallery(
+        tmp_path / "other", extra, labels, segments=segments, model=generated_model_block(gallery.dim, 0)
+    )
     out = tmp_path / "scale"
-    assert _lookalike("scale", "--gallery", tiny_gallery, "--sizes", "120", "--methods", "flat", "--extra-embeddings", same.path, "--queries", "20", "--out", out) == 0
+    assert (
+        _lookalike(
+            "scale",
+            "--gallery",
+            tiny_gallery,
+            "--sizes",
+            "120",
+            "--methods",
+            "flat",
+            "--extra-embeddings",
+            same.path,
+            "--queries",
+            "20",
+            "--out",
+            out,
+        )
+        == 0
+    )
     row = _csv(out / "scale.csv")[0]
     assert (row["gallery_rows"], row["extra_rows"], row["synthetic_rows"]) == ("100", "20", "0")
-    assert _lookalike("scale", "--gallery", tiny_gallery, "--sizes", "120", "--extra-embeddings", other.path, "--out", tmp_path / "o") == 2
+    assert (
+        _lookalike(
+            "scale",
+            "--gallery",
+            tiny_gallery,
+            "--sizes",
+            "120",
+            "--extra-embeddings",
+            other.path,
+            "--out",
+            tmp_path / "o",
+        )
+        == 2
+    )
     assert "not the same model and weights" in capsys.readouterr().err
 
 

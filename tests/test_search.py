@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .conftest import manifest_json
-
 from lookalike.errors import IndexMismatchError, LookalikeError
 from lookalike.gallery import open_gallery
 from lookalike.search import BruteForce, FaissIndex, get_method, load_method, make_method, save_method
+
+from .conftest import manifest_json
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -102,7 +102,8 @@ def test_a_graph_over_8_bit_codes_finds_the_neighbours_in_a_quarter_of_the_bytes
         assert recall >= floor, (ef, recall)
     _, one = method.search(queries[0], 10, {"efSearch": 256})  # one query: the single-thread path
     np.testing.assert_array_equal(one[0], found[0])
-    # the same graph over floats holds 4 bytes per dimension where this holds 1: three quarters of the vectors' bytes saved
+    # the same graph over floats holds 4 bytes per dimension where this holds 1: three quarters of the vectors' bytes
+    # saved
     assert built(f"HNSW{m},Flat", base, ids).memory_bytes() - method.memory_bytes() >= 0.7 * base.nbytes
 
 
@@ -112,7 +113,8 @@ def test_a_graph_over_16_bit_floats_is_built_carefully_and_finds_what_the_float_
     assert method.params()["factory"] == "HNSW16_SQfp16" and method.index.hnsw.efConstruction == 100
     exact = ids[np.argsort(-(queries @ base.T), axis=1, kind="stable")[:, :10]]
     _, found = method.search(queries, 10, {"efSearch": 256})
-    assert np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)]) >= 0.97  # fp16 costs ~1e-3 per score: no recall cap
+    # fp16 costs ~1e-3 per score: no recall cap
+    assert np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)]) >= 0.97
     # half the bytes of the same graph over floats, two per dimension
     assert built("HNSW16,Flat", base, ids).memory_bytes() - method.memory_bytes() >= 0.45 * base.nbytes
     method.save(tmp_path / "g")  # a rebuild after an update keeps the build breadth
@@ -157,15 +159,23 @@ def test_saved_index_of_another_gallery_is_refused(tiny_gallery, tmp_path):
 
 
 def test_saved_index_over_other_database_rows_is_refused_or_rebuilt(tmp_path):
-    """No val split: `bench --queries 10` holds out another sample than `index` did; the saved index holds some of those queries."""
+    """No val split: `bench --queries 10` holds out another sample than `index` did; the saved index holds some of those
+    queries."""
     import json
 
-    from lookalike.gallery.generated import Segment, generated_model_block, write_array_gallery
     from lookalike.data.vectors import make_clustered_embeddings
+    from lookalike.gallery.generated import Segment, generated_model_block, write_array_gallery
     from lookalike.study.bench import run_bench
 
     x, labels = make_clustered_embeddings(300, 32, n_clusters=6, rank=4, seed=0)
-    gallery = write_array_gallery(tmp_path / "g", x, labels, ["train"] * 300, segments=[Segment("generated", 0, 300, True, "test rows")], model=generated_model_block(32, 0))
+    gallery = write_array_gallery(
+        tmp_path / "g",
+        x,
+        labels,
+        ["train"] * 300,
+        segments=[Segment("generated", 0, 300, True, "test rows")],
+        model=generated_model_block(32, 0),
+    )
     default = gallery.partition()
     method = make_method("flat", len(default.database_ids), 32)
     method.build(x[default.database_ids], default.database_ids)
@@ -181,7 +191,8 @@ def test_saved_index_over_other_database_rows_is_refused_or_rebuilt(tmp_path):
         load_method(gallery, "flat", database_ids=other.database_ids)
     rebuilt, built_now = get_method(gallery, "flat", database_ids=other.database_ids)
     assert built_now and set(rebuilt.ids.tolist()) == set(other.database_ids.tolist())
-    # bench with the other sample: exact search against an independent full sort over the right rows, no query finds itself
+    # bench with the other sample: exact search against an independent full sort over the right rows, no query finds
+    # itself
     result = run_bench(gallery, methods=("flat",), k=5, max_queries=10)
     queries = x[other.query_ids]
     truth = other.database_ids[np.argsort(-(queries @ x[other.database_ids].T), axis=1, kind="stable")[:, :5]]

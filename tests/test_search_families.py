@@ -1,4 +1,5 @@
-"""The added index families through the one search interface: PQ with re-ranking from memory-mapped vectors, small-gallery PQ, real memory."""
+"""The added index families through the one search interface: PQ with re-ranking from memory-mapped vectors,
+small-gallery PQ, real memory."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import pytest
 
 from lookalike.errors import LookalikeError
 from lookalike.search import MmapRerankIndex, factory_for, make_method
-from lookalike.search.faiss_index import serialised_bytes
-from lookalike.search.faiss_index import FaissIndex
+from lookalike.search.faiss_index import FaissIndex, serialised_bytes
 from lookalike.search.rerank import drop_page_cache, exact_rerank, is_memory_mapped
 
 
@@ -56,10 +56,14 @@ def test_mmap_rerank_matches_faiss_rflat_and_costs_only_the_codes(mapped):
     mmap.build(base)
     assert isinstance(mmap, MmapRerankIndex) and is_memory_mapped(mmap.vectors)
     for k_factor in (1, 4, 16):
-        np.testing.assert_array_equal(mmap.search(queries, 10, {"k_factor": k_factor})[1], in_ram.search(queries, 10, {"k_factor": k_factor})[1])
+        np.testing.assert_array_equal(
+            mmap.search(queries, 10, {"k_factor": k_factor})[1], in_ram.search(queries, 10, {"k_factor": k_factor})[1]
+        )
     truth = exact_ids(base, queries, 10)
     recall = lambda found: np.mean([len(np.intersect1d(f, t)) / 10 for f, t in zip(found, truth)])  # noqa: E731
-    assert recall(mmap.search(queries, 10, {"k_factor": 16, "nprobe": 55})[1]) > recall(mmap.search(queries, 10, {"k_factor": 1, "nprobe": 55})[1])
+    assert recall(mmap.search(queries, 10, {"k_factor": 16, "nprobe": 55})[1]) > recall(
+        mmap.search(queries, 10, {"k_factor": 1, "nprobe": 55})[1]
+    )
     assert in_ram.memory_bytes() > base.nbytes  # RFlat keeps a float copy
     fresh = make_method("ivfpq-mmap", len(base), 64, search_params={"nprobe": 8})
     fresh.build(base)
@@ -130,8 +134,11 @@ def test_mmap_memory_counts_the_pages_the_searches_read(mapped):
     # independently: the candidate rows FAISS hands to the re-ranker, and the file pages holding them
     _, candidates = FaissIndex._search(method, np.ascontiguousarray(queries), 40, None)
     header = base.offset  # the .npy header: rows start this many bytes into the file
+
     def pages_of(rows):  # a 256-byte row after the header may straddle two pages
-        return {p for r in rows if r >= 0 for p in range((header + r * 256) // 4096, (header + r * 256 + 255) // 4096 + 1)}
+        return {
+            p for r in rows if r >= 0 for p in range((header + r * 256) // 4096, (header + r * 256 + 255) // 4096 + 1)
+        }
 
     pages = pages_of(candidates.ravel())
     assert method.working_set_bytes() == len(pages) * 4096
@@ -170,7 +177,7 @@ def test_scanned_fraction_counts_the_lists_each_query_visits():
     assert ivf.scanned_fraction(q, 10, {"nprobe": 16}) == 1.0  # every list probed: the whole database
     inner = faiss.extract_index_ivf(ivf.index)
     _, lists = inner.quantizer.search(q, 1)  # independent count: the size of each query's one probed list
-    want = np.mean([inner.invlists.list_size(int(l)) for l in lists[:, 0]]) / len(db)
+    want = np.mean([inner.invlists.list_size(int(i)) for i in lists[:, 0]]) / len(db)
     assert ivf.scanned_fraction(q, 10, {"nprobe": 1}) == pytest.approx(want)
     flat, brute = make_method("flat", len(db), 32), make_method("brute", len(db), 32)
     flat.build(db)

@@ -37,7 +37,8 @@ class ThreadedServer:
     """uvicorn serving `app` on a free loopback port, in a thread of the test process."""
 
     def __init__(self, app):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # else no TCP_NODELAY: 40 ms delayed-ACK stalls
+        # else no TCP_NODELAY: 40 ms delayed-ACK stalls
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(128)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
@@ -91,7 +92,11 @@ def query_images(tiny_collection) -> list[Path]:
 
 
 def upload(client: httpx.Client, path: Path, **fields) -> httpx.Response:
-    return client.post("/api/search", files={"image": (path.name, path.read_bytes(), "image/jpeg")}, data={k: str(v) for k, v in fields.items()})
+    return client.post(
+        "/api/search",
+        files={"image": (path.name, path.read_bytes(), "image/jpeg")},
+        data={k: str(v) for k, v in fields.items()},
+    )
 
 
 def search_id(client: httpx.Client, gallery_id: int, **fields) -> httpx.Response:
@@ -126,8 +131,22 @@ def cli_rankings(gallery_dir, query_images, tiny_collection) -> dict[tuple[int, 
     cases = {(0, "brute"): [], (1, "ivf"): ["--nprobe", "2"]}
     procs = {
         key: subprocess.Popen(
-            [*LOOKALIKE, "search", "--gallery", str(gallery_dir), "--image", str(query_images[key[0]]), "--method", key[1], "-k", "8", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                *LOOKALIKE,
+                "search",
+                "--gallery",
+                str(gallery_dir),
+                "--image",
+                str(query_images[key[0]]),
+                "--method",
+                key[1],
+                "-k",
+                "8",
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for key, extra in cases.items()
     }
@@ -135,7 +154,9 @@ def cli_rankings(gallery_dir, query_images, tiny_collection) -> dict[tuple[int, 
     for key, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr
-        out[key] = [(Path(path).relative_to(tiny_collection).as_posix(), score) for path, score in parse_cli_search(stdout)]
+        out[key] = [
+            (Path(path).relative_to(tiny_collection).as_posix(), score) for path, score in parse_cli_search(stdout)
+        ]
         assert len(out[key]) == 8, stdout
     return out
 
@@ -177,11 +198,15 @@ def test_openapi_documents_every_endpoint(client):
     search = paths["/api/search"]["post"]
     form = search["requestBody"]["content"]["multipart/form-data"]["schema"]
     form = spec["components"]["schemas"][form["$ref"].split("/")[-1]] if "$ref" in form else form
-    assert {"image", "id", "text", "method", "k", "nprobe", "efSearch", "k_factor", "compare"} <= set(form["properties"])
+    assert {"image", "id", "text", "method", "k", "nprobe", "efSearch", "k_factor", "compare"} <= set(
+        form["properties"]
+    )
     assert search["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/SearchResponse")
     for code in ("400", "404", "413", "422"):
         assert search["responses"][code]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
-    assert {"SearchResponse", "Result", "SearchTimings", "GalleryInfo", "MethodInfo", "ErrorBody"} <= set(spec["components"]["schemas"])
+    assert {"SearchResponse", "Result", "SearchTimings", "GalleryInfo", "MethodInfo", "ErrorBody"} <= set(
+        spec["components"]["schemas"]
+    )
     assert client.get("/docs").status_code == 404  # Swagger UI would need a CDN
 
 
@@ -192,7 +217,9 @@ def test_page_and_its_files_load_nothing_from_outside(client):
     for asset in ("/static/app.js", "/static/style.css"):
         assert client.get(asset).status_code == 200
     for text in (page.text, client.get("/static/app.js").text, client.get("/static/style.css").text):
-        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.I), "the page must work offline: no external URLs"
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.I), (
+            "the page must work offline: no external URLs"
+        )
 
 
 def test_upload_search_matches_cli(client, query_images, cli_rankings):
@@ -236,7 +263,9 @@ def test_nprobe_applies_to_one_call_only(client):
 def test_images_and_thumbnails_by_id(client, app):
     path = Path(app.state.service.gallery.paths[5])
     full = client.get("/api/images/5")
-    assert full.status_code == 200 and full.content == path.read_bytes() and full.headers["content-type"] == "image/jpeg"
+    assert (
+        full.status_code == 200 and full.content == path.read_bytes() and full.headers["content-type"] == "image/jpeg"
+    )
     thumb = client.get("/api/images/5/thumb")
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     image = Image.open(io.BytesIO(thumb.content))
@@ -255,22 +284,66 @@ def _jpeg_bytes(size: int = 48) -> bytes:
 
 def _over_limit_chunks():
     """A valid multipart body, streamed without a Content-Length (chunked), three times the limit."""
-    yield b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="big.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+    yield (
+        b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="big.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+    )
     for _ in range(3 * UPLOAD_LIMIT // 65536 + 1):
         yield b"\xff" * 65536
     yield b"\r\n--xyz--\r\n"
 
 
 BAD_REQUESTS = {
-    "non-image upload": (400, "not a recognised image format", lambda c: c.post("/api/search", files={"image": ("notes.txt", b"hello, not an image", "text/plain")})),
-    "corrupt image": (400, "corrupt or truncated", lambda c: c.post("/api/search", files={"image": ("cut.jpg", _jpeg_bytes()[:300], "image/jpeg")})),
+    "non-image upload": (
+        400,
+        "not a recognised image format",
+        lambda c: c.post("/api/search", files={"image": ("notes.txt", b"hello, not an image", "text/plain")}),
+    ),
+    "corrupt image": (
+        400,
+        "corrupt or truncated",
+        lambda c: c.post("/api/search", files={"image": ("cut.jpg", _jpeg_bytes()[:300], "image/jpeg")}),
+    ),
     "empty upload": (400, "empty", lambda c: c.post("/api/search", files={"image": ("empty.jpg", b"", "image/jpeg")})),
-    "upload over the limit": (413, "limit", lambda c: c.post("/api/search", files={"image": ("big.jpg", b"\xff" * (UPLOAD_LIMIT + 1), "image/jpeg")})),
-    "body over the limit, declared": (413, "limit", lambda c: c.post("/api/search", files={"image": ("big.jpg", b"\xff" * (3 * UPLOAD_LIMIT), "image/jpeg")})),
-    "body over the limit, chunked": (413, "limit", lambda c: c.post("/api/search", content=_over_limit_chunks(), headers={"content-type": "multipart/form-data; boundary=xyz"})),
-    "two files": (400, "files", lambda c: c.post("/api/search", files=[("image", ("a.jpg", _jpeg_bytes(), "image/jpeg")), ("image", ("b.jpg", _jpeg_bytes(), "image/jpeg"))])),
-    "image and id": (400, "not both", lambda c: c.post("/api/search", files={"image": ("a.jpg", _jpeg_bytes(), "image/jpeg")}, data={"id": "1"})),
-    "image and text": (400, "not both image and text", lambda c: c.post("/api/search", files={"image": ("a.jpg", _jpeg_bytes(), "image/jpeg")}, data={"text": "a red car"})),
+    "upload over the limit": (
+        413,
+        "limit",
+        lambda c: c.post("/api/search", files={"image": ("big.jpg", b"\xff" * (UPLOAD_LIMIT + 1), "image/jpeg")}),
+    ),
+    "body over the limit, declared": (
+        413,
+        "limit",
+        lambda c: c.post("/api/search", files={"image": ("big.jpg", b"\xff" * (3 * UPLOAD_LIMIT), "image/jpeg")}),
+    ),
+    "body over the limit, chunked": (
+        413,
+        "limit",
+        lambda c: c.post(
+            "/api/search", content=_over_limit_chunks(), headers={"content-type": "multipart/form-data; boundary=xyz"}
+        ),
+    ),
+    "two files": (
+        400,
+        "files",
+        lambda c: c.post(
+            "/api/search",
+            files=[
+                ("image", ("a.jpg", _jpeg_bytes(), "image/jpeg")),
+                ("image", ("b.jpg", _jpeg_bytes(), "image/jpeg")),
+            ],
+        ),
+    ),
+    "image and id": (
+        400,
+        "not both",
+        lambda c: c.post("/api/search", files={"image": ("a.jpg", _jpeg_bytes(), "image/jpeg")}, data={"id": "1"}),
+    ),
+    "image and text": (
+        400,
+        "not both image and text",
+        lambda c: c.post(
+            "/api/search", files={"image": ("a.jpg", _jpeg_bytes(), "image/jpeg")}, data={"text": "a red car"}
+        ),
+    ),
     "text without a text tower": (422, "no text tower", lambda c: c.post("/api/search", data={"text": "a red car"})),
     "efSearch for ivf": (422, "ivf has no efSearch", lambda c: search_id(c, 1, method="ivf", efSearch=8)),
     "k_factor zero": (422, "has no k_factor", lambda c: search_id(c, 1, method="ivf", k_factor=0)),
@@ -402,7 +475,12 @@ def test_cli_refuses_bad_starts_with_exit_code_2(gallery_dir, tmp_path):
         "bad upload limit": (["--gallery", str(gallery_dir), "--max-upload-mb", "0"], "--max-upload-mb"),
     }
     try:
-        procs = {name: subprocess.Popen([*LOOKALIKE, "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name, (args, _) in cases.items()}
+        procs = {
+            name: subprocess.Popen(
+                [*LOOKALIKE, "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for name, (args, _) in cases.items()
+        }
         for name, proc in procs.items():
             _, stderr = proc.communicate(timeout=120)
             assert proc.returncode == 2, f"{name}: {stderr}"
@@ -446,7 +524,8 @@ def test_a_generated_gallery_is_served_for_id_queries_only(tmp_path):
 
 
 def test_path_traversal_never_serves_a_file_outside_the_served_folders(server, gallery_dir):
-    """The routes that serve files by path (/static) and by id (/api/images), asked raw, so no client tidies the path."""
+    """The routes that serve files by path (/static) and by id (/api/images), asked raw, so no client tidies the
+    path."""
     import http.client
     import urllib.parse
 
@@ -456,9 +535,16 @@ def test_path_traversal_never_serves_a_file_outside_the_served_folders(server, g
     manifest = (gallery_dir / "manifest.json").read_bytes()[:200]
     url = urllib.parse.urlsplit(server)
     attempts = [
-        "/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2fapp.py", "/static/%2e%2e%2fapp.py", "/static/..%5capp.py",
-        "/static//" + str(STATIC_DIR.parent / "app.py"), "/static/../../../../../../" + str(STATIC_DIR.parent / "app.py").lstrip("/"),
-        "/api/images/-1", "/api/images/..%2Fmanifest.json", "/static/../../../" + str(gallery_dir / "manifest.json").lstrip("/"),
+        "/static/../app.py",
+        "/static/%2e%2e/app.py",
+        "/static/..%2fapp.py",
+        "/static/%2e%2e%2fapp.py",
+        "/static/..%5capp.py",
+        "/static//" + str(STATIC_DIR.parent / "app.py"),
+        "/static/../../../../../../" + str(STATIC_DIR.parent / "app.py").lstrip("/"),
+        "/api/images/-1",
+        "/api/images/..%2Fmanifest.json",
+        "/static/../../../" + str(gallery_dir / "manifest.json").lstrip("/"),
     ]
     for path in attempts:
         connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)

@@ -44,7 +44,9 @@ def full_size_gallery(tmp_path_factory) -> Path:
     """A resnet18 gallery at the model's real input size (resize 256, crop 224): hostile costs scale with it."""
     root = tmp_path_factory.mktemp("hostile")
     data = generate_collection(root / "data", n_classes=2, train_per_class=6, val_per_class=1, seed=1)
-    config = ExtractConfig(data=str(data), out=str(root / "g"), model="resnet18", weights="random", batch_size=8, workers=0)
+    config = ExtractConfig(
+        data=str(data), out=str(root / "g"), model="resnet18", weights="random", batch_size=8, workers=0
+    )
     return extract(config, progress=False).path
 
 
@@ -57,7 +59,9 @@ def test_hostile_uploads_cost_under_a_second_of_cpu_each_and_leave_the_server_he
         for name, data in corpus.items():
             assert len(data) <= 10 * 2**20, name
             started = time.process_time()  # CPU of every thread of this process: the request runs in a worker thread
-            response = client.post("/api/search", files={"image": (name, data, "application/octet-stream")}, data={"k": "5"})
+            response = client.post(
+                "/api/search", files={"image": (name, data, "application/octet-stream")}, data={"k": "5"}
+            )
             costs[name] = (response.status_code, time.process_time() - started)
             if response.status_code == 200:
                 assert len(response.json()["results"]) == 5, name
@@ -65,7 +69,9 @@ def test_hostile_uploads_cost_under_a_second_of_cpu_each_and_leave_the_server_he
                 assert 400 <= response.status_code < 500, (name, response.text)
                 assert response.json()["error"], name
         assert ok(client.get("/healthz"))["status"] == "ok"
-        normal = _encode(Image.fromarray(np.random.default_rng(3).integers(0, 256, (300, 400, 3), dtype=np.uint8)), "JPEG")
+        normal = _encode(
+            Image.fromarray(np.random.default_rng(3).integers(0, 256, (300, 400, 3), dtype=np.uint8)), "JPEG"
+        )
         answer = ok(client.post("/api/search", files={"image": ("ok.jpg", normal, "image/jpeg")}, data={"k": "5"}))
         assert len(answer["results"]) == 5
     print({name: f"{cpu:.3f} s (HTTP {status})" for name, (status, cpu) in costs.items()})
@@ -82,7 +88,9 @@ def test_upload_pixel_limit_is_explained_and_configurable(full_size_gallery):
     with TestClient(create_app(full_size_gallery), base_url="http://127.0.0.1") as client:
         response = client.post("/api/search", files={"image": ("big.png", big, "image/png")})
         assert response.status_code == 400 and "--max-pixels" in response.json()["error"]
-    with TestClient(create_app(full_size_gallery, ServerConfig(max_pixels=20_000_000)), base_url="http://127.0.0.1") as client:
+    with TestClient(
+        create_app(full_size_gallery, ServerConfig(max_pixels=20_000_000)), base_url="http://127.0.0.1"
+    ) as client:
         assert ok(client.post("/api/search", files={"image": ("big.png", big, "image/png")}))["results"]
 
 
@@ -104,7 +112,11 @@ def ivf_gallery(tmp_path_factory) -> Path:
 def test_concurrent_requests_with_different_nprobe_match_a_single_threaded_run(ivf_gallery):
     app = create_app(ivf_gallery, ServerConfig(compute_slots=2, threads=1))
     service = app.state.service
-    names = [name for name, entry in service.methods.items() if entry.saved and "nprobe" in entry.method.search_param_ranges()]
+    names = [
+        name
+        for name, entry in service.methods.items()
+        if entry.saved and "nprobe" in entry.method.search_param_ranges()
+    ]
     assert sorted(names) == ["IVF64_Flat", "ivfpq-mmap"]
     assert all(service.methods[n].method.params()["nprobe"] == 1 for n in names)
     queries = [int(i) for i in service.gallery.partition().query_ids[:6]]
@@ -136,7 +148,8 @@ def test_concurrent_requests_with_different_nprobe_match_a_single_threaded_run(i
         with ThreadPoolExecutor(6) as pool:
             problems = [p for found in pool.map(worker, range(6)) for p in found]
     assert problems == []
-    assert all(service.methods[n].method.params()["nprobe"] == 1 for n in names)  # the shared indexes were never changed
+    # the shared indexes were never changed
+    assert all(service.methods[n].method.params()["nprobe"] == 1 for n in names)
 
 
 def test_searches_run_with_the_configured_threads_in_their_worker_thread(ivf_gallery):
@@ -176,7 +189,10 @@ def test_an_unexpected_error_is_a_500_without_the_exception_text(tiny_gallery, c
         raise RuntimeError(f"cannot open {secret}")
 
     app.state.service.search_id = broken
-    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client, caplog.at_level(logging.ERROR):
+    with (
+        TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client,
+        caplog.at_level(logging.ERROR),
+    ):
         response = client.post("/api/search", data={"id": "3"})
     assert response.status_code == 500
     body = response.json()
@@ -216,7 +232,9 @@ def tiny_gallery_app(tiny_gallery):
 
 
 def test_a_remote_server_accepts_any_host_name(tiny_gallery):
-    with TestClient(create_app(tiny_gallery, ServerConfig(allowed_hosts=None)), base_url="http://lookalike.example") as client:
+    with TestClient(
+        create_app(tiny_gallery, ServerConfig(allowed_hosts=None)), base_url="http://lookalike.example"
+    ) as client:
         assert ok(client.get("/healthz"))["status"] == "ok"
 
 

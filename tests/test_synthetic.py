@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from lookalike.data.datasets import load_collection
-from lookalike.errors import DataError
 from lookalike.data.images import load_rgb
 from lookalike.data.synthetic import MAX_CLASSES, class_style, generate_collection, make_bad_images
+from lookalike.errors import DataError
 
 SMALL = dict(n_classes=3, train_per_class=4, val_per_class=2, test_count=2, image_size=32)
 

@@ -76,8 +76,9 @@ def test_text_search_uses_the_galleries_own_clip_and_matches_numpy(clip_api, cli
     assert got.shape == (1, 512) and abs(float(np.linalg.norm(got)) - 1) < 1e-5
     np.testing.assert_allclose(got, want, atol=1e-5)  # the same text tower: same seed, same tokenizer, L2-normalised
     # ... and it is the network whose image tower made the gallery: the reference's image tower reproduces a stored row
-    from lookalike.embed.transforms import Preprocess, build_transform
     from PIL import Image
+
+    from lookalike.embed.transforms import Preprocess, build_transform
 
     row = int(g.partition().database_ids[0])
     pixels = build_transform(Preprocess(**g.manifest.model.preprocess))(Image.open(g.paths[row]).convert("RGB"))[None]
@@ -96,7 +97,12 @@ def test_text_search_uses_the_galleries_own_clip_and_matches_numpy(clip_api, cli
 
 @pytest.mark.parametrize(
     "text, words",
-    [("", "empty"), ("   \n\t", "empty"), ("car " * 80, "80 tokens long but clip's text tower reads at most 75"), ("x" * 5000, "characters long")],
+    [
+        ("", "empty"),
+        ("   \n\t", "empty"),
+        ("car " * 80, "80 tokens long but clip's text tower reads at most 75"),
+        ("x" * 5000, "characters long"),
+    ],
 )
 def test_empty_or_over_long_text_is_refused(clip_api, text, words):
     with pytest.raises(TextQueryError, match=words):
@@ -212,8 +218,14 @@ def test_text_search_through_the_api(clip_client, clip_gallery, clip_reference):
     np.testing.assert_allclose([r["score"] for r in answer["results"]], want_scores, atol=1e-4)
     assert answer["query"]["kind"] == "text" and answer["query"]["text"] == TEXT
     assert answer["latency_ms"]["decode_ms"] > 0 and answer["latency_ms"]["embed_ms"] > 0  # tokenizing, the text tower
-    assert answer["real"] is False and any("RANDOM weights" in w and "no learned meaning" in w for w in answer["warnings"])
-    compared = ok(clip_client.post("/api/search", data={"text": TEXT, "method": "ivf", "k": "6", "nprobe": "1", "compare": "exact"}))
+    assert answer["real"] is False and any(
+        "RANDOM weights" in w and "no learned meaning" in w for w in answer["warnings"]
+    )
+    compared = ok(
+        clip_client.post(
+            "/api/search", data={"text": TEXT, "method": "ivf", "k": "6", "nprobe": "1", "compare": "exact"}
+        )
+    )
     assert [r["id"] for r in compared["compare"]["exact_results"]] == want_ids.tolist()
 
 
@@ -272,7 +284,10 @@ def test_ef_search_and_k_factor_apply_to_one_request(resnet_served):
     app, client = resnet_served
     hnsw, ivfpq = (app.state.service.methods[SAVED[name]].method for name in ("hnsw", "ivfpq"))
     ranges = {m["name"]: m["param_ranges"] for m in ok(client.get("/api/gallery"))["methods"]}
-    assert ranges[SAVED["hnsw"]] == {"efSearch": [1, 4096]} and ranges[SAVED["ivfpq"]] == {"nprobe": [1, 4], "k_factor": [1, 256]}
+    assert ranges[SAVED["hnsw"]] == {"efSearch": [1, 4096]} and ranges[SAVED["ivfpq"]] == {
+        "nprobe": [1, 4],
+        "k_factor": [1, 256],
+    }
 
     answer = ok(search_id(client, 7, method=SAVED["hnsw"], k=5, efSearch=1, compare="exact"))
     assert answer["params"] == {"efSearch": 1} and answer["compare"]["recall"] <= 1.0
@@ -283,7 +298,8 @@ def test_ef_search_and_k_factor_apply_to_one_request(resnet_served):
     assert answer["params"] == {"nprobe": 1, "k_factor": 1}
     assert faiss.downcast_index(ivfpq.index).k_factor == 4 and faiss.extract_index_ivf(ivfpq.index).nprobe == 4
     full = ok(search_id(client, 7, method=SAVED["ivfpq"], k=5, k_factor=256, nprobe=4, compare="exact"))
-    assert full["compare"]["missed_ids"] == [] and full["compare"]["recall"] == 1.0  # every list, every candidate re-ranked exactly
+    # every list, every candidate re-ranked exactly
+    assert full["compare"]["missed_ids"] == [] and full["compare"]["recall"] == 1.0
 
 
 @pytest.mark.parametrize(
@@ -305,7 +321,8 @@ def test_bad_search_parameters_are_422(resnet_served, fields, words, field):
 
 
 def test_concurrent_ef_search_requests_do_not_see_each_other(resnet_served):
-    """Two compute slots, requests with and without a per-call efSearch (and compare) interleaved: each equals its lone answer."""
+    """Two compute slots, requests with and without a per-call efSearch (and compare) interleaved: each equals its lone
+    answer."""
     from concurrent.futures import ThreadPoolExecutor
 
     _, client = resnet_served
@@ -328,8 +345,32 @@ def test_concurrent_ef_search_requests_do_not_see_each_other(resnet_served):
 
 def test_cli_text_search_and_compare(clip_gallery, tiny_gallery):
     procs = {
-        "text": subprocess.Popen([*LOOKALIKE, "search", "--gallery", str(clip_gallery), "--text", TEXT, "-k", "5", "--method", "ivf", "--nprobe", "1", "--compare"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-        "resnet": subprocess.Popen([*LOOKALIKE, "search", "--gallery", str(tiny_gallery), "--text", TEXT], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        "text": subprocess.Popen(
+            [
+                *LOOKALIKE,
+                "search",
+                "--gallery",
+                str(clip_gallery),
+                "--text",
+                TEXT,
+                "-k",
+                "5",
+                "--method",
+                "ivf",
+                "--nprobe",
+                "1",
+                "--compare",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ),
+        "resnet": subprocess.Popen(
+            [*LOOKALIKE, "search", "--gallery", str(tiny_gallery), "--text", TEXT],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ),
     }
     out = {name: proc.communicate(timeout=300) + (proc.returncode,) for name, proc in procs.items()}
     stdout, stderr, code = out["text"]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lookalike.study.tune import parse_bytes
 from lookalike.gallery import open_gallery
 from lookalike.search import get_method, load_method, save_method
+from lookalike.study.tune import parse_bytes
 
 from .conftest import run_cli
 
@@ -34,28 +34,47 @@ def strict_json(path):
 
 def test_tradeoff_writes_points_plot_and_cheapest_settings(gallery, tmp_path):
     out = tmp_path / "out"
-    proc = run_cli("tradeoff", "--gallery", gallery, "--k", "5", "--families", "ivf,hnsw,ivfpq-mmap,sq8", "--index", "IVF4,SQ8",
-                   "--single-queries", "5", "--out", out)
+    proc = run_cli(
+        "tradeoff",
+        "--gallery",
+        gallery,
+        "--k",
+        "5",
+        "--families",
+        "ivf,hnsw,ivfpq-mmap,sq8",
+        "--index",
+        "IVF4,SQ8",
+        "--single-queries",
+        "5",
+        "--out",
+        out,
+    )
     assert "RANDOM weights" in proc.stdout and "GENERATED data" in proc.stdout
     for target in ("0.9", "0.95", "0.99"):
         assert f"recall@5 ≥ {target}: " in proc.stdout
-    assert "ivf nlist=40: N=100 is too small to train it" in proc.stdout  # 4√N lists need more vectors; said, not hidden
+    # 4√N lists need more vectors; said, not hidden
+    assert "ivf nlist=40: N=100 is too small to train it" in proc.stdout
 
     rows = list(csv.DictReader((out / "tradeoff.csv").open()))
     families = {r["family"] for r in rows}
     assert {"exact", "ivf", "hnsw", "ivfpq-mmap", "sq8", "factory"} <= families
-    assert all(0.0 <= float(r["recall"]) <= 1.0 and int(r["memory_bytes"]) > 0 and float(r["single_ms"]) > 0 for r in rows)
+    assert all(
+        0.0 <= float(r["recall"]) <= 1.0 and int(r["memory_bytes"]) > 0 and float(r["single_ms"]) > 0 for r in rows
+    )
     assert all(float(r["recall"]) == 1.0 for r in rows if r["exact"] == "True")
     assert any(r["pareto"] == "True" for r in rows)
     assert all("RANDOM weights" in r["provenance"] for r in rows)
     ivf = [r for r in rows if r["family"] == "ivf"]
     assert [int(r["nprobe"]) for r in ivf][0] == 1 and all(r["nlist"] == "10" for r in ivf)
-    assert float(ivf[-1]["recall"]) == 1.0 or int(ivf[-1]["nprobe"]) == 10  # a curve runs until exact, or to nprobe = nlist
+    # a curve runs until exact, or to nprobe = nlist
+    assert float(ivf[-1]["recall"]) == 1.0 or int(ivf[-1]["nprobe"]) == 10
     flat = next(r for r in rows if r["curve"] == "flat")
     pq = [r for r in rows if r["family"] == "ivfpq-mmap"]
     assert {r["k_factor"] for r in pq} == {"1", "4", "16"}
     # re-ranking reads the memory-mapped gallery: its memory counts the pages read, and its cold latency is measured
-    assert all(float(r["cold_single_ms"]) > 0 for r in pq) and all(r["cold_single_ms"] == "" for r in rows if r["family"] != "ivfpq-mmap")
+    assert all(float(r["cold_single_ms"]) > 0 for r in pq) and all(
+        r["cold_single_ms"] == "" for r in rows if r["family"] != "ivfpq-mmap"
+    )
     assert int(flat["memory_bytes"]) > 0 and "cold-cache single query" in (out / "tradeoff.md").read_text()
 
     data = strict_json(out / "tradeoff.json")
@@ -75,7 +94,21 @@ def test_tradeoff_with_a_list_of_query_images(gallery, tmp_path):
     lines = [f"{g.paths[i]}\t{g.labels[i]}" for i in val[:2]] + [g.paths[val[2]]]  # the last one has no label
     listing.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    run_cli("tradeoff", "--gallery", gallery, "--k", "3", "--families", "ivf", "--queries", listing, "--single-queries", "3", "--out", out)
+    run_cli(
+        "tradeoff",
+        "--gallery",
+        gallery,
+        "--k",
+        "3",
+        "--families",
+        "ivf",
+        "--queries",
+        listing,
+        "--single-queries",
+        "3",
+        "--out",
+        out,
+    )
     data = strict_json(out / "tradeoff.json")
     assert data["n_queries"] == 3 and str(listing) in data["queries"]
     assert data["n_database"] == g.count - 3  # the query images themselves are not searched
@@ -85,7 +118,9 @@ def test_tradeoff_with_a_list_of_query_images(gallery, tmp_path):
 
 
 def test_tradeoff_rejects_a_bad_factory_string_before_sweeping(gallery, tmp_path):
-    proc = run_cli("tradeoff", "--gallery", gallery, "--families", "ivf", "--index", "IVF4,Bogus12", "--out", tmp_path, check=False)
+    proc = run_cli(
+        "tradeoff", "--gallery", gallery, "--families", "ivf", "--index", "IVF4,Bogus12", "--out", tmp_path, check=False
+    )
     assert proc.returncode == 2
     assert "lookalike tradeoff: error: FAISS cannot build --index 'IVF4,Bogus12'" in proc.stderr
     proc = run_cli("tradeoff", "--gallery", gallery, "--families", "ivf,kdtree", "--out", tmp_path, check=False)
@@ -96,18 +131,27 @@ def test_tradeoff_rejects_a_bad_factory_string_before_sweeping(gallery, tmp_path
 @pytest.fixture(scope="module")
 def clustered_gallery(tmp_path_factory):
     """6000 clustered 32-d rows (5000 train, 1000 val): large enough that an approximate setting is the fastest pick."""
-    from lookalike.gallery.generated import Segment, generated_model_block, write_array_gallery
     from lookalike.data.vectors import make_clustered_embeddings
+    from lookalike.gallery.generated import Segment, generated_model_block, write_array_gallery
 
     x, labels = make_clustered_embeddings(6000, 32, n_clusters=40, rank=8, seed=3)
     folder = tmp_path_factory.mktemp("tune") / "g"
-    write_array_gallery(folder, x, labels, ["train"] * 5000 + ["val"] * 1000, segments=[Segment("generated", 0, 6000, True, "test rows")], model=generated_model_block(32, 0))
+    write_array_gallery(
+        folder,
+        x,
+        labels,
+        ["train"] * 5000 + ["val"] * 1000,
+        segments=[Segment("generated", 0, 6000, True, "test rows")],
+        model=generated_model_block(32, 0),
+    )
     return folder
 
 
 def test_tune_choice_is_approximate_and_meets_its_target_on_held_out_queries(clustered_gallery):
     gallery = clustered_gallery
-    proc = run_cli("tune", "--gallery", gallery, "--k", "10", "--target-recall", "0.9", "--families", "ivf", "--latency", "batch")
+    proc = run_cli(
+        "tune", "--gallery", gallery, "--k", "10", "--target-recall", "0.9", "--families", "ivf", "--latency", "batch"
+    )
     assert "**chosen**" in proc.stdout and "95% bound" in proc.stdout and "test queries" in proc.stdout
     g = open_gallery(gallery)
     tuned = load_method(g, "tuned")
@@ -161,7 +205,12 @@ def test_factory_string_index_round_trips_through_the_gallery(gallery, name):
 
 
 def test_parse_bytes():
-    assert parse_bytes("1GB") == 2**30 and parse_bytes("512 MiB") == 512 * 2**20 and parse_bytes("1.5k") == 1536 and parse_bytes("100") == 100
+    assert (
+        parse_bytes("1GB") == 2**30
+        and parse_bytes("512 MiB") == 512 * 2**20
+        and parse_bytes("1.5k") == 1536
+        and parse_bytes("100") == 100
+    )
     with pytest.raises(Exception, match="write it like 512MB"):
         parse_bytes("lots")
 
@@ -170,14 +219,32 @@ def test_candidate_rules_follow_size_and_budget():
     from lookalike.study.tune import candidate_configs
 
     small, _ = candidate_configs(100, 512)
-    assert [c.family for c in small] == ["flat", "ivf", "hnsw", "usearch-f16", "hnswlib", "hnswlib-m16", "hnsw-sq8", "hnsw16-sq8", "hnsw16-fp16", "ivf-sq8"]  # too few vectors for 4√N lists or PQ codebooks
+    assert [c.family for c in small] == [
+        "flat",
+        "ivf",
+        "hnsw",
+        "usearch-f16",
+        "hnswlib",
+        "hnswlib-m16",
+        "hnsw-sq8",
+        "hnsw16-sq8",
+        "hnsw16-fp16",
+        "ivf-sq8",
+    ]  # too few vectors for 4√N lists or PQ codebooks
     assert [c.options["m"] for c in small if c.sweep == "efSearch"] == [32, 32, 32, 16, 32, 16, 16]
     big, notes = candidate_configs(1_000_000, 512, max_memory_bytes=2**30)
-    assert [c.family for c in big] == ["ivf-sq8", "ivfpq-mmap"]  # raw vectors (1.9 GiB) cannot fit 1 GiB; HNSW over the default size limit
-    assert any("hnsw" in n and "size limit" in n for n in notes) and any(n.startswith("flat") and "budget" in n for n in notes)
+    assert [c.family for c in big] == [
+        "ivf-sq8",
+        "ivfpq-mmap",
+    ]  # raw vectors (1.9 GiB) cannot fit 1 GiB; HNSW over the default size limit
+    assert any("hnsw" in n and "size limit" in n for n in notes) and any(
+        n.startswith("flat") and "budget" in n for n in notes
+    )
     # the limit is a parameter, so a benchmark can set it from measured build times
     allowed, notes = candidate_configs(1_000_000, 512, hnsw_max_n=2_000_000)
-    assert {"hnsw", "usearch-f16", "hnswlib", "hnswlib-m16"} <= {c.family for c in allowed} and not any("hnsw" in n for n in notes)
+    assert {"hnsw", "usearch-f16", "hnswlib", "hnswlib-m16"} <= {c.family for c in allowed} and not any(
+        "hnsw" in n for n in notes
+    )
     refused, notes = candidate_configs(200_000, 512, hnsw_max_n=100_000)
     assert not {"hnsw", "hnswlib"} & {c.family for c in refused} and any("hnsw: N=200000 > 100000" in n for n in notes)
     _, notes = candidate_configs(200_000, 512, families=("hnswlib-m16",), hnsw_max_n=100_000)
@@ -188,22 +255,35 @@ def test_nlists_too_large_for_the_gallery_are_skipped_and_said():
     from lookalike.study.tradeoff import plan_builds
 
     builds, skipped = plan_builds(("ivf", "ivfpq-mmap"), ("OPQ16,IVF64,PQ16",), 100_000, 512)
-    assert [b.label for b in builds][:3] == ["ivf nlist=316", "ivf nlist=1264", "ivf nlist=5056"] and builds[-1].family == "factory"
+    assert [b.label for b in builds][:3] == ["ivf nlist=316", "ivf nlist=1264", "ivf nlist=5056"] and builds[
+        -1
+    ].family == "factory"
     graphs, _ = plan_builds(("hnsw", "usearch-f16", "hnswlib"), (), 1000, 512)
     assert [b.label for b in graphs] == ["hnsw M=16", "hnsw M=32", "usearch-f16", "hnswlib M=16", "hnswlib M=32"]
     builds, skipped = plan_builds(("ivf",), (), 1000, 512)  # 4√N = 128 lists would hold under 10 vectors each
-    assert [b.options["nlist"] for b in builds] == [32] and len(skipped) == 2 and "nlist=128: N=1000 is too small" in skipped[0]
+    assert (
+        [b.options["nlist"] for b in builds] == [32]
+        and len(skipped) == 2
+        and "nlist=128: N=1000 is too small" in skipped[0]
+    )
 
 
 def test_tune_budget_counts_the_page_cache_a_memory_mapped_index_reads(tmp_path):
     """ivfpq-mmap: codes fit the budget, but its warm latency needs the mapped file's pages; those count."""
-    from lookalike.gallery.generated import Segment, generated_model_block, write_array_gallery
     from lookalike.data.vectors import make_clustered_embeddings
+    from lookalike.gallery.generated import Segment, generated_model_block, write_array_gallery
     from lookalike.search import database_vectors, make_method
     from lookalike.study.tune import tune
 
     x, labels = make_clustered_embeddings(12_000, 64, n_clusters=20, rank=6, seed=0)
-    g = write_array_gallery(tmp_path / "g", x, labels, ["train"] * 11_500 + ["val"] * 500, segments=[Segment("generated", 0, 12_000, True, "test rows")], model=generated_model_block(64, 0))
+    g = write_array_gallery(
+        tmp_path / "g",
+        x,
+        labels,
+        ["train"] * 11_500 + ["val"] * 500,
+        segments=[Segment("generated", 0, 12_000, True, "test rows")],
+        model=generated_model_block(64, 0),
+    )
     part = g.partition()
     probe = make_method("ivfpq-mmap", len(part.database_ids), 64)
     probe.build(database_vectors(g, part.database_ids), part.database_ids)
@@ -220,7 +300,8 @@ def test_tune_budget_counts_the_page_cache_a_memory_mapped_index_reads(tmp_path)
 
 
 def test_hnsw_inclusion_at_1m_follows_the_measured_build_times():
-    """bench_tradeoff's rule: fit t = c·N·log2 N to measured builds, include HNSW where the extrapolation fits the budget."""
+    """bench_tradeoff's rule: fit t = c·N·log2 N to measured builds, include HNSW where the extrapolation fits the
+    budget."""
     import importlib.util
     import sys
     from pathlib import Path

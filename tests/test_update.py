@@ -1,4 +1,5 @@
-"""Incremental update: a gallery follows its folder, equals a fresh extraction of it per path, resumes after a kill, keeps indexes honest.
+"""Incremental update: a gallery follows its folder, equals a fresh extraction of it per path, resumes after a kill,
+keeps indexes honest.
 
 Every check compares the updated gallery with an independent computation: a fresh extraction of
 the changed folder into another gallery, and indexes built afresh on it. Generated images,
@@ -51,7 +52,13 @@ def assert_same_rows_per_path(updated, fresh) -> None:
     for i, row in enumerate(ours):
         j, other = by_path[row["path"]]
         assert {k: v for k, v in row.items() if k != "id"} == {k: v for k, v in other.items() if k != "id"}, row["path"]
-        np.testing.assert_allclose(updated.embeddings[i], fresh.embeddings[j], rtol=0, atol=1e-6, err_msg=f"{row['path']}: {updated.manifest.model.inference} vs {fresh.manifest.model.inference}")
+        np.testing.assert_allclose(
+            updated.embeddings[i],
+            fresh.embeddings[j],
+            rtol=0,
+            atol=1e-6,
+            err_msg=f"{row['path']}: {updated.manifest.model.inference} vs {fresh.manifest.model.inference}",
+        )
     assert [s["path"] for s in updated.manifest.skipped] == [s["path"] for s in fresh.manifest.skipped]
 
 
@@ -128,13 +135,24 @@ def test_saved_indexes_follow_the_update_or_are_refused_as_stale(collection, tmp
     data, donor = collection
     out = tmp_path / "g"
     gallery = extract(_config(data, out), progress=False)
-    for method, options in (("flat", {}), ("ivf", {"nlist": 2}), ("hnsw", {}), ("hnswlib", {}), ("brute", {}), ("PCA8,Flat", {})):
+    for method, options in (
+        ("flat", {}),
+        ("ivf", {"nlist": 2}),
+        ("hnsw", {}),
+        ("hnswlib", {}),
+        ("brute", {}),
+        ("PCA8,Flat", {}),
+    ):
         build_index(gallery, method, **options)
     change_folder(data, donor)
     updated = extract(_config(data, out), progress=False)
     outcomes = updated.manifest.update.indexes
     assert outcomes["flat"].startswith("updated in place") and outcomes["ivf"].startswith("updated in place")
-    assert outcomes["hnsw"].startswith("rebuilt") and outcomes["hnswlib"].startswith("rebuilt") and outcomes["PCA8_Flat"].startswith("stale")
+    assert (
+        outcomes["hnsw"].startswith("rebuilt")
+        and outcomes["hnswlib"].startswith("rebuilt")
+        and outcomes["PCA8_Flat"].startswith("stale")
+    )
 
     database = updated.partition().database_ids
     queries = np.array(updated.embeddings)
@@ -165,7 +183,23 @@ def test_saved_indexes_follow_the_update_or_are_refused_as_stale(collection, tmp
 def test_a_killed_update_resumes_to_the_gallery_of_an_uninterrupted_one(tmp_path):
     data = generate_collection(tmp_path / "data", n_classes=4, train_per_class=4, val_per_class=1)
     donor = generate_collection(tmp_path / "donor", n_classes=4, train_per_class=60, val_per_class=0, seed=3)
-    args = ["extract", "--data", data, "--model", "resnet18", "--weights", "random", "--image-size", "64", "--bs", "8", "--shard-size", "16", "--decode-workers", "0"]
+    args = [
+        "extract",
+        "--data",
+        data,
+        "--model",
+        "resnet18",
+        "--weights",
+        "random",
+        "--image-size",
+        "64",
+        "--bs",
+        "8",
+        "--shard-size",
+        "16",
+        "--decode-workers",
+        "0",
+    ]
     run_cli(*args, "--out", tmp_path / "whole")
     shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
     classes = sorted((data / "train").iterdir())
@@ -175,7 +209,8 @@ def test_a_killed_update_resumes_to_the_gallery_of_an_uninterrupted_one(tmp_path
 
     out = tmp_path / "resumed"
     kill_after_shards(args, out)
-    assert open_gallery(out).count == open_gallery(tmp_path / "whole").count  # killed mid-update: the old gallery is whole
+    # killed mid-update: the old gallery is whole
+    assert open_gallery(out).count == open_gallery(tmp_path / "whole").count
 
     run_cli(*args, "--out", out)
     run_cli(*args, "--out", tmp_path / "whole")
@@ -241,17 +276,24 @@ def test_the_held_out_sample_of_a_collection_without_val_does_not_shift(tmp_path
     kept = set(after.paths) - {str(p) for p in folders.glob("*/new_*.JPEG")}
     assert {p for p in queries if p in kept} == {p for p in now if p in kept}  # no kept row changed sides
     assert after.manifest.update.held_out.startswith("stable")
-    assert load_method(after, "flat", database_ids=after.partition().database_ids).ntotal == len(after.partition().database_ids)
+    assert load_method(after, "flat", database_ids=after.partition().database_ids).ntotal == len(
+        after.partition().database_ids
+    )
 
 
 @pytest.mark.parametrize("backend,precision", [("openvino", "bf16"), ("torch", "bf16")])
-def test_an_update_embeds_new_files_with_the_gallerys_own_backend_and_precision(collection, tmp_path, backend, precision):
+def test_an_update_embeds_new_files_with_the_gallerys_own_backend_and_precision(
+    collection, tmp_path, backend, precision
+):
     data, donor = collection
     out = tmp_path / "g"
     extract(_config(data, out, backend=backend, precision=precision), progress=False)
     change_folder(data, donor)
     updated = extract(_config(data, out, backend=backend, precision=precision), progress=False)
-    assert (updated.manifest.model.inference.backend, updated.manifest.model.inference.precision) == (backend, precision)
+    assert (updated.manifest.model.inference.backend, updated.manifest.model.inference.precision) == (
+        backend,
+        precision,
+    )
     fresh = extract(_config(data, tmp_path / "fresh", backend=backend, precision=precision), progress=False)
     assert_same_rows_per_path(updated, fresh)  # the new rows too: the other backend would differ by ~1e-3
 

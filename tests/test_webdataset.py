@@ -1,4 +1,5 @@
-"""webdataset tar shards as input: listed without unpacking, labelled by cls/txt/json, damaged members and tails reported, local and Ray alike.
+"""webdataset tar shards as input: listed without unpacking, labelled by cls/txt/json, damaged members and tails
+reported, local and Ray alike.
 
 The shards are built here from a generated collection (images drawn by lookalike.data.synthetic,
 not photos) with Python's tarfile; random weights, 32-px input. The reference for the embeddings
@@ -25,7 +26,15 @@ from lookalike.gallery import EMBEDDINGS, METADATA
 from .conftest import manifest_json, without_measurements
 
 # Backend and precision given: runs compared with each other must not each measure their own winner.
-SETTINGS = {"model": "resnet18", "weights": "random", "image_size": 32, "batch_size": 4, "shard_size": 8, "backend": "openvino", "precision": "bf16"}
+SETTINGS = {
+    "model": "resnet18",
+    "weights": "random",
+    "image_size": 32,
+    "batch_size": 4,
+    "shard_size": 8,
+    "backend": "openvino",
+    "precision": "bf16",
+}
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -37,7 +46,8 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> dict:
-    """Three shards: cls labels; txt/json labels, a corrupt jpg and an image-less sample; one cut short inside its last image."""
+    """Three shards: cls labels; txt/json labels, a corrupt jpg and an image-less sample; one cut short inside its last
+    image."""
     root = tmp_path_factory.mktemp("wds")
     data = generate_collection(root / "images", n_classes=3, train_per_class=6, val_per_class=0, image_size=32)
     images = sorted(data.glob("train/*/images/*.JPEG"))
@@ -84,7 +94,9 @@ def test_shards_are_listed_in_every_form_with_labels_and_the_damage_reported(sha
     records = {r.path: r.label for r in by_folder.records}
     assert set(records) == set(expected) | {f"{folder / 'shard-00001.tar'}#sub/000200"}
     assert all(records[p] == lab for p, (_, lab) in expected.items())
-    assert [p for p, _ in by_folder.problems] == [str(folder / "shard-00002.tar")] and "truncated" in by_folder.problems[0][1]
+    assert [p for p, _ in by_folder.problems] == [
+        str(folder / "shard-00002.tar")
+    ] and "truncated" in by_folder.problems[0][1]
     assert by_folder.synthetic is not None  # GENERATED images stay labelled as such
     for path, (image, _) in expected.items():
         assert read_member(path) == image.read_bytes()  # bytes come back from the tar, nothing unpacked
@@ -94,7 +106,11 @@ def test_shards_are_listed_in_every_form_with_labels_and_the_damage_reported(sha
 
 @pytest.fixture(scope="module")
 def local_gallery(shards, tmp_path_factory):
-    config = ExtractConfig(data=str(shards["folder"] / "shard-{00000..00002}.tar"), out=str(tmp_path_factory.mktemp("wds") / "local"), **SETTINGS)
+    config = ExtractConfig(
+        data=str(shards["folder"] / "shard-{00000..00002}.tar"),
+        out=str(tmp_path_factory.mktemp("wds") / "local"),
+        **SETTINGS,
+    )
     return extract(config, progress=False)
 
 
@@ -107,10 +123,15 @@ def test_a_webdataset_gallery_embeds_each_sample_as_its_image_file_would_be(shar
     assert sorted(local_gallery.paths) == sorted(expected)
     for i, path in enumerate(local_gallery.paths):
         image, label = expected[path]
-        np.testing.assert_allclose(local_gallery.embeddings[i], reference.embeddings[row_of_file[str(image)]], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            local_gallery.embeddings[i], reference.embeddings[row_of_file[str(image)]], rtol=0, atol=1e-6
+        )
         assert local_gallery.labels[i] == label
     skipped = {s["path"]: s["reason"] for s in local_gallery.manifest.skipped}
-    assert set(skipped) == {f"{shards['folder'] / 'shard-00001.tar'}#sub/000200", str(shards["folder"] / "shard-00002.tar")}
+    assert set(skipped) == {
+        f"{shards['folder'] / 'shard-00001.tar'}#sub/000200",
+        str(shards["folder"] / "shard-00002.tar"),
+    }
     assert "GENERATED" in local_gallery.provenance() and local_gallery.manifest.data.kind == "webdataset"
 
 
@@ -148,7 +169,9 @@ def test_a_new_shard_is_added_by_an_update(shards, local_gallery, tmp_path):
 def test_the_ray_engine_reads_the_shards_into_the_same_gallery(ray_address, shards, local_gallery, tmp_path):
     from lookalike.distributed import extract_ray
 
-    config = ExtractConfig(data=str(shards["folder"] / "shard-{00000..00002}.tar"), out=str(tmp_path / "ray"), **SETTINGS)
+    config = ExtractConfig(
+        data=str(shards["folder"] / "shard-{00000..00002}.tar"), out=str(tmp_path / "ray"), **SETTINGS
+    )
     gallery = extract_ray(config, workers=1, progress=False)
     for name in (EMBEDDINGS, METADATA):
         assert (gallery.path / name).read_bytes() == (local_gallery.path / name).read_bytes(), name

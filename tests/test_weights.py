@@ -1,4 +1,5 @@
-"""Weights identity: a cached file must be the published one, and a gallery's query model the one it was extracted with."""
+"""Weights identity: a cached file must be the published one, and a gallery's query model the one it was extracted
+with."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ def test_random_weights_at_the_torch_hub_cache_path_are_refused(monkeypatch, tmp
     impostor = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     impostor.parent.mkdir(parents=True)
     torch.save(load_model("resnet18", "random", seed=3).module.state_dict(), impostor)
-    with pytest.raises(WeightsUnavailableError, match=r"resnet18-f37072fd\.pth are not the published file.*delete or replace"):
+    with pytest.raises(
+        WeightsUnavailableError, match=r"resnet18-f37072fd\.pth are not the published file.*delete or replace"
+    ):
         load_model("resnet18", "pretrained")
 
 
@@ -63,6 +66,9 @@ def test_a_weights_file_gallery_refuses_queries_when_the_file_changed(tmp_path, 
     (gallery_dir / "manifest.json").write_text(json.dumps(manifest))
     assert QueryEmbedder(open_gallery(gallery_dir)).embedder.weights.sha256 == recorded
 
-    torch.save(load_model("resnet18", "random", image_size=32, seed=12).module.state_dict(), weights)  # same path, other weights
-    with pytest.raises(LookalikeError, match=r"mine\.pt.*not the ones .* was extracted with.*restore that file or re-extract"):
+    # same path, other weights
+    torch.save(load_model("resnet18", "random", image_size=32, seed=12).module.state_dict(), weights)
+    with pytest.raises(
+        LookalikeError, match=r"mine\.pt.*not the ones .* was extracted with.*restore that file or re-extract"
+    ):
         QueryEmbedder(open_gallery(gallery_dir))

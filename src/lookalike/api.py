@@ -51,7 +51,9 @@ def extract(
     from .errors import LookalikeError
 
     try:
-        config = ExtractConfig(data=os.fspath(data), out=os.fspath(out), model=model, weights=os.fspath(weights), **options)
+        config = ExtractConfig(
+            data=os.fspath(data), out=os.fspath(out), model=model, weights=os.fspath(weights), **options
+        )
     except TypeError as exc:
         raise LookalikeError(f"lookalike.extract: {exc}; see ExtractConfig for the accepted options") from None
     if engine == "ray":

@@ -30,4 +30,5 @@ class TextQueryError(LookalikeError):
 
 
 class IndexStaleError(GalleryError):
-    """A saved index was built before its gallery was updated and could not follow the update: it must be rebuilt, never served."""
+    """A saved index was built before its gallery was updated and could not follow the update: it must be rebuilt, never
+    served."""

@@ -15,7 +15,17 @@ from importlib import metadata
 
 import numpy as np
 
-TRACKED_PACKAGES = ("lookalike", "torch", "torchvision", "open_clip_torch", "faiss-cpu", "openvino", "numpy", "pillow", "pyarrow")
+TRACKED_PACKAGES = (
+    "lookalike",
+    "torch",
+    "torchvision",
+    "open_clip_torch",
+    "faiss-cpu",
+    "openvino",
+    "numpy",
+    "pillow",
+    "pyarrow",
+)
 
 
 def default_threads() -> int:
@@ -99,7 +109,11 @@ def thread_counts() -> dict[str, int]:
     from threadpoolctl import threadpool_info
 
     blas = {info["internal_api"]: info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
-    return {"torch": torch.get_num_threads(), "faiss_omp": faiss.omp_get_max_threads(), **{f"blas_{k}": v for k, v in blas.items()}}
+    return {
+        "torch": torch.get_num_threads(),
+        "faiss_omp": faiss.omp_get_max_threads(),
+        **{f"blas_{k}": v for k, v in blas.items()},
+    }
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -157,7 +171,7 @@ def machine() -> dict[str, object]:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
     return {
@@ -182,7 +196,12 @@ def _numpy_blas() -> str:
 
 def environment() -> dict[str, object]:
     """Everything a reader needs to judge a timing: machine, threads, versions."""
-    return {"machine": machine(), "threads": thread_counts(), "faiss_settings": faiss_settings(), "versions": versions()}
+    return {
+        "machine": machine(),
+        "threads": thread_counts(),
+        "faiss_settings": faiss_settings(),
+        "versions": versions(),
+    }
 
 
 def as_float32_c(x: np.ndarray) -> np.ndarray:

@@ -1,8 +1,8 @@
 """`lookalike` command line: one sub-module per group of commands, each with few options.
 
-    core   fetch, extract, index, search, bench, demo, models
-    study  tradeoff, tune, scale, report
-    web    serve
+core   fetch, extract, index, search, bench, demo, models
+study  tradeoff, tune, scale, report
+web    serve
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ from . import core, study, web
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lookalike", description="Image similarity search: embeddings, FAISS indexes and the study of their trade-offs.")
+    parser = argparse.ArgumentParser(
+        prog="lookalike",
+        description="Image similarity search: embeddings, FAISS indexes and the study of their trade-offs.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (core, study, web):
@@ -27,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     warnings.filterwarnings("ignore", message=".*RANDOM weights.*")  # the CLI states it loudly itself
     try:
         return int(args.func(args) or 0)

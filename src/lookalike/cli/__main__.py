@@ -1,1 +1,5 @@
-from lookalike.cli import main; import sys; sys.exit(main())
+import sys
+
+from lookalike.cli import main
+
+sys.exit(main())

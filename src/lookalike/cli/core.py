@@ -20,29 +20,103 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("extract", help="embed every image of a collection into a gallery folder (resumable)")
-    p.add_argument("--data", required=True, help="tiny-ImageNet root, class-folder tree, a text file of image paths, or webdataset shards ('shards/{00000..00009}.tar' or a folder of .tar files)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help=(
+            "tiny-ImageNet root, class-folder tree, a text file of image paths, or webdataset shards"
+            " ('shards/{00000..00009}.tar' or a folder of .tar files)"
+        ),
+    )
     p.add_argument("--out", required=True, help="gallery folder to write")
     opt.model(p)
-    p.add_argument("--weights", default="pretrained", help="pretrained (default), random (explicit, seeded) or PATH to a state dict")
+    p.add_argument(
+        "--weights",
+        default="pretrained",
+        help="pretrained (default), random (explicit, seeded) or PATH to a state dict",
+    )
     p.add_argument("--image-size", type=int, default=None, help="input size (default: the model's own, 224)")
-    p.add_argument("--bs", type=int, default=None, help="batch size (default: the gallery's own when updating or resuming, else 16 on a CPU and 64 on a GPU)")
-    p.add_argument("--shard-size", type=int, default=4096, help="images per resumable shard (rounded up to a multiple of --bs)")
-    p.add_argument("--backend", choices=["auto", *BACKENDS], default="auto", help="inference backend; auto: the fastest measured on the job's first images (see --precision)")
-    p.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto", help="auto: measured with the backend; a precision is kept only within cosine 0.999 of fp32 torch (fp16: CUDA only; int8: openvino, quantised once per model and weights)")
+    p.add_argument(
+        "--bs",
+        type=int,
+        default=None,
+        help="batch size (default: the gallery's own when updating or resuming, else 16 on a CPU and 64 on a GPU)",
+    )
+    p.add_argument(
+        "--shard-size", type=int, default=4096, help="images per resumable shard (rounded up to a multiple of --bs)"
+    )
+    p.add_argument(
+        "--backend",
+        choices=["auto", *BACKENDS],
+        default="auto",
+        help="inference backend; auto: the fastest measured on the job's first images (see --precision)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", *PRECISIONS],
+        default="auto",
+        help=(
+            "auto: measured with the backend; a precision is kept only within cosine 0.999 of fp32 torch (fp16: CUDA"
+            " only; int8: openvino, quantised once per model and weights)"
+        ),
+    )
     p.add_argument("--splits", default=None, help="comma-separated splits to embed (default: all), e.g. train,val")
-    p.add_argument("--decode-workers", type=int, default=None, help="local engine: image decoding processes (default: the cores split between decoding and inference by measurement)")
-    p.add_argument("--actors", type=int, default=None, help="ray engine: model actors (default: one per CPU of the cluster, or per GPU)")
-    p.add_argument("--workers", dest="legacy_workers", type=int, default=None, action=opt.Deprecated, new="--decode-workers (local) or --actors (ray)")
+    p.add_argument(
+        "--decode-workers",
+        type=int,
+        default=None,
+        help=(
+            "local engine: image decoding processes (default: the cores split between decoding and inference by"
+            " measurement)"
+        ),
+    )
+    p.add_argument(
+        "--actors",
+        type=int,
+        default=None,
+        help="ray engine: model actors (default: one per CPU of the cluster, or per GPU)",
+    )
+    p.add_argument(
+        "--workers",
+        dest="legacy_workers",
+        type=int,
+        default=None,
+        action=opt.Deprecated,
+        new="--decode-workers (local) or --actors (ray)",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     opt.threads(p)
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random")
     p.add_argument("--overwrite", action="store_true", help="replace a gallery built with other arguments")
-    p.add_argument("--update", action=argparse.BooleanOptionalAction, default=None,
-                   help="update a gallery built with these arguments to the folder: embed only new and changed files, drop removed ones (the default); --update also fails if the gallery cannot be updated, --no-update refuses a changed folder")
-    p.add_argument("--max-pixels", type=int, default=None, help=f"skip images over this many pixels (width × height) as possible decompression bombs (default {DEFAULT_MAX_PIXELS:,}, PIL's own threshold); raise it for legitimate large images")
+    p.add_argument(
+        "--update",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=(
+            "update a gallery built with these arguments to the folder: embed only new and changed files, drop removed"
+            " ones (the default); --update also fails if the gallery cannot be updated, --no-update refuses a changed"
+            " folder"
+        ),
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help=(
+            "skip images over this many pixels (width × height) as possible decompression bombs (default"
+            f" {DEFAULT_MAX_PIXELS:,}, PIL's own threshold); raise it for legitimate large images"
+        ),
+    )
     _engine_args(p)
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs per model actor")
-    p.add_argument("--staging", default=None, help="ray: fsspec URL where workers write shards (e.g. s3://bucket/job) when they do not share --out's filesystem")
+    p.add_argument(
+        "--staging",
+        default=None,
+        help=(
+            "ray: fsspec URL where workers write shards (e.g. s3://bucket/job) when they do not share --out's"
+            " filesystem"
+        ),
+    )
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("index", help="build and save a search index for a gallery")
@@ -59,12 +133,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     opt.gallery(p)
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", help="query image file")
-    query.add_argument("--text", help=f"a text query, e.g. \"a red car\" (galleries of {', '.join(TEXT_MODEL_NAMES)} only)")
+    query.add_argument(
+        "--text", help=f'a text query, e.g. "a red car" (galleries of {", ".join(TEXT_MODEL_NAMES)} only)'
+    )
     opt.method(p, "brute")
     opt.k(p)
     opt.metric(p)
     opt.search_params(p)
-    p.add_argument("--compare", action="store_true", help="also search exactly over the same rows: recall@k of this query, the neighbours the method missed, both latencies")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help=(
+            "also search exactly over the same rows: recall@k of this query, the neighbours the method missed, both"
+            " latencies"
+        ),
+    )
     opt.threads(p)
     p.set_defaults(func=cmd_search)
 
@@ -85,7 +168,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for the generated data, galleries and table")
     p.add_argument("--images", type=int, default=2000, help="about how many images to generate")
     p.add_argument("--models", default="resnet18,mobilenet,clip")
-    p.add_argument("--weights", default="auto", help="auto (pretrained where cached/downloadable, else random), pretrained or random")
+    p.add_argument(
+        "--weights",
+        default="auto",
+        help="auto (pretrained where cached/downloadable, else random), pretrained or random",
+    )
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_demo)
@@ -96,7 +183,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=["local", "ray"], default="local", help="local (default) or a Ray cluster")
-    p.add_argument("--address", default=None, help="ray: cluster address (auto, ray://host:port); default starts a local cluster")
+    p.add_argument(
+        "--address", default=None, help="ray: cluster address (auto, ray://host:port); default starts a local cluster"
+    )
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -150,8 +239,17 @@ def cmd_extract(args: argparse.Namespace) -> int:
     config = extract_config(args)
     options = {k: v for k, v in config.__dict__.items() if k not in ("data", "out", "model", "weights")}
     gallery = extract(
-        config.data, config.out, config.model, config.weights, engine=args.engine, progress=True,
-        address=args.address, actors=args.actors, gpus_per_worker=args.gpus_per_worker, staging=args.staging, **options,
+        config.data,
+        config.out,
+        config.model,
+        config.weights,
+        engine=args.engine,
+        progress=True,
+        address=args.address,
+        actors=args.actors,
+        gpus_per_worker=args.gpus_per_worker,
+        staging=args.staging,
+        **options,
     )
     print_gallery_summary(gallery)
     return 0
@@ -168,7 +266,10 @@ def print_gallery_summary(gallery) -> None:
         for c in inference.candidates:
             rate = f"{c.images_per_second:7.1f} img/s" if c.images_per_second else "        –    "
             cosine = f"cosine min {c.cosine_min:.5f}" if c.cosine_min is not None else ""
-            print(f"    {'*' if (c.backend, c.precision) == (inference.backend, inference.precision) else ' '} {c.backend:9} {c.precision:5} {rate}  {cosine}  {c.note}".rstrip())
+            print(
+                f"    {'*' if (c.backend, c.precision) == (inference.backend, inference.precision) else ' '}"
+                f" {c.backend:9} {c.precision:5} {rate}  {cosine}  {c.note}".rstrip()
+            )
         if inference.split:
             streams = f"; {inference.streams} OpenVINO streams at once" if (inference.streams or 1) > 1 else ""
             print(f"  cores: {inference.split}{streams}")
@@ -197,11 +298,16 @@ def cmd_index(args: argparse.Namespace) -> int:
     runtime.set_threads(args.threads)
     gallery = open_gallery(args.gallery)
     params = {"nprobe": args.nprobe} if args.nprobe else {}
-    method = build_index(gallery, args.method, metric=args.metric, nlist=args.nlist, engine=args.engine, address=args.address, **params)
+    method = build_index(
+        gallery, args.method, metric=args.metric, nlist=args.nlist, engine=args.engine, address=args.address, **params
+    )
     stats = method.build_stats
     print(f"{gallery.provenance()}")
     print(f"index {method.name}: {method.params()} over {method.ntotal} vectors ({gallery.partition().how})")
-    print(f"  train {stats.train_seconds:.2f} s (on {stats.train_size} vectors), add {stats.add_seconds:.2f} s, memory {method.memory_bytes() / 2**20:.2f} MiB")
+    print(
+        f"  train {stats.train_seconds:.2f} s (on {stats.train_size} vectors), add {stats.add_seconds:.2f} s, memory"
+        f" {method.memory_bytes() / 2**20:.2f} MiB"
+    )
     print(f"  saved to {method_dir(gallery, method.name, method.metric)}")
     return 0
 
@@ -234,7 +340,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     for warning in gallery.manifest.warnings():
         print(f"⚠ {warning}")
     query = f"text {args.text!r}" if args.text is not None else args.image
-    print(f"query: {query}   method: {method.name} {method.params()}   metric: {args.metric}" + (f"   this call: {params}" if params else ""))
+    print(
+        f"query: {query}   method: {method.name} {method.params()}   metric: {args.metric}"
+        + (f"   this call: {params}" if params else "")
+    )
     print(f"{'rank':>4}  {'score':>8}  {'label':<24}  path")
     marks = comparison.in_exact if args.compare else [None] * len(hits)
     for hit, in_exact in zip(hits, marks):
@@ -246,9 +355,15 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(f"missed by {method.name} (in the exact top {args.k}, at their exact rank):")
             for hit in comparison.missed_hits:
                 print(hit_line(hit, tag))
-        print(f"time: {step} {embed_ms:.1f} ms" + (f" (index built now in {build_ms:.0f} ms; save it with `lookalike index`)" if built_now else ""))
+        print(
+            f"time: {step} {embed_ms:.1f} ms"
+            + (f" (index built now in {build_ms:.0f} ms; save it with `lookalike index`)" if built_now else "")
+        )
     else:
-        print(f"time: {step} {embed_ms:.1f} ms, search {search_ms:.2f} ms" + (f" (index built now in {build_ms:.0f} ms; save it with `lookalike index`)" if built_now else ""))
+        print(
+            f"time: {step} {embed_ms:.1f} ms, search {search_ms:.2f} ms"
+            + (f" (index built now in {build_ms:.0f} ms; save it with `lookalike index`)" if built_now else "")
+        )
     return 0
 
 
@@ -261,15 +376,17 @@ def hit_line(hit, tag: str = "", in_exact: bool | None = None) -> str:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .. import runtime
-    from ..study.bench import combined_table, run_bench, write_bench
     from ..gallery import atomic_write_bytes, open_gallery
+    from ..study.bench import combined_table, run_bench, write_bench
 
     threads = runtime.set_threads(args.threads)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     results = []
     for path in args.gallery:
         gallery = open_gallery(path)
-        result = run_bench(gallery, methods, args.k, args.metric, args.queries, args.timing_queries, args.nlist, args.nprobe)
+        result = run_bench(
+            gallery, methods, args.k, args.metric, args.queries, args.timing_queries, args.nlist, args.nprobe
+        )
         write_bench(result, gallery.path)
         print(result.to_markdown())
         print(f"(written to {gallery.path / 'bench.md'} and bench.json; {threads} threads)\n")
@@ -288,7 +405,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.weights not in ("auto", "pretrained", "random"):
         raise LookalikeError(f"--weights for the demo is auto, pretrained or random, not {args.weights!r}")
-    run_demo(DemoConfig(out=Path(args.out), images=args.images, models=tuple(args.models.split(",")), weights=args.weights, image_size=args.image_size, threads=args.threads))
+    run_demo(
+        DemoConfig(
+            out=Path(args.out),
+            images=args.images,
+            models=tuple(args.models.split(",")),
+            weights=args.weights,
+            image_size=args.image_size,
+            threads=args.threads,
+        )
+    )
     return 0
 
 
@@ -296,6 +422,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     from ..embed.models import MODELS, weights_hint
 
     for name, spec in MODELS.items():
-        print(f"{name:<10} {spec.dim:>5}-d  {spec.family}:{spec.arch} ({spec.pretrained})  input {spec.preprocess.image_size}")
+        print(
+            f"{name:<10} {spec.dim:>5}-d  {spec.family}:{spec.arch} ({spec.pretrained})  input"
+            f" {spec.preprocess.image_size}"
+        )
         print(f"{'':<10} pretrained weights: {weights_hint(name)}")
     return 0

@@ -21,7 +21,11 @@ from typing import Any
 from ..embed.registry import MODEL_NAMES
 from ..search.registry import METHODS, PARAMS
 
-SEARCH_PARAM_FLAGS = {"nprobe": "--nprobe", "efSearch": "--ef-search", "k_factor": "--k-factor"}  # registry name → option
+SEARCH_PARAM_FLAGS = {
+    "nprobe": "--nprobe",
+    "efSearch": "--ef-search",
+    "k_factor": "--k-factor",
+}  # registry name → option
 
 METHOD_HELP = f"{', '.join(METHODS)}, a FAISS index_factory string, or the name of an index saved in the gallery"
 
@@ -33,8 +37,18 @@ class Deprecated(argparse.Action):
         self.new = new
         super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
-        print(f"{parser.prog}: warning: {option_string} is deprecated and will be removed in the next release; use {self.new}", file=sys.stderr)
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            f"{parser.prog}: warning: {option_string} is deprecated and will be removed in the next release; use"
+            f" {self.new}",
+            file=sys.stderr,
+        )
         setattr(namespace, self.dest, values)
 
 
@@ -45,7 +59,9 @@ def deprecated(p: argparse.ArgumentParser, old: str, new: str, dest: str, **kwar
 def gallery(p: argparse.ArgumentParser, several: bool = False, help: str | None = None, old: str | None = None) -> None:
     if several:
         # with an old spelling beside it, argparse cannot require either: `require` checks after parsing
-        p.add_argument("--gallery", dest="gallery", required=old is None, nargs="+", help=help or "one or more gallery folders")
+        p.add_argument(
+            "--gallery", dest="gallery", required=old is None, nargs="+", help=help or "one or more gallery folders"
+        )
         if old:
             deprecated(p, old, "--gallery", "gallery", nargs="+")
     else:
@@ -57,19 +73,37 @@ def k(p: argparse.ArgumentParser, default: int = 10) -> None:
 
 
 class CountOrLegacyList(argparse.Action):
-    """`tradeoff --queries FILE` named a query list before --queries meant a count everywhere: keep it for one release."""
+    """`tradeoff --queries FILE` named a query list before --queries meant a count everywhere: keep it for one
+    release."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         if str(values).isdigit():
             setattr(namespace, self.dest, int(values))
         else:
-            print(f"{parser.prog}: warning: --queries FILE is deprecated and will be removed in the next release; use --query-list FILE (--queries is now a count)", file=sys.stderr)
+            print(
+                f"{parser.prog}: warning: --queries FILE is deprecated and will be removed in the next release; use"
+                " --query-list FILE (--queries is now a count)",
+                file=sys.stderr,
+            )
             namespace.query_list = values
 
 
 def queries(p: argparse.ArgumentParser, default: int = 1000, old: str | None = None, legacy_list: bool = False) -> None:
     action = CountOrLegacyList if legacy_list else "store"
-    p.add_argument("--queries", dest="queries", type=None if legacy_list else int, action=action, default=default, help=f"held-out queries that measure accuracy (default {default})")
+    p.add_argument(
+        "--queries",
+        dest="queries",
+        type=None if legacy_list else int,
+        action=action,
+        default=default,
+        help=f"held-out queries that measure accuracy (default {default})",
+    )
     if old:
         deprecated(p, old, "--queries", "queries", type=int)
 
@@ -82,7 +116,13 @@ def require(args: argparse.Namespace, dest: str, option: str) -> None:
 
 
 def timing_queries(p: argparse.ArgumentParser, default: int = 200, old: str | None = None) -> None:
-    p.add_argument("--timing-queries", dest="timing_queries", type=int, default=default, help=f"queries timed one at a time per method (default {default})")
+    p.add_argument(
+        "--timing-queries",
+        dest="timing_queries",
+        type=int,
+        default=default,
+        help=f"queries timed one at a time per method (default {default})",
+    )
     if old:
         deprecated(p, old, "--timing-queries", "timing_queries", type=int)
 
@@ -96,14 +136,25 @@ def method(p: argparse.ArgumentParser, default: str) -> None:
 
 
 def metric(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metric", choices=["ip", "l2"], default="ip", help="ip: inner product (cosine); l2: squared distance (2 − 2·cos)")
+    p.add_argument(
+        "--metric",
+        choices=["ip", "l2"],
+        default="ip",
+        help="ip: inner product (cosine); l2: squared distance (2 − 2·cos)",
+    )
 
 
 def search_params(p: argparse.ArgumentParser) -> None:
     """Search-time parameters for one call (ranges and meanings from search.registry.PARAMS; the method checks them)."""
     for name, flag in SEARCH_PARAM_FLAGS.items():
         spec = PARAMS[name]
-        p.add_argument(flag, dest=name, type=int, default=None, help=f"{spec.meaning} (default: the method's own, {spec.default} when built)")
+        p.add_argument(
+            flag,
+            dest=name,
+            type=int,
+            default=None,
+            help=f"{spec.meaning} (default: the method's own, {spec.default} when built)",
+        )
 
 
 def chosen_search_params(args: argparse.Namespace) -> dict[str, int]:

@@ -13,13 +13,32 @@ from ..errors import LookalikeError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="web demo: search a gallery from the browser (page + JSON API)")
     p.add_argument("--gallery", required=True, help="gallery folder made by `lookalike extract`")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other needs --allow-remote)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other needs --allow-remote)"
+    )
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one, printed at start)")
-    p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host: the demo has no authentication")
+    p.add_argument(
+        "--allow-remote", action="store_true", help="allow a non-loopback --host: the demo has no authentication"
+    )
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MB (default 10)")
-    p.add_argument("--threads", type=int, default=None, help="torch/FAISS threads of each compute job (default: one per core)")
-    p.add_argument("--compute-slots", type=int, default=1, help="compute jobs (decode+embed+search) run at once (default 1, using all --threads)")
-    p.add_argument("--max-pixels", type=int, default=None, help="largest upload in pixels as decoded, width × height (default 4096² = 16.8 M; JPEGs decode reduced); each costs CPU in proportion")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch/FAISS threads of each compute job (default: one per core)"
+    )
+    p.add_argument(
+        "--compute-slots",
+        type=int,
+        default=1,
+        help="compute jobs (decode+embed+search) run at once (default 1, using all --threads)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help=(
+            "largest upload in pixels as decoded, width × height (default 4096² = 16.8 M; JPEGs decode reduced); each"
+            " costs CPU in proportion"
+        ),
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -38,13 +57,17 @@ def listen(host: str, port: int) -> socket.socket:
     Connections that arrive while the gallery loads wait in the backlog instead of being refused.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # proto TCP: asyncio then sets TCP_NODELAY on each connection
+    # proto TCP: asyncio then sets TCP_NODELAY on each connection
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise LookalikeError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port (0 picks a free one) or --host") from exc
+        raise LookalikeError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port (0 picks a free one) or"
+            " --host"
+        ) from exc
     sock.listen(2048)
     return sock
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
-from lookalike.errors import DataError
 from lookalike.data.images import is_image_path
 from lookalike.data.webdataset import find_shards, member_stat, shard_records, shard_root
+from lookalike.errors import DataError
 
 __all__ = [
     "SPLITS",
@@ -59,7 +59,9 @@ class Collection:
     kind: str  # "tiny-imagenet" | "class-folders" | "list" | "webdataset"
     records: tuple[ImageRecord, ...]  # sorted: split order train, val, test, gallery; then path
     synthetic: dict | None  # content of SYNTHETIC.json when made by lookalike.data.synthetic, else None
-    problems: tuple[tuple[str, str], ...] = ()  # (path, reason) of inputs that lost images while listing (a truncated tar)
+    problems: tuple[
+        tuple[str, str], ...
+    ] = ()  # (path, reason) of inputs that lost images while listing (a truncated tar)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -352,7 +354,13 @@ def _webdataset_collection(source: str, shards: list[str], wanted: frozenset[str
         detail = f" ({problems[0][1]})" if problems else ""
         raise DataError(f"no sample with a jpg, png or webp member in the {len(shards)} shard(s) under {root}{detail}")
     records = sorted((ImageRecord(path, label, "gallery") for path, label in samples), key=lambda r: r.path)
-    return Collection(root=root, kind="webdataset", records=tuple(records), synthetic=_read_marker(Path(root)), problems=tuple(problems))
+    return Collection(
+        root=root,
+        kind="webdataset",
+        records=tuple(records),
+        synthetic=_read_marker(Path(root)),
+        problems=tuple(problems),
+    )
 
 
 # --- provenance -----------------------------------------------------------------------

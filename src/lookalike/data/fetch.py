@@ -65,16 +65,12 @@ def fetch_tiny_imagenet(
     if (target / "wnids.txt").is_file():
         return target
     if target.exists() and not (target.is_dir() and not any(target.iterdir())):
-        raise DataError(
-            f"{target} exists but holds no wnids.txt (an incomplete copy?); delete it and rerun"
-        )
+        raise DataError(f"{target} exists but holds no wnids.txt (an incomplete copy?); delete it and rerun")
 
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DataError(
-            f"cannot create {dest} ({exc.strerror or exc}); choose a folder you can write to"
-        ) from exc
+        raise DataError(f"cannot create {dest} ({exc.strerror or exc}); choose a folder you can write to") from exc
     zip_path = dest / _ZIP_NAME
     if zip_path.is_file():
         _verify_md5(zip_path, md5, downloaded=False)
@@ -171,15 +167,18 @@ def _download_once(url: str, part: Path, timeout_s: float, progress: bool) -> bo
             offset, mode = 0, "wb"
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
-        with open(part, mode) as fh, tqdm(
-            total=total,
-            initial=offset,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=_ZIP_NAME,
-            disable=not progress,
-        ) as bar:
+        with (
+            open(part, mode) as fh,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=_ZIP_NAME,
+                disable=not progress,
+            ) as bar,
+        ):
             while chunk := response.read(_CHUNK_BYTES):
                 fh.write(chunk)
                 bar.update(len(chunk))

@@ -68,7 +68,9 @@ def read_image_bytes(path: str | os.PathLike) -> bytes:
         return read_member(name)
 
 
-def load_rgb(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None) -> Image.Image:
+def load_rgb(
+    path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None
+) -> Image.Image:
     """Decode the image at `path` into a new, fully loaded 8-bit RGB image.
 
     EXIF orientation is applied, transparency is composited on white and 16-bit data is
@@ -174,7 +176,8 @@ _TRANSPOSE = {  # EXIF orientation → PIL transpose, as ImageOps.exif_transpose
 
 
 def _allow_pixels(max_pixels: int) -> None:
-    """Let PIL open images up to our own limit: it would refuse above 2 × its threshold before we can say how to raise ours."""
+    """Let PIL open images up to our own limit: it would refuse above 2 × its threshold before we can say how to raise
+    ours."""
     if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = max_pixels
 
@@ -197,9 +200,7 @@ def _reduce(im: Image.Image, min_side: int) -> Image.Image:
 def _to_rgb8(im: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB, returning a new image."""
     mode = im.mode
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        mode in ("P", "L", "RGB", "1") and "transparency" in im.info
-    ):
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode in ("P", "L", "RGB", "1") and "transparency" in im.info):
         return _on_white(im.convert("RGBA"))
     if mode == "RGB":
         return im.copy()

@@ -29,7 +29,9 @@ from lookalike.gallery import json_text
 
 __all__ = ["GENERATOR", "VERSION", "ClassStyle", "class_style", "generate_collection", "make_bad_images"]
 
-GENERATOR = "lookalike.synthetic"  # the marker's format id, kept from before the package layout so old collections still open
+GENERATOR = (  # the marker's format id, kept from before the package layout so old collections still open
+    "lookalike.synthetic"
+)
 #: Bump when the same parameters would produce different pixels.
 VERSION = 1
 
@@ -189,7 +191,12 @@ def hostile_uploads() -> dict[str, bytes]:
 
     def png_declaring(width: int, height: int) -> bytes:
         ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-        return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+        return (
+            b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+            + chunk(b"IEND", b"")
+        )
 
     def gradient(width: int, height: int, dtype=np.uint8, top: int = 255) -> np.ndarray:
         y, x = np.mgrid[0:height, 0:width]
@@ -208,14 +215,21 @@ def hostile_uploads() -> dict[str, bytes]:
         "truncated.jpg": jpeg[: len(jpeg) // 2],
         "declares-100kx100k.png": png_declaring(100_000, 100_000),
         "declares-4096x4096.png": png_declaring(4096, 4096),
-        "animated-1000-frames.gif": encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=10, loop=0),
+        "animated-1000-frames.gif": encode(
+            frames[0], "GIF", save_all=True, append_images=frames[1:], duration=10, loop=0
+        ),
         "multi-page.tiff": encode(pages[0], "TIFF", save_all=True, append_images=pages[1:]),
-        "cmyk.jpg": encode(Image.fromarray(rng.integers(0, 256, (1200, 1600, 3), dtype=np.uint8)).convert("CMYK"), "JPEG"),
+        "cmyk.jpg": encode(
+            Image.fromarray(rng.integers(0, 256, (1200, 1600, 3), dtype=np.uint8)).convert("CMYK"), "JPEG"
+        ),
         "16-bit-4096x4096.png": encode(Image.fromarray(gradient(4096, 4096, np.uint16, 65535)), "PNG"),
         "rgba-4096x4096.png": encode(Image.fromarray(np.dstack([gradient(4096, 4096)] * 4)), "PNG"),
         "48-megapixel.jpg": encode(Image.fromarray(np.dstack([gradient(8000, 6000)] * 3)), "JPEG", quality=80),
         "text.jpg": b"this is not an image, only text with a .jpg name\n" * 20,
-        "drawing.svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="100000" height="100000"><rect width="100%" height="100%"/></svg>',
+        "drawing.svg": (
+            b'<svg xmlns="http://www.w3.org/2000/svg" width="100000" height="100000"><rect width="100%"'
+            b' height="100%"/></svg>'
+        ),
     }
 
 

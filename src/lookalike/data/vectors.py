@@ -17,8 +17,9 @@ array as a normal gallery folder whose manifest says, row range by row range, wh
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,9 @@ from ..errors import LookalikeError
 
 GENERATOR = "lookalike.data.vectors"
 MAX_CLUSTERS = 1024  # 256 merged a 1000-cluster generated set into blobs whose samples sat too far from real rows
-ROWS_PER_CLUSTER = 80  # measured on generated data with known clusters: fewer rows per cluster over-splits and tightens them
+ROWS_PER_CLUSTER = (
+    80  # measured on generated data with known clusters: fewer rows per cluster over-splits and tightens them
+)
 MIN_ROWS_PER_CLUSTER = 5
 DEFAULT_RANK = 32  # principal directions kept per cluster; the rest of the spread is isotropic
 MAX_FIT_ROWS = 100_000  # a seeded sample this large gives MAX_CLUSTERS clusters ~100 rows each; more only costs time
@@ -75,7 +78,9 @@ class ClusterModel:
             self._fill(out, clusters, order, bounds, rng)
         return clusters
 
-    def _fill(self, out: np.ndarray, clusters: np.ndarray, order: np.ndarray, bounds: np.ndarray, rng: np.random.Generator) -> None:
+    def _fill(
+        self, out: np.ndarray, clusters: np.ndarray, order: np.ndarray, bounds: np.ndarray, rng: np.random.Generator
+    ) -> None:
         for c in range(self.n_clusters):
             rows = order[bounds[c] : bounds[c + 1]]
             for start in range(0, len(rows), SAMPLE_BLOCK_ROWS):
@@ -109,9 +114,13 @@ def default_clusters(n: int) -> int:
 
 
 def clusters_per_class(class_sizes: dict[Any, int], total: int) -> dict[Any, int]:
-    """Share `total` clusters among classes by size: at least one each, none with fewer than MIN_ROWS_PER_CLUSTER rows."""
+    """Share `total` clusters among classes by size: at least one each, none with fewer than MIN_ROWS_PER_CLUSTER
+    rows."""
     n = sum(class_sizes.values())
-    return {c: int(np.clip(round(total * size / n), 1, max(1, size // MIN_ROWS_PER_CLUSTER))) for c, size in class_sizes.items()}
+    return {
+        c: int(np.clip(round(total * size / n), 1, max(1, size // MIN_ROWS_PER_CLUSTER)))
+        for c, size in class_sizes.items()
+    }
 
 
 def fit_cluster_model(
@@ -133,7 +142,9 @@ def fit_cluster_model(
     """
     n_all, d = embeddings.shape
     if n_all < 2:
-        raise LookalikeError(f"cannot fit a model of the embeddings from {n_all} row(s); the gallery needs at least 2 searchable images")
+        raise LookalikeError(
+            f"cannot fit a model of the embeddings from {n_all} row(s); the gallery needs at least 2 searchable images"
+        )
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n_all, max_fit_rows, replace=False)) if n_all > max_fit_rows else np.arange(n_all)
     x = runtime.as_float32_c(np.asarray(embeddings[rows]))
@@ -141,11 +152,15 @@ def fit_cluster_model(
     groups: dict[Any, list[int]] = {}
     for i, label in enumerate(fit_labels.tolist()):
         groups.setdefault(label, []).append(i)
-    classes = {label: np.asarray(r) for label, r in sorted(groups.items(), key=lambda item: item[0] is None)}  # unlabelled last
+    classes = {
+        label: np.asarray(r) for label, r in sorted(groups.items(), key=lambda item: item[0] is None)
+    }  # unlabelled last
     budget = clusters_per_class({c: len(r) for c, r in classes.items()}, n_clusters or default_clusters(len(x)))
     pooled_std = math.sqrt(float(((x - x.mean(axis=0)) ** 2).sum() / max(1, len(x) - 1)) / d)
     members = [m for label, r in classes.items() for m in _kmeans_groups(x, r, budget[label], seed)]
-    return _assemble(x, members, [fit_labels[m[0]] for m in members], rank, pooled_std, rng, n_all, seed, labelled=labels is not None)
+    return _assemble(
+        x, members, [fit_labels[m[0]] for m in members], rank, pooled_std, rng, n_all, seed, labelled=labels is not None
+    )
 
 
 def _kmeans_groups(x: np.ndarray, rows: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
@@ -155,7 +170,16 @@ def _kmeans_groups(x: np.ndarray, rows: np.ndarray, k: int, seed: int) -> list[n
     k = min(k, len(rows))
     if k <= 1:
         return [rows]
-    kmeans = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, spherical=True, max_points_per_centroid=256, min_points_per_centroid=1, verbose=False)
+    kmeans = faiss.Kmeans(
+        x.shape[1],
+        k,
+        niter=20,
+        seed=seed,
+        spherical=True,
+        max_points_per_centroid=256,
+        min_points_per_centroid=1,
+        verbose=False,
+    )
     kmeans.train(x[rows])
     _, assign = kmeans.index.search(x[rows], 1)
     return [rows[assign[:, 0] == j] for j in range(k) if np.any(assign[:, 0] == j)]
@@ -192,7 +216,10 @@ def _assemble(
                 within_var.append(total)
     how = {
         "generator": GENERATOR,
-        "method": "fit: spherical k-means (faiss.Kmeans) within each class + per-cluster probabilistic PCA; sample: Gaussian per cluster, L2-normalised",
+        "method": (
+            "fit: spherical k-means (faiss.Kmeans) within each class + per-cluster probabilistic PCA; sample: Gaussian"
+            " per cluster, L2-normalised"
+        ),
         "fitted_rows": int(len(x)),
         "fitted_from_rows": int(n_all),
         "clusters": int(c),
@@ -201,15 +228,19 @@ def _assemble(
         "seed": int(seed),
         "explained_variance_share": round(float(np.mean(explained)), 4) if explained else None,
         "mean_within_cluster_variance": round(float(np.mean(within_var)), 5) if within_var else None,
-        "label_rule": "each cluster is fitted within one real class and its rows get that label (None for unlabelled rows)"
-        if labelled
-        else "none: the real rows have no labels",
+        "label_rule": (
+            "each cluster is fitted within one real class and its rows get that label (None for unlabelled rows)"
+            if labelled
+            else "none: the real rows have no labels"
+        ),
         "copies_real_vectors": False,
     }
     return ClusterModel(centroids, weights / weights.sum(), bases, scales, noise, tuple(cluster_labels), how)
 
 
-def _fit_spread(resid: np.ndarray, rank: int, basis: np.ndarray, scales: np.ndarray, noise: np.ndarray) -> tuple[int, float]:
+def _fit_spread(
+    resid: np.ndarray, rank: int, basis: np.ndarray, scales: np.ndarray, noise: np.ndarray
+) -> tuple[int, float]:
     """PPCA of one cluster's centred rows, written into `basis` (d, rank), `scales` (rank,) and `noise` (1,).
 
     At most half the rows' worth of directions are kept, so PPCA still sees spread beyond them
@@ -265,9 +296,17 @@ class GeneratorParams:
     sibling_closeness: float = 0.97  # weight of the group direction in each sibling's direction
 
     def check(self, d: int) -> None:
-        if not (0 < self.centroid_norm < 1 and 0 <= self.shared_direction < 1 and 0 <= self.sibling_closeness < 1 and 0 < self.rank < d and self.n_clusters >= 1 and self.siblings >= 1):
+        if not (
+            0 < self.centroid_norm < 1
+            and 0 <= self.shared_direction < 1
+            and 0 <= self.sibling_closeness < 1
+            and 0 < self.rank < d
+            and self.n_clusters >= 1
+            and self.siblings >= 1
+        ):
             raise LookalikeError(
-                "generated embeddings need 0 < centroid_norm < 1, 0 ≤ shared_direction < 1, 0 ≤ sibling_closeness < 1, 0 < rank < d, n_clusters ≥ 1 and siblings ≥ 1"
+                "generated embeddings need 0 < centroid_norm < 1, 0 ≤ shared_direction < 1, 0 ≤ sibling_closeness < 1,"
+                " 0 < rank < d, n_clusters ≥ 1 and siblings ≥ 1"
             )
 
 
@@ -283,7 +322,8 @@ def make_clustered_embeddings(n: int, d: int, seed: int = 0, **params: Any) -> t
 
 
 def random_cluster_model(d: int, seed: int = 0, **params: Any) -> ClusterModel:
-    """A random mixture of low-rank Gaussians shaped by `GeneratorParams(**params)`: sibling groups share a spread subspace and a nearby direction.
+    """A random mixture of low-rank Gaussians shaped by `GeneratorParams(**params)`: sibling groups share a spread
+    subspace and a nearby direction.
 
     Each cluster mean has norm `centroid_norm`; its direction mixes a direction common to all
     clusters, its group's direction and its own; 80% of the within-cluster variance lies in the
@@ -296,17 +336,24 @@ def random_cluster_model(d: int, seed: int = 0, **params: Any) -> ClusterModel:
     groups = max(1, p.n_clusters // p.siblings)
     group_of = np.arange(p.n_clusters) % groups
     common = _unit(rng.standard_normal(d))
-    group_directions = _unit(p.shared_direction * common + math.sqrt(1 - p.shared_direction**2) * _unit(rng.standard_normal((groups, d))))
+    group_directions = _unit(
+        p.shared_direction * common + math.sqrt(1 - p.shared_direction**2) * _unit(rng.standard_normal((groups, d)))
+    )
     own = _unit(rng.standard_normal((p.n_clusters, d)))
     directions = _unit(p.sibling_closeness * group_directions[group_of] + math.sqrt(1 - p.sibling_closeness**2) * own)
     spread = 1.0 - p.centroid_norm**2
     decay = 1.0 / np.sqrt(np.arange(1, p.rank + 1))
     variances = 0.8 * spread * decay**2 / (decay**2).sum()
     with single_threaded_blas():  # 500 small QRs (see single_threaded_blas)
-        group_bases = np.stack([np.linalg.qr(rng.standard_normal((d, p.rank)))[0] for _ in range(groups)]).astype(np.float32)
+        group_bases = np.stack([np.linalg.qr(rng.standard_normal((d, p.rank)))[0] for _ in range(groups)]).astype(
+            np.float32
+        )
     how = {
         "generator": GENERATOR,
-        "method": "make_clustered_embeddings: random mixture of low-rank Gaussians, L2-normalised (GENERATED, no model, no images)",
+        "method": (
+            "make_clustered_embeddings: random mixture of low-rank Gaussians, L2-normalised (GENERATED, no model, no"
+            " images)"
+        ),
         **asdict(p),
         "seed": seed,
     }

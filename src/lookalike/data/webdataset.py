@@ -24,7 +24,21 @@ from functools import lru_cache
 from ..errors import DataError
 from .images import IMAGE_EXTENSIONS
 
-__all__ = ["IMAGE_SUFFIXES", "MEMBER_SEP", "Member", "ShardIndex", "expand_braces", "find_member", "find_shards", "index_shard", "is_member_path", "member_stat", "read_member", "shard_records", "split_member_path"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MEMBER_SEP",
+    "Member",
+    "ShardIndex",
+    "expand_braces",
+    "find_member",
+    "find_shards",
+    "index_shard",
+    "is_member_path",
+    "member_stat",
+    "read_member",
+    "shard_records",
+    "split_member_path",
+]
 
 MEMBER_SEP = "#"  # `<shard>.tar#<key>`: the gallery path of a sample
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
@@ -55,7 +69,8 @@ class ShardIndex:
 
 
 def expand_braces(pattern: str) -> list[str]:
-    """`shards/{00000..00002}.tar` → the three names, zero-padding kept (the notation webdataset and img2dataset use)."""
+    """`shards/{00000..00002}.tar` → the three names, zero-padding kept (the notation webdataset and img2dataset
+    use)."""
     match = _BRACES.search(pattern)
     if match is None:
         return [pattern]
@@ -69,13 +84,17 @@ def expand_braces(pattern: str) -> list[str]:
 
 
 def find_shards(source: str) -> list[str] | None:
-    """The tar shards `source` names (brace pattern, one .tar file, or a folder holding .tar files), or None if it names none."""
+    """The tar shards `source` names (brace pattern, one .tar file, or a folder holding .tar files), or None if it names
+    none."""
     text = os.path.expanduser(source)
     if _BRACES.search(text):
         paths = [os.path.abspath(p) for p in expand_braces(text)]
         missing = [p for p in paths if not os.path.isfile(p)]
         if missing:
-            raise DataError(f"{len(missing)} of the {len(paths)} shards named by {source!r} do not exist (first: {missing[0]}); check the pattern")
+            raise DataError(
+                f"{len(missing)} of the {len(paths)} shards named by {source!r} do not exist (first: {missing[0]});"
+                " check the pattern"
+            )
         return paths
     if os.path.isfile(text) and text.lower().endswith(".tar"):
         return [os.path.abspath(text)]
@@ -121,14 +140,19 @@ def _index(path: str, size: int, mtime_ns: int) -> ShardIndex:
                 try:
                     info = tar.next()
                 except tarfile.ReadError as exc:
-                    problem = f"shard {path} is truncated or corrupt after {len(images)} samples ({exc}); the rest of it is lost"
+                    problem = (
+                        f"shard {path} is truncated or corrupt after {len(images)} samples ({exc}); the rest of it is"
+                        " lost"
+                    )
                     break
                 if info is None:
                     break
                 if not info.isreg():
                     continue
                 if info.offset_data + info.size > size:
-                    problem = f"shard {path} is truncated inside member {info.name}; that sample and any after it are lost"
+                    problem = (
+                        f"shard {path} is truncated inside member {info.name}; that sample and any after it are lost"
+                    )
                     break
                 key, suffix = _key_and_suffix(info.name)
                 if key is None:
@@ -139,7 +163,9 @@ def _index(path: str, size: int, mtime_ns: int) -> ShardIndex:
                 elif suffix in LABEL_SUFFIXES:
                     label_members.setdefault(key, {}).setdefault(suffix, member)
     except (tarfile.ReadError, OSError, EOFError) as exc:
-        return ShardIndex(path, {}, {}, f"cannot read shard {path} as a tar file ({exc}); remove or replace it", size, mtime_ns)
+        return ShardIndex(
+            path, {}, {}, f"cannot read shard {path} as a tar file ({exc}); remove or replace it", size, mtime_ns
+        )
     labels = {}
     if label_members:
         with open(path, "rb") as fh:
@@ -152,7 +178,8 @@ def _index(path: str, size: int, mtime_ns: int) -> ShardIndex:
 
 
 def _key_and_suffix(name: str) -> tuple[str | None, str]:
-    """'a/b/000012.seg.jpg' → ('a/b/000012', 'seg.jpg'); the image and label suffixes compared are the last part, lower-cased."""
+    """'a/b/000012.seg.jpg' → ('a/b/000012', 'seg.jpg'); the image and label suffixes compared are the last part,
+    lower-cased."""
     folder, _, base = name.rpartition("/")
     if base.startswith(".") or "." not in base:
         return None, ""
@@ -218,7 +245,8 @@ def member_stat(path: str) -> tuple[int, int]:
 
 
 def shard_records(shards: list[str]) -> tuple[list[tuple[str, str | None]], list[tuple[str, str]]]:
-    """(gallery path, label) of every sample with an image, in shard then tar order; and (shard, problem) for each damaged shard."""
+    """(gallery path, label) of every sample with an image, in shard then tar order; and (shard, problem) for each
+    damaged shard."""
     samples, problems = [], []
     for shard in shards:
         index = index_shard(shard)

@@ -1,4 +1,5 @@
-"""Scale-out on Ray: `extract_ray` (lookalike extract --engine ray) and `build_index_ray` (lookalike index --engine ray).
+"""Scale-out on Ray: `extract_ray` (lookalike extract --engine ray) and `build_index_ray` (lookalike index --engine
+ray).
 
 See docs/cluster.md for pointing lookalike at a real cluster.
 """

@@ -8,9 +8,9 @@ one needs (CPUs, GPUs). A session opened here is closed here; one the caller ope
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 from ..errors import LookalikeError
 
@@ -41,7 +41,13 @@ class WorkerPlan:
     cpus_per_decode: float  # CPUs one decode task reserves: 1, or less on a cluster too small for that
 
     def to_dict(self) -> dict:
-        return {"workers": self.workers, "cpus_per_worker": self.cpus_per_worker, "gpus_per_worker": self.gpus_per_worker, "threads_per_worker": self.threads_per_worker, "cpus_per_decode": self.cpus_per_decode}
+        return {
+            "workers": self.workers,
+            "cpus_per_worker": self.cpus_per_worker,
+            "gpus_per_worker": self.gpus_per_worker,
+            "threads_per_worker": self.threads_per_worker,
+            "cpus_per_decode": self.cpus_per_decode,
+        }
 
 
 @contextmanager
@@ -59,7 +65,10 @@ def connected(address: str | None = None) -> Iterator[Resources]:
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             where = address or "a new local cluster"
-            raise LookalikeError(f"cannot connect to Ray at {where} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); start one with `ray start --head` and pass --address auto, or check the address") from exc
+            raise LookalikeError(
+                f"cannot connect to Ray at {where} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__});"
+                " start one with `ray start --head` and pass --address auto, or check the address"
+            ) from exc
         opened = True
     try:
         yield cluster_resources()
@@ -76,7 +85,13 @@ def cluster_resources() -> Resources:
     return Resources(float(total.get("CPU", 0)), float(total.get("GPU", 0)), nodes)
 
 
-def plan_workers(resources: Resources, workers: int | None, gpus_per_worker: float, cpus_per_worker: float | None, threads: int | None) -> WorkerPlan:
+def plan_workers(
+    resources: Resources,
+    workers: int | None,
+    gpus_per_worker: float,
+    cpus_per_worker: float | None,
+    threads: int | None,
+) -> WorkerPlan:
     """Size the model-actor pool so that it fits the cluster and leaves CPU for decoding.
 
     Default workers: one per `gpus_per_worker` GPUs when GPUs are asked for, else half the CPUs
@@ -88,11 +103,17 @@ def plan_workers(resources: Resources, workers: int | None, gpus_per_worker: flo
         raise LookalikeError("--gpus-per-worker must be ≥ 0 and CPUs per worker > 0")
     if gpus_per_worker > 0:
         if resources.gpus < gpus_per_worker:
-            raise LookalikeError(f"--gpus-per-worker {gpus_per_worker} asks for GPUs but the Ray cluster has {resources.gpus:g}; drop the option to embed on CPUs")
+            raise LookalikeError(
+                f"--gpus-per-worker {gpus_per_worker} asks for GPUs but the Ray cluster has {resources.gpus:g}; drop"
+                " the option to embed on CPUs"
+            )
         most = int(resources.gpus // gpus_per_worker)
         workers = workers or most
         if workers > most:
-            raise LookalikeError(f"{workers} workers × {gpus_per_worker:g} GPU need {workers * gpus_per_worker:g} GPUs, the cluster has {resources.gpus:g}; use --workers {most} or fewer")
+            raise LookalikeError(
+                f"{workers} workers × {gpus_per_worker:g} GPU need {workers * gpus_per_worker:g} GPUs, the cluster has"
+                f" {resources.gpus:g}; use --workers {most} or fewer"
+            )
     workers = workers or max(1, int(resources.cpus // 2))
     if workers < 1:
         raise LookalikeError(f"--workers must be at least 1, got {workers}")
@@ -100,7 +121,10 @@ def plan_workers(resources: Resources, workers: int | None, gpus_per_worker: flo
     cpus = round(cpus_per_worker if cpus_per_worker is not None else min(1.0, (resources.cpus - free) / workers), 3)
     decode = round(min(1.0, resources.cpus - workers * cpus), 3)
     if decode < MIN_DECODE_CPUS:
-        raise LookalikeError(f"{workers} workers × {cpus:g} CPUs leave none of the cluster's {resources.cpus:g} CPUs for decoding; use fewer --workers")
+        raise LookalikeError(
+            f"{workers} workers × {cpus:g} CPUs leave none of the cluster's {resources.cpus:g} CPUs for decoding; use"
+            " fewer --workers"
+        )
     return WorkerPlan(workers, cpus, float(gpus_per_worker), threads or max(1, round(cpus)), decode)
 
 

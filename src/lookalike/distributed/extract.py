@@ -37,11 +37,23 @@ import numpy as np
 
 from ..data.datasets import ImageRecord
 from ..data.images import DEFAULT_MAX_PIXELS
-from ..errors import GalleryError, LookalikeError
-from ..embed.extract import ExtractConfig, ImageListDataset, Job, Shard, apply_inference, collate, commit, encode_shard, prepare, record_state, saved_inference
-from ..gallery.manifest import Inference
-from ..gallery import Gallery, atomic_write_bytes, open_gallery
+from ..embed.extract import (
+    ExtractConfig,
+    ImageListDataset,
+    Job,
+    Shard,
+    apply_inference,
+    collate,
+    commit,
+    encode_shard,
+    prepare,
+    record_state,
+    saved_inference,
+)
 from ..embed.transforms import Preprocess
+from ..errors import GalleryError, LookalikeError
+from ..gallery import Gallery, atomic_write_bytes, open_gallery
+from ..gallery.manifest import Inference
 from .cluster import TASK_RETRIES, WorkerPlan, connected, first_line, plan_workers, remote_result, user_error
 from .staging import ShardStore
 
@@ -86,7 +98,11 @@ def extract_ray(
     separate = store.local_path != job.partial.resolve()  # workers write elsewhere: copy their shards here
     job.partial.mkdir(parents=True, exist_ok=True)
     if separate:  # an update's shards hold other images than a full extraction's: its base gallery is part of the claim
-        store.claim(job.state["identity"], job.state["records_digest"] + (f"+{job.base.fingerprint}" if job.base is not None else ""), config.overwrite)
+        store.claim(
+            job.state["identity"],
+            job.state["records_digest"] + (f"+{job.base.fingerprint}" if job.base is not None else ""),
+            config.overwrite,
+        )
     collect(job, store, separate)
     resumed = [s for s in job.shards if job.done(s)]
     timings = {"engine": "ray", "resumed_shards": len(resumed), "passes": 0}
@@ -103,10 +119,13 @@ def extract_ray(
             "ms_per_image": round(1000 * seconds / images, 3) if images and seconds else None,
             "images_per_second": round(images / seconds, 2) if images and seconds else None,
             "worker_seconds": round(sum(_shard_seconds(job, s) for s in job.shards if s not in resumed), 3),
-            "note": "extract_seconds: wall time of this run's Ray Data passes (decode, embed and shard writes on the cluster, "
-            "model actors' start-up included) over `images`, this run's images (a resumed run counts only the rest); "
-            "worker_seconds: decode + embed time summed over all batches on all workers; before the passes come "
-            "connect_seconds (joining or starting Ray) and probe_seconds (describing the model and calibrating bf16 on one worker)",
+            "note": (
+                "extract_seconds: wall time of this run's Ray Data passes (decode, embed and shard writes on the"
+                " cluster, model actors' start-up included) over `images`, this run's images (a resumed run counts only"
+                " the rest); worker_seconds: decode + embed time summed over all batches on all workers; before the"
+                " passes come connect_seconds (joining or starting Ray) and probe_seconds (describing the model and"
+                " calibrating bf16 on one worker)"
+            ),
             "batch_size": job.config.batch_size,
             **timings,
         },
@@ -117,7 +136,14 @@ def extract_ray(
 
 
 def fill_shards(
-    job: Job, store: ShardStore, separate: bool, address: str | None, workers: int | None, gpus_per_worker: float, cpus_per_worker: float | None, progress: bool
+    job: Job,
+    store: ShardStore,
+    separate: bool,
+    address: str | None,
+    workers: int | None,
+    gpus_per_worker: float,
+    cpus_per_worker: float | None,
+    progress: bool,
 ) -> dict:
     """Connect, probe the model, and run passes until every shard is written; returns timings for the manifest."""
     started = time.perf_counter()
@@ -129,7 +155,10 @@ def fill_shards(
         probe_s, pipeline_s, passes = time.perf_counter() - t, 0.0, 0
         while job.todo():
             if passes == MAX_PASSES:
-                raise GalleryError(f"{len(job.todo())} shards were still missing after {MAX_PASSES} passes; rerun the same command to resume from the {sum(job.done(s) for s in job.shards)} saved in {store.url}")
+                raise GalleryError(
+                    f"{len(job.todo())} shards were still missing after {MAX_PASSES} passes; rerun the same command to"
+                    f" resume from the {sum(job.done(s) for s in job.shards)} saved in {store.url}"
+                )
             t = time.perf_counter()
             run_pass(job, store, plan, probe.preprocess, progress)
             collect(job, store, separate)
@@ -171,15 +200,21 @@ def probe_model(job: Job, plan: WorkerPlan) -> ModelProbe:
     """
     import ray
 
-    task = ray.remote(_probe).options(num_cpus=plan.cpus_per_worker, num_gpus=plan.gpus_per_worker or None, max_retries=TASK_RETRIES)
+    task = ray.remote(_probe).options(
+        num_cpus=plan.cpus_per_worker, num_gpus=plan.gpus_per_worker or None, max_retries=TASK_RETRIES
+    )
     need = "inference" not in job.state and "precision" not in job.state
     rows = batch_rows(job, job.todo()[:1])
     job_images = sum(s.stop - s.start for s in job.todo())
     probe = remote_result(task.remote(job.config, rows, need, plan.threads_per_worker, job_images))
-    for shard in job.todo()[1:]:  # the first missing shard had no decodable image: look further, as the local engine would
+    for shard in job.todo()[
+        1:
+    ]:  # the first missing shard had no decodable image: look further, as the local engine would
         if probe.inference is not None or not need:
             break
-        probe = remote_result(task.remote(job.config, batch_rows(job, [shard]), True, plan.threads_per_worker, job_images))
+        probe = remote_result(
+            task.remote(job.config, batch_rows(job, [shard]), True, plan.threads_per_worker, job_images)
+        )
     if probe.inference is not None:
         job.state["inference"] = probe.inference
     record_state(job, probe.model)  # writes the state file
@@ -194,16 +229,25 @@ def _probe(config: ExtractConfig, rows: list[dict], calibrate_now: bool, threads
     from ..embed.models import load_model
 
     runtime.set_threads(threads)
-    embedder = load_model(config.model, config.weights, config.image_size, runtime.pick_device(config.device), config.seed)
+    embedder = load_model(
+        config.model, config.weights, config.image_size, runtime.pick_device(config.device), config.seed
+    )
     inference = None
     if calibrate_now:
         _, normalise = split_transform(embedder.preprocess)
         for row in rows:
             pixels = decode_batch(row, embedder.preprocess, config.max_pixels)["pixels"]
             if len(pixels):
-                choice, measured, reason = calibrate(embedder, normalise(torch.from_numpy(pixels)), config.backend, config.precision, threads, job_images)
-                split = f"ray: each model actor runs {threads} inference thread{'s' if threads != 1 else ''}; decoding runs in separate tasks"
-                inference = Inference(choice.backend, choice.precision, reason, tuple(measured), threads=threads, split=split).to_dict()
+                choice, measured, reason = calibrate(
+                    embedder, normalise(torch.from_numpy(pixels)), config.backend, config.precision, threads, job_images
+                )
+                split = (
+                    f"ray: each model actor runs {threads} inference thread{'s' if threads != 1 else ''}; decoding runs"
+                    " in separate tasks"
+                )
+                inference = Inference(
+                    choice.backend, choice.precision, reason, tuple(measured), threads=threads, split=split
+                ).to_dict()
                 break
     return ModelProbe(embedder.describe(), embedder.preprocess, inference)
 
@@ -219,7 +263,15 @@ def batch_rows(job: Job, shards: list[Shard]) -> list[dict]:
         starts = range(shard.start, shard.stop, bs)
         for j, start in enumerate(starts):
             stop = min(start + bs, shard.stop)
-            rows.append({"shard": shard.number, "batch": j, "batches": len(starts), "start": start, "paths": [r.path for r in job.collection.records[start:stop]]})
+            rows.append(
+                {
+                    "shard": shard.number,
+                    "batch": j,
+                    "batches": len(starts),
+                    "start": start,
+                    "paths": [r.path for r in job.collection.records[start:stop]],
+                }
+            )
     return rows
 
 
@@ -231,16 +283,28 @@ def run_pass(job: Job, store: ShardStore, plan: WorkerPlan, preprocess: Preproce
 
     todo = job.todo()
     rows = batch_rows(job, todo)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # one lookalike progress bar instead of one per stage
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-run INFO lines; warnings (e.g. too few CPUs) still show
+    ray.data.DataContext.get_current().enable_progress_bars = (
+        False  # one lookalike progress bar instead of one per stage
+    )
+    # no per-run INFO lines; warnings (e.g. too few CPUs) still show
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # nor the notice that its bars are off
     inference = saved_inference(job.state).to_dict()
     dataset = (
         ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_INPUT_BLOCKS))
-        .map(decode_batch, fn_kwargs={"preprocess": preprocess, "max_pixels": job.config.max_pixels}, num_cpus=plan.cpus_per_decode)
+        .map(
+            decode_batch,
+            fn_kwargs={"preprocess": preprocess, "max_pixels": job.config.max_pixels},
+            num_cpus=plan.cpus_per_decode,
+        )
         .map_batches(
             EmbedActor,
-            fn_constructor_kwargs={"config": job.config, "inference": inference, "threads": plan.threads_per_worker, "crash_once": os.environ.get(CRASH_HOOK)},
+            fn_constructor_kwargs={
+                "config": job.config,
+                "inference": inference,
+                "threads": plan.threads_per_worker,
+                "crash_once": os.environ.get(CRASH_HOOK),
+            },
             batch_size=1,
             compute=ActorPoolStrategy(size=plan.workers),
             num_cpus=plan.cpus_per_worker,
@@ -248,23 +312,39 @@ def run_pass(job: Job, store: ShardStore, plan: WorkerPlan, preprocess: Preproce
         )
         .map_batches(
             ShardWriter,
-            fn_constructor_kwargs={"store": store, "shards": {s.number: s for s in todo}, "dim": job.state["model"]["dim"]},
+            fn_constructor_kwargs={
+                "store": store,
+                "shards": {s.number: s for s in todo},
+                "dim": job.state["model"]["dim"],
+            },
             batch_size=1,
             compute=ActorPoolStrategy(size=1),  # one writer sees every batch of a shard
             num_cpus=0,
         )
     )
     done_images = sum(s.stop - s.start for s in job.shards) - sum(s.stop - s.start for s in todo)
-    bar = tqdm(total=len(job.collection.records), initial=done_images, unit="img", disable=not progress, desc=f"extract {job.config.model} (ray ×{plan.workers})", dynamic_ncols=True)
+    bar = tqdm(
+        total=len(job.collection.records),
+        initial=done_images,
+        unit="img",
+        disable=not progress,
+        desc=f"extract {job.config.model} (ray ×{plan.workers})",
+        dynamic_ncols=True,
+    )
     try:
         for out in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             bar.update(int(out["images"].sum()))
     except KeyboardInterrupt:
-        raise GalleryError(f"interrupted: finished shards are kept in {store.url}; rerun the same command to resume") from None
+        raise GalleryError(
+            f"interrupted: finished shards are kept in {store.url}; rerun the same command to resume"
+        ) from None
     except LookalikeError:
         raise
     except Exception as exc:
-        raise user_error(exc) or GalleryError(f"the Ray job failed ({first_line(exc)}); finished shards are kept in {store.url}, rerun the same command to resume") from exc
+        raise user_error(exc) or GalleryError(
+            f"the Ray job failed ({first_line(exc)}); finished shards are kept in {store.url}, rerun the same command"
+            " to resume"
+        ) from exc
     finally:
         bar.close()
 
@@ -314,7 +394,9 @@ class EmbedActor:
         from ..embed.models import load_model
 
         runtime.set_threads(threads)
-        self.embedder = load_model(config.model, config.weights, config.image_size, runtime.pick_device(config.device), config.seed)
+        self.embedder = load_model(
+            config.model, config.weights, config.image_size, runtime.pick_device(config.device), config.seed
+        )
         apply_inference(self.embedder, Inference.from_dict(inference), threads)
         _, self.normalise = split_transform(self.embedder.preprocess)
         self.crash_once = crash_once
@@ -380,4 +462,6 @@ class ShardWriter:
         indices = np.concatenate([p["indices"] for p in ordered]).tolist()
         bad = [item for p in ordered for item in p["bad"]]
         hashes = None if any(p["hashes"] is None for p in ordered) else [h for p in ordered for h in p["hashes"]]
-        self.store.write(shard.filename, encode_shard(embeddings, indices, bad, sum(p["seconds"] for p in ordered), hashes))
+        self.store.write(
+            shard.filename, encode_shard(embeddings, indices, bad, sum(p["seconds"] for p in ordered), hashes)
+        )

@@ -37,7 +37,15 @@ class ShardedIVF(FaissIndex):
 
     def __init__(self, base: FaissIndex, shard_size: int | None = None):
         info = base.describe()
-        super().__init__(base.name, base.factory, base.metric, info["search_params"], info["seed"], base.train_points_per_list, base.ef_construction)
+        super().__init__(
+            base.name,
+            base.factory,
+            base.metric,
+            info["search_params"],
+            info["seed"],
+            base.train_points_per_list,
+            base.ef_construction,
+        )
         self.shard_size = shard_size  # vectors per Ray task; None: two shards per cluster CPU
         self.shards = 0
 
@@ -74,7 +82,8 @@ def check_mergeable(factory: str, d: int, metric: str) -> None:
     index = faiss.index_factory(d, factory, FAISS_METRICS[metric])
     if not isinstance(faiss.downcast_index(index), faiss.IndexIVF):
         raise LookalikeError(
-            f"--engine ray builds plain IVF indexes (e.g. ivf, 'IVF1024,SQ8', 'IVF1024,PQ32'); {factory!r} is not one — build it with --engine local"
+            f"--engine ray builds plain IVF indexes (e.g. ivf, 'IVF1024,SQ8', 'IVF1024,PQ32'); {factory!r} is not one —"
+            " build it with --engine local"
         )
 
 
@@ -87,11 +96,14 @@ def build_index_ray(
     *,
     shard_size: int | None = None,
 ) -> SearchMethod:
-    """Build `method_name` over the gallery's database rows (its held-out queries excluded, as `lookalike index` does)."""
+    """Build `method_name` over the gallery's database rows (its held-out queries excluded, as `lookalike index`
+    does)."""
     database_ids = gallery.partition().database_ids
     base = make_method(method_name, len(database_ids), gallery.dim, metric, nlist=nlist)
     if type(base) is not FaissIndex:  # brute force has nothing to build; subclasses (ivfpq-mmap) keep extra files
-        raise LookalikeError(f"--engine ray builds plain FAISS IVF indexes; {method_name!r} is not one — use --engine local")
+        raise LookalikeError(
+            f"--engine ray builds plain FAISS IVF indexes; {method_name!r} is not one — use --engine local"
+        )
     check_mergeable(base.factory, gallery.dim, metric)
     method = ShardedIVF(base, shard_size)
     with connected(address):

@@ -47,7 +47,8 @@ class ShardStore:
         return self._fs_path[1].rstrip("/") + "/" + name
 
     def write(self, name: str, data: bytes) -> None:
-        """Atomic: a local file is renamed into place; elsewhere a temporary object is moved (object stores copy whole objects)."""
+        """Atomic: a local file is renamed into place; elsewhere a temporary object is moved (object stores copy whole
+        objects)."""
         fs, _ = self._fs_path
         if self.is_local:
             atomic_write_bytes(Path(self._path(name)), data)
@@ -86,10 +87,16 @@ class ShardStore:
             if theirs == mine:
                 return
             if not overwrite:
-                raise GalleryError(f"staging location {self.url} holds shards of another extraction; give another --staging URL or pass --overwrite")
+                raise GalleryError(
+                    f"staging location {self.url} holds shards of another extraction; give another --staging URL or"
+                    " pass --overwrite"
+                )
             self.clear()
         elif self.shard_names() and not overwrite:
-            raise GalleryError(f"staging location {self.url} holds shard files of an unknown extraction; give another --staging URL or pass --overwrite")
+            raise GalleryError(
+                f"staging location {self.url} holds shard files of an unknown extraction; give another --staging URL or"
+                " pass --overwrite"
+            )
         elif self.shard_names():
             self.clear()
         self.write(JOB_FILE, json_text(mine, sort_keys=True).encode())

@@ -87,8 +87,13 @@ class TorchBackend:
         x = images.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(
-            device_type="cuda" if self.device.startswith("cuda") else "cpu", dtype=self.dtype or torch.float32, enabled=self.dtype is not None
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                device_type="cuda" if self.device.startswith("cuda") else "cpu",
+                dtype=self.dtype or torch.float32,
+                enabled=self.dtype is not None,
+            ),
         ):
             features = self.module(x)
         return normalise(features.float().flatten(1).cpu().numpy())
@@ -101,7 +106,8 @@ class OpenVINOBackend:
     request per calling thread, so the server's concurrent queries never share one.
     `streams` None or n > 1 (extraction): its throughput mode, n streams (None: as many as
     OpenVINO picks for `threads`, usually one per thread) side by side, so no thread waits for
-    another inside a layer: a call splits its batch over them, `map_batches` gives each a batch. Measured end to end on 2 cores, the
+    another inside a layer: a call splits its batch over them, `map_batches` gives each a batch. Measured end to end on
+    2 cores, the
     two modes interleaved (OpenVINO bf16): MobileNetV2 228 against 202 img/s, CLIP 40.1 against
     39.0, ResNet-18 a tie (bench_extract's model-only table shows both modes).
     """
@@ -117,7 +123,10 @@ class OpenVINOBackend:
         # Compiled blobs are cached too (keyed by OpenVINO on the IR and these properties), so a
         # second run skips graph compilation as well as conversion.
         core.set_property({"CACHE_DIR": str(cache_root() / "openvino" / "compiled")})
-        config: dict[str, object] = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT"}
+        config: dict[str, object] = {
+            "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision],
+            "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
+        }
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         if streams not in (None, 1):
@@ -140,7 +149,9 @@ class OpenVINOBackend:
         # the batch split into one part per stream, run at once; the parts depend only on the batch, so a
         # resumed extraction embeds every image exactly as an uninterrupted one does
         parts = np.array_split(pixels, min(self.streams, len(pixels)))
-        return np.concatenate([embedded for _, embedded in self.map_batches((i, torch.from_numpy(part)) for i, part in enumerate(parts))])
+        return np.concatenate(
+            [embedded for _, embedded in self.map_batches((i, torch.from_numpy(part)) for i, part in enumerate(parts))]
+        )
 
     def map_batches(self, items: Iterable[tuple[T, torch.Tensor | None]]) -> Iterator[tuple[T, np.ndarray | None]]:
         """(tag, batch) → (tag, embeddings), in order, each batch whole on one stream and `streams` batches at once.
@@ -158,7 +169,8 @@ class OpenVINOBackend:
         queue = ov.AsyncInferQueue(self.compiled, self.streams)
         finished: dict[int, np.ndarray] = {}
         queue.set_callback(lambda request, i: finished.__setitem__(i, request.get_output_tensor(0).data.copy()))
-        pending: deque[tuple[int, T, np.ndarray | None]] = deque()  # holds each batch's pixels until it is done (share_inputs)
+        # holds each batch's pixels until it is done (share_inputs)
+        pending: deque[tuple[int, T, np.ndarray | None]] = deque()
         try:
             for i, (tag, images) in enumerate(items):
                 pixels = None if images is None else _pixels(images)
@@ -261,6 +273,10 @@ def openvino_model(module: nn.Module, key: str, image_size: int) -> Path:
         example = torch.zeros(1, 3, image_size, image_size)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notices, about OpenVINO's internals
-            return ov.convert_model(module.eval(), example_input=example, input=[ov.PartialShape([-1, 3, image_size, image_size])])
+            return ov.convert_model(
+                module.eval(), example_input=example, input=[ov.PartialShape([-1, 3, image_size, image_size])]
+            )
 
-    return cached_ir(cache_root() / "openvino" / f"{key}-{image_size}px-ov{version}", convert, "openvino could not convert the model")
+    return cached_ir(
+        cache_root() / "openvino" / f"{key}-{image_size}px-ov{version}", convert, "openvino could not convert the model"
+    )

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_COSINE = 0.999  # below this a backend or precision changes rankings: it is not kept
-CALIBRATION_IMAGES = 8  # a candidate's rate is timed on these: fewer are noisy, more would cost a 128-photo CLIP job a third of its time
+CALIBRATION_IMAGES = (
+    8  # a candidate's rate is timed on these: fewer are noisy, more would cost a 128-photo CLIP job a third of its time
+)
 # The reference embeds only the first 4, its warm-up call giving the first: fp32 torch is the slowest
 # candidate (it took 60% of a calibration on all 8: 0.4 of 0.7 s for ResNet-18, 0.8-1.3 of 2.4 s for CLIP),
 # and an embedding's bf16 error is the same on every image, so 4 images bound the cosine as 8 do.
@@ -62,7 +64,8 @@ def candidates(device: str, backend: str = "auto", precision: str = "auto") -> l
         return (device.startswith("cpu") and p != "fp16") if b == "openvino" else p != "int8"
 
     out = [Choice(b, p) for b in backends for p in precisions if runs_here(b, p)]
-    # Measuring order only: a likely-fast candidate first lets the probe drop the slow ones early. The choice is measured.
+    # Measuring order only: a likely-fast candidate first lets the probe drop the slow ones early. The choice is
+    # measured.
     return sorted(out, key=lambda c: (c.backend != "openvino", ("int8", "bf16", "fp16", "fp32").index(c.precision)))
 
 
@@ -85,12 +88,24 @@ def calibrate(
     x = images[:CALIBRATION_IMAGES]
     wanted = candidates(embedder.device, backend, precision)
     skipped = []
-    if INT8 in wanted and precision == "auto" and job_images is not None and job_images < QUANTISE_MIN_IMAGES and not embedder.int8_cached():
+    if (
+        INT8 in wanted
+        and precision == "auto"
+        and job_images is not None
+        and job_images < QUANTISE_MIN_IMAGES
+        and not embedder.int8_cached()
+    ):
         wanted.remove(INT8)
-        note = f"not tried: the model is not quantised yet, and quantising pays off only past {QUANTISE_MIN_IMAGES} images (this job: {job_images}; --precision int8 quantises it)"
+        note = (
+            f"not tried: the model is not quantised yet, and quantising pays off only past {QUANTISE_MIN_IMAGES} images"
+            f" (this job: {job_images}; --precision int8 quantises it)"
+        )
         skipped.append(Candidate(INT8.backend, INT8.precision, note=note))
     reference, reference_rate = _reference(embedder.backend(REFERENCE, threads), x[:REFERENCE_IMAGES])
-    measured = [_measure(REFERENCE, reference, reference, reference_rate, kept=REFERENCE in wanted, note=REFERENCE_NOTE), *skipped]
+    measured = [
+        _measure(REFERENCE, reference, reference, reference_rate, kept=REFERENCE in wanted, note=REFERENCE_NOTE),
+        *skipped,
+    ]
 
     def measure(choices: list[Choice]) -> None:
         for choice in choices:
@@ -99,12 +114,21 @@ def calibrate(
                 continue
             best = max((c.images_per_second or 0.0 for c in measured if c.kept), default=0.0)
             try:
-                run = embedder.backend(choice, threads, streams=None)  # OpenVINO as extraction runs it: its throughput mode
+                # OpenVINO as extraction runs it: its throughput mode
+                run = embedder.backend(choice, threads, streams=None)
                 run(x[:WARMUP_IMAGES])
                 probe_rate = _time(run, x[:PROBE_IMAGES])[1]
                 if probe_rate * PRUNE_FACTOR < best:
                     note = f"not timed further: under 1/{PRUNE_FACTOR:g} of the best rate on {PROBE_IMAGES} images"
-                    measured.append(Candidate(choice.backend, choice.precision, round(probe_rate, 2), images=min(PROBE_IMAGES, len(x)), note=note))
+                    measured.append(
+                        Candidate(
+                            choice.backend,
+                            choice.precision,
+                            round(probe_rate, 2),
+                            images=min(PROBE_IMAGES, len(x)),
+                            note=note,
+                        )
+                    )
                     continue
                 out, rate = _time(run, x)
             except BackendUnavailable as exc:
@@ -114,8 +138,16 @@ def calibrate(
             found = _measure(choice, out, reference, rate, kept=True, note=int8_note() if choice == INT8 else "")
             if found.cosine_min < MIN_COSINE:
                 if precision != "auto":
-                    log.warning("%s keeps embeddings only within cosine %.5f of fp32 torch (< %s); using it because it was requested", choice, found.cosine_min, MIN_COSINE)
-                note = f"cosine min {found.cosine_min:.5f} < {MIN_COSINE}" + (" (kept: precision requested)" if precision != "auto" else "")
+                    log.warning(
+                        "%s keeps embeddings only within cosine %.5f of fp32 torch (< %s); using it because it was"
+                        " requested",
+                        choice,
+                        found.cosine_min,
+                        MIN_COSINE,
+                    )
+                note = f"cosine min {found.cosine_min:.5f} < {MIN_COSINE}" + (
+                    " (kept: precision requested)" if precision != "auto" else ""
+                )
                 found = replace(found, kept=precision != "auto", note=note)
             measured.append(found)
 
@@ -134,7 +166,10 @@ def calibrate(
     if len(kept) == 1:
         reason = "the only candidate " + ("requested" if backend != "auto" and precision != "auto" else "kept")
     else:
-        reason = f"{prefix}fastest measured within cosine {MIN_COSINE} of fp32 torch: {winner.images_per_second:.1f} img/s among {len(kept)}"
+        reason = (
+            f"{prefix}fastest measured within cosine {MIN_COSINE} of fp32 torch: {winner.images_per_second:.1f} img/s"
+            f" among {len(kept)}"
+        )
     return Choice(winner.backend, winner.precision), measured, reason
 
 
@@ -145,8 +180,14 @@ def _retime_leaders(embedder: Embedder, x: torch.Tensor, measured: list[Candidat
     closer than that: on 2 cores resnet18's torch bf16 was seen to beat OpenVINO bf16 in a
     calibration and then run the job 25% slower. Best of two halves the chance of such a flip.
     """
-    leaders = sorted((i for i, c in enumerate(measured) if c.kept and c.images_per_second), key=lambda i: -measured[i].images_per_second)[:2]
-    if len(leaders) < 2 or measured[leaders[1]].images_per_second * RETIME_WITHIN < measured[leaders[0]].images_per_second:
+    leaders = sorted(
+        (i for i, c in enumerate(measured) if c.kept and c.images_per_second),
+        key=lambda i: -measured[i].images_per_second,
+    )[:2]
+    if (
+        len(leaders) < 2
+        or measured[leaders[1]].images_per_second * RETIME_WITHIN < measured[leaders[0]].images_per_second
+    ):
         return
     for i in leaders:
         c = measured[i]
@@ -156,10 +197,18 @@ def _retime_leaders(embedder: Embedder, x: torch.Tensor, measured: list[Candidat
 
 
 def _measure(choice: Choice, out: np.ndarray, reference: np.ndarray, rate: float, kept: bool, note: str) -> Candidate:
-    """The candidate's record: its rate (on all of `out`) and its cosine to the reference (on the images both embedded)."""
+    """The candidate's record: its rate (on all of `out`) and its cosine to the reference (on the images both
+    embedded)."""
     cosine = (out[: len(reference)] * reference).sum(axis=1)
     return Candidate(
-        choice.backend, choice.precision, round(rate, 2), round(float(cosine.min()), 6), round(float(cosine.mean()), 6), len(out), kept=kept, note=note
+        choice.backend,
+        choice.precision,
+        round(rate, 2),
+        round(float(cosine.min()), 6),
+        round(float(cosine.mean()), 6),
+        len(out),
+        kept=kept,
+        note=note,
     )
 
 

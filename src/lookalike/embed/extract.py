@@ -11,8 +11,8 @@ last. The Ray engine (`lookalike.distributed`) reuses `prepare`, the decoding, t
 from __future__ import annotations
 
 import hashlib
-import itertools
 import io
+import itertools
 import json
 import logging
 import math
@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ import torch
 
 from .. import runtime
 from ..data.datasets import Collection, ImageRecord, load_collection
+from ..data.images import DEFAULT_MAX_PIXELS, load_rgb_bytes, read_image_bytes
 from ..errors import BadImageError, GalleryError
 from ..gallery import (
     MANIFEST,
@@ -44,11 +45,10 @@ from ..gallery import (
     records_digest,
     write_gallery,
 )
-from ..data.images import DEFAULT_MAX_PIXELS, load_rgb_bytes, read_image_bytes
 from ..gallery.manifest import Inference
+from . import incremental
 from .backends import Backend, BackendUnavailable, Choice, map_batches
 from .calibrate import CALIBRATION_IMAGES, calibrate
-from . import incremental
 from .models import Embedder, load_model
 from .transforms import Preprocess, build_transform
 
@@ -70,7 +70,9 @@ class ExtractConfig:
     model: str = "resnet18"
     weights: str = "pretrained"
     image_size: int | None = None
-    batch_size: int | None = None  # None: the gallery's own when updating or resuming, else DEFAULT_BATCH_SIZE for the device
+    batch_size: int | None = (
+        None  # None: the gallery's own when updating or resuming, else DEFAULT_BATCH_SIZE for the device
+    )
     shard_size: int = 4096
     precision: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16" (CUDA)
     backend: str = "auto"  # "auto" | "torch" | "openvino"
@@ -81,7 +83,11 @@ class ExtractConfig:
     threads: int | None = None
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped as possible decompression bombs (--max-pixels)
-    update: bool | None = None  # a gallery with this identity: None/True update it to the folder (True: it must be updatable), False: refuse a changed folder
+    update: bool | None = (
+        # a gallery with this identity: None/True update it to the folder (True: it must be updatable), False: refuse a
+        # changed folder
+        None
+    )
 
     def resolved(self) -> ExtractConfig:
         """This config with its batch size decided: the gallery's own in `out`, else the device's default."""
@@ -99,7 +105,9 @@ class ExtractConfig:
             "batch_size": self.batch_size,
             "shard_size": self.effective_shard_size,
             "precision": self.precision,
-            **({"backend": self.backend} if self.backend != "auto" else {}),  # only when set: older identities still match
+            **(
+                {"backend": self.backend} if self.backend != "auto" else {}
+            ),  # only when set: older identities still match
             "splits": list(self.splits) if self.splits else None,
             "seed": self.seed,
             # Only when raised or lowered: galleries made before the option existed keep their identity.
@@ -140,7 +148,8 @@ class Job:
     plan: incremental.Plan | None = None  # the scan of the whole collection (stats before reading), and the rows reused
     whole: Collection | None = None
     base: Gallery | None = None  # the gallery this job updates
-    decoded: dict[int, tuple] = field(default_factory=dict)  # records the calibration decoded, as ImageListDataset gives them
+    # records the calibration decoded, as ImageListDataset gives them
+    decoded: dict[int, tuple] = field(default_factory=dict)
 
     @property
     def partial(self) -> Path:
@@ -169,13 +178,19 @@ class ImageListDataset:
     """
 
     def __init__(
-        self, records: tuple[ImageRecord, ...], transform, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None, decoded: dict[int, tuple] | None = None
+        self,
+        records: tuple[ImageRecord, ...],
+        transform,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        min_side: int | None = None,
+        decoded: dict[int, tuple] | None = None,
     ):
         self.records = records
         self.transform = transform
         self.max_pixels = max_pixels
         self.min_side = min_side  # the resize target: large images are reduced as they decode
-        self.decoded = decoded if decoded is not None else {}  # items decoded earlier (the calibration's), each handed out once
+        # items decoded earlier (the calibration's), each handed out once
+        self.decoded = decoded if decoded is not None else {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -209,14 +224,18 @@ def collate(items):
 PREFETCH_PER_WORKER = 2  # batches each decode worker may run ahead of the model
 
 
-def decoded_batches(dataset: ImageListDataset, batches: list[list[int]], workers: int, pin_memory: bool = False) -> Iterator[tuple]:
-    """`collate`d batches in order, decoded by `workers` threads while the model runs (0: inline, in the caller's thread).
+def decoded_batches(
+    dataset: ImageListDataset, batches: list[list[int]], workers: int, pin_memory: bool = False
+) -> Iterator[tuple]:
+    """`collate`d batches in order, decoded by `workers` threads while the model runs (0: inline, in the caller's
+    thread).
 
     Threads, not processes: decoding (file reads, PIL's JPEG decoder, hashing, torch's resize)
     releases the GIL, the model runs in native code too, and nothing is pickled between processes.
     It also keeps the process fork-free: forking after OpenVINO's CPU plugin started its threads
     was seen to crash the process at its next fork.
     """
+
     def decode(batch: list[int]) -> tuple:
         out = collate([dataset[i] for i in batch])
         return (out[0], out[1].pin_memory(), *out[2:]) if pin_memory and out[1] is not None else out
@@ -262,7 +281,10 @@ def prepare(config: ExtractConfig) -> Job:
     base = None
     if manifest_path.is_file():
         previous = json.loads(manifest_path.read_text())
-        prev_identity, prev_digest = previous.get("extract", {}).get("identity"), previous.get("extract", {}).get("records_digest")
+        prev_identity, prev_digest = (
+            previous.get("extract", {}).get("identity"),
+            previous.get("extract", {}).get("records_digest"),
+        )
         if prev_identity == identity and config.update is not False:
             base = open_gallery(out)
         elif prev_identity == identity and prev_digest == digest:
@@ -272,25 +294,40 @@ def prepare(config: ExtractConfig) -> Job:
         else:
             difference = _describe_difference(prev_identity, identity, prev_digest, digest)
             if config.update:
-                raise GalleryError(f"cannot update the gallery in {out}: it was {difference}; use another --out or pass --overwrite to re-extract")
+                raise GalleryError(
+                    f"cannot update the gallery in {out}: it was {difference}; use another --out or pass --overwrite to"
+                    " re-extract"
+                )
             hint = "; drop --no-update to update it to the folder" if prev_identity == identity else ""
             raise GalleryError(f"{out} holds a gallery {difference}{hint}; use another --out or pass --overwrite")
     scanned = incremental.scan(collection.records)  # before any file is read
     plan = None
     if state_path.is_file():
         previous = json.loads(state_path.read_text())
-        same = previous.get("identity") == identity and previous.get("records_digest") == digest and previous.get("base") == (base.fingerprint if base else None)
+        same = (
+            previous.get("identity") == identity
+            and previous.get("records_digest") == digest
+            and previous.get("base") == (base.fingerprint if base else None)
+        )
         saved = incremental.load_plan(out / PARTIAL, len(collection.records)) if same else None
         if same and (base is None or (saved is not None and saved.same_scan(scanned))):
             plan = saved  # resume (None: a job started by an older lookalike, scanned now)
         elif previous.get("base") is not None and previous.get("identity") == identity:
-            log.warning("discarding the unfinished update in %s: the folder changed since it began (the gallery itself is untouched)", out / PARTIAL)
+            log.warning(
+                "discarding the unfinished update in %s: the folder changed since it began (the gallery itself is"
+                " untouched)",
+                out / PARTIAL,
+            )
             shutil.rmtree(out / PARTIAL)
         elif config.overwrite:
             clear_gallery(out)
             base = None
         else:
-            raise GalleryError(f"{out} holds an unfinished extraction {_describe_difference(previous.get('identity'), identity, previous.get('records_digest'), digest)}; use another --out or pass --overwrite")
+            raise GalleryError(
+                f"{out} holds an unfinished extraction"
+                f" {_describe_difference(previous.get('identity'), identity, previous.get('records_digest'), digest)};"
+                " use another --out or pass --overwrite"
+            )
     if plan is None:
         plan = scanned if base is None else incremental.plan_update(collection.records, scanned, base)
         if base is not None and incremental.unchanged(plan, base, digest):
@@ -299,14 +336,20 @@ def prepare(config: ExtractConfig) -> Job:
     n = len(embed.records)
     size = config.effective_shard_size
     shards = [Shard(i, start, min(start + size, n)) for i, start in enumerate(range(0, n, size))]
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {"identity": identity, "records_digest": digest, "base": base.fingerprint if base else None}
+    state = (
+        json.loads(state_path.read_text())
+        if state_path.is_file()
+        else {"identity": identity, "records_digest": digest, "base": base.fingerprint if base else None}
+    )
     if base is not None:
-        state = incremental.base_state(base) | state  # new rows are embedded with the gallery's own model, backend and precision
+        # new rows are embedded with the gallery's own model, backend and precision
+        state = incremental.base_state(base) | state
     return Job(config, embed, out, shards, state, plan, collection, base)
 
 
 def _default_batch_size(config: ExtractConfig) -> int:
-    """The batch size of the unfinished job or the gallery in `config.out` (its identity holds it), else the device's default."""
+    """The batch size of the unfinished job or the gallery in `config.out` (its identity holds it), else the device's
+    default."""
     out = Path(config.out)
     for path, keys in ((out / PARTIAL / STATE, ("identity",)), (out / MANIFEST, ("extract", "identity"))):
         try:
@@ -328,15 +371,21 @@ def _describe_difference(prev: dict | None, new: dict, prev_digest: str | None, 
     return "built with " + ", ".join(changed)
 
 
-def decode_sample(job: Job, preprocess: Preprocess, n: int = CALIBRATION_IMAGES) -> tuple[torch.Tensor | None, float | None]:
+def decode_sample(
+    job: Job, preprocess: Preprocess, n: int = CALIBRATION_IMAGES
+) -> tuple[torch.Tensor | None, float | None]:
     """The first `n` decodable images of the job's missing shards, and the mean CPU ms it takes to read and decode one.
 
     Decoded on every core (eight 12-megapixel JPEGs take a quarter of a second on one) and kept
     in `job.decoded`, so the run does not decode them again.
     """
-    dataset = ImageListDataset(job.collection.records, build_transform(preprocess), job.config.max_pixels, preprocess.resize_size)
+    dataset = ImageListDataset(
+        job.collection.records, build_transform(preprocess), job.config.max_pixels, preprocess.resize_size
+    )
 
-    def timed(index: int) -> tuple[tuple, float]:  # the decoding thread's CPU time: the two threads wait for each other now and then
+    def timed(
+        index: int,
+    ) -> tuple[tuple, float]:  # the decoding thread's CPU time: the two threads wait for each other now and then
         started = time.thread_time()
         return dataset[index], time.thread_time() - started
 
@@ -371,8 +420,9 @@ def split_cores(decode_ms: float, model_ms: float, cores: int) -> tuple[int, int
     workers = min(cores, max(1, math.ceil(share * cores - 1e-9)))
     threads = max(1, cores - math.floor(share * cores + 1e-9))
     rule = (
-        f"decode {decode_ms:.1f} core-ms/img vs model {model_core_ms:.1f} core-ms/img on {cores} cores: "
-        f"decode share {share:.0%} → {workers} decode worker{'s' if workers != 1 else ''}, {threads} inference thread{'s' if threads != 1 else ''}"
+        f"decode {decode_ms:.1f} core-ms/img vs model {model_core_ms:.1f} core-ms/img on {cores} cores: decode share"
+        f" {share:.0%} → {workers} decode worker{'s' if workers != 1 else ''}, {threads} inference"
+        f" thread{'s' if threads != 1 else ''}"
     )
     return workers, threads, rule
 
@@ -392,10 +442,23 @@ def decide_inference(job: Job, embedder: Embedder, workers: int | None, threads:
             decided = Inference("torch", "fp32", "no image decoded, nothing to calibrate")
         else:
             # at `cores` threads, the split's usual outcome, so the run reuses the candidate compiled here
-            choice, measured, reason = calibrate(embedder, sample, job.config.backend, job.config.precision, threads=cores, job_images=sum(s.stop - s.start for s in job.todo()))
-            model_ms = 1000 / next(c.images_per_second for c in measured if (c.backend, c.precision) == (choice.backend, choice.precision))
+            choice, measured, reason = calibrate(
+                embedder,
+                sample,
+                job.config.backend,
+                job.config.precision,
+                threads=cores,
+                job_images=sum(s.stop - s.start for s in job.todo()),
+            )
+            model_ms = 1000 / next(
+                c.images_per_second for c in measured if (c.backend, c.precision) == (choice.backend, choice.precision)
+            )
             auto_workers, auto_threads, rule = split_cores(decode_ms, model_ms, cores)
-            overridden = [f"--{name} {value}" for name, value in (("threads", threads), ("decode-workers", workers)) if value is not None]
+            overridden = [
+                f"--{name} {value}"
+                for name, value in (("threads", threads), ("decode-workers", workers))
+                if value is not None
+            ]
             decided = Inference(
                 choice.backend,
                 choice.precision,
@@ -407,7 +470,8 @@ def decide_inference(job: Job, embedder: Embedder, workers: int | None, threads:
                 decode_ms_per_image=round(decode_ms, 3),
                 model_ms_per_image=round(model_ms, 3),
             )
-        active = apply_inference(embedder, decided, threads, streams=None)  # OpenVINO picks its streams; recorded for a resume
+        # OpenVINO picks its streams; recorded for a resume
+        active = apply_inference(embedder, decided, threads, streams=None)
         decided = replace(decided, streams=getattr(active, "streams", None) if decided.backend == "openvino" else None)
         job.state["inference"] = decided.to_dict()
         atomic_write_json(job.partial / STATE, job.state)
@@ -420,10 +484,14 @@ def saved_inference(state: dict) -> Inference:
     """The decision a job state holds; states from before backends hold only a torch precision."""
     if "inference" in state:
         return Inference.from_dict(state["inference"])
-    return Inference("torch", state.get("precision", {"precision": "fp32"})["precision"], "saved by an earlier lookalike")
+    return Inference(
+        "torch", state.get("precision", {"precision": "fp32"})["precision"], "saved by an earlier lookalike"
+    )
 
 
-def apply_inference(embedder: Embedder, decided: Inference, threads: int | None = None, streams: int | None | str = "recorded") -> Backend:
+def apply_inference(
+    embedder: Embedder, decided: Inference, threads: int | None = None, streams: int | None | str = "recorded"
+) -> Backend:
     """Run `embedder` as `decided` says: its backend, precision, inference threads (`threads` overrides) and
     OpenVINO streams (`streams`: the recorded ones by default, None to let OpenVINO pick; a state saved
     before streams were recorded ran one)."""
@@ -433,7 +501,9 @@ def apply_inference(embedder: Embedder, decided: Inference, threads: int | None 
     # With OpenVINO, torch only decodes: one thread per decode worker, the cores left to the model.
     runtime.set_threads(1 if openvino else threads)
     try:
-        return embedder.use(Choice(decided.backend, decided.precision), threads if openvino else None, streams if openvino else 1)
+        return embedder.use(
+            Choice(decided.backend, decided.precision), threads if openvino else None, streams if openvino else 1
+        )
     except BackendUnavailable as exc:
         raise GalleryError(
             f"this extraction embeds with {decided.backend} {decided.precision}, which cannot run here ({exc}); "
@@ -441,7 +511,13 @@ def apply_inference(embedder: Embedder, decided: Inference, threads: int | None 
         ) from exc
 
 
-def encode_shard(embeddings: np.ndarray, indices: list[int], bad: list[tuple[int, str]], seconds: float, hashes: list[str] | None = None) -> bytes:
+def encode_shard(
+    embeddings: np.ndarray,
+    indices: list[int],
+    bad: list[tuple[int, str]],
+    seconds: float,
+    hashes: list[str] | None = None,
+) -> bytes:
     """The shard file format (an .npz), as bytes: both engines write it, the Ray engine through fsspec.
 
     `hashes` (sha256 of each file, aligned with `indices`) is optional: shards without it give a
@@ -461,7 +537,15 @@ def encode_shard(embeddings: np.ndarray, indices: list[int], bad: list[tuple[int
     return buffer.getvalue()
 
 
-def write_shard(job: Job, shard: Shard, embeddings: np.ndarray, indices: list[int], bad: list[tuple[int, str]], seconds: float, hashes: list[str] | None = None) -> None:
+def write_shard(
+    job: Job,
+    shard: Shard,
+    embeddings: np.ndarray,
+    indices: list[int],
+    bad: list[tuple[int, str]],
+    seconds: float,
+    hashes: list[str] | None = None,
+) -> None:
     atomic_write_bytes(job.partial / shard.filename, encode_shard(embeddings, indices, bad, seconds, hashes))
 
 
@@ -474,15 +558,30 @@ def run_local(job: Job, embedder: Embedder, workers: int, progress: bool = True)
         return
     bs = job.config.batch_size
     batches = [list(range(b, min(b + bs, s.stop))) for s in todo for b in range(s.start, s.stop, bs)]
-    dataset = ImageListDataset(job.collection.records, build_transform(embedder.preprocess), job.config.max_pixels, embedder.preprocess.resize_size, job.decoded)
+    dataset = ImageListDataset(
+        job.collection.records,
+        build_transform(embedder.preprocess),
+        job.config.max_pixels,
+        embedder.preprocess.resize_size,
+        job.decoded,
+    )
     loader = decoded_batches(dataset, batches, workers, pin_memory=embedder.device.startswith("cuda"))
     done_images = sum(s.stop - s.start for s in job.shards) - sum(s.stop - s.start for s in todo)
-    bar = tqdm(total=len(job.collection.records), initial=done_images, unit="img", disable=not progress, desc=f"extract {embedder.spec.name}", dynamic_ncols=True)
+    bar = tqdm(
+        total=len(job.collection.records),
+        initial=done_images,
+        unit="img",
+        disable=not progress,
+        desc=f"extract {embedder.spec.name}",
+        dynamic_ncols=True,
+    )
     shard_iter = iter(todo)
     shard = next(shard_iter)
     embs, idx, bad, hashes, started = [], [], [], [], time.perf_counter()
     try:
-        for (indices, bad_items, digests), embedded in map_batches(embedder.active, (((i, b, d), t) for i, t, b, d in loader)):
+        for (indices, bad_items, digests), embedded in map_batches(
+            embedder.active, (((i, b, d), t) for i, t, b, d in loader)
+        ):
             if embedded is not None:
                 embs.append(embedded)
                 idx.extend(indices)
@@ -497,7 +596,10 @@ def run_local(job: Job, embedder: Embedder, workers: int, progress: bool = True)
                 shard = next(shard_iter, None)
     except KeyboardInterrupt:
         done = sum(job.done(s) for s in job.shards)
-        raise GalleryError(f"interrupted: {done} of {len(job.shards)} shards are saved in {job.partial}; rerun the same command to resume") from None
+        raise GalleryError(
+            f"interrupted: {done} of {len(job.shards)} shards are saved in {job.partial}; rerun the same command to"
+            " resume"
+        ) from None
     finally:
         bar.close()
 
@@ -508,12 +610,13 @@ def ensure_state(job: Job, embedder: Embedder) -> None:
 
 
 def record_state(job: Job, model: dict) -> None:
-    """Record the model (as `Embedder.describe()` gives it) and the scan in `.partial/`, before any shard; the Ray engine gets the model from a worker."""
+    """Record the model (as `Embedder.describe()` gives it) and the scan in `.partial/`, before any shard; the Ray
+    engine gets the model from a worker."""
     if job.base is not None:
         incremental.check_model(job.base, model)
     job.partial.mkdir(parents=True, exist_ok=True)
     job.state.setdefault("model", {k: v for k, v in model.items() if k != "precision"})
-    job.state.setdefault("started", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    job.state.setdefault("started", datetime.now(UTC).isoformat(timespec="seconds"))
     if job.plan is not None and not (job.partial / incremental.PLAN).is_file():
         incremental.save_plan(job.partial, job.plan)
     atomic_write_json(job.partial / STATE, job.state)
@@ -523,7 +626,9 @@ def read_shards(job: Job) -> incremental.NewRows:
     """Every shard's rows, in shard order; record numbers are the job's own (`job.collection`)."""
     missing = job.todo()
     if missing:
-        raise GalleryError(f"cannot commit {job.out}: {len(missing)} shards are missing; rerun the extraction to finish them")
+        raise GalleryError(
+            f"cannot commit {job.out}: {len(missing)} shards are missing; rerun the extraction to finish them"
+        )
     embs, idx, bad, hashes, seconds = [], [], [], [], 0.0
     for shard in job.shards:
         with np.load(job.partial / shard.filename) as z:
@@ -543,7 +648,8 @@ def read_shards(job: Job) -> incremental.NewRows:
 
 
 def commit(job: Job, embedder: Embedder | None = None, extra_timings: dict | None = None) -> Gallery:
-    """Assemble the shards into the final gallery files; manifest.json goes last. An update is written aside and moved in."""
+    """Assemble the shards into the final gallery files; manifest.json goes last. An update is written aside and moved
+    in."""
     new = read_shards(job)
     n_total, seconds = len(job.collection.records), new.seconds
     what = {
@@ -553,11 +659,21 @@ def commit(job: Job, embedder: Embedder | None = None, extra_timings: dict | Non
             "images": n_total,
             "ms_per_image": round(1000 * seconds / max(1, n_total), 3),
             "images_per_second": round(n_total / seconds, 2) if seconds else None,
-            "note": "wall time of decode + preprocess + embed, summed over shards (resumed runs included)"
-            + ("; an update: `images` counts the new and changed images it embedded" if job.base is not None else ""),
+            "note": (
+                "wall time of decode + preprocess + embed, summed over shards (resumed runs included)"
+                + (
+                    "; an update: `images` counts the new and changed images it embedded"
+                    if job.base is not None
+                    else ""
+                )
+            ),
             **(extra_timings or {}),
         },
-        "extract": {"identity": job.state["identity"], "records_digest": job.state["records_digest"], "shards": len(job.shards)},
+        "extract": {
+            "identity": job.state["identity"],
+            "records_digest": job.state["records_digest"],
+            "shards": len(job.shards),
+        },
         "environment": runtime.environment(),
     }
     if job.base is not None:  # the query latency measured at the full extraction still holds: same model, same input
@@ -565,15 +681,26 @@ def commit(job: Job, embedder: Embedder | None = None, extra_timings: dict | Non
         incremental.stage_update(job.partial, job.whole, job.plan, job.base, new, **what)
         return incremental.finish_update(job.out)
     if len(new.indices) == 0:
-        raise GalleryError(f"no image under {job.config.data} could be decoded ({len(new.bad)} bad files); nothing to store")
-    plan = job.plan if job.plan is not None and len(job.plan.reuse) == n_total else incremental.scan(job.collection.records)
+        raise GalleryError(
+            f"no image under {job.config.data} could be decoded ({len(new.bad)} bad files); nothing to store"
+        )
+    plan = (
+        job.plan
+        if job.plan is not None and len(job.plan.reuse) == n_total
+        else incremental.scan(job.collection.records)
+    )
     records = [job.collection.records[i] for i in new.indices.tolist()]
     gallery = write_gallery(
         job.out,
         new.embeddings,
         Rows(
-            [r.path for r in records], [r.label for r in records], [r.label_name for r in records], [r.split for r in records],
-            content_hashes=new.hashes, sizes=plan.sizes[new.indices], mtimes=plan.mtimes[new.indices],
+            [r.path for r in records],
+            [r.label for r in records],
+            [r.label_name for r in records],
+            [r.split for r in records],
+            content_hashes=new.hashes,
+            sizes=plan.sizes[new.indices],
+            mtimes=plan.mtimes[new.indices],
         ),
         data=DataInfo.from_dict(job.collection.provenance()),
         skipped=[{"path": p, "reason": r} for p, r in job.collection.problems]
@@ -589,7 +716,10 @@ def inference_record(state: dict) -> dict:
     if "inference" not in state:
         return {"precision": state.get("precision", {"precision": "fp32"})}
     decided = saved_inference(state)
-    return {"inference": state["inference"], "precision": {"precision": decided.precision, "backend": decided.backend, "reason": decided.reason}}
+    return {
+        "inference": state["inference"],
+        "precision": {"precision": decided.precision, "backend": decided.backend, "reason": decided.reason},
+    }
 
 
 def extract(config: ExtractConfig, progress: bool = True) -> Gallery:
@@ -612,11 +742,22 @@ def extract(config: ExtractConfig, progress: bool = True) -> Gallery:
         calibration_s = time.perf_counter() - started
         if decided.backend != "torch":
             # torch then only runs each decode thread's per-image tensor ops, and those should take one core, not a
-            # team of threads competing with the backend's: measured on 64 px images, 1.5-1.9 CPU ms each at 2 threads, 0.95 at 1
+            # team of threads competing with the backend's: measured on 64 px images, 1.5-1.9 CPU ms each at 2 threads,
+            # 0.95 at 1
             torch.set_num_threads(1)
         run_local(job, embedder, workers, progress)
-        threads = runtime.thread_counts().get("torch") if decided.backend == "torch" else getattr(embedder.active, "threads", None)
-        timings = {"threads": threads, "workers": workers, "device": device, "batch_size": job.config.batch_size, "calibration_seconds": round(calibration_s, 3)}
+        threads = (
+            runtime.thread_counts().get("torch")
+            if decided.backend == "torch"
+            else getattr(embedder.active, "threads", None)
+        )
+        timings = {
+            "threads": threads,
+            "workers": workers,
+            "device": device,
+            "batch_size": job.config.batch_size,
+            "calibration_seconds": round(calibration_s, 3),
+        }
         return commit(job, embedder, timings | (single_image_timing(job, embedder) if job.base is None else {}))
     finally:
         runtime.set_threads(threads_before)
@@ -633,6 +774,9 @@ def single_image_timing(job: Job, embedder: Embedder) -> dict:
             ms = single_image_ms(embedder, record.path)
         except Exception:  # noqa: BLE001 - an undecodable file is already reported among the skipped ones
             continue
-        note = f"one image decoded, preprocessed and embedded alone (batch 1), median of {SINGLE_IMAGE_REPEATS} runs after a warm-up, at extraction"
+        note = (
+            f"one image decoded, preprocessed and embedded alone (batch 1), median of {SINGLE_IMAGE_REPEATS} runs after"
+            " a warm-up, at extraction"
+        )
         return {"single_image_ms": ms, "single_image_note": note}
     return {}

@@ -61,7 +61,8 @@ class Plan:
 
     sizes: np.ndarray  # int64 bytes, −1: the file was gone at the scan
     mtimes: np.ndarray  # int64 ns
-    reuse: np.ndarray  # int64: the base gallery's row it keeps, EMBED, or CARRY_SKIP (unreadable before, unchanged since)
+    # int64: the base gallery's row it keeps, EMBED, or CARRY_SKIP (unreadable before, unchanged since)
+    reuse: np.ndarray
     hashed: int = 0  # files whose stat differed from the gallery's and were hashed
 
     @property
@@ -84,7 +85,10 @@ def plan_update(records: Sequence[ImageRecord], fresh: Plan, base: Gallery) -> P
     reuse = fresh.reuse.copy()
     hashes = base.content_hashes
     if hashes is None:
-        log.warning("gallery at %s has no content hashes (extracted by an older lookalike): every image is embedded again", base.path)
+        log.warning(
+            "gallery at %s has no content hashes (extracted by an older lookalike): every image is embedded again",
+            base.path,
+        )
         return fresh
     row_of = {path: i for i, path in enumerate(base.paths)}
     stats = base.file_stats
@@ -156,7 +160,10 @@ def subset(collection: Collection, plan: Plan) -> Collection:
 def base_state(base: Gallery) -> dict:
     """The model, backend and precision an update embeds with: the gallery's own, so new rows match old ones."""
     model = base.manifest.model
-    state = {"model": {k: v for k, v in model.to_dict().items() if k not in ("precision", "inference")}, "precision": dict(model.precision)}
+    state = {
+        "model": {k: v for k, v in model.to_dict().items() if k not in ("precision", "inference")},
+        "precision": dict(model.precision),
+    }
     if model.inference is not None:
         state["inference"] = model.inference.to_dict()
     return state
@@ -164,7 +171,9 @@ def base_state(base: Gallery) -> dict:
 
 def check_model(base: Gallery, model: dict) -> None:
     """Refuse to mix rows of two models: the weights file or preprocessing may have changed under the same name."""
-    ours, theirs = (json.loads(json_text({k: d.get(k) for k in MODEL_KEYS})) for d in (base.manifest.model.to_dict(), model))  # as JSON: tuples are lists
+    ours, theirs = (
+        json.loads(json_text({k: d.get(k) for k in MODEL_KEYS})) for d in (base.manifest.model.to_dict(), model)
+    )  # as JSON: tuples are lists
     differ = [k for k in MODEL_KEYS if ours[k] != theirs[k]]
     if differ:
         raise GalleryError(
@@ -207,14 +216,18 @@ def stage_update(
     extract: dict[str, Any],
     environment: dict[str, Any],
 ) -> Gallery:
-    """Write the updated gallery, complete, into `.partial/commit/`: old rows reused, new rows from the shards, in fresh-extraction order."""
+    """Write the updated gallery, complete, into `.partial/commit/`: old rows reused, new rows from the shards, in
+    fresh-extraction order."""
     records = whole.records
     todo = plan.todo
     new_row = np.full(len(records), -1, dtype=np.int64)
     new_row[todo[new.indices]] = np.arange(len(new.indices))
     rows = np.flatnonzero((plan.reuse >= 0) | (new_row >= 0))
     if not len(rows):
-        raise GalleryError(f"no image of {whole.root} could be decoded; nothing to store (the gallery in {partial.parent} is left as it was)")
+        raise GalleryError(
+            f"no image of {whole.root} could be decoded; nothing to store (the gallery in {partial.parent} is left as"
+            " it was)"
+        )
     old = plan.reuse[rows]
     from_old = old >= 0
     embeddings = np.empty((len(rows), base.dim), dtype=np.float32)
@@ -222,14 +235,20 @@ def stage_update(
     embeddings[~from_old] = new.embeddings[new_row[rows[~from_old]]]
     hashes = None
     if base.content_hashes is not None and new.hashes is not None:
-        hashes = np.where(from_old, base.content_hashes[np.maximum(old, 0)], np.asarray(new.hashes + [""], dtype=object)[new_row[rows]])
+        hashes = np.where(
+            from_old,
+            base.content_hashes[np.maximum(old, 0)],
+            np.asarray(new.hashes + [""], dtype=object)[new_row[rows]],
+        )
     id_map = np.full(base.count, -1, dtype=np.int64)
     id_map[old[from_old]] = np.flatnonzero(from_old)
 
     bad = {int(todo[i]): reason for i, reason in new.bad}
     carried = {s["path"]: s["reason"] for s in base.manifest.skipped}
     bad |= {int(i): carried.get(records[i].path, "unreadable") for i in np.flatnonzero(plan.reuse == CARRY_SKIP)}
-    skipped = [{"path": p, "reason": r} for p, r in whole.problems] + [skipped_entry(records[i].path, bad[i], plan, i) for i in sorted(bad)]
+    skipped = [{"path": p, "reason": r} for p, r in whole.problems] + [
+        skipped_entry(records[i].path, bad[i], plan, i) for i in sorted(bad)
+    ]
 
     listed = {r.path for r in records}
     previous = base.paths
@@ -250,8 +269,13 @@ def stage_update(
         staged,
         embeddings,
         Rows(
-            [records[i].path for i in rows], [records[i].label for i in rows], [records[i].label_name for i in rows], [records[i].split for i in rows],
-            content_hashes=hashes.tolist() if hashes is not None else None, sizes=plan.sizes[rows], mtimes=plan.mtimes[rows],
+            [records[i].path for i in rows],
+            [records[i].label for i in rows],
+            [records[i].label_name for i in rows],
+            [records[i].split for i in rows],
+            content_hashes=hashes.tolist() if hashes is not None else None,
+            sizes=plan.sizes[rows],
+            mtimes=plan.mtimes[rows],
         ),
         model=model,
         data=DataInfo.from_dict(whole.provenance()),
@@ -276,7 +300,8 @@ def finish_update(out: Path) -> Gallery | None:
     if not (staged / MANIFEST).is_file():
         return None
     manifest = Manifest.read(staged / MANIFEST)
-    if manifest.update is not None and manifest.update.indexes is None:  # the old gallery is still whole: install has not begun
+    # the old gallery is still whole: install has not begun
+    if manifest.update is not None and manifest.update.indexes is None:
         outcomes, held_out = stage_indexes(open_gallery(out), open_gallery(staged))
         manifest = replace(manifest, update=replace(manifest.update, indexes=outcomes, held_out=held_out))
         write_manifest(staged, manifest)
@@ -290,7 +315,8 @@ def finish_update(out: Path) -> Gallery | None:
 def describe_update(update: UpdateInfo) -> list[str]:
     """Lines for the CLI's summary."""
     lines = [
-        f"updated from {update.base_count} rows: {update.reused} reused, {update.added} added, {update.changed} changed, {update.removed} removed"
+        f"updated from {update.base_count} rows: {update.reused} reused, {update.added} added, {update.changed}"
+        f" changed, {update.removed} removed"
         + (f" ({update.hashed} files hashed because their size or mtime differed)" if update.hashed else ""),
         f"ids moved: {update.id_map} maps each previous id to its id now (−1: gone)",
     ]

@@ -21,9 +21,20 @@ from torch import nn
 
 from ..errors import WeightsUnavailableError
 from ..gallery.manifest import Weights
-from .backends import BACKENDS, Backend, BackendUnavailable, Choice, OpenVINOBackend, TorchBackend, module_digest, openvino_model
+from .backends import (
+    BACKENDS,
+    Backend,
+    BackendUnavailable,
+    Choice,
+    OpenVINOBackend,
+    TorchBackend,
+    module_digest,
+    openvino_model,
+)
 from .quantise import int8_model, is_quantised
-from .registry import MODELS, ModelSpec, get_spec  # noqa: F401 (MODELS, get_spec: re-exported for callers of this module)
+
+# noqa: F401 (MODELS, get_spec: re-exported for callers of this module)
+from .registry import ModelSpec, get_spec
 from .text import TextEmbedder, no_text_message
 from .transforms import Preprocess
 
@@ -80,13 +91,17 @@ class Embedder:
                 self._backends[key] = TorchBackend(self.module, self.device, choice.precision, self.spec.channels_last)
             elif choice.backend == "openvino":
                 if self.device != "cpu":
-                    raise BackendUnavailable(f"lookalike runs openvino on the CPU only, and this model is on {self.device}")
+                    raise BackendUnavailable(
+                        f"lookalike runs openvino on the CPU only, and this model is on {self.device}"
+                    )
                 xml = openvino_model(self.module, self.weights_key(), self.preprocess.image_size)
                 if choice.precision == "int8":
                     xml = int8_model(self, xml)
                 self._backends[key] = OpenVINOBackend(xml, choice.precision, threads, streams)
             else:
-                raise BackendUnavailable(f"unknown inference backend {choice.backend!r}; choose one of {', '.join(BACKENDS)}")
+                raise BackendUnavailable(
+                    f"unknown inference backend {choice.backend!r}; choose one of {', '.join(BACKENDS)}"
+                )
         return self._backends[key]
 
     def int8_cached(self) -> bool:
@@ -94,12 +109,21 @@ class Embedder:
         return is_quantised(self)
 
     def weights_key(self) -> str:
-        """Names the converted-model cache entry: model and weights sha256 (of the tensors themselves for random weights).
+        """Names the converted-model cache entry: model and weights sha256 (of the tensors themselves for random
+        weights).
 
-        Computed once per embedder: hashing CLIP's tensors takes about 0.2 s, and calibration asks for every OpenVINO candidate."""
+        Computed once per embedder: hashing CLIP's tensors takes about 0.2 s, and calibration asks for every OpenVINO
+        candidate.
+        """
         if self._weights_key is None:
-            weights = self.weights.sha256 if self.weights.kind != "random" and self.weights.sha256 else module_digest(self.module)
-            self._weights_key = f"{self.spec.name}-{hashlib.sha256(f'{self.spec.arch}|{weights}'.encode()).hexdigest()[:16]}"
+            weights = (
+                self.weights.sha256
+                if self.weights.kind != "random" and self.weights.sha256
+                else module_digest(self.module)
+            )
+            self._weights_key = (
+                f"{self.spec.name}-{hashlib.sha256(f'{self.spec.arch}|{weights}'.encode()).hexdigest()[:16]}"
+            )
         return self._weights_key
 
     def describe(self) -> dict:
@@ -178,7 +202,10 @@ def load_towers(
         if not text:
             no_text = f"{name}'s text tower was not loaded (text=False)"
         elif absent:
-            no_text = f"the weights file {weights} holds no text tower ({len(absent)} tensors missing, e.g. {absent[0]}), so this gallery cannot be searched by text; pass a full open_clip checkpoint"
+            no_text = (
+                f"the weights file {weights} holds no text tower ({len(absent)} tensors missing, e.g. {absent[0]}), so"
+                " this gallery cannot be searched by text; pass a full open_clip checkpoint"
+            )
         else:
             text_embedder, no_text = TextEmbedder(name, spec.text_tower(spec, module.eval().to(device)), device), None
     return Towers(Embedder(spec, spec.head(module), info, preprocess, device), text_embedder, no_text)
@@ -199,11 +226,13 @@ def _build_pretrained(spec: ModelSpec, image_size: int | None) -> tuple[nn.Modul
             raise WeightsUnavailableError(
                 f"pretrained {spec.name} weights are not cached and could not be downloaded ({exc}); "
                 f"download {enum.url} and place it at {hub_file}, or pass --weights PATH "
-                f"(or --weights random for an explicitly untrained model)"
+                "(or --weights random for an explicitly untrained model)"
             ) from exc
         model = torchvision.models.get_model(spec.arch, weights=None)
         model.load_state_dict(state)
-        return model, Weights("pretrained", f"torchvision {spec.pretrained}", sha256=verify_hash_prefix(hub_file, enum.url))
+        return model, Weights(
+            "pretrained", f"torchvision {spec.pretrained}", sha256=verify_hash_prefix(hub_file, enum.url)
+        )
     import open_clip
 
     cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained)
@@ -224,7 +253,7 @@ def _build_pretrained(spec: ModelSpec, image_size: int | None) -> tuple[nn.Modul
             f"pretrained CLIP weights ({spec.arch}, '{spec.pretrained}') are not cached and could not be downloaded "
             f"({type(exc).__name__}: {str(exc)[:200]}); on a connected machine run "
             f"`huggingface-cli download {repo} open_clip_pytorch_model.bin` so the file lands in {HF_HUB_CACHE}, "
-            f"or pass --weights PATH to an open_clip checkpoint (or --weights random for an untrained model)"
+            "or pass --weights PATH to an open_clip checkpoint (or --weights random for an untrained model)"
         ) from exc
     loaded = cached or _hf_cached_file(repo)
     digest = verify_hf_blob(loaded) if loaded else None
@@ -240,7 +269,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def verify_hash_prefix(path: Path, url: str | None = None) -> str:
-    """Check a torch hub file against the sha256 prefix in its name (as torch.hub's check_hash does); return the full sha256.
+    """Check a torch hub file against the sha256 prefix in its name (as torch.hub's check_hash does); return the full
+    sha256.
 
     A file placed at the cache path by hand, e.g. random weights saved as resnet18-f37072fd.pth,
     would otherwise be labelled as the published pretrained model.
@@ -251,8 +281,8 @@ def verify_hash_prefix(path: Path, url: str | None = None) -> str:
     if prefix and not digest.startswith(prefix):
         source = f" with a fresh download of {url}" if url else " with the published file"
         raise WeightsUnavailableError(
-            f"cached weights {path} are not the published file: the name says sha256 {prefix}…, the file's is {digest[:len(prefix)]}…; "
-            f"delete or replace {path}{source}"
+            f"cached weights {path} are not the published file: the name says sha256 {prefix}…, the file's is"
+            f" {digest[: len(prefix)]}…; delete or replace {path}{source}"
         )
     return digest
 
@@ -263,8 +293,8 @@ def verify_hf_blob(path: str | Path) -> str:
     blob = Path(os.path.realpath(path)).name
     if re.fullmatch(r"[0-9a-f]{64}", blob) and blob != digest:
         raise WeightsUnavailableError(
-            f"cached weights {path} are not the published file: the hub recorded sha256 {blob[:12]}…, the file's is {digest[:12]}…; "
-            f"delete {os.path.realpath(path)} so it is downloaded again, or replace it"
+            f"cached weights {path} are not the published file: the hub recorded sha256 {blob[:12]}…, the file's is"
+            f" {digest[:12]}…; delete {os.path.realpath(path)} so it is downloaded again, or replace it"
         )
     return digest
 
@@ -298,7 +328,9 @@ def _build_from_file(spec: ModelSpec, path: Path, image_size: int | None) -> tup
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsUnavailableError(f"cannot read weights file {path} ({exc}); pass a torch state dict or checkpoint") from exc
+        raise WeightsUnavailableError(
+            f"cannot read weights file {path} ({exc}); pass a torch state dict or checkpoint"
+        ) from exc
     model = spec.build(spec, image_size)
     missing = _load_backbone_state(model, state, spec)
     return model, Weights("file", str(path.resolve()), sha256=digest), missing
@@ -318,7 +350,8 @@ def _load_backbone_state(model: nn.Module, state: dict, spec: ModelSpec) -> list
     missing = [k for k in result.missing_keys if not k.startswith(spec.optional_keys)]
     if missing or not any(k in state for k in model.state_dict()):
         raise WeightsUnavailableError(
-            f"weights file does not fit {spec.name} ({spec.arch}): {len(missing)} backbone tensors missing, e.g. {missing[:3]}"
+            f"weights file does not fit {spec.name} ({spec.arch}): {len(missing)} backbone tensors missing, e.g."
+            f" {missing[:3]}"
         )
     return [k for k in result.missing_keys if k.startswith(spec.optional_keys)]
 

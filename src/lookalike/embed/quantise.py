@@ -45,7 +45,8 @@ def nncf_version() -> str | None:
         if importlib.util.find_spec("nncf") is None:
             return None
         return importlib.metadata.version("nncf").split("+")[0]
-    except (ImportError, ValueError, importlib.metadata.PackageNotFoundError):  # ValueError: sys.modules["nncf"] is None
+    # ValueError: sys.modules["nncf"] is None
+    except (ImportError, ValueError, importlib.metadata.PackageNotFoundError):
         return None
 
 
@@ -55,15 +56,24 @@ def int8_note() -> str:
 
 
 def int8_folder(embedder: Embedder) -> Path:
-    """Where `embedder`'s int8 model is cached: keyed by model, weights sha256, input size, recipe and library versions."""
+    """Where `embedder`'s int8 model is cached: keyed by model, weights sha256, input size, recipe and library
+    versions."""
     size = embedder.preprocess.image_size
     recipe = f"{embedder.spec.quantise}-{QUANTISE_IMAGES}gen{QUANTISE_SEED}"
-    return cache_root() / "openvino" / f"{embedder.weights_key()}-{size}px-ov{openvino_version()}-int8-{recipe}-nncf{nncf_version()}"
+    return (
+        cache_root()
+        / "openvino"
+        / f"{embedder.weights_key()}-{size}px-ov{openvino_version()}-int8-{recipe}-nncf{nncf_version()}"
+    )
 
 
 def is_quantised(embedder: Embedder) -> bool:
     """Whether `embedder`'s int8 model is already on disk (so int8 costs a job nothing to try)."""
-    return nncf_version() is not None and openvino_version() is not None and (int8_folder(embedder) / "model.xml").is_file()
+    return (
+        nncf_version() is not None
+        and openvino_version() is not None
+        and (int8_folder(embedder) / "model.xml").is_file()
+    )
 
 
 def int8_model(embedder: Embedder, fp32_xml: Path) -> Path:
@@ -91,7 +101,9 @@ def calibration_pixels(embedder: Embedder):
 
     transform = build_transform(embedder.preprocess)
     with tempfile.TemporaryDirectory(prefix="lookalike-int8-") as tmp:
-        root = generate_collection(Path(tmp) / "images", n_classes=QUANTISE_IMAGES // 8, train_per_class=8, val_per_class=0, seed=QUANTISE_SEED)
+        root = generate_collection(
+            Path(tmp) / "images", n_classes=QUANTISE_IMAGES // 8, train_per_class=8, val_per_class=0, seed=QUANTISE_SEED
+        )
         files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".jpeg", ".jpg", ".png"))
         pixels = torch.stack([transform(load_rgb(f)) for f in files]).numpy()
     return np.ascontiguousarray(pixels, dtype=np.float32)
@@ -112,7 +124,9 @@ def _quantise(embedder: Embedder, fp32_xml: Path):
 
         options = {
             "model_type": nncf.ModelType.TRANSFORMER,
-            "advanced_parameters": AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)),
+            "advanced_parameters": AdvancedQuantizationParameters(
+                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)
+            ),
         }
     model = ov.Core().read_model(fp32_xml)
     nncf_log = logging.getLogger("nncf")
@@ -125,4 +139,3 @@ def _quantise(embedder: Embedder, fp32_xml: Path):
             return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches), **options)
     finally:
         nncf_log.setLevel(level)
-

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ..data.images import DEFAULT_MAX_PIXELS, load_rgb, load_rgb_bytes
 from ..errors import GalleryError, TextQueryError
 from ..gallery import Gallery
-from ..data.images import DEFAULT_MAX_PIXELS, load_rgb, load_rgb_bytes
 from .backends import BackendUnavailable, Choice
 from .calibrate import REFERENCE
 from .models import Embedder, Towers, load_towers
@@ -32,7 +32,8 @@ class QueryTimings:
 
 
 def towers_for(gallery: Gallery, device: str = "cpu", threads: int | None = None) -> Towers:
-    """Rebuild the model that made `gallery` (random weights are re-created from their seed), run as it was, with its text tower if it has one.
+    """Rebuild the model that made `gallery` (random weights are re-created from their seed), run as it was, with its
+    text tower if it has one.
 
     The image tower runs on the backend and precision the manifest records. Where that backend
     cannot run (OpenVINO not installed), torch fp32 stands in: the calibration measured the
@@ -47,16 +48,26 @@ def towers_for(gallery: Gallery, device: str = "cpu", threads: int | None = None
     if len(recorded) == 64 and embedder.weights.sha256 != recorded:  # older galleries recorded only a name prefix
         where = weights.source if weights.kind == "file" else "the cached pretrained file"
         raise GalleryError(
-            f"the weights in {where} (sha256 {str(embedder.weights.sha256)[:12]}…) are not the ones {gallery.path} was extracted with "
-            f"(sha256 {recorded[:12]}…), so queries would not match its embeddings; restore that file or re-extract the gallery"
+            f"the weights in {where} (sha256 {str(embedder.weights.sha256)[:12]}…) are not the ones {gallery.path} was"
+            f" extracted with (sha256 {recorded[:12]}…), so queries would not match its embeddings; restore that file"
+            " or re-extract the gallery"
         )
     if embedder.dim != gallery.dim:
-        raise GalleryError(f"model {model.name} gives {embedder.dim}-d embeddings but {gallery.path} holds {gallery.dim}-d ones; re-extract the gallery")
+        raise GalleryError(
+            f"model {model.name} gives {embedder.dim}-d embeddings but {gallery.path} holds {gallery.dim}-d ones;"
+            " re-extract the gallery"
+        )
     recorded_choice = Choice(model.backend_name, model.precision_name)
     try:
         embedder.use(recorded_choice, threads if recorded_choice.backend == "openvino" else None)
     except BackendUnavailable as exc:
-        log.warning("%s was embedded with %s, which cannot run here (%s); queries use torch fp32, within the cosine measured at extraction", gallery.path, recorded_choice, exc)
+        log.warning(
+            "%s was embedded with %s, which cannot run here (%s); queries use torch fp32, within the cosine measured at"
+            " extraction",
+            gallery.path,
+            recorded_choice,
+            exc,
+        )
         embedder.use(REFERENCE)
     return towers
 
@@ -94,7 +105,9 @@ class QueryEmbedder:
 
     def embed_path(self, path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, QueryTimings]:
         t0 = time.perf_counter()
-        return self.embed_image(load_rgb(path, max_pixels=max_pixels, min_side=self.embedder.preprocess.resize_size), t0)
+        return self.embed_image(
+            load_rgb(path, max_pixels=max_pixels, min_side=self.embedder.preprocess.resize_size), t0
+        )
 
     def embed_bytes(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, QueryTimings]:
         """Decoding is reduced to what the resize keeps (as at extraction), so its cost is bounded by max_pixels."""

@@ -6,8 +6,9 @@ Importing this module costs no torch import, so the CLI takes its `--model` choi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ..errors import LookalikeError
 from .transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocess
@@ -119,7 +120,14 @@ MODELS: dict[str, ModelSpec] = {
         channels_last=False,
         build=open_clip_architecture,
         head=clip_image_tower,  # projected 512-d image embedding
-        optional_keys=("transformer.", "token_embedding", "ln_final", "text_projection", "positional_embedding", "logit_"),
+        optional_keys=(
+            "transformer.",
+            "token_embedding",
+            "ln_final",
+            "text_projection",
+            "positional_embedding",
+            "logit_",
+        ),
         text_tower=open_clip_text_tower,
         quantise="transformer",
     ),
@@ -127,7 +135,8 @@ MODELS: dict[str, ModelSpec] = {
 MODEL_NAMES = tuple(MODELS)
 TEXT_MODEL_NAMES = tuple(name for name, spec in MODELS.items() if spec.has_text)  # the models a text query can search
 
-#: Inference backends (embed.backends) and the precisions they may run at; which one a job uses is measured (embed.calibrate).
+# : Inference backends (embed.backends) and the precisions they may run at; which one a job uses is measured
+# (embed.calibrate).
 BACKENDS = ("torch", "openvino")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # fp16: torch on CUDA; int8: OpenVINO on the CPU (embed.quantise)
 

@@ -64,7 +64,9 @@ class TextEmbedder:
         """
         collapsed = " ".join(str(text).split())
         if not collapsed:
-            raise TextQueryError("the text query is empty; type a few words describing the images you want, e.g. 'a red car'")
+            raise TextQueryError(
+                "the text query is empty; type a few words describing the images you want, e.g. 'a red car'"
+            )
         limit = self.max_tokens * (MAX_TOKEN_CHARS + 1)
         if len(collapsed) > limit:
             raise TextQueryError(
@@ -73,7 +75,9 @@ class TextEmbedder:
             )
         count = len(self.tower.tokenizer.encode(collapsed))
         if count == 0:
-            raise TextQueryError("the text query has no words the tokenizer can read; type a few words describing the images you want")
+            raise TextQueryError(
+                "the text query has no words the tokenizer can read; type a few words describing the images you want"
+            )
         if count > self.max_tokens:
             raise TextQueryError(
                 f"the text query is {count} tokens long but {self.model}'s text tower reads at most {self.max_tokens} "

@@ -6,8 +6,9 @@ constants and data loading can change without touching model code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported when a transform is built, so the model registry (and the CLI) load without torch
     import torch
@@ -72,8 +73,14 @@ class ToNormalizedFloat:
     def __post_init__(self) -> None:
         import torch
 
-        object.__setattr__(self, "scale", torch.tensor([1 / (255 * s) for s in self.std], dtype=torch.float32).view(3, 1, 1))
-        object.__setattr__(self, "shift", torch.tensor([-m / s for m, s in zip(self.mean, self.std)], dtype=torch.float32).view(3, 1, 1))
+        object.__setattr__(
+            self, "scale", torch.tensor([1 / (255 * s) for s in self.std], dtype=torch.float32).view(3, 1, 1)
+        )
+        object.__setattr__(
+            self,
+            "shift",
+            torch.tensor([-m / s for m, s in zip(self.mean, self.std)], dtype=torch.float32).view(3, 1, 1),
+        )
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         import torch

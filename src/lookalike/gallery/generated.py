@@ -8,9 +8,10 @@ range, what is real and what is not, so `is_real` is False and every output labe
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -80,7 +81,9 @@ def write_array_gallery(
     path = Path(path)
     embeddings = np.asarray(embeddings)
     if embeddings.ndim != 2 or embeddings.dtype != np.float32:
-        raise LookalikeError(f"write_array_gallery wants an (N, d) float32 array, got {embeddings.shape} {embeddings.dtype}")
+        raise LookalikeError(
+            f"write_array_gallery wants an (N, d) float32 array, got {embeddings.shape} {embeddings.dtype}"
+        )
     n, d = embeddings.shape
     _check_segments(segments, n)
     if model.dim != d:
@@ -89,9 +92,16 @@ def write_array_gallery(
     splits = ["train"] * n if splits is None else [str(s) for s in splits]
     label_names = [None] * n if label_names is None else list(label_names)
     if paths is None:
-        paths = [f"{SYNTHETIC_PATH_PREFIX if s.synthetic else ARRAY_PATH_PREFIX}{s.source}/{i}" for s in segments for i in range(s.start, s.stop)]
+        paths = [
+            f"{SYNTHETIC_PATH_PREFIX if s.synthetic else ARRAY_PATH_PREFIX}{s.source}/{i}"
+            for s in segments
+            for i in range(s.start, s.stop)
+        ]
     if not (len(labels) == len(splits) == len(label_names) == len(paths) == n):
-        raise LookalikeError(f"{n} embeddings but {len(labels)} labels, {len(splits)} splits, {len(label_names)} label names and {len(paths)} paths")
+        raise LookalikeError(
+            f"{n} embeddings but {len(labels)} labels, {len(splits)} splits, {len(label_names)} label names and"
+            f" {len(paths)} paths"
+        )
     if (path / MANIFEST).is_file() and not overwrite:
         raise GalleryError(f"{path} already holds a gallery; use another folder or pass overwrite=True")
     clear_gallery(path) if path.exists() else path.mkdir(parents=True)
@@ -113,15 +123,25 @@ def write_array_gallery(
         Rows(list(paths), labels, label_names, splits),
         model=model,
         data=DataInfo.from_dict(data_block),
-        timings={"ms_per_image": None, "note": "no images were decoded: the embeddings were written from arrays", **(timings or {})},
-        extract={"identity": None, "records_digest": records_digest(list(paths), labels, splits), "written_by": f"{WRITER}.write_array_gallery"},
+        timings={
+            "ms_per_image": None,
+            "note": "no images were decoded: the embeddings were written from arrays",
+            **(timings or {}),
+        },
+        extract={
+            "identity": None,
+            "records_digest": records_digest(list(paths), labels, splits),
+            "written_by": f"{WRITER}.write_array_gallery",
+        },
         environment=runtime.environment(),
     )
 
 
 def composition_summary(segments: Sequence[Segment]) -> str:
     """One line for provenance: e.g. "100000 real rows (gallery) + 900000 SYNTHETIC rows (…)"."""
-    parts = [f"{s.count} {'SYNTHETIC' if s.synthetic else 'real'} rows ({s.source}: {s.how})" for s in segments if s.count]
+    parts = [
+        f"{s.count} {'SYNTHETIC' if s.synthetic else 'real'} rows ({s.source}: {s.how})" for s in segments if s.count
+    ]
     return " + ".join(parts) if parts else "no rows"
 
 
@@ -129,13 +149,18 @@ def _check_segments(segments: Sequence[Segment], n: int) -> None:
     position = 0
     for s in sorted(segments, key=lambda s: s.start):
         if s.start != position or s.stop < s.start:
-            raise LookalikeError(f"segments must cover rows 0..{n} contiguously; {s.source} covers {s.start}..{s.stop}, expected to start at {position}")
+            raise LookalikeError(
+                f"segments must cover rows 0..{n} contiguously; {s.source} covers {s.start}..{s.stop}, expected to"
+                f" start at {position}"
+            )
         position = s.stop
     if position != n:
         raise LookalikeError(f"segments cover {position} rows but there are {n} embeddings")
 
 
-def write_generated_gallery(path: str | Path, n: int, d: int, val: int = 1000, seed: int = 0, overwrite: bool = False, **params: Any) -> Gallery:
+def write_generated_gallery(
+    path: str | Path, n: int, d: int, val: int = 1000, seed: int = 0, overwrite: bool = False, **params: Any
+) -> Gallery:
     """A GENERATED gallery of `n` rows (the last `val` of them the held-out val split) for benchmarks.
 
     `params` are `GeneratorParams` fields; the rows are those `make_clustered_embeddings` gives.
@@ -145,5 +170,18 @@ def write_generated_gallery(path: str | Path, n: int, d: int, val: int = 1000, s
     labels = np.asarray(model.labels, dtype=object)[clusters]
     splits = np.where(np.arange(n) < n - val, "train", "val")
     segment = Segment("generated", 0, n, True, model.how["method"], model.describe())
-    data = {"kind": "generated", "generator": model.describe(), "summary": f"GENERATED embeddings ({model.n_clusters} clusters, seed {seed}; no images)"}
-    return write_array_gallery(path, embeddings, labels, splits, segments=[segment], model=generated_model_block(d, seed), data=data, overwrite=overwrite)
+    data = {
+        "kind": "generated",
+        "generator": model.describe(),
+        "summary": f"GENERATED embeddings ({model.n_clusters} clusters, seed {seed}; no images)",
+    }
+    return write_array_gallery(
+        path,
+        embeddings,
+        labels,
+        splits,
+        segments=[segment],
+        model=generated_model_block(d, seed),
+        data=data,
+        overwrite=overwrite,
+    )

@@ -62,7 +62,8 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Inference:
-    """How the embeddings were computed: the backend and precision chosen, the alternatives measured, and the core split."""
+    """How the embeddings were computed: the backend and precision chosen, the alternatives measured, and the core
+    split."""
 
     backend: str
     precision: str
@@ -70,7 +71,9 @@ class Inference:
     candidates: tuple[Candidate, ...] = ()
     threads: int | None = None  # inference threads
     workers: int | None = None  # decode threads (processes before lookalike decoded in threads)
-    streams: int | None = None  # OpenVINO streams running batches side by side (its throughput mode); None: one (latency mode), or torch
+    streams: int | None = (
+        None  # OpenVINO streams running batches side by side (its throughput mode); None: one (latency mode), or torch
+    )
     split: str = ""  # how threads and workers were decided
     decode_ms_per_image: float | None = None  # one core, measured on the calibration images
     model_ms_per_image: float | None = None  # the chosen backend, all inference threads
@@ -82,7 +85,10 @@ class Inference:
     def from_dict(cls, d: dict[str, Any]) -> Inference:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in d.items() if k in known}
-        values["candidates"] = tuple(Candidate(**{k: v for k, v in c.items() if k in {f.name for f in fields(Candidate)}}) for c in d.get("candidates", ()))
+        values["candidates"] = tuple(
+            Candidate(**{k: v for k, v in c.items() if k in {f.name for f in fields(Candidate)}})
+            for c in d.get("candidates", ())
+        )
         return cls(**values)
 
     def describe(self) -> str:
@@ -99,7 +105,8 @@ class ModelInfo:
     arch: str | None = None
     family: str | None = None
     preprocess: dict[str, Any] | None = None  # embed.transforms.Preprocess as a dict
-    precision: dict[str, Any] = field(default_factory=lambda: {"precision": "fp32"})  # the calibration record before backends existed
+    # the calibration record before backends existed
+    precision: dict[str, Any] = field(default_factory=lambda: {"precision": "fp32"})
     device: str | None = None
     inference: Inference | None = None  # None in galleries extracted before inference backends: torch at `precision`
 
@@ -187,7 +194,9 @@ class UpdateInfo:
     removed: int  # rows whose file is no longer in the collection
     hashed: int  # files whose size or mtime differed, read to compare their content hash
     id_map: str = "id_map.npy"
-    indexes: dict[str, str] | None = None  # saved index → "updated in place …" / "rebuilt …" / "stale: …"; None until done
+    indexes: dict[str, str] | None = (
+        None  # saved index → "updated in place …" / "rebuilt …" / "stale: …"; None until done
+    )
     held_out: str | None = None  # how the held-out queries behaved across the update
 
     def to_dict(self) -> dict[str, Any]:
@@ -207,7 +216,9 @@ class Manifest:
     count: int
     fingerprint: str  # identifies the content; saved indexes record it and refuse another gallery's
     created: str
-    skipped: tuple[dict[str, Any], ...] = ()  # {"path", "reason"[, "size", "mtime_ns"]} of every file that could not be decoded
+    skipped: tuple[
+        dict[str, Any], ...
+    ] = ()  # {"path", "reason"[, "size", "mtime_ns"]} of every file that could not be decoded
     timings: dict[str, Any] = field(default_factory=dict)
     extract: dict[str, Any] = field(default_factory=dict)  # identity and records digest, for resume/refusal
     environment: dict[str, Any] = field(default_factory=dict)  # machine, threads, library versions
@@ -225,17 +236,27 @@ class Manifest:
 
     def describe(self) -> str:
         """One line naming model, weights and data, printed beside every result."""
-        return f"{self.model.name} ({self.model.dim}-d) · {self.weights.label()} · {self.data.describe()} · {self.count} images"
+        return (
+            f"{self.model.name} ({self.model.dim}-d) · {self.weights.label()} · {self.data.describe()} · {self.count}"
+            " images"
+        )
 
     def warnings(self) -> list[str]:
         """Plain statements of what is not real, for the page, the CLI and reports."""
         out = []
         if self.weights.kind == "random":
-            out.append("RANDOM weights: the model is untrained, so these rankings carry no learned meaning (fine for tests and timing only).")
+            out.append(
+                "RANDOM weights: the model is untrained, so these rankings carry no learned meaning (fine for tests and"
+                " timing only)."
+            )
         if self.weights.kind == "none":
             out.append("GENERATED embeddings: no model made them, so only gallery ids can be queried (no uploads).")
         if self.data.synthetic:
-            out.append(f"GENERATED data: {self.data.summary}." if self.data.summary else "GENERATED data: the images were drawn by lookalike.data.synthetic, they are not real photos.")
+            out.append(
+                f"GENERATED data: {self.data.summary}."
+                if self.data.summary
+                else "GENERATED data: the images were drawn by lookalike.data.synthetic, they are not real photos."
+            )
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -259,7 +280,10 @@ class Manifest:
         """Read any manifest written so far; schema 1 differs only in lacking `is_real`, which is derived."""
         version = d.get("schema_version")
         if version not in READABLE_SCHEMAS:
-            raise GalleryError(f"{where} has schema version {version}; this lookalike reads {', '.join(map(str, READABLE_SCHEMAS))}: re-extract the gallery or upgrade lookalike")
+            raise GalleryError(
+                f"{where} has schema version {version}; this lookalike reads {', '.join(map(str, READABLE_SCHEMAS))}:"
+                " re-extract the gallery or upgrade lookalike"
+            )
         try:
             return cls(
                 model=ModelInfo.from_dict(d["model"]),
@@ -275,7 +299,10 @@ class Manifest:
                 schema_version=int(version),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise GalleryError(f"{where} is missing or has a malformed field ({type(exc).__name__}: {exc}); re-extract the gallery with --overwrite") from exc
+            raise GalleryError(
+                f"{where} is missing or has a malformed field ({type(exc).__name__}: {exc}); re-extract the gallery"
+                " with --overwrite"
+            ) from exc
 
     @classmethod
     def read(cls, path: Path) -> Manifest:

@@ -19,11 +19,12 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -51,7 +52,8 @@ METADATA_SCHEMA = pa.schema(
     ]
 )
 CONTENT_HASH = "sha256"  # optional metadata column: sha256 of each image file (galleries extracted before it lack it)
-FILE_SIZE, FILE_MTIME = "size", "mtime_ns"  # optional columns: each file's stat before it was read (older galleries lack them)
+# optional columns: each file's stat before it was read (older galleries lack them)
+FILE_SIZE, FILE_MTIME = ("size", "mtime_ns")
 ID_MAP = "id_map.npy"
 HELD_OUT_FRACTION = 0.1  # of a collection without a val split, by path hash (see Gallery.partition)
 MAX_HELD_OUT_QUERIES = 1000
@@ -69,7 +71,8 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def json_text(obj: Any, indent: int | None = 2, sort_keys: bool = False) -> str:
-    """Strict JSON for every file we write: NaN and ±inf become null (json.dumps would write bare NaN, which no JSON parser accepts)."""
+    """Strict JSON for every file we write: NaN and ±inf become null (json.dumps would write bare NaN, which no JSON
+    parser accepts)."""
     return json.dumps(_json_safe(obj), indent=indent, sort_keys=sort_keys, default=str, allow_nan=False) + "\n"
 
 
@@ -208,7 +211,14 @@ class Gallery:
         return Searcher(self)
 
     def search(
-        self, query: Query | None = None, k: int = 10, method: str = "flat", metric: str = "ip", *, text: str | None = None, **params: Any
+        self,
+        query: Query | None = None,
+        k: int = 10,
+        method: str = "flat",
+        metric: str = "ip",
+        *,
+        text: str | None = None,
+        **params: Any,
     ) -> list[Hit]:
         """The k nearest images to `query` — an image path, a PIL image, a (d,) vector or a gallery id — or to `text`.
 
@@ -220,11 +230,20 @@ class Gallery:
         return self.searcher.search(query, k, method, metric, text=text, **params)
 
     def compare(
-        self, query: Query | None = None, k: int = 10, method: str = "ivf", metric: str = "ip", *, text: str | None = None, **params: Any
+        self,
+        query: Query | None = None,
+        k: int = 10,
+        method: str = "ivf",
+        metric: str = "ip",
+        *,
+        text: str | None = None,
+        **params: Any,
     ) -> Comparison:
-        """Search like `search` with `method`, and with exact search over the same rows: what the method missed for this query.
+        """Search like `search` with `method`, and with exact search over the same rows: what the method missed for this
+        query.
 
-        Returns a `lookalike.study.compare.Comparison`: both result lists, recall@k, the missed ids and each search's ms.
+        Returns a `lookalike.study.compare.Comparison`: both result lists, recall@k, the missed ids and each search's
+        ms.
         """
         from ..study.compare import compare
 
@@ -276,29 +295,41 @@ class Gallery:
         if seed not in cache:
             salt = str(seed).encode()[:16]
             cache[seed] = np.fromiter(
-                (int.from_bytes(hashlib.blake2b(p.encode(), digest_size=8, salt=salt).digest(), "big") for p in self.paths),
-                dtype=np.uint64, count=self.count,
+                (
+                    int.from_bytes(hashlib.blake2b(p.encode(), digest_size=8, salt=salt).digest(), "big")
+                    for p in self.paths
+                ),
+                dtype=np.uint64,
+                count=self.count,
             )
         return cache[seed]
 
     @cached_property
     def file_stats(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """(size, mtime_ns) of each row's file when it was read, or None for a gallery extracted before they were stored."""
+        """(size, mtime_ns) of each row's file when it was read, or None for a gallery extracted before they were
+        stored."""
         names = self.metadata.column_names
         if FILE_SIZE not in names or FILE_MTIME not in names:
             return None
-        return (self.metadata.column(FILE_SIZE).to_numpy().astype(np.int64), self.metadata.column(FILE_MTIME).to_numpy().astype(np.int64))
+        return (
+            self.metadata.column(FILE_SIZE).to_numpy().astype(np.int64),
+            self.metadata.column(FILE_MTIME).to_numpy().astype(np.int64),
+        )
 
     def _without_copies(self, database: np.ndarray, queries: np.ndarray, how: str) -> Partition:
-        """Drop database rows whose file content equals a query's; `how` may hold a {database} field for the final count."""
+        """Drop database rows whose file content equals a query's; `how` may hold a {database} field for the final
+        count."""
         hashes = self.content_hashes
         if hashes is None:
-            return Partition(database, queries, how.format(database=len(database)))  # an older or generated gallery: paths only
+            # an older or generated gallery: paths only
+            return Partition(database, queries, how.format(database=len(database)))
         query_hashes = {h for h in hashes[queries] if h}
         copies = np.fromiter((h in query_hashes for h in hashes[database]), dtype=bool, count=len(database))
         kept = database[~copies]
         if len(kept) == 0:
-            raise GalleryError(f"gallery at {self.path}: every database image is a copy of a held-out query; it needs distinct images")
+            raise GalleryError(
+                f"gallery at {self.path}: every database image is a copy of a held-out query; it needs distinct images"
+            )
         dropped = int(copies.sum())
         note = f" ({dropped} copies of queries left out of the database)" if dropped else ""
         return Partition(kept, queries, how.format(database=len(kept)) + note, dropped)
@@ -309,9 +340,15 @@ def open_gallery(path: str | os.PathLike) -> Gallery:
     path = Path(path)
     manifest_path = path / MANIFEST
     if not path.is_dir():
-        raise GalleryError(f"no gallery at {path}: the folder does not exist; create one with `lookalike extract --out {path}`")
+        raise GalleryError(
+            f"no gallery at {path}: the folder does not exist; create one with `lookalike extract --out {path}`"
+        )
     if not manifest_path.is_file():
-        hint = " (an extraction was started here: rerun the same `lookalike extract` to finish it)" if (path / ".partial").exists() else ""
+        hint = (
+            " (an extraction was started here: rerun the same `lookalike extract` to finish it)"
+            if (path / ".partial").exists()
+            else ""
+        )
         raise GalleryError(f"{path} is not a complete gallery: {MANIFEST} is missing{hint}")
     gallery = Gallery(path, Manifest.read(manifest_path))
     for name in (EMBEDDINGS, METADATA):
@@ -321,7 +358,9 @@ def open_gallery(path: str | os.PathLike) -> Gallery:
         shape, dtype = gallery.embeddings.shape, gallery.embeddings.dtype
         rows = pq.read_metadata(path / METADATA).num_rows
     except Exception as exc:
-        raise GalleryError(f"gallery at {path} has an unreadable {EMBEDDINGS} or {METADATA} ({exc}); re-extract it") from exc
+        raise GalleryError(
+            f"gallery at {path} has an unreadable {EMBEDDINGS} or {METADATA} ({exc}); re-extract it"
+        ) from exc
     if shape != (gallery.count, gallery.dim) or dtype != np.float32 or rows != gallery.count:
         raise GalleryError(
             f"gallery at {path} is inconsistent: manifest says {gallery.count}×{gallery.dim} float32, "
@@ -351,19 +390,32 @@ class Rows:
     label_names: Sequence[str | None]
     splits: Sequence[str]
     content_hashes: Sequence[str] | None = None  # sha256 of each image file, when the writer hashed them
-    sizes: Sequence[int] | None = None  # each file's size and mtime (ns) before it was read, so an update can skip unchanged files
+    sizes: Sequence[int] | None = (
+        None  # each file's size and mtime (ns) before it was read, so an update can skip unchanged files
+    )
     mtimes: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
         optional = (self.content_hashes, self.sizes, self.mtimes)
-        lengths = {len(self.paths), len(self.labels), len(self.label_names), len(self.splits)} | {len(c) for c in optional if c is not None}
+        lengths = {len(self.paths), len(self.labels), len(self.label_names), len(self.splits)} | {
+            len(c) for c in optional if c is not None
+        }
         if len(lengths) != 1:
-            raise GalleryError(f"{len(self.paths)} paths but {len(self.labels)} labels, {len(self.label_names)} label names, {len(self.splits)} splits and {len(self.content_hashes or [])} content hashes")
+            raise GalleryError(
+                f"{len(self.paths)} paths but {len(self.labels)} labels, {len(self.label_names)} label names,"
+                f" {len(self.splits)} splits and {len(self.content_hashes or [])} content hashes"
+            )
 
     def table(self) -> pa.Table:
         n = len(self.paths)
         table = pa.Table.from_pydict(
-            {"id": np.arange(n, dtype=np.int64), "path": list(self.paths), "label": list(self.labels), "label_name": list(self.label_names), "split": list(self.splits)},
+            {
+                "id": np.arange(n, dtype=np.int64),
+                "path": list(self.paths),
+                "label": list(self.labels),
+                "label_name": list(self.label_names),
+                "split": list(self.splits),
+            },
             schema=METADATA_SCHEMA,
         )
         if self.content_hashes is not None:
@@ -430,7 +482,7 @@ def write_gallery(
         data=data,
         count=n,
         fingerprint=fingerprint,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
         skipped=tuple(skipped),
         timings=dict(timings or {}),
         extract=dict(extract or {}),

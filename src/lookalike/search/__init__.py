@@ -15,7 +15,8 @@ Named methods and the factory strings they stand for (N = database size, d = dim
     sq8      "SQ8"                   8-bit scalar quantiser (4× smaller)
     sqfp16   "SQfp16"                16-bit floats (2× smaller)
     usearch-f16, usearch-i8          usearch's HNSW over f16 / i8 vectors (see search.usearch_index)
-    hnswlib, hnswlib-m16             hnswlib's HNSW (M 32 / M 16, efC 40 / 100) over f32 vectors (see search.hnswlib_index)
+    hnswlib, hnswlib-m16             hnswlib's HNSW (M 32 / M 16, efC 40 / 100) over f32 vectors
+                                     (see search.hnswlib_index)
 Anything else containing a comma or starting like a factory string ("OPQ32,IVF1024,PQ32") is
 passed to faiss.index_factory as is.
 """
@@ -38,19 +39,40 @@ from .base import METHOD_FILE, BuildStats, SearchMethod
 from .brute import BruteForce
 from .exact_lowp import ExactLowPrecision
 from .faiss_index import MAX_POINTS_PER_CENTROID, FaissIndex, ivf_nlist
-from .registry import DEFAULT_HNSW_M, GRAPH_KINDS, METHODS, PARAMS, MethodSpec, default_params
 from .hnswlib_index import HnswlibHnsw
-from .usearch_index import UsearchHnsw
+from .registry import DEFAULT_HNSW_M, GRAPH_KINDS, METHODS, PARAMS, MethodSpec, default_params
 from .rerank import MmapRerankIndex, rows_view
+from .usearch_index import UsearchHnsw
 
 NAMED_METHODS = tuple(METHODS)
-METHOD_CLASSES = {cls.kind: cls for cls in (BruteForce, ExactLowPrecision, FaissIndex, MmapRerankIndex, UsearchHnsw, HnswlibHnsw)}
-METHOD_CLASSES["exact16"] = ExactLowPrecision  # indexes saved before the int8 scan (they hold no files: rebuilt at load)
+METHOD_CLASSES = {
+    cls.kind: cls for cls in (BruteForce, ExactLowPrecision, FaissIndex, MmapRerankIndex, UsearchHnsw, HnswlibHnsw)
+}
+METHOD_CLASSES["exact16"] = (
+    ExactLowPrecision  # indexes saved before the int8 scan (they hold no files: rebuilt at load)
+)
 DEFAULT_NPROBE = PARAMS["nprobe"].default
 FACTORY_PATTERN = re.compile(r"^(Flat|IVF|HNSW|PQ|OPQ|SQ|PCA|IDMap|LSH|NSG|RR|L2norm)")
 
-__all__ = ["SearchMethod", "BuildStats", "BruteForce", "FaissIndex", "MmapRerankIndex", "UsearchHnsw", "HnswlibHnsw", "make_method", "default_nlist",
-           "factory_for", "pq_bits_for", "database_vectors", "database_digest", "save_method", "load_method", "saved_methods", "get_method"]
+__all__ = [
+    "SearchMethod",
+    "BuildStats",
+    "BruteForce",
+    "FaissIndex",
+    "MmapRerankIndex",
+    "UsearchHnsw",
+    "HnswlibHnsw",
+    "make_method",
+    "default_nlist",
+    "factory_for",
+    "pq_bits_for",
+    "database_vectors",
+    "database_digest",
+    "save_method",
+    "load_method",
+    "saved_methods",
+    "get_method",
+]
 
 
 def default_nlist(n: int) -> int:
@@ -59,7 +81,13 @@ def default_nlist(n: int) -> int:
 
 
 def factory_for(
-    name: str, n: int, d: int, nlist: int | None = None, m: int | None = None, pq_m: int | None = None, pq_bits: int | None = None
+    name: str,
+    n: int,
+    d: int,
+    nlist: int | None = None,
+    m: int | None = None,
+    pq_m: int | None = None,
+    pq_bits: int | None = None,
 ) -> str:
     """The factory string behind a named method, sized for n vectors of dimension d."""
     nlist = nlist or default_nlist(n)
@@ -72,7 +100,10 @@ def factory_for(
         return spec.factory.format(nlist=nlist, m=m or DEFAULT_HNSW_M, pq=pq)
     if "," in name or FACTORY_PATTERN.match(name):
         return name
-    raise LookalikeError(f"unknown method {name!r}; use one of {', '.join(NAMED_METHODS)} or a FAISS index_factory string such as 'IVF1024,PQ32'")
+    raise LookalikeError(
+        f"unknown method {name!r}; use one of {', '.join(NAMED_METHODS)} or a FAISS index_factory string such as"
+        " 'IVF1024,PQ32'"
+    )
 
 
 def pq_bits_for(n: int) -> int:
@@ -111,14 +142,21 @@ def make_method(
         return ExactLowPrecision(spec.name, metric)
     if spec.kind in GRAPH_KINDS:
         options = {**spec.options, "m": sizes.get("m") or spec.options.get("m") or DEFAULT_HNSW_M}
-        return METHOD_CLASSES[spec.kind](spec.name, metric, search_params={**default_params("", spec.kind), **(search_params or {})}, **options)
+        return METHOD_CLASSES[spec.kind](
+            spec.name, metric, search_params={**default_params("", spec.kind), **(search_params or {})}, **options
+        )
     factory = factory_for(name, n, d, nlist, **sizes)
     params: dict[str, Any] = default_params(factory, spec.kind)
     if "nprobe" in params:
         params["nprobe"] = min(params["nprobe"], ivf_nlist(factory) or 1)
     params.update(search_params or {})
     return METHOD_CLASSES[spec.kind](
-        spec.name if name in METHODS else method_key(factory), factory, metric, params, train_points_per_list=train_points_per_list, **spec.options
+        spec.name if name in METHODS else method_key(factory),
+        factory,
+        metric,
+        params,
+        train_points_per_list=train_points_per_list,
+        **spec.options,
     )
 
 
@@ -149,11 +187,19 @@ def database_digest(ids: np.ndarray) -> str:
 
 
 def save_method(gallery: Gallery, method: SearchMethod) -> Path:
-    """Save under <gallery>/indexes/<name>/, stamped with the gallery fingerprint and the database rows it was built from."""
+    """Save under <gallery>/indexes/<name>/, stamped with the gallery fingerprint and the database rows it was built
+    from."""
     folder = method_dir(gallery, method.name, method.metric)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    method.save(tmp, {"gallery_fingerprint": gallery.fingerprint, "model": gallery.model, "database_digest": database_digest(method.ids)})
+    method.save(
+        tmp,
+        {
+            "gallery_fingerprint": gallery.fingerprint,
+            "model": gallery.model,
+            "database_digest": database_digest(method.ids),
+        },
+    )
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
@@ -165,10 +211,16 @@ def save_method(gallery: Gallery, method: SearchMethod) -> Path:
 
 def saved_methods(gallery: Gallery) -> list[str]:
     root = gallery.path / INDEXES
-    return sorted(p.name for p in root.iterdir() if (p / METHOD_FILE).is_file() and not p.name.endswith((".tmp", ".old"))) if root.is_dir() else []
+    return (
+        sorted(p.name for p in root.iterdir() if (p / METHOD_FILE).is_file() and not p.name.endswith((".tmp", ".old")))
+        if root.is_dir()
+        else []
+    )
 
 
-def load_method(gallery: Gallery, name: str, metric: str = "ip", database_ids: np.ndarray | None = None) -> SearchMethod:
+def load_method(
+    gallery: Gallery, name: str, metric: str = "ip", database_ids: np.ndarray | None = None
+) -> SearchMethod:
     """Load a saved method and check that it was built from this very gallery.
 
     With `database_ids`, also check that it holds exactly those rows: an index built over another
@@ -176,23 +228,31 @@ def load_method(gallery: Gallery, name: str, metric: str = "ip", database_ids: n
     """
     folder = method_dir(gallery, name, metric)
     if not (folder / METHOD_FILE).is_file():
-        raise GalleryError(f"no saved index {name!r} in {gallery.path}; build it with `lookalike index --gallery {gallery.path} --method {name}`")
+        raise GalleryError(
+            f"no saved index {name!r} in {gallery.path}; build it with `lookalike index --gallery {gallery.path}"
+            f" --method {name}`"
+        )
     info = json.loads((folder / METHOD_FILE).read_text())
     stale = info.get("stale") or stale_reason(gallery, info)
     if stale:
         again = info.get("name", name) if info.get("name") in METHODS else info.get("factory") or info.get("name", name)
-        raise IndexStaleError(f"index {folder} is stale: {stale}; it is not searched — rebuild it with `lookalike index --gallery {gallery.path} --method '{again}'`, or delete {folder}")
+        raise IndexStaleError(
+            f"index {folder} is stale: {stale}; it is not searched — rebuild it with `lookalike index --gallery"
+            f" {gallery.path} --method '{again}'`, or delete {folder}"
+        )
     if info.get("gallery_fingerprint") != gallery.fingerprint or info.get("dim") != gallery.dim:
         raise IndexMismatchError(
-            f"index {folder} was built from another gallery ({info.get('model')}, {info.get('dim')}-d) than {gallery.path} "
-            f"({gallery.model}, {gallery.dim}-d); rebuild it with `lookalike index --gallery {gallery.path} --method {name}`"
+            f"index {folder} was built from another gallery ({info.get('model')}, {info.get('dim')}-d) than"
+            f" {gallery.path} ({gallery.model}, {gallery.dim}-d); rebuild it with `lookalike index --gallery"
+            f" {gallery.path} --method {name}`"
         )
     if database_ids is not None and info.get("database_digest") != database_digest(database_ids):
         raise IndexMismatchError(
-            f"index {folder} holds {info.get('ntotal')} database rows that are not the {len(database_ids)} rows searched here "
-            "(another held-out query sample, e.g. another --queries on a gallery without a val split, or an index saved before "
-            f"lookalike recorded its rows), so some queries could find themselves; rebuild it with `lookalike index --gallery {gallery.path} "
-            f"--method {name}`, or delete {folder} to search an index built on the fly"
+            f"index {folder} holds {info.get('ntotal')} database rows that are not the {len(database_ids)} rows"
+            " searched here (another held-out query sample, e.g. another --queries on a gallery without a val split,"
+            " or an index saved before lookalike recorded its rows), so some queries could find themselves; rebuild it"
+            f" with `lookalike index --gallery {gallery.path} --method {name}`, or delete {folder} to search an index"
+            " built on the fly"
         )
     return METHOD_CLASSES[info["kind"]].load(folder, gallery.embeddings)
 
@@ -201,11 +261,16 @@ def stale_reason(gallery: Gallery, info: dict[str, Any]) -> str | None:
     """Why an index not yet marked stale is one: it was built on the gallery as it was before its last update."""
     update = gallery.manifest.update
     if update is not None and info.get("gallery_fingerprint") == update.base_fingerprint != gallery.fingerprint:
-        return f"it was built before `lookalike extract` updated the gallery ({update.added} added, {update.changed} changed, {update.removed} removed) and was not updated with it"
+        return (
+            f"it was built before `lookalike extract` updated the gallery ({update.added} added, {update.changed}"
+            f" changed, {update.removed} removed) and was not updated with it"
+        )
     return None
 
 
-def get_method(gallery: Gallery, name: str, metric: str = "ip", database_ids: np.ndarray | None = None, **options: Any) -> tuple[SearchMethod, bool]:
+def get_method(
+    gallery: Gallery, name: str, metric: str = "ip", database_ids: np.ndarray | None = None, **options: Any
+) -> tuple[SearchMethod, bool]:
     """The saved method if there is one, else a freshly built one; the flag says whether it was built now.
 
     With `database_ids`, a saved method is used only if it holds exactly those rows; otherwise a

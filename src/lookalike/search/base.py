@@ -57,7 +57,8 @@ class SearchMethod(ABC):
 
     @property
     def ids(self) -> np.ndarray:
-        """Gallery id of each row position (a view of `_lookup`, whose extra last entry, −1, is where position −1 lands)."""
+        """Gallery id of each row position (a view of `_lookup`, whose extra last entry, −1, is where position −1
+        lands)."""
         return self._ids
 
     @ids.setter
@@ -91,7 +92,8 @@ class SearchMethod(ABC):
         return False
 
     def fresh(self) -> SearchMethod | None:
-        """An unbuilt method with this one's parameters, for a family that is rebuilt when it cannot follow an update; None: mark it stale instead."""
+        """An unbuilt method with this one's parameters, for a family that is rebuilt when it cannot follow an update;
+        None: mark it stale instead."""
         return None
 
     # -- searching --
@@ -99,10 +101,17 @@ class SearchMethod(ABC):
     def _search(self, queries: np.ndarray, k: int, params: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
         """Return (scores, row positions) for float32 C-contiguous queries."""
 
-    def search(self, queries: np.ndarray, k: int, params: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, params: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k for each query row; `params` (e.g. {"nprobe": 8}) apply to this call only."""
         # Kept lean: a single graph query takes ~0.1–0.2 ms and each numpy call after it a few µs (its cache is cold).
-        if not (queries.__class__ is np.ndarray and queries.ndim == 2 and queries.dtype is FLOAT32 and queries.flags.c_contiguous):
+        if not (
+            queries.__class__ is np.ndarray
+            and queries.ndim == 2
+            and queries.dtype is FLOAT32
+            and queries.flags.c_contiguous
+        ):
             queries = as_float32_c(np.atleast_2d(queries))
         if k < 1:
             raise LookalikeError(f"k must be at least 1, got {k}")
@@ -137,7 +146,9 @@ class SearchMethod(ABC):
         checked = {}
         for key, value in params.items():
             if key not in ranges:
-                raise LookalikeError(f"{self.name} has no {key}; its search parameters are: {', '.join(ranges) or 'none'}")
+                raise LookalikeError(
+                    f"{self.name} has no {key}; its search parameters are: {', '.join(ranges) or 'none'}"
+                )
             lo, hi = ranges[key]
             if not lo <= int(value) <= hi:
                 raise LookalikeError(f"{key}={value} is out of range for {self.name}: use {lo}..{hi}")

@@ -27,7 +27,13 @@ SELECT_GROUPS = 16  # see top_k_rows
 class BruteForce(SearchMethod):
     kind = "brute"
 
-    def __init__(self, name: str = "brute", metric: str = "ip", backend: str = "torch", score_block_bytes: int = SCORE_BLOCK_BYTES):
+    def __init__(
+        self,
+        name: str = "brute",
+        metric: str = "ip",
+        backend: str = "torch",
+        score_block_bytes: int = SCORE_BLOCK_BYTES,
+    ):
         super().__init__(name, metric)
         if backend not in BACKENDS:
             raise LookalikeError(f"unknown brute-force backend {backend!r}; use numpy or torch")
@@ -48,7 +54,9 @@ class BruteForce(SearchMethod):
         return {"backend": self.backend}
 
     def apply_update(self, keep: np.ndarray, vectors: np.ndarray) -> bool:
-        self.vectors = np.concatenate([np.asarray(self.vectors)[keep], as_float32_c(np.asarray(vectors)).reshape(-1, self.dim)])
+        self.vectors = np.concatenate(
+            [np.asarray(self.vectors)[keep], as_float32_c(np.asarray(vectors)).reshape(-1, self.dim)]
+        )
         self._tv = None
         return True
 
@@ -108,7 +116,9 @@ class BruteForce(SearchMethod):
     def _load(cls, folder: Path, info: dict[str, Any], vectors: np.ndarray) -> BruteForce:
         method = cls(info["name"], info["metric"], **info["params"])
         ids = np.load(Path(folder) / "ids.npy")
-        method.vectors = as_float32_c(vectors[ids] if len(ids) != len(vectors) or not np.array_equal(ids, np.arange(len(vectors))) else vectors)
+        method.vectors = as_float32_c(
+            vectors[ids] if len(ids) != len(vectors) or not np.array_equal(ids, np.arange(len(vectors))) else vectors
+        )
         return method
 
 

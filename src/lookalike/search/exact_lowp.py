@@ -53,10 +53,18 @@ UNIT_ROUNDOFF = {"bf16": 2.0**-8, "fp16": 2.0**-11, "fp32": 2.0**-24}
 PRECISIONS = ("int8", "bf16", "fp16", "fp32")
 GROUPS = 16  # rows per group; the groups' maxima bound the k-th score from below
 SCORE_BLOCK_BYTES = 128 * 2**20  # the (queries × N) score block of one pass
-INT8_QUERY_BLOCK = 1024  # queries per streamed int8 pass: the kernel's rate rises with the query columns (measured: 339 → 1000 columns, 0.17 → 0.14 ms/query)
+# queries per streamed int8 pass: the kernel's rate rises with the query columns (measured: 339 → 1000 columns, 0.17 →
+# 0.14 ms/query)
+INT8_QUERY_BLOCK = 1024
 WIDE = 64  # a few queries' first top list: the k-th score and, usually, every candidate
-INT8_PART_BYTES = 64 * 2**20  # the int8 scores of one part of the gallery, a buffer the method keeps between calls (measured at 1000 queries × 99k rows, whole search: 0.24 ms/query with 64 MiB kept, 0.29 with 16 MiB allocated per call, 0.23 with 128 MiB kept)
-INT8_ROW_BLOCK = 4096  # gallery rows per int8 product: the int8 kernel runs twice as fast on blocks this size as on 100k rows at once
+INT8_PART_BYTES = (
+    64 * 2**20
+    # the int8 scores of one part of the gallery, a buffer the method keeps between calls (measured at 1000 queries ×
+    # 99k
+    # rows, whole search: 0.24 ms/query with 64 MiB kept, 0.29 with 16 MiB allocated per call, 0.23 with 128 MiB kept)
+)
+# gallery rows per int8 product: the int8 kernel runs twice as fast on blocks this size as on 100k rows at once
+INT8_ROW_BLOCK = 4096
 FEW_QUERIES = 4  # at most this many queries scan the few-query copy; more scan the batch copy
 # A few queries read the whole copy once, so their limit is its bytes; the probe's 65k rows are partly cached, which
 # flatters the wider copies. So of the precisions the probe timed within this factor of the fastest, the narrowest
@@ -64,7 +72,15 @@ FEW_QUERIES = 4  # at most this many queries scan the few-query copy; more scan 
 # query took 4.1-4.8 ms in fp16 against 3.8 in int8.)
 FEW_TIE = 1.15
 BYTES = {"int8": 1, "bf16": 2, "fp16": 2, "fp32": 4}
-PROBE_ROWS, PROBE_QUERIES = 65536, 512  # the probe search timed per precision at build time; smaller probes misrank: the int8 kernel wants many queries, and a bf16 copy of 16k rows sits in cache (at 32k rows × 128 queries, or 16k × 512, bf16 looked as fast as int8; at 99k × 1,000 int8 is 1.6× faster)
+PROBE_ROWS, PROBE_QUERIES = (
+    65536,
+    512,
+    # the probe search timed per precision at build time; smaller probes misrank: the int8 kernel wants many queries,
+    # and a
+    # bf16 copy of 16k rows sits in cache (at 32k rows × 128 queries, or 16k × 512, bf16 looked as fast as int8; at 99k
+    # ×
+    # 1,000 int8 is 1.6× faster)
+)
 PROBE_ROUNDS = 3
 DENSE_SHARE = 16  # a query with more than n/16 candidates is re-ranked by a dense fp32 product instead of gathers
 RERANK_PAIRS = 131_072  # (query, row) pairs gathered at once: 2 × 131072 × d floats, 512 MiB at d = 512
@@ -122,7 +138,11 @@ def int8_margin(queries: np.ndarray, rounded: np.ndarray, scale: np.ndarray, row
     """2E per query in the integer product's units, rounded up: E = e·X + ‖αq̂‖·F + the re-rank's 2γ_d."""
     error = np.linalg.norm(queries - scale[:, None] * rounded, axis=1)  # e
     rounded_norm = scale * np.linalg.norm(rounded, axis=1)  # ‖αq̂‖
-    bound = error * rows.max_norm + rounded_norm * rows.max_error + 2 * gamma(queries.shape[1]) * np.linalg.norm(queries, axis=1) * rows.max_norm
+    bound = (
+        error * rows.max_norm
+        + rounded_norm * rows.max_error
+        + 2 * gamma(queries.shape[1]) * np.linalg.norm(queries, axis=1) * rows.max_norm
+    )
     return np.ceil(2 * bound * (1 + 1e-6) / (scale * rows.scale)).astype(np.int64) + 1
 
 
@@ -139,19 +159,21 @@ def probe_precisions(vectors: np.ndarray, k: int = 10) -> dict[str, dict[str, fl
     for precision in PRECISIONS:
         methods[precision] = ExactLowPrecision(precision=precision)
         methods[precision].build(rows)
-        methods[precision].search(queries[: FEW_QUERIES + 1], k)  # warm-up, both paths: kernel selection, page faults, threads
+        # warm-up, both paths: kernel selection, page faults, threads
+        methods[precision].search(queries[: FEW_QUERIES + 1], k)
         methods[precision].search(queries[:1], k)
     batch: dict[str, list[float]] = {p: [] for p in PRECISIONS}
     few: dict[str, list[float]] = {p: [] for p in PRECISIONS}
-    for round_ in range(PROBE_ROUNDS):  # round-robin: a pause of the machine slows one round of every precision, not one precision
+    # round-robin: a pause of the machine slows one round of every precision, not one precision
+    for round_ in range(PROBE_ROUNDS):
         for precision, method in methods.items():
             if round_ and min(batch[precision]) > 2 * min(min(t) for t in batch.values()):
                 continue  # after the first round, a precision at under half the best batch rate is not timed further
-            batch[precision].append(_best_seconds(lambda: method.search(queries, k), 1) / len(queries))
+            batch[precision].append(_best_seconds(functools.partial(method.search, queries, k), 1) / len(queries))
         for precision, method in methods.items():
             if round_ and min(few[precision]) > 2 * min(min(t) for t in few.values()):
                 continue
-            few[precision].append(_best_seconds(lambda: method.search(queries[:1], k), 3))
+            few[precision].append(_best_seconds(functools.partial(method.search, queries[:1], k), 3))
     return {
         "batch": {p: round(min(t) * 1e3, 4) for p, t in batch.items()},
         "few": {p: round(min(t) * 1e3, 4) for p, t in few.items()},
@@ -178,7 +200,9 @@ class ExactLowPrecision(SearchMethod):
 
     kind = "exact-lowp"
 
-    def __init__(self, name: str = "exact-lowp", metric: str = "ip", precision: str = "auto", few_precision: str | None = None):
+    def __init__(
+        self, name: str = "exact-lowp", metric: str = "ip", precision: str = "auto", few_precision: str | None = None
+    ):
         super().__init__(name, metric)
         if precision not in ("auto", *PRECISIONS):
             raise LookalikeError(f"unknown scan precision {precision!r}; use auto, {', '.join(PRECISIONS)}")
@@ -213,7 +237,9 @@ class ExactLowPrecision(SearchMethod):
                 continue
             scan = _scan_buffer(self.vectors.shape, _torch_dtype(precision))
             for start in range(0, len(self.vectors), ROW_BLOCK):
-                scan[start : start + ROW_BLOCK] = torch.from_numpy(np.array(self.vectors[start : start + ROW_BLOCK], dtype=np.float32))
+                scan[start : start + ROW_BLOCK] = torch.from_numpy(
+                    np.array(self.vectors[start : start + ROW_BLOCK], dtype=np.float32)
+                )
             self._scans[precision] = scan
         return BuildStats(round(train, 4), round(time.perf_counter() - t, 4), 0)
 
@@ -221,7 +247,11 @@ class ExactLowPrecision(SearchMethod):
         """The scan copies are the rows themselves: convert the new set (at the precisions measured at build)."""
         requested, self.requested = self.requested, self.precision
         try:
-            self._build(np.concatenate([np.asarray(self.vectors)[keep], np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)]))
+            self._build(
+                np.concatenate(
+                    [np.asarray(self.vectors)[keep], np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)]
+                )
+            )
         finally:
             self.requested = requested
         return True
@@ -240,7 +270,10 @@ class ExactLowPrecision(SearchMethod):
     def memory_bytes(self) -> int:
         """The scan copies, the exact rows unless memory-mapped, and the int8 score buffer while it is kept."""
         spare = int(self._spare.numel() * 4) if self._spare is not None else 0
-        scans = spare + sum(int(s.codes.numel()) if isinstance(s, Int8Rows) else int(s.numel() * s.element_size()) for s in self._scans.values())
+        scans = spare + sum(
+            int(s.codes.numel()) if isinstance(s, Int8Rows) else int(s.numel() * s.element_size())
+            for s in self._scans.values()
+        )
         return scans + (0 if is_memory_mapped(self.vectors) else int(self.vectors.nbytes)) + int(self.ids.nbytes)
 
     def _search(self, queries: np.ndarray, k: int, params: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
@@ -257,18 +290,24 @@ class ExactLowPrecision(SearchMethod):
         if n == 0:
             return scores, positions
         precision = self.few_precision if len(queries) <= FEW_QUERIES else self.precision
-        if precision == "int8":  # the int8 product streams over parts of the gallery: any number of rows fits the buffer
+        # the int8 product streams over parts of the gallery: any number of rows fits the buffer
+        if precision == "int8":
             block = min(len(queries), INT8_QUERY_BLOCK)
             size = block * _int8_part_rows(n, block)
         else:
             block = min(len(queries), max(1, SCORE_BLOCK_BYTES // (4 * n)))
             size = block * n
         workspace = None
-        if len(queries) > FEW_QUERIES:  # one score buffer for every block: fresh pages cost as much as the product's writes
+        # one score buffer for every block: fresh pages cost as much as the product's writes
+        if len(queries) > FEW_QUERIES:
             workspace = self._borrow(size) if precision == "int8" else _workspace(size, precision)
         for start in range(0, len(queries), block):
             chunk = queries[start : start + block]
-            rows, cols = self._candidates_int8(chunk, k_eff, workspace) if precision == "int8" else self._candidates_float(chunk, k_eff, precision, workspace)
+            rows, cols = (
+                self._candidates_int8(chunk, k_eff, workspace)
+                if precision == "int8"
+                else self._candidates_float(chunk, k_eff, precision, workspace)
+            )
             s, p = self._rerank(chunk, rows, cols, k_eff)
             scores[start : start + block, :k_eff] = self._as_metric(s)
             positions[start : start + block, :k_eff] = p
@@ -286,7 +325,9 @@ class ExactLowPrecision(SearchMethod):
     def _as_metric(self, inner: np.ndarray) -> np.ndarray:
         return np.maximum(2.0 - 2.0 * inner, 0.0) if self.metric == "l2" else inner
 
-    def _candidates_float(self, queries: np.ndarray, k: int, precision: str, workspace) -> tuple[np.ndarray, np.ndarray]:
+    def _candidates_float(
+        self, queries: np.ndarray, k: int, precision: str, workspace
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(query, row) pairs within 2E of the k-th score of a 16-bit or fp32 product."""
         import torch
 
@@ -319,7 +360,8 @@ class ExactLowPrecision(SearchMethod):
             return _streamed_int8_pairs(rows.codes, rounded.astype(np.int8), torch.from_numpy(margin), k, workspace)
 
     def _rerank(self, queries: np.ndarray, rows: np.ndarray, cols: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """fp32 top k among each query's candidates (rows, cols): gathered where they are few, a dense product where not.
+        """fp32 top k among each query's candidates (rows, cols): gathered where they are few, a dense product where
+        not.
 
         Densely packed data (near-duplicate images, an untrained model's embeddings) can leave most of the
         gallery within the error bound; gathering those rows one by one would cost more memory and time
@@ -338,7 +380,12 @@ class ExactLowPrecision(SearchMethod):
         sparse = ~np.isin(rows, dense)
         rows, cols = rows[sparse], cols[sparse]
         if len(rows):
-            exact = np.concatenate([_exact_scores(queries, self.vectors, rows[s : s + RERANK_PAIRS], cols[s : s + RERANK_PAIRS]) for s in range(0, len(rows), RERANK_PAIRS)])
+            exact = np.concatenate(
+                [
+                    _exact_scores(queries, self.vectors, rows[s : s + RERANK_PAIRS], cols[s : s + RERANK_PAIRS])
+                    for s in range(0, len(rows), RERANK_PAIRS)
+                ]
+            )
             order = np.lexsort((cols, -exact, rows))  # by query, then best score, then lower row
             first = np.searchsorted(rows[order], np.unique(rows))
             pick = order[first[:, None] + np.arange(k)]
@@ -357,7 +404,8 @@ class ExactLowPrecision(SearchMethod):
         from .rerank import rows_view
 
         params = info["params"]
-        method = cls(info["name"], info["metric"], params["precision"], params.get("few_precision"))  # the precisions measured at build
+        # the precisions measured at build
+        method = cls(info["name"], info["metric"], params["precision"], params.get("few_precision"))
         method.build(rows_view(vectors, np.load(Path(folder) / "ids.npy")))
         method.probe_ms = params.get("probe_ms_per_query", {})
         return method
@@ -365,7 +413,8 @@ class ExactLowPrecision(SearchMethod):
 
 def _int8_part_rows(n: int, queries: int) -> int:
     """Gallery rows per part of the streamed int8 product: the (rows × queries) int32 scores fill INT8_PART_BYTES."""
-    rows = max(INT8_ROW_BLOCK, INT8_PART_BYTES // (4 * queries) // INT8_ROW_BLOCK * INT8_ROW_BLOCK)  # a multiple of GROUPS
+    # a multiple of GROUPS
+    rows = max(INT8_ROW_BLOCK, INT8_PART_BYTES // (4 * queries) // INT8_ROW_BLOCK * INT8_ROW_BLOCK)
     return min(rows, n)
 
 
@@ -392,9 +441,14 @@ def _streamed_int8_pairs(codes, q_codes: np.ndarray, margin, k: int, workspace) 
         for s in range(start, stop, INT8_ROW_BLOCK):
             e = min(stop, s + INT8_ROW_BLOCK)
             torch._int_mm(codes[s:e], asked, out=products[s - start : e - start])
-            first, last = (s - start) // GROUPS, min(m, (e - start) // GROUPS)  # the block's groups, reduced while in cache
+            # the block's groups, reduced while in cache
+            first, last = ((s - start) // GROUPS, min(m, (e - start) // GROUPS))
             if last > first:  # (measured: 6% off the whole search against one reduction per part)
-                torch.amax(products[first * GROUPS : last * GROUPS].view(last - first, GROUPS, b), dim=1, out=group_maxima[first:last])
+                torch.amax(
+                    products[first * GROUPS : last * GROUPS].view(last - first, GROUPS, b),
+                    dim=1,
+                    out=group_maxima[first:last],
+                )
         maxima = group_maxima[:m]
         pool = maxima if best is None else torch.cat([best, maxima])
         best = torch.topk(pool, min(k, len(pool)), dim=0, sorted=False).values if len(pool) else pool
@@ -425,7 +479,8 @@ def _few_int8_pairs(q_codes: np.ndarray, rows: Int8Rows, margin: np.ndarray, k: 
     b, n = len(q_codes), len(rows.codes)
     if n <= k:
         return _every_pair(b, n)
-    # float32 holds every integer product exactly while 127²·d < 2²⁴ (d ≤ 1040): half the bytes of float64, 5% off a query
+    # float32 holds every integer product exactly while 127²·d < 2²⁴ (d ≤ 1040): half the bytes of float64, 5% off a
+    # query
     out_dtype = "float32" if 127 * 127 * q_codes.shape[1] < 2**24 else "float64"
     codes = rows.codes.numpy()
     parts = min(search_threads(), max(1, n // INT8_ROW_BLOCK))
@@ -435,7 +490,9 @@ def _few_int8_pairs(q_codes: np.ndarray, rows: Int8Rows, margin: np.ndarray, k: 
     def part(i: int):
         import numkong
 
-        products = torch.from_numpy(np.asarray(numkong.cdist(q_codes, codes[bounds[i] : bounds[i + 1]], metric="dot", out_dtype=out_dtype)))
+        products = torch.from_numpy(
+            np.asarray(numkong.cdist(q_codes, codes[bounds[i] : bounds[i + 1]], metric="dot", out_dtype=out_dtype))
+        )
         values, where = torch.topk(products, min(wide, products.shape[1]), dim=1)
         return products, values, where + int(bounds[i])
 
@@ -465,7 +522,8 @@ def _workspace(size: int, precision: str):
 
 @functools.lru_cache(maxsize=1)
 def _scan_pool() -> ThreadPoolExecutor:
-    """Threads for splitting one query's scan, kept for the process: starting them per query would cost more than they save."""
+    """Threads for splitting one query's scan, kept for the process: starting them per query would cost more than they
+    save."""
     return ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="lookalike-scan")
 
 

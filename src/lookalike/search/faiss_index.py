@@ -7,10 +7,11 @@ them in every table, and implement each family (flat, ivf, hnsw, pq, sq) as one 
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import faiss
 import numpy as np
@@ -82,7 +83,9 @@ class FaissIndex(SearchMethod):
         self.factory = factory
         self.seed = seed
         self.ef_construction = ef_construction  # an HNSW graph's build breadth (None: FAISS's default, 40)
-        self.train_points_per_list = train_points_per_list  # k-means sample per IVF list: fewer trains faster, 30 is FAISS's floor
+        self.train_points_per_list = (
+            train_points_per_list  # k-means sample per IVF list: fewer trains faster, 30 is FAISS's floor
+        )
         self._search_params: dict[str, Any] = dict(search_params or {})
         self._memory: int | None = None
         self._graph = "HNSW" in factory  # one query on one thread (see one_thread_for_one_query)
@@ -142,18 +145,31 @@ class FaissIndex(SearchMethod):
         """HNSW graphs are rebuilt when rows go; other families cannot be rebuilt without retraining, and go stale."""
         if "HNSW" not in self.factory or "IVF" in self.factory:
             return None
-        return type(self)(self.name, self.factory, self.metric, dict(self._search_params), self.seed, self.train_points_per_list, self.ef_construction)
+        return type(self)(
+            self.name,
+            self.factory,
+            self.metric,
+            dict(self._search_params),
+            self.seed,
+            self.train_points_per_list,
+            self.ef_construction,
+        )
 
     def _trained_index(self, vectors: np.ndarray) -> tuple[faiss.Index, int, float]:
         """A new, still empty index from the factory, trained on a seeded sample: (index, training vectors, seconds)."""
         n, d = vectors.shape
         nlist = ivf_nlist(self.factory)
         if nlist and n < nlist:
-            raise LookalikeError(f"{self.factory} needs at least nlist={nlist} vectors to train, the gallery has {n}; use a smaller --nlist")
+            raise LookalikeError(
+                f"{self.factory} needs at least nlist={nlist} vectors to train, the gallery has {n}; use a smaller"
+                " --nlist"
+            )
         try:
             index = faiss.index_factory(d, self.factory, FAISS_METRICS[self.metric])
         except RuntimeError as exc:
-            raise LookalikeError(f"FAISS cannot build {self.factory!r} for d={d}: {str(exc).splitlines()[-1] if str(exc) else exc}") from exc
+            raise LookalikeError(
+                f"FAISS cannot build {self.factory!r} for d={d}: {str(exc).splitlines()[-1] if str(exc) else exc}"
+            ) from exc
         if self.ef_construction is not None:
             graph = faiss.downcast_index(index)
             if not isinstance(graph, faiss.IndexHNSW):
@@ -162,7 +178,11 @@ class FaissIndex(SearchMethod):
         train_n, t_train = 0, 0.0
         if not index.is_trained:
             train_n = training_size(self.factory, n, self.train_points_per_list)
-            rows = np.sort(np.random.default_rng(self.seed).choice(n, train_n, replace=False)) if train_n < n else slice(None)
+            rows = (
+                np.sort(np.random.default_rng(self.seed).choice(n, train_n, replace=False))
+                if train_n < n
+                else slice(None)
+            )
             sample = as_float32_c(np.asarray(vectors[rows]))
             ivf = faiss.try_extract_index_ivf(index)
             if ivf is not None:
@@ -177,7 +197,10 @@ class FaissIndex(SearchMethod):
         space = faiss.ParameterSpace()
         for key, value in params.items():
             if key not in SEARCH_PARAMS:
-                raise LookalikeError(f"unknown search parameter {key!r} for {self.factory}; known: {', '.join(self.search_param_ranges()) or 'none'}")
+                raise LookalikeError(
+                    f"unknown search parameter {key!r} for {self.factory}; known:"
+                    f" {', '.join(self.search_param_ranges()) or 'none'}"
+                )
             if key not in self.search_param_ranges():
                 raise LookalikeError(f"{self.name} ({self.factory}) has no search parameter {key!r}")
             lo, hi = self.search_param_ranges()[key]
@@ -203,7 +226,13 @@ class FaissIndex(SearchMethod):
         ivf = faiss.try_extract_index_ivf(self.index)
         for name in params_of(self.factory, self.kind):
             spec = PARAMS[name]
-            high = spec.high if spec.high is not None else int(ivf.nlist) if name == "nprobe" and ivf is not None else spec.low
+            high = (
+                spec.high
+                if spec.high is not None
+                else int(ivf.nlist)
+                if name == "nprobe" and ivf is not None
+                else spec.low
+            )
             ranges[name] = (spec.low, high)
         return ranges
 
@@ -293,8 +322,13 @@ class FaissIndex(SearchMethod):
     @classmethod
     def _load(cls, folder: Path, info: dict[str, Any], vectors: np.ndarray) -> FaissIndex:
         method = cls(
-            info["name"], info["factory"], info["metric"], info.get("search_params"), info.get("seed", 0),
-            info.get("train_points_per_list", MAX_POINTS_PER_CENTROID), info.get("ef_construction"),
+            info["name"],
+            info["factory"],
+            info["metric"],
+            info.get("search_params"),
+            info.get("seed", 0),
+            info.get("train_points_per_list", MAX_POINTS_PER_CENTROID),
+            info.get("ef_construction"),
         )
         method.index = faiss.read_index(str(folder / INDEX_FILE))
         method._apply(method._search_params)
@@ -326,7 +360,8 @@ def renumber_ivf(ivf: faiss.IndexIVF, keep: np.ndarray) -> None:
 
 
 def search_parameters(index: faiss.Index, values: dict[str, int]) -> tuple[faiss.SearchParameters | None, list]:
-    """A SearchParameters tree for `index` that sets `values` (nprobe, efSearch, k_factor) and keeps the index's own others.
+    """A SearchParameters tree for `index` that sets `values` (nprobe, efSearch, k_factor) and keeps the index's own
+    others.
 
     FAISS reads per-call parameters from this object instead of the index, so nothing shared is
     mutated. Wrappers pass them down: IndexPreTransform (OPQ…) via SearchParametersPreTransform,

@@ -1,4 +1,5 @@
-"""What the HNSW libraries behind `SearchMethod` (hnswlib, usearch) share: a graph whose search breadth lives on the index.
+"""What the HNSW libraries behind `SearchMethod` (hnswlib, usearch) share: a graph whose search breadth lives on the
+index.
 
 Both keep efSearch on the index object, not on the call, so a per-call value is set and restored
 under a lock that every search takes: no search ever runs with another call's efSearch (a call
@@ -12,8 +13,9 @@ from __future__ import annotations
 import threading
 import time
 from abc import abstractmethod
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -30,7 +32,9 @@ T = TypeVar("T")
 class GraphMethod(SearchMethod):
     index_file: ClassVar[str]
 
-    def __init__(self, name: str, metric: str = "ip", m: int = DEFAULT_HNSW_M, search_params: dict[str, Any] | None = None):
+    def __init__(
+        self, name: str, metric: str = "ip", m: int = DEFAULT_HNSW_M, search_params: dict[str, Any] | None = None
+    ):
         super().__init__(name, metric)
         self.m = int(m)
         self.index = None
@@ -87,7 +91,8 @@ class GraphMethod(SearchMethod):
         return {"efSearch": (EF_LOW, EF_HIGH)} if self.index is not None else {}
 
     def _check(self, params: dict[str, Any]) -> int | None:
-        """efSearch from per-call `params`: the usual {"efSearch": n} checked inline, anything else by check_params (its errors)."""
+        """efSearch from per-call `params`: the usual {"efSearch": n} checked inline, anything else by check_params (its
+        errors)."""
         if len(params) == 1 and self.index is not None:
             ef = params.get("efSearch")
             if ef.__class__ is int and EF_LOW <= ef <= EF_HIGH:

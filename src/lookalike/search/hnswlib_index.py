@@ -47,8 +47,14 @@ class HnswlibHnsw(GraphMethod):
     kind = "hnswlib"
     index_file = "index.hnswlib"
 
-    def __init__(self, name: str, metric: str = "ip", m: int = DEFAULT_HNSW_M, search_params: dict[str, Any] | None = None,
-                 ef_construction: int = EF_CONSTRUCTION):
+    def __init__(
+        self,
+        name: str,
+        metric: str = "ip",
+        m: int = DEFAULT_HNSW_M,
+        search_params: dict[str, Any] | None = None,
+        ef_construction: int = EF_CONSTRUCTION,
+    ):
         super().__init__(name, metric, m, search_params)
         self.ef_construction = int(ef_construction)
         self._dim = self._count = 0  # the index's dim and element count, kept here: _search reads them on every call
@@ -61,7 +67,9 @@ class HnswlibHnsw(GraphMethod):
     def _new_index(self, d: int, capacity: int | None = None):
         index = _hnswlib().Index(space=SPACES[self.metric], dim=d)
         if capacity is not None:
-            index.init_index(max_elements=max(1, capacity), M=self.m, ef_construction=self.ef_construction, random_seed=SEED)
+            index.init_index(
+                max_elements=max(1, capacity), M=self.m, ef_construction=self.ef_construction, random_seed=SEED
+            )
             index.set_ef(self._ef)
         return index
 
@@ -84,7 +92,13 @@ class HnswlibHnsw(GraphMethod):
 
     @classmethod
     def _from_info(cls, info: dict[str, Any]) -> HnswlibHnsw:
-        return cls(info["name"], info["metric"], info.get("m", DEFAULT_HNSW_M), info.get("search_params"), info.get("ef_construction", EF_CONSTRUCTION))
+        return cls(
+            info["name"],
+            info["metric"],
+            info.get("m", DEFAULT_HNSW_M),
+            info.get("search_params"),
+            info.get("ef_construction", EF_CONSTRUCTION),
+        )
 
     def fresh(self) -> HnswlibHnsw:
         return HnswlibHnsw(self.name, self.metric, self.m, {"efSearch": self._ef}, self.ef_construction)
@@ -115,7 +129,8 @@ class HnswlibHnsw(GraphMethod):
             return self._padded(index, queries, k)
 
     def _padded(self, index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Each query's results, as many as hnswlib reaches (at most k), padded with −1 (distance ±inf); called under the lock."""
+        """Each query's results, as many as hnswlib reaches (at most k), padded with −1 (distance ±inf); called under
+        the lock."""
         labels = np.full((len(queries), k), np.iinfo(np.uint64).max, dtype=np.uint64)  # −1 once viewed as int64
         distances = np.full((len(queries), k), np.inf, dtype=np.float32)  # score −inf for ip (1 − inf), +inf for l2
         for row, query in enumerate(queries):

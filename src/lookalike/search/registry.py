@@ -7,8 +7,9 @@ the server read them; nothing else spells a default or a range.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class MethodSpec:
     factory: str | None
     summary: str
     exact: bool = False
-    options: Mapping[str, Any] = field(default_factory=dict)  # constructor arguments of the class (e.g. usearch's dtype, hnswlib's m, an HNSW's ef_construction)
+    # constructor arguments of the class (e.g. usearch's dtype, hnswlib's m, an HNSW's ef_construction)
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 PARAMS: Mapping[str, ParamSpec] = {
@@ -53,22 +55,88 @@ GRAPH_KINDS = ("usearch", "hnswlib")
 METHODS: Mapping[str, MethodSpec] = {
     s.name: s
     for s in (
-        MethodSpec("brute", "brute", None, "exact: matrix product in blocks + partial top-k (numpy or torch)", exact=True),
+        MethodSpec(
+            "brute", "brute", None, "exact: matrix product in blocks + partial top-k (numpy or torch)", exact=True
+        ),
         MethodSpec("flat", "faiss", "Flat", "exact: faiss.IndexFlatIP / IndexFlatL2", exact=True),
-        MethodSpec("exact-lowp", "exact-lowp", None, "exact: an int8, bf16 or fp16 scan (chosen by measurement) picks candidates within a proven error bound, fp32 re-ranks them", exact=True),
-        MethodSpec("ivf", "faiss", "IVF{nlist},Flat", "inverted lists over k-means cells; nprobe trades recall for speed"),
+        MethodSpec(
+            "exact-lowp",
+            "exact-lowp",
+            None,
+            "exact: an int8, bf16 or fp16 scan (chosen by measurement) picks candidates within a proven error bound,"
+            " fp32 re-ranks them",
+            exact=True,
+        ),
+        MethodSpec(
+            "ivf", "faiss", "IVF{nlist},Flat", "inverted lists over k-means cells; nprobe trades recall for speed"
+        ),
         MethodSpec("hnsw", "faiss", "HNSW{m},Flat", "graph; efSearch trades recall for speed"),
-        MethodSpec("hnsw-sq8", "faiss", "HNSW{m}_SQ8", "graph over 8-bit scalar-quantised vectors: each step reads a quarter of the bytes, and the quantiser caps recall; efSearch trades recall for speed"),
-        MethodSpec("hnsw16-sq8", "faiss", "HNSW16_SQ8", "the same graph with M 16, built more carefully (efConstruction 100): cheaper steps, for lower recall targets; efSearch trades recall for speed", options={"ef_construction": 100}),
-        MethodSpec("hnsw16-fp16", "faiss", "HNSW16_SQfp16", "graph (M 16, efConstruction 100) over 16-bit floats: half the bytes per step, with no recall cap; for galleries that fit in cache; efSearch trades recall for speed", options={"ef_construction": 100}),
-        MethodSpec("ivfpq", "faiss", "IVF{nlist},{pq},RFlat", "PQ codes re-ranked by exact vectors held in RAM (more memory than raw)"),
-        MethodSpec("ivfpq-mmap", "faiss-mmap-rerank", "IVF{nlist},{pq}", "PQ codes in RAM, re-ranked from the memory-mapped gallery"),
+        MethodSpec(
+            "hnsw-sq8",
+            "faiss",
+            "HNSW{m}_SQ8",
+            "graph over 8-bit scalar-quantised vectors: each step reads a quarter of the bytes, and the quantiser caps"
+            " recall; efSearch trades recall for speed",
+        ),
+        MethodSpec(
+            "hnsw16-sq8",
+            "faiss",
+            "HNSW16_SQ8",
+            "the same graph with M 16, built more carefully (efConstruction 100): cheaper steps, for lower recall"
+            " targets; efSearch trades recall for speed",
+            options={"ef_construction": 100},
+        ),
+        MethodSpec(
+            "hnsw16-fp16",
+            "faiss",
+            "HNSW16_SQfp16",
+            "graph (M 16, efConstruction 100) over 16-bit floats: half the bytes per step, with no recall cap; for"
+            " galleries that fit in cache; efSearch trades recall for speed",
+            options={"ef_construction": 100},
+        ),
+        MethodSpec(
+            "ivfpq",
+            "faiss",
+            "IVF{nlist},{pq},RFlat",
+            "PQ codes re-ranked by exact vectors held in RAM (more memory than raw)",
+        ),
+        MethodSpec(
+            "ivfpq-mmap",
+            "faiss-mmap-rerank",
+            "IVF{nlist},{pq}",
+            "PQ codes in RAM, re-ranked from the memory-mapped gallery",
+        ),
         MethodSpec("sq8", "faiss", "SQ8", "8-bit scalar quantiser (4× smaller)"),
         MethodSpec("sqfp16", "faiss", "SQfp16", "16-bit float scalar quantiser (2× smaller)"),
-        MethodSpec("usearch-f16", "usearch", None, "usearch HNSW (M 32) over f16 vectors; efSearch trades recall for speed", options={"dtype": "f16"}),
-        MethodSpec("usearch-i8", "usearch", None, "usearch HNSW (M 32) over i8 vectors (4× smaller); efSearch trades recall for speed", options={"dtype": "i8"}),
-        MethodSpec("hnswlib", "hnswlib", None, "hnswlib HNSW (M 32) over f32 vectors; efSearch trades recall for speed", options={"m": 32}),
-        MethodSpec("hnswlib-m16", "hnswlib", None, "hnswlib HNSW (M 16, efConstruction 100): a lighter graph built more carefully, cheaper per step; efSearch trades recall for speed", options={"m": 16, "ef_construction": 100}),
+        MethodSpec(
+            "usearch-f16",
+            "usearch",
+            None,
+            "usearch HNSW (M 32) over f16 vectors; efSearch trades recall for speed",
+            options={"dtype": "f16"},
+        ),
+        MethodSpec(
+            "usearch-i8",
+            "usearch",
+            None,
+            "usearch HNSW (M 32) over i8 vectors (4× smaller); efSearch trades recall for speed",
+            options={"dtype": "i8"},
+        ),
+        MethodSpec(
+            "hnswlib",
+            "hnswlib",
+            None,
+            "hnswlib HNSW (M 32) over f32 vectors; efSearch trades recall for speed",
+            options={"m": 32},
+        ),
+        MethodSpec(
+            "hnswlib-m16",
+            "hnswlib",
+            None,
+            "hnswlib HNSW (M 16, efConstruction 100): a lighter graph built more carefully, cheaper per step; efSearch"
+            " trades recall for speed",
+            options={"m": 16, "ef_construction": 100},
+        ),
     )
 }
 

@@ -58,7 +58,8 @@ def file_offset(array: np.ndarray) -> int:
 
 
 def pages_of_rows(rows: np.ndarray, row_bytes: int, offset: int) -> np.ndarray:
-    """Sorted distinct file pages holding the given rows of a C-contiguous array that starts `offset` bytes into the file."""
+    """Sorted distinct file pages holding the given rows of a C-contiguous array that starts `offset` bytes into the
+    file."""
     rows = np.unique(np.asarray(rows, dtype=np.int64))
     first = (offset + rows * row_bytes) // PAGE_BYTES
     last = (offset + (rows + 1) * row_bytes - 1) // PAGE_BYTES
@@ -82,7 +83,9 @@ def drop_page_cache(array: np.ndarray) -> None:
         os.close(fd)
 
 
-def exact_rerank(queries: np.ndarray, candidates: np.ndarray, vectors: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+def exact_rerank(
+    queries: np.ndarray, candidates: np.ndarray, vectors: np.ndarray, k: int, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Re-score (Q, K) candidate rows of `vectors` exactly and keep the best k; −1 candidates stay last."""
     valid = candidates >= 0
     flat = np.clip(candidates, 0, None).ravel()
@@ -136,7 +139,9 @@ class MmapRerankIndex(FaissIndex):
     def apply_update(self, keep: np.ndarray, vectors: np.ndarray) -> bool:
         if not super().apply_update(keep, vectors):
             return False
-        self.vectors = np.concatenate([np.asarray(self.vectors)[keep], as_float32_c(np.asarray(vectors)).reshape(-1, self.vectors.shape[1])])
+        self.vectors = np.concatenate(
+            [np.asarray(self.vectors)[keep], as_float32_c(np.asarray(vectors)).reshape(-1, self.vectors.shape[1])]
+        )
         self._touched = np.zeros(0, dtype=bool)
         return True
 
@@ -184,10 +189,15 @@ class MmapRerankIndex(FaissIndex):
         self._pages_read = self._queries = 0
 
     def memory_bytes(self) -> int:
-        """The codes and ids, plus the exact vectors: all of them when held in RAM, the working set read so far when memory-mapped."""
-        return super().memory_bytes() + (self.working_set_bytes() if is_memory_mapped(self.vectors) else int(self.vectors.nbytes))
+        """The codes and ids, plus the exact vectors: all of them when held in RAM, the working set read so far when
+        memory-mapped."""
+        return super().memory_bytes() + (
+            self.working_set_bytes() if is_memory_mapped(self.vectors) else int(self.vectors.nbytes)
+        )
 
-    def cold_single_ms(self, queries: np.ndarray, k: int, params: dict[str, Any] | None = None, n: int = COLD_QUERIES) -> float | None:
+    def cold_single_ms(
+        self, queries: np.ndarray, k: int, params: dict[str, Any] | None = None, n: int = COLD_QUERIES
+    ) -> float | None:
         """Median ms of one query searched alone right after the mapped file was dropped from the page cache.
 
         None when the vectors are held in RAM (nothing to read from disk).

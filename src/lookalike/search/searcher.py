@@ -55,7 +55,8 @@ class Searcher:
         if self._embedder is None:
             if self.gallery.manifest.weights.kind == "none":
                 raise LookalikeError(
-                    f"{self.gallery.path} holds embeddings generated without a model, so an image cannot be embedded like them; query by gallery id or vector"
+                    f"{self.gallery.path} holds embeddings generated without a model, so an image cannot be embedded"
+                    " like them; query by gallery id or vector"
                 )
             from ..embed.query import QueryEmbedder
 
@@ -69,13 +70,18 @@ class Searcher:
                 raise LookalikeError("give either a query (image, vector or gallery id) or text, not both")
             return self.text_vector(text)
         if query is None:
-            raise LookalikeError("nothing to search with: pass a query (an image path, a PIL image, a vector or a gallery id) or text=...")
+            raise LookalikeError(
+                "nothing to search with: pass a query (an image path, a PIL image, a vector or a gallery id) or"
+                " text=..."
+            )
         if isinstance(query, (bool, np.bool_)):
             raise LookalikeError("a query is an image path, a PIL image, a vector or a gallery id, not a bool")
         if isinstance(query, (int, np.integer)):
             gallery_id = int(query)
             if not 0 <= gallery_id < self.gallery.count:
-                raise LookalikeError(f"no gallery image with id {gallery_id}; ids run from 0 to {self.gallery.count - 1}")
+                raise LookalikeError(
+                    f"no gallery image with id {gallery_id}; ids run from 0 to {self.gallery.count - 1}"
+                )
             return np.array(self.gallery.embeddings[gallery_id : gallery_id + 1], dtype=np.float32)
         if isinstance(query, np.ndarray):
             return self._checked_vector(query)
@@ -87,7 +93,10 @@ class Searcher:
 
         if isinstance(query, Image.Image):
             return self.embedder.embed_image(query.convert("RGB"))[0]
-        raise LookalikeError(f"cannot search with a {type(query).__name__}; pass an image path, a PIL image, a numpy vector or a gallery id")
+        raise LookalikeError(
+            f"cannot search with a {type(query).__name__}; pass an image path, a PIL image, a numpy vector or a"
+            " gallery id"
+        )
 
     def text_vector(self, text: str) -> np.ndarray:
         """(1, d) unit vector of `text` from the text tower of the gallery's own model, or TextQueryError.
@@ -105,9 +114,16 @@ class Searcher:
         return self.embedder.embed_text(text)[0]
 
     def _checked_vector(self, query: np.ndarray) -> np.ndarray:
-        vector = np.asarray(query, dtype=np.float32).reshape(1, -1) if query.ndim == 1 else np.asarray(query, dtype=np.float32)
+        vector = (
+            np.asarray(query, dtype=np.float32).reshape(1, -1)
+            if query.ndim == 1
+            else np.asarray(query, dtype=np.float32)
+        )
         if vector.shape != (1, self.gallery.dim):
-            raise LookalikeError(f"a query vector must have shape ({self.gallery.dim},) or (1, {self.gallery.dim}) for this gallery, got {query.shape}")
+            raise LookalikeError(
+                f"a query vector must have shape ({self.gallery.dim},) or (1, {self.gallery.dim}) for this gallery, got"
+                f" {query.shape}"
+            )
         norm = float(np.linalg.norm(vector))
         if not np.isfinite(norm) or norm == 0:
             raise LookalikeError("the query vector is zero or not finite; it has no direction to search along")
@@ -143,9 +159,17 @@ class Searcher:
 
     # -- the search --
     def search(
-        self, query: Query | None = None, k: int = 10, method: str = "flat", metric: str = "ip", *, text: str | None = None, **params: Any
+        self,
+        query: Query | None = None,
+        k: int = 10,
+        method: str = "flat",
+        metric: str = "ip",
+        *,
+        text: str | None = None,
+        **params: Any,
     ) -> list[Hit]:
-        """The k nearest gallery images to `query` (or `text`), best first; `params` (nprobe, efSearch, k_factor) apply to this call only."""
+        """The k nearest gallery images to `query` (or `text`), best first; `params` (nprobe, efSearch, k_factor) apply
+        to this call only."""
         vector = self.vector(query, text)
         chosen = self.method(method, metric)
         scores, ids = chosen.search(vector, k, params or None)

@@ -32,7 +32,8 @@ from .base import IDS_FILE, METHOD_FILE
 
 
 def stage_indexes(old: Gallery, new: Gallery) -> tuple[dict[str, str], str]:
-    """Write an updated copy of each of `old`'s saved indexes into `new` (the staged gallery); return each one's outcome and a note on the held-out queries."""
+    """Write an updated copy of each of `old`'s saved indexes into `new` (the staged gallery); return each one's outcome
+    and a note on the held-out queries."""
     id_map = np.load(new.path / new.manifest.update.id_map)
     try:
         before, after = old.partition(), new.partition()
@@ -46,7 +47,9 @@ def stage_indexes(old: Gallery, new: Gallery) -> tuple[dict[str, str], str]:
             outcome = _stage_one(old, new, name, id_map, before, after)
         except Exception as exc:  # noqa: BLE001 - an index that cannot follow is marked stale, the update itself goes on
             outcome = f"stale: updating it failed ({type(exc).__name__}: {exc})"
-        outcomes[name] = outcome if outcome.startswith("stale") else f"{outcome} in {time.perf_counter() - started:.2f} s"
+        outcomes[name] = (
+            outcome if outcome.startswith("stale") else f"{outcome} in {time.perf_counter() - started:.2f} s"
+        )
     return outcomes, held_out
 
 
@@ -64,13 +67,19 @@ def _stage_one(old: Gallery, new: Gallery, name: str, id_map: np.ndarray, before
     keep = (mapped >= 0) & np.isin(mapped, after.database_ids)
     added = np.setdiff1d(after.database_ids, mapped[keep])
     method = METHOD_CLASSES[info["kind"]].load(folder, old.embeddings)
-    if method.apply_update(keep, as_float32_c(np.asarray(new.embeddings[added])) if len(added) else np.zeros((0, new.dim), np.float32)):
+    if method.apply_update(
+        keep, as_float32_c(np.asarray(new.embeddings[added])) if len(added) else np.zeros((0, new.dim), np.float32)
+    ):
         method.ids = np.concatenate([mapped[keep], added]).astype(np.int64)
         outcome = f"updated in place (−{int((~keep).sum())} +{len(added)} rows)"
     else:
         rebuilt = method.fresh()
         if rebuilt is None:
-            return f"stale: {info['kind']} {info.get('params', {}).get('factory', '')} cannot drop rows in place".replace("  ", " ")
+            return (
+                f"stale: {info['kind']} {info.get('params', {}).get('factory', '')} cannot drop rows in place".replace(
+                    "  ", " "
+                )
+            )
         rebuilt.build(database_vectors(new, after.database_ids), after.database_ids)
         method = rebuilt
         outcome = f"rebuilt ({int((~keep).sum())} rows removed)"
@@ -91,7 +100,8 @@ def held_out_note(before: Partition, after: Partition, id_map: np.ndarray) -> st
 
 
 def mark_stale_indexes(gallery: Gallery) -> list[str]:
-    """Write into `method.json` of each index the update could not follow why it is stale (idempotent); returns their names."""
+    """Write into `method.json` of each index the update could not follow why it is stale (idempotent); returns their
+    names."""
     update = gallery.manifest.update
     marked = []
     for name, outcome in ((update.indexes or {}) if update is not None else {}).items():

@@ -33,7 +33,14 @@ class UsearchHnsw(GraphMethod):
     kind = "usearch"
     index_file = "index.usearch"
 
-    def __init__(self, name: str, metric: str = "ip", dtype: str = "f16", m: int = DEFAULT_HNSW_M, search_params: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        name: str,
+        metric: str = "ip",
+        dtype: str = "f16",
+        m: int = DEFAULT_HNSW_M,
+        search_params: dict[str, Any] | None = None,
+    ):
         if dtype not in ("f32", "f16", "i8"):
             raise LookalikeError(f"unknown usearch storage {dtype!r}; use f32, f16 or i8")
         super().__init__(name, metric, m, search_params)
@@ -46,7 +53,14 @@ class UsearchHnsw(GraphMethod):
     def _new_index(self, d: int, capacity: int | None = None):
         # "cos" for both metrics: on unit vectors cos = ⟨x, y⟩ and |x − y|² = 2 − 2·cos, and unlike "ip" its
         # distances stay normalised with i8 storage (usearch's i8 "ip" returns raw integer products)
-        return _usearch()(ndim=d, metric="cos", dtype=self.dtype, connectivity=self.m, expansion_add=EXPANSION_ADD, expansion_search=self._ef)
+        return _usearch()(
+            ndim=d,
+            metric="cos",
+            dtype=self.dtype,
+            connectivity=self.m,
+            expansion_add=EXPANSION_ADD,
+            expansion_search=self._ef,
+        )
 
     def _add(self, index, start: int, block: np.ndarray) -> None:
         index.add(np.arange(start, start + len(block), dtype=np.uint64), block, threads=search_threads())
@@ -62,7 +76,13 @@ class UsearchHnsw(GraphMethod):
 
     @classmethod
     def _from_info(cls, info: dict[str, Any]) -> UsearchHnsw:
-        return cls(info["name"], info["metric"], info.get("dtype", "f16"), info.get("m", DEFAULT_HNSW_M), info.get("search_params"))
+        return cls(
+            info["name"],
+            info["metric"],
+            info.get("dtype", "f16"),
+            info.get("m", DEFAULT_HNSW_M),
+            info.get("search_params"),
+        )
 
     def fresh(self) -> UsearchHnsw:
         return UsearchHnsw(self.name, self.metric, self.dtype, self.m, {"efSearch": self._ef})
@@ -87,11 +107,18 @@ class UsearchHnsw(GraphMethod):
             return scores, keys.view(np.int64)
         return self._with_missing(found, keys, distances, len(queries), k)
 
-    def _with_missing(self, found: Any, keys: np.ndarray, distances: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Results where some query found fewer than k: the missing ones as id −1, score ∓inf, padded to k like FAISS."""
+    def _with_missing(
+        self, found: Any, keys: np.ndarray, distances: np.ndarray, n: int, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Results where some query found fewer than k: the missing ones as id −1, score ∓inf, padded to k like
+        FAISS."""
         keys = np.asarray(keys, dtype=np.int64).reshape(n, -1)[:, :k]
         distances = np.asarray(distances, dtype=np.float32).reshape(n, -1)[:, :k]
-        counts = np.asarray(found.counts).reshape(-1) if hasattr(found, "counts") else np.array([np.asarray(found.keys).size])
+        counts = (
+            np.asarray(found.counts).reshape(-1)
+            if hasattr(found, "counts")
+            else np.array([np.asarray(found.keys).size])
+        )
         missing = np.arange(keys.shape[1])[None, :] >= counts[:, None]
         positions = np.where(missing, -1, keys)
         scores = (1.0 - distances) if self.metric == "ip" else 2.0 * distances

@@ -1,6 +1,7 @@
 """The FastAPI app of `lookalike serve`: a JSON API over one gallery and the single page that uses it.
 
-    POST /api/search             multipart: image (file), id or text; method, k, nprobe/efSearch/k_factor, compare → results + latency
+    POST /api/search             multipart: image (file), id or text; method, k, nprobe/efSearch/k_factor, compare
+                                 → results + latency
     GET  /api/images/{id}        the original image file of a gallery id
     GET  /api/images/{id}/thumb  a JPEG thumbnail (made once, then cached)
     GET  /api/gallery            manifest summary, provenance, methods and their parameter ranges
@@ -12,13 +13,15 @@ Every failure is a JSON `ErrorBody` with a 4xx status; a 500 would be a bug. CPU
 runs in worker threads behind one limiter (see service.py and docs/server.md).
 """
 
-# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, which use their enclosing function's locals.
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, which use their enclosing
+# function's locals.
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path as FilePath
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any
 
 import anyio
 from fastapi import FastAPI, File, Form, Path, Request, UploadFile
@@ -49,7 +52,9 @@ FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the small text field
 IMAGE_CACHE = {"Cache-Control": "public, max-age=3600"}  # a gallery does not change while it is served
 # The page may load only what this server serves: a stray CDN link would fail here as it would offline.
 PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; connect-src 'self'",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; connect-src 'self'"
+    ),
     "X-Content-Type-Options": "nosniff",
 }
 UPLOAD_EXTENSIONS_HINT = "upload a JPEG, PNG, WebP or BMP image"
@@ -66,13 +71,18 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         415: "a JSON body: the query is sent as form fields",
         404: "unknown gallery id, or its image file is missing",
         413: "upload over the size limit",
-        422: "missing or invalid field: unknown method, k or a search parameter out of range, empty or over-long text, text for a model without a text tower, wrong type",
+        422: (
+            "missing or invalid field: unknown method, k or a search parameter out of range, empty or over-long text,"
+            " text for a model without a text tower, wrong type"
+        ),
     }
     return {code: {"model": ErrorBody, "description": reasons[code]} for code in codes}
 
 
 def _error(status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(ErrorBody(error=message, status=status, field=field).model_dump(), status_code=status, headers=headers)
+    return JSONResponse(
+        ErrorBody(error=message, status=status, field=field).model_dump(), status_code=status, headers=headers
+    )
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -183,7 +193,8 @@ class ComputeSlots:
 
         def job() -> tuple[Any, float]:
             started = time.perf_counter()
-            return self.service.run_job(fn, *args), started  # sets the threads in this worker thread (OpenMP's are per thread)
+            # sets the threads in this worker thread (OpenMP's are per thread)
+            return (self.service.run_job(fn, *args), started)
 
         result, started = await anyio.to_thread.run_sync(job, limiter=self.limiter)
         return result, 1000 * (started - queued)
@@ -254,7 +265,10 @@ def _add_error_handlers(app: FastAPI, service: SearchService) -> None:
         if exc.status_code == 413:
             message, field = service.too_large_message(), "image"
         elif exc.status_code == 404:
-            message, field = f"no such endpoint: {request.method} {request.url.path}; the API is described at /openapi.json", None
+            message, field = (
+                f"no such endpoint: {request.method} {request.url.path}; the API is described at /openapi.json",
+                None,
+            )
         elif exc.status_code == 405:
             message, field = f"{request.method} is not allowed on {request.url.path}; see /openapi.json", None
         else:
@@ -267,7 +281,10 @@ def _add_error_handlers(app: FastAPI, service: SearchService) -> None:
         # under a reference the client can quote.
         reference = uuid.uuid4().hex[:12]
         log.error("unexpected error %s on %s %s", reference, request.method, request.url.path, exc_info=exc)
-        return _error(500, f"internal error (reference {reference}); this is a bug in lookalike, please report it with the server log")
+        return _error(
+            500,
+            f"internal error (reference {reference}); this is a bug in lookalike, please report it with the server log",
+        )
 
 
 def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: ComputeSlots) -> None:
@@ -281,26 +298,81 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
     )
     async def search(
         request: Request,
-        image: Annotated[UploadFile | None, File(description=f"the query image; give this, id or text (at most {config.max_upload_bytes} bytes)")] = None,
-        gallery_id: Annotated[int | None, Form(alias="id", description="a gallery id to search from (its stored embedding; no decoding or embedding)")] = None,
-        text: Annotated[str | None, Form(description="a text query, e.g. 'a red car', embedded by the text tower of the gallery's model (CLIP galleries only; at most its context of 77 tokens)")] = None,
+        image: Annotated[
+            UploadFile | None,
+            File(description=f"the query image; give this, id or text (at most {config.max_upload_bytes} bytes)"),
+        ] = None,
+        gallery_id: Annotated[
+            int | None,
+            Form(
+                alias="id", description="a gallery id to search from (its stored embedding; no decoding or embedding)"
+            ),
+        ] = None,
+        text: Annotated[
+            str | None,
+            Form(
+                description=(
+                    "a text query, e.g. 'a red car', embedded by the text tower of the gallery's model (CLIP galleries"
+                    " only; at most its context of 77 tokens)"
+                )
+            ),
+        ] = None,
         method: Annotated[str, Form(description="brute, flat, ivf or a saved index; see GET /api/gallery")] = "brute",
         k: Annotated[int, Form(description="results wanted; 1..min(max_k, method's ntotal)")] = 10,
-        nprobe: Annotated[int | None, Form(description=f"{PARAMS['nprobe'].meaning}; within the method's param_ranges (GET /api/gallery); default: the method's own")] = None,
-        ef_search: Annotated[int | None, Form(alias="efSearch", description=f"{PARAMS['efSearch'].meaning}; within the method's param_ranges; default: the method's own")] = None,
-        k_factor: Annotated[int | None, Form(description=f"{PARAMS['k_factor'].meaning}; within the method's param_ranges; default: the method's own")] = None,
-        compare: Annotated[str | None, Form(description="exact: also search exactly over the same rows and report recall@k, the missed ids and both latencies")] = None,
+        nprobe: Annotated[
+            int | None,
+            Form(
+                description=(
+                    f"{PARAMS['nprobe'].meaning}; within the method's param_ranges (GET /api/gallery); default: the"
+                    " method's own"
+                )
+            ),
+        ] = None,
+        ef_search: Annotated[
+            int | None,
+            Form(
+                alias="efSearch",
+                description=(
+                    f"{PARAMS['efSearch'].meaning}; within the method's param_ranges; default: the method's own"
+                ),
+            ),
+        ] = None,
+        k_factor: Annotated[
+            int | None,
+            Form(
+                description=f"{PARAMS['k_factor'].meaning}; within the method's param_ranges; default: the method's own"
+            ),
+        ] = None,
+        compare: Annotated[
+            str | None,
+            Form(
+                description=(
+                    "exact: also search exactly over the same rows and report recall@k, the missed ids and both"
+                    " latencies"
+                )
+            ),
+        ] = None,
     ) -> SearchResponse:
         started = time.perf_counter()
         if request.headers.get("content-type", "").startswith("application/json"):
-            raise RequestError("send the query as multipart/form-data fields (image, id or text, method, k, nprobe), not as JSON", "image", status=415)
+            raise RequestError(
+                "send the query as multipart/form-data fields (image, id or text, method, k, nprobe), not as JSON",
+                "image",
+                status=415,
+            )
         given = [name for name, value in (("image", image), ("id", gallery_id), ("text", text)) if value is not None]
         if len(given) > 1:
-            raise RequestError(f"give one query — an image, an id or a text — not both {given[0]} and {given[1]}", given[1])
+            raise RequestError(
+                f"give one query — an image, an id or a text — not both {given[0]} and {given[1]}", given[1]
+            )
         if not given:
             if (await request.form()).get("text") == "":  # FastAPI reads an empty form field as absent
                 service.check_text("")  # raises: the gallery has no text tower, or the text is empty
-            raise Invalid("missing query: send an image file in field 'image', a gallery id in field 'id' or a text in field 'text'", "image")
+            raise Invalid(
+                "missing query: send an image file in field 'image', a gallery id in field 'id' or a text in field"
+                " 'text'",
+                "image",
+            )
         plan = service.plan(method, k, {"nprobe": nprobe, "efSearch": ef_search, "k_factor": k_factor}, compare)
         query_label = None
         if image is not None:
@@ -318,7 +390,10 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
             service.check_id(gallery_id)
             outcome, wait_ms = await compute.run(service.search_id, gallery_id, plan)
             row = service.row(gallery_id)
-            query, query_label = QueryInfo(kind="id", **{k_: row[k_] for k_ in ("id", "label", "label_name", "path")}), row["label"]
+            query, query_label = (
+                QueryInfo(kind="id", **{k_: row[k_] for k_ in ("id", "label", "label_name", "path")}),
+                row["label"],
+            )
         latency = SearchTimings(
             decode_ms=outcome["decode_ms"],
             embed_ms=outcome["embed_ms"],
@@ -333,15 +408,21 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
             metric=plan.entry.method.metric,
             params=plan.effective_params(),
             k=plan.k,
-            results=service.results(outcome["hits"], query_label, None if compared is None else {h.id for h in compared.exact_hits}),
+            results=service.results(
+                outcome["hits"], query_label, None if compared is None else {h.id for h in compared.exact_hits}
+            ),
             latency_ms=latency,
-            compare=None if compared is None else Comparison(
-                exact_method=compared.exact_method,
-                exact_results=service.results([(h.id, h.score) for h in compared.exact_hits], query_label),
-                recall=compared.recall,
-                missed_ids=list(compared.missed),
-                method_ms=compared.method_ms,
-                exact_ms=compared.exact_ms,
+            compare=(
+                None
+                if compared is None
+                else Comparison(
+                    exact_method=compared.exact_method,
+                    exact_results=service.results([(h.id, h.score) for h in compared.exact_hits], query_label),
+                    recall=compared.recall,
+                    missed_ids=list(compared.missed),
+                    method_ms=compared.method_ms,
+                    exact_ms=compared.exact_ms,
+                )
             ),
             provenance=info.provenance,
             real=info.real,
@@ -350,14 +431,24 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
 
     image_responses = {200: {"content": {"image/*": {}}, "description": "the image"}, **_errors(404, 422)}
 
-    @app.get("/api/images/{id}", response_class=FileResponse, responses=image_responses, summary="The original image file of a gallery id")
+    @app.get(
+        "/api/images/{id}",
+        response_class=FileResponse,
+        responses=image_responses,
+        summary="The original image file of a gallery id",
+    )
     async def image_file(gallery_id: Annotated[int, Path(alias="id")]) -> Response:
         member = service.image_member(gallery_id)  # a webdataset sample: its bytes come from the tar
         if member is not None:
             return Response(member[0], media_type=member[1], headers=IMAGE_CACHE)
         return FileResponse(service.image_path(gallery_id), headers=IMAGE_CACHE)
 
-    @app.get("/api/images/{id}/thumb", response_class=Response, responses={200: {"content": {"image/jpeg": {}}, "description": "the thumbnail"}, **_errors(404, 422)}, summary="A JPEG thumbnail of a gallery image")
+    @app.get(
+        "/api/images/{id}/thumb",
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}, "description": "the thumbnail"}, **_errors(404, 422)},
+        summary="A JPEG thumbnail of a gallery image",
+    )
     async def image_thumb(gallery_id: Annotated[int, Path(alias="id")]) -> Response:
         service.check_id(gallery_id)
         data = service.thumbs.get(gallery_id)
@@ -365,13 +456,23 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
             data, _ = await compute.run(service.thumbnail, gallery_id)
         return Response(data, media_type="image/jpeg", headers=IMAGE_CACHE)
 
-    @app.get("/api/gallery", response_model=GalleryInfo, summary="The gallery's manifest summary, provenance and search methods")
+    @app.get(
+        "/api/gallery",
+        response_model=GalleryInfo,
+        summary="The gallery's manifest summary, provenance and search methods",
+    )
     async def gallery_info() -> GalleryInfo:
         return info
 
     @app.get("/healthz", response_model=Health, summary="Liveness: the gallery, model and methods are loaded")
     async def healthz() -> Health:
-        return Health(status="ok", gallery=str(service.gallery.path), count=service.gallery.count, methods=list(service.methods), real=info.real)
+        return Health(
+            status="ok",
+            gallery=str(service.gallery.path),
+            count=service.gallery.count,
+            methods=list(service.methods),
+            real=info.real,
+        )
 
 
 def _add_page(app: FastAPI) -> None:

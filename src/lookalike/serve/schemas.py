@@ -18,19 +18,31 @@ class ErrorBody(BaseModel):
 class Result(BaseModel):
     rank: int = Field(description="1 = nearest")
     id: int = Field(description="gallery id (row of embeddings.npy); fetch the image at /api/images/{id}")
-    score: float = Field(description="inner product = cosine similarity for metric ip (higher is nearer); squared L2 distance for metric l2 (lower is nearer)")
+    score: float = Field(
+        description=(
+            "inner product = cosine similarity for metric ip (higher is nearer); squared L2 distance for metric l2"
+            " (lower is nearer)"
+        )
+    )
     label: str | None
     label_name: str | None
     path: str = Field(description="the image's path as recorded at extraction")
     split: str | None
-    same_label: bool | None = Field(description="whether the result has the query's label; null when the query or the result has none")
-    in_exact: bool | None = Field(None, description="with compare=exact: whether this result is also among the exact top k; null otherwise")
+    same_label: bool | None = Field(
+        description="whether the result has the query's label; null when the query or the result has none"
+    )
+    in_exact: bool | None = Field(
+        None, description="with compare=exact: whether this result is also among the exact top k; null otherwise"
+    )
 
 
 class SearchTimings(BaseModel):
-    """Server-side milliseconds of this request; null where a step did not run (a gallery-id query is not decoded or embedded)."""
+    """Server-side milliseconds of this request; null where a step did not run (a gallery-id query is not decoded or
+    embedded)."""
 
-    decode_ms: float | None = Field(description="bytes → RGB pixels, plus resize, crop and normalise; for a text query, tokenizing")
+    decode_ms: float | None = Field(
+        description="bytes → RGB pixels, plus resize, crop and normalise; for a text query, tokenizing"
+    )
     embed_ms: float | None = Field(description="the model's forward pass (the text tower's, for a text query)")
     search_ms: float = Field(description="the search method's call (with compare=exact, the chosen method's alone)")
     wait_ms: float = Field(description="time queued for the compute slot (grows under concurrent load)")
@@ -51,10 +63,16 @@ class QueryInfo(BaseModel):
 class Comparison(BaseModel):
     """compare=exact: the same query searched exactly over the same rows, and what the chosen method missed."""
 
-    exact_method: str = Field(description="the exact search compared with: brute force over the chosen method's own rows")
+    exact_method: str = Field(
+        description="the exact search compared with: brute force over the chosen method's own rows"
+    )
     exact_results: list[Result] = Field(description="the true k nearest rows, best first")
-    recall: float = Field(description="recall@k of this query: |results ∩ exact top k| / k (lookalike.study.metrics.recall_per_query)")
-    missed_ids: list[int] = Field(description="gallery ids of the exact top k that the method did not return, in exact rank order")
+    recall: float = Field(
+        description="recall@k of this query: |results ∩ exact top k| / k (lookalike.study.metrics.recall_per_query)"
+    )
+    missed_ids: list[int] = Field(
+        description="gallery ids of the exact top k that the method did not return, in exact rank order"
+    )
     method_ms: float = Field(description="the chosen method's search, in ms")
     exact_ms: float = Field(description="the exact search, in ms")
 
@@ -70,7 +88,9 @@ class SearchResponse(BaseModel):
     compare: Comparison | None = Field(None, description="present when the request asked compare=exact")
     provenance: str = Field(description="model, weights and data behind these results")
     real: bool = Field(description="false when the gallery was made with random weights or generated data")
-    warnings: list[str] = Field(description="what is not real about these results (random weights: the ranking means nothing)")
+    warnings: list[str] = Field(
+        description="what is not real about these results (random weights: the ranking means nothing)"
+    )
 
 
 class MethodInfo(BaseModel):
@@ -79,7 +99,9 @@ class MethodInfo(BaseModel):
     factory: str | None
     metric: str
     higher_is_better: bool
-    ntotal: int = Field(description="vectors searched (the held-out queries of the gallery's partition are not among them)")
+    ntotal: int = Field(
+        description="vectors searched (the held-out queries of the gallery's partition are not among them)"
+    )
     saved: bool = Field(description="loaded from the gallery's indexes/ folder (false: built at start)")
     params: dict[str, Any]
     param_ranges: dict[str, list[int]] = Field(description="valid [min, max] of each search-time parameter")

@@ -29,14 +29,14 @@ import numpy as np
 from PIL import Image
 
 from .. import runtime
-from ..errors import BadImageError, LookalikeError, TextQueryError
-from ..gallery import Gallery, open_gallery
-from ..gallery.generated import has_image_file
 from ..data.images import load_rgb, load_rgb_bytes
 from ..data.webdataset import find_member, is_member_path, read_member
 from ..embed.models import MODELS
 from ..embed.query import QueryEmbedder
 from ..embed.text import no_text_message
+from ..errors import BadImageError, LookalikeError, TextQueryError
+from ..gallery import Gallery, open_gallery
+from ..gallery.generated import has_image_file
 from ..search import SearchMethod, get_method, load_method, saved_methods
 from ..study.compare import EXACT_METHOD, compare_search, exact_twin
 
@@ -120,7 +120,8 @@ class MethodEntry:
 
 @dataclass(frozen=True)
 class SearchPlan:
-    """A validated request: which method, how many results, which per-call parameters, and whether to compare with exact search."""
+    """A validated request: which method, how many results, which per-call parameters, and whether to compare with exact
+    search."""
 
     entry: MethodEntry
     k: int
@@ -130,7 +131,10 @@ class SearchPlan:
     def effective_params(self) -> dict[str, int]:
         """The search-time parameters this call really used (request values over the method's defaults)."""
         current = self.entry.method.params()
-        return {key: int(self.params.get(key, current.get(key, lo))) for key, (lo, _) in self.entry.method.search_param_ranges().items()}
+        return {
+            key: int(self.params.get(key, current.get(key, lo)))
+            for key, (lo, _) in self.entry.method.search_param_ranges().items()
+        }
 
 
 class ThumbnailCache:
@@ -159,7 +163,14 @@ class ThumbnailCache:
 class SearchService:
     """One gallery with its query model and search methods, loaded once and shared by every request."""
 
-    def __init__(self, gallery: Gallery, config: ServerConfig, embedder: QueryEmbedder | None, methods: dict[str, MethodEntry], database_how: str):
+    def __init__(
+        self,
+        gallery: Gallery,
+        config: ServerConfig,
+        embedder: QueryEmbedder | None,
+        methods: dict[str, MethodEntry],
+        database_how: str,
+    ):
         self.gallery = gallery
         self.config = config
         self.embedder = embedder
@@ -204,7 +215,9 @@ class SearchService:
                 t = time.perf_counter()
                 methods[name] = MethodEntry(name, load_method(gallery, name), True, time.perf_counter() - t)
         service = cls(gallery, config, embedder, methods, partition.how)
-        with ThreadPoolExecutor(1) as pool:  # a fresh thread, as the server's workers are: what it reports is what requests get
+        with ThreadPoolExecutor(
+            1
+        ) as pool:  # a fresh thread, as the server's workers are: what it reports is what requests get
             pool.submit(service.run_job, service.warm_up).result()
             service.job_threads = pool.submit(service.run_job, runtime.thread_counts).result()
         log.info("serving %s with %s (%d threads)", gallery.path, ", ".join(methods), threads)
@@ -229,7 +242,9 @@ class SearchService:
             self.exact[name].search(vector, min(10, max(1, entry.method.ntotal)))
 
     # -- validation (cheap: runs on the event loop) --
-    def plan(self, method: str, k: int, params: dict[str, int | None] | None = None, compare: str | None = None) -> SearchPlan:
+    def plan(
+        self, method: str, k: int, params: dict[str, int | None] | None = None, compare: str | None = None
+    ) -> SearchPlan:
         """Check the method, k, the per-call search parameters (nprobe, efSearch, k_factor) and `compare`.
 
         Parameter ranges are checked by the method itself (`SearchMethod.check_params`, the ranges
@@ -245,7 +260,8 @@ class SearchService:
             if value is None:
                 continue
             try:
-                checked.update(entry.method.check_params({key: value}))  # the method's own validation, the one the API uses
+                # the method's own validation, the one the API uses
+                checked.update(entry.method.check_params({key: value}))
             except LookalikeError as exc:
                 hint = ""
                 if key not in entry.method.search_param_ranges():
@@ -253,7 +269,11 @@ class SearchService:
                     hint = f"; methods here that take {key}: {', '.join(offering) or 'none'}"
                 raise Invalid(f"{exc}{hint}", key) from None
         if compare is not None and compare not in COMPARE_VALUES:
-            raise Invalid(f"compare={compare!r} is not a comparison this server makes; send compare=exact to compare {method} with exact search, or leave it out", "compare")
+            raise Invalid(
+                f"compare={compare!r} is not a comparison this server makes; send compare=exact to compare {method}"
+                " with exact search, or leave it out",
+                "compare",
+            )
         return SearchPlan(entry, k, checked, self.exact[entry.name] if compare else None)
 
     def no_text(self) -> str | None:
@@ -263,7 +283,8 @@ class SearchService:
         return None if self.embedder.text is not None else self.embedder.no_text
 
     def check_text(self, text: str) -> None:
-        """A text query this gallery can answer: its model has a text tower, and the text is neither empty nor over its context."""
+        """A text query this gallery can answer: its model has a text tower, and the text is neither empty nor over its
+        context."""
         if self.no_text() is not None:
             raise Invalid(str(self.no_text()), "text")
         try:
@@ -273,11 +294,17 @@ class SearchService:
 
     def check_uploads(self) -> None:
         if self.embedder is None:
-            raise Invalid(f"this gallery's embeddings were generated without a model ({self.gallery.model}), so an upload cannot be embedded like them; query by gallery id instead", "image")
+            raise Invalid(
+                f"this gallery's embeddings were generated without a model ({self.gallery.model}), so an upload cannot"
+                " be embedded like them; query by gallery id instead",
+                "image",
+            )
 
     def check_id(self, gallery_id: int, field_name: str = "id") -> int:
         if not 0 <= gallery_id < self.gallery.count:
-            raise NotFound(f"no gallery image with id {gallery_id}; ids run from 0 to {self.gallery.count - 1}", field_name)
+            raise NotFound(
+                f"no gallery image with id {gallery_id}; ids run from 0 to {self.gallery.count - 1}", field_name
+            )
         return gallery_id
 
     # -- compute jobs (run in a worker thread behind the compute limiter) --
@@ -290,7 +317,8 @@ class SearchService:
 
     def search_id(self, gallery_id: int, plan: SearchPlan) -> dict[str, Any]:
         """Search with the stored embedding of a gallery image: no decoding, no forward pass."""
-        vector = np.array(self.gallery.embeddings[gallery_id : gallery_id + 1], dtype=np.float32)  # a copy: torch warns on read-only memmaps
+        # a copy: torch warns on read-only memmaps
+        vector = np.array(self.gallery.embeddings[gallery_id : gallery_id + 1], dtype=np.float32)
         return {**self._search(vector, plan), "decode_ms": None, "embed_ms": None}
 
     def search_text(self, text: str, plan: SearchPlan) -> dict[str, Any]:
@@ -302,11 +330,19 @@ class SearchService:
         """hits as (id, score) pairs and search_ms; with plan.exact also `compare` (study.compare.Comparison)."""
         if plan.exact is not None:
             comparison = compare_search(self.gallery, plan.entry.method, plan.exact, vector, plan.k, plan.params)
-            return {"hits": [(h.id, h.score) for h in comparison.hits], "search_ms": comparison.method_ms, "compare": comparison}
+            return {
+                "hits": [(h.id, h.score) for h in comparison.hits],
+                "search_ms": comparison.method_ms,
+                "compare": comparison,
+            }
         t = time.perf_counter()
         scores, ids = plan.entry.method.search(vector, plan.k, plan.params or None)
         search_ms = 1000 * (time.perf_counter() - t)
-        return {"hits": [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0], "search_ms": search_ms, "compare": None}
+        return {
+            "hits": [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0],
+            "search_ms": search_ms,
+            "compare": None,
+        }
 
     def thumbnail(self, gallery_id: int) -> bytes:
         """A JPEG of at most thumb_px on its longest side, made once and kept in the LRU cache."""
@@ -315,7 +351,11 @@ class SearchService:
             return cached
         member = self.image_member(gallery_id)
         try:
-            image = load_rgb_bytes(member[0], max_pixels=self.config.max_pixels, name=self._paths[gallery_id]) if member else load_rgb(self.image_path(gallery_id), max_pixels=self.config.max_pixels)
+            image = (
+                load_rgb_bytes(member[0], max_pixels=self.config.max_pixels, name=self._paths[gallery_id])
+                if member
+                else load_rgb(self.image_path(gallery_id), max_pixels=self.config.max_pixels)
+            )
         except BadImageError as exc:
             raise NotFound(f"the image of gallery id {gallery_id} cannot be read ({exc})") from exc
         image.thumbnail((self.config.thumb_px, self.config.thumb_px))
@@ -335,7 +375,10 @@ class SearchService:
             member = find_member(recorded)
             return read_member(recorded), mimetypes.guess_type(member.name)[0] or "application/octet-stream"
         except OSError as exc:
-            raise NotFound(f"the image of gallery id {gallery_id} cannot be read from its tar shard ({exc}); the shard was moved, rewritten or deleted after extraction") from exc
+            raise NotFound(
+                f"the image of gallery id {gallery_id} cannot be read from its tar shard ({exc}); the shard was moved,"
+                " rewritten or deleted after extraction"
+            ) from exc
 
     def image_path(self, gallery_id: int) -> Path:
         """The file behind a gallery id: paths come from the gallery's metadata, never from a request."""
@@ -343,8 +386,14 @@ class SearchService:
         path = Path(recorded)
         if not path.is_file():
             if not has_image_file(recorded):
-                raise NotFound(f"gallery id {gallery_id} has no image: its embedding was written from an array ({recorded}), not extracted from a file")
-            raise NotFound(f"the image file of gallery id {gallery_id} is missing at {path}; the collection was moved or deleted after extraction")
+                raise NotFound(
+                    f"gallery id {gallery_id} has no image: its embedding was written from an array ({recorded}), not"
+                    " extracted from a file"
+                )
+            raise NotFound(
+                f"the image file of gallery id {gallery_id} is missing at {path}; the collection was moved or deleted"
+                " after extraction"
+            )
         return path
 
     def row(self, gallery_id: int) -> dict[str, Any]:
@@ -357,8 +406,11 @@ class SearchService:
             "split": self._splits[gallery_id],
         }
 
-    def results(self, hits: list[tuple[int, float]], query_label: str | None, exact_ids: set[int] | None = None) -> list[dict[str, Any]]:
-        """Result rows as the API shows them; `in_exact` says whether each is among `exact_ids` (null when not comparing)."""
+    def results(
+        self, hits: list[tuple[int, float]], query_label: str | None, exact_ids: set[int] | None = None
+    ) -> list[dict[str, Any]]:
+        """Result rows as the API shows them; `in_exact` says whether each is among `exact_ids` (null when not
+        comparing)."""
         out = []
         for rank, (gallery_id, score) in enumerate(hits, 1):
             row = self.row(gallery_id)
@@ -420,7 +472,10 @@ class SearchService:
     def too_large_message(self, size: int | None = None) -> str:
         limit_mb = self.config.max_upload_bytes / 2**20
         got = f" ({size} bytes)" if size else ""
-        return f"the upload{got} is over the {limit_mb:g} MB limit; send a smaller image or start the server with a larger --max-upload-mb"
+        return (
+            f"the upload{got} is over the {limit_mb:g} MB limit; send a smaller image or start the server with a larger"
+            " --max-upload-mb"
+        )
 
 
 def shown_path(path: str, root: str | None, root_is_list_file: bool = False) -> str:

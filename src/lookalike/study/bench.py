@@ -14,9 +14,9 @@ import numpy as np
 
 from .. import runtime
 from ..gallery import Gallery
+from ..search import get_method
 from .core import NOT_REAL_TAG, fmt, format_params, write_outputs
 from .metrics import ground_truth, precision_at_k, recall_at_k
-from ..search import get_method
 from .timing import Latency, measure_latency
 
 DEFAULT_METHODS = ("brute", "flat", "ivf")
@@ -58,22 +58,42 @@ class BenchResult:
         rows = [
             f"# lookalike bench — {self.model}",
             "",
-            f"**{self.provenance}**" + ("" if self.real else "  \n**⚠ NOT A REAL RESULT: random weights and/or generated data; timings are valid, accuracy is not.**"),
+            f"**{self.provenance}**"
+            + (
+                ""
+                if self.real
+                else (
+                    "  \n**⚠ NOT A REAL RESULT: random weights and/or generated data; timings are valid, accuracy is"
+                    " not.**"
+                )
+            ),
             "",
-            f"Queries: {self.queries}; k = {self.k}; metric = {self.metric}; threads = {self.environment.get('threads')}.",
+            (
+                f"Queries: {self.queries}; k = {self.k}; metric = {self.metric}; threads ="
+                f" {self.environment.get('threads')}."
+            ),
             f"Extraction: {fmt(self.extract_ms_per_image)} ms/image. Peak RSS: {self.peak_rss_bytes / 2**20:.0f} MiB.",
             "",
-            "| method | params | single ms/query (median) | single p99 ms | batched ms/query | memory MiB | train s | build s | scanned per query | recall@k vs exact | label P@k |" + ("" if self.real else " provenance |"),
+            "| method | params | single ms/query (median) | single p99 ms | batched ms/query | memory MiB | train s |"
+            " build s | scanned per query | recall@k vs exact | label P@k |" + ("" if self.real else " provenance |"),
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("" if self.real else "---|"),
         ]
         for m in self.methods:
             rows.append(
-                f"| {m.method} | {format_params(m.params)} | {m.latency.single_ms:.3f} | {m.latency.single_p99_ms:.3f} | "
-                f"{m.latency.batch_ms:.4f} | {m.memory_bytes / 2**20:.2f} | {m.train_seconds:.2f} | {m.build_seconds:.2f} | "
-                f"{'–' if m.scanned is None else f'{100 * m.scanned:.1f}%'} | {m.recall:.4f} | {m.precision:.4f} |" + ("" if self.real else f" {NOT_REAL_TAG} |")
+                f"| {m.method} | {format_params(m.params)} | {m.latency.single_ms:.3f} | {m.latency.single_p99_ms:.3f}"
+                f" | {m.latency.batch_ms:.4f} | {m.memory_bytes / 2**20:.2f} | {m.train_seconds:.2f} |"
+                f" {m.build_seconds:.2f} | {'–' if m.scanned is None else f'{100 * m.scanned:.1f}%'} | {m.recall:.4f} |"
+                f" {m.precision:.4f} |" + ("" if self.real else f" {NOT_REAL_TAG} |")
             )
-        rows += ["", f"single = one query per call over {self.methods[0].latency.single_queries} queries; batched = all {self.methods[0].latency.batch_queries} queries in one call, divided by their count. "
-                 "*scanned per query*: the share of the database each query was compared with (for IVF counted by FAISS; on clustered data it is often far above nprobe/nlist)."]
+        rows += [
+            "",
+            (
+                f"single = one query per call over {self.methods[0].latency.single_queries} queries; batched = all"
+                f" {self.methods[0].latency.batch_queries} queries in one call, divided by their count. *scanned per"
+                " query*: the share of the database each query was compared with (for IVF counted by FAISS; on"
+                " clustered data it is often far above nprobe/nlist)."
+            ),
+        ]
         return "\n".join(rows) + "\n"
 
 
@@ -153,10 +173,18 @@ def combined_table(results: list[BenchResult]) -> str:
         row(f"{name} ms/query, batched", [fmt(m.latency.batch_ms, 4) if m else "–" for m in per])
         row(f"{name} memory MiB", [f"{m.memory_bytes / 2**20:.2f}" if m else "–" for m in per])
         if any(m and m.train_seconds for m in per):
-            row(f"{name} train / build s", [f"{m.train_seconds:.2f} / {m.build_seconds:.2f}" if m else "–" for m in per])
+            row(
+                f"{name} train / build s", [f"{m.train_seconds:.2f} / {m.build_seconds:.2f}" if m else "–" for m in per]
+            )
         if any(m and "nlist" in m.params for m in per):
-            row(f"{name} nlist / nprobe", [f"{m.params.get('nlist')} / {m.params.get('nprobe')}" if m else "–" for m in per])
-            row(f"{name} gallery scanned per query", [f"{100 * m.scanned:.1f}%" if m and m.scanned is not None else "–" for m in per])
+            row(
+                f"{name} nlist / nprobe",
+                [f"{m.params.get('nlist')} / {m.params.get('nprobe')}" if m else "–" for m in per],
+            )
+            row(
+                f"{name} gallery scanned per query",
+                [f"{100 * m.scanned:.1f}%" if m and m.scanned is not None else "–" for m in per],
+            )
         row(f"{name} recall@{results[0].k} vs exact", [f"{m.recall:.4f}" if m else "–" for m in per])
     row(f"label precision@{results[0].k} (exact)", [f"{r.methods[0].precision:.4f}" for r in results])
     row("peak RSS MiB", [f"{r.peak_rss_bytes / 2**20:.0f}" for r in results])

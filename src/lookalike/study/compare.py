@@ -52,13 +52,19 @@ class Comparison:
     def summary(self) -> str:
         """One line: recall and both latencies, for the CLI."""
         return (
-            f"recall@{self.k} {self.recall:.2f} against exact search ({self.exact_method}): {len(self.missed)} of the "
-            f"{len(self.exact_hits)} true neighbours missed · {self.method} {self.method_ms:.2f} ms, {self.exact_method} {self.exact_ms:.2f} ms"
+            f"recall@{self.k} {self.recall:.2f} against exact search ({self.exact_method}): {len(self.missed)} of the"
+            f" {len(self.exact_hits)} true neighbours missed · {self.method} {self.method_ms:.2f} ms,"
+            f" {self.exact_method} {self.exact_ms:.2f} ms"
         )
 
 
 def compare_search(
-    gallery: Gallery, method: SearchMethod, exact: SearchMethod, vector: np.ndarray, k: int, params: dict[str, Any] | None = None
+    gallery: Gallery,
+    method: SearchMethod,
+    exact: SearchMethod,
+    vector: np.ndarray,
+    k: int,
+    params: dict[str, Any] | None = None,
 ) -> Comparison:
     """Search `vector` with `method` (with this call's `params`) and with `exact`, and say what the method missed.
 
@@ -105,7 +111,14 @@ def exact_twin(gallery: Gallery, method: SearchMethod, exact: SearchMethod) -> S
 
 
 def compare(
-    gallery: Gallery, query: Query | None = None, k: int = 10, method: str = "ivf", metric: str = "ip", *, text: str | None = None, **params: Any
+    gallery: Gallery,
+    query: Query | None = None,
+    k: int = 10,
+    method: str = "ivf",
+    metric: str = "ip",
+    *,
+    text: str | None = None,
+    **params: Any,
 ) -> Comparison:
     """`Gallery.compare`: `query` (or `text`) searched with `method` and with exact search, over the same rows."""
     searcher = gallery.searcher

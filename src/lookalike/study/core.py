@@ -11,9 +11,10 @@ from __future__ import annotations
 import csv
 import io
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,10 @@ from .metrics import Accuracy, accuracy
 from .timing import Latency, measure_latency
 
 NOT_REAL_TAG = "⚠ random weights / generated data"
-NOT_REAL_BANNER = "**⚠ NOT A REAL RESULT: random weights, generated data and/or synthetic rows; timings are valid measurements, accuracy figures say nothing about real images.**"
+NOT_REAL_BANNER = (
+    "**⚠ NOT A REAL RESULT: random weights, generated data and/or synthetic rows; timings are valid measurements,"
+    " accuracy figures say nothing about real images.**"
+)
 
 
 # --- query sets ---
@@ -72,18 +76,26 @@ def list_queries(gallery: Gallery, list_file: str, max_queries: int = 1000) -> Q
         print(f"skipped query {line}", file=sys.stderr)
     query_paths = {r.path for r in records}
     database = np.asarray([i for i, p in enumerate(gallery.paths) if p not in query_paths], dtype=np.int64)
-    how = f"{len(vectors)} images from {list_file}" + (f" ({len(skipped)} unreadable skipped)" if skipped else "") + f" vs {len(database)} gallery images"
+    how = (
+        f"{len(vectors)} images from {list_file}"
+        + (f" ({len(skipped)} unreadable skipped)" if skipped else "")
+        + f" vs {len(database)} gallery images"
+    )
     return QuerySet(np.asarray(vectors, dtype=np.float32), np.asarray(labels, dtype=object), database, how)
 
 
 def split_queries(queries: QuerySet, seed: int = 0) -> tuple[QuerySet, QuerySet]:
     """A seeded half/half split into validation (to choose a setting) and test (to report it)."""
     if len(queries.vectors) < 2:
-        raise LookalikeError("tuning needs at least 2 held-out queries (one to choose with, one to test); use a gallery with more images")
+        raise LookalikeError(
+            "tuning needs at least 2 held-out queries (one to choose with, one to test); use a gallery with more images"
+        )
     order = np.random.default_rng(seed).permutation(len(queries.vectors))
     half = len(order) // 2
     val, test = np.sort(order[:half]), np.sort(order[half:])
-    return queries.subset(val, f"{len(val)} of {len(order)} queries {queries.how}"), queries.subset(test, f"the other {len(test)}")
+    return queries.subset(val, f"{len(val)} of {len(order)} queries {queries.how}"), queries.subset(
+        test, f"the other {len(test)}"
+    )
 
 
 # --- measuring one setting ---
@@ -127,7 +139,9 @@ class TargetSearch:
     tried: dict[int | None, float]
 
 
-def cheapest_reaching(values: Sequence[int | None], score: Callable[[int | None], float], target: float, refine_steps: int = 0) -> TargetSearch:
+def cheapest_reaching(
+    values: Sequence[int | None], score: Callable[[int | None], float], target: float, refine_steps: int = 0
+) -> TargetSearch:
     """Walk `values` cheapest first and stop at the first whose score reaches `target`.
 
     With `refine_steps`, whole-number values are then bisected (at most that many times) between
@@ -190,7 +204,9 @@ def csv_text(rows: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None
     return buffer.getvalue()
 
 
-def write_outputs(folder: Path, stem: str, markdown: str, data: dict[str, Any], csv: str | None = None) -> dict[str, Path]:
+def write_outputs(
+    folder: Path, stem: str, markdown: str, data: dict[str, Any], csv: str | None = None
+) -> dict[str, Path]:
     """`<stem>.md`, `<stem>.json` (strict JSON: NaN → null) and, when given, `<stem>.csv` in `folder`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

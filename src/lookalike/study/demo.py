@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import runtime
-from ..errors import WeightsUnavailableError
-from .bench import combined_table, run_bench, write_bench
+from ..data.synthetic import generate_collection
 from ..embed.extract import ExtractConfig, extract
+from ..errors import WeightsUnavailableError
 from ..gallery import atomic_write_bytes
 from ..search import make_method, save_method
-from ..data.synthetic import generate_collection
+from .bench import combined_table, run_bench, write_bench
 
 CLASSES = 20
 VAL_SHARE = 0.1
@@ -41,18 +41,33 @@ def run_demo(config: DemoConfig) -> str:
     runtime.set_threads(config.threads)
     per_class = max(2, round(config.images / CLASSES))
     val = max(1, round(per_class * VAL_SHARE))
-    data = generate_collection(config.out / "data", n_classes=CLASSES, train_per_class=per_class - val, val_per_class=val, seed=0)
-    print(f"generated {CLASSES * per_class} images in {CLASSES} classes at {data} (GENERATED data, not real photographs)", flush=True)
+    data = generate_collection(
+        config.out / "data", n_classes=CLASSES, train_per_class=per_class - val, val_per_class=val, seed=0
+    )
+    print(
+        f"generated {CLASSES * per_class} images in {CLASSES} classes at {data} (GENERATED data, not real photographs)",
+        flush=True,
+    )
     results = []
     for model in config.models:
         weights = "pretrained" if config.weights in ("auto", "pretrained") else "random"
-        cfg = ExtractConfig(data=str(data), out=str(config.out / "galleries" / model), model=model, weights=weights, image_size=config.image_size, threads=config.threads, overwrite=True)
+        cfg = ExtractConfig(
+            data=str(data),
+            out=str(config.out / "galleries" / model),
+            model=model,
+            weights=weights,
+            image_size=config.image_size,
+            threads=config.threads,
+            overwrite=True,
+        )
         try:
             gallery = extract(cfg)
         except WeightsUnavailableError as exc:
             if config.weights == "pretrained":
                 raise
-            banner(f"{model}: pretrained weights unavailable — falling back to RANDOM weights; results below are NOT real")
+            banner(
+                f"{model}: pretrained weights unavailable — falling back to RANDOM weights; results below are NOT real"
+            )
             print(f"(why: {exc})", flush=True)
             gallery = extract(ExtractConfig(**{**cfg.__dict__, "weights": "random"}))
         if gallery.manifest.weights.kind == "random":
@@ -67,7 +82,9 @@ def run_demo(config: DemoConfig) -> str:
         print(f"{model}: {gallery.provenance()}", flush=True)
     table = combined_table(results)
     real = all(r.real for r in results)
-    title = "# lookalike demo — combined timing table\n\n" + ("" if real else "**⚠ Generated data and/or RANDOM weights: timings are real, accuracy figures are not.**\n\n")
+    title = "# lookalike demo — combined timing table\n\n" + (
+        "" if real else "**⚠ Generated data and/or RANDOM weights: timings are real, accuracy figures are not.**\n\n"
+    )
     atomic_write_bytes(config.out / "demo.md", (title + table).encode())
     if not real:
         banner("GENERATED data / RANDOM weights: the table's timings are real, its accuracy is NOT")

@@ -42,7 +42,8 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
 
 
 def relevance(found: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
-    """(Q, k) booleans: result j of query i has the query's label (missing results and unlabelled queries are not relevant)."""
+    """(Q, k) booleans: result j of query i has the query's label (missing results and unlabelled queries are not
+    relevant)."""
     found = np.asarray(found)
     labels = np.asarray(gallery_labels, dtype=object)[np.clip(found, 0, None)]
     q = np.asarray(query_labels, dtype=object)[:, None]
@@ -55,7 +56,8 @@ def labelled(query_labels: np.ndarray) -> np.ndarray:
 
 
 def precision_at_k(found: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, k: int) -> float:
-    """Label precision@k over labelled queries: the share of the top k results that carry the query's label (rclip's metric)."""
+    """Label precision@k over labelled queries: the share of the top k results that carry the query's label (rclip's
+    metric)."""
     keep = labelled(query_labels)
     if not keep.any():
         return float("nan")
@@ -63,18 +65,26 @@ def precision_at_k(found: np.ndarray, query_labels: np.ndarray, gallery_labels: 
     return float(rel.sum(axis=1).mean() / k)
 
 
-MAP_DEFINITION = "mAP@k = mean over labelled queries of Σ_j P@j·rel_j / min(k, items with the query's label in the database)"
+MAP_DEFINITION = (
+    "mAP@k = mean over labelled queries of Σ_j P@j·rel_j / min(k, items with the query's label in the database)"
+)
 
 
 def relevant_counts(query_labels: np.ndarray, database_labels: np.ndarray) -> np.ndarray:
     """(Q,) how many database rows carry each query's label: the most relevant results a search could find."""
-    values, counts = np.unique(np.asarray([str(x) for x in database_labels if x is not None], dtype=object), return_counts=True)
+    values, counts = np.unique(
+        np.asarray([str(x) for x in database_labels if x is not None], dtype=object), return_counts=True
+    )
     table = dict(zip(values.tolist(), counts.tolist()))
     return np.asarray([table.get(str(q), 0) if q is not None else 0 for q in query_labels], dtype=np.int64)
 
 
 def average_precision_at_k(
-    found: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, k: int, database_labels: np.ndarray | None = None
+    found: np.ndarray,
+    query_labels: np.ndarray,
+    gallery_labels: np.ndarray,
+    k: int,
+    database_labels: np.ndarray | None = None,
 ) -> float:
     """mAP@k over labelled queries: mean of Σ_j P@j·rel_j / min(k, relevant items in the database).
 
@@ -107,10 +117,20 @@ class Accuracy:
 
 
 def accuracy(
-    found: np.ndarray, truth: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, k: int, database_ids: np.ndarray | None = None
+    found: np.ndarray,
+    truth: np.ndarray,
+    query_labels: np.ndarray,
+    gallery_labels: np.ndarray,
+    k: int,
+    database_ids: np.ndarray | None = None,
 ) -> Accuracy:
-    """`database_ids`: the gallery rows searched (default: all of `gallery_labels`), for mAP's count of relevant items."""
-    database_labels = None if database_ids is None else np.asarray(gallery_labels, dtype=object)[np.asarray(database_ids, dtype=np.int64)]
+    """`database_ids`: the gallery rows searched (default: all of `gallery_labels`), for mAP's count of relevant
+    items."""
+    database_labels = (
+        None
+        if database_ids is None
+        else np.asarray(gallery_labels, dtype=object)[np.asarray(database_ids, dtype=np.int64)]
+    )
     return Accuracy(
         recall=recall_at_k(found, truth, k),
         precision=precision_at_k(found, query_labels, gallery_labels, k),
@@ -118,13 +138,18 @@ def accuracy(
     )
 
 
-def exact_neighbours(gallery: Gallery, database_ids: np.ndarray, queries: np.ndarray, k: int, metric: str = "ip") -> np.ndarray:
-    """Exact top-k gallery ids of `queries` (any vectors, e.g. embedded query images) among `database_ids`, cached beside the gallery."""
+def exact_neighbours(
+    gallery: Gallery, database_ids: np.ndarray, queries: np.ndarray, k: int, metric: str = "ip"
+) -> np.ndarray:
+    """Exact top-k gallery ids of `queries` (any vectors, e.g. embedded query images) among `database_ids`, cached
+    beside the gallery."""
     from ..search import database_vectors
 
     database_ids = np.asarray(database_ids, dtype=np.int64)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    key = hashlib.sha256(f"{gallery.fingerprint}|{metric}|{k}|".encode() + database_ids.tobytes() + queries.tobytes()).hexdigest()[:16]
+    key = hashlib.sha256(
+        f"{gallery.fingerprint}|{metric}|{k}|".encode() + database_ids.tobytes() + queries.tobytes()
+    ).hexdigest()[:16]
     path = Path(gallery.path) / CACHE / f"groundtruth-{metric}-k{k}-{key}.npy"
     if path.is_file():
         return np.load(path)
@@ -133,8 +158,11 @@ def exact_neighbours(gallery: Gallery, database_ids: np.ndarray, queries: np.nda
     return ids
 
 
-def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str = "ip", ids: np.ndarray | None = None) -> np.ndarray:
-    """The ground truth of every experiment: exact top-k rows (or `ids`) of `queries` among `vectors`, by brute force."""
+def exact_top_k(
+    vectors: np.ndarray, queries: np.ndarray, k: int, metric: str = "ip", ids: np.ndarray | None = None
+) -> np.ndarray:
+    """The ground truth of every experiment: exact top-k rows (or `ids`) of `queries` among `vectors`, by brute
+    force."""
     from ..search import BruteForce
 
     exact = BruteForce("brute", metric)
@@ -144,4 +172,6 @@ def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str = 
 
 def ground_truth(gallery: Gallery, partition: Partition, k: int, metric: str = "ip") -> np.ndarray:
     """Exact top-k gallery ids for the partition's held-out queries, cached beside the gallery."""
-    return exact_neighbours(gallery, partition.database_ids, np.asarray(gallery.embeddings[partition.query_ids]), k, metric)
+    return exact_neighbours(
+        gallery, partition.database_ids, np.asarray(gallery.embeddings[partition.query_ids]), k, metric
+    )

@@ -45,8 +45,15 @@ def wrapped_title(*lines: str, width: int = 110) -> str:
     return "\n".join(textwrap.fill(line, width) for line in lines if line)
 
 
-def plot_tradeoff(points: Sequence[TradeoffPointLike], title: str, path: Path, k: int, latency_label: str = "single-query latency, ms (median, log scale)") -> Path:
-    """recall@k against per-query latency: one line per swept curve (colour = family), exact methods as stars, the Pareto frontier in black."""
+def plot_tradeoff(
+    points: Sequence[TradeoffPointLike],
+    title: str,
+    path: Path,
+    k: int,
+    latency_label: str = "single-query latency, ms (median, log scale)",
+) -> Path:
+    """recall@k against per-query latency: one line per swept curve (colour = family), exact methods as stars, the
+    Pareto frontier in black."""
     fig = Figure(figsize=FIGSIZE_IN)
     ax = fig.add_subplot(1, 1, 1)
     families = list(dict.fromkeys(p.family for p in points if not p.exact))
@@ -56,14 +63,49 @@ def plot_tradeoff(points: Sequence[TradeoffPointLike], title: str, path: Path, k
         styles = itertools.cycle(itertools.product(LINESTYLES, MARKERS))
         for curve in curves:
             line, marker = next(styles)
-            pts = [p for p in points if p.curve == curve and not p.exact]  # in sweep order: the curve follows nprobe/efSearch
-            ax.plot([p.single_ms for p in pts], [p.recall for p in pts], linestyle=line, marker=marker, markersize=4, color=colours[family], label=curve)
+            pts = [
+                p for p in points if p.curve == curve and not p.exact
+            ]  # in sweep order: the curve follows nprobe/efSearch
+            ax.plot(
+                [p.single_ms for p in pts],
+                [p.recall for p in pts],
+                linestyle=line,
+                marker=marker,
+                markersize=4,
+                color=colours[family],
+                label=curve,
+            )
     for i, p in enumerate(p for p in points if p.exact):
-        ax.plot([p.single_ms], [p.recall], marker="*", markersize=16, linestyle="none", color=f"C{(len(families) + i) % 10}", markeredgecolor="black", label=f"{p.curve} (exact)")
+        ax.plot(
+            [p.single_ms],
+            [p.recall],
+            marker="*",
+            markersize=16,
+            linestyle="none",
+            color=f"C{(len(families) + i) % 10}",
+            markeredgecolor="black",
+            label=f"{p.curve} (exact)",
+        )
     frontier = sorted((p for p in points if p.pareto), key=lambda p: p.single_ms)
     if frontier:
-        ax.step([p.single_ms for p in frontier], [p.recall for p in frontier], where="post", color="black", linewidth=1.2, alpha=0.7)
-        ax.plot([p.single_ms for p in frontier], [p.recall for p in frontier], linestyle="none", marker="o", markersize=10, markerfacecolor="none", markeredgecolor="black", label="Pareto frontier")
+        ax.step(
+            [p.single_ms for p in frontier],
+            [p.recall for p in frontier],
+            where="post",
+            color="black",
+            linewidth=1.2,
+            alpha=0.7,
+        )
+        ax.plot(
+            [p.single_ms for p in frontier],
+            [p.recall for p in frontier],
+            linestyle="none",
+            marker="o",
+            markersize=10,
+            markerfacecolor="none",
+            markeredgecolor="black",
+            label="Pareto frontier",
+        )
     ax.set_xscale("log")
     ax.set_xlabel(latency_label)
     ax.set_ylabel(f"recall@{k} vs exact search")
@@ -102,10 +144,38 @@ def plot_scale_latency(bars: Sequence[dict], title: str, path: Path) -> Path:
                 x = m + (s - (len(sizes) - 1) / 2) * width
                 hatch = "//" if bar["synthetic"] else None
                 extract_ms = bar.get(extract_key, bar["extract_ms"])
-                ax.bar(x, extract_ms, width * 0.9, color="0.75", edgecolor="black", linewidth=0.4, hatch=hatch, label="extraction (per image)" if (m, s) == (0, 0) else None)
-                ax.bar(x, bar[key], width * 0.9, bottom=extract_ms, color=f"C{m % 10}", edgecolor="black", linewidth=0.4, hatch=hatch, label=f"{method} search" if s == 0 else None)
+                ax.bar(
+                    x,
+                    extract_ms,
+                    width * 0.9,
+                    color="0.75",
+                    edgecolor="black",
+                    linewidth=0.4,
+                    hatch=hatch,
+                    label="extraction (per image)" if (m, s) == (0, 0) else None,
+                )
+                ax.bar(
+                    x,
+                    bar[key],
+                    width * 0.9,
+                    bottom=extract_ms,
+                    color=f"C{m % 10}",
+                    edgecolor="black",
+                    linewidth=0.4,
+                    hatch=hatch,
+                    label=f"{method} search" if s == 0 else None,
+                )
                 total = extract_ms + bar[key]
-                ax.annotate(f"{total:.0f}" if total >= 100 else f"{total:.3g}", (x, total), ha="center", va="bottom", fontsize=6, rotation=90, xytext=(0, 2), textcoords="offset points")
+                ax.annotate(
+                    f"{total:.0f}" if total >= 100 else f"{total:.3g}",
+                    (x, total),
+                    ha="center",
+                    va="bottom",
+                    fontsize=6,
+                    rotation=90,
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                )
                 ticks.append(x)
                 tick_labels.append(f"{size}{' ⚠synth' if bar['synthetic'] else ''}")
         ax.set_xticks(ticks)
@@ -117,7 +187,9 @@ def plot_scale_latency(bars: Sequence[dict], title: str, path: Path) -> Path:
         ax.grid(True, axis="y", alpha=0.3)
         ax.margins(y=0.12)
         if panel == 0:
-            fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=len(methods) + 1, fontsize=8, frameon=False)
+            fig.legend(
+                *ax.get_legend_handles_labels(), loc="lower center", ncol=len(methods) + 1, fontsize=8, frameon=False
+            )
     fig.suptitle(title, fontsize=9)
     fig.subplots_adjust(bottom=0.3, top=0.85, wspace=0.25)
     return save_figure(fig, path)

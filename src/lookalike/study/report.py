@@ -14,13 +14,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .. import runtime
 from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, open_gallery
-from .metrics import MAP_DEFINITION
 from .bench import BenchResult, combined_table, run_bench, write_bench
+from .metrics import MAP_DEFINITION
 from .scale import ScaleConfig, ScaleResult, format_size, run_scale, write_scale
 from .tradeoff import RECALL_TARGETS, TradeoffConfig, TradeoffResult, run_tradeoff, write_tradeoff
 
@@ -57,7 +57,10 @@ def data_line(gallery: Gallery, scale: ScaleResult) -> str:
     base = gallery.manifest.data.describe()
     if scale.extension:
         synth = ", ".join(format_size(c.size) for c in scale.compositions if c.synthetic)
-        base += f"; the scale sizes {synth} add SYNTHETIC embeddings ({scale.extension['rows']} rows from a k-means + per-cluster PPCA model of the real ones)"
+        base += (
+            f"; the scale sizes {synth} add SYNTHETIC embeddings ({scale.extension['rows']} rows from a k-means +"
+            " per-cluster PPCA model of the real ones)"
+        )
     if scale.extra_source:
         base += f"; extra real embeddings from {scale.extra_source}"
     return base
@@ -72,20 +75,27 @@ def accuracy_summary(report: GalleryReport) -> list[str]:
     brute = next((p for p in t.points if p.exact and p.curve == "brute"), None)
     approx = [p for p in t.points if not p.exact]
     if brute is None or not approx:
-        return [f"- {t.model}: no approximate index could be measured on {t.n_database} vectors ({'; '.join(t.skipped) or 'none planned'})."]
+        return [
+            f"- {t.model}: no approximate index could be measured on {t.n_database} vectors"
+            f" ({'; '.join(t.skipped) or 'none planned'})."
+        ]
     lines = []
     for target in RECALL_TARGETS:
         reached = [p for p in approx if p.recall >= target]
         if not reached:
             best = max(approx, key=lambda p: p.recall)
-            lines.append(f"- {t.model}, recall@{t.k} ≥ {target}: no approximate setting reached it; the best was {best.setting()} at {best.recall:.4f}.")
+            lines.append(
+                f"- {t.model}, recall@{t.k} ≥ {target}: no approximate setting reached it; the best was"
+                f" {best.setting()} at {best.recall:.4f}."
+            )
             continue
         p = min(reached, key=lambda p: p.single_ms)
         lines.append(
-            f"- {t.model}, recall@{t.k} ≥ {target}: {p.setting()} loses {100 * (1 - p.recall):.1f}% of the exact top-{t.k} "
-            f"(recall {p.recall:.4f}) and runs at {p.single_ms:.3f} ms/query single, {_ratio(brute.single_ms, p.single_ms)} brute force's "
-            f"{brute.single_ms:.3f} ms; label precision@{t.k} {p.precision:.4f} vs {brute.precision:.4f} exact "
-            f"({_signed(p.precision - brute.precision)}), memory {p.memory_bytes / 2**20:.1f} MiB."
+            f"- {t.model}, recall@{t.k} ≥ {target}: {p.setting()} loses {100 * (1 - p.recall):.1f}% of the exact"
+            f" top-{t.k} (recall {p.recall:.4f}) and runs at {p.single_ms:.3f} ms/query single,"
+            f" {_ratio(brute.single_ms, p.single_ms)} brute force's {brute.single_ms:.3f} ms; label precision@{t.k}"
+            f" {p.precision:.4f} vs {brute.precision:.4f} exact ({_signed(p.precision - brute.precision)}), memory"
+            f" {p.memory_bytes / 2**20:.1f} MiB."
         )
     return lines
 
@@ -95,12 +105,22 @@ def scale_summary(report: GalleryReport) -> list[str]:
     s = report.scale
     sizes = sorted({p.size for p in s.points})
     if len(sizes) < 2:
-        return [f"- {s.model}: only one size was measured ({format_size(sizes[0])}); give --sizes with two or more."] if sizes else []
+        return (
+            [f"- {s.model}: only one size was measured ({format_size(sizes[0])}); give --sizes with two or more."]
+            if sizes
+            else []
+        )
     lo, hi = sizes[0], sizes[-1]
     synthetic = [format_size(c.size) for c in s.compositions if c.synthetic and c.size in (lo, hi)]
     extract = s.extraction.get("single_image_ms")
-    head = f"- {s.model}, {format_size(lo)} → {format_size(hi)} rows" + (f" (⚠ {', '.join(synthetic)} with synthetic extension)" if synthetic else "")
-    head += f"; extraction is a constant {extract:.2f} ms per query image (one image, batch 1):" if extract is not None else "; no single-image extraction time recorded (generated embeddings or an older gallery):"
+    head = f"- {s.model}, {format_size(lo)} → {format_size(hi)} rows" + (
+        f" (⚠ {', '.join(synthetic)} with synthetic extension)" if synthetic else ""
+    )
+    head += (
+        f"; extraction is a constant {extract:.2f} ms per query image (one image, batch 1):"
+        if extract is not None
+        else "; no single-image extraction time recorded (generated embeddings or an older gallery):"
+    )
     lines = [head]
     for method in dict.fromkeys(p.method for p in s.points):
         a = next((p for p in s.points if p.method == method and p.size == lo), None)
@@ -108,13 +128,17 @@ def scale_summary(report: GalleryReport) -> list[str]:
         if a is None or b is None:
             continue
         line = (
-            f"  - {method}: search {a.latency.single_ms:.3f} → {b.latency.single_ms:.3f} ms/query single "
-            f"({b.latency.single_ms / a.latency.single_ms:.1f}× for {hi / lo:.0f}× the rows), batched {a.latency.batch_ms:.4f} → {b.latency.batch_ms:.4f}"
+            f"  - {method}: search {a.latency.single_ms:.3f} → {b.latency.single_ms:.3f} ms/query single"
+            f" ({b.latency.single_ms / a.latency.single_ms:.1f}× for {hi / lo:.0f}× the rows), batched"
+            f" {a.latency.batch_ms:.4f} → {b.latency.batch_ms:.4f}"
         )
         if extract is not None:
             line += f"; search share of end-to-end {_share(a)} → {_share(b)}"
         if a.params.get("nprobe") is not None:
-            line += f"; nprobe {a.params['nprobe']} → {b.params['nprobe']} tuned for recall@{s.config.k} ≥ {s.config.target_recall} on validation queries (test recall {a.recall:.3f}, {b.recall:.3f})"
+            line += (
+                f"; nprobe {a.params['nprobe']} → {b.params['nprobe']} tuned for recall@{s.config.k} ≥"
+                f" {s.config.target_recall} on validation queries (test recall {a.recall:.3f}, {b.recall:.3f})"
+            )
         lines.append(line + ".")
     return lines
 
@@ -161,7 +185,9 @@ def run_report(config: ReportConfig, progress=print) -> list[GalleryReport]:
         tradeoff = run_tradeoff(gallery, TradeoffConfig(k=config.k))
         write_tradeoff(tradeoff, folder / "tradeoff")
         progress("scale …")
-        scale = run_scale(gallery, ScaleConfig(sizes=config.sizes, k=config.k, target_recall=config.target_recall), progress=progress)
+        scale = run_scale(
+            gallery, ScaleConfig(sizes=config.sizes, k=config.k, target_recall=config.target_recall), progress=progress
+        )
         write_scale(scale, folder / "scale")
         reports.append(GalleryReport(name, bench, tradeoff, scale))
     return reports
@@ -174,31 +200,61 @@ def report_markdown(reports: list[GalleryReport], config: ReportConfig, seconds:
     lines = [
         "# lookalike report",
         "",
-        f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} in {seconds:.0f} s by `lookalike report` on {machine['cpu']} "
-        f"({machine['cores']} cores, {machine['memory_gib']} GiB RAM, CUDA: {machine['cuda'] or 'none'}).",
+        (
+            f"Generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} in {seconds:.0f} s by `lookalike"
+            f" report` on {machine['cpu']} ({machine['cores']} cores, {machine['memory_gib']} GiB RAM, CUDA:"
+            f" {machine['cuda'] or 'none'})."
+        ),
         "",
     ]
     if not all_real:
-        lines += ["**⚠ NOT A REAL RESULT for the galleries marked below: random weights, generated data and/or synthetic embeddings. Timings are valid measurements; accuracy figures say nothing about real images.**", ""]
-    lines += ["## What produced these figures", "", "| gallery | model | weights | data | images |", "|---|---|---|---|---:|"]
+        lines += [
+            (
+                "**⚠ NOT A REAL RESULT for the galleries marked below: random weights, generated data and/or synthetic"
+                " embeddings. Timings are valid measurements; accuracy figures say nothing about real images.**"
+            ),
+            "",
+        ]
+    lines += [
+        "## What produced these figures",
+        "",
+        "| gallery | model | weights | data | images |",
+        "|---|---|---|---|---:|",
+    ]
     for r in reports:
         gallery = open_gallery(r.bench.gallery)
-        lines.append(f"| `{r.bench.gallery}` | {r.bench.model} ({r.bench.dim}-d) | {weights_line(gallery)} | {data_line(gallery, r.scale)} | {gallery.count} |")
+        lines.append(
+            f"| `{r.bench.gallery}` | {r.bench.model} ({r.bench.dim}-d) | {weights_line(gallery)} |"
+            f" {data_line(gallery, r.scale)} | {gallery.count} |"
+        )
     lines += [
         "",
         "- Threads: " + ", ".join(f"{k} {v}" for k, v in threads.items()) + ".",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
-        f"- k = {config.k}; scale sizes {', '.join(format_size(s) for s in config.sizes)}; approximate methods in the scale section tuned to recall@{config.k} ≥ {config.target_recall}.",
+        (
+            f"- k = {config.k}; scale sizes {', '.join(format_size(s) for s in config.sizes)}; approximate methods in"
+            f" the scale section tuned to recall@{config.k} ≥ {config.target_recall}."
+        ),
         f"- {MAP_DEFINITION}.",
         "",
         "## Summary",
         "",
-        "**(i) How much accuracy does approximate search lose against brute force?** The fastest measured setting per recall target (held-out queries):",
+        (
+            "**(i) How much accuracy does approximate search lose against brute force?** The fastest measured setting"
+            " per recall target (held-out queries):"
+        ),
         "",
     ]
     for r in reports:
         lines += accuracy_summary(r)
-    lines += ["", f"**(ii) How does the end-to-end latency profile (extraction + search, per query) shift from {format_size(min(config.sizes))} to {format_size(max(config.sizes))}?**", ""]
+    lines += [
+        "",
+        (
+            "**(ii) How does the end-to-end latency profile (extraction + search, per query) shift from"
+            f" {format_size(min(config.sizes))} to {format_size(max(config.sizes))}?**"
+        ),
+        "",
+    ]
     for r in reports:
         lines += scale_summary(r)
     lines += ["", "## Timing table (bench)", "", combined_table([r.bench for r in reports])]
@@ -218,7 +274,12 @@ def report_markdown(reports: list[GalleryReport], config: ReportConfig, seconds:
 
 def report_json(reports: list[GalleryReport], config: ReportConfig) -> dict:
     return {
-        "config": {"galleries": list(config.galleries), "sizes": list(config.sizes), "k": config.k, "target_recall": config.target_recall},
+        "config": {
+            "galleries": list(config.galleries),
+            "sizes": list(config.sizes),
+            "k": config.k,
+            "target_recall": config.target_recall,
+        },
         "environment": runtime.environment(),
         "galleries": [
             {
@@ -229,7 +290,16 @@ def report_json(reports: list[GalleryReport], config: ReportConfig) -> dict:
                 "synthetic_extension": r.scale.extension,
                 "accuracy_summary": accuracy_summary(r),
                 "scale_summary": scale_summary(r),
-                "files": {name: f"{r.folder}/{rel}" for name, rel in (("bench", "bench.md"), ("tradeoff", "tradeoff/tradeoff.md"), ("tradeoff_plot", "tradeoff/tradeoff.png"), ("scale", "scale/scale.md"), ("scale_plot", "scale/scale.png"))},
+                "files": {
+                    name: f"{r.folder}/{rel}"
+                    for name, rel in (
+                        ("bench", "bench.md"),
+                        ("tradeoff", "tradeoff/tradeoff.md"),
+                        ("tradeoff_plot", "tradeoff/tradeoff.png"),
+                        ("scale", "scale/scale.md"),
+                        ("scale_plot", "scale/scale.png"),
+                    )
+                },
             }
             for r in reports
         ],

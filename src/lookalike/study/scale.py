@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 
 from .. import runtime
+from ..data.vectors import ClusterModel, fit_cluster_model, neighbour_stats
 from ..errors import GalleryError, LookalikeError
 from ..gallery import Gallery, open_gallery
-from .metrics import accuracy, exact_top_k, recall_at_k
 from ..search import SearchMethod, make_method
-from ..data.vectors import ClusterModel, fit_cluster_model, neighbour_stats
-from .timing import Latency, measure_latency
 from .core import NOT_REAL_TAG, QuerySet, cheapest_reaching, doubling, fmt, format_params, split_queries, write_outputs
+from .metrics import accuracy, exact_top_k, recall_at_k
+from .timing import Latency, measure_latency
 
 DEFAULT_METHODS = ("brute", "flat", "ivf")
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
@@ -216,53 +216,87 @@ class ScaleResult:
         ext = self.extraction
         lines = [f"{heading} lookalike scale — {self.model} ({self.dim}-d)", "", f"**{self.provenance}**", ""]
         if not self.fully_real:
-            lines += ["**⚠ NOT A REAL RESULT: random weights, generated data and/or synthetic rows; timings are valid, accuracy is not a real-data figure.**", ""]
+            lines += [
+                (
+                    "**⚠ NOT A REAL RESULT: random weights, generated data and/or synthetic rows; timings are valid,"
+                    " accuracy is not a real-data figure.**"
+                ),
+                "",
+            ]
         if self.extra_source:
             lines += [f"Extra real rows (after the gallery's own) come from {self.extra_source}.", ""]
         if self.extension:
             lines += [f"**⚠ SYNTHETIC EXTENSION** at the sizes marked ⚠ below: {self.extension['summary']}", ""]
         lines += [
-            f"Extraction: **{fmt(ext.get('single_image_ms'))} ms for one image alone** (batch 1: {ext.get('single_note', 'n/a')}); "
-            f"{fmt(ext.get('ms_per_image'))} ms per image in batches ({ext['note']}). It is a constant cost per image, "
-            "whatever the gallery size: each query image pays the batch-1 figure once, and building a gallery of N images costs N times the batched one.",
+            (
+                f"Extraction: **{fmt(ext.get('single_image_ms'))} ms for one image alone** (batch 1:"
+                f" {ext.get('single_note', 'n/a')}); {fmt(ext.get('ms_per_image'))} ms per image in batches"
+                f" ({ext['note']}). It is a constant cost per image, whatever the gallery size: each query image pays"
+                " the batch-1 figure once, and building a gallery of N images costs N times the batched one."
+            ),
             "",
-            f"Queries: {self.queries}, split in two as `tune` does: the search parameter of each approximate method is chosen per "
-            f"size by a sweep on {self.validation_queries} **validation** queries (the smallest value reaching recall@{k} ≥ {cfg.target_recall}); "
-            f"recall@{k} (against exact search on the same database), label precision@{k} and the target column are measured on the "
-            f"other {self.accuracy_queries} **test** queries; timings over a sample of {self.timing_queries} test queries — single = one query per "
-            f"call, batched = the {self.timing_queries} in one call, per query. Metric {cfg.metric}; threads {self.environment.get('threads')}.",
+            (
+                f"Queries: {self.queries}, split in two as `tune` does: the search parameter of each approximate method"
+                f" is chosen per size by a sweep on {self.validation_queries} **validation** queries (the smallest"
+                f" value reaching recall@{k} ≥ {cfg.target_recall}); recall@{k} (against exact search on the same"
+                f" database), label precision@{k} and the target column are measured on the other"
+                f" {self.accuracy_queries} **test** queries; timings over a sample of {self.timing_queries} test"
+                f" queries — single = one query per call, batched = the {self.timing_queries} in one call, per query."
+                f" Metric {cfg.metric}; threads {self.environment.get('threads')}."
+            ),
             "",
-            "| size | rows (gallery + extra + SYNTHETIC) | method | params | search ms/query single | single p99 | batched | "
-            "end-to-end ms single (batch-1 extract + search) | memory MiB | train s | build s | "
-            f"test recall@{k} | label P@{k} | target (test) | synthetic share: results (database) |",
+            (
+                "| size | rows (gallery + extra + SYNTHETIC) | method | params | search ms/query single | single p99 |"
+                " batched | end-to-end ms single (batch-1 extract + search) | memory MiB | train s | build s | test"
+                f" recall@{k} | label P@{k} | target (test) | synthetic share: results (database) |"
+            ),
             "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
         ]
         for p in self.points:
             comp = next(c for c in self.compositions if c.size == p.size)
             mark = " ⚠" if comp.synthetic else ""
             lines.append(
-                f"| {format_size(p.size)}{mark} | {comp.describe()} | {p.method} | {format_params(p.params)} | {p.latency.single_ms:.3f} | "
-                f"{p.latency.single_p99_ms:.3f} | {p.latency.batch_ms:.4f} | {fmt(p.end_to_end_single_ms)} | "
-                f"{p.memory_bytes / 2**20:.1f} | {p.train_seconds:.2f} | {p.build_seconds:.2f} | {p.recall:.4f} | {p.precision:.4f} | "
-                f"{'met' if p.target_reached else 'MISSED'} | {p.synthetic_result_share:.3f} ({comp.synthetic_rows / comp.size:.3f}) |"
+                f"| {format_size(p.size)}{mark} | {comp.describe()} | {p.method} | {format_params(p.params)} |"
+                f" {p.latency.single_ms:.3f} | {p.latency.single_p99_ms:.3f} | {p.latency.batch_ms:.4f} |"
+                f" {fmt(p.end_to_end_single_ms)} | {p.memory_bytes / 2**20:.1f} | {p.train_seconds:.2f} |"
+                f" {p.build_seconds:.2f} | {p.recall:.4f} | {p.precision:.4f} |"
+                f" {'met' if p.target_reached else 'MISSED'} | {p.synthetic_result_share:.3f}"
+                f" ({comp.synthetic_rows / comp.size:.3f}) |"
             )
-        lines += ["", "⚠ = the database at this size holds synthetic embeddings (see above); its label precision uses the synthetic rows' assigned labels." if self.any_synthetic else ""]
+        lines += [
+            "",
+            (
+                "⚠ = the database at this size holds synthetic embeddings (see above); its label precision uses the"
+                " synthetic rows' assigned labels."
+                if self.any_synthetic
+                else ""
+            ),
+        ]
         lines += ["", shift_summary(self), ""]
         if self.extension:
-            lines += ["**How the synthetic rows were made and how close they are to the real ones**", "", *extension_lines(self.extension), ""]
+            lines += [
+                "**How the synthetic rows were made and how close they are to the real ones**",
+                "",
+                *extension_lines(self.extension),
+                "",
+            ]
         sweeps = [p for p in self.points if len(p.sweep) > 1]
         if sweeps:
-            lines += ["**Parameter sweeps** (validation recall@{} at each value tried)".format(k), ""]
+            lines += [f"**Parameter sweeps** (validation recall@{k} at each value tried)", ""]
             for p in sweeps:
                 key = next(key for key in p.sweep[0] if key != "recall")
-                lines.append(f"- {format_size(p.size)} {p.method}: " + ", ".join(f"{key}={s[key]} → {s['recall']:.3f}" for s in p.sweep))
+                lines.append(
+                    f"- {format_size(p.size)} {p.method}: "
+                    + ", ".join(f"{key}={s[key]} → {s['recall']:.3f}" for s in p.sweep)
+                )
             lines.append("")
         if plot_name:
             lines += [f"![end-to-end per-query latency by method and size]({plot_name})", ""]
         env = self.environment
         lines += [
-            f"Peak RSS {self.peak_rss_bytes / 2**30:.2f} GiB; total {self.seconds:.0f} s; machine: {env.get('machine', {}).get('cpu')} "
-            f"({env.get('machine', {}).get('cores')} cores); versions: " + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()),
+            f"Peak RSS {self.peak_rss_bytes / 2**30:.2f} GiB; total {self.seconds:.0f} s; machine:"
+            f" {env.get('machine', {}).get('cpu')} ({env.get('machine', {}).get('cores')} cores); versions: "
+            + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()),
         ]
         return "\n".join(lines) + "\n"
 
@@ -270,22 +304,35 @@ class ScaleResult:
 def extension_lines(extension: dict) -> list[str]:
     model, check = extension["model"], extension["check"]
     lines = [
-        f"- Model: {model['method']}; {model['clusters']} clusters, rank {model['rank']} per cluster, fitted on {model['fitted_rows']} real rows "
-        f"(seed {model['seed']}); the principal directions hold {model['explained_variance_share']} of the within-cluster variance on average.",
+        (
+            f"- Model: {model['method']}; {model['clusters']} clusters, rank {model['rank']} per cluster, fitted on"
+            f" {model['fitted_rows']} real rows (seed {model['seed']}); the principal directions hold"
+            f" {model['explained_variance_share']} of the within-cluster variance on average."
+        ),
         f"- Labels of synthetic rows: {model['label_rule']}.",
-        f"- Nearest-neighbour check (1 − cosine; {check['real']['rows']} real rows vs {check['synthetic']['rows']} synthetic rows, seen from {check['real']['queries']} held-out real queries):",
+        (
+            f"- Nearest-neighbour check (1 − cosine; {check['real']['rows']} real rows vs {check['synthetic']['rows']}"
+            f" synthetic rows, seen from {check['real']['queries']} held-out real queries):"
+        ),
         "",
-        "| sample | median distance to k-th NN from a query | median distance to NN from a query | median NN distance within the set | TwoNN intrinsic dimension |",
+        (
+            "| sample | median distance to k-th NN from a query | median distance to NN from a query | median NN"
+            " distance within the set | TwoNN intrinsic dimension |"
+        ),
         "|---|---:|---:|---:|---:|",
     ]
     for name in ("real", "synthetic"):
         s = check[name]
-        lines.append(f"| {name} | {s['query_knn_distance_median']:.4f} | {s['query_nn_distance_median']:.4f} | {s['within_nn_distance_median']:.4f} | {s['two_nn_dimension']} |")
+        lines.append(
+            f"| {name} | {s['query_knn_distance_median']:.4f} | {s['query_nn_distance_median']:.4f} |"
+            f" {s['within_nn_distance_median']:.4f} | {s['two_nn_dimension']} |"
+        )
     return lines
 
 
 def shift_summary(result: ScaleResult) -> str:
-    """Two sentences on how the latency profile shifts from the smallest to the largest size, from the measured numbers."""
+    """Two sentences on how the latency profile shifts from the smallest to the largest size, from the measured
+    numbers."""
     sizes = sorted({p.size for p in result.points})
     if len(sizes) < 2:
         return ""
@@ -298,7 +345,8 @@ def shift_summary(result: ScaleResult) -> str:
             growth = b.latency.single_ms / a.latency.single_ms if a.latency.single_ms else math.nan
             share = (b.latency.single_ms / b.end_to_end_single_ms) if b.end_to_end_single_ms else None
             parts.append(
-                f"{method} {a.latency.single_ms:.3f} → {b.latency.single_ms:.3f} ms/query single ({growth:.1f}× for {hi / lo:.0f}× the rows"
+                f"{method} {a.latency.single_ms:.3f} → {b.latency.single_ms:.3f} ms/query single ({growth:.1f}× for"
+                f" {hi / lo:.0f}× the rows"
                 + (f"; search is {100 * share:.1f}% of end-to-end at {format_size(hi)}" if share is not None else "")
                 + ")"
             )
@@ -313,12 +361,14 @@ def _round(x: float | None, digits: int) -> float | None:
 
 
 def parse_sizes(text: str) -> tuple[int, ...]:
-    """"10k,100k,1M" → (10000, 100000, 1000000); sorted, deduplicated."""
+    """ "10k,100k,1M" → (10000, 100000, 1000000); sorted, deduplicated."""
     sizes = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         m = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmM]?)", part)
         if not m:
-            raise LookalikeError(f"cannot read size {part!r}; use numbers with an optional k or M suffix, e.g. --sizes 10k,100k,1M")
+            raise LookalikeError(
+                f"cannot read size {part!r}; use numbers with an optional k or M suffix, e.g. --sizes 10k,100k,1M"
+            )
         value = float(m.group(1)) * {"": 1, "k": 1_000, "m": 1_000_000}[m.group(2).lower()]
         if value < 1 or value != int(value):
             raise LookalikeError(f"size {part!r} is not a whole number of rows ≥ 1")
@@ -359,7 +409,9 @@ class Pool:
         return self.gallery_rows + self.extra_rows
 
 
-def build_pool(gallery: Gallery, database_ids: np.ndarray, queries: np.ndarray, size: int, extra: str | None, seed: int) -> Pool:
+def build_pool(
+    gallery: Gallery, database_ids: np.ndarray, queries: np.ndarray, size: int, extra: str | None, seed: int
+) -> Pool:
     """Real gallery rows (seeded order), then extra real embeddings, then synthetic rows, up to `size` rows."""
     d = gallery.dim
     rng = np.random.default_rng(seed)
@@ -386,24 +438,46 @@ def build_pool(gallery: Gallery, database_ids: np.ndarray, queries: np.ndarray, 
         clusters = model.sample_into(vectors[n_real + n_extra :], seed=seed + 1)
         sample_seconds = time.perf_counter() - t
         labels[n_real + n_extra :] = np.asarray(model.labels, dtype=object)[clusters]
-        extension = describe_extension(model, real, vectors[n_real + n_extra :], queries, fit_seconds, sample_seconds, n_synthetic, seed)
+        extension = describe_extension(
+            model, real, vectors[n_real + n_extra :], queries, fit_seconds, sample_seconds, n_synthetic, seed
+        )
     return Pool(vectors, labels, n_real, n_extra, n_synthetic, extension, extra_how)
 
 
-def describe_extension(model: ClusterModel, real: np.ndarray, synthetic: np.ndarray, queries: np.ndarray, fit_seconds: float, sample_seconds: float, count: int, seed: int) -> dict:
+def describe_extension(
+    model: ClusterModel,
+    real: np.ndarray,
+    synthetic: np.ndarray,
+    queries: np.ndarray,
+    fit_seconds: float,
+    sample_seconds: float,
+    count: int,
+    seed: int,
+) -> dict:
     """How the synthetic rows were made, plus NN statistics of equal-sized real and synthetic samples."""
     m = min(FIT_CHECK_ROWS, len(real), len(synthetic))
     rng = np.random.default_rng(seed + 2)
     real_sample = real[np.sort(rng.choice(len(real), m, replace=False))]
     synthetic_sample = synthetic[:m]  # rows are drawn independently, so a prefix is a fair sample
-    check = {"real": neighbour_stats(real_sample, queries).to_dict(), "synthetic": neighbour_stats(synthetic_sample, queries).to_dict()}
+    check = {
+        "real": neighbour_stats(real_sample, queries).to_dict(),
+        "synthetic": neighbour_stats(synthetic_sample, queries).to_dict(),
+    }
     how = model.describe()
     summary = (
-        f"{count} synthetic rows drawn from a model fitted to {len(real)} real rows — {how['clusters']} spherical k-means clusters in {how['classes']} classes, "
-        f"each a Gaussian with {how['rank']} principal directions plus isotropic noise (PPCA), samples L2-normalised; "
-        "no real vector is copied. Labels: k-means runs within each real class, so a synthetic row carries its cluster's class."
+        f"{count} synthetic rows drawn from a model fitted to {len(real)} real rows — {how['clusters']} spherical"
+        f" k-means clusters in {how['classes']} classes, each a Gaussian with {how['rank']} principal directions plus"
+        " isotropic noise (PPCA), samples L2-normalised; no real vector is copied. Labels: k-means runs within each"
+        " real class, so a synthetic row carries its cluster's class."
     )
-    return {"summary": summary, "rows": count, "model": how, "check": check, "fit_seconds": round(fit_seconds, 2), "sample_seconds": round(sample_seconds, 2)}
+    return {
+        "summary": summary,
+        "rows": count,
+        "model": how,
+        "check": check,
+        "fit_seconds": round(fit_seconds, 2),
+        "sample_seconds": round(sample_seconds, 2),
+    }
 
 
 @dataclass(frozen=True)
@@ -426,25 +500,32 @@ def load_extra(source: str, gallery: Gallery, queries: np.ndarray, pool: np.ndar
         other = open_gallery(path)
         if other.model != gallery.model or other.manifest.weights != gallery.manifest.weights:
             raise GalleryError(
-                f"--extra-embeddings gallery {path} was made with {other.model} ({other.manifest.weights.kind} weights), "
-                f"not the same model and weights as {gallery.path}; extract it with the same --model and --weights"
+                f"--extra-embeddings gallery {path} was made with {other.model} ({other.manifest.weights.kind}"
+                f" weights), not the same model and weights as {gallery.path}; extract it with the same --model and"
+                " --weights"
             )
         vectors, labels, how = other.embeddings, other.labels, f"gallery {path}"
     elif path.suffix == ".npy" and path.is_file():
         try:
             vectors = np.load(path, mmap_mode="r")
         except (OSError, ValueError) as exc:
-            raise LookalikeError(f"cannot read --extra-embeddings {path} ({exc}); give a .npy file saved with numpy.save") from exc
+            raise LookalikeError(
+                f"cannot read --extra-embeddings {path} ({exc}); give a .npy file saved with numpy.save"
+            ) from exc
         labels, how = np.full(len(vectors), None, dtype=object), f"file {path} (no labels)"
     else:
         raise LookalikeError(f"--extra-embeddings {path} is neither a .npy file nor a gallery folder")
     if vectors.ndim != 2 or vectors.shape[1] != gallery.dim or not np.issubdtype(vectors.dtype, np.floating):
-        raise LookalikeError(f"--extra-embeddings {path} holds {vectors.shape} {vectors.dtype} values; it must be (N, {gallery.dim}) float embeddings from {gallery.model}")
+        raise LookalikeError(
+            f"--extra-embeddings {path} holds {vectors.shape} {vectors.dtype} values; it must be (N, {gallery.dim})"
+            f" float embeddings from {gallery.model}"
+        )
     sample = np.asarray(vectors[: min(1000, len(vectors))], dtype=np.float32)
     norms = np.linalg.norm(sample, axis=1)
     if len(sample) and np.abs(norms - 1).max() > 1e-3:
         raise LookalikeError(
-            f"--extra-embeddings {path} are not L2-normalised (norms {norms.min():.3f}..{norms.max():.3f}); save them as lookalike extract does, one unit vector per row"
+            f"--extra-embeddings {path} are not L2-normalised (norms {norms.min():.3f}..{norms.max():.3f}); save them"
+            " as lookalike extract does, one unit vector per row"
         )
     keep = _new_rows(vectors, [queries] + ([] if pool is None else [pool]))
     if dropped := len(vectors) - len(keep):
@@ -486,7 +567,9 @@ def _copy_rows(source: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
 # --- measuring one method at one size ---
 
 
-def tune_for_recall(method: SearchMethod, queries: np.ndarray, truth: np.ndarray, k: int, target: float) -> tuple[Tuning, np.ndarray]:
+def tune_for_recall(
+    method: SearchMethod, queries: np.ndarray, truth: np.ndarray, k: int, target: float
+) -> tuple[Tuning, np.ndarray]:
     """The smallest value of the method's first search parameter that reaches `target` recall@k.
 
     Doubling from the low end until the target is reached, then a few bisection steps between
@@ -512,7 +595,14 @@ def tune_for_recall(method: SearchMethod, queries: np.ndarray, truth: np.ndarray
 
 
 def measure_size(
-    pool: Pool, size: int, val: np.ndarray, test: np.ndarray, test_labels: np.ndarray, config: ScaleConfig, extraction: dict, progress=print
+    pool: Pool,
+    size: int,
+    val: np.ndarray,
+    test: np.ndarray,
+    test_labels: np.ndarray,
+    config: ScaleConfig,
+    extraction: dict,
+    progress=print,
 ) -> list[ScalePoint]:
     """Every method at one size: tuned on the validation queries, measured on the test queries.
 
@@ -526,10 +616,15 @@ def measure_size(
     timing = test[: config.timing_queries]
     points = []
     for name in config.methods:
-        extra = {} if config.train_points_per_list is None or name == "brute" else {"train_points_per_list": config.train_points_per_list}
+        extra = (
+            {}
+            if config.train_points_per_list is None or name == "brute"
+            else {"train_points_per_list": config.train_points_per_list}
+        )
         method = make_method(name, size, d, config.metric, **extra)
         stats = method.build(database)
-        tuning, _ = tune_for_recall(method, val, truth_val, config.k, config.target_recall)  # leaves the chosen value set
+        # leaves the chosen value set
+        tuning, _ = tune_for_recall(method, val, truth_val, config.k, config.target_recall)
         if hasattr(method, "reset_working_set"):  # memory-mapped re-ranking: count the pages the test queries read
             method.reset_working_set()
         _, found = method.search(test, config.k)
@@ -537,8 +632,9 @@ def measure_size(
         synthetic_share = float(np.mean(found[found >= 0] >= pool.first_synthetic_row)) if np.any(found >= 0) else 0.0
         acc = accuracy(found, truth, test_labels, labels, config.k)
         progress(
-            f"  {name}: built in {stats.build_seconds:.1f} s, {format_params(tuning.params)}, recall@{config.k} {acc.recall:.4f} on test "
-            f"({tuning.recall:.4f} on validation), {latency.single_ms:.3f} ms/query single, {latency.batch_ms:.4f} batched"
+            f"  {name}: built in {stats.build_seconds:.1f} s, {format_params(tuning.params)}, recall@{config.k}"
+            f" {acc.recall:.4f} on test ({tuning.recall:.4f} on validation), {latency.single_ms:.3f} ms/query single,"
+            f" {latency.batch_ms:.4f} batched"
         )
         points.append(
             ScalePoint(
@@ -569,14 +665,18 @@ def measure_size(
 
 
 def extraction_info(gallery: Gallery) -> dict:
-    """Per-image extraction time from the manifest; galleries written from arrays may carry one measured elsewhere (`measured_on` says where)."""
+    """Per-image extraction time from the manifest; galleries written from arrays may carry one measured elsewhere
+    (`measured_on` says where)."""
     timings = gallery.manifest.timings
     ms = timings.get("ms_per_image")
     note = timings.get("measured_on") or (
         f"measured when this gallery was extracted ({timings.get('images')} images, batch {timings.get('batch_size')}, "
         f"{timings.get('threads')} threads, {timings.get('device')}; {gallery.manifest.model.precision_name})"
         if ms is not None
-        else "not available: this gallery's embeddings were not extracted from images, so end-to-end figures show search only"
+        else (
+            "not available: this gallery's embeddings were not extracted from images, so end-to-end figures show search"
+            " only"
+        )
     )
     single = timings.get("single_image_ms")
     single_note = timings.get("single_image_note") or (
@@ -585,7 +685,13 @@ def extraction_info(gallery: Gallery) -> dict:
         if single is None
         else "one image decoded, preprocessed and embedded alone, median of repeats, measured at extraction"
     )
-    return {"ms_per_image": ms, "note": note, "images_per_second": timings.get("images_per_second"), "single_image_ms": single, "single_note": single_note}
+    return {
+        "ms_per_image": ms,
+        "note": note,
+        "images_per_second": timings.get("images_per_second"),
+        "single_image_ms": single,
+        "single_note": single_note,
+    }
 
 
 def run_scale(gallery: Gallery, config: ScaleConfig, progress=print) -> ScaleResult:
@@ -600,7 +706,10 @@ def run_scale(gallery: Gallery, config: ScaleConfig, progress=print) -> ScaleRes
     queries = np.ascontiguousarray(gallery.embeddings[partition.query_ids], dtype=np.float32)
     held_out = QuerySet(queries, gallery.labels[partition.query_ids], partition.database_ids, partition.how)
     val, test = split_queries(held_out, seed=config.seed)
-    progress(f"building a pool of {format_size(max(config.sizes))} rows from {len(partition.database_ids)} gallery rows" + (f" + {config.extra_embeddings}" if config.extra_embeddings else ""))
+    progress(
+        f"building a pool of {format_size(max(config.sizes))} rows from {len(partition.database_ids)} gallery rows"
+        + (f" + {config.extra_embeddings}" if config.extra_embeddings else "")
+    )
     pool = build_pool(gallery, partition.database_ids, queries, max(config.sizes), config.extra_embeddings, config.seed)
     if pool.extension:
         progress(f"⚠ synthetic extension: {pool.extension['summary']}")
@@ -632,11 +741,16 @@ def run_scale(gallery: Gallery, config: ScaleConfig, progress=print) -> ScaleRes
 
 
 def plot_title(result: ScaleResult) -> str:
-    lines = [f"End-to-end per-query latency: extraction of one image ({fmt(result.extraction.get('single_image_ms'))} ms, batch 1, constant) + search — {result.model}"]
+    lines = [
+        f"End-to-end per-query latency: extraction of one image ({fmt(result.extraction.get('single_image_ms'))} ms,"
+        f" batch 1, constant) + search — {result.model}"
+    ]
     lines.append(result.provenance if result.real else f"{NOT_REAL_TAG}: {result.provenance}")
     if result.any_synthetic:
         synth = ", ".join(format_size(c.size) for c in result.compositions if c.synthetic)
-        lines.append(f"⚠ hatched bars ({synth}) use SYNTHETIC extension: k-means + per-cluster PPCA model of the real embeddings")
+        lines.append(
+            f"⚠ hatched bars ({synth}) use SYNTHETIC extension: k-means + per-cluster PPCA model of the real embeddings"
+        )
     return "\n".join(lines)
 
 
@@ -660,5 +774,7 @@ def write_scale(result: ScaleResult, folder: Path) -> dict[str, Path]:
         for p in result.points
     ]
     plot_scale_latency(bars, plot_title(result), paths["png"])
-    paths.update(write_outputs(folder, "scale", result.to_markdown(paths["png"].name), result.to_dict(), result.to_csv()))
+    paths.update(
+        write_outputs(folder, "scale", result.to_markdown(paths["png"].name), result.to_dict(), result.to_csv())
+    )
     return paths

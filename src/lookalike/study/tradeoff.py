@@ -27,13 +27,14 @@ import numpy as np
 from .. import runtime
 from ..errors import LookalikeError
 from ..gallery import Gallery
-from .metrics import MAP_DEFINITION, Accuracy, accuracy, exact_neighbours
 from ..search import SearchMethod, database_vectors, default_nlist, factory_for, make_method
 from .core import NOT_REAL_TAG, QuerySet, cold_latency, csv_text, evaluate, held_out_queries, write_outputs
+from .metrics import MAP_DEFINITION, Accuracy, accuracy, exact_neighbours
 from .timing import Latency
 
 FAMILIES = ("ivf", "hnsw", "usearch-f16", "hnswlib", "ivfpq", "ivfpq-mmap", "sq8", "sqfp16")
-M_SWEPT = ("hnsw", "hnswlib")  # graph families built at each HNSW_M (at efConstruction 40; the registry's hnswlib-m16 builds with 100)
+# graph families built at each HNSW_M (at efConstruction 40; the registry's hnswlib-m16 builds with 100)
+M_SWEPT = ("hnsw", "hnswlib")
 EXACT_METHODS = ("brute", "flat")
 NLIST_FACTORS = (1, 4, 16)  # nlist = factor·√N, as in the original study
 # Fewer than ~10 vectors per list leaves k-means fitting centroids to single points, and lists
@@ -62,18 +63,25 @@ class Build:
     label: str
 
 
-def plan_builds(families: Sequence[str], factories: Sequence[str], n: int, d: int, nlist_factors: Sequence[int] = NLIST_FACTORS) -> tuple[list[Build], list[str]]:
+def plan_builds(
+    families: Sequence[str], factories: Sequence[str], n: int, d: int, nlist_factors: Sequence[int] = NLIST_FACTORS
+) -> tuple[list[Build], list[str]]:
     """The indexes to build for `families` and extra factory strings, and notes on what was skipped and why."""
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
-        raise LookalikeError(f"unknown index family {unknown[0]!r}; use some of {', '.join(FAMILIES)} (or --index for a factory string)")
+        raise LookalikeError(
+            f"unknown index family {unknown[0]!r}; use some of {', '.join(FAMILIES)} (or --index for a factory string)"
+        )
     builds, skipped = [], []
     root = default_nlist(n)
     nlists = [f * root for f in dict.fromkeys(nlist_factors)]
     trainable = [nl for nl in nlists if n >= MIN_VECTORS_PER_LIST * nl]
     for nl in nlists:
         if nl not in trainable:
-            skipped.append(f"ivf nlist={nl}: N={n} is too small to train it (needs ≥ {MIN_VECTORS_PER_LIST}·nlist = {MIN_VECTORS_PER_LIST * nl} vectors)")
+            skipped.append(
+                f"ivf nlist={nl}: N={n} is too small to train it (needs ≥ {MIN_VECTORS_PER_LIST}·nlist ="
+                f" {MIN_VECTORS_PER_LIST * nl} vectors)"
+            )
     for family in families:
         if family == "ivf":
             builds += [Build("ivf", "ivf", {"nlist": nl}, f"ivf nlist={nl}") for nl in trainable]
@@ -100,7 +108,10 @@ def check_factory(factory: str, d: int) -> None:
     try:
         faiss.index_factory(d, factory)
     except RuntimeError as exc:
-        raise LookalikeError(f"FAISS cannot build --index {factory!r} for d={d}: {str(exc).strip().splitlines()[-1]}; check the factory string") from exc
+        raise LookalikeError(
+            f"FAISS cannot build --index {factory!r} for d={d}: {str(exc).strip().splitlines()[-1]}; check the factory"
+            " string"
+        ) from exc
 
 
 def powers_of_two_up_to(limit: int) -> list[int]:
@@ -146,11 +157,17 @@ class Point:
     train_seconds: float
     build_seconds: float  # train + add
     pareto: bool = False
-    cold_single_ms: float | None = None  # memory-mapped re-ranking: single query with the file dropped from the page cache
+    cold_single_ms: float | None = (
+        None  # memory-mapped re-ranking: single query with the file dropped from the page cache
+    )
 
     def setting(self) -> str:
         search = {k: v for k, v in self.params.items() if k in ("nprobe", "efSearch", "k_factor")}
-        return self.curve + ("" if not search else " · " + ", ".join(f"{k}={v}" for k, v in search.items() if f"{k}={v}" not in self.curve))
+        return self.curve + (
+            ""
+            if not search
+            else " · " + ", ".join(f"{k}={v}" for k, v in search.items() if f"{k}={v}" not in self.curve)
+        )
 
     def csv_row(self) -> dict[str, Any]:
         row = {k: v for k, v in asdict(self).items() if k != "params"}
@@ -200,8 +217,10 @@ def sweep(
     for curve, settings in sweep_curves(method, build.label):
         recalls: list[float] = []
         for params in settings:
-            latency, acc = evaluate(method, queries, truth, gallery_labels, k, params or None, single_queries)  # sets params: params() reports them
-            point = make_point(build.family, curve, method, latency, acc, exact=False)  # memory first: cold timing reads pages too
+            # sets params: params() reports them
+            latency, acc = evaluate(method, queries, truth, gallery_labels, k, params or None, single_queries)
+            # memory first: cold timing reads pages too
+            point = make_point(build.family, curve, method, latency, acc, exact=False)
             yield replace(point, cold_single_ms=cold_latency(method, queries.vectors, k, params or None))
             recalls.append(acc.recall)
             if acc.recall >= stop_recall or (len(recalls) >= 3 and recalls[-1] - recalls[-2] < PLATEAU_GAIN):
@@ -212,7 +231,10 @@ def mark_pareto(points: list[Point]) -> list[Point]:
     """Flag the points no other point beats on both single-query latency and recall."""
     out = []
     for p in points:
-        dominated = any(q.single_ms <= p.single_ms and q.recall >= p.recall and (q.single_ms < p.single_ms or q.recall > p.recall) for q in points)
+        dominated = any(
+            q.single_ms <= p.single_ms and q.recall >= p.recall and (q.single_ms < p.single_ms or q.recall > p.recall)
+            for q in points
+        )
         out.append(replace(p, pareto=not dominated))
     return out
 
@@ -254,31 +276,53 @@ class TradeoffResult:
         for target in RECALL_TARGETS:
             p = self.cheapest(target)
             lines.append(
-                f"recall@{self.k} ≥ {target}: " + ("not reached by any setting" if p is None else
-                f"{p.setting()} — {p.single_ms:.3f} ms/query single, {p.batch_ms:.4f} batched, recall {p.recall:.4f}, {p.memory_bytes / 2**20:.1f} MiB")
+                f"recall@{self.k} ≥ {target}: "
+                + (
+                    "not reached by any setting"
+                    if p is None
+                    else (
+                        f"{p.setting()} — {p.single_ms:.3f} ms/query single, {p.batch_ms:.4f} batched, recall"
+                        f" {p.recall:.4f}, {p.memory_bytes / 2**20:.1f} MiB"
+                    )
+                )
             )
         return lines
 
     def to_markdown(self) -> str:
         flag = "" if self.real else f" {NOT_REAL_TAG} |"
         lines = [
-            f"**{self.provenance}**" + ("" if self.real else "  \n**⚠ NOT A REAL RESULT: random weights and/or generated data; timings are valid, accuracy is not.**"),
+            f"**{self.provenance}**"
+            + (
+                ""
+                if self.real
+                else (
+                    "  \n**⚠ NOT A REAL RESULT: random weights and/or generated data; timings are valid, accuracy is"
+                    " not.**"
+                )
+            ),
             "",
-            f"Database: {self.n_database} vectors ({self.raw_bytes / 2**20:.1f} MiB raw); queries: {self.queries}; k = {self.k}; metric = {self.metric}; "
-            f"exact methods timed on {self.exact_queries} of them; threads = {self.environment.get('threads')}; sweep took {self.sweep_seconds:.0f} s.",
+            (
+                f"Database: {self.n_database} vectors ({self.raw_bytes / 2**20:.1f} MiB raw); queries: {self.queries};"
+                f" k = {self.k}; metric = {self.metric}; exact methods timed on {self.exact_queries} of them; threads ="
+                f" {self.environment.get('threads')}; sweep took {self.sweep_seconds:.0f} s."
+            ),
             "",
-            "| setting | recall@k | label P@k | mAP@k | single ms/query | batched ms/query | memory MiB | × raw | bytes/vector | train s | build s | Pareto |" + ("" if self.real else " provenance |"),
+            "| setting | recall@k | label P@k | mAP@k | single ms/query | batched ms/query | memory MiB | × raw |"
+            " bytes/vector | train s | build s | Pareto |" + ("" if self.real else " provenance |"),
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|" + ("" if self.real else "---|"),
         ]
         for p in self.points:
             lines.append(
-                f"| {p.setting()}{' (exact)' if p.exact else ''} | {p.recall:.4f} | {p.precision:.4f} | {p.map:.4f} | {p.single_ms:.3f} | {p.batch_ms:.4f} | "
-                f"{p.memory_bytes / 2**20:.1f} | {p.memory_bytes / max(1, self.raw_bytes):.2f} | {p.bytes_per_vector:.0f} | {p.train_seconds:.2f} | {p.build_seconds:.2f} | {'●' if p.pareto else ''} |{flag}"
+                f"| {p.setting()}{' (exact)' if p.exact else ''} | {p.recall:.4f} | {p.precision:.4f} | {p.map:.4f} |"
+                f" {p.single_ms:.3f} | {p.batch_ms:.4f} | {p.memory_bytes / 2**20:.1f} |"
+                f" {p.memory_bytes / max(1, self.raw_bytes):.2f} | {p.bytes_per_vector:.0f} | {p.train_seconds:.2f} |"
+                f" {p.build_seconds:.2f} | {'●' if p.pareto else ''} |{flag}"
             )
         lines += ["", *[f"- {line}" for line in self.cheapest_lines()]]
         lines += [
-            f"- {p.setting()}: cold-cache single query {p.cold_single_ms:.3f} ms (the mapped embeddings dropped from the page cache "
-            f"before each query) vs {p.single_ms:.3f} ms warm; its memory counts the codes plus the pages of the mapped file the queries read."
+            f"- {p.setting()}: cold-cache single query {p.cold_single_ms:.3f} ms (the mapped embeddings dropped from"
+            f" the page cache before each query) vs {p.single_ms:.3f} ms warm; its memory counts the codes plus the"
+            " pages of the mapped file the queries read."
             for p in self.points
             if p.cold_single_ms is not None
         ]
@@ -288,7 +332,10 @@ class TradeoffResult:
 
     def to_dict(self) -> dict:
         """JSON-ready; the writer (gallery.json_text) turns NaN (label metrics without labels) into null."""
-        return {**asdict(self), "cheapest": {str(t): (asdict(p) if (p := self.cheapest(t)) else None) for t in RECALL_TARGETS}}
+        return {
+            **asdict(self),
+            "cheapest": {str(t): asdict(p) if (p := self.cheapest(t)) else None for t in RECALL_TARGETS},
+        }
 
 
 @dataclass(frozen=True)
@@ -308,14 +355,29 @@ class TradeoffConfig:
     train_points_per_list: int | None = None
 
 
-def run_tradeoff(gallery: Gallery, config: TradeoffConfig | None = None, progress: bool = True, **options: Any) -> TradeoffResult:
+def run_tradeoff(
+    gallery: Gallery, config: TradeoffConfig | None = None, progress: bool = True, **options: Any
+) -> TradeoffResult:
     """Measure exact references, then every family's curves, on one set of queries against one ground truth.
 
     `options` (TradeoffConfig's fields) build the config when none is given.
     """
     c = config if config is not None else TradeoffConfig(**options)
-    k, metric, families, factories, queries, max_queries = c.k, c.metric, c.families, c.factories, c.queries, c.max_queries
-    single_queries, exact_queries, nlist_factors, stop_recall, train_points_per_list = c.single_queries, c.exact_queries, c.nlist_factors, c.stop_recall, c.train_points_per_list
+    k, metric, families, factories, queries, max_queries = (
+        c.k,
+        c.metric,
+        c.families,
+        c.factories,
+        c.queries,
+        c.max_queries,
+    )
+    single_queries, exact_queries, nlist_factors, stop_recall, train_points_per_list = (
+        c.single_queries,
+        c.exact_queries,
+        c.nlist_factors,
+        c.stop_recall,
+        c.train_points_per_list,
+    )
     started = time.perf_counter()
     queries = queries or held_out_queries(gallery, max_queries)
     n, d = len(queries.database_ids), gallery.dim
@@ -375,9 +437,19 @@ def write_tradeoff(result: TradeoffResult, folder: Path) -> dict[str, Path]:
     from .plots import plot_tradeoff, wrapped_title
 
     markdown = f"# lookalike tradeoff — {result.model}\n\n" + result.to_markdown()
-    paths = write_outputs(folder, "tradeoff", markdown, result.to_dict(), csv_text([p.csv_row() for p in result.points], {"provenance": result.provenance}))
+    paths = write_outputs(
+        folder,
+        "tradeoff",
+        markdown,
+        result.to_dict(),
+        csv_text([p.csv_row() for p in result.points], {"provenance": result.provenance}),
+    )
     paths["png"] = Path(folder) / "tradeoff.png"
-    title = wrapped_title(result.title(), f"{result.n_database} vectors, {result.queries}; {result.metric}; machine: {result.environment.get('machine', {}).get('cpu')}")
+    title = wrapped_title(
+        result.title(),
+        f"{result.n_database} vectors, {result.queries}; {result.metric}; machine:"
+        f" {result.environment.get('machine', {}).get('cpu')}",
+    )
     plot_tradeoff(result.points, title, paths["png"], result.k)
     return paths
 

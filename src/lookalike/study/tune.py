@@ -22,11 +22,21 @@ import numpy as np
 from .. import runtime
 from ..errors import LookalikeError
 from ..gallery import Gallery
-from .metrics import Accuracy, exact_neighbours, recall_per_query
 from ..search import SearchMethod, database_vectors, default_nlist, factory_for, make_method, save_method
 from ..search.registry import METHODS
+from .core import (
+    NOT_REAL_TAG,
+    QuerySet,
+    cheapest_reaching,
+    cold_latency,
+    evaluate,
+    format_params,
+    held_out_queries,
+    split_queries,
+    write_outputs,
+)
+from .metrics import Accuracy, exact_neighbours, recall_per_query
 from .timing import Latency
-from .core import NOT_REAL_TAG, QuerySet, cheapest_reaching, write_outputs, cold_latency, evaluate, format_params, held_out_queries, split_queries
 from .tradeoff import EF_SEARCH, MIN_VECTORS_PER_LIST, powers_of_two_up_to
 
 # The other libraries' graphs measured beside FAISS's hnsw (registry names; usearch-i8 is left out: its
@@ -34,7 +44,11 @@ from .tradeoff import EF_SEARCH, MIN_VECTORS_PER_LIST, powers_of_two_up_to
 GRAPH_CANDIDATES = ("usearch-f16", "hnswlib", "hnswlib-m16")
 # FAISS's graphs over 8-bit codes (registry name → M): a quarter of the bytes read per step, so the fastest at
 # moderate recall targets (bench_peers.py), with a recall ceiling the quantiser sets.
-QUANTISED_GRAPHS = {"hnsw-sq8": (32, "i8"), "hnsw16-sq8": (16, "i8"), "hnsw16-fp16": (16, "f16")}  # FAISS graphs over codes: M, and the codes' type (a VECTOR_BYTES key)
+QUANTISED_GRAPHS = {
+    "hnsw-sq8": (32, "i8"),
+    "hnsw16-sq8": (16, "i8"),
+    "hnsw16-fp16": (16, "f16"),
+}  # FAISS graphs over codes: M, and the codes' type (a VECTOR_BYTES key)
 CANDIDATE_FAMILIES = ("flat", "ivf", "hnsw", *GRAPH_CANDIDATES, *QUANTISED_GRAPHS, "ivf-sq8", "ivfpq-mmap")
 VECTOR_BYTES = {"f32": 4, "f16": 2, "i8": 1}  # bytes per dimension of a graph's stored vectors
 # Validation recall must clear the target with ~95% confidence (one-sided), not just on average:
@@ -67,7 +81,11 @@ class Candidate:
 
 
 def candidate_configs(
-    n: int, d: int, max_memory_bytes: int | None = None, families: tuple[str, ...] | None = None, hnsw_max_n: int = HNSW_MAX_N
+    n: int,
+    d: int,
+    max_memory_bytes: int | None = None,
+    families: tuple[str, ...] | None = None,
+    hnsw_max_n: int = HNSW_MAX_N,
 ) -> tuple[list[Candidate], list[str]]:
     """The configurations worth measuring for n vectors of d dimensions, and why others were left out.
 
@@ -82,39 +100,107 @@ def candidate_configs(
     ]
     if n >= MIN_VECTORS_PER_LIST * nlist:
         # IVF-Flat with √N lists (the study's default): memory ≈ raw vectors + ids, nprobe trades recall for speed.
-        wanted.append(Candidate("ivf", "ivf", {"nlist": nlist}, "nprobe", {}, 4 * d + 16, f"IVF with √N = {nlist} lists, exact distances in the lists"))
+        wanted.append(
+            Candidate(
+                "ivf",
+                "ivf",
+                {"nlist": nlist},
+                "nprobe",
+                {},
+                4 * d + 16,
+                f"IVF with √N = {nlist} lists, exact distances in the lists",
+            )
+        )
     if n >= MIN_VECTORS_PER_LIST * 4 * nlist:
-        # 4√N lists: each probe scans 4× fewer vectors; the coarse quantiser (nlist·d) costs more but pays off at large N.
-        wanted.append(Candidate("ivf", "ivf", {"nlist": 4 * nlist}, "nprobe", {}, 4 * d + 16, f"IVF with 4√N = {4 * nlist} lists: shorter lists to scan"))
+        # 4√N lists: each probe scans 4× fewer vectors; the coarse quantiser (nlist·d) costs more but pays off at large
+        # N.
+        wanted.append(
+            Candidate(
+                "ivf",
+                "ivf",
+                {"nlist": 4 * nlist},
+                "nprobe",
+                {},
+                4 * d + 16,
+                f"IVF with 4√N = {4 * nlist} lists: shorter lists to scan",
+            )
+        )
     if n <= hnsw_max_n:
-        # HNSW: the lowest single-query latency at high recall, at the price of the largest memory (links) and slowest build.
-        wanted.append(Candidate("hnsw", "hnsw", {"m": HNSW_M}, "efSearch", {}, 4 * d + 8 * HNSW_M + 16, f"graph (M={HNSW_M}): fastest at high recall, slow to build"))
+        # HNSW: the lowest single-query latency at high recall, at the price of the largest memory (links) and slowest
+        # build.
+        wanted.append(
+            Candidate(
+                "hnsw",
+                "hnsw",
+                {"m": HNSW_M},
+                "efSearch",
+                {},
+                4 * d + 8 * HNSW_M + 16,
+                f"graph (M={HNSW_M}): fastest at high recall, slow to build",
+            )
+        )
         # The other libraries' graphs, faster per query than FAISS's here (bench_peers.py): usearch's over f16
         # vectors (half the vector memory), hnswlib's at M 32 and at M 16 (cheaper steps, wider searches: measured).
         for name in GRAPH_CANDIDATES:
             spec = METHODS[name]
             m, dtype = spec.options.get("m", HNSW_M), spec.options.get("dtype", "f32")
             per_vector = VECTOR_BYTES[dtype] * d + 8 * m + 16
-            wanted.append(Candidate(name, name, {"m": m}, "efSearch", {}, per_vector, f"{spec.kind} graph (M={m}) over {dtype} vectors"))
+            wanted.append(
+                Candidate(
+                    name, name, {"m": m}, "efSearch", {}, per_vector, f"{spec.kind} graph (M={m}) over {dtype} vectors"
+                )
+            )
         for name, (m, codes) in QUANTISED_GRAPHS.items():
-            wanted.append(Candidate(name, name, {"m": m}, "efSearch", {}, VECTOR_BYTES[codes] * d + 8 * m + 16, f"faiss graph (M={m}) over {8 * VECTOR_BYTES[codes]}-bit codes"))
+            wanted.append(
+                Candidate(
+                    name,
+                    name,
+                    {"m": m},
+                    "efSearch",
+                    {},
+                    VECTOR_BYTES[codes] * d + 8 * m + 16,
+                    f"faiss graph (M={m}) over {8 * VECTOR_BYTES[codes]}-bit codes",
+                )
+            )
     if n >= MIN_VECTORS_PER_LIST * nlist:
         # 8-bit scalar quantisation: 4× smaller than float32 at a small recall cost on unit vectors.
-        wanted.append(Candidate("ivf-sq8", f"IVF{nlist},SQ8", {}, "nprobe", {}, d + 16, "IVF with 8-bit scalar codes: 4× smaller lists"))
+        wanted.append(
+            Candidate(
+                "ivf-sq8", f"IVF{nlist},SQ8", {}, "nprobe", {}, d + 16, "IVF with 8-bit scalar codes: 4× smaller lists"
+            )
+        )
     if n >= PQ_MIN_N:
-        # PQ codes (d/8 bytes) in RAM with exact re-ranking from the memory-mapped gallery: for budgets below the raw vectors.
+        # PQ codes (d/8 bytes) in RAM with exact re-ranking from the memory-mapped gallery: for budgets below the raw
+        # vectors.
         factory = factory_for("ivfpq-mmap", n, d, nlist)
-        wanted.append(Candidate("ivfpq-mmap", "ivfpq-mmap", {"nlist": nlist}, "nprobe", {"k_factor": PQ_K_FACTOR}, d / 8 + 16, f"{factory} codes in RAM, exact re-rank of {PQ_K_FACTOR}·k from the mapped gallery"))
+        wanted.append(
+            Candidate(
+                "ivfpq-mmap",
+                "ivfpq-mmap",
+                {"nlist": nlist},
+                "nprobe",
+                {"k_factor": PQ_K_FACTOR},
+                d / 8 + 16,
+                f"{factory} codes in RAM, exact re-rank of {PQ_K_FACTOR}·k from the mapped gallery",
+            )
+        )
     chosen, notes = [], []
     for c in wanted:
         if families is not None and c.family not in families:
             continue
         if max_memory_bytes is not None and c.estimated_bytes_per_vector * n > max_memory_bytes:
-            notes.append(f"{c.label()}: ~{c.estimated_bytes_per_vector * n / 2**20:.1f} MiB estimated, over the {max_memory_bytes / 2**20:.1f} MiB budget; not built")
+            notes.append(
+                f"{c.label()}: ~{c.estimated_bytes_per_vector * n / 2**20:.1f} MiB estimated, over the"
+                f" {max_memory_bytes / 2**20:.1f} MiB budget; not built"
+            )
             continue
         chosen.append(c)
-    if n > hnsw_max_n and (families is None or any(f in ("hnsw", *GRAPH_CANDIDATES, *QUANTISED_GRAPHS) for f in families)):
-        notes.append(f"hnsw: N={n} > {hnsw_max_n}, the size limit for building an HNSW graph here; IVF covers this size")
+    if n > hnsw_max_n and (
+        families is None or any(f in ("hnsw", *GRAPH_CANDIDATES, *QUANTISED_GRAPHS) for f in families)
+    ):
+        notes.append(
+            f"hnsw: N={n} > {hnsw_max_n}, the size limit for building an HNSW graph here; IVF covers this size"
+        )
     return chosen, notes
 
 
@@ -147,7 +233,9 @@ class Measured:
     memory_bytes: int
     build_seconds: float
     status: str  # "meets target", "below target", "over budget", "chosen"
-    cold_single_ms: float | None = None  # memory-mapped re-ranking: single query with the file dropped from the page cache
+    cold_single_ms: float | None = (
+        None  # memory-mapped re-ranking: single query with the file dropped from the page cache
+    )
 
 
 @dataclass(frozen=True)
@@ -173,23 +261,28 @@ class TuneResult:
 
     def explanation(self) -> str:
         if self.chosen is None:
-            return (f"no candidate reached recall@{self.k} ≥ {self.target_recall} on the validation queries"
-                    + (f" within {self.max_memory_bytes / 2**20:.0f} MiB" if self.max_memory_bytes else "")
-                    + "; raise --max-memory or lower --target-recall")
+            return (
+                f"no candidate reached recall@{self.k} ≥ {self.target_recall} on the validation queries"
+                + (f" within {self.max_memory_bytes / 2**20:.0f} MiB" if self.max_memory_bytes else "")
+                + "; raise --max-memory or lower --target-recall"
+            )
         c = self.candidates[self.chosen]
         meeting = sum(m.status in ("meets target", "chosen") for m in self.candidates)
         acc, lat = self.test_accuracy, self.test_latency
         text = (
-            f"chosen: {c.method} {format_params(c.setting)} — the lowest {self.latency}-query latency "
-            f"({getattr(c, f'{self.latency}_ms'):.3f} ms) of the {meeting} candidate(s) whose validation recall@{self.k} reaches "
-            f"{self.target_recall} with 95% confidence (bound {c.val_recall_bound:.4f})"
+            f"chosen: {c.method} {format_params(c.setting)} — the lowest {self.latency}-query latency"
+            f" ({getattr(c, f'{self.latency}_ms'):.3f} ms) of the {meeting} candidate(s) whose validation"
+            f" recall@{self.k} reaches {self.target_recall} with 95% confidence (bound {c.val_recall_bound:.4f})"
             + (f" within the {self.max_memory_bytes / 2**20:.0f} MiB budget" if self.max_memory_bytes else "")
             + f"; memory {c.memory_bytes / 2**20:.1f} MiB.\n"
             f"test queries ({self.test}): recall@{self.k} {acc.recall:.4f}, label P@{self.k} {acc.precision:.4f}, "
             f"{lat.single_ms:.3f} ms/query single, {lat.batch_ms:.4f} batched."
         )
         if acc.recall < self.target_recall:
-            text += f"\nnote: on the test queries recall is {acc.recall:.4f} < {self.target_recall}: the validation estimate was optimistic."
+            text += (
+                f"\nnote: on the test queries recall is {acc.recall:.4f} < {self.target_recall}: the validation"
+                " estimate was optimistic."
+            )
         return text
 
     def to_markdown(self) -> str:
@@ -197,22 +290,26 @@ class TuneResult:
         lines = [
             f"**{self.provenance}**",
             "",
-            f"Target recall@{self.k} ≥ {self.target_recall} (metric {self.metric}), minimising {self.latency}-query latency"
+            f"Target recall@{self.k} ≥ {self.target_recall} (metric {self.metric}), minimising {self.latency}-query"
+            " latency"
             + (f", memory ≤ {self.max_memory_bytes / 2**20:.0f} MiB" if self.max_memory_bytes else "")
             + f". Database {self.n_database} vectors. Validation: {self.validation}. Test: {self.test}.",
             "",
-            "| candidate | setting | val recall | 95% bound | val label P | single ms | batched ms | memory MiB | build s | status |" + ("" if self.real else " provenance |"),
+            "| candidate | setting | val recall | 95% bound | val label P | single ms | batched ms | memory MiB | build"
+            " s | status |" + ("" if self.real else " provenance |"),
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|" + ("" if self.real else "---|"),
         ]
         for m in self.candidates:
             lines.append(
-                f"| {m.method} | {format_params(m.setting)} | {m.val_recall:.4f} | {m.val_recall_bound:.4f} | {m.val_precision:.4f} | {m.single_ms:.3f} | "
-                f"{m.batch_ms:.4f} | {m.memory_bytes / 2**20:.1f} | {m.build_seconds:.2f} | {'**chosen**' if m.status == 'chosen' else m.status} |{flag}"
+                f"| {m.method} | {format_params(m.setting)} | {m.val_recall:.4f} | {m.val_recall_bound:.4f} |"
+                f" {m.val_precision:.4f} | {m.single_ms:.3f} | {m.batch_ms:.4f} | {m.memory_bytes / 2**20:.1f} |"
+                f" {m.build_seconds:.2f} | {'**chosen**' if m.status == 'chosen' else m.status} |{flag}"
             )
         lines += ["", self.explanation(), *[f"- {note}" for note in self.notes]]
         lines += [
-            f"- {m.method}: cold-cache single query {m.cold_single_ms:.3f} ms (mapped embeddings dropped from the page cache first) vs "
-            f"{m.single_ms:.3f} ms warm; its memory counts the codes plus the pages of the mapped file its validation queries read."
+            f"- {m.method}: cold-cache single query {m.cold_single_ms:.3f} ms (mapped embeddings dropped from the page"
+            f" cache first) vs {m.single_ms:.3f} ms warm; its memory counts the codes plus the pages of the mapped file"
+            " its validation queries read."
             for m in self.candidates
             if m.cold_single_ms is not None
         ]
@@ -235,7 +332,8 @@ def measure_candidate(
     max_memory_bytes: int | None,
     single_queries: int,
 ) -> tuple[Measured, SearchMethod]:
-    """Build one candidate, raise its search parameter until validation recall clears the target, and time that setting."""
+    """Build one candidate, raise its search parameter until validation recall clears the target, and time that
+    setting."""
     method = make_method(c.name, len(database_ids), vectors.shape[1], metric, **c.options)
     method.build(vectors, database_ids)
     memory, build_s = method.memory_bytes(), method.build_stats.build_seconds
@@ -243,22 +341,44 @@ def measure_candidate(
     setting = dict(c.fixed)
     if max_memory_bytes is not None and memory > max_memory_bytes:  # the measured size decides, not the estimate
         nan = float("nan")
-        return Measured(c.family, factory, c.reason, setting, nan, nan, nan, nan, nan, memory, build_s, "over budget"), method
+        return (
+            Measured(c.family, factory, c.reason, setting, nan, nan, nan, nan, nan, memory, build_s, "over budget"),
+            method,
+        )
 
     def bound_at(value: int | None) -> float:
         _, found = method.search(val.vectors, k, {**({c.sweep: value} if c.sweep else {}), **c.fixed} or None)
         return recall_lower_bound(recall_per_query(found, truth, k))
 
-    chosen = cheapest_reaching(sweep_values(method, c.sweep), bound_at, target_recall)  # the first setting that clears the target
+    # the first setting that clears the target
+    chosen = cheapest_reaching(sweep_values(method, c.sweep), bound_at, target_recall)
     setting, bound = {**({c.sweep: chosen.value} if c.sweep else {}), **c.fixed}, chosen.score
     lat, acc = evaluate(method, val, truth, gallery_labels, k, setting or None, single_queries)
-    # Measured again after searching: a memory-mapped method's page-cache working set counts, since its latency relied on it.
+    # Measured again after searching: a memory-mapped method's page-cache working set counts, since its latency relied
+    # on it.
     memory = method.memory_bytes()
     cold = cold_latency(method, val.vectors, k, setting or None)
     status = "meets target" if bound >= target_recall else "below target"
     if max_memory_bytes is not None and memory > max_memory_bytes:
         status = "over budget"
-    return Measured(c.family, factory, c.reason, setting, acc.recall, bound, acc.precision, lat.single_ms, lat.batch_ms, memory, build_s, status, cold), method
+    return (
+        Measured(
+            c.family,
+            factory,
+            c.reason,
+            setting,
+            acc.recall,
+            bound,
+            acc.precision,
+            lat.single_ms,
+            lat.batch_ms,
+            memory,
+            build_s,
+            status,
+            cold,
+        ),
+        method,
+    )
 
 
 @dataclass(frozen=True)
@@ -279,13 +399,27 @@ class TuneConfig:
 
 
 def tune(gallery: Gallery, config: TuneConfig | None = None, **options: Any) -> TuneResult:
-    """Measure every candidate on validation queries, keep the fastest that meets the target, confirm it on test queries, save it.
+    """Measure every candidate on validation queries, keep the fastest that meets the target, confirm it on test
+    queries, save it.
 
     `options` (TuneConfig's fields) build the config when none is given.
     """
     c = config if config is not None else TuneConfig(**options)
-    target_recall, k, max_memory_bytes, latency, metric, max_queries = c.target_recall, c.k, c.max_memory_bytes, c.latency, c.metric, c.max_queries
-    families, single_queries, save_as, hnsw_max_n, train_points_per_list = c.families, c.single_queries, c.save_as, c.hnsw_max_n, c.train_points_per_list
+    target_recall, k, max_memory_bytes, latency, metric, max_queries = (
+        c.target_recall,
+        c.k,
+        c.max_memory_bytes,
+        c.latency,
+        c.metric,
+        c.max_queries,
+    )
+    families, single_queries, save_as, hnsw_max_n, train_points_per_list = (
+        c.families,
+        c.single_queries,
+        c.save_as,
+        c.hnsw_max_n,
+        c.train_points_per_list,
+    )
     if not 0 < target_recall <= 1:
         raise LookalikeError(f"--target-recall must be in (0, 1], got {target_recall}")
     if families is not None and (unknown := [f for f in families if f not in CANDIDATE_FAMILIES]):
@@ -299,17 +433,39 @@ def tune(gallery: Gallery, config: TuneConfig | None = None, **options: Any) -> 
     vectors = database_vectors(gallery, queries.database_ids)
     candidates, notes = candidate_configs(n, d, max_memory_bytes, families, hnsw_max_n)
     if train_points_per_list is not None:  # k-means training size for IVF candidates (benchmarks set it at 1M)
-        candidates = [replace(c, options={**c.options, "train_points_per_list": train_points_per_list}) if c.sweep == "nprobe" else c for c in candidates]
+        candidates = [
+            (
+                replace(c, options={**c.options, "train_points_per_list": train_points_per_list})
+                if c.sweep == "nprobe"
+                else c
+            )
+            for c in candidates
+        ]
     if not candidates:
         raise LookalikeError("no candidate index fits these limits; raise --max-memory or widen --families")
 
     measured: list[Measured] = []
     best: tuple[float, int, SearchMethod, dict] | None = None
     for c in candidates:
-        result, method = measure_candidate(c, vectors, queries.database_ids, val, truth_val, labels, k, metric, target_recall, max_memory_bytes, single_queries)
+        result, method = measure_candidate(
+            c,
+            vectors,
+            queries.database_ids,
+            val,
+            truth_val,
+            labels,
+            k,
+            metric,
+            target_recall,
+            max_memory_bytes,
+            single_queries,
+        )
         measured.append(result)
         if result.status == "over budget":
-            notes.append(f"{c.label()}: real size {result.memory_bytes / 2**20:.1f} MiB exceeds the {max_memory_bytes / 2**20:.1f} MiB budget")
+            notes.append(
+                f"{c.label()}: real size {result.memory_bytes / 2**20:.1f} MiB exceeds the"
+                f" {max_memory_bytes / 2**20:.1f} MiB budget"
+            )
         cost = result.single_ms if latency == "single" else result.batch_ms
         if result.status == "meets target" and (best is None or cost < best[0]):
             best = (cost, len(measured) - 1, method, result.setting)
