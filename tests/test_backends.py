@@ -14,7 +14,7 @@ import torch
 
 import lookalike
 from lookalike.data.synthetic import generate_collection
-from lookalike.embed.backends import BackendUnavailable, Choice, cache_root
+from lookalike.embed.backends import BackendUnavailable, Choice, NonFiniteEmbeddings, cache_root
 from lookalike.embed.calibrate import MIN_COSINE, calibrate
 from lookalike.embed.extract import split_cores
 from lookalike.embed.models import MODELS, load_model
@@ -32,10 +32,15 @@ def fp32_reference(embedder, x: torch.Tensor) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_every_backend_and_precision_stays_within_cosine_of_fp32_torch(name):
+def test_fp32_backends_match_the_reference_and_a_low_precision_is_close_or_never_kept(name):
+    """The guarantee on any CPU, not one CPU's numerics. fp32 (torch, and OpenVINO's conversion in both its modes)
+    matches an independent fp32 reference row by row. A low precision may not: on an Intel Xeon with AMX, OpenVINO bf16
+    gave all-NaN CLIP embeddings for these very weights (seed 1). Then it raises NonFiniteEmbeddings or scores below
+    MIN_COSINE, and the calibration does not keep it."""
     embedder = load_model(name, "random", image_size=SIZES[name], seed=1)
     x = torch.randn(6, 3, SIZES[name], SIZES[name])
     reference = fp32_reference(embedder, x)
+    non_finite = set()
     for choice in (
         Choice("torch", "fp32"),
         Choice("torch", "bf16"),
@@ -47,12 +52,24 @@ def test_every_backend_and_precision_stays_within_cosine_of_fp32_torch(name):
             embedder.backend(choice),
             *([embedder.backend(choice, 2, streams=2)] if choice.backend == "openvino" else []),
         ):
-            out = run(x)
+            try:
+                out = run(x)
+            except NonFiniteEmbeddings:
+                assert choice.precision != "fp32", choice
+                non_finite.add(choice)
+                continue
             assert out.shape == (6, MODELS[name].dim) and out.dtype == np.float32
             np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
             # row by row against the reference: a part put back in the wrong place would fail here
-            assert (out * reference).sum(axis=1).min() >= MIN_COSINE, (choice, getattr(run, "streams", 1))
+            if choice.precision == "fp32":
+                assert (out * reference).sum(axis=1).min() >= MIN_COSINE, (choice, getattr(run, "streams", 1))
     assert embedder.backend(Choice("openvino", "fp32"), 2, streams=2).streams == 2
+    _, measured, _ = calibrate(embedder, x, job_images=1)  # int8 only if already quantised: the test does not wait
+    kept = [Choice(c.backend, c.precision) for c in measured if c.kept]
+    for choice in kept:  # whatever it keeps embeds finite rows within the bound, by the independent reference
+        out = embedder.backend(choice)(x[:4])
+        assert np.isfinite(out).all() and (out * reference[:4]).sum(axis=1).min() >= MIN_COSINE, choice
+    assert not non_finite & set(kept)
 
 
 def test_openvino_streams_embed_batches_in_order_and_as_one_call_would():

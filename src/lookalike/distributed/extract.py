@@ -37,6 +37,7 @@ import numpy as np
 
 from ..data.datasets import ImageRecord
 from ..data.images import DEFAULT_MAX_PIXELS
+from ..embed.backends import Choice, NonFiniteEmbeddings
 from ..embed.extract import (
     ExtractConfig,
     ImageListDataset,
@@ -48,6 +49,9 @@ from ..embed.extract import (
     encode_shard,
     prepare,
     record_state,
+    refusal_note,
+    refuse_non_finite,
+    refused_choices,
     saved_inference,
 )
 from ..embed.transforms import Preprocess
@@ -151,18 +155,22 @@ def fill_shards(
         connect_s = time.perf_counter() - started
         plan = plan_workers(resources, workers, gpus_per_worker, cpus_per_worker, job.config.threads)
         t = time.perf_counter()
-        probe = probe_model(job, plan)
-        probe_s, pipeline_s, passes = time.perf_counter() - t, 0.0, 0
-        while job.todo():
-            if passes == MAX_PASSES:
-                raise GalleryError(
-                    f"{len(job.todo())} shards were still missing after {MAX_PASSES} passes; rerun the same command to"
-                    f" resume from the {sum(job.done(s) for s in job.shards)} saved in {store.url}"
-                )
-            t = time.perf_counter()
-            run_pass(job, store, plan, probe.preprocess, progress)
+        try:
+            probe = probe_model(job, plan)
+            probe_s, pipeline_s, passes = time.perf_counter() - t, 0.0, 0
+            while job.todo():
+                if passes == MAX_PASSES:
+                    raise GalleryError(
+                        f"{len(job.todo())} shards were still missing after {MAX_PASSES} passes; rerun the same command"
+                        f" to resume from the {sum(job.done(s) for s in job.shards)} saved in {store.url}"
+                    )
+                t = time.perf_counter()
+                run_pass(job, store, plan, probe.preprocess, progress)
+                collect(job, store, separate)
+                pipeline_s, passes = pipeline_s + time.perf_counter() - t, passes + 1
+        except NonFiniteEmbeddings as exc:  # a worker's batch held NaN or inf: nothing of it was written
             collect(job, store, separate)
-            pipeline_s, passes = pipeline_s + time.perf_counter() - t, passes + 1
+            raise refuse_non_finite(job, exc) from None
     return {
         "pipeline_seconds": pipeline_s,
         "connect_seconds": round(connect_s, 3),
@@ -206,22 +214,30 @@ def probe_model(job: Job, plan: WorkerPlan) -> ModelProbe:
     need = "inference" not in job.state and "precision" not in job.state
     rows = batch_rows(job, job.todo()[:1])
     job_images = sum(s.stop - s.start for s in job.todo())
-    probe = remote_result(task.remote(job.config, rows, need, plan.threads_per_worker, job_images))
+    exclude = refused_choices(job.state)
+    probe = remote_result(task.remote(job.config, rows, need, plan.threads_per_worker, job_images, exclude))
     for shard in job.todo()[
         1:
     ]:  # the first missing shard had no decodable image: look further, as the local engine would
         if probe.inference is not None or not need:
             break
         probe = remote_result(
-            task.remote(job.config, batch_rows(job, [shard]), True, plan.threads_per_worker, job_images)
+            task.remote(job.config, batch_rows(job, [shard]), True, plan.threads_per_worker, job_images, exclude)
         )
     if probe.inference is not None:
-        job.state["inference"] = probe.inference
+        job.state["inference"] = probe.inference | {"reason": probe.inference["reason"] + refusal_note(job.state)}
     record_state(job, probe.model)  # writes the state file
     return probe
 
 
-def _probe(config: ExtractConfig, rows: list[dict], calibrate_now: bool, threads: int, job_images: int) -> ModelProbe:
+def _probe(
+    config: ExtractConfig,
+    rows: list[dict],
+    calibrate_now: bool,
+    threads: int,
+    job_images: int,
+    exclude: tuple[Choice, ...] = (),
+) -> ModelProbe:
     import torch
 
     from .. import runtime
@@ -239,7 +255,13 @@ def _probe(config: ExtractConfig, rows: list[dict], calibrate_now: bool, threads
             pixels = decode_batch(row, embedder.preprocess, config.max_pixels)["pixels"]
             if len(pixels):
                 choice, measured, reason = calibrate(
-                    embedder, normalise(torch.from_numpy(pixels)), config.backend, config.precision, threads, job_images
+                    embedder,
+                    normalise(torch.from_numpy(pixels)),
+                    config.backend,
+                    config.precision,
+                    threads,
+                    job_images,
+                    exclude,
                 )
                 split = (
                     f"ray: each model actor runs {threads} inference thread{'s' if threads != 1 else ''}; decoding runs"
@@ -283,9 +305,8 @@ def run_pass(job: Job, store: ShardStore, plan: WorkerPlan, preprocess: Preproce
 
     todo = job.todo()
     rows = batch_rows(job, todo)
-    ray.data.DataContext.get_current().enable_progress_bars = (
-        False  # one lookalike progress bar instead of one per stage
-    )
+    # one lookalike progress bar instead of one per stage
+    ray.data.DataContext.get_current().enable_progress_bars = False
     # no per-run INFO lines; warnings (e.g. too few CPUs) still show
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # nor the notice that its bars are off

@@ -44,6 +44,20 @@ class BackendUnavailable(LookalikeError):
     """A backend that cannot run here (not installed, no such hardware, conversion failed)."""
 
 
+class NonFiniteEmbeddings(LookalikeError):
+    """A backend returned NaN or inf for some images: such output is never stored, searched or kept by calibration.
+
+    Seen on an Intel Xeon with AMX: OpenVINO bf16 gave all-NaN CLIP embeddings for one set of random weights and
+    finite ones for another, so no backend is trusted on a CPU by its kind; every batch is checked instead.
+    """
+
+    def __init__(self, choice: Choice | None, bad_rows: int, rows: int, advice: str = ""):
+        self.choice, self.bad_rows, self.rows = choice, bad_rows, rows
+        who = str(choice) if choice is not None else "the model"
+        self.what = f"{who} produced non-finite embeddings (NaN or inf) for {bad_rows} of {rows} images"
+        super().__init__(f"{self.what}; {advice}" if advice else self.what)
+
+
 @dataclass(frozen=True)
 class Choice:
     """A backend and the precision it runs at: what the calibration decides and the manifest records."""
@@ -61,10 +75,18 @@ class Backend(Protocol):
     def __call__(self, images: torch.Tensor) -> np.ndarray: ...
 
 
-def normalise(features: np.ndarray) -> np.ndarray:
-    """Rows to unit length in float32, as torch's F.normalize does (eps 1e-12)."""
+def normalise(features: np.ndarray, choice: Choice | None = None) -> np.ndarray:
+    """Rows to unit length in float32, as torch's F.normalize does (eps 1e-12); NonFiniteEmbeddings for NaN or inf.
+
+    Every backend's output passes through here, so no non-finite row reaches a gallery, a query or a calibration.
+    The check costs one pass over B × d floats, against a forward pass of millions of operations per image.
+    """
     features = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
-    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    with np.errstate(over="ignore", invalid="ignore"):  # reported below, as one error
+        norms = np.linalg.norm(features, axis=1, keepdims=True)
+    if not np.isfinite(norms).all():  # a NaN or inf anywhere in a row makes its norm non-finite (overflow too)
+        raise NonFiniteEmbeddings(choice, int((~np.isfinite(norms)).sum()), len(features))
+    return features / np.maximum(norms, 1e-12)
 
 
 class TorchBackend:
@@ -96,7 +118,7 @@ class TorchBackend:
             ),
         ):
             features = self.module(x)
-        return normalise(features.float().flatten(1).cpu().numpy())
+        return normalise(features.float().flatten(1).cpu().numpy(), self.choice)
 
 
 class OpenVINOBackend:
@@ -143,7 +165,7 @@ class OpenVINOBackend:
             request = getattr(self._local, "request", None)
             if request is None:
                 request = self._local.request = self.compiled.create_infer_request()
-            return normalise(request.infer({0: pixels}, share_inputs=True)[0])
+            return normalise(request.infer({0: pixels}, share_inputs=True)[0], self.choice)
         import torch
 
         # the batch split into one part per stream, run at once; the parts depend only on the batch, so a
@@ -179,10 +201,10 @@ class OpenVINOBackend:
                 pending.append((i, tag, pixels))
                 while pending and (pending[0][2] is None or pending[0][0] in finished):
                     j, done_tag, pixels = pending.popleft()
-                    yield done_tag, None if pixels is None else normalise(finished.pop(j))
+                    yield done_tag, None if pixels is None else normalise(finished.pop(j), self.choice)
             queue.wait_all()
             for j, done_tag, pixels in pending:
-                yield done_tag, None if pixels is None else normalise(finished.pop(j))
+                yield done_tag, None if pixels is None else normalise(finished.pop(j), self.choice)
         finally:
             queue.wait_all()  # nothing may still read a batch's pixels once this returns (an interrupted run too)
 

@@ -2,8 +2,9 @@
 
 Every candidate (torch and OpenVINO, fp32 and bf16, fp16 on CUDA) embeds the same calibration
 images. fp32 torch is the reference: a candidate is kept only if each image's embedding stays
-within MIN_COSINE of it, and the fastest kept candidate wins. Nothing is assumed from the
-hardware: on one CPU bf16 autocast doubles ResNet-18's speed and slows CLIP down.
+within MIN_COSINE of it and every output is finite, and the fastest kept candidate wins. Nothing is
+assumed from the hardware: on one CPU bf16 autocast doubles ResNet-18's speed and slows CLIP down, and on
+an Intel Xeon with AMX OpenVINO bf16 returned all-NaN CLIP embeddings for one seed of random weights.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..gallery.manifest import Candidate
-from .backends import BACKENDS, BackendUnavailable, Choice
+from .backends import BACKENDS, BackendUnavailable, Choice, NonFiniteEmbeddings
 from .quantise import int8_note
 
 if TYPE_CHECKING:
@@ -27,9 +28,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_COSINE = 0.999  # below this a backend or precision changes rankings: it is not kept
-CALIBRATION_IMAGES = (
-    8  # a candidate's rate is timed on these: fewer are noisy, more would cost a 128-photo CLIP job a third of its time
-)
+# a candidate's rate is timed on these: fewer are noisy, more would cost a 128-photo CLIP job a third of its time
+CALIBRATION_IMAGES = 8
 # The reference embeds only the first 4, its warm-up call giving the first: fp32 torch is the slowest
 # candidate (it took 60% of a calibration on all 8: 0.4 of 0.7 s for ResNet-18, 0.8-1.3 of 2.4 s for CLIP),
 # and an embedding's bf16 error is the same on every image, so 4 images bound the cosine as 8 do.
@@ -76,17 +76,21 @@ def calibrate(
     precision: str = "auto",
     threads: int | None = None,
     job_images: int | None = None,
+    exclude: tuple[Choice, ...] = (),
 ) -> tuple[Choice, list[Candidate], str]:
     """Measure the candidates on `images`; return the choice, every measurement, and why it was chosen.
 
     fp32 torch always runs, as the reference. A candidate that cannot run (OpenVINO missing, a
     failed conversion) is recorded with its reason, and if no requested candidate can run, the
-    torch ones are measured instead: the run never stops for a backend. An explicit `precision`
-    is honoured even below MIN_COSINE, with a warning; with "auto" precision is never assumed.
+    torch ones are measured instead: the run never stops for a backend that is missing. An explicit
+    `precision` is honoured even below MIN_COSINE, with a warning; with "auto" precision is never assumed.
+    A candidate whose output holds NaN or inf is never kept, requested or not; when that leaves nothing
+    requested, NonFiniteEmbeddings says so and names the working alternative.
     `job_images`: how many images the job embeds, which decides whether int8 is worth quantising for.
+    `exclude`: candidates this job already saw give NaN or inf; they are not tried again (the reference always is).
     """
     x = images[:CALIBRATION_IMAGES]
-    wanted = candidates(embedder.device, backend, precision)
+    wanted = [c for c in candidates(embedder.device, backend, precision) if c not in exclude or c == REFERENCE]
     skipped = []
     if (
         INT8 in wanted
@@ -106,6 +110,8 @@ def calibrate(
         _measure(REFERENCE, reference, reference, reference_rate, kept=REFERENCE in wanted, note=REFERENCE_NOTE),
         *skipped,
     ]
+
+    refused: list[NonFiniteEmbeddings] = []  # requested candidates whose output held NaN or inf
 
     def measure(choices: list[Choice]) -> None:
         for choice in choices:
@@ -135,6 +141,11 @@ def calibrate(
                 log.warning("%s cannot run here: %s; going on without it", choice, exc)
                 measured.append(Candidate(choice.backend, choice.precision, note=f"unavailable: {exc}"))
                 continue
+            except NonFiniteEmbeddings as exc:
+                log.warning("%s is not used: %s", choice, exc)
+                measured.append(non_finite_candidate(choice, exc))
+                refused.append(exc)
+                continue
             found = _measure(choice, out, reference, rate, kept=True, note=int8_note() if choice == INT8 else "")
             if found.cosine_min < MIN_COSINE:
                 if precision != "auto":
@@ -152,6 +163,16 @@ def calibrate(
             measured.append(found)
 
     measure(wanted)
+    if refused and not any(c.kept for c in measured):
+        # what was asked for runs here but gives NaN or inf: stop rather than embed with something else unasked
+        raise NonFiniteEmbeddings(
+            refused[0].choice,
+            refused[0].bad_rows,
+            refused[0].rows,
+            advice=f"it was requested (backend {backend}, precision {precision}), and torch fp32 gives finite"
+            " embeddings here: pass --backend torch --precision fp32, or --backend auto --precision auto to let"
+            " lookalike measure the candidates and skip it",
+        )
     prefix = ""
     if not any(c.kept for c in measured):
         log.warning("no %s backend could run here, so torch runs instead", backend)
@@ -191,9 +212,23 @@ def _retime_leaders(embedder: Embedder, x: torch.Tensor, measured: list[Candidat
         return
     for i in leaders:
         c = measured[i]
-        rate = _time(embedder.backend(Choice(c.backend, c.precision), threads, streams=None), x)[1]
+        choice = Choice(c.backend, c.precision)
+        try:
+            rate = _time(embedder.backend(choice, threads, streams=None), x)[1]
+        except NonFiniteEmbeddings as exc:  # finite once is not enough: a candidate is dropped at its first NaN
+            measured[i] = non_finite_candidate(choice, exc)
+            continue
         if rate > c.images_per_second:
             measured[i] = replace(c, images_per_second=round(rate, 2))
+
+
+NON_FINITE_NOTE = "rejected: non-finite output (NaN or inf)"
+
+
+def non_finite_candidate(choice: Choice, exc: NonFiniteEmbeddings) -> Candidate:
+    """The manifest's record of a candidate whose output held NaN or inf: never kept, whatever was requested."""
+    note = f"{NON_FINITE_NOTE} for {exc.bad_rows} of {exc.rows} images"
+    return Candidate(choice.backend, choice.precision, images=exc.rows, kept=False, note=note)
 
 
 def _measure(choice: Choice, out: np.ndarray, reference: np.ndarray, rate: float, kept: bool, note: str) -> Candidate:
@@ -215,10 +250,15 @@ def _measure(choice: Choice, out: np.ndarray, reference: np.ndarray, rate: float
 def _reference(run, x: torch.Tensor) -> tuple[np.ndarray, float]:
     """The reference's embeddings of `x` (its warm-up call embeds the first image) and its images/s on the rest."""
     started = time.perf_counter()
-    first = run(x[:1])
-    if len(x) == 1:  # one decodable image: its only call is the rate, first-call costs and all
-        return first, 1 / max(time.perf_counter() - started, 1e-9)
-    rest, rate = _time(run, x[1:])
+    try:
+        first = run(x[:1])
+        if len(x) == 1:  # one decodable image: its only call is the rate, first-call costs and all
+            return first, 1 / max(time.perf_counter() - started, 1e-9)
+        rest, rate = _time(run, x[1:])
+    except NonFiniteEmbeddings as exc:
+        raise NonFiniteEmbeddings(
+            None, exc.bad_rows, exc.rows, "even fp32 torch does, so the weights themselves are broken; check --weights"
+        ) from None
     return np.concatenate([first, rest]), rate
 
 

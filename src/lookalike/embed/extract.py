@@ -47,8 +47,8 @@ from ..gallery import (
 )
 from ..gallery.manifest import Inference
 from . import incremental
-from .backends import Backend, BackendUnavailable, Choice, map_batches
-from .calibrate import CALIBRATION_IMAGES, calibrate
+from .backends import Backend, BackendUnavailable, Choice, NonFiniteEmbeddings, map_batches
+from .calibrate import CALIBRATION_IMAGES, REFERENCE, calibrate
 from .models import Embedder, load_model
 from .transforms import Preprocess, build_transform
 
@@ -70,9 +70,8 @@ class ExtractConfig:
     model: str = "resnet18"
     weights: str = "pretrained"
     image_size: int | None = None
-    batch_size: int | None = (
-        None  # None: the gallery's own when updating or resuming, else DEFAULT_BATCH_SIZE for the device
-    )
+    # None: the gallery's own when updating or resuming, else DEFAULT_BATCH_SIZE for the device
+    batch_size: int | None = None
     shard_size: int = 4096
     precision: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16" (CUDA)
     backend: str = "auto"  # "auto" | "torch" | "openvino"
@@ -83,11 +82,9 @@ class ExtractConfig:
     threads: int | None = None
     overwrite: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped as possible decompression bombs (--max-pixels)
-    update: bool | None = (
-        # a gallery with this identity: None/True update it to the folder (True: it must be updatable), False: refuse a
-        # changed folder
-        None
-    )
+    # a gallery with this identity: None/True update it to the folder (True: it must be updatable), False: refuse a
+    # changed folder
+    update: bool | None = None
 
     def resolved(self) -> ExtractConfig:
         """This config with its batch size decided: the gallery's own in `out`, else the device's default."""
@@ -303,7 +300,7 @@ def prepare(config: ExtractConfig) -> Job:
     scanned = incremental.scan(collection.records)  # before any file is read
     plan = None
     if state_path.is_file():
-        previous = json.loads(state_path.read_text())
+        previous = _after_refusal(json.loads(state_path.read_text()), identity, state_path)
         same = (
             previous.get("identity") == identity
             and previous.get("records_digest") == digest
@@ -344,7 +341,78 @@ def prepare(config: ExtractConfig) -> Job:
     if base is not None:
         # new rows are embedded with the gallery's own model, backend and precision
         state = incremental.base_state(base) | state
+        if state.get("refused"):  # unless that backend gave NaN or inf during this update: calibrate again
+            state = {k: v for k, v in state.items() if k not in ("inference", "precision")}
     return Job(config, embed, out, shards, state, plan, collection, base)
+
+
+INFERENCE_ARGUMENTS = ("backend", "precision")
+
+
+def _after_refusal(state: dict, identity: dict, state_path: Path) -> dict:
+    """The unfinished job's state, taken over by this run when the job stopped because its requested backend gave
+    NaN or inf and this run asks for another backend or precision (nothing else changed).
+
+    Its saved shards are all finite and were kept within cosine MIN_COSINE of fp32 torch like any other candidate's,
+    so they are kept, and the rest is embedded with what this run asks for; the manifest says so.
+    """
+    previous = state.get("identity") or {}
+
+    def rest(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in INFERENCE_ARGUMENTS}
+
+    if not state.get("refused") or previous == identity or rest(previous) != rest(identity):
+        return state
+    state = {k: v for k, v in state.items() if k != "inference"} | {"identity": identity}
+    atomic_write_json(state_path, state)
+    return state
+
+
+def requested_inference(config: ExtractConfig) -> bool:
+    """Whether the user chose the backend or the precision (then a failing one stops the run, and is not replaced)."""
+    return config.backend != "auto" or config.precision != "auto"
+
+
+def refused_choices(state: dict) -> tuple[Choice, ...]:
+    """Backends this job stopped using because they gave NaN or inf: its calibration leaves them out."""
+    return tuple(Choice(r["backend"], r["precision"]) for r in state.get("refused", ()))
+
+
+def refusal_note(state: dict) -> str:
+    """What the manifest's inference reason adds when backends were left out during the run (empty when none)."""
+    refused = state.get("refused", ())
+    return "".join(
+        f"; {r['backend']} {r['precision']} embedded shards 0-{r['from_shard'] - 1} before it gave NaN or inf"
+        if r["from_shard"]
+        else f"; {r['backend']} {r['precision']} left out: it gave NaN or inf"
+        for r in refused
+    )
+
+
+def refuse_non_finite(job: Job, exc: NonFiniteEmbeddings) -> GalleryError:
+    """Record in the job state that `exc.choice` gave NaN or inf, and return the error that stops the run.
+
+    Nothing of the failing batch's shard was written, and the shards already saved hold only finite rows (every
+    batch is checked before it is written), so a rerun resumes from them: with the same command when the backend
+    was the calibration's choice (it is then left out), with another --backend/--precision when it was requested.
+    """
+    done = sum(job.done(s) for s in job.shards)
+    choice = exc.choice or Choice("torch", "fp32")
+    refused = {"backend": choice.backend, "precision": choice.precision, "from_shard": done, "reason": exc.what}
+    job.state["refused"] = [*job.state.get("refused", ()), refused]
+    job.state.pop("inference", None)
+    atomic_write_json(job.partial / STATE, job.state)
+    saved = f"nothing non-finite was written, and {done} of {len(job.shards)} shards are saved in {job.partial}"
+    if requested_inference(job.config):
+        return GalleryError(
+            f"extraction stopped: {exc.what} (requested with backend {job.config.backend}, precision"
+            f" {job.config.precision}); {saved}; rerun with --backend torch --precision fp32, or --backend auto"
+            " --precision auto, to finish with a backend that works here (the saved shards are kept)"
+        )
+    return GalleryError(
+        f"extraction stopped: {exc.what} (the calibration's choice); {saved}; rerun the same command to resume"
+        " without it"
+    )
 
 
 def _default_batch_size(config: ExtractConfig) -> int:
@@ -449,7 +517,9 @@ def decide_inference(job: Job, embedder: Embedder, workers: int | None, threads:
                 job.config.precision,
                 threads=cores,
                 job_images=sum(s.stop - s.start for s in job.todo()),
+                exclude=refused_choices(job.state),
             )
+            reason += refusal_note(job.state)
             model_ms = 1000 / next(
                 c.images_per_second for c in measured if (c.backend, c.precision) == (choice.backend, choice.precision)
             )
@@ -737,15 +807,27 @@ def extract(config: ExtractConfig, progress: bool = True) -> Gallery:
         embedder = load_model(config.model, config.weights, config.image_size, device, config.seed)
         ensure_state(job, embedder)
         started = time.perf_counter()
-        decided = decide_inference(job, embedder, config.workers, config.threads)
-        workers = config.workers if config.workers is not None else (decided.workers or runtime.default_threads())
-        calibration_s = time.perf_counter() - started
-        if decided.backend != "torch":
-            # torch then only runs each decode thread's per-image tensor ops, and those should take one core, not a
-            # team of threads competing with the backend's: measured on 64 px images, 1.5-1.9 CPU ms each at 2 threads,
-            # 0.95 at 1
-            torch.set_num_threads(1)
-        run_local(job, embedder, workers, progress)
+        calibration_s = None
+        while True:  # once, unless the backend gives NaN or inf: then again without it, or a stop (refuse_non_finite)
+            try:
+                runtime.set_threads(config.threads)
+                decided = decide_inference(job, embedder, config.workers, config.threads)
+                workers = (
+                    config.workers if config.workers is not None else (decided.workers or runtime.default_threads())
+                )
+                calibration_s = calibration_s or time.perf_counter() - started
+                if decided.backend != "torch":
+                    # torch then only runs each decode thread's per-image tensor ops, and those should take one core,
+                    # not a team of threads competing with the backend's: measured on 64 px images, 1.5-1.9 CPU ms
+                    # each at 2 threads, 0.95 at 1
+                    torch.set_num_threads(1)
+                run_local(job, embedder, workers, progress)
+                break
+            except NonFiniteEmbeddings as exc:
+                error = refuse_non_finite(job, exc)
+                if exc.choice is None or exc.choice == REFERENCE or requested_inference(config):
+                    raise error from None
+                log.warning("%s; the rest is embedded without it", exc.what)
         threads = (
             runtime.thread_counts().get("torch")
             if decided.backend == "torch"

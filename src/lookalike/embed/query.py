@@ -17,7 +17,7 @@ from PIL import Image
 from ..data.images import DEFAULT_MAX_PIXELS, load_rgb, load_rgb_bytes
 from ..errors import GalleryError, TextQueryError
 from ..gallery import Gallery
-from .backends import BackendUnavailable, Choice
+from .backends import BackendUnavailable, Choice, NonFiniteEmbeddings
 from .calibrate import REFERENCE
 from .models import Embedder, Towers, load_towers
 from .transforms import build_transform
@@ -99,7 +99,15 @@ class QueryEmbedder:
         t0 = decode_started if decode_started is not None else time.perf_counter()
         tensor = self.transform(image)[None]
         t1 = time.perf_counter()
-        vector = self.embedder.embed(tensor)
+        try:
+            vector = self.embedder.embed(tensor)
+        except NonFiniteEmbeddings as exc:
+            if self.embedder.choice == REFERENCE:
+                raise
+            # never a NaN query: fp32 torch is what the gallery's backend was measured against (within MIN_COSINE)
+            log.warning("%s; queries use torch fp32 from now on", exc.what)
+            self.embedder.use(REFERENCE)
+            vector = self.embedder.embed(tensor)
         t2 = time.perf_counter()
         return vector, QueryTimings(1000 * (t1 - t0), 1000 * (t2 - t1))
 

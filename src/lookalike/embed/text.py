@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import TextQueryError
+from .backends import normalise
 from .registry import TEXT_MODEL_NAMES
 
 # BPE tokens of CLIP's vocabulary are at most 32 characters, and words are separated by a space,
@@ -89,7 +89,7 @@ class TextEmbedder:
         """(B, context_length) ids → (B, d) L2-normalised float32: the same normalisation as the image embeddings."""
         with torch.inference_mode():
             features = self.tower.encode(tokens.to(self.device))
-        return F.normalize(features.float(), dim=1).cpu().numpy()
+        return normalise(features.float().cpu().numpy())
 
     def embed(self, text: str) -> tuple[np.ndarray, float, float]:
         """(1, d) unit vector of `text`, with the ms spent tokenizing and in the forward pass."""

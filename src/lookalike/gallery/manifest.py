@@ -71,9 +71,8 @@ class Inference:
     candidates: tuple[Candidate, ...] = ()
     threads: int | None = None  # inference threads
     workers: int | None = None  # decode threads (processes before lookalike decoded in threads)
-    streams: int | None = (
-        None  # OpenVINO streams running batches side by side (its throughput mode); None: one (latency mode), or torch
-    )
+    # OpenVINO streams running batches side by side (its throughput mode); None: one (latency mode), or torch
+    streams: int | None = None
     split: str = ""  # how threads and workers were decided
     decode_ms_per_image: float | None = None  # one core, measured on the calibration images
     model_ms_per_image: float | None = None  # the chosen backend, all inference threads
@@ -194,9 +193,8 @@ class UpdateInfo:
     removed: int  # rows whose file is no longer in the collection
     hashed: int  # files whose size or mtime differed, read to compare their content hash
     id_map: str = "id_map.npy"
-    indexes: dict[str, str] | None = (
-        None  # saved index → "updated in place …" / "rebuilt …" / "stale: …"; None until done
-    )
+    # saved index → "updated in place …" / "rebuilt …" / "stale: …"; None until done
+    indexes: dict[str, str] | None = None
     held_out: str | None = None  # how the held-out queries behaved across the update
 
     def to_dict(self) -> dict[str, Any]:
