@@ -249,15 +249,16 @@ def model_only(embedder: Embedder, images: torch.Tensor, bs: int, rounds: int, w
 def quantise_seconds(embedder: Embedder, work: Path) -> float:
     """What making the int8 model costs once (conversion excluded): timed into an empty cache, the real one left as it
     is."""
-    from lookalike.embed.backends import CACHE_ENV, openvino_model
+    from lookalike.embed.backends import openvino_model
+    from lookalike.embed.cache import CACHE_ENV
     from lookalike.embed.quantise import int8_model
 
-    xml = openvino_model(embedder.module, embedder.weights_key(), embedder.preprocess.image_size)
+    xml = openvino_model(embedder.module, embedder.identity)
     before = os.environ.get(CACHE_ENV)
     os.environ[CACHE_ENV] = str(work / f"quantise-{embedder.spec.name}")
     try:
         started = time.perf_counter()
-        int8_model(embedder, xml)
+        int8_model(embedder.identity, xml)
         return time.perf_counter() - started
     finally:
         os.environ[CACHE_ENV] = before if before is not None else ""

@@ -14,7 +14,8 @@ import torch
 
 import lookalike
 from lookalike.data.synthetic import generate_collection
-from lookalike.embed.backends import BackendUnavailable, Choice, NonFiniteEmbeddings, cache_root
+from lookalike.embed.backends import BackendUnavailable, Choice, NonFiniteEmbeddings
+from lookalike.embed.cache import cache_root
 from lookalike.embed.calibrate import MIN_COSINE, calibrate
 from lookalike.embed.extract import split_cores
 from lookalike.embed.models import MODELS, load_model
@@ -243,7 +244,7 @@ def test_int8_stays_within_cosine_is_quantised_once_and_is_the_same_model_from_a
     from lookalike.embed.quantise import int8_folder
 
     def weights_digest(embedder) -> str:  # the IR's numbers; its XML names nodes by a per-process counter
-        return hashlib.sha256((int8_folder(embedder) / "model.bin").read_bytes()).hexdigest()
+        return hashlib.sha256((int8_folder(embedder.identity) / "model.bin").read_bytes()).hexdigest()
 
     embedder = load_model("resnet18", "random", image_size=32, seed=1)
     x = generated_pixels(embedder)

@@ -13,6 +13,10 @@ class BadImageError(LookalikeError):
     """One image file (or uploaded blob) cannot be decoded into RGB pixels."""
 
 
+class BackendUnavailable(LookalikeError):
+    """An inference backend that cannot run here (not installed, no such hardware, conversion failed)."""
+
+
 class WeightsUnavailableError(LookalikeError):
     """Pretrained weights are not in the local cache and cannot be downloaded."""
 

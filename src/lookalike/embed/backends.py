@@ -9,11 +9,7 @@ bf16 autocast doubles a CNN's speed and slows CLIP down.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import shutil
-import tempfile
 import threading
 import warnings
 from collections import deque
@@ -24,7 +20,8 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
-from ..errors import LookalikeError
+from ..errors import BackendUnavailable, LookalikeError
+from .cache import ModelIdentity, cache_root, cached_ir, openvino_version
 from .registry import BACKENDS, PRECISIONS  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
@@ -36,12 +33,7 @@ log = logging.getLogger(__name__)
 # ours → OpenVINO's INFERENCE_PRECISION_HINT; int8's quantised layers run in int8 whatever the hint, the rest in
 # fp32 (measured: as fast as in bf16 on 2 cores, ResNet-18 235 against 232 img/s)
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
-CACHE_ENV = "LOOKALIKE_CACHE"  # where converted models are kept (default ~/.cache/lookalike)
 T = TypeVar("T")
-
-
-class BackendUnavailable(LookalikeError):
-    """A backend that cannot run here (not installed, no such hardware, conversion failed)."""
 
 
 class NonFiniteEmbeddings(LookalikeError):
@@ -225,68 +217,40 @@ def map_batches(run: Backend, items: Iterable[tuple[T, torch.Tensor | None]]) ->
     return pipelined(items) if pipelined is not None else sequential(run, items)
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lookalike").expanduser()
+def make_backend(
+    choice: Choice,
+    module: nn.Module,
+    identity: Callable[[], ModelIdentity],
+    device: str,
+    channels_last: bool,
+    threads: int | None = None,
+    streams: int | None = 1,
+) -> Backend:
+    """The backend for `choice` over `module`. `identity` is asked for only by OpenVINO, whose converted and
+    quantised models it names (for random weights it hashes every tensor: 0.2 s for CLIP, which torch never pays).
+
+    `streams` (OpenVINO only): 1 for queries, None or n > 1 for extraction (see `OpenVINOBackend`)."""
+    if choice.backend == "torch":
+        return TorchBackend(module, device, choice.precision, channels_last)
+    if choice.backend != "openvino":
+        raise BackendUnavailable(f"unknown inference backend {choice.backend!r}; choose one of {', '.join(BACKENDS)}")
+    if device != "cpu":
+        raise BackendUnavailable(f"lookalike runs openvino on the CPU only, and this model is on {device}")
+    model = identity()
+    xml = openvino_model(module, model)
+    if choice.precision == "int8":
+        from .quantise import int8_model
+
+        xml = int8_model(model, xml)
+    return OpenVINOBackend(xml, choice.precision, threads, streams)
 
 
-def openvino_version() -> str | None:
-    try:
-        import openvino as ov
-    except ImportError:
-        return None
-    return ov.__version__.split("-")[0]
-
-
-def module_digest(module: nn.Module) -> str:
-    """sha256 over the module's tensors: the identity of the weights actually loaded, whatever their source."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-_cache_lock = threading.Lock()
-
-
-def cached_ir(folder: Path, make: Callable[[], object], failure: str) -> Path:
-    """`folder`/model.xml, the OpenVINO model `make()` returns, saved there once and reused after.
-
-    The IR is written to a temporary folder and renamed into place, so a killed run never leaves a
-    half-written model that a later run would load; another process that wins the race saved the
-    same model. Any error but BackendUnavailable becomes one: `failure` (what could not be done) and why.
-    """
-    xml = folder / "model.xml"
-    if xml.is_file():
-        log.debug("openvino: reusing %s", folder)
-        return xml
-    import openvino as ov
-
-    with _cache_lock:
-        if xml.is_file():
-            return xml
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".making-", dir=folder.parent))
-        try:
-            ov.save_model(make(), tmp / "model.xml", compress_to_fp16=False)
-            tmp.rename(folder)
-        except OSError:
-            if not xml.is_file():  # another process won the race: theirs is as good as ours
-                raise
-        except BackendUnavailable:
-            raise
-        except Exception as exc:
-            raise BackendUnavailable(f"{failure} ({type(exc).__name__}: {str(exc)[:200]})") from exc
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return xml
-
-
-def openvino_model(module: nn.Module, key: str, image_size: int) -> Path:
+def openvino_model(module: nn.Module, model: ModelIdentity) -> Path:
     """The module as OpenVINO IR on disk, converted once per (model, weights, input size, OpenVINO version)."""
     version = openvino_version()
     if version is None:
         raise BackendUnavailable("openvino is not installed (pip install openvino)")
+    image_size = model.preprocess.image_size
 
     def convert():
         import openvino as ov
@@ -299,6 +263,5 @@ def openvino_model(module: nn.Module, key: str, image_size: int) -> Path:
                 module.eval(), example_input=example, input=[ov.PartialShape([-1, 3, image_size, image_size])]
             )
 
-    return cached_ir(
-        cache_root() / "openvino" / f"{key}-{image_size}px-ov{version}", convert, "openvino could not convert the model"
-    )
+    folder = cache_root() / "openvino" / f"{model.key}-{image_size}px-ov{version}"
+    return cached_ir(folder, convert, "openvino could not convert the model")

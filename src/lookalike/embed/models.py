@@ -6,6 +6,7 @@ product and |x − y|² = 2 − 2⟨x, y⟩ for every search method downstream.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -21,19 +22,8 @@ from torch import nn
 
 from ..errors import WeightsUnavailableError
 from ..gallery.manifest import Weights
-from .backends import (
-    BACKENDS,
-    Backend,
-    BackendUnavailable,
-    Choice,
-    OpenVINOBackend,
-    TorchBackend,
-    module_digest,
-    openvino_model,
-)
-from .quantise import int8_model, is_quantised
-
-# noqa: F401 (MODELS, get_spec: re-exported for callers of this module)
+from .backends import Backend, Choice, make_backend
+from .cache import ModelIdentity
 from .registry import MODELS, ModelSpec, get_spec  # noqa: F401 (MODELS, get_spec: re-exported)
 from .text import TextEmbedder, no_text_message
 from .transforms import Preprocess
@@ -57,7 +47,6 @@ class Embedder:
         if spec.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
         self._backends: dict[tuple[Choice, int | None], Backend] = {}
-        self._weights_key: str | None = None
         self.active: Backend = self.backend(Choice("torch", "fp32"))
 
     @property
@@ -87,44 +76,23 @@ class Embedder:
         `streams` (OpenVINO only): 1 for queries, None or n > 1 for extraction (see `OpenVINOBackend`)."""
         key = (choice, threads, streams if choice.backend == "openvino" else 1)
         if key not in self._backends:
-            if choice.backend == "torch":
-                self._backends[key] = TorchBackend(self.module, self.device, choice.precision, self.spec.channels_last)
-            elif choice.backend == "openvino":
-                if self.device != "cpu":
-                    raise BackendUnavailable(
-                        f"lookalike runs openvino on the CPU only, and this model is on {self.device}"
-                    )
-                xml = openvino_model(self.module, self.weights_key(), self.preprocess.image_size)
-                if choice.precision == "int8":
-                    xml = int8_model(self, xml)
-                self._backends[key] = OpenVINOBackend(xml, choice.precision, threads, streams)
-            else:
-                raise BackendUnavailable(
-                    f"unknown inference backend {choice.backend!r}; choose one of {', '.join(BACKENDS)}"
-                )
+            self._backends[key] = make_backend(
+                choice, self.module, lambda: self.identity, self.device, self.spec.channels_last, threads, streams
+            )
         return self._backends[key]
 
     def int8_cached(self) -> bool:
         """Whether this model's int8 version is already quantised and on disk (so trying it costs a job nothing)."""
-        return is_quantised(self)
+        from .quantise import is_quantised
 
-    def weights_key(self) -> str:
-        """Names the converted-model cache entry: model and weights sha256 (of the tensors themselves for random
-        weights).
+        return is_quantised(self.identity)
 
-        Computed once per embedder: hashing CLIP's tensors takes about 0.2 s, and calibration asks for every OpenVINO
-        candidate.
-        """
-        if self._weights_key is None:
-            weights = (
-                self.weights.sha256
-                if self.weights.kind != "random" and self.weights.sha256
-                else module_digest(self.module)
-            )
-            self._weights_key = (
-                f"{self.spec.name}-{hashlib.sha256(f'{self.spec.arch}|{weights}'.encode()).hexdigest()[:16]}"
-            )
-        return self._weights_key
+    @functools.cached_property
+    def identity(self) -> ModelIdentity:
+        """What the converted and quantised models of this one are keyed by, computed once (the weights file's sha256,
+        or for random weights a digest of the tensors themselves: about 0.2 s for CLIP)."""
+        weights = self.weights.sha256 if self.weights.kind != "random" and self.weights.sha256 else None
+        return ModelIdentity(self.spec, weights or module_digest(self.module), self.preprocess)
 
     def describe(self) -> dict:
         return {
@@ -258,6 +226,15 @@ def _build_pretrained(spec: ModelSpec, image_size: int | None) -> tuple[nn.Modul
     loaded = cached or _hf_cached_file(repo)
     digest = verify_hf_blob(loaded) if loaded else None
     return model, Weights("pretrained", f"open_clip {spec.arch} '{spec.pretrained}'", sha256=digest)
+
+
+def module_digest(module: nn.Module) -> str:
+    """sha256 over the module's tensors: the identity of the weights actually loaded, whatever their source."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def file_sha256(path: str | Path) -> str:

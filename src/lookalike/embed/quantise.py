@@ -20,12 +20,10 @@ import logging
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .backends import BackendUnavailable, cache_root, cached_ir, openvino_version
-
-if TYPE_CHECKING:
-    from .models import Embedder
+from ..errors import BackendUnavailable
+from .cache import ModelIdentity, cache_root, cached_ir, openvino_version
+from .transforms import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -55,42 +53,37 @@ def int8_note() -> str:
     return f"quantised by NNCF {nncf_version()}, activation ranges from {QUANTISE_IMAGES} generated images"
 
 
-def int8_folder(embedder: Embedder) -> Path:
-    """Where `embedder`'s int8 model is cached: keyed by model, weights sha256, input size, recipe and library
+def int8_folder(model: ModelIdentity) -> Path:
+    """Where the model's int8 version is cached: keyed by model, weights sha256, input size, recipe and library
     versions."""
-    size = embedder.preprocess.image_size
-    recipe = f"{embedder.spec.quantise}-{QUANTISE_IMAGES}gen{QUANTISE_SEED}"
+    size = model.preprocess.image_size
+    recipe = f"{model.spec.quantise}-{QUANTISE_IMAGES}gen{QUANTISE_SEED}"
+    versions = f"ov{openvino_version()}-int8-{recipe}-nncf{nncf_version()}"
+    return cache_root() / "openvino" / f"{model.key}-{size}px-{versions}"
+
+
+def is_quantised(model: ModelIdentity) -> bool:
+    """Whether the model's int8 version is already on disk (so int8 costs a job nothing to try)."""
     return (
-        cache_root()
-        / "openvino"
-        / f"{embedder.weights_key()}-{size}px-ov{openvino_version()}-int8-{recipe}-nncf{nncf_version()}"
+        nncf_version() is not None and openvino_version() is not None and (int8_folder(model) / "model.xml").is_file()
     )
 
 
-def is_quantised(embedder: Embedder) -> bool:
-    """Whether `embedder`'s int8 model is already on disk (so int8 costs a job nothing to try)."""
-    return (
-        nncf_version() is not None
-        and openvino_version() is not None
-        and (int8_folder(embedder) / "model.xml").is_file()
-    )
-
-
-def int8_model(embedder: Embedder, fp32_xml: Path) -> Path:
-    """`embedder`'s OpenVINO IR (`fp32_xml`) quantised to int8, made once and cached.
+def int8_model(model: ModelIdentity, fp32_xml: Path) -> Path:
+    """The model's OpenVINO IR (`fp32_xml`) quantised to int8, made once and cached.
 
     Costs one fp32 pass over QUANTISE_IMAGES plus NNCF's bias correction: measured
     3-5 s for ResNet-18, 17 s for CLIP on 2 cores.
     """
     if nncf_version() is None:
         raise BackendUnavailable("int8 needs NNCF, which is not installed (pip install nncf)")
-    folder = int8_folder(embedder)
+    folder = int8_folder(model)
     if not (folder / "model.xml").is_file():
-        log.info("quantising %s to int8 once (cached in %s)", embedder.spec.name, folder)
-    return cached_ir(folder, lambda: _quantise(embedder, fp32_xml), "NNCF could not quantise the model to int8")
+        log.info("quantising %s to int8 once (cached in %s)", model.spec.name, folder)
+    return cached_ir(folder, lambda: _quantise(model, fp32_xml), "NNCF could not quantise the model to int8")
 
 
-def calibration_pixels(embedder: Embedder):
+def calibration_pixels(preprocess: Preprocess):
     """QUANTISE_IMAGES generated 64 px images (the data generator's, fixed seed), preprocessed as the model's inputs."""
     import numpy as np
     import torch
@@ -99,7 +92,7 @@ def calibration_pixels(embedder: Embedder):
     from ..data.synthetic import generate_collection
     from .transforms import build_transform
 
-    transform = build_transform(embedder.preprocess)
+    transform = build_transform(preprocess)
     with tempfile.TemporaryDirectory(prefix="lookalike-int8-") as tmp:
         root = generate_collection(
             Path(tmp) / "images", n_classes=QUANTISE_IMAGES // 8, train_per_class=8, val_per_class=0, seed=QUANTISE_SEED
@@ -109,14 +102,14 @@ def calibration_pixels(embedder: Embedder):
     return np.ascontiguousarray(pixels, dtype=np.float32)
 
 
-def _quantise(embedder: Embedder, fp32_xml: Path):
+def _quantise(model: ModelIdentity, fp32_xml: Path):
     import nncf
     import openvino as ov
 
-    recipe = embedder.spec.quantise
+    recipe = model.spec.quantise
     if recipe not in RECIPES:
         raise BackendUnavailable(f"no int8 recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    pixels = calibration_pixels(embedder)
+    pixels = calibration_pixels(model.preprocess)
     batches = [pixels[i : i + 8] for i in range(0, len(pixels), 8)]
     options: dict = {}
     if recipe == "transformer":
@@ -128,7 +121,7 @@ def _quantise(embedder: Embedder, fp32_xml: Path):
                 smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)
             ),
         }
-    model = ov.Core().read_model(fp32_xml)
+    ir = ov.Core().read_model(fp32_xml)
     nncf_log = logging.getLogger("nncf")
     level = nncf_log.level
     nncf_log.setLevel(logging.ERROR)  # its progress notes would interleave with extraction's own
@@ -136,6 +129,6 @@ def _quantise(embedder: Embedder, fp32_xml: Path):
         # and its progress bars (rich, on stdout) would land in the output of `lookalike extract --json`
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches), **options)
+            return nncf.quantize(ir, nncf.Dataset(batches), subset_size=len(batches), **options)
     finally:
         nncf_log.setLevel(level)

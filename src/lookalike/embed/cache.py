@@ -1,0 +1,90 @@
+"""The converted-model cache: where OpenVINO and int8 models are kept, and what names them.
+
+A converted or quantised model is a function of the model's identity alone (architecture, weights, input size,
+preprocessing) and of the library versions, so it is made once and reused by every job, query and Ray worker.
+The identity is computed once, when a backend first needs it, and handed down: models → backends → quantise,
+never back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import BackendUnavailable
+from .registry import ModelSpec
+from .transforms import Preprocess
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "LOOKALIKE_CACHE"  # where converted models are kept (default ~/.cache/lookalike)
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a converted or quantised model depends on, besides library versions."""
+
+    spec: ModelSpec
+    weights_sha256: str  # of the file loaded, or of the tensors themselves for random weights
+    preprocess: Preprocess
+
+    @property
+    def key(self) -> str:
+        """Names the model's cache entries: its name and a digest of architecture and weights."""
+        digest = hashlib.sha256(f"{self.spec.arch}|{self.weights_sha256}".encode()).hexdigest()[:16]
+        return f"{self.spec.name}-{digest}"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lookalike").expanduser()
+
+
+def openvino_version() -> str | None:
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    return ov.__version__.split("-")[0]
+
+
+_cache_lock = threading.Lock()
+
+
+def cached_ir(folder: Path, make: Callable[[], object], failure: str) -> Path:
+    """`folder`/model.xml, the OpenVINO model `make()` returns, saved there once and reused after.
+
+    The IR is written to a temporary folder and renamed into place, so a killed run never leaves a
+    half-written model that a later run would load; another process that wins the race saved the
+    same model. Any error but BackendUnavailable becomes one: `failure` (what could not be done) and why.
+    """
+    xml = folder / "model.xml"
+    if xml.is_file():
+        log.debug("openvino: reusing %s", folder)
+        return xml
+    import openvino as ov
+
+    with _cache_lock:
+        if xml.is_file():
+            return xml
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".making-", dir=folder.parent))
+        try:
+            ov.save_model(make(), tmp / "model.xml", compress_to_fp16=False)
+            tmp.rename(folder)
+        except OSError:
+            if not xml.is_file():  # another process won the race: theirs is as good as ours
+                raise
+        except BackendUnavailable:
+            raise
+        except Exception as exc:
+            raise BackendUnavailable(f"{failure} ({type(exc).__name__}: {str(exc)[:200]})") from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return xml
