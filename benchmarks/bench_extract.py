@@ -117,7 +117,7 @@ HEADERS = [
     "pipeline img/s",
     f"speed-up (goal ≥ {GOAL_SPEEDUP:g}×)",
     "backend, precision",
-    "decode workers / inference threads (decode, model ms per img)",
+    "decode threads / inference threads (decode, model ms per img)",
     "calibration s",
     "cosine to naive fp32 min / mean",
 ]
@@ -197,7 +197,7 @@ def bench_model(name: str, inputs: str, data: Path, work: Path, args) -> Row:
         shutil.rmtree(work / f"{name}-{r}", ignore_errors=True)
     streams = f" × {inference.streams} streams" if (inference.streams or 1) > 1 else ""
     split = (
-        f"{inference.workers} / {inference.threads}{streams} ({inference.decode_ms_per_image:.1f},"
+        f"{inference.decode_threads} / {inference.threads}{streams} ({inference.decode_ms_per_image:.1f},"
         f" {inference.model_ms_per_image:.1f})"
     )
     return Row(

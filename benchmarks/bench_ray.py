@@ -93,7 +93,7 @@ def run_engine(engine: str, data: Path, out: Path, args, splits: tuple[str, ...]
     cfg = config(data, out, args, splits, 1 if engine == "local-1t" else args.threads)
     t = time.perf_counter()
     if engine == "ray":
-        gallery = extract_ray(cfg, workers=args.workers, progress=False)
+        gallery = extract_ray(cfg, actors=args.actors, progress=False)
     else:
         gallery = extract(cfg, progress=False)
     wall = time.perf_counter() - t
@@ -189,7 +189,7 @@ def main() -> None:
     )
     p.add_argument("--bs", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=2048)
-    p.add_argument("--workers", type=int, default=2, help="Ray model actors")
+    p.add_argument("--actors", type=int, default=2, help="Ray model actors")
     args = p.parse_args()
     if args.quick:
         args.rounds = 1
@@ -275,7 +275,7 @@ def main() -> None:
             f" every engine). Medians over {args.rounds} rounds, the engines' order rotating. local: one process,"
             f" decode threads beside the model and {args.threads or runtime.default_threads()} inference threads, split"
             " as the job's calibration measured (the default); local, 1 torch thread: the same with `--threads 1`, a"
-            f" control (below); ray: a local `ray.init(num_cpus=2)` cluster, {args.workers} model actors (½ CPU, 1"
+            f" control (below); ray: a local `ray.init(num_cpus=2)` cluster, {args.actors} model actors (½ CPU, 1"
             " torch thread each) and Ray Data decode tasks on the remaining CPU. Each engine also ran on the val split"
             f" alone ({runs[('local', 'val')][0].images:,} images); the line through both sizes splits its wall time"
             f" into a fixed cost and a cost per image. Input is {args.image_size} px rather than 224 px so that a round"

@@ -78,7 +78,7 @@ def extraction_ms(model: str, work: Path, quick: bool, threads: int) -> dict:
         image_size=64 if quick else None,
         batch_size=32,
         threads=threads,
-        workers=threads,
+        decode_threads=threads,
     )
     gallery = extract(config, progress=False)
     t = gallery.manifest.timings

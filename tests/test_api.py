@@ -96,7 +96,7 @@ def test_extract_and_build_index_match_the_cli(tiny_collection, tiny_gallery, tm
         weights="random",
         image_size=32,
         batch_size=16,
-        workers=0,
+        decode_threads=0,
         backend=chosen.backend,
         precision=chosen.precision,
         threads=chosen.threads,

@@ -56,7 +56,7 @@ def test_extract_index_search_bench(tiny_collection, tmp_path):
 
     assert paths(exact) == paths(ivf_all)
 
-    bench = run_cli("bench", "--gallery", out, "--single-queries", "10")
+    bench = run_cli("bench", "--gallery", out, "--timing-queries", "10")
     assert "| ivf |" in bench.stdout and "recall@k vs exact" in bench.stdout
     result = json.loads((out / "bench.json").read_text())
     assert [m["method"] for m in result["methods"]] == ["brute", "flat", "ivf"]
@@ -94,7 +94,7 @@ def test_combined_table_over_two_galleries(tiny_gallery, tiny_collection, tmp_pa
         "16",
     )
     combined = tmp_path / "table.md"
-    proc = run_cli("bench", "--gallery", tiny_gallery, other, "--single-queries", "5", "--out", combined)
+    proc = run_cli("bench", "--gallery", tiny_gallery, other, "--timing-queries", "5", "--out", combined)
     table = combined.read_text()
     assert "| | resnet18 | mobilenet |" in table
     assert "| feature dim | 512 | 1280 |" in table

@@ -1,4 +1,4 @@
-"""One option vocabulary across commands; old spellings still parse, with a warning that names the new one."""
+"""One option vocabulary across commands, one spelling per option."""
 
 from __future__ import annotations
 
@@ -26,44 +26,44 @@ def test_queries_is_a_count_everywhere(command):
 
 
 @pytest.mark.parametrize(
-    "argv, dest, value, new",
+    "argv",
     [
-        (["report", "--galleries", "a", "b"], "gallery", ["a", "b"], "--gallery"),
-        (["tradeoff", "--gallery", "g", "--queries", "list.txt"], "query_list", "list.txt", "--query-list"),
-        (["tradeoff", "--gallery", "g", "--max-queries", "50"], "queries", 50, "--queries"),
-        (["tradeoff", "--gallery", "g", "--single-queries", "5"], "timing_queries", 5, "--timing-queries"),
-        (["tradeoff", "--gallery", "g", "--exact-queries", "9"], "exact_timing_queries", 9, "--exact-timing-queries"),
-        (["tune", "--gallery", "g", "--max-queries", "60"], "queries", 60, "--queries"),
-        (["scale", "--gallery", "g", "--exact-queries", "11"], "timing_queries", 11, "--timing-queries"),
-        (["bench", "--gallery", "g", "--single-queries", "12"], "timing_queries", 12, "--timing-queries"),
-        (["extract", "--data", "d", "--out", "o", "--workers", "3"], "legacy_workers", 3, "--decode-workers"),
+        ["report", "--galleries", "a", "b"],
+        ["tradeoff", "--gallery", "g", "--queries", "list.txt"],
+        ["tradeoff", "--gallery", "g", "--max-queries", "50"],
+        ["tradeoff", "--gallery", "g", "--single-queries", "5"],
+        ["tradeoff", "--gallery", "g", "--exact-queries", "9"],
+        ["scale", "--gallery", "g", "--exact-queries", "11"],
+        ["extract", "--data", "d", "--out", "o", "--workers", "3"],
+        ["extract", "--data", "d", "--out", "o", "--decode-workers", "3"],
     ],
 )
-def test_old_spellings_work_and_warn(capsys, argv, dest, value, new):
-    assert getattr(parse(*argv), dest) == value
-    err = capsys.readouterr().err
-    assert "deprecated" in err and new in err
+def test_spellings_from_before_the_first_release_are_gone(capsys, argv):
+    """0.1.0 was never released: one spelling per option, and an old one is an error, not a silent alias."""
+    with pytest.raises(SystemExit):
+        parse(*argv)
+    assert "error" in capsys.readouterr().err
 
 
-def test_new_spellings_do_not_warn(capsys):
+def test_one_spelling_each(capsys):
     args = parse("report", "--gallery", "a", "b")
     assert args.gallery == ["a", "b"]
     args = parse(
         "tradeoff", "--gallery", "g", "--query-list", "q.txt", "--timing-queries", "4", "--exact-timing-queries", "6"
     )
     assert (args.query_list, args.timing_queries, args.exact_timing_queries) == ("q.txt", 4, 6)
-    args = parse("extract", "--data", "d", "--out", "o", "--decode-workers", "2", "--actors", "4")
-    assert (args.decode_workers, args.actors, args.legacy_workers) == (2, 4, None)
+    assert parse("scale", "--gallery", "g", "--timing-queries", "11").timing_queries == 11
     assert capsys.readouterr().err == ""
 
 
-def test_old_workers_maps_to_decode_workers_locally_and_actors_on_ray():
+def test_decode_threads_are_local_and_actors_are_ray():
+    """`workers` meant decode threads locally and model actors on Ray: now each has its own name."""
     from lookalike.cli.core import extract_config
 
-    local = parse("extract", "--data", "d", "--out", "o", "--workers", "3")
-    assert extract_config(local).workers == 3
-    ray = parse("extract", "--data", "d", "--out", "o", "--workers", "5", "--engine", "ray")
-    assert extract_config(ray).workers is None and ray.actors == 5
+    local = parse("extract", "--data", "d", "--out", "o", "--decode-threads", "3", "--actors", "4")
+    assert extract_config(local).decode_threads == 3
+    ray = parse("extract", "--data", "d", "--out", "o", "--decode-threads", "3", "--actors", "5", "--engine", "ray")
+    assert extract_config(ray).decode_threads is None and ray.actors == 5
 
 
 def test_choices_come_from_the_registries():

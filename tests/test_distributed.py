@@ -112,14 +112,14 @@ def test_cli_ray_engine_writes_the_same_gallery_as_the_local_engine(ray_address,
         "ray",
         "--address",
         ray_address,
-        "--workers",
+        "--actors",
         "2",
     )
     assert "RANDOM weights" in proc.stdout and "GENERATED data" in proc.stdout
     gallery = open_gallery(out)
     assert_same_gallery(gallery, local_gallery)
     assert len(gallery.manifest.skipped) == 5
-    assert gallery.manifest.timings["workers"] == 2
+    assert gallery.manifest.timings["actors"] == 2
 
     run_cli("index", "--gallery", out, "--method", "ivf", "--nlist", "4", "--engine", "ray", "--address", ray_address)
     info = json.loads((out / "indexes" / "ivf" / "method.json").read_text())
@@ -139,15 +139,17 @@ def test_a_resumed_job_survives_a_dying_worker_and_stages_through_fsspec(
     job = prepare(config)
     embedder = load_model(config.model, config.weights, config.image_size, "cpu", config.seed)
     ensure_state(job, embedder)
-    decide_inference(job, embedder, workers=0, threads=None)  # the local engine's choice, saved in the job state
-    run_local(Job(job.config, job.collection, job.out, job.shards[:2], job.state), embedder, workers=0, progress=False)
+    decide_inference(job, embedder, decode_threads=0, threads=None)  # the local engine's choice, saved in the job state
+    run_local(
+        Job(job.config, job.collection, job.out, job.shards[:2], job.state), embedder, decode_threads=0, progress=False
+    )
     before = {p.name: p.stat().st_mtime_ns for p in job.partial.glob("shard-*.npz")}
     assert len(before) == 2 and len(job.shards) > 4
 
     marker = tmp_path / "crashed"
     monkeypatch.setenv(CRASH_HOOK, f"3:{marker}")  # the model actor dies (os._exit) the first time shard 3 comes by
     staging = tmp_path / "staging"
-    gallery = extract_ray(config, workers=1, staging=f"file://{staging}", progress=False)
+    gallery = extract_ray(config, actors=1, staging=f"file://{staging}", progress=False)
 
     assert marker.is_file(), "no worker died: the test did not test anything"
     assert_same_gallery(gallery, local_gallery)
@@ -205,18 +207,18 @@ def test_an_error_on_a_worker_reaches_the_user_as_one_sentence(ray_address, coll
         data=str(collection), out=str(tmp_path / "ray"), **{**SETTINGS, "weights": str(tmp_path / "missing.pt")}
     )
     with pytest.raises(WeightsUnavailableError, match="neither 'pretrained', 'random' nor an existing file") as caught:
-        extract_ray(config, workers=1, progress=False)
+        extract_ray(config, actors=1, progress=False)
     assert "Traceback" not in str(caught.value)
 
 
 def test_worker_plan_leaves_cpu_for_decoding_and_fits_the_gpus():
     plan = plan_workers(
-        Resources(cpus=2, gpus=0, nodes=1), workers=2, gpus_per_worker=0, cpus_per_worker=None, threads=None
+        Resources(cpus=2, gpus=0, nodes=1), actors=2, gpus_per_worker=0, cpus_per_worker=None, threads=None
     )
-    assert plan.workers == 2 and plan.workers * plan.cpus_per_worker + plan.cpus_per_decode <= 2
-    assert plan_workers(Resources(cpus=32, gpus=4, nodes=2), None, 1, None, None).workers == 4  # one actor per GPU
-    assert plan_workers(Resources(cpus=32, gpus=4, nodes=2), None, 0.5, None, None).workers == 8
-    with pytest.raises(LookalikeError, match="fewer --workers"):
+    assert plan.actors == 2 and plan.actors * plan.cpus_per_worker + plan.cpus_per_decode <= 2
+    assert plan_workers(Resources(cpus=32, gpus=4, nodes=2), None, 1, None, None).actors == 4  # one actor per GPU
+    assert plan_workers(Resources(cpus=32, gpus=4, nodes=2), None, 0.5, None, None).actors == 8
+    with pytest.raises(LookalikeError, match="fewer --actors"):
         plan_workers(Resources(cpus=2, gpus=0, nodes=1), 2, 0, 1.0, None)
     with pytest.raises(LookalikeError, match="the Ray cluster has 0"):
         plan_workers(Resources(cpus=8, gpus=0, nodes=1), None, 1, None, None)

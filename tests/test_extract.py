@@ -145,7 +145,7 @@ def test_killed_extraction_resumes_to_the_same_gallery(tmp_path, backend, precis
         "8",
         "--shard-size",
         "16",
-        "--workers",
+        "--decode-threads",
         "0",
         "--backend",
         backend,

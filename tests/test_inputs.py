@@ -32,7 +32,7 @@ def _config(data: Path, out: Path, **kw) -> ExtractConfig:
         image_size=32,
         batch_size=8,
         shard_size=16,
-        workers=0,
+        decode_threads=0,
         **kw,
     )
 

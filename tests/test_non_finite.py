@@ -100,7 +100,7 @@ def test_a_forced_backend_that_gives_nan_mid_run_stops_keeps_its_shards_and_resu
     monkeypatch, tiny_collection, tmp_path
 ):
     out = tmp_path / "g"
-    options = dict(image_size=32, batch_size=16, shard_size=16, threads=1, workers=1)
+    options = dict(image_size=32, batch_size=16, shard_size=16, threads=1, decode_threads=1)
     # calibration batches are at most 8 images; the third 16-image batch of the run (shard 2) is NaN
     poison(monkeypatch, POISONED, after=2, min_batch=CALIBRATION_IMAGES + 1)
     with pytest.raises(LookalikeError) as caught:
@@ -139,7 +139,7 @@ def test_a_forced_backend_that_gives_nan_mid_run_stops_keeps_its_shards_and_resu
 def test_the_calibrations_choice_giving_nan_mid_run_is_replaced_and_the_gallery_is_finite(
     monkeypatch, tiny_collection, tmp_path
 ):
-    options = dict(image_size=32, batch_size=16, shard_size=16, threads=1, workers=1)
+    options = dict(image_size=32, batch_size=16, shard_size=16, threads=1, decode_threads=1)
     probe = lookalike.extract(tiny_collection, tmp_path / "probe", "resnet18", "random", **options)
     chosen = Choice(probe.manifest.model.backend_name, probe.manifest.model.precision_name)
     poison(monkeypatch, chosen, after=1, min_batch=CALIBRATION_IMAGES + 1)

@@ -16,7 +16,7 @@ from .conftest import run_cli
 def test_report_end_to_end_on_two_galleries(tiny_gallery, tmp_path):
     generated = write_generated_gallery(tmp_path / "generated", 600, 32, val=60, n_clusters=12, rank=4, seed=0).path
     out = tmp_path / "report"
-    proc = run_cli("report", "--galleries", tiny_gallery, generated, "--out", out, "--sizes", "60,200")
+    proc = run_cli("report", "--gallery", tiny_gallery, generated, "--out", out, "--sizes", "60,200")
     assert "report written to" in proc.stdout
     text = (out / "report.md").read_text()
 
@@ -55,7 +55,7 @@ def test_report_end_to_end_on_two_galleries(tiny_gallery, tmp_path):
 def test_report_refuses_a_missing_gallery_before_measuring_anything(tiny_gallery, tmp_path, capsys):
     out = tmp_path / "report"
     assert (
-        main(["report", "--galleries", str(tiny_gallery), str(tmp_path / "nope"), "--out", str(out), "--sizes", "60"])
+        main(["report", "--gallery", str(tiny_gallery), str(tmp_path / "nope"), "--out", str(out), "--sizes", "60"])
         == 2
     )
     assert "lookalike report: error: no gallery at" in capsys.readouterr().err

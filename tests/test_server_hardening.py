@@ -45,7 +45,7 @@ def full_size_gallery(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("hostile")
     data = generate_collection(root / "data", n_classes=2, train_per_class=6, val_per_class=1, seed=1)
     config = ExtractConfig(
-        data=str(data), out=str(root / "g"), model="resnet18", weights="random", batch_size=8, workers=0
+        data=str(data), out=str(root / "g"), model="resnet18", weights="random", batch_size=8, decode_threads=0
     )
     return extract(config, progress=False).path
 

@@ -197,7 +197,7 @@ def test_a_killed_update_resumes_to_the_gallery_of_an_uninterrupted_one(tmp_path
         "8",
         "--shard-size",
         "16",
-        "--decode-workers",
+        "--decode-threads",
         "0",
     ]
     run_cli(*args, "--out", tmp_path / "whole")

@@ -172,7 +172,7 @@ def test_the_ray_engine_reads_the_shards_into_the_same_gallery(ray_address, shar
     config = ExtractConfig(
         data=str(shards["folder"] / "shard-{00000..00002}.tar"), out=str(tmp_path / "ray"), **SETTINGS
     )
-    gallery = extract_ray(config, workers=1, progress=False)
+    gallery = extract_ray(config, actors=1, progress=False)
     for name in (EMBEDDINGS, METADATA):
         assert (gallery.path / name).read_bytes() == (local_gallery.path / name).read_bytes(), name
     assert without_measurements(manifest_json(gallery)) == without_measurements(manifest_json(local_gallery))

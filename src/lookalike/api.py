@@ -37,7 +37,7 @@ def extract(
     """Embed every image under `data` into the gallery folder `out` and return it (resumable, like `lookalike extract`).
 
     `options` are `ExtractConfig` fields: image_size, batch_size, shard_size, backend ("auto",
-    "torch", "openvino"), precision ("auto", "fp32", "bf16", "fp16"), splits, seed, workers (local
+    "torch", "openvino"), precision ("auto", "fp32", "bf16", "fp16"), splits, seed, decode_threads (local
     decode threads), device, threads (inference threads), overwrite, update. `engine="ray"` runs on a
     Ray cluster (`address`) with `actors` model actors of `gpus_per_worker` GPUs each.
 
@@ -59,7 +59,7 @@ def extract(
     if engine == "ray":
         from .distributed import extract_ray
 
-        return extract_ray(config, address=address, workers=actors, gpus_per_worker=gpus_per_worker, staging=staging)
+        return extract_ray(config, address=address, actors=actors, gpus_per_worker=gpus_per_worker, staging=staging)
     if engine != "local":
         raise LookalikeError(f"unknown engine {engine!r}; use local or ray")
     if staging:

@@ -62,12 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--splits", default=None, help="comma-separated splits to embed (default: all), e.g. train,val")
     p.add_argument(
-        "--decode-workers",
+        "--decode-threads",
         type=int,
         default=None,
         help=(
-            "local engine: image decoding processes (default: the cores split between decoding and inference by"
-            " measurement)"
+            "local engine: threads decoding images beside the model (default: the cores split between decoding and"
+            " inference by measurement)"
         ),
     )
     p.add_argument(
@@ -75,14 +75,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="ray engine: model actors (default: one per CPU of the cluster, or per GPU)",
-    )
-    p.add_argument(
-        "--workers",
-        dest="legacy_workers",
-        type=int,
-        default=None,
-        action=opt.Deprecated,
-        new="--decode-workers (local) or --actors (ray)",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     opt.threads(p)
@@ -157,7 +149,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     opt.k(p)
     opt.metric(p)
     opt.queries(p)
-    opt.timing_queries(p, old="--single-queries")
+    opt.timing_queries(p)
     p.add_argument("--nlist", type=int, default=None)
     p.add_argument("--nprobe", type=int, default=None)
     opt.threads(p)
@@ -200,12 +192,6 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 def extract_config(args: argparse.Namespace):
     from ..embed.extract import ExtractConfig
 
-    if args.legacy_workers is not None:  # --workers meant decode workers locally and model actors on Ray
-        if args.engine == "ray":
-            args.actors = args.actors if args.actors is not None else args.legacy_workers
-        else:
-            args.decode_workers = args.decode_workers if args.decode_workers is not None else args.legacy_workers
-
     return ExtractConfig(
         data=args.data,
         out=args.out,
@@ -218,7 +204,7 @@ def extract_config(args: argparse.Namespace):
         backend=args.backend,
         splits=tuple(args.splits.split(",")) if args.splits else None,
         seed=args.seed,
-        workers=args.decode_workers if args.engine == "local" else None,
+        decode_threads=args.decode_threads if args.engine == "local" else None,
         device=args.device,
         threads=args.threads,
         overwrite=args.overwrite,

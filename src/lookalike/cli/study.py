@@ -34,15 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--index", action="append", default=[], help="an extra FAISS index_factory string to measure (repeatable)"
     )
-    opt.queries(p, old="--max-queries", legacy_list=True)
-    opt.timing_queries(p, old="--single-queries")
+    opt.queries(p)
+    opt.timing_queries(p)
     p.add_argument(
         "--exact-timing-queries",
         type=int,
         default=200,
         help="query sample that times the exact baselines (brute, flat)",
     )
-    opt.deprecated(p, "--exact-queries", "--exact-timing-queries", "exact_timing_queries", type=int)
     p.add_argument("--nlist-factors", default="1,4,16", help="IVF nlist values as multiples of √N")
     p.add_argument("--stop-recall", type=float, default=1.0, help="end a curve once its recall@k reaches this")
     p.add_argument("--out", default=None, help="output folder (default: <gallery>/tradeoff)")
@@ -56,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-memory", default=None, help="memory budget, e.g. 512MB or 1GB")
     p.add_argument("--latency", choices=["single", "batch"], default="single", help="which latency to minimise")
     opt.metric(p)
-    opt.queries(p, old="--max-queries")
+    opt.queries(p)
     p.add_argument(
         "--families", default=None, help="only consider these candidate families (default: all the rules allow)"
     )
@@ -78,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-recall", type=float, default=0.95)
     opt.k(p)
     opt.queries(p)
-    opt.timing_queries(p, old="--exact-queries")
+    opt.timing_queries(p)
     p.add_argument(
         "--methods", default="brute,flat,ivf", help="comma-separated methods (names or FAISS factory strings)"
     )
@@ -88,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_scale)
 
     p = sub.add_parser("report", help="bench + tradeoff + scale for one or more galleries, as one Markdown report")
-    opt.gallery(p, several=True, old="--galleries")
+    opt.gallery(p, several=True)
     p.add_argument("--out", default="report")
     p.add_argument(
         "--sizes",
@@ -194,7 +193,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..study.report import ReportConfig, run_report, write_report
     from ..study.scale import parse_sizes
 
-    opt.require(args, "gallery", "--gallery")
     threads = runtime.set_threads(args.threads)
     if args.k < 1:
         raise LookalikeError(f"--k must be at least 1, got {args.k}")

@@ -34,7 +34,7 @@ class Resources:
 class WorkerPlan:
     """How many model actors to run and what each reserves; decode tasks get the CPUs left over."""
 
-    workers: int
+    actors: int  # model actors
     cpus_per_worker: float
     gpus_per_worker: float
     threads_per_worker: int  # torch threads inside one actor
@@ -42,7 +42,7 @@ class WorkerPlan:
 
     def to_dict(self) -> dict:
         return {
-            "workers": self.workers,
+            "actors": self.actors,
             "cpus_per_worker": self.cpus_per_worker,
             "gpus_per_worker": self.gpus_per_worker,
             "threads_per_worker": self.threads_per_worker,
@@ -87,14 +87,14 @@ def cluster_resources() -> Resources:
 
 def plan_workers(
     resources: Resources,
-    workers: int | None,
+    actors: int | None,
     gpus_per_worker: float,
     cpus_per_worker: float | None,
     threads: int | None,
 ) -> WorkerPlan:
     """Size the model-actor pool so that it fits the cluster and leaves CPU for decoding.
 
-    Default workers: one per `gpus_per_worker` GPUs when GPUs are asked for, else half the CPUs
+    Default actors: one per `gpus_per_worker` GPUs when GPUs are asked for, else half the CPUs
     (the other half decodes). Each actor reserves at most one CPU, and less when the actors would
     otherwise take every CPU: Ray Data's decode tasks would then never be scheduled and the job
     would hang. One CPU (half of a 1-CPU cluster) always stays free for decoding.
@@ -108,24 +108,24 @@ def plan_workers(
                 " the option to embed on CPUs"
             )
         most = int(resources.gpus // gpus_per_worker)
-        workers = workers or most
-        if workers > most:
+        actors = actors or most
+        if actors > most:
             raise LookalikeError(
-                f"{workers} workers × {gpus_per_worker:g} GPU need {workers * gpus_per_worker:g} GPUs, the cluster has"
-                f" {resources.gpus:g}; use --workers {most} or fewer"
+                f"{actors} actors × {gpus_per_worker:g} GPU need {actors * gpus_per_worker:g} GPUs, the cluster has"
+                f" {resources.gpus:g}; use --actors {most} or fewer"
             )
-    workers = workers or max(1, int(resources.cpus // 2))
-    if workers < 1:
-        raise LookalikeError(f"--workers must be at least 1, got {workers}")
+    actors = actors or max(1, int(resources.cpus // 2))
+    if actors < 1:
+        raise LookalikeError(f"--actors must be at least 1, got {actors}")
     free = min(1.0, resources.cpus / 2)
-    cpus = round(cpus_per_worker if cpus_per_worker is not None else min(1.0, (resources.cpus - free) / workers), 3)
-    decode = round(min(1.0, resources.cpus - workers * cpus), 3)
+    cpus = round(cpus_per_worker if cpus_per_worker is not None else min(1.0, (resources.cpus - free) / actors), 3)
+    decode = round(min(1.0, resources.cpus - actors * cpus), 3)
     if decode < MIN_DECODE_CPUS:
         raise LookalikeError(
-            f"{workers} workers × {cpus:g} CPUs leave none of the cluster's {resources.cpus:g} CPUs for decoding; use"
-            " fewer --workers"
+            f"{actors} actors × {cpus:g} CPUs leave none of the cluster's {resources.cpus:g} CPUs for decoding; use"
+            " fewer --actors"
         )
-    return WorkerPlan(workers, cpus, float(gpus_per_worker), threads or max(1, round(cpus)), decode)
+    return WorkerPlan(actors, cpus, float(gpus_per_worker), threads or max(1, round(cpus)), decode)
 
 
 def remote_result(ref):

@@ -7,7 +7,7 @@ Ray Data pipeline:
 
     one row per model batch of the missing shards   (cut exactly as the local engine cuts them)
       → map            decode, resize, crop to uint8   CPU tasks, spread over the cluster
-      → map_batches    normalise + embed               a pool of `workers` model actors (GPUs if asked)
+      → map_batches    normalise + embed               a pool of `actors` model actors (GPUs if asked)
       → map_batches    assemble and write whole shards one light actor, through fsspec
 
 Embeddings are bitwise equal to the local engine's because every model call sees the same
@@ -82,7 +82,7 @@ class ModelProbe:
 def extract_ray(
     config: ExtractConfig,
     address: str | None = None,
-    workers: int | None = None,
+    actors: int | None = None,
     gpus_per_worker: float = 0.0,
     *,
     staging: str | None = None,
@@ -111,7 +111,7 @@ def extract_ray(
     resumed = [s for s in job.shards if job.done(s)]
     timings = {"engine": "ray", "resumed_shards": len(resumed), "passes": 0}
     if job.todo() or "model" not in job.state:
-        timings |= fill_shards(job, store, separate, address, workers, gpus_per_worker, cpus_per_worker, progress)
+        timings |= fill_shards(job, store, separate, address, actors, gpus_per_worker, cpus_per_worker, progress)
     images = sum(s.stop - s.start for s in job.shards if s not in resumed)
     seconds = timings.pop("pipeline_seconds", 0.0)
     gallery = commit(
@@ -144,7 +144,7 @@ def fill_shards(
     store: ShardStore,
     separate: bool,
     address: str | None,
-    workers: int | None,
+    actors: int | None,
     gpus_per_worker: float,
     cpus_per_worker: float | None,
     progress: bool,
@@ -153,7 +153,7 @@ def fill_shards(
     started = time.perf_counter()
     with connected(address) as resources:
         connect_s = time.perf_counter() - started
-        plan = plan_workers(resources, workers, gpus_per_worker, cpus_per_worker, job.config.threads)
+        plan = plan_workers(resources, actors, gpus_per_worker, cpus_per_worker, job.config.threads)
         t = time.perf_counter()
         try:
             probe = probe_model(job, plan)
@@ -327,7 +327,7 @@ def run_pass(job: Job, store: ShardStore, plan: WorkerPlan, preprocess: Preproce
                 "crash_once": os.environ.get(CRASH_HOOK),
             },
             batch_size=1,
-            compute=ActorPoolStrategy(size=plan.workers),
+            compute=ActorPoolStrategy(size=plan.actors),
             num_cpus=plan.cpus_per_worker,
             num_gpus=plan.gpus_per_worker or None,
         )
@@ -349,7 +349,7 @@ def run_pass(job: Job, store: ShardStore, plan: WorkerPlan, preprocess: Preproce
         initial=done_images,
         unit="img",
         disable=not progress,
-        desc=f"extract {job.config.model} (ray ×{plan.workers})",
+        desc=f"extract {job.config.model} (ray ×{plan.actors})",
         dynamic_ncols=True,
     )
     try:

@@ -77,7 +77,7 @@ class ExtractConfig:
     backend: str = "auto"  # "auto" | "torch" | "openvino"
     splits: tuple[str, ...] | None = None
     seed: int = 0
-    workers: int | None = None  # decode workers; None → split the cores by measurement
+    decode_threads: int | None = None  # decode threads; None → split the cores by measurement
     device: str = "auto"
     threads: int | None = None
     overwrite: bool = False
@@ -222,9 +222,9 @@ PREFETCH_PER_WORKER = 2  # batches each decode worker may run ahead of the model
 
 
 def decoded_batches(
-    dataset: ImageListDataset, batches: list[list[int]], workers: int, pin_memory: bool = False
+    dataset: ImageListDataset, batches: list[list[int]], decode_threads: int, pin_memory: bool = False
 ) -> Iterator[tuple]:
-    """`collate`d batches in order, decoded by `workers` threads while the model runs (0: inline, in the caller's
+    """`collate`d batches in order, decoded by `decode_threads` threads while the model runs (0: inline, in the caller's
     thread).
 
     Threads, not processes: decoding (file reads, PIL's JPEG decoder, hashing, torch's resize)
@@ -237,13 +237,13 @@ def decoded_batches(
         out = collate([dataset[i] for i in batch])
         return (out[0], out[1].pin_memory(), *out[2:]) if pin_memory and out[1] is not None else out
 
-    if workers <= 0:
+    if decode_threads <= 0:
         yield from map(decode, batches)
         return
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="lookalike-decode")
+    pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="lookalike-decode")
     try:
-        ahead = deque(pool.submit(decode, b) for b in batches[: PREFETCH_PER_WORKER * workers])
-        rest = iter(batches[PREFETCH_PER_WORKER * workers :])
+        ahead = deque(pool.submit(decode, b) for b in batches[: PREFETCH_PER_WORKER * decode_threads])
+        rest = iter(batches[PREFETCH_PER_WORKER * decode_threads :])
         while ahead:
             done = ahead.popleft().result()
             following = next(rest, None)
@@ -475,7 +475,7 @@ def decode_sample(
 
 
 def split_cores(decode_ms: float, model_ms: float, cores: int) -> tuple[int, int, str]:
-    """Decode workers and inference threads for `cores`, from one core's decode cost and the model's cost on all cores.
+    """Decode and inference threads for `cores`, from one core's decode cost and the model's cost on all cores.
 
     Each side gets the share of the cores its work needs, rounded up, so neither starves the
     other: decode costs `decode_ms` core-ms per image, the model `model_ms × cores`. The two may
@@ -485,17 +485,17 @@ def split_cores(decode_ms: float, model_ms: float, cores: int) -> tuple[int, int
     """
     model_core_ms = model_ms * cores
     share = decode_ms / (decode_ms + model_core_ms)
-    workers = min(cores, max(1, math.ceil(share * cores - 1e-9)))
+    decode_threads = min(cores, max(1, math.ceil(share * cores - 1e-9)))
     threads = max(1, cores - math.floor(share * cores + 1e-9))
     rule = (
         f"decode {decode_ms:.1f} core-ms/img vs model {model_core_ms:.1f} core-ms/img on {cores} cores: decode share"
-        f" {share:.0%} → {workers} decode worker{'s' if workers != 1 else ''}, {threads} inference"
+        f" {share:.0%} → {decode_threads} decode thread{'s' if decode_threads != 1 else ''}, {threads} inference"
         f" thread{'s' if threads != 1 else ''}"
     )
-    return workers, threads, rule
+    return decode_threads, threads, rule
 
 
-def decide_inference(job: Job, embedder: Embedder, workers: int | None, threads: int | None) -> Inference:
+def decide_inference(job: Job, embedder: Embedder, decode_threads: int | None, threads: int | None) -> Inference:
     """Calibrate backend and precision on the job's first images, then split the cores; saved in the job state.
 
     A resumed run reads the saved decision instead, so every shard is embedded alike and a
@@ -523,10 +523,10 @@ def decide_inference(job: Job, embedder: Embedder, workers: int | None, threads:
             model_ms = 1000 / next(
                 c.images_per_second for c in measured if (c.backend, c.precision) == (choice.backend, choice.precision)
             )
-            auto_workers, auto_threads, rule = split_cores(decode_ms, model_ms, cores)
+            auto_decode_threads, auto_threads, rule = split_cores(decode_ms, model_ms, cores)
             overridden = [
                 f"--{name} {value}"
-                for name, value in (("threads", threads), ("decode-workers", workers))
+                for name, value in (("threads", threads), ("decode-threads", decode_threads))
                 if value is not None
             ]
             decided = Inference(
@@ -535,7 +535,7 @@ def decide_inference(job: Job, embedder: Embedder, workers: int | None, threads:
                 reason,
                 tuple(measured),
                 threads=threads if threads is not None else auto_threads,
-                workers=workers if workers is not None else auto_workers,
+                decode_threads=decode_threads if decode_threads is not None else auto_decode_threads,
                 split=rule + (f"; overridden by {' and '.join(overridden)}" if overridden else ""),
                 decode_ms_per_image=round(decode_ms, 3),
                 model_ms_per_image=round(model_ms, 3),
@@ -619,8 +619,8 @@ def write_shard(
     atomic_write_bytes(job.partial / shard.filename, encode_shard(embeddings, indices, bad, seconds, hashes))
 
 
-def run_local(job: Job, embedder: Embedder, workers: int, progress: bool = True) -> None:
-    """Fill every missing shard in this process, decoding in `workers` threads beside the model."""
+def run_local(job: Job, embedder: Embedder, decode_threads: int, progress: bool = True) -> None:
+    """Fill every missing shard in this process, decoding in `decode_threads` threads beside the model."""
     from tqdm import tqdm
 
     todo = job.todo()
@@ -635,7 +635,7 @@ def run_local(job: Job, embedder: Embedder, workers: int, progress: bool = True)
         embedder.preprocess.resize_size,
         job.decoded,
     )
-    loader = decoded_batches(dataset, batches, workers, pin_memory=embedder.device.startswith("cuda"))
+    loader = decoded_batches(dataset, batches, decode_threads, pin_memory=embedder.device.startswith("cuda"))
     done_images = sum(s.stop - s.start for s in job.shards) - sum(s.stop - s.start for s in todo)
     bar = tqdm(
         total=len(job.collection.records),
@@ -811,9 +811,11 @@ def extract(config: ExtractConfig, progress: bool = True) -> Gallery:
         while True:  # once, unless the backend gives NaN or inf: then again without it, or a stop (refuse_non_finite)
             try:
                 runtime.set_threads(config.threads)
-                decided = decide_inference(job, embedder, config.workers, config.threads)
-                workers = (
-                    config.workers if config.workers is not None else (decided.workers or runtime.default_threads())
+                decided = decide_inference(job, embedder, config.decode_threads, config.threads)
+                decode_threads = (
+                    config.decode_threads
+                    if config.decode_threads is not None
+                    else (decided.decode_threads or runtime.default_threads())
                 )
                 calibration_s = calibration_s or time.perf_counter() - started
                 if decided.backend != "torch":
@@ -821,7 +823,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> Gallery:
                     # not a team of threads competing with the backend's: measured on 64 px images, 1.5-1.9 CPU ms
                     # each at 2 threads, 0.95 at 1
                     torch.set_num_threads(1)
-                run_local(job, embedder, workers, progress)
+                run_local(job, embedder, decode_threads, progress)
                 break
             except NonFiniteEmbeddings as exc:
                 error = refuse_non_finite(job, exc)
@@ -835,7 +837,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> Gallery:
         )
         timings = {
             "threads": threads,
-            "workers": workers,
+            "decode_threads": decode_threads,
             "device": device,
             "batch_size": job.config.batch_size,
             "calibration_seconds": round(calibration_s, 3),

@@ -70,10 +70,10 @@ class Inference:
     reason: str
     candidates: tuple[Candidate, ...] = ()
     threads: int | None = None  # inference threads
-    workers: int | None = None  # decode threads (processes before lookalike decoded in threads)
+    decode_threads: int | None = None  # threads decoding images beside the model (manifests before 0.1: `workers`)
     # OpenVINO streams running batches side by side (its throughput mode); None: one (latency mode), or torch
     streams: int | None = None
-    split: str = ""  # how threads and workers were decided
+    split: str = ""  # how inference and decode threads were decided
     decode_ms_per_image: float | None = None  # one core, measured on the calibration images
     model_ms_per_image: float | None = None  # the chosen backend, all inference threads
 
@@ -83,6 +83,7 @@ class Inference:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Inference:
         known = {f.name for f in fields(cls)}
+        d = {"decode_threads": d["workers"], **d} if "workers" in d else d  # its name in galleries written before
         values = {k: v for k, v in d.items() if k in known}
         values["candidates"] = tuple(
             Candidate(**{k: v for k, v in c.items() if k in {f.name for f in fields(Candidate)}})

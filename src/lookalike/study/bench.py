@@ -15,7 +15,7 @@ import numpy as np
 from .. import runtime
 from ..gallery import Gallery
 from ..search import get_method
-from .core import NOT_REAL_TAG, fmt, format_params, write_outputs
+from .core import NOT_REAL_TAG, fmt, format_params, not_real_banner, write_outputs
 from .metrics import ground_truth, precision_at_k, recall_at_k
 from .timing import Latency, measure_latency
 
@@ -58,15 +58,7 @@ class BenchResult:
         rows = [
             f"# lookalike bench — {self.model}",
             "",
-            f"**{self.provenance}**"
-            + (
-                ""
-                if self.real
-                else (
-                    "  \n**⚠ NOT A REAL RESULT: random weights and/or generated data; timings are valid, accuracy is"
-                    " not.**"
-                )
-            ),
+            f"**{self.provenance}**" + ("" if self.real else f"  \n{not_real_banner()}"),
             "",
             (
                 f"Queries: {self.queries}; k = {self.k}; metric = {self.metric}; threads ="

@@ -24,11 +24,16 @@ from ..search import SearchMethod
 from .metrics import Accuracy, accuracy
 from .timing import Latency, measure_latency
 
+# Every output that random weights, generated data or synthetic rows produced says so: a row's tag, a banner above.
 NOT_REAL_TAG = "⚠ random weights / generated data"
-NOT_REAL_BANNER = (
-    "**⚠ NOT A REAL RESULT: random weights, generated data and/or synthetic rows; timings are valid measurements,"
-    " accuracy figures say nothing about real images.**"
-)
+
+
+def not_real_banner(scope: str = "") -> str:
+    """The one banner above such an output (markdown); `scope` narrows it, e.g. " for the galleries marked below"."""
+    return (
+        f"**⚠ NOT A REAL RESULT{scope}: random weights, generated data and/or synthetic rows. Timings are valid"
+        " measurements; accuracy figures say nothing about real images.**"
+    )
 
 
 # --- query sets ---

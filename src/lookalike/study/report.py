@@ -20,6 +20,7 @@ from pathlib import Path
 from .. import runtime
 from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, open_gallery
 from .bench import BenchResult, combined_table, run_bench, write_bench
+from .core import not_real_banner
 from .metrics import MAP_DEFINITION
 from .scale import ScaleConfig, ScaleResult, format_size, run_scale, write_scale
 from .tradeoff import RECALL_TARGETS, TradeoffConfig, TradeoffResult, run_tradeoff, write_tradeoff
@@ -209,10 +210,7 @@ def report_markdown(reports: list[GalleryReport], config: ReportConfig, seconds:
     ]
     if not all_real:
         lines += [
-            (
-                "**⚠ NOT A REAL RESULT for the galleries marked below: random weights, generated data and/or synthetic"
-                " embeddings. Timings are valid measurements; accuracy figures say nothing about real images.**"
-            ),
+            not_real_banner(" for the galleries marked below"),
             "",
         ]
     lines += [

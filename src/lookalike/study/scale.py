@@ -35,7 +35,17 @@ from ..data.vectors import ClusterModel, fit_cluster_model, neighbour_stats
 from ..errors import GalleryError, LookalikeError
 from ..gallery import Gallery, open_gallery
 from ..search import SearchMethod, make_method
-from .core import NOT_REAL_TAG, QuerySet, cheapest_reaching, doubling, fmt, format_params, split_queries, write_outputs
+from .core import (
+    NOT_REAL_TAG,
+    QuerySet,
+    cheapest_reaching,
+    doubling,
+    fmt,
+    format_params,
+    not_real_banner,
+    split_queries,
+    write_outputs,
+)
 from .metrics import accuracy, exact_top_k, recall_at_k
 from .timing import Latency, measure_latency
 
@@ -216,13 +226,7 @@ class ScaleResult:
         ext = self.extraction
         lines = [f"{heading} lookalike scale — {self.model} ({self.dim}-d)", "", f"**{self.provenance}**", ""]
         if not self.fully_real:
-            lines += [
-                (
-                    "**⚠ NOT A REAL RESULT: random weights, generated data and/or synthetic rows; timings are valid,"
-                    " accuracy is not a real-data figure.**"
-                ),
-                "",
-            ]
+            lines += [not_real_banner(), ""]
         if self.extra_source:
             lines += [f"Extra real rows (after the gallery's own) come from {self.extra_source}.", ""]
         if self.extension:

@@ -28,7 +28,16 @@ from .. import runtime
 from ..errors import LookalikeError
 from ..gallery import Gallery
 from ..search import SearchMethod, database_vectors, default_nlist, factory_for, make_method
-from .core import NOT_REAL_TAG, QuerySet, cold_latency, csv_text, evaluate, held_out_queries, write_outputs
+from .core import (
+    NOT_REAL_TAG,
+    QuerySet,
+    cold_latency,
+    csv_text,
+    evaluate,
+    held_out_queries,
+    not_real_banner,
+    write_outputs,
+)
 from .metrics import MAP_DEFINITION, Accuracy, accuracy, exact_neighbours
 from .timing import Latency
 
@@ -268,7 +277,7 @@ class TradeoffResult:
         return min(reached, key=lambda p: getattr(p, f"{latency}_ms")) if reached else None
 
     def title(self) -> str:
-        tag = "" if self.real else "  ⚠ NOT A REAL RESULT (random weights and/or generated data)"
+        tag = "" if self.real else f"  ⚠ NOT A REAL RESULT ({NOT_REAL_TAG[2:]})"
         return f"recall@{self.k} vs latency — {self.provenance}{tag}"
 
     def cheapest_lines(self) -> list[str]:
@@ -291,15 +300,7 @@ class TradeoffResult:
     def to_markdown(self) -> str:
         flag = "" if self.real else f" {NOT_REAL_TAG} |"
         lines = [
-            f"**{self.provenance}**"
-            + (
-                ""
-                if self.real
-                else (
-                    "  \n**⚠ NOT A REAL RESULT: random weights and/or generated data; timings are valid, accuracy is"
-                    " not.**"
-                )
-            ),
+            f"**{self.provenance}**" + ("" if self.real else f"  \n{not_real_banner()}"),
             "",
             (
                 f"Database: {self.n_database} vectors ({self.raw_bytes / 2**20:.1f} MiB raw); queries: {self.queries};"
