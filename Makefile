@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-fast lint bench install clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,10 +17,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/lookalike demo
 
-test: $(STAMP)
+lint: $(STAMP)
 	$(BIN)/ruff format --check --quiet . && $(BIN)/ruff check --quiet .
+
+test: lint
 	bash scripts/install-browser.sh
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
+
+# the inner loop: everything but the tests marked slow (end-to-end runs of the CLI, Ray, the browser); CI runs all
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow and not browser" --durations=10
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[test,bench]'
