@@ -34,7 +34,7 @@ from .backends import (
 from .quantise import int8_model, is_quantised
 
 # noqa: F401 (MODELS, get_spec: re-exported for callers of this module)
-from .registry import ModelSpec, get_spec
+from .registry import MODELS, ModelSpec, get_spec  # noqa: F401 (MODELS, get_spec: re-exported)
 from .text import TextEmbedder, no_text_message
 from .transforms import Preprocess
 
