@@ -459,3 +459,19 @@ def test_a_few_queries_scan_the_narrowest_copy_the_probe_found_about_as_fast():
     assert fewest_bytes_within({"int8": 4.0, "bf16": 7.4, "fp16": 2.63, "fp32": 13.7}, 1.15) == "fp16"
     # same width: the faster
     assert fewest_bytes_within({"int8": 9.0, "bf16": 2.0, "fp16": 2.1, "fp32": 13.7}, 1.15) == "bf16"
+
+
+def test_the_fp32_scans_selection_breaks_ties_to_the_lower_row_as_numpy_does():
+    """torch.topk alone breaks ties arbitrarily: rows tying at the k-th place and within the top k."""
+    rng = np.random.default_rng(6)
+    scores = rng.integers(0, 6, (40, 300)).astype(np.float32)  # many equal scores everywhere
+    scores[:20, :12] = 9  # rows 0-19: the top 12 tie, the top 10 are the first ten columns
+    want = np.lexsort((np.broadcast_to(np.arange(300), scores.shape), -scores), axis=1)[:, :10]
+    best, where = lowp.top_k_exact(scores, 10)
+    np.testing.assert_array_equal(where, want)
+    np.testing.assert_array_equal(best, np.take_along_axis(scores, want, 1))
+    distinct = rng.permutation(300 * 40).reshape(40, 300).astype(np.float32)  # no ties: torch.topk's set as is
+    np.testing.assert_array_equal(lowp.top_k_exact(distinct, 7)[1], np.argsort(-distinct, axis=1)[:, :7])
+    np.testing.assert_array_equal(
+        lowp.top_k_exact(distinct[:, :5], 5)[1], np.argsort(-distinct[:, :5], axis=1)
+    )  # k = n

@@ -496,7 +496,7 @@ class ExactLowPrecision(SearchMethod):
                     torch.mm(torch.from_numpy(q), self._torch_view().T, out=torch.from_numpy(out))
             else:
                 np.matmul(q, self.vectors.T, out=out)
-            scores[start : start + len(q)], positions[start : start + len(q)] = top_k_rows(out, k)
+            scores[start : start + len(q)], positions[start : start + len(q)] = top_k_exact(out, k)
         return scores, positions
 
     def _torch_view(self):
@@ -706,6 +706,32 @@ def _few_int8_pairs(q_codes: np.ndarray, rows: Int8Rows, margin: np.ndarray, k: 
             queries.append(np.full(len(hit), i))
             found.append(hit)
     return np.concatenate(queries), np.concatenate(found).astype(np.int64)
+
+
+def top_k_exact(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`brute.top_k_rows(scores, k)` (best first, ties: lower column first), by torch.topk where that is safe.
+
+    Why: torch.topk, brute's own selection, costs less than top_k_rows' fixed steps on small
+    galleries (measured, one query over 9k rows: 0.022 against 0.054 ms), and the fp32 scan must
+    not be slower than brute. torch.topk breaks ties arbitrarily, so it takes the k + 1 best: where
+    the (k+1)-th is below the k-th the set is certain and only its order needs the lower-column
+    rule; a row where they tie is left to top_k_rows. (Rows and queries are never NaN: extraction
+    refuses non-finite embeddings.)
+    """
+    import torch
+
+    b, n = scores.shape
+    if k >= n:
+        return top_k_rows(scores, k)
+    with torch.inference_mode():
+        values, cols = torch.topk(torch.from_numpy(scores), k + 1, dim=1, sorted=True)
+    values, cols = values.numpy(), cols.numpy()
+    order = np.lexsort((cols[:, :k], -values[:, :k]), axis=1)
+    best, where = np.take_along_axis(values[:, :k], order, 1), np.take_along_axis(cols[:, :k], order, 1)
+    unsure = values[:, k] == values[:, k - 1]
+    if unsure.any():
+        best[unsure], where[unsure] = top_k_rows(scores[unsure], k)
+    return best, where.astype(np.int64, copy=False)
 
 
 def _workspace(size: int, precision: str):
