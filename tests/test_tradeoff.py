@@ -428,3 +428,33 @@ def test_the_default_method_is_the_fastest_that_reaches_the_target_and_never_a_c
     assert numpy_recall(widest, queries, x, rows) < 0.95
     with pytest.raises(LookalikeError, match="none of hnsw-sq8 reaches recall@10"):
         default_method(g, {"hnsw-sq8": methods["hnsw-sq8"]}, max_queries=60, single_queries=5)
+
+
+def test_the_benchmarks_say_where_each_method_loses():
+    """benchmarks/common.py's summary: an exact method more than 10% slower than brute, an approximate one capping
+    below a target or reaching it only slower than brute."""
+    import sys
+    from pathlib import Path
+
+    folder = str(Path(__file__).resolve().parent.parent / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        from common import where_methods_lose
+    finally:
+        sys.path.remove(folder)
+    lines = where_methods_lose(
+        {
+            "exact-lowp": [(1.0, 15.94, 0.20)],  # issue 22's single query: 3.8× brute's 4.18 ms
+            "flat": [(1.0, 4.3, 0.09)],
+            "hnsw-sq8": [(0.5, 0.05, 0.04), (0.69, 0.2, 0.1)],
+            "hnsw": [(0.92, 0.1, 0.05), (0.96, 5.0, 0.05), (0.995, 6.0, 0.2)],
+        },
+        (4.18, 0.1),
+        exact=("exact-lowp", "flat"),
+    )
+    text = "\n".join(lines)
+    assert "**exact-lowp** (exact): slower than brute by more than 10%: one query 3.81×, batched 2.00× ✗" in text
+    assert "**flat** (exact): within 10% of brute or faster (one query 1.03×, batched 0.90×) ✓" in text
+    assert "**hnsw-sq8**: caps at recall@10 **0.690**: never reaches 0.90, 0.95, 0.99" in text
+    assert "**hnsw**: at 0.95: one query 5.000 ms, slower than brute's 4.180" in text
+    assert "at 0.99: batched 0.2000 ms/query, slower than brute's 0.1000" in text and "at 0.90" not in text
