@@ -448,6 +448,7 @@ def test_the_benchmarks_say_where_each_method_loses():
             "flat": [(1.0, 4.3, 0.09)],
             "hnsw-sq8": [(0.5, 0.05, 0.04), (0.69, 0.2, 0.1)],
             "hnsw": [(0.92, 0.1, 0.05), (0.96, 5.0, 0.05), (0.995, 6.0, 0.2)],
+            "ivf": [(0.5, 0.1, 0.01), (0.999, 9.0, 0.5)],
         },
         (4.18, 0.1),
         exact=("exact-lowp", "flat"),
@@ -456,5 +457,7 @@ def test_the_benchmarks_say_where_each_method_loses():
     assert "**exact-lowp** (exact): slower than brute by more than 10%: one query 3.81×, batched 2.00× ✗" in text
     assert "**flat** (exact): within 10% of brute or faster (one query 1.03×, batched 0.90×) ✓" in text
     assert "**hnsw-sq8**: caps at recall@10 **0.690**: never reaches 0.90, 0.95, 0.99" in text
-    assert "**hnsw**: at 0.95: one query 5.000 ms, slower than brute's 4.180" in text
-    assert "at 0.99: batched 0.2000 ms/query, slower than brute's 0.1000" in text and "at 0.90" not in text
+    assert "**hnsw**: at 0.95: slower than brute (one query 5.000 ms against 4.180)" in text
+    assert "at 0.99: slower than brute (one query 6.000 ms against 4.180; batched 0.2000 ms/query against" in text
+    assert "at 0.90" not in text.split("**ivf**")[0]
+    assert "**ivf**: at 0.90, 0.95, 0.99: slower than brute (one query 9.000 ms" in text
