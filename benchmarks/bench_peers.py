@@ -1,12 +1,19 @@
 """lookalike's search methods beside hnswlib and usearch: same data, same queries, same threads, one run (issue 9).
 
-Two galleries:
+Three galleries:
 - GENERATED: `write_generated_gallery(n=100_000, d=512, val=1000)` — 99,000 database vectors and
   1,000 held-out queries (the clustered generator of the other sections; no model, no images);
+- GENERATED-bunched: the same mixture moved onto one common direction (`make_bunched_embeddings`),
+  same sizes, so nearly every pair scores above 0.9 as a random-weight CNN's embeddings of one
+  kind of photograph do: 8-bit codes (hnsw-sq8, usearch-i8) cap recall there, where the clustered
+  data flatters them (issue 22);
 - EXTRACTED: GENERATED images (`lookalike.data.synthetic`) embedded by the project's own resnet18
   with RANDOM weights — real model code on generated pictures, so its neighbours mean nothing,
   but its vectors have a CNN's structure rather than the generator's.
 Every method answers the gallery's held-out queries; recall@10 is against exact search (flat).
+Under each gallery, a list says where each method loses there: an exact one where it is more than
+10% slower than brute, an approximate one where its recall caps below a target or where it reaches
+the target only slower than brute.
 Each curve sweeps its search breadth (efSearch / expansion_search / nprobe). Single-query
 latency: the median over the timed queries, one per call; batched: all queries in one call.
 Peers are built with the same graph parameters as lookalike's HNSW (M 32, efConstruction 40)
@@ -35,14 +42,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
+    BUNCHED_LABEL,
     GENERATOR,
     ROOT,
+    TARGETS,
+    bunched_line,
     environment_markdown,
     generator_line,
     load_watch,
     markdown_table,
     parser,
     should_write,
+    where_methods_lose,
+    write_bunched_gallery,
     write_section,
 )  # noqa: E402
 from lookalike import runtime  # noqa: E402
@@ -53,13 +65,13 @@ from lookalike.study.metrics import exact_neighbours, recall_at_k  # noqa: E402
 SECTION = "Peers: hnswlib and usearch side by side (issue 9)"
 K = 10
 M, EF_CONSTRUCTION = 32, 40
-TARGETS = (0.90, 0.95, 0.99)
 EF_VALUES = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 NPROBE_VALUES = (1, 2, 4, 8, 16, 32, 64, 128)
 HEAD_TO_HEAD_ROUNDS = 6
 CONTENDER_WITHIN = 2.0  # a curve's point joins the head-to-head if the sweep timed it within this factor of the fastest
 # every graph method sweeps EF_VALUES (hnsw, usearch-*, hnswlib*), IVF sweeps NPROBE_VALUES
 LOOKALIKE_METHODS = (
+    "brute",  # the baseline every method must beat somewhere: "where each method loses" is judged against it
     "exact-lowp",
     "flat",
     "ivf",
@@ -373,6 +385,13 @@ def run_gallery(title: str, gallery: Gallery, threads: int, single: int) -> str:
                 "✓" if ours_ms <= theirs_ms else "✗ missed",
             ]
         )
+    brute = next(p for p in points if p.library == "lookalike" and p.method == "brute")
+    curves: dict[str, list[tuple[float, float, float]]] = {}
+    for p in points:
+        if p is not brute:
+            name = p.method if p.library == "lookalike" else f"{p.library} ({p.method})"
+            curves.setdefault(name, []).append((p.recall, p.single_ms, p.batch_ms))
+    losses = where_methods_lose(curves, (brute.single_ms, brute.batch_ms), exact=("exact-lowp", "flat"))
     return "\n".join(
         [
             f"### {title}",
@@ -416,6 +435,11 @@ def run_gallery(title: str, gallery: Gallery, threads: int, single: int) -> str:
                 ],
                 goal_rows,
             ),
+            "",
+            f"**Where each method loses** on this gallery (against brute, {brute.single_ms:.3f} ms for one query,"
+            f" {brute.batch_ms:.4f} ms/query batched; targets {', '.join(f'{t:.2f}' for t in TARGETS)}):",
+            "",
+            *losses,
         ]
     )
 
@@ -431,6 +455,17 @@ def generated(sizes: dict) -> Gallery:
     except Exception:
         pass
     return write_generated_gallery(path, sizes["n"], 512, val=sizes["val"], seed=0, overwrite=True)
+
+
+def bunched(sizes: dict) -> Gallery:
+    path = WORK / f"bunched-{sizes['n']}"
+    try:
+        gallery = open_gallery(path)
+        if gallery.count == sizes["n"]:
+            return gallery
+    except Exception:
+        pass
+    return write_bunched_gallery(path, sizes["n"], 512, val=sizes["val"], seed=0)
 
 
 def extracted(sizes: dict, threads: int) -> Gallery:
@@ -468,6 +503,7 @@ def main() -> None:
         runtime.set_threads(threads)
         parts = [
             run_gallery("GENERATED vectors", generated(sizes), threads, sizes["single"]),
+            run_gallery(f"{BUNCHED_LABEL} vectors", bunched(sizes), threads, sizes["single"]),
             run_gallery(
                 f"Embeddings from resnet18 (RANDOM weights) of GENERATED {sizes['image_size']} px images",
                 images,
@@ -486,6 +522,7 @@ def main() -> None:
                 f"Queries timed one per call: the first {sizes['single']} held-out queries."
             ),
             generator_line(GENERATOR, 0, None),
+            bunched_line(GENERATOR, 0),
             *parts,
             environment_markdown(load, args.quick),
         ]

@@ -15,12 +15,14 @@ Each chunk's ratio to the roofline uses the sgemm rate measured beside it; figur
 medians over chunks (batched totals are sums over chunks).
 
 Data: GENERATED unit vectors (no model, no image). Exact search runs on the generated Gaussian
-mixture of `write_generated_gallery` (issue 9's data; its goals are judged there) and on uniform
-random unit vectors (the worst case for exact-lowp's pruning: every score is near every other);
-ivf also runs on both: the mixture (`lookalike.gallery.generated.
-random_cluster_model` with `common.GENERATOR`, the generator of the other sections; the section
-prints its parameters and the IVF training size), because uniform vectors have no
-cluster structure and so give ivf its worst case. Queries are drawn apart from the gallery,
+mixture of `write_generated_gallery` (issue 9's data; its goals are judged there), on uniform
+random unit vectors (every score near every other), and on GENERATED-bunched vectors
+(`make_bunched_embeddings`: the mixture moved onto one common direction, so nearly every pair
+scores above 0.9, as a random-weight CNN's embeddings of one kind of photograph do: the case where
+exact-lowp's bound prunes almost nothing, issue 22). ivf also runs on all three: the mixture
+(`lookalike.gallery.generated.random_cluster_model` with `common.GENERATOR`, the generator of the
+other sections; the section prints its parameters and the IVF training size), because uniform
+vectors have no cluster structure and so give ivf its worst case. Queries are drawn apart from the gallery,
 never gallery members searched for themselves.
 """
 
@@ -37,7 +39,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
+    BUNCHED_LABEL,
     GENERATOR,
+    bunched_line,
     environment_markdown,
     generator_line,
     load_watch,
@@ -45,10 +49,11 @@ from common import (
     median_seconds,
     parser,
     should_write,
+    where_methods_lose,
     write_section,
 )  # noqa: E402
 from lookalike import runtime  # noqa: E402
-from lookalike.data.vectors import random_cluster_model  # noqa: E402
+from lookalike.data.vectors import bunched_cluster_model, random_cluster_model  # noqa: E402
 from lookalike.search import DEFAULT_NPROBE, SearchMethod, default_nlist, make_method  # noqa: E402
 from lookalike.search.brute import SCORE_BLOCK_BYTES  # noqa: E402
 from lookalike.search.exact_lowp import FEW_QUERIES  # noqa: E402
@@ -307,6 +312,38 @@ def ivf_search(data: str, gallery: np.ndarray, queries: np.ndarray, sizes: dict)
     )
 
 
+def where_they_lose(runs: list[ExactRun], ivf: list[IvfFigures]) -> str:
+    """Per data set: each exact method against `brute` (torch, its default backend), timed side by side (issue 22's
+    goal: exact-lowp never more than 10% slower, batched or single), and ivf at its defaults against flat."""
+    parts = ["**Where each method loses**, per data set:"]
+    for run in runs:
+        truth = run.timed[-1].ids
+        brute = next(f for f in run.timed if f.label == "brute (torch)")
+        curves = {
+            f.label: [
+                (
+                    1.0 if np.array_equal(f.ids, truth) else recall_at_k(f.ids, truth, K),
+                    f.single_ms,
+                    1000 * f.batch_s / run.queries,
+                )
+            ]
+            for f in run.timed
+            if f is not brute
+        }
+        lines = where_methods_lose(
+            curves, (brute.single_ms, 1000 * brute.batch_s / run.queries), exact=list(curves), baseline="brute (torch)"
+        )
+        parts += ["", f"*{run.data}, {run.threads} thread{'s' if run.threads > 1 else ''}* (exact-lowp {run.lowp}):"]
+        parts += lines
+    for f in ivf:
+        name = f"ivf nlist={f.nlist}, nprobe={f.nprobe}"
+        point = [(f.recall, f.ivf.single_ms, 1000 * f.ivf.batch_s / len(f.ivf.ids))]
+        flat = (f.flat.single_ms, 1000 * f.flat.batch_s / len(f.flat.ids))
+        parts += ["", f"*{f.data}, ivf at its defaults against flat:*"]
+        parts += where_methods_lose({name: point}, flat, baseline="flat", swept=False)
+    return "\n".join(parts)
+
+
 def main() -> None:
     args = parser(__doc__.split("\n")[0]).parse_args()
     sizes = QUICK if args.quick else DEFAULT
@@ -318,11 +355,15 @@ def main() -> None:
         clustered, _ = mixture.sample(n, seed=1)
         clustered_queries, _ = mixture.sample(q, seed=2)
         gallery, queries = unit_rows(rng, n, d), unit_rows(rng, q, d)
+        bunched_model = bunched_cluster_model(d, seed=0, **asdict(GENERATOR))
+        bunched, _ = bunched_model.sample(n, seed=1)
+        bunched_queries, _ = bunched_model.sample(CHECK_CHUNKS * sizes["chunk"], seed=2)
         mixture_label = f"Gaussian mixture, {GENERATOR.n_clusters} centres"
         runs = []
         for data, rows, asked, count in (
             (mixture_label, clustered, clustered_queries, q),
             ("uniform unit vectors", gallery, queries, CHECK_CHUNKS * sizes["chunk"]),
+            (BUNCHED_LABEL, bunched, bunched_queries, CHECK_CHUNKS * sizes["chunk"]),
         ):
             print(f"exact search: {count:,} queries × {n:,} × {d} ({data}), k={K}, {threads} threads", flush=True)
             methods = {label: build(name, backend, rows) for label, name, backend in EXACT}
@@ -334,10 +375,11 @@ def main() -> None:
                 runs.append(exact_search(data, methods, n, check, sizes, 1))
                 runtime.set_threads(threads)
             del methods
-        print("ivf beside flat: uniform, then clustered generated vectors", flush=True)
+        print("ivf beside flat: uniform, clustered, then bunched generated vectors", flush=True)
         ivf = [ivf_search("uniform unit vectors", gallery, queries, sizes)]
         del gallery
         ivf.append(ivf_search(mixture_label, clustered, clustered_queries, sizes))
+        ivf.append(ivf_search(BUNCHED_LABEL, bunched, bunched_queries, sizes))
     exact_table = markdown_table(
         [
             "data",
@@ -384,14 +426,29 @@ def main() -> None:
         ],
         [f.row() for f in ivf],
     )
-    print("\n" + sgemm_line + "\n" + exact_table + "\n\n" + ivf_table + "\n" + generator_line(GENERATOR, 0, None))
+    losses = where_they_lose(runs, ivf)
+    print(
+        "\n"
+        + sgemm_line
+        + "\n"
+        + exact_table
+        + "\n\n"
+        + ivf_table
+        + "\n\n"
+        + losses
+        + "\n"
+        + generator_line(GENERATOR, 0, None)
+    )
     chunks = -(-q // sizes["chunk"])
     doc = [
         (
             f"**Generated data, no model**: galleries of N = {n:,} vectors of d = {d}: the Gaussian mixture of"
             f" `write_generated_gallery` (issue 9's data) with Q = {q:,} separate query vectors drawn from it"
-            f" (tiny-ImageNet's val size), and uniform random unit vectors with {CHECK_CHUNKS * sizes['chunk']:,}"
-            f" separate uniform queries (the worst case for exact-lowp's pruning), k = {K}, {threads} threads for"
+            f" (tiny-ImageNet's val size), uniform random unit vectors with {CHECK_CHUNKS * sizes['chunk']:,}"
+            f" separate uniform queries, and {BUNCHED_LABEL} vectors (the mixture moved onto one common direction:"
+            " nearly every pair scores above 0.9, as with real CNN embeddings of one kind of photograph, so"
+            f" exact-lowp's bound prunes least there) with {CHECK_CHUNKS * sizes['chunk']:,} separate queries drawn"
+            f" from them, k = {K}, {threads} threads for"
             f" torch, FAISS and BLAS. The queries go in {chunks} chunks of {sizes['chunk']:,}; for each chunk the sgemm"
             " rates and every method are measured back to back, so all share the same load. *All queries*: each chunk"
             " in one `search` call (brute works through it in blocks that keep the score matrix under"
@@ -401,10 +458,12 @@ def main() -> None:
             " queries per chunk), median over chunks of each chunk's median (and of its p99). The one-thread rows"
             f" repeat the first {CHECK_CHUNKS} chunks with torch, FAISS and BLAS at one thread: a single thread is"
             " barely slowed by other work's threads, while two threads that must wait for each other are, so they show"
-            " the methods' own efficiency. *exact-lowp* scans an int8, bf16 or fp16 copy of the gallery (chosen by a"
-            f" timed probe search at build, separately for batches and for ≤ {FEW_QUERIES} queries) and re-ranks in"
-            " fp32 every row whose approximate score lies within the proven error bound of the k-th: its results are"
-            f" fp32 brute force's by construction, and the last column checks them against flat. *{FLAT_BLAS_ALWAYS}*"
+            " the methods' own efficiency. *exact-lowp* scans an int8, bf16 or fp16 copy of the gallery and re-ranks"
+            " in fp32 every row whose approximate score lies within the proven error bound of the k-th, or, where"
+            " that bound would keep too many rows, scans fp32 directly (brute force itself); a probe at build, on"
+            f" the gallery's own rows, chooses separately for batches and for ≤ {FEW_QUERIES} queries. Its results"
+            " are fp32 brute force's by construction, and the last column checks them against flat."
+            f" *{FLAT_BLAS_ALWAYS}*"
             " sends even a single query to BLAS (`distance_compute_blas_threshold` = 1); *flat (faiss)* keeps FAISS's"
             " default of 20 (fewer queries are scanned without BLAS), lookalike's setting"
             " (`lookalike.runtime.FAISS_SETTINGS`), chosen from this comparison."
@@ -420,7 +479,8 @@ def main() -> None:
             f" recall@{K} against flat's results. Uniform unit vectors have no cluster structure, so ivf's recall on"
             f" them is its worst case; the Gaussian-mixture rows ({GENERATOR.n_clusters} random centres,"
             " `lookalike.gallery.generated.random_cluster_model`, queries drawn from the same mixture) are closer to"
-            " how real embeddings cluster — both are GENERATED, not image embeddings. *List imbalance* is FAISS's"
+            " how real embeddings cluster, and the {BUNCHED_LABEL} rows add how their scores bunch — all three are"
+            " GENERATED, not image embeddings. *List imbalance* is FAISS's"
             " imbalance factor (1 = equal lists); *scanned per query* counts the gallery vectors each query is"
             " compared with (FAISS `indexIVF_stats`): on the mixture, k-means leaves uneven lists and the queries,"
             " drawn where the data is dense, land in the big ones, so ivf scans more than nprobe/nlist of the gallery"
@@ -431,7 +491,10 @@ def main() -> None:
         "",
         ivf_table,
         "",
+        losses,
+        "",
         generator_line(GENERATOR, 0, None) + " The uniform rows are `numpy.random.default_rng(0)` normals, normalised.",
+        bunched_line(GENERATOR, 0),
         "",
         environment_markdown(load, args.quick),
     ]

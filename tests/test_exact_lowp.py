@@ -150,7 +150,8 @@ def test_l2_and_a_saved_method_agree_with_brute_force(tiny_gallery, tmp_path):
         built = get_method(gallery, "exact-lowp", metric)[0]
         save_method(gallery, built)
         loaded = load_method(gallery, "exact-lowp", metric)
-        assert loaded.params()["precision"] == built.params()["precision"]
+        for key in ("precision", "few_precision", "fp32_products", "probe"):
+            assert loaded.params().get(key) == built.params().get(key)
         want = brute.search(queries, 10)
         for method in (built, loaded):
             scores, ids = method.search(queries, 10)
@@ -242,19 +243,150 @@ def test_the_int8_margin_is_what_keeps_it_exact(monkeypatch):
     assert not np.array_equal(method.search(q, 20)[1], want)
 
 
-def test_auto_keeps_the_fastest_measured_precision_for_batches_and_for_a_few_queries(monkeypatch):
-    timings = {
-        "batch": {"int8": 0.1, "bf16": 0.2, "fp16": 0.9, "fp32": 0.4},
-        "few": {"bf16": 7.0, "fp16": 3.0, "fp32": 9.0},
+def test_auto_keeps_what_the_probe_chose_for_batches_and_for_a_few_queries(monkeypatch):
+    found = {
+        "batch": "int8",
+        "few": "fp16",
+        "fp32_products": {"batch": "torch", "few": "numpy"},
+        "probe": {"chosen": {"batch": "int8", "few": "fp16"}, "why": {"batch": "measured", "few": "measured"}},
     }
-    monkeypatch.setattr(lowp, "probe_precisions", lambda vectors: timings)
+    monkeypatch.setattr(lowp, "probe_precisions", lambda vectors: found)
     x, q = crowded()
     method = ExactLowPrecision()
     method.build(x)
     assert (method.precision, method.few_precision) == ("int8", "fp16")
     assert method.memory_bytes() >= x.nbytes + x.size + 2 * x.size  # the fp32 rows, the int8 copy and the fp16 copy
-    assert method.params()["probe_ms_per_query"] == timings
+    assert method.params()["probe"] == found["probe"]
     np.testing.assert_array_equal(method.search(q[:1], 5)[1], numpy_top_k(x, q[:1], 5)[1])
+
+
+def looks_fast(low_ms: float, fp32_ms: float = 1.0, torch_ms: float = 2.0):
+    """A stand-in for the probe's clock: every bounded scan takes `low_ms`, the fp32 scan `fp32_ms` (by numpy) or
+    `torch_ms` (by torch), so only what the probe measured about candidates decides."""
+
+    def seconds(call, repeats):
+        method = call.func.__self__
+        if method.precision != "fp32" and method.few_precision != "fp32":
+            return low_ms
+        return torch_ms if method.fp32_products["batch"] == "torch" else fp32_ms
+
+    return seconds
+
+
+def test_bunched_scores_make_the_probe_scan_fp32_directly(monkeypatch):
+    """On bunched embeddings (all pairs above 0.9, as a random-weight CNN over photographs of one kind) the int8 and
+    bf16 bounds keep most of the gallery: past their break-even they are never used, even when their scans look 100×
+    faster, and the fp32 scan is fp32 brute force itself: no copy, no re-rank, numpy's ids."""
+    from lookalike.data.vectors import make_bunched_embeddings
+
+    x, _ = make_bunched_embeddings(6000, 64, seed=1)
+    q, x = x[:300], x[300:]
+    monkeypatch.setattr(lowp, "_best_seconds", looks_fast(0.01))
+    method = ExactLowPrecision()
+    method.build(x)
+    probe = method.params()["probe"]
+    for precision in ("int8", "bf16"):
+        measured = probe["rerank"][precision]
+        assert measured["candidate_fraction"] > 0.5 and measured["rerank_cost_share"] >= lowp.BREAK_EVEN[precision]
+        assert precision not in probe["ms_per_query"]["batch"]  # not even timed
+        assert f"{precision} re-ranks" in probe["why"]["batch"]
+    assert method.precision not in ("int8", "bf16") and method.few_precision not in ("int8", "bf16")
+    assert probe["chosen"] == {"batch": method.precision, "few": method.few_precision}
+    assert probe["sample"].startswith("512 gallery rows as queries against 5188 other rows")
+    # the chosen scans are exact
+    for count in (1, 300):
+        scores, ids = method.search(q[:count], 10)
+        want_scores, want_ids = numpy_top_k(x, q[:count], 10)
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_allclose(scores, want_scores, atol=1e-6)
+    # and when every bounded scan is past its break-even, the fp32 scan is all that runs
+    monkeypatch.setattr(lowp, "BREAK_EVEN", {"int8": 0.0, "bf16": 0.0, "fp16": 0.0})
+    method = ExactLowPrecision()
+    method.build(x)
+    assert (method.precision, method.few_precision) == ("fp32", "fp32")
+    assert method.params()["fp32_products"] == {"batch": "numpy", "few": "numpy"}
+    assert method.memory_bytes() == x.nbytes + method.ids.nbytes  # no scan copy
+    monkeypatch.setattr(method, "_rerank", lambda *a: pytest.fail("the fp32 scan re-ranked"))
+    np.testing.assert_array_equal(method.search(q, 10)[1], numpy_top_k(x, q, 10)[1])
+
+
+def test_well_separated_rows_keep_the_bounded_scan_that_the_probe_timed_faster(monkeypatch):
+    """Clustered rows: every bound prunes to a few rows per query, so the scans are timed; a bounded scan is kept only
+    when it beat the fp32 scan by LOWP_MARGIN."""
+    from lookalike.data.vectors import make_clustered_embeddings
+
+    x, _ = make_clustered_embeddings(6000, 64, seed=1, n_clusters=60)
+    monkeypatch.setattr(lowp, "_best_seconds", looks_fast(0.5))
+    method = ExactLowPrecision()
+    method.build(x)
+    probe = method.params()["probe"]
+    assert all(probe["rerank"][p]["rerank_cost_share"] < lowp.BREAK_EVEN[p] for p in lowp.LOW_PRECISIONS)
+    assert method.precision == "int8" and method.few_precision == "int8"  # all as fast: the narrowest for one query
+    assert "fp32_products" not in method.params()
+    monkeypatch.setattr(lowp, "_best_seconds", looks_fast(1 / lowp.LOWP_MARGIN * 1.02))  # 8% faster only
+    method = ExactLowPrecision()
+    method.build(x)
+    assert (method.precision, method.few_precision) == ("fp32", "fp32")
+    assert f"not {lowp.LOWP_MARGIN}× faster" in method.params()["probe"]["why"]["batch"]
+
+
+def test_the_choice_rules():
+    measured = {p: {"rerank_cost_share": 0.9, "candidate_fraction": 0.5} for p in lowp.LOW_PRECISIONS}
+    fp32 = "fp32 (numpy)"
+    assert lowp._choose("batch", {fp32: 4.0}, fp32, measured)[0] == "fp32"  # every scan past its break-even
+    assert lowp._choose("batch", {"int8": 3.5, "bf16": 3.0, fp32: 4.0}, fp32, measured)[0] == "bf16"
+    assert lowp._choose("batch", {"int8": 3.7, fp32: 4.0}, fp32, measured)[0] == "fp32"  # within the margin
+    # a few queries: the narrowest within FEW_TIE of the fastest bounded scan, if that beats fp32 by the margin
+    assert lowp._choose("few", {"int8": 3.3, "fp16": 3.0, fp32: 4.0}, fp32, measured)[0] == "int8"
+    assert lowp._choose("few", {"int8": 3.3, "fp16": 3.0, fp32: 3.5}, fp32, measured)[0] == "fp32"
+
+
+def test_the_probe_asks_other_gallery_rows_and_scales_k_to_its_sample(monkeypatch):
+    """Queries are gallery rows outside the probe's sample; with 2000 of 8000 rows sampled, the full gallery's 10th
+    score is about the sample's 3rd (ceil(10 · 2000 / 8000))."""
+    monkeypatch.setattr(lowp, "PROBE_ROWS", 2000)
+    monkeypatch.setattr(lowp, "PROBE_QUERIES", 100)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8000, 32)).astype(np.float32)
+    x[:, 0] = np.arange(8000)  # each row names itself
+    rows, queries, how = lowp.probe_sample(x)
+    assert len(rows) == 2000 and len(queries) == 100
+    assert not set(rows[:, 0].tolist()) & set(queries[:, 0].tolist())
+    assert how == "100 gallery rows as queries against 2000 other rows"
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    assert lowp.probe_precisions(x)["probe"]["k"] == 3
+    assert lowp.probe_sample(x[:3])[2] == "3 gallery rows as queries against all 3 rows, themselves included"
+
+
+@pytest.mark.parametrize("precision", ["int8", "bf16", "fp16"])
+def test_candidate_counts_hold_the_true_top_k_and_stay_within_the_bound(precision):
+    """Independently of the scan: at least every row scoring ≥ the exact k-th, at most those within 4 bounds of it."""
+    from lookalike.data.vectors import make_bunched_embeddings
+
+    x, _ = make_bunched_embeddings(3000, 64, seed=2)
+    q, x = x[:40], x[40:]
+    method = ExactLowPrecision(precision=precision)
+    method.build(x)
+    counts = method.candidate_counts(q, 10)
+    exact = q.astype(np.float64) @ x.T.astype(np.float64)
+    kth = -np.sort(-exact, axis=1)[:, 9]
+    slack = 0.05 if precision == "int8" else 4 * score_error_bound(precision, 64) + 1e-6
+    assert (counts >= (exact >= kth[:, None] - 1e-6).sum(axis=1)).all()
+    assert (counts <= (exact >= kth[:, None] - slack).sum(axis=1) + lowp.GROUPS).all()
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("product", ["numpy", "torch"])
+def test_the_fp32_scan_is_brute_force_by_either_product(metric, product):
+    x, q = near_ties()
+    method = ExactLowPrecision(metric=metric, precision="fp32", fp32_products={"batch": product, "few": product})
+    method.build(x)
+    want_scores, want_ids = numpy_top_k(x, q, 25)
+    for count in (1, len(q)):
+        scores, ids = method.search(q[:count], 25)
+        np.testing.assert_array_equal(ids, want_ids[:count])
+        want = want_scores[:count] if metric == "ip" else np.maximum(2 - 2 * want_scores[:count], 0)
+        np.testing.assert_allclose(scores, want, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -327,3 +459,19 @@ def test_a_few_queries_scan_the_narrowest_copy_the_probe_found_about_as_fast():
     assert fewest_bytes_within({"int8": 4.0, "bf16": 7.4, "fp16": 2.63, "fp32": 13.7}, 1.15) == "fp16"
     # same width: the faster
     assert fewest_bytes_within({"int8": 9.0, "bf16": 2.0, "fp16": 2.1, "fp32": 13.7}, 1.15) == "bf16"
+
+
+def test_the_fp32_scans_selection_breaks_ties_to_the_lower_row_as_numpy_does():
+    """torch.topk alone breaks ties arbitrarily: rows tying at the k-th place and within the top k."""
+    rng = np.random.default_rng(6)
+    scores = rng.integers(0, 6, (40, 300)).astype(np.float32)  # many equal scores everywhere
+    scores[:20, :12] = 9  # rows 0-19: the top 12 tie, the top 10 are the first ten columns
+    want = np.lexsort((np.broadcast_to(np.arange(300), scores.shape), -scores), axis=1)[:, :10]
+    best, where = lowp.top_k_exact(scores, 10)
+    np.testing.assert_array_equal(where, want)
+    np.testing.assert_array_equal(best, np.take_along_axis(scores, want, 1))
+    distinct = rng.permutation(300 * 40).reshape(40, 300).astype(np.float32)  # no ties: torch.topk's set as is
+    np.testing.assert_array_equal(lowp.top_k_exact(distinct, 7)[1], np.argsort(-distinct, axis=1)[:, :7])
+    np.testing.assert_array_equal(
+        lowp.top_k_exact(distinct[:, :5], 5)[1], np.argsort(-distinct[:, :5], axis=1)
+    )  # k = n

@@ -326,3 +326,138 @@ def test_hnsw_inclusion_at_1m_follows_the_measured_build_times():
     assert not slow.included and "left out" in slow.markdown()
     limit = slow.max_n()
     assert slow.predict(limit) <= bench.HNSW_BUILD_BUDGET_S < slow.predict(limit + 1)
+
+
+@pytest.fixture(scope="module")
+def bunched_gallery(tmp_path_factory):
+    """6000 bunched 64-d rows (5000 train, 1000 val): every pair scores above ~0.9, as a random-weight CNN's
+    embeddings of one kind of photograph do; 8-bit codes cap recall@10 near 0.92 here."""
+    from lookalike.data.vectors import make_bunched_embeddings
+    from lookalike.gallery.generated import Segment, generated_model_block, write_array_gallery
+
+    x, labels = make_bunched_embeddings(6000, 64, seed=3)
+    return write_array_gallery(
+        tmp_path_factory.mktemp("bunched") / "g",
+        x,
+        labels,
+        ["train"] * 5000 + ["val"] * 1000,
+        segments=[Segment("generated", 0, 6000, True, "bunched test rows")],
+        model=generated_model_block(64, 0),
+    )
+
+
+def numpy_recall(found: np.ndarray, queries: np.ndarray, x: np.ndarray, rows: np.ndarray, query_ids=None) -> float:
+    """Independent recall@10: a full numpy sort over gallery rows `rows`, the query's own row left out."""
+    scores = queries @ x[rows].T
+    if query_ids is not None:
+        scores[rows[None, :] == np.asarray(query_ids)[:, None]] = -np.inf
+    truth = rows[np.argsort(-scores, axis=1, kind="stable")[:, :10]]
+    return float(np.mean([len(set(f[:10]) & set(t)) / 10 for f, t in zip(found, truth)]))
+
+
+def widest_recall(name: str, gallery, queries: np.ndarray, x: np.ndarray, rows: np.ndarray) -> float:
+    """A family's recall at its widest search (efSearch 2048, or nprobe = nlist), built here, independently of tune."""
+    from lookalike.search import database_vectors, make_method
+
+    method = make_method(name, len(rows), x.shape[1])
+    method.build(database_vectors(gallery, rows), rows)
+    ranges = method.search_param_ranges()
+    setting = {"efSearch": 2048} if "efSearch" in ranges else {"nprobe": ranges["nprobe"][1]} if ranges else None
+    return numpy_recall(method.search(queries, 10, setting)[1], queries, x, rows)
+
+
+def test_tune_never_picks_a_method_whose_recall_collapses_on_bunched_embeddings(bunched_gallery):
+    from lookalike.study.tune import tune
+
+    families = ("flat", "hnsw", "hnsw-sq8", "ivf-sq8")
+    result = tune(
+        bunched_gallery, target_recall=0.95, families=families, max_queries=400, single_queries=20, save_as="tuned"
+    )
+    x = np.asarray(bunched_gallery.embeddings)
+    part = bunched_gallery.partition(max_queries=400)
+    queries, rows = x[part.query_ids], part.database_ids
+    from lookalike.search import default_nlist
+
+    built = {"ivf-sq8": f"IVF{default_nlist(len(rows))},SQ8"}  # the family's factory string, as the tuner builds it
+    widest = {
+        name: widest_recall(built.get(name, name), bunched_gallery, queries, x, rows)
+        for name in families
+        if name != "flat"
+    }
+    collapsing = {name for name, recall in widest.items() if recall < 0.94}
+    assert "hnsw-sq8" in collapsing, widest  # the data does what it is for: 8-bit codes cap recall below the target
+    chosen = result.candidates[result.chosen]
+    assert chosen.family not in collapsing
+    assert all(m.status == "below target" for m in result.candidates if m.family in collapsing)
+    tuned = load_method(bunched_gallery, "tuned")
+    assert numpy_recall(tuned.search(queries, 10)[1], queries, x, rows) >= 0.94
+
+
+def test_the_default_method_is_the_fastest_that_reaches_the_target_and_never_a_collapsing_one(bunched_gallery):
+    """What a server should answer with by default, measured on the gallery's own held-out queries; a method over
+    every row (the queries too) is measured with each query's own row left out."""
+    from lookalike.errors import LookalikeError
+    from lookalike.search import BruteForce, database_vectors, make_method
+    from lookalike.study.tune import default_method
+
+    g = bunched_gallery
+    x = np.asarray(g.embeddings)
+    part = g.partition(max_queries=200)
+    rows, every = part.database_ids, np.arange(len(x))
+    methods = {}
+    for name, ids in (("brute", rows), ("hnsw-sq8", rows), ("ivf", rows), ("hnsw", every)):
+        method = BruteForce() if name == "brute" else make_method(name, len(ids), x.shape[1])
+        method.name = name
+        method.build(database_vectors(g, ids), ids)
+        methods[name] = method
+    before = {name: m.params() for name, m in methods.items()}
+    choice = default_method(g, methods, target_recall=0.95, k=10, max_queries=200, single_queries=20)
+    assert {name: m.params() for name, m in methods.items()} == before  # measured per call, nothing changed
+    checks = {c.name: c for c in choice.checks}
+    assert checks["hnsw-sq8"].status == "below target" and choice.method != "hnsw-sq8"
+    assert checks[choice.method].status == "chosen" and choice.method in choice.reason
+    assert "hnsw-sq8 (at most" in choice.reason
+    # independently: the chosen setting reaches the target on these queries (its own row left out where it holds it)
+    queries = x[part.query_ids]
+    chosen = methods[choice.method]
+    found = chosen.search(queries, 11, choice.params or None)[1]
+    found = np.array([[i for i in f if i != q][:10] for f, q in zip(found, part.query_ids)])
+    assert numpy_recall(found, queries, x, chosen.ids, part.query_ids) >= 0.94
+    # and the collapsing method really is below it at its widest search
+    widest = methods["hnsw-sq8"].search(queries, 10, {"efSearch": 2048})[1]
+    assert numpy_recall(widest, queries, x, rows) < 0.95
+    with pytest.raises(LookalikeError, match="none of hnsw-sq8 reaches recall@10"):
+        default_method(g, {"hnsw-sq8": methods["hnsw-sq8"]}, max_queries=60, single_queries=5)
+
+
+def test_the_benchmarks_say_where_each_method_loses():
+    """benchmarks/common.py's summary: an exact method more than 10% slower than brute, an approximate one capping
+    below a target or reaching it only slower than brute."""
+    import sys
+    from pathlib import Path
+
+    folder = str(Path(__file__).resolve().parent.parent / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        from common import where_methods_lose
+    finally:
+        sys.path.remove(folder)
+    lines = where_methods_lose(
+        {
+            "exact-lowp": [(1.0, 15.94, 0.20)],  # issue 22's single query: 3.8× brute's 4.18 ms
+            "flat": [(1.0, 4.3, 0.09)],
+            "hnsw-sq8": [(0.5, 0.05, 0.04), (0.69, 0.2, 0.1)],
+            "hnsw": [(0.92, 0.1, 0.05), (0.96, 5.0, 0.05), (0.995, 6.0, 0.2)],
+            "ivf": [(0.5, 0.1, 0.01), (0.999, 9.0, 0.5)],
+        },
+        (4.18, 0.1),
+        exact=("exact-lowp", "flat"),
+    )
+    text = "\n".join(lines)
+    assert "**exact-lowp** (exact): slower than brute by more than 10%: one query 3.81×, batched 2.00× ✗" in text
+    assert "**flat** (exact): within 10% of brute or faster (one query 1.03×, batched 0.90×) ✓" in text
+    assert "**hnsw-sq8**: caps at recall@10 **0.690**: never reaches 0.90, 0.95, 0.99" in text
+    assert "**hnsw**: at 0.95: slower than brute (one query 5.000 ms against 4.180)" in text
+    assert "at 0.99: slower than brute (one query 6.000 ms against 4.180; batched 0.2000 ms/query against" in text
+    assert "at 0.90" not in text.split("**ivf**")[0]
+    assert "**ivf**: at 0.90, 0.95, 0.99: slower than brute (one query 9.000 ms" in text

@@ -42,6 +42,10 @@ from .metrics import MAP_DEFINITION, Accuracy, accuracy, exact_neighbours
 from .timing import Latency
 
 FAMILIES = ("ivf", "hnsw", "usearch-f16", "hnswlib", "ivfpq", "ivfpq-mmap", "sq8", "sqfp16")
+# Accepted by `families` but not swept by default: graphs over 8- and 16-bit codes, fast on spread-out data, whose
+# recall caps where scores bunch (all pairs above 0.9: hnsw-sq8 at 0.69, usearch i8 at 0.013 on real ResNet-18
+# embeddings, issue 22). bench_tradeoff sweeps them on its bunched gallery.
+MORE_FAMILIES = ("hnsw-sq8", "hnsw16-sq8", "hnsw16-fp16", "usearch-i8")
 # graph families built at each HNSW_M (at efConstruction 40; the registry's hnswlib-m16 builds with 100)
 M_SWEPT = ("hnsw", "hnswlib")
 EXACT_METHODS = ("brute", "flat")
@@ -76,10 +80,11 @@ def plan_builds(
     families: Sequence[str], factories: Sequence[str], n: int, d: int, nlist_factors: Sequence[int] = NLIST_FACTORS
 ) -> tuple[list[Build], list[str]]:
     """The indexes to build for `families` and extra factory strings, and notes on what was skipped and why."""
-    unknown = [f for f in families if f not in FAMILIES]
+    unknown = [f for f in families if f not in (*FAMILIES, *MORE_FAMILIES)]
     if unknown:
         raise LookalikeError(
-            f"unknown index family {unknown[0]!r}; use some of {', '.join(FAMILIES)} (or --index for a factory string)"
+            f"unknown index family {unknown[0]!r}; use some of {', '.join((*FAMILIES, *MORE_FAMILIES))} (or --index"
+            " for a factory string)"
         )
     builds, skipped = [], []
     root = default_nlist(n)

@@ -6,13 +6,20 @@ target is recall@k against exact search, measured on held-out queries. Those are
 two: the *validation* half chooses the configuration, the *test* half (never looked at while
 choosing) gives the figure we report, so the reported recall is not the one we tuned on.
 
-`candidate_configs` holds every rule in one place; `tune` measures what it proposes.
+`candidate_configs` holds every rule in one place; `tune` measures what it proposes. A candidate
+whose recall cannot reach the target at its widest search (8-bit codes on embeddings whose scores
+bunch together: hnsw-sq8 capped at 0.69 on real ResNet-18 embeddings) stays "below target" and is
+never picked, however fast it is. `default_method` applies the same rule to methods a server has
+already loaded: which one (and at which search setting) answers when a request names none.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import statistics
+import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +42,7 @@ from .core import (
     split_queries,
     write_outputs,
 )
-from .metrics import Accuracy, exact_neighbours, recall_per_query
+from .metrics import Accuracy, exact_neighbours, exact_top_k, recall_per_query
 from .timing import Latency
 from .tradeoff import EF_SEARCH, MIN_VECTORS_PER_LIST, powers_of_two_up_to
 
@@ -501,6 +508,149 @@ def tune(gallery: Gallery, config: TuneConfig | None = None, **options: Any) -> 
         saved_to=saved,
         environment=runtime.environment(),
     )
+
+
+# --- the default for a server: which loaded method answers when a request names none ---
+
+DEFAULT_SWEPT = ("nprobe", "efSearch")  # the search parameter raised until the target is met, where a method has one
+
+
+@dataclass(frozen=True)
+class MethodCheck:
+    """One loaded method measured for `default_method`: its cheapest setting reaching the target, or its widest."""
+
+    name: str
+    exact: bool  # an exact family (brute, flat, exact-lowp): the fallback that always meets the target
+    params: dict[str, int]  # the search setting measured (empty: the method has none)
+    recall: float  # mean recall@k over the queries, against exact search over the method's own rows
+    recall_bound: float  # one-sided 95% lower bound of `recall`
+    single_ms: float  # median, one query per call
+    status: str  # "meets target", "below target", "chosen"
+
+
+@dataclass(frozen=True)
+class DefaultChoice:
+    """The method and search parameters to answer with by default, and what every loaded method measured."""
+
+    method: str
+    params: dict[str, int]  # pass to the method's set_params (or per call); empty when it has none
+    target_recall: float
+    k: int
+    queries: str  # which queries measured it
+    checks: list[MethodCheck]
+    reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_method(
+    gallery: Gallery,
+    methods: Mapping[str, SearchMethod],
+    target_recall: float = 0.95,
+    k: int = 10,
+    max_queries: int = 200,
+    single_queries: int = 50,
+) -> DefaultChoice:
+    """The fastest (single query) of the already built or loaded `methods` whose recall@k, on this gallery's own
+    held-out queries against exact search over the method's own rows, reaches `target_recall` with 95% confidence,
+    at the cheapest setting of its search parameter (nprobe, efSearch) that does.
+
+    Why measured here and not taken from a list: which methods collapse depends on the gallery. On
+    embeddings whose scores bunch together (all pairs above 0.9) 8-bit codes cap recall well below
+    any target (hnsw-sq8 0.69, usearch i8 0.013 on real ResNet-18 embeddings) while the same methods
+    lead on spread-out data. A method that reaches the target at no setting is never the default;
+    when none but the exact ones do, the fastest exact one is. The methods' own parameters are not
+    changed: every search here passes its setting per call.
+
+    A method may hold the query rows themselves (a server that searches every row): each query's
+    own id is then dropped from both its results and the exact ones, before the first k are compared,
+    as if it were held out.
+    """
+    from ..search.registry import METHODS as REGISTRY
+
+    if not methods:
+        raise LookalikeError("no search method is loaded; build one (or use brute) before choosing a default")
+    if not 0 < target_recall <= 1:
+        raise LookalikeError(f"the default's target recall must be in (0, 1], got {target_recall}")
+    partition = gallery.partition(max_queries=max_queries)
+    query_ids = np.asarray(partition.query_ids, dtype=np.int64)
+    vectors = np.ascontiguousarray(gallery.embeddings[query_ids], dtype=np.float32)
+    how = f"{len(query_ids)} held-out queries ({partition.how})"
+    truths: dict[tuple[bytes, str], np.ndarray] = {}
+    checks: list[MethodCheck] = []
+    for name, method in methods.items():
+        spec = REGISTRY.get(name) or REGISTRY.get(getattr(method, "kind", ""))
+        exact = bool(spec and spec.exact) or method.kind in ("brute", "exact-lowp")
+        rows = (method.ids.tobytes(), method.metric)
+        if rows not in truths:  # methods over the same rows share one exact search
+            truths[rows] = exact_top_k(database_vectors(gallery, method.ids), vectors, k + 1, method.metric, method.ids)
+        truth = _without_self(truths[rows], query_ids, k)
+        ranges = method.search_param_ranges()
+        swept = next((p for p in DEFAULT_SWEPT if p in ranges), None)
+        values = [None] if swept is None else [v for v in sweep_values(method, swept) if v <= ranges[swept][1]]
+        if swept is not None and (not values or values[-1] < ranges[swept][1]):
+            values.append(ranges[swept][1])
+
+        def measured(value: int | None, method: SearchMethod = method, swept: str | None = swept, truth=truth):
+            setting = {} if value is None else {swept: value}
+            found = method.search(vectors, k + 1, setting or None)[1]
+            return recall_per_query(_without_self(found, query_ids, k), truth, k)
+
+        reached = cheapest_reaching(values, lambda v: recall_lower_bound(measured(v)), target_recall)
+        setting = {} if reached.value is None else {swept: int(reached.value)}
+        per_query = measured(reached.value)
+        checks.append(
+            MethodCheck(
+                name,
+                exact,
+                setting,
+                round(float(per_query.mean()), 4),
+                round(recall_lower_bound(per_query), 4),
+                round(_single_ms(method, vectors, k, setting, single_queries), 4),
+                "meets target" if reached.reached else "below target",
+            )
+        )
+    meeting = [c for c in checks if c.status == "meets target"] or [c for c in checks if c.exact]
+    if not meeting:
+        raise LookalikeError(
+            f"none of {', '.join(methods)} reaches recall@{k} ≥ {target_recall} on this gallery's held-out queries;"
+            " load an exact method (brute) as well"
+        )
+    best = min(meeting, key=lambda c: c.single_ms)
+    checks = [replace(c, status="chosen") if c is best else c for c in checks]
+    below = [c for c in checks if c.status == "below target"]
+    reason = (
+        f"{best.name} {format_params(best.params)}: the fastest single query ({best.single_ms:.3f} ms) of the"
+        f" {len(meeting)} loaded method(s) whose recall@{k} reaches {target_recall} with 95% confidence"
+        f" (measured {best.recall:.4f}, bound {best.recall_bound:.4f}) on {how}"
+        + (
+            "; never the default here: "
+            + ", ".join(f"{c.name} (at most {c.recall:.3f} at {format_params(c.params)})" for c in below)
+            if below
+            else ""
+        )
+    )
+    return DefaultChoice(best.name, best.params, target_recall, k, how, checks, reason)
+
+
+def _without_self(found: np.ndarray, query_ids: np.ndarray, k: int) -> np.ndarray:
+    """The first k ids of each row of `found` (k + 1 wide) other than the query's own id."""
+    own = found == np.asarray(query_ids, dtype=np.int64)[:, None]
+    order = np.argsort(own, axis=1, kind="stable")  # the own id (if any) moves last, the rest keep their order
+    return np.take_along_axis(found, order, axis=1)[:, :k]
+
+
+def _single_ms(method: SearchMethod, queries: np.ndarray, k: int, setting: dict[str, int], count: int) -> float:
+    """Median ms of one query per call, the setting passed per call so the method's own parameters stay as they
+    were."""
+    method.search(queries[:1], k, setting or None)  # warm-up
+    times = []
+    for q in queries[: max(1, min(count, len(queries)))]:
+        t = time.perf_counter()
+        method.search(q[None], k, setting or None)
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
 
 
 UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
