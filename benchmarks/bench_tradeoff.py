@@ -22,7 +22,8 @@ Goals checked at 1M: recall@10 ≥ 0.95 at a single-query latency ≥ 20× below
 memory ≤ 1.2× the raw vectors; a PQ or SQ setting ≥ 4× smaller than raw with recall@10 ≥ 0.9.
 
 Each gallery's figures are kept in runs/bench_tradeoff/<name>.md, so galleries can be run one
-at a time (`--only 1M-512`); the docs section is assembled from every fragment present.
+at a time (`--only 1M-512`); the docs section is assembled from every fragment present, and a gallery
+with no fragment in runs/ keeps the figures docs/benchmarks.md already publishes for it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     BUNCHED_LABEL,
+    DOC,
     GENERATOR,
     ROOT,
     TARGETS,
@@ -432,6 +434,31 @@ def where_families_lose(result: TradeoffResult) -> list[str]:
     return where_methods_lose(curves, (brute.single_ms, brute.batch_ms), exact=exact)
 
 
+def heading(config: Config) -> str:
+    """The `###` line that opens a gallery's fragment of the docs section (and identifies it there)."""
+    data = (
+        f"{BUNCHED_LABEL} embeddings: the {GENERATOR.n_clusters}-cluster mixture moved onto one common direction,"
+        " nearly all pairs above 0.9"
+        if config.bunched
+        else f"GENERATED embeddings: {GENERATOR.n_clusters}-cluster low-rank Gaussian mixture"
+    )
+    return f"### {config.n:,} × {config.d} ({data}; no model, no images)"
+
+
+def published_fragment(config: Config) -> str | None:
+    """The gallery's fragment as docs/benchmarks.md publishes it now, or None.
+
+    A run of some galleries (`--only`) on a machine without the others' runs/ fragments keeps the others' published
+    figures, each still with the machine, load and date of its own run, instead of dropping them from the section.
+    """
+    text = DOC.read_text() if DOC.is_file() else ""
+    start = text.find(heading(config) + "\n")
+    if start < 0:
+        return None
+    ends = [i for i in (text.find("\n### ", start + 1), text.find("\n## ", start + 1)) if i >= 0]
+    return text[start : min(ends) + 1 if ends else len(text)].rstrip("\n") + "\n"
+
+
 def run_config(config: Config, write: bool, threads: int, quick: bool = False) -> str:
     gallery = generated_gallery(config)
     hnsw = measure_hnsw_builds(config) if config.hnsw_sizes else None
@@ -473,14 +500,8 @@ def run_config(config: Config, write: bool, threads: int, quick: bool = False) -
     if write:
         FIGURES.mkdir(parents=True, exist_ok=True)
         figure.write_bytes(paths["png"].read_bytes())
-    data = (
-        f"{BUNCHED_LABEL} embeddings: the {GENERATOR.n_clusters}-cluster mixture moved onto one common direction,"
-        " nearly all pairs above 0.9"
-        if config.bunched
-        else f"GENERATED embeddings: {GENERATOR.n_clusters}-cluster low-rank Gaussian mixture"
-    )
     lines = [
-        f"### {config.n:,} × {config.d} ({data}; no model, no images)",
+        heading(config),
         "",
         f"**{result.provenance}**",
         "",
@@ -550,7 +571,15 @@ def main() -> int:
         if should_write(args):
             (WORK / f"{name}.md").write_text(text)
     if should_write(args):
-        fragments = [(WORK / f"{name}.md").read_text() for name in CONFIGS if (WORK / f"{name}.md").is_file()]
+        fragments = [
+            text
+            for name, config in CONFIGS.items()
+            if (
+                text := (WORK / f"{name}.md").read_text()
+                if (WORK / f"{name}.md").is_file()
+                else published_fragment(config)
+            )
+        ]
         intro = (
             "`benchmarks/bench_tradeoff.py`: recall@10 against exact search vs per-query latency for every index"
             " family, on **GENERATED** unit vectors (not embeddings of real images), and the tuner's pick. Rows: the"
