@@ -43,6 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     BUNCHED_LABEL,
+    DOC,
     GENERATOR,
     ROOT,
     TARGETS,
@@ -490,41 +491,80 @@ def extracted(sizes: dict, threads: int) -> Gallery:
     )
 
 
+def titles(sizes: dict) -> dict[str, str]:
+    """Each gallery's `###` title: it opens the gallery's part of the section, and identifies it there."""
+    return {
+        "generated": "GENERATED vectors",
+        "bunched": f"{BUNCHED_LABEL} vectors",
+        "extracted": f"Embeddings from resnet18 (RANDOM weights) of GENERATED {sizes['image_size']} px images",
+    }
+
+
+ENVIRONMENT_LINES = ("- Measured ", "- Threads: ", "- Versions: ", "- 1-minute load average ")
+
+
+def published_part(title: str) -> str | None:
+    """The gallery's part as docs/benchmarks.md publishes it now, with the machine and load of the run that measured
+    it (parts published before each part carried its own take the section's closing lines), or None.
+
+    So `--only bunched` measures one gallery without dropping the others' figures from the section.
+    """
+    text = DOC.read_text() if DOC.is_file() else ""
+    section = text.find(f"## {SECTION}\n")
+    start = text.find(f"### {title}\n", section)
+    if section < 0 or start < 0:
+        return None
+    section_end = text.find("\n## ", section + 1)
+    section_end = len(text) if section_end < 0 else section_end
+    next_part = text.find("\n### ", start + 1)
+    end = section_end if next_part < 0 or next_part > section_end else next_part
+    part = text[start:end].rstrip("\n").splitlines()
+    if not any(line.startswith(ENVIRONMENT_LINES[0]) for line in part):
+        closing = [line for line in text[section:section_end].splitlines() if line.startswith(ENVIRONMENT_LINES)]
+        part = [line for line in part if not line.startswith(ENVIRONMENT_LINES)] + ["", *closing]
+    return "\n".join(part).rstrip("\n")
+
+
 def main() -> None:
-    args = parser(__doc__.split("\n")[0]).parse_args()
+    p = parser(__doc__.split("\n")[0])
+    p.add_argument(
+        "--only", default=None, help="comma-separated galleries to measure: generated, bunched, extracted (default all)"
+    )
+    args = p.parse_args()
     sizes = QUICK if args.quick else DEFAULT
     threads = runtime.set_threads(args.threads)
     import hnswlib  # noqa: F401 (both peers are lookalike dependencies, as its hnswlib and usearch methods)
     import usearch
 
+    named = titles(sizes)
+    wanted = args.only.split(",") if args.only else list(named)
+    if unknown := set(wanted) - set(named):
+        raise SystemExit(f"unknown gallery {sorted(unknown)}; choose from {', '.join(named)}")
     WORK.mkdir(parents=True, exist_ok=True)
-    with load_watch() as load:
-        images = extracted(sizes, threads)
-        runtime.set_threads(threads)
-        parts = [
-            run_gallery("GENERATED vectors", generated(sizes), threads, sizes["single"]),
-            run_gallery(f"{BUNCHED_LABEL} vectors", bunched(sizes), threads, sizes["single"]),
-            run_gallery(
-                f"Embeddings from resnet18 (RANDOM weights) of GENERATED {sizes['image_size']} px images",
-                images,
-                threads,
-                sizes["single"],
-            ),
-        ]
+    makers = {"generated": generated, "bunched": bunched, "extracted": lambda sizes: extracted(sizes, threads)}
+    parts = {}
+    for name in wanted:  # each gallery with the machine and load of its own run
+        with load_watch() as load:
+            gallery = makers[name](sizes)
+            runtime.set_threads(threads)
+            parts[name] = run_gallery(named[name], gallery, threads, sizes["single"])
+        parts[name] += "\n\n" + environment_markdown(load, args.quick)
     import importlib.metadata as md
 
+    kept = {n: published_part(t) for n, t in named.items() if n not in parts and not args.quick}
     doc = "\n\n".join(
         [
             __doc__.split("\n\n", 1)[1].strip(),
             (
                 f"Peers: hnswlib {md.version('hnswlib')}, usearch {usearch.__version__}; {threads} threads everywhere. "
                 "*Pareto* marks the points no other point beats on both recall and single-query latency. "
-                f"Queries timed one per call: the first {sizes['single']} held-out queries."
+                f"Queries timed one per call: the first {sizes['single']} held-out queries. Each gallery was measured"
+                " in its own run (`--only` measures some and keeps the others' published figures); the machine and"
+                " load of each run are under its table."
             ),
             generator_line(GENERATOR, 0, None),
             bunched_line(GENERATOR, 0),
-            *parts,
-            environment_markdown(load, args.quick),
+            *[parts.get(n) or kept.get(n) or f"### {named[n]}\n\nnot measured yet." for n in named],
         ]
     )
     print(doc)
