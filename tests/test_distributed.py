@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 import pytest
 
-from lookalike.data.synthetic import generate_collection, make_bad_images
+from lookalike.data.synthetic import generate_collection
 from lookalike.distributed import build_index_ray, extract_ray
 from lookalike.distributed.cluster import Resources, plan_workers
 from lookalike.distributed.extract import CRASH_HOOK, ShardWriter
@@ -34,6 +34,7 @@ from lookalike.embed.models import load_model
 from lookalike.errors import GalleryError, LookalikeError, WeightsUnavailableError
 from lookalike.gallery import EMBEDDINGS, METADATA, open_gallery
 from lookalike.search import database_vectors, make_method
+from lookalike.testing import make_bad_images
 
 from .conftest import manifest_json, run_cli, without_measurements
 

@@ -19,11 +19,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from lookalike.data.synthetic import generate_collection, hostile_uploads
+from lookalike.data.synthetic import generate_collection
 from lookalike.embed.extract import ExtractConfig, extract
 from lookalike.gallery.generated import write_generated_gallery
 from lookalike.search import make_method, save_method
 from lookalike.serve import ServerConfig, create_app
+from lookalike.testing import hostile_uploads
 
 from .test_server import ThreadedServer, ok, search_id
 

@@ -19,11 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from lookalike import build_index
-from lookalike.data.synthetic import generate_collection, make_bad_images
+from lookalike.data.synthetic import generate_collection
 from lookalike.embed.extract import ExtractConfig, extract
 from lookalike.errors import GalleryError, IndexStaleError
 from lookalike.gallery import ID_MAP, open_gallery
 from lookalike.search import database_vectors, load_method, make_method
+from lookalike.testing import make_bad_images
 
 from .conftest import kill_after_shards, run_cli
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GalleryError
-from ..gallery import INDEXES, Gallery, Partition, atomic_write_json
+from ..fileio import atomic_write_json
+from ..gallery import INDEXES, Gallery, Partition
 from ..runtime import as_float32_c
 from . import METHOD_CLASSES, database_digest, database_vectors, save_method, saved_methods
 from .base import IDS_FILE, METHOD_FILE
