@@ -32,8 +32,8 @@ from ..fileio import atomic_save_npy, atomic_write_json, atomic_write_parquet
 from .manifest import DataInfo, Manifest, ModelInfo, UpdateInfo
 
 if TYPE_CHECKING:
-    from ..search.searcher import Hit, Query, Searcher
-    from ..study.compare import Comparison
+    from ..search.compare import Comparison
+    from ..search.hits import Hit, Query
 
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
@@ -124,16 +124,11 @@ class Gallery:
     def row(self, gallery_id: int) -> dict:
         return {k: v[0] for k, v in self.metadata.slice(int(gallery_id), 1).to_pydict().items()}
 
-    def provenance(self) -> str:
-        return self.manifest.describe()
+    def provenance(self, names_only: bool = False) -> str:
+        """Model, weights and data in one line; `names_only` names folders without where they lie (the server)."""
+        return self.manifest.describe(names_only)
 
-    @cached_property
-    def searcher(self) -> Searcher:
-        """The query model and search methods of this gallery, loaded on first use and kept."""
-        from ..search.searcher import Searcher
-
-        return Searcher(self)
-
+    # -- front doors: thin, stateless calls into lookalike.search, imported when first used (see docs/api.md) --
     def search(
         self,
         query: Query | None = None,
@@ -142,16 +137,22 @@ class Gallery:
         metric: str = "ip",
         *,
         text: str | None = None,
+        database: str = "all",
         **params: Any,
     ) -> list[Hit]:
-        """The k nearest images to `query` — an image path, a PIL image, a (d,) vector or a gallery id — or to `text`.
+        """The k nearest images to `query` — an image path, image bytes, a PIL image, a (d,) vector or a gallery id — or
+        to `text`.
 
         `text` ("a red car") needs a model with a text tower (CLIP): it is embedded by the text tower
         of the very model that embedded the gallery. `method` is a named method or a saved index
         ("flat", "ivf", "hnsw", …); `params` such as nprobe=16 or efSearch=128 apply to this call
-        only. Searches the gallery's database rows (see `partition`): the held-out query rows are never in it.
+        only. `database="all"` (the default) searches every row; "heldout" searches the study's
+        database, without the held-out queries of `partition`. The query model and the methods are
+        loaded once and kept (`lookalike.search.searcher.searcher_for`).
         """
-        return self.searcher.search(query, k, method, metric, text=text, **params)
+        from ..search.searcher import searcher_for
+
+        return searcher_for(self, database).search(query, k, method, metric, text=text, **params)
 
     def compare(
         self,
@@ -161,20 +162,24 @@ class Gallery:
         metric: str = "ip",
         *,
         text: str | None = None,
+        database: str = "all",
         **params: Any,
     ) -> Comparison:
         """Search like `search` with `method`, and with exact search over the same rows: what the method missed for this
         query.
 
-        Returns a `lookalike.study.compare.Comparison`: both result lists, recall@k, the missed ids and each search's
+        Returns a `lookalike.search.compare.Comparison`: both result lists, recall@k, the missed ids and each search's
         ms.
         """
-        from ..study.compare import compare
+        from ..search.searcher import searcher_for
 
-        return compare(self, query, k, method, metric, text=text, **params)
+        return searcher_for(self, database).compare(query, k, method, metric, text=text, **params)
 
     def partition(self, max_queries: int = MAX_HELD_OUT_QUERIES, seed: int = 0) -> Partition:
-        """Held-out queries: the val split when there is one, else a seeded sample removed from the database.
+        """The study's held-out queries: the val split when there is one, else a seeded sample left out of the rest.
+
+        Only the study (bench, tradeoff, tune, scale, report) and `database="heldout"` use this;
+        search, the API and the server search every row by default.
 
         Searching gallery members for themselves flatters recall (each finds itself at rank 1),
         so queries are never part of the database. The sample is chosen by a seeded hash of each
