@@ -162,11 +162,13 @@ def rows_mismatch(gallery: Gallery, folder: Path, name: str, info: dict[str, Any
     held = info.get("database") or "other"  # indexes saved before lookalike recorded it: the digest tells them apart
     asked = database_label(gallery, database_ids)
     option = f" --database {asked}" if asked in DATABASES else ""
+    again = name if info.get("name") in METHODS else info.get("params", {}).get("factory") or name
+    instead = f", search it with --database {held}" if held in DATABASES else ""
     return (
         f"index {folder} holds {info.get('ntotal')} rows ({HELD_ROWS.get(held, held)}), not the {len(database_ids)}"
         f" rows searched here ({HELD_ROWS[asked]}), so it would hide some images or let queries find themselves;"
-        f" rebuild it with `lookalike index --gallery {gallery.path} --method {name}{option}`, or delete {folder} to"
-        " search an index built on the fly"
+        f" rebuild it with `lookalike index --gallery {gallery.path} --method '{again}'{option}`{instead}, or delete"
+        f" {folder} to search an index built on the fly"
     )
 
 
