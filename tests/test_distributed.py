@@ -225,7 +225,7 @@ def test_worker_plan_leaves_cpu_for_decoding_and_fits_the_gpus():
 
 @pytest.mark.parametrize("method", ["ivf", "IVF4,SQ8", "IVF4,PQ8x4"])
 def test_sharded_ivf_index_equals_the_single_process_build(ray_address, local_gallery, method):
-    ids = local_gallery.partition().database_ids
+    ids = np.arange(local_gallery.count)  # every row, as `lookalike index` indexes by default
     sharded = build_index_ray(local_gallery, method, nlist=4, shard_size=10)
     single = make_method(method, len(ids), local_gallery.dim, nlist=4)
     single.build(database_vectors(local_gallery, ids), ids)
