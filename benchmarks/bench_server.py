@@ -370,7 +370,7 @@ def hostile_rows(server: Server) -> list[list[object]]:
     """Each hostile upload once, sequentially: the server process's CPU time for it (goal: ≤ 1 s each)."""
     import httpx
 
-    from lookalike.data.synthetic import hostile_uploads
+    from lookalike.testing import hostile_uploads
 
     rows = []
     with httpx.Client(base_url=server.url, timeout=120) as client:
@@ -446,7 +446,7 @@ def to_markdown(
         lines += [
             "",
             (
-                "Hostile uploads (issue 10; files from `lookalike.data.synthetic.hostile_uploads`), one at a time to"
+                "Hostile uploads (issue 10; files from `lookalike.testing.hostile_uploads`), one at a time to"
                 " the default server: the server process's CPU time per request (user + system, all threads, /proc;"
                 " clock-tick resolution 10 ms). Goal: at most 1 s each, and the server healthy afterwards."
             ),

@@ -55,7 +55,21 @@ def test_extract_index_search_bench(tiny_collection, tmp_path):
         return [line.split()[-5] for line in text.splitlines() if line.strip()[:1].isdigit()]
 
     assert paths(exact) == paths(ivf_all)
+    # every image is searched by default: the val image finds itself; the study's database leaves it out
+    assert "searched: all 120 images" in exact and paths(exact)[0] == str(query)
+    heldout = run_cli("search", "--gallery", out, "--image", query, "--database", "heldout", "-k", "5").stdout
+    assert "searched: 100 of 120 images: 20 left out" in heldout and str(query) not in paths(heldout)
+    assert (
+        "note: the saved index ivf was not used"
+        in run_cli("search", "--gallery", out, "--image", query, "--method", "ivf", "--database", "heldout").stdout
+    )
 
+    # the study measures on its held-out database: an index saved over it is the one bench uses
+    index = run_cli(
+        "index", "--gallery", out, "--method", "ivf", "--nlist", "8", "--nprobe", "2", "--database", "heldout"
+    )
+    assert "over 100 vectors (100 of 120 images" in index.stdout
+    assert json.loads((out / "indexes" / "ivf" / "method.json").read_text())["database"] == "heldout"
     bench = run_cli("bench", "--gallery", out, "--timing-queries", "10")
     assert "| ivf |" in bench.stdout and "recall@k vs exact" in bench.stdout
     result = json.loads((out / "bench.json").read_text())

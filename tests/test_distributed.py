@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 import pytest
 
-from lookalike.data.synthetic import generate_collection, make_bad_images
+from lookalike.data.synthetic import generate_collection
 from lookalike.distributed import build_index_ray, extract_ray
 from lookalike.distributed.cluster import Resources, plan_workers
 from lookalike.distributed.extract import CRASH_HOOK, ShardWriter
@@ -34,6 +34,7 @@ from lookalike.embed.models import load_model
 from lookalike.errors import GalleryError, LookalikeError, WeightsUnavailableError
 from lookalike.gallery import EMBEDDINGS, METADATA, open_gallery
 from lookalike.search import database_vectors, make_method
+from lookalike.testing import make_bad_images
 
 from .conftest import manifest_json, run_cli, without_measurements
 
@@ -226,7 +227,7 @@ def test_worker_plan_leaves_cpu_for_decoding_and_fits_the_gpus():
 
 @pytest.mark.parametrize("method", ["ivf", "IVF4,SQ8", "IVF4,PQ8x4"])
 def test_sharded_ivf_index_equals_the_single_process_build(ray_address, local_gallery, method):
-    ids = local_gallery.partition().database_ids
+    ids = np.arange(local_gallery.count)  # every row, as `lookalike index` indexes by default
     sharded = build_index_ray(local_gallery, method, nlist=4, shard_size=10)
     single = make_method(method, len(ids), local_gallery.dim, nlist=4)
     single.build(database_vectors(local_gallery, ids), ids)

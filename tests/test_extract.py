@@ -12,11 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from lookalike.data.synthetic import generate_collection, make_bad_images
+from lookalike.data.synthetic import generate_collection
 from lookalike.embed.extract import ExtractConfig, extract
 from lookalike.embed.models import MODELS, load_model
 from lookalike.errors import GalleryError, WeightsUnavailableError
 from lookalike.gallery import open_gallery
+from lookalike.testing import make_bad_images
 
 from .conftest import kill_after_shards, manifest_json, run_cli, without_measurements
 

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from lookalike.data.images import IMAGE_EXTENSIONS, is_image_path, load_rgb, load_rgb_bytes
-from lookalike.data.synthetic import make_bad_images
 from lookalike.errors import BadImageError, LookalikeError
+from lookalike.testing import make_bad_images
 
 
 def _encode(im: Image.Image, fmt: str, **kw) -> bytes:

@@ -7,6 +7,7 @@ refusals through the real CLI, and 8 concurrent clients whose answers must match
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 import socket
@@ -57,11 +58,11 @@ class ThreadedServer:
 
 @pytest.fixture(scope="module")
 def gallery_dir(tiny_gallery, tmp_path_factory) -> Path:
-    """A copy of the session's tiny gallery with one extra saved index (IVF4,Flat)."""
+    """A copy of the session's tiny gallery with one extra saved index (IVF4,Flat) over every row, as served."""
     out = tmp_path_factory.mktemp("served") / "gallery"
     shutil.copytree(tiny_gallery, out)
     gallery = open_gallery(out)
-    ids = gallery.partition().database_ids
+    ids = np.arange(gallery.count)
     method = make_method(SAVED_FACTORY, len(ids), gallery.dim)
     method.build(gallery.embeddings[ids], ids)
     save_method(gallery, method)
@@ -87,7 +88,7 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def query_images(tiny_collection) -> list[Path]:
-    """Held-out val images: not in the searched set, like a user's own photo."""
+    """Val images: the study holds them out, the server searches them like every other image."""
     return sorted((tiny_collection / "val" / "images").glob("*.JPEG"))[:2]
 
 
@@ -172,7 +173,7 @@ def assert_same_ranking(got: list[tuple[str, float]], want: list[tuple[str, floa
 def test_healthz(client, gallery_dir):
     body = ok(client.get("/healthz"))
     assert body["status"] == "ok" and body["count"] == 120 and body["real"] is False
-    assert body["gallery"] == str(gallery_dir)
+    assert body["gallery"] == gallery_dir.name  # the folder's name, not where the server keeps it
     assert body["methods"] == ["brute", "flat", "ivf", SAVED_NAME]
 
 
@@ -185,9 +186,10 @@ def test_gallery_describes_provenance_and_methods(client):
     assert g["uploads"] is True and g["has_labels"] is True
     methods = {m["name"]: m for m in g["methods"]}
     assert methods["brute"]["param_ranges"] == {} and methods["flat"]["factory"] == "Flat"
-    assert methods["ivf"]["param_ranges"] == {"nprobe": [1, 10]}  # round(√100) lists over the 100 train rows
+    assert methods["ivf"]["param_ranges"] == {"nprobe": [1, 11]}  # round(√120) lists over every row
     assert methods[SAVED_NAME]["saved"] is True and methods[SAVED_NAME]["param_ranges"] == {"nprobe": [1, 4]}
-    assert all(m["ntotal"] == 100 and m["k_range"] == [1, 100] for m in methods.values())  # val rows are held out
+    assert all(m["ntotal"] == 120 and m["k_range"] == [1, 100] for m in methods.values())  # every row, max_k 100
+    assert g["database"] == "all 120 images" and g["notes"] == []
     assert g["limits"]["max_upload_bytes"] == UPLOAD_LIMIT
 
 
@@ -245,9 +247,30 @@ def test_search_by_id_uses_the_stored_embedding_and_marks_labels(client, app):
     assert label and all(r["same_label"] == (r["label"] == label) for r in answer["results"])
     assert any(r["same_label"] for r in answer["results"])
 
-    val_id = int(np.flatnonzero(app.state.service.gallery.splits == "val")[0])  # held out: never among the results
+    val_id = int(np.flatnonzero(app.state.service.gallery.splits == "val")[0])  # the study's query: searched here too
     answer = ok(search_id(client, val_id, method="brute", k=100))
-    assert val_id not in [r["id"] for r in answer["results"]] and len(answer["results"]) == 100
+    assert answer["results"][0]["id"] == val_id and len(answer["results"]) == 100
+
+
+def test_database_heldout_leaves_the_studys_queries_out_and_refuses_an_index_over_every_row(gallery_dir):
+    """--database heldout: the study's database; the saved index over every row is not offered, and the page says
+    why."""
+    gallery = open_gallery(gallery_dir)
+    held_out = gallery.partition().query_ids
+    app = create_app(gallery_dir, ServerConfig(database="heldout"))
+    with ThreadedServer(app) as running, httpx.Client(base_url=running.url, timeout=60) as c:
+        info = ok(c.get("/api/gallery"))
+        assert [m["name"] for m in info["methods"]] == ["brute", "flat", "ivf"]
+        assert all(m["ntotal"] == 120 - len(held_out) for m in info["methods"])
+        assert info["database"].startswith(f"{120 - len(held_out)} of 120 images: {len(held_out)} left out")
+        assert len(info["notes"]) == 1 and SAVED_NAME in info["notes"][0] and "--database all" in info["notes"][0]
+        x = np.asarray(gallery.embeddings)
+        for query in held_out[:3].tolist():
+            answer = ok(search_id(c, query, method="brute", k=100))
+            found = [r["id"] for r in answer["results"]]
+            assert not set(held_out.tolist()) & set(found)
+            database = np.setdiff1d(np.arange(120), held_out)
+            assert found == database[np.argsort(-(x[database] @ x[query]), kind="stable")].tolist()[:100]
 
 
 def test_nprobe_applies_to_one_call_only(client):
@@ -560,3 +583,60 @@ def test_path_traversal_never_serves_a_file_outside_the_served_folders(server, g
     response = connection.getresponse()
     assert response.status == 200 and response.read() == (STATIC_DIR / "style.css").read_bytes()
     connection.close()
+
+
+def test_no_answer_shows_where_the_server_keeps_its_files(gallery_dir, tiny_collection, tmp_path):
+    """Every route, answers and errors alike: neither the gallery's nor the collection's absolute folder appears."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    served = tmp_path / "private" / "gallery"
+    shutil.copytree(gallery_dir, served)
+    table = pq.read_table(served / "metadata.parquet")
+    paths = table.column("path").to_pylist()
+    paths[5] = str(tiny_collection / "train" / "gone" / "missing.JPEG")  # a file deleted after extraction
+    paths[6] = str(served / "unreadable.JPEG")  # a file that no longer decodes
+    (served / "unreadable.JPEG").write_bytes(b"not a jpeg at all")
+    pq.write_table(
+        table.set_column(table.column_names.index("path"), "path", pa.array(paths, pa.string())),
+        served / "metadata.parquet",
+    )
+    manifest = json.loads((served / "manifest.json").read_text())
+    manifest["data"]["synthetic"] = False  # so the provenance names the data folder (a real collection's would)
+    (served / "manifest.json").write_text(json.dumps(manifest))
+    private = {str(served), str(served.resolve()), str(tiny_collection), str(tiny_collection.resolve()), str(tmp_path)}
+    app = create_app(served, ServerConfig(max_upload_bytes=UPLOAD_LIMIT))
+    image = sorted((tiny_collection / "val" / "images").glob("*.JPEG"))[0]
+    with ThreadedServer(app) as running, httpx.Client(base_url=running.url, timeout=60) as c:
+        responses = {
+            "healthz": c.get("/healthz"),
+            "gallery": c.get("/api/gallery"),
+            "openapi": c.get("/openapi.json"),
+            "page": c.get("/"),
+            "by id": search_id(c, 3, method="ivf", k=5, compare="exact"),
+            "by upload": upload(c, image, method="flat", k=5),
+            "image": c.get("/api/images/4"),
+            "thumb": c.get("/api/images/4/thumb"),
+            "missing image": c.get("/api/images/5"),
+            "missing thumb": c.get("/api/images/5/thumb"),
+            "unreadable thumb": c.get("/api/images/6/thumb"),
+            "unknown id": search_id(c, 10**6),
+            "unknown image id": c.get("/api/images/999999"),
+            "bad method": search_id(c, 3, method="nope"),
+            "bad k": search_id(c, 3, k=0),
+            "bad upload": c.post("/api/search", files={"image": ("x.jpg", b"junk", "image/jpeg")}),
+            "too large": c.post("/api/search", files={"image": ("x.jpg", b"\xff" * (2 * UPLOAD_LIMIT), "image/jpeg")}),
+            "json": c.post("/api/search", json={"id": 3}),
+            "text on resnet": c.post("/api/search", data={"text": "a red car"}),
+            "no such route": c.get("/api/nothing"),
+            "bad verb": c.delete("/api/gallery"),
+        }
+    assert [name for name, r in responses.items() if r.status_code == 500] == []
+    assert responses["missing image"].status_code == 404 and responses["unreadable thumb"].status_code == 404
+    assert "train/gone/missing.JPEG" in responses["missing image"].json()["error"]  # named relative to the collection
+    for name, response in responses.items():
+        text = response.content.decode("utf-8", "replace") + str(dict(response.headers))
+        assert not [p for p in private if p in text], f"{name} shows a server path: {text[:500]}"
+    assert responses["gallery"].json()["path"] == "gallery"
+    assert responses["gallery"].json()["data"]["root"] == tiny_collection.name
+    assert f"at {tiny_collection.name} ·" in responses["by id"].json()["provenance"]

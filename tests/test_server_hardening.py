@@ -19,11 +19,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from lookalike.data.synthetic import generate_collection, hostile_uploads
+from lookalike.data.synthetic import generate_collection
 from lookalike.embed.extract import ExtractConfig, extract
 from lookalike.gallery.generated import write_generated_gallery
 from lookalike.search import make_method, save_method
 from lookalike.serve import ServerConfig, create_app
+from lookalike.testing import hostile_uploads
 
 from .test_server import ThreadedServer, ok, search_id
 
@@ -99,9 +100,10 @@ def test_upload_pixel_limit_is_explained_and_configurable(full_size_gallery):
 
 @pytest.fixture(scope="module")
 def ivf_gallery(tmp_path_factory) -> Path:
-    """20,000 generated 64-d vectors with saved IVF64 and ivfpq-mmap indexes whose default nprobe is 1."""
+    """20,000 generated 64-d vectors with saved IVF64 and ivfpq-mmap indexes over every row (as served) whose default
+    nprobe is 1."""
     gallery = write_generated_gallery(tmp_path_factory.mktemp("race") / "g", n=20_000, d=64, val=200, n_clusters=64)
-    ids = gallery.partition().database_ids
+    ids = np.arange(gallery.count)
     for name in ("IVF64,Flat", "ivfpq-mmap"):
         method = make_method(name, len(ids), gallery.dim, nlist=64, search_params={"nprobe": 1})
         method.build(gallery.embeddings[ids], ids)

@@ -10,8 +10,9 @@ import pytest
 
 from lookalike.data.datasets import load_collection
 from lookalike.data.images import load_rgb
-from lookalike.data.synthetic import MAX_CLASSES, class_style, generate_collection, make_bad_images
+from lookalike.data.synthetic import MAX_CLASSES, class_style, generate_collection
 from lookalike.errors import DataError
+from lookalike.testing import make_bad_images
 
 SMALL = dict(n_classes=3, train_per_class=4, val_per_class=2, test_count=2, image_size=32)
 

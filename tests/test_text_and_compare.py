@@ -20,6 +20,7 @@ import lookalike
 from lookalike.errors import TextQueryError
 from lookalike.gallery import open_gallery
 from lookalike.search import make_method, save_method
+from lookalike.search.searcher import searcher_for
 from lookalike.serve import ServerConfig, create_app
 from lookalike.study import metrics
 
@@ -31,8 +32,8 @@ TEXT = "a red car"
 
 
 def numpy_top(gallery, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k over the gallery's database rows, by numpy alone."""
-    database = gallery.partition().database_ids
+    """Exact top-k over every gallery row (what search, the API and the server search), by numpy alone."""
+    database = np.arange(gallery.count)
     scores = np.asarray(gallery.embeddings, dtype=np.float32)[database] @ np.asarray(vector, dtype=np.float32).ravel()
     order = np.argsort(-scores, kind="stable")[:k]
     return database[order], scores[order]
@@ -72,7 +73,7 @@ def test_text_search_uses_the_galleries_own_clip_and_matches_numpy(clip_api, cli
 
     g = clip_api
     want = reference_text_vector(clip_reference, TEXT)
-    got = g.searcher.vector(text=TEXT)
+    got = searcher_for(g).vector(text=TEXT)
     assert got.shape == (1, 512) and abs(float(np.linalg.norm(got)) - 1) < 1e-5
     np.testing.assert_allclose(got, want, atol=1e-5)  # the same text tower: same seed, same tokenizer, L2-normalised
     # ... and it is the network whose image tower made the gallery: the reference's image tower reproduces a stored row
@@ -118,7 +119,7 @@ def test_text_on_a_model_without_a_text_tower_names_the_models_that_have_one(tin
     g = lookalike.open_gallery(tiny_gallery)
     with pytest.raises(TextQueryError, match="resnet18, which has no text tower.*extracted with clip"):
         g.search(text=TEXT)
-    assert g.searcher._embedder is None  # refused from the registry, before loading any model
+    assert searcher_for(g)._embedder is None  # refused from the registry, before loading any model
     with pytest.raises(lookalike.LookalikeError, match="not both"):
         g.search(0, text=TEXT)
 
@@ -168,17 +169,19 @@ def test_compare_reports_exactly_what_ivf_missed(tiny_gallery):
 
 def test_compare_counts_misses_among_the_methods_own_rows(tiny_gallery):
     """An index over other rows (e.g. a tuned one) is compared with exact search over those rows, not the gallery's."""
-    from lookalike.study.compare import compare_search, exact_twin
+    from lookalike.search.compare import compare_search, exact_twin
 
     g = lookalike.open_gallery(tiny_gallery)
     rows = g.partition().database_ids[::2]
     half = make_method("flat", len(rows), g.dim)
     half.build(np.asarray(g.embeddings)[rows], rows)
-    exact = exact_twin(g, half, g.searcher.method("brute"))
+    exact = exact_twin(g, half, searcher_for(g).method("brute"))
     query = np.asarray(g.embeddings[int(g.partition().query_ids[0])])[None]
     c = compare_search(g, half, exact, query, 5)
     assert set(exact.ids.tolist()) == set(rows.tolist()) and c.recall == 1.0 and c.missed == ()
-    assert exact_twin(g, g.searcher.method("ivf"), g.searcher.method("brute")) is g.searcher.method("brute")
+    assert exact_twin(g, searcher_for(g).method("ivf"), searcher_for(g).method("brute")) is searcher_for(g).method(
+        "brute"
+    )
 
 
 # --- the server ---
@@ -195,11 +198,12 @@ SAVED = {"hnsw": "HNSW32_Flat", "ivfpq": "IVF4_PQ8x6np_RFlat"}
 
 @pytest.fixture(scope="module")
 def resnet_served(tiny_gallery, tmp_path_factory):
-    """The session's resnet18 gallery with a saved HNSW and IVF-PQ index, served with two compute slots."""
+    """The session's resnet18 gallery with a saved HNSW and IVF-PQ index over every row (as the server searches),
+    served with two compute slots."""
     out = tmp_path_factory.mktemp("served-compare") / "gallery"
     shutil.copytree(tiny_gallery, out)
     gallery = open_gallery(out)
-    ids = gallery.partition().database_ids
+    ids = np.arange(gallery.count)
     for factory in ("HNSW32,Flat", "IVF4,PQ8x6np,RFlat"):
         method = make_method(factory, len(ids), gallery.dim)
         method.build(np.asarray(gallery.embeddings)[ids], ids)

@@ -19,11 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from lookalike import build_index
-from lookalike.data.synthetic import generate_collection, make_bad_images
+from lookalike.data.synthetic import generate_collection
 from lookalike.embed.extract import ExtractConfig, extract
 from lookalike.errors import GalleryError, IndexStaleError
 from lookalike.gallery import ID_MAP, open_gallery
 from lookalike.search import database_vectors, load_method, make_method
+from lookalike.testing import make_bad_images
 
 from .conftest import kill_after_shards, run_cli
 
@@ -154,7 +155,7 @@ def test_saved_indexes_follow_the_update_or_are_refused_as_stale(collection, tmp
         and outcomes["PCA8_Flat"].startswith("stale")
     )
 
-    database = updated.partition().database_ids
+    database = np.arange(updated.count)  # `lookalike index` indexes every row, and an update keeps it so
     queries = np.array(updated.embeddings)
     exact = make_method("flat", len(database), updated.dim)
     exact.build(database_vectors(updated, database), database)
@@ -263,7 +264,8 @@ def test_the_held_out_sample_of_a_collection_without_val_does_not_shift(tmp_path
     out = tmp_path / "g"
     before = extract(_config(folders, out), progress=False)
     queries = {before.paths[i] for i in before.partition().query_ids}
-    build_index(before, "flat")
+    build_index(before, "flat", database="heldout")  # the study's database follows the held-out sample
+    build_index(before, "ivf", nlist=2)  # every row: follows the collection
     donor = generate_collection(tmp_path / "donor", n_classes=3, train_per_class=10, val_per_class=0, seed=9)
     for i, src in enumerate(_images(donor)):
         shutil.copyfile(src, folders / sorted(os.listdir(folders))[i % 3] / f"new_{i}.JPEG")
@@ -279,6 +281,8 @@ def test_the_held_out_sample_of_a_collection_without_val_does_not_shift(tmp_path
     assert load_method(after, "flat", database_ids=after.partition().database_ids).ntotal == len(
         after.partition().database_ids
     )
+    every = load_method(after, "ivf", database_ids=np.arange(after.count))
+    assert sorted(every.ids.tolist()) == list(range(after.count))
 
 
 @pytest.mark.parametrize("backend,precision", [("openvino", "bf16"), ("torch", "bf16")])

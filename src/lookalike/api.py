@@ -74,35 +74,40 @@ def build_index(
     method: str = "ivf",
     *,
     metric: str = "ip",
+    database: str = "all",
     nlist: int | None = None,
     engine: str = "local",
     address: str | None = None,
     **search_params: Any,
 ) -> SearchMethod:
-    """Build `method` over the gallery's database rows and save it in `<gallery>/indexes/`, like `lookalike index`.
+    """Build `method` over the gallery's rows and save it in `<gallery>/indexes/`, like `lookalike index`.
 
-    `search_params` (e.g. nprobe=32) are stored as the index's defaults. Returns the built method.
+    `database="all"` (the default) indexes every row, what `Gallery.search` and the server search;
+    "heldout" indexes the study's database (the held-out queries left out). The index records
+    which it holds, and is never searched as the other. `search_params` (e.g. nprobe=32) are
+    stored as the index's defaults. Returns the built method.
     """
     from .errors import LookalikeError
     from .runtime import configure_faiss
-    from .search import make_method, save_method
+    from .search import database_rows, make_method, save_method
+    from .search.searcher import forget_index
 
     configure_faiss()
     gallery = gallery if isinstance(gallery, Gallery) else open_gallery(gallery)
-    database = gallery.partition().database_ids
+    rows = database_rows(gallery, database)
     if engine == "ray":
         from .distributed import build_index_ray
 
-        built = build_index_ray(gallery, method, metric=metric, nlist=nlist, address=address)
+        built = build_index_ray(gallery, method, metric=metric, nlist=nlist, address=address, database=database)
     elif engine == "local":
         from .search import database_vectors
 
-        built = make_method(method, len(database), gallery.dim, metric, nlist=nlist)
-        built.build(database_vectors(gallery, database), database)
+        built = make_method(method, len(rows), gallery.dim, metric, nlist=nlist)
+        built.build(database_vectors(gallery, rows), rows)
     else:
         raise LookalikeError(f"unknown engine {engine!r}; use local or ray")
     if search_params:
         built.set_params(**search_params)
     save_method(gallery, built)
-    gallery.searcher.forget(built.name, metric)  # the next gallery.search uses the new index
+    forget_index(gallery, built.name, metric)  # the next gallery.search uses the new index
     return built

@@ -29,6 +29,10 @@ class IndexMismatchError(GalleryError):
     """A saved index does not belong to the gallery it is loaded with."""
 
 
+class IndexRowsError(IndexMismatchError):
+    """A saved index belongs to its gallery but holds other rows than the ones searched (see search.storage)."""
+
+
 class TextQueryError(LookalikeError):
     """A text query cannot be searched: empty, too long for the text tower, or the gallery's model has no text tower."""
 

@@ -117,6 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nlist", type=int, default=None, help="IVF lists (default round(√N))")
     p.add_argument("--nprobe", type=int, default=None, help="default nprobe stored with the index")
     opt.metric(p)
+    opt.database(p)
     opt.threads(p)
     _engine_args(p)
     p.set_defaults(func=cmd_index)
@@ -131,6 +132,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     opt.method(p, "brute")
     opt.k(p)
     opt.metric(p)
+    opt.database(p)
     opt.search_params(p)
     p.add_argument(
         "--compare",
@@ -280,16 +282,27 @@ def cmd_index(args: argparse.Namespace) -> int:
     from ..api import build_index
     from ..gallery import open_gallery
     from ..search import method_dir
+    from ..search.storage import describe_database
 
     runtime.set_threads(args.threads)
     gallery = open_gallery(args.gallery)
     params = {"nprobe": args.nprobe} if args.nprobe else {}
     method = build_index(
-        gallery, args.method, metric=args.metric, nlist=args.nlist, engine=args.engine, address=args.address, **params
+        gallery,
+        args.method,
+        metric=args.metric,
+        database=args.database,
+        nlist=args.nlist,
+        engine=args.engine,
+        address=args.address,
+        **params,
     )
     stats = method.build_stats
     print(f"{gallery.provenance()}")
-    print(f"index {method.name}: {method.params()} over {method.ntotal} vectors ({gallery.partition().how})")
+    print(
+        f"index {method.name}: {method.params()} over {method.ntotal} vectors"
+        f" ({describe_database(gallery, args.database)})"
+    )
     print(
         f"  train {stats.train_seconds:.2f} s (on {stats.train_size} vectors), add {stats.add_seconds:.2f} s, memory"
         f" {method.memory_bytes() / 2**20:.2f} MiB"
@@ -301,25 +314,23 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from .. import runtime
     from ..gallery import open_gallery
-    from ..search import METHOD_FILE, method_dir
+    from ..search.searcher import searcher_for
 
     runtime.set_threads(args.threads)
     gallery = open_gallery(args.gallery)
-    searcher = gallery.searcher
+    searcher = searcher_for(gallery, args.database)
     t = time.perf_counter()
     vector = searcher.vector(args.image, args.text)
     embed_ms = 1000 * (time.perf_counter() - t)
-    built_now = args.method != "brute" and not (method_dir(gallery, args.method, args.metric) / METHOD_FILE).is_file()
-    t = time.perf_counter()
-    method = searcher.method(args.method, args.metric)
-    build_ms = 1000 * (time.perf_counter() - t)
+    loaded = searcher.loaded(args.method, args.metric)
+    method, built_now = loaded.method, not loaded.saved and args.method != "brute"
     params = opt.chosen_search_params(args)
     t = time.perf_counter()
     if args.compare:
-        comparison = gallery.compare(vector, args.k, args.method, args.metric, **params)
+        comparison = searcher.compare(vector, args.k, args.method, args.metric, **params)
         hits = list(comparison.hits)
     else:
-        hits = gallery.search(vector, args.k, args.method, args.metric, **params)
+        hits = searcher.search(vector, args.k, args.method, args.metric, **params)
     search_ms = 1000 * (time.perf_counter() - t)
     tag = "" if gallery.is_real else "  ⚠ random weights/generated data"
     print(gallery.provenance())
@@ -330,26 +341,29 @@ def cmd_search(args: argparse.Namespace) -> int:
         f"query: {query}   method: {method.name} {method.params()}   metric: {args.metric}"
         + (f"   this call: {params}" if params else "")
     )
+    print(f"searched: {searcher.describe_database()}")
+    if loaded.note:
+        print(f"note: {loaded.note}")
     print(f"{'rank':>4}  {'score':>8}  {'label':<24}  path")
     marks = comparison.in_exact if args.compare else [None] * len(hits)
     for hit, in_exact in zip(hits, marks):
         print(hit_line(hit, tag, in_exact))
     step = "tokenize+embed text" if args.text is not None else "decode+preprocess+embed"
+    built = (
+        f" (index built now in {1000 * loaded.load_seconds:.0f} ms; save it with `lookalike index"
+        f"{' --database heldout' if args.database == 'heldout' else ''}`)"
+        if built_now
+        else ""
+    )
     if args.compare:
         print(comparison.summary())
         if comparison.missed:
             print(f"missed by {method.name} (in the exact top {args.k}, at their exact rank):")
             for hit in comparison.missed_hits:
                 print(hit_line(hit, tag))
-        print(
-            f"time: {step} {embed_ms:.1f} ms"
-            + (f" (index built now in {build_ms:.0f} ms; save it with `lookalike index`)" if built_now else "")
-        )
+        print(f"time: {step} {embed_ms:.1f} ms{built}")
     else:
-        print(
-            f"time: {step} {embed_ms:.1f} ms, search {search_ms:.2f} ms"
-            + (f" (index built now in {build_ms:.0f} ms; save it with `lookalike index`)" if built_now else "")
-        )
+        print(f"time: {step} {embed_ms:.1f} ms, search {search_ms:.2f} ms{built}")
     return 0
 
 

@@ -8,6 +8,7 @@
 --exact-timing-queries N  the sample that times the exact baselines (brute, flat) in a sweep
 --decode-threads N      local extraction: threads decoding images beside the model
 --actors N              Ray extraction: model actors
+--database all|heldout  the rows search, index and serve use: every image (default) or the study's database
 """
 
 from __future__ import annotations
@@ -92,3 +93,16 @@ def chosen_search_params(args: argparse.Namespace) -> dict[str, int]:
 
 def threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch/FAISS/BLAS threads (default: one per core)")
+
+
+def database(p: argparse.ArgumentParser) -> None:
+    """Which rows a command searches or indexes (see search.storage.DATABASES)."""
+    p.add_argument(
+        "--database",
+        choices=["all", "heldout"],
+        default="all",
+        help=(
+            "rows searched: all (every image, the default) or heldout (the study's database: its held-out queries"
+            " left out)"
+        ),
+    )

@@ -156,9 +156,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise LookalikeError(result.explanation())
     folder = Path(result.saved_to)
     write_tune(result, folder)
+    from ..search.storage import held_rows
+
+    held = held_rows(gallery, args.name, args.metric)  # tuned on the study's database: searched as such
     print(
         f"saved to {folder} (with tune.json and tune.md); search with: lookalike search --gallery {gallery.path}"
-        f" --method {args.name}{' --metric l2' if args.metric == 'l2' else ''} --image IMG  ({threads} threads)"
+        f" --method {args.name}{' --metric l2' if args.metric == 'l2' else ''}"
+        f"{' --database heldout' if held == 'heldout' else ''} --image IMG  ({threads} threads)"
     )
     return 0
 

@@ -8,6 +8,7 @@ import socket
 import sys
 
 from ..errors import LookalikeError
+from . import options as opt
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             " costs CPU in proportion"
         ),
     )
+    opt.database(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -100,6 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_upload_bytes=int(args.max_upload_mb * 2**20),
             threads=args.threads,
             compute_slots=args.compute_slots,
+            database=args.database,
             **({"max_pixels": args.max_pixels} if args.max_pixels is not None else {}),
             # Bound to loopback: answer only to loopback names (DNS rebinding). --allow-remote: any name.
             allowed_hosts=LOOPBACK_HOSTS if is_loopback(args.host) else None,
@@ -112,6 +115,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"  {service.gallery.provenance()}", flush=True)
         for warning in service.warnings():
             print(f"  ⚠ {warning}", flush=True)
+        print(f"  searched: {service.searcher.describe_database()}", flush=True)
+        for note in service.notes:
+            print(f"  note: {note}", flush=True)
         print(f"  methods: {', '.join(service.methods)}; press Ctrl-C to stop", flush=True)
         verbose = getattr(args, "verbose", False)
         server = uvicorn.Server(uvicorn.Config(app, log_level="info" if verbose else "warning", access_log=verbose))

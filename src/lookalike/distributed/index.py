@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import LookalikeError
 from ..gallery import Gallery
 from ..runtime import as_float32_c
-from ..search import FaissIndex, SearchMethod, database_vectors, make_method
+from ..search import FaissIndex, SearchMethod, database_rows, database_vectors, make_method
 from ..search.faiss_index import FAISS_METRICS
 from .cluster import TASK_RETRIES, connected, remote_result
 
@@ -95,10 +95,11 @@ def build_index_ray(
     address: str | None = None,
     *,
     shard_size: int | None = None,
+    database: str = "all",
 ) -> SearchMethod:
-    """Build `method_name` over the gallery's database rows (its held-out queries excluded, as `lookalike index`
-    does)."""
-    database_ids = gallery.partition().database_ids
+    """Build `method_name` over the gallery's rows of `database` ("all", or "heldout": the held-out queries excluded),
+    as `lookalike index` does."""
+    database_ids = database_rows(gallery, database)
     base = make_method(method_name, len(database_ids), gallery.dim, metric, nlist=nlist)
     if type(base) is not FaissIndex:  # brute force has nothing to build; subclasses (ivfpq-mmap) keep extra files
         raise LookalikeError(

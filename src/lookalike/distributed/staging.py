@@ -15,7 +15,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ..errors import GalleryError
-from ..gallery import atomic_write_bytes, json_text
+from ..fileio import atomic_write_bytes, json_text
 
 JOB_FILE = "job.json"  # identity of the extraction the shards in a staging URL belong to
 

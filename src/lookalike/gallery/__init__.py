@@ -1,9 +1,10 @@
 """The gallery: one folder per (collection, model) of embeddings, metadata and a manifest.
 
-`store` reads and writes that folder; `generated` writes galleries of generated vectors for
-the experiments at sizes no image collection here reaches.
+`store` reads and writes that folder (its atomic writes live in `lookalike.fileio`, re-exported here);
+`generated` writes galleries of generated vectors for the experiments at sizes no image collection here reaches.
 """
 
+from ..fileio import atomic_save_npy, atomic_write_bytes, atomic_write_json, atomic_write_parquet, json_text
 from .manifest import SCHEMA_VERSION, DataInfo, Manifest, ModelInfo, UpdateInfo, Weights
 from .store import (
     CACHE,
@@ -20,15 +21,10 @@ from .store import (
     Gallery,
     Partition,
     Rows,
-    atomic_save_npy,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_parquet,
     clear_gallery,
     embeddings_digest,
     install_gallery,
     is_real,
-    json_text,
     open_gallery,
     provenance_line,
     records_digest,

@@ -32,14 +32,17 @@ class Weights:
     def is_trained(self) -> bool:
         return self.kind in ("pretrained", "file")
 
-    def label(self) -> str:
-        """The one description of weights used by every output (CLI, report, server, tables)."""
+    def label(self, names_only: bool = False) -> str:
+        """The one description of weights used by every output (CLI, report, server, tables).
+
+        `names_only` names a weights file by its file name alone: the server never shows where it keeps its files."""
         if self.kind == "random":
             return f"RANDOM weights (seed {self.seed}) — not a trained model, rankings carry no learned meaning"
         if self.kind == "none":
             return "NO MODEL (no model — the embeddings were generated, not extracted from images)"
         if self.kind == "file":
-            return f"weights from file {self.source} (sha256 {self.sha256[:12] if self.sha256 else '?'})"
+            source = Path(self.source).name if names_only else self.source
+            return f"weights from file {source} (sha256 {self.sha256[:12] if self.sha256 else '?'})"
         return f"pretrained weights ({self.source})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,12 +154,17 @@ class DataInfo:
     summary: str | None = None  # one line naming real and SYNTHETIC row ranges (galleries written from arrays)
     extra: dict[str, Any] = field(default_factory=dict)  # everything else recorded (segments, counts, notes)
 
-    def describe(self) -> str:
+    def describe(self, names_only: bool = False) -> str:
+        """One phrase naming the data; `names_only` names the collection folder by its last component."""
         if self.summary:
             return self.summary
         if self.synthetic:
             return f"GENERATED data ({self.kind} images drawn by lookalike.data.synthetic, not real photos)"
-        return f"data: {self.kind} at {self.root}"
+        return f"data: {self.kind} at {self.shown_root() if names_only else self.root}"
+
+    def shown_root(self) -> str | None:
+        """The collection folder's (or list file's) name without where it lies: what the server may show."""
+        return Path(self.root).name or self.root if self.root else self.root
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "extra"}
@@ -233,11 +241,12 @@ class Manifest:
         """True only for trained weights on real images: anything else must be labelled wherever it is shown."""
         return self.weights.is_trained and not self.data.synthetic
 
-    def describe(self) -> str:
-        """One line naming model, weights and data, printed beside every result."""
+    def describe(self, names_only: bool = False) -> str:
+        """One line naming model, weights and data, printed beside every result; `names_only` for the server (folders
+        by their names, not where they lie)."""
         return (
-            f"{self.model.name} ({self.model.dim}-d) · {self.weights.label()} · {self.data.describe()} · {self.count}"
-            " images"
+            f"{self.model.name} ({self.model.dim}-d) · {self.weights.label(names_only)} ·"
+            f" {self.data.describe(names_only)} · {self.count} images"
         )
 
     def warnings(self) -> list[str]:

@@ -14,11 +14,8 @@ Layout (see README "What each output file holds"):
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,11 +28,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import GalleryError
+from ..fileio import atomic_save_npy, atomic_write_json, atomic_write_parquet
 from .manifest import DataInfo, Manifest, ModelInfo, UpdateInfo
 
 if TYPE_CHECKING:
-    from ..search.searcher import Hit, Query, Searcher
-    from ..study.compare import Comparison
+    from ..search.compare import Comparison
+    from ..search.hits import Hit, Query
 
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
@@ -57,80 +55,6 @@ FILE_SIZE, FILE_MTIME = ("size", "mtime_ns")
 ID_MAP = "id_map.npy"
 HELD_OUT_FRACTION = 0.1  # of a collection without a val split, by path hash (see Gallery.partition)
 MAX_HELD_OUT_QUERIES = 1000
-
-
-# --- atomic writes: a reader (or a crash) never sees a half-written file under a final name ---
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic(path, lambda tmp: tmp.write_bytes(data))
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json_text(obj).encode())
-
-
-def json_text(obj: Any, indent: int | None = 2, sort_keys: bool = False) -> str:
-    """Strict JSON for every file we write: NaN and ±inf become null (json.dumps would write bare NaN, which no JSON
-    parser accepts)."""
-    return json.dumps(_json_safe(obj), indent=indent, sort_keys=sort_keys, default=str, allow_nan=False) + "\n"
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, dict):
-        return {key: _json_safe(value) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(value) for value in obj]
-    return obj
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-
-    _atomic(path, write)
-
-
-def atomic_write_parquet(path: Path, table: pa.Table) -> None:
-    _atomic(path, lambda tmp: pq.write_table(table, tmp))
-
-
-def _atomic(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a gallery file gets the mode any normal write would
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux allows (os.umask both sets and gets)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 # --- reading ---
@@ -200,16 +124,11 @@ class Gallery:
     def row(self, gallery_id: int) -> dict:
         return {k: v[0] for k, v in self.metadata.slice(int(gallery_id), 1).to_pydict().items()}
 
-    def provenance(self) -> str:
-        return self.manifest.describe()
+    def provenance(self, names_only: bool = False) -> str:
+        """Model, weights and data in one line; `names_only` names folders without where they lie (the server)."""
+        return self.manifest.describe(names_only)
 
-    @cached_property
-    def searcher(self) -> Searcher:
-        """The query model and search methods of this gallery, loaded on first use and kept."""
-        from ..search.searcher import Searcher
-
-        return Searcher(self)
-
+    # -- front doors: thin, stateless calls into lookalike.search, imported when first used (see docs/api.md) --
     def search(
         self,
         query: Query | None = None,
@@ -218,16 +137,22 @@ class Gallery:
         metric: str = "ip",
         *,
         text: str | None = None,
+        database: str = "all",
         **params: Any,
     ) -> list[Hit]:
-        """The k nearest images to `query` — an image path, a PIL image, a (d,) vector or a gallery id — or to `text`.
+        """The k nearest images to `query` — an image path, image bytes, a PIL image, a (d,) vector or a gallery id — or
+        to `text`.
 
         `text` ("a red car") needs a model with a text tower (CLIP): it is embedded by the text tower
         of the very model that embedded the gallery. `method` is a named method or a saved index
         ("flat", "ivf", "hnsw", …); `params` such as nprobe=16 or efSearch=128 apply to this call
-        only. Searches the gallery's database rows (see `partition`): the held-out query rows are never in it.
+        only. `database="all"` (the default) searches every row; "heldout" searches the study's
+        database, without the held-out queries of `partition`. The query model and the methods are
+        loaded once and kept (`lookalike.search.searcher.searcher_for`).
         """
-        return self.searcher.search(query, k, method, metric, text=text, **params)
+        from ..search.searcher import searcher_for
+
+        return searcher_for(self, database).search(query, k, method, metric, text=text, **params)
 
     def compare(
         self,
@@ -237,20 +162,24 @@ class Gallery:
         metric: str = "ip",
         *,
         text: str | None = None,
+        database: str = "all",
         **params: Any,
     ) -> Comparison:
         """Search like `search` with `method`, and with exact search over the same rows: what the method missed for this
         query.
 
-        Returns a `lookalike.study.compare.Comparison`: both result lists, recall@k, the missed ids and each search's
+        Returns a `lookalike.search.compare.Comparison`: both result lists, recall@k, the missed ids and each search's
         ms.
         """
-        from ..study.compare import compare
+        from ..search.searcher import searcher_for
 
-        return compare(self, query, k, method, metric, text=text, **params)
+        return searcher_for(self, database).compare(query, k, method, metric, text=text, **params)
 
     def partition(self, max_queries: int = MAX_HELD_OUT_QUERIES, seed: int = 0) -> Partition:
-        """Held-out queries: the val split when there is one, else a seeded sample removed from the database.
+        """The study's held-out queries: the val split when there is one, else a seeded sample left out of the rest.
+
+        Only the study (bench, tradeoff, tune, scale, report) and `database="heldout"` use this;
+        search, the API and the server search every row by default.
 
         Searching gallery members for themselves flatters recall (each finds itself at rank 1),
         so queries are never part of the database. The sample is chosen by a seeded hash of each

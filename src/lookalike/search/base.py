@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import LookalikeError
-from ..gallery import atomic_save_npy, atomic_write_json
+from ..fileio import atomic_save_npy, atomic_write_json
 from ..runtime import as_float32_c
 
 METRICS = ("ip", "l2")

@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 
 from ..errors import LookalikeError
-from ..gallery import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 from ..runtime import as_float32_c
 from .base import BuildStats, SearchMethod
 from .registry import PARAMS, params_of

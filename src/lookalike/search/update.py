@@ -2,8 +2,9 @@
 
 `lookalike extract` updating a gallery writes the new gallery aside (embed.incremental) and calls
 `stage_indexes` to write an updated copy of each saved index next to it, before anything is moved
-in. For each index, rows whose file went, changed or became a held-out query are dropped and the
-new database rows are added:
+in. Each index keeps holding the rows it recorded (`database` in method.json: every row, or the
+study's held-out database): rows whose file went or changed (or, in the held-out database, that
+became a held-out query) are dropped and the new rows of its database are added:
 
     brute, exact-lowp, flat, sq8/sqfp16   in place (their rows are the gallery's, or flat codes)
     IVF families (ivf, IVF…,PQ…, ivfpq-mmap)   in place: `remove_ids`, then `add`; the coarse quantiser
@@ -25,10 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GalleryError
-from ..gallery import INDEXES, Gallery, Partition, atomic_write_json
+from ..fileio import atomic_write_json
+from ..gallery import INDEXES, Gallery, Partition
 from ..runtime import as_float32_c
-from . import METHOD_CLASSES, database_digest, database_vectors, save_method, saved_methods
 from .base import IDS_FILE, METHOD_FILE
+from .factory import METHOD_CLASSES
+from .storage import database_digest, database_vectors, save_method, saved_methods
 
 
 def stage_indexes(old: Gallery, new: Gallery) -> tuple[dict[str, str], str]:
@@ -37,14 +40,15 @@ def stage_indexes(old: Gallery, new: Gallery) -> tuple[dict[str, str], str]:
     id_map = np.load(new.path / new.manifest.update.id_map)
     try:
         before, after = old.partition(), new.partition()
-    except GalleryError as exc:
-        return {name: f"stale: {exc}" for name in saved_methods(old)}, str(exc)
-    held_out = held_out_note(before, after, id_map)
+        held_out = held_out_note(before, after, id_map)
+    except GalleryError as exc:  # too few rows to hold any out: only the indexes over every row can follow
+        before = after = None
+        held_out = str(exc)
     outcomes = {}
     for name in saved_methods(old):
         started = time.perf_counter()
         try:
-            outcome = _stage_one(old, new, name, id_map, before, after)
+            outcome = _stage_one(old, new, name, id_map, before, after, held_out)
         except Exception as exc:  # noqa: BLE001 - an index that cannot follow is marked stale, the update itself goes on
             outcome = f"stale: updating it failed ({type(exc).__name__}: {exc})"
         outcomes[name] = (
@@ -53,7 +57,26 @@ def stage_indexes(old: Gallery, new: Gallery) -> tuple[dict[str, str], str]:
     return outcomes, held_out
 
 
-def _stage_one(old: Gallery, new: Gallery, name: str, id_map: np.ndarray, before: Partition, after: Partition) -> str:
+def _rows_held(
+    old: Gallery, new: Gallery, held: str, before: Partition | None, after: Partition | None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The rows an index of database `held` holds before the update and should hold after it; None when unknown."""
+    if held == "all":
+        return np.arange(old.count, dtype=np.int64), np.arange(new.count, dtype=np.int64)
+    if held == "heldout" and before is not None and after is not None:
+        return before.database_ids, after.database_ids
+    return None
+
+
+def _stage_one(
+    old: Gallery,
+    new: Gallery,
+    name: str,
+    id_map: np.ndarray,
+    before: Partition | None,
+    after: Partition | None,
+    held_out: str,
+) -> str:
     folder = old.path / INDEXES / name
     info = json.loads((folder / METHOD_FILE).read_text())
     if info.get("stale"):
@@ -61,11 +84,16 @@ def _stage_one(old: Gallery, new: Gallery, name: str, id_map: np.ndarray, before
     if info.get("gallery_fingerprint") != old.fingerprint:
         return "stale: it was built for another version of the gallery before this update"
     old_ids = np.load(folder / IDS_FILE)
-    if info.get("database_digest") != database_digest(before.database_ids):
+    held = info.get("database", "heldout")  # indexes saved before lookalike recorded it held the held-out database
+    rows = _rows_held(old, new, held, before, after)
+    if held == "heldout" and rows is None:
+        return f"stale: {held_out}"
+    if rows is None or info.get("database_digest") != database_digest(rows[0]):
         return "stale: it holds another held-out sample's database rows (built with --queries or a seed of its own)"
+    database = rows[1]
     mapped = id_map[old_ids]
-    keep = (mapped >= 0) & np.isin(mapped, after.database_ids)
-    added = np.setdiff1d(after.database_ids, mapped[keep])
+    keep = (mapped >= 0) & np.isin(mapped, database)
+    added = np.setdiff1d(database, mapped[keep])
     method = METHOD_CLASSES[info["kind"]].load(folder, old.embeddings)
     if method.apply_update(
         keep, as_float32_c(np.asarray(new.embeddings[added])) if len(added) else np.zeros((0, new.dim), np.float32)
@@ -80,7 +108,7 @@ def _stage_one(old: Gallery, new: Gallery, name: str, id_map: np.ndarray, before
                     "  ", " "
                 )
             )
-        rebuilt.build(database_vectors(new, after.database_ids), after.database_ids)
+        rebuilt.build(database_vectors(new, database), database)
         method = rebuilt
         outcome = f"rebuilt ({int((~keep).sum())} rows removed)"
     save_method(new, method)

@@ -217,7 +217,7 @@ def _new_app(service: SearchService) -> FastAPI:
         version=_version(),
         summary="Image similarity search over one gallery.",
         description=(
-            f"Serving `{service.gallery.path}`: {service.gallery.provenance()}.\n\n"
+            f"Serving `{service.gallery.path.name}`: {service.provenance()}.\n\n"
             "Every error is a JSON `ErrorBody` with a 4xx status. The interactive /docs page is disabled "
             "because it loads Swagger UI from a CDN; read this document, or open it in any OpenAPI viewer."
         ),
@@ -239,16 +239,16 @@ def _add_error_handlers(app: FastAPI, service: SearchService) -> None:
 
     @app.exception_handler(RequestError)
     async def on_request_error(request: Request, exc: RequestError) -> JSONResponse:
-        return _error(exc.status, str(exc), exc.field)
+        return _error(exc.status, service.hide_paths(str(exc)), exc.field)
 
     @app.exception_handler(BadImageError)
     async def on_bad_image(request: Request, exc: BadImageError) -> JSONResponse:
-        reason = str(exc).removesuffix("; remove or replace the file")
+        reason = service.hide_paths(str(exc).removesuffix("; remove or replace the file"))
         return _error(400, f"{reason}; {UPLOAD_EXTENSIONS_HINT}", "image")
 
     @app.exception_handler(LookalikeError)
     async def on_lookalike_error(request: Request, exc: LookalikeError) -> JSONResponse:
-        return _error(400, str(exc))
+        return _error(400, service.hide_paths(str(exc)))
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -468,7 +468,7 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
     async def healthz() -> Health:
         return Health(
             status="ok",
-            gallery=str(service.gallery.path),
+            gallery=service.gallery.path.name,
             count=service.gallery.count,
             methods=list(service.methods),
             real=info.real,

@@ -31,14 +31,13 @@ from PIL import Image
 from .. import runtime
 from ..data.images import load_rgb, load_rgb_bytes
 from ..data.webdataset import find_member, is_member_path, read_member
-from ..embed.models import MODELS
-from ..embed.query import QueryEmbedder
-from ..embed.text import no_text_message
-from ..errors import BadImageError, LookalikeError, TextQueryError
+from ..errors import BadImageError, IndexRowsError, LookalikeError, TextQueryError
 from ..gallery import Gallery, open_gallery
 from ..gallery.generated import has_image_file
-from ..search import SearchMethod, get_method, load_method, saved_methods
-from ..study.compare import EXACT_METHOD, compare_search, exact_twin
+from ..search import SearchMethod, saved_methods
+from ..search.compare import EXACT_METHOD, Comparison, compare_search
+from ..search.searcher import LoadedMethod, Searcher
+from ..search.storage import HELD_ROWS, held_rows
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +66,7 @@ class ServerConfig:
     # Host header names accepted (any port); None accepts any. A server bound to loopback must refuse
     # other names, or a web page on another site could reach it through DNS rebinding.
     allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS
+    database: str = "all"  # rows searched: every image, or "heldout" (the study's database; see search.storage)
 
 
 class RequestError(LookalikeError):
@@ -93,29 +93,24 @@ class TooLarge(RequestError):
     status = 413
 
 
-@dataclass(frozen=True)
-class MethodEntry:
-    name: str
-    method: SearchMethod
-    saved: bool  # loaded from <gallery>/indexes/ (False: built at start)
-    load_seconds: float
-
-    def describe(self, max_k: int) -> dict[str, Any]:
-        params = {k: v for k, v in self.method.params().items() if not isinstance(v, (dict, list))}
-        return {
-            "name": self.name,
-            "kind": self.method.kind,
-            "factory": params.get("factory"),
-            "metric": self.method.metric,
-            "higher_is_better": self.method.metric == "ip",
-            "ntotal": self.method.ntotal,
-            "saved": self.saved,
-            "params": params,
-            "param_ranges": {k: list(v) for k, v in self.method.search_param_ranges().items()},
-            "k_range": [1, min(max_k, self.method.ntotal)],
-            "memory_bytes": self.method.memory_bytes(),
-            "load_seconds": round(self.load_seconds, 3),
-        }
+def describe_method(entry: LoadedMethod, max_k: int) -> dict[str, Any]:
+    """A method as GET /api/gallery lists it: kind, parameters and their ranges, size, and whether it was saved."""
+    method = entry.method
+    params = {k: v for k, v in method.params().items() if not isinstance(v, (dict, list))}
+    return {
+        "name": entry.name,
+        "kind": method.kind,
+        "factory": params.get("factory"),
+        "metric": method.metric,
+        "higher_is_better": method.metric == "ip",
+        "ntotal": method.ntotal,
+        "saved": entry.saved,
+        "params": params,
+        "param_ranges": {k: list(v) for k, v in method.search_param_ranges().items()},
+        "k_range": [1, min(max_k, method.ntotal)],
+        "memory_bytes": method.memory_bytes(),
+        "load_seconds": round(entry.load_seconds, 3),
+    }
 
 
 @dataclass(frozen=True)
@@ -123,7 +118,7 @@ class SearchPlan:
     """A validated request: which method, how many results, which per-call parameters, and whether to compare with exact
     search."""
 
-    entry: MethodEntry
+    entry: LoadedMethod
     k: int
     params: dict[str, int] = field(default_factory=dict)
     exact: SearchMethod | None = None  # set when the request asked compare=exact: exact search over the entry's rows
@@ -161,26 +156,26 @@ class ThumbnailCache:
 
 
 class SearchService:
-    """One gallery with its query model and search methods, loaded once and shared by every request."""
+    """One gallery's `Searcher` (query model and search methods), loaded once and shared by every request.
+
+    Every query form goes through the searcher, as the CLI's and the API's do; this class adds
+    what HTTP needs: checks that raise `RequestError`s with a status, the methods offered, timings,
+    thumbnails, and rows as the API shows them (never a path of the server's filesystem).
+    """
 
     def __init__(
-        self,
-        gallery: Gallery,
-        config: ServerConfig,
-        embedder: QueryEmbedder | None,
-        methods: dict[str, MethodEntry],
-        database_how: str,
+        self, searcher: Searcher, config: ServerConfig, methods: dict[str, LoadedMethod], notes: list[str] | None = None
     ):
-        self.gallery = gallery
+        self.searcher = searcher
+        self.gallery = searcher.gallery
         self.config = config
-        self.embedder = embedder
         self.methods = methods
+        self.notes = list(notes or [])  # saved indexes not offered, and why
         # The exact search each method is compared with: the shared brute force when it holds the same rows
         # (every built method does), else brute force over that saved index's own rows, built once here.
-        exact = methods[EXACT_METHOD].method
-        self.exact = {name: exact_twin(gallery, entry.method, exact) for name, entry in methods.items()}
-        self.database_how = database_how
+        self.exact = {name: searcher.exact(entry.method) for name, entry in methods.items()}
         self.thumbs = ThumbnailCache(config.thumb_cache_entries)
+        gallery = self.gallery
         metadata = gallery.metadata
         self._paths: list[str] = metadata.column("path").to_pylist()
         self._labels: list[str | None] = metadata.column("label").to_pylist()
@@ -188,8 +183,14 @@ class SearchService:
         self._splits: list[str | None] = metadata.column("split").to_pylist()
         data = gallery.manifest.data
         self._shown_paths = [shown_path(p, data.root, data.kind == "list") for p in self._paths]
+        self._hidden = private_paths(gallery)
         self.threads = config.threads or runtime.default_threads()
         self.job_threads: dict[str, int] = {}  # thread counts in force inside a compute job (set by load)
+
+    @property
+    def embedder(self):
+        """The gallery's query model (embed.query.QueryEmbedder), None for generated embeddings."""
+        return None if self.searcher.no_model() else self.searcher.embedder
 
     # -- start-up --
     @classmethod
@@ -197,24 +198,34 @@ class SearchService:
         """Open and validate the gallery, rebuild its model, load or build every method, warm them up.
 
         Any missing or inconsistent file raises GalleryError here, so a broken gallery stops
-        the server at start rather than failing request by request.
+        the server at start rather than failing request by request. A saved index over other rows
+        than the server searches (see ServerConfig.database) is not offered, and `notes` says why.
         """
         config = config or ServerConfig()
         threads = runtime.set_threads(config.threads)
         gallery = open_gallery(gallery_dir)
+        searcher = Searcher(gallery, database=config.database, threads=threads)
         # A gallery whose embeddings were generated (no model) can still be searched by gallery id.
-        embedder = QueryEmbedder(gallery, threads=threads) if gallery.model in MODELS else None
-        partition = gallery.partition()
-        methods: dict[str, MethodEntry] = {}
-        for name in BUILT_METHODS:
-            t = time.perf_counter()
-            method, built = get_method(gallery, name, config.metric, database_ids=partition.database_ids)
-            methods[name] = MethodEntry(name, method, not built, time.perf_counter() - t)
+        if searcher.no_model() is None:
+            searcher.embedder  # noqa: B018 - load the model now: a broken one stops the server here
+        methods = {name: searcher.loaded(name, config.metric) for name in BUILT_METHODS}
+        notes = [entry.note for entry in methods.values() if entry.note]
         for name in saved_methods(gallery):
-            if name not in methods:
-                t = time.perf_counter()
-                methods[name] = MethodEntry(name, load_method(gallery, name), True, time.perf_counter() - t)
-        service = cls(gallery, config, embedder, methods, partition.how)
+            if name in methods:
+                continue
+            try:
+                methods[name] = searcher.loaded(name, build=False)
+            except IndexRowsError:
+                held = held_rows(gallery, name) or "other"
+                notes.append(
+                    f"the saved index {name} is not offered: it holds {HELD_ROWS.get(held, held)}, not"
+                    f" {searcher.describe_database()}; rebuild it with `lookalike index --method {name} --database"
+                    f" {config.database}`"
+                    + (f", or serve with --database {held}" if held in ("all", "heldout") else "")
+                )
+        for note in notes:
+            log.warning("%s", note)
+        service = cls(searcher, config, methods, notes)
         with ThreadPoolExecutor(
             1
         ) as pool:  # a fresh thread, as the server's workers are: what it reports is what requests get
@@ -232,9 +243,9 @@ class SearchService:
         """One dummy query through the model and every method, so the first user does not pay for lazy set-up."""
         if self.embedder is not None:
             size = self.embedder.embedder.preprocess.image_size
-            vector, _ = self.embedder.embed_image(Image.new("RGB", (size, size), (128, 128, 128)))
-            if self.embedder.text is not None:
-                self.embedder.embed_text("a photo")
+            vector, _ = self.searcher.embed(Image.new("RGB", (size, size), (128, 128, 128)))
+            if self.no_text() is None:
+                self.searcher.embed(text="a photo")
         else:
             vector = np.array(self.gallery.embeddings[:1], dtype=np.float32)
         for name, entry in self.methods.items():
@@ -278,58 +289,54 @@ class SearchService:
 
     def no_text(self) -> str | None:
         """Why this gallery cannot be searched by text (its model has no text tower), or None when it can."""
-        if self.embedder is None:
-            return no_text_message(self.gallery.model)
-        return None if self.embedder.text is not None else self.embedder.no_text
+        return self.searcher.no_text()
 
     def check_text(self, text: str) -> None:
         """A text query this gallery can answer: its model has a text tower, and the text is neither empty nor over its
         context."""
-        if self.no_text() is not None:
-            raise Invalid(str(self.no_text()), "text")
         try:
-            self.embedder.check_text(text)
+            self.searcher.check_text(text)
         except TextQueryError as exc:
             raise Invalid(str(exc), "text") from None
 
     def check_uploads(self) -> None:
-        if self.embedder is None:
-            raise Invalid(
-                f"this gallery's embeddings were generated without a model ({self.gallery.model}), so an upload cannot"
-                " be embedded like them; query by gallery id instead",
-                "image",
-            )
+        reason = self.searcher.no_model()
+        if reason is not None:
+            raise Invalid(reason, "image")
 
     def check_id(self, gallery_id: int, field_name: str = "id") -> int:
-        if not 0 <= gallery_id < self.gallery.count:
-            raise NotFound(
-                f"no gallery image with id {gallery_id}; ids run from 0 to {self.gallery.count - 1}", field_name
-            )
-        return gallery_id
+        try:
+            return self.searcher.check_id(gallery_id)
+        except LookalikeError as exc:
+            raise NotFound(str(exc), field_name) from None
 
     # -- compute jobs (run in a worker thread behind the compute limiter) --
     def search_upload(self, data: bytes, plan: SearchPlan) -> dict[str, Any]:
         self.check_uploads()
         if len(data) > self.config.max_upload_bytes:
             raise TooLarge(self.too_large_message(len(data)), "image")
-        vector, timings = self.embedder.embed_bytes(data, self.config.max_pixels)
+        vector, timings = self.searcher.embed(data, max_pixels=self.config.max_pixels)
         return {**self._search(vector, plan), "decode_ms": timings.decode_ms, "embed_ms": timings.embed_ms}
 
     def search_id(self, gallery_id: int, plan: SearchPlan) -> dict[str, Any]:
         """Search with the stored embedding of a gallery image: no decoding, no forward pass."""
-        # a copy: torch warns on read-only memmaps
-        vector = np.array(self.gallery.embeddings[gallery_id : gallery_id + 1], dtype=np.float32)
+        vector, _ = self.searcher.embed(self.check_id(gallery_id))
         return {**self._search(vector, plan), "decode_ms": None, "embed_ms": None}
 
     def search_text(self, text: str, plan: SearchPlan) -> dict[str, Any]:
         """Search with the text tower's embedding of `text` (checked by check_text); `decode_ms` is the tokenizing."""
-        vector, timings = self.embedder.embed_text(text)
+        try:
+            vector, timings = self.searcher.embed(text=text)
+        except TextQueryError as exc:
+            raise Invalid(str(exc), "text") from None
         return {**self._search(vector, plan), "decode_ms": timings.decode_ms, "embed_ms": timings.embed_ms}
 
     def _search(self, vector: np.ndarray, plan: SearchPlan) -> dict[str, Any]:
-        """hits as (id, score) pairs and search_ms; with plan.exact also `compare` (study.compare.Comparison)."""
+        """hits as (id, score) pairs and search_ms; with plan.exact also `compare` (search.compare.Comparison)."""
         if plan.exact is not None:
-            comparison = compare_search(self.gallery, plan.entry.method, plan.exact, vector, plan.k, plan.params)
+            comparison: Comparison = compare_search(
+                self.gallery, plan.entry.method, plan.exact, vector, plan.k, plan.params
+            )
             return {
                 "hits": [(h.id, h.score) for h in comparison.hits],
                 "search_ms": comparison.method_ms,
@@ -357,7 +364,7 @@ class SearchService:
                 else load_rgb(self.image_path(gallery_id), max_pixels=self.config.max_pixels)
             )
         except BadImageError as exc:
-            raise NotFound(f"the image of gallery id {gallery_id} cannot be read ({exc})") from exc
+            raise NotFound(self.hide_paths(f"the image of gallery id {gallery_id} cannot be read ({exc})")) from exc
         image.thumbnail((self.config.thumb_px, self.config.thumb_px))
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=85)
@@ -376,7 +383,8 @@ class SearchService:
             return read_member(recorded), mimetypes.guess_type(member.name)[0] or "application/octet-stream"
         except OSError as exc:
             raise NotFound(
-                f"the image of gallery id {gallery_id} cannot be read from its tar shard ({exc}); the shard was moved,"
+                f"the image of gallery id {gallery_id} cannot be read from its tar shard"
+                f" ({self._shown_paths[gallery_id]}: {exc.strerror or type(exc).__name__}); the shard was moved,"
                 " rewritten or deleted after extraction"
             ) from exc
 
@@ -387,12 +395,12 @@ class SearchService:
         if not path.is_file():
             if not has_image_file(recorded):
                 raise NotFound(
-                    f"gallery id {gallery_id} has no image: its embedding was written from an array ({recorded}), not"
-                    " extracted from a file"
+                    f"gallery id {gallery_id} has no image: its embedding was written from an array"
+                    f" ({self._shown_paths[gallery_id]}), not extracted from a file"
                 )
             raise NotFound(
-                f"the image file of gallery id {gallery_id} is missing at {path}; the collection was moved or deleted"
-                " after extraction"
+                f"the image file of gallery id {gallery_id} is missing ({self._shown_paths[gallery_id]}); the"
+                " collection was moved or deleted after extraction"
             )
         return path
 
@@ -425,14 +433,27 @@ class SearchService:
         return self.gallery.is_real
 
     def warnings(self) -> list[str]:
-        return self.gallery.manifest.warnings()
+        return [self.hide_paths(warning) for warning in self.gallery.manifest.warnings()]
+
+    def provenance(self) -> str:
+        """The gallery's provenance line as answers show it: folders by their names, never where they lie."""
+        return self.hide_paths(self.gallery.provenance(names_only=True))
+
+    def hide_paths(self, text: str) -> str:
+        """`text` with the server's own folders (the gallery's, the collection's) replaced by their names.
+
+        Answers are built from names in the first place; this catches what a message from a lower
+        layer (an OSError, a decoder) may still carry."""
+        for private, shown in self._hidden:
+            text = text.replace(private, shown)
+        return text
 
     def info(self) -> dict[str, Any]:
         """The manifest summary behind GET /api/gallery and the page's provenance panel."""
         m = self.gallery.manifest
         model, data = m.model, m.data
         return {
-            "path": str(self.gallery.path),
+            "path": self.gallery.path.name,
             "model": model.name,
             "arch": model.arch,
             "dim": self.gallery.dim,
@@ -440,26 +461,30 @@ class SearchService:
             "image_size": model.image_size,
             "precision": model.precision_name,
             "backend": model.backend_name,
-            "weights": model.weights.to_dict(),
+            "weights": {
+                **model.weights.to_dict(),
+                "source": Path(model.weights.source).name if model.weights.kind == "file" else model.weights.source,
+            },
             "data": {
                 "kind": data.kind,
-                "root": data.root,
+                "root": data.shown_root(),
                 "synthetic": data.synthetic,
                 "splits": data.splits,
                 "note": (data.generator or {}).get("note") or data.extra.get("note"),
             },
             "real": self.real,
-            "provenance": self.gallery.provenance(),
+            "provenance": self.provenance(),
             "warnings": self.warnings(),
             "fingerprint": self.gallery.fingerprint,
             "created": m.created,
-            "database": self.database_how,
+            "database": self.searcher.describe_database(),
+            "notes": [self.hide_paths(note) for note in self.notes],
             "has_labels": any(label for label in self._labels),
             "uploads": self.embedder is not None,
             "text": self.no_text() is None,
             "text_note": self.no_text(),
             "exact_method": EXACT_METHOD,
-            "methods": [entry.describe(self.config.max_k) for entry in self.methods.values()],
+            "methods": [describe_method(entry, self.config.max_k) for entry in self.methods.values()],
             "limits": {
                 "max_k": self.config.max_k,
                 "max_upload_bytes": self.config.max_upload_bytes,
@@ -493,3 +518,19 @@ def shown_path(path: str, root: str | None, root_is_list_file: bool = False) -> 
         except ValueError:
             pass
     return Path(path).name
+
+
+def private_paths(gallery: Gallery) -> list[tuple[str, str]]:
+    """(absolute folder, name shown instead) for the gallery's and the collection's folders, longest first.
+
+    Both as recorded and resolved (a symlinked folder has two spellings), so `hide_paths` catches either."""
+    pairs: dict[str, str] = {}
+    root = gallery.manifest.data.root
+    folders = [(gallery.path, gallery.path.name)]
+    if root and os.path.isabs(root):
+        folders.append((Path(root), Path(root).name))
+    for folder, name in folders:
+        for spelling in {str(folder.absolute()), os.path.realpath(folder)}:
+            if len(spelling) > 1:  # never "/": it would mangle every path
+                pairs[spelling] = name
+    return sorted(pairs.items(), key=lambda pair: -len(pair[0]))

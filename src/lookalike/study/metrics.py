@@ -19,20 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..gallery import CACHE, Gallery, Partition, atomic_save_npy
-
-
-def recall_per_query(found: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
-    """(Q,) |found[:k] ∩ truth[:k]| / |truth[:k]|, with −1 padding ignored on both sides.
-
-    The denominator is the number of true neighbours (k unless the database holds fewer), so
-    exact search scores 1.0 even on a database smaller than k.
-    """
-    found, truth = np.asarray(found)[:, :k], np.asarray(truth)[:, :k]
-    out = np.empty(len(truth), dtype=np.float64)
-    for i, (f, t) in enumerate(zip(found, truth)):
-        t = t[t >= 0]
-        out[i] = len(np.intersect1d(f[f >= 0], t)) / len(t) if len(t) else 1.0
-    return out
+from ..search.compare import recall_per_query  # defined beside the one-query comparison, which reports it too
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:

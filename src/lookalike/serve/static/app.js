@@ -71,7 +71,8 @@ async function loadGallery() {
     ["model", g.image_size ? `${g.model} (${g.dim}-d, ${g.image_size}px, ${g.precision})` : `${g.model} (${g.dim}-d, no model)`],
     ["weights", weights],
     ["data", data],
-    ["images", `${g.count.toLocaleString()} (${g.database})`],
+    ["images", g.count.toLocaleString()],
+    ["searched", g.database],
     ["threads", `torch ${g.threads.torch}, faiss ${g.threads.faiss_omp}; ${g.compute_slots} compute slot(s)`],
     ["folder", g.path],
   ];

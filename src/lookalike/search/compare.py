@@ -2,9 +2,10 @@
 
 The tables answer on average over held-out queries. A comparison answers for the query in front
 of you: the chosen method and exact search run on the same vector over the same database rows,
-and recall@k is `metrics.recall_per_query`, the very figure the tables average. The web page's
-"compare with exact", `POST /api/search` with compare=exact and `lookalike search --compare`
-all come here (through `Gallery.compare` or `compare_search`).
+and recall@k is `recall_per_query`, the very figure the study's tables average (`study.metrics`
+imports it from here). The web page's "compare with exact", `POST /api/search` with compare=exact
+and `lookalike search --compare` all come here through `Searcher.compare` (`Gallery.compare` is its
+front door); it lives beside the searcher because every query form reaches it through the searcher.
 """
 
 from __future__ import annotations
@@ -16,11 +17,26 @@ from typing import Any
 import numpy as np
 
 from ..gallery import Gallery
-from ..search import SearchMethod, database_vectors, make_method
-from ..search.searcher import Hit, Query, hits_of
-from .metrics import recall_per_query
+from .base import SearchMethod
+from .factory import make_method
+from .hits import Hit, hits_of
+from .storage import database_vectors
 
 EXACT_METHOD = "brute"  # the ground truth of every table is brute force (metrics.exact_top_k), so it is here too
+
+
+def recall_per_query(found: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
+    """(Q,) |found[:k] ∩ truth[:k]| / |truth[:k]|, with −1 padding ignored on both sides.
+
+    The denominator is the number of true neighbours (k unless the database holds fewer), so
+    exact search scores 1.0 even on a database smaller than k.
+    """
+    found, truth = np.asarray(found)[:, :k], np.asarray(truth)[:, :k]
+    out = np.empty(len(truth), dtype=np.float64)
+    for i, (f, t) in enumerate(zip(found, truth)):
+        t = t[t >= 0]
+        out[i] = len(np.intersect1d(f[f >= 0], t)) / len(t) if len(t) else 1.0
+    return out
 
 
 @dataclass(frozen=True)
@@ -108,21 +124,3 @@ def exact_twin(gallery: Gallery, method: SearchMethod, exact: SearchMethod) -> S
     twin = make_method(EXACT_METHOD, len(method.ids), gallery.dim, method.metric)
     twin.build(database_vectors(gallery, method.ids), method.ids)
     return twin
-
-
-def compare(
-    gallery: Gallery,
-    query: Query | None = None,
-    k: int = 10,
-    method: str = "ivf",
-    metric: str = "ip",
-    *,
-    text: str | None = None,
-    **params: Any,
-) -> Comparison:
-    """`Gallery.compare`: `query` (or `text`) searched with `method` and with exact search, over the same rows."""
-    searcher = gallery.searcher
-    vector = searcher.vector(query, text)
-    chosen = searcher.method(method, metric)
-    exact = searcher.exact_for(chosen, lambda: exact_twin(gallery, chosen, searcher.method(EXACT_METHOD, metric)))
-    return compare_search(gallery, chosen, exact, vector, k, params)
