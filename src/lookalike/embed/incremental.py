@@ -40,6 +40,7 @@ from ..gallery import (
     Rows,
     UpdateInfo,
     atomic_write_bytes,
+    index_follower,
     install_gallery,
     json_text,
     open_gallery,
@@ -293,8 +294,6 @@ def finish_update(out: Path) -> Gallery | None:
 
     Returns None when `out` holds no staged update. Safe to call again after a crash at any point.
     """
-    from ..search.update import mark_stale_indexes, stage_indexes
-
     partial = out / ".partial"
     staged = partial / STAGED
     if not (staged / MANIFEST).is_file():
@@ -302,12 +301,12 @@ def finish_update(out: Path) -> Gallery | None:
     manifest = Manifest.read(staged / MANIFEST)
     # the old gallery is still whole: install has not begun
     if manifest.update is not None and manifest.update.indexes is None:
-        outcomes, held_out = stage_indexes(open_gallery(out), open_gallery(staged))
+        outcomes, held_out = index_follower().stage(open_gallery(out), open_gallery(staged))
         manifest = replace(manifest, update=replace(manifest.update, indexes=outcomes, held_out=held_out))
         write_manifest(staged, manifest)
     install_gallery(staged, out)
     gallery = open_gallery(out)
-    mark_stale_indexes(gallery)
+    index_follower().after(gallery)
     shutil.rmtree(partial, ignore_errors=True)
     return gallery
 

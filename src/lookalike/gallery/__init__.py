@@ -19,10 +19,13 @@ from .store import (
     METADATA,
     METADATA_SCHEMA,
     Gallery,
+    IndexFollower,
     Partition,
     Rows,
     clear_gallery,
     embeddings_digest,
+    follow_indexes_with,
+    index_follower,
     install_gallery,
     is_real,
     open_gallery,
@@ -33,6 +36,9 @@ from .store import (
 )
 
 __all__ = [
+    "IndexFollower",
+    "follow_indexes_with",
+    "index_follower",
     "CACHE",
     "CONTENT_HASH",
     "EMBEDDINGS",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -425,6 +425,33 @@ def write_gallery(
 def write_manifest(path: str | os.PathLike, manifest: Manifest) -> None:
     """Replace a gallery's manifest (e.g. to add timings measured elsewhere), atomically."""
     atomic_write_json(Path(path) / MANIFEST, manifest.to_dict())
+
+
+@dataclass(frozen=True)
+class IndexFollower:
+    """How a gallery's saved indexes follow it when an update replaces it: `stage(old, staged)` writes updated copies
+    into the staged gallery and returns each one's outcome and a note on the held-out queries; `after(gallery)`
+    marks, once it is installed, the ones that could not follow.
+
+    The search package, which owns the indexes, registers it (search.update); the gallery and embed packages, which
+    write galleries, call it without importing search. `import lookalike` imports search, so it is always there.
+    """
+
+    stage: Callable[[Gallery, Gallery], tuple[dict[str, str], str]]
+    after: Callable[[Gallery], object]
+
+
+_index_followers: list[IndexFollower] = []
+
+
+def follow_indexes_with(follower: IndexFollower) -> None:
+    _index_followers[:] = [follower]
+
+
+def index_follower() -> IndexFollower:
+    if not _index_followers:  # only a program that imports lookalike.gallery or .embed alone, never lookalike
+        raise GalleryError("no index follower is registered: import lookalike (or lookalike.search) before updating")
+    return _index_followers[0]
 
 
 def install_gallery(staged: Path, path: Path) -> None:

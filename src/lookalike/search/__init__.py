@@ -49,6 +49,7 @@ from .storage import (
     saved_methods,
     stale_reason,
 )
+from .update import stage_indexes  # noqa: F401 (importing it registers how saved indexes follow an update)
 from .usearch_index import UsearchHnsw
 
 __all__ = [

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import GalleryError
 from ..fileio import atomic_write_json
-from ..gallery import INDEXES, Gallery, Partition
+from ..gallery import INDEXES, Gallery, IndexFollower, Partition, follow_indexes_with
 from ..runtime import as_float32_c
 from .base import IDS_FILE, METHOD_FILE
 from .factory import METHOD_CLASSES
@@ -142,3 +142,6 @@ def mark_stale_indexes(gallery: Gallery) -> list[str]:
             atomic_write_json(path, info)
         marked.append(name)
     return marked
+
+
+follow_indexes_with(IndexFollower(stage_indexes, mark_stale_indexes))
