@@ -161,13 +161,11 @@ def subset(collection: Collection, plan: Plan) -> Collection:
 def base_state(base: Gallery) -> dict:
     """The model, backend and precision an update embeds with: the gallery's own, so new rows match old ones."""
     model = base.manifest.model
-    state = {
+    return {
         "model": {k: v for k, v in model.to_dict().items() if k not in ("precision", "inference")},
         "precision": dict(model.precision),
+        "inference": model.inference.to_dict(),  # set for every gallery read (the manifest's migration)
     }
-    if model.inference is not None:
-        state["inference"] = model.inference.to_dict()
-    return state
 
 
 def check_model(base: Gallery, model: dict) -> None:

@@ -108,14 +108,14 @@ class ModelInfo:
     arch: str | None = None
     family: str | None = None
     preprocess: dict[str, Any] | None = None  # embed.transforms.Preprocess as a dict
-    # the calibration record before backends existed
+    # the summary of `inference` (backend, precision, reason), as manifests have always held it
     precision: dict[str, Any] = field(default_factory=lambda: {"precision": "fp32"})
     device: str | None = None
-    inference: Inference | None = None  # None in galleries extracted before inference backends: torch at `precision`
+    inference: Inference | None = None  # always set once read: `from_dict` migrates manifests from before backends
 
     @property
     def precision_name(self) -> str:
-        return self.inference.precision if self.inference else str(self.precision.get("precision", "fp32"))
+        return self.inference.precision if self.inference else "fp32"
 
     @property
     def backend_name(self) -> str:
@@ -133,11 +133,16 @@ class ModelInfo:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
         known = {f.name for f in fields(cls)} - {"name", "dim", "weights", "inference"}
+        if d.get("inference"):
+            inference = Inference.from_dict(d["inference"])
+        else:  # the migration: galleries from before backends were embedded by torch at the recorded precision
+            recorded = (d.get("precision") or {}).get("precision", "fp32")
+            inference = Inference("torch", str(recorded), "recorded before lookalike chose backends by measurement")
         return cls(
             name=d["model"],
             dim=int(d["dim"]),
             weights=Weights(**{k: v for k, v in d["weights"].items() if k in ("kind", "source", "sha256", "seed")}),
-            inference=Inference.from_dict(d["inference"]) if d.get("inference") else None,
+            inference=inference,
             **{k: d[k] for k in known if d.get(k) is not None},
         )
 

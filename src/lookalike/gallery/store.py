@@ -298,15 +298,6 @@ def open_gallery(path: str | os.PathLike) -> Gallery:
     return gallery
 
 
-def provenance_line(manifest: Manifest) -> str:
-    """One line naming model, weights and data, printed beside every result so random/synthetic never pass as real."""
-    return manifest.describe()
-
-
-def is_real(manifest: Manifest) -> bool:
-    return manifest.is_real
-
-
 # --- writing: the one writer every gallery goes through (extraction, the Ray engine, generated arrays) ---
 
 

@@ -24,9 +24,6 @@ NAMED_METHODS = tuple(METHODS)
 METHOD_CLASSES = {
     cls.kind: cls for cls in (BruteForce, ExactLowPrecision, FaissIndex, MmapRerankIndex, UsearchHnsw, HnswlibHnsw)
 }
-METHOD_CLASSES["exact16"] = (
-    ExactLowPrecision  # indexes saved before the int8 scan (they hold no files: rebuilt at load)
-)
 DEFAULT_NPROBE = PARAMS["nprobe"].default
 FACTORY_PATTERN = re.compile(r"^(Flat|IVF|HNSW|PQ|OPQ|SQ|PCA|IDMap|LSH|NSG|RR|L2norm)")
 

@@ -26,7 +26,6 @@ INDEX_FILE = "index.faiss"
 FAISS_METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 SEARCH_PARAMS = ("nprobe", "efSearch", "k_factor")
 # FAISS guidance: k-means wants 30–256 training points per centroid; fewer warns, more wastes time.
-MIN_POINTS_PER_CENTROID = 30
 MAX_POINTS_PER_CENTROID = 256
 PQ_CODEBOOK_TRAINING = 256 * 256  # 256 centroids per sub-quantiser × 256 points each
 
