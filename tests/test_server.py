@@ -640,3 +640,33 @@ def test_no_answer_shows_where_the_server_keeps_its_files(gallery_dir, tiny_coll
     assert responses["gallery"].json()["path"] == "gallery"
     assert responses["gallery"].json()["data"]["root"] == tiny_collection.name
     assert f"at {tiny_collection.name} ·" in responses["by id"].json()["provenance"]
+
+
+def test_the_default_method_is_measured_on_the_gallery_and_never_one_that_collapses_there(tmp_path):
+    """A gallery whose scores bunch (every pair above ~0.9) with a saved 8-bit graph: its recall caps below the target
+    there, so the server answers requests that name no method with another one, at the setting it measured."""
+    from lookalike.api import build_index
+    from lookalike.data.vectors import make_bunched_embeddings
+    from lookalike.gallery.generated import Segment, generated_model_block, write_array_gallery
+
+    x, labels = make_bunched_embeddings(6000, 64, seed=3)
+    gallery = write_array_gallery(
+        tmp_path / "bunched",
+        x,
+        labels,
+        ["train"] * 5000 + ["val"] * 1000,
+        segments=[Segment("generated", 0, 6000, True, "bunched test rows")],
+        model=generated_model_block(64, 0),
+    )
+    build_index(gallery, "hnsw-sq8")
+    with ThreadedServer(create_app(gallery.path)) as running, httpx.Client(base_url=running.url, timeout=60) as c:
+        info = ok(c.get("/api/gallery"))
+        chosen = info["default_method"]
+        assert "hnsw-sq8" in [m["name"] for m in info["methods"]]
+        assert chosen["method"] != "hnsw-sq8" and chosen["method"] in [m["name"] for m in info["methods"]]
+        assert "hnsw-sq8" in chosen["reason"]
+        answer = ok(search_id(c, 5000, k=10))  # no method named
+        assert answer["method"] == chosen["method"] and answer["params"] == {**answer["params"], **chosen["params"]}
+        # independently: the default's answer holds most of the exact top 10 (the query's own row first)
+        exact = np.argsort(-(x @ x[5000]), kind="stable")[:10].tolist()
+        assert len(set(exact) & {r["id"] for r in answer["results"]}) >= 8

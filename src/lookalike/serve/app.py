@@ -317,7 +317,15 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
                 )
             ),
         ] = None,
-        method: Annotated[str, Form(description="brute, flat, ivf or a saved index; see GET /api/gallery")] = "brute",
+        method: Annotated[
+            str | None,
+            Form(
+                description=(
+                    "brute, flat, ivf or a saved index; see GET /api/gallery (default: its default_method, measured on"
+                    " this gallery at start)"
+                )
+            ),
+        ] = None,
         k: Annotated[int, Form(description="results wanted; 1..min(max_k, method's ntotal)")] = 10,
         nprobe: Annotated[
             int | None,

@@ -80,7 +80,7 @@ async function loadGallery() {
 
   const select = $("method");
   select.replaceChildren(...g.methods.map((m) => el("option", { value: m.name, text: m.name + (m.saved ? " (saved)" : "") })));
-  select.value = g.methods.some((m) => m.name === "ivf") ? "ivf" : g.methods[0].name;
+  select.value = g.default_method && g.methods.some((m) => m.name === g.default_method.method) ? g.default_method.method : g.methods[0].name;
   select.disabled = false;
   $("random-btn").disabled = false;
   if (!g.uploads) {
@@ -115,7 +115,9 @@ function updateMethodControls() {
     const slider = $(name);
     slider.min = range[0];
     slider.max = range[1];
-    slider.value = Math.min(range[1], Math.max(range[0], m.params[name] || range[0]));
+    // the default method starts at the setting the server measured on this gallery, the others at their own
+    const measured = state.gallery.default_method && state.gallery.default_method.method === m.name ? state.gallery.default_method.params[name] : undefined;
+    slider.value = Math.min(range[1], Math.max(range[0], measured || m.params[name] || range[0]));
     $(`${name}-value`).textContent = slider.value;
   }
 }
