@@ -102,7 +102,7 @@ def test_tradeoff_with_a_list_of_query_images(gallery, tmp_path):
         "3",
         "--families",
         "ivf",
-        "--queries",
+        "--query-list",
         listing,
         "--timing-queries",
         "3",
