@@ -63,8 +63,8 @@ METHODS: Mapping[str, MethodSpec] = {
             "exact-lowp",
             "exact-lowp",
             None,
-            "exact: an int8, bf16 or fp16 scan (chosen by measurement) picks candidates within a proven error bound,"
-            " fp32 re-ranks them",
+            "exact: an int8, bf16 or fp16 scan picks candidates within a proven error bound and fp32 re-ranks them,"
+            " or the plain fp32 scan where the gallery's own rows show the bound would prune too little",
             exact=True,
         ),
         MethodSpec(
