@@ -210,8 +210,8 @@ class DuplicateReport:
             f" keepers, among {self.rows} rows",
             f"threshold {self.threshold:g} on the normalised score"
             + (f" (preset {self.preset})" if self.preset else "")
-            + f"; baseline cosine b = {self.scoring.baseline_cosine:.4f} (median {self.scoring.neighbour_k}-th"
-            f" neighbour); method {self.method}"
+            + f"; baseline cosine b = {self.scoring.baseline_cosine:.4f} (median cosine to the"
+            f" {self.scoring.neighbour_k}th nearest row); method {self.method}"
             + (
                 f", pair recall {self.pair_recall:.3f} against exact on a sample"
                 if self.pair_recall is not None
