@@ -243,6 +243,9 @@ def test_empty_gallery_and_changed_files_are_errors(copied, tmp_path):
     with pytest.raises(LookalikeError, match="is empty"):
         empty.duplicates()
 
+    single = array_gallery(tmp_path / "one", unit(np.ones((1, 8))))
+    assert single.duplicates().groups == ()
+
     root, _ = copied
     data = tmp_path / "data"
     shutil.copytree(root, data)

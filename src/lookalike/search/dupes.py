@@ -291,7 +291,9 @@ def neighbour_baseline(
     `same_rows`: queries and database are the same rows, so a row's own match is left out.
     """
     n_q, n_db = len(queries), len(database)
-    k = max(1, min(k, n_db - 1 if same_rows else n_db))
+    k = min(k, n_db - 1 if same_rows else n_db)
+    if k < 1:  # one row: no neighbour to measure, so scores are plain cosines (and no pair exists anyway)
+        return Scoring(0.0, 0, 0)
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n_q, BASELINE_SAMPLE_ROWS, replace=False)) if n_q > BASELINE_SAMPLE_ROWS else None
     rows = np.arange(n_q) if sample is None else sample
@@ -325,12 +327,13 @@ def range_pairs_exact(
     db = np.asarray(database, dtype=np.float32)
     found_i, found_j, found_s = [], [], []
     for start, stop in _blocks(len(queries), len(db)):
-        sims = np.asarray(queries[start:stop], dtype=np.float32) @ db.T
+        first = start if same_rows else 0  # same rows: only the upper triangle, j > i (half the products)
+        sims = np.asarray(queries[start:stop], dtype=np.float32) @ db[first:].T
         if same_rows:
-            sims[np.tril_indices(stop - start, k=start, m=len(db))] = -np.inf  # keep j > i only
+            sims[np.tril_indices(stop - start, k=0, m=len(db) - first)] = -np.inf
         i, j = np.nonzero(sims >= radius)
         found_i.append(i + start)
-        found_j.append(j)
+        found_j.append(j + first)
         found_s.append(sims[i, j])
     if not found_i:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
