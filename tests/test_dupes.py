@@ -30,7 +30,7 @@ COPIES = 6  # files copied under other names in the collection with copies
 @pytest.fixture(scope="module")
 def copied(tiny_collection, tmp_path_factory):
     """A copy of the tiny collection with COPIES train files duplicated under new names (some copies made older than
-    their originals), and its gallery (resnet18, random weights, 32 px)."""
+    their originals) and one val file copied into train, and its gallery (resnet18, random weights, 32 px)."""
     root = tmp_path_factory.mktemp("dupes") / "data"
     shutil.copytree(tiny_collection, root)
     originals = sorted(root.glob("train/*/images/*"))[::17][:COPIES]
@@ -40,6 +40,8 @@ def copied(tiny_collection, tmp_path_factory):
         if n % 2:  # older than the original: the keeper rule must prefer it
             st = original.stat()
             os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns - 10**9 * (n + 1)))
+    held_out = sorted(root.glob("val/images/*"))[0]  # a held-out query's copy in the database: every row counts
+    shutil.copy(held_out, next(root.glob("train/*/images")) / f"valcopy_{held_out.name}")
     gallery = lookalike.extract(
         root, root.parent / "gallery", model="resnet18", weights="random", image_size=32, batch_size=16
     )
@@ -69,6 +71,8 @@ def test_identical_files_found_with_precision_and_recall_one(copied):
                 assert Path(m.path).read_bytes() == keeper_bytes
                 assert m.score == 1.0
     assert found == expected  # recall and precision 1 on identical files
+    splits = gallery.splits
+    assert any({splits[m.id] for m in g.members} == {"train", "val"} for g in report.groups)
     assert report.identical_tier.startswith("checked")
 
 
@@ -205,6 +209,7 @@ def test_cross_set_modes(copied, tiny_gallery, tmp_path):
     leak = gallery.duplicates(preset="exact", queries_only=True)
     part = gallery.partition()
     queries, database = set(part.query_ids.tolist()), set(part.database_ids.tolist())
+    assert part.duplicates == 1 and any("1 identical copies" in note for note in leak.notes)  # the val file's copy
     for group in leak.groups:
         ids = {m.id for m in group.members}
         assert ids & queries and ids & database

@@ -206,8 +206,9 @@ class DuplicateReport:
         """A few lines for a terminal: provenance, how scores were computed, the counts."""
         lines = [
             self.provenance,
-            f"duplicates ({self.mode}): {len(self.groups)} groups, {self.duplicate_count} copies beside their"
-            f" keepers, among {self.rows} rows",
+            f"duplicates ({self.mode}): {len(self.groups)} groups holding"
+            f" {sum(len(g.members) for g in self.groups)} images ({self.duplicate_count} beside their keepers),"
+            f" among {self.rows} rows",
             f"threshold {self.threshold:g} on the normalised score"
             + (f" (preset {self.preset})" if self.preset else "")
             + f"; baseline cosine b = {self.scoring.baseline_cosine:.4f} (median cosine to the"
