@@ -217,6 +217,8 @@ def test_cross_set_modes(copied, tiny_gallery, tmp_path):
     mismatched = array_gallery(tmp_path / "g", unit(np.random.default_rng(0).standard_normal((20, 8))))
     with pytest.raises(LookalikeError, match="same model"):
         gallery.duplicates(against=mismatched)
+    with pytest.raises(LookalikeError, match="itself"):
+        gallery.duplicates(against=lookalike.open_gallery(gallery.path))
 
 
 def test_cli_end_to_end(copied, tmp_path, capsys):

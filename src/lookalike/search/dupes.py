@@ -445,6 +445,8 @@ def find_duplicates(
     if against is not None:
         if against.count == 0:
             raise DuplicatesError(f"gallery at {against.path} is empty; extract a collection into it first")
+        if Path(against.path).resolve() == Path(gallery.path).resolve():
+            raise DuplicatesError(f"--against names {gallery.path} itself; run without --against to compare its rows")
         if (against.model, against.dim) != (gallery.model, gallery.dim):
             raise DuplicatesError(
                 f"gallery at {against.path} was made with {against.model} ({against.dim}-d) and {gallery.path} with"
@@ -489,16 +491,20 @@ def find_duplicates(
 
     # nodes: left positions 0..nL-1, then right positions (cross-set only)
     n_left = len(left.rows)
-    node_side = [(0, left, p) for p in range(n_left)]
-    if cross:
-        node_side += [(1, right, p) for p in range(len(right.rows))]
     offset = n_left if cross else 0
+    n_nodes = n_left + (len(right.rows) if cross else 0)
+
+    def node_side(node: int) -> tuple[int, _Side, int]:
+        """(side index, side, gallery row) of a node."""
+        if cross and node >= offset:
+            return 1, right, int(right.rows[node - offset])
+        return 0, left, int(left.rows[node])
 
     hashes_left = left.gallery.content_hashes
     hashes_right = right.gallery.content_hashes
     if hashes_left is None or hashes_right is None:
         identical_tier = "skipped: the gallery has no content hashes (extracted before they were stored)"
-        node_hash: list[str | None] = [None] * len(node_side)
+        node_hash: list[str | None] = [None] * n_nodes
     else:
         identical_tier = "checked (sha256 of each file)"
         node_hash = [hashes_left[r] or None for r in left.rows]
@@ -552,14 +558,13 @@ def find_duplicates(
         if id(members) in seen:
             continue
         seen.add(id(members))
-        keeper = min(members, key=lambda n: _keeper_key(node_side[n][0], node_side[n][1], _row(node_side[n])))
+        keeper = min(members, key=lambda n: _keeper_key(*node_side(n)))
         inner = pair_scores(members, members)
         np.fill_diagonal(inner, np.inf)
         against_keeper = pair_scores([keeper], members)[0]
         rows = []
         for node, score in zip(members, against_keeper):
-            side = node_side[node][1]
-            row = _row(node_side[node])
+            _, side, row = node_side(node)
             if node == keeper:
                 reason, score = "keeper", 1.0
             elif node_hash[node] is not None and node_hash[node] == node_hash[keeper]:
@@ -568,8 +573,8 @@ def find_duplicates(
                 reason = "similarity"
             rows.append(DuplicateMember(row, side.gallery.paths[row], float(score), reason, side.name))
         rows.sort(key=lambda m: (m.reason != "keeper", -m.score, m.gallery, m.id))
-        keep_side = node_side[keeper][1]
-        groups.append(DuplicateGroup(_row(node_side[keeper]), keep_side.name, float(inner.min()), tuple(rows)))
+        _, keep_side, keep_row = node_side(keeper)
+        groups.append(DuplicateGroup(keep_row, keep_side.name, float(inner.min()), tuple(rows)))
     groups.sort(key=lambda g: (-len(g.members), -g.min_similarity, g.keep_gallery, g.keep))
     return DuplicateReport(
         gallery=str(gallery.path),
@@ -581,13 +586,8 @@ def find_duplicates(
         pair_recall=recall,
         identical_tier=identical_tier,
         mode=mode,
-        rows=n_left + (len(right.rows) if cross else 0),
+        rows=n_nodes,
         groups=tuple(groups),
         against=str(against.path) if against is not None else None,
         notes=tuple(notes),
     )
-
-
-def _row(node: tuple[int, _Side, int]) -> int:
-    _, side, position = node
-    return int(side.rows[position])
