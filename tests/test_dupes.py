@@ -262,3 +262,23 @@ def test_empty_gallery_and_changed_files_are_errors(copied, tmp_path):
     with pytest.raises(LookalikeError, match="changed or vanished since extraction") as caught:
         gallery.duplicates()
     assert str(victim) in str(caught.value)
+
+
+def test_one_preset_finds_the_same_copies_on_spread_and_bunched_galleries(tmp_path):
+    """Raw cosines bunched near 1 (a shared direction added, as random-weight CNNs give) must not change what the
+    default preset finds: the planted near-copies, and nothing else, on both galleries."""
+    rng = np.random.default_rng(3)
+    d, n, copies = 64, 600, 40
+    originals = unit(rng.standard_normal((n, d)))
+    planted = unit(originals[:copies] + 0.02 * rng.standard_normal((copies, d)))
+    spread = np.concatenate([originals, planted])
+    expected = {frozenset((i, n + i)) for i in range(copies)}
+    shared = unit(rng.standard_normal(d))
+    bunched = unit(spread + 3.0 * shared)
+    sims = bunched @ bunched.T
+    assert sims[np.triu_indices(len(bunched), 1)].min() > 0.75 and np.median(sims) > 0.88
+
+    for name, x in (("spread", spread), ("bunched", bunched)):
+        report = array_gallery(tmp_path / name, x).duplicates()  # preset near
+        found = {frozenset(m.id for m in g.members) for g in report.groups}
+        assert found == expected, name
