@@ -8,6 +8,7 @@ The front door (see docs/api.md):
     hits[0].id, hits[0].score, hits[0].path, hits[0].label
     lookalike.extract("photos/", "galleries/clip", model="clip")
     lookalike.build_index(g, "hnsw")
+    g.duplicates(preset="near").to_json()              # near-duplicate groups, a suggested keeper each
 
 The package follows the pipeline: data → embed → gallery → search → study → serve, with cli
 and distributed (Ray) beside them.
@@ -18,6 +19,7 @@ from importlib import metadata as _metadata
 from .api import build_index, extract
 from .errors import LookalikeError
 from .gallery import Gallery, Manifest, open_gallery
+from .search.dupes import DuplicateReport, find_duplicates
 from .search.searcher import Hit
 
 try:
@@ -25,4 +27,15 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "open_gallery", "extract", "build_index", "Gallery", "Manifest", "Hit", "LookalikeError"]
+__all__ = [
+    "__version__",
+    "open_gallery",
+    "extract",
+    "build_index",
+    "find_duplicates",
+    "Gallery",
+    "Manifest",
+    "Hit",
+    "DuplicateReport",
+    "LookalikeError",
+]

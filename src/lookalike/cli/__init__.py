@@ -1,6 +1,7 @@
 """`lookalike` command line: one sub-module per group of commands, each with few options.
 
 core   fetch, extract, index, search, bench, demo, models
+dupes  dupes
 study  tradeoff, tune, scale, report
 web    serve
 """
@@ -13,7 +14,7 @@ import sys
 import warnings
 
 from ..errors import LookalikeError
-from . import core, study, web
+from . import core, dupes, study, web
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (core, study, web):
+    for module in (core, dupes, study, web):
         module.register(sub)
     return parser
 

@@ -33,6 +33,7 @@ from .manifest import DataInfo, Manifest, ModelInfo, UpdateInfo
 
 if TYPE_CHECKING:
     from ..search.compare import Comparison
+    from ..search.dupes import DuplicateReport
     from ..search.hits import Hit, Query
 
 MANIFEST = "manifest.json"
@@ -174,6 +175,25 @@ class Gallery:
         from ..search.searcher import searcher_for
 
         return searcher_for(self, database).compare(query, k, method, metric, text=text, **params)
+
+    def duplicates(
+        self,
+        preset: str | None = "near",
+        threshold: float | None = None,
+        method: str | None = None,
+        against: Gallery | None = None,
+        queries_only: bool = False,
+    ) -> DuplicateReport:
+        """Groups of near-duplicate images: identical files first, then pairs above a normalised similarity threshold.
+
+        Returns a `lookalike.search.dupes.DuplicateReport` (groups that do not chain, a suggested
+        keeper each, `to_json()`, `to_csv()`, `write(path)`); see that module for the rule and the
+        scoring. `against` compares with another gallery of the same model; `queries_only` checks the
+        held-out queries of `partition` against its database (leakage).
+        """
+        from ..search.dupes import find_duplicates
+
+        return find_duplicates(self, preset, threshold, method, against, queries_only)
 
     def partition(self, max_queries: int = MAX_HELD_OUT_QUERIES, seed: int = 0) -> Partition:
         """The study's held-out queries: the val split when there is one, else a seeded sample left out of the rest.
