@@ -36,6 +36,28 @@ def run_cli(*args: str, check: bool = True, timeout: float = 600, **kwargs) -> s
     return proc
 
 
+def run_main(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`run_cli` in this process: the same `lookalike.cli.main`, without the ~2 s a new interpreter spends on imports.
+
+    For tests whose point is what a command writes and prints, not the process itself (its exit, signals, a fresh
+    interpreter); stdout and stderr are captured as text, argparse's exits give their exit code."""
+    import contextlib
+    import io
+
+    from lookalike.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse: --help, or a usage error
+            code = exc.code if isinstance(exc.code, int) else 1
+    proc = subprocess.CompletedProcess(["lookalike", *map(str, args)], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"lookalike {' '.join(map(str, args))} failed ({code}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
 def kill_after_shards(args: list, out: Path, shards: int = 3, timeout: float = 120) -> None:
     """Start `lookalike ARGS --out OUT` and SIGKILL it once `shards` shards are saved in OUT/.partial (what a crash
     leaves)."""
