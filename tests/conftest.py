@@ -12,6 +12,11 @@ import pytest
 from lookalike.data.synthetic import generate_collection
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# OpenMP threads that wait for work sleep instead of spinning. The suite runs several processes at once on few cores
+# (the CLI and the server beside pytest, Ray's workers, a browser); spinning threads then take the core a busy thread
+# needs, and torch's fp32 model ran 5-15× slower on 2 cores under load (1.7 vs 15 ms per 32-px image, resnet18).
+# Set before torch is imported (here and in every subprocess, which inherits it); it changes no result.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session", autouse=True)
