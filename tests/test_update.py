@@ -25,13 +25,23 @@ from lookalike.errors import GalleryError, IndexStaleError
 from lookalike.gallery import ID_MAP, open_gallery
 from lookalike.search import database_vectors, load_method, make_method
 
-from .conftest import kill_after_shards, run_cli
+from .conftest import kill_after_shards, run_main
 
-SETTINGS = {"model": "resnet18", "weights": "random", "image_size": 32, "batch_size": 8, "shard_size": 16}
+# Backend and precision given: `auto` would calibrate (seconds) in every extraction; the test of an update with the
+# gallery's own backend names its own.
+SETTINGS = {
+    "model": "resnet18",
+    "weights": "random",
+    "image_size": 32,
+    "batch_size": 8,
+    "shard_size": 16,
+    "backend": "torch",
+    "precision": "fp32",
+}
 
 
 def _config(data: Path, out: Path, **kw) -> ExtractConfig:
-    return ExtractConfig(data=str(data), out=str(out), **SETTINGS, **kw)
+    return ExtractConfig(data=str(data), out=str(out), **{**SETTINGS, **kw})
 
 
 def _fresh(data: Path, out: Path, like) -> ExtractConfig:
@@ -170,7 +180,7 @@ def test_saved_indexes_follow_the_update_or_are_refused_as_stale(collection, tmp
 
     with pytest.raises(IndexStaleError, match=r"stale: .*lookalike index --gallery .* --method 'PCA8,Flat'"):
         updated.search(0, k=3, method="PCA8_Flat")
-    proc = run_cli("search", "--gallery", out, "--image", updated.paths[0], "--method", "PCA8_Flat", check=False)
+    proc = run_main("search", "--gallery", out, "--image", updated.paths[0], "--method", "PCA8_Flat", check=False)
     assert proc.returncode == 2 and "is stale" in proc.stderr and "lookalike index" in proc.stderr
     from lookalike.serve.service import SearchService
 
@@ -180,6 +190,7 @@ def test_saved_indexes_follow_the_update_or_are_refused_as_stale(collection, tmp
     assert updated.search(0, k=3, method="PCA8_Flat")
 
 
+@pytest.mark.slow
 def test_a_killed_update_resumes_to_the_gallery_of_an_uninterrupted_one(tmp_path):
     data = generate_collection(tmp_path / "data", n_classes=4, train_per_class=4, val_per_class=1)
     donor = generate_collection(tmp_path / "donor", n_classes=4, train_per_class=60, val_per_class=0, seed=3)
@@ -199,8 +210,12 @@ def test_a_killed_update_resumes_to_the_gallery_of_an_uninterrupted_one(tmp_path
         "16",
         "--decode-threads",
         "0",
+        "--backend",
+        "torch",
+        "--precision",
+        "fp32",
     ]
-    run_cli(*args, "--out", tmp_path / "whole")
+    run_main(*args, "--out", tmp_path / "whole")  # the real process is what gets killed; the rest runs in this one
     shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
     classes = sorted((data / "train").iterdir())
     for i, src in enumerate(_images(donor)):
@@ -212,8 +227,8 @@ def test_a_killed_update_resumes_to_the_gallery_of_an_uninterrupted_one(tmp_path
     # killed mid-update: the old gallery is whole
     assert open_gallery(out).count == open_gallery(tmp_path / "whole").count
 
-    run_cli(*args, "--out", out)
-    run_cli(*args, "--out", tmp_path / "whole")
+    run_main(*args, "--out", out)
+    run_main(*args, "--out", tmp_path / "whole")
     whole, resumed = open_gallery(tmp_path / "whole"), open_gallery(out)
     np.testing.assert_array_equal(np.asarray(resumed.embeddings), np.asarray(whole.embeddings))
     assert pq.read_table(out / "metadata.parquet").equals(pq.read_table(tmp_path / "whole" / "metadata.parquet"))
