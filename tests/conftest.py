@@ -63,14 +63,33 @@ def run_main(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
-def kill_after_shards(args: list, out: Path, shards: int = 3, timeout: float = 120) -> None:
+# The real command in a new interpreter, except that it rests `pause` seconds after saving each shard: a run of a few
+# small images cannot then finish between two looks of the test that kills it.
+PAUSING_LOOKALIKE = [
+    sys.executable,
+    "-c",
+    "import sys, time\n"
+    "import lookalike.embed.extract as extraction\n"
+    "from lookalike.cli import main\n"
+    "pause, write = float(sys.argv.pop(1)), extraction.write_shard\n"
+    "def write_and_rest(*args, **kwargs):\n"
+    "    write(*args, **kwargs)\n"
+    "    time.sleep(pause)\n"
+    "extraction.write_shard = write_and_rest\n"
+    "sys.exit(main(sys.argv[1:]))\n",
+]
+
+
+def kill_after_shards(args: list, out: Path, shards: int = 3, timeout: float = 120, pause: float = 0.25) -> None:
     """Start `lookalike ARGS --out OUT` and SIGKILL it once `shards` shards are saved in OUT/.partial (what a crash
-    leaves)."""
+    leaves). The run rests `pause` seconds after each shard it saves (see PAUSING_LOOKALIKE), so any number of images
+    above `shards` shards is enough; `pause=0` runs the command as it is."""
     import signal
     import time
 
+    command = [*PAUSING_LOOKALIKE, str(pause)] if pause else LOOKALIKE
     proc = subprocess.Popen(
-        [*LOOKALIKE, *map(str, args), "--out", str(out)],
+        [*command, *map(str, args), "--out", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -92,11 +111,16 @@ def tiny_collection(tmp_path_factory) -> Path:
     )
 
 
+# Backend and precision named where they are not what a test is about: `auto` calibrates (seconds per extraction,
+# an OpenVINO conversion per model), and a query embeds with the gallery's own choice.
+PINNED = ["--backend", "torch", "--precision", "fp32"]
+
+
 @pytest.fixture(scope="session")
 def tiny_gallery(tiny_collection, tmp_path_factory) -> Path:
-    """A resnet18 gallery (random weights, 32-px input) over `tiny_collection`; treat it as read-only."""
+    """A resnet18 gallery (random weights, 32-px input, torch fp32) over `tiny_collection`; treat it as read-only."""
     out = tmp_path_factory.mktemp("galleries") / "resnet18"
-    run_cli(
+    run_main(  # the CLI in this process: a new interpreter would spend ~2 s importing
         "extract",
         "--data",
         tiny_collection,
@@ -110,16 +134,17 @@ def tiny_gallery(tiny_collection, tmp_path_factory) -> Path:
         "32",
         "--bs",
         "16",
+        *PINNED,
     )
     return out
 
 
 @pytest.fixture(scope="session")
 def clip_gallery(tiny_collection, tmp_path_factory) -> Path:
-    """A CLIP gallery (random weights, seed 0, 32-px input) over `tiny_collection`: text queries work on it;
-    read-only."""
+    """A CLIP gallery (random weights, seed 0, 32-px input, torch fp32) over `tiny_collection`: text queries work on
+    it; read-only."""
     out = tmp_path_factory.mktemp("galleries") / "clip"
-    run_cli(
+    run_main(  # the CLI in this process: a new interpreter would spend ~2 s importing
         "extract",
         "--data",
         tiny_collection,
@@ -133,6 +158,7 @@ def clip_gallery(tiny_collection, tmp_path_factory) -> Path:
         "32",
         "--bs",
         "16",
+        *PINNED,
     )
     return out
 
