@@ -33,6 +33,7 @@ def strict_json(path):
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
+@pytest.mark.slow
 def test_tradeoff_writes_points_plot_and_cheapest_settings(gallery, tmp_path):
     out = tmp_path / "out"
     proc = run_main(
@@ -269,6 +270,7 @@ def test_nlists_too_large_for_the_gallery_are_skipped_and_said():
     )
 
 
+@pytest.mark.slow  # sweeps on thousands of rows
 def test_tune_budget_counts_the_page_cache_a_memory_mapped_index_reads(tmp_path):
     """ivfpq-mmap: codes fit the budget, but its warm latency needs the mapped file's pages; those count."""
     from lookalike.data.vectors import make_clustered_embeddings
@@ -367,6 +369,7 @@ def widest_recall(name: str, gallery, queries: np.ndarray, x: np.ndarray, rows: 
     return numpy_recall(method.search(queries, 10, setting)[1], queries, x, rows)
 
 
+@pytest.mark.slow  # sweeps on thousands of rows
 def test_tune_never_picks_a_method_whose_recall_collapses_on_bunched_embeddings(bunched_gallery):
     from lookalike.study.tune import tune
 
@@ -394,6 +397,7 @@ def test_tune_never_picks_a_method_whose_recall_collapses_on_bunched_embeddings(
     assert numpy_recall(tuned.search(queries, 10)[1], queries, x, rows) >= 0.94
 
 
+@pytest.mark.slow  # sweeps on thousands of rows
 def test_the_default_method_is_the_fastest_that_reaches_the_target_and_never_a_collapsing_one(bunched_gallery):
     """What a server should answer with by default, measured on the gallery's own held-out queries; a method over
     every row (the queries too) is measured with each query's own row left out."""
