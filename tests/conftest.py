@@ -12,6 +12,11 @@ import pytest
 from lookalike.data.synthetic import generate_collection
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# OpenMP threads that wait for work sleep instead of spinning. The suite runs several processes at once on few cores
+# (the CLI and the server beside pytest, Ray's workers, a browser); spinning threads then take the core a busy thread
+# needs, and torch's fp32 model ran 5-15× slower on 2 cores under load (1.7 vs 15 ms per 32-px image, resnet18).
+# Set before torch is imported (here and in every subprocess, which inherits it); it changes no result.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,14 +41,55 @@ def run_cli(*args: str, check: bool = True, timeout: float = 600, **kwargs) -> s
     return proc
 
 
-def kill_after_shards(args: list, out: Path, shards: int = 3, timeout: float = 120) -> None:
+def run_main(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`run_cli` in this process: the same `lookalike.cli.main`, without the ~2 s a new interpreter spends on imports.
+
+    For tests whose point is what a command writes and prints, not the process itself (its exit, signals, a fresh
+    interpreter); stdout and stderr are captured as text, argparse's exits give their exit code."""
+    import contextlib
+    import io
+
+    from lookalike.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse: --help, or a usage error
+            code = exc.code if isinstance(exc.code, int) else 1
+    proc = subprocess.CompletedProcess(["lookalike", *map(str, args)], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"lookalike {' '.join(map(str, args))} failed ({code}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+# The real command in a new interpreter, except that it rests `pause` seconds after saving each shard: a run of a few
+# small images cannot then finish between two looks of the test that kills it.
+PAUSING_LOOKALIKE = [
+    sys.executable,
+    "-c",
+    "import sys, time\n"
+    "import lookalike.embed.extract as extraction\n"
+    "from lookalike.cli import main\n"
+    "pause, write = float(sys.argv.pop(1)), extraction.write_shard\n"
+    "def write_and_rest(*args, **kwargs):\n"
+    "    write(*args, **kwargs)\n"
+    "    time.sleep(pause)\n"
+    "extraction.write_shard = write_and_rest\n"
+    "sys.exit(main(sys.argv[1:]))\n",
+]
+
+
+def kill_after_shards(args: list, out: Path, shards: int = 3, timeout: float = 120, pause: float = 0.25) -> None:
     """Start `lookalike ARGS --out OUT` and SIGKILL it once `shards` shards are saved in OUT/.partial (what a crash
-    leaves)."""
+    leaves). The run rests `pause` seconds after each shard it saves (see PAUSING_LOOKALIKE), so any number of images
+    above `shards` shards is enough; `pause=0` runs the command as it is."""
     import signal
     import time
 
+    command = [*PAUSING_LOOKALIKE, str(pause)] if pause else LOOKALIKE
     proc = subprocess.Popen(
-        [*LOOKALIKE, *map(str, args), "--out", str(out)],
+        [*command, *map(str, args), "--out", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -65,11 +111,16 @@ def tiny_collection(tmp_path_factory) -> Path:
     )
 
 
+# Backend and precision named where they are not what a test is about: `auto` calibrates (seconds per extraction,
+# an OpenVINO conversion per model), and a query embeds with the gallery's own choice.
+PINNED = ["--backend", "torch", "--precision", "fp32"]
+
+
 @pytest.fixture(scope="session")
 def tiny_gallery(tiny_collection, tmp_path_factory) -> Path:
-    """A resnet18 gallery (random weights, 32-px input) over `tiny_collection`; treat it as read-only."""
+    """A resnet18 gallery (random weights, 32-px input, torch fp32) over `tiny_collection`; treat it as read-only."""
     out = tmp_path_factory.mktemp("galleries") / "resnet18"
-    run_cli(
+    run_main(  # the CLI in this process: a new interpreter would spend ~2 s importing
         "extract",
         "--data",
         tiny_collection,
@@ -83,16 +134,17 @@ def tiny_gallery(tiny_collection, tmp_path_factory) -> Path:
         "32",
         "--bs",
         "16",
+        *PINNED,
     )
     return out
 
 
 @pytest.fixture(scope="session")
 def clip_gallery(tiny_collection, tmp_path_factory) -> Path:
-    """A CLIP gallery (random weights, seed 0, 32-px input) over `tiny_collection`: text queries work on it;
-    read-only."""
+    """A CLIP gallery (random weights, seed 0, 32-px input, torch fp32) over `tiny_collection`: text queries work on
+    it; read-only."""
     out = tmp_path_factory.mktemp("galleries") / "clip"
-    run_cli(
+    run_main(  # the CLI in this process: a new interpreter would spend ~2 s importing
         "extract",
         "--data",
         tiny_collection,
@@ -106,6 +158,7 @@ def clip_gallery(tiny_collection, tmp_path_factory) -> Path:
         "32",
         "--bs",
         "16",
+        *PINNED,
     )
     return out
 

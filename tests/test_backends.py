@@ -20,7 +20,7 @@ from lookalike.embed.calibrate import MIN_COSINE, calibrate
 from lookalike.embed.extract import split_cores
 from lookalike.embed.models import MODELS, load_model
 
-from .conftest import run_cli
+from .conftest import run_main
 
 SIZES = {"resnet18": 32, "mobilenet": 32, "clip": 64}
 
@@ -32,6 +32,7 @@ def fp32_reference(embedder, x: torch.Tensor) -> np.ndarray:
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
+@pytest.mark.slow  # an OpenVINO conversion of each model, CLIP's ~20 s
 @pytest.mark.parametrize("name", list(MODELS))
 def test_fp32_backends_match_the_reference_and_a_low_precision_is_close_or_never_kept(name):
     """The guarantee on any CPU, not one CPU's numerics. fp32 (torch, and OpenVINO's conversion in both its modes)
@@ -237,6 +238,7 @@ def generated_pixels(embedder, n: int = 6, seed: int = 5) -> torch.Tensor:
     return torch.stack([transform(load_rgb(p)) for p in sorted(root.rglob("*.JPEG"))])
 
 
+@pytest.mark.slow  # quantises twice
 def test_int8_stays_within_cosine_is_quantised_once_and_is_the_same_model_from_an_empty_cache(monkeypatch, tmp_path):
     """A query or a resumed run on another machine rebuilds the int8 model: it must come out byte for byte the same."""
     import nncf
@@ -312,6 +314,7 @@ def test_the_cores_go_where_the_work_is():
     assert split_cores(decode_ms=36.0, model_ms=25.0, cores=2)[:2] == (1, 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_a_query_embedded_by_the_server_matches_the_gallery_row_of_the_same_file(tmp_path, precision):
     from fastapi.testclient import TestClient
@@ -323,7 +326,7 @@ def test_a_query_embedded_by_the_server_matches_the_gallery_row_of_the_same_file
     # int8 on weights of its own: once a model is quantised, every later job of it tries int8, and the other tests'
     # calibrations need not
     seed = ["--seed", "11"] if precision == "int8" else []
-    run_cli(
+    run_main(
         "extract",
         "--data",
         data,

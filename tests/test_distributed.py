@@ -36,7 +36,7 @@ from lookalike.gallery import EMBEDDINGS, METADATA, open_gallery
 from lookalike.search import database_vectors, make_method
 from lookalike.testing import make_bad_images
 
-from .conftest import manifest_json, run_cli, without_measurements
+from .conftest import manifest_json, run_cli, run_main, without_measurements
 
 ray = pytest.importorskip("ray")
 
@@ -100,6 +100,7 @@ def assert_same_gallery(ray_gallery, local_gallery) -> None:
     assert not (ray_gallery.path / ".partial").exists()
 
 
+@pytest.mark.slow
 def test_cli_ray_engine_writes_the_same_gallery_as_the_local_engine(ray_address, collection, local_gallery, tmp_path):
     out = tmp_path / "ray"
     proc = run_cli(
@@ -122,16 +123,18 @@ def test_cli_ray_engine_writes_the_same_gallery_as_the_local_engine(ray_address,
     assert len(gallery.manifest.skipped) == 5
     assert gallery.manifest.timings["actors"] == 2
 
-    run_cli("index", "--gallery", out, "--method", "ivf", "--nlist", "4", "--engine", "ray", "--address", ray_address)
+    # the real process joined the cluster above; this one is already connected to it
+    run_main("index", "--gallery", out, "--method", "ivf", "--nlist", "4", "--engine", "ray", "--address", ray_address)
     info = json.loads((out / "indexes" / "ivf" / "method.json").read_text())
     assert info["built_with"]["engine"] == "ray" and info["built_with"]["shards"] > 1
     query = gallery.paths[-1]  # a val image: held out of the index
-    proc = run_cli("search", "--gallery", out, "--image", query, "--method", "ivf", "-k", "3")
+    proc = run_main("search", "--gallery", out, "--image", query, "--method", "ivf", "-k", "3")
     results = [line for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
     # held-out queries are not in the index
     assert len(results) == 3 and not any(line.endswith(query) for line in results)
 
 
+@pytest.mark.slow
 def test_a_resumed_job_survives_a_dying_worker_and_stages_through_fsspec(
     ray_address, collection, local_gallery, tmp_path, monkeypatch
 ):
@@ -203,6 +206,7 @@ def test_staging_store_writes_through_fsspec_and_refuses_another_jobs_shards():
     store.clear()
 
 
+@pytest.mark.slow
 def test_an_error_on_a_worker_reaches_the_user_as_one_sentence(ray_address, collection, tmp_path):
     config = ExtractConfig(
         data=str(collection), out=str(tmp_path / "ray"), **{**SETTINGS, "weights": str(tmp_path / "missing.pt")}
@@ -225,6 +229,7 @@ def test_worker_plan_leaves_cpu_for_decoding_and_fits_the_gpus():
         plan_workers(Resources(cpus=8, gpus=0, nodes=1), None, 1, None, None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["ivf", "IVF4,SQ8", "IVF4,PQ8x4"])
 def test_sharded_ivf_index_equals_the_single_process_build(ray_address, local_gallery, method):
     ids = np.arange(local_gallery.count)  # every row, as `lookalike index` indexes by default

@@ -20,21 +20,13 @@ from lookalike.data.synthetic import generate_collection
 from lookalike.embed.extract import ExtractConfig, extract
 from lookalike.gallery import CONTENT_HASH, open_gallery
 
-from .conftest import run_cli
+from .conftest import run_main
 
 
 def _config(data: Path, out: Path, **kw) -> ExtractConfig:
-    return ExtractConfig(
-        data=str(data),
-        out=str(out),
-        model="resnet18",
-        weights="random",
-        image_size=32,
-        batch_size=8,
-        shard_size=16,
-        decode_threads=0,
-        **kw,
-    )
+    """Backend and precision named: `auto` would calibrate (seconds) in every extraction of these tests."""
+    settings = dict(model="resnet18", weights="random", image_size=32, batch_size=8, shard_size=16, decode_threads=0)
+    return ExtractConfig(data=str(data), out=str(out), **{**settings, "backend": "torch", "precision": "fp32", **kw})
 
 
 def _sha(path: str) -> str:
@@ -64,7 +56,7 @@ def test_extract_cli_passes_max_pixels_and_refuses_nonsense(tmp_path):
     assert extract_config(args).max_pixels == 200_000_000
     default = extract_config(build_parser().parse_args(["extract", "--data", "d", "--out", "o"]))
     assert "max_pixels" not in default.identity()  # galleries made before the option keep their identity
-    proc = run_cli("extract", "--data", tmp_path, "--out", tmp_path / "g", "--max-pixels", "0", check=False)
+    proc = run_main("extract", "--data", tmp_path, "--out", tmp_path / "g", "--max-pixels", "0", check=False)
     assert proc.returncode == 2 and "--max-pixels must be a positive number" in proc.stderr
 
 

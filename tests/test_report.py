@@ -5,18 +5,20 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from PIL import Image
 
 from lookalike.cli import main
 from lookalike.gallery.generated import write_generated_gallery
 
-from .conftest import run_cli
+from .conftest import run_main
 
 
+@pytest.mark.slow
 def test_report_end_to_end_on_two_galleries(tiny_gallery, tmp_path):
     generated = write_generated_gallery(tmp_path / "generated", 600, 32, val=60, n_clusters=12, rank=4, seed=0).path
     out = tmp_path / "report"
-    proc = run_cli("report", "--gallery", tiny_gallery, generated, "--out", out, "--sizes", "60,200")
+    proc = run_main("report", "--gallery", tiny_gallery, generated, "--out", out, "--sizes", "60,200")
     assert "report written to" in proc.stdout
     text = (out / "report.md").read_text()
 

@@ -19,7 +19,7 @@ from lookalike.gallery.generated import SYNTHETIC_PATH_PREFIX, Segment, generate
 from lookalike.search import make_method
 from lookalike.study.scale import Pool, ScaleConfig, load_extra, measure_size, parse_sizes, tune_for_recall
 
-from .conftest import manifest_json, run_cli
+from .conftest import manifest_json, run_main
 
 
 def _strict_json(text: str):
@@ -232,7 +232,7 @@ def _csv(path: Path) -> list[dict]:
 
 def test_scale_cli_end_to_end_with_synthetic_extension(tiny_gallery, tmp_path):
     out = tmp_path / "scale"
-    proc = run_cli(
+    proc = run_main(
         "scale",
         "--gallery",
         tiny_gallery,

@@ -1,4 +1,5 @@
-"""`lookalike tradeoff` and `lookalike tune` end to end through the real CLI, on a tiny generated gallery."""
+"""`lookalike tradeoff` and `lookalike tune` end to end through the CLI (its `main`, in this process), on tiny
+generated galleries."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from lookalike.gallery import open_gallery
 from lookalike.search import get_method, load_method, save_method
 from lookalike.study.tune import parse_bytes
 
-from .conftest import run_cli
+from .conftest import run_main
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +33,10 @@ def strict_json(path):
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
+@pytest.mark.slow
 def test_tradeoff_writes_points_plot_and_cheapest_settings(gallery, tmp_path):
     out = tmp_path / "out"
-    proc = run_cli(
+    proc = run_main(
         "tradeoff",
         "--gallery",
         gallery,
@@ -94,7 +96,7 @@ def test_tradeoff_with_a_list_of_query_images(gallery, tmp_path):
     lines = [f"{g.paths[i]}\t{g.labels[i]}" for i in val[:2]] + [g.paths[val[2]]]  # the last one has no label
     listing.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    run_cli(
+    run_main(
         "tradeoff",
         "--gallery",
         gallery,
@@ -118,12 +120,12 @@ def test_tradeoff_with_a_list_of_query_images(gallery, tmp_path):
 
 
 def test_tradeoff_rejects_a_bad_factory_string_before_sweeping(gallery, tmp_path):
-    proc = run_cli(
+    proc = run_main(
         "tradeoff", "--gallery", gallery, "--families", "ivf", "--index", "IVF4,Bogus12", "--out", tmp_path, check=False
     )
     assert proc.returncode == 2
     assert "lookalike tradeoff: error: FAISS cannot build --index 'IVF4,Bogus12'" in proc.stderr
-    proc = run_cli("tradeoff", "--gallery", gallery, "--families", "ivf,kdtree", "--out", tmp_path, check=False)
+    proc = run_main("tradeoff", "--gallery", gallery, "--families", "ivf,kdtree", "--out", tmp_path, check=False)
     assert proc.returncode == 2 and "unknown index family 'kdtree'" in proc.stderr
     assert not (tmp_path / "tradeoff.csv").exists()
 
@@ -149,7 +151,7 @@ def clustered_gallery(tmp_path_factory):
 
 def test_tune_choice_is_approximate_and_meets_its_target_on_held_out_queries(clustered_gallery):
     gallery = clustered_gallery
-    proc = run_cli(
+    proc = run_main(
         "tune", "--gallery", gallery, "--k", "10", "--target-recall", "0.9", "--families", "ivf", "--latency", "batch"
     )
     assert "**chosen**" in proc.stdout and "95% bound" in proc.stdout and "test queries" in proc.stdout
@@ -183,7 +185,7 @@ def test_recall_lower_bound_subtracts_the_one_sided_95_percent_confidence_term()
 
 
 def test_tune_with_an_impossible_budget_says_what_to_do(gallery):
-    proc = run_cli("tune", "--gallery", gallery, "--k", "5", "--max-memory", "1KB", "--name", "never", check=False)
+    proc = run_main("tune", "--gallery", gallery, "--k", "5", "--max-memory", "1KB", "--name", "never", check=False)
     assert proc.returncode == 2
     assert "lookalike tune: error: no candidate index fits these limits; raise --max-memory" in proc.stderr
     assert not (gallery / "indexes" / "never").exists()
@@ -268,6 +270,7 @@ def test_nlists_too_large_for_the_gallery_are_skipped_and_said():
     )
 
 
+@pytest.mark.slow  # sweeps on thousands of rows
 def test_tune_budget_counts_the_page_cache_a_memory_mapped_index_reads(tmp_path):
     """ivfpq-mmap: codes fit the budget, but its warm latency needs the mapped file's pages; those count."""
     from lookalike.data.vectors import make_clustered_embeddings
@@ -366,6 +369,7 @@ def widest_recall(name: str, gallery, queries: np.ndarray, x: np.ndarray, rows: 
     return numpy_recall(method.search(queries, 10, setting)[1], queries, x, rows)
 
 
+@pytest.mark.slow  # sweeps on thousands of rows
 def test_tune_never_picks_a_method_whose_recall_collapses_on_bunched_embeddings(bunched_gallery):
     from lookalike.study.tune import tune
 
@@ -393,6 +397,7 @@ def test_tune_never_picks_a_method_whose_recall_collapses_on_bunched_embeddings(
     assert numpy_recall(tuned.search(queries, 10)[1], queries, x, rows) >= 0.94
 
 
+@pytest.mark.slow  # sweeps on thousands of rows
 def test_the_default_method_is_the_fastest_that_reaches_the_target_and_never_a_collapsing_one(bunched_gallery):
     """What a server should answer with by default, measured on the gallery's own held-out queries; a method over
     every row (the queries too) is measured with each query's own row left out."""

@@ -166,6 +166,7 @@ def test_a_new_shard_is_added_by_an_update(shards, local_gallery, tmp_path):
     assert updated.manifest.timings["images"] == 3  # the corrupt member is unchanged: not tried again
 
 
+@pytest.mark.slow
 def test_the_ray_engine_reads_the_shards_into_the_same_gallery(ray_address, shards, local_gallery, tmp_path):
     from lookalike.distributed import extract_ray
 
