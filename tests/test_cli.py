@@ -1,4 +1,7 @@
-"""The real command line, end to end on tiny generated collections: extract → index → search → bench."""
+"""The real command line, end to end on tiny generated collections: extract → index → search → bench.
+
+The first extraction runs the real `lookalike` process; the commands after it run `lookalike.cli.main` in this
+process (run_main): the same code, without a new interpreter's imports per command."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import pytest
 from lookalike.gallery import open_gallery
 from lookalike.search import load_method
 
-from .conftest import run_cli
+from .conftest import PINNED, run_cli, run_main
 
 
 def test_extract_index_search_bench(tiny_collection, tmp_path):
@@ -36,18 +39,18 @@ def test_extract_index_search_bench(tiny_collection, tmp_path):
     assert "images/s" in extract.stdout
 
     # approximate: 2 of 8 lists
-    index = run_cli("index", "--gallery", out, "--method", "ivf", "--nlist", "8", "--nprobe", "2")
+    index = run_main("index", "--gallery", out, "--method", "ivf", "--nlist", "8", "--nprobe", "2")
     assert "IVF8,Flat" in index.stdout and (out / "indexes" / "ivf" / "index.faiss").is_file()
 
     query = next((tiny_collection / "val" / "images").iterdir())
     for method in ("brute", "flat", "ivf"):
-        found = run_cli("search", "--gallery", out, "--image", query, "--method", method, "-k", "5")
+        found = run_main("search", "--gallery", out, "--image", query, "--method", method, "-k", "5")
         rows = [line for line in found.stdout.splitlines() if line.strip()[:1].isdigit()]
         assert len(rows) == 5, found.stdout
         assert all("⚠ random weights" in row for row in rows)
         assert "embed" in found.stdout and "search" in found.stdout
-    exact = run_cli("search", "--gallery", out, "--image", query, "--method", "brute", "-k", "5").stdout
-    ivf_all = run_cli(
+    exact = run_main("search", "--gallery", out, "--image", query, "--method", "brute", "-k", "5").stdout
+    ivf_all = run_main(
         "search", "--gallery", out, "--image", query, "--method", "ivf", "--nprobe", "8", "-k", "5"
     ).stdout
 
@@ -57,20 +60,20 @@ def test_extract_index_search_bench(tiny_collection, tmp_path):
     assert paths(exact) == paths(ivf_all)
     # every image is searched by default: the val image finds itself; the study's database leaves it out
     assert "searched: all 120 images" in exact and paths(exact)[0] == str(query)
-    heldout = run_cli("search", "--gallery", out, "--image", query, "--database", "heldout", "-k", "5").stdout
+    heldout = run_main("search", "--gallery", out, "--image", query, "--database", "heldout", "-k", "5").stdout
     assert "searched: 100 of 120 images: 20 left out" in heldout and str(query) not in paths(heldout)
     assert (
         "note: the saved index ivf was not used"
-        in run_cli("search", "--gallery", out, "--image", query, "--method", "ivf", "--database", "heldout").stdout
+        in run_main("search", "--gallery", out, "--image", query, "--method", "ivf", "--database", "heldout").stdout
     )
 
     # the study measures on its held-out database: an index saved over it is the one bench uses
-    index = run_cli(
+    index = run_main(
         "index", "--gallery", out, "--method", "ivf", "--nlist", "8", "--nprobe", "2", "--database", "heldout"
     )
     assert "over 100 vectors (100 of 120 images" in index.stdout
     assert json.loads((out / "indexes" / "ivf" / "method.json").read_text())["database"] == "heldout"
-    bench = run_cli("bench", "--gallery", out, "--timing-queries", "10")
+    bench = run_main("bench", "--gallery", out, "--timing-queries", "10")
     assert "| ivf |" in bench.stdout and "recall@k vs exact" in bench.stdout
     result = json.loads((out / "bench.json").read_text())
     assert [m["method"] for m in result["methods"]] == ["brute", "flat", "ivf"]
@@ -92,7 +95,7 @@ def test_extract_index_search_bench(tiny_collection, tmp_path):
 
 def test_combined_table_over_two_galleries(tiny_gallery, tiny_collection, tmp_path):
     other = tmp_path / "mobilenet"
-    run_cli(
+    run_main(
         "extract",
         "--data",
         tiny_collection,
@@ -106,9 +109,10 @@ def test_combined_table_over_two_galleries(tiny_gallery, tiny_collection, tmp_pa
         "32",
         "--bs",
         "16",
+        *PINNED,
     )
     combined = tmp_path / "table.md"
-    proc = run_cli("bench", "--gallery", tiny_gallery, other, "--timing-queries", "5", "--out", combined)
+    proc = run_main("bench", "--gallery", tiny_gallery, other, "--timing-queries", "5", "--out", combined)
     table = combined.read_text()
     assert "| | resnet18 | mobilenet |" in table
     assert "| feature dim | 512 | 1280 |" in table
@@ -127,7 +131,7 @@ def test_class_folders_and_list_files(tiny_collection, tmp_path):
     )
     for data, count in ((folders, 100), (listing, 30)):
         out = tmp_path / f"g-{data.name}"
-        run_cli(
+        run_main(
             "extract",
             "--data",
             data,
@@ -141,26 +145,27 @@ def test_class_folders_and_list_files(tiny_collection, tmp_path):
             "32",
             "--bs",
             "16",
+            *PINNED,
         )
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["count"] == count
 
 
 def test_user_errors_are_one_clear_line(tmp_path, tiny_gallery):
-    missing = run_cli(
+    missing = run_cli(  # the real process: its exit code and stderr
         "extract", "--data", tmp_path / "nope", "--out", tmp_path / "g", "--weights", "random", check=False
     )
     assert missing.returncode == 2 and "error:" in missing.stderr and "Traceback" not in missing.stderr
-    no_gallery = run_cli("search", "--gallery", tmp_path / "nope", "--image", "x.jpg", check=False)
+    no_gallery = run_main("search", "--gallery", tmp_path / "nope", "--image", "x.jpg", check=False)
     assert no_gallery.returncode == 2 and "lookalike extract --out" in no_gallery.stderr
     bad_query = tmp_path / "bad.jpg"
     bad_query.write_bytes(b"not an image")
-    bad = run_cli("search", "--gallery", tiny_gallery, "--image", bad_query, check=False)
+    bad = run_main("search", "--gallery", tiny_gallery, "--image", bad_query, check=False)
     assert bad.returncode == 2 and "bad.jpg" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_models_lists_the_weight_sources():
-    out = run_cli("models").stdout
+    out = run_main("models").stdout
     assert (
         "resnet18" in out
         and "1280" in out
@@ -170,7 +175,7 @@ def test_models_lists_the_weight_sources():
 
 
 def test_fetch_offline_says_where_to_put_the_data(tmp_path):
-    proc = run_cli(
+    proc = run_main(
         "fetch", "tiny-imagenet", "--dest", tmp_path, "--url", "http://127.0.0.1:9/tiny-imagenet-200.zip", check=False
     )
     assert proc.returncode == 2, proc.stderr
