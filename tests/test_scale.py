@@ -14,7 +14,7 @@ from PIL import Image
 from lookalike.cli import main
 from lookalike.data.vectors import fit_cluster_model, make_clustered_embeddings, neighbour_stats
 from lookalike.errors import GalleryError, LookalikeError
-from lookalike.gallery import is_real, open_gallery
+from lookalike.gallery import open_gallery
 from lookalike.gallery.generated import SYNTHETIC_PATH_PREFIX, Segment, generated_model_block, write_array_gallery
 from lookalike.search import make_method
 from lookalike.study.scale import Pool, ScaleConfig, load_extra, measure_size, parse_sizes, tune_for_recall
@@ -123,7 +123,7 @@ def test_write_array_gallery_marks_synthetic_rows(tmp_path):
     )
     again = open_gallery(tmp_path / "g")
     assert again.count == 120 and again.dim == 16 and np.array_equal(np.asarray(again.embeddings), x)
-    assert not is_real(again.manifest)
+    assert not again.manifest.is_real
     assert "40 SYNTHETIC rows" in gallery.provenance() and "NO MODEL" in gallery.provenance()
     assert [s["synthetic"] for s in manifest_json(again)["data"]["segments"]] == [False, True]
     assert manifest_json(again)["data"]["synthetic_rows"] == 40
