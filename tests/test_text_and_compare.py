@@ -115,8 +115,11 @@ def test_text_at_the_context_limit_is_searched(clip_api):
     assert len(clip_api.search(text="car " * 75, k=3)) == 3
 
 
-def test_text_on_a_model_without_a_text_tower_names_the_models_that_have_one(tiny_gallery):
-    g = lookalike.open_gallery(tiny_gallery)
+def test_text_on_a_model_without_a_text_tower_names_the_models_that_have_one(tiny_gallery, tmp_path):
+    import shutil
+
+    # a copy: a searcher of its own (searchers are kept per gallery folder, and other tests load this one's model)
+    g = lookalike.open_gallery(shutil.copytree(tiny_gallery, tmp_path / "g"))
     with pytest.raises(TextQueryError, match="resnet18, which has no text tower.*extracted with clip"):
         g.search(text=TEXT)
     assert searcher_for(g)._embedder is None  # refused from the registry, before loading any model
