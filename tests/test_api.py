@@ -27,6 +27,7 @@ def test_version_and_front_door():
     assert {"open_gallery", "extract", "build_index", "Gallery", "Hit"} <= set(lookalike.__all__)
 
 
+@pytest.mark.slow
 def test_search_with_every_query_form_matches_numpy(tiny_gallery):
     g = lookalike.open_gallery(tiny_gallery)
     assert isinstance(g.manifest, Manifest) and g.count == 120 and g.dim == 512
@@ -108,6 +109,7 @@ def test_bad_queries_say_what_to_pass(tiny_gallery, query, message):
         g.search(query)
 
 
+@pytest.mark.slow
 def test_extract_and_build_index_match_the_cli(tiny_collection, tiny_gallery, tmp_path):
     cli = lookalike.open_gallery(tiny_gallery)  # made by `lookalike extract` with the same arguments
     chosen = cli.manifest.model.inference  # `auto` measures afresh each run: give this run the CLI run's choice
@@ -151,6 +153,7 @@ def test_extract_and_build_index_match_the_cli(tiny_collection, tiny_gallery, tm
         lookalike.extract(tiny_collection, tmp_path / "x", no_such_option=1)
 
 
+@pytest.mark.slow
 def test_the_documented_example_runs(tmp_path, monkeypatch):
     from pathlib import Path
 

@@ -74,6 +74,7 @@ def test_fp32_backends_match_the_reference_and_a_low_precision_is_close_or_never
     assert not non_finite & set(kept)
 
 
+@pytest.mark.slow
 def test_openvino_streams_embed_batches_in_order_and_as_one_call_would():
     """Extraction's pipelined loop (each batch whole on one of two streams, two at once) against one call per batch
     (split over the streams): the same bytes, the same order, and a batch of failed images (None) passed through."""
@@ -98,6 +99,7 @@ def test_openvino_streams_embed_batches_in_order_and_as_one_call_would():
             assert (got * fp32_reference(embedder, x)).sum(axis=1).min() >= MIN_COSINE
 
 
+@pytest.mark.slow
 def test_converted_models_are_cached_on_disk_and_reused(monkeypatch):
     import openvino
 
@@ -270,6 +272,7 @@ def test_int8_stays_within_cosine_is_quantised_once_and_is_the_same_model_from_a
     assert weights_digest(fresh) == digest
 
 
+@pytest.mark.slow
 def test_int8_without_nncf_is_unavailable_with_one_sentence(monkeypatch):
     monkeypatch.setitem(sys.modules, "nncf", None)  # `import nncf` now fails, as when it is not installed
     with pytest.raises(BackendUnavailable, match=r"int8 needs NNCF, which is not installed \(pip install nncf\)"):
@@ -359,6 +362,7 @@ def test_a_query_embedded_by_the_server_matches_the_gallery_row_of_the_same_file
     assert top["id"] == row and top["score"] >= 0.999
 
 
+@pytest.mark.slow
 def test_extraction_leaves_the_callers_thread_count_as_it_was(tmp_path):
     data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=4, val_per_class=1)
     torch.set_num_threads(2)

@@ -18,6 +18,7 @@ from lookalike.search import load_method
 from .conftest import PINNED, run_cli, run_main
 
 
+@pytest.mark.slow
 def test_extract_index_search_bench(tiny_collection, tmp_path):
     out = tmp_path / "g"
     extract = run_cli(
@@ -93,6 +94,7 @@ def test_extract_index_search_bench(tiny_collection, tmp_path):
     assert (out / "bench.md").read_text().count("⚠ random weights") >= 3
 
 
+@pytest.mark.slow
 def test_combined_table_over_two_galleries(tiny_gallery, tiny_collection, tmp_path):
     other = tmp_path / "mobilenet"
     run_main(
@@ -119,6 +121,7 @@ def test_combined_table_over_two_galleries(tiny_gallery, tiny_collection, tmp_pa
     assert "Combined table" in proc.stdout
 
 
+@pytest.mark.slow
 def test_class_folders_and_list_files(tiny_collection, tmp_path):
     folders = tmp_path / "folders"
     for wnid_dir in (tiny_collection / "train").iterdir():
@@ -151,6 +154,7 @@ def test_class_folders_and_list_files(tiny_collection, tmp_path):
         assert manifest["count"] == count
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_clear_line(tmp_path, tiny_gallery):
     missing = run_cli(  # the real process: its exit code and stderr
         "extract", "--data", tmp_path / "nope", "--out", tmp_path / "g", "--weights", "random", check=False

@@ -255,6 +255,7 @@ def test_sharded_ivf_index_equals_the_single_process_build(ray_address, local_ga
         np.testing.assert_array_equal(s1, s2)
 
 
+@pytest.mark.slow
 def test_methods_that_cannot_be_merged_are_refused_before_any_work(local_gallery):
     for method in ("hnsw", "flat", "brute", "ivfpq"):
         with pytest.raises(LookalikeError, match="--engine local"):

@@ -52,6 +52,7 @@ def pairs_of(groups) -> set[frozenset]:
     return {frozenset(p) for g in groups for p in itertools.combinations(g, 2)}
 
 
+@pytest.mark.slow
 def test_identical_files_found_with_precision_and_recall_one(copied):
     root, gallery = copied
     by_bytes = defaultdict(list)
@@ -245,6 +246,7 @@ def test_threshold_outside_range_is_an_error(copied, threshold, capsys):
     assert "outside (0, 1]" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_empty_gallery_and_changed_files_are_errors(copied, tmp_path):
     empty = array_gallery(tmp_path / "empty", np.zeros((0, 8), np.float32))
     with pytest.raises(LookalikeError, match="is empty"):

@@ -36,6 +36,7 @@ def near_ties(seed: int = 1, d: int = 96, n: int = 12000, step: float = 1e-5) ->
     return rows[rng.permutation(len(rows))].astype(np.float32), queries.astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["int8", "bf16", "fp16", "fp32", "auto"])
 def test_near_ties_give_exactly_the_fp32_ids(precision):
     x, q = near_ties()
@@ -273,6 +274,7 @@ def looks_fast(low_ms: float, fp32_ms: float = 1.0, torch_ms: float = 2.0):
     return seconds
 
 
+@pytest.mark.slow
 def test_bunched_scores_make_the_probe_scan_fp32_directly(monkeypatch):
     """On bunched embeddings (all pairs above 0.9, as a random-weight CNN over photographs of one kind) the int8 and
     bf16 bounds keep most of the gallery: past their break-even they are never used, even when their scans look 100×

@@ -22,6 +22,7 @@ from lookalike.testing import make_bad_images
 from .conftest import kill_after_shards, manifest_json, run_main, without_measurements
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(MODELS))
 def test_each_model_gives_unit_norm_embeddings_of_its_dimension(name):
     embedder = load_model(name, "random", image_size=32 if name != "clip" else 64)
@@ -99,6 +100,7 @@ def test_gallery_files_and_manifest(tiny_gallery):
     assert not list(tiny_gallery.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_a_gallery_from_other_arguments_is_refused_unless_overwrite(tmp_path, tiny_collection):
     out = tmp_path / "g"
     data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=4, val_per_class=1)
@@ -192,6 +194,7 @@ def test_every_image_is_read_once_the_calibrations_included(tmp_path, monkeypatc
     assert sorted(reads) == sorted(str(p) for p in gallery.paths)
 
 
+@pytest.mark.slow
 def test_the_default_batch_size_is_the_devices_for_a_new_gallery_and_the_gallerys_own_after(tmp_path):
     data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=6, val_per_class=1)
     fresh = extract(

@@ -31,6 +31,7 @@ def data():
     return x, q
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 @pytest.mark.parametrize("name, m, ef_construction", [("hnswlib", 32, 40), ("hnswlib-m16", 16, 100)])
 def test_hnswlib_matches_numpy_at_a_wide_search(data, name, m, ef_construction, metric):

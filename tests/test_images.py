@@ -221,6 +221,7 @@ def test_large_jpeg_decodes_at_reduced_scale_and_keeps_its_orientation():
     assert np.abs(np.asarray(small).astype(np.float64) - ref).mean() < 4.0
 
 
+@pytest.mark.slow
 def test_pixel_limit_is_checked_on_what_is_decoded_and_can_be_raised():
     data = _encode(Image.fromarray(_gradient(1600, 800)), "JPEG")
     with pytest.raises(BadImageError, match="--max-pixels"):

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from lookalike.cli import build_parser
@@ -33,6 +34,7 @@ def _sha(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_extract_max_pixels_refuses_by_default_names_the_option_and_can_be_raised(tmp_path):
     data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=4, val_per_class=1)
     wnid = (data / "wnids.txt").read_text().split()[0]

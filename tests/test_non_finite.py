@@ -70,6 +70,7 @@ def test_normalise_refuses_nan_and_inf_and_names_the_backend():
     np.testing.assert_allclose(np.linalg.norm(normalise(np.ones((2, 8))), axis=1), 1.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_calibration_rejects_a_nan_candidate_and_records_why(monkeypatch):
     embedder = load_model("resnet18", "random", image_size=32, seed=3)
     x = torch.randn(CALIBRATION_IMAGES, 3, 32, 32)
@@ -96,6 +97,7 @@ def rows_of(gallery) -> dict[str, np.ndarray]:
     return dict(zip(gallery.paths, np.asarray(gallery.embeddings)))
 
 
+@pytest.mark.slow
 def test_a_forced_backend_that_gives_nan_mid_run_stops_keeps_its_shards_and_resumes_with_another(
     monkeypatch, tiny_collection, tmp_path
 ):
@@ -136,6 +138,7 @@ def test_a_forced_backend_that_gives_nan_mid_run_stops_keeps_its_shards_and_resu
     assert all(np.array_equal(ours[p], theirs[p]) for p in gallery.paths[32:])
 
 
+@pytest.mark.slow
 def test_the_calibrations_choice_giving_nan_mid_run_is_replaced_and_the_gallery_is_finite(
     monkeypatch, tiny_collection, tmp_path
 ):

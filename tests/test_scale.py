@@ -230,6 +230,7 @@ def _csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_scale_cli_end_to_end_with_synthetic_extension(tiny_gallery, tmp_path):
     out = tmp_path / "scale"
     proc = run_main(

@@ -75,6 +75,7 @@ def test_l2_scores_are_two_minus_two_cosine_with_the_same_ranking(data, name):
     np.testing.assert_allclose(l2_scores, direct, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["brute", "flat", "ivf", "hnsw", "hnsw-sq8", "hnsw16-fp16", "sq8", "IVF16,PQ8"])
 def test_save_load_round_trip(tmp_path, data, name):
     base, queries, ids = data
@@ -90,6 +91,7 @@ def test_save_load_round_trip(tmp_path, data, name):
     assert loaded.memory_bytes() == method.memory_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, m", [("hnsw-sq8", 32), ("hnsw16-sq8", 16)])
 def test_a_graph_over_8_bit_codes_finds_the_neighbours_in_a_quarter_of_the_bytes(data, name, m):
     base, queries, ids = data
@@ -107,6 +109,7 @@ def test_a_graph_over_8_bit_codes_finds_the_neighbours_in_a_quarter_of_the_bytes
     assert built(f"HNSW{m},Flat", base, ids).memory_bytes() - method.memory_bytes() >= 0.7 * base.nbytes
 
 
+@pytest.mark.slow
 def test_a_graph_over_16_bit_floats_is_built_carefully_and_finds_what_the_float_graph_finds(data, tmp_path):
     base, queries, ids = data
     method = built("hnsw16-fp16", base, ids)

@@ -48,6 +48,7 @@ def test_exact_rerank_orders_candidates_by_true_score():
     assert list(top[1, 2:]) == [-1, -1]  # fewer candidates than k: padded like FAISS
 
 
+@pytest.mark.slow
 def test_mmap_rerank_matches_faiss_rflat_and_costs_only_the_codes(mapped):
     base, queries = mapped
     in_ram = make_method("ivfpq", len(base), 64, search_params={"nprobe": 8})
@@ -149,6 +150,7 @@ def test_mmap_memory_counts_the_pages_the_searches_read(mapped):
     assert method.memory_bytes() == codes
 
 
+@pytest.mark.slow
 def test_cold_latency_reads_from_an_evicted_file(mapped):
     base, queries = mapped
     method = make_method("ivfpq-mmap", len(base), 64)
@@ -164,6 +166,7 @@ def test_cold_latency_reads_from_an_evicted_file(mapped):
     assert held.cold_single_ms(queries, 10) is None  # vectors in RAM: there is no file to read
 
 
+@pytest.mark.slow
 def test_scanned_fraction_counts_the_lists_each_query_visits():
     import faiss
 

@@ -224,6 +224,7 @@ def test_page_and_its_files_load_nothing_from_outside(client):
         )
 
 
+@pytest.mark.slow
 def test_upload_search_matches_cli(client, query_images, cli_rankings):
     answer = ok(upload(client, query_images[0], method="brute", k=8))
     assert_same_ranking(ranking(answer), cli_rankings[(0, "brute")])
@@ -422,6 +423,7 @@ def test_the_server_still_works_after_bad_input(client):
 # --- concurrency ---
 
 
+@pytest.mark.slow
 def test_concurrent_searches_all_succeed_and_agree(server, client, query_images, cli_rankings):
     """8 clients × 50 requests mixing uploads and ids over every method; each answer equals the reference."""
     jobs = [
@@ -486,6 +488,7 @@ def test_index_from_another_gallery_refuses_to_start(gallery_dir, tmp_path):
         create_app(other)
 
 
+@pytest.mark.slow
 def test_cli_refuses_bad_starts_with_exit_code_2(gallery_dir, tmp_path):
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
@@ -642,6 +645,7 @@ def test_no_answer_shows_where_the_server_keeps_its_files(gallery_dir, tiny_coll
     assert f"at {tiny_collection.name} ·" in responses["by id"].json()["provenance"]
 
 
+@pytest.mark.slow
 def test_the_default_method_is_measured_on_the_gallery_and_never_one_that_collapses_there(tmp_path):
     """A gallery whose scores bunch (every pair above ~0.9) with a saved 8-bit graph: its recall caps below the target
     there, so the server answers requests that name no method with another one, at the setting it measured."""

@@ -51,6 +51,7 @@ def full_size_gallery(tmp_path_factory) -> Path:
     return extract(config, progress=False).path
 
 
+@pytest.mark.slow
 def test_hostile_uploads_cost_under_a_second_of_cpu_each_and_leave_the_server_healthy(full_size_gallery):
     app = create_app(full_size_gallery, ServerConfig(max_upload_bytes=10 * 2**20))
     assert app.state.service.embedder.embedder.preprocess.resize_size == 256
@@ -84,6 +85,7 @@ def test_hostile_uploads_cost_under_a_second_of_cpu_each_and_leave_the_server_he
     assert costs["1x65000.png"][0] == 200 and costs["65000x1.png"][0] == 200  # legal sizes: answered, cheaply
 
 
+@pytest.mark.slow
 def test_upload_pixel_limit_is_explained_and_configurable(full_size_gallery):
     big = _encode(Image.new("L", (5000, 4000), 7), "PNG")  # 20 Mpx: over the server's default 16.8 Mpx
     with TestClient(create_app(full_size_gallery), base_url="http://127.0.0.1") as client:
@@ -111,6 +113,7 @@ def ivf_gallery(tmp_path_factory) -> Path:
     return gallery.path
 
 
+@pytest.mark.slow
 def test_concurrent_requests_with_different_nprobe_match_a_single_threaded_run(ivf_gallery):
     app = create_app(ivf_gallery, ServerConfig(compute_slots=2, threads=1))
     service = app.state.service
@@ -154,6 +157,7 @@ def test_concurrent_requests_with_different_nprobe_match_a_single_threaded_run(i
     assert all(service.methods[n].method.params()["nprobe"] == 1 for n in names)
 
 
+@pytest.mark.slow
 def test_searches_run_with_the_configured_threads_in_their_worker_thread(ivf_gallery):
     fresh: list[int] = []
     probe = threading.Thread(target=lambda: fresh.append(faiss.omp_get_max_threads()))

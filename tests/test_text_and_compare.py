@@ -68,6 +68,7 @@ def reference_text_vector(clip_reference, text: str) -> np.ndarray:
 # --- the Python API ---
 
 
+@pytest.mark.slow
 def test_text_search_uses_the_galleries_own_clip_and_matches_numpy(clip_api, clip_reference):
     import torch
 
@@ -127,6 +128,7 @@ def test_text_on_a_model_without_a_text_tower_names_the_models_that_have_one(tin
         g.search(0, text=TEXT)
 
 
+@pytest.mark.slow
 def test_text_tower_comes_from_the_weights_file(tmp_path):
     """--weights PATH: the text tower is the file's; a file holding only the image tower gives no text search."""
     import torch
@@ -216,6 +218,7 @@ def resnet_served(tiny_gallery, tmp_path_factory):
         yield app, c
 
 
+@pytest.mark.slow
 def test_text_search_through_the_api(clip_client, clip_gallery, clip_reference):
     info = ok(clip_client.get("/api/gallery"))
     assert info["text"] is True and info["text_note"] is None and info["exact_method"] == "brute"
@@ -350,6 +353,7 @@ def test_concurrent_ef_search_requests_do_not_see_each_other(resnet_served):
 # --- the CLI ---
 
 
+@pytest.mark.slow
 def test_cli_text_search_and_compare(clip_gallery, tiny_gallery):
     procs = {
         "text": subprocess.Popen(

@@ -89,6 +89,7 @@ def test_tradeoff_writes_points_plot_and_cheapest_settings(gallery, tmp_path):
         assert len(image.convert("L").getcolors(maxcolors=256) or range(257)) > 10  # something was drawn
 
 
+@pytest.mark.slow
 def test_tradeoff_with_a_list_of_query_images(gallery, tmp_path):
     g = open_gallery(gallery)
     val = [i for i, s in enumerate(g.splits) if s == "val"][:3]
@@ -149,6 +150,7 @@ def clustered_gallery(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_tune_choice_is_approximate_and_meets_its_target_on_held_out_queries(clustered_gallery):
     gallery = clustered_gallery
     proc = run_main(

@@ -98,6 +98,7 @@ def collection(tmp_path) -> tuple[Path, Path]:
     return data, donor
 
 
+@pytest.mark.slow
 def test_update_embeds_only_what_changed_and_equals_a_fresh_extraction(collection, tmp_path):
     data, donor = collection
     out = tmp_path / "g"
@@ -142,6 +143,7 @@ def test_an_unchanged_folder_is_left_alone_and_no_update_refuses_a_changed_one(c
     assert open_gallery(out).fingerprint == first.fingerprint  # refused: untouched
 
 
+@pytest.mark.slow
 def test_saved_indexes_follow_the_update_or_are_refused_as_stale(collection, tmp_path):
     data, donor = collection
     out = tmp_path / "g"
@@ -237,6 +239,7 @@ def test_a_killed_update_resumes_to_the_gallery_of_an_uninterrupted_one(tmp_path
     assert resumed.fingerprint == whole.fingerprint
 
 
+@pytest.mark.slow
 def test_an_update_killed_while_moving_in_is_finished_by_the_next_run(collection, tmp_path, monkeypatch):
     data, donor = collection
     out, reference = tmp_path / "g", tmp_path / "reference"
@@ -271,6 +274,7 @@ def test_an_update_killed_while_moving_in_is_finished_by_the_next_run(collection
     assert not (out / ".partial").exists()
 
 
+@pytest.mark.slow
 def test_the_held_out_sample_of_a_collection_without_val_does_not_shift(tmp_path):
     source = generate_collection(tmp_path / "src", n_classes=3, train_per_class=30, val_per_class=0)
     folders = tmp_path / "folders"
@@ -300,6 +304,7 @@ def test_the_held_out_sample_of_a_collection_without_val_does_not_shift(tmp_path
     assert sorted(every.ids.tolist()) == list(range(after.count))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,precision", [("openvino", "bf16"), ("torch", "bf16")])
 def test_an_update_embeds_new_files_with_the_gallerys_own_backend_and_precision(
     collection, tmp_path, backend, precision
@@ -317,6 +322,7 @@ def test_an_update_embeds_new_files_with_the_gallerys_own_backend_and_precision(
     assert_same_rows_per_path(updated, fresh)  # the new rows too: the other backend would differ by ~1e-3
 
 
+@pytest.mark.slow
 def test_unreadable_files_are_retried_only_when_they_change(tmp_path):
     data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=6, val_per_class=2)
     images = min((data / "train").iterdir()) / "images"

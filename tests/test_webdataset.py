@@ -114,6 +114,7 @@ def local_gallery(shards, tmp_path_factory):
     return extract(config, progress=False)
 
 
+@pytest.mark.slow
 def test_a_webdataset_gallery_embeds_each_sample_as_its_image_file_would_be(shards, local_gallery, tmp_path):
     expected = shards["expected"]
     listing = tmp_path / "images.txt"
@@ -150,6 +151,7 @@ def expected_bytes(shards, path: str) -> bytes:
     return shards["expected"][path][0].read_bytes()
 
 
+@pytest.mark.slow
 def test_a_new_shard_is_added_by_an_update(shards, local_gallery, tmp_path):
     import shutil
 

@@ -53,6 +53,7 @@ def test_hugging_face_blob_is_checked_against_its_name(tmp_path):
         verify_hf_blob(snapshot / "open_clip_model.safetensors")
 
 
+@pytest.mark.slow
 def test_a_weights_file_gallery_refuses_queries_when_the_file_changed(tmp_path, tiny_gallery):
     weights = tmp_path / "mine.pt"
     torch.save(load_model("resnet18", "random", image_size=32, seed=11).module.state_dict(), weights)
