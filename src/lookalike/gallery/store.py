@@ -76,6 +76,7 @@ class Partition:
     query_ids: np.ndarray
     how: str  # human-readable, e.g. "train (100000) vs val (10000)"
     duplicates: int | None = None  # database rows dropped as copies of a query; None: no content hashes to check
+    copy_ids: np.ndarray | None = None  # those rows (the leakage check reports which query each copies)
 
 
 @dataclass(frozen=True)
@@ -186,17 +187,20 @@ class Gallery:
         method: str | None = None,
         against: Gallery | None = None,
         queries_only: bool = False,
+        check_files: bool = True,
     ) -> DuplicateReport:
         """Groups of near-duplicate images: identical files first, then pairs above a normalised similarity threshold.
 
         Returns a `lookalike.search.dupes.DuplicateReport` (groups that do not chain, a suggested
         keeper each, `to_json()`, `to_csv()`, `write(path)`); see that module for the rule and the
         scoring. `against` compares with another gallery of the same model; `queries_only` checks the
-        held-out queries of `partition` against its database (leakage).
+        held-out queries of `partition` against its database (leakage). `check_files=False` skips the
+        check that the files are as extracted (for a collection that moved: the report then names
+        the files where they were).
         """
         from ..search.dupes import find_duplicates
 
-        return find_duplicates(self, preset, threshold, method, against, queries_only)
+        return find_duplicates(self, preset, threshold, method, against, queries_only, check_files)
 
     def partition(self, max_queries: int = MAX_HELD_OUT_QUERIES, seed: int = 0) -> Partition:
         """The study's held-out queries: the val split when there is one, else a seeded sample left out of the rest.
@@ -295,7 +299,7 @@ class Gallery:
             )
         dropped = int(copies.sum())
         note = f" ({dropped} copies of queries left out of the database)" if dropped else ""
-        return Partition(kept, queries, how.format(database=len(kept)) + note, dropped)
+        return Partition(kept, queries, how.format(database=len(kept)) + note, dropped, database[copies])
 
 
 def open_gallery(path: str | os.PathLike) -> Gallery:

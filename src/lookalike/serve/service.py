@@ -35,6 +35,7 @@ from ..data.webdataset import find_member, is_member_path, read_member
 from ..errors import BadImageError, IndexRowsError, LookalikeError, TextQueryError
 from ..gallery import Gallery, open_gallery
 from ..gallery.generated import has_image_file
+from ..gallery.manifest import shown_path
 from ..search import SearchMethod, saved_methods
 from ..search.compare import EXACT_METHOD, Comparison, compare_search
 from ..search.dupes import DuplicateReport, DuplicatesError, find_duplicates, resolve_threshold
@@ -596,23 +597,6 @@ class SearchService:
             f"the upload{got} is over the {limit_mb:g} MB limit; send a smaller image or start the server with a larger"
             " --max-upload-mb"
         )
-
-
-def shown_path(path: str, root: str | None, root_is_list_file: bool = False) -> str:
-    """`path` relative to the collection root (the folder of a list file); the file name when outside it.
-
-    Answers must not reveal where the server keeps its files; rows written from arrays
-    ("synthetic:…") and paths that are already relative are shown as they are.
-    """
-    if not has_image_file(path) or not os.path.isabs(path):
-        return path
-    base = os.path.dirname(root) if root and root_is_list_file else root
-    if base:
-        try:
-            return Path(path).relative_to(base).as_posix()
-        except ValueError:
-            pass
-    return Path(path).name
 
 
 def private_paths(gallery: Gallery) -> list[tuple[str, str]]:
