@@ -5,11 +5,11 @@ Kept apart from the FastAPI layer (app.py) so validation and search are plain me
 raise `RequestError`s carrying an HTTP status; app.py only turns them into JSON.
 
 Concurrency model (see docs/server.md): everything CPU-heavy — decoding an upload, the
-forward pass, the search, making a thumbnail, a duplicate search — is one "compute job". app.py runs compute
-jobs in worker threads behind a limiter of `compute_slots` (default 1), and torch, FAISS and
-BLAS are pinned once to `threads` (default one per core). So one job at a time uses every
-core, the 2 cores are never oversubscribed, and waiting requests queue on the event loop
-without holding a thread.
+forward pass, the search, making a thumbnail, a duplicate search — is one "compute job".
+app.py runs compute jobs in worker threads behind a limiter of `compute_slots` (default 1),
+and torch, FAISS and BLAS are pinned once to `threads` (default one per core). So one job at
+a time uses every core, the 2 cores are never oversubscribed, and waiting requests queue on
+the event loop without holding a thread.
 """
 
 from __future__ import annotations
@@ -66,9 +66,8 @@ class ServerConfig:
     compute_slots: int = 1  # compute jobs at once; 1 job × all cores keeps the cores busy without oversubscribing
     thumb_px: int = 160  # longest side of a thumbnail, in pixels
     thumb_cache_entries: int = 4096  # thumbnails kept in memory (LRU), a few KB each
-    duplicate_cache_entries: int = (
-        32  # duplicate reports kept (LRU, one per threshold), so a slider moved back is instant
-    )
+    # duplicate reports kept (LRU, one per threshold), so a slider moved back is answered at once
+    duplicate_cache_entries: int = 32
     metric: str = "ip"
     # Host header names accepted (any port); None accepts any. A server bound to loopback must refuse
     # other names, or a web page on another site could reach it through DNS rebinding.

@@ -355,7 +355,7 @@ function renderDuplicates(answer, elapsedMs, moveSlider) {
     return button;
   }));
   const asked = answer.preset ? { preset: answer.preset } : { threshold: answer.threshold };
-  const stem = `duplicates-${answer.preset || answer.threshold}`;
+  const stem = `duplicates-${answer.threshold}`;  // the name the server gives the CSV
   Object.assign($("dupes-json"), { href: dupesUrl(asked), download: `${stem}.json` });
   Object.assign($("dupes-csv"), { href: dupesUrl({ ...asked, format: "csv" }), download: `${stem}.csv` });
 
