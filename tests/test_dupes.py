@@ -245,6 +245,8 @@ def test_threshold_outside_range_is_an_error(copied, threshold, capsys):
     assert main(["dupes", "--gallery", str(gallery.path), "--threshold", threshold]) == 2
     err = capsys.readouterr().err
     assert "outside (0, 1]" in err and err.count("\n") == 1
+    with pytest.raises(LookalikeError, match=r"outside \(0, 1\]"):  # the API says the same
+        gallery.duplicates(threshold=float(threshold))
 
 
 def test_empty_gallery_and_changed_files_are_errors(copied, tmp_path):
