@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -161,6 +163,87 @@ def clip_gallery(tiny_collection, tmp_path_factory) -> Path:
         *PINNED,
     )
     return out
+
+
+@dataclass(frozen=True)
+class PlantedCopy:
+    """A copy planted in a collection: paths relative to its root; the tier the duplicate search must find it in."""
+
+    original: str
+    copy: str
+    tier: str  # "identical content" (the same bytes) or "similarity" (re-encoded, or enlarged)
+    held_out: bool  # the original is a held-out query (val) and the copy sits in the database (train): leakage
+
+
+@dataclass(frozen=True)
+class Planted:
+    root: Path  # the collection
+    gallery: Path
+    copies: tuple[PlantedCopy, ...]
+    larger: PlantedCopy  # a copy enlarged to LARGER_PX² (from 64²) in a smaller file than its original's
+
+    def pairs(self, held_out: bool | None = None, tier: str | None = None) -> set[frozenset[str]]:
+        """The planted pairs (relative paths), optionally only those with the given `held_out` and `tier`."""
+        return {
+            frozenset((c.original, c.copy))
+            for c in self.copies
+            if (held_out is None or c.held_out == held_out) and (tier is None or c.tier == tier)
+        }
+
+
+LARGER_PX = 128
+
+
+def plant_copies(root: Path) -> tuple[tuple[PlantedCopy, ...], PlantedCopy]:
+    """Plant copies into the tiny collection at `root`: two byte copies and two re-encoded copies (JPEG quality 80) of
+    train images, one train image enlarged to 128² at quality 30 (more pixels, a smaller file), and two byte copies and
+    two re-encoded copies of val images placed in train. Measured on resnet18 with random weights at 32 px: at the
+    default preset these nine pairs are the gallery's only groups (re-encoded pairs score 0.95-0.99), and at threshold 1
+    only the four byte copies remain."""
+    from PIL import Image
+
+    def reencode(src: Path, dst: Path, quality: int, size: int | None = None) -> None:
+        with Image.open(src) as image:
+            image = image.convert("RGB")
+            (image.resize((size, size), Image.Resampling.BICUBIC) if size else image).save(dst, "JPEG", quality=quality)
+
+    train = sorted(root.glob("train/*/images/*.JPEG"))
+    val = sorted(root.glob("val/images/*.JPEG"))
+    into = train[0].parent
+    rel = lambda p: p.relative_to(root).as_posix()  # noqa: E731
+    copies = []
+    for n, src in enumerate(train[3::23][:2]):
+        shutil.copy(src, dst := src.with_name(f"same{n}_{src.name}"))
+        copies.append(PlantedCopy(rel(src), rel(dst), "identical content", False))
+    for n, src in enumerate(train[7::23][:2]):
+        reencode(src, dst := src.with_name(f"resaved{n}_{src.name}"), 80)
+        copies.append(PlantedCopy(rel(src), rel(dst), "similarity", False))
+    src = train[11]
+    reencode(src, dst := src.with_name(f"large_{src.name}"), 30, LARGER_PX)
+    assert dst.stat().st_size < src.stat().st_size  # so the file-size key alone would keep the original
+    larger = PlantedCopy(rel(src), rel(dst), "similarity", False)
+    for n, src in enumerate(val[:2]):
+        shutil.copy(src, dst := into / f"valsame{n}_{src.name}")
+        copies.append(PlantedCopy(rel(src), rel(dst), "identical content", True))
+    for n, src in enumerate(val[5:7]):
+        reencode(src, dst := into / f"valresaved{n}_{src.name}", 80)
+        copies.append(PlantedCopy(rel(src), rel(dst), "similarity", True))
+    return (*copies, larger), larger
+
+
+@pytest.fixture(scope="session")
+def planted(tiny_collection, tmp_path_factory) -> Planted:
+    """A copy of `tiny_collection` with planted copies (`plant_copies`) and its gallery (resnet18, random weights,
+    32 px, torch fp32); treat both as read-only."""
+    base = tmp_path_factory.mktemp("planted")
+    root = base / "data"
+    shutil.copytree(tiny_collection, root)
+    copies, larger = plant_copies(root)
+    run_main(
+        *("extract", "--data", root, "--out", base / "gallery", "--model", "resnet18", "--weights", "random"),
+        *("--image-size", "32", "--bs", "16", *PINNED),
+    )
+    return Planted(root, base / "gallery", copies, larger)
 
 
 def manifest_json(gallery) -> dict:

@@ -247,3 +247,82 @@ def test_text_query_and_compare_with_exact(served_clip, browser, tmp_path):
     expect(page.locator("#error")).to_contain_text("the text query is empty", timeout=WAIT_MS)
     assert [url for url in requests if not url.startswith((served_clip, "blob:", "data:"))] == []
     page.close()
+
+
+@pytest.fixture(scope="module")
+def served_planted(planted):
+    """`lookalike serve` over the gallery with planted copies (conftest.plant_copies); yields its URL."""
+    with running_server(planted.gallery) as url:
+        yield url
+
+
+def shown_groups(page) -> set[frozenset[str]]:
+    return {
+        frozenset(paths)
+        for paths in page.locator("#dupes-groups .group").evaluate_all(
+            "groups => groups.map(g => [...g.querySelectorAll('.member')].map(m => m.dataset.path))"
+        )
+    }
+
+
+def test_duplicates_view(served_planted, planted, browser, tmp_path):
+    import csv
+    import json
+
+    from playwright.sync_api import expect
+
+    page, requests, console_errors = open_page(browser, served_planted)
+    expect(page.locator("#provenance")).to_contain_text("resnet18", timeout=WAIT_MS)
+    expect(page.locator("#dupes-view")).to_be_hidden()
+    page.click("#tab-dupes")
+    expect(page.locator("#search-view")).to_be_hidden()
+    expect(page.locator("#dupes-deletes-nothing")).to_contain_text("The server deletes nothing")
+
+    # the default preset: the planted pairs, each with its keeper marked, the enlarged copy kept over its original
+    groups = page.locator("#dupes-groups .group")
+    expect(groups).to_have_count(len(planted.pairs()), timeout=WAIT_MS)
+    assert shown_groups(page) == planted.pairs()
+    expect(page.locator("#dupes-threshold-value")).to_have_text("0.85")
+    expect(page.locator("#dupes-presets .preset.active")).to_have_text("near 0.85")
+    expect(page.locator("#dupes-groups .member.keeper")).to_have_count(len(planted.pairs()))
+    enlarged = groups.filter(has=page.locator(f'.member[data-path="{planted.larger.copy}"]'))
+    expect(enlarged.locator(".member.keeper")).to_have_attribute("data-path", planted.larger.copy)
+    expect(enlarged.locator(".keep-mark")).to_have_text("★ keep")
+    expect(enlarged.locator("h3")).to_contain_text("lowest pairwise score 0.9")
+    expect(enlarged.locator(".member:not(.keeper) .reason")).to_have_text("similarity")
+    expect(page.locator("#dupes-status")).to_contain_text("identical content: checked")
+    page.wait_for_load_state("networkidle")
+    page.screenshot(path=str(tmp_path / "lookalike-duplicates.png"), full_page=True)
+
+    # the slider at 1: only the byte copies are left
+    set_slider(page, "#dupes-threshold", 1)
+    identical = planted.pairs(tier="identical content")
+    expect(groups).to_have_count(len(identical), timeout=WAIT_MS)
+    assert shown_groups(page) == identical
+    expect(page.locator("#dupes-status")).to_contain_text("threshold 1 ")
+    expect(page.locator("#dupes-presets .preset.active")).to_have_count(0)
+
+    # export what is shown: CSV and JSON, both downloaded from the page
+    with page.expect_download() as download:
+        page.click("#dupes-csv")
+    rows = list(csv.DictReader(open(download.value.path(), newline="")))
+    assert download.value.suggested_filename == "duplicates-1.csv"
+    by_group: dict[str, set[str]] = {}
+    for row in rows:
+        by_group.setdefault(row["group"], set()).add(row["path"])
+    assert set(map(frozenset, by_group.values())) == identical
+    assert {row["reason"] for row in rows} == {"keeper", "identical content"}
+    with page.expect_download() as download:
+        page.click("#dupes-json")
+    data = json.loads(open(download.value.path()).read())
+    assert (
+        data["threshold"] == 1.0 and {frozenset(m["path"] for m in g["members"]) for g in data["groups"]} == identical
+    )
+
+    # a preset button brings the planted pairs back
+    page.click('#dupes-presets .preset[data-preset="near"]')
+    expect(groups).to_have_count(len(planted.pairs()), timeout=WAIT_MS)
+    expect(page.locator("#dupes-threshold-value")).to_have_text("0.85")
+    assert console_errors == []
+    assert [url for url in requests if not url.startswith((served_planted, "blob:", "data:"))] == []
+    page.close()

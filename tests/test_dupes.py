@@ -24,6 +24,8 @@ from lookalike.errors import LookalikeError
 from lookalike.gallery.generated import Segment, generated_model_block, write_array_gallery
 from lookalike.search import dupes
 
+from .conftest import LARGER_PX
+
 COPIES = 6  # files copied under other names in the collection with copies
 
 
@@ -244,6 +246,8 @@ def test_threshold_outside_range_is_an_error(copied, threshold, capsys):
     assert main(["dupes", "--gallery", str(gallery.path), "--threshold", threshold]) == 2
     err = capsys.readouterr().err
     assert "outside (0, 1]" in err and err.count("\n") == 1
+    with pytest.raises(LookalikeError, match=r"outside \(0, 1\]"):  # the API says the same
+        gallery.duplicates(threshold=float(threshold))
 
 
 @pytest.mark.slow
@@ -284,3 +288,87 @@ def test_one_preset_finds_the_same_copies_on_spread_and_bunched_galleries(tmp_pa
         report = array_gallery(tmp_path / name, x).duplicates()  # preset near
         found = {frozenset(m.id for m in g.members) for g in report.groups}
         assert found == expected, name
+
+
+def test_extraction_records_each_images_size_and_the_keeper_has_the_most_pixels(planted):
+    """The planted enlarged copy (128² in a smaller file than its 64² original) is kept: the pixel key decides."""
+    from PIL import Image
+
+    gallery = lookalike.open_gallery(planted.gallery)
+    sizes = [Image.open(p).size for p in gallery.paths]  # read from the files' headers, apart from extraction
+    assert gallery.image_dimensions.tolist() == [list(s) for s in sizes]
+    larger, original = (str(planted.root / p) for p in (planted.larger.copy, planted.larger.original))
+    assert Image.open(larger).size == (LARGER_PX, LARGER_PX) and Image.open(original).size == (64, 64)
+    assert os.path.getsize(larger) < os.path.getsize(original)
+    group = next(g for g in gallery.duplicates().groups if larger in {m.path for m in g.members})
+    assert {m.path for m in group.members} == {larger, original}
+    assert gallery.paths[group.keep] == larger and group.members[0].path == larger
+
+
+def older_copy(planted, folder: Path, drop: list[str]) -> lookalike.Gallery:
+    """A copy of the planted gallery without some metadata columns, as a gallery from an older lookalike has it."""
+    import pyarrow.parquet as pq
+
+    shutil.copytree(planted.gallery, folder)
+    pq.write_table(pq.read_table(folder / "metadata.parquet").drop_columns(drop), folder / "metadata.parquet")
+    return lookalike.open_gallery(folder)
+
+
+def test_an_older_gallery_opens_and_its_keeper_falls_back_to_the_largest_file(planted, tmp_path):
+    older = older_copy(planted, tmp_path / "older", ["width", "height"])
+    assert older.image_dimensions is None
+    larger, original = (str(planted.root / p) for p in (planted.larger.copy, planted.larger.original))
+    group = next(g for g in older.duplicates().groups if larger in {m.path for m in g.members})
+    assert older.paths[group.keep] == original  # no pixel counts: the larger file wins
+
+
+def test_cli_without_content_hashes_skips_the_identical_tier_and_says_so(planted, tmp_path, capsys):
+    older = older_copy(planted, tmp_path / "older", ["sha256"])
+    out = tmp_path / "d.json"
+    assert main(["dupes", "--gallery", str(older.path), "--out", str(out)]) == 0
+    assert "identical content: skipped: the gallery has no content hashes" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    found = {
+        frozenset(Path(m["path"]).relative_to(planted.root).as_posix() for m in g["members"]) for g in data["groups"]
+    }
+    assert found == planted.pairs()  # byte copies are still found, by similarity (score 1)
+    assert {m["reason"] for g in data["groups"] for m in g["members"]} == {"keeper", "similarity"}
+
+
+def test_cli_refuses_an_empty_gallery_in_one_line(tmp_path, capsys):
+    empty = array_gallery(tmp_path / "empty", np.zeros((0, 8), np.float32))
+    assert main(["dupes", "--gallery", str(empty.path)]) == 2
+    err = capsys.readouterr().err
+    assert "is empty; extract a collection into it first" in err and err.count("\n") == 1
+
+
+def test_a_moved_collection_is_refused_unless_the_check_is_skipped(planted, tmp_path, capsys):
+    """The collection moved after extraction: every recorded path is gone, the embeddings still hold."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    moved = tmp_path / "gallery"
+    shutil.copytree(planted.gallery, moved)
+    table = pq.read_table(moved / "metadata.parquet")
+    old_root = str(planted.root)
+    paths = [p.replace(old_root, str(tmp_path / "was-here"), 1) for p in table.column("path").to_pylist()]
+    column = table.column_names.index("path")
+    pq.write_table(table.set_column(column, "path", pa.array(paths, pa.string())), moved / "metadata.parquet")
+    gallery = lookalike.open_gallery(moved)
+
+    assert main(["dupes", "--gallery", str(moved)]) == 2
+    err = capsys.readouterr().err
+    assert f"{gallery.count} files changed or vanished since extraction" in err and "--no-check-files" in err
+    assert err.count("\n") == 1
+    with pytest.raises(LookalikeError, match="check_files=False"):
+        gallery.duplicates()
+
+    out = tmp_path / "d.csv"
+    assert main(["dupes", "--gallery", str(moved), "--no-check-files", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    groups = defaultdict(set)
+    for row in rows:
+        groups[row["group"]].add(Path(row["path"]).relative_to(tmp_path / "was-here").as_posix())
+    assert set(map(frozenset, groups.values())) == planted.pairs()  # named where they were
+    found = {frozenset(m.path for m in g.members) for g in gallery.duplicates(check_files=False).groups}
+    assert found == {frozenset(str(tmp_path / "was-here" / p) for p in pair) for pair in planted.pairs()}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lookalike.data.images import IMAGE_EXTENSIONS, is_image_path, load_rgb, load_rgb_bytes
+from lookalike.data.images import IMAGE_EXTENSIONS, decode_image_bytes, is_image_path, load_rgb, load_rgb_bytes
 from lookalike.errors import BadImageError, LookalikeError
 from lookalike.testing import make_bad_images
 
@@ -122,6 +122,22 @@ def test_exif_orientation_is_applied():
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     out = load_rgb_bytes(_encode(im, "JPEG", exif=exif.tobytes()))
     assert out.size == (2, 4)
+
+
+@pytest.mark.parametrize(
+    ("orientation", "upright"), [(1, (400, 240)), (3, (400, 240)), (6, (240, 400)), (8, (240, 400))]
+)
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_decoding_reports_the_files_full_upright_size(orientation, upright, fmt):
+    """What a gallery records as width and height: the file's picture as displayed, even when decoding reduced it."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _encode(Image.new("RGB", (400, 240), (10, 120, 200)), fmt, exif=exif.tobytes())
+    decoded = decode_image_bytes(data, min_side=32)
+    assert (decoded.width, decoded.height) == upright
+    assert max(decoded.image.size) < 400  # reduced while decoding (JPEG draft, PNG box reduce)
+    assert (decoded.image.width > decoded.image.height) == (upright[0] > upright[1])  # and turned upright
+    assert decode_image_bytes(data).image.size == upright
 
 
 def test_webp_and_bmp_with_upper_case_names(tmp_path):

@@ -196,7 +196,14 @@ def test_gallery_describes_provenance_and_methods(client):
 def test_openapi_documents_every_endpoint(client):
     spec = ok(client.get("/openapi.json"))
     paths = spec["paths"]
-    assert {"/api/search", "/api/images/{id}", "/api/images/{id}/thumb", "/api/gallery", "/healthz"} <= set(paths)
+    assert {
+        "/api/search",
+        "/api/images/{id}",
+        "/api/images/{id}/thumb",
+        "/api/gallery",
+        "/api/duplicates",
+        "/healthz",
+    } <= set(paths)
     search = paths["/api/search"]["post"]
     form = search["requestBody"]["content"]["multipart/form-data"]["schema"]
     form = spec["components"]["schemas"][form["$ref"].split("/")[-1]] if "$ref" in form else form
@@ -631,12 +638,14 @@ def test_no_answer_shows_where_the_server_keeps_its_files(gallery_dir, tiny_coll
             "too large": c.post("/api/search", files={"image": ("x.jpg", b"\xff" * (2 * UPLOAD_LIMIT), "image/jpeg")}),
             "json": c.post("/api/search", json={"id": 3}),
             "text on resnet": c.post("/api/search", data={"text": "a red car"}),
+            "duplicates of changed files": c.get("/api/duplicates"),
             "no such route": c.get("/api/nothing"),
             "bad verb": c.delete("/api/gallery"),
         }
     assert [name for name, r in responses.items() if r.status_code == 500] == []
     assert responses["missing image"].status_code == 404 and responses["unreadable thumb"].status_code == 404
     assert "train/gone/missing.JPEG" in responses["missing image"].json()["error"]  # named relative to the collection
+    assert responses["duplicates of changed files"].status_code == 409
     for name, response in responses.items():
         text = response.content.decode("utf-8", "replace") + str(dict(response.headers))
         assert not [p for p in private if p in text], f"{name} shows a server path: {text[:500]}"

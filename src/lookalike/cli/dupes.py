@@ -43,6 +43,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="check the held-out queries against the database (the study's leakage check)",
     )
+    p.add_argument(
+        "--no-check-files",
+        action="store_true",
+        help=(
+            "skip the check that every file is as extracted (same size and mtime); for a collection moved elsewhere,"
+            " whose embeddings still hold: the output names the files where they were"
+        ),
+    )
     p.add_argument("--out", default=None, help="write every group to FILE.json or FILE.csv (one row per member)")
     opt.threads(p)
     p.set_defaults(func=cmd_dupes)
@@ -57,7 +65,9 @@ def cmd_dupes(args: argparse.Namespace) -> int:
     gallery = open_gallery(args.gallery)
     against = open_gallery(args.against) if args.against else None
     preset = None if args.threshold is not None else args.preset
-    report = find_duplicates(gallery, preset, args.threshold, args.method, against, args.queries)
+    report = find_duplicates(
+        gallery, preset, args.threshold, args.method, against, args.queries, check_files=not args.no_check_files
+    )
     print(report.summary())
     for number, group in enumerate(report.groups[:SHOWN_GROUPS]):
         print(f"group {number}: {len(group.members)} images, lowest pairwise score {group.min_similarity:.3f}")

@@ -86,7 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     opt.threads(p)
     p.set_defaults(func=cmd_scale)
 
-    p = sub.add_parser("report", help="bench + tradeoff + scale for one or more galleries, as one Markdown report")
+    p = sub.add_parser(
+        "report", help="bench + tradeoff + scale + the leakage check for one or more galleries, as one Markdown report"
+    )
     opt.gallery(p, several=True)
     p.add_argument("--out", default="report")
     p.add_argument(

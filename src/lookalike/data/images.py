@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -20,6 +21,8 @@ from lookalike.errors import BadImageError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DEFAULT_MAX_PIXELS",
+    "Decoded",
+    "decode_image_bytes",
     "is_image_path",
     "load_rgb",
     "load_rgb_bytes",
@@ -44,6 +47,20 @@ _WHITE = (255, 255, 255)
 
 # Every size is checked here against max_pixels, so PIL's warning above its own threshold is noise.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that turn the image a quarter: width and height trade places
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded image and the full size of the picture in the file, upright (EXIF applied).
+
+    `image` may be smaller (reduced while decoding, see `min_side`); `width` × `height` is what
+    the file holds, which the gallery records so a duplicate group can keep its largest copy.
+    """
+
+    image: Image.Image
+    width: int
+    height: int
 
 
 def is_image_path(path: str | os.PathLike) -> bool:
@@ -84,7 +101,7 @@ def load_rgb(
     try:
         # Open the file ourselves so a missing or unreadable file gets a clear reason.
         with open(name, "rb") as fh:
-            return _decode(fh, name, max_pixels, min_side)
+            return _decode(fh, name, max_pixels, min_side).image
     except BadImageError:
         raise
     except MemoryError:
@@ -101,6 +118,17 @@ def load_rgb_bytes(
     min_side: int | None = None,
 ) -> Image.Image:
     """Decode an in-memory image (e.g. an HTTP upload) like `load_rgb`; `name` is used in error messages."""
+    return decode_image_bytes(data, max_pixels=max_pixels, name=name, min_side=min_side).image
+
+
+def decode_image_bytes(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str = "upload",
+    min_side: int | None = None,
+) -> Decoded:
+    """`load_rgb_bytes`, with the file's full upright size beside the image (extraction records it)."""
     if not data:
         raise BadImageError(_message(name, "it is empty (0 bytes)"))
     try:
@@ -132,7 +160,7 @@ def _reason(exc: BaseException) -> str:
     return f"corrupt or truncated ({text})"
 
 
-def _decode(fh: io.IOBase, name: str, max_pixels: int, min_side: int | None = None) -> Image.Image:
+def _decode(fh: io.IOBase, name: str, max_pixels: int, min_side: int | None = None) -> Decoded:
     """Open, size-check, fully load (reduced when allowed) and convert; the returned image owns its pixels."""
     if fh.read(1) == b"":
         raise BadImageError(_message(name, "it is empty (0 bytes)"))
@@ -142,6 +170,8 @@ def _decode(fh: io.IOBase, name: str, max_pixels: int, min_side: int | None = No
         width, height = im.size
         if width <= 0 or height <= 0:
             raise BadImageError(_message(name, f"it has no pixels ({width}x{height})"))
+        orientation = im.getexif().get(0x0112, 1)
+        upright = (height, width) if orientation in SWAPPED_ORIENTATIONS else (width, height)
         if min_side and im.format == "JPEG":
             im.draft(None, (JPEG_HEADROOM * min_side, JPEG_HEADROOM * min_side))  # DCT-domain 1/2..1/8 scaling
         w, h = im.size
@@ -158,10 +188,10 @@ def _decode(fh: io.IOBase, name: str, max_pixels: int, min_side: int | None = No
         im.load()
         reduced = _reduce(im, min_side) if min_side else im
         if reduced is im:
-            return _to_rgb8(ImageOps.exif_transpose(im) or im)
+            return Decoded(_to_rgb8(ImageOps.exif_transpose(im) or im), *upright)
         # The reduced copy has lost TIFF tags, so take the orientation from the original.
-        method = _TRANSPOSE.get(im.getexif().get(0x0112, 1))
-        return _to_rgb8(reduced.transpose(method) if method is not None else reduced)
+        method = _TRANSPOSE.get(orientation)
+        return Decoded(_to_rgb8(reduced.transpose(method) if method is not None else reduced), *upright)
 
 
 _TRANSPOSE = {  # EXIF orientation → PIL transpose, as ImageOps.exif_transpose maps it

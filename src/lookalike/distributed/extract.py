@@ -384,7 +384,8 @@ def split_transform(preprocess: Preprocess):
 
 
 def decode_batch(row: dict, preprocess: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
-    """Decode one batch's files with the local engine's dataset code (same errors, same order, same content hashes)."""
+    """Decode one batch's files with the local engine's dataset code (same errors, same order, same content hashes and
+    image sizes)."""
     import torch
 
     torch.set_num_threads(1)  # one decode task per CPU slot
@@ -392,7 +393,7 @@ def decode_batch(row: dict, preprocess: Preprocess, max_pixels: int = DEFAULT_MA
     to_pixels, _ = split_transform(preprocess)
     records = tuple(ImageRecord(str(path), None, "train") for path in row["paths"])
     dataset = ImageListDataset(records, to_pixels, max_pixels, preprocess.resize_size)
-    local, tensor, bad, hashes = collate([dataset[i] for i in range(len(dataset))])
+    local, tensor, bad, hashes, dimensions = collate([dataset[i] for i in range(len(dataset))])
     start = int(row["start"])
     size = preprocess.image_size
     return {
@@ -403,6 +404,7 @@ def decode_batch(row: dict, preprocess: Preprocess, max_pixels: int = DEFAULT_MA
         "pixels": tensor.numpy() if tensor is not None else np.zeros((0, 3, size, size), np.uint8),
         "bad": json.dumps([[start + i, reason] for i, reason in bad]),
         "hashes": json.dumps(hashes),
+        "dimensions": json.dumps(dimensions),
         "seconds": time.perf_counter() - started,
     }
 
@@ -432,7 +434,8 @@ class EmbedActor:
             embeddings = self.embedder.embed(self.normalise(torch.from_numpy(pixels)))
         else:
             embeddings = np.zeros((0, self.embedder.dim), np.float32)
-        out = {key: batch[key] for key in ("shard", "batch", "batches", "indices", "bad", "hashes") if key in batch}
+        passed = ("shard", "batch", "batches", "indices", "bad", "hashes", "dimensions")
+        out = {key: batch[key] for key in passed if key in batch}
         out["embeddings"] = embeddings[None]
         out["seconds"] = batch["seconds"] + (time.perf_counter() - started)
         return out
@@ -468,6 +471,9 @@ class ShardWriter:
             "embeddings": np.asarray(batch["embeddings"][0], dtype=np.float32).reshape(-1, self.dim),
             "bad": [(int(i), str(r)) for i, r in json.loads(str(batch["bad"][0]))],
             "hashes": [str(h) for h in json.loads(str(batch["hashes"][0]))] if "hashes" in batch else None,
+            "dimensions": (
+                [tuple(wh) for wh in json.loads(str(batch["dimensions"][0]))] if "dimensions" in batch else None
+            ),
             "seconds": float(batch["seconds"][0]),
         }
         written = -1
@@ -483,6 +489,6 @@ class ShardWriter:
         indices = np.concatenate([p["indices"] for p in ordered]).tolist()
         bad = [item for p in ordered for item in p["bad"]]
         hashes = None if any(p["hashes"] is None for p in ordered) else [h for p in ordered for h in p["hashes"]]
-        self.store.write(
-            shard.filename, encode_shard(embeddings, indices, bad, sum(p["seconds"] for p in ordered), hashes)
-        )
+        dims = None if any(p["dimensions"] is None for p in ordered) else [d for p in ordered for d in p["dimensions"]]
+        seconds = sum(p["seconds"] for p in ordered)
+        self.store.write(shard.filename, encode_shard(embeddings, indices, bad, seconds, hashes, dims))

@@ -30,7 +30,7 @@ import torch
 
 from .. import runtime
 from ..data.datasets import Collection, ImageRecord, load_collection
-from ..data.images import DEFAULT_MAX_PIXELS, load_rgb_bytes, read_image_bytes
+from ..data.images import DEFAULT_MAX_PIXELS, decode_image_bytes, read_image_bytes
 from ..errors import BadImageError, GalleryError
 from ..gallery import (
     MANIFEST,
@@ -171,7 +171,9 @@ class ImageListDataset:
     """Decodes one record (in a decode worker thread); a bad file becomes an error entry, never an exception.
 
     Each file is read once: its bytes are hashed (sha256, so a duplicate under another path or
-    a symlink is recognised later, see Gallery.partition) and decoded from memory.
+    a symlink is recognised later, see Gallery.partition) and decoded from memory, and its full
+    (width, height) is kept (a duplicate group's suggested keeper is its largest copy).
+    An item is (index, tensor or None, error or None, sha256 or None, (width, height) or None).
     """
 
     def __init__(
@@ -199,23 +201,26 @@ class ImageListDataset:
         try:
             data = read_image_bytes(path)  # a file, or a webdataset tar member
         except OSError as exc:
-            return index, None, f"cannot read image {path}: {exc.strerror or exc}; remove or replace the file", None
+            reason = f"cannot read image {path}: {exc.strerror or exc}; remove or replace the file"
+            return index, None, reason, None, None
         try:
-            image = load_rgb_bytes(data, max_pixels=self.max_pixels, name=path, min_side=self.min_side)
-            return index, self.transform(image), None, hashlib.sha256(data).hexdigest()
+            decoded = decode_image_bytes(data, max_pixels=self.max_pixels, name=path, min_side=self.min_side)
+            digest = hashlib.sha256(data).hexdigest()
+            return index, self.transform(decoded.image), None, digest, (decoded.width, decoded.height)
         except BadImageError as exc:
-            return index, None, str(exc), None
+            return index, None, str(exc), None, None
         except Exception as exc:  # a transform failing on a degenerate image must not kill the run
-            return index, None, f"{path}: {type(exc).__name__}: {exc}", None
+            return index, None, f"{path}: {type(exc).__name__}: {exc}", None, None
 
 
 def collate(items):
-    """(indices, stacked tensor or None, [(index, reason)], content hashes aligned with indices)."""
-    ok = [(i, t, h) for i, t, _, h in items if t is not None]
-    bad = [(i, e) for i, _, e, _ in items if e is not None]
-    indices = [i for i, _, _ in ok]
-    tensor = torch.stack([t for _, t, _ in ok]) if ok else None
-    return indices, tensor, bad, [h for _, _, h in ok]
+    """(indices, stacked tensor or None, [(index, reason)], content hashes and (width, height)s aligned with
+    indices)."""
+    ok = [(i, t, h, wh) for i, t, _, h, wh in items if t is not None]
+    bad = [(i, e) for i, _, e, _, _ in items if e is not None]
+    indices = [i for i, _, _, _ in ok]
+    tensor = torch.stack([t for _, t, _, _ in ok]) if ok else None
+    return indices, tensor, bad, [h for _, _, h, _ in ok], [wh for _, _, _, wh in ok]
 
 
 PREFETCH_PER_WORKER = 2  # batches each decode worker may run ahead of the model
@@ -587,14 +592,17 @@ def encode_shard(
     bad: list[tuple[int, str]],
     seconds: float,
     hashes: list[str] | None = None,
+    dimensions: list[tuple[int, int]] | None = None,
 ) -> bytes:
     """The shard file format (an .npz), as bytes: both engines write it, the Ray engine through fsspec.
 
-    `hashes` (sha256 of each file, aligned with `indices`) is optional: shards without it give a
-    gallery without the content-hash column.
+    `hashes` (sha256 of each file) and `dimensions` ((width, height) of each image), aligned with
+    `indices`, are optional: shards without them give a gallery without those columns.
     """
     buffer = io.BytesIO()
     extra = {"hashes": np.asarray(hashes, dtype="U64")} if hashes is not None and len(hashes) == len(indices) else {}
+    if dimensions is not None and len(dimensions) == len(indices):
+        extra["dimensions"] = np.asarray(dimensions, dtype=np.int64).reshape(-1, 2)
     np.savez(
         buffer,
         embeddings=embeddings.astype(np.float32, copy=False),
@@ -615,8 +623,11 @@ def write_shard(
     bad: list[tuple[int, str]],
     seconds: float,
     hashes: list[str] | None = None,
+    dimensions: list[tuple[int, int]] | None = None,
 ) -> None:
-    atomic_write_bytes(job.partial / shard.filename, encode_shard(embeddings, indices, bad, seconds, hashes))
+    atomic_write_bytes(
+        job.partial / shard.filename, encode_shard(embeddings, indices, bad, seconds, hashes, dimensions)
+    )
 
 
 def run_local(job: Job, embedder: Embedder, decode_threads: int, progress: bool = True) -> None:
@@ -647,22 +658,23 @@ def run_local(job: Job, embedder: Embedder, decode_threads: int, progress: bool 
     )
     shard_iter = iter(todo)
     shard = next(shard_iter)
-    embs, idx, bad, hashes, started = [], [], [], [], time.perf_counter()
+    embs, idx, bad, hashes, dims, started = [], [], [], [], [], time.perf_counter()
     try:
-        for (indices, bad_items, digests), embedded in map_batches(
-            embedder.active, (((i, b, d), t) for i, t, b, d in loader)
+        for (indices, bad_items, digests, sizes), embedded in map_batches(
+            embedder.active, (((i, b, d, s), t) for i, t, b, d, s in loader)
         ):
             if embedded is not None:
                 embs.append(embedded)
                 idx.extend(indices)
                 hashes.extend(digests)
+                dims.extend(sizes)
             bad.extend(bad_items)
             bar.update(len(indices) + len(bad_items))
             last = max(indices + [i for i, _ in bad_items])
             if last == shard.stop - 1:
                 emb = np.concatenate(embs) if embs else np.zeros((0, embedder.dim), np.float32)
-                write_shard(job, shard, emb, idx, bad, time.perf_counter() - started, hashes)
-                embs, idx, bad, hashes, started = [], [], [], [], time.perf_counter()
+                write_shard(job, shard, emb, idx, bad, time.perf_counter() - started, hashes, dims)
+                embs, idx, bad, hashes, dims, started = [], [], [], [], [], time.perf_counter()
                 shard = next(shard_iter, None)
     except KeyboardInterrupt:
         done = sum(job.done(s) for s in job.shards)
@@ -699,12 +711,13 @@ def read_shards(job: Job) -> incremental.NewRows:
         raise GalleryError(
             f"cannot commit {job.out}: {len(missing)} shards are missing; rerun the extraction to finish them"
         )
-    embs, idx, bad, hashes, seconds = [], [], [], [], 0.0
+    embs, idx, bad, hashes, dims, seconds = [], [], [], [], [], 0.0
     for shard in job.shards:
         with np.load(job.partial / shard.filename) as z:
             embs.append(z["embeddings"])
             idx.append(z["indices"])
             hashes.append(z["hashes"].tolist() if "hashes" in z.files else None)
+            dims.append(z["dimensions"] if "dimensions" in z.files else None)
             bad.extend(zip(z["bad_indices"].tolist(), z["bad_reasons"].tolist()))
             seconds += float(z["seconds"])
     return incremental.NewRows(
@@ -714,6 +727,8 @@ def read_shards(job: Job) -> incremental.NewRows:
         [h for part in hashes for h in part] if all(h is not None for h in hashes) else None,
         bad,
         seconds,
+        # every shard recorded image sizes (shards from before they were recorded did not)
+        np.concatenate(dims).reshape(-1, 2) if dims and all(d is not None for d in dims) else None,
     )
 
 
@@ -771,6 +786,7 @@ def commit(job: Job, embedder: Embedder | None = None, extra_timings: dict | Non
             content_hashes=new.hashes,
             sizes=plan.sizes[new.indices],
             mtimes=plan.mtimes[new.indices],
+            dimensions=new.dimensions,
         ),
         data=DataInfo.from_dict(job.collection.provenance()),
         skipped=[{"path": p, "reason": r} for p, r in job.collection.problems]

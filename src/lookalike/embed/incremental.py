@@ -201,6 +201,7 @@ class NewRows:
     hashes: list[str] | None
     bad: list[tuple[int, str]]
     seconds: float = 0.0  # decode + embed time summed over shards
+    dimensions: np.ndarray | None = None  # (n, 2) width and height of each image; None from older shards
 
 
 def stage_update(
@@ -239,6 +240,11 @@ def stage_update(
             base.content_hashes[np.maximum(old, 0)],
             np.asarray(new.hashes + [""], dtype=object)[new_row[rows]],
         )
+    dimensions = None
+    if base.image_dimensions is not None and new.dimensions is not None:
+        dimensions = np.zeros((len(rows), 2), dtype=np.int64)
+        dimensions[from_old] = base.image_dimensions[old[from_old]]
+        dimensions[~from_old] = new.dimensions[new_row[rows[~from_old]]]
     id_map = np.full(base.count, -1, dtype=np.int64)
     id_map[old[from_old]] = np.flatnonzero(from_old)
 
@@ -275,6 +281,7 @@ def stage_update(
             content_hashes=hashes.tolist() if hashes is not None else None,
             sizes=plan.sizes[rows],
             mtimes=plan.mtimes[rows],
+            dimensions=dimensions,
         ),
         model=model,
         data=DataInfo.from_dict(whole.provenance()),

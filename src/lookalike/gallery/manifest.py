@@ -9,6 +9,7 @@ real by a caller that forgot to look. `Manifest.from_dict` reads every manifest 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,10 @@ class DataInfo:
         if self.synthetic:
             return f"GENERATED data ({self.kind} images drawn by lookalike.data.synthetic, not real photos)"
         return f"data: {self.kind} at {self.shown_root() if names_only else self.root}"
+
+    def shown_path(self, path: str) -> str:
+        """A row's `path` relative to this collection (see `shown_path`)."""
+        return shown_path(path, self.root, self.kind == "list")
 
     def shown_root(self) -> str | None:
         """The collection folder's (or list file's) name without where it lies: what the server may show."""
@@ -329,3 +334,21 @@ class Manifest:
 
     def with_timings(self, **timings: Any) -> Manifest:
         return replace(self, timings={**self.timings, **timings})
+
+
+def shown_path(path: str, root: str | None, root_is_list_file: bool = False) -> str:
+    """`path` relative to the collection root (the folder of a list file); the file name when outside it.
+
+    The server's answers and the study's reports name images without revealing where the files
+    lie; rows written from arrays ("synthetic:…") and paths that are already relative are never
+    absolute, and are shown as they are.
+    """
+    if not os.path.isabs(path):
+        return path
+    base = os.path.dirname(root) if root and root_is_list_file else root
+    if base:
+        try:
+            return Path(path).relative_to(base).as_posix()
+        except ValueError:
+            pass
+    return Path(path).name

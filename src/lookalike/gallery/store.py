@@ -3,7 +3,8 @@
 Layout (see README "What each output file holds"):
     manifest.json       what made the gallery (model, weights, data, preprocessing, timings, versions)
     embeddings.npy      (N, d) float32, L2-normalised, memory-mappable
-    metadata.parquet    id, path, label, label_name, split, sha256, size, mtime_ns (row i describes embeddings[i])
+    metadata.parquet    id, path, label, label_name, split, sha256, size, mtime_ns, width, height
+                        (row i describes embeddings[i]; the last five are absent in older galleries)
     id_map.npy          after an update: each id of the gallery before it → its id now (−1: gone)
     indexes/<name>/     saved search methods (see lookalike.search)
     cache/              ground truth and other derived data, safe to delete
@@ -53,6 +54,8 @@ METADATA_SCHEMA = pa.schema(
 CONTENT_HASH = "sha256"  # optional metadata column: sha256 of each image file (galleries extracted before it lack it)
 # optional columns: each file's stat before it was read (older galleries lack them)
 FILE_SIZE, FILE_MTIME = ("size", "mtime_ns")
+# optional columns: each image's full size in pixels, upright (older galleries lack them)
+IMAGE_WIDTH, IMAGE_HEIGHT = ("width", "height")
 ID_MAP = "id_map.npy"
 HELD_OUT_FRACTION = 0.1  # of a collection without a val split, by path hash (see Gallery.partition)
 MAX_HELD_OUT_QUERIES = 1000
@@ -73,6 +76,7 @@ class Partition:
     query_ids: np.ndarray
     how: str  # human-readable, e.g. "train (100000) vs val (10000)"
     duplicates: int | None = None  # database rows dropped as copies of a query; None: no content hashes to check
+    copy_ids: np.ndarray | None = None  # those rows (the leakage check reports which query each copies)
 
 
 @dataclass(frozen=True)
@@ -183,17 +187,20 @@ class Gallery:
         method: str | None = None,
         against: Gallery | None = None,
         queries_only: bool = False,
+        check_files: bool = True,
     ) -> DuplicateReport:
         """Groups of near-duplicate images: identical files first, then pairs above a normalised similarity threshold.
 
         Returns a `lookalike.search.dupes.DuplicateReport` (groups that do not chain, a suggested
         keeper each, `to_json()`, `to_csv()`, `write(path)`); see that module for the rule and the
         scoring. `against` compares with another gallery of the same model; `queries_only` checks the
-        held-out queries of `partition` against its database (leakage).
+        held-out queries of `partition` against its database (leakage). `check_files=False` skips the
+        check that the files are as extracted (for a collection that moved: the report then names
+        the files where they were).
         """
         from ..search.dupes import find_duplicates
 
-        return find_duplicates(self, preset, threshold, method, against, queries_only)
+        return find_duplicates(self, preset, threshold, method, against, queries_only, check_files)
 
     def partition(self, max_queries: int = MAX_HELD_OUT_QUERIES, seed: int = 0) -> Partition:
         """The study's held-out queries: the val split when there is one, else a seeded sample left out of the rest.
@@ -265,6 +272,17 @@ class Gallery:
             self.metadata.column(FILE_MTIME).to_numpy().astype(np.int64),
         )
 
+    @cached_property
+    def image_dimensions(self) -> np.ndarray | None:
+        """(N, 2) width and height of each row's image as the file holds it, or None for a gallery without them
+        (extracted before they were stored, or written from arrays)."""
+        names = self.metadata.column_names
+        if IMAGE_WIDTH not in names or IMAGE_HEIGHT not in names:
+            return None
+        return np.stack(
+            [self.metadata.column(name).to_numpy().astype(np.int64) for name in (IMAGE_WIDTH, IMAGE_HEIGHT)], axis=1
+        )
+
     def _without_copies(self, database: np.ndarray, queries: np.ndarray, how: str) -> Partition:
         """Drop database rows whose file content equals a query's; `how` may hold a {database} field for the final
         count."""
@@ -281,7 +299,7 @@ class Gallery:
             )
         dropped = int(copies.sum())
         note = f" ({dropped} copies of queries left out of the database)" if dropped else ""
-        return Partition(kept, queries, how.format(database=len(kept)) + note, dropped)
+        return Partition(kept, queries, how.format(database=len(kept)) + note, dropped, database[copies])
 
 
 def open_gallery(path: str | os.PathLike) -> Gallery:
@@ -334,9 +352,10 @@ class Rows:
         None  # each file's size and mtime (ns) before it was read, so an update can skip unchanged files
     )
     mtimes: Sequence[int] | None = None
+    dimensions: np.ndarray | Sequence[tuple[int, int]] | None = None  # (width, height) of each image, when decoded
 
     def __post_init__(self) -> None:
-        optional = (self.content_hashes, self.sizes, self.mtimes)
+        optional = (self.content_hashes, self.sizes, self.mtimes, self.dimensions)
         lengths = {len(self.paths), len(self.labels), len(self.label_names), len(self.splits)} | {
             len(c) for c in optional if c is not None
         }
@@ -363,6 +382,10 @@ class Rows:
         if self.sizes is not None and self.mtimes is not None:
             table = table.append_column(FILE_SIZE, pa.array(np.asarray(self.sizes, dtype=np.int64), pa.int64()))
             table = table.append_column(FILE_MTIME, pa.array(np.asarray(self.mtimes, dtype=np.int64), pa.int64()))
+        if self.dimensions is not None:
+            dims = np.asarray(self.dimensions, dtype=np.int32).reshape(-1, 2)
+            table = table.append_column(IMAGE_WIDTH, pa.array(dims[:, 0], pa.int32()))
+            table = table.append_column(IMAGE_HEIGHT, pa.array(dims[:, 1], pa.int32()))
         return table
 
 

@@ -274,7 +274,8 @@ def _check_unchanged(gallery: Gallery, rows: np.ndarray) -> None:
     if count:
         raise DuplicatesError(
             f"gallery at {gallery.path}: {count} files changed or vanished since extraction (e.g. {examples[0]});"
-            " run the same `lookalike extract` again to update the gallery first"
+            " run the same `lookalike extract` again to update the gallery first, or, if the collection only moved,"
+            " skip this check (`lookalike dupes --no-check-files`, `check_files=False`)"
         )
 
 

@@ -5,6 +5,7 @@
     GET  /api/images/{id}        the original image file of a gallery id
     GET  /api/images/{id}/thumb  a JPEG thumbnail (made once, then cached)
     GET  /api/gallery            manifest summary, provenance, methods and their parameter ranges
+    GET  /api/duplicates         near-duplicate groups among every row (threshold or preset; format json or csv)
     GET  /healthz                liveness
     GET  /openapi.json           the API description (FastAPI's /docs page is off: it loads from a CDN)
     GET  /                       the page (static/, no build step, nothing fetched from outside)
@@ -21,10 +22,10 @@ import uuid
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path as FilePath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import FastAPI, File, Form, Path, Request, UploadFile
+from fastapi import FastAPI, File, Form, Path, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -33,9 +34,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import BadImageError, LookalikeError
+from ..search.dupes import PRESETS, resolve_threshold
 from ..search.registry import PARAMS
 from .schemas import (
     Comparison,
+    DuplicatesResponse,
     ErrorBody,
     GalleryInfo,
     Health,
@@ -70,6 +73,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "unreadable image, or more than one query (image, id, text)",
         415: "a JSON body: the query is sent as form fields",
         404: "unknown gallery id, or its image file is missing",
+        409: "the gallery's files changed or vanished since extraction (duplicates are checked against them)",
         413: "upload over the size limit",
         422: (
             "missing or invalid field: unknown method, k or a search parameter out of range, empty or over-long text,"
@@ -463,6 +467,53 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
         if data is None:
             data, _ = await compute.run(service.thumbnail, gallery_id)
         return Response(data, media_type="image/jpeg", headers=IMAGE_CACHE)
+
+    @app.get(
+        "/api/duplicates",
+        response_model=DuplicatesResponse,
+        responses={
+            200: {"content": {"text/csv": {}}, "description": "the report (JSON), or one CSV row per member"},
+            **_errors(409, 422),
+        },
+        summary="Groups of near-duplicate images among every row of the gallery, with a suggested keeper each",
+    )
+    async def duplicates(
+        threshold: Annotated[
+            float | None,
+            Query(
+                description=(
+                    "in (0, 1] on the normalised score (1: the same vector, 0: as alike as a typical 10th neighbour);"
+                    " overrides preset"
+                )
+            ),
+        ] = None,
+        preset: Annotated[
+            str | None, Query(description=f"one of {', '.join(PRESETS)} (default: the library's default preset)")
+        ] = None,
+        answer_format: Annotated[
+            Literal["json", "csv"], Query(alias="format", description="json (default) or csv (one row per member)")
+        ] = "json",
+    ) -> Response | DuplicatesResponse:
+        preset, threshold = service.duplicate_threshold(preset, threshold)
+        report = service.cached_duplicates(preset, threshold)  # a slider moved back: no compute job
+        if report is None:
+            report, _ = await compute.run(service.duplicates, preset, threshold)
+        if answer_format == "csv":
+            return Response(
+                report.to_csv(),
+                media_type="text/csv; charset=utf-8",
+                headers={"Content-Disposition": f'attachment; filename="duplicates-{threshold:g}.csv"'},
+            )
+        answer = report.to_json()
+        for group in answer["groups"]:
+            for member in group["members"]:
+                row = service.row(member["id"])
+                member |= {
+                    "thumb": f"/api/images/{member['id']}/thumb",
+                    "image": f"/api/images/{member['id']}",
+                    **{key: row[key] for key in ("split", "label", "label_name")},
+                }
+        return DuplicatesResponse(**answer, presets=PRESETS, default_preset=resolve_threshold(None, None)[0])
 
     @app.get(
         "/api/gallery",

@@ -173,3 +173,55 @@ class Health(BaseModel):
     count: int
     methods: list[str]
     real: bool
+
+
+class DuplicateScoring(BaseModel):
+    """How scores were computed (lookalike.search.dupes): cosine rescaled by the gallery's own neighbourhood."""
+
+    formula: str
+    baseline_cosine: float = Field(description="b: the median cosine of a row to its k-th nearest other row")
+    neighbour_k: int
+    sample_rows: int = Field(description="rows whose k-th neighbour gave the median")
+
+
+class DuplicateMember(BaseModel):
+    id: int = Field(description="gallery id; its thumbnail is at `thumb`")
+    path: str = Field(description="the image's path relative to the collection (its file name when outside it)")
+    score: float = Field(description="normalised score against the group's keeper (1 for the keeper itself)")
+    reason: Literal["keeper", "identical content", "similarity"]
+    gallery: str = Field(description="the gallery folder's name")
+    thumb: str = Field(description="URL of its JPEG thumbnail (GET /api/images/{id}/thumb)")
+    image: str = Field(description="URL of the original file (GET /api/images/{id})")
+    split: str | None
+    label: str | None
+    label_name: str | None
+
+
+class DuplicateGroup(BaseModel):
+    keep: int = Field(description="the suggested keeper's id (see keeper_rule)")
+    keep_gallery: str
+    min_similarity: float = Field(description="the lowest normalised score between any two members")
+    members: list[DuplicateMember] = Field(description="the keeper first, then by decreasing score")
+
+
+class DuplicatesResponse(BaseModel):
+    """`DuplicateReport.to_json()` of the served gallery (every row), paths relative, with thumbnail URLs."""
+
+    gallery: str = Field(description="the gallery folder's name")
+    against: str | None
+    provenance: str
+    mode: str
+    preset: str | None = Field(description="the preset asked for; null when a threshold was given")
+    threshold: float = Field(description="on the normalised score, in (0, 1]")
+    scoring: DuplicateScoring
+    method: str = Field(description="exact (numpy scan in blocks) or ivf (FAISS range_search)")
+    pair_recall: float | None = Field(description="the IVF method's recall of exact pairs on a sample; null for exact")
+    identical_tier: str = Field(
+        description="'checked (sha256 of each file)', or why the identical-content tier was skipped"
+    )
+    keeper_rule: str
+    rows: int
+    notes: list[str]
+    groups: list[DuplicateGroup]
+    presets: dict[str, float] = Field(description="the named thresholds (`preset`)")
+    default_preset: str = Field(description="the preset used when a request names neither preset nor threshold")

@@ -1,14 +1,15 @@
-"""What the web demo does, without HTTP: load a gallery, its model and its methods once; embed, search, thumbnail.
+"""What the web demo does, without HTTP: load a gallery, its model and its methods once; embed, search, thumbnail,
+find near-duplicates.
 
 Kept apart from the FastAPI layer (app.py) so validation and search are plain methods that
 raise `RequestError`s carrying an HTTP status; app.py only turns them into JSON.
 
 Concurrency model (see docs/server.md): everything CPU-heavy — decoding an upload, the
-forward pass, the search, making a thumbnail — is one "compute job". app.py runs compute
-jobs in worker threads behind a limiter of `compute_slots` (default 1), and torch, FAISS and
-BLAS are pinned once to `threads` (default one per core). So one job at a time uses every
-core, the 2 cores are never oversubscribed, and waiting requests queue on the event loop
-without holding a thread.
+forward pass, the search, making a thumbnail, a duplicate search — is one "compute job".
+app.py runs compute jobs in worker threads behind a limiter of `compute_slots` (default 1),
+and torch, FAISS and BLAS are pinned once to `threads` (default one per core). So one job at
+a time uses every core, the 2 cores are never oversubscribed, and waiting requests queue on
+the event loop without holding a thread.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,10 @@ from ..data.webdataset import find_member, is_member_path, read_member
 from ..errors import BadImageError, IndexRowsError, LookalikeError, TextQueryError
 from ..gallery import Gallery, open_gallery
 from ..gallery.generated import has_image_file
+from ..gallery.manifest import shown_path
 from ..search import SearchMethod, saved_methods
 from ..search.compare import EXACT_METHOD, Comparison, compare_search
+from ..search.dupes import DuplicateReport, DuplicatesError, find_duplicates, resolve_threshold
 from ..search.searcher import LoadedMethod, Searcher
 from ..search.storage import HELD_ROWS, held_rows
 from ..study.tune import DefaultChoice, default_method
@@ -63,6 +66,8 @@ class ServerConfig:
     compute_slots: int = 1  # compute jobs at once; 1 job × all cores keeps the cores busy without oversubscribing
     thumb_px: int = 160  # longest side of a thumbnail, in pixels
     thumb_cache_entries: int = 4096  # thumbnails kept in memory (LRU), a few KB each
+    # duplicate reports kept (LRU, one per threshold), so a slider moved back is answered at once
+    duplicate_cache_entries: int = 32
     metric: str = "ip"
     # Host header names accepted (any port); None accepts any. A server bound to loopback must refuse
     # other names, or a web page on another site could reach it through DNS rebinding.
@@ -92,6 +97,12 @@ class Invalid(RequestError):
 
 class TooLarge(RequestError):
     status = 413
+
+
+class Conflict(RequestError):
+    """The gallery cannot answer as it is now (its files changed since extraction); the request itself is fine."""
+
+    status = 409
 
 
 def describe_method(entry: LoadedMethod, max_k: int) -> dict[str, Any]:
@@ -133,22 +144,22 @@ class SearchPlan:
         }
 
 
-class ThumbnailCache:
-    """Thread-safe LRU of encoded JPEG thumbnails, keyed by gallery id."""
+class LruCache:
+    """Thread-safe LRU: thumbnails by gallery id, duplicate reports by (gallery fingerprint, threshold)."""
 
     def __init__(self, max_entries: int):
         self.max_entries = max_entries
-        self._items: OrderedDict[int, bytes] = OrderedDict()
+        self._items: OrderedDict[Any, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: int) -> bytes | None:
+    def get(self, key: Any) -> Any:
         with self._lock:
             data = self._items.get(key)
             if data is not None:
                 self._items.move_to_end(key)
             return data
 
-    def put(self, key: int, data: bytes) -> None:
+    def put(self, key: Any, data: Any) -> None:
         with self._lock:
             self._items[key] = data
             self._items.move_to_end(key)
@@ -175,7 +186,8 @@ class SearchService:
         # The exact search each method is compared with: the shared brute force when it holds the same rows
         # (every built method does), else brute force over that saved index's own rows, built once here.
         self.exact = {name: searcher.exact(entry.method) for name, entry in methods.items()}
-        self.thumbs = ThumbnailCache(config.thumb_cache_entries)
+        self.thumbs = LruCache(config.thumb_cache_entries)
+        self.duplicate_reports = LruCache(config.duplicate_cache_entries)
         gallery = self.gallery
         metadata = gallery.metadata
         self._paths: list[str] = metadata.column("path").to_pylist()
@@ -401,6 +413,55 @@ class SearchService:
         self.thumbs.put(gallery_id, data)
         return data
 
+    # -- near-duplicates (search.dupes) --
+    def duplicate_threshold(self, preset: str | None, threshold: float | None) -> tuple[str | None, float]:
+        """The preset and threshold a duplicate request asks for (cheap: runs on the event loop); a bad one is a 422."""
+        try:
+            return resolve_threshold(preset, threshold)
+        except DuplicatesError as exc:
+            raise Invalid(str(exc), "threshold" if threshold is not None else "preset") from None
+
+    def cached_duplicates(self, preset: str | None, threshold: float) -> DuplicateReport | None:
+        """The report of an earlier request at this threshold, if the LRU still holds it (cheap: the event loop)."""
+        report = self.duplicate_reports.get((self.gallery.fingerprint, threshold))
+        return None if report is None else replace(report, preset=preset)
+
+    def duplicates(self, preset: str | None, threshold: float) -> DuplicateReport:
+        """Groups of near-duplicates among every row (held-out queries and database alike), as answers show them.
+
+        Computed once per (gallery fingerprint, threshold) and kept in an LRU, so moving the page's
+        slider back is instant; the file check (one stat per file) runs with each computation, and a
+        gallery whose files changed since extraction is a 409. `preset` only names the threshold.
+        """
+        cached = self.cached_duplicates(preset, threshold)
+        if cached is not None:
+            return cached
+        try:
+            report = self.shown_report(find_duplicates(self.gallery, None, threshold))
+        except DuplicatesError as exc:
+            raise Conflict(str(exc)) from None
+        self.duplicate_reports.put((self.gallery.fingerprint, threshold), report)
+        return replace(report, preset=preset)
+
+    def shown_report(self, report: DuplicateReport) -> DuplicateReport:
+        """`report` with paths relative to the collection and the gallery named by its folder, as every answer is."""
+        name = self.gallery.path.name
+        groups = tuple(
+            replace(
+                group,
+                keep_gallery=name,
+                members=tuple(replace(m, path=self._shown_paths[m.id], gallery=name) for m in group.members),
+            )
+            for group in report.groups
+        )
+        return replace(
+            report,
+            gallery=name,
+            provenance=self.provenance(),
+            groups=groups,
+            notes=tuple(self.hide_paths(note) for note in report.notes),
+        )
+
     # -- lookups --
     def image_member(self, gallery_id: int) -> tuple[bytes, str] | None:
         """(bytes, media type) of a webdataset sample's image, read from its tar; None for an ordinary file."""
@@ -535,23 +596,6 @@ class SearchService:
             f"the upload{got} is over the {limit_mb:g} MB limit; send a smaller image or start the server with a larger"
             " --max-upload-mb"
         )
-
-
-def shown_path(path: str, root: str | None, root_is_list_file: bool = False) -> str:
-    """`path` relative to the collection root (the folder of a list file); the file name when outside it.
-
-    Answers must not reveal where the server keeps its files; rows written from arrays
-    ("synthetic:…") and paths that are already relative are shown as they are.
-    """
-    if not has_image_file(path) or not os.path.isabs(path):
-        return path
-    base = os.path.dirname(root) if root and root_is_list_file else root
-    if base:
-        try:
-            return Path(path).relative_to(base).as_posix()
-        except ValueError:
-            pass
-    return Path(path).name
 
 
 def private_paths(gallery: Gallery) -> list[tuple[str, str]]:

@@ -6,7 +6,8 @@ setting reaching each recall target, its speed-up and its label precision beside
 search's), and (ii) how the end-to-end latency profile shifts between the smallest and the
 largest scale size (100k → 1M by default). It names, for every gallery, the weights
 (pretrained, random or a file), the data (real or generated, and any synthetic extension),
-and the library versions and thread counts behind the figures.
+and the library versions and thread counts behind the figures, and how many held-out queries
+have a copy in the database (study.leakage), which would inflate precision@k.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .. import runtime
 from ..gallery import Gallery, atomic_write_bytes, atomic_write_json, open_gallery
 from .bench import BenchResult, combined_table, run_bench, write_bench
 from .core import not_real_banner
+from .leakage import Leakage, check_leakage, leakage_markdown
 from .metrics import MAP_DEFINITION
 from .scale import ScaleConfig, ScaleResult, format_size, run_scale, write_scale
 from .tradeoff import RECALL_TARGETS, TradeoffConfig, TradeoffResult, run_tradeoff, write_tradeoff
@@ -45,6 +47,7 @@ class GalleryReport:
     bench: BenchResult
     tradeoff: TradeoffResult
     scale: ScaleResult
+    leakage: Leakage
 
 
 # --- what produced the figures ---
@@ -179,6 +182,8 @@ def run_report(config: ReportConfig, progress=print) -> list[GalleryReport]:
     for gallery, name in zip(galleries, folder_names(galleries)):
         folder = config.out / name
         progress(f"== {name}: {gallery.provenance()}")
+        progress("leakage …")
+        leakage = check_leakage(gallery)
         progress("bench …")
         bench = run_bench(gallery, k=config.k)
         write_bench(bench, folder)
@@ -190,7 +195,7 @@ def run_report(config: ReportConfig, progress=print) -> list[GalleryReport]:
             gallery, ScaleConfig(sizes=config.sizes, k=config.k, target_recall=config.target_recall), progress=progress
         )
         write_scale(scale, folder / "scale")
-        reports.append(GalleryReport(name, bench, tradeoff, scale))
+        reports.append(GalleryReport(name, bench, tradeoff, scale, leakage))
     return reports
 
 
@@ -255,7 +260,8 @@ def report_markdown(reports: list[GalleryReport], config: ReportConfig, seconds:
     ]
     for r in reports:
         lines += scale_summary(r)
-    lines += ["", "## Timing table (bench)", "", combined_table([r.bench for r in reports])]
+    lines += ["", *leakage_markdown([r.leakage for r in reports])]
+    lines += ["## Timing table (bench)", "", combined_table([r.bench for r in reports])]
     for r in reports:
         lines += [
             f"## {r.bench.model} — `{r.bench.gallery}`",
@@ -288,6 +294,7 @@ def report_json(reports: list[GalleryReport], config: ReportConfig) -> dict:
                 "synthetic_extension": r.scale.extension,
                 "accuracy_summary": accuracy_summary(r),
                 "scale_summary": scale_summary(r),
+                "leakage": r.leakage.to_dict(),
                 "files": {
                     name: f"{r.folder}/{rel}"
                     for name, rel in (

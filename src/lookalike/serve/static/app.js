@@ -8,6 +8,13 @@ const state = {
   seq: 0,         // answers to superseded requests are dropped
 };
 const PARAMS = ["nprobe", "efSearch", "k_factor"];  // per-request search parameters; ranges come from /api/gallery
+const dupes = {
+  loaded: false,  // the Duplicates view asks the server only once it is opened (a duplicate search is CPU work)
+  seq: 0,         // answers to superseded thresholds are dropped
+  timer: null,    // the slider's debounce
+};
+const DUPES_DEBOUNCE_MS = 300;
+const DUPES_SHOWN_GROUPS = 200;  // groups drawn at once; the export holds them all
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -286,6 +293,112 @@ function renderLatency(t, kind) {
   $("latency").replaceChildren(...rows.flat());
 }
 
+// --- near-duplicates (GET /api/duplicates) ---
+
+function showView(name) {
+  const onDupes = name === "dupes";
+  $("search-view").hidden = onDupes;
+  $("dupes-view").hidden = !onDupes;
+  $("tab-search").setAttribute("aria-selected", String(!onDupes));
+  $("tab-dupes").setAttribute("aria-selected", String(onDupes));
+  if (onDupes && !dupes.loaded) {
+    dupes.loaded = true;
+    loadDuplicates({});  // the server's default preset; the answer sets the slider
+  }
+}
+
+function dupesUrl(params) {
+  const query = new URLSearchParams(Object.entries(params).filter(([, v]) => v != null)).toString();
+  return "/api/duplicates" + (query ? "?" + query : "");
+}
+
+async function loadDuplicates(params) {
+  clearTimeout(dupes.timer);
+  const seq = ++dupes.seq;
+  $("dupes-status").textContent = "finding near-duplicates…";
+  document.body.dataset.dupesBusy = "1";
+  const started = performance.now();
+  let answer;
+  try {
+    const response = await fetch(dupesUrl(params));
+    answer = await response.json();
+    if (seq !== dupes.seq) return;
+    if (!response.ok) {
+      showDupesError(answer.error || `HTTP ${response.status}`);
+      $("dupes-status").textContent = "";
+      return;
+    }
+  } catch (err) {
+    if (seq === dupes.seq) showDupesError(`the server did not answer (${err.message})`);
+    return;
+  } finally {
+    if (seq === dupes.seq) delete document.body.dataset.dupesBusy;
+  }
+  $("dupes-error").hidden = true;
+  renderDuplicates(answer, performance.now() - started, params.threshold == null);
+}
+
+function showDupesError(message) {
+  const box = $("dupes-error");
+  box.textContent = message;
+  box.hidden = false;
+}
+
+function renderDuplicates(answer, elapsedMs, moveSlider) {
+  if (moveSlider) {  // a preset or the default; an answer to the slider leaves it where the user has it now
+    $("dupes-threshold").value = answer.threshold;
+    $("dupes-threshold-value").textContent = (+answer.threshold).toFixed(2);
+  }
+  $("dupes-presets").replaceChildren(...Object.entries(answer.presets).map(([name, value]) => {
+    const button = el("button", { type: "button", class: "preset" + (value === answer.threshold ? " active" : ""), "data-preset": name, text: `${name} ${value}` });
+    button.addEventListener("click", () => loadDuplicates({ preset: name }));
+    return button;
+  }));
+  const asked = answer.preset ? { preset: answer.preset } : { threshold: answer.threshold };
+  const stem = `duplicates-${answer.threshold}`;  // the name the server gives the CSV
+  Object.assign($("dupes-json"), { href: dupesUrl(asked), download: `${stem}.json` });
+  Object.assign($("dupes-csv"), { href: dupesUrl({ ...asked, format: "csv" }), download: `${stem}.csv` });
+
+  const groups = answer.groups;
+  const images = groups.reduce((n, g) => n + g.members.length, 0);
+  const recall = answer.pair_recall == null ? "" : `, pair recall ${answer.pair_recall.toFixed(3)} against exact`;
+  $("dupes-status").textContent = [
+    `${groups.length} groups holding ${images} images (${images - groups.length} beside their keepers) among ${answer.rows.toLocaleString()} rows`,
+    `threshold ${answer.threshold}${answer.preset ? ` (preset ${answer.preset})` : ""}, baseline cosine b = ${answer.scoring.baseline_cosine.toFixed(4)}`,
+    `method ${answer.method}${recall}`,
+    `identical content: ${answer.identical_tier}`,
+    `${(elapsedMs / 1000).toFixed(2)} s`,
+    ...answer.notes,
+  ].join(" · ");
+  $("dupes-groups").replaceChildren(...groups.slice(0, DUPES_SHOWN_GROUPS).map((g, i) => groupItem(g, i, answer.keeper_rule)));
+  const more = $("dupes-more");
+  more.hidden = groups.length <= DUPES_SHOWN_GROUPS;
+  more.textContent = `showing the first ${DUPES_SHOWN_GROUPS} of ${groups.length} groups; the export holds them all`;
+}
+
+function groupItem(g, index, keeperRule) {
+  return el("li", { class: "group", "data-keep": g.keep, "data-size": g.members.length },
+    el("h3", { text: `group ${index + 1} · ${g.members.length} images · lowest pairwise score ${g.min_similarity.toFixed(3)}` }),
+    el("ol", { class: "members" }, ...g.members.map((m) => memberItem(m, keeperRule))));
+}
+
+function memberItem(m, keeperRule) {
+  const keeper = m.reason === "keeper";
+  const mark = keeper
+    ? el("span", { class: "keep-mark", title: `suggested keeper: ${keeperRule}`, text: "★ keep" })
+    : el("span", { class: "reason", title: "why it is in the group", text: m.reason });
+  const button = el(
+    "button",
+    { class: "card", type: "button", title: `search from gallery id ${m.id}\n${m.path}` },
+    thumbnail(m),
+    el("div", { class: "meta" }, mark, el("span", { class: "score", title: "normalised score against the keeper", text: m.score.toFixed(3) })),
+    el("div", { class: "path", title: m.path, text: fileName(m.path) }),
+    el("div", { class: "label", text: [m.split, m.label_name || m.label].filter(Boolean).join(" · ") || "(no label)" }),
+  );
+  button.addEventListener("click", () => { showView("search"); setIdQuery(m.id); });
+  return el("li", { class: "member" + (keeper ? " keeper" : ""), "data-id": m.id, "data-reason": m.reason, "data-path": m.path }, button);
+}
+
 function showError(message) {
   const box = $("error");
   box.textContent = message;
@@ -309,6 +422,15 @@ function wire() {
     $(name).addEventListener("change", search);
   }
   $("compare").addEventListener("change", search);
+  $("tab-search").addEventListener("click", () => showView("search"));
+  $("tab-dupes").addEventListener("click", () => showView("dupes"));
+  const threshold = $("dupes-threshold");
+  threshold.addEventListener("input", () => {
+    $("dupes-threshold-value").textContent = (+threshold.value).toFixed(2);
+    clearTimeout(dupes.timer);
+    dupes.timer = setTimeout(() => loadDuplicates({ threshold: threshold.value }), DUPES_DEBOUNCE_MS);
+  });
+  threshold.addEventListener("change", () => loadDuplicates({ threshold: threshold.value }));
   $("text-form").addEventListener("submit", (e) => {
     e.preventDefault();
     setTextQuery($("text-input").value);
