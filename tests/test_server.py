@@ -683,3 +683,17 @@ def test_the_default_method_is_measured_on_the_gallery_and_never_one_that_collap
         # independently: the default's answer holds most of the exact top 10 (the query's own row first)
         exact = np.argsort(-(x @ x[5000]), kind="stable")[:10].tolist()
         assert len(set(exact) & {r["id"] for r in answer["results"]}) >= 8
+
+
+def test_an_empty_gallery_is_refused_at_start_in_one_sentence(tmp_path):
+    from lookalike.errors import GalleryError
+    from lookalike.gallery.generated import Segment, generated_model_block, write_array_gallery
+
+    empty = write_array_gallery(
+        tmp_path / "empty",
+        np.zeros((0, 8), np.float32),
+        segments=[Segment("generated", 0, 0, True, "nothing")],
+        model=generated_model_block(8, 0),
+    )
+    with pytest.raises(GalleryError, match="holds no images, so there is nothing to serve"):
+        create_app(empty.path)

@@ -234,7 +234,7 @@ def resolve_threshold(preset: str | None, threshold: float | None) -> tuple[str 
         if not np.isfinite(value) or not 0.0 < value <= 1.0:
             raise DuplicatesError(
                 f"threshold {threshold} is outside (0, 1]: it is a normalised score (1 = the same vector, 0 = as"
-                " alike as a typical 10th neighbour); pick one in that range or use --preset"
+                " alike as a typical 10th neighbour); pick one in that range or a preset (" + ", ".join(PRESETS) + ")"
             )
         return None, value
     preset = preset or "near"

@@ -32,7 +32,7 @@ from PIL import Image
 from .. import runtime
 from ..data.images import load_rgb, load_rgb_bytes
 from ..data.webdataset import find_member, is_member_path, read_member
-from ..errors import BadImageError, IndexRowsError, LookalikeError, TextQueryError
+from ..errors import BadImageError, GalleryError, IndexRowsError, LookalikeError, TextQueryError
 from ..gallery import Gallery, open_gallery
 from ..gallery.generated import has_image_file
 from ..gallery.manifest import shown_path
@@ -218,6 +218,10 @@ class SearchService:
         config = config or ServerConfig()
         threads = runtime.set_threads(config.threads)
         gallery = open_gallery(gallery_dir)
+        if gallery.count == 0:
+            raise GalleryError(
+                f"the gallery at {gallery.path} holds no images, so there is nothing to serve; extract some"
+            )
         searcher = Searcher(gallery, database=config.database, threads=threads)
         # A gallery whose embeddings were generated (no model) can still be searched by gallery id.
         if searcher.no_model() is None:
