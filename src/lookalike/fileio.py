@@ -12,6 +12,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_save_npy",
+    "atomic_save_npy_parts",
     "atomic_write_parquet",
     "json_text",
 ]
@@ -62,6 +64,20 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.save(f, array)
+
+    _atomic(path, write)
+
+
+def atomic_save_npy_parts(path: Path, parts: Sequence[np.ndarray]) -> None:
+    """Save the row-wise concatenation of 2-D arrays of one dtype as one `.npy`, without ever concatenating them."""
+    rows = sum(len(p) for p in parts)
+    header = {"descr": np.lib.format.dtype_to_descr(parts[0].dtype), "fortran_order": False}
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {**header, "shape": (rows, *parts[0].shape[1:])})
+            for part in parts:
+                np.ascontiguousarray(part).tofile(f)
 
     _atomic(path, write)
 

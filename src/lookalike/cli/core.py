@@ -9,6 +9,7 @@ from pathlib import Path
 from ..data.images import DEFAULT_MAX_PIXELS
 from ..embed.registry import BACKENDS, PRECISIONS, TEXT_MODEL_NAMES
 from ..errors import LookalikeError
+from ..gallery import DEFAULT_SHARD_ROWS
 from . import options as opt
 
 
@@ -43,7 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="batch size (default: the gallery's own when updating or resuming, else 16 on a CPU and 64 on a GPU)",
     )
     p.add_argument(
-        "--shard-size", type=int, default=4096, help="images per resumable shard (rounded up to a multiple of --bs)"
+        "--chunk-size", type=int, default=4096, help="images per resumable chunk (rounded up to a multiple of --bs)"
+    )
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        default=DEFAULT_SHARD_ROWS,
+        help=f"rows per gallery shard: one memory-mappable .npy and .parquet each (default {DEFAULT_SHARD_ROWS:,})",
     )
     p.add_argument(
         "--backend",
@@ -201,6 +208,7 @@ def extract_config(args: argparse.Namespace):
         weights=args.weights,
         image_size=args.image_size,
         batch_size=args.bs,
+        chunk_size=args.chunk_size,
         shard_size=args.shard_size,
         precision=args.precision,
         backend=args.backend,

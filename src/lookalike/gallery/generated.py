@@ -19,7 +19,7 @@ from .. import runtime
 from ..data.vectors import random_cluster_model
 from ..errors import GalleryError, LookalikeError
 from .manifest import DataInfo, ModelInfo, Weights
-from .store import MANIFEST, Gallery, Rows, clear_gallery, records_digest, write_gallery
+from .store import DEFAULT_SHARD_ROWS, MANIFEST, Gallery, Rows, clear_gallery, records_digest, write_gallery
 
 WRITER = "lookalike.gallery.generated"
 SYNTHETIC_PATH_PREFIX = "synthetic:"  # metadata `path` of every row that is not a real image
@@ -70,8 +70,10 @@ def write_array_gallery(
     label_names: Sequence[str | None] | None = None,
     timings: dict | None = None,
     overwrite: bool = False,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
 ) -> Gallery:
-    """Write a gallery folder (the layout `lookalike.embed.extract.commit` writes) from arrays, manifest last.
+    """Write a gallery folder (the layout `lookalike.embed.extract.commit` writes) from arrays, manifest last, in
+    shards of `shard_rows`.
 
     `segments` must cover every row exactly once; rows of synthetic segments get paths
     "synthetic:<source>/<row>" unless `paths` is given, and the manifest's `data` block records
@@ -121,6 +123,7 @@ def write_array_gallery(
         path,
         embeddings,
         Rows(list(paths), labels, label_names, splits),
+        shard_rows=shard_rows,
         model=model,
         data=DataInfo.from_dict(data_block),
         timings={

@@ -329,9 +329,13 @@ class FaissIndex(SearchMethod):
             info.get("train_points_per_list", MAX_POINTS_PER_CENTROID),
             info.get("ef_construction"),
         )
-        method.index = faiss.read_index(str(folder / INDEX_FILE))
+        method.index = cls._read_index(folder)
         method._apply(method._search_params)
         return method
+
+    @classmethod
+    def _read_index(cls, folder: Path) -> faiss.Index:
+        return faiss.read_index(str(folder / INDEX_FILE))
 
 
 def renumber_ivf(ivf: faiss.IndexIVF, keep: np.ndarray) -> None:
