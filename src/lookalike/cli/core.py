@@ -150,6 +150,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     opt.threads(p)
+    _engine_args(p, "ray: an ivfpq-ondisk index's parts searched by Ray actors, each query fanned out to all")
+    opt.search_actors(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("bench", help="the timing table: extraction and per-query search for brute, flat and ivf")
@@ -182,8 +184,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_models)
 
 
-def _engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", choices=["local", "ray"], default="local", help="local (default) or a Ray cluster")
+def _engine_args(p: argparse.ArgumentParser, ray: str = "a Ray cluster") -> None:
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help=f"local (default), or {ray}")
     p.add_argument(
         "--address", default=None, help="ray: cluster address (auto, ray://host:port); default starts a local cluster"
     )
@@ -326,7 +328,16 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     runtime.set_threads(args.threads)
     gallery = open_gallery(args.gallery)
-    searcher = searcher_for(gallery, args.database)
+    if args.engine == "ray":
+        from ..distributed import connected, fan_out
+        from ..search.searcher import Searcher
+
+        with connected(args.address):
+            return _search(args, gallery, Searcher(gallery, database=args.database, engine=fan_out(args.actors)))
+    return _search(args, gallery, searcher_for(gallery, args.database))
+
+
+def _search(args: argparse.Namespace, gallery, searcher) -> int:
     t = time.perf_counter()
     vector = searcher.vector(args.image, args.text)
     embed_ms = 1000 * (time.perf_counter() - t)

@@ -9,6 +9,8 @@ The build never holds the gallery:
      part a task of its own: a local process, or a Ray task with engine "ray" → `part-00000.index`;
   3. merge the parts' inverted lists into one file with `faiss.contrib.ondisk.merge_ondisk`
      → `lists.ivfdata`, which searches memory-map (FAISS's OnDiskInvertedLists).
+The parts are kept beside the merged lists (`parts/`): `--engine ray` searches them spread over
+actors (lookalike.distributed.search), the merged file serves one process.
 
 Everything is written in a work folder beside the index, each file under a temporary name and
 renamed when whole; `build.json` there names the build the files belong to (factory, rows, a
@@ -27,6 +29,7 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 
 PART_ROWS = 262_144  # rows added per task: a part's codes and ids are a few tens of MB
 LISTS_FILE = "lists.ivfdata"
+PARTS_DIR = "parts"
 BUILD_FILE = "build.json"
 TRAINED_FILE = "trained.index"
 ADD_BLOCK_ROWS = 65_536
@@ -123,7 +127,9 @@ class OnDiskIVF(MmapRerankIndex):
         self.engine = "local"  # "local": parts in local processes; "ray": parts as Ray tasks (connected already)
         self.workers = max(1, min(LOCAL_WORKERS, os.cpu_count() or 1))  # local processes adding parts at once
         self.parts_added = 0  # parts this build added (the rest were found finished)
-        self._lists: Path | None = None  # the merged lists file, until saved next to the index
+        self._lists: Path | None = None  # the merged lists file
+        self.parts: list[Path] = []  # the part files, in id order
+        self._temporary: Path | None = None  # a work folder of this build's own, removed once saved
 
     def _build(self, vectors: np.ndarray) -> BuildStats:
         view = vectors if isinstance(vectors, ShardedArray) else ShardedArray([vectors], vectors.shape[1])
@@ -149,11 +155,13 @@ class OnDiskIVF(MmapRerankIndex):
         merge_ondisk(index, [str(p) for p in parts], str(lists))
         t_add = time.perf_counter() - t
         self.index = index
-        self._lists = lists
+        self._lists, self.parts = lists, parts
         self._memory = None
         self._apply(self._search_params)
         self.vectors = view
         self._temporary = work if temporary else None
+        if temporary:  # a method built for one experiment and never saved leaves nothing behind
+            weakref.finalize(self, shutil.rmtree, work, True)
         return BuildStats(round(t_train, 4), round(t_add, 4), int(train_n))
 
     def _add_parts(self, work: Path, view: ShardedArray) -> list[Path]:
@@ -198,16 +206,19 @@ class OnDiskIVF(MmapRerankIndex):
         return self._lists.stat().st_size if self._lists is not None and self._lists.is_file() else 0
 
     def _save(self, folder: Path) -> None:
-        target = folder / LISTS_FILE
-        if self._lists is not None and self._lists.resolve() != target.resolve():
-            if self._lists.parent == self.workdir or getattr(self, "_temporary", None):
-                os.replace(self._lists, target)  # the build's own file: moved, never copied
-            else:
-                shutil.copyfile(self._lists, target)
-            _rename_lists(self.index, target)
-            self._lists = target
+        """The merged lists and the parts go next to the index: moved when they are this build's own files, copied
+        when saving a loaded index elsewhere."""
+        (folder / PARTS_DIR).mkdir(exist_ok=True)
+        owned = self._temporary is not None or (self.workdir is not None and self._lists.parent == Path(self.workdir))
+        move = os.replace if owned else shutil.copyfile
+        for part in self.parts:
+            move(part, folder / PARTS_DIR / part.name)
+        self.parts = [folder / PARTS_DIR / part.name for part in self.parts]
+        move(self._lists, folder / LISTS_FILE)
+        _rename_lists(self.index, folder / LISTS_FILE)  # the mapping survives a move; the saved index names the file
+        self._lists = folder / LISTS_FILE
         super()._save(folder)
-        if getattr(self, "_temporary", None):
+        if self._temporary is not None:
             shutil.rmtree(self._temporary, ignore_errors=True)
             self._temporary = None
 
@@ -219,6 +230,7 @@ class OnDiskIVF(MmapRerankIndex):
     def _load(cls, folder: Path, info: dict[str, Any], vectors: np.ndarray) -> OnDiskIVF:
         method = super()._load(folder, info, vectors)
         method._lists = Path(folder) / LISTS_FILE
+        method.parts = sorted((Path(folder) / PARTS_DIR).glob("part-*.index"))
         return method
 
 
