@@ -28,6 +28,20 @@ def ondisk_gallery(tmp_path, monkeypatch):
     return lookalike.open_gallery(gallery.path), x
 
 
+def cpus_back(timeout: float = 20.0) -> bool:
+    """Every CPU of the test cluster free again (actors release theirs asynchronously)."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0) >= ray.cluster_resources().get("CPU", 0):
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def answers(searcher, queries, **params):
     hits = [searcher.search(q, 10, "ivfpq-ondisk", **params) for q in queries]
     return [[h.id for h in row] for row in hits], np.array([[h.score for h in row] for row in hits])
@@ -56,6 +70,8 @@ def test_the_fan_out_equals_the_single_index_and_survives_a_restarted_actor(ray_
     ray.kill(method.actors[1], no_restart=True)  # gone for good: one clear error, never half an answer
     with pytest.raises(lookalike.LookalikeError, match="died and could not be restarted"):
         fanned.search(queries[0], 10, "ivfpq-ondisk")
+    method.close()
+    assert cpus_back()  # its actors gave their CPUs back to the cluster
 
 
 def test_the_cli_searches_with_the_ray_engine(ray_address, tiny_gallery, tmp_path, monkeypatch):
@@ -75,6 +91,7 @@ def test_the_cli_searches_with_the_ray_engine(ray_address, tiny_gallery, tmp_pat
 
     assert ranked(fanned.stdout) == ranked(local.stdout) and len(ranked(local.stdout)) == 5
     assert "'actors': 2" in fanned.stdout
+    assert cpus_back()  # the command's actors ended with it
 
 
 def test_the_server_with_the_ray_engine_offers_the_fanned_out_index_only(ray_address, ondisk_gallery):
@@ -93,3 +110,5 @@ def test_the_server_with_the_ray_engine_offers_the_fanned_out_index_only(ray_add
         assert [m["name"] for m in info["methods"]] == ["ivfpq-ondisk"] and info["methods"][0]["kind"] == "ray-fanout"
         answer = ok(search_id(c, 123, method="ivfpq-ondisk", k=5))
         assert [r["id"] for r in answer["results"]] == expected
+    app.state.service.methods["ivfpq-ondisk"].method.close()
+    assert cpus_back()

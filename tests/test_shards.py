@@ -205,7 +205,14 @@ def test_the_ondisk_index_equals_the_in_memory_one_and_reranks_exactly(sharded_g
     assert built.parts_added == 3 and built.build_stats.train_size > 0
     lookalike.build_index(gallery, "ivfpq-mmap", nlist=8)  # the same factory and training, built in memory
     folder = gallery.path / "indexes" / "ivfpq-ondisk"
-    assert sorted(p.name for p in folder.iterdir()) == ["ids.npy", "index.faiss", "lists.ivfdata", "method.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "ids.npy",
+        "index.faiss",
+        "lists.ivfdata",
+        "method.json",
+        "parts",
+    ]
+    assert sorted(p.name for p in (folder / "parts").iterdir()) == [f"part-0000{i}.index" for i in range(3)]
     assert not (gallery.path / "indexes" / ".ivfpq-ondisk.build").exists()  # the parts were merged and removed
     g = lookalike.open_gallery(gallery.path)
     queries = x[:40] + 0.05 * unit_rows(40, d=32, seed=4)
@@ -288,3 +295,81 @@ def test_the_cli_builds_and_searches_an_ondisk_index(tiny_gallery, tmp_path, mon
     assert "ivfpq-ondisk" in proc.stdout
     first = next(line for line in proc.stdout.splitlines() if line.strip()[:1].isdigit())
     assert f" {query} " in first  # the image finds itself first: every list probed, re-ranked exactly
+
+
+def test_too_little_disk_is_refused_before_anything_is_written(tiny_collection, sharded_gallery, tmp_path, monkeypatch):
+    import shutil as shutil_module
+
+    from lookalike.errors import LookalikeError
+
+    gallery, _ = sharded_gallery
+    real = shutil_module.disk_usage
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: real(path)._replace(free=10_000))
+    out = tmp_path / "extracted"
+    with pytest.raises(LookalikeError, match=r"not enough free disk for extracting 120 images.*GiB are free"):
+        lookalike.extract(tiny_collection, out, "resnet18", "random", image_size=32, backend="torch", precision="fp32")
+    assert not out.exists() or not any(out.rglob("*.np*"))
+    with pytest.raises(LookalikeError, match=r"not enough free disk for building ivfpq-ondisk over 3000 rows"):
+        lookalike.build_index(gallery, "ivfpq-ondisk", nlist=8)
+    assert not any((gallery.path / "indexes").rglob("part-*"))
+
+
+RESIDENT_MEMORY = """
+import sys, threading, time
+import numpy as np
+import lookalike
+from lookalike.gallery import DataInfo, GalleryWriter, Rows
+from lookalike.gallery.generated import generated_model_block
+from lookalike.search import faiss_index, ondisk
+
+ondisk.PART_ROWS, ondisk.LOCAL_WORKERS = 65536, 1
+faiss_index.PQ_CODEBOOK_TRAINING = 10_000  # a sample that does not grow with the gallery: smaller than at 10M
+out, rows, dim, block = sys.argv[1], 524288, 256, 8192
+
+def anon_bytes():  # resident anonymous memory: what the heap holds, not the mapped files' pages
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return int(fields["RssAnon"].split()[0]) * 1024
+
+base, peak = anon_bytes(), [0]
+def sample():
+    while True:
+        peak[0] = max(peak[0], anon_bytes() - base)
+        time.sleep(0.002)
+threading.Thread(target=sample, daemon=True).start()
+
+writer = GalleryWriter(out, dim, shard_rows=65536)
+rng = np.random.default_rng(0)
+for start in range(0, rows, block):
+    x = rng.standard_normal((block, dim), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    names = [f"r{i}" for i in range(start, start + block)]
+    writer.add(x, Rows(names, [None] * block, [None] * block, ["train"] * block))
+gallery = writer.finish(model=generated_model_block(dim, 0), data=DataInfo(kind="arrays"))
+gallery.verify()
+lookalike.build_index(gallery, "ivfpq-ondisk", nlist=16)
+hits = lookalike.open_gallery(out).search(1234, k=5, method="ivfpq-ondisk", nprobe=16, k_factor=16)
+assert hits[0].id == 1234, hits
+time.sleep(0.05)
+print("phases", peak[0])
+whole = np.asarray(gallery.embeddings) + 0  # the whole gallery at once: the sampler must see it
+time.sleep(0.05)
+print("whole", peak[0])
+"""
+
+
+@pytest.mark.slow
+def test_writing_verifying_indexing_and_searching_never_hold_the_gallery(tmp_path):
+    """A 512 MiB gallery in 8 shards is written, verified, indexed out of core and searched while a sampler reads the
+    process's resident anonymous memory (the heap; the mapped shards' pages are file-backed and not counted): its
+    peak stays far below the gallery's size, and holding the gallery whole shows up at once."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", RESIDENT_MEMORY, str(tmp_path / "g")], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    peaks = dict(line.split() for line in proc.stdout.splitlines() if line.startswith(("phases", "whole")))
+    gallery_bytes = 524288 * 256 * 4
+    assert int(peaks["whole"]) >= gallery_bytes  # the sampler sees a whole gallery when there is one
+    assert int(peaks["phases"]) < gallery_bytes // 2, f"peak {int(peaks['phases']) / 2**20:.0f} MiB"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_save_npy",
+    "require_free_disk",
     "atomic_save_npy_parts",
     "atomic_write_parquet",
     "json_text",
@@ -58,6 +60,20 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_json_safe(value) for value in obj]
     return obj
+
+
+def require_free_disk(path: Path, needed_bytes: int, what: str) -> None:
+    """Refuse a job before it starts when the filesystem of `path` has less free space than it will write."""
+    from .errors import LookalikeError
+
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(existing).free
+    if needed_bytes > free:
+        raise LookalikeError(
+            f"not enough free disk for {what}: it writes about {needed_bytes / 2**30:.2f} GiB at {path}, and"
+            f" {free / 2**30:.2f} GiB are free there; free some space or choose a folder on a larger disk"
+        )
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:

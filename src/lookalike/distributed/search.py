@@ -14,6 +14,7 @@ fails too, the search raises one LookalikeError instead of answering from the ot
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,7 @@ class FannedOut(SearchMethod):
         groups = [g for g in groups if g]
         remote = ray.remote(PartsActor).options(max_restarts=-1, max_task_retries=ACTOR_RETRIES, num_cpus=1)
         self.actors = [remote.remote(group) for group in groups]
+        self._release = weakref.finalize(self, _kill, self.actors)  # the actors go when their searcher does
         held = sum(self._gather([a.rows.remote() for a in self.actors]))
         if held != method.ntotal:
             raise LookalikeError(
@@ -138,9 +140,15 @@ class FannedOut(SearchMethod):
         raise LookalikeError("load the ivfpq-ondisk index, then fan it out with lookalike.distributed.fan_out")
 
     def close(self) -> None:
-        import ray
+        """Stop the actors now (they also stop when this object is collected)."""
+        self._release()
 
-        for actor in self.actors:
+
+def _kill(actors: list) -> None:
+    import ray
+
+    if ray.is_initialized():
+        for actor in actors:
             ray.kill(actor)
 
 

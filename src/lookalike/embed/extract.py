@@ -32,6 +32,7 @@ from .. import runtime
 from ..data.datasets import Collection, ImageRecord, load_collection
 from ..data.images import DEFAULT_MAX_PIXELS, decode_image_bytes, read_image_bytes
 from ..errors import BadImageError, GalleryError
+from ..fileio import require_free_disk
 from ..gallery import (
     DEFAULT_SHARD_ROWS,
     MANIFEST,
@@ -51,6 +52,7 @@ from . import incremental
 from .backends import Backend, BackendUnavailable, Choice, NonFiniteEmbeddings, map_batches
 from .calibrate import CALIBRATION_IMAGES, REFERENCE, calibrate
 from .models import Embedder, load_model
+from .registry import MODELS
 from .transforms import Preprocess, build_transform
 
 log = logging.getLogger(__name__)
@@ -350,7 +352,22 @@ def prepare(config: ExtractConfig) -> Job:
         state = incremental.base_state(base) | state
         if state.get("refused"):  # unless that backend gave NaN or inf during this update: calibrate again
             state = {k: v for k, v in state.items() if k not in ("inference", "precision")}
-    return Job(config, embed, out, shards, state, plan, collection, base)
+    job = Job(config, embed, out, shards, state, plan, collection, base)
+    _check_disk(job)
+    return job
+
+
+METADATA_BYTES_PER_ROW = 400  # a path, a label, a sha256 and stats, in Parquet: generous for long paths
+
+
+def _check_disk(job: Job) -> None:
+    """Before any image is read: the chunks still to embed, then the gallery written from them (the chunks are
+    deleted only after it), must fit on the disk of --out."""
+    dim = MODELS[job.config.model].dim if job.config.model in MODELS else 0
+    todo = sum(s.stop - s.start for s in job.todo())
+    rows = len(job.whole.records) if job.base is not None else len(job.collection.records)
+    needed = todo * dim * 4 + rows * (dim * 4 + METADATA_BYTES_PER_ROW)
+    require_free_disk(job.out, needed, f"extracting {rows} images with {job.config.model}")
 
 
 INFERENCE_ARGUMENTS = ("backend", "precision")

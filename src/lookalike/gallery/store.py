@@ -446,7 +446,9 @@ def embeddings_digest(embeddings: np.ndarray, block_rows: int = 65_536) -> str:
     """sha256 of the float32 rows, read in blocks so a memory-mapped 1M-row array is never copied whole."""
     h = hashlib.sha256()
     for start in range(0, len(embeddings), block_rows):
-        h.update(np.ascontiguousarray(embeddings[start : start + block_rows], dtype=np.float32).tobytes())
+        h.update(
+            np.ascontiguousarray(embeddings[start : start + block_rows], dtype=np.float32)
+        )  # a mapped view: no copy
     return h.hexdigest()
 
 

@@ -39,7 +39,7 @@ import numpy as np
 from faiss.contrib.ondisk import merge_ondisk
 
 from ..errors import LookalikeError
-from ..fileio import atomic_write_bytes, atomic_write_json
+from ..fileio import atomic_write_bytes, atomic_write_json, require_free_disk
 from ..gallery.shards import ShardedArray
 from ..runtime import as_float32_c
 from .base import BuildStats
@@ -49,6 +49,7 @@ from .rerank import MmapRerankIndex
 log = logging.getLogger(__name__)
 
 PART_ROWS = 262_144  # rows added per task: a part's codes and ids are a few tens of MB
+MAX_TRAIN_ROWS = 500_000  # the training sample is the one thing held in memory: 1 GiB at 512-d
 LISTS_FILE = "lists.ivfdata"
 PARTS_DIR = "parts"
 BUILD_FILE = "build.json"
@@ -111,6 +112,7 @@ class OnDiskIVF(MmapRerankIndex):
     """IVF-PQ (or IVF-SQ/Flat) built part by part out of core, lists on disk, exact re-ranking from the shards."""
 
     kind = "faiss-ondisk"
+    max_train_rows = MAX_TRAIN_ROWS
 
     def __init__(
         self,
@@ -148,11 +150,15 @@ class OnDiskIVF(MmapRerankIndex):
             atomic_write_bytes(trained_path, faiss.serialize_index(index).tobytes())
             atomic_write_json(work / BUILD_FILE, {**_read(work), "train_rows": train_n})
         t_train = time.perf_counter() - t
+        # the parts, then the merged lists beside them: every row's code and id, twice
+        entry = faiss.extract_index_ivf(index).code_size + 8
+        require_free_disk(work, 2 * len(view) * entry, f"building {self.name} over {len(view)} rows")
         t = time.perf_counter()
         parts = self._add_parts(work, view)
         lists = work / LISTS_FILE
         lists.unlink(missing_ok=True)  # a merge cut short is redone
         merge_ondisk(index, [str(p) for p in parts], str(lists))
+        _no_prefetch_threads(index)
         t_add = time.perf_counter() - t
         self.index = index
         self._lists, self.parts = lists, parts
@@ -224,7 +230,9 @@ class OnDiskIVF(MmapRerankIndex):
 
     @classmethod
     def _read_index(cls, folder: Path) -> faiss.Index:
-        return faiss.read_index(str(folder / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        index = faiss.read_index(str(folder / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        _no_prefetch_threads(index)
+        return index
 
     @classmethod
     def _load(cls, folder: Path, info: dict[str, Any], vectors: np.ndarray) -> OnDiskIVF:
@@ -232,6 +240,12 @@ class OnDiskIVF(MmapRerankIndex):
         method._lists = Path(folder) / LISTS_FILE
         method.parts = sorted((Path(folder) / PARTS_DIR).glob("part-*.index"))
         return method
+
+
+def _no_prefetch_threads(index: faiss.Index) -> None:
+    """FAISS's on-disk lists prefetch with 32 threads of their own by default: 256 MiB of stacks per search for pages
+    the page cache already holds. Searches read the mapping directly instead."""
+    faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists).prefetch_nthread = 0
 
 
 def _rename_lists(index: faiss.Index, path: Path) -> None:
