@@ -112,3 +112,19 @@ def test_the_server_with_the_ray_engine_offers_the_fanned_out_index_only(ray_add
         assert [r["id"] for r in answer["results"]] == expected
     app.state.service.methods["ivfpq-ondisk"].method.close()
     assert cpus_back()
+
+
+def test_the_ondisk_build_as_ray_tasks_equals_the_local_build(ray_address, ondisk_gallery, tmp_path):
+    gallery, x = ondisk_gallery  # its index was built locally, in 5 parts
+    copy = tmp_path / "copy"
+    shutil.copytree(gallery.path, copy, ignore=shutil.ignore_patterns("indexes"))
+    built = lookalike.build_index(copy, "ivfpq-ondisk", nlist=16, engine="ray", address=ray_address)
+    assert built.parts_added == 5
+    queries = x[::131][:25]
+    local = lookalike.open_gallery(gallery.path)
+    ray_built = lookalike.open_gallery(copy)
+    for q in queries:
+        assert [h.id for h in ray_built.search(q, 10, "ivfpq-ondisk", nprobe=4)] == [
+            h.id for h in local.search(q, 10, "ivfpq-ondisk", nprobe=4)
+        ]
+    assert cpus_back()

@@ -78,6 +78,15 @@ def _add_shard(trained: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     return faiss.serialize_index(index)
 
 
+def run_parts_on_ray(task, jobs: list[tuple]) -> None:
+    """The out-of-core build's add-part jobs as Ray tasks (each reads its rows from the shards itself)."""
+    import ray
+
+    remote = ray.remote(task).options(num_cpus=1, max_retries=TASK_RETRIES)
+    for ref in [remote.remote(job) for job in jobs]:
+        remote_result(ref)
+
+
 def check_mergeable(factory: str, d: int, metric: str) -> None:
     """Only a bare IndexIVF (IVF…,Flat / SQ / PQ) can be merged shard by shard; say so before any work."""
     index = faiss.index_factory(d, factory, FAISS_METRICS[metric])
@@ -103,7 +112,7 @@ def build_index_ray(
     database_ids = database_rows(gallery, database)
     base = make_method(method_name, len(database_ids), gallery.dim, metric, nlist=nlist)
     if isinstance(base, OnDiskIVF):  # built out of core already: its parts become Ray tasks
-        base.workdir, base.engine = build_dir(gallery, base.name, metric), "ray"
+        base.workdir, base.part_runner = build_dir(gallery, base.name, metric), run_parts_on_ray
         with connected(address):
             base.build(database_vectors(gallery, database_ids), database_ids)
         return base

@@ -30,6 +30,7 @@ import shutil
 import tempfile
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ from .rerank import MmapRerankIndex
 log = logging.getLogger(__name__)
 
 PART_ROWS = 262_144  # rows added per task: a part's codes and ids are a few tens of MB
-MAX_TRAIN_ROWS = 500_000  # the training sample is the one thing held in memory: 1 GiB at 512-d
+MAX_TRAIN_ROWS = 262_144  # the training sample, held in memory: 512 MiB at 512-d, ≥ 39 rows a list to 6.7k lists
 LISTS_FILE = "lists.ivfdata"
 PARTS_DIR = "parts"
 BUILD_FILE = "build.json"
@@ -102,8 +103,8 @@ def add_part(trained: str, sources: list[tuple[str, int, int]] | np.ndarray, fir
     return next_id - first_id
 
 
-def _add_part_in_process(args: tuple) -> int:
-    """A local worker process: one FAISS thread, so two processes on two cores do not fight."""
+def add_part_in_process(args: tuple) -> int:
+    """A task in a process of its own (local or a Ray worker): one FAISS thread, so tasks side by side do not fight."""
     faiss.omp_set_num_threads(1)
     return add_part(*args)
 
@@ -126,7 +127,8 @@ class OnDiskIVF(MmapRerankIndex):
     ):
         super().__init__(name, factory, metric, search_params, seed, train_points_per_list, ef_construction)
         self.workdir: Path | None = None  # where parts are kept across runs; None: a temporary folder
-        self.engine = "local"  # "local": parts in local processes; "ray": parts as Ray tasks (connected already)
+        # runs the add-part jobs elsewhere (Ray tasks: lookalike.distributed.index); None: local processes
+        self.part_runner: Callable[[Callable[[tuple], int], list[tuple]], None] | None = None
         self.workers = max(1, min(LOCAL_WORKERS, os.cpu_count() or 1))  # local processes adding parts at once
         self.parts_added = 0  # parts this build added (the rest were found finished)
         self._lists: Path | None = None  # the merged lists file
@@ -182,18 +184,12 @@ class OnDiskIVF(MmapRerankIndex):
         self.parts_added = len(jobs)
         if not jobs:
             return paths
-        if self.engine == "ray":
-            import ray
-
-            from ..distributed.cluster import TASK_RETRIES, remote_result
-
-            task = ray.remote(_add_part_in_process).options(num_cpus=1, max_retries=TASK_RETRIES)
-            for ref in [task.remote(job) for job in jobs]:
-                remote_result(ref)
+        if self.part_runner is not None:
+            self.part_runner(add_part_in_process, jobs)
         elif self.workers > 1 and len(jobs) > 1 and all(isinstance(job[1], list) for job in jobs):
             context = multiprocessing.get_context("spawn")  # no fork of a process holding FAISS's threads
             with ProcessPoolExecutor(self.workers, mp_context=context) as pool:
-                list(pool.map(_add_part_in_process, jobs))
+                list(pool.map(add_part_in_process, jobs))
         else:
             for job in jobs:
                 add_part(*job)
