@@ -523,6 +523,10 @@ def parse_sizes(text: str) -> tuple[int, ...]:
     return tuple(sorted(set(sizes)))
 
 
+def format_bytes(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def format_size(n: int) -> str:
     if n >= 1_000_000 and n % 100_000 == 0:
         return f"{n / 1_000_000:g}M"
@@ -1100,9 +1104,9 @@ def check_disk(work: Path, rows: int, dim: int, out_of_core_sizes: list[int], ke
     free = shutil.disk_usage(existing).free
     if need > free:
         raise LookalikeError(
-            f"scale needs about {need / 2**30:.1f} GiB free in {work} (the pool of {format_size(rows)} rows as shards:"
-            f" {pool / 2**30:.1f} GiB, and the on-disk index: {max(indexes, default=0) / 2**30:.1f} GiB), but"
-            f" {free / 2**30:.1f} GiB are free there; free some space or point --work at a larger disk"
+            f"scale needs about {format_bytes(need)} free in {work} (the pool of {format_size(rows)} rows as shards:"
+            f" {format_bytes(pool)}, and the on-disk index: {format_bytes(max(indexes, default=0))}), but"
+            f" {format_bytes(free)} are free there; free some space or point --work at a larger disk"
         )
 
 
