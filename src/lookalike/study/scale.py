@@ -28,6 +28,7 @@ the page cache.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -394,7 +395,7 @@ def mib(n: int | None) -> str:
 
 
 def resident_cell(memory: Resident | None) -> str:
-    """ "anon / file" MiB, and the largest worker's anon when there were worker processes."""
+    """Anonymous / file-backed MiB, and the largest worker's anonymous MiB when there were worker processes."""
     if memory is None:
         return "n/a"
     workers = f" (workers {mib(memory.workers_anon_bytes)})" if memory.workers_anon_bytes else ""
@@ -636,8 +637,9 @@ def write_pool(
             clusters = model.sample_into(rows, seed=[seed + 1, number])
             labels[start : start + len(rows)] = np.asarray(model.labels, dtype=object)[clusters]
             sample_seconds += time.perf_counter() - t
-            if sum(map(len, sample)) < FIT_CHECK_ROWS:  # the first rows drawn: the NN-statistics check's sample
-                sample.append(rows[: FIT_CHECK_ROWS - sum(map(len, sample))].copy())
+            room = FIT_CHECK_ROWS - sum(len(kept) for kept in sample)
+            if room > 0:  # the first rows drawn are the NN-statistics check's sample
+                sample.append(rows[:room].copy())
             yield rows, labels[start : start + len(rows)]
 
     n_gallery = real.gallery_rows
@@ -886,7 +888,7 @@ def measure_size(
     truth_val, truth = truth[: len(val)], truth[len(val) :]
     timing = test[: config.timing_queries]
     points = []
-    with tempfile.TemporaryDirectory(prefix="lookalike-scale-") as scratch:
+    with contextlib.nullcontext(work) if work else tempfile.TemporaryDirectory(prefix="lookalike-scale-") as folder:
         for name in split_methods(config.methods, out_of_core)[0]:
             extra = (
                 {}
@@ -894,7 +896,7 @@ def measure_size(
                 else {"train_points_per_list": config.train_points_per_list}
             )
             method = make_method(name, size, d, config.metric, **extra)
-            method.workdir = Path(work or scratch) / f"{method_key(name)}-{size}"  # out-of-core builds keep parts there
+            method.workdir = Path(folder) / f"{method_key(name)}-{size}"  # where an out-of-core build keeps its parts
             with ResidentSampler() as building:
                 stats = method.build(database)
             with ResidentSampler() as searching:
@@ -1002,9 +1004,10 @@ def run_scale(gallery: Gallery, config: ScaleConfig, progress=print) -> ScaleRes
     real = real_rows(gallery, partition.database_ids, queries, biggest, config.extra_embeddings, config.seed)
     available = available_memory_bytes()
     paths = {size: size_path(size, gallery.dim, available, config.out_of_core) for size in config.sizes}
+    out_of_core_sizes = [size for size in config.sizes if paths[size][0]]
+    check_disk(Path(config.work or tempfile.gettempdir()), biggest, gallery.dim, out_of_core_sizes, config.keep_work)
     work = Path(config.work) if config.work else Path(tempfile.mkdtemp(prefix="lookalike-scale-"))
-    made = work if not config.work else first_missing(work)
-    check_disk(work, biggest, gallery.dim, [size for size in config.sizes if paths[size][0]], config.keep_work)
+    made = first_missing(work) if config.work else work
     work.mkdir(parents=True, exist_ok=True)
     try:
         progress(
