@@ -243,6 +243,19 @@ def test_the_sampler_counts_a_worker_process_apart():
     assert phase.peak.anon_bytes < status_bytes()[0] + 90 * 2**20
 
 
+def test_a_fork_that_has_not_run_its_program_is_not_a_worker():
+    """A forked child shares the parent's pages and /proc counts them as its own: not a worker's memory."""
+    block = np.ones(96 * 2**20 // 8)  # 96 MiB the child would seem to hold
+    with ResidentSampler(interval=0.02) as phase:
+        pid = os.fork()
+        if pid == 0:  # the child: no program to run, it just waits a while (as a subprocess before exec)
+            time.sleep(0.4)
+            os._exit(0)
+        os.waitpid(pid, 0)
+    del block
+    assert phase.peak.workers_anon_bytes == 0
+
+
 def _resident_pages(path: Path) -> int:
     """Pages of the file in the page cache: mincore over a mapping of our own."""
     size = path.stat().st_size

@@ -5,23 +5,21 @@ Those pages count in the resident set, but they are the page cache's: the kernel
 under pressure and reads them again. The memory a machine must really have is the anonymous
 part (heap, arrays, FAISS's structures). `ru_maxrss` mixes the two and never goes down, so each
 phase (build, search, …) is watched by a sampler thread of its own, which reads RssAnon and
-RssFile from /proc/self/status, and RssAnon of every child process (the build's part tasks)
-that has lived at least MIN_WORKER_SECONDS.
+RssFile from /proc/self/status, and RssAnon of every worker process (the build's part tasks).
+A child with this process's own command line is a fork that has not run its program yet (a
+subprocess such as platform's `uname -p`): it shares this process's pages and shows them as its
+own, so it is not counted.
 Linux only: elsewhere every figure reads 0.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 
 import psutil
 
 SAMPLE_SECONDS = 0.05  # a phase shorter than this is sampled at its start and its end only
-# A child younger than this is not counted: a fork about to exec (e.g. platform's `uname -p`) briefly shows the parent's
-# anonymous pages as its own; a worker that adds parts of an index lives for seconds or minutes.
-MIN_WORKER_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -59,6 +57,7 @@ class ResidentSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="resident-sampler", daemon=True)
         self._process = psutil.Process()
+        self._command = self._process.cmdline()
 
     def __enter__(self) -> ResidentSampler:
         self._sample()
@@ -85,10 +84,9 @@ class ResidentSampler:
             children = self._process.children(recursive=True)
         except psutil.Error:
             children = []
-        now = time.time()
         for child in children:
             try:
-                if now - child.create_time() < MIN_WORKER_SECONDS:
+                if child.cmdline() == self._command:
                     continue
             except psutil.Error:
                 continue
