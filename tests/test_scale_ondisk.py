@@ -105,7 +105,7 @@ def test_a_size_goes_out_of_core_when_its_rows_would_not_fit_or_when_forced():
     gib = 2**30
     assert size_path(1_000_000, 512, 16 * gib, forced=False)[0] is False  # 2 GB of rows, × 3 < 16 GiB
     out, why = size_path(10_000_000, 512, 16 * gib, forced=False)
-    assert out and "19.07 GiB" in why and "16.0 GiB available" in why
+    assert out and why == "its rows take 19.1 GiB, × 3 against 16.0 GiB available"
     assert size_path(1000, 8, 16 * gib, forced=True) == (True, "--out-of-core")
     assert split_methods(("brute", "flat", "ivf"), False) == (("brute", "flat", "ivf"), {})
     measured, skipped = split_methods(("brute", "flat", "ivf"), True)
@@ -199,7 +199,8 @@ def test_a_size_too_big_for_memory_takes_the_out_of_core_path_and_the_work_folde
     assert float(rows[0]["recall_at_10"]) == pytest.approx(1.0)  # flat is exact: the streamed truth agrees
     result = json.loads((out / "scale.json").read_text())
     assert result["sizes"][1]["skipped"] == {"flat": "holds every row in memory"}
-    assert "against 0.0 GiB available" in result["sizes"][1]["reason"]
+    assert result["sizes"][1]["reason"] == "its rows take 0.4 MiB, × 3 against 0.5 MiB available"
+    assert result["sizes"][0]["reason"] == "its rows take 0.1 MiB, × 3 against 0.5 MiB available"
     assert sorted(p.name for p in out.iterdir()) == ["scale.csv", "scale.json", "scale.md", "scale.png"]
 
 

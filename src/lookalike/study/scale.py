@@ -834,9 +834,7 @@ def size_path(size: int, dim: int, available: int, forced: bool) -> tuple[bool, 
     """(out of core?, why): out of core when forced, or when the rows × IN_MEMORY_FACTOR exceed the memory
     available."""
     need = size * dim * 4
-    figures = (
-        f"its rows take {need / 2**30:.2f} GiB, × {IN_MEMORY_FACTOR} against {available / 2**30:.1f} GiB available"
-    )
+    figures = f"its rows take {format_bytes(need)}, × {IN_MEMORY_FACTOR} against {format_bytes(available)} available"
     if forced:
         return True, "--out-of-core"
     return need * IN_MEMORY_FACTOR > available, figures
