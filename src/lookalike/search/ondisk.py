@@ -45,7 +45,7 @@ from ..gallery.shards import ShardedArray
 from ..runtime import as_float32_c
 from .base import BuildStats
 from .faiss_index import INDEX_FILE, MAX_POINTS_PER_CENTROID
-from .rerank import MmapRerankIndex
+from .rerank import MmapRerankIndex, drop_page_cache, evict_file, is_memory_mapped, unmap_pages
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +206,19 @@ class OnDiskIVF(MmapRerankIndex):
     def file_bytes(self) -> int:
         """Bytes of the memory-mapped lists file (the exact rows are the gallery's own shards)."""
         return self._lists.stat().st_size if self._lists is not None and self._lists.is_file() else 0
+
+    def drop_page_cache(self) -> bool:
+        """Evict the lists file and the shards the rows are re-ranked from, so the next search reads both from disk
+        (`cold_single_ms`)."""
+        parts = self.vectors.parts if isinstance(self.vectors, ShardedArray) else (self.vectors,)
+        for part in parts:
+            if is_memory_mapped(part):
+                drop_page_cache(part)
+        if self._lists is not None:
+            invlists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(self.index).invlists)
+            unmap_pages(int(invlists.ptr), int(invlists.totsize))
+            evict_file(self._lists)
+        return True
 
     def _save(self, folder: Path) -> None:
         """The merged lists and the parts go next to the index: moved when they are this build's own files, copied
