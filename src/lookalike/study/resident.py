@@ -5,7 +5,8 @@ Those pages count in the resident set, but they are the page cache's: the kernel
 under pressure and reads them again. The memory a machine must really have is the anonymous
 part (heap, arrays, FAISS's structures). `ru_maxrss` mixes the two and never goes down, so each
 phase (build, search, …) is watched by a sampler thread of its own, which reads RssAnon and
-RssFile from /proc/self/status, and RssAnon of every worker process (the build's part tasks).
+RssFile from /proc/self/status, and RssAnon of every worker process the phase starts (the build's
+part tasks; processes already running when it began, such as a Ray cluster's, are not its own).
 A child with this process's own command line is a fork that has not run its program yet (a
 subprocess such as platform's `uname -p`): it shares this process's pages and shows them as its
 own, so it is not counted.
@@ -58,8 +59,13 @@ class ResidentSampler:
         self._thread = threading.Thread(target=self._run, name="resident-sampler", daemon=True)
         self._process = psutil.Process()
         self._command = self._process.cmdline()
+        self._before: set[int] = set()  # children running before the phase began
 
     def __enter__(self) -> ResidentSampler:
+        try:
+            self._before = {child.pid for child in self._process.children(recursive=True)}
+        except psutil.Error:
+            self._before = set()
         self._sample()
         self._thread.start()
         return self
@@ -85,6 +91,8 @@ class ResidentSampler:
         except psutil.Error:
             children = []
         for child in children:
+            if child.pid in self._before:
+                continue
             try:
                 if child.cmdline() == self._command:
                     continue
