@@ -82,7 +82,7 @@ def config(data: Path, out: Path, args, splits: tuple[str, ...] | None, threads:
         weights="random",
         image_size=args.image_size,
         batch_size=args.bs,
-        shard_size=args.shard_size,
+        chunk_size=args.chunk_size,
         splits=splits,
         threads=threads,
     )
@@ -188,7 +188,7 @@ def main() -> None:
         ),
     )
     p.add_argument("--bs", type=int, default=64)
-    p.add_argument("--shard-size", type=int, default=2048)
+    p.add_argument("--chunk-size", type=int, default=2048)
     p.add_argument("--actors", type=int, default=2, help="Ray model actors")
     args = p.parse_args()
     if args.quick:
@@ -271,7 +271,7 @@ def main() -> None:
             f"Wall time of `lookalike extract` with each engine on the same **generated** collection ({n_all:,}"
             f" {sizes['image_size']}×{sizes['image_size']} JPEGs from `lookalike.data.synthetic`, not real photos),"
             f" {MODEL} with **random weights** (speed does not depend on weight values), input {args.image_size} px,"
-            f" batch {args.bs}, shards of {args.shard_size}, precision {precision} (the job's calibration; the same for"
+            f" batch {args.bs}, chunks of {args.chunk_size}, precision {precision} (the job's calibration; the same for"
             f" every engine). Medians over {args.rounds} rounds, the engines' order rotating. local: one process,"
             f" decode threads beside the model and {args.threads or runtime.default_threads()} inference threads, split"
             " as the job's calibration measured (the default); local, 1 torch thread: the same with `--threads 1`, a"

@@ -47,7 +47,7 @@ SETTINGS = {
     "weights": "random",
     "image_size": 32,
     "batch_size": 4,
-    "shard_size": 12,
+    "chunk_size": 12,
     "backend": "openvino",
     "precision": "bf16",
 }
@@ -60,7 +60,7 @@ CLI_SETTINGS = [
     "32",
     "--bs",
     "4",
-    "--shard-size",
+    "--chunk-size",
     "12",
     "--backend",
     "openvino",

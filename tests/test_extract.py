@@ -67,7 +67,7 @@ def test_weights_from_a_file_are_loaded_and_hashed(tmp_path):
 
 def _config(data: Path, out: Path, **kw) -> ExtractConfig:
     """Backend and precision named: `auto` would calibrate (seconds) in every extraction of these tests."""
-    settings = dict(model="resnet18", weights="random", image_size=32, batch_size=8, shard_size=16)
+    settings = dict(model="resnet18", weights="random", image_size=32, batch_size=8, chunk_size=16)
     return ExtractConfig(data=str(data), out=str(out), **{**settings, "backend": "torch", "precision": "fp32", **kw})
 
 
@@ -138,7 +138,7 @@ def test_killed_extraction_resumes_to_the_same_gallery(tmp_path, backend, precis
         "32",
         "--bs",
         "8",
-        "--shard-size",
+        "--chunk-size",
         "16",
         "--decode-threads",
         "0",

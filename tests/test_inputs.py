@@ -26,7 +26,7 @@ from .conftest import run_main
 
 def _config(data: Path, out: Path, **kw) -> ExtractConfig:
     """Backend and precision named: `auto` would calibrate (seconds) in every extraction of these tests."""
-    settings = dict(model="resnet18", weights="random", image_size=32, batch_size=8, shard_size=16, decode_threads=0)
+    settings = dict(model="resnet18", weights="random", image_size=32, batch_size=8, chunk_size=16, decode_threads=0)
     return ExtractConfig(data=str(data), out=str(out), **{**settings, "backend": "torch", "precision": "fp32", **kw})
 
 

@@ -61,9 +61,13 @@ def test_a_schema_1_manifest_reads_into_the_typed_object():
     assert m.model.precision_name == "bf16" and m.skipped == ({"path": "/data/x.jpg", "reason": "corrupt"},)
     assert m.data.splits == {"train": 2, "val": 1} and m.data.extra["count"] == 3
     written = m.to_dict()
-    assert written["schema_version"] == 2 and written["is_real"] is True
+    assert written["schema_version"] == 3 and written["is_real"] is True
+    # the migration: a gallery from before shards is one shard, its one embeddings.npy and metadata.parquet
+    assert written["shards"] == [
+        {"embeddings": "embeddings.npy", "metadata": "metadata.parquet", "rows": 3, "first_id": 0, "digest": None}
+    ]
     again = Manifest.from_dict(written)
-    assert again.to_dict() == written  # schema 2 round-trips
+    assert again.to_dict() == written  # schema 3 round-trips
 
 
 @pytest.mark.parametrize(

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import math
 import shutil
+import tracemalloc
 
 import numpy as np
 import pytest
 
 from lookalike.gallery import open_gallery
+from lookalike.gallery.generated import Segment, generated_model_block, write_array_gallery
 from lookalike.study.metrics import (
     accuracy,
     average_precision_at_k,
     exact_neighbours,
+    exact_top_k,
     ground_truth,
     precision_at_k,
     recall_at_k,
     recall_per_query,
+    streamed_top_k,
 )
 
 GALLERY_LABELS = np.array(["a", "a", "b", "b", None], dtype=object)
@@ -123,3 +127,91 @@ def test_ground_truth_is_exact_cached_and_never_the_query_itself(tiny_gallery, t
     # other query vectors get their own cache entry
     other = exact_neighbours(gallery, partition.database_ids, x[partition.query_ids[:3]] * -1, 5)
     assert other.shape == (3, 5) and len(list((copy / "cache").glob("groundtruth-*.npy"))) == 2
+
+
+# --- exact ground truth streamed over the shards ---
+
+
+def _integer_gallery(path, n: int = 3000, d: int = 8, shard_rows: int = 700):
+    """Small-integer rows: every score is an exact integer in float32 whatever the order of the sums, so the streamed
+    result must equal a full sort exactly, and ties (many, by construction) must go to the lower id."""
+    x = np.random.default_rng(5).integers(-2, 3, size=(n, d)).astype(np.float32)
+    gallery = write_array_gallery(
+        path,
+        x,
+        splits=["val" if i % 7 == 0 else "train" for i in range(n)],
+        segments=[Segment("generated", 0, n, True, "integer test rows")],
+        model=generated_model_block(d, 0),
+        shard_rows=shard_rows,
+    )
+    return gallery, x
+
+
+def _full_sort(x: np.ndarray, queries: np.ndarray, database_ids: np.ndarray, k: int, metric: str) -> np.ndarray:
+    """The independent reference: every score of the database rows (ascending ids), one stable argsort."""
+    rows = x[database_ids]
+    keys = -(queries @ rows.T) if metric == "ip" else ((queries[:, None, :] - rows[None, :, :]) ** 2).sum(axis=2)
+    top = database_ids[np.argsort(keys, axis=1, kind="stable")[:, :k]]
+    return np.pad(top, ((0, 0), (0, k - top.shape[1])), constant_values=-1)  # fewer rows than k: −1, as exact search
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_streamed_ground_truth_equals_a_full_sort_with_ties_to_the_lower_id(tmp_path, metric):
+    gallery, x = _integer_gallery(tmp_path / "g")
+    assert len(gallery.shards) == 5
+    queries = np.random.default_rng(6).integers(-2, 3, size=(40, x.shape[1])).astype(np.float32)
+    heldout = np.sort(gallery.partition().database_ids)
+    everything = np.arange(len(x))
+    for database_ids in (heldout, everything):
+        expected = _full_sort(x, queries, database_ids, 10, metric)
+        mask = np.isin(everything, database_ids)
+        # blocks of 250 rows: smaller than the 700-row shards, cut at every shard boundary, a short one at each end
+        streamed = streamed_top_k(gallery.embeddings, queries, 10, metric, mask, block_rows=250)
+        np.testing.assert_array_equal(streamed, expected)
+        np.testing.assert_array_equal(exact_neighbours(gallery, database_ids, queries, 10, metric), expected)
+    # ties are really there: the 10th and 11th best scores are equal for most queries
+    keys = -(queries @ x.T) if metric == "ip" else ((queries[:, None, :] - x[None]) ** 2).sum(axis=2)
+    ordered = np.sort(keys, axis=1)
+    assert np.mean(ordered[:, 9] == ordered[:, 10]) > 0.5
+
+
+def test_streamed_ground_truth_pads_a_small_database_and_maps_ids(tmp_path):
+    gallery, x = _integer_gallery(tmp_path / "g")
+    queries = x[:3] + 1
+    few = np.array([5, 699, 700, 2999])  # four rows in three shards
+    expected = _full_sort(x, queries, few, 6, "ip")
+    assert (expected[:, 4:] == -1).all()
+    np.testing.assert_array_equal(exact_neighbours(gallery, few, queries, 6), expected)
+    # exact_top_k over rows given as an array, with ids for its positions
+    np.testing.assert_array_equal(exact_top_k(x[few], queries, 6, "ip", few), expected)
+
+
+def test_streamed_ground_truth_holds_one_block_not_the_gallery(tmp_path):
+    """24,000 × 256 rows (23 MiB) in six shards: the whole search holds a small fraction of that (under 1 MiB), while
+    gathering the database (what ground truth did before: a BruteForce over the database rows) holds half of it."""
+    n, d = 24_000, 256
+    x = np.random.default_rng(7).standard_normal((n, d)).astype(np.float32)
+    gallery = write_array_gallery(
+        tmp_path / "g",
+        x,
+        segments=[Segment("generated", 0, n, True, "test rows")],
+        model=generated_model_block(d, 0),
+        shard_rows=4_000,
+    )
+    del x
+    queries = np.random.default_rng(8).standard_normal((20, d)).astype(np.float32)
+    database = np.arange(1, n, 2)  # every other row: a mask, never a gathered copy
+    tracemalloc.start()
+    try:
+        found = exact_neighbours(gallery, database, queries, 10)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        np.asarray(gallery.embeddings[database])  # what a gathered database costs, measured the same way
+        gathered = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < gallery.embeddings.nbytes / 8, (peak, gallery.embeddings.nbytes)
+    assert gathered > gallery.embeddings.nbytes / 2 > peak
+    rows = np.asarray(gallery.embeddings[database])
+    expected = database[np.argsort(-(queries @ rows.T), axis=1, kind="stable")[:, :10]]
+    assert recall_at_k(found, expected, 10) > 0.999

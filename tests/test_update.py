@@ -35,7 +35,7 @@ SETTINGS = {
     "weights": "random",
     "image_size": 32,
     "batch_size": 8,
-    "shard_size": 16,
+    "chunk_size": 16,
     "backend": "torch",
     "precision": "fp32",
 }
@@ -209,7 +209,7 @@ def test_a_killed_update_resumes_to_the_gallery_of_an_uninterrupted_one(tmp_path
         "32",
         "--bs",
         "8",
-        "--shard-size",
+        "--chunk-size",
         "16",
         "--decode-threads",
         "0",

@@ -31,7 +31,7 @@ SETTINGS = {
     "weights": "random",
     "image_size": 32,
     "batch_size": 4,
-    "shard_size": 8,
+    "chunk_size": 8,
     "backend": "openvino",
     "precision": "bf16",
 }

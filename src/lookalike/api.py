@@ -100,9 +100,10 @@ def build_index(
 
         built = build_index_ray(gallery, method, metric=metric, nlist=nlist, address=address, database=database)
     elif engine == "local":
-        from .search import database_vectors
+        from .search import build_dir, database_vectors
 
         built = make_method(method, len(rows), gallery.dim, metric, nlist=nlist)
+        built.workdir = build_dir(gallery, built.name, metric)
         built.build(database_vectors(gallery, rows), rows)
     else:
         raise LookalikeError(f"unknown engine {engine!r}; use local or ray")

@@ -40,3 +40,7 @@ class TextQueryError(LookalikeError):
 class IndexStaleError(GalleryError):
     """A saved index was built before its gallery was updated and could not follow the update: it must be rebuilt, never
     served."""
+
+
+class EngineRefused(LookalikeError):
+    """An engine cannot search this method: `--engine ray` fans out ivfpq-ondisk indexes, not others."""

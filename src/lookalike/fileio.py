@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_save_npy",
+    "require_free_disk",
+    "atomic_save_npy_parts",
     "atomic_write_parquet",
     "json_text",
 ]
@@ -58,10 +62,38 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def require_free_disk(path: Path, needed_bytes: int, what: str) -> None:
+    """Refuse a job before it starts when the filesystem of `path` has less free space than it will write."""
+    from .errors import LookalikeError
+
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(existing).free
+    if needed_bytes > free:
+        raise LookalikeError(
+            f"not enough free disk for {what}: it writes about {needed_bytes / 2**30:.2f} GiB at {path}, and"
+            f" {free / 2**30:.2f} GiB are free there; free some space or choose a folder on a larger disk"
+        )
+
+
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.save(f, array)
+
+    _atomic(path, write)
+
+
+def atomic_save_npy_parts(path: Path, parts: Sequence[np.ndarray]) -> None:
+    """Save the row-wise concatenation of 2-D arrays of one dtype as one `.npy`, without ever concatenating them."""
+    rows = sum(len(p) for p in parts)
+    header = {"descr": np.lib.format.dtype_to_descr(parts[0].dtype), "fortran_order": False}
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {**header, "shape": (rows, *parts[0].shape[1:])})
+            for part in parts:
+                np.ascontiguousarray(part).tofile(f)
 
     _atomic(path, write)
 

@@ -206,4 +206,6 @@ def environment() -> dict[str, object]:
 
 def as_float32_c(x: np.ndarray) -> np.ndarray:
     """FAISS and BLAS want C-contiguous float32; convert only when needed (memmaps stay zero-copy)."""
-    return x if (x.dtype == np.float32 and x.flags["C_CONTIGUOUS"]) else np.ascontiguousarray(x, dtype=np.float32)
+    if isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags["C_CONTIGUOUS"]:
+        return x
+    return np.ascontiguousarray(x, dtype=np.float32)  # a ShardedArray of several shards is gathered here

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..data.images import DEFAULT_MAX_PIXELS
 from ..embed.registry import BACKENDS, PRECISIONS, TEXT_MODEL_NAMES
 from ..errors import LookalikeError
+from ..gallery import DEFAULT_SHARD_ROWS
 from . import options as opt
 
 
@@ -43,7 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="batch size (default: the gallery's own when updating or resuming, else 16 on a CPU and 64 on a GPU)",
     )
     p.add_argument(
-        "--shard-size", type=int, default=4096, help="images per resumable shard (rounded up to a multiple of --bs)"
+        "--chunk-size", type=int, default=4096, help="images per resumable chunk (rounded up to a multiple of --bs)"
+    )
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        default=DEFAULT_SHARD_ROWS,
+        help=f"rows per gallery shard: one memory-mappable .npy and .parquet each (default {DEFAULT_SHARD_ROWS:,})",
     )
     p.add_argument(
         "--backend",
@@ -143,6 +150,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     opt.threads(p)
+    _engine_args(p, "ray: an ivfpq-ondisk index's parts searched by Ray actors, each query fanned out to all")
+    opt.search_actors(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("bench", help="the timing table: extraction and per-query search for brute, flat and ivf")
@@ -175,8 +184,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_models)
 
 
-def _engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", choices=["local", "ray"], default="local", help="local (default) or a Ray cluster")
+def _engine_args(p: argparse.ArgumentParser, ray: str = "a Ray cluster") -> None:
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help=f"local (default), or {ray}")
     p.add_argument(
         "--address", default=None, help="ray: cluster address (auto, ray://host:port); default starts a local cluster"
     )
@@ -201,6 +210,7 @@ def extract_config(args: argparse.Namespace):
         weights=args.weights,
         image_size=args.image_size,
         batch_size=args.bs,
+        chunk_size=args.chunk_size,
         shard_size=args.shard_size,
         precision=args.precision,
         backend=args.backend,
@@ -318,7 +328,16 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     runtime.set_threads(args.threads)
     gallery = open_gallery(args.gallery)
-    searcher = searcher_for(gallery, args.database)
+    if args.engine == "ray":
+        from ..distributed import connected, fan_out
+        from ..search.searcher import Searcher
+
+        with connected(args.address):
+            return _search(args, gallery, Searcher(gallery, database=args.database, engine=fan_out(args.actors)))
+    return _search(args, gallery, searcher_for(gallery, args.database))
+
+
+def _search(args: argparse.Namespace, gallery, searcher) -> int:
     t = time.perf_counter()
     vector = searcher.vector(args.image, args.text)
     embed_ms = 1000 * (time.perf_counter() - t)

@@ -7,7 +7,7 @@
 --timing-queries N      how many of those queries are timed one at a time per method or point
 --exact-timing-queries N  the sample that times the exact baselines (brute, flat) in a sweep
 --decode-threads N      local extraction: threads decoding images beside the model
---actors N              Ray extraction: model actors
+--actors N              Ray: model actors (extract), or actors holding index parts (search, serve)
 --database all|heldout  the rows search, index and serve use: every image (default) or the study's database
 """
 
@@ -105,4 +105,13 @@ def database(p: argparse.ArgumentParser) -> None:
             "rows searched: all (every image, the default) or heldout (the study's database: its held-out queries"
             " left out)"
         ),
+    )
+
+
+def search_actors(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--actors",
+        type=int,
+        default=None,
+        help="ray engine: actors that each hold a group of the index's parts (default: one per cluster CPU)",
     )

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ..errors import LookalikeError
+from ..gallery import DEFAULT_SHARD_ROWS
 from ..study.tradeoff import FAMILIES
 from . import options as opt
 
@@ -83,6 +84,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     opt.metric(p)
     p.add_argument("--out", default=None, help="output folder (default: <gallery>/scale)")
+    p.add_argument(
+        "--out-of-core",
+        action="store_true",
+        help=(
+            "measure every size on the out-of-core path (ivfpq-ondisk built from the pool's shards, exact ground truth"
+            " streamed over them), whatever would fit in memory; sizes that would not fit take it anyway"
+        ),
+    )
+    p.add_argument(
+        "--work",
+        default=None,
+        help="folder for the pool gallery (its shards) and the on-disk indexes (default: <out>/work); removed after",
+    )
+    p.add_argument("--keep-work", action="store_true", help="keep the pool gallery and the on-disk indexes")
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        default=DEFAULT_SHARD_ROWS,
+        help=f"rows per shard of the pool gallery (default {DEFAULT_SHARD_ROWS:,})",
+    )
     opt.threads(p)
     p.set_defaults(func=cmd_scale)
 
@@ -176,6 +197,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
     threads = runtime.set_threads(args.threads)
     gallery = open_gallery(args.gallery)
+    out = Path(args.out) if args.out else gallery.path / "scale"
     config = ScaleConfig(
         sizes=parse_sizes(args.sizes),
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
@@ -185,9 +207,12 @@ def cmd_scale(args: argparse.Namespace) -> int:
         max_queries=args.queries,
         timing_queries=args.timing_queries,
         extra_embeddings=args.extra_embeddings,
+        out_of_core=args.out_of_core,
+        work=args.work or str(out / "work"),
+        keep_work=args.keep_work,
+        shard_rows=args.shard_size,
     )
     result = run_scale(gallery, config, progress=lambda line: print(line, flush=True))
-    out = Path(args.out) if args.out else gallery.path / "scale"
     paths = write_scale(result, out)
     print(result.to_markdown(plot_name=None))
     print(f"written: {', '.join(str(p) for p in paths.values())} ({threads} threads)")

@@ -41,6 +41,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     opt.database(p)
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local (default), or ray: the gallery's ivfpq-ondisk indexes searched by Ray actors holding their parts",
+    )
+    p.add_argument(
+        "--address", default=None, help="ray: cluster address (auto, ray://host:port); default starts a local cluster"
+    )
+    opt.search_actors(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -91,6 +101,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.port < 0 or args.port > 65535:
         raise LookalikeError(f"--port must be 0..65535, got {args.port}")
     open_gallery(args.gallery)  # a missing or inconsistent gallery fails here, before torch is even imported
+    if args.engine == "ray":
+        from ..distributed import connected, fan_out
+
+        with connected(args.address):  # held while the server runs: its actors live in this session
+            return _serve(args, fan_out(args.actors))
+    return _serve(args, None)
+
+
+def _serve(args: argparse.Namespace, engine) -> int:
     sock = listen(args.host, args.port)
     try:
         import uvicorn
@@ -103,6 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             threads=args.threads,
             compute_slots=args.compute_slots,
             database=args.database,
+            engine=engine,
             **({"max_pixels": args.max_pixels} if args.max_pixels is not None else {}),
             # Bound to loopback: answer only to loopback names (DNS rebinding). --allow-remote: any name.
             allowed_hosts=LOOPBACK_HOSTS if is_loopback(args.host) else None,

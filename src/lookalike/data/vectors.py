@@ -66,10 +66,11 @@ class ClusterModel:
         out = np.empty((n, self.dim), dtype=np.float32)
         return out, self.sample_into(out, seed)
 
-    def sample_into(self, out: np.ndarray, seed: int = 0) -> np.ndarray:
+    def sample_into(self, out: np.ndarray, seed: int | Sequence[int] = 0) -> np.ndarray:
         """Fill `out` (n, d) in place — no second copy of a 1M-row array — and return the cluster ids.
 
-        Clusters are drawn row by row, so any prefix of `out` is itself a fair sample.
+        Clusters are drawn row by row, so any prefix of `out` is itself a fair sample. A sequence
+        seed, e.g. [seed, block], gives each block of a larger sample a stream of its own.
         """
         n = len(out)
         rng = np.random.default_rng(seed)

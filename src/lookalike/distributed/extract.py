@@ -161,7 +161,7 @@ def fill_shards(
             while job.todo():
                 if passes == MAX_PASSES:
                     raise GalleryError(
-                        f"{len(job.todo())} shards were still missing after {MAX_PASSES} passes; rerun the same command"
+                        f"{len(job.todo())} chunks were still missing after {MAX_PASSES} passes; rerun the same command"
                         f" to resume from the {sum(job.done(s) for s in job.shards)} saved in {store.url}"
                     )
                 t = time.perf_counter()
@@ -357,13 +357,13 @@ def run_pass(job: Job, store: ShardStore, plan: WorkerPlan, preprocess: Preproce
             bar.update(int(out["images"].sum()))
     except KeyboardInterrupt:
         raise GalleryError(
-            f"interrupted: finished shards are kept in {store.url}; rerun the same command to resume"
+            f"interrupted: finished chunks are kept in {store.url}; rerun the same command to resume"
         ) from None
     except LookalikeError:
         raise
     except Exception as exc:
         raise user_error(exc) or GalleryError(
-            f"the Ray job failed ({first_line(exc)}); finished shards are kept in {store.url}, rerun the same command"
+            f"the Ray job failed ({first_line(exc)}); finished chunks are kept in {store.url}, rerun the same command"
             " to resume"
         ) from exc
     finally:

@@ -25,8 +25,9 @@ import numpy as np
 from ..errors import LookalikeError
 from ..gallery import Gallery
 from ..runtime import as_float32_c
-from ..search import FaissIndex, SearchMethod, database_rows, database_vectors, make_method
+from ..search import FaissIndex, SearchMethod, build_dir, database_rows, database_vectors, make_method
 from ..search.faiss_index import FAISS_METRICS
+from ..search.ondisk import OnDiskIVF
 from .cluster import TASK_RETRIES, connected, remote_result
 
 SHARDS_PER_CPU = 2  # two shards per CPU keeps every CPU busy when shards finish unevenly
@@ -77,6 +78,15 @@ def _add_shard(trained: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     return faiss.serialize_index(index)
 
 
+def run_parts_on_ray(task, jobs: list[tuple]) -> None:
+    """The out-of-core build's add-part jobs as Ray tasks (each reads its rows from the shards itself)."""
+    import ray
+
+    remote = ray.remote(task).options(num_cpus=1, max_retries=TASK_RETRIES)
+    for ref in [remote.remote(job) for job in jobs]:
+        remote_result(ref)
+
+
 def check_mergeable(factory: str, d: int, metric: str) -> None:
     """Only a bare IndexIVF (IVF…,Flat / SQ / PQ) can be merged shard by shard; say so before any work."""
     index = faiss.index_factory(d, factory, FAISS_METRICS[metric])
@@ -101,6 +111,11 @@ def build_index_ray(
     as `lookalike index` does."""
     database_ids = database_rows(gallery, database)
     base = make_method(method_name, len(database_ids), gallery.dim, metric, nlist=nlist)
+    if isinstance(base, OnDiskIVF):  # built out of core already: its parts become Ray tasks
+        base.workdir, base.part_runner = build_dir(gallery, base.name, metric), run_parts_on_ray
+        with connected(address):
+            base.build(database_vectors(gallery, database_ids), database_ids)
+        return base
     if type(base) is not FaissIndex:  # brute force has nothing to build; subclasses (ivfpq-mmap) keep extra files
         raise LookalikeError(
             f"--engine ray builds plain FAISS IVF indexes; {method_name!r} is not one — use --engine local"

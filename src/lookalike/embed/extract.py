@@ -32,10 +32,13 @@ from .. import runtime
 from ..data.datasets import Collection, ImageRecord, load_collection
 from ..data.images import DEFAULT_MAX_PIXELS, decode_image_bytes, read_image_bytes
 from ..errors import BadImageError, GalleryError
+from ..fileio import require_free_disk
 from ..gallery import (
+    DEFAULT_SHARD_ROWS,
     MANIFEST,
     DataInfo,
     Gallery,
+    GalleryWriter,
     ModelInfo,
     Rows,
     atomic_write_bytes,
@@ -43,13 +46,13 @@ from ..gallery import (
     clear_gallery,
     open_gallery,
     records_digest,
-    write_gallery,
 )
 from ..gallery.manifest import Inference
 from . import incremental
 from .backends import Backend, BackendUnavailable, Choice, NonFiniteEmbeddings, map_batches
 from .calibrate import CALIBRATION_IMAGES, REFERENCE, calibrate
 from .models import Embedder, load_model
+from .registry import MODELS
 from .transforms import Preprocess, build_transform
 
 log = logging.getLogger(__name__)
@@ -72,7 +75,8 @@ class ExtractConfig:
     image_size: int | None = None
     # None: the gallery's own when updating or resuming, else DEFAULT_BATCH_SIZE for the device
     batch_size: int | None = None
-    shard_size: int = 4096
+    chunk_size: int = 4096  # images per resumable chunk (`.partial/shard-*.npz`)
+    shard_size: int = DEFAULT_SHARD_ROWS  # rows per gallery shard (layout only: not part of the identity)
     precision: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16" (CUDA)
     backend: str = "auto"  # "auto" | "torch" | "openvino"
     splits: tuple[str, ...] | None = None
@@ -100,7 +104,7 @@ class ExtractConfig:
             "weights": self.weights if self.weights in ("pretrained", "random") else str(Path(self.weights).resolve()),
             "image_size": self.image_size,
             "batch_size": self.batch_size,
-            "shard_size": self.effective_shard_size,
+            "chunk_size": self.effective_chunk_size,
             "precision": self.precision,
             **(
                 {"backend": self.backend} if self.backend != "auto" else {}
@@ -112,9 +116,9 @@ class ExtractConfig:
         }
 
     @property
-    def effective_shard_size(self) -> int:
+    def effective_chunk_size(self) -> int:
         batch = self.resolved().batch_size
-        return max(1, math.ceil(self.shard_size / batch)) * batch
+        return max(1, math.ceil(self.chunk_size / batch)) * batch
 
 
 @dataclass(frozen=True)
@@ -336,7 +340,7 @@ def prepare(config: ExtractConfig) -> Job:
             base = None  # the gallery already is the folder's: the job is complete
     embed = incremental.subset(collection, plan)
     n = len(embed.records)
-    size = config.effective_shard_size
+    size = config.effective_chunk_size
     shards = [Shard(i, start, min(start + size, n)) for i, start in enumerate(range(0, n, size))]
     state = (
         json.loads(state_path.read_text())
@@ -348,7 +352,22 @@ def prepare(config: ExtractConfig) -> Job:
         state = incremental.base_state(base) | state
         if state.get("refused"):  # unless that backend gave NaN or inf during this update: calibrate again
             state = {k: v for k, v in state.items() if k not in ("inference", "precision")}
-    return Job(config, embed, out, shards, state, plan, collection, base)
+    job = Job(config, embed, out, shards, state, plan, collection, base)
+    _check_disk(job)
+    return job
+
+
+METADATA_BYTES_PER_ROW = 400  # a path, a label, a sha256 and stats, in Parquet: generous for long paths
+
+
+def _check_disk(job: Job) -> None:
+    """Before any image is read: the chunks still to embed, then the gallery written from them (the chunks are
+    deleted only after it), must fit on the disk of --out."""
+    dim = MODELS[job.config.model].dim if job.config.model in MODELS else 0
+    todo = sum(s.stop - s.start for s in job.todo())
+    rows = len(job.whole.records) if job.base is not None else len(job.collection.records)
+    needed = todo * dim * 4 + rows * (dim * 4 + METADATA_BYTES_PER_ROW)
+    require_free_disk(job.out, needed, f"extracting {rows} images with {job.config.model}")
 
 
 INFERENCE_ARGUMENTS = ("backend", "precision")
@@ -387,7 +406,7 @@ def refusal_note(state: dict) -> str:
     """What the manifest's inference reason adds when backends were left out during the run (empty when none)."""
     refused = state.get("refused", ())
     return "".join(
-        f"; {r['backend']} {r['precision']} embedded shards 0-{r['from_shard'] - 1} before it gave NaN or inf"
+        f"; {r['backend']} {r['precision']} embedded chunks 0-{r['from_shard'] - 1} before it gave NaN or inf"
         if r["from_shard"]
         else f"; {r['backend']} {r['precision']} left out: it gave NaN or inf"
         for r in refused
@@ -407,12 +426,12 @@ def refuse_non_finite(job: Job, exc: NonFiniteEmbeddings) -> GalleryError:
     job.state["refused"] = [*job.state.get("refused", ()), refused]
     job.state.pop("inference", None)
     atomic_write_json(job.partial / STATE, job.state)
-    saved = f"nothing non-finite was written, and {done} of {len(job.shards)} shards are saved in {job.partial}"
+    saved = f"nothing non-finite was written, and {done} of {len(job.shards)} chunks are saved in {job.partial}"
     if requested_inference(job.config):
         return GalleryError(
             f"extraction stopped: {exc.what} (requested with backend {job.config.backend}, precision"
             f" {job.config.precision}); {saved}; rerun with --backend torch --precision fp32, or --backend auto"
-            " --precision auto, to finish with a backend that works here (the saved shards are kept)"
+            " --precision auto, to finish with a backend that works here (the saved chunks are kept)"
         )
     return GalleryError(
         f"extraction stopped: {exc.what} (the calibration's choice); {saved}; rerun the same command to resume"
@@ -679,7 +698,7 @@ def run_local(job: Job, embedder: Embedder, decode_threads: int, progress: bool 
     except KeyboardInterrupt:
         done = sum(job.done(s) for s in job.shards)
         raise GalleryError(
-            f"interrupted: {done} of {len(job.shards)} shards are saved in {job.partial}; rerun the same command to"
+            f"interrupted: {done} of {len(job.shards)} chunks are saved in {job.partial}; rerun the same command to"
             " resume"
         ) from None
     finally:
@@ -704,39 +723,68 @@ def record_state(job: Job, model: dict) -> None:
     atomic_write_json(job.partial / STATE, job.state)
 
 
-def read_shards(job: Job) -> incremental.NewRows:
-    """Every shard's rows, in shard order; record numbers are the job's own (`job.collection`)."""
+@dataclass(frozen=True)
+class Chunks:
+    """What the job's finished chunks hold, read from their small arrays only (not the embeddings)."""
+
+    rows: int  # decoded images
+    bad: list[tuple[int, str]]  # (record number, reason) of the images that could not be decoded
+    seconds: float  # decode + embed time summed over chunks
+    hashes: bool  # every chunk hashed its files (chunks from before content hashes did not)
+    dimensions: bool  # every chunk recorded its images' sizes
+
+
+def finished_chunks(job: Job) -> Chunks:
     missing = job.todo()
     if missing:
         raise GalleryError(
-            f"cannot commit {job.out}: {len(missing)} shards are missing; rerun the extraction to finish them"
+            f"cannot commit {job.out}: {len(missing)} chunks are missing; rerun the extraction to finish them"
         )
-    embs, idx, bad, hashes, dims, seconds = [], [], [], [], [], 0.0
+    rows, bad, seconds, hashes, dimensions = 0, [], 0.0, True, True
     for shard in job.shards:
         with np.load(job.partial / shard.filename) as z:
-            embs.append(z["embeddings"])
-            idx.append(z["indices"])
-            hashes.append(z["hashes"].tolist() if "hashes" in z.files else None)
-            dims.append(z["dimensions"] if "dimensions" in z.files else None)
+            rows += len(z["indices"])
             bad.extend(zip(z["bad_indices"].tolist(), z["bad_reasons"].tolist()))
             seconds += float(z["seconds"])
+            hashes &= "hashes" in z.files
+            dimensions &= "dimensions" in z.files
+    return Chunks(rows, bad, seconds, hashes, dimensions)
+
+
+def read_chunks(
+    job: Job, chunks: Chunks
+) -> Iterator[tuple[np.ndarray, np.ndarray, list[str] | None, np.ndarray | None]]:
+    """(embeddings, record numbers, content hashes, (width, height)s) of each chunk in turn: one chunk in memory."""
+    for shard in job.shards:
+        with np.load(job.partial / shard.filename) as z:
+            yield (
+                z["embeddings"],
+                z["indices"],
+                z["hashes"].tolist() if chunks.hashes else None,
+                z["dimensions"].reshape(-1, 2) if chunks.dimensions else None,
+            )
+
+
+def read_new_rows(job: Job) -> incremental.NewRows:
+    """Every chunk's rows at once, for an update (they are only its new and changed images); record numbers are the
+    job's own (`job.collection`)."""
+    chunks = finished_chunks(job)
+    parts = list(read_chunks(job, chunks))
     return incremental.NewRows(
-        np.concatenate(embs) if embs else np.zeros((0, job.state["model"]["dim"]), np.float32),
-        np.concatenate(idx) if idx else np.zeros(0, np.int64),
-        # every shard hashed its files (shards from before content hashes did not)
-        [h for part in hashes for h in part] if all(h is not None for h in hashes) else None,
-        bad,
-        seconds,
-        # every shard recorded image sizes (shards from before they were recorded did not)
-        np.concatenate(dims).reshape(-1, 2) if dims and all(d is not None for d in dims) else None,
+        np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, job.state["model"]["dim"]), np.float32),
+        np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64),
+        [h for p in parts for h in p[2]] if chunks.hashes else None,
+        chunks.bad,
+        chunks.seconds,
+        np.concatenate([p[3] for p in parts]).reshape(-1, 2) if parts and chunks.dimensions else None,
     )
 
 
 def commit(job: Job, embedder: Embedder | None = None, extra_timings: dict | None = None) -> Gallery:
     """Assemble the shards into the final gallery files; manifest.json goes last. An update is written aside and moved
     in."""
-    new = read_shards(job)
-    n_total, seconds = len(job.collection.records), new.seconds
+    chunks = finished_chunks(job)
+    n_total, seconds = len(job.collection.records), chunks.seconds
     what = {
         "model": ModelInfo.from_dict({**job.state["model"], **inference_record(job.state)}),
         "timings": {
@@ -745,7 +793,7 @@ def commit(job: Job, embedder: Embedder | None = None, extra_timings: dict | Non
             "ms_per_image": round(1000 * seconds / max(1, n_total), 3),
             "images_per_second": round(n_total / seconds, 2) if seconds else None,
             "note": (
-                "wall time of decode + preprocess + embed, summed over shards (resumed runs included)"
+                "wall time of decode + preprocess + embed, summed over chunks (resumed runs included)"
                 + (
                     "; an update: `images` counts the new and changed images it embedded"
                     if job.base is not None
@@ -757,40 +805,43 @@ def commit(job: Job, embedder: Embedder | None = None, extra_timings: dict | Non
         "extract": {
             "identity": job.state["identity"],
             "records_digest": job.state["records_digest"],
-            "shards": len(job.shards),
+            "chunks": len(job.shards),
         },
         "environment": runtime.environment(),
     }
     if job.base is not None:  # the query latency measured at the full extraction still holds: same model, same input
         what["timings"] |= {k: v for k, v in job.base.manifest.timings.items() if k.startswith("single_image")}
-        incremental.stage_update(job.partial, job.whole, job.plan, job.base, new, **what)
+        incremental.stage_update(
+            job.partial, job.whole, job.plan, job.base, read_new_rows(job), job.config.shard_size, **what
+        )
         return incremental.finish_update(job.out)
-    if len(new.indices) == 0:
+    if chunks.rows == 0:
         raise GalleryError(
-            f"no image under {job.config.data} could be decoded ({len(new.bad)} bad files); nothing to store"
+            f"no image under {job.config.data} could be decoded ({len(chunks.bad)} bad files); nothing to store"
         )
     plan = (
         job.plan
         if job.plan is not None and len(job.plan.reuse) == n_total
         else incremental.scan(job.collection.records)
     )
-    records = [job.collection.records[i] for i in new.indices.tolist()]
-    gallery = write_gallery(
-        job.out,
-        new.embeddings,
-        Rows(
+    writer = GalleryWriter(job.out, job.state["model"]["dim"], job.config.shard_size)
+    for embeddings, indices, hashes, dimensions in read_chunks(job, chunks):
+        records = [job.collection.records[i] for i in indices.tolist()]
+        rows = Rows(
             [r.path for r in records],
             [r.label for r in records],
             [r.label_name for r in records],
             [r.split for r in records],
-            content_hashes=new.hashes,
-            sizes=plan.sizes[new.indices],
-            mtimes=plan.mtimes[new.indices],
-            dimensions=new.dimensions,
-        ),
+            content_hashes=hashes,
+            sizes=plan.sizes[indices],
+            mtimes=plan.mtimes[indices],
+            dimensions=dimensions,
+        )
+        writer.add(embeddings, rows)
+    gallery = writer.finish(
         data=DataInfo.from_dict(job.collection.provenance()),
         skipped=[{"path": p, "reason": r} for p, r in job.collection.problems]
-        + [incremental.skipped_entry(job.collection.records[i].path, r, plan, i) for i, r in new.bad],
+        + [incremental.skipped_entry(job.collection.records[i].path, r, plan, i) for i, r in chunks.bad],
         **what,
     )
     shutil.rmtree(job.partial, ignore_errors=True)

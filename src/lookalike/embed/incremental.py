@@ -35,6 +35,7 @@ from ..gallery import (
     MANIFEST,
     DataInfo,
     Gallery,
+    GalleryWriter,
     Manifest,
     ModelInfo,
     Rows,
@@ -44,7 +45,6 @@ from ..gallery import (
     install_gallery,
     json_text,
     open_gallery,
-    write_gallery,
     write_manifest,
 )
 
@@ -210,14 +210,15 @@ def stage_update(
     plan: Plan,
     base: Gallery,
     new: NewRows,
+    shard_rows: int,
     *,
     model: ModelInfo,
     timings: dict[str, Any],
     extract: dict[str, Any],
     environment: dict[str, Any],
 ) -> Gallery:
-    """Write the updated gallery, complete, into `.partial/commit/`: old rows reused, new rows from the shards, in
-    fresh-extraction order."""
+    """Write the updated gallery, complete, into `.partial/commit/`: old rows reused, new rows from the chunks, in
+    fresh-extraction order, one shard at a time (every shard is written anew)."""
     records = whole.records
     todo = plan.todo
     new_row = np.full(len(records), -1, dtype=np.int64)
@@ -230,9 +231,6 @@ def stage_update(
         )
     old = plan.reuse[rows]
     from_old = old >= 0
-    embeddings = np.empty((len(rows), base.dim), dtype=np.float32)
-    embeddings[from_old] = base.embeddings[old[from_old]]  # one gather from the memory-mapped old rows
-    embeddings[~from_old] = new.embeddings[new_row[rows[~from_old]]]
     hashes = None
     if base.content_hashes is not None and new.hashes is not None:
         hashes = np.where(
@@ -270,19 +268,27 @@ def stage_update(
     )
     staged = partial / STAGED
     shutil.rmtree(staged, ignore_errors=True)
-    return write_gallery(
-        staged,
-        embeddings,
-        Rows(
-            [records[i].path for i in rows],
-            [records[i].label for i in rows],
-            [records[i].label_name for i in rows],
-            [records[i].split for i in rows],
-            content_hashes=hashes.tolist() if hashes is not None else None,
-            sizes=plan.sizes[rows],
-            mtimes=plan.mtimes[rows],
-            dimensions=dimensions,
-        ),
+    writer = GalleryWriter(staged, base.dim, shard_rows)
+    for start in range(0, len(rows), shard_rows):
+        block = slice(start, start + shard_rows)
+        here, reused = rows[block], from_old[block]
+        embeddings = np.empty((len(here), base.dim), dtype=np.float32)
+        embeddings[reused] = base.embeddings.take(old[block][reused])  # one gather per shard of the old rows
+        embeddings[~reused] = new.embeddings[new_row[here[~reused]]]
+        writer.add(
+            embeddings,
+            Rows(
+                [records[i].path for i in here],
+                [records[i].label for i in here],
+                [records[i].label_name for i in here],
+                [records[i].split for i in here],
+                content_hashes=hashes[block].tolist() if hashes is not None else None,
+                sizes=plan.sizes[here],
+                mtimes=plan.mtimes[here],
+                dimensions=dimensions[block] if dimensions is not None else None,
+            ),
+        )
+    return writer.finish(
         model=model,
         data=DataInfo.from_dict(whole.provenance()),
         skipped=skipped,

@@ -1,14 +1,17 @@
 """The gallery: one folder per (collection, model) of embeddings, metadata and a manifest.
 
-`store` reads and writes that folder (its atomic writes live in `lookalike.fileio`, re-exported here);
+`store` reads and writes that folder (its atomic writes live in `lookalike.fileio`, re-exported here), in shards
+that `shards.ShardedArray` reads as one array;
 `generated` writes galleries of generated vectors for the experiments at sizes no image collection here reaches.
 """
 
 from ..fileio import atomic_save_npy, atomic_write_bytes, atomic_write_json, atomic_write_parquet, json_text
-from .manifest import SCHEMA_VERSION, DataInfo, Manifest, ModelInfo, UpdateInfo, Weights
+from .manifest import SCHEMA_VERSION, DataInfo, Manifest, ModelInfo, ShardInfo, UpdateInfo, Weights
+from .shards import ShardedArray
 from .store import (
     CACHE,
     CONTENT_HASH,
+    DEFAULT_SHARD_ROWS,
     EMBEDDINGS,
     FILE_MTIME,
     FILE_SIZE,
@@ -21,6 +24,7 @@ from .store import (
     METADATA,
     METADATA_SCHEMA,
     Gallery,
+    GalleryWriter,
     IndexFollower,
     Partition,
     Rows,
@@ -41,6 +45,7 @@ __all__ = [
     "index_follower",
     "CACHE",
     "CONTENT_HASH",
+    "DEFAULT_SHARD_ROWS",
     "EMBEDDINGS",
     "FILE_MTIME",
     "FILE_SIZE",
@@ -54,7 +59,10 @@ __all__ = [
     "METADATA_SCHEMA",
     "SCHEMA_VERSION",
     "Gallery",
+    "GalleryWriter",
     "Partition",
+    "ShardInfo",
+    "ShardedArray",
     "atomic_save_npy",
     "atomic_write_bytes",
     "atomic_write_json",

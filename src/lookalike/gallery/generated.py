@@ -8,7 +8,7 @@ range, what is real and what is not, so `is_real` is False and every output labe
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,16 @@ from .. import runtime
 from ..data.vectors import random_cluster_model
 from ..errors import GalleryError, LookalikeError
 from .manifest import DataInfo, ModelInfo, Weights
-from .store import MANIFEST, Gallery, Rows, clear_gallery, records_digest, write_gallery
+from .store import (
+    DEFAULT_SHARD_ROWS,
+    MANIFEST,
+    Gallery,
+    GalleryWriter,
+    Rows,
+    clear_gallery,
+    records_digest,
+    write_gallery,
+)
 
 WRITER = "lookalike.gallery.generated"
 SYNTHETIC_PATH_PREFIX = "synthetic:"  # metadata `path` of every row that is not a real image
@@ -70,8 +79,10 @@ def write_array_gallery(
     label_names: Sequence[str | None] | None = None,
     timings: dict | None = None,
     overwrite: bool = False,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
 ) -> Gallery:
-    """Write a gallery folder (the layout `lookalike.embed.extract.commit` writes) from arrays, manifest last.
+    """Write a gallery folder (the layout `lookalike.embed.extract.commit` writes) from arrays, manifest last, in
+    shards of `shard_rows`.
 
     `segments` must cover every row exactly once; rows of synthetic segments get paths
     "synthetic:<source>/<row>" unless `paths` is given, and the manifest's `data` block records
@@ -92,20 +103,108 @@ def write_array_gallery(
     splits = ["train"] * n if splits is None else [str(s) for s in splits]
     label_names = [None] * n if label_names is None else list(label_names)
     if paths is None:
-        paths = [
-            f"{SYNTHETIC_PATH_PREFIX if s.synthetic else ARRAY_PATH_PREFIX}{s.source}/{i}"
-            for s in segments
-            for i in range(s.start, s.stop)
-        ]
+        paths = _segment_paths(segments, 0, n)
     if not (len(labels) == len(splits) == len(label_names) == len(paths) == n):
         raise LookalikeError(
             f"{n} embeddings but {len(labels)} labels, {len(splits)} splits, {len(label_names)} label names and"
             f" {len(paths)} paths"
         )
+    _make_room(path, overwrite)
+    return write_gallery(
+        path,
+        embeddings,
+        Rows(list(paths), labels, label_names, splits),
+        shard_rows=shard_rows,
+        **_manifest_fields(
+            segments,
+            model,
+            data,
+            Counter(splits),
+            timings,
+            records_digest(list(paths), labels, splits),
+            "write_array_gallery",
+        ),
+    )
+
+
+def write_array_gallery_blocks(
+    path: str | Path,
+    dim: int,
+    blocks: Iterable[tuple[np.ndarray, Sequence[Any]]],
+    *,
+    segments: Sequence[Segment],
+    model: ModelInfo,
+    data: dict | None = None,
+    timings: dict | None = None,
+    overwrite: bool = False,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+) -> Gallery:
+    """`write_array_gallery` for more rows than memory holds: (embeddings, labels) blocks in row order, every row of
+    split "train", paths from the segments; the writer holds one shard at a time (`GalleryWriter`).
+
+    Why: the scale experiment's pool at 10M rows is 20 GB; it is generated and written block by
+    block, and read back through the gallery's memory-mapped shards.
+    """
+    path = Path(path)
+    n = max((s.stop for s in segments), default=0)
+    _check_segments(segments, n)
+    if model.dim != dim:
+        raise LookalikeError(f"the model block says {model.dim}-d but the embeddings are {dim}-d")
+    _make_room(path, overwrite)
+    writer = GalleryWriter(path, dim, shard_rows)
+    for embeddings, labels in blocks:
+        start, count = writer.count, len(embeddings)
+        if start + count > n:
+            raise LookalikeError(f"the blocks hold more rows than the {n} the segments cover")
+        rows = Rows(
+            _segment_paths(segments, start, start + count),
+            [None if v is None else str(v) for v in labels],
+            [None] * count,
+            ["train"] * count,
+        )
+        writer.add(np.asarray(embeddings, dtype=np.float32), rows)
+    if writer.count != n:
+        raise LookalikeError(f"the blocks hold {writer.count} rows but the segments cover {n}")
+    return writer.finish(
+        **_manifest_fields(
+            segments,
+            model,
+            data,
+            Counter({"train": n}),
+            timings,
+            writer.records_hash.hexdigest(),  # records_digest's lines, hashed as the rows passed
+            "write_array_gallery_blocks",
+        )
+    )
+
+
+def _make_room(path: Path, overwrite: bool) -> None:
     if (path / MANIFEST).is_file() and not overwrite:
         raise GalleryError(f"{path} already holds a gallery; use another folder or pass overwrite=True")
     clear_gallery(path) if path.exists() else path.mkdir(parents=True)
+
+
+def _segment_paths(segments: Sequence[Segment], start: int, stop: int) -> list[str]:
+    """Rows start … stop − 1's metadata paths: "synthetic:<source>/<row>", or "array:<source>/<row>" for real rows."""
+    return [
+        f"{SYNTHETIC_PATH_PREFIX if s.synthetic else ARRAY_PATH_PREFIX}{s.source}/{i}"
+        for s in sorted(segments, key=lambda s: s.start)
+        for i in range(max(start, s.start), min(stop, s.stop))
+    ]
+
+
+def _manifest_fields(
+    segments: Sequence[Segment],
+    model: ModelInfo,
+    data: dict | None,
+    splits: Counter,
+    timings: dict | None,
+    digest: str,
+    writer: str,
+) -> dict[str, Any]:
+    """`GalleryWriter.finish`'s fields for a gallery written from arrays: the data block lists every segment."""
     synthetic_rows = sum(s.count for s in segments if s.synthetic)
+    n = sum(s.count for s in segments)
     data_block = {
         "kind": "arrays",
         "root": None,
@@ -114,27 +213,20 @@ def write_array_gallery(
         "synthetic": synthetic_rows > 0 or bool((data or {}).get("synthetic")),
         "synthetic_rows": synthetic_rows,
         "segments": [asdict(s) for s in segments],
-        "splits": dict(Counter(splits)),
+        "splits": dict(splits),
         "summary": (data or {}).get("summary") or composition_summary(segments),
     }
-    return write_gallery(
-        path,
-        embeddings,
-        Rows(list(paths), labels, label_names, splits),
-        model=model,
-        data=DataInfo.from_dict(data_block),
-        timings={
+    return {
+        "model": model,
+        "data": DataInfo.from_dict(data_block),
+        "timings": {
             "ms_per_image": None,
             "note": "no images were decoded: the embeddings were written from arrays",
             **(timings or {}),
         },
-        extract={
-            "identity": None,
-            "records_digest": records_digest(list(paths), labels, splits),
-            "written_by": f"{WRITER}.write_array_gallery",
-        },
-        environment=runtime.environment(),
-    )
+        "extract": {"identity": None, "records_digest": digest, "written_by": f"{WRITER}.{writer}"},
+        "environment": runtime.environment(),
+    }
 
 
 def composition_summary(segments: Sequence[Segment]) -> str:

@@ -3,7 +3,8 @@
 The gallery owns this format. Every reader goes through `Manifest`, never the raw dict, so a field
 is renamed in one place and a random-weights or generated-data gallery can never be described as
 real by a caller that forgot to look. `Manifest.from_dict` reads every manifest written so far
-(schema 1, from before this class existed, and schema 2); `to_dict` writes schema 2.
+(schema 1, from before this class existed, schema 2, and schema 3, which lists the shards); `to_dict` writes
+schema 3. Reading an older manifest is the one migration: a one-file gallery becomes one shard.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from typing import Any
 
 from ..errors import GalleryError
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_SCHEMAS = (1, 2, 3)
+# the files of a gallery written before shards (schema ≤ 2), and of any gallery of one shard
+ONE_FILE_EMBEDDINGS, ONE_FILE_METADATA = "embeddings.npy", "metadata.parquet"
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,39 @@ class UpdateInfo:
 
 
 @dataclass(frozen=True)
+class ShardInfo:
+    """One shard of a gallery: rows `first_id` … `first_id + rows − 1` as a memory-mappable (rows, d) float32 `.npy`
+    and their metadata as Parquet, both files in the gallery folder."""
+
+    embeddings: str
+    metadata: str
+    rows: int
+    first_id: int
+    digest: str | None = None  # sha256 of the shard's float32 rows; None for a gallery written before shards
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ShardInfo:
+        return cls(str(d["embeddings"]), str(d["metadata"]), int(d["rows"]), int(d["first_id"]), d.get("digest"))
+
+
+def one_file_shards(count: int) -> tuple[ShardInfo, ...]:
+    """The shards of a gallery written before shards existed: its one embeddings.npy and metadata.parquet."""
+    return (ShardInfo(ONE_FILE_EMBEDDINGS, ONE_FILE_METADATA, count, 0),)
+
+
+def _migrated_extract(extract: dict[str, Any]) -> dict[str, Any]:
+    """The extraction identity with today's names: the resumable unit was `shard_size` before gallery shards."""
+    identity = extract.get("identity")
+    if isinstance(identity, dict) and "shard_size" in identity:
+        identity = {("chunk_size" if k == "shard_size" else k): v for k, v in identity.items()}
+        return {**extract, "identity": identity}
+    return extract
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything `manifest.json` records. Written last, so its presence means the gallery is complete."""
 
@@ -240,6 +276,7 @@ class Manifest:
     extract: dict[str, Any] = field(default_factory=dict)  # identity and records digest, for resume/refusal
     environment: dict[str, Any] = field(default_factory=dict)  # machine, threads, library versions
     update: UpdateInfo | None = None  # set when `extract` updated an earlier version of the gallery
+    shards: tuple[ShardInfo, ...] = ()  # in id order; () only while a manifest is being built
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -291,11 +328,12 @@ class Manifest:
             "extract": self.extract,
             "environment": self.environment,
             **({"update": self.update.to_dict()} if self.update is not None else {}),
+            "shards": [shard.to_dict() for shard in self.shards],
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "manifest") -> Manifest:
-        """Read any manifest written so far; schema 1 differs only in lacking `is_real`, which is derived."""
+        """Read any manifest written so far: schema 1 lacks `is_real` (derived), 1 and 2 the shards (one file)."""
         version = d.get("schema_version")
         if version not in READABLE_SCHEMAS:
             raise GalleryError(
@@ -311,9 +349,14 @@ class Manifest:
                 created=str(d.get("created", "")),
                 skipped=tuple((d.get("skipped") or {}).get("files", ())),
                 timings=dict(d.get("timings") or {}),
-                extract=dict(d.get("extract") or {}),
+                extract=_migrated_extract(dict(d.get("extract") or {})),
                 environment=dict(d.get("environment") or {}),
                 update=UpdateInfo.from_dict(d["update"]) if d.get("update") else None,
+                shards=(
+                    tuple(ShardInfo.from_dict(shard) for shard in d["shards"])
+                    if version >= 3
+                    else one_file_shards(int(d["count"]))
+                ),
                 schema_version=int(version),
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -9,7 +9,9 @@ Layout (see README "What each output file holds"):
     indexes/<name>/     saved search methods (see lookalike.search)
     cache/              ground truth and other derived data, safe to delete
 
-`manifest.json` is written last and atomically, so its presence means the gallery is complete.
+`manifest.json` is written last and atomically, so its presence means the gallery is complete. It
+lists the shards (file names, rows, first id, sha256 of the rows); `Gallery.embeddings` reads them
+all through one `ShardedArray`, and `GalleryWriter` writes them one at a time.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import hashlib
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -29,8 +31,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import GalleryError
-from ..fileio import atomic_save_npy, atomic_write_json, atomic_write_parquet
-from .manifest import DataInfo, Manifest, ModelInfo, UpdateInfo
+from ..fileio import atomic_save_npy, atomic_save_npy_parts, atomic_write_json, atomic_write_parquet
+from .manifest import ONE_FILE_EMBEDDINGS, ONE_FILE_METADATA, DataInfo, Manifest, ModelInfo, ShardInfo, UpdateInfo
+from .shards import ShardedArray
 
 if TYPE_CHECKING:
     from ..search.compare import Comparison
@@ -38,8 +41,8 @@ if TYPE_CHECKING:
     from ..search.hits import Hit, Query
 
 MANIFEST = "manifest.json"
-EMBEDDINGS = "embeddings.npy"
-METADATA = "metadata.parquet"
+EMBEDDINGS, METADATA = ONE_FILE_EMBEDDINGS, ONE_FILE_METADATA
+DEFAULT_SHARD_ROWS = 262_144  # 512 MiB at 512-d: a gallery of tiny-ImageNet's size stays one file
 INDEXES = "indexes"
 CACHE = "cache"
 METADATA_SCHEMA = pa.schema(
@@ -85,13 +88,37 @@ class Gallery:
     manifest: Manifest
 
     @cached_property
-    def embeddings(self) -> np.ndarray:
-        """(N, d) float32, memory-mapped: opening a 1M-row gallery costs no RAM."""
-        return np.load(self.path / EMBEDDINGS, mmap_mode="r")
+    def embeddings(self) -> ShardedArray:
+        """(N, d) float32 over the memory-mapped shards: opening a gallery costs no RAM, and rows are read by id
+        (`take`, `[ids]`) or by block (`blocks`); `np.asarray` of a one-shard gallery is its memory map."""
+        files = [self.path / s.embeddings for s in self.shards]
+        return ShardedArray([np.load(f, mmap_mode="r") for f in files], self.dim, [(str(f), 0) for f in files])
 
     @cached_property
     def metadata(self) -> pa.Table:
-        return pq.read_table(self.path / METADATA)
+        tables = [pq.read_table(self.path / s.metadata) for s in self.shards]
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
+
+    @property
+    def shards(self) -> tuple[ShardInfo, ...]:
+        return self.manifest.shards
+
+    def verify(self) -> None:
+        """Read every shard and compare its sha256 with the manifest's: an altered shard is a GalleryError naming it.
+
+        Opening checks each file's presence and shape (cheap); this reads every byte, so the
+        builds that read the whole gallery anyway call it, not `open_gallery`.
+        """
+        for shard in self.shards:
+            if shard.digest is None:
+                continue
+            found = embeddings_digest(np.load(self.path / shard.embeddings, mmap_mode="r"))
+            if found != shard.digest:
+                raise GalleryError(
+                    f"gallery at {self.path}: shard {shard.embeddings} (rows {shard.first_id}–"
+                    f"{shard.first_id + shard.rows - 1}) was altered since it was written (sha256 differs);"
+                    " re-extract with `lookalike extract --overwrite`"
+                )
 
     @cached_property
     def labels(self) -> np.ndarray:
@@ -318,22 +345,40 @@ def open_gallery(path: str | os.PathLike) -> Gallery:
         )
         raise GalleryError(f"{path} is not a complete gallery: {MANIFEST} is missing{hint}")
     gallery = Gallery(path, Manifest.read(manifest_path))
-    for name in (EMBEDDINGS, METADATA):
-        if not (path / name).is_file():
-            raise GalleryError(f"gallery at {path} is missing {name}; re-extract with `lookalike extract --overwrite`")
-    try:
-        shape, dtype = gallery.embeddings.shape, gallery.embeddings.dtype
-        rows = pq.read_metadata(path / METADATA).num_rows
-    except Exception as exc:
-        raise GalleryError(
-            f"gallery at {path} has an unreadable {EMBEDDINGS} or {METADATA} ({exc}); re-extract it"
-        ) from exc
-    if shape != (gallery.count, gallery.dim) or dtype != np.float32 or rows != gallery.count:
-        raise GalleryError(
-            f"gallery at {path} is inconsistent: manifest says {gallery.count}×{gallery.dim} float32, "
-            f"{EMBEDDINGS} is {shape} {dtype} and {METADATA} has {rows} rows; re-extract with --overwrite"
-        )
+    _check_shards(gallery)
     return gallery
+
+
+def _check_shards(gallery: Gallery) -> None:
+    """Every shard's files are there, of the shape and row count the manifest lists, covering ids 0 … N − 1 in
+    order. Cheap (file headers only); `Gallery.verify` compares the contents' sha256."""
+    path, first_id = gallery.path, 0
+    fix = "re-extract with `lookalike extract --overwrite`"
+    for shard in gallery.shards:
+        for name in (shard.embeddings, shard.metadata):
+            if not (path / name).is_file():
+                raise GalleryError(f"gallery at {path} is missing {name}; {fix}")
+        try:
+            vectors = np.load(path / shard.embeddings, mmap_mode="r")
+            rows = pq.read_metadata(path / shard.metadata).num_rows
+        except Exception as exc:
+            raise GalleryError(
+                f"gallery at {path} has an unreadable {shard.embeddings} or {shard.metadata} ({exc}); {fix}"
+            ) from exc
+        expected = (shard.rows, gallery.dim)
+        if vectors.shape != expected or vectors.dtype != np.float32 or rows != shard.rows or shard.first_id != first_id:
+            raise GalleryError(
+                f"gallery at {path} is inconsistent: the manifest lists {shard.embeddings} as rows {shard.first_id}–"
+                f"{shard.first_id + shard.rows - 1} ({shard.rows}×{gallery.dim} float32, expected from row {first_id}),"
+                f" the file is {vectors.shape} {vectors.dtype} and {shard.metadata} has {rows} rows (a truncated or"
+                f" replaced file); {fix}"
+            )
+        first_id += shard.rows
+    if first_id != gallery.count:
+        raise GalleryError(
+            f"gallery at {path} is inconsistent: its shards hold {first_id} rows, the manifest says {gallery.count};"
+            f" {fix}"
+        )
 
 
 # --- writing: the one writer every gallery goes through (extraction, the Ray engine, generated arrays) ---
@@ -365,11 +410,11 @@ class Rows:
                 f" {len(self.splits)} splits and {len(self.content_hashes or [])} content hashes"
             )
 
-    def table(self) -> pa.Table:
+    def table(self, first_id: int = 0) -> pa.Table:
         n = len(self.paths)
         table = pa.Table.from_pydict(
             {
-                "id": np.arange(n, dtype=np.int64),
+                "id": np.arange(first_id, first_id + n, dtype=np.int64),
                 "path": list(self.paths),
                 "label": list(self.labels),
                 "label_name": list(self.label_names),
@@ -401,8 +446,132 @@ def embeddings_digest(embeddings: np.ndarray, block_rows: int = 65_536) -> str:
     """sha256 of the float32 rows, read in blocks so a memory-mapped 1M-row array is never copied whole."""
     h = hashlib.sha256()
     for start in range(0, len(embeddings), block_rows):
-        h.update(np.ascontiguousarray(embeddings[start : start + block_rows], dtype=np.float32).tobytes())
+        h.update(
+            np.ascontiguousarray(embeddings[start : start + block_rows], dtype=np.float32)
+        )  # a mapped view: no copy
     return h.hexdigest()
+
+
+def shard_file_names(number: int) -> tuple[str, str]:
+    """The files of shard `number` while a gallery has (or may have) several; a gallery of one keeps the one-file
+    names."""
+    return f"embeddings-{number:05d}.npy", f"metadata-{number:05d}.parquet"
+
+
+SHARD_FILE_PATTERNS = ("embeddings-*.npy", "metadata-*.parquet")
+
+
+class GalleryWriter:
+    """Writes a gallery shard by shard, each file once and atomically as its shard fills; `finish` writes the
+    manifest last.
+
+    Why: a gallery larger than memory is never held whole. The writer holds at most one shard's
+    rows (`shard_rows`) besides the block being added, and computes each shard's sha256 and the
+    gallery's fingerprint as the rows pass, so extraction, updates and generated galleries of any
+    size are written in the memory of one shard.
+    """
+
+    def __init__(self, path: str | os.PathLike, dim: int, shard_rows: int = DEFAULT_SHARD_ROWS):
+        if shard_rows < 1:
+            raise GalleryError(f"--shard-size must be at least 1 row, got {shard_rows}")
+        self.path, self.dim, self.shard_rows = Path(path), int(dim), int(shard_rows)
+        self.shards: list[ShardInfo] = []
+        self.pending: list[tuple[np.ndarray, pa.Table]] = []
+        self.pending_rows = self.count = 0
+        self.columns: list[str] | None = None
+        self.vectors_hash, self.records_hash = hashlib.sha256(), hashlib.sha256()
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def add(self, embeddings: np.ndarray, rows: Rows) -> None:
+        """Append rows (ids continue from the last added); whole shards are written as soon as they fill."""
+        embeddings = np.asarray(embeddings)
+        if embeddings.ndim != 2 or embeddings.dtype != np.float32 or embeddings.shape[1] != self.dim:
+            raise GalleryError(
+                f"a gallery of {self.dim}-d rows takes (n, {self.dim}) float32, got {embeddings.shape}"
+                f" {embeddings.dtype}"
+            )
+        if len(rows.paths) != len(embeddings):
+            raise GalleryError(f"{len(embeddings)} embeddings but metadata for {len(rows.paths)} rows")
+        table = rows.table(self.count)
+        if self.columns is None:
+            self.columns = table.column_names
+        elif table.column_names != self.columns:
+            raise GalleryError(f"rows with columns {table.column_names} after rows with {self.columns}")
+        self.vectors_hash.update(np.ascontiguousarray(embeddings))
+        for path, label, split in zip(rows.paths, rows.labels, rows.splits):
+            self.records_hash.update(f"{path}\t{label}\t{split}\n".encode())
+        self.pending.append((embeddings, table))
+        self.pending_rows += len(embeddings)
+        self.count += len(embeddings)
+        while self.pending_rows >= self.shard_rows:
+            self._write_shard(self.shard_rows)
+
+    def _write_shard(self, rows: int) -> None:
+        parts, need = [], rows
+        while need or not parts:
+            vectors, table = self.pending[0]
+            if len(vectors) <= need:
+                parts.append(self.pending.pop(0))
+                need -= len(vectors)
+            else:
+                parts.append((vectors[:need], table.slice(0, need)))
+                self.pending[0] = (vectors[need:], table.slice(need))
+                need = 0
+        table = parts[0][1] if len(parts) == 1 else pa.concat_tables([t for _, t in parts])
+        embeddings_name, metadata_name = shard_file_names(len(self.shards))
+        atomic_save_npy_parts(self.path / embeddings_name, [v for v, _ in parts])  # never concatenated in memory
+        atomic_write_parquet(self.path / metadata_name, table)
+        digest = hashlib.sha256()
+        for vectors, _ in parts:
+            digest.update(np.ascontiguousarray(vectors))
+        first_id = self.shards[-1].first_id + self.shards[-1].rows if self.shards else 0
+        self.shards.append(ShardInfo(embeddings_name, metadata_name, rows, first_id, digest.hexdigest()))
+        self.pending_rows -= rows
+        self.pending = [(v, t) for v, t in self.pending if len(v)]
+
+    def finish(
+        self,
+        *,
+        model: ModelInfo,
+        data: DataInfo,
+        skipped: Sequence[dict[str, str]] = (),
+        timings: dict[str, Any] | None = None,
+        extract: dict[str, Any] | None = None,
+        environment: dict[str, Any] | None = None,
+        update: UpdateInfo | None = None,
+        id_map: np.ndarray | None = None,
+    ) -> Gallery:
+        """Write what is left as the last shard, then the manifest; return the opened gallery."""
+        if model.dim != self.dim:
+            raise GalleryError(f"the model {model.name} gives {model.dim}-d embeddings but the rows are {self.dim}-d")
+        if not self.count:  # an empty gallery is one empty shard
+            self.pending = [(np.zeros((0, self.dim), np.float32), Rows([], [], [], []).table())]
+        if self.pending:
+            self._write_shard(self.pending_rows)
+        if len(self.shards) == 1:  # one shard keeps the names galleries have always had
+            only = self.shards[0]
+            os.replace(self.path / only.embeddings, self.path / EMBEDDINGS)
+            os.replace(self.path / only.metadata, self.path / METADATA)
+            self.shards[0] = replace(only, embeddings=EMBEDDINGS, metadata=METADATA)
+        if update is not None:
+            if id_map is None:
+                raise GalleryError("an updated gallery needs its id map (old id → new id)")
+            atomic_save_npy(self.path / update.id_map, np.asarray(id_map, dtype=np.int64))
+        manifest = Manifest(
+            model=model,
+            data=data,
+            count=self.count,
+            fingerprint=self.vectors_hash.hexdigest()[:16] + "-" + self.records_hash.hexdigest()[:16],
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            skipped=tuple(skipped),
+            timings=dict(timings or {}),
+            extract=dict(extract or {}),
+            environment=dict(environment or {}),
+            update=update,
+            shards=tuple(self.shards),
+        )
+        write_manifest(self.path, manifest)
+        return open_gallery(self.path)
 
 
 def write_gallery(
@@ -410,50 +579,21 @@ def write_gallery(
     embeddings: np.ndarray,
     rows: Rows,
     *,
-    model: ModelInfo,
-    data: DataInfo,
-    skipped: Sequence[dict[str, str]] = (),
-    timings: dict[str, Any] | None = None,
-    extract: dict[str, Any] | None = None,
-    environment: dict[str, Any] | None = None,
-    update: UpdateInfo | None = None,
-    id_map: np.ndarray | None = None,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    **manifest: Any,
 ) -> Gallery:
-    """Write embeddings, metadata and — last — the manifest, each atomically; return the opened gallery.
+    """Write an (N, d) float32 array and its rows as a gallery (shards of `shard_rows`), manifest last; `manifest`
+    takes `GalleryWriter.finish`'s fields (model, data, …).
 
     An update (`update`, with `id_map`: old id → new id, −1 for rows gone) is written into a
     staging folder and moved over the old gallery by `install_gallery`.
     """
-    path = Path(path)
     embeddings = np.asarray(embeddings)
     if embeddings.ndim != 2 or embeddings.dtype != np.float32:
         raise GalleryError(f"a gallery holds an (N, d) float32 array, got {embeddings.shape} {embeddings.dtype}")
-    n, d = embeddings.shape
-    if len(rows.paths) != n:
-        raise GalleryError(f"{n} embeddings but metadata for {len(rows.paths)} rows")
-    if model.dim != d:
-        raise GalleryError(f"the model {model.name} gives {model.dim}-d embeddings but the array is {d}-d")
-    atomic_save_npy(path / EMBEDDINGS, embeddings)
-    atomic_write_parquet(path / METADATA, rows.table())
-    if update is not None:
-        if id_map is None:
-            raise GalleryError("an updated gallery needs its id map (old id → new id)")
-        atomic_save_npy(path / update.id_map, np.asarray(id_map, dtype=np.int64))
-    fingerprint = embeddings_digest(embeddings)[:16] + "-" + records_digest(rows.paths, rows.labels, rows.splits)[:16]
-    manifest = Manifest(
-        model=model,
-        data=data,
-        count=n,
-        fingerprint=fingerprint,
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
-        skipped=tuple(skipped),
-        timings=dict(timings or {}),
-        extract=dict(extract or {}),
-        environment=dict(environment or {}),
-        update=update,
-    )
-    write_manifest(path, manifest)
-    return open_gallery(path)
+    writer = GalleryWriter(path, embeddings.shape[1], shard_rows)
+    writer.add(embeddings, rows)
+    return writer.finish(**manifest)
 
 
 def write_manifest(path: str | os.PathLike, manifest: Manifest) -> None:
@@ -499,10 +639,12 @@ def install_gallery(staged: Path, path: Path) -> None:
     staged, path = Path(staged), Path(path)
     if not (staged / MANIFEST).is_file():
         raise GalleryError(f"nothing to install from {staged}: it holds no complete gallery")
+    listed = Manifest.read(staged / MANIFEST).shards
     (path / MANIFEST).unlink(missing_ok=True)
-    for name in (EMBEDDINGS, METADATA, ID_MAP):
+    for name in (*(n for shard in listed for n in (shard.embeddings, shard.metadata)), ID_MAP):
         if (staged / name).exists():
             os.replace(staged / name, path / name)
+    _remove_unlisted_shards(path, listed)
     if (staged / INDEXES).is_dir():
         (path / INDEXES).mkdir(exist_ok=True)
         for folder in sorted((staged / INDEXES).iterdir()):
@@ -513,10 +655,20 @@ def install_gallery(staged: Path, path: Path) -> None:
     os.replace(staged / MANIFEST, path / MANIFEST)
 
 
+def _remove_unlisted_shards(path: Path, listed: Sequence[ShardInfo]) -> None:
+    """Drop shard files of an earlier version of the gallery that the new manifest does not list."""
+    keep = {name for shard in listed for name in (shard.embeddings, shard.metadata)}
+    for pattern in (*SHARD_FILE_PATTERNS, EMBEDDINGS, METADATA):
+        for file in path.glob(pattern):
+            if file.name not in keep:
+                file.unlink()
+
+
 def clear_gallery(path: Path) -> None:
     """Remove what lookalike wrote in `path` (for --overwrite), and nothing else the user keeps there."""
-    for name in (MANIFEST, EMBEDDINGS, METADATA, ID_MAP):
+    for name in (MANIFEST, ID_MAP):
         (path / name).unlink(missing_ok=True)
+    _remove_unlisted_shards(path, ())
     for name in (INDEXES, CACHE, ".partial"):
         shutil.rmtree(path / name, ignore_errors=True)
     for produced in path.glob("bench.*"):

@@ -35,9 +35,11 @@ from .factory import (
 )
 from .faiss_index import FaissIndex
 from .hnswlib_index import HnswlibHnsw
+from .ondisk import OnDiskIVF
 from .rerank import MmapRerankIndex
 from .storage import (
     DATABASES,
+    build_dir,
     database_digest,
     database_label,
     database_rows,
@@ -58,6 +60,8 @@ __all__ = [
     "BruteForce",
     "FaissIndex",
     "MmapRerankIndex",
+    "OnDiskIVF",
+    "build_dir",
     "UsearchHnsw",
     "HnswlibHnsw",
     "make_method",

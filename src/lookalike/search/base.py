@@ -46,6 +46,9 @@ class SearchMethod(ABC):
     """
 
     kind: ClassVar[str]
+    # Where a method built out of core keeps its finished parts between runs, so a killed build resumes (set by the
+    # caller that knows where the index will live, `storage.build_dir`); methods built in memory ignore it.
+    workdir: Path | None = None
 
     def __init__(self, name: str, metric: str = "ip"):
         if metric not in METRICS:

@@ -22,7 +22,7 @@ from .factory import make_method
 from .hits import Hit, hits_of
 from .storage import database_vectors
 
-EXACT_METHOD = "brute"  # the ground truth of every table is brute force (metrics.exact_top_k), so it is here too
+EXACT_METHOD = "brute"  # exact, as the ground truth of every table is (metrics.exact_top_k, streamed over the shards)
 
 
 def recall_per_query(found: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:

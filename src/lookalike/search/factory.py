@@ -16,13 +16,15 @@ from .brute import BruteForce
 from .exact_lowp import ExactLowPrecision
 from .faiss_index import MAX_POINTS_PER_CENTROID, FaissIndex, ivf_nlist
 from .hnswlib_index import HnswlibHnsw
+from .ondisk import OnDiskIVF
 from .registry import DEFAULT_HNSW_M, GRAPH_KINDS, METHODS, PARAMS, MethodSpec, default_params
 from .rerank import MmapRerankIndex
 from .usearch_index import UsearchHnsw
 
 NAMED_METHODS = tuple(METHODS)
 METHOD_CLASSES = {
-    cls.kind: cls for cls in (BruteForce, ExactLowPrecision, FaissIndex, MmapRerankIndex, UsearchHnsw, HnswlibHnsw)
+    cls.kind: cls
+    for cls in (BruteForce, ExactLowPrecision, FaissIndex, MmapRerankIndex, OnDiskIVF, UsearchHnsw, HnswlibHnsw)
 }
 DEFAULT_NPROBE = PARAMS["nprobe"].default
 FACTORY_PATTERN = re.compile(r"^(Flat|IVF|HNSW|PQ|OPQ|SQ|PCA|IDMap|LSH|NSG|RR|L2norm)")

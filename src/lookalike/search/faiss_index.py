@@ -66,6 +66,8 @@ def training_size(factory: str, n: int, points_per_list: int = MAX_POINTS_PER_CE
 
 
 class FaissIndex(SearchMethod):
+    max_train_rows: int | None = None  # a cap on the training sample (the out-of-core build keeps it in memory)
+
     kind = "faiss"
 
     def __init__(
@@ -176,7 +178,7 @@ class FaissIndex(SearchMethod):
             graph.hnsw.efConstruction = int(self.ef_construction)
         train_n, t_train = 0, 0.0
         if not index.is_trained:
-            train_n = training_size(self.factory, n, self.train_points_per_list)
+            train_n = min(training_size(self.factory, n, self.train_points_per_list), self.max_train_rows or n)
             rows = (
                 np.sort(np.random.default_rng(self.seed).choice(n, train_n, replace=False))
                 if train_n < n
@@ -329,9 +331,13 @@ class FaissIndex(SearchMethod):
             info.get("train_points_per_list", MAX_POINTS_PER_CENTROID),
             info.get("ef_construction"),
         )
-        method.index = faiss.read_index(str(folder / INDEX_FILE))
+        method.index = cls._read_index(folder)
         method._apply(method._search_params)
         return method
+
+    @classmethod
+    def _read_index(cls, folder: Path) -> faiss.Index:
+        return faiss.read_index(str(folder / INDEX_FILE))
 
 
 def renumber_ivf(ivf: faiss.IndexIVF, keep: np.ndarray) -> None:

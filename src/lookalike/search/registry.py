@@ -51,6 +51,7 @@ DEFAULT_HNSW_M = 32
 # Kinds whose every method is an HNSW graph of another library, searched with efSearch and built with
 # `m` links per node (its registry option, else DEFAULT_HNSW_M; make_method's `m` overrides both).
 GRAPH_KINDS = ("usearch", "hnswlib")
+RERANK_KINDS = ("faiss-mmap-rerank", "faiss-ondisk")  # kinds that re-rank k·k_factor candidates exactly
 
 METHODS: Mapping[str, MethodSpec] = {
     s.name: s
@@ -106,6 +107,13 @@ METHODS: Mapping[str, MethodSpec] = {
             "IVF{nlist},{pq}",
             "PQ codes in RAM, re-ranked from the memory-mapped gallery",
         ),
+        MethodSpec(
+            "ivfpq-ondisk",
+            "faiss-ondisk",
+            "IVF{nlist},{pq}",
+            "built out of core part by part (local processes or Ray tasks), lists memory-mapped from disk, re-ranked"
+            " from the gallery's shards: for galleries larger than memory",
+        ),
         MethodSpec("sq8", "faiss", "SQ8", "8-bit scalar quantiser (4× smaller)"),
         MethodSpec("sqfp16", "faiss", "SQfp16", "16-bit float scalar quantiser (2× smaller)"),
         MethodSpec(
@@ -150,7 +158,7 @@ def params_of(factory: str, kind: str) -> tuple[str, ...]:
         names.append("nprobe")
     if "HNSW" in factory:
         names.append("efSearch")
-    if "RFlat" in factory or "Refine" in factory or kind == "faiss-mmap-rerank":
+    if "RFlat" in factory or "Refine" in factory or kind in RERANK_KINDS:
         names.append("k_factor")
     return tuple(names)
 

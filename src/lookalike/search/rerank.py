@@ -15,6 +15,7 @@ mapped file the searches so far have read, tracked exactly from the candidate ro
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import statistics
@@ -75,12 +76,26 @@ def drop_page_cache(array: np.ndarray) -> None:
     mapping = getattr(array, "_mmap", None)
     if mapping is not None and hasattr(mapping, "madvise"):
         mapping.madvise(mmap.MADV_DONTNEED)
-    fd = os.open(array.filename, os.O_RDONLY)
+    evict_file(array.filename)
+
+
+def evict_file(path: str | os.PathLike) -> None:
+    """POSIX_FADV_DONTNEED a whole file: its pages that no process maps leave the page cache."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fdatasync(fd)  # dirty pages (a file just written) cannot be dropped
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
+
+
+def unmap_pages(address: int, length: int) -> None:
+    """MADV_DONTNEED a file mapping made outside Python (FAISS's on-disk lists), so `evict_file` can drop its pages;
+    the next read maps them again from the page cache or the disk."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    if libc.madvise(address, length, mmap.MADV_DONTNEED) != 0:
+        raise OSError(ctypes.get_errno(), "madvise(MADV_DONTNEED) failed on the lists' mapping")
 
 
 def exact_rerank(
@@ -195,6 +210,14 @@ class MmapRerankIndex(FaissIndex):
             self.working_set_bytes() if is_memory_mapped(self.vectors) else int(self.vectors.nbytes)
         )
 
+    def drop_page_cache(self) -> bool:
+        """Evict the memory-mapped vectors from the page cache, so the next search reads them from disk; False when they
+        are held in RAM (nothing to drop)."""
+        if not is_memory_mapped(self.vectors):
+            return False
+        drop_page_cache(self.vectors)
+        return True
+
     def cold_single_ms(
         self, queries: np.ndarray, k: int, params: dict[str, Any] | None = None, n: int = COLD_QUERIES
     ) -> float | None:
@@ -202,11 +225,10 @@ class MmapRerankIndex(FaissIndex):
 
         None when the vectors are held in RAM (nothing to read from disk).
         """
-        if not is_memory_mapped(self.vectors):
-            return None
         times = []
         for query in np.asarray(queries, dtype=np.float32)[:n]:
-            drop_page_cache(self.vectors)
+            if not self.drop_page_cache():
+                return None
             t = time.perf_counter()
             self.search(query[None], k, params)
             times.append(1000 * (time.perf_counter() - t))

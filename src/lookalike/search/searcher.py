@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,10 +52,20 @@ class Searcher:
     """One gallery's query model and search methods over one database, loaded on first use and shared by later calls.
 
     `database` ("all" or "heldout", see `search.storage.DATABASES`) chooses the rows searched;
-    `threads` is the inference threads of the query model (None: the library default).
+    `threads` is the inference threads of the query model (None: the library default). `engine`
+    turns each loaded method into the one searched (`lookalike.distributed.fan_out` spreads an
+    ivfpq-ondisk index over Ray actors); None searches in this process. The exact search a
+    method is compared with always runs here.
     """
 
-    def __init__(self, gallery: Gallery, device: str = "cpu", database: str = "all", threads: int | None = None):
+    def __init__(
+        self,
+        gallery: Gallery,
+        device: str = "cpu",
+        database: str = "all",
+        threads: int | None = None,
+        engine: Callable[[SearchMethod, Gallery], SearchMethod] | None = None,
+    ):
         from ..runtime import configure_faiss
 
         configure_faiss()  # the library's FAISS settings, explicitly (the CLI applies them with its threads)
@@ -63,6 +74,7 @@ class Searcher:
         self.database = database
         self.database_ids = database_rows(gallery, database)  # checks the name
         self.threads = threads
+        self.engine = engine
         self._embedder: QueryEmbedder | None = None
         self._methods: dict[tuple[str, str], LoadedMethod] = {}
         self._exact: dict[tuple[str, str], SearchMethod] = {}  # (method, metric) → the exact search it is compared with
@@ -218,6 +230,8 @@ class Searcher:
                         else "it was built for another version of the gallery"
                     )
                     note = f"the saved index {name} was not used ({why}); built now over {self.describe_database()}"
+                if self.engine is not None and name != EXACT_METHOD:
+                    method = self.engine(method, self.gallery)
                 self._methods[key] = LoadedMethod(name, method, not built, time.perf_counter() - started, note)
             return self._methods[key]
 

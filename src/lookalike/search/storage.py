@@ -82,6 +82,12 @@ def method_dir(gallery: Gallery, name: str, metric: str = "ip") -> Path:
     return gallery.path / INDEXES / (method_key(name) + ("" if metric == "ip" else f"-{metric}"))
 
 
+def build_dir(gallery: Gallery, name: str, metric: str = "ip") -> Path:
+    """Where a build out of core keeps its parts until the index is saved (hidden: never listed as an index)."""
+    folder = method_dir(gallery, name, metric)
+    return folder.with_name(f".{folder.name}.build")
+
+
 def database_digest(ids: np.ndarray) -> str:
     """A digest of the set of gallery ids an index holds: two indexes over different rows never share one.
 
@@ -111,13 +117,18 @@ def save_method(gallery: Gallery, method: SearchMethod) -> Path:
         folder.rename(old)  # a crash from here on leaves the previous index as .old, never half of one
     tmp.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(build_dir(gallery, method.name, method.metric), ignore_errors=True)  # its parts are merged in
     return folder
 
 
 def saved_methods(gallery: Gallery) -> list[str]:
     root = gallery.path / INDEXES
     return (
-        sorted(p.name for p in root.iterdir() if (p / METHOD_FILE).is_file() and not p.name.endswith((".tmp", ".old")))
+        sorted(
+            p.name
+            for p in root.iterdir()
+            if (p / METHOD_FILE).is_file() and not p.name.endswith((".tmp", ".old")) and not p.name.startswith(".")
+        )
         if root.is_dir()
         else []
     )

@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,7 +33,7 @@ from PIL import Image
 from .. import runtime
 from ..data.images import load_rgb, load_rgb_bytes
 from ..data.webdataset import find_member, is_member_path, read_member
-from ..errors import BadImageError, GalleryError, IndexRowsError, LookalikeError, TextQueryError
+from ..errors import BadImageError, EngineRefused, GalleryError, IndexRowsError, LookalikeError, TextQueryError
 from ..gallery import Gallery, open_gallery
 from ..gallery.generated import has_image_file
 from ..gallery.manifest import shown_path
@@ -73,6 +74,9 @@ class ServerConfig:
     # other names, or a web page on another site could reach it through DNS rebinding.
     allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS
     database: str = "all"  # rows searched: every image, or "heldout" (the study's database; see search.storage)
+    # How saved indexes are searched (lookalike.distributed.fan_out: over Ray actors); None: in this process. With an
+    # engine only the saved indexes it can search are offered: none is built in memory at start.
+    engine: Callable[[SearchMethod, Gallery], SearchMethod] | None = None
 
 
 class RequestError(LookalikeError):
@@ -222,17 +226,19 @@ class SearchService:
             raise GalleryError(
                 f"the gallery at {gallery.path} holds no images, so there is nothing to serve; extract some"
             )
-        searcher = Searcher(gallery, database=config.database, threads=threads)
+        searcher = Searcher(gallery, database=config.database, threads=threads, engine=config.engine)
         # A gallery whose embeddings were generated (no model) can still be searched by gallery id.
         if searcher.no_model() is None:
             searcher.embedder  # noqa: B018 - load the model now: a broken one stops the server here
-        methods = {name: searcher.loaded(name, config.metric) for name in BUILT_METHODS}
+        methods = {} if config.engine else {name: searcher.loaded(name, config.metric) for name in BUILT_METHODS}
         notes = [entry.note for entry in methods.values() if entry.note]
         for name in saved_methods(gallery):
             if name in methods:
                 continue
             try:
                 methods[name] = searcher.loaded(name, build=False)
+            except EngineRefused as exc:
+                notes.append(f"the saved index {name} is not offered: {exc}")
             except IndexRowsError:
                 held = held_rows(gallery, name) or "other"
                 notes.append(
@@ -243,6 +249,11 @@ class SearchService:
                 )
         for note in notes:
             log.warning("%s", note)
+        if not methods:
+            raise GalleryError(
+                f"no index of {gallery.path} can be searched by this engine ({'; '.join(notes) or 'none is saved'});"
+                " build one with `lookalike index --method ivfpq-ondisk`"
+            )
         service = cls(searcher, config, methods, notes)
         with ThreadPoolExecutor(
             1

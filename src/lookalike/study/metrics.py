@@ -1,8 +1,9 @@
 """Accuracy metrics, used by every experiment so recall means the same thing everywhere.
 
-Ground truth is exact search (brute force) over the same database with the same metric, on
-held-out queries; it is computed once per (gallery, database, queries, k, metric) and cached
-in <gallery>/cache/.
+Ground truth is exact search over the same database with the same metric, on held-out queries,
+streamed block by block over the gallery's shards (`streamed_top_k`), so it stays exact for a
+gallery larger than memory; it is computed once per (gallery, database, queries, k, metric) and
+cached in <gallery>/cache/.
 
 Conventions shared by every function here: `found` and `truth` are (Q, k) gallery ids, best
 first, padded with −1 where a method returned fewer than k results; labels are strings or
@@ -18,8 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..gallery import CACHE, Gallery, Partition, atomic_save_npy
+from ..errors import LookalikeError
+from ..gallery import CACHE, Gallery, Partition, ShardedArray, atomic_save_npy
+from ..gallery.shards import BLOCK_ROWS
+from ..runtime import as_float32_c
 from ..search.compare import recall_per_query  # defined beside the one-query comparison, which reports it too
+
+SCORE_BLOCK_BYTES = 64 * 2**20  # one block of (queries × rows) float32 scores: exact search's working memory
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
@@ -129,9 +135,11 @@ def exact_neighbours(
     gallery: Gallery, database_ids: np.ndarray, queries: np.ndarray, k: int, metric: str = "ip"
 ) -> np.ndarray:
     """Exact top-k gallery ids of `queries` (any vectors, e.g. embedded query images) among `database_ids`, cached
-    beside the gallery."""
-    from ..search import database_vectors
+    beside the gallery.
 
+    Streamed over the gallery's shards (`streamed_top_k`) with the database as a mask over rows,
+    so a gallery larger than memory gets its true exact neighbours.
+    """
     database_ids = np.asarray(database_ids, dtype=np.int64)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     key = hashlib.sha256(
@@ -140,21 +148,101 @@ def exact_neighbours(
     path = Path(gallery.path) / CACHE / f"groundtruth-{metric}-k{k}-{key}.npy"
     if path.is_file():
         return np.load(path)
-    ids = exact_top_k(database_vectors(gallery, database_ids), queries, k, metric, database_ids)
+    database = np.zeros(gallery.count, dtype=bool)
+    database[database_ids] = True
+    ids = streamed_top_k(gallery.embeddings, queries, k, metric, database)
     atomic_save_npy(path, ids)
     return ids
 
 
 def exact_top_k(
-    vectors: np.ndarray, queries: np.ndarray, k: int, metric: str = "ip", ids: np.ndarray | None = None
+    vectors: np.ndarray | ShardedArray,
+    queries: np.ndarray,
+    k: int,
+    metric: str = "ip",
+    ids: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The ground truth of every experiment: exact top-k rows (or `ids`) of `queries` among `vectors`, by brute
-    force."""
-    from ..search import BruteForce
+    """The ground truth of every experiment: exact top-k rows (or `ids`) of `queries` among `vectors`, streamed block by
+    block (`streamed_top_k`); −1 where there are fewer than k rows."""
+    found = streamed_top_k(vectors, queries, k, metric)
+    if ids is None:
+        return found
+    return np.where(found >= 0, np.asarray(ids, dtype=np.int64)[found], -1)
 
-    exact = BruteForce("brute", metric)
-    exact.build(vectors, ids)
-    return exact.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
+
+def streamed_top_k(
+    vectors: np.ndarray | ShardedArray,
+    queries: np.ndarray,
+    k: int,
+    metric: str = "ip",
+    database: np.ndarray | None = None,
+    block_rows: int | None = None,
+) -> np.ndarray:
+    """Exact top-k row numbers of `queries` among the rows of `vectors` where the boolean mask `database` is True (None:
+    every row), best first, −1 padded; equal scores go to the lower row, as a stable sort of the full score matrix
+    would order them.
+
+    Why streamed: the rows are read one block at a time (`ShardedArray.blocks`, zero-copy views of
+    the shards) and a running (Q, k) best is merged with each block's best, so memory is one block
+    of scores plus the results, whatever the gallery's size. Scores: inner product (higher is
+    better) for "ip", squared L2 distance ‖q‖² + ‖x‖² − 2⟨q, x⟩ (lower is better) for "l2".
+    """
+    if metric not in ("ip", "l2"):
+        raise LookalikeError(f"unknown metric {metric!r}; use ip or l2")
+    view = vectors if isinstance(vectors, ShardedArray) else ShardedArray([np.asarray(vectors)], vectors.shape[1])
+    queries = as_float32_c(np.atleast_2d(queries))
+    n, nq = len(view), len(queries)
+    start, stop = 0, n
+    if database is not None:
+        database = np.asarray(database, dtype=bool)
+        if database.shape != (n,):
+            raise LookalikeError(f"the database mask has shape {database.shape}, the gallery {n} rows")
+        if not database.any():
+            return np.full((nq, k), -1, dtype=np.int64)
+        start, stop = int(database.argmax()), n - int(database[::-1].argmax())  # the span holding every database row
+    block_rows = block_rows or max(1, min(BLOCK_ROWS, SCORE_BLOCK_BYTES // (4 * max(1, nq))))
+    query_norms = np.einsum("ij,ij->i", queries, queries)[:, None] if metric == "l2" else None
+    best_keys = np.full((nq, k), np.inf, dtype=np.float32)  # lower is better: −score for ip, the distance for l2
+    best_ids = np.full((nq, k), -1, dtype=np.int64)
+    for first, block in view.blocks(start, stop, block_rows):
+        keep = None if database is None else database[first : first + len(block)]
+        if keep is not None and not keep.any():
+            continue
+        block = as_float32_c(block)
+        keys = np.matmul(queries, block.T)
+        if query_norms is None:
+            np.negative(keys, out=keys)
+        else:
+            keys *= -2.0
+            keys += np.einsum("ij,ij->i", block, block)
+            keys += query_norms
+        if keep is not None and not keep.all():
+            keys[:, ~keep] = np.inf
+        block_keys, columns = _smallest_k(keys, k)
+        merged_keys = np.concatenate([best_keys, block_keys], axis=1)
+        merged_ids = np.concatenate([best_ids, first + columns], axis=1)
+        order = np.lexsort((merged_ids, merged_keys), axis=1)[:, :k]  # by key, then by the lower id
+        best_keys = np.take_along_axis(merged_keys, order, axis=1)
+        best_ids = np.take_along_axis(merged_ids, order, axis=1)
+    best_ids[np.isinf(best_keys)] = -1  # rows outside the database, or fewer than k rows in all
+    return best_ids
+
+
+def _smallest_k(keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The min(k, columns) smallest keys of each row and their columns (in column order): among keys equal to the
+    k-th smallest, the lowest columns, so ties go to the lower id as in a stable sort."""
+    nq, b = keys.shape
+    if b <= k:
+        return keys, np.broadcast_to(np.arange(b, dtype=np.int64), keys.shape)
+    threshold = np.partition(keys, k - 1, axis=1)[:, k - 1 : k]
+    take = keys < threshold
+    room = k - take.sum(axis=1)  # how many keys equal to the threshold still fit (at least one)
+    tied = keys == threshold
+    surplus = np.flatnonzero(tied.sum(axis=1) > room)  # rows with more ties at the threshold than room: lowest first
+    tied[surplus] &= np.cumsum(tied[surplus], axis=1) <= room[surplus, None]
+    take |= tied
+    columns = np.nonzero(take)[1].reshape(nq, k)
+    return np.take_along_axis(keys, columns, axis=1), columns
 
 
 def ground_truth(gallery: Gallery, partition: Partition, k: int, metric: str = "ip") -> np.ndarray:

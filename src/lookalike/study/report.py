@@ -192,7 +192,11 @@ def run_report(config: ReportConfig, progress=print) -> list[GalleryReport]:
         write_tradeoff(tradeoff, folder / "tradeoff")
         progress("scale …")
         scale = run_scale(
-            gallery, ScaleConfig(sizes=config.sizes, k=config.k, target_recall=config.target_recall), progress=progress
+            gallery,
+            ScaleConfig(
+                sizes=config.sizes, k=config.k, target_recall=config.target_recall, work=str(folder / "scale" / "work")
+            ),
+            progress=progress,
         )
         write_scale(scale, folder / "scale")
         reports.append(GalleryReport(name, bench, tradeoff, scale, leakage))
