@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+import lookalike
+
 from .conftest import LOOKALIKE
 
 pytestmark = pytest.mark.browser
@@ -173,6 +175,44 @@ def test_search_in_the_page(served, browser, tiny_collection, tmp_path):
     # the page works offline: every request went to this server
     outside = [url for url in requests if not url.startswith((served, "blob:", "data:"))]
     assert outside == []
+    page.close()
+
+
+def test_more_and_less_like_a_result(served, browser, tiny_gallery):
+    """＋/− on a result add it to the query's examples: the page sends them, shows them, and leaves them out of the
+    results, which are the server's combination of the examples (checked against numpy here)."""
+    import numpy as np
+    from playwright.sync_api import expect
+
+    x = np.asarray(lookalike.open_gallery(tiny_gallery).embeddings)
+    page, _, console_errors = open_page(browser, served)
+    expect(page.locator("#method option")).to_have_count(3, timeout=WAIT_MS)
+    page.select_option("#method", "brute")
+    page.locator("#k").fill("5")
+    page.locator("#k").dispatch_event("change")
+    page.locator("#random-btn").click()
+    results = page.locator("#results .result")
+    expect(results).to_have_count(5, timeout=WAIT_MS)
+    query = int(page.locator("#query-caption").inner_text().split("gallery id ")[1].split()[0])
+    more = int(results.nth(1).get_attribute("data-id"))
+    results.nth(1).locator(".more").click()
+    expect(page.locator("#examples li.positive")).to_have_count(1, timeout=WAIT_MS)
+    expect(page.locator(f"#results .result[data-id='{more}']")).to_have_count(0, timeout=WAIT_MS)
+    less = int(results.nth(2).get_attribute("data-id"))
+    results.nth(2).locator(".less").click()
+    expect(page.locator("#examples li.negative")).to_have_count(1, timeout=WAIT_MS)
+    expect(page.locator(f"#results .result[data-id='{less}']")).to_have_count(0, timeout=WAIT_MS)
+    q = x[[query, more]].mean(axis=0) - 0.5 * x[less]
+    scores = x @ (q / np.linalg.norm(q))
+    scores[[query, more, less]] = -np.inf
+    expected = [str(i) for i in np.argsort(-scores, kind="stable")[:5]]
+    expect(results).to_have_count(5)
+    assert [results.nth(i).get_attribute("data-id") for i in range(5)] == expected
+    page.locator("#examples li.negative button").click()  # remove the negative: one example left
+    expect(page.locator("#examples li")).to_have_count(1, timeout=WAIT_MS)
+    page.locator("#examples-clear").click()
+    expect(page.locator("#examples")).to_be_hidden()
+    assert console_errors == []
     page.close()
 
 

@@ -697,3 +697,20 @@ def test_an_empty_gallery_is_refused_at_start_in_one_sentence(tmp_path):
     )
     with pytest.raises(GalleryError, match="holds no images, so there is nothing to serve"):
         create_app(empty.path)
+
+
+def test_examples_beside_the_query_follow_the_rule_and_are_left_out(client, gallery_dir):
+    x = np.asarray(open_gallery(gallery_dir).embeddings)
+    q = x[[5, 17, 40]].mean(axis=0) - 0.5 * x[3]  # the query (id 5) and two positives, one negative
+    scores = x @ (q / np.linalg.norm(q))
+    scores[[5, 17, 40, 3]] = -np.inf
+    expected = np.argsort(-scores, kind="stable")[:6].tolist()
+    answer = ok(search_id(client, 5, method="brute", k=6, positive="17, 40", negative="3"))
+    assert [r["id"] for r in answer["results"]] == expected
+    assert answer["positive"] == [17, 40] and answer["negative"] == [3]
+    bad = search_id(client, 5, positive="17;40")
+    assert bad.status_code == 422 and bad.json()["field"] == "positive" and "separated by commas" in bad.json()["error"]
+    missing = search_id(client, 5, negative="99999")
+    assert missing.status_code == 404 and missing.json()["field"] == "negative"
+    many = search_id(client, 5, positive=",".join(map(str, range(40))))
+    assert many.status_code == 422 and "at most" in many.json()["error"]

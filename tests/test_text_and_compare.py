@@ -124,7 +124,7 @@ def test_text_on_a_model_without_a_text_tower_names_the_models_that_have_one(tin
     with pytest.raises(TextQueryError, match="resnet18, which has no text tower.*extracted with clip"):
         g.search(text=TEXT)
     assert searcher_for(g)._embedder is None  # refused from the registry, before loading any model
-    with pytest.raises(lookalike.LookalikeError, match="not both"):
+    with pytest.raises(TextQueryError, match="no text tower"):  # an id and a text are two examples: text is refused
         g.search(0, text=TEXT)
 
 

@@ -20,7 +20,7 @@ from .api import build_index, extract
 from .errors import LookalikeError
 from .gallery import Gallery, Manifest, open_gallery
 from .search.dupes import DuplicateReport, find_duplicates
-from .search.searcher import Hit
+from .search.searcher import Hit, Text
 
 try:
     __version__ = _metadata.version("lookalike")
@@ -36,6 +36,7 @@ __all__ = [
     "Gallery",
     "Manifest",
     "Hit",
+    "Text",
     "DuplicateReport",
     "LookalikeError",
 ]

@@ -131,10 +131,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("search", help="find the nearest gallery images to one image, or to a text with a CLIP gallery")
     opt.gallery(p)
-    query = p.add_mutually_exclusive_group(required=True)
-    query.add_argument("--image", help="query image file")
-    query.add_argument(
-        "--text", help=f'a text query, e.g. "a red car" (galleries of {", ".join(TEXT_MODEL_NAMES)} only)'
+    p.add_argument(
+        "--image", action="append", default=[], help="query image file; repeat it to search by several examples"
+    )
+    p.add_argument(
+        "--text",
+        help=(
+            f'a text query, e.g. "a red car" (galleries of {", ".join(TEXT_MODEL_NAMES)} only); with --image, both'
+            ' are examples ("this image, but at night")'
+        ),
+    )
+    p.add_argument(
+        "--not",
+        dest="negative",
+        action="append",
+        default=[],
+        help="an image the results should not look like (repeatable); with --image or --text",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="weight of the --not examples: normalise(mean(examples) − alpha × mean(--not)) (default 0.5)",
     )
     opt.method(p, "brute")
     opt.k(p)
@@ -338,8 +356,17 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace, gallery, searcher) -> int:
+    from ..search.searcher import NEGATIVE_WEIGHT, Text
+
+    if not args.image and args.text is None:
+        raise LookalikeError("give a query: --image FILE (repeatable) or --text TEXT")
     t = time.perf_counter()
-    vector = searcher.vector(args.image, args.text)
+    positives = [*args.image, *([Text(args.text)] if args.text is not None else [])]
+    if len(positives) == 1 and not args.negative:
+        vector = searcher.vector(args.image[0] if args.image else None, args.text)
+    else:
+        alpha = NEGATIVE_WEIGHT if args.alpha is None else args.alpha
+        vector, _ = searcher.examples_vector(positives, args.negative, alpha)
     embed_ms = 1000 * (time.perf_counter() - t)
     loaded = searcher.loaded(args.method, args.metric)
     method, built_now = loaded.method, not loaded.saved and args.method != "brute"
@@ -355,7 +382,9 @@ def _search(args: argparse.Namespace, gallery, searcher) -> int:
     print(gallery.provenance())
     for warning in gallery.manifest.warnings():
         print(f"⚠ {warning}")
-    query = f"text {args.text!r}" if args.text is not None else args.image
+    query = " + ".join([*args.image, *([f"text {args.text!r}"] if args.text is not None else [])])
+    if args.negative:
+        query += " − " + " − ".join(args.negative)
     print(
         f"query: {query}   method: {method.name} {method.params()}   metric: {args.metric}"
         + (f"   this call: {params}" if params else "")

@@ -170,10 +170,13 @@ class Gallery:
         *,
         text: str | None = None,
         database: str = "all",
+        positive: Sequence[Query] = (),
+        negative: Sequence[Query] = (),
+        alpha: float | None = None,
         **params: Any,
     ) -> list[Hit]:
         """The k nearest images to `query` — an image path, image bytes, a PIL image, a (d,) vector or a gallery id — or
-        to `text`.
+        to `text`, or to several examples.
 
         `text` ("a red car") needs a model with a text tower (CLIP): it is embedded by the text tower
         of the very model that embedded the gallery. `method` is a named method or a saved index
@@ -181,10 +184,17 @@ class Gallery:
         only. `database="all"` (the default) searches every row; "heldout" searches the study's
         database, without the held-out queries of `partition`. The query model and the methods are
         loaded once and kept (`lookalike.search.searcher.searcher_for`).
+
+        `positive` and `negative` take several examples of any of those forms (`lookalike.Text("at
+        night")` for a text, CLIP galleries): the query is normalise(mean(positives) − alpha ·
+        mean(negatives)) (alpha None: `searcher.NEGATIVE_WEIGHT`, 0.5), `query` and `text` counting
+        as positives; example gallery ids are not returned.
         """
         from ..search.searcher import searcher_for
 
-        return searcher_for(self, database).search(query, k, method, metric, text=text, **params)
+        return searcher_for(self, database).search(
+            query, k, method, metric, text=text, positive=positive, negative=negative, alpha=alpha, **params
+        )
 
     def compare(
         self,

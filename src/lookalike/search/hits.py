@@ -13,7 +13,16 @@ import numpy as np
 
 from ..gallery import Gallery
 
-Query = Union[str, "os.PathLike[str]", bytes, "Image.Image", np.ndarray, int]  # noqa: F821 (PIL is imported lazily)
+
+@dataclass(frozen=True)
+class Text:
+    """A text among several examples of one query (`positive=[image, Text("at night")]`), for a CLIP gallery: a bare
+    string is an image path."""
+
+    text: str
+
+
+Query = Union[str, "os.PathLike[str]", bytes, "Image.Image", np.ndarray, int, Text]  # noqa: F821 (PIL: lazily)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,14 +26,31 @@ from ..errors import LookalikeError, TextQueryError
 from ..gallery import Gallery
 from .base import SearchMethod
 from .compare import EXACT_METHOD, Comparison, compare_search, exact_twin
-from .hits import Hit, Query, hits_of
+from .hits import Hit, Query, Text, hits_of
 from .storage import HELD_ROWS, database_rows, describe_database, get_method, held_rows, load_method
 
 if TYPE_CHECKING:
     from ..embed.query import QueryEmbedder, QueryTimings
 
-__all__ = ["Hit", "Query", "Searcher", "LoadedMethod", "hits_of", "searcher_for", "forget_index"]
+__all__ = [
+    "Hit",
+    "Query",
+    "Text",
+    "Searcher",
+    "LoadedMethod",
+    "hits_of",
+    "searcher_for",
+    "forget_index",
+    "combine_examples",
+    "NEGATIVE_WEIGHT",
+    "MAX_EXAMPLES",
+]
 
+# Several examples per query (`search(positive=…, negative=…)`): the query is the normalised mean of the positives
+# minus NEGATIVE_WEIGHT × the mean of the negatives (Rocchio's rule, as rclip and Qdrant's recommend API combine
+# them), each example a unit vector first. At most MAX_EXAMPLES examples in all.
+NEGATIVE_WEIGHT = 0.5
+MAX_EXAMPLES = 32
 SEARCHERS_KEPT = 4  # galleries whose searcher (query model and methods) `searcher_for` keeps loaded, least recent out
 
 
@@ -157,6 +174,8 @@ class Searcher:
                 "nothing to search with: pass a query (an image path, image bytes, a PIL image, a vector or a gallery"
                 " id) or text=..."
             )
+        if isinstance(query, Text):
+            return self.embed(text=query.text)
         if isinstance(query, (bool, np.bool_)):
             raise LookalikeError("a query is an image path, a PIL image, a vector or a gallery id, not a bool")
         if isinstance(query, (int, np.integer)):
@@ -267,13 +286,46 @@ class Searcher:
         metric: str = "ip",
         *,
         text: str | None = None,
+        positive: Sequence[Query] = (),
+        negative: Sequence[Query] = (),
+        alpha: float | None = None,
         **params: Any,
     ) -> list[Hit]:
         """The k nearest gallery images to `query` (or `text`), best first; `params` (nprobe, efSearch, k_factor) apply
-        to this call only."""
-        vector = self.vector(query, text)
-        scores, ids = self.method(method, metric).search(vector, k, params or None)
-        return self.hits(scores[0], ids[0])
+        to this call only.
+
+        With `positive` and `negative` examples (any query form; `Text("…")` for a text), or both `query` and
+        `text` ("this image, but at night"), `query` and `text` count as positives, and the vector searched is
+        `combine_examples`'. Gallery ids given as examples are left out of the results: the person has them."""
+        if not positive and not negative and (query is None or text is None):
+            vector = self.vector(query, text)
+            scores, ids = self.method(method, metric).search(vector, k, params or None)
+            return self.hits(scores[0], ids[0])
+        positives = [*([query] if query is not None else []), *([Text(text)] if text is not None else []), *positive]
+        vector, examples = self.examples_vector(positives, list(negative), NEGATIVE_WEIGHT if alpha is None else alpha)
+        scores, ids = self.method(method, metric).search(vector, k + len(examples), params or None)
+        keep = ~np.isin(ids[0], list(examples))
+        return self.hits(scores[0][keep][:k], ids[0][keep][:k])
+
+    def examples_vector(
+        self, positive: Sequence[Query], negative: Sequence[Query], alpha: float = NEGATIVE_WEIGHT
+    ) -> tuple[np.ndarray, set[int]]:
+        """The (1, d) unit vector of several examples (`combine_examples`), and the gallery ids among them."""
+        if not positive:
+            raise LookalikeError(
+                "a query needs at least one positive example (an image, a gallery id or a text); negatives only say"
+                " what to move away from"
+            )
+        if len(positive) + len(negative) > MAX_EXAMPLES:
+            raise LookalikeError(
+                f"at most {MAX_EXAMPLES} examples per query, got {len(positive) + len(negative)}; keep the ones that"
+                " matter most"
+            )
+        if not np.isfinite(alpha) or alpha < 0:
+            raise LookalikeError(f"alpha weighs the negatives and must be ≥ 0, got {alpha}")
+        rows = [np.vstack([self.vector(q) for q in side]) if side else None for side in (positive, negative)]
+        ids = {int(q) for q in (*positive, *negative) if isinstance(q, (int, np.integer)) and not isinstance(q, bool)}
+        return combine_examples(rows[0], rows[1], alpha), ids
 
     def compare(
         self,
@@ -293,6 +345,17 @@ class Searcher:
     def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
         """Hits for one query's (scores, ids); −1 ids (fewer results than k) are dropped."""
         return hits_of(self.gallery, scores, ids)
+
+
+def combine_examples(positive: np.ndarray, negative: np.ndarray | None, alpha: float = NEGATIVE_WEIGHT) -> np.ndarray:
+    """normalise(mean(positive) − alpha · mean(negative)) as a (1, d) float32 row; the rows are unit vectors.
+
+    LookalikeError when the examples cancel out (nothing is left to search along)."""
+    combined = positive.mean(axis=0) - (alpha * negative.mean(axis=0) if negative is not None else 0.0)
+    norm = float(np.linalg.norm(combined))
+    if not np.isfinite(norm) or norm < 1e-6:
+        raise LookalikeError("the positive and negative examples cancel out: nothing is left to search along")
+    return (combined / norm).astype(np.float32).reshape(1, -1)
 
 
 _SEARCHERS: OrderedDict[tuple[str, str, str], Searcher] = OrderedDict()

@@ -20,6 +20,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
@@ -364,6 +365,20 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
                 )
             ),
         ] = None,
+        positive: Annotated[
+            str | None,
+            Form(
+                description=(
+                    "gallery ids, comma-separated: more examples like the query; the query searched is"
+                    " normalise(mean(query and positives) − 0.5 × mean(negatives)), and the examples are left out of"
+                    " the results"
+                )
+            ),
+        ] = None,
+        negative: Annotated[
+            str | None,
+            Form(description="gallery ids, comma-separated: examples the results should not look like"),
+        ] = None,
     ) -> SearchResponse:
         started = time.perf_counter()
         if request.headers.get("content-type", "").startswith("application/json"):
@@ -386,6 +401,8 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
                 "image",
             )
         plan = service.plan(method, k, {"nprobe": nprobe, "efSearch": ef_search, "k_factor": k_factor}, compare)
+        examples = service.examples(positive, negative)
+        plan = replace(plan, positive=examples[0], negative=examples[1])
         query_label = None
         if image is not None:
             service.check_uploads()
@@ -424,6 +441,8 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
                 outcome["hits"], query_label, None if compared is None else {h.id for h in compared.exact_hits}
             ),
             latency_ms=latency,
+            positive=list(plan.positive),
+            negative=list(plan.negative),
             compare=(
                 None
                 if compared is None

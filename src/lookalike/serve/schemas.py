@@ -86,6 +86,12 @@ class SearchResponse(BaseModel):
     results: list[Result]
     latency_ms: SearchTimings
     compare: Comparison | None = Field(None, description="present when the request asked compare=exact")
+    positive: list[int] = Field(
+        default_factory=list, description="gallery ids added to the query as positive examples (left out of results)"
+    )
+    negative: list[int] = Field(
+        default_factory=list, description="gallery ids the results were moved away from (left out of results)"
+    )
     provenance: str = Field(description="model, weights and data behind these results")
     real: bool = Field(description="false when the gallery was made with random weights or generated data")
     warnings: list[str] = Field(

@@ -40,7 +40,7 @@ from ..gallery.manifest import shown_path
 from ..search import SearchMethod, saved_methods
 from ..search.compare import EXACT_METHOD, Comparison, compare_search
 from ..search.dupes import DuplicateReport, DuplicatesError, find_duplicates, resolve_threshold
-from ..search.searcher import LoadedMethod, Searcher
+from ..search.searcher import MAX_EXAMPLES, NEGATIVE_WEIGHT, LoadedMethod, Searcher, combine_examples
 from ..search.storage import HELD_ROWS, held_rows
 from ..study.tune import DefaultChoice, default_method
 
@@ -138,6 +138,9 @@ class SearchPlan:
     k: int
     params: dict[str, int] = field(default_factory=dict)
     exact: SearchMethod | None = None  # set when the request asked compare=exact: exact search over the entry's rows
+    # gallery ids given as examples beside the query (search.searcher.combine_examples); left out of the results
+    positive: tuple[int, ...] = ()
+    negative: tuple[int, ...] = ()
 
     def effective_params(self) -> dict[str, int]:
         """The search-time parameters this call really used (request values over the method's defaults)."""
@@ -377,7 +380,7 @@ class SearchService:
     def search_id(self, gallery_id: int, plan: SearchPlan) -> dict[str, Any]:
         """Search with the stored embedding of a gallery image: no decoding, no forward pass."""
         vector, _ = self.searcher.embed(self.check_id(gallery_id))
-        return {**self._search(vector, plan), "decode_ms": None, "embed_ms": None}
+        return {**self._search(vector, plan, gallery_id), "decode_ms": None, "embed_ms": None}
 
     def search_text(self, text: str, plan: SearchPlan) -> dict[str, Any]:
         """Search with the text tower's embedding of `text` (checked by check_text); `decode_ms` is the tokenizing."""
@@ -387,8 +390,35 @@ class SearchService:
             raise Invalid(str(exc), "text") from None
         return {**self._search(vector, plan), "decode_ms": timings.decode_ms, "embed_ms": timings.embed_ms}
 
-    def _search(self, vector: np.ndarray, plan: SearchPlan) -> dict[str, Any]:
-        """hits as (id, score) pairs and search_ms; with plan.exact also `compare` (search.compare.Comparison)."""
+    def examples(self, positive: str | None, negative: str | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The example ids of a request ("3,17"): each a gallery id, at most MAX_EXAMPLES beside the query (cheap: the
+        event loop)."""
+        sides = []
+        for name, text in (("positive", positive), ("negative", negative)):
+            try:
+                ids = tuple(int(part) for part in (text or "").split(",") if part.strip())
+            except ValueError:
+                raise Invalid(f"{name} takes gallery ids separated by commas, e.g. 3,17; got {text!r}", name) from None
+            sides.append(tuple(self.check_id(i, name) for i in ids))
+        if sum(map(len, sides)) + 1 > MAX_EXAMPLES:
+            raise Invalid(f"at most {MAX_EXAMPLES} examples per query, the query included", "positive")
+        return sides[0], sides[1]
+
+    def _search(self, vector: np.ndarray, plan: SearchPlan, query_id: int | None = None) -> dict[str, Any]:
+        """hits as (id, score) pairs and search_ms; with plan.exact also `compare` (search.compare.Comparison).
+
+        Examples in the plan turn the query's vector into several examples' (`combine_examples`: the query is a
+        positive); without compare their ids, and the query's own (`query_id`), are left out of the hits."""
+        examples = (*plan.positive, *plan.negative)
+        if examples:
+            examples += (query_id,) if query_id is not None else ()
+            embeddings = self.gallery.embeddings
+            positives = np.vstack([vector, embeddings.take(plan.positive)]) if plan.positive else vector
+            negatives = embeddings.take(plan.negative) if plan.negative else None
+            try:
+                vector = combine_examples(positives, negatives, NEGATIVE_WEIGHT)
+            except LookalikeError as exc:
+                raise Invalid(str(exc), "negative") from None
         if plan.exact is not None:
             comparison: Comparison = compare_search(
                 self.gallery, plan.entry.method, plan.exact, vector, plan.k, plan.params
@@ -399,10 +429,10 @@ class SearchService:
                 "compare": comparison,
             }
         t = time.perf_counter()
-        scores, ids = plan.entry.method.search(vector, plan.k, plan.params or None)
+        scores, ids = plan.entry.method.search(vector, plan.k + len(examples), plan.params or None)
         search_ms = 1000 * (time.perf_counter() - t)
         return {
-            "hits": [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0],
+            "hits": [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0 and i not in examples][: plan.k],
             "search_ms": search_ms,
             "compare": None,
         }

@@ -6,6 +6,8 @@ const state = {
   gallery: null,  // GET /api/gallery
   query: null,    // {kind: "upload", file} | {kind: "id", id} | {kind: "text", text}
   seq: 0,         // answers to superseded requests are dropped
+  positive: [],   // gallery ids added to the query as examples (＋), sent as "positive"
+  negative: [],   // gallery ids to move away from (−), sent as "negative"
 };
 const PARAMS = ["nprobe", "efSearch", "k_factor"];  // per-request search parameters; ranges come from /api/gallery
 const dupes = {
@@ -131,6 +133,41 @@ function updateMethodControls() {
 
 // --- queries ---
 
+// --- several examples per query ---
+
+function addExample(side, id) {
+  const other = side === "positive" ? "negative" : "positive";
+  state[other] = state[other].filter((x) => x !== id);
+  if (!state[side].includes(id)) state[side].push(id);
+  renderExamples();
+  search();
+}
+
+function removeExample(side, id) {
+  state[side] = state[side].filter((x) => x !== id);
+  renderExamples();
+  search();
+}
+
+function clearExamples() {
+  state.positive = [];
+  state.negative = [];
+  renderExamples();
+}
+
+function renderExamples() {
+  const chips = [];
+  for (const side of ["positive", "negative"]) {
+    for (const id of state[side]) {
+      const button = el("button", { type: "button", title: "remove this example", text: `${side === "positive" ? "＋" : "−"} #${id} ×` });
+      button.addEventListener("click", () => removeExample(side, id));
+      chips.push(el("li", { class: side, "data-id": id }, button));
+    }
+  }
+  $("example-list").replaceChildren(...chips);
+  $("examples").hidden = !chips.length;
+}
+
 function setUploadQuery(file) {
   if (!file) return;
   const limit = state.gallery.limits.max_upload_bytes;
@@ -139,18 +176,21 @@ function setUploadQuery(file) {
     return;
   }
   state.query = { kind: "upload", file };
+  clearExamples();
   showQuery(URL.createObjectURL(file), `upload: ${file.name} (${(file.size / 1024).toFixed(0)} KB)`);
   search();
 }
 
 function setIdQuery(id) {
   state.query = { kind: "id", id };
+  clearExamples();
   showQuery(`/api/images/${id}`, `gallery id ${id}`);
   search();
 }
 
 function setTextQuery(text) {
   state.query = { kind: "text", text };
+  clearExamples();
   showQuery(null, `text: “${text}”`);
   search();
 }
@@ -177,6 +217,8 @@ async function search() {
   form.append("k", $("k").value);
   for (const name of PARAMS) if (!$(`${name}-row`).hidden) form.append(name, $(name).value);
   if ($("compare").checked) form.append("compare", "exact");
+  if (state.positive.length) form.append("positive", state.positive.join(","));
+  if (state.negative.length) form.append("negative", state.negative.join(","));
 
   $("status").textContent = "searching…";
   document.body.dataset.busy = "1";
@@ -235,7 +277,12 @@ function render(answer) {
       ? el("span", { class: "exact-mark", title: `also in the exact top ${answer.k}`, text: "✓ exact" })
       : el("span", { class: "not-exact-mark", title: `not in the exact top ${answer.k}`, text: "∉ exact" });
     const classes = ["result", r.same_label ? "same" : "", r.in_exact === true ? "in-exact" : "", r.in_exact === false ? "not-exact" : ""];
-    return el("li", { class: classes.filter(Boolean).join(" "), "data-id": r.id, "data-score": r.score }, card(r, q, higherIsBetter, exactMark));
+    const more = el("button", { class: "more", type: "button", title: "more like this: add it to the query as an example", text: "＋ more like this" });
+    const less = el("button", { class: "less", type: "button", title: "less like this: move the results away from it", text: "− less" });
+    more.addEventListener("click", () => addExample("positive", r.id));
+    less.addEventListener("click", () => addExample("negative", r.id));
+    return el("li", { class: classes.filter(Boolean).join(" "), "data-id": r.id, "data-score": r.score },
+      card(r, q, higherIsBetter, exactMark), el("div", { class: "example-actions" }, more, less));
   });
   $("results").replaceChildren(...cards);
   renderCompare(answer, q, higherIsBetter);
@@ -422,6 +469,7 @@ function wire() {
     $(name).addEventListener("change", search);
   }
   $("compare").addEventListener("change", search);
+  $("examples-clear").addEventListener("click", () => { clearExamples(); search(); });
   $("tab-search").addEventListener("click", () => showView("search"));
   $("tab-dupes").addEventListener("click", () => showView("dupes"));
   const threshold = $("dupes-threshold");
