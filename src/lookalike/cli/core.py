@@ -154,6 +154,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="weight of the --not examples: normalise(mean(examples) − alpha × mean(--not)) (default 0.5)",
     )
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=(
+            "search only the rows that match (repeatable, all must hold): label=A[,B] (label or label name),"
+            " split=val, path=GLOB, mtime=LO..HI (ISO dates or epoch seconds, either side open), ids=1,2,3"
+        ),
+    )
     opt.method(p, "brute")
     opt.k(p)
     opt.metric(p)
@@ -356,6 +366,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace, gallery, searcher) -> int:
+    from ..search.filters import Where
     from ..search.searcher import NEGATIVE_WEIGHT, Text
 
     if not args.image and args.text is None:
@@ -372,11 +383,12 @@ def _search(args: argparse.Namespace, gallery, searcher) -> int:
     method, built_now = loaded.method, not loaded.saved and args.method != "brute"
     params = opt.chosen_search_params(args)
     t = time.perf_counter()
+    where = Where.from_cli(args.where)
     if args.compare:
-        comparison = searcher.compare(vector, args.k, args.method, args.metric, **params)
+        comparison = searcher.compare(vector, args.k, args.method, args.metric, where=where, **params)
         hits = list(comparison.hits)
     else:
-        hits = searcher.search(vector, args.k, args.method, args.metric, **params)
+        hits = searcher.search(vector, args.k, args.method, args.metric, where=where, **params)
     search_ms = 1000 * (time.perf_counter() - t)
     tag = "" if gallery.is_real else "  ⚠ random weights/generated data"
     print(gallery.provenance())
@@ -389,7 +401,7 @@ def _search(args: argparse.Namespace, gallery, searcher) -> int:
         f"query: {query}   method: {method.name} {method.params()}   metric: {args.metric}"
         + (f"   this call: {params}" if params else "")
     )
-    print(f"searched: {searcher.describe_database()}")
+    print(f"searched: {searcher.describe_database()}" + (f", where {where.describe()}" if where else ""))
     if loaded.note:
         print(f"note: {loaded.note}")
     print(f"{'rank':>4}  {'score':>8}  {'label':<24}  path")

@@ -173,6 +173,7 @@ class Gallery:
         positive: Sequence[Query] = (),
         negative: Sequence[Query] = (),
         alpha: float | None = None,
+        where: dict[str, Any] | None = None,
         **params: Any,
     ) -> list[Hit]:
         """The k nearest images to `query` — an image path, image bytes, a PIL image, a (d,) vector or a gallery id — or
@@ -189,11 +190,24 @@ class Gallery:
         night")` for a text, CLIP galleries): the query is normalise(mean(positives) − alpha ·
         mean(negatives)) (alpha None: `searcher.NEGATIVE_WEIGHT`, 0.5), `query` and `text` counting
         as positives; example gallery ids are not returned.
+
+        `where` ({"label": "cat" or [...], "split": "val", "path": "*/2024/*", "mtime": (lo, hi), "ids": [...]})
+        searches only the rows it keeps: exact methods give the true top k among them, FAISS indexes filter
+        inside the search (`lookalike.search.filters`).
         """
         from ..search.searcher import searcher_for
 
         return searcher_for(self, database).search(
-            query, k, method, metric, text=text, positive=positive, negative=negative, alpha=alpha, **params
+            query,
+            k,
+            method,
+            metric,
+            text=text,
+            positive=positive,
+            negative=negative,
+            alpha=alpha,
+            where=where,
+            **params,
         )
 
     def compare(
@@ -205,6 +219,7 @@ class Gallery:
         *,
         text: str | None = None,
         database: str = "all",
+        where: dict[str, Any] | None = None,
         **params: Any,
     ) -> Comparison:
         """Search like `search` with `method`, and with exact search over the same rows: what the method missed for this
@@ -215,7 +230,7 @@ class Gallery:
         """
         from ..search.searcher import searcher_for
 
-        return searcher_for(self, database).compare(query, k, method, metric, text=text, **params)
+        return searcher_for(self, database).compare(query, k, method, metric, text=text, where=where, **params)
 
     def duplicates(
         self,

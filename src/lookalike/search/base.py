@@ -37,6 +37,17 @@ class BuildStats:
         return self.train_seconds + self.add_seconds
 
 
+def padded_results(scores: np.ndarray, ids: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) with k columns: missing results are id −1 with the worst score, as FAISS pads them."""
+    missing = ids < 0
+    scores = np.where(missing, -np.inf if metric == "ip" else np.inf, scores).astype(np.float32)
+    if ids.shape[1] < k:
+        pad = ((0, 0), (0, k - ids.shape[1]))
+        ids = np.pad(ids, pad, constant_values=-1)
+        scores = np.pad(scores, pad, constant_values=-np.inf if metric == "ip" else np.inf)
+    return scores, ids
+
+
 class SearchMethod(ABC):
     """k-NN over unit vectors. `search` returns (scores, gallery ids), best first.
 
@@ -123,6 +134,36 @@ class SearchMethod(ABC):
             # one gather: a missing result (position −1) reads `_lookup`'s last entry, −1; other negatives do not occur
             return scores, self._lookup.take(positions)
         return scores, positions
+
+    def search_within(
+        self, queries: np.ndarray, k: int, rows: np.ndarray, params: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k among the gallery ids `rows` only (a `filters.Where`'s rows), best first, as `search` answers.
+
+        This default serves methods whose library cannot filter (usearch): it asks for more results, doubling until
+        every query has k among `rows` or the whole index was asked, and keeps the first k that match — the
+        documented fallback, which keeps k results whenever k rows match and the index reaches them. FAISS
+        indexes filter inside the search (an IDSelector), exact methods score the matching rows alone, hnswlib
+        uses its filter callback.
+        """
+        queries = as_float32_c(np.atleast_2d(queries))
+        allowed = np.zeros(int(self.ids.max(initial=-1)) + 2, dtype=bool)
+        allowed[np.asarray(rows, dtype=np.int64)[np.asarray(rows) < len(allowed) - 1]] = True
+        want = min(self.ntotal, max(2 * k, k))
+        while True:
+            scores, ids = self.search(queries, want, params)
+            keep = (ids >= 0) & allowed[np.where(ids >= 0, ids, len(allowed) - 1)]
+            if want >= self.ntotal or (keep.sum(axis=1) >= k).all():
+                break
+            want = min(self.ntotal, want * 4)
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # matching results first, in their order
+        top_ids = np.where(np.take_along_axis(keep, order, axis=1), np.take_along_axis(ids, order, axis=1), -1)
+        top_scores = np.take_along_axis(scores, order, axis=1)
+        return padded_results(top_scores, top_ids, k, self.metric)
+
+    def positions_within(self, rows: np.ndarray) -> np.ndarray:
+        """This method's row positions whose gallery ids are in `rows`, ascending."""
+        return np.flatnonzero(np.isin(self.ids, rows))
 
     @property
     def ntotal(self) -> int:

@@ -87,6 +87,15 @@ class BruteForce(SearchMethod):
             positions[start : start + block, :k_eff] = p
         return scores, positions
 
+    def search_within(
+        self, queries: np.ndarray, k: int, rows: np.ndarray, params: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact: the matching rows alone are scored, so the answer is the true top k among them (and a filter that
+        keeps a tenth of the rows costs about a tenth of the scan)."""
+        if params:
+            self.set_params(**params)
+        return exact_within(self, self.vectors, queries, k, rows)
+
     def _block_numpy(self, q: np.ndarray, k: int, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return top_k_rows(np.matmul(q, self.vectors.T, out=out), k)
 
@@ -120,6 +129,17 @@ class BruteForce(SearchMethod):
             vectors[ids] if len(ids) != len(vectors) or not np.array_equal(ids, np.arange(len(vectors))) else vectors
         )
         return method
+
+
+def exact_within(
+    method: SearchMethod, vectors: np.ndarray, queries: np.ndarray, k: int, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact search of `method`'s rows (`vectors`, by position) restricted to the gallery ids `rows`: brute force over
+    the matching rows alone."""
+    positions = method.positions_within(rows)
+    sub = BruteForce(method.name, method.metric, backend="numpy")
+    sub.build(np.asarray(vectors[positions]), method.ids[positions])
+    return sub.search(queries, k)
 
 
 def top_k_rows(scores: np.ndarray, k: int, groups: int = SELECT_GROUPS) -> tuple[np.ndarray, np.ndarray]:

@@ -81,17 +81,22 @@ def compare_search(
     vector: np.ndarray,
     k: int,
     params: dict[str, Any] | None = None,
+    rows: np.ndarray | None = None,
 ) -> Comparison:
     """Search `vector` with `method` (with this call's `params`) and with `exact`, and say what the method missed.
 
     `exact` must search the same rows with the same metric (see `exact_twin`); each search is
-    timed on its own, so the two latencies are comparable.
+    timed on its own, so the two latencies are comparable. `rows` (a filter's gallery ids)
+    restricts both: the recall is the method's under the filter.
     """
     t = time.perf_counter()
-    scores, ids = method.search(vector, k, params or None)
+    if rows is None:
+        scores, ids = method.search(vector, k, params or None)
+    else:
+        scores, ids = method.search_within(vector, k, rows, params or None)
     method_ms = 1000 * (time.perf_counter() - t)
     t = time.perf_counter()
-    exact_scores, exact_ids = exact.search(vector, k)
+    exact_scores, exact_ids = exact.search(vector, k) if rows is None else exact.search_within(vector, k, rows)
     exact_ms = 1000 * (time.perf_counter() - t)
     found = set(ids[0][ids[0] >= 0].tolist())
     missed = tuple(int(i) for i in exact_ids[0] if i >= 0 and int(i) not in found)

@@ -400,6 +400,14 @@ class ExactLowPrecision(SearchMethod):
             out["probe"] = self.probe
         return out
 
+    def search_within(
+        self, queries: np.ndarray, k: int, rows: np.ndarray, params: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact, as the whole search is: fp32 brute force over the matching rows alone."""
+        from .brute import exact_within
+
+        return exact_within(self, self.vectors, queries, k, rows)
+
     def memory_bytes(self) -> int:
         """The scan copies, the exact rows unless memory-mapped, and the int8 score buffer while it is kept."""
         spare = int(self._spare.numel() * 4) if self._spare is not None else 0

@@ -264,6 +264,29 @@ class FaissIndex(SearchMethod):
                 faiss.omp_set_num_threads(before)
         return index.search(queries, k, params=per_call[0])
 
+    def search_within(
+        self, queries: np.ndarray, k: int, rows: np.ndarray, params: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The search itself skips rows outside `rows`: an IDSelector in this call's SearchParameters (never a
+        post-filter), so an IVF probes the same lists and an HNSW walks the same graph, keeping only matches."""
+        queries = as_float32_c(np.atleast_2d(queries))
+        scores, positions = self._selected(queries, k, params, self.positions_within(rows))
+        return scores, np.where(positions >= 0, self.ids[np.maximum(positions, 0)], -1)
+
+    def _selected(
+        self, queries: np.ndarray, k: int, params: dict[str, Any] | None, positions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, row positions) of a search restricted to `positions` (ascending)."""
+        if params:
+            self._check(params)
+        selector = faiss.IDSelectorBatch(len(positions), faiss.swig_ptr(np.ascontiguousarray(positions, np.int64)))
+        per_call, keep = search_parameters(
+            self.index, {name: int(value) for name, value in (params or {}).items()}, selector
+        )
+        if per_call is None:
+            raise LookalikeError(f"{self.name} ({self.factory}) cannot filter its search; use flat, ivf or hnsw")
+        return self.index.search(queries, k, params=per_call)
+
     def _per_call(self, params: dict[str, Any]) -> tuple[faiss.SearchParameters | None, list]:
         """The checked SearchParameters for `params` and the owners of its nested objects (`search_parameters`),
         built once per setting and kept with the index: FAISS only reads them, so concurrent searches share one.
@@ -364,9 +387,11 @@ def renumber_ivf(ivf: faiss.IndexIVF, keep: np.ndarray) -> None:
         ivf.make_direct_map(True)
 
 
-def search_parameters(index: faiss.Index, values: dict[str, int]) -> tuple[faiss.SearchParameters | None, list]:
+def search_parameters(
+    index: faiss.Index, values: dict[str, int], selector: faiss.IDSelector | None = None
+) -> tuple[faiss.SearchParameters | None, list]:
     """A SearchParameters tree for `index` that sets `values` (nprobe, efSearch, k_factor) and keeps the index's own
-    others.
+    others; `selector` (an IDSelector over row positions) restricts the innermost search to its rows.
 
     FAISS reads per-call parameters from this object instead of the index, so nothing shared is
     mutated. Wrappers pass them down: IndexPreTransform (OPQ…) via SearchParametersPreTransform,
@@ -376,13 +401,13 @@ def search_parameters(index: faiss.Index, values: dict[str, int]) -> tuple[faiss
     keep: list = []
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexPreTransform):
-        inner, keep = search_parameters(index.index, values)
+        inner, keep = search_parameters(index.index, values, selector)
         if inner is None:
             return None, keep
         p = faiss.SearchParametersPreTransform()
         p.index_params = inner
     elif isinstance(index, faiss.IndexRefine):
-        inner, keep = search_parameters(index.base_index, values)
+        inner, keep = search_parameters(index.base_index, values, selector)
         p = faiss.IndexRefineSearchParameters()
         p.k_factor = float(values.get("k_factor", index.k_factor))
         if inner is not None:
@@ -394,8 +419,13 @@ def search_parameters(index: faiss.Index, values: dict[str, int]) -> tuple[faiss
     elif isinstance(index, faiss.IndexHNSW):
         p = faiss.SearchParametersHNSW()
         p.efSearch = int(values.get("efSearch", index.hnsw.efSearch))
+    elif selector is not None and isinstance(index, faiss.IndexFlatCodes):  # Flat, SQ: a plain scan, filtered
+        p = faiss.SearchParameters()
     else:
         return None, keep
+    if selector is not None and not isinstance(index, (faiss.IndexPreTransform, faiss.IndexRefine)):
+        p.sel = selector
+        keep.append(selector)
     keep.append(p)
     return p, keep
 

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import LookalikeError
-from ..runtime import search_threads
+from ..runtime import as_float32_c, search_threads
+from .base import padded_results
 from .graph import GraphMethod
 from .registry import DEFAULT_HNSW_M
 
@@ -127,6 +128,26 @@ class HnswlibHnsw(GraphMethod):
             return index.knn_query(queries, k, num_threads=threads)
         except RuntimeError:  # fewer than k reachable for some query: rare (a fragmented graph), answered row by row
             return self._padded(index, queries, k)
+
+    def search_within(
+        self, queries: np.ndarray, k: int, rows: np.ndarray, params: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """hnswlib's own filter callback: the graph walk keeps only matching rows. Where fewer than k matching rows
+        are reachable it raises, and the base class's fallback answers instead."""
+        queries = as_float32_c(np.atleast_2d(queries))
+        index, ef = self._ready(queries, params)
+        allowed = np.zeros(self._count, dtype=bool)
+        allowed[self.positions_within(rows)] = True
+        found = min(k, int(allowed.sum()))
+        try:
+            labels, distances = self._locked(
+                index, ef, lambda: index.knn_query(queries, found, num_threads=1, filter=lambda label: allowed[label])
+            )
+        except RuntimeError:
+            return super().search_within(queries, k, rows, params)
+        positions = labels.view(np.int64)
+        scores = np.subtract(1.0, distances, out=distances) if self.metric == "ip" else distances
+        return padded_results(scores, self.ids[positions], k, self.metric)
 
     def _padded(self, index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Each query's results, as many as hnswlib reaches (at most k), padded with −1 (distance ±inf); called under

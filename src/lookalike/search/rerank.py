@@ -180,6 +180,17 @@ class MmapRerankIndex(FaissIndex):
             self._record_pages(candidates)
         return exact_rerank(queries, candidates, self.vectors, k, self.metric)
 
+    def search_within(
+        self, queries: np.ndarray, k: int, rows: np.ndarray, params: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates from the codes with an IDSelector (never a post-filter), re-ranked exactly as always."""
+        queries = as_float32_c(np.atleast_2d(queries))
+        params = dict(params or {})
+        k_factor = self._check_k_factor(params.pop("k_factor", self._search_params["k_factor"]))
+        _, candidates = self._selected(queries, k * k_factor, params or None, self.positions_within(rows))
+        scores, positions = exact_rerank(queries, candidates, self.vectors, k, self.metric)
+        return scores, np.where(positions >= 0, self.ids[np.maximum(positions, 0)], -1)
+
     def _record_pages(self, candidates: np.ndarray) -> None:
         """Mark the file pages the re-ranking of these candidates reads (per query and in all)."""
         row_bytes, offset = self.vectors.shape[1] * self.vectors.itemsize, file_offset(self.vectors)

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from ..errors import LookalikeError, TextQueryError
 from ..gallery import Gallery
 from .base import SearchMethod
 from .compare import EXACT_METHOD, Comparison, compare_search, exact_twin
+from .filters import FilterError, Where
 from .hits import Hit, Query, Text, hits_of
 from .storage import HELD_ROWS, database_rows, describe_database, get_method, held_rows, load_method
 
@@ -289,6 +290,7 @@ class Searcher:
         positive: Sequence[Query] = (),
         negative: Sequence[Query] = (),
         alpha: float | None = None,
+        where: Mapping[str, Any] | Where | None = None,
         **params: Any,
     ) -> list[Hit]:
         """The k nearest gallery images to `query` (or `text`), best first; `params` (nprobe, efSearch, k_factor) apply
@@ -296,16 +298,39 @@ class Searcher:
 
         With `positive` and `negative` examples (any query form; `Text("…")` for a text), or both `query` and
         `text` ("this image, but at night"), `query` and `text` count as positives, and the vector searched is
-        `combine_examples`'. Gallery ids given as examples are left out of the results: the person has them."""
+        `combine_examples`'. Gallery ids given as examples are left out of the results: the person has them.
+
+        `where` ({"label": …, "split": …, "path": glob, "mtime": (lo, hi), "ids": […]}, see `filters.Where`) searches
+        only the rows it keeps (`SearchMethod.search_within`)."""
+        rows = self.rows_within(where)
         if not positive and not negative and (query is None or text is None):
-            vector = self.vector(query, text)
-            scores, ids = self.method(method, metric).search(vector, k, params or None)
-            return self.hits(scores[0], ids[0])
-        positives = [*([query] if query is not None else []), *([Text(text)] if text is not None else []), *positive]
-        vector, examples = self.examples_vector(positives, list(negative), NEGATIVE_WEIGHT if alpha is None else alpha)
-        scores, ids = self.method(method, metric).search(vector, k + len(examples), params or None)
+            vector, examples = self.vector(query, text), set()
+        else:
+            positives = [
+                *([query] if query is not None else []),
+                *([Text(text)] if text is not None else []),
+                *positive,
+            ]
+            weight = NEGATIVE_WEIGHT if alpha is None else alpha
+            vector, examples = self.examples_vector(positives, list(negative), weight)
+        chosen = self.method(method, metric)
+        want = k + len(examples)
+        if rows is None:
+            scores, ids = chosen.search(vector, want, params or None)
+        else:
+            scores, ids = chosen.search_within(vector, want, rows, params or None)
         keep = ~np.isin(ids[0], list(examples))
         return self.hits(scores[0][keep][:k], ids[0][keep][:k])
+
+    def rows_within(self, where: Mapping[str, Any] | Where | None) -> np.ndarray | None:
+        """The searched rows a filter keeps (None: no filter); FilterError when it keeps none of them."""
+        parsed = Where.parse(where)
+        if parsed is None:
+            return None
+        rows = np.intersect1d(parsed.rows(self.gallery), self.database_ids)
+        if not len(rows):
+            raise FilterError(f"no image searched here matches the filter ({parsed.describe()}); loosen it")
+        return rows
 
     def examples_vector(
         self, positive: Sequence[Query], negative: Sequence[Query], alpha: float = NEGATIVE_WEIGHT
@@ -335,12 +360,14 @@ class Searcher:
         metric: str = "ip",
         *,
         text: str | None = None,
+        where: Mapping[str, Any] | Where | None = None,
         **params: Any,
     ) -> Comparison:
-        """`query` (or `text`) searched with `method` and with exact search over the same rows (search.compare)."""
+        """`query` (or `text`) searched with `method` and with exact search over the same rows (search.compare); with
+        `where`, both over the rows it keeps: the method's recall under the filter."""
         vector = self.vector(query, text)
         chosen = self.method(method, metric)
-        return compare_search(self.gallery, chosen, self.exact(chosen), vector, k, params)
+        return compare_search(self.gallery, chosen, self.exact(chosen), vector, k, params, self.rows_within(where))
 
     def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
         """Hits for one query's (scores, ids); −1 ids (fewer results than k) are dropped."""
