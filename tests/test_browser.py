@@ -216,6 +216,32 @@ def test_more_and_less_like_a_result(served, browser, tiny_gallery):
     page.close()
 
 
+def test_filter_by_label_split_and_path(served, browser, tiny_gallery):
+    from playwright.sync_api import expect
+
+    gallery = lookalike.open_gallery(tiny_gallery)
+    label = gallery.labels[30]
+    page, _, console_errors = open_page(browser, served)
+    expect(page.locator("#method option")).to_have_count(3, timeout=WAIT_MS)
+    page.select_option("#method", "brute")
+    page.locator("#random-btn").click()
+    results = page.locator("#results .result")
+    expect(results.first).to_be_visible(timeout=WAIT_MS)
+    page.select_option("#filter-label", label)
+    expect(page.locator(f"#results .result:not([data-label='{label}'])")).to_have_count(0, timeout=WAIT_MS)
+    expect(results.first).to_be_visible()
+    page.select_option("#filter-split", "val")
+    expect(page.locator("#results .result:not([data-split='val'])")).to_have_count(0, timeout=WAIT_MS)
+    expect(page.locator(f"#results .result:not([data-label='{label}'])")).to_have_count(0)
+    shown = page.locator("#results .result").count()  # the val images of that label
+    assert shown == sum(1 for i in range(gallery.count) if gallery.labels[i] == label and gallery.splits[i] == "val")
+    assert console_errors == []
+    page.locator("#filter-path").fill("*no-such-folder*")  # nothing matches: the server's sentence on the page
+    page.locator("#filter-path").dispatch_event("change")
+    expect(page.locator("#error")).to_contain_text("matches the filter", timeout=WAIT_MS)
+    page.close()
+
+
 def set_slider(page, selector: str, value: int) -> None:
     """Move a range input as a user's drag ends: set the value, then fire input and change."""
     page.eval_on_selector(

@@ -714,3 +714,16 @@ def test_examples_beside_the_query_follow_the_rule_and_are_left_out(client, gall
     assert missing.status_code == 404 and missing.json()["field"] == "negative"
     many = search_id(client, 5, positive=",".join(map(str, range(40))))
     assert many.status_code == 422 and "at most" in many.json()["error"]
+
+
+def test_a_filter_searches_only_the_rows_it_keeps(client, gallery_dir):
+    gallery = open_gallery(gallery_dir)
+    label = gallery.labels[50]
+    answer = ok(search_id(client, 3, method="brute", k=5, where=json.dumps({"label": label, "split": "train"})))
+    assert len(answer["results"]) == 5
+    assert all(r["label"] == label and r["split"] == "train" for r in answer["results"])
+    assert label in ok(client.get("/api/gallery"))["labels"]
+    bad = search_id(client, 3, where="label=cat")
+    assert bad.status_code == 422 and bad.json()["field"] == "where" and "JSON object" in bad.json()["error"]
+    empty = search_id(client, 3, where=json.dumps({"label": "no such label"}))
+    assert empty.status_code == 422 and "matches the filter" in empty.json()["error"]

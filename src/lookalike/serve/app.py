@@ -379,6 +379,15 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
             str | None,
             Form(description="gallery ids, comma-separated: examples the results should not look like"),
         ] = None,
+        where: Annotated[
+            str | None,
+            Form(
+                description=(
+                    'a JSON object: search only the rows it keeps, e.g. {"label": "cat", "split": "val", "path":'
+                    ' "*/2024/*", "mtime": ["2024-01-01", null], "ids": [1, 2]} (every condition must hold)'
+                )
+            ),
+        ] = None,
     ) -> SearchResponse:
         started = time.perf_counter()
         if request.headers.get("content-type", "").startswith("application/json"):
@@ -402,7 +411,7 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
             )
         plan = service.plan(method, k, {"nprobe": nprobe, "efSearch": ef_search, "k_factor": k_factor}, compare)
         examples = service.examples(positive, negative)
-        plan = replace(plan, positive=examples[0], negative=examples[1])
+        plan = replace(plan, positive=examples[0], negative=examples[1], rows=service.rows_within(where))
         query_label = None
         if image is not None:
             service.check_uploads()

@@ -159,6 +159,9 @@ class GalleryInfo(BaseModel):
     )
     notes: list[str] = Field(default_factory=list, description="saved indexes this server does not offer, and why")
     has_labels: bool
+    labels: list[str] = Field(
+        default_factory=list, description="the gallery's distinct labels (at most 2,000), for the page's filter"
+    )
     uploads: bool = Field(description="false when no model made the embeddings (generated galleries): query by id only")
     text: bool = Field(description="whether text queries work: the model has a text tower (CLIP)")
     text_note: str | None = Field(description="why text queries do not work here, when they do not")

@@ -15,6 +15,7 @@ the event loop without holding a thread.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import mimetypes
 import os
@@ -141,6 +142,7 @@ class SearchPlan:
     # gallery ids given as examples beside the query (search.searcher.combine_examples); left out of the results
     positive: tuple[int, ...] = ()
     negative: tuple[int, ...] = ()
+    rows: np.ndarray | None = None  # a filter's rows (search.filters.Where): only these are searched
 
     def effective_params(self) -> dict[str, int]:
         """The search-time parameters this call really used (request values over the method's defaults)."""
@@ -149,6 +151,9 @@ class SearchPlan:
             key: int(self.params.get(key, current.get(key, lo)))
             for key, (lo, _) in self.entry.method.search_param_ranges().items()
         }
+
+
+FILTER_LABELS = 2000  # distinct labels /api/gallery lists for the page's filter
 
 
 class LruCache:
@@ -404,6 +409,22 @@ class SearchService:
             raise Invalid(f"at most {MAX_EXAMPLES} examples per query, the query included", "positive")
         return sides[0], sides[1]
 
+    def rows_within(self, where: str | None) -> np.ndarray | None:
+        """The rows a request's `where` (a JSON object, as `gallery.search(where=…)` takes) keeps; 422 when it is
+        malformed or keeps nothing. Arrow matches the columns vectorised, so it runs before the compute job."""
+        if not where:
+            return None
+        try:
+            parsed = json.loads(where)
+        except json.JSONDecodeError:
+            raise Invalid(
+                'where is a JSON object such as {"label": "cat", "split": "val", "path": "*/2024/*"}', "where"
+            ) from None
+        try:
+            return self.searcher.rows_within(parsed)
+        except LookalikeError as exc:
+            raise Invalid(self.hide_paths(str(exc)), "where") from None
+
     def _search(self, vector: np.ndarray, plan: SearchPlan, query_id: int | None = None) -> dict[str, Any]:
         """hits as (id, score) pairs and search_ms; with plan.exact also `compare` (search.compare.Comparison).
 
@@ -421,7 +442,7 @@ class SearchService:
                 raise Invalid(str(exc), "negative") from None
         if plan.exact is not None:
             comparison: Comparison = compare_search(
-                self.gallery, plan.entry.method, plan.exact, vector, plan.k, plan.params
+                self.gallery, plan.entry.method, plan.exact, vector, plan.k, plan.params, plan.rows
             )
             return {
                 "hits": [(h.id, h.score) for h in comparison.hits],
@@ -429,7 +450,11 @@ class SearchService:
                 "compare": comparison,
             }
         t = time.perf_counter()
-        scores, ids = plan.entry.method.search(vector, plan.k + len(examples), plan.params or None)
+        method, want = plan.entry.method, plan.k + len(examples)
+        if plan.rows is None:
+            scores, ids = method.search(vector, want, plan.params or None)
+        else:
+            scores, ids = method.search_within(vector, want, plan.rows, plan.params or None)
         search_ms = 1000 * (time.perf_counter() - t)
         return {
             "hits": [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0 and i not in examples][: plan.k],
@@ -615,6 +640,7 @@ class SearchService:
             "database": self.searcher.describe_database(),
             "notes": [self.hide_paths(note) for note in self.notes],
             "has_labels": any(label for label in self._labels),
+            "labels": sorted({label for label in self._labels if label})[:FILTER_LABELS],
             "uploads": self.embedder is not None,
             "text": self.no_text() is None,
             "text_note": self.no_text(),

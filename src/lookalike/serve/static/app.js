@@ -97,6 +97,8 @@ async function loadGallery() {
     $("status").textContent = "This gallery's embeddings were generated without a model: pick a random gallery image to search.";
   }
   $("text-form").hidden = !g.text;  // only a model with a text tower (CLIP) can embed text
+  $("filter-label").append(...g.labels.map((label) => el("option", { value: label, text: label })));
+  $("filter-split").append(...Object.keys(g.data.splits || {}).map((split) => el("option", { value: split, text: split })));
   if (g.text) $("status").textContent = "Upload an image, drop one on the box, describe one in words, or pick a random gallery image.";
   $("compare").title = `search exactly too (${g.exact_method}, same rows) and show what the method missed`;
   updateMethodControls();
@@ -217,6 +219,11 @@ async function search() {
   form.append("k", $("k").value);
   for (const name of PARAMS) if (!$(`${name}-row`).hidden) form.append(name, $(name).value);
   if ($("compare").checked) form.append("compare", "exact");
+  const where = {};  // the filter: search.filters.Where, every condition must hold
+  if ($("filter-label").value) where.label = $("filter-label").value;
+  if ($("filter-split").value) where.split = $("filter-split").value;
+  if ($("filter-path").value.trim()) where.path = $("filter-path").value.trim();
+  if (Object.keys(where).length) form.append("where", JSON.stringify(where));
   if (state.positive.length) form.append("positive", state.positive.join(","));
   if (state.negative.length) form.append("negative", state.negative.join(","));
 
@@ -281,7 +288,7 @@ function render(answer) {
     const less = el("button", { class: "less", type: "button", title: "less like this: move the results away from it", text: "− less" });
     more.addEventListener("click", () => addExample("positive", r.id));
     less.addEventListener("click", () => addExample("negative", r.id));
-    return el("li", { class: classes.filter(Boolean).join(" "), "data-id": r.id, "data-score": r.score },
+    return el("li", { class: classes.filter(Boolean).join(" "), "data-id": r.id, "data-score": r.score, "data-label": r.label || "", "data-split": r.split || "" },
       card(r, q, higherIsBetter, exactMark), el("div", { class: "example-actions" }, more, less));
   });
   $("results").replaceChildren(...cards);
@@ -470,6 +477,7 @@ function wire() {
   }
   $("compare").addEventListener("change", search);
   $("examples-clear").addEventListener("click", () => { clearExamples(); search(); });
+  for (const id of ["filter-label", "filter-split", "filter-path"]) $(id).addEventListener("change", search);
   $("tab-search").addEventListener("click", () => showView("search"));
   $("tab-dupes").addEventListener("click", () => showView("dupes"));
   const threshold = $("dupes-threshold");
