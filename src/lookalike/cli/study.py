@@ -121,6 +121,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     opt.threads(p)
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("map", help="a 2-D map of the gallery (PCA, or UMAP), coloured by label, as a PNG")
+    opt.gallery(p)
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("--method", choices=["pca", "umap"], default="pca", help="pca (default, exact and fast) or umap")
+    p.set_defaults(func=cmd_map)
+
 
 def cmd_tradeoff(args: argparse.Namespace) -> int:
     from .. import runtime
@@ -232,4 +238,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     reports = run_report(config, progress=lambda line: print(line, flush=True))
     path = write_report(reports, config, time.perf_counter() - started)
     print(f"\nreport written to {path} ({threads} threads); plots and tables under {config.out}/<gallery>/")
+    return 0
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    from ..gallery import open_gallery
+    from ..study.projection import gallery_map, plot_map
+
+    gallery = open_gallery(args.gallery)
+    mapped = gallery_map(gallery, args.method)
+    print(gallery.provenance())
+    for warning in gallery.manifest.warnings():
+        print(f"⚠ {warning}")
+    print(f"{mapped.note}; wrote {plot_map(gallery, mapped, Path(args.out))}")
     return 0

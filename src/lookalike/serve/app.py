@@ -544,6 +544,22 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
         return DuplicatesResponse(**answer, presets=PRESETS, default_preset=resolve_threshold(None, None)[0])
 
     @app.get(
+        "/api/map",
+        responses=_errors(422),
+        summary="Every row of the gallery placed in 2-D (PCA, or UMAP), compact: uint16 grid positions in base64",
+    )
+    async def gallery_map(
+        method: Annotated[
+            Literal["pca", "umap"], Query(description="pca (default: exact, fast at any size) or umap (the map extra)")
+        ] = "pca",
+    ) -> dict[str, Any]:
+        """Row i is gallery id i: `x` and `y` are little-endian uint16 positions on a `grid` × `grid` square and
+        `label_index` indexes `labels` (`grid`: no label), each base64. Computed once per gallery content and
+        cached beside it (an update gets a new map)."""
+        answer, _ = await compute.run(service.gallery_map, method)
+        return answer
+
+    @app.get(
         "/api/gallery",
         response_model=GalleryInfo,
         summary="The gallery's manifest summary, provenance and search methods",

@@ -43,6 +43,7 @@ from ..search.compare import EXACT_METHOD, Comparison, compare_search
 from ..search.dupes import DuplicateReport, DuplicatesError, find_duplicates, resolve_threshold
 from ..search.searcher import MAX_EXAMPLES, NEGATIVE_WEIGHT, LoadedMethod, Searcher, combine_examples
 from ..search.storage import HELD_ROWS, held_rows
+from ..study.projection import encode_map, gallery_map
 from ..study.tune import DefaultChoice, default_method
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,8 @@ class SearchService:
         # (every built method does), else brute force over that saved index's own rows, built once here.
         self.exact = {name: searcher.exact(entry.method) for name, entry in methods.items()}
         self.thumbs = LruCache(config.thumb_cache_entries)
+        self._maps: dict[str, dict[str, Any]] = {}
+        self._map_lock = threading.Lock()
         self.duplicate_reports = LruCache(config.duplicate_cache_entries)
         gallery = self.gallery
         metadata = gallery.metadata
@@ -482,6 +485,17 @@ class SearchService:
         data = buffer.getvalue()
         self.thumbs.put(gallery_id, data)
         return data
+
+    # -- the map (study.projection) --
+    def gallery_map(self, method: str) -> dict[str, Any]:
+        """The map's compact answer, made once per method and kept (the gallery's cache keeps it across restarts)."""
+        with self._map_lock:
+            if method not in self._maps:
+                try:
+                    self._maps[method] = encode_map(self.gallery, gallery_map(self.gallery, method))
+                except LookalikeError as exc:
+                    raise Invalid(str(exc), "method") from None
+            return {**self._maps[method], "provenance": self.provenance(), "real": self.real}
 
     # -- near-duplicates (search.dupes) --
     def duplicate_threshold(self, preset: str | None, threshold: float | None) -> tuple[str | None, float]:
