@@ -242,6 +242,58 @@ def test_filter_by_label_split_and_path(served, browser, tiny_gallery):
     page.close()
 
 
+def test_the_map(served, browser):
+    """The Map tab draws every row; hover shows the point's image, a click searches from it, a box lists the rows in
+    it. Positions are computed here from GET /api/map, as the page's documented layout places them."""
+    import base64
+
+    import httpx
+    import numpy as np
+    from playwright.sync_api import expect
+
+    answer = httpx.get(f"{served}/api/map", timeout=60).json()
+    x, y = (np.frombuffer(base64.b64decode(answer[k]), "<u2").astype(float) for k in ("x", "y"))
+    size, margin = 760, 8  # the canvas's size and margin in app.js
+    px = margin + x / answer["grid"] * (size - 2 * margin)
+    py = size - margin - y / answer["grid"] * (size - 2 * margin)
+    gaps = np.hypot(px[:, None] - px[None], py[:, None] - py[None]) + np.eye(len(px)) * 1e9
+    loner = int(gaps.min(axis=1).argmax())  # the point farthest from any other: unambiguous under the pointer
+
+    page, _, console_errors = open_page(browser, served)
+    expect(page.locator("#method option")).to_have_count(3, timeout=WAIT_MS)
+    page.locator("#tab-map").click()
+    expect(page.locator("#map-status")).to_contain_text(f"{answer['count']} images", timeout=WAIT_MS)
+    coloured = page.evaluate(
+        """() => { const d = document.getElementById("map-canvas").getContext("2d").getImageData(0, 0, 760, 760).data;
+        let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] !== 255 || d[i + 1] !== 255 || d[i + 2] !== 255) n++;
+        return n; }"""
+    )
+    assert coloured >= answer["count"]  # every point drew at least its pixel
+    assert float(page.locator("body").get_attribute("data-map-draw-ms")) > 0
+
+    box = page.locator("#map-canvas").bounding_box()
+    scale = box["width"] / size
+    page.mouse.move(box["x"] + px[loner] * scale, box["y"] + py[loner] * scale)
+    expect(page.locator("#map-tip")).to_be_visible(timeout=WAIT_MS)
+    assert page.locator("#map-tip").get_attribute("data-id") == str(loner)
+
+    # a box over the top left (within the window): the rows whose positions fall in it
+    x0, y0, x1, y1 = 10, 10, size / 2, size / 3
+    page.mouse.move(box["x"] + x0 * scale, box["y"] + y0 * scale)
+    page.mouse.down()
+    page.mouse.move(box["x"] + x1 * scale, box["y"] + y1 * scale, steps=5)
+    page.mouse.up()
+    inside = int(((px >= x0) & (px <= x1) & (py >= y0) & (py <= y1)).sum())
+    assert 0 < inside < len(px)  # a box that holds some points and not all: the count can be wrong
+    expect(page.locator("#map-selection-status")).to_contain_text(f"{inside} images in the box", timeout=WAIT_MS)
+
+    page.mouse.click(box["x"] + px[loner] * scale, box["y"] + py[loner] * scale)  # a click searches from the point
+    expect(page.locator("#query-caption")).to_contain_text(f"gallery id {loner}", timeout=WAIT_MS)
+    expect(page.locator("#search-view")).to_be_visible()
+    assert console_errors == []
+    page.close()
+
+
 def set_slider(page, selector: str, value: int) -> None:
     """Move a range input as a user's drag ends: set the value, then fire input and change."""
     page.eval_on_selector(

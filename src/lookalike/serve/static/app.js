@@ -292,6 +292,7 @@ function render(answer) {
       card(r, q, higherIsBetter, exactMark), el("div", { class: "example-actions" }, more, less));
   });
   $("results").replaceChildren(...cards);
+  state.hits = answer.results.map((r) => r.id);  // ringed on the map
   renderCompare(answer, q, higherIsBetter);
 
   const params = Object.entries(answer.params).map(([k, v]) => `${k}=${v}`).join(", ");
@@ -350,15 +351,182 @@ function renderLatency(t, kind) {
 // --- near-duplicates (GET /api/duplicates) ---
 
 function showView(name) {
-  const onDupes = name === "dupes";
-  $("search-view").hidden = onDupes;
-  $("dupes-view").hidden = !onDupes;
-  $("tab-search").setAttribute("aria-selected", String(!onDupes));
-  $("tab-dupes").setAttribute("aria-selected", String(onDupes));
-  if (onDupes && !dupes.loaded) {
+  for (const view of ["search", "dupes", "map"]) {
+    $(`${view}-view`).hidden = view !== name;
+    $(`tab-${view}`).setAttribute("aria-selected", String(view === name));
+  }
+  if (name === "dupes" && !dupes.loaded) {
     dupes.loaded = true;
     loadDuplicates({});  // the server's default preset; the answer sets the slider
   }
+  if (name === "map") {
+    if (!map.points) loadMap();
+    else drawMap();
+  }
+}
+
+// --- the map: GET /api/map, every row a point on one canvas ---
+
+const map = {
+  points: null,     // {x, y, label: Uint16Array, labels, count, grid}
+  pixels: null,     // Float32Array [px0, py0, px1, …]: each row's position on the canvas
+  cells: null,      // a CELLS × CELLS grid of row ids, to find the point under the pointer
+  drag: null,       // {x0, y0, x1, y1} while a box is drawn
+};
+const MAP_CELLS = 64;
+const MAP_MARGIN = 8;
+
+function decodeUint16(text) {
+  const bytes = Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+  return new Uint16Array(bytes.buffer);  // little-endian, as the server packs it (every browser is little-endian)
+}
+
+function labelColour(i, n) {
+  if (i >= n) return [150, 150, 150];
+  const hue = (i * 137.508) % 360;  // the golden angle: neighbouring labels get distant hues
+  const c = 0.55, x = c * (1 - Math.abs(((hue / 60) % 2) - 1)), m = 0.3;
+  const [r, g, b] = hue < 60 ? [c, x, 0] : hue < 120 ? [x, c, 0] : hue < 180 ? [0, c, x] : hue < 240 ? [0, x, c] : hue < 300 ? [x, 0, c] : [c, 0, x];
+  return [r, g, b].map((v) => Math.round(255 * (v + m)));
+}
+
+async function loadMap() {
+  const started = performance.now();
+  $("map-status").textContent = "mapping the gallery…";
+  let answer;
+  try {
+    const response = await fetch("/api/map");
+    answer = await response.json();
+    if (!response.ok) {
+      $("map-status").textContent = answer.error || `HTTP ${response.status}`;
+      return;
+    }
+  } catch (err) {
+    $("map-status").textContent = `the server did not answer (${err.message})`;
+    return;
+  }
+  map.points = { x: decodeUint16(answer.x), y: decodeUint16(answer.y), label: decodeUint16(answer.label_index), labels: answer.labels, count: answer.count, grid: answer.grid };
+  drawMap();
+  const ms = performance.now() - started;
+  document.body.dataset.mapDrawMs = ms.toFixed(1);  // what benchmarks/bench_server.py reads: request to first draw
+  $("map-status").textContent = `${answer.count} images · ${answer.note}` + (answer.real ? "" : " · ⚠ random weights / generated data") + ` · drawn in ${ms.toFixed(0)} ms`;
+}
+
+function drawMap() {
+  const p = map.points;
+  if (!p) return;
+  const canvas = $("map-canvas"), ctx = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height, span = w - 2 * MAP_MARGIN;
+  const image = ctx.createImageData(w, h);
+  image.data.fill(255);
+  map.pixels = new Float32Array(2 * p.count);
+  map.cells = Array.from({ length: MAP_CELLS * MAP_CELLS }, () => []);
+  const colours = p.labels.map((_, i) => labelColour(i, p.labels.length));
+  const grey = [150, 150, 150];
+  for (let i = 0; i < p.count; i++) {
+    const px = MAP_MARGIN + (p.x[i] / p.grid) * span, py = h - MAP_MARGIN - (p.y[i] / p.grid) * span;
+    map.pixels[2 * i] = px;
+    map.pixels[2 * i + 1] = py;
+    map.cells[Math.min(MAP_CELLS - 1, Math.floor((px / w) * MAP_CELLS)) * MAP_CELLS + Math.min(MAP_CELLS - 1, Math.floor((py / h) * MAP_CELLS))].push(i);
+    const [r, g, b] = p.label[i] < colours.length ? colours[p.label[i]] : grey;
+    for (let dx = 0; dx < 2; dx++) for (let dy = 0; dy < 2; dy++) {
+      const o = 4 * ((Math.round(py) + dy) * w + Math.round(px) + dx);
+      image.data[o] = r; image.data[o + 1] = g; image.data[o + 2] = b;
+    }
+  }
+  ctx.putImageData(image, 0, 0);
+  drawMapMarks(ctx);
+}
+
+function drawMapMarks(ctx) {
+  const mark = (id, radius, style, dash) => {
+    if (id == null || !map.pixels || id >= map.points.count) return;
+    ctx.beginPath();
+    ctx.setLineDash(dash);
+    ctx.strokeStyle = style;
+    ctx.lineWidth = 2;
+    ctx.arc(map.pixels[2 * id], map.pixels[2 * id + 1], radius, 0, 2 * Math.PI);
+    ctx.stroke();
+  };
+  for (const id of state.hits || []) mark(id, 4, "#333", [2, 2]);
+  if (state.query && state.query.kind === "id") mark(state.query.id, 8, "#d22", []);
+  ctx.setLineDash([]);
+  if (map.drag) {
+    const { x0, y0, x1, y1 } = map.drag;
+    ctx.strokeStyle = "#2266cc";
+    ctx.strokeRect(Math.min(x0, x1), Math.min(y0, y1), Math.abs(x1 - x0), Math.abs(y1 - y0));
+  }
+}
+
+function canvasPoint(event) {
+  const canvas = $("map-canvas"), rect = canvas.getBoundingClientRect();
+  return [((event.clientX - rect.left) * canvas.width) / rect.width, ((event.clientY - rect.top) * canvas.height) / rect.height];
+}
+
+function pointAt(x, y, radius = 6) {
+  const canvas = $("map-canvas");
+  const cx = Math.floor((x / canvas.width) * MAP_CELLS), cy = Math.floor((y / canvas.height) * MAP_CELLS);
+  let best = null, bestD = radius * radius;
+  for (let i = Math.max(0, cx - 1); i <= Math.min(MAP_CELLS - 1, cx + 1); i++) {
+    for (let j = Math.max(0, cy - 1); j <= Math.min(MAP_CELLS - 1, cy + 1); j++) {
+      for (const id of map.cells[i * MAP_CELLS + j]) {
+        const d = (map.pixels[2 * id] - x) ** 2 + (map.pixels[2 * id + 1] - y) ** 2;
+        if (d <= bestD) { best = id; bestD = d; }
+      }
+    }
+  }
+  return best;
+}
+
+function selectBox(box) {
+  const [xa, xb] = [Math.min(box.x0, box.x1), Math.max(box.x0, box.x1)], [ya, yb] = [Math.min(box.y0, box.y1), Math.max(box.y0, box.y1)];
+  const chosen = [];
+  for (let i = 0; i < map.points.count; i++) {
+    const px = map.pixels[2 * i], py = map.pixels[2 * i + 1];
+    if (px >= xa && px <= xb && py >= ya && py <= yb) chosen.push(i);
+  }
+  $("map-selection-status").textContent = `${chosen.length} images in the box` + (chosen.length > 60 ? " (the first 60 shown)" : "");
+  $("map-selection").replaceChildren(...chosen.slice(0, 60).map((id) => {
+    const button = el("button", { class: "card", type: "button", title: `search from gallery id ${id}` }, el("img", { src: `/api/images/${id}/thumb`, alt: `gallery id ${id}`, loading: "lazy" }));
+    button.addEventListener("click", () => { showView("search"); setIdQuery(id); });
+    return el("li", { class: "result", "data-id": id }, button);
+  }));
+}
+
+function wireMap() {
+  const canvas = $("map-canvas"), tip = $("map-tip");
+  canvas.addEventListener("mousedown", (e) => { const [x, y] = canvasPoint(e); map.drag = { x0: x, y0: y, x1: x, y1: y }; });
+  canvas.addEventListener("mousemove", (e) => {
+    if (!map.points) return;
+    const [x, y] = canvasPoint(e);
+    if (map.drag) {
+      map.drag.x1 = x; map.drag.y1 = y;
+      drawMap();
+      return;
+    }
+    const id = pointAt(x, y);
+    tip.hidden = id == null;
+    if (id == null) return;
+    const label = map.points.label[id] < map.points.labels.length ? map.points.labels[map.points.label[id]] : "no label";
+    $("map-tip-img").src = `/api/images/${id}/thumb`;
+    $("map-tip-text").textContent = `#${id} · ${label}`;
+    tip.dataset.id = id;
+    tip.style.left = `${e.offsetX + 12}px`;
+    tip.style.top = `${e.offsetY + 12}px`;
+  });
+  canvas.addEventListener("mouseleave", () => { tip.hidden = true; });
+  canvas.addEventListener("mouseup", (e) => {
+    const box = map.drag;
+    map.drag = null;
+    if (!box || !map.points) return;
+    if (Math.abs(box.x1 - box.x0) + Math.abs(box.y1 - box.y0) > 6) {
+      drawMap();
+      selectBox(box);
+      return;
+    }
+    const [x, y] = canvasPoint(e);
+    const id = pointAt(x, y);
+    if (id != null) { showView("search"); setIdQuery(id); }
+  });
 }
 
 function dupesUrl(params) {
@@ -480,6 +648,8 @@ function wire() {
   for (const id of ["filter-label", "filter-split", "filter-path"]) $(id).addEventListener("change", search);
   $("tab-search").addEventListener("click", () => showView("search"));
   $("tab-dupes").addEventListener("click", () => showView("dupes"));
+  $("tab-map").addEventListener("click", () => showView("map"));
+  wireMap();
   const threshold = $("dupes-threshold");
   threshold.addEventListener("input", () => {
     $("dupes-threshold-value").textContent = (+threshold.value).toFixed(2);
