@@ -224,12 +224,12 @@ def test_the_sampler_sees_anonymous_and_file_backed_memory_apart(tmp_path):
     before_anon, before_file = status_bytes()
     with ResidentSampler(interval=0.01) as anon_phase:
         block = np.ones(128 * 2**20 // 8)  # 128 MiB of anonymous pages, touched
-        time.sleep(0.1)  # held long enough to be sampled
+        time.sleep(0.5)  # held long enough to be sampled, even on a loaded machine
         del block
     with ResidentSampler(interval=0.01) as file_phase:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             assert sum(mapped[i] for i in range(0, len(mapped), mmap.PAGESIZE)) >= 0  # touch every page
-            time.sleep(0.1)
+            time.sleep(0.5)
     assert anon_phase.peak.anon_bytes >= before_anon + 120 * 2**20
     assert file_phase.peak.file_bytes >= before_file + 60 * 2**20
     assert file_phase.peak.anon_bytes < before_anon + 60 * 2**20  # mapped file pages are not anonymous
