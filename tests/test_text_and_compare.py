@@ -393,3 +393,22 @@ def test_cli_text_search_and_compare(clip_gallery, tiny_gallery):
     assert len(rows) >= 5
     stdout, stderr, code = out["resnet"]
     assert code == 2 and "resnet18, which has no text tower" in stderr and "extracted with clip" in stderr
+
+
+def test_the_text_tower_stops_at_the_end_of_text_and_equals_open_clips():
+    """The causal mask makes the positions after the end-of-text token irrelevant to the pooled feature: the short
+    path must give open_clip's own encode_text, for short and full-length texts and a batch of mixed lengths."""
+    import open_clip
+    import torch
+
+    from lookalike.embed.registry import causal_text_encoder
+
+    torch.manual_seed(3)
+    model = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).eval()
+    encode = causal_text_encoder(model)
+    assert encode is not model.encode_text  # the short path is taken for CLIP
+    tokenizer = open_clip.get_tokenizer("ViT-B-32-quickgelu")
+    tokens = torch.cat([tokenizer(t) for t in ("a red car", "x", "car " * 75, "a dog on a beach at night")])
+    with torch.inference_mode():
+        expected, got = model.encode_text(tokens).numpy(), encode(tokens).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
