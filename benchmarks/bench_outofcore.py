@@ -16,8 +16,9 @@ child process, sampled from /proc; the 1-minute load before and after):
   search   the saved index loaded; an nprobe × k_factor grid (recall on both query halves, single-query
            p50/p99 on 200); the cheapest setting reaching recall@10 0.90 and 0.95 on validation, then
            measured on test: recall, warm single-query p50/p99, batch, cold (files dropped from the cache)
-  fan-out  (the smallest size) a local Ray cluster, the index's parts over 2 actors (`fan_out`): ids and
-           scores against the single index on every test query, batch throughput beside one process
+  fan-out  (the smallest size's gallery, kept until the end and run last, so that Ray's libraries are not in this
+           process while the sizes are compared) a local Ray cluster, the index's parts over 2 actors (`fan_out`):
+           ids and scores against the single index on every test query, batch throughput beside one process
 
 Then a PROJECTION to 100M and 1B from the measured per-vector and per-query costs (functions below).
 Everything is written in a temporary folder (`--work`: outside the repository) and removed at the end.
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -58,10 +59,11 @@ from common import (  # noqa: E402
 from lookalike import runtime  # noqa: E402
 from lookalike.data.vectors import random_cluster_model  # noqa: E402
 from lookalike.fileio import require_free_disk  # noqa: E402
-from lookalike.gallery import Gallery  # noqa: E402
+from lookalike.gallery import DEFAULT_SHARD_ROWS, Gallery, open_gallery  # noqa: E402
 from lookalike.gallery.generated import write_generated_gallery_blocks  # noqa: E402
 from lookalike.search import SearchMethod, default_nlist  # noqa: E402
-from lookalike.search.ondisk import MAX_TRAIN_ROWS, PART_ROWS  # noqa: E402
+from lookalike.search.faiss_index import MAX_POINTS_PER_CENTROID  # noqa: E402
+from lookalike.search.ondisk import LOCAL_WORKERS, MAX_TRAIN_ROWS, PART_ROWS  # noqa: E402
 from lookalike.search.rerank import COLD_QUERIES  # noqa: E402
 from lookalike.search.searcher import Searcher  # noqa: E402
 from lookalike.search.storage import method_dir  # noqa: E402
@@ -93,13 +95,15 @@ TARGETS = (0.90, 0.95)
 ACTORS = 2
 BATCH = 500  # queries per batch call for throughput
 QUIET = 1.0  # a phase that began at a higher 1-minute load ran on a busy machine: not valid for a goal
-GOAL_ANON = 4 * 2**30
+OTHERS_MAX = 0.5  # … as did one during which other processes used more cores than this, on average
+GIB = 2**30
+GOAL_ANON = 4 * GIB
 GOAL_GROWTH = 1.3  # the larger size's anonymous peak within 30% of the smaller's, per phase
 GOAL_BUILD_S = 60 * 60
 GOAL_RECALL, GOAL_P50_MS = 0.90, 10.0
 GOAL_P99_MS = 50.0  # the projection's latency target
 PROJECT_TO = (100_000_000, 1_000_000_000)
-GIB = 2**30
+FAISS_MIN_POINTS = 39  # k-means points per centroid below which FAISS warns that training is too thin
 SIZE_PHASES = ("write", "build", "exact", "search")  # measured at every size; "fan-out" at the smallest only
 
 T = TypeVar("T")
@@ -118,22 +122,27 @@ class Phase:
     cpu_children: float  # … of its children that ended during the phase (the build's part processes)
     load_before: float
     load_after: float
+    others: float  # cores that other processes used during the phase, on average (the machine's busy CPU less ours)
     memory: Resident
 
     @property
     def valid(self) -> bool:
-        """Quiet at the start; the load after includes the phase's own processes, so it does not decide."""
-        return self.load_before <= QUIET
+        """Quiet at the start and nobody else busy during the phase; the load after includes the phase's own processes,
+        so it does not decide."""
+        return self.load_before <= QUIET and self.others <= OTHERS_MAX
 
     @property
     def largest_anon(self) -> int:
         return max(self.memory.anon_bytes, self.memory.workers_anon_bytes)
 
 
-def cpu_seconds() -> tuple[float, float]:
-    """CPU seconds so far of this process and of its ended, waited-for children."""
+def cpu_seconds() -> tuple[float, float, float]:
+    """CPU seconds so far of this process, of its ended and waited-for children, and of the whole machine (busy, not
+    idle, waiting for I/O or stolen by the hypervisor)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+    machine = psutil.cpu_times()
+    busy = machine.user + machine.nice + machine.system + machine.irq + machine.softirq
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime, busy
 
 
 def run_phase(name: str, work: Callable[[], T], wait: bool) -> tuple[Phase, T]:
@@ -141,20 +150,21 @@ def run_phase(name: str, work: Callable[[], T], wait: bool) -> tuple[Phase, T]:
     if wait:
         wait_for_quiet()
     load_before = os.getloadavg()[0]
-    own, children = cpu_seconds()
+    before = cpu_seconds()
     started = time.perf_counter()
     print(f"  {name} …", flush=True)
     with ResidentSampler() as sampler:
         result = work()
     seconds = time.perf_counter() - started
-    own_after, children_after = cpu_seconds()
+    own, children, busy = (after - at_start for after, at_start in zip(cpu_seconds(), before))
     phase = Phase(
         name,
         round(seconds, 2),
-        round(own_after - own, 2),
-        round(children_after - children, 2),
+        round(own, 2),
+        round(children, 2),
         load_before,
         os.getloadavg()[0],
+        max(0.0, busy - own - children) / seconds,
         sampler.peak,
     )
     print(
@@ -288,12 +298,12 @@ def batch_qps(method: SearchMethod, queries: np.ndarray, params: dict[str, int])
     return len(queries) / median_seconds(lambda: method.search(queries, K, params), repeats=3)
 
 
-def fan_out_phase(
-    gallery: Gallery, local: SearchMethod, test: np.ndarray, settings: list[dict], threads: int
-) -> FanOut:
-    """Search the saved index fanned out over ACTORS actors of a local Ray cluster; the actors are released after."""
+def fan_out_phase(gallery: Gallery, test: np.ndarray, settings: list[dict], threads: int) -> FanOut:
+    """Search the saved index in this process and fanned out over ACTORS actors of a local Ray cluster; the actors
+    are released after."""
     from lookalike.distributed import connected, fan_out
 
+    local = Searcher(gallery).method(METHOD)
     with connected():
         fanned = Searcher(gallery, engine=fan_out(actors=ACTORS)).method(METHOD)
         try:
@@ -381,45 +391,44 @@ def index_bytes(gallery: Gallery, method: SearchMethod) -> IndexBytes:
     )
 
 
-def measure_size(size: int, d: int, folder: Path, queries: np.ndarray, threads: int, fan: bool, wait: bool) -> SizeRun:
-    """Every phase at one size, in a gallery folder removed at the end."""
-    path = folder / f"gallery-{format_size(size)}"
-    try:
-        runtime.set_threads(None)  # writing, building and exact search are throughput jobs: every core
-        write, gallery = run_phase(
-            "write",
-            lambda: write_generated_gallery_blocks(path, size, d, seed=SEED, overwrite=True, **asdict(GENERATOR)),
-            wait,
-        )
-        build, built = run_phase("build", lambda: lookalike.build_index(gallery, METHOD), wait)
-        stats, nlist = built.build_stats, faiss.extract_index_ivf(built.index).nlist
-        del built  # the search phase loads the saved index, as a server would
-        exact, truth = run_phase("exact", lambda: streamed_top_k(gallery.embeddings, queries, K), wait)
-        runtime.set_threads(threads)
-        search_run, (local, search) = run_phase("search", lambda: search_phase(gallery, queries, truth), wait)
-        phases = {p.name: p for p in (write, build, exact, search_run)}
-        fanned = None
-        # each target's setting; the best-recall one when none was reached (identity does not depend on recall)
-        settings = [o.point.params for o in search.operating] or [max(search.curve, key=lambda p: p.recall_val).params]
-        if fan:
-            fan_run, fanned = run_phase(
-                "fan-out", lambda: fan_out_phase(gallery, local, queries[VALIDATION:], settings, threads), wait
-            )
-            phases[fan_run.name] = fan_run
-        return SizeRun(
-            size,
-            d,
-            phases,
-            sum(f.stat().st_size for f in path.iterdir() if f.is_file()),
-            index_bytes(gallery, local),
-            nlist,
-            stats.train_seconds,
-            stats.build_seconds,
-            search,
-            fanned,
-        )
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def measure_size(size: int, d: int, path: Path, queries: np.ndarray, threads: int, wait: bool) -> SizeRun:
+    """Every phase but the fan-out at one size, in the gallery folder `path`."""
+    runtime.set_threads(None)  # writing, building and exact search are throughput jobs: every core
+    write, gallery = run_phase(
+        "write",
+        lambda: write_generated_gallery_blocks(path, size, d, seed=SEED, overwrite=True, **asdict(GENERATOR)),
+        wait,
+    )
+    build, built = run_phase("build", lambda: lookalike.build_index(gallery, METHOD), wait)
+    stats, nlist = built.build_stats, faiss.extract_index_ivf(built.index).nlist
+    del built  # the search phase loads the saved index, as a server would
+    exact, truth = run_phase("exact", lambda: streamed_top_k(gallery.embeddings, queries, K), wait)
+    runtime.set_threads(threads)
+    search_run, (local, search) = run_phase("search", lambda: search_phase(gallery, queries, truth), wait)
+    return SizeRun(
+        size,
+        d,
+        {p.name: p for p in (write, build, exact, search_run)},
+        sum(f.stat().st_size for f in path.iterdir() if f.is_file()),
+        index_bytes(gallery, local),
+        nlist,
+        stats.train_seconds,
+        stats.build_seconds,
+        search,
+        None,
+    )
+
+
+def with_fan_out(run: SizeRun, path: Path, queries: np.ndarray, threads: int, wait: bool) -> SizeRun:
+    """The fan-out phase on a size measured before, run last: Ray's libraries then never sit in this process's memory
+    while the sizes' phases are compared."""
+    # each target's setting; the best-recall one when none was reached (identity does not depend on recall)
+    curve, operating = run.search.curve, run.search.operating
+    settings = [o.point.params for o in operating] or [max(curve, key=lambda p: p.recall_val).params]
+    phase, fanned = run_phase(
+        "fan-out", lambda: fan_out_phase(open_gallery(path), queries[VALIDATION:], settings, threads), wait
+    )
+    return replace(run, phases={**run.phases, phase.name: phase}, fan_out=fanned)
 
 
 # --- the projection ---
@@ -547,13 +556,12 @@ class Projection:
     rows: int
     vectors_disk: float  # the gallery: shards and metadata
     index_disk: float  # parts and merged lists
-    anon: float  # the largest process's anonymous peak
-    ram_index: float  # the loaded index's RAM part (in the driver)
+    driver_anon: float  # the largest anonymous peak of the single-process phases (the id map grows with N)
     nprobe: int
     p99_one_actor_ms: float
     actors: int | None
     nodes: int | None  # for the p99 target and for the parts to stay in the page cache
-    cache_per_node: float | None  # the parts' bytes each node's page cache holds
+    node_ram: float | None  # one node: its actors' anonymous peaks and the page cache of its share of the parts
     build_core_hours: float
 
 
@@ -571,15 +579,18 @@ def project(c: Costs, n: int) -> Projection:
         rows=n,
         vectors_disk=c.disk_per_row * n,
         index_disk=c.index_disk_per_row * n,
-        anon=along(c.sizes, c.anon, n),
-        ram_index=along(c.sizes, c.ram_index, n),
+        driver_anon=along(c.sizes, c.anon, n),
         nprobe=projected_nprobe(c, n),
         p99_one_actor_ms=p99_ms(c, n, 1),
         actors=actors,
         nodes=nodes,
-        cache_per_node=None if nodes is None else parts / nodes,
+        node_ram=None if nodes is None else c.node_cores * c.actor_anon + parts / nodes,
         build_core_hours=(add + train) / 3600,
     )
+
+
+def rows_label(n: int) -> str:
+    return f"{n / 1e9:g}B" if n >= 1_000_000_000 else format_size(n)
 
 
 # --- the report ---
@@ -596,7 +607,12 @@ def mib(n: float) -> str:
 def verdict(met: bool, valid: bool) -> str:
     """Met or not, and whether the figures may count for a goal at all."""
     text = "**met** ✓" if met else "**not met** ✗"
-    return text if valid else f"{text}, but **NOT VALID FOR A GOAL** (a phase began at 1-minute load > {QUIET})"
+    return (
+        text
+        if valid
+        else f"{text}, but **NOT VALID FOR A GOAL** (a phase began at 1-minute load > {QUIET}, or other processes"
+        f" used more than {OTHERS_MAX} core during it)"
+    )
 
 
 def phase_table(runs: Sequence[SizeRun]) -> str:
@@ -606,7 +622,8 @@ def phase_table(runs: Sequence[SizeRun]) -> str:
             p.name,
             f"{p.seconds:,.1f}",
             f"{p.cpu_own:,.0f} + {p.cpu_children:,.0f}",
-            f"{p.load_before:.1f} → {p.load_after:.1f}" + ("" if p.valid else " ✗"),
+            f"{p.load_before:.1f} → {p.load_after:.1f}",
+            f"{p.others:.2f}" + ("" if p.valid else " ✗"),
             mib(p.memory.anon_bytes),
             mib(p.memory.file_bytes),
             mib(p.memory.workers_anon_bytes) if p.memory.workers_anon_bytes else "–",
@@ -621,6 +638,7 @@ def phase_table(runs: Sequence[SizeRun]) -> str:
             "wall s",
             "CPU s (this + children)",
             "load before → after",
+            "others' cores",
             "anon MiB (this process)",
             "file MiB (this process)",
             "anon MiB (largest child)",
@@ -794,22 +812,25 @@ def fan_out_section(run: SizeRun) -> str:
 
 
 def projection_section(c: Costs | None) -> str:
-    heading = "### PROJECTION to 100M and 1B (not measured: the measured per-vector costs multiplied out)"
+    heading = (
+        f"### PROJECTION to {', '.join(map(rows_label, PROJECT_TO))} (not measured: the measured per-vector costs"
+        " multiplied out)"
+    )
     if c is None:
         return f"{heading}\n\nNot projected: it needs two sizes that reach recall@10 {GOAL_RECALL:.2f} and the fan-out."
     big = c.sizes[1]
     projections = [project(c, n) for n in (big, *PROJECT_TO)]
     rows = [
         [
-            format_size(p.rows) + (" (measured size)" if p.rows == big else " PROJECTION"),
+            rows_label(p.rows) + (" (model at the measured size)" if p.rows == big else " PROJECTION"),
             gib(p.vectors_disk),
             gib(p.index_disk),
-            f"{gib(p.anon)} / {gib(p.ram_index)}",
+            gib(p.driver_anon),
             p.nprobe,
             f"{p.p99_one_actor_ms:,.0f}",
             "–" if p.actors is None else f"{p.actors:,}",
             "unreachable" if p.nodes is None else f"{p.nodes:,}",
-            "–" if p.cache_per_node is None else gib(p.cache_per_node),
+            "–" if p.node_ram is None else gib(p.node_ram),
             f"{p.build_core_hours:,.1f}",
         ]
         for p in projections
@@ -819,35 +840,38 @@ def projection_section(c: Costs | None) -> str:
             "rows",
             "gallery on disk GiB",
             "index on disk GiB",
-            "RAM GiB: largest process anon / index RAM part",
+            "driver anon GiB",
             "nprobe (0.90)",
-            "p99 ms on one actor",
+            "p99 ms fanned out to one actor",
             f"actors for p99 ≤ {GOAL_P99_MS:g} ms",
             "nodes",
-            "page cache per node GiB",
+            "RAM per node GiB (actors + page cache)",
             "build core-hours",
         ],
         rows,
     )
     (n0, n1) = c.sizes
+    sparse = MAX_TRAIN_ROWS // FAISS_MIN_POINTS  # the nlist beyond which the capped sample is too thin
     inputs = [
         f"- Disk: {c.disk_per_row:,.0f} bytes a row for the gallery ({4 * c.dim} of them the float32 vector, the rest"
         f" metadata), {c.index_disk_per_row:,.0f} for the index's files (the parts, {c.parts_per_row:,.0f} bytes a row:"
         " a code and an id, and the merged lists again), measured at " + format_size(n1) + ".",
-        f"- RAM: the largest anonymous peak of any process over every phase, {mib(c.anon[0])} MiB at {format_size(n0)}"
-        f" and {mib(c.anon[1])} MiB at {format_size(n1)}, continued along that line (a fall is held flat); the index's"
-        f" RAM part ({mib(c.ram_index[0])} → {mib(c.ram_index[1])} MiB) is mostly the id map, 8 bytes a row, held by"
-        " the driver (the process that loads the index and re-ranks). Each node's page cache holds its actors' parts;"
-        f" a node is this machine ({c.node_cores} cores, {gib(c.node_memory)} GiB), less {mib(c.actor_anon)} MiB"
-        " anonymous per actor (the largest Ray process measured). Re-ranking reads k × k_factor rows a query from the"
-        " shards (shared storage): warm figures assume those pages cached on the driver's node; the cold column above"
-        " shows the other case.",
+        f"- Driver RAM: the largest anonymous peak of the phases measured at both sizes ({', '.join(SIZE_PHASES)}),"
+        f" {mib(c.anon[0])} MiB at {format_size(n0)} and {mib(c.anon[1])} MiB at {format_size(n1)}, continued along"
+        f" that line ({along(c.sizes, c.anon, n1 + 1) - c.anon[1]:.1f} bytes a row; a fall is held flat). What grows"
+        f" is the driver's: the loaded index's RAM part ({mib(c.ram_index[0])} → {mib(c.ram_index[1])} MiB) is mostly"
+        " the id map, 8 bytes a row, in the process that loads the index and re-ranks.",
+        f"- Node RAM: a node is this machine ({c.node_cores} cores, {gib(c.node_memory)} GiB), one actor per core, each"
+        f" {mib(c.actor_anon)} MiB anonymous (the largest Ray process measured; actors map their parts, so this does"
+        " not grow with N), plus the page cache that keeps the node's share of the parts warm. Re-ranking reads"
+        " k × k_factor rows a query from the shards (on shared storage): the warm figures assume those pages cached on"
+        " the driver's node; the cold column above shows the other case.",
         f"- Build: the part processes' CPU, {1e6 * c.add_cpu_per_row[0]:.1f} and {1e6 * c.add_cpu_per_row[1]:.1f} µs a"
         f" row at nlist {c.nlist[0]} and {c.nlist[1]}, continued as a line in nlist (assigning a row to its list costs"
         f" ∝ nlist); the build process's own CPU ({c.driver_cpu:,.0f} s at {format_size(n1)}: training, merging,"
         f" saving) grows ∝ nlist, the training sample being capped at {MAX_TRAIN_ROWS:,} rows. At nlist above"
-        f" {MAX_TRAIN_ROWS // 39:,} (N > {format_size(round((MAX_TRAIN_ROWS // 39) ** 2, -5))}) that cap leaves"
-        " k-means fewer than FAISS's minimum of 39 points per list, which this projection does not price.",
+        f" {sparse:,} (N > {format_size(round(sparse**2, -5))}) that cap leaves k-means fewer than FAISS's minimum of"
+        f" {FAISS_MIN_POINTS} points per list, which this projection does not price.",
         f"- Search: nlist = √N; nprobe for recall 0.90 grows as measured from {c.nprobe[0]} at {format_size(n0)} to"
         f" {c.nprobe[1]} at {format_size(n1)} (a power of N, continued); a query scans nprobe × N / nlist codes ×"
         f" {c.imbalance:.2f} (the measured imbalance: queries land in the larger lists). Single-query p50 ="
@@ -867,13 +891,15 @@ def intro(sizes: Sequence[int], d: int) -> str:
             f"`benchmarks/bench_outofcore.py`: {', '.join(format_size(s) for s in sizes)} × {d} **GENERATED** vectors"
             " (not real embeddings, no images): `write_generated_gallery_blocks` with `GeneratorParams("
             + ", ".join(f"{k}={v}" for k, v in asdict(GENERATOR).items())
-            + f")`, seed {SEED}, drawn and written as a gallery of shards ({PART_ROWS:,} rows each) one block at a"
-            f" time; {VALIDATION + TEST} held-out queries drawn from the same mixture with seed {QUERY_SEED}, half to"
-            " choose a setting (validation), half to report it (test). Each size is written, indexed, checked and"
-            " searched in its own folder, removed after.",
+            + f")`, seed {SEED}, drawn and written as a gallery of shards ({DEFAULT_SHARD_ROWS:,} rows each) one"
+            f" block at a time; {VALIDATION + TEST} held-out queries drawn from the same mixture with seed"
+            f" {QUERY_SEED}, half to choose a setting (validation), half to report it (test). Each size is written,"
+            " indexed, checked and searched in its own folder, removed after (the smallest after the fan-out, run"
+            " last).",
             "",
             f'- **Build**: `lookalike.build_index(gallery, "{METHOD}")` — trained on a seeded sample of at most'
-            f" {MAX_TRAIN_ROWS:,} rows (256 a list), each part of {PART_ROWS:,} rows added by one of 2 processes that"
+            f" {MAX_TRAIN_ROWS:,} rows ({MAX_POINTS_PER_CENTROID} a list), each part of {PART_ROWS:,} rows added by one"
+            f" of {LOCAL_WORKERS} processes that"
             " maps its rows from the shards, the parts' lists merged into one memory-mapped file, saved in the gallery"
             " (parts kept for the fan-out). Writing, building and exact search use every core; searching uses the"
             " run's threads.",
@@ -891,10 +917,12 @@ def intro(sizes: Sequence[int], d: int) -> str:
             f" cold = the median of {COLD_QUERIES} single queries, each right after the lists file and every shard"
             " were dropped from the page cache (`madvise(MADV_DONTNEED)` on the mappings, then"
             " `posix_fadvise(POSIX_FADV_DONTNEED)`).",
-            f"- **Load**: the 1-minute load average before and after each phase; the run waits for it to fall under"
-            f" 0.6 before each phase. A phase that began above {QUIET} ran on a busy machine: its figures are not"
-            " valid for a goal (✗ in the table). The same measurements for a real gallery: `lookalike scale"
-            ' --out-of-core` (README, "The scale study beyond memory").',
+            f"- **Load**: the 1-minute load average before and after each phase (the run waits for it to fall under"
+            " 0.6 first), and the cores other processes used during it (the machine's busy CPU time in /proc/stat"
+            f" less this process's and its children's). A phase that began above {QUIET}, or beside others using more"
+            f" than {OTHERS_MAX} core, ran on a busy machine: its figures are not valid for a goal (✗). The load"
+            " after includes the phase's own processes, so it does not decide. The same measurements for a real"
+            ' gallery: `lookalike scale --out-of-core` (README, "The scale study beyond memory").',
         ]
     )
 
@@ -928,11 +956,17 @@ def work_folder(parent: str | None) -> Path:
     return Path(tempfile.mkdtemp(prefix="lookalike-bench-outofcore-", dir=base))
 
 
-def check_disk(folder: Path, size: int, d: int) -> None:
-    """Stop before writing anything when the largest size's gallery and index would not fit (sizes run one at a
-    time, each removed before the next)."""
-    need = int(DISK_MARGIN * (size * (4 * d + METADATA_ROW_BYTES) + ondisk_index_bytes(size, d)))
-    require_free_disk(folder, need, f"the {format_size(size)} × {d} gallery and its {METHOD} index (--work)")
+def check_disk(folder: Path, sizes: Sequence[int], d: int) -> None:
+    """Stop before writing anything when the galleries on disk at once would not fit: the smallest, kept for the
+    fan-out, and the largest (the others are removed after their phases)."""
+    at_once = {sizes[0], sizes[-1]}
+    need = int(DISK_MARGIN * sum(n * (4 * d + METADATA_ROW_BYTES) + ondisk_index_bytes(n, d) for n in at_once))
+    shown = " and ".join(format_size(n) for n in sorted(at_once))
+    require_free_disk(folder, need, f"the {shown} × {d} galleries and their {METHOD} indexes (--work)")
+
+
+def gallery_path(folder: Path, size: int) -> Path:
+    return folder / f"gallery-{format_size(size)}"
 
 
 def main() -> int:
@@ -948,7 +982,7 @@ def main() -> int:
     threads = runtime.set_threads(args.threads)
     folder = work_folder(args.work)
     try:
-        check_disk(folder, max(sizes), d)
+        check_disk(folder, sizes, d)
         print(
             f"sizes {', '.join(map(format_size, sizes))} × {d} in {folder}; {available_memory_bytes() / GIB:.1f} GiB"
             " available",
@@ -956,10 +990,15 @@ def main() -> int:
         )
         queries = held_out_queries(d, VALIDATION + TEST)
         runs = []
+        wait = not args.quick
         with load_watch() as load:
-            for number, size in enumerate(sizes):
+            for size in sizes:
                 print(f"== {format_size(size)} × {d}", flush=True)
-                runs.append(measure_size(size, d, folder, queries, threads, number == 0, wait=not args.quick))
+                runs.append(measure_size(size, d, gallery_path(folder, size), queries, threads, wait))
+                if size != sizes[0]:
+                    shutil.rmtree(gallery_path(folder, size))
+            print(f"== fan-out at {format_size(sizes[0])}", flush=True)
+            runs[0] = with_fan_out(runs[0], gallery_path(folder, sizes[0]), queries, threads, wait)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     text = markdown(runs, load, args.quick)
