@@ -800,8 +800,8 @@ def fan_out_section(run: SizeRun) -> str:
             f"- **Batch throughput** ({BATCH} queries per call, {f.settings[0]}): fanned out"
             f" **{f.qps:,.0f} queries/s**; one process {f.local_qps:,.0f} queries/s at {f.threads} thread(s),"
             f" {f.local_qps_all_cores:,.0f} at {f.cores} ({f.qps / f.local_qps:.2f}× and"
-            f" {f.qps / f.local_qps_all_cores:.2f}×). Both actors share this machine's {f.cores} cores with the driver:"
-            " the fan-out pays its way when the actors are on other nodes.",
+            f" {f.qps / f.local_qps_all_cores:.2f}×). Both actors share this machine's {f.cores} cores with the driver,"
+            " so this measures what the fan-out costs, not how it scales across nodes.",
             f"- Single query: {f.single_ms:.2f} ms fanned out against {f.local_single_ms:.2f} ms in one process: the"
             f" Ray round trip costs {max(0.0, f.single_ms - f.local_single_ms):.2f} ms a query.",
             f"- Memory while fanned out: driver anonymous {mib(run.phases['fan-out'].memory.anon_bytes)} MiB, the"
