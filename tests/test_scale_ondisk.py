@@ -98,6 +98,22 @@ def test_blocks_write_the_gallery_that_one_array_writes(tmp_path):
         )
 
 
+def test_a_generated_gallery_written_in_blocks_begins_with_the_blocks_of_a_larger_one(tmp_path, monkeypatch):
+    from lookalike.data.vectors import random_cluster_model
+    from lookalike.gallery import generated
+
+    monkeypatch.setattr(generated, "GENERATED_BLOCK_ROWS", 300)
+    params = {"n_clusters": 20, "rank": 4}
+    small = generated.write_generated_gallery_blocks(tmp_path / "s", 600, 16, seed=3, shard_rows=250, **params)
+    large = generated.write_generated_gallery_blocks(tmp_path / "l", 1000, 16, seed=3, shard_rows=400, **params)
+    assert [s.rows for s in small.shards] == [250, 250, 100] and large.count == 1000
+    np.testing.assert_array_equal(np.asarray(small.embeddings), np.asarray(large.embeddings)[:600])  # 2 whole blocks
+    assert small.labels.tolist() == large.labels[:600].tolist()
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(large.embeddings), axis=1), 1.0, atol=1e-5)
+    assert not large.is_real and "GENERATED" in large.provenance()
+    assert set(large.labels) <= set(random_cluster_model(16, 3, **params).labels)
+
+
 # --- which path a size takes, and what it measures there ---
 
 

@@ -297,6 +297,30 @@ def test_the_cli_builds_and_searches_an_ondisk_index(tiny_gallery, tmp_path, mon
     assert f" {query} " in first  # the image finds itself first: every list probed, re-ranked exactly
 
 
+def test_the_id_map_is_checked_and_digested_a_block_at_a_time(monkeypatch):
+    """An index's ids (8 GB at 1B rows) are never copied whole to tell a run, or to hash them; the digest is the one
+    saved indexes carry (the sorted ids' bytes)."""
+    from lookalike.search import rerank, storage
+
+    monkeypatch.setattr(rerank, "STEP_BLOCK", 1000)
+    monkeypatch.setattr(storage, "DIGEST_BLOCK", 1000)
+    run = np.arange(5, 5 + 4500, dtype=np.int64)
+    swapped = run.copy()
+    swapped[[1999, 2000]] = swapped[[2000, 1999]]  # across a block boundary
+    assert rerank.is_run(run) and not rerank.is_run(swapped) and not rerank.is_run(run[::-1])
+    assert rerank.is_run(run[:1]) and not rerank.is_run(run[:0])
+    for ids in (run, swapped, run[::3], np.random.default_rng(0).permutation(4500), run[:0]):
+        assert storage.database_digest(ids) == hashlib.sha256(np.sort(ids).tobytes()).hexdigest()[:32]
+    monkeypatch.undo()
+    ids, vectors = np.arange(8_000_000, dtype=np.int64), np.zeros((8_000_000, 1), np.float32)  # 64 MB of ids
+    tracemalloc.start()
+    try:
+        storage.database_digest(ids), rerank.rows_view(vectors, ids)
+        assert tracemalloc.get_traced_memory()[1] < ids.nbytes / 4  # a block of steps, not a copy of the ids
+    finally:
+        tracemalloc.stop()
+
+
 def test_too_little_disk_is_refused_before_anything_is_written(tiny_collection, sharded_gallery, tmp_path, monkeypatch):
     import shutil as shutil_module
 

@@ -31,6 +31,7 @@ from .store import (
 )
 
 WRITER = "lookalike.gallery.generated"
+GENERATED_BLOCK_ROWS = 65_536  # rows drawn at once by write_generated_gallery_blocks: 128 MiB at 512-d
 SYNTHETIC_PATH_PREFIX = "synthetic:"  # metadata `path` of every row that is not a real image
 ARRAY_PATH_PREFIX = "array:"  # metadata `path` of a real row written from an array (no image file)
 
@@ -276,4 +277,46 @@ def write_generated_gallery(
         model=generated_model_block(d, seed),
         data=data,
         overwrite=overwrite,
+    )
+
+
+def write_generated_gallery_blocks(
+    path: str | Path,
+    n: int,
+    d: int,
+    seed: int = 0,
+    overwrite: bool = False,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    **params: Any,
+) -> Gallery:
+    """A GENERATED gallery of `n` rows drawn and written one block at a time, for sizes beyond memory (10M × 512 is
+    20 GB); the writer holds one shard and one block.
+
+    Block i (GENERATED_BLOCK_ROWS rows) is drawn with seed [seed + 1, i], so a gallery's whole blocks
+    are the first rows of a larger one with the same seed; the rows are not `write_generated_gallery`'s,
+    which draws all of them in one call. Every row is of split "train": held-out queries come from the
+    same model apart, `random_cluster_model(d, seed, **params).sample(q, seed=…)`.
+    """
+    model = random_cluster_model(d, seed, **params)
+    labels = np.asarray(model.labels, dtype=object)
+
+    def blocks() -> Iterable[tuple[np.ndarray, np.ndarray]]:
+        for number, start in enumerate(range(0, n, GENERATED_BLOCK_ROWS)):
+            rows = np.empty((min(GENERATED_BLOCK_ROWS, n - start), d), dtype=np.float32)
+            yield rows, labels[model.sample_into(rows, seed=[seed + 1, number])]
+
+    how = f"{model.how['method']}; drawn in blocks of {GENERATED_BLOCK_ROWS} rows, block i with seed [{seed + 1}, i]"
+    return write_array_gallery_blocks(
+        path,
+        d,
+        blocks(),
+        segments=[Segment("generated", 0, n, True, how, model.describe())],
+        model=generated_model_block(d, seed),
+        data={
+            "kind": "generated",
+            "generator": model.describe(),
+            "summary": f"GENERATED embeddings ({model.n_clusters} clusters, seed {seed}; no images)",
+        },
+        overwrite=overwrite,
+        shard_rows=shard_rows,
     )

@@ -246,7 +246,7 @@ class SearchMethod(ABC):
         """Load a saved method; `vectors` are the gallery's embeddings (brute force searches them directly)."""
         info = json.loads((Path(folder) / METHOD_FILE).read_text())
         method = cls._load(Path(folder), info, vectors)
-        method.ids = np.load(Path(folder) / IDS_FILE)
+        method.ids = np.load(Path(folder) / IDS_FILE, mmap_mode="r")  # copied once, into the id lookup
         stats = info.get("build")
         method.build_stats = BuildStats(**stats) if stats else None
         return method

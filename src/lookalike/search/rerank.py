@@ -20,6 +20,7 @@ import mmap
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ K_FACTOR_RANGE = (PARAMS["k_factor"].low, PARAMS["k_factor"].high)
 DEFAULT_K_FACTOR = PARAMS["k_factor"].default
 PAGE_BYTES = mmap.PAGESIZE
 COLD_QUERIES = 20  # single queries timed cold, each after dropping the file from the page cache
+STEP_BLOCK = 1 << 20  # ids compared at once by `steps_hold`: 8 MiB of steps
 
 
 def is_memory_mapped(array: np.ndarray) -> bool:
@@ -42,10 +44,24 @@ def is_memory_mapped(array: np.ndarray) -> bool:
     return isinstance(array, np.memmap) and getattr(array, "_mmap", None) is not None
 
 
+def steps_hold(ids: np.ndarray, holds: Callable[[np.ndarray], np.ndarray]) -> bool:
+    """Whether `holds` is true of every step ids[i + 1] − ids[i], checked a block of STEP_BLOCK ids at a time.
+
+    Why blocks: the id map of a 1B-row index is 8 GB; `np.diff` of all of it would allocate as
+    much again, in the process that searches (the memory would grow with N).
+    """
+    return all(bool(holds(np.diff(ids[a : a + STEP_BLOCK + 1])).all()) for a in range(0, len(ids) - 1, STEP_BLOCK))
+
+
+def is_run(ids: np.ndarray) -> bool:
+    """The ids are one contiguous ascending run (first, first + 1, …)."""
+    return bool(len(ids)) and ids[-1] - ids[0] == len(ids) - 1 and steps_hold(ids, lambda step: step == 1)
+
+
 def rows_view(vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """vectors[ids], as a zero-copy view when the ids are one contiguous ascending run."""
     ids = np.asarray(ids, dtype=np.int64)
-    if len(ids) and ids[-1] - ids[0] == len(ids) - 1 and np.all(np.diff(ids) == 1):
+    if is_run(ids):
         return vectors[int(ids[0]) : int(ids[-1]) + 1]
     return np.asarray(vectors[ids])
 
@@ -248,5 +264,5 @@ class MmapRerankIndex(FaissIndex):
     @classmethod
     def _load(cls, folder: Path, info: dict[str, Any], vectors: np.ndarray) -> MmapRerankIndex:
         method = super()._load(folder, info, vectors)
-        method.vectors = rows_view(vectors, np.load(Path(folder) / IDS_FILE))
+        method.vectors = rows_view(vectors, np.load(Path(folder) / IDS_FILE, mmap_mode="r"))
         return method

@@ -26,9 +26,10 @@ from ..gallery import INDEXES, Gallery
 from .base import METHOD_FILE, SearchMethod
 from .factory import METHOD_CLASSES, make_method, method_key
 from .registry import METHODS
-from .rerank import rows_view
+from .rerank import is_run, rows_view, steps_hold
 
 DATABASES = ("all", "heldout")
+DIGEST_BLOCK = 1 << 20  # ids hashed at once by `database_digest`
 HELD_ROWS = {  # what an index's recorded `database` means, for messages
     "all": "every row of the gallery",
     "heldout": "the study's database, without its held-out queries",
@@ -51,7 +52,9 @@ def database_rows(gallery: Gallery, database: str = "all") -> np.ndarray:
 def database_label(gallery: Gallery, ids: np.ndarray) -> str:
     """Which named database `ids` are: "all", "heldout", or "other" (any other selection)."""
     ids = np.asarray(ids, dtype=np.int64)
-    if len(ids) == gallery.count and database_digest(ids) == database_digest(np.arange(gallery.count)):
+    if len(ids) == gallery.count and (
+        (is_run(ids) and ids[0] == 0) or database_digest(ids) == database_digest(np.arange(gallery.count))
+    ):
         return "all"
     try:
         heldout = gallery.partition().database_ids
@@ -92,8 +95,15 @@ def database_digest(ids: np.ndarray) -> str:
     """A digest of the set of gallery ids an index holds: two indexes over different rows never share one.
 
     Sorted first: an index updated in place holds its kept rows, then the added ones (a build
-    holds them in ascending order, so digests saved before updates existed are unchanged)."""
-    return hashlib.sha256(np.sort(np.asarray(ids, dtype=np.int64)).tobytes()).hexdigest()[:32]
+    holds them in ascending order, so digests saved before updates existed are unchanged). Ids
+    already in order (every build's) are hashed as they are, a block at a time: no copy of the id
+    map, which is 8 GB at 1B rows."""
+    ids = np.asarray(ids, dtype=np.int64)
+    ordered = ids if steps_hold(ids, lambda step: step >= 0) else np.sort(ids)
+    digest = hashlib.sha256()
+    for start in range(0, len(ordered), DIGEST_BLOCK):
+        digest.update(np.ascontiguousarray(ordered[start : start + DIGEST_BLOCK]))
+    return digest.hexdigest()[:32]
 
 
 def save_method(gallery: Gallery, method: SearchMethod) -> Path:
