@@ -709,12 +709,14 @@ def speed_markdown(rows: Sequence[SpeedRow], million: bool, quick: bool) -> str:
             "### Speed",
             "",
             f'`find_duplicates(preset="near")` on generated galleries ({SPEED_DIM}-d, no images) in which'
-            f" {PLANTED_SHARE:.0%} of the rows were overwritten by copies of other rows at normalised scores spread"
-            f" between the `near` threshold and 1. `auto` is what `lookalike dupes` runs (exact up to"
+            f" {PLANTED_SHARE:.0%} of the rows were overwritten by copies of other rows, each moved from its source by"
+            " 1–20% of the squared distance to the source's nearest row (in a 20,000-row sample). `auto` is what"
+            " `lookalike dupes` runs (exact up to"
             f" {dupes.EXACT_MAX_ROWS:,} rows, IVF above); the IVF method states its pair recall against the exact"
             f" scan on {dupes.RECALL_SAMPLE_ROWS} sampled rows. Peak RSS added: the resident memory the call added at"
-            f" its peak, against {n2:,.0f} GiB for one N×N float32 matrix of the largest gallery; the exact scan holds"
-            f" one block of {dupes.BLOCK_BYTES / 2**20:.0f} MiB of similarities at a time.",
+            f" its peak, against {n2:,.0f} GiB for one N×N float32 matrix of the largest gallery; the search holds"
+            f" one block of {dupes.BLOCK_BYTES / 2**20:.0f} MiB of similarities and {dupes.NEIGHBOUR_K} neighbours per"
+            " row.",
             "",
             speed_table(rows),
             "",
