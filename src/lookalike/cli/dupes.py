@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=(
             "threshold on the normalised score: "
             + ", ".join(f"{name} {value:g}" for name, value in PRESETS.items())
-            + " (provisional; default near)"
+            + " (default near; measured by benchmarks/bench_dupes.py, see docs/benchmarks.md)"
         ),
     )
     p.add_argument(

@@ -4,22 +4,43 @@ Two tiers, strongest first:
 
 1. **identical content**: rows whose files have the same sha256 (`Gallery.content_hashes`). A gallery
    extracted before that column existed skips this tier, and the report says so (`identical_tier`).
-2. **similarity**: pairs whose *normalised score* (below) reaches the threshold, found by a range
-   search over the gallery. `method="exact"` scans row blocks with numpy (memory bounded by
-   `block_rows × N`, never N²); `method="ivf"` runs FAISS `range_search` on an IVF index for large
-   galleries and states its pair recall against the exact scan, measured on a sample of rows.
+2. **similarity**: pairs whose *normalised score* (below) reaches the threshold, found among each
+   row's nearest rows. `method="exact"` scans row blocks with numpy (memory: one block of
+   similarities, `BLOCK_BYTES`, and N × k neighbours; never N²); `method="ivf"` searches an IVF index
+   for large galleries and states its pair recall against the exact scan, measured on a sample of rows.
 
-**Scores mean the same on every gallery.** Raw cosine bunches near 1 for random-weight models and for
-collections of one kind (every pair above 0.9), so no raw threshold works everywhere. The score is
-cosine rescaled by the gallery's own neighbourhood statistic: b = the median, over rows, of each
-row's cosine to its k-th nearest other row (`NEIGHBOUR_K`, on a seeded sample of at most
-`BASELINE_SAMPLE_ROWS` rows, against every row), and
+**Scores are relative to the gallery and to each image's own neighbourhood.** Raw cosine bunches near 1
+for random-weight models and for collections of one kind (every pair above 0.9), a few directions
+(overall colour and brightness) dominate it, and some images (flat drawings, plain backgrounds) sit
+close to many others while textured photographs sit far from everything: neither a raw threshold nor
+one gallery-wide baseline works everywhere. So, in two steps:
 
-    score = (cosine − b) / (1 − b)
+1. **Whitening.** The embeddings are centred on the mean of the set compared against, projected on its
+   `WHITEN_DIMS` principal directions (fitted on a seeded sample of at most `WHITEN_SAMPLE_ROWS` rows),
+   each scaled to unit spread, and L2-normalised; cosines are taken there. The common direction goes,
+   no single direction dominates, and the weakest directions (mostly noise) are dropped. A set of fewer
+   than `WHITEN_MIN_ROWS` rows cannot fit 64 directions, so its raw embeddings are used.
+2. **The baseline.** Each row gets r = its cosine to its k-th nearest row (`NEIGHBOUR_K`) of the set it
+   is compared with (itself left out), and a pair (i, j) scores
 
-so 1 is the same vector, 0 is as alike as a typical k-th neighbour, and negative is less alike. It is
-a monotone function of cosine, so one radius serves the range search. Identical content scores 1 by
-definition. `DuplicateReport.scoring` records b, k and the sample.
+       score = (cosine − b) / (1 − b),   b = (r_i + r_j) / 2
+
+   so 1 is the same vector and 0 is as alike as the two images' own k-th neighbours.
+
+Identical content scores 1 by definition. `DuplicateReport.scoring` records the whitening, k and the
+spread of r. Each step raised pairwise F1 (at each scoring's best threshold, no grouping) against raw
+cosine with one gallery-wide b (the median r, k = 10), for ResNet-18 at random weights: on the 2,250
+generated images of a mid-size `benchmarks/bench_dupes.py` run 0.59 → 0.81 (per-row b) → 0.87
+(whitened too), and on 871 real pictures found on the measuring machine (three photographs cut into
+tiles, icons, diagrams; same copies) 0.36 → 0.72 → 0.76; MobileNet and CLIP alike. The price of the
+per-row baseline: k or more close copies of one image are each other's neighbourhood, so they score near 0
+and are missed (identical files are still found by their hash); k = 20 is the trade measured there
+(k = 10 scored a little higher on families of nine and missed bursts of ten or more).
+
+**The search is a nearest-neighbour search.** A pair scoring t > 0 has cosine above b, so above the
+smaller of its two r: it is among the k − 1 nearest rows of that row. So each row's k nearest are
+found (exactly, or by IVF), r is the k-th, and the pairs among the k − 1 nearest whose score reaches
+the threshold are kept: at most k − 1 per row, whatever the gallery's size.
 
 **Groups do not chain.** Connected components would put A and C together when only A~B and B~C.
 Groups are built by complete linkage at the threshold: pairs are taken in order of decreasing score
@@ -35,10 +56,12 @@ content" (same sha256 as the keeper) or "similarity".
 **Cross-set.** `against=OTHER` finds groups that join rows of this gallery to rows of another gallery
 (same model and dimension); `queries_only=True` joins the gallery's held-out queries
 (`Gallery.partition`) to its database: the leakage check. Only pairs across the two sets start a
-group; the complete-linkage check still covers every pair inside it.
+group; the complete-linkage check still covers every pair inside it. The whitening is fitted on the
+second set (the other gallery, or the database); each row's r is its k-th nearest in the other set,
+and the nearest rows are searched in both directions.
 
-The presets are provisional: chosen by reasoning on the score's definition, not yet measured;
-`benchmarks/bench_dupes.py` (issue 23) is to measure and replace them.
+**The presets** were chosen by `benchmarks/bench_dupes.py` (ResNet-18 at random weights, generated
+copies; see `PRESETS`).
 """
 
 from __future__ import annotations
@@ -58,15 +81,17 @@ from ..errors import LookalikeError
 if TYPE_CHECKING:
     from ..gallery.store import Gallery
 
-# provisional thresholds on the normalised score (see the module docstring): to be measured by bench_dupes
-PRESETS = {"exact": 0.97, "near": 0.85, "similar": 0.6}
+# thresholds on the normalised score (see the module docstring), measured by benchmarks/bench_dupes.py
+PRESETS = {"exact": 0.9, "near": 0.3, "similar": 0.12}
 METHODS = ("auto", "exact", "ivf")
-NEIGHBOUR_K = 10  # the baseline is each row's cosine to its 10th nearest other row
-BASELINE_SAMPLE_ROWS = 2_000  # rows whose neighbourhoods give the baseline (all rows when fewer)
+WHITEN_DIMS = 64  # principal directions the scores are computed in (measured: 32, 96 and 128 gave lower F1)
+WHITEN_MIN_ROWS = 512  # fewer rows: raw embeddings (measured: whitening lost F1 at 300 rows, gained from 600)
+WHITEN_SAMPLE_ROWS = 20_000  # rows the principal directions are fitted on (all rows when fewer)
+NEIGHBOUR_K = 20  # a row's r is its cosine to its 20th nearest row; pairs are searched among the 19 nearest
 EXACT_MAX_ROWS = 50_000  # `auto` scans exactly up to this many rows, then uses an IVF index
-BLOCK_BYTES = 128 * 2**20  # similarity block held at once by the exact scan
-RECALL_SAMPLE_ROWS = 500  # rows whose pairs measure the IVF method's pair recall against exact
-MIN_SCALE = 1e-6  # 1 − b below this (every vector the same) is clamped, so scores stay finite
+BLOCK_BYTES = 128 * 2**20  # similarity block held at once by the exact scans
+RECALL_SAMPLE_ROWS = 250  # rows whose exact pairs measure the IVF method's pair recall (each costs k exact searches)
+MIN_SCALE = 1e-6  # 1 − b below this (a row whose k neighbours are all the same vector) is clamped: scores stay finite
 WHY_KEEPER = "most pixels, then largest file, then oldest file (mtime), then lowest id"
 
 
@@ -93,19 +118,37 @@ class DuplicateGroup:
 
 @dataclass(frozen=True)
 class Scoring:
-    """How scores were computed: the gallery statistic behind them (see the module docstring)."""
+    """How scores were computed: each compared row's neighbourhood statistic r (see the module docstring)."""
 
-    baseline_cosine: float  # b: the median cosine of a row to its k-th nearest other row
+    baselines: np.ndarray = field(repr=False, compare=False)  # r of every compared row: this set's, then the other's
     neighbour_k: int
-    sample_rows: int  # rows whose k-th neighbour gave the median
-    formula: str = "score = (cosine - b) / (1 - b); identical content scores 1"
+    whitened_dims: int  # principal directions the cosines are taken in; 0: raw embeddings (a small set)
+    whitening_rows: int  # rows the whitening was fitted on (0: none)
+    formula: str = "score = (cosine - b) / (1 - b), b = (r_i + r_j) / 2; identical content scores 1"
+
+    @property
+    def space(self) -> str:
+        """Where cosines are taken, in words."""
+        if not self.whitened_dims:
+            return f"raw embeddings (fewer than {WHITEN_MIN_ROWS} rows: not whitened)"
+        return (
+            f"embeddings whitened to {self.whitened_dims} principal directions (fitted on {self.whitening_rows} rows)"
+        )
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.baselines)) if len(self.baselines) else 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        low, high = np.percentile(self.baselines, [5, 95]) if len(self.baselines) else (0.0, 0.0)
         return {
             "formula": self.formula,
-            "baseline_cosine": round(self.baseline_cosine, 6),
+            "whitened_dims": self.whitened_dims,
+            "whitening_rows": self.whitening_rows,
             "neighbour_k": self.neighbour_k,
-            "sample_rows": self.sample_rows,
+            "r_median": round(self.median, 6),
+            "r_5th_percentile": round(float(low), 6),
+            "r_95th_percentile": round(float(high), 6),
         }
 
 
@@ -211,13 +254,14 @@ class DuplicateReport:
             f" among {self.rows} rows",
             f"threshold {self.threshold:g} on the normalised score"
             + (f" (preset {self.preset})" if self.preset else "")
-            + f"; baseline cosine b = {self.scoring.baseline_cosine:.4f} (median cosine to the"
-            f" {self.scoring.neighbour_k}th nearest row); method {self.method}"
+            + f"; b = the mean of the pair's r, each row's cosine to its {self.scoring.neighbour_k}th nearest row"
+            f" (median r {self.scoring.median:.4f}); method {self.method}"
             + (
                 f", pair recall {self.pair_recall:.3f} against exact on a sample"
                 if self.pair_recall is not None
                 else ""
             ),
+            f"cosines of {self.scoring.space}",
             f"identical content: {self.identical_tier}",
         ]
         lines += [f"note: {note}" for note in self.notes]
@@ -234,7 +278,9 @@ def resolve_threshold(preset: str | None, threshold: float | None) -> tuple[str 
         if not np.isfinite(value) or not 0.0 < value <= 1.0:
             raise DuplicatesError(
                 f"threshold {threshold} is outside (0, 1]: it is a normalised score (1 = the same vector, 0 = as"
-                " alike as a typical 10th neighbour); pick one in that range or a preset (" + ", ".join(PRESETS) + ")"
+                f" alike as the two images' {NEIGHBOUR_K}th neighbours); pick one in that range or a preset ("
+                + ", ".join(PRESETS)
+                + ")"
             )
         return None, value
     preset = preset or "near"
@@ -285,114 +331,222 @@ def _blocks(n: int, other: int) -> Iterator[tuple[int, int]]:
         yield start, min(n, start + step)
 
 
-def neighbour_baseline(
-    queries: np.ndarray, database: np.ndarray, same_rows: bool, k: int = NEIGHBOUR_K, seed: int = 0
-) -> Scoring:
-    """b: the median over (a seeded sample of) `queries` of each one's cosine to its k-th nearest `database` row.
+@dataclass(frozen=True)
+class Whitening:
+    """The space scores are computed in: centred, on the top principal directions each at unit spread, unit length."""
 
-    `same_rows`: queries and database are the same rows, so a row's own match is left out.
-    """
-    n_q, n_db = len(queries), len(database)
-    k = min(k, n_db - 1 if same_rows else n_db)
-    if k < 1:  # one row: no neighbour to measure, so scores are plain cosines (and no pair exists anyway)
-        return Scoring(0.0, 0, 0)
+    mean: np.ndarray  # (d,)
+    basis: np.ndarray  # (d, dims): principal directions divided by their singular values
+    fitted_rows: int
+
+    @property
+    def dims(self) -> int:
+        return int(self.basis.shape[1])
+
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        """(n, dims) float32 unit rows, computed in row blocks (a memory-mapped gallery is read once)."""
+        out = np.empty((len(vectors), self.dims), dtype=np.float32)
+        for start, stop in _blocks(len(vectors), vectors.shape[1]):
+            z = (np.asarray(vectors[start:stop], dtype=np.float32) - self.mean) @ self.basis
+            out[start:stop] = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), MIN_SCALE)
+        return out
+
+
+def fit_whitening(vectors: np.ndarray, seed: int = 0) -> Whitening | None:
+    """The whitening of `vectors` (see the module docstring), fitted on a seeded sample; None below WHITEN_MIN_ROWS."""
+    n = len(vectors)
+    if n < WHITEN_MIN_ROWS:
+        return None
     rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(n_q, BASELINE_SAMPLE_ROWS, replace=False)) if n_q > BASELINE_SAMPLE_ROWS else None
-    rows = np.arange(n_q) if sample is None else sample
-    kth = np.empty(len(rows), dtype=np.float64)
-    for start, stop in _blocks(len(rows), n_db):
-        block = rows[start:stop]
-        sims = np.asarray(queries[block], dtype=np.float32) @ np.asarray(database, dtype=np.float32).T
-        if same_rows:
-            sims[np.arange(len(block)), block] = -np.inf
-        kth[start:stop] = np.partition(sims, -k, axis=1)[:, -k]
-    return Scoring(float(np.median(kth)), k, len(rows))
+    rows = np.sort(rng.choice(n, WHITEN_SAMPLE_ROWS, replace=False)) if n > WHITEN_SAMPLE_ROWS else np.arange(n)
+    x = np.asarray(vectors[rows], dtype=np.float64)
+    mean = x.mean(axis=0)
+    x -= mean
+    variance, directions = np.linalg.eigh(x.T @ x / len(x))  # d × d: seconds less than an SVD of the rows
+    variance, directions = variance[::-1], directions[:, ::-1]  # largest first
+    dims = min(WHITEN_DIMS, int(np.sum(variance > variance[0] * 1e-12)))  # directions with any spread at all
+    basis = directions[:, :dims] / np.sqrt(variance[:dims])
+    return Whitening(mean.astype(np.float32), basis.astype(np.float32), len(rows))
 
 
-def normalise(cosine: np.ndarray | float, scoring: Scoring) -> np.ndarray | float:
-    scale = max(1.0 - scoring.baseline_cosine, MIN_SCALE)
-    return (cosine - scoring.baseline_cosine) / scale
+@dataclass(frozen=True)
+class Neighbours:
+    """Each row's k nearest rows of the other set, most similar first (itself left out when the sets are one)."""
+
+    sims: np.ndarray  # (n, k) float32 cosines; −inf where an IVF search found fewer than k
+    ids: np.ndarray  # (n, k) int64 positions in the other set; −1 where none was found
+
+    @property
+    def baselines(self) -> np.ndarray:
+        """r: each row's cosine to its k-th nearest (−1 where fewer than k were found)."""
+        return np.maximum(self.sims[:, -1], np.float32(-1.0))
 
 
-def raw_radius(threshold: float, scoring: Scoring) -> float:
-    """The cosine a pair must reach for its normalised score to reach `threshold`."""
-    return scoring.baseline_cosine + threshold * max(1.0 - scoring.baseline_cosine, MIN_SCALE)
+def nearest_exact(queries: np.ndarray, database: np.ndarray, k: int, own: np.ndarray | None = None) -> Neighbours:
+    """The k most similar `database` rows of every query, by a numpy scan in row blocks (memory: one block).
 
-
-def range_pairs_exact(
-    queries: np.ndarray, database: np.ndarray, radius: float, same_rows: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every (i, j, cosine) with cosine ≥ `radius`, by a numpy scan in row blocks (i < j when `same_rows`).
-
-    Memory is one block of similarities (`BLOCK_BYTES`), whatever the gallery's size.
+    `own`: the database row each query is (−1: none), left out of its own neighbours.
     """
     db = np.asarray(database, dtype=np.float32)
-    found_i, found_j, found_s = [], [], []
+    sims_out = np.empty((len(queries), k), dtype=np.float32)
+    ids_out = np.empty((len(queries), k), dtype=np.int64)
     for start, stop in _blocks(len(queries), len(db)):
-        first = start if same_rows else 0  # same rows: only the upper triangle, j > i (half the products)
-        sims = np.asarray(queries[start:stop], dtype=np.float32) @ db[first:].T
-        if same_rows:
-            sims[np.tril_indices(stop - start, k=0, m=len(db) - first)] = -np.inf
-        i, j = np.nonzero(sims >= radius)
-        found_i.append(i + start)
-        found_j.append(j + first)
-        found_s.append(sims[i, j])
-    if not found_i:
-        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
-    return np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
+        sims = np.asarray(queries[start:stop], dtype=np.float32) @ db.T
+        if own is not None:
+            inside = np.flatnonzero(own[start:stop] >= 0)
+            sims[inside, own[start:stop][inside]] = -np.inf
+        top = np.argpartition(sims, -k, axis=1)[:, -k:]
+        top_sims = np.take_along_axis(sims, top, axis=1)
+        order = np.argsort(-top_sims, axis=1, kind="stable")
+        ids_out[start:stop] = np.take_along_axis(top, order, axis=1)
+        sims_out[start:stop] = np.take_along_axis(top_sims, order, axis=1)
+    return Neighbours(sims_out, ids_out)
 
 
-def range_pairs_ivf(
-    queries: np.ndarray, database: np.ndarray, radius: float, same_rows: bool, seed: int = 0
-) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], float]:
-    """The pairs of `range_pairs_exact` found by FAISS `range_search` on an IVF index, and their recall.
-
-    nlist = round(√N), nprobe = 16 (at most nlist). Recall is the share of the exact pairs of a
-    seeded sample of query rows (`RECALL_SAMPLE_ROWS`) that the index finds.
-    """
+def ivf_index(database: np.ndarray, seed: int = 0):
+    """A FAISS IVF-flat inner-product index over `database`: nlist = round(√N), nprobe = 16 (at most nlist)."""
     import faiss
 
     db = np.ascontiguousarray(database, dtype=np.float32)
     n, d = db.shape
     nlist = max(1, int(round(np.sqrt(n))))
-    quantiser = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFFlat(quantiser, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(seed)
-    train = db[np.sort(rng.choice(n, min(n, 256 * nlist), replace=False))]
     index.cp.min_points_per_centroid = 1  # small galleries train on what they have, without FAISS's warning
-    index.train(train)
+    index.train(db[np.sort(rng.choice(n, min(n, 256 * nlist), replace=False))])
     index.add(db)
     index.nprobe = min(16, nlist)
-    found_i, found_j, found_s = [], [], []
+    return index
+
+
+def nearest_ivf(index, queries: np.ndarray, k: int, own: np.ndarray | None = None) -> Neighbours:
+    """`nearest_exact` answered by an IVF index (`ivf_index`), in blocks of queries."""
+    wanted = min(k + (own is not None), index.ntotal)
+    sims_out = np.empty((len(queries), k), dtype=np.float32)
+    ids_out = np.empty((len(queries), k), dtype=np.int64)
     step = 10_000
     for start in range(0, len(queries), step):
         block = np.ascontiguousarray(queries[start : start + step], dtype=np.float32)
-        lims, scores, ids = index.range_search(block, float(radius))
-        rows = np.repeat(np.arange(len(block)), np.diff(lims.astype(np.int64))) + start
-        ids = ids.astype(np.int64)
-        keep = ids != rows if same_rows else np.ones(len(ids), dtype=bool)
-        found_i.append(rows[keep])
-        found_j.append(ids[keep])
-        found_s.append(scores[keep])
-    i, j, s = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
-    if same_rows:  # a pair may be found from either end (IVF is not symmetric): keep it once, as i < j
+        sims, ids = index.search(block, wanted)
+        if own is not None:  # leave each row itself out, or its farthest neighbour when it was not found
+            drop = ids == own[start : start + len(block), None]
+            drop[~drop.any(axis=1), -1] = True
+            sims, ids = sims[~drop].reshape(len(block), -1), ids[~drop].reshape(len(block), -1)
+        sims_out[start : start + len(block)] = np.where(ids >= 0, sims[:, :k], -np.inf)
+        ids_out[start : start + len(block)] = ids[:, :k]
+    return Neighbours(sims_out, ids_out)
+
+
+def normalise(cosine: np.ndarray | float, b: np.ndarray | float) -> np.ndarray | float:
+    """The normalised score of pairs with these cosines and pair baselines b = (r_i + r_j) / 2."""
+    return (cosine - b) / np.maximum(1.0 - b, MIN_SCALE)
+
+
+def scored_pairs(
+    neighbours: Neighbours, r_rows: np.ndarray, r_other: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, neighbour, cosine) of the pairs among each row's k − 1 nearest whose score reaches `threshold`.
+
+    Enough: a pair scoring t > 0 has cosine above b ≥ the smaller of its two r, so it is among the
+    k − 1 nearest of that row. Rows go in blocks, so memory stays a block's candidates.
+    """
+    take = neighbours.ids.shape[1] - 1
+    found_i, found_j, found_s = [], [], []
+    step = 100_000
+    for start in range(0, len(neighbours.ids), step):
+        ids = neighbours.ids[start : start + step, :take]
+        i = np.repeat(np.arange(start, start + len(ids)), take)
+        j, cos = ids.ravel(), neighbours.sims[start : start + step, :take].ravel()
+        valid = j >= 0
+        i, j, cos = i[valid], j[valid], cos[valid]
+        keep = normalise(cos.astype(np.float64), (r_rows[i].astype(np.float64) + r_other[j]) / 2) >= threshold
+        found_i.append(i[keep])
+        found_j.append(j[keep])
+        found_s.append(cos[keep])
+    if not found_i:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    return np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """What the search found: the pairs reaching the threshold, and every compared row's r."""
+
+    i: np.ndarray  # row in the first set
+    j: np.ndarray  # row in the second set (i < j when the sets are one)
+    cosine: np.ndarray
+    r_left: np.ndarray
+    r_right: np.ndarray
+    k: int
+    recall: float | None  # the IVF method's recall of exact pairs on a sample; None for exact
+
+
+def find_pairs(
+    left: np.ndarray, right: np.ndarray, threshold: float, same_rows: bool, method: str, seed: int = 0
+) -> Pairs:
+    """Every pair (left row, right row) whose normalised score reaches `threshold` (see the module docstring).
+
+    `method` "exact" (numpy scans) or "ivf" (FAISS IVF searches, with their recall on a sample).
+    Across two sets, each side's k nearest are searched in the other (both directions), so a pair is
+    found from whichever of its rows has the lower r.
+    """
+    k = min(NEIGHBOUR_K, len(right) - 1 if same_rows else min(len(right), len(left)))
+    if k < 1:  # one row, or one on a side: no neighbour to measure, and no pair to find
+        empty = np.empty(0, np.int64)
+        return Pairs(empty, empty, np.empty(0, np.float32), np.zeros(len(left)), np.zeros(len(right)), 0, None)
+    own = np.arange(len(left)) if same_rows else None
+    if method == "exact":
+        forward = nearest_exact(left, right, k, own)
+        backward = None if same_rows else nearest_exact(right, left, k)
+    else:
+        forward = nearest_ivf(ivf_index(right, seed), left, k, own)
+        backward = None if same_rows else nearest_ivf(ivf_index(left, seed), right, k)
+    r_left = forward.baselines
+    r_right = r_left if same_rows else backward.baselines
+    i, j, cos = scored_pairs(forward, r_left, r_right, threshold)
+    if backward is not None:
+        bj, bi, bcos = scored_pairs(backward, r_right, r_left, threshold)
+        i, j, cos = np.concatenate([i, bi]), np.concatenate([j, bj]), np.concatenate([cos, bcos])
+    if same_rows:
         i, j = np.minimum(i, j), np.maximum(i, j)
-        _, first = np.unique(i * n + j, return_index=True)
-        i, j, s = i[first], j[first], s[first]
-    pairs = (i, j, s)
-    sample = np.sort(rng.choice(len(queries), min(len(queries), RECALL_SAMPLE_ROWS), replace=False))
-    sims = np.asarray(queries[sample], dtype=np.float32) @ db.T
-    exact = set()
-    for a, row in enumerate(sample):
-        for col in np.flatnonzero(sims[a] >= radius).tolist():
-            if not same_rows:
-                exact.add((int(row), col))
-            elif col != row:
-                exact.add((min(int(row), col), max(int(row), col)))
-    in_sample = set(sample.tolist())
-    got = {(a, b) for a, b in zip(i.tolist(), j.tolist()) if a in in_sample or (same_rows and b in in_sample)}
-    recall = 1.0 if not exact else len(exact & got) / len(exact)
-    return pairs, recall
+    _, first = np.unique(i * len(right) + j, return_index=True)  # a pair found from both ends counts once
+    i, j, cos = i[first], j[first], cos[first]
+    recall = None
+    if method != "exact":
+        recall = _ivf_recall(left, right, (i, j), threshold, same_rows, k, seed)
+    return Pairs(i, j, cos, r_left, r_right, k, recall)
+
+
+def _ivf_recall(
+    left: np.ndarray,
+    right: np.ndarray,
+    found: tuple[np.ndarray, np.ndarray],
+    threshold: float,
+    same_rows: bool,
+    k: int,
+    seed: int,
+) -> float:
+    """The share of exact pairs the IVF search found, on a seeded sample of `RECALL_SAMPLE_ROWS` left rows: each
+    sampled row's exact k − 1 nearest, scored with the exact r of both rows."""
+    rng = np.random.default_rng([seed, 1])
+    sample = np.sort(rng.choice(len(left), min(len(left), RECALL_SAMPLE_ROWS), replace=False))
+    exact = nearest_exact(np.asarray(left[sample]), right, k, sample if same_rows else None)
+    partners = np.unique(exact.ids[:, : k - 1])
+    if same_rows:
+        r_partners = nearest_exact(np.asarray(right[partners]), right, k, partners).baselines
+    else:
+        r_partners = nearest_exact(np.asarray(right[partners]), left, k).baselines
+    r_of = np.zeros(len(right), dtype=np.float32)
+    r_of[partners] = r_partners
+    rows, cols, _ = scored_pairs(exact, exact.baselines, r_of, threshold)
+    rows = sample[rows]
+    if same_rows:
+        rows, cols = np.minimum(rows, cols), np.maximum(rows, cols)
+    expected = set(zip(rows.tolist(), cols.tolist()))
+    if not expected:
+        return 1.0
+    got = set(zip(found[0].tolist(), found[1].tolist()))
+    return len(expected & got) / len(expected)
 
 
 @dataclass(frozen=True)
@@ -480,15 +634,21 @@ def find_duplicates(
     if cross:
         left_vectors = np.asarray(left_vectors[left.rows])
         right_vectors = np.asarray(right_vectors[right.rows])
-    scoring = neighbour_baseline(left_vectors, right_vectors, same_rows=not cross)
-    radius = raw_radius(threshold, scoring)
+    # whitened on the second set (the gallery itself when comparing its own rows)
+    whitening = fit_whitening(right_vectors)
+    if whitening is not None:
+        left_vectors = whitening.apply(left_vectors)
+        right_vectors = whitening.apply(right_vectors) if cross else left_vectors
     n_pairs_rows = max(len(left.rows), len(right.rows))
     chosen = ("exact" if n_pairs_rows <= EXACT_MAX_ROWS else "ivf") if method == "auto" else method
-    recall = None
-    if chosen == "exact":
-        pi, pj, cosines = range_pairs_exact(left_vectors, right_vectors, radius, same_rows=not cross)
-    else:
-        (pi, pj, cosines), recall = range_pairs_ivf(left_vectors, right_vectors, radius, same_rows=not cross)
+    found = find_pairs(left_vectors, right_vectors, threshold, not cross, chosen)
+    pi, pj, cosines, recall = found.i, found.j, found.cosine, found.recall
+    scoring = Scoring(
+        np.concatenate([found.r_left, found.r_right]) if cross else found.r_left,
+        found.k,
+        whitening.dims if whitening else 0,
+        whitening.fitted_rows if whitening else 0,
+    )
 
     # nodes: left positions 0..nL-1, then right positions (cross-set only)
     n_left = len(left.rows)
@@ -527,7 +687,8 @@ def find_duplicates(
             else:
                 edges += [(1.0, nodes[0], other) for other in nodes[1:]]
     # tier 2: similarity
-    scores = normalise(cosines.astype(np.float64), scoring)
+    node_r = scoring.baselines.astype(np.float64)  # r of each node, in node order
+    scores = normalise(cosines.astype(np.float64), (node_r[pi] + node_r[pj + offset]) / 2)
     edges += [(float(s), int(i), int(j) + offset) for s, i, j in zip(scores, pi, pj)]
     edges.sort(key=lambda e: (-e[0], e[1], e[2]))
 
@@ -536,7 +697,7 @@ def find_duplicates(
         vectors = np.concatenate([vectors, np.asarray(right_vectors, dtype=np.float32)])
 
     def pair_scores(a: Sequence[int], b: Sequence[int]) -> np.ndarray:
-        s = normalise(vectors[list(a)] @ vectors[list(b)].T, scoring)
+        s = normalise(vectors[list(a)] @ vectors[list(b)].T, (node_r[list(a)][:, None] + node_r[list(b)][None, :]) / 2)
         ha = [node_hash[x] for x in a]
         hb = [node_hash[y] for y in b]
         same = np.array([[x is not None and x == y for y in hb] for x in ha], dtype=bool).reshape(s.shape)
