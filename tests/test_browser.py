@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import lookalike
+from lookalike.search.dupes import PRESETS
 
 from .conftest import LOOKALIKE
 
@@ -396,12 +397,15 @@ def test_duplicates_view(served_planted, planted, browser, tmp_path):
     expect(page.locator("#search-view")).to_be_hidden()
     expect(page.locator("#dupes-deletes-nothing")).to_contain_text("The server deletes nothing")
 
-    # the default preset: the planted pairs, each with its keeper marked, the enlarged copy kept over its original
+    # the page opens on the default preset (near: it also joins this collection's near-identical drawings of one
+    # class); the `exact` button shows the planted pairs, each with its keeper marked, the enlarged copy kept
     groups = page.locator("#dupes-groups .group")
+    expect(page.locator("#dupes-presets .preset.active")).to_have_text(f"near {PRESETS['near']:g}", timeout=WAIT_MS)
+    page.click('#dupes-presets .preset[data-preset="exact"]')
+    expect(page.locator("#dupes-threshold-value")).to_have_text(f"{PRESETS['exact']:.2f}", timeout=WAIT_MS)
     expect(groups).to_have_count(len(planted.pairs()), timeout=WAIT_MS)
     assert shown_groups(page) == planted.pairs()
-    expect(page.locator("#dupes-threshold-value")).to_have_text("0.85")
-    expect(page.locator("#dupes-presets .preset.active")).to_have_text("near 0.85")
+    expect(page.locator("#dupes-presets .preset.active")).to_have_text(f"exact {PRESETS['exact']:g}")
     expect(page.locator("#dupes-groups .member.keeper")).to_have_count(len(planted.pairs()))
     enlarged = groups.filter(has=page.locator(f'.member[data-path="{planted.larger.copy}"]'))
     expect(enlarged.locator(".member.keeper")).to_have_attribute("data-path", planted.larger.copy)
@@ -438,9 +442,9 @@ def test_duplicates_view(served_planted, planted, browser, tmp_path):
     )
 
     # a preset button brings the planted pairs back
-    page.click('#dupes-presets .preset[data-preset="near"]')
+    page.click('#dupes-presets .preset[data-preset="exact"]')
     expect(groups).to_have_count(len(planted.pairs()), timeout=WAIT_MS)
-    expect(page.locator("#dupes-threshold-value")).to_have_text("0.85")
+    expect(page.locator("#dupes-threshold-value")).to_have_text(f"{PRESETS['exact']:.2f}")
     assert console_errors == []
     assert [url for url in requests if not url.startswith((served_planted, "blob:", "data:"))] == []
     page.close()

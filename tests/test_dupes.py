@@ -311,7 +311,8 @@ def test_extraction_records_each_images_size_and_the_keeper_has_the_most_pixels(
     larger, original = (str(planted.root / p) for p in (planted.larger.copy, planted.larger.original))
     assert Image.open(larger).size == (LARGER_PX, LARGER_PX) and Image.open(original).size == (64, 64)
     assert os.path.getsize(larger) < os.path.getsize(original)
-    group = next(g for g in gallery.duplicates().groups if larger in {m.path for m in g.members})
+    # `exact`: the planted copies only (this collection's drawings of one class are near-identical: `near` joins them)
+    group = next(g for g in gallery.duplicates("exact").groups if larger in {m.path for m in g.members})
     assert {m.path for m in group.members} == {larger, original}
     assert gallery.paths[group.keep] == larger and group.members[0].path == larger
 
@@ -336,7 +337,7 @@ def test_an_older_gallery_opens_and_its_keeper_falls_back_to_the_largest_file(pl
 def test_cli_without_content_hashes_skips_the_identical_tier_and_says_so(planted, tmp_path, capsys):
     older = older_copy(planted, tmp_path / "older", ["sha256"])
     out = tmp_path / "d.json"
-    assert main(["dupes", "--gallery", str(older.path), "--out", str(out)]) == 0
+    assert main(["dupes", "--gallery", str(older.path), "--preset", "exact", "--out", str(out)]) == 0
     assert "identical content: skipped: the gallery has no content hashes" in capsys.readouterr().out
     data = json.loads(out.read_text())
     found = {
@@ -375,11 +376,11 @@ def test_a_moved_collection_is_refused_unless_the_check_is_skipped(planted, tmp_
         gallery.duplicates()
 
     out = tmp_path / "d.csv"
-    assert main(["dupes", "--gallery", str(moved), "--no-check-files", "--out", str(out)]) == 0
+    assert main(["dupes", "--gallery", str(moved), "--no-check-files", "--preset", "exact", "--out", str(out)]) == 0
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     groups = defaultdict(set)
     for row in rows:
         groups[row["group"]].add(Path(row["path"]).relative_to(tmp_path / "was-here").as_posix())
     assert set(map(frozenset, groups.values())) == planted.pairs()  # named where they were
-    found = {frozenset(m.path for m in g.members) for g in gallery.duplicates(check_files=False).groups}
+    found = {frozenset(m.path for m in g.members) for g in gallery.duplicates("exact", check_files=False).groups}
     assert found == {frozenset(str(tmp_path / "was-here" / p) for p in pair) for pair in planted.pairs()}

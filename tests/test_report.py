@@ -13,8 +13,7 @@ from PIL import Image
 from lookalike.cli import main
 from lookalike.gallery import open_gallery
 from lookalike.gallery.generated import write_generated_gallery
-from lookalike.search.dupes import PRESETS
-from lookalike.study.leakage import check_leakage, leakage_markdown
+from lookalike.study.leakage import LEAKAGE_THRESHOLD, check_leakage, leakage_markdown
 
 from .conftest import run_main
 
@@ -90,7 +89,7 @@ def planted_leaks(planted, tier: str) -> set[tuple[str, str]]:
 def test_leakage_counts_equal_the_planted_copies(planted):
     leak = check_leakage(open_gallery(planted.gallery))
     val = sorted((planted.root / "val" / "images").glob("*.JPEG"))
-    assert leak.preset == "near" and leak.threshold == PRESETS["near"] and leak.identical_tier.startswith("checked")
+    assert leak.preset is None and leak.threshold == LEAKAGE_THRESHOLD and leak.identical_tier.startswith("checked")
     (split,) = leak.splits
     identical, similar = planted_leaks(planted, "identical content"), planted_leaks(planted, "similarity")
     assert (split.split, split.queries) == ("val", len(val))
@@ -98,7 +97,7 @@ def test_leakage_counts_equal_the_planted_copies(planted):
     assert {(p.query, p.database) for p in split.identical_examples} == identical
     assert {(p.query, p.database) for p in split.similar_examples} == similar
     assert all(p.score == 1.0 for p in split.identical_examples)
-    assert all(PRESETS["near"] <= p.score < 1 for p in split.similar_examples)
+    assert all(LEAKAGE_THRESHOLD <= p.score < 1 for p in split.similar_examples)
     text = "\n".join(leakage_markdown([leak]))
     assert f"| val ({len(val)}) | 2 of {len(val)} | 2 of {len(val)} |" in text and "precision@k" in text
     for query, copy in identical | similar:

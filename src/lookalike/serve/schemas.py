@@ -185,12 +185,16 @@ class Health(BaseModel):
 
 
 class DuplicateScoring(BaseModel):
-    """How scores were computed (lookalike.search.dupes): cosine rescaled by the gallery's own neighbourhood."""
+    """How scores were computed (lookalike.search.dupes): cosines in whitened embeddings, rescaled by each pair's own
+    neighbourhood."""
 
     formula: str
-    baseline_cosine: float = Field(description="b: the median cosine of a row to its k-th nearest other row")
+    whitened_dims: int = Field(description="principal directions the cosines are taken in (0: raw embeddings)")
+    whitening_rows: int = Field(description="rows the whitening was fitted on")
     neighbour_k: int
-    sample_rows: int = Field(description="rows whose k-th neighbour gave the median")
+    r_median: float = Field(description="median over rows of r, a row's cosine to its k-th nearest row")
+    r_5th_percentile: float
+    r_95th_percentile: float
 
 
 class DuplicateMember(BaseModel):

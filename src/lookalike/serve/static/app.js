@@ -586,7 +586,7 @@ function renderDuplicates(answer, elapsedMs, moveSlider) {
   const recall = answer.pair_recall == null ? "" : `, pair recall ${answer.pair_recall.toFixed(3)} against exact`;
   $("dupes-status").textContent = [
     `${groups.length} groups holding ${images} images (${images - groups.length} beside their keepers) among ${answer.rows.toLocaleString()} rows`,
-    `threshold ${answer.threshold}${answer.preset ? ` (preset ${answer.preset})` : ""}, baseline cosine b = ${answer.scoring.baseline_cosine.toFixed(4)}`,
+    `threshold ${answer.threshold}${answer.preset ? ` (preset ${answer.preset})` : ""}, scores against each pair's ${answer.scoring.neighbour_k}th neighbours (median r ${answer.scoring.r_median.toFixed(3)}) in ${answer.scoring.whitened_dims ? answer.scoring.whitened_dims + " whitened directions" : "raw embeddings"}`,
     `method ${answer.method}${recall}`,
     `identical content: ${answer.identical_tier}`,
     `${(elapsedMs / 1000).toFixed(2)} s`,
