@@ -136,7 +136,7 @@ def test_text_tower_comes_from_the_weights_file(tmp_path):
     from lookalike.embed.models import load_towers
 
     source = load_towers("clip", "random", image_size=32, seed=3)
-    state = source.text.tower.encode.__self__.state_dict()  # the whole CLIP model (encode_text's owner), both towers
+    state = source.text.tower.model.state_dict()  # the whole CLIP model, both towers
     full, image_only = tmp_path / "clip-full.pt", tmp_path / "clip-visual.pt"
     try:
         torch.save({"state_dict": state}, full)

@@ -62,7 +62,7 @@ def open_clip_text_tower(spec: ModelSpec, model: nn.Module) -> TextTower:
     from .text import TextTower
 
     tokenizer = open_clip.get_tokenizer(spec.arch)
-    return TextTower(causal_text_encoder(model), tokenizer, int(tokenizer.context_length))
+    return TextTower(causal_text_encoder(model), tokenizer, int(tokenizer.context_length), model)
 
 
 def causal_text_encoder(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

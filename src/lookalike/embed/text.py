@@ -33,6 +33,7 @@ class TextTower:
     encode: Callable[[torch.Tensor], torch.Tensor]
     tokenizer: Any  # open_clip's tokenizer: .encode(str) → list of BPE ids; __call__(str) → (1, context_length) ids
     context_length: int  # tokens the tower reads, start and end markers included (77 for CLIP)
+    model: Any = None  # the network the text and image towers are cut from (its state dict holds both)
 
 
 def no_text_message(model: str) -> str:
