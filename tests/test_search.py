@@ -76,7 +76,7 @@ def test_l2_scores_are_two_minus_two_cosine_with_the_same_ranking(data, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["brute", "flat", "ivf", "hnsw", "hnsw-sq8", "hnsw16-fp16", "sq8", "IVF16,PQ8"])
+@pytest.mark.parametrize("name", ["brute", "flat", "ivf", "hnsw", "hnsw-sq8", "hnsw16-fp16", "sq8", "IVF16,PQ8np"])
 def test_save_load_round_trip(tmp_path, data, name):
     base, queries, ids = data
     method = built(name, base, ids)
