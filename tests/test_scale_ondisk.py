@@ -239,9 +239,13 @@ def test_the_sampler_sees_anonymous_and_file_backed_memory_apart(tmp_path):
     path.write_bytes(os.urandom(64 * 2**20))
     before_anon, before_file = status_bytes()
     with ResidentSampler(interval=0.01) as anon_phase:
-        block = np.ones(128 * 2**20 // 8)  # 128 MiB of anonymous pages, touched
+        # 128 MiB of fresh anonymous pages, each touched: a new mapping, so none of it can be heap pages this
+        # long-lived process already holds (a numpy array may reuse those and raise RssAnon by less)
+        block = mmap.mmap(-1, 128 * 2**20)
+        for page in range(0, len(block), mmap.PAGESIZE):
+            block[page] = 1
         time.sleep(0.5)  # held long enough to be sampled, even on a loaded machine
-        del block
+        block.close()
     with ResidentSampler(interval=0.01) as file_phase:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             assert sum(mapped[i] for i in range(0, len(mapped), mmap.PAGESIZE)) >= 0  # touch every page
