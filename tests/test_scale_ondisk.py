@@ -241,7 +241,7 @@ def test_the_sampler_sees_anonymous_and_file_backed_memory_apart(tmp_path):
     with ResidentSampler(interval=0.01) as anon_phase:
         # 128 MiB of fresh anonymous pages, each touched: a new mapping, so none of it can be heap pages this
         # long-lived process already holds (a numpy array may reuse those and raise RssAnon by less)
-        block = mmap.mmap(-1, 128 * 2**20)
+        block = mmap.mmap(-1, 128 * 2**20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # private: RssAnon, not Shmem
         for page in range(0, len(block), mmap.PAGESIZE):
             block[page] = 1
         time.sleep(0.5)  # held long enough to be sampled, even on a loaded machine
