@@ -46,6 +46,7 @@ from common import (
     bunched_line,
     environment_markdown,
     generator_line,
+    goal_mark,
     load_watch,
     markdown_table,
     parser,
@@ -253,7 +254,7 @@ def curve_table(result: TradeoffResult) -> str:
     return markdown_table(HEADERS + ["Pareto"], rows)
 
 
-def goals(result: TradeoffResult) -> list[list[str]]:
+def goals(result: TradeoffResult, load: dict | None) -> list[list[str]]:
     flat = next(p for p in result.points if p.curve == "flat")
     approx = [p for p in result.points if not p.exact]
     fast = [p for p in approx if p.recall >= 0.95]
@@ -272,7 +273,7 @@ def goals(result: TradeoffResult) -> list[list[str]]:
                     f"{best.setting()}: recall {best.recall:.4f}, "
                     f"{best.single_ms:.3f} ms vs flat {flat.single_ms:.3f} ms = **{speedup:.1f}×**"
                 ),
-                "✓" if speedup >= GOAL_SPEEDUP else "✗ missed",
+                goal_mark(speedup >= GOAL_SPEEDUP, load),
             ]
         )
     else:
@@ -281,7 +282,7 @@ def goals(result: TradeoffResult) -> list[list[str]]:
         [
             f"IVF-Flat memory ≤ {GOAL_IVF_MEMORY}× raw",
             f"**{ivf_ratio:.3f}×** (largest nlist; serialised index + id map vs N·d·4)",
-            "✓" if ivf_ratio <= GOAL_IVF_MEMORY else "✗ missed",
+            goal_mark(ivf_ratio <= GOAL_IVF_MEMORY, load),
         ]
     )
     if lean:
@@ -292,7 +293,7 @@ def goals(result: TradeoffResult) -> list[list[str]]:
                     f"{lean.setting()}: recall {lean.recall:.4f}, {mib(lean.memory_bytes)} MiB = "
                     f"**{result.raw_bytes / lean.memory_bytes:.1f}× smaller**, {lean.single_ms:.3f} ms"
                 ),
-                "✓",
+                goal_mark(True, load),
             ]
         )
     else:
@@ -546,7 +547,7 @@ def run_config(config: Config, write: bool, threads: int, quick: bool = False) -
     if hnsw is not None:
         lines += ["", hnsw.markdown()]
     if config.goals:
-        lines += ["", "**Goals at this size:**", "", markdown_table(["goal", "measured", ""], goals(result))]
+        lines += ["", "**Goals at this size:**", "", markdown_table(["goal", "measured", ""], goals(result, load))]
     lines += ["", environment_markdown(load)]
     text = "\n".join(lines) + "\n"
     print(text, flush=True)

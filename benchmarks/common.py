@@ -102,6 +102,14 @@ def load_watch() -> Iterator[dict]:
         info["load_after"] = os.getloadavg()[0]
 
 
+def goal_mark(met: bool, load: dict | None) -> str:
+    """A goal's mark: ✓ or ✗ missed, and a ✓ measured on a busy machine (load over 1.0 at the start) says it cannot
+    count, as environment_markdown's line under the table does."""
+    if not met:
+        return "✗ missed"
+    return "✓" if not load or load["load_before"] <= 1.0 else "✓ not valid: busy machine"
+
+
 def environment_markdown(load: dict | None = None, quick: bool = False) -> str:
     """A few lines naming the machine, the threads and the library versions behind a section's figures."""
     env = runtime.environment()
