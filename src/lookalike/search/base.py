@@ -147,12 +147,10 @@ class SearchMethod(ABC):
         uses its filter callback.
         """
         queries = as_float32_c(np.atleast_2d(queries))
-        allowed = np.zeros(int(self.ids.max(initial=-1)) + 2, dtype=bool)
-        allowed[np.asarray(rows, dtype=np.int64)[np.asarray(rows) < len(allowed) - 1]] = True
-        want = min(self.ntotal, max(2 * k, k))
+        want = min(self.ntotal, 2 * k)
         while True:
             scores, ids = self.search(queries, want, params)
-            keep = (ids >= 0) & allowed[np.where(ids >= 0, ids, len(allowed) - 1)]
+            keep = (ids >= 0) & np.isin(ids, rows)
             if want >= self.ntotal or (keep.sum(axis=1) >= k).all():
                 break
             want = min(self.ntotal, want * 4)

@@ -271,7 +271,7 @@ class FaissIndex(SearchMethod):
         post-filter), so an IVF probes the same lists and an HNSW walks the same graph, keeping only matches."""
         queries = as_float32_c(np.atleast_2d(queries))
         scores, positions = self._selected(queries, k, params, self.positions_within(rows))
-        return scores, np.where(positions >= 0, self.ids[np.maximum(positions, 0)], -1)
+        return scores, self._lookup.take(positions)  # position −1 (missing) → id −1, as `search` maps them
 
     def _selected(
         self, queries: np.ndarray, k: int, params: dict[str, Any] | None, positions: np.ndarray

@@ -205,7 +205,7 @@ class MmapRerankIndex(FaissIndex):
         k_factor = self._check_k_factor(params.pop("k_factor", self._search_params["k_factor"]))
         _, candidates = self._selected(queries, k * k_factor, params or None, self.positions_within(rows))
         scores, positions = exact_rerank(queries, candidates, self.vectors, k, self.metric)
-        return scores, np.where(positions >= 0, self.ids[np.maximum(positions, 0)], -1)
+        return scores, self._lookup.take(positions)  # position −1 (missing) → id −1, as `search` maps them
 
     def _record_pages(self, candidates: np.ndarray) -> None:
         """Mark the file pages the re-ranking of these candidates reads (per query and in all)."""
