@@ -371,6 +371,7 @@ def _search(args: argparse.Namespace, gallery, searcher) -> int:
 
     if not args.image and args.text is None:
         raise LookalikeError("give a query: --image FILE (repeatable) or --text TEXT")
+    where = Where.from_cli(args.where)  # a malformed filter fails before any image is embedded
     t = time.perf_counter()
     positives = [*args.image, *([Text(args.text)] if args.text is not None else [])]
     if len(positives) == 1 and not args.negative:
@@ -383,7 +384,6 @@ def _search(args: argparse.Namespace, gallery, searcher) -> int:
     method, built_now = loaded.method, not loaded.saved and args.method != "brute"
     params = opt.chosen_search_params(args)
     t = time.perf_counter()
-    where = Where.from_cli(args.where)
     if args.compare:
         comparison = searcher.compare(vector, args.k, args.method, args.metric, where=where, **params)
         hits = list(comparison.hits)

@@ -319,6 +319,8 @@ class Searcher:
             scores, ids = chosen.search(vector, want, params or None)
         else:
             scores, ids = chosen.search_within(vector, want, rows, params or None)
+        if not examples:  # the plain query: nothing to leave out
+            return self.hits(scores[0], ids[0])
         keep = ~np.isin(ids[0], list(examples))
         return self.hits(scores[0][keep][:k], ids[0][keep][:k])
 
