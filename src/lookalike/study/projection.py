@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import LookalikeError
+from ..gallery import CACHE
 
 if TYPE_CHECKING:
     from ..gallery import Gallery
@@ -61,8 +62,6 @@ def gallery_map(gallery: Gallery, method: str = "pca") -> GalleryMap:
 
 
 def _cache_path(gallery: Gallery, method: str) -> Path:
-    from ..gallery import CACHE
-
     return Path(gallery.path) / CACHE / f"map-{method}-{gallery.fingerprint}.npz"
 
 
