@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -68,6 +69,12 @@ def test_the_fan_out_equals_the_single_index_and_survives_a_restarted_actor(ray_
     assert answers(fanned, queries, nprobe=3)[0] == answers(single, queries, nprobe=3)[0]
 
     ray.kill(method.actors[1], no_restart=True)  # gone for good: one clear error, never half an answer
+    for _ in range(100):  # ray.kill returns at once: wait until the actor is really gone, so no call slips in before
+        try:
+            ray.get(method.actors[1].rows.remote(), timeout=5)
+        except ray.exceptions.RayActorError:
+            break
+        time.sleep(0.1)
     with pytest.raises(lookalike.LookalikeError, match="died and could not be restarted"):
         fanned.search(queries[0], 10, "ivfpq-ondisk")
     method.close()
