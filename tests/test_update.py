@@ -8,6 +8,7 @@ random weights, 32-px input: none of this is a real model or real photos.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -122,6 +123,59 @@ def test_update_embeds_only_what_changed_and_equals_a_fresh_extraction(collectio
         assert (id_map[old] == -1) if path in gone else (updated.paths[id_map[old]] == path)
     assert len(id_map) == len(old_paths)
     assert not (out / ".partial").exists()
+
+
+def _shard_files(gallery) -> dict[str, tuple[int, bytes]]:
+    """Each file of the gallery's shards: its inode (a kept file is the same file) and its bytes."""
+    names = [name for s in gallery.shards for name in (s.embeddings, s.metadata)]
+    return {name: (os.stat(gallery.path / name).st_ino, (gallery.path / name).read_bytes()) for name in names}
+
+
+@pytest.mark.slow
+def test_an_update_writes_only_the_shards_it_touches(collection, tmp_path):
+    data, donor = collection
+    out, rows = tmp_path / "g", 4
+    before = extract(_config(data, out, shard_size=rows), progress=False)
+    assert len(before.shards) == -(-before.count // rows) > 3
+    files = _shard_files(before)
+
+    # one image in the middle gets new content: only the shard holding it is written again
+    middle = Path(before.paths[rows + 1])
+    shutil.copyfile(_images(donor)[0], middle)
+    changed = extract(_config(data, out, shard_size=rows), progress=False)
+    info = changed.manifest.update
+    assert (info.shards_written, info.shards_kept) == (1, len(before.shards) - 1)
+    now = _shard_files(changed)
+    assert [s.embeddings in files for s in changed.shards] == [i != 1 for i in range(len(before.shards))]
+    for name, (inode, content) in now.items():
+        if name in files:  # linked, not rewritten: the very same file
+            assert (inode, content) == files[name]
+
+    # one image added right after a row of the second shard: that shard is written again (5 rows: 4 + 1) and the
+    # shards after it keep their embeddings files, with their metadata written anew because their ids moved
+    files = now
+    after = Path(changed.paths[rows + 2])
+    added = after.with_name(after.stem + "a" + after.suffix)
+    shutil.copyfile(_images(donor)[1], added)
+    grown = extract(_config(data, out, shard_size=rows), progress=False)
+    position = grown.paths.index(str(added))
+    assert position // rows == 1  # among the second shard's rows
+    fresh = extract(_fresh(data, tmp_path / "fresh", grown), progress=False)
+    assert_same_rows_per_path(grown, fresh)
+    assert grown.paths == fresh.paths
+    # the fingerprint covers the kept shards' rows too: sha256 of every row and of every (path, label, split) line
+    lines = "".join(f"{p}\t{label}\t{split}\n" for p, label, split in zip(grown.paths, grown.labels, grown.splits))
+    vectors = hashlib.sha256(np.ascontiguousarray(np.asarray(grown.embeddings)).tobytes()).hexdigest()
+    assert grown.fingerprint == f"{vectors[:16]}-{hashlib.sha256(lines.encode()).hexdigest()[:16]}"
+    np.testing.assert_array_equal(grown.metadata.column("id").to_numpy(), np.arange(grown.count))
+    assert (grown.manifest.update.shards_written, grown.manifest.update.shards_kept) == (2, len(before.shards) - 1)
+    written = [(s.first_id, s.rows) for s in grown.shards if s.embeddings not in files]
+    assert written == [(rows, rows), (2 * rows, 1)]  # the touched shard's rows and the added one, in shards of 4
+    later = [s for s in grown.shards if s.first_id > 2 * rows]
+    assert later and all(files[s.embeddings][0] == os.stat(out / s.embeddings).st_ino for s in later)
+    assert all(s.metadata not in files for s in later)
+    leftovers = {p.name for p in out.glob("*-*.*")} - {n for s in grown.shards for n in (s.embeddings, s.metadata)}
+    assert not leftovers  # the files of the shards written again are gone
 
 
 def test_an_unchanged_folder_is_left_alone_and_no_update_refuses_a_changed_one(collection, tmp_path):

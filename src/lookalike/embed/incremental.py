@@ -21,12 +21,13 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from ..data.datasets import Collection, ImageRecord, file_stat
 from ..data.images import read_image_bytes
@@ -39,11 +40,13 @@ from ..gallery import (
     Manifest,
     ModelInfo,
     Rows,
+    ShardInfo,
     UpdateInfo,
     atomic_write_bytes,
     index_follower,
     install_gallery,
     json_text,
+    next_shard_number,
     open_gallery,
     write_manifest,
 )
@@ -218,7 +221,8 @@ def stage_update(
     environment: dict[str, Any],
 ) -> Gallery:
     """Write the updated gallery, complete, into `.partial/commit/`: old rows reused, new rows from the chunks, in
-    fresh-extraction order, one shard at a time (every shard is written anew)."""
+    fresh-extraction order, one shard at a time; the base gallery's shards that the update leaves alone are linked,
+    not rewritten (`kept_shards`)."""
     records = whole.records
     todo = plan.todo
     new_row = np.full(len(records), -1, dtype=np.int64)
@@ -266,28 +270,39 @@ def stage_update(
         removed=sum(1 for p in previous if p not in listed),
         hashed=plan.hashed,
     )
+
+    def rows_of(start: int, stop: int) -> Rows:
+        here, block = rows[start:stop], slice(start, stop)
+        return Rows(
+            [records[i].path for i in here],
+            [records[i].label for i in here],
+            [records[i].label_name for i in here],
+            [records[i].split for i in here],
+            content_hashes=hashes[block].tolist() if hashes is not None else None,
+            sizes=plan.sizes[here],
+            mtimes=plan.mtimes[here],
+            dimensions=dimensions[block] if dimensions is not None else None,
+        )
+
+    def vectors_of(start: int, stop: int) -> np.ndarray:
+        here, reused, before = rows[start:stop], from_old[start:stop], old[start:stop]
+        embeddings = np.empty((len(here), base.dim), dtype=np.float32)
+        embeddings[reused] = base.embeddings.take(before[reused])  # one gather per shard of the old rows
+        embeddings[~reused] = new.embeddings[new_row[here[~reused]]]
+        return embeddings
+
+    kept = kept_shards(base, old, rows_of, shard_rows)
     staged = partial / STAGED
     shutil.rmtree(staged, ignore_errors=True)
-    writer = GalleryWriter(staged, base.dim, shard_rows)
-    for start in range(0, len(rows), shard_rows):
-        block = slice(start, start + shard_rows)
-        here, reused = rows[block], from_old[block]
-        embeddings = np.empty((len(here), base.dim), dtype=np.float32)
-        embeddings[reused] = base.embeddings.take(old[block][reused])  # one gather per shard of the old rows
-        embeddings[~reused] = new.embeddings[new_row[here[~reused]]]
-        writer.add(
-            embeddings,
-            Rows(
-                [records[i].path for i in here],
-                [records[i].label for i in here],
-                [records[i].label_name for i in here],
-                [records[i].split for i in here],
-                content_hashes=hashes[block].tolist() if hashes is not None else None,
-                sizes=plan.sizes[here],
-                mtimes=plan.mtimes[here],
-                dimensions=dimensions[block] if dimensions is not None else None,
-            ),
-        )
+    writer = GalleryWriter(staged, base.dim, shard_rows, first_number=next_shard_number(base.shards))
+    position = 0
+    for start, shard in [*kept, (len(rows), None)]:
+        for block in range(position, start, shard_rows):
+            stop = min(block + shard_rows, start)
+            writer.add(vectors_of(block, stop), rows_of(block, stop))
+        if shard is not None:
+            writer.keep(base.path, shard)
+            position = start + shard.rows
     return writer.finish(
         model=model,
         data=DataInfo.from_dict(whole.provenance()),
@@ -298,6 +313,36 @@ def stage_update(
         update=update,
         id_map=id_map,
     )
+
+
+def kept_shards(
+    base: Gallery, old: np.ndarray, rows_of: Callable[[int, int], Rows], shard_rows: int
+) -> list[tuple[int, ShardInfo]]:
+    """The base gallery's shards an update keeps as they are, each with the position of its first row in the new
+    gallery: those whose rows all come back, in one run, in order, with the same metadata (path, label, hash, stat).
+
+    Every other shard is touched: its rows are written again, with the new rows that fall among
+    them, in shards of `shard_rows`. A partial shard right before new rows is touched too, so
+    that appending fills the last shard instead of adding a small one each time.
+    """
+    position = np.full(base.count, -1, dtype=np.int64)
+    position[old[old >= 0]] = np.flatnonzero(old >= 0)
+    kept = []
+    for shard in base.shards:
+        here = position[shard.first_id : shard.first_id + shard.rows]
+        if not shard.rows or (here < 0).any() or here[-1] - here[0] != shard.rows - 1 or (np.diff(here) != 1).any():
+            continue
+        start = int(here[0])
+        ours = pq.read_table(base.path / shard.metadata).drop_columns(["id"])
+        if ours.equals(rows_of(start, start + shard.rows).table().drop_columns(["id"])):
+            kept.append((start, shard))
+    ends = [start + shard.rows for start, shard in kept]
+    starts = [start for start, _ in kept[1:]] + [len(old)]
+    return [
+        (start, shard)
+        for (start, shard), end, after in zip(kept, ends, starts)
+        if shard.rows >= shard_rows or end == after
+    ]
 
 
 def finish_update(out: Path) -> Gallery | None:
@@ -329,6 +374,7 @@ def describe_update(update: UpdateInfo) -> list[str]:
         f" changed, {update.removed} removed"
         + (f" ({update.hashed} files hashed because their size or mtime differed)" if update.hashed else ""),
         f"ids moved: {update.id_map} maps each previous id to its id now (−1: gone)",
+        f"shards: {update.shards_written} written, {update.shards_kept} kept as they were",
     ]
     if update.held_out:
         lines.append(f"held-out queries: {update.held_out}")

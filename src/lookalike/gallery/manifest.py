@@ -215,6 +215,8 @@ class UpdateInfo:
     removed: int  # rows whose file is no longer in the collection
     hashed: int  # files whose size or mtime differed, read to compare their content hash
     id_map: str = "id_map.npy"
+    shards_kept: int = 0  # shards of the gallery before it linked as they were (their rows all unchanged)
+    shards_written: int = 0  # shards written anew: the touched ones, and the new rows'
     # saved index → "updated in place …" / "rebuilt …" / "stale: …"; None until done
     indexes: dict[str, str] | None = None
     held_out: str | None = None  # how the held-out queries behaved across the update

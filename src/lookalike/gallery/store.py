@@ -496,11 +496,13 @@ class GalleryWriter:
     size are written in the memory of one shard.
     """
 
-    def __init__(self, path: str | os.PathLike, dim: int, shard_rows: int = DEFAULT_SHARD_ROWS):
+    def __init__(self, path: str | os.PathLike, dim: int, shard_rows: int = DEFAULT_SHARD_ROWS, first_number: int = 0):
         if shard_rows < 1:
             raise GalleryError(f"--shard-size must be at least 1 row, got {shard_rows}")
         self.path, self.dim, self.shard_rows = Path(path), int(dim), int(shard_rows)
         self.shards: list[ShardInfo] = []
+        self.number = first_number  # of the next shard file written: an update numbers past the files it keeps
+        self.written: set[str] = set()  # embeddings files this writer wrote (not kept from another gallery)
         self.pending: list[tuple[np.ndarray, pa.Table]] = []
         self.pending_rows = self.count = 0
         self.columns: list[str] | None = None
@@ -543,16 +545,59 @@ class GalleryWriter:
                 self.pending[0] = (vectors[need:], table.slice(need))
                 need = 0
         table = parts[0][1] if len(parts) == 1 else pa.concat_tables([t for _, t in parts])
-        embeddings_name, metadata_name = shard_file_names(len(self.shards))
+        embeddings_name, metadata_name = self._next_names()
+        self.written.add(embeddings_name)
         atomic_save_npy_parts(self.path / embeddings_name, [v for v, _ in parts])  # never concatenated in memory
         atomic_write_parquet(self.path / metadata_name, table)
         digest = hashlib.sha256()
         for vectors, _ in parts:
             digest.update(np.ascontiguousarray(vectors))
-        first_id = self.shards[-1].first_id + self.shards[-1].rows if self.shards else 0
-        self.shards.append(ShardInfo(embeddings_name, metadata_name, rows, first_id, digest.hexdigest()))
+        self.shards.append(ShardInfo(embeddings_name, metadata_name, rows, self._written_rows(), digest.hexdigest()))
         self.pending_rows -= rows
         self.pending = [(v, t) for v, t in self.pending if len(v)]
+
+    def _next_names(self) -> tuple[str, str]:
+        self.number += 1
+        return shard_file_names(self.number - 1)
+
+    def _written_rows(self) -> int:
+        return self.shards[-1].first_id + self.shards[-1].rows if self.shards else 0
+
+    def keep(self, folder: Path, shard: ShardInfo) -> None:
+        """Append a shard of another gallery (the one an update replaces) as it is: its embeddings file is linked, not
+        rewritten, and its metadata is linked too unless its ids move (then only that small file is written anew).
+
+        Why: an update that adds ten images to a 10M-row gallery should not rewrite 20 GB. The
+        shard's rows are still read once, for the gallery's fingerprint (a read, not a write).
+        """
+        if self.pending:  # the rows added before it end their own shard
+            self._write_shard(self.pending_rows)
+        folder, first_id = Path(folder), self._written_rows()
+        vectors = np.load(folder / shard.embeddings, mmap_mode="r")
+        if vectors.shape != (shard.rows, self.dim):
+            raise GalleryError(f"{folder / shard.embeddings} is {vectors.shape}, its manifest says ({shard.rows}, d)")
+        for start in range(0, len(vectors), 65_536):
+            self.vectors_hash.update(np.ascontiguousarray(vectors[start : start + 65_536]))
+        table = pq.read_table(folder / shard.metadata)
+        if self.columns is None:
+            self.columns = table.column_names
+        elif table.column_names != self.columns:
+            raise GalleryError(
+                f"shard {shard.metadata} has columns {table.column_names} after rows with {self.columns}"
+            )
+        columns = (table.column(name).to_pylist() for name in ("path", "label", "split"))
+        for path, label, split in zip(*columns):
+            self.records_hash.update(f"{path}\t{label}\t{split}\n".encode())
+        _link_or_copy(folder / shard.embeddings, self.path / shard.embeddings)
+        metadata = shard.metadata
+        if shard.first_id == first_id:
+            _link_or_copy(folder / shard.metadata, self.path / metadata)
+        else:  # the ids are positions: rows before this shard came or went
+            _, metadata = self._next_names()
+            ids = pa.array(np.arange(first_id, first_id + shard.rows, dtype=np.int64))
+            atomic_write_parquet(self.path / metadata, table.set_column(0, "id", ids))
+        self.shards.append(replace(shard, metadata=metadata, first_id=first_id))
+        self.count += shard.rows
 
     def finish(
         self,
@@ -573,12 +618,14 @@ class GalleryWriter:
             self.pending = [(np.zeros((0, self.dim), np.float32), Rows([], [], [], []).table())]
         if self.pending:
             self._write_shard(self.pending_rows)
-        if len(self.shards) == 1:  # one shard keeps the names galleries have always had
+        if len(self.shards) == 1 and self.shards[0].embeddings in self.written:  # one shard keeps the one-file names
             only = self.shards[0]
             os.replace(self.path / only.embeddings, self.path / EMBEDDINGS)
             os.replace(self.path / only.metadata, self.path / METADATA)
             self.shards[0] = replace(only, embeddings=EMBEDDINGS, metadata=METADATA)
         if update is not None:
+            written = len(self.written)
+            update = replace(update, shards_kept=len(self.shards) - written, shards_written=written)
             if id_map is None:
                 raise GalleryError("an updated gallery needs its id map (old id → new id)")
             atomic_save_npy(self.path / update.id_map, np.asarray(id_map, dtype=np.int64))
@@ -678,6 +725,23 @@ def install_gallery(staged: Path, path: Path) -> None:
                 shutil.rmtree(target)  # a crash here leaves the staged copy, which the next call moves in
             os.replace(folder, target)
     os.replace(staged / MANIFEST, path / MANIFEST)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link (free, and the same bytes), or a copy on a filesystem without links."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def next_shard_number(shards: Sequence[ShardInfo]) -> int:
+    """One past the highest number in the shards' file names (0 for a one-file gallery): a writer that keeps some of
+    these shards numbers its new files from here, so that no name of the new gallery is one of the old gallery's."""
+    numbers = [int(name[len("embeddings-") : -len(".npy")]) for s in shards if (name := s.embeddings) != EMBEDDINGS]
+    numbers += [int(name[len("metadata-") : -len(".parquet")]) for s in shards if (name := s.metadata) != METADATA]
+    return max(numbers, default=-1) + 1
 
 
 def _remove_unlisted_shards(path: Path, listed: Sequence[ShardInfo]) -> None:
