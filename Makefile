@@ -20,13 +20,15 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff format --check --quiet . && $(BIN)/ruff check --quiet .
 
+# one pytest worker per core (pytest-xdist): the suite waits on subprocesses, servers, Ray and a browser about half
+# the time, so two workers on two cores take about half the wall time of one; see tests/conftest.py for the groups
 test: lint
 	bash scripts/install-browser.sh
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup --durations=15
 
 # the inner loop: everything but the tests marked slow (end-to-end runs of the CLI, Ray, the browser); CI runs all
 test-fast: lint
-	$(BIN)/python -m pytest -q -m "not slow and not browser" --durations=10
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup -m "not slow and not browser" --durations=10
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[test,bench]'

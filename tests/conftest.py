@@ -21,6 +21,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test`: one worker per core, `--dist loadgroup`) a module's tests run in one worker, so
+    its module-scoped fixtures are built once, and every test on the session's Ray cluster (`ray_address`) runs in
+    the same worker, so that one cluster serves them all."""
+    for item in items:
+        group = "ray" if "ray_address" in getattr(item, "fixturenames", ()) else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def model_cache(tmp_path_factory) -> Path:
     """Converted models (OpenVINO IR) go to a folder of this test session, never the user's ~/.cache (subprocesses

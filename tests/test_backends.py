@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -123,13 +122,38 @@ def test_converted_models_are_cached_on_disk_and_reused(monkeypatch):
         other.backend(Choice("openvino", "fp32"))
 
 
+class VirtualClock:
+    """The calibration's clock in the tests of fake backends: a fake's work advances it by the seconds the test chose,
+    so the rates the calibration measures are exactly those however busy the machine is (the suite runs in parallel
+    workers, beside servers, Ray and a browser)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch) -> VirtualClock:
+    import lookalike.embed.calibrate as calibrate_module
+
+    virtual = VirtualClock()
+    monkeypatch.setattr(calibrate_module, "time", virtual)
+    return virtual
+
+
 class FakeEmbedder:
     """Backends with known speed and known error: each output is the reference turned by a chosen angle."""
 
     device = "cpu"
 
-    def __init__(self, behaviour: dict[Choice, tuple[float, float] | None]):
+    def __init__(self, behaviour: dict[Choice, tuple[float, float] | None], clock: VirtualClock):
         self.behaviour = behaviour  # choice → (cosine to the reference, seconds per 8 images), None = cannot run
+        self.clock = clock
 
     def int8_cached(self) -> bool:
         return True
@@ -140,15 +164,13 @@ class FakeEmbedder:
         cosine, seconds = self.behaviour[choice]
 
         def run(x):
-            import time
-
-            time.sleep(seconds * len(x) / 8)
+            self.clock.sleep(seconds * len(x) / 8)
             return np.tile(np.array([cosine, np.sqrt(1 - cosine**2), 0, 0], np.float32), (len(x), 1))
 
         return run
 
 
-def test_calibration_keeps_only_candidates_within_cosine_and_picks_the_fastest():
+def test_calibration_keeps_only_candidates_within_cosine_and_picks_the_fastest(clock):
     x = torch.zeros(8, 3, 4, 4)
     fake = FakeEmbedder(
         {
@@ -156,7 +178,8 @@ def test_calibration_keeps_only_candidates_within_cosine_and_picks_the_fastest()
             Choice("torch", "bf16"): (0.99, 0.001),  # fastest, but changes the embeddings
             Choice("openvino", "fp32"): (1.0, 0.01),
             Choice("openvino", "bf16"): (0.9995, 0.005),
-        }
+        },
+        clock,
     )
     choice, measured, _ = calibrate(fake, x)
     assert choice == Choice("openvino", "bf16")
@@ -169,7 +192,7 @@ def test_calibration_keeps_only_candidates_within_cosine_and_picks_the_fastest()
     assert calibrate(fake, x, backend="openvino")[0] == Choice("openvino", "bf16")
 
 
-def test_a_hiccup_in_one_timed_call_does_not_decide_the_choice():
+def test_a_hiccup_in_one_timed_call_does_not_decide_the_choice(clock):
     """The two leaders are timed twice: openvino bf16's first full call stalls (other work took the core), its second
     does not."""
     x = torch.zeros(8, 3, 4, 4)
@@ -185,7 +208,7 @@ def test_a_hiccup_in_one_timed_call_does_not_decide_the_choice():
                 calls["openvino"] += 1
                 # warm-up, probe, then the first full timing: 8 images at 670 img/s, not 1600
                 if calls["openvino"] == 3:
-                    time.sleep(0.007)
+                    self.clock.sleep(0.007)
                 return run(images)
 
             return stalled_once
@@ -195,15 +218,16 @@ def test_a_hiccup_in_one_timed_call_does_not_decide_the_choice():
             Choice("torch", "fp32"): (1.0, 0.05),
             Choice("torch", "bf16"): (0.9999, 0.01),
             Choice("openvino", "bf16"): (0.9999, 0.005),
-        }
+        },
+        clock,
     )
     choice, measured, _ = calibrate(fake, x, precision="auto")
     assert calls["openvino"] == 4 and choice == Choice("openvino", "bf16")
 
 
-def test_a_backend_that_cannot_run_falls_back_to_torch_with_one_sentence(caplog):
+def test_a_backend_that_cannot_run_falls_back_to_torch_with_one_sentence(caplog, clock):
     x = torch.zeros(8, 3, 4, 4)
-    fake = FakeEmbedder({Choice("torch", "fp32"): (1.0, 0.001), Choice("torch", "bf16"): (1.0, 0.0)})
+    fake = FakeEmbedder({Choice("torch", "fp32"): (1.0, 0.001), Choice("torch", "bf16"): (1.0, 0.0)}, clock)
     with caplog.at_level(logging.WARNING):
         choice, measured, reason = calibrate(fake, x, backend="openvino")
     assert choice.backend == "torch" and "could not run" in reason
@@ -281,7 +305,7 @@ def test_int8_without_nncf_is_unavailable_with_one_sentence(monkeypatch):
         load_model("resnet18", "random", image_size=32, seed=9).backend(Choice("torch", "int8"))
 
 
-def test_int8_is_tried_where_quantising_pays_off_or_costs_nothing():
+def test_int8_is_tried_where_quantising_pays_off_or_costs_nothing(clock):
     from lookalike.embed.calibrate import QUANTISE_MIN_IMAGES
 
     x = torch.zeros(8, 3, 4, 4)
@@ -295,15 +319,17 @@ def test_int8_is_tried_where_quantising_pays_off_or_costs_nothing():
         def int8_cached(self) -> bool:
             return False
 
-    choice, measured, _ = calibrate(NotQuantised(behaviour), x, job_images=QUANTISE_MIN_IMAGES - 1)
+    choice, measured, _ = calibrate(NotQuantised(behaviour, clock), x, job_images=QUANTISE_MIN_IMAGES - 1)
     assert choice == Choice("openvino", "bf16")
     assert "not tried" in next(c.note for c in measured if c.precision == "int8")
     # large enough to pay off
-    assert calibrate(NotQuantised(behaviour), x, job_images=QUANTISE_MIN_IMAGES)[0] == Choice("openvino", "int8")
+    assert calibrate(NotQuantised(behaviour, clock), x, job_images=QUANTISE_MIN_IMAGES)[0] == Choice("openvino", "int8")
     # already quantised: free to try
-    assert calibrate(FakeEmbedder(behaviour), x, job_images=10)[0] == Choice("openvino", "int8")
+    assert calibrate(FakeEmbedder(behaviour, clock), x, job_images=10)[0] == Choice("openvino", "int8")
     # asked for
-    assert calibrate(NotQuantised(behaviour), x, precision="int8", job_images=10)[0] == Choice("openvino", "int8")
+    assert calibrate(NotQuantised(behaviour, clock), x, precision="int8", job_images=10)[0] == Choice(
+        "openvino", "int8"
+    )
 
 
 def test_the_cores_go_where_the_work_is():
