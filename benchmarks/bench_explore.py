@@ -96,7 +96,7 @@ def recall(found: list[list[int]], truth: np.ndarray) -> float:
 
 def measure_filters(gallery: Gallery, name: str) -> list[list[object]]:
     partition = gallery.partition()
-    database, queries_ids = partition.database, partition.queries[:QUERIES]
+    database, queries_ids = partition.database_ids, partition.query_ids[:QUERIES]
     vectors = np.asarray(gallery.embeddings)
     queries = vectors[queries_ids]
     labels = filter_labels(gallery, database, FRACTION)

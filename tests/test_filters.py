@@ -92,6 +92,34 @@ def test_exact_methods_give_the_true_top_k_among_the_matching_rows(labelled, met
     np.testing.assert_allclose([h.score for h in hits], scores[order], rtol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["brute", "exact-lowp"])
+def test_a_filtered_exact_search_answers_from_the_rows_the_method_holds_now(method):
+    """The filtered rows are gathered once and kept for the next query with the same filter; a rebuild or an
+    update of the method must not be answered from that copy."""
+    from lookalike.search import make_method
+
+    rng = np.random.default_rng(3)
+    first, second = (rng.standard_normal((500, 16)).astype(np.float32) for _ in range(2))
+    for x in (first, second):
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    rows, q = np.arange(0, 500, 5), first[:3]
+    searched = make_method(method, 500, 16)
+    for x in (first, first, second):  # twice the same (the copy reused), then other vectors under the same ids
+        if x is not first or searched.ntotal == 0:
+            searched.build(x)
+        scores, ids = searched.search_within(q, 5, rows)
+        truth = np.argsort(-(q @ x[rows].T), axis=1, kind="stable")[:, :5]
+        np.testing.assert_array_equal(ids, rows[truth])
+    keep = np.ones(500, dtype=bool)
+    keep[:250] = False  # an update drops the first half and appends 250 new rows
+    if searched.apply_update(keep, first[:250]):
+        searched.ids = np.concatenate([np.arange(250, 500), np.arange(500, 750)])
+        held = np.concatenate([second[250:], first[:250]])
+        scores, ids = searched.search_within(q, 5, np.arange(250, 750, 5))
+        truth = np.argsort(-(q @ held[::5].T), axis=1, kind="stable")[:, :5]
+        np.testing.assert_array_equal(ids, np.arange(250, 750, 5)[truth])
+
+
 @pytest.mark.parametrize(
     "method, params, keeps_k",
     [

@@ -82,6 +82,8 @@ class SearchMethod(ABC):
         lookup[:-1] = ids
         lookup[-1] = -1
         self._lookup, self._ids = lookup, lookup[:-1]
+        # the filtered copies `brute.exact_within` keeps: a build or an update sets ids, so they go
+        self.__dict__.pop("_within", None)
 
     # -- building --
     def build(self, vectors: np.ndarray, ids: np.ndarray | None = None) -> BuildStats:

@@ -52,6 +52,7 @@ __all__ = [
 # them), each example a unit vector first. At most MAX_EXAMPLES examples in all.
 NEGATIVE_WEIGHT = 0.5
 MAX_EXAMPLES = 32
+FILTERS_KEPT = 32  # filters whose rows a searcher keeps (`rows_within`), least recent out
 SEARCHERS_KEPT = 4  # galleries whose searcher (query model and methods) `searcher_for` keeps loaded, least recent out
 
 
@@ -98,6 +99,7 @@ class Searcher:
         self._exact: dict[tuple[str, str], SearchMethod] = {}  # (method, metric) → the exact search it is compared with
         self._lock = threading.Lock()
         self._embedder_lock = threading.Lock()
+        self._filtered: OrderedDict[Where, np.ndarray] = OrderedDict()  # a filter → its rows (`rows_within`)
 
     def describe_database(self) -> str:
         """What this searcher searches, in words ("all 1899 images", or which rows are left out and why)."""
@@ -329,9 +331,16 @@ class Searcher:
         parsed = Where.parse(where)
         if parsed is None:
             return None
-        rows = np.intersect1d(parsed.rows(self.gallery), self.database_ids)
-        if not len(rows):
-            raise FilterError(f"no image searched here matches the filter ({parsed.describe()}); loosen it")
+        rows = self._filtered.get(parsed)
+        if rows is None:  # evaluated once per filter: a person refining a query keeps it, and so do the pages after
+            rows = np.intersect1d(parsed.rows(self.gallery), self.database_ids)
+            if not len(rows):
+                raise FilterError(f"no image searched here matches the filter ({parsed.describe()}); loosen it")
+            rows.flags.writeable = False
+            with self._lock:
+                self._filtered[parsed] = rows
+                while len(self._filtered) > FILTERS_KEPT:
+                    self._filtered.popitem(last=False)
         return rows
 
     def examples_vector(
