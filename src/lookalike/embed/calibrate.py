@@ -77,6 +77,7 @@ def calibrate(
     threads: int | None = None,
     job_images: int | None = None,
     exclude: tuple[Choice, ...] = (),
+    unit: str = "img",
 ) -> tuple[Choice, list[Candidate], str]:
     """Measure the candidates on `images`; return the choice, every measurement, and why it was chosen.
 
@@ -88,6 +89,8 @@ def calibrate(
     requested, NonFiniteEmbeddings says so and names the working alternative.
     `job_images`: how many images the job embeds, which decides whether int8 is worth quantising for.
     `exclude`: candidates this job already saw give NaN or inf; they are not tried again (the reference always is).
+    `embedder` is anything with `device`, `backend(choice, threads, streams)` and `int8_cached()`: the text tower
+    (embed.text_choice) is measured by this same function, on token ids instead of pixels; `unit` names its rows.
     """
     x = images[:CALIBRATION_IMAGES]
     wanted = [c for c in candidates(embedder.device, backend, precision) if c not in exclude or c == REFERENCE]
@@ -172,6 +175,7 @@ def calibrate(
             advice=f"it was requested (backend {backend}, precision {precision}), and torch fp32 gives finite"
             " embeddings here: pass --backend torch --precision fp32, or --backend auto --precision auto to let"
             " lookalike measure the candidates and skip it",
+            unit=refused[0].unit,
         )
     prefix = ""
     if not any(c.kept for c in measured):
@@ -188,7 +192,8 @@ def calibrate(
         reason = "the only candidate " + ("requested" if backend != "auto" and precision != "auto" else "kept")
     else:
         reason = (
-            f"{prefix}fastest measured within cosine {MIN_COSINE} of fp32 torch: {winner.images_per_second:.1f} img/s"
+            f"{prefix}fastest measured within cosine {MIN_COSINE} of fp32 torch: {winner.images_per_second:.1f}"
+            f" {unit}/s"
             f" among {len(kept)}"
         )
     return Choice(winner.backend, winner.precision), measured, reason
@@ -227,7 +232,7 @@ NON_FINITE_NOTE = "rejected: non-finite output (NaN or inf)"
 
 def non_finite_candidate(choice: Choice, exc: NonFiniteEmbeddings) -> Candidate:
     """The manifest's record of a candidate whose output held NaN or inf: never kept, whatever was requested."""
-    note = f"{NON_FINITE_NOTE} for {exc.bad_rows} of {exc.rows} images"
+    note = f"{NON_FINITE_NOTE} for {exc.bad_rows} of {exc.rows} {exc.unit}"
     return Candidate(choice.backend, choice.precision, images=exc.rows, kept=False, note=note)
 
 
@@ -257,7 +262,11 @@ def _reference(run, x: torch.Tensor) -> tuple[np.ndarray, float]:
         rest, rate = _time(run, x[1:])
     except NonFiniteEmbeddings as exc:
         raise NonFiniteEmbeddings(
-            None, exc.bad_rows, exc.rows, "even fp32 torch does, so the weights themselves are broken; check --weights"
+            None,
+            exc.bad_rows,
+            exc.rows,
+            "even fp32 torch does, so the weights themselves are broken; check --weights",
+            unit=exc.unit,
         ) from None
     return np.concatenate([first, rest]), rate
 

@@ -658,6 +658,7 @@ class SearchService:
             "uploads": self.embedder is not None,
             "text": self.no_text() is None,
             "text_note": self.no_text(),
+            "text_backend": self.text_backend(),
             "exact_method": EXACT_METHOD,
             "default_method": {
                 "method": self.default_method,
@@ -673,6 +674,15 @@ class SearchService:
             "threads": dict(self.job_threads),
             "compute_slots": self.config.compute_slots,
         }
+
+    def text_backend(self) -> dict[str, str] | None:
+        """The text tower's backend, precision and why (measured for this gallery here, see embed.text_choice); None
+        before the first text query, or without a text tower."""
+        record = None if self.embedder is None else self.embedder.text_inference
+        if record is None:
+            return None
+        inference = record.inference
+        return {"backend": inference.backend, "precision": inference.precision, "reason": inference.reason}
 
     def too_large_message(self, size: int | None = None) -> str:
         limit_mb = self.config.max_upload_bytes / 2**20
