@@ -77,7 +77,7 @@ def calibrate(
     threads: int | None = None,
     job_images: int | None = None,
     exclude: tuple[Choice, ...] = (),
-    unit: str = "img",
+    unit: str = "images",
 ) -> tuple[Choice, list[Candidate], str]:
     """Measure the candidates on `images`; return the choice, every measurement, and why it was chosen.
 
@@ -90,8 +90,10 @@ def calibrate(
     `job_images`: how many images the job embeds, which decides whether int8 is worth quantising for.
     `exclude`: candidates this job already saw give NaN or inf; they are not tried again (the reference always is).
     `embedder` is anything with `device`, `backend(choice, threads, streams)` and `int8_cached()`: the text tower
-    (embed.text_choice) is measured by this same function, on token ids instead of pixels; `unit` names its rows.
+    (embed.text_choice) is measured by this same function, on token ids instead of pixels; `unit` names its rows
+    ("images", "texts") in the notes and the reason.
     """
+    reference_note = REFERENCE_NOTE.replace("images", unit)
     x = images[:CALIBRATION_IMAGES]
     wanted = [c for c in candidates(embedder.device, backend, precision) if c not in exclude or c == REFERENCE]
     skipped = []
@@ -110,7 +112,7 @@ def calibrate(
         skipped.append(Candidate(INT8.backend, INT8.precision, note=note))
     reference, reference_rate = _reference(embedder.backend(REFERENCE, threads), x[:REFERENCE_IMAGES])
     measured = [
-        _measure(REFERENCE, reference, reference, reference_rate, kept=REFERENCE in wanted, note=REFERENCE_NOTE),
+        _measure(REFERENCE, reference, reference, reference_rate, kept=REFERENCE in wanted, note=reference_note),
         *skipped,
     ]
 
@@ -119,7 +121,7 @@ def calibrate(
     def measure(choices: list[Choice]) -> None:
         for choice in choices:
             if choice == REFERENCE:
-                measured[0] = _measure(REFERENCE, reference, reference, reference_rate, kept=True, note=REFERENCE_NOTE)
+                measured[0] = _measure(REFERENCE, reference, reference, reference_rate, kept=True, note=reference_note)
                 continue
             best = max((c.images_per_second or 0.0 for c in measured if c.kept), default=0.0)
             try:
@@ -128,7 +130,7 @@ def calibrate(
                 run(x[:WARMUP_IMAGES])
                 probe_rate = _time(run, x[:PROBE_IMAGES])[1]
                 if probe_rate * PRUNE_FACTOR < best:
-                    note = f"not timed further: under 1/{PRUNE_FACTOR:g} of the best rate on {PROBE_IMAGES} images"
+                    note = f"not timed further: under 1/{PRUNE_FACTOR:g} of the best rate on {PROBE_IMAGES} {unit}"
                     measured.append(
                         Candidate(
                             choice.backend,
@@ -189,11 +191,12 @@ def calibrate(
         kept, prefix = [measured[0]], f"nothing requested could run; {prefix}"
     winner = max(kept, key=lambda c: c.images_per_second or 0.0)
     if len(kept) == 1:
-        reason = "the only candidate " + ("requested" if backend != "auto" and precision != "auto" else "kept")
+        # with the prefix: a requested backend that could not run leaves torch the only candidate, not a requested one
+        reason = prefix + "the only candidate " + ("requested" if backend != "auto" and precision != "auto" else "kept")
     else:
         reason = (
             f"{prefix}fastest measured within cosine {MIN_COSINE} of fp32 torch: {winner.images_per_second:.1f}"
-            f" {unit}/s"
+            f" {'img' if unit == 'images' else unit}/s"
             f" among {len(kept)}"
         )
     return Choice(winner.backend, winner.precision), measured, reason
