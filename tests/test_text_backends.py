@@ -231,6 +231,15 @@ def test_a_recorded_backend_that_cannot_run_here_falls_back_in_one_sentence(monk
     assert len(warned) == 1 and "\n" not in warned[0] and "openvino is not installed" in warned[0]
 
 
+def test_a_gallery_folder_that_cannot_be_written_keeps_the_record_in_the_model_cache(clip_copy, model_cache):
+    cache = clip_copy.path / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.write_text("not a folder")  # mkdir and writes under it fail, as in a read-only folder (root ignores modes)
+    record = TextInference(conditions(clip_copy, None), Inference("torch", "fp32", "by the test"))
+    where = write_record(clip_copy, record)
+    assert where is not None and where.is_relative_to(model_cache) and read_record(clip_copy) == record
+
+
 def test_sample_texts_fit_the_context_and_differ_in_length(towers):
     lengths = [len(towers.text.tower.tokenizer.encode(t)) for t in SAMPLE_TEXTS]
     assert max(lengths) <= towers.text.max_tokens and len(set(lengths[:4])) == 4

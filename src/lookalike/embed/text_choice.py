@@ -74,7 +74,8 @@ class TextInference:
 
     `conditions` is what the measurement depends on besides the model (the gallery's content, the
     extraction's request, the machine, the threads, the library versions); a record whose conditions
-    differ from the present ones is measured again.
+    differ from the present ones is measured again. `inference` is the manifest's own type, so its
+    candidates read as the image ones do: their `images_per_second` and `images` count texts here.
     """
 
     conditions: dict[str, Any]
