@@ -94,7 +94,9 @@ def poison(monkeypatch, target: Choice) -> None:
 
 
 @pytest.mark.slow
-def test_every_kept_text_candidate_and_the_choice_stay_within_cosine_of_open_clip(towers, reference):
+def test_every_kept_text_candidate_and_the_choice_stay_within_cosine_of_open_clip(
+    monkeypatch, towers, reference, model_cache
+):
     text = fresh(towers)
     inference = calibrate_text(text)
     by = {Choice(c.backend, c.precision): c for c in inference.candidates}
@@ -113,6 +115,16 @@ def test_every_kept_text_candidate_and_the_choice_stay_within_cosine_of_open_cli
         for out in (batch, alone):
             cosine = (out * reference).sum(axis=1)
             assert cosine.min() >= MIN_COSINE, (choice, cosine)
+    # the converted text model is on disk, in the model cache, and a new embedder loads it without converting
+    assert list((model_cache / "openvino").glob(f"{text.text_key}-dynamic-ov*/model.xml"))
+    import openvino
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the text tower was converted again")
+
+    monkeypatch.setattr(openvino, "convert_model", no_conversion)
+    out = fresh(towers).backend(Choice("openvino", "fp32"))(tokens)
+    assert ((out * reference).sum(axis=1) >= MIN_COSINE).all()
 
 
 @pytest.mark.slow
