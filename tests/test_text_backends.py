@@ -135,6 +135,7 @@ def test_int8_is_tried_once_the_text_tower_is_quantised(towers):
     requested = calibrate_text(text, backend="openvino", precision="int8")  # as for a gallery extracted with int8
     measured = next(c for c in requested.candidates if c.precision == "int8")
     assert measured.cosine_min is not None and measured.images_per_second  # quantised, run and compared
+    assert "generated texts" in measured.note or "cosine min" in measured.note  # how it was made, or why it is poor
     assert fresh(towers).int8_cached()  # cached on disk: a later measurement tries it without quantising
     again = next(c for c in calibrate_text(fresh(towers)).candidates if c.precision == "int8")
     assert again.cosine_min is not None and "not quantised" not in again.note

@@ -150,6 +150,11 @@ TEXT_WORDS = (
 ).split()
 
 
+def text_int8_note() -> str:
+    """What the record says about the text tower's int8 candidate: whose quantisation, and from which texts."""
+    return f"quantised by NNCF {nncf_version()}, activation ranges from {QUANTISE_TEXTS} generated texts"
+
+
 def text_int8_folder(text_key: str) -> Path:
     """Where the text tower's int8 model is cached: keyed by the text model's key and the library versions."""
     versions = f"ov{openvino_version()}-int8-transformer-{QUANTISE_TEXTS}txt{QUANTISE_SEED}-nncf{nncf_version()}"

@@ -250,7 +250,15 @@ def calibrate_text(
         choice, measured, _ = calibrate(OneAtATime(text, tokens), tokens, "torch", "fp32", threads, unit="texts")
         measured = [*measured, non_finite_candidate(exc.choice, exc)]
         reason = f"{exc.what}, so torch fp32 runs instead (requested: backend {backend}, precision {precision})"
+    # the images' calibration notes an int8 candidate's quantisation with the image recipe's wording
+    measured = [replace(c, note=_int8_text_note(c.note)) if c.precision == INT8.precision else c for c in measured]
     return Inference(choice.backend, choice.precision, reason, (*measured, *skipped), threads=threads)
+
+
+def _int8_text_note(note: str) -> str:
+    from .quantise import int8_note, text_int8_note
+
+    return note.replace(int8_note(), text_int8_note())
 
 
 def use_text_inference(
