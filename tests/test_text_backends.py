@@ -32,7 +32,7 @@ from lookalike.embed.text_choice import (
     write_record,
 )
 from lookalike.gallery import open_gallery
-from lookalike.gallery.manifest import Inference
+from lookalike.gallery.manifest import Candidate, Inference
 
 CLIP_ARCH = "ViT-B-32-quickgelu"
 # not among SAMPLE_TEXTS (what the calibration measured on), of lengths from 1 to the full context
@@ -193,7 +193,7 @@ def test_the_text_choice_is_recorded_and_reused_without_measuring_again(monkeypa
     first = QueryEmbedder(clip_copy)
     vector, _ = first.embed_text("a red car")
     # the gallery was extracted pinned to torch fp32: its text tower honours the same request
-    assert measured == [("torch", "fp32", None)]
+    assert [call[:3] for call in measured] == [("torch", "fp32", None)]
     path = record_paths(clip_copy)[0]
     saved = json.loads(path.read_text())
     assert saved["inference"]["backend"] == "torch" and saved["conditions"]["fingerprint"] == clip_copy.fingerprint
@@ -209,6 +209,19 @@ def test_the_text_choice_is_recorded_and_reused_without_measuring_again(monkeypa
     # other conditions (here: another thread count) are measured again, and recorded
     QueryEmbedder(clip_copy, threads=torch.get_num_threads() + 1).embed_text("a red car")
     assert len(measured) == 2 and read_record(clip_copy).conditions["threads"] == torch.get_num_threads() + 1
+
+
+@pytest.mark.slow
+def test_a_server_measures_again_a_record_that_left_int8_untried(monkeypatch, clip_copy):
+    monkeypatch.setattr(text_choice, "requested", lambda gallery: ("auto", "auto"))  # as for an `auto` extraction
+    untried = Candidate("openvino", "int8", note=text_choice.INT8_NOT_TRIED)
+    written = TextInference(conditions(clip_copy, None), Inference("torch", "fp32", "a CLI query's", (untried,)))
+    write_record(clip_copy, written)
+    embedder = QueryEmbedder(clip_copy)
+    assert embedder.prepare_text(quantise=False) == written  # a query reuses it as it is
+    served = QueryEmbedder(open_gallery(clip_copy.path)).prepare_text(quantise=True)  # what the server calls
+    int8 = next(c for c in served.inference.candidates if c.precision == "int8")
+    assert int8.cosine_min is not None and read_record(clip_copy) == served  # quantised, measured, recorded
 
 
 @pytest.mark.slow

@@ -92,13 +92,16 @@ class QueryEmbedder:
         self.text_inference: TextInference | None = None  # the record in force, once the first text query set it
         self._text_lock = threading.Lock()
 
-    def prepare_text(self) -> TextInference:
-        """Run the text tower as its record says, measuring it first when this gallery has none here (once)."""
+    def prepare_text(self, quantise: bool = False) -> TextInference:
+        """Run the text tower as its record says, measuring it first when this gallery has none here (once).
+
+        `quantise`: for a server, which answers many queries: int8 is tried even if the text tower must be
+        quantised first (seconds, once per model and weights; see embed.text_choice)."""
         if self.text is None:
             raise TextQueryError(self.no_text or "this gallery's model cannot embed text")
         with self._text_lock:
             if self.text_inference is None:
-                self.text_inference = use_text_inference(self.gallery, self.text, self.threads)
+                self.text_inference = use_text_inference(self.gallery, self.text, self.threads, quantise=quantise)
         return self.text_inference
 
     def check_text(self, text: str) -> None:

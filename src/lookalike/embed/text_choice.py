@@ -38,11 +38,12 @@ from .backends import BackendUnavailable, Choice, NonFiniteEmbeddings
 from .cache import cache_root
 from .calibrate import INT8, REFERENCE, calibrate, non_finite_candidate
 
-# Quantising CLIP's text tower (NNCF, generated texts) takes seconds to tens of seconds once per model and weights;
-# a measurement with precision "auto" does not pay that for one query, but tries an int8 model already on disk.
+# Quantising CLIP's text tower (NNCF, generated texts) takes about 10 s on 2 cores, once per model and weights: a
+# server pays it (it answers many queries; measured: int8 4.6 ms a query against OpenVINO bf16's 7.0, random weights,
+# 2 cores), a CLI query does not, but tries an int8 model already on disk.
 INT8_NOT_TRIED = (
-    "not tried: the text tower is not quantised yet (a gallery extracted with --precision int8 quantises it, once per"
-    " model and weights; later measurements then try it)"
+    "not tried: the text tower is not quantised yet (`lookalike serve` quantises it, as does extracting with"
+    " --precision int8, once per model and weights; later measurements then try it)"
 )
 
 if TYPE_CHECKING:
@@ -226,17 +227,28 @@ class _Rows:
 
 
 def calibrate_text(
-    text: TextEmbedder, backend: str = "auto", precision: str = "auto", threads: int | None = None
+    text: TextEmbedder,
+    backend: str = "auto",
+    precision: str = "auto",
+    threads: int | None = None,
+    quantise: bool = False,
 ) -> Inference:
     """Measure the text tower's candidates on SAMPLE_TEXTS with the images' calibration; return the decision.
 
     Never stops a query for a backend: a requested one that cannot run or gives NaN or inf leaves
     torch fp32 (the reference) in its place, and the reason says so. Only a reference that gives NaN
-    or inf (broken weights) raises NonFiniteEmbeddings.
+    or inf (broken weights) raises NonFiniteEmbeddings. `quantise`: try int8 even when the text tower
+    is not quantised yet (quantising it first: a server, which answers many queries, pays that once).
     """
     tokens = sample_tokens(text)
     skipped = []
-    if precision == "auto" and backend in ("auto", INT8.backend) and text.device == "cpu" and not text.int8_cached():
+    if (
+        not quantise
+        and precision == "auto"
+        and backend in ("auto", INT8.backend)
+        and text.device == "cpu"
+        and not text.int8_cached()
+    ):
         skipped.append(Candidate(INT8.backend, INT8.precision, note=INT8_NOT_TRIED))
     exclude = (INT8,) if skipped else ()
     try:
@@ -262,16 +274,24 @@ def _int8_text_note(note: str) -> str:
 
 
 def use_text_inference(
-    gallery: Gallery, text: TextEmbedder, threads: int | None = None, remeasure: bool = False
+    gallery: Gallery,
+    text: TextEmbedder,
+    threads: int | None = None,
+    remeasure: bool = False,
+    quantise: bool = False,
 ) -> TextInference:
     """Make `text` run as the gallery's record says, measuring (and recording) first when there is no record for the
-    present conditions (or `remeasure`). Returns the record in force."""
+    present conditions (or `remeasure`). Returns the record in force.
+
+    `quantise` (the server): int8 is tried, quantising the text tower once if need be; a record that
+    left int8 untried for that reason (written by a CLI query) is measured again."""
     now = conditions(gallery, threads)
     record = None if remeasure else read_record(gallery)
-    if record is None or record.conditions != now:
+    untried = record is not None and any(c.note == INT8_NOT_TRIED for c in record.inference.candidates)
+    if record is None or record.conditions != now or (quantise and untried):
         backend, precision = requested(gallery)
         log.info("measuring the text tower's backends for %s (once; recorded in its cache folder)", gallery.path)
-        inference = calibrate_text(text, backend, precision, threads)
+        inference = calibrate_text(text, backend, precision, threads, quantise)
         record = TextInference(now, inference, datetime.now(UTC).isoformat(timespec="seconds"))
         write_record(gallery, record)
     try:

@@ -269,6 +269,9 @@ class SearchService:
         with ThreadPoolExecutor(
             1
         ) as pool:  # a fresh thread, as the server's workers are: what it reports is what requests get
+            if service.embedder is not None and service.no_text() is None:
+                # the text tower's backend, measured (int8 too: a server answers many queries) or read from its record
+                pool.submit(service.run_job, service.embedder.prepare_text, True).result()
             pool.submit(service.run_job, service.warm_up).result()
             service.job_threads = pool.submit(service.run_job, runtime.thread_counts).result()
             service.default = pool.submit(service.run_job, service.choose_default).result()
