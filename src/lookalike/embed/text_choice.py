@@ -287,7 +287,9 @@ def use_text_inference(
     left int8 untried for that reason (written by a CLI query) is measured again."""
     now = conditions(gallery, threads)
     record = None if remeasure else read_record(gallery)
-    untried = record is not None and any(c.note == INT8_NOT_TRIED for c in record.inference.candidates)
+    untried = record is not None and any(
+        c.precision == INT8.precision and c.note.startswith("not tried") for c in record.inference.candidates
+    )
     if record is None or record.conditions != now or (quantise and untried):
         backend, precision = requested(gallery)
         log.info("measuring the text tower's backends for %s (once; recorded in its cache folder)", gallery.path)
