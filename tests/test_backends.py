@@ -404,3 +404,15 @@ def test_extraction_leaves_the_callers_thread_count_as_it_was(tmp_path):
     )
     # the job ran torch on one thread (OpenVINO infers), then gave the caller its two back
     assert torch.get_num_threads() == 2
+
+
+def test_torch_threads_apply_for_the_block_and_are_restored_after_it_even_on_error():
+    from lookalike import runtime
+
+    before = torch.get_num_threads()
+    with runtime.torch_threads(1):  # what an OpenVINO gallery's query preprocessing runs under
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), runtime.torch_threads(1):
+        raise RuntimeError("a failed preprocessing")
+    assert torch.get_num_threads() == before

@@ -222,6 +222,8 @@ def resnet_served(tiny_gallery, tmp_path_factory):
 def test_text_search_through_the_api(clip_client, clip_gallery, clip_reference):
     info = ok(clip_client.get("/api/gallery"))
     assert info["text"] is True and info["text_note"] is None and info["exact_method"] == "brute"
+    # measured at the warm-up's text query; the gallery was extracted pinned to torch fp32, and its text tower follows
+    assert (info["text_backend"]["backend"], info["text_backend"]["precision"]) == ("torch", "fp32")
     answer = ok(clip_client.post("/api/search", data={"text": TEXT, "method": "flat", "k": "6"}))
     want_ids, want_scores = numpy_top(open_gallery(clip_gallery), reference_text_vector(clip_reference, TEXT), 6)
     assert [r["id"] for r in answer["results"]] == want_ids.tolist()

@@ -6,10 +6,12 @@ experiment calls `set_threads` once and records `environment()` beside its figur
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
 import sys
+from collections.abc import Iterator
 from functools import lru_cache
 from importlib import metadata
 
@@ -92,6 +94,25 @@ def pin_thread(n: int) -> None:
     faiss.omp_set_num_threads(n)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch at `n` threads in the calling thread for the block (None: as it is), restored after.
+
+    torch's OpenMP threads are per calling thread once started (see `pin_thread`), so other threads keep theirs.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def search_threads() -> int:

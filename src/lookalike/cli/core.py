@@ -424,6 +424,9 @@ def _search(args: argparse.Namespace, gallery, searcher) -> int:
         print(f"time: {step} {embed_ms:.1f} ms{built}")
     else:
         print(f"time: {step} {embed_ms:.1f} ms, search {search_ms:.2f} ms{built}")
+    if args.text is not None and searcher.embedder.text_inference is not None:
+        text = searcher.embedder.text_inference.inference
+        print(f"text tower: {text.backend} {text.precision} ({text.reason})")
     return 0
 
 

@@ -43,10 +43,10 @@ class NonFiniteEmbeddings(LookalikeError):
     finite ones for another, so no backend is trusted on a CPU by its kind; every batch is checked instead.
     """
 
-    def __init__(self, choice: Choice | None, bad_rows: int, rows: int, advice: str = ""):
-        self.choice, self.bad_rows, self.rows = choice, bad_rows, rows
+    def __init__(self, choice: Choice | None, bad_rows: int, rows: int, advice: str = "", unit: str = "images"):
+        self.choice, self.bad_rows, self.rows, self.unit = choice, bad_rows, rows, unit
         who = str(choice) if choice is not None else "the model"
-        self.what = f"{who} produced non-finite embeddings (NaN or inf) for {bad_rows} of {rows} images"
+        self.what = f"{who} produced non-finite embeddings (NaN or inf) for {bad_rows} of {rows} {unit}"
         super().__init__(f"{self.what}; {advice}" if advice else self.what)
 
 
@@ -67,7 +67,7 @@ class Backend(Protocol):
     def __call__(self, images: torch.Tensor) -> np.ndarray: ...
 
 
-def normalise(features: np.ndarray, choice: Choice | None = None) -> np.ndarray:
+def normalise(features: np.ndarray, choice: Choice | None = None, unit: str = "images") -> np.ndarray:
     """Rows to unit length in float32, as torch's F.normalize does (eps 1e-12); NonFiniteEmbeddings for NaN or inf.
 
     Every backend's output passes through here, so no non-finite row reaches a gallery, a query or a calibration.
@@ -77,18 +77,28 @@ def normalise(features: np.ndarray, choice: Choice | None = None) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):  # reported below, as one error
         norms = np.linalg.norm(features, axis=1, keepdims=True)
     if not np.isfinite(norms).all():  # a NaN or inf anywhere in a row makes its norm non-finite (overflow too)
-        raise NonFiniteEmbeddings(choice, int((~np.isfinite(norms)).sum()), len(features))
+        raise NonFiniteEmbeddings(choice, int((~np.isfinite(norms)).sum()), len(features), unit=unit)
     return features / np.maximum(norms, 1e-12)
 
 
 class TorchBackend:
-    """Eager torch; bf16/fp16 through autocast, so weights stay fp32 and only the matmuls drop precision."""
+    """Eager torch; bf16/fp16 through autocast, so weights stay fp32 and only the matmuls drop precision.
 
-    def __init__(self, module: nn.Module, device: str, precision: str, channels_last: bool):
+    `module` is any callable of a tensor (the text tower passes CLIP's token → feature function); `unit` names its
+    rows in errors ("images", "texts")."""
+
+    def __init__(
+        self,
+        module: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+        device: str,
+        precision: str,
+        channels_last: bool,
+        unit: str = "images",
+    ):
         import torch
 
         self.choice = Choice("torch", precision)
-        self.module, self.device, self.channels_last = module, device, channels_last
+        self.module, self.device, self.channels_last, self.unit = module, device, channels_last, unit
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         if precision == "fp16" and not device.startswith("cuda"):
             raise BackendUnavailable("torch fp16 runs only on CUDA here; the CPU has no fast fp16 path")
@@ -110,7 +120,7 @@ class TorchBackend:
             ),
         ):
             features = self.module(x)
-        return normalise(features.float().flatten(1).cpu().numpy(), self.choice)
+        return normalise(features.float().flatten(1).cpu().numpy(), self.choice, self.unit)
 
 
 class OpenVINOBackend:
@@ -124,9 +134,19 @@ class OpenVINOBackend:
     2 cores, the
     two modes interleaved (OpenVINO bf16): MobileNetV2 228 against 202 img/s, CLIP 40.1 against
     39.0, ResNet-18 a tie (bench_extract's model-only table shows both modes).
+    `dtype`: what the model's input is fed as (float32 pixels; int64 token ids for the text tower); `unit` names
+    its rows in errors.
     """
 
-    def __init__(self, model_xml: Path, precision: str, threads: int | None, streams: int | None = 1):
+    def __init__(
+        self,
+        model_xml: Path,
+        precision: str,
+        threads: int | None,
+        streams: int | None = 1,
+        dtype: type = np.float32,
+        unit: str = "images",
+    ):
         import openvino as ov
 
         if precision not in OPENVINO_PRECISIONS:
@@ -146,18 +166,19 @@ class OpenVINOBackend:
         if streams not in (None, 1):
             config["NUM_STREAMS"] = int(streams)
         self.choice = Choice("openvino", precision)
+        self.dtype, self.unit = dtype, unit
         self.compiled = core.compile_model(str(model_xml), "CPU", config)
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
         self.streams = int(self.compiled.get_property("NUM_STREAMS"))
         self._local = threading.local()
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
-        pixels = _pixels(images)
+        pixels = _pixels(images, self.dtype)
         if self.streams == 1 or len(pixels) == 1:
             request = getattr(self._local, "request", None)
             if request is None:
                 request = self._local.request = self.compiled.create_infer_request()
-            return normalise(request.infer({0: pixels}, share_inputs=True)[0], self.choice)
+            return normalise(request.infer({0: pixels}, share_inputs=True)[0], self.choice, self.unit)
         import torch
 
         # the batch split into one part per stream, run at once; the parts depend only on the batch, so a
@@ -187,22 +208,22 @@ class OpenVINOBackend:
         pending: deque[tuple[int, T, np.ndarray | None]] = deque()
         try:
             for i, (tag, images) in enumerate(items):
-                pixels = None if images is None else _pixels(images)
+                pixels = None if images is None else _pixels(images, self.dtype)
                 if pixels is not None:
                     queue.start_async({0: pixels}, i, share_inputs=True)  # waits while every stream is busy
                 pending.append((i, tag, pixels))
                 while pending and (pending[0][2] is None or pending[0][0] in finished):
                     j, done_tag, pixels = pending.popleft()
-                    yield done_tag, None if pixels is None else normalise(finished.pop(j), self.choice)
+                    yield done_tag, None if pixels is None else normalise(finished.pop(j), self.choice, self.unit)
             queue.wait_all()
             for j, done_tag, pixels in pending:
-                yield done_tag, None if pixels is None else normalise(finished.pop(j), self.choice)
+                yield done_tag, None if pixels is None else normalise(finished.pop(j), self.choice, self.unit)
         finally:
             queue.wait_all()  # nothing may still read a batch's pixels once this returns (an interrupted run too)
 
 
-def _pixels(images: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+def _pixels(images: torch.Tensor, dtype: type = np.float32) -> np.ndarray:
+    return np.ascontiguousarray(images.detach().cpu().numpy(), dtype=dtype)
 
 
 def sequential(run: Backend, items: Iterable[tuple[T, torch.Tensor | None]]) -> Iterator[tuple[T, np.ndarray | None]]:

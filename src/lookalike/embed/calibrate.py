@@ -77,6 +77,7 @@ def calibrate(
     threads: int | None = None,
     job_images: int | None = None,
     exclude: tuple[Choice, ...] = (),
+    unit: str = "images",
 ) -> tuple[Choice, list[Candidate], str]:
     """Measure the candidates on `images`; return the choice, every measurement, and why it was chosen.
 
@@ -88,7 +89,11 @@ def calibrate(
     requested, NonFiniteEmbeddings says so and names the working alternative.
     `job_images`: how many images the job embeds, which decides whether int8 is worth quantising for.
     `exclude`: candidates this job already saw give NaN or inf; they are not tried again (the reference always is).
+    `embedder` is anything with `device`, `backend(choice, threads, streams)` and `int8_cached()`: the text tower
+    (embed.text_choice) is measured by this same function, on token ids instead of pixels; `unit` names its rows
+    ("images", "texts") in the notes and the reason.
     """
+    reference_note = REFERENCE_NOTE.replace("images", unit)
     x = images[:CALIBRATION_IMAGES]
     wanted = [c for c in candidates(embedder.device, backend, precision) if c not in exclude or c == REFERENCE]
     skipped = []
@@ -107,7 +112,7 @@ def calibrate(
         skipped.append(Candidate(INT8.backend, INT8.precision, note=note))
     reference, reference_rate = _reference(embedder.backend(REFERENCE, threads), x[:REFERENCE_IMAGES])
     measured = [
-        _measure(REFERENCE, reference, reference, reference_rate, kept=REFERENCE in wanted, note=REFERENCE_NOTE),
+        _measure(REFERENCE, reference, reference, reference_rate, kept=REFERENCE in wanted, note=reference_note),
         *skipped,
     ]
 
@@ -116,7 +121,7 @@ def calibrate(
     def measure(choices: list[Choice]) -> None:
         for choice in choices:
             if choice == REFERENCE:
-                measured[0] = _measure(REFERENCE, reference, reference, reference_rate, kept=True, note=REFERENCE_NOTE)
+                measured[0] = _measure(REFERENCE, reference, reference, reference_rate, kept=True, note=reference_note)
                 continue
             best = max((c.images_per_second or 0.0 for c in measured if c.kept), default=0.0)
             try:
@@ -125,7 +130,7 @@ def calibrate(
                 run(x[:WARMUP_IMAGES])
                 probe_rate = _time(run, x[:PROBE_IMAGES])[1]
                 if probe_rate * PRUNE_FACTOR < best:
-                    note = f"not timed further: under 1/{PRUNE_FACTOR:g} of the best rate on {PROBE_IMAGES} images"
+                    note = f"not timed further: under 1/{PRUNE_FACTOR:g} of the best rate on {PROBE_IMAGES} {unit}"
                     measured.append(
                         Candidate(
                             choice.backend,
@@ -172,6 +177,7 @@ def calibrate(
             advice=f"it was requested (backend {backend}, precision {precision}), and torch fp32 gives finite"
             " embeddings here: pass --backend torch --precision fp32, or --backend auto --precision auto to let"
             " lookalike measure the candidates and skip it",
+            unit=refused[0].unit,
         )
     prefix = ""
     if not any(c.kept for c in measured):
@@ -185,10 +191,12 @@ def calibrate(
         kept, prefix = [measured[0]], f"nothing requested could run; {prefix}"
     winner = max(kept, key=lambda c: c.images_per_second or 0.0)
     if len(kept) == 1:
-        reason = "the only candidate " + ("requested" if backend != "auto" and precision != "auto" else "kept")
+        # with the prefix: a requested backend that could not run leaves torch the only candidate, not a requested one
+        reason = prefix + "the only candidate " + ("requested" if backend != "auto" and precision != "auto" else "kept")
     else:
         reason = (
-            f"{prefix}fastest measured within cosine {MIN_COSINE} of fp32 torch: {winner.images_per_second:.1f} img/s"
+            f"{prefix}fastest measured within cosine {MIN_COSINE} of fp32 torch: {winner.images_per_second:.1f}"
+            f" {'img' if unit == 'images' else unit}/s"
             f" among {len(kept)}"
         )
     return Choice(winner.backend, winner.precision), measured, reason
@@ -227,7 +235,7 @@ NON_FINITE_NOTE = "rejected: non-finite output (NaN or inf)"
 
 def non_finite_candidate(choice: Choice, exc: NonFiniteEmbeddings) -> Candidate:
     """The manifest's record of a candidate whose output held NaN or inf: never kept, whatever was requested."""
-    note = f"{NON_FINITE_NOTE} for {exc.bad_rows} of {exc.rows} images"
+    note = f"{NON_FINITE_NOTE} for {exc.bad_rows} of {exc.rows} {exc.unit}"
     return Candidate(choice.backend, choice.precision, images=exc.rows, kept=False, note=note)
 
 
@@ -257,7 +265,11 @@ def _reference(run, x: torch.Tensor) -> tuple[np.ndarray, float]:
         rest, rate = _time(run, x[1:])
     except NonFiniteEmbeddings as exc:
         raise NonFiniteEmbeddings(
-            None, exc.bad_rows, exc.rows, "even fp32 torch does, so the weights themselves are broken; check --weights"
+            None,
+            exc.bad_rows,
+            exc.rows,
+            "even fp32 torch does, so the weights themselves are broken; check --weights",
+            unit=exc.unit,
         ) from None
     return np.concatenate([first, rest]), rate
 

@@ -175,7 +175,8 @@ def load_towers(
                 " this gallery cannot be searched by text; pass a full open_clip checkpoint"
             )
         else:
-            text_embedder, no_text = TextEmbedder(name, spec.text_tower(spec, module.eval().to(device)), device), None
+            tower = spec.text_tower(spec, module.eval().to(device))
+            text_embedder, no_text = TextEmbedder(name, tower, device, info), None
     return Towers(Embedder(spec, spec.head(module), info, preprocess, device), text_embedder, no_text)
 
 

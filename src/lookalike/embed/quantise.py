@@ -103,7 +103,6 @@ def calibration_pixels(preprocess: Preprocess):
 
 
 def _quantise(model: ModelIdentity, fp32_xml: Path):
-    import nncf
     import openvino as ov
 
     recipe = model.spec.quantise
@@ -111,6 +110,13 @@ def _quantise(model: ModelIdentity, fp32_xml: Path):
         raise BackendUnavailable(f"no int8 recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     pixels = calibration_pixels(model.preprocess)
     batches = [pixels[i : i + 8] for i in range(0, len(pixels), 8)]
+    return _nncf_quantize(ov.Core().read_model(fp32_xml), batches, recipe)
+
+
+def _nncf_quantize(ir, batches: list, recipe: str):
+    """NNCF's post-training quantisation of the OpenVINO model `ir`, its activation ranges from `batches`."""
+    import nncf
+
     options: dict = {}
     if recipe == "transformer":
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
@@ -121,7 +127,6 @@ def _quantise(model: ModelIdentity, fp32_xml: Path):
                 smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)
             ),
         }
-    ir = ov.Core().read_model(fp32_xml)
     nncf_log = logging.getLogger("nncf")
     level = nncf_log.level
     nncf_log.setLevel(logging.ERROR)  # its progress notes would interleave with extraction's own
@@ -132,3 +137,68 @@ def _quantise(model: ModelIdentity, fp32_xml: Path):
             return nncf.quantize(ir, nncf.Dataset(batches), subset_size=len(batches), **options)
     finally:
         nncf_log.setLevel(level)
+
+
+# --- the text tower (CLIP): the same recipe, its activation ranges from generated texts ---
+
+QUANTISE_TEXTS = 64  # generated texts whose activations set the text tower's int8 ranges
+# words the generated texts are drawn from (fixed, so the quantised model is a function of model, weights and versions)
+TEXT_WORDS = (
+    "a an the photo picture of dog cat car bird tree house street beach mountain river city night day red blue green"
+    " old small large two three people man woman child playing standing sitting on in under near with at sunset snow"
+    " rain field boat bridge flowers table food window light dark white black yellow wooden stone close-up view"
+).split()
+
+
+def text_int8_note() -> str:
+    """What the record says about the text tower's int8 candidate: whose quantisation, and from which texts."""
+    return f"quantised by NNCF {nncf_version()}, activation ranges from {QUANTISE_TEXTS} generated texts"
+
+
+def text_int8_folder(text_key: str) -> Path:
+    """Where the text tower's int8 model is cached: keyed by the text model's key and the library versions."""
+    versions = f"ov{openvino_version()}-int8-transformer-{QUANTISE_TEXTS}txt{QUANTISE_SEED}-nncf{nncf_version()}"
+    return cache_root() / "openvino" / f"{text_key}-dynamic-{versions}"
+
+
+def is_text_quantised(text_key: str) -> bool:
+    return (
+        nncf_version() is not None
+        and openvino_version() is not None
+        and (text_int8_folder(text_key) / "model.xml").is_file()
+    )
+
+
+def calibration_texts() -> list[str]:
+    """QUANTISE_TEXTS generated texts of 1 to 16 words (fixed seed): what sets the text tower's activation ranges.
+
+    Not the texts the calibration measures the cosine on (`text_choice.SAMPLE_TEXTS`), so a range that
+    fits only its own inputs is caught there."""
+    import numpy as np
+
+    rng = np.random.default_rng(QUANTISE_SEED)
+    return [" ".join(rng.choice(TEXT_WORDS, size=int(rng.integers(1, 17)))) for _ in range(QUANTISE_TEXTS)]
+
+
+def int8_text_model(text_key: str, fp32_xml: Path, tokenize) -> Path:
+    """The text tower's OpenVINO IR (`fp32_xml`, dynamic length) quantised to int8, made once and cached.
+
+    `tokenize(str)` gives (1, context) ids; each generated text is cut after its end-of-text token, as
+    queries are, so the ranges are taken over the lengths queries have.
+    """
+    if nncf_version() is None:
+        raise BackendUnavailable("int8 needs NNCF, which is not installed (pip install nncf)")
+    folder = text_int8_folder(text_key)
+    if not (folder / "model.xml").is_file():
+        log.info("quantising the text tower to int8 once (cached in %s)", folder)
+
+    def make():
+        import numpy as np
+        import openvino as ov
+
+        from .text import cut_tokens
+
+        batches = [np.ascontiguousarray(cut_tokens(tokenize(t)).numpy(), dtype=np.int64) for t in calibration_texts()]
+        return _nncf_quantize(ov.Core().read_model(fp32_xml), batches, "transformer")
+
+    return cached_ir(folder, make, "NNCF could not quantise the text tower to int8")

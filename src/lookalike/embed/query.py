@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import logging
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from .. import runtime
 from ..data.images import DEFAULT_MAX_PIXELS, load_rgb, load_rgb_bytes
 from ..errors import GalleryError, TextQueryError
 from ..gallery import Gallery
 from .backends import BackendUnavailable, Choice, NonFiniteEmbeddings
 from .calibrate import REFERENCE
 from .models import Embedder, Towers, load_towers
+from .text_choice import TextInference, fall_back, use_text_inference
 from .transforms import build_transform
 
 log = logging.getLogger(__name__)
@@ -73,14 +76,34 @@ def towers_for(gallery: Gallery, device: str = "cpu", threads: int | None = None
 
 
 class QueryEmbedder:
-    """A gallery's own image tower and preprocessing, and its text tower when the model has one (CLIP)."""
+    """A gallery's own image tower and preprocessing, and its text tower when the model has one (CLIP).
+
+    The text tower runs on the backend and precision measured for this gallery on this machine
+    (`embed.text_choice`): read from its record, or measured and recorded at the first text query.
+    """
 
     def __init__(self, gallery: Gallery, device: str = "cpu", threads: int | None = None):
         towers = towers_for(gallery, device, threads)
+        self.gallery = gallery
+        self.threads = threads
         self.embedder = towers.image
         self.text = towers.text
         self.no_text = towers.no_text
         self.transform = build_transform(self.embedder.preprocess)
+        self.text_inference: TextInference | None = None  # the record in force, once the first text query set it
+        self._text_lock = threading.Lock()
+
+    def prepare_text(self, quantise: bool = False) -> TextInference:
+        """Run the text tower as its record says, measuring it first when this gallery has none here (once).
+
+        `quantise`: for a server, which answers many queries: int8 is tried even if the text tower must be
+        quantised first (seconds, once per model and weights; see embed.text_choice)."""
+        if self.text is None:
+            raise TextQueryError(self.no_text or "this gallery's model cannot embed text")
+        with self._text_lock:
+            if self.text_inference is None:
+                self.text_inference = use_text_inference(self.gallery, self.text, self.threads, quantise=quantise)
+        return self.text_inference
 
     def check_text(self, text: str) -> None:
         """TextQueryError unless `text` can be searched here: the model has a text tower and the text fits it."""
@@ -90,14 +113,29 @@ class QueryEmbedder:
 
     def embed_text(self, text: str) -> tuple[np.ndarray, QueryTimings]:
         """(1, d) unit vector of a text query; `decode_ms` is the tokenizing."""
-        if self.text is None:
-            raise TextQueryError(self.no_text or "this gallery's model cannot embed text")
-        vector, tokenize_ms, embed_ms = self.text.embed(text)
+        record = self.prepare_text()
+        try:
+            vector, tokenize_ms, embed_ms = self.text.embed(text)
+        except NonFiniteEmbeddings as exc:
+            if self.text.choice == REFERENCE:
+                raise
+            # never a NaN query: fp32 torch is what the recorded backend was measured against (within MIN_COSINE)
+            with self._text_lock:
+                if self.text.choice != REFERENCE:
+                    self.text_inference = fall_back(self.gallery, self.text, record, exc)
+            vector, tokenize_ms, embed_ms = self.text.embed(text)
         return vector, QueryTimings(tokenize_ms, embed_ms)
 
     def embed_image(self, image: Image.Image, decode_started: float | None = None) -> tuple[np.ndarray, QueryTimings]:
+        """(1, d) unit vector of an RGB image, preprocessed as the gallery's rows were.
+
+        With OpenVINO the resize runs in torch on one thread: its OpenMP workers, once woken, spin
+        after the resize and took the cores OpenVINO's own threads need for the forward pass (measured
+        on 2 cores, resnet18 OpenVINO bf16, a 640×480 JPEG: 6.2 ms decode to embedding, 5.0 with the
+        resize on one thread, which ran it no slower). Extraction does the same (`apply_inference`)."""
         t0 = decode_started if decode_started is not None else time.perf_counter()
-        tensor = self.transform(image)[None]
+        with runtime.torch_threads(1 if self.embedder.choice.backend == "openvino" else None):
+            tensor = self.transform(image)[None]
         t1 = time.perf_counter()
         try:
             vector = self.embedder.embed(tensor)

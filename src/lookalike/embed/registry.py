@@ -62,41 +62,41 @@ def open_clip_text_tower(spec: ModelSpec, model: nn.Module) -> TextTower:
     from .text import TextTower
 
     tokenizer = open_clip.get_tokenizer(spec.arch)
-    return TextTower(causal_text_encoder(model), tokenizer, int(tokenizer.context_length), model)
+    cut = causal_text_module(model)
+    return TextTower(causal_text_encoder(model, cut), tokenizer, int(tokenizer.context_length), model, cut)
 
 
-def causal_text_encoder(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """CLIP's `encode_text`, run on the tokens up to the pooled (end-of-text) one only.
-
-    Why it is exact: the text transformer's attention is causal, so no position before the end-of-text
-    token sees any after it, and the pooled feature is read at that token. A query of a few words then
-    costs a few positions instead of the 77 of the full context (the answer the same to float
-    rounding; a test compares it with open_clip's own). A model whose mask is not causal, or whose
-    pooling reads another position, keeps open_clip's `encode_text`.
-    """
+def causal_text_module(model: nn.Module) -> nn.Module | None:
+    """CLIP's text tower as a module of token ids cut after the end-of-text token (`text.CausalText`), or None for a
+    model whose mask is not causal or whose pooling reads another position (it keeps open_clip's `encode_text`)."""
     import torch
+
+    from .text import CausalText
 
     mask = getattr(model, "attn_mask", None)
     pool = getattr(model, "text_pool_type", "argmax")
     if mask is None or pool != "argmax" or not hasattr(model, "token_embedding"):
-        return model.encode_text
+        return None
     n = mask.shape[0]
     if not torch.equal(torch.isinf(mask), torch.ones(n, n, dtype=torch.bool).triu(1)):
+        return None
+    return CausalText(model)
+
+
+def causal_text_encoder(model: nn.Module, module: nn.Module | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """CLIP's `encode_text`, run on the tokens up to the pooled (end-of-text) one only.
+
+    A query of a few words then costs a few positions instead of the 77 of the full context (the
+    answer the same to float rounding; a test compares it with open_clip's own). Why it is exact:
+    see `text.CausalText`. A model whose tower cannot be cut keeps open_clip's `encode_text`.
+    `module`: the model's `causal_text_module`, when the caller has it already.
+    """
+    from .text import cut_tokens
+
+    module = module if module is not None else causal_text_module(model)
+    if module is None:
         return model.encode_text
-
-    def encode(text: torch.Tensor) -> torch.Tensor:
-        end = text.argmax(dim=-1)  # CLIP's end-of-text token has the highest id: where the feature is pooled
-        length = int(end.max()) + 1
-        cast = model.transformer.get_cast_dtype()
-        x = model.token_embedding(text[:, :length]).to(cast) + model.positional_embedding[:length].to(cast)
-        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
-        x = x[torch.arange(x.shape[0], device=x.device), end]
-        projection = model.text_projection
-        if projection is None:
-            return x
-        return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
-
-    return encode
+    return lambda text: module(cut_tokens(text))
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,11 @@ class GalleryInfo(BaseModel):
     uploads: bool = Field(description="false when no model made the embeddings (generated galleries): query by id only")
     text: bool = Field(description="whether text queries work: the model has a text tower (CLIP)")
     text_note: str | None = Field(description="why text queries do not work here, when they do not")
+    text_backend: dict[str, str] | None = Field(
+        default=None,
+        description="backend, precision and reason of the text tower: measured for this gallery on this machine at the"
+        " first text query (the server's warm-up) and recorded in the gallery's cache folder for reuse",
+    )
     exact_method: str = Field(description="the exact search that compare=exact compares each method with")
     default_method: DefaultMethod = Field(
         description="the fastest method reaching recall@10 0.95 on this gallery's held-out queries, never one whose"

@@ -269,6 +269,9 @@ class SearchService:
         with ThreadPoolExecutor(
             1
         ) as pool:  # a fresh thread, as the server's workers are: what it reports is what requests get
+            if service.embedder is not None and service.no_text() is None:
+                # the text tower's backend, measured (int8 too: a server answers many queries) or read from its record
+                pool.submit(service.run_job, service.embedder.prepare_text, True).result()
             pool.submit(service.run_job, service.warm_up).result()
             service.job_threads = pool.submit(service.run_job, runtime.thread_counts).result()
             service.default = pool.submit(service.run_job, service.choose_default).result()
@@ -658,6 +661,7 @@ class SearchService:
             "uploads": self.embedder is not None,
             "text": self.no_text() is None,
             "text_note": self.no_text(),
+            "text_backend": self.text_backend(),
             "exact_method": EXACT_METHOD,
             "default_method": {
                 "method": self.default_method,
@@ -673,6 +677,15 @@ class SearchService:
             "threads": dict(self.job_threads),
             "compute_slots": self.config.compute_slots,
         }
+
+    def text_backend(self) -> dict[str, str] | None:
+        """The text tower's backend, precision and why (measured for this gallery here, see embed.text_choice); None
+        before the first text query, or without a text tower."""
+        record = None if self.embedder is None else self.embedder.text_inference
+        if record is None:
+            return None
+        inference = record.inference
+        return {"backend": inference.backend, "precision": inference.precision, "reason": inference.reason}
 
     def too_large_message(self, size: int | None = None) -> str:
         limit_mb = self.config.max_upload_bytes / 2**20
