@@ -41,7 +41,8 @@ ORDER = [f"{step} {MODEL}" for step in pipeline.PER_MODEL] + ["report"]
 
 class FakeSteps:
     """Every step replaced by a stand-in that records its call and writes one file, so the runner's own logic is
-    what runs: an extract writes a manifest whose fingerprint is its output, as a real gallery's is."""
+    what runs: an extract writes a manifest whose fingerprint is its output, as a real gallery's is, and every other
+    step's output is made from its inputs'."""
 
     def __init__(self, monkeypatch):
         self.calls: list[str] = []
@@ -55,7 +56,9 @@ class FakeSteps:
         self.calls.append(unit.id)
         if unit.id in self.fail:
             raise self.fail[unit.id]
-        output = self.outputs.get(unit.id, "v1")
+        # a step's output follows its inputs, as a computation's does; an extract's is its gallery's ("v1" by default)
+        inputs = [study.state.units[u.id].output for u in study.upstream(unit)]
+        output = self.outputs.get(unit.id, "v1" if unit.step == "extract" else "-".join([unit.id, *inputs]))
         if unit.step == "extract":
             path = study.gallery_path(unit.model) / "manifest.json"
             text = json.dumps({"fingerprint": output})
@@ -253,6 +256,51 @@ def test_unknown_models_and_fetch_without_a_source_are_one_sentence(tiny_collect
     proc = run_main("study", "--data", tiny_collection, "--out", out, "--only", "fetch", check=False)
     assert "there is no fetch step when --data is a folder" in one_error_line(proc)
     assert not out.exists()
+
+
+def test_offline_tiny_imagenet_is_one_sentence_saying_where_to_put_the_zip(tmp_path, monkeypatch):
+    import functools
+
+    from lookalike.data import fetch
+
+    dead = "http://127.0.0.1:9/tiny-imagenet-200.zip"  # the discard port: refused at once, as offline
+    monkeypatch.setattr(fetch, "fetch_tiny_imagenet", functools.partial(fetch.fetch_tiny_imagenet, url=dead))
+    dest, out = tmp_path / "data", tmp_path / "study"
+    proc = run_main(
+        "study", "--data", "tiny-imagenet", "--dest", dest, "--out", out, "--weights", "random", check=False
+    )
+    line = one_error_line(proc)
+    assert line.startswith(f"lookalike study: error: step fetch failed: download from {dead} failed")
+    assert f"put the zip at {dest / 'tiny-imagenet-200.zip'} and rerun" in line
+    assert re.search(r"^ +1\. fetch +~ *[\d.]+ (s|min)", proc.stdout, re.M)  # the plan came first
+    assert read_state(out).units == {}
+
+
+def test_the_plan_for_tiny_imagenet_matches_the_readme(tmp_path, monkeypatch):
+    """At the reference machine's speed, the plan's estimate for tiny-ImageNet × 3 models is the README's figure."""
+    monkeypatch.setattr(pipeline.estimate, "calibrate", lambda: pipeline.estimate.REFERENCE)
+    config = StudyConfig(data="tiny-imagenet", out=tmp_path / "study", dest=str(tmp_path / "data"), weights="random")
+    study = pipeline.Study(config, echo=lambda line: None)
+    rows = study.plan()
+    assert [r.unit.id for r in rows][:4] == ["fetch", "extract resnet18", "extract mobilenet", "extract clip"]
+    hours = sum(r.seconds for r in rows) / 3600
+    assert 2.25 <= hours <= 2.75, hours
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert "about 2½ hours" in readme
+    scale = next(r for r in rows if r.unit.id == "scale resnet18")
+    assert scale.seconds == pytest.approx(pipeline.estimate.scale_seconds((100_000, 1_000_000), 512))
+
+
+@pytest.mark.slow
+def test_the_demo_collection_is_fetched_into_the_study(tmp_path):
+    out = tmp_path / "study"
+    proc = run_main("study", "--data", "demo", "--out", out, "--weights", "random", "--only", "fetch")
+    assert "1 step(s) run" in proc.stdout
+    assert len(list((out / "data" / "train").glob("*/images/*.JPEG"))) == 1800
+    assert len(list((out / "data" / "val" / "images").glob("*.JPEG"))) == 200
+    assert list(read_state(out).units) == ["fetch"]
+    again = run_main("study", "--data", "demo", "--out", out, "--weights", "random", "--only", "fetch")
+    assert "1 step(s) run" in again.stdout  # --only runs it again: the collection is there, so it returns at once
 
 
 # --- the report's pieces ---

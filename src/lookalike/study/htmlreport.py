@@ -320,7 +320,7 @@ def report_html(
         f"<p>The fastest approximate setting measured per recall target (recall@{k} against brute force on held-out"
         " queries; label precision@k beside exact search's):</p>",
         markdown_list(accuracy),
-        f'<h3 id="question-ii">(ii) How does the latency shift from {lo} to {hi} images?</h3>{tag}',
+        f'<h3 id="question-ii">(ii) How does the latency shift from a gallery of {lo} to one of {hi}?</h3>{tag}',
         '<div class="answer">' + markdown_list(shift) + "</div>",
         "</section>",
     ]

@@ -352,13 +352,15 @@ class Study:
                 continue
             if self.forced(unit):
                 why = f"forced by --{'only' if self.only else 'from'}"
+            elif unit.id not in self.state.units:
+                why = "new"
             elif any(u.id in running for u in self.upstream(unit)):
                 why = "after a step it depends on"
             elif self.current(unit) is not None:
                 rows.append(PlanRow(unit, "skip", "done", 0.0))
                 continue
             else:
-                why = "inputs changed" if unit.id in self.state.units else "new"
+                why = "inputs changed"
             running.add(unit.id)
             rows.append(PlanRow(unit, "run", why, 0.0))
         for row in rows if self.only else []:
