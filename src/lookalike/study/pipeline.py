@@ -236,9 +236,8 @@ class Study:
         if self._data is None:
             import numpy as np
 
-            from ..data.datasets import load_collection
-            from ..embed.extract import collection_digest
-            from ..embed.incremental import scan
+            from ..data.datasets import file_stat, load_collection
+            from ..gallery import records_digest
 
             path = self.data_path()
             collection = load_collection(path)
@@ -247,10 +246,10 @@ class Study:
             if collection.kind == "tiny-imagenet" and "train" in counts and "val" in counts:
                 splits = ("train", "val")  # test has no labels: the study's database is train, its queries val
             records = tuple(r for r in collection.records if splits is None or r.split in splits)
-            stats = scan(records)
+            stats = np.array([file_stat(r.path) for r in records], dtype=np.int64).reshape(-1, 2)  # size, mtime
             fingerprint = key_of(
-                collection_digest(records),
-                files_digest(np.asarray(stats.sizes), np.asarray(stats.mtimes)),
+                records_digest([r.path for r in records], [r.label for r in records], [r.split for r in records]),
+                files_digest(stats[:, 0], stats[:, 1]),
             )
             held_out = counts.get("val", 0) if splits or "val" in counts else min(1000, len(records) // 10)
             self._data = DataInfo(path, splits, len(records), held_out, fingerprint, collection.synthetic is not None)
@@ -494,7 +493,15 @@ class Study:
         from tqdm import tqdm
 
         total = max(1, round(seconds))
-        bar = tqdm(total=total, desc=unit.id, unit="s", leave=False, bar_format="{desc}: {bar} {elapsed} of ~{total}s")
+        terminal = os.fdopen(os.dup(2), "w")  # the terminal itself: the step's own stderr goes to its log (`log`)
+        bar = tqdm(
+            total=total,
+            desc=unit.id,
+            unit="s",
+            leave=False,
+            file=terminal,
+            bar_format="{desc}: {bar} {elapsed} of ~{total}s",
+        )
         done = threading.Event()
 
         def tick() -> None:
@@ -511,6 +518,7 @@ class Study:
             done.set()
             thread.join()
             bar.close()
+            terminal.close()
 
     def log_path(self, unit: Unit) -> Path:
         return self.out / "logs" / f"{unit.id.replace(' ', '-')}.log"
@@ -520,12 +528,34 @@ class Study:
         """The step's own chatter goes to logs/<step>-<model>.log, so the terminal shows the study's progress."""
         path = self.log_path(unit)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as fh:
+        with open(path, "w", encoding="utf-8") as fh, stderr_into(fh, unit.step != "extract"):
             yield lambda line: (fh.write(str(line) + "\n"), fh.flush())
 
     def _write_traceback(self, unit: Unit) -> None:
         with open(self.log_path(unit), "a", encoding="utf-8") as fh:
             fh.write(traceback.format_exc())
+
+
+@contextlib.contextmanager
+def stderr_into(fh, active: bool = True) -> Iterator[None]:
+    """Send what a step writes to stderr — FAISS's C++ warnings too, which bypass Python — to its log file, so the
+    terminal shows the study's progress; extract keeps the terminal for its own bar."""
+    try:
+        saved = os.dup(2) if active else None
+    except OSError:  # no stderr to redirect
+        saved = None
+    if saved is None:
+        yield
+        return
+    sys.stderr.flush()
+    os.dup2(fh.fileno(), 2)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def first_line(exc: BaseException) -> str:
