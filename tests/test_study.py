@@ -303,6 +303,35 @@ def test_the_demo_collection_is_fetched_into_the_study(tmp_path):
     assert "1 step(s) run" in again.stdout  # --only runs it again: the collection is there, so it returns at once
 
 
+@pytest.mark.slow
+def test_auto_weights_fall_back_to_random_once_and_say_so(tiny_collection, tmp_path, monkeypatch):
+    from lookalike.embed import extract as extraction
+    from lookalike.errors import WeightsUnavailableError
+
+    real, asked = extraction.extract, []
+
+    def offline(config, progress=True):
+        asked.append(config.weights)
+        if config.weights == "pretrained":
+            raise WeightsUnavailableError("no pretrained weights on this machine\nsecond line")
+        return real(config, progress=progress)
+
+    monkeypatch.setattr(extraction, "extract", offline)
+    config = config_for(tiny_collection, tmp_path / "study", weights="auto", image_size=32, backend="torch")
+    config = dataclasses.replace(config, precision="fp32")
+    lines: list[str] = []
+    assert run_study(config, only="extract", echo=lines.append).ran == [f"extract {MODEL}"]
+    assert asked == ["pretrained", "random"]
+    assert any("pretrained weights unavailable (no pretrained weights on this machine)" in line for line in lines)
+    assert any("RANDOM weights" in line and "NOT" in line for line in lines)
+    gallery = lookalike.open_gallery(config.out / "galleries" / MODEL)
+    assert gallery.manifest.weights.kind == "random"
+    # the gallery fell back once: a rerun keeps it random rather than trying (and re-embedding) again
+    asked.clear()
+    quiet(config, only="extract")
+    assert asked == ["random"]
+
+
 # --- the report's pieces ---
 
 
@@ -314,6 +343,27 @@ def test_markdown_pieces_become_escaped_html():
         "</tr></tbody></table>"
     )
     assert markdown_list(["- one", "  - two", "- three"]) == "<ul><li>one</li><ul><li>two</li></ul><li>three</li></ul>"
+
+
+@pytest.mark.slow
+def test_leakage_examples_are_shown_as_pictures(planted):
+    from lookalike.gallery import open_gallery
+    from lookalike.study.htmlreport import THUMB_PX, examples_html
+    from lookalike.study.leakage import check_leakage
+
+    gallery = open_gallery(planted.gallery)
+    page = examples_html("resnet18", check_leakage(gallery), gallery)
+    planted_pairs = {(c.original, c.copy) for c in planted.copies if c.held_out}
+    shown = set(re.findall(r"<code>([^<]+)</code> ↔ <code>([^<]+)</code>", page))
+    assert shown == planted_pairs and len(shown) == 4  # two identical files, two re-encoded copies
+    thumbs = re.findall(r'<img class="thumb" alt="([^"]+)" src="data:image/jpeg;base64,([^"]+)">', page)
+    assert [alt for alt, _ in thumbs] == [
+        name for pair in re.findall(r"<code>([^<]+)</code> ↔ <code>([^<]+)</code>", page) for name in pair
+    ]
+    for alt, data in thumbs:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as im, Image.open(planted.root / alt) as original:
+            assert im.format == "JPEG" and max(im.size) <= THUMB_PX
+            assert im.size[0] / im.size[1] == pytest.approx(original.size[0] / original.size[1], rel=0.05)
 
 
 def test_the_package_is_callable_and_still_a_package():
@@ -353,7 +403,7 @@ def test_the_whole_study_in_one_command(tiny_study, tiny_collection):
     page = (out / "report.html").read_text()
     assert "<script" not in page and "<link" not in page
     for target in re.findall(r'(?:src|href)="([^"]+)"', page):
-        assert target.startswith(("data:image/png;base64,", "#")) or (out / target).is_file(), target[:80]
+        assert target.startswith(("data:image/", "#")) or (out / target).is_file(), target[:80]
     images = re.findall(r'<img id="([^"]+)" class="plot" alt="[^"]*" src="data:image/png;base64,([^"]+)"', page)
     assert [name for name, _ in images] == [f"tradeoff-{MODEL}", "latency-vs-size"]
     for _, data in images:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -222,6 +223,8 @@ figcaption { color: #56606b; font-size: 13px; }
 .answer { font-size: 16px; }
 .tag { color: #8a5a00; font-weight: 600; }
 code { background: #f0f2f4; padding: 0 3px; border-radius: 3px; font-size: 90%; }
+figure.pair { display: inline-block; margin: 8px 16px 8px 0; max-width: 260px; vertical-align: top; }
+img.thumb { width: 96px; height: 96px; object-fit: contain; border: 1px solid #d5d9de; margin-right: 4px; }
 """
 
 
@@ -272,6 +275,57 @@ def markdown_table(lines: Sequence[str], table_id: str | None = None) -> str:
 def image(path: Path, alt: str, image_id: str) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode()
     return f'<img id="{image_id}" class="plot" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+THUMB_PX = 96
+
+
+def thumbnail(path: str) -> str | None:
+    """A small inline JPEG of one image (a file or a tar member), or None when it cannot be read (moved, deleted)."""
+    from PIL import Image
+
+    from ..data.images import read_image_bytes
+
+    try:
+        with Image.open(io.BytesIO(read_image_bytes(path))) as im:
+            small = im.convert("RGB")
+            small.thumbnail((THUMB_PX, THUMB_PX))
+            buffer = io.BytesIO()
+            small.save(buffer, "JPEG", quality=85)
+    except (OSError, ValueError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def examples_html(model: str, leak: Leakage, gallery) -> str:
+    """The leakage check's example pairs as pictures: the held-out query beside its copy in the database."""
+    pairs = [
+        (s.split, tier, p)
+        for s in leak.splits
+        for tier, examples in (("identical", s.identical_examples), ("near-copy", s.similar_examples))
+        for p in examples
+    ]
+    if not pairs:
+        return (
+            f'<p class="examples" id="examples-{model}">{html.escape(model)}: no held-out query has a copy in the'
+            " database.</p>"
+        )
+    show = gallery.manifest.data.shown_path
+    full = {show(path): path for path in gallery.paths}
+    cells = []
+    for split, tier, pair in pairs:
+        pictures = []
+        for name in (pair.query, pair.database):
+            src = thumbnail(full[name]) if name in full else None
+            pictures.append(
+                f'<img class="thumb" alt="{html.escape(name)}" src="{src}">' if src else "<span>(not readable)</span>"
+            )
+        cells.append(
+            f'<figure class="pair">{" ".join(pictures)}<figcaption>{html.escape(split)}, {tier}:'
+            f" <code>{html.escape(pair.query)}</code> ↔ <code>{html.escape(pair.database)}</code> (score"
+            f" {pair.score:.3f})</figcaption></figure>"
+        )
+    return f'<div class="examples" id="examples-{model}"><h3>{html.escape(model)}: examples</h3>{"".join(cells)}</div>'
 
 
 def report_html(
@@ -388,12 +442,13 @@ def report_html(
         "</section>",
     ]
 
-    # leakage
+    # leakage, with its examples as pictures
     leak = leakage_markdown([r.report.leakage for r in results])
     parts += [
         '<section id="leakage"><h2>Leakage: held-out queries with a copy in the database</h2>',
         markdown_table(leak, "leakage-table"),
-        markdown_list([line for line in leak if line.lstrip().startswith("- ")]) or "<p>No examples.</p>",
+        markdown_list([line for line in leak if line.lstrip().startswith("- ")]),
+        *(examples_html(r.model, r.report.leakage, open_gallery(r.gallery)) for r in results),
         "</section>",
     ]
 
