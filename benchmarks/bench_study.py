@@ -58,14 +58,16 @@ def planned_seconds(stdout: str) -> str:
 
 
 def publish(out: Path) -> None:
-    """report.html (self-contained), report.md and the figures it links, into docs/example-study/."""
+    """report.html (self-contained), report.md, and the files they link (figures, per-model tables), into
+    docs/example-study/."""
     shutil.rmtree(EXAMPLE, ignore_errors=True)
     EXAMPLE.mkdir(parents=True)
-    shutil.copy(out / "report.html", EXAMPLE / "report.html")
-    text = (out / "report.md").read_text()
-    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+    page, text = (out / "report.html").read_text(), (out / "report.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text) + re.findall(r'href="([^"#:]+)"', page)
+    for link in dict.fromkeys(links):
         (EXAMPLE / link).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(out / link, EXAMPLE / link)
+    (EXAMPLE / "report.html").write_text(page)
     (EXAMPLE / "report.md").write_text(text)
 
 
