@@ -188,6 +188,25 @@ def test_a_failing_step_stops_the_run_keeps_what_finished_and_the_rerun_continue
     assert quiet(config).ran == ORDER[3:]
 
 
+def test_one_run_at_a_time_per_study_folder(fake, tiny_collection, tmp_path, monkeypatch):
+    config = config_for(tiny_collection, tmp_path / "study")
+    second: list[str] = []
+
+    def bench_while_another_starts(study, unit, log):
+        try:
+            quiet(config)
+        except StudyError as exc:
+            second.append(str(exc))
+        return fake.run(study, unit, log)
+
+    monkeypatch.setitem(pipeline.STEP_RUNNERS, "bench", bench_while_another_starts)
+    assert quiet(config).ran == ORDER
+    assert second == [
+        f"{config.out} is in use by another `lookalike study` run; wait for it to finish, or use another --out"
+    ]
+    assert quiet(config).ran == []  # released at the end
+
+
 def test_auto_sizes_follow_the_collection():
     assert auto_sizes(100_000) == (100_000, 1_000_000)  # tiny-ImageNet's train split: the study's question (ii)
     assert auto_sizes(1_800) == (1_000, 10_000)  # the demo's generated collection
@@ -225,7 +244,8 @@ def test_a_missing_dataset_is_one_sentence(tmp_path):
 def test_an_out_folder_holding_another_study_is_refused_untouched(tiny_collection, tmp_path):
     out = tmp_path / "study"
     out.mkdir()
-    write_state(out, StudyState("/elsewhere/photos", "random", ("clip",)))
+    done = pipeline.UnitRecord("extract clip", "k", "o", (), 1.0, "2026-01-01T00:00:00Z")
+    write_state(out, StudyState("/elsewhere/photos", "random", ("clip",), {"extract clip": done}))
     before = (out / STATE_FILE).read_bytes()
     line = one_error_line(run_main("study", "--data", tiny_collection, "--out", out, *STUDY_OPTIONS, check=False))
     assert line == (
@@ -235,9 +255,18 @@ def test_an_out_folder_holding_another_study_is_refused_untouched(tiny_collectio
     assert (out / STATE_FILE).read_bytes() == before and sorted(os.listdir(out)) == [STATE_FILE]
 
     # the same data with other weights is another study too
-    write_state(out, StudyState(str(tiny_collection), "pretrained", (MODEL,)))
+    write_state(out, StudyState(str(tiny_collection), "pretrained", (MODEL,), {"extract clip": done}))
     line = one_error_line(run_main("study", "--data", tiny_collection, "--out", out, *STUDY_OPTIONS, check=False))
     assert "holds another study" in line and "weights pretrained" in line
+
+
+def test_a_study_that_finished_nothing_can_be_started_again_otherwise(fake, tiny_collection, tmp_path):
+    """e.g. --weights pretrained failed at its first step offline: --weights random may take the folder over."""
+    out = tmp_path / "study"
+    out.mkdir()
+    write_state(out, StudyState(str(tiny_collection), "pretrained", (MODEL,)))
+    assert quiet(config_for(tiny_collection, out)).ran == ORDER
+    assert read_state(out).weights == "random"
 
 
 def test_a_folder_that_is_not_a_study_is_refused(tiny_collection, tmp_path):

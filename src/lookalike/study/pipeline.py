@@ -64,6 +64,7 @@ DEFAULT_MODELS = ("resnet18", "mobilenet", "clip")
 DEMO_IMAGES = 2000
 INDEX_METHOD = "ivf"
 TUNED_NAME = "tuned"  # the tuner's pick is saved in each gallery under this name (lookalike search --method tuned)
+LOCK_FILE = ".study.lock"
 REPORT_VERSION = 1  # bump when the report's content changes, so a rerun rebuilds it
 
 
@@ -205,13 +206,15 @@ class Study:
         if self.out.exists() and not self.out.is_dir():
             raise StudyError(f"--out {self.out} is a file; give a folder for the study")
         if state is None:
-            if self.out.exists() and any(self.out.iterdir()):
+            if self.out.exists() and any(p.name != LOCK_FILE for p in self.out.iterdir()):
                 raise StudyError(
                     f"{self.out} is not empty and holds no study ({self.out / 'study.json'} is missing); choose an"
                     " empty or new --out, so that nothing in it is overwritten"
                 )
             return StudyState(c.source, c.weights_label, c.models, created=now())
         if (state.source, state.weights) != (c.source, c.weights_label):
+            if not state.units:  # nothing finished under the other identity: nothing to lose, start this study
+                return StudyState(c.source, c.weights_label, c.models, created=now())
             raise StudyError(
                 f"{self.out} holds another study (data {state.source}, weights {state.weights}, models"
                 f" {', '.join(state.models)}), not one of {c.source} with weights {c.weights_label}; choose another"
@@ -422,8 +425,14 @@ class Study:
         started = time.perf_counter()
         rows = self.plan()
         self.print_plan(rows)
-        result = StudyRun(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
+        with locked(self.out):
+            result = self._run(rows)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _run(self, rows: list[PlanRow]) -> StudyRun:
+        result = StudyRun(self.out)
         self.state = StudyState(
             self.state.source, self.state.weights, self.config.models, self.state.units, created=self.state.created
         )
@@ -451,7 +460,6 @@ class Study:
             self.run_unit(unit, f"[{position}/{len(todo)}, ~{format_duration(left)} left]", row.seconds)
             left -= row.seconds
             result.ran.append(unit.id)
-        result.seconds = time.perf_counter() - started
         report = self.out / "report.html"
         result.report_html = report if report.is_file() else None
         return result
@@ -534,6 +542,24 @@ class Study:
     def _write_traceback(self, unit: Unit) -> None:
         with open(self.log_path(unit), "a", encoding="utf-8") as fh:
             fh.write(traceback.format_exc())
+
+
+@contextlib.contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """One run at a time per study folder: a second would interleave steps and state writes."""
+    import fcntl
+
+    with open(out / LOCK_FILE, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StudyError(
+                f"{out} is in use by another `lookalike study` run; wait for it to finish, or use another --out"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
