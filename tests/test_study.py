@@ -457,6 +457,9 @@ def test_the_whole_study_in_one_command(tiny_study, tiny_collection):
     lo, hi = (next(p for p in scale["points"] if p["method"] == "brute" and p["size"] == s) for s in (2000, 4000))
     assert f"brute: search {lo['latency']['single_ms']:.3f} → {hi['latency']['single_ms']:.3f} ms/query single" in page
     assert re.search(r"Versions: [^<]*torch [\d.]+", page) and "Threads: " in page
+    state = read_state(out)
+    for unit in ORDER[:-1]:  # every step, with the seconds study.json recorded
+        assert f"<td>{unit}</td><td class=num>{state.units[unit].seconds:.1f}</td>" in page
 
 
 @pytest.mark.slow

@@ -460,6 +460,11 @@ def report_html(
             f"| {r.model} ({g.dim}-d) | `{r.gallery}` | {g.manifest.weights.label()} | {g.manifest.data.describe()} |"
             f" {g.count} |"
         )
+    steps = ["| step | seconds | finished (UTC) |", "|---|---:|---|"] + [
+        f"| {record.unit} | {record.seconds:.1f} | {record.finished} |"
+        for record in study.state.units.values()
+        if record.unit != "report"
+    ]
     versions = ", ".join(f"{name} {v}" for name, v in env.get("versions", {}).items())
     threads = ", ".join(f"{name} {v}" for name, v in env.get("threads", {}).items())
     parts += [
@@ -475,7 +480,10 @@ def report_html(
         "<li>Every figure comes from the result files beside this one (per model: bench.json,"
         " tradeoff/tradeoff.json, tune/tune.json, scale/scale.json, leakage.json); study.json records each step and"
         " the fingerprints it ran on.</li>",
-        "</ul></section>",
+        "</ul>",
+        "<h3>The steps, as they last ran</h3>",
+        markdown_table(steps, "steps-table"),
+        "</section>",
         "</main></body></html>",
     ]
     return "\n".join(p for p in parts if p)
