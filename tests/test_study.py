@@ -278,6 +278,14 @@ def test_a_folder_that_is_not_a_study_is_refused(tiny_collection, tmp_path):
     assert sorted(os.listdir(out)) == ["notes.txt"]
 
 
+def test_an_out_folder_inside_the_data_is_refused(tiny_collection, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_collection, data)
+    proc = run_main("study", "--data", data, "--out", data / "study", *STUDY_OPTIONS, check=False)
+    assert "is inside --data" in one_error_line(proc)
+    assert not (data / "study").exists()
+
+
 def test_unknown_models_and_fetch_without_a_source_are_one_sentence(tiny_collection, tmp_path):
     out = tmp_path / "study"
     proc = run_main("study", "--data", tiny_collection, "--out", out, "--models", "resnet18,vgg", check=False)
