@@ -462,6 +462,7 @@ class Study:
                 # its inputs were re-made identical (e.g. a touched folder re-embedded to the same gallery)
                 self.echo(f"[{position}/{len(todo)}] {unit.id}: inputs unchanged after all, skipped")
                 skipped.append(unit.id)
+                left -= row.seconds
                 continue
             self.run_unit(unit, f"[{position}/{len(todo)}, ~{format_duration(left)} left]", row.seconds)
             left -= row.seconds
