@@ -269,6 +269,15 @@ def test_a_study_that_finished_nothing_can_be_started_again_otherwise(fake, tiny
     assert read_state(out).weights == "random"
 
 
+def test_an_unreadable_state_file_is_one_sentence_and_stays(tiny_collection, tmp_path):
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / STATE_FILE).write_text("{half a file")
+    line = one_error_line(run_main("study", "--data", tiny_collection, "--out", out, *STUDY_OPTIONS, check=False))
+    assert f"{out / STATE_FILE} is not a study state file lookalike can read" in line
+    assert (out / STATE_FILE).read_text() == "{half a file"
+
+
 def test_a_folder_that_is_not_a_study_is_refused(tiny_collection, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
