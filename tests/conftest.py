@@ -174,6 +174,29 @@ def clip_gallery(tiny_collection, tmp_path_factory) -> Path:
     return out
 
 
+# `lookalike study` kept fast: random weights, 32-px input, torch fp32, one model, scale sizes of a few thousand rows
+STUDY_OPTIONS = ["--weights", "random", "--image-size", "32", *PINNED, "--models", "resnet18", "--sizes", "2k,4k"]
+
+
+@dataclass(frozen=True)
+class TinyStudy:
+    out: Path  # the study's --out folder
+    stdout: str  # what its first run printed
+    seconds: float
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tiny_collection, tmp_path_factory) -> TinyStudy:
+    """`lookalike study` over `tiny_collection` (STUDY_OPTIONS), run once through the CLI in this process. Treat its
+    folder as read-only (copy it to change it)."""
+    import time
+
+    out = tmp_path_factory.mktemp("study") / "study"
+    started = time.perf_counter()
+    proc = run_main("study", "--data", tiny_collection, "--out", out, *STUDY_OPTIONS)
+    return TinyStudy(out, proc.stdout, time.perf_counter() - started)
+
+
 @dataclass(frozen=True)
 class PlantedCopy:
     """A copy planted in a collection: paths relative to its root; the tier the duplicate search must find it in."""

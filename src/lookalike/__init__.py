@@ -9,6 +9,7 @@ The front door (see docs/api.md):
     lookalike.extract("photos/", "galleries/clip", model="clip")
     lookalike.build_index(g, "hnsw")
     g.duplicates(preset="near").to_json()              # near-duplicate groups, a suggested keeper each
+    lookalike.study("photos/", "runs/study")           # the whole study, resumable → runs/study/report.html
 
 The package follows the pipeline: data → embed → gallery → search → study → serve, with cli
 and distributed (Ray) beside them.
@@ -16,6 +17,7 @@ and distributed (Ray) beside them.
 
 from importlib import metadata as _metadata
 
+from . import study  # the package is callable: lookalike.study(data, out, …) runs the whole study
 from .api import build_index, extract
 from .errors import LookalikeError
 from .gallery import Gallery, Manifest, open_gallery
@@ -32,6 +34,7 @@ __all__ = [
     "open_gallery",
     "extract",
     "build_index",
+    "study",
     "find_duplicates",
     "Gallery",
     "Manifest",

@@ -5,6 +5,7 @@
     hits = g.search("cat.jpg", k=10, method="ivf", nprobe=16)
     lookalike.extract("photos/", "galleries/clip", model="clip")
     lookalike.build_index(g, "hnsw")
+    lookalike.study("photos/", "runs/study", models="clip")   # the whole study → runs/study/report.html
 
 The CLI and the server are thin layers over these functions.
 """
@@ -17,7 +18,7 @@ from typing import Any
 from .gallery import Gallery, open_gallery
 from .search import SearchMethod
 
-__all__ = ["extract", "build_index"]
+__all__ = ["extract", "build_index", "study"]
 
 
 def extract(
@@ -112,3 +113,11 @@ def build_index(
     save_method(gallery, built)
     forget_index(gallery, built.name, metric)  # the next gallery.search uses the new index
     return built
+
+
+def study(data: str | os.PathLike, out: str | os.PathLike = "runs/study", **options: Any):
+    """The whole study over `data` into `out`, resumable, like `lookalike study` (see lookalike.study.pipeline.study
+    for the options); `lookalike.study(...)` is the same call."""
+    from .study.pipeline import study as run
+
+    return run(data, out, **options)

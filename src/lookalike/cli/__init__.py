@@ -2,7 +2,7 @@
 
 core   fetch, extract, index, search, bench, demo, models
 dupes  dupes
-study  tradeoff, tune, scale, report
+study  study (the whole study, resumable), tradeoff, tune, scale, report, map
 web    serve
 """
 

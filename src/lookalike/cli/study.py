@@ -1,4 +1,4 @@
-"""`lookalike tradeoff | tune | scale | report`: the study's accuracy-vs-speed and scale experiments.
+"""`lookalike study | tradeoff | tune | scale | report | map`: the whole study, and its experiments one by one.
 
 Each command parses its options here, builds the experiment's config and calls it; the
 experiments (lookalike.study) know nothing of argparse. They are imported when their command
@@ -11,13 +11,60 @@ import argparse
 import time
 from pathlib import Path
 
+from ..embed.registry import BACKENDS, PRECISIONS
 from ..errors import LookalikeError
 from ..gallery import DEFAULT_SHARD_ROWS
+from ..study.pipeline import STEPS
 from ..study.tradeoff import FAMILIES
 from . import options as opt
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "study",
+        help="the whole study in one resumable command: fetch, extract, index, bench, tradeoff, tune, scale, leakage,"
+        " report (report.html)",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help=(
+            "the images: a folder (tiny-ImageNet layout, class folders, a list file or webdataset shards),"
+            " tiny-imagenet (downloaded into --dest) or demo (the built-in generated collection, in OUT/data)"
+        ),
+    )
+    p.add_argument("--out", default="runs/study", help="the study's folder (default runs/study); a rerun resumes it")
+    p.add_argument("--models", default="resnet18,mobilenet,clip", help="comma-separated models (default all three)")
+    p.add_argument(
+        "--sizes",
+        default="auto",
+        help=(
+            "gallery sizes for the scale step, e.g. 100k,1M (synthetic rows above the collection's size); auto: the"
+            " power of ten at or below the collection and ten times it (100k,1M for tiny-ImageNet)"
+        ),
+    )
+    p.add_argument(
+        "--weights",
+        default="auto",
+        help=(
+            "auto (default: pretrained where cached or downloadable, else seeded random weights, said on every"
+            " output), pretrained, random, or PATH to a state dict"
+        ),
+    )
+    opt.k(p)
+    p.add_argument(
+        "--target-recall", type=float, default=0.95, help="recall@k the tuner and the scale step aim at (default 0.95)"
+    )
+    p.add_argument("--image-size", type=int, default=None, help="model input size (default: the model's own, 224)")
+    p.add_argument("--backend", choices=["auto", *BACKENDS], default="auto", help="inference backend (default auto)")
+    p.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto", help="precision (default auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --weights random")
+    p.add_argument("--dest", default="data", help="--data tiny-imagenet: folder to put tiny-imagenet-200/ in")
+    p.add_argument("--only", metavar="STEP", default=None, help=f"run only this step again ({', '.join(STEPS)})")
+    p.add_argument("--from", dest="start", metavar="STEP", default=None, help="run this step and every later one again")
+    opt.threads(p)
+    p.set_defaults(func=cmd_study)
+
     p = sub.add_parser(
         "tradeoff", help="accuracy vs speed: sweep nprobe/nlist and every index family against exact search"
     )
@@ -126,6 +173,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="the PNG to write")
     p.add_argument("--method", choices=["pca", "umap"], default="pca", help="pca (default, exact and fast) or umap")
     p.set_defaults(func=cmd_map)
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from ..study.pipeline import StudyConfig, parse_models, run_study
+    from ..study.scale import parse_sizes
+
+    config = StudyConfig(
+        data=args.data,
+        out=Path(args.out),
+        models=parse_models(args.models),
+        sizes=None if args.sizes.strip() == "auto" else parse_sizes(args.sizes),
+        weights=args.weights,
+        k=args.k,
+        target_recall=args.target_recall,
+        image_size=args.image_size,
+        backend=args.backend,
+        precision=args.precision,
+        seed=args.seed,
+        threads=args.threads,
+        dest=args.dest,
+    )
+    run = run_study(config, only=args.only, start=args.start, echo=lambda line: print(line, flush=True))
+    print(
+        f"\n{len(run.ran)} step(s) run, {len(run.skipped)} skipped (done) in {run.seconds:.1f} s"
+        + (f"; the report: {run.report_html} (and report.md beside it)" if run.report_html else "")
+    )
+    return 0
 
 
 def cmd_tradeoff(args: argparse.Namespace) -> int:

@@ -37,13 +37,18 @@ def banner(text: str) -> None:
     print(f"{line}\n!!! {text} !!!\n{line}", flush=True)
 
 
+def demo_collection(folder: Path, images: int = 2000) -> Path:
+    """The built-in generated collection (`lookalike demo`, `lookalike study --data demo`): about `images` images in
+    20 classes, a tenth of each class held out as the val split; the same arguments give the same files."""
+    per_class = max(2, round(images / CLASSES))
+    val = max(1, round(per_class * VAL_SHARE))
+    return generate_collection(folder, n_classes=CLASSES, train_per_class=per_class - val, val_per_class=val, seed=0)
+
+
 def run_demo(config: DemoConfig) -> str:
     runtime.set_threads(config.threads)
     per_class = max(2, round(config.images / CLASSES))
-    val = max(1, round(per_class * VAL_SHARE))
-    data = generate_collection(
-        config.out / "data", n_classes=CLASSES, train_per_class=per_class - val, val_per_class=val, seed=0
-    )
+    data = demo_collection(config.out / "data", config.images)
     print(
         f"generated {CLASSES * per_class} images in {CLASSES} classes at {data} (GENERATED data, not real photographs)",
         flush=True,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -28,6 +29,26 @@ class TradeoffPointLike(Protocol):
     recall: float
     exact: bool
     pareto: bool
+
+
+@dataclass(frozen=True)
+class Pick:
+    """A point marked on the trade-off plot beside the sweep: the tuner's choice, at its test recall."""
+
+    label: str
+    single_ms: float
+    recall: float
+
+
+@dataclass(frozen=True)
+class SizeSeries:
+    """One method's single-query latency at each gallery size, for the latency-vs-size plot."""
+
+    label: str  # "resnet18 · ivf"
+    method: str
+    sizes: tuple[int, ...]
+    single_ms: tuple[float, ...]
+    synthetic: tuple[bool, ...]  # the database at that size holds synthetic rows
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
@@ -51,9 +72,10 @@ def plot_tradeoff(
     path: Path,
     k: int,
     latency_label: str = "single-query latency, ms (median, log scale)",
+    picks: Sequence[Pick] = (),
 ) -> Path:
     """recall@k against per-query latency: one line per swept curve (colour = family), exact methods as stars, the
-    Pareto frontier in black."""
+    Pareto frontier in black, and `picks` (the tuner's choices) as red crosses."""
     fig = Figure(figsize=FIGSIZE_IN)
     ax = fig.add_subplot(1, 1, 1)
     families = list(dict.fromkeys(p.family for p in points if not p.exact))
@@ -106,10 +128,21 @@ def plot_tradeoff(
             markeredgecolor="black",
             label="Pareto frontier",
         )
+    for pick in picks:
+        ax.plot(
+            [pick.single_ms],
+            [pick.recall],
+            marker="X",
+            markersize=14,
+            linestyle="none",
+            color="red",
+            markeredgecolor="black",
+            label=pick.label,
+        )
     ax.set_xscale("log")
     ax.set_xlabel(latency_label)
     ax.set_ylabel(f"recall@{k} vs exact search")
-    low = min((p.recall for p in points), default=0.0)
+    low = min([p.recall for p in points] + [pick.recall for pick in picks], default=0.0)
     ax.set_ylim(max(0.0, low - 0.05), 1.01)
     for target in (0.9, 0.95, 0.99):
         ax.axhline(target, color="grey", linewidth=0.6, linestyle=":")
@@ -192,4 +225,41 @@ def plot_scale_latency(bars: Sequence[dict], title: str, path: Path) -> Path:
             )
     fig.suptitle(title, fontsize=9)
     fig.subplots_adjust(bottom=0.3, top=0.85, wspace=0.25)
+    return save_figure(fig, path)
+
+
+def plot_latency_vs_size(series: Sequence[SizeSeries], title: str, path: Path) -> Path:
+    """Single-query search latency against gallery size, log-log: colour = method, line style = model; hollow markers
+    where the database holds synthetic rows (labelled in the legend)."""
+    fig = Figure(figsize=FIGSIZE_IN)
+    ax = fig.add_subplot(1, 1, 1)
+    methods = list(dict.fromkeys(s.method for s in series))
+    models = list(dict.fromkeys(s.label.split(" · ")[0] for s in series))
+    for s in series:
+        colour = f"C{methods.index(s.method) % 10}"
+        style = LINESTYLES[models.index(s.label.split(" · ")[0]) % len(LINESTYLES)]
+        marker = MARKERS[models.index(s.label.split(" · ")[0]) % len(MARKERS)]
+        ax.plot(s.sizes, s.single_ms, linestyle=style, color=colour, label=s.label)
+        for size, ms, synthetic in zip(s.sizes, s.single_ms, s.synthetic):
+            ax.plot(
+                [size],
+                [ms],
+                marker=marker,
+                markersize=7,
+                linestyle="none",
+                color=colour,
+                markerfacecolor="white" if synthetic else colour,
+            )
+    if any(any(s.synthetic) for s in series):
+        ax.plot([], [], marker="o", linestyle="none", color="black", markerfacecolor="white", label="⚠ SYNTHETIC rows")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    sizes = sorted({size for s in series for size in s.sizes})
+    ax.set_xticks(sizes, [f"{size:,}" for size in sizes])
+    ax.tick_params(axis="x", which="minor", labelbottom=False)
+    ax.set_xlabel("gallery size (rows searched, log scale)")
+    ax.set_ylabel("search ms per query, single (median, log scale)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
+    ax.set_title(title, fontsize=9)
     return save_figure(fig, path)

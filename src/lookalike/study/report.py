@@ -203,7 +203,9 @@ def run_report(config: ReportConfig, progress=print) -> list[GalleryReport]:
     return reports
 
 
-def report_markdown(reports: list[GalleryReport], config: ReportConfig, seconds: float) -> str:
+def report_markdown(
+    reports: list[GalleryReport], config: ReportConfig, seconds: float, command: str = "lookalike report"
+) -> str:
     env = runtime.environment()
     machine, threads, versions = env["machine"], env["threads"], env["versions"]
     all_real = all(r.bench.real and r.scale.fully_real for r in reports)
@@ -211,8 +213,8 @@ def report_markdown(reports: list[GalleryReport], config: ReportConfig, seconds:
         "# lookalike report",
         "",
         (
-            f"Generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} in {seconds:.0f} s by `lookalike"
-            f" report` on {machine['cpu']} ({machine['cores']} cores, {machine['memory_gib']} GiB RAM, CUDA:"
+            f"Generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} in {seconds:.0f} s by `{command}`"
+            f" on {machine['cpu']} ({machine['cores']} cores, {machine['memory_gib']} GiB RAM, CUDA:"
             f" {machine['cuda'] or 'none'})."
         ),
         "",
