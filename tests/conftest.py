@@ -22,12 +22,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`make test`: one worker per core, `--dist loadgroup`) a module's tests run in one worker, so
-    its module-scoped fixtures are built once, and every test on the session's Ray cluster (`ray_address`) runs in
-    the same worker, so that one cluster serves them all."""
+    """Under pytest-xdist (`make test`: one worker per core, `--dist loadgroup`) every test on the session's Ray cluster
+    (`ray_address`) runs in one worker, so that one cluster serves them all, and a module's tests that share a
+    module-scoped fixture run in one worker, so it is built once; every other test goes to whichever worker is free."""
     for item in items:
-        group = "ray" if "ray_address" in getattr(item, "fixturenames", ()) else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
+        info = getattr(item, "_fixtureinfo", None)
+        scopes = {d.scope for defs in (info.name2fixturedefs.values() if info else ()) for d in defs}
+        if "ray_address" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+        elif "module" in scopes:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture(scope="session", autouse=True)
