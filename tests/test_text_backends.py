@@ -41,12 +41,15 @@ HELD_OUT = ("x", "a lighthouse on a cliff in a storm", "car " * 75, "three red a
 
 @pytest.fixture(autouse=True)
 def fewer_sample_texts(monkeypatch):
-    """The calibration's measurement over 4 of its sample texts (short and long among them): the same choice and the
-    same checks, in half the time of a suite that calibrates a dozen times."""
+    """The calibration's measurement over 4 of its sample texts (short and long among them), and int8's statistics
+    pass over 8 generated texts (its own cache entry, shared by this module's tests): the same choices and the same
+    checks, in far less time for a module that calibrates a dozen times."""
     import lookalike.embed.text_choice as text_choice
+    from lookalike.embed import quantise
 
     texts = sorted(text_choice.SAMPLE_TEXTS, key=len)
     monkeypatch.setattr(text_choice, "SAMPLE_TEXTS", tuple(texts[:: max(1, len(texts) // 4)][:4]))
+    monkeypatch.setattr(quantise, "QUANTISE_TEXTS", 8)
 
 
 @pytest.fixture(scope="module")
@@ -138,10 +141,7 @@ def test_every_kept_text_candidate_and_the_choice_stay_within_cosine_of_open_cli
 
 
 @pytest.mark.slow
-def test_int8_is_tried_once_the_text_tower_is_quantised(towers, monkeypatch):
-    from lookalike.embed import quantise
-
-    monkeypatch.setattr(quantise, "QUANTISE_TEXTS", 8)  # the same statistics pass over fewer texts (its own cache key)
+def test_int8_is_tried_once_the_text_tower_is_quantised(towers):
     text = fresh(towers)
     assert not text.int8_cached()  # this session's cache is empty: auto leaves int8 out and says why
     assert "not quantised yet" in next(c.note for c in calibrate_text(text).candidates if c.precision == "int8")
