@@ -44,12 +44,16 @@ def fewer_sample_texts(monkeypatch):
     """The calibration's measurement over 4 of its sample texts (short and long among them), and int8's statistics
     pass over 8 generated texts (its own cache entry, shared by this module's tests): the same choices and the same
     checks, in far less time for a module that calibrates a dozen times."""
+    import lookalike.embed.calibrate as calibrate_module
     import lookalike.embed.text_choice as text_choice
     from lookalike.embed import quantise
 
     texts = sorted(text_choice.SAMPLE_TEXTS, key=len)
     monkeypatch.setattr(text_choice, "SAMPLE_TEXTS", tuple(texts[:: max(1, len(texts) // 4)][:4]))
     monkeypatch.setattr(quantise, "QUANTISE_TEXTS", 8)
+    # no candidate is dropped for its speed on a one-text probe: the suite runs in parallel workers, so a probe may
+    # stall, and these tests check each candidate's numerics and the record, not which is fastest
+    monkeypatch.setattr(calibrate_module, "PRUNE_FACTOR", float("inf"))
 
 
 @pytest.fixture(scope="module")
@@ -114,13 +118,15 @@ def test_every_kept_text_candidate_and_the_choice_stay_within_cosine_of_open_cli
     inference = calibrate_text(text)
     by = {Choice(c.backend, c.precision): c for c in inference.candidates}
     # OpenVINO converts and runs here (it is installed): its fp32 model, with a dynamic sequence length, is measured
-    assert by[Choice("openvino", "fp32")].kept, by[Choice("openvino", "fp32")].note
+    # (kept or, on a busy machine, not timed further for its speed: either way checked against the reference below)
+    openvino = Choice("openvino", "fp32")
+    assert not by[openvino].note.startswith("unavailable"), by[openvino].note
     chosen = Choice(inference.backend, inference.precision)
     assert by[chosen].kept and by[chosen].cosine_min >= MIN_COSINE
     assert "texts/s" in inference.reason or "only candidate" in inference.reason
     tokens = held_out_tokens(text)
     for choice, candidate in by.items():
-        if not candidate.kept:
+        if not candidate.kept and choice != openvino:
             continue
         # a batch of mixed lengths (cut at its longest text) and each text alone give the reference's vectors
         batch = text.backend(choice)(tokens)
