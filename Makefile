@@ -21,16 +21,16 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check --quiet . && $(BIN)/ruff check --quiet .
 
 # pytest-xdist, one worker per core: the suite waits on subprocesses, servers, Ray and a browser much of the time, so
-# two workers on two cores take far less wall time than one (a third only adds contention); tests/conftest.py says
-# which tests share a worker
+# two workers on two cores take far less wall time than one (a third only adds contention); a module runs in one
+# worker (its module fixtures built once), and tests/conftest.py builds each session fixture once per run
 WORKERS ?= auto
 test: lint
 	bash scripts/install-browser.sh
-	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadscope --durations=15
 
 # the inner loop: everything but the tests marked slow (end-to-end runs of the CLI, Ray, the browser); CI runs all
 test-fast: lint
-	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadgroup -m "not slow and not browser" --durations=10
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadscope -m "not slow and not browser" --durations=10
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[test,bench]'

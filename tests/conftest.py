@@ -6,6 +6,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,26 +24,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`make test`: one worker per core, `--dist loadgroup`) every test on the session's Ray cluster
-    (`ray_address`) runs in one worker, so that one cluster serves them all, and a module's tests that share a
-    module-scoped fixture run in one worker, so it is built once; every other test goes to whichever worker is free."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        scopes = {d.scope for defs in (info.name2fixturedefs.values() if info else ()) for d in defs}
-        if "ray_address" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("ray"))
-        elif "module" in scopes:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    """Under pytest-xdist (`make test`: one worker per core, `--dist loadscope`) each module runs in one worker, so its
+    module-scoped fixtures are built once. The modules go out longest first, so that the workers finish together: those
+    on the session's Ray cluster, then those with slow or browser tests, then the rest (file order within each)."""
 
-    # Longest first, so that the workers finish together: the Ray group (the longest), the other groups, the free slow
-    # tests, then the many short ones, which even out the finish (file order kept within each rank).
     def rank(item: pytest.Item) -> int:
-        group = item.get_closest_marker("xdist_group")
-        if group is not None:
-            return 0 if group.args == ("ray",) else 1
-        return 2 if item.get_closest_marker("slow") or item.get_closest_marker("browser") else 3
+        if "ray_address" in getattr(item, "fixturenames", ()):
+            return 0
+        return 1 if item.get_closest_marker("slow") or item.get_closest_marker("browser") else 2
 
-    items.sort(key=rank)
+    by_module: dict[str, int] = {}
+    for item in items:
+        by_module[item.module.__name__] = min(by_module.get(item.module.__name__, 2), rank(item))
+    items.sort(key=lambda item: by_module[item.module.__name__])
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -128,64 +123,65 @@ def kill_after_shards(args: list, out: Path, shards: int = 3, timeout: float = 1
     proc.wait()
 
 
+@contextmanager
+def built_once(tmp_path_factory, name: str) -> Iterator[tuple[Path, bool]]:
+    """A folder for what a session fixture makes, and whether this process must make it: once per test run.
+
+    Under pytest-xdist every worker is a session of its own, so a session fixture would be built once per worker.
+    The workers share one folder in the run's temporary root instead: the first to arrive builds it while holding a
+    file lock, and the others wait for the lock and read what it built. Without xdist it is this session's folder.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        yield tmp_path_factory.mktemp(name), True
+        return
+    from filelock import FileLock
+
+    folder = tmp_path_factory.getbasetemp().parent / "built-once" / name  # the run's root, shared by its workers
+    folder.parent.mkdir(exist_ok=True)
+    with FileLock(f"{folder}.lock"):
+        if (folder / ".built").exists():
+            yield folder, False
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        yield folder, True
+        (folder / ".built").touch()  # only once the fixture's code returned: a failed build is built again
+
+
 @pytest.fixture(scope="session")
 def tiny_collection(tmp_path_factory) -> Path:
     """5 classes × (20 train + 4 val) images of 64×64 in the tiny-ImageNet layout."""
-    return generate_collection(
-        tmp_path_factory.mktemp("data") / "tiny", n_classes=5, train_per_class=20, val_per_class=4, seed=0
-    )
+    with built_once(tmp_path_factory, "data") as (folder, build):
+        if build:
+            generate_collection(folder / "tiny", n_classes=5, train_per_class=20, val_per_class=4, seed=0)
+    return folder / "tiny"
 
 
 # Backend and precision named where they are not what a test is about: `auto` calibrates (seconds per extraction,
 # an OpenVINO conversion per model), and a query embeds with the gallery's own choice.
 PINNED = ["--backend", "torch", "--precision", "fp32"]
+TINY = ["--weights", "random", "--image-size", "32", "--bs", "16", *PINNED]  # the session galleries' settings
 
 
 @pytest.fixture(scope="session")
 def tiny_gallery(tiny_collection, tmp_path_factory) -> Path:
     """A resnet18 gallery (random weights, 32-px input, torch fp32) over `tiny_collection`; treat it as read-only."""
-    out = tmp_path_factory.mktemp("galleries") / "resnet18"
-    run_main(  # the CLI in this process: a new interpreter would spend ~2 s importing
-        "extract",
-        "--data",
-        tiny_collection,
-        "--out",
-        out,
-        "--model",
-        "resnet18",
-        "--weights",
-        "random",
-        "--image-size",
-        "32",
-        "--bs",
-        "16",
-        *PINNED,
-    )
-    return out
+    with built_once(tmp_path_factory, "resnet18-gallery") as (folder, build):
+        if build:  # the CLI in this process: a new interpreter would spend ~2 s importing
+            run_main(
+                *("extract", "--data", tiny_collection, "--out", folder / "resnet18", "--model", "resnet18"), *TINY
+            )
+    return folder / "resnet18"
 
 
 @pytest.fixture(scope="session")
 def clip_gallery(tiny_collection, tmp_path_factory) -> Path:
     """A CLIP gallery (random weights, seed 0, 32-px input, torch fp32) over `tiny_collection`: text queries work on
     it; read-only."""
-    out = tmp_path_factory.mktemp("galleries") / "clip"
-    run_main(  # the CLI in this process: a new interpreter would spend ~2 s importing
-        "extract",
-        "--data",
-        tiny_collection,
-        "--out",
-        out,
-        "--model",
-        "clip",
-        "--weights",
-        "random",
-        "--image-size",
-        "32",
-        "--bs",
-        "16",
-        *PINNED,
-    )
-    return out
+    with built_once(tmp_path_factory, "clip-gallery") as (folder, build):
+        if build:
+            run_main(*("extract", "--data", tiny_collection, "--out", folder / "clip", "--model", "clip"), *TINY)
+    return folder / "clip"
 
 
 # `lookalike study` kept fast: random weights, 32-px input, torch fp32, one model, scale sizes of a few thousand rows
@@ -203,12 +199,17 @@ class TinyStudy:
 def tiny_study(tiny_collection, tmp_path_factory) -> TinyStudy:
     """`lookalike study` over `tiny_collection` (STUDY_OPTIONS), run once through the CLI in this process. Treat its
     folder as read-only (copy it to change it)."""
+    import json
     import time
 
-    out = tmp_path_factory.mktemp("study") / "study"
-    started = time.perf_counter()
-    proc = run_main("study", "--data", tiny_collection, "--out", out, *STUDY_OPTIONS)
-    return TinyStudy(out, proc.stdout, time.perf_counter() - started)
+    with built_once(tmp_path_factory, "study") as (folder, build):
+        if build:
+            started = time.perf_counter()
+            proc = run_main("study", "--data", tiny_collection, "--out", folder / "study", *STUDY_OPTIONS)
+            run = {"stdout": proc.stdout, "seconds": time.perf_counter() - started}
+            (folder / "run.json").write_text(json.dumps(run))
+    run = json.loads((folder / "run.json").read_text())
+    return TinyStudy(folder / "study", run["stdout"], run["seconds"])
 
 
 @dataclass(frozen=True)
@@ -281,15 +282,17 @@ def plant_copies(root: Path) -> tuple[tuple[PlantedCopy, ...], PlantedCopy]:
 def planted(tiny_collection, tmp_path_factory) -> Planted:
     """A copy of `tiny_collection` with planted copies (`plant_copies`) and its gallery (resnet18, random weights,
     32 px, torch fp32); treat both as read-only."""
-    base = tmp_path_factory.mktemp("planted")
-    root = base / "data"
-    shutil.copytree(tiny_collection, root)
-    copies, larger = plant_copies(root)
-    run_main(
-        *("extract", "--data", root, "--out", base / "gallery", "--model", "resnet18", "--weights", "random"),
-        *("--image-size", "32", "--bs", "16", *PINNED),
-    )
-    return Planted(root, base / "gallery", copies, larger)
+    import json
+    from dataclasses import asdict
+
+    with built_once(tmp_path_factory, "planted") as (base, build):
+        if build:
+            shutil.copytree(tiny_collection, base / "data")
+            copies, larger = plant_copies(base / "data")
+            run_main(*("extract", "--data", base / "data", "--out", base / "gallery", "--model", "resnet18"), *TINY)
+            (base / "copies.json").write_text(json.dumps([asdict(c) for c in (*copies, larger)]))
+    *copies, larger = (PlantedCopy(**c) for c in json.loads((base / "copies.json").read_text()))
+    return Planted(base / "data", base / "gallery", tuple(copies), larger)
 
 
 def manifest_json(gallery) -> dict:
