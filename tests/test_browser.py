@@ -217,7 +217,7 @@ def test_more_and_less_like_a_result(served, browser, tiny_gallery):
     page.close()
 
 
-def test_filter_by_label_split_and_path(served, browser, tiny_gallery):
+def test_filter_by_label_split_path_ids_and_change_date(served, browser, tiny_gallery):
     from playwright.sync_api import expect
 
     gallery = lookalike.open_gallery(tiny_gallery)
@@ -239,6 +239,24 @@ def test_filter_by_label_split_and_path(served, browser, tiny_gallery):
     assert console_errors == []
     page.locator("#filter-path").fill("*no-such-folder*")  # nothing matches: the server's sentence on the page
     page.locator("#filter-path").dispatch_event("change")
+    expect(page.locator("#error")).to_contain_text("matches the filter", timeout=WAIT_MS)
+
+    # an id list (the other filters cleared): exactly those rows come back, best first
+    page.locator("#filter-path").fill("")
+    page.select_option("#filter-label", "")
+    page.select_option("#filter-split", "")
+    wanted = {3, 17, 42}
+    page.locator("#filter-ids").fill("3, 17 42")
+    page.locator("#filter-ids").dispatch_event("change")
+    expect(page.locator("#results .result")).to_have_count(len(wanted), timeout=WAIT_MS)
+    assert {int(i) for i in results.evaluate_all("els => els.map(e => e.dataset.id)")} == wanted
+    page.locator("#filter-ids").fill("3, x")  # not an id: the server's sentence on the page
+    page.locator("#filter-ids").dispatch_event("change")
+    expect(page.locator("#error")).to_contain_text("list of gallery ids", timeout=WAIT_MS)
+    page.locator("#filter-ids").fill("")
+    # a change-date range that ends before these files were written: none of them matches
+    page.locator("#filter-to").fill("2001-01-31")
+    page.locator("#filter-to").dispatch_event("change")
     expect(page.locator("#error")).to_contain_text("matches the filter", timeout=WAIT_MS)
     page.close()
 

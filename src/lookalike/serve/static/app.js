@@ -223,6 +223,10 @@ async function search() {
   if ($("filter-label").value) where.label = $("filter-label").value;
   if ($("filter-split").value) where.split = $("filter-split").value;
   if ($("filter-path").value.trim()) where.path = $("filter-path").value.trim();
+  const from = $("filter-from").value, to = $("filter-to").value;  // dates (YYYY-MM-DD), the server's local time
+  if (from || to) where.mtime = [from || null, to ? `${to}T23:59:59.999` : null];
+  const ids = $("filter-ids").value.split(/[\s,]+/).filter(Boolean);
+  if (ids.length) where.ids = ids.map((id) => (/^\d+$/.test(id) ? Number(id) : id));  // a bad id: the server's sentence
   if (Object.keys(where).length) form.append("where", JSON.stringify(where));
   if (state.positive.length) form.append("positive", state.positive.join(","));
   if (state.negative.length) form.append("negative", state.negative.join(","));
@@ -645,7 +649,9 @@ function wire() {
   }
   $("compare").addEventListener("change", search);
   $("examples-clear").addEventListener("click", () => { clearExamples(); search(); });
-  for (const id of ["filter-label", "filter-split", "filter-path"]) $(id).addEventListener("change", search);
+  for (const id of ["filter-label", "filter-split", "filter-path", "filter-from", "filter-to", "filter-ids"]) {
+    $(id).addEventListener("change", search);
+  }
   $("tab-search").addEventListener("click", () => showView("search"));
   $("tab-dupes").addEventListener("click", () => showView("dupes"));
   $("tab-map").addEventListener("click", () => showView("map"));
