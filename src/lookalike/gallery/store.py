@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from ..errors import GalleryError
 from ..fileio import atomic_save_npy, atomic_save_npy_parts, atomic_write_json, atomic_write_parquet
 from .manifest import ONE_FILE_EMBEDDINGS, ONE_FILE_METADATA, DataInfo, Manifest, ModelInfo, ShardInfo, UpdateInfo
-from .shards import ShardedArray
+from .shards import BLOCK_ROWS, ShardedArray
 
 if TYPE_CHECKING:
     from ..search.compare import Comparison
@@ -576,8 +576,8 @@ class GalleryWriter:
         vectors = np.load(folder / shard.embeddings, mmap_mode="r")
         if vectors.shape != (shard.rows, self.dim):
             raise GalleryError(f"{folder / shard.embeddings} is {vectors.shape}, its manifest says ({shard.rows}, d)")
-        for start in range(0, len(vectors), 65_536):
-            self.vectors_hash.update(np.ascontiguousarray(vectors[start : start + 65_536]))
+        for start in range(0, len(vectors), BLOCK_ROWS):
+            self.vectors_hash.update(np.ascontiguousarray(vectors[start : start + BLOCK_ROWS]))
         table = pq.read_table(folder / shard.metadata)
         if self.columns is None:
             self.columns = table.column_names

@@ -140,7 +140,7 @@ def exact_within(
     """Exact search of `method`'s rows (`vectors`, by position) restricted to the gallery ids `rows`: brute force over
     the matching rows alone."""
     rows = np.ascontiguousarray(rows, dtype=np.int64)
-    key = (len(vectors), hashlib.blake2b(rows.tobytes(), digest_size=16).digest())
+    key = hashlib.blake2b(rows.tobytes(), digest_size=16).digest()  # the copies go when ids change (base.ids)
     kept: OrderedDict = method.__dict__.setdefault("_within", OrderedDict())
     sub = kept.get(key)
     if sub is None:  # gathered once per filter, then searched like any gallery: a tenth of the rows, a tenth the scan
