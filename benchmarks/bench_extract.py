@@ -52,7 +52,7 @@ from lookalike.data.synthetic import generate_collection  # noqa: E402
 from lookalike.embed.backends import Choice, map_batches  # noqa: E402
 from lookalike.embed.extract import DEFAULT_BATCH_SIZE, ExtractConfig, extract  # noqa: E402
 from lookalike.embed.models import MODELS, Embedder, load_model  # noqa: E402
-from lookalike.embed.transforms import build_transform  # noqa: E402
+from lookalike.embed.transforms import build_transform, normalise_pixels  # noqa: E402
 
 SECTION = "Extraction (issue 8)"
 RETIRED = ("Extraction (issue 2)",)
@@ -123,6 +123,22 @@ HEADERS = [
 ]
 
 
+def float_transform(p):
+    """The study's own preprocessing: torchvision's float pipeline (resize, crop, to float, normalise) per image."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import v2 as T
+
+    return T.Compose(
+        [
+            T.PILToTensor(),
+            T.Resize(p.resize_size, interpolation=InterpolationMode(p.interpolation), antialias=True),
+            T.CenterCrop(p.image_size),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(p.mean, p.std),
+        ]
+    )
+
+
 def naive_loop(module: torch.nn.Module, transform, paths: list[str]) -> tuple[np.ndarray, float, float]:
     """The study's loop (full-size decode, fp32, batch 1); returns (embeddings, decode seconds, model seconds)."""
     embeddings, decode_s, model_s = [], 0.0, 0.0
@@ -171,7 +187,7 @@ def bench_model(name: str, inputs: str, data: Path, work: Path, args) -> Row:
             ):
                 embedder.backend(choice, threads, streams)
     naive_module = embedder.module.to(memory_format=torch.contiguous_format)
-    transform = build_transform(embedder.preprocess)
+    transform = float_transform(embedder.preprocess)
     naive_rate, pipe_rate, ratios, decode_ms, model_ms, cosines, calibration = [], [], [], [], [], [], []
     for r in range(args.rounds):
         paths = [rec.path for rec in records[(r * n_naive) % len(records) :][:n_naive]]
@@ -276,7 +292,7 @@ def onnxruntime_row(
     except ImportError:
         return [embedder.spec.name, "onnxruntime fp32", "–", "–", "unavailable: pip install '.[bench]'"]
     path = work / f"{embedder.spec.name}.onnx"
-    size = images.shape[-1]
+    size = images.shape[1]  # (n, S, S, 3) uint8 pixels
     torch.onnx.export(
         embedder.module.eval(),
         (torch.zeros(1, 3, size, size),),
@@ -291,7 +307,7 @@ def onnxruntime_row(
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def run(x: torch.Tensor) -> np.ndarray:
-        out = session.run(None, {"x": x.numpy()})[0]
+        out = session.run(None, {"x": normalise_pixels(x, embedder.preprocess).numpy()})[0]
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
     return [
@@ -374,6 +390,158 @@ def large_collection(small: Path, root: Path, n: int) -> Path:
     return root
 
 
+LIMIT_SECTION = "Extraction at the pipeline's limit (issue 26)"
+LIMIT_IMAGES = {"64×64": {"resnet18": 8192, "mobilenet": 8192, "clip": 8192}, "4000×3000": {m: 160 for m in MODELS}}
+LIMIT_QUICK = {"64×64": 96, "4000×3000": 8}
+GOAL_SHARE = 0.8
+D_IMAGES = {"64×64": 512, "4000×3000": 24}  # images timed for d, one core
+
+
+def decode_core_ms(paths: list[str], preprocess, decoder: str) -> tuple[float, float | None]:
+    """(d, the Huffman-only floor) in ms per image on one core, median of 3 passes.
+
+    d is the pipeline's decode side for one image: read, sha256, decode (DCT-scaled), crop into a batch row.
+    The floor is libjpeg-turbo's decode alone at the smallest DCT scale (1/8): the entropy (Huffman) decoding no
+    scaling avoids, measured on the file bytes in memory (None for a set without JPEGs or without simplejpeg)."""
+    import simplejpeg
+
+    from lookalike.data.datasets import ImageRecord
+    from lookalike.data.images import read_image_bytes
+    from lookalike.embed.extract import ImageListDataset, decode_into_batch
+
+    torch.set_num_threads(1)
+    records = tuple(ImageRecord(path, None, "train") for path in paths)
+    dataset = ImageListDataset(records, build_transform(preprocess), min_side=preprocess.resize_size, decoder=decoder)
+    passes, floor = [], []
+    datas = [read_image_bytes(path) for path in paths]
+    for _ in range(3):
+        started = time.thread_time()
+        for i in range(0, len(records), 16):
+            decode_into_batch(dataset, list(range(i, min(i + 16, len(records)))), preprocess.image_size)
+        passes.append(1000 * (time.thread_time() - started) / len(records))
+        started = time.thread_time()
+        for data in datas:
+            simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=1, min_width=1)  # the 1/8 scale
+        floor.append(1000 * (time.thread_time() - started) / len(datas))
+    return statistics.median(passes), statistics.median(floor)
+
+
+def limit_row(name: str, inputs: str, data: Path, work: Path, args) -> tuple[list[object], float, float]:
+    """One model on one image set: the pipeline end to end against L = cores / (d + m); returns (cells, share of
+    L, share of the Huffman cap)."""
+    from lookalike.embed.calibrate import sustained_rates
+
+    n = LIMIT_QUICK[inputs] if args.quick else LIMIT_IMAGES[inputs][name]
+    records = load_collection(data).records[:n]
+    listing = work / f"limit-{name}-{inputs}.txt"
+    listing.write_text("".join(r.path + "\n" for r in records))
+    cores = runtime.default_threads()
+    rates, with_calibration = [], []
+    for r in range(args.rounds):
+        manifest, _ = pipeline_run(listing, work / f"limit-{name}-{r}", name, args)
+        t = manifest.timings
+        rates.append(t["images"] / t["extract_seconds"])
+        with_calibration.append(t["images"] / (t["extract_seconds"] + t["calibration_seconds"]))
+        print(f"  {name} {inputs} round {r + 1}: {rates[-1]:.1f} img/s ({with_calibration[-1]:.1f} with calibration)")
+        shutil.rmtree(work / f"limit-{name}-{r}", ignore_errors=True)
+    inference = manifest.model.inference
+    embedder = load_model(name, "random", args.image_size, "cpu")
+    paths = [r.path for r in records[: D_IMAGES[inputs]]]
+    d, floor = decode_core_ms(paths, embedder.preprocess, inference.decoder or "pil")
+    runtime.set_threads(args.threads)
+    pixels = torch.stack([build_transform(embedder.preprocess)(load_rgb(p)) for p in paths[:8]])
+    choice = Choice(inference.backend, inference.precision)
+    batch = t["batch_size"]
+    sustained = statistics.median(
+        sustained_rates(embedder, pixels, choice, cores, (batch,))[0][batch] for _ in range(3)
+    )
+    m = cores * 1000 / sustained
+    limit = cores * 1000 / (d + m)
+    cap = cores * 1000 / (floor + m)
+    e2e = statistics.median(rates)
+    share, cap_share = e2e / limit, e2e / cap
+    pace = t.get("decode_pace") or {}
+    cells = [
+        name,
+        inputs,
+        f"{inference.backend} {inference.precision}, batch {batch}, {inference.streams or 1} stream(s)",
+        f"{d:.3f}",
+        f"{floor:.3f}",
+        f"{m:.2f} ({sustained:.0f} img/s)",
+        f"{limit:.0f}",
+        f"{e2e:.0f} ({statistics.median(with_calibration):.0f})",
+        f"**{share:.0%}**",
+        f"{cap_share:.0%}",
+        f"{pace.get('start')}→{pace.get('final')} ({pace.get('min')}–{pace.get('max')})",
+        inference.decoder or "pil",
+    ]
+    print(f"  limit {cells}", flush=True)
+    return cells, share, cap_share
+
+
+def limit_section(sets: dict[str, Path], work: Path, args, load: dict) -> str:
+    from common import goal_mark
+
+    rows = []
+    for inputs in args.inputs:
+        for name in args.models:
+            cells, share, cap_share = limit_row(name, inputs, sets[inputs], work, args)
+            goal = share if inputs == "64×64" else cap_share
+            cells.append(goal_mark(goal >= GOAL_SHARE, load))
+            rows.append(cells)
+    headers = [
+        "model",
+        "JPEGs",
+        "chosen (backend, batch, streams)",
+        "d: decode side, core-ms/img",
+        "Huffman floor (1/8-scale decode alone), core-ms/img",
+        "m: model sustained, core-ms/img",
+        "L = cores / (d + m), img/s",
+        "end to end img/s (with calibration)",
+        "share of L",
+        "share of the Huffman cap cores / (floor + m)",
+        "decode threads start→final (min–max)",
+        "JPEG decoder",
+        f"goal ≥ {GOAL_SHARE:.0%} (64 px: of L; 4000×3000: of the Huffman cap)",
+    ]
+    table = markdown_table(headers, rows)
+    print("\n" + table)
+    env = runtime.environment()["machine"]
+    amx = "with AMX (amx_bf16, amx_int8)" if "amx" in " ".join(_cpu_flags()) else "without AMX"
+    return "\n".join(
+        [
+            f"`benchmarks/bench_extract.py --limit-only` on {env['cpu']}, {env['cores']} cores, {amx}. **Random "
+            "weights** and **generated data** (64×64 JPEGs from `lookalike.data.synthetic`; 4000×3000 JPEGs made "
+            "from them, upscaled with noise, a quarter with EXIF orientation 6). *end to end*: `lookalike "
+            "extract` with its defaults (backend, precision, batch size and core split measured by its "
+            "calibration; decode threads following the stage times), images ÷ the manifest's `extract_seconds` "
+            f"(decode + embed over the chunks), median of {args.rounds} runs; in brackets with the calibration's "
+            "seconds added. *d*: the pipeline's decode side for one image on one core (read, sha256, decode at "
+            "the DCT scale the resize needs, resize and crop in uint8, written into its batch row), median of 3 "
+            f"passes. *m*: the chosen backend sustained at the run's batch size and streams on all {env['cores']} "
+            "cores, in core-ms per image (cores × 1000 ÷ img/s), median of 3. *L* = cores ÷ (d + m): the rate if "
+            "decode and model shared the cores with nothing lost. For 12-megapixel photos the entropy (Huffman) "
+            "decoding of the whole file is the part no DCT scaling avoids: the *Huffman floor* is libjpeg-turbo's"
+            " decode alone at 1/8 scale, and the cap cores ÷ (floor + m) is what those photos allow. Pixels go to"
+            " the model as uint8; conversion and normalisation run inside it (OpenVINO's PrePostProcessor; torch "
+            "on the model's device). No GPU was lent to this session, so the CUDA path (uint8 batches in pinned "
+            "memory, normalised on the GPU, fp16 autocast) is tested on the CPU only and unmeasured.",
+            "",
+            table,
+        ]
+    )
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return []
+
+
 def main() -> None:
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -387,6 +555,7 @@ def main() -> None:
     )
     p.add_argument("--rounds", type=int, default=3, help="alternating naive/pipeline rounds (default 3)")
     p.add_argument("--no-model-only", action="store_true", help="skip the backend × precision table")
+    p.add_argument("--limit-only", action="store_true", help="only the table of end to end against the limit L")
     args = p.parse_args()
     if args.quick:
         args.rounds = 1
@@ -395,6 +564,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lookalike-bench-extract-") as tmp:
         work = Path(tmp)
         n_small = max(QUICK_IMAGES[0] if args.quick else n for n, _ in IMAGES["64×64"].values())
+        if args.limit_only:
+            n_small = LIMIT_QUICK["64×64"] if args.quick else max(LIMIT_IMAGES["64×64"].values())
         small = generate_collection(
             work / "small", n_classes=16, train_per_class=-(-n_small // 16), val_per_class=0, image_size=64
         )
@@ -402,6 +573,8 @@ def main() -> None:
         if "4000×3000" in args.inputs:
             print("generating 4000×3000 JPEGs", flush=True)
             n_large = QUICK_IMAGES[0] if args.quick else max(n for n, _ in IMAGES["4000×3000"].values())
+            if args.limit_only:
+                n_large = LIMIT_QUICK["4000×3000"] if args.quick else max(LIMIT_IMAGES["4000×3000"].values())
             sets["4000×3000"] = large_collection(small, work / "large", n_large)
         if not args.quick:
             print(
@@ -409,6 +582,13 @@ def main() -> None:
                 flush=True,
             )
             wait_for_quiet()
+        if args.limit_only:
+            with load_watch() as load:
+                doc = limit_section(sets, work, args, load)
+            doc += "\n\n" + environment_markdown(load, args.quick)
+            if should_write(args):
+                print(f"\nwrote section '{LIMIT_SECTION}' of {write_section(LIMIT_SECTION, doc)}")
+            return
         with load_watch() as load:
             rows = [
                 bench_model(name, inputs, sets[inputs], work, args) for inputs in args.inputs for name in args.models

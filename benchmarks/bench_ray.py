@@ -38,9 +38,9 @@ from lookalike.data.datasets import load_collection  # noqa: E402
 from lookalike.data.images import load_rgb  # noqa: E402
 from lookalike.data.synthetic import generate_collection  # noqa: E402
 from lookalike.distributed import extract_ray  # noqa: E402
-from lookalike.distributed.extract import split_transform  # noqa: E402
 from lookalike.embed.extract import ExtractConfig, extract  # noqa: E402
 from lookalike.embed.models import get_spec  # noqa: E402
+from lookalike.embed.transforms import build_transform  # noqa: E402
 
 SECTION = "Ray engine (issue 5)"
 MODEL = "resnet18"
@@ -132,7 +132,7 @@ def decode_ms_per_image(work: Path, image_size: int, repeats: int) -> float:
     torch.set_num_threads(1)
     root = generate_collection(work / "big", n_classes=4, train_per_class=16, val_per_class=0, image_size=BIG_IMAGE_PX)
     paths = [r.path for r in load_collection(root).records]
-    to_pixels, _ = split_transform(get_spec(MODEL).preprocess.with_image_size(image_size))
+    to_pixels = build_transform(get_spec(MODEL).preprocess.with_image_size(image_size))
     times = []
     for _ in range(repeats):
         t = time.perf_counter()

@@ -51,6 +51,14 @@ def model_cache(tmp_path_factory) -> Path:
 LOOKALIKE = [sys.executable, "-m", "lookalike.cli"]  # the same entry point as the `lookalike` script
 
 
+def random_pixels(n: int, size: int, seed: int | None = None):
+    """`n` random model inputs as backends take them: (n, size, size, 3) uint8 pixels."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=generator)
+
+
 def run_cli(*args: str, check: bool = True, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
     """Run the real `lookalike` command line and return the finished process (stdout/stderr as text)."""
     proc = subprocess.run([*LOOKALIKE, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kwargs)

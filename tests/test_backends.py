@@ -19,15 +19,18 @@ from lookalike.embed.calibrate import MIN_COSINE, calibrate
 from lookalike.embed.extract import split_cores
 from lookalike.embed.models import MODELS, load_model
 
-from .conftest import run_main
+from .conftest import random_pixels, run_main
 
 SIZES = {"resnet18": 32, "mobilenet": 32, "clip": 64}
 
 
-def fp32_reference(embedder, x: torch.Tensor) -> np.ndarray:
-    """Independent of the backends: the module itself, fp32, then numpy normalisation."""
+def fp32_reference(embedder, pixels: torch.Tensor) -> np.ndarray:
+    """Independent of the backends: the uint8 pixels normalised here in float64 ((x / 255 − mean) / std, NCHW), the
+    module itself in fp32, then numpy normalisation."""
+    p = embedder.preprocess
+    x = (pixels.numpy().astype(np.float64) / 255 - np.array(p.mean)) / np.array(p.std)
     with torch.no_grad():
-        out = embedder.module(x).float().flatten(1).numpy()
+        out = embedder.module(torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32))).float().flatten(1).numpy()
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
@@ -39,7 +42,7 @@ def test_fp32_backends_match_the_reference_and_a_low_precision_is_close_or_never
     gave all-NaN CLIP embeddings for these very weights (seed 1). Then it raises NonFiniteEmbeddings or scores below
     MIN_COSINE, and the calibration does not keep it."""
     embedder = load_model(name, "random", image_size=SIZES[name], seed=1)
-    x = torch.randn(6, 3, SIZES[name], SIZES[name])
+    x = random_pixels(6, SIZES[name])
     reference = fp32_reference(embedder, x)
     non_finite = set()
     for choice in (
@@ -82,11 +85,11 @@ def test_openvino_streams_embed_batches_in_order_and_as_one_call_would():
     embedder = load_model("resnet18", "random", image_size=32, seed=3)
     run = embedder.backend(Choice("openvino", "bf16"), 2, streams=2)
     batches = [
-        torch.randn(5, 3, 32, 32),
+        random_pixels(5, 32),
         None,
-        torch.randn(1, 3, 32, 32),
-        torch.randn(8, 3, 32, 32),
-        torch.randn(3, 3, 32, 32),
+        random_pixels(1, 32),
+        random_pixels(8, 32),
+        random_pixels(3, 32),
     ]
     out = list(map_batches(run, ((f"batch {i}", x) for i, x in enumerate(batches))))
     assert [tag for tag, _ in out] == [f"batch {i}" for i in range(len(batches))]
@@ -103,7 +106,7 @@ def test_converted_models_are_cached_on_disk_and_reused(monkeypatch):
     import openvino
 
     first = load_model("resnet18", "random", image_size=32, seed=7)
-    x = torch.randn(2, 3, 32, 32)
+    x = random_pixels(2, 32)
     expected = first.backend(Choice("openvino", "fp32"))(x)
     folders = {p.name for p in (cache_root() / "openvino").iterdir() if p.name.startswith("resnet18-")}
 

@@ -4,6 +4,7 @@ mismatches."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
 
 from lookalike.data.synthetic import generate_collection
 from lookalike.embed.extract import ExtractConfig, extract
@@ -19,14 +21,14 @@ from lookalike.errors import GalleryError, WeightsUnavailableError
 from lookalike.gallery import open_gallery
 from lookalike.testing import make_bad_images
 
-from .conftest import kill_after_shards, manifest_json, run_main, without_measurements
+from .conftest import kill_after_shards, manifest_json, random_pixels, run_main, without_measurements
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(MODELS))
 def test_each_model_gives_unit_norm_embeddings_of_its_dimension(name):
     embedder = load_model(name, "random", image_size=32 if name != "clip" else 64)
-    out = embedder.embed(torch.randn(3, 3, embedder.preprocess.image_size, embedder.preprocess.image_size))
+    out = embedder.embed(random_pixels(3, embedder.preprocess.image_size))
     assert out.shape == (3, MODELS[name].dim)
     assert out.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
@@ -35,7 +37,7 @@ def test_each_model_gives_unit_norm_embeddings_of_its_dimension(name):
 def test_random_weights_are_seeded_and_labelled():
     a = load_model("resnet18", "random", image_size=32, seed=3)
     b = load_model("resnet18", "random", image_size=32, seed=3)
-    x = torch.randn(2, 3, 32, 32)
+    x = random_pixels(2, 32)
     np.testing.assert_array_equal(a.embed(x), b.embed(x))
     assert "RANDOM" in a.weights.label()
     assert not a.weights.is_trained
@@ -60,7 +62,7 @@ def test_weights_from_a_file_are_loaded_and_hashed(tmp_path):
     path = tmp_path / "ckpt.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in source.module.state_dict().items()}}, path)
     loaded = load_model("resnet18", str(path), image_size=32)
-    x = torch.randn(2, 3, 32, 32)
+    x = random_pixels(2, 32)
     np.testing.assert_allclose(loaded.embed(x), source.embed(x), atol=1e-6)
     assert loaded.weights.kind == "file" and len(loaded.weights.sha256) == 64
 
@@ -201,7 +203,11 @@ def test_the_default_batch_size_is_the_devices_for_a_new_gallery_and_the_gallery
         ExtractConfig(data=str(data), out=str(tmp_path / "new"), weights="random", image_size=32, backend="torch"),
         progress=False,
     )
-    assert manifest_json(fresh)["extract"]["identity"]["batch_size"] == 16  # the documented CPU default
+    written = manifest_json(fresh)
+    assert written["extract"]["identity"]["batch_size"] is None  # not given: the calibration decides
+    # 14 images: too few to time batch sizes on, so the documented CPU default, and the manifest says why
+    assert written["model"]["inference"]["batch_size"] == 16 == written["timings"]["batch_size"]
+    assert written["model"]["inference"]["batching"].startswith("the cpu default; not measured")
 
     explicit = ExtractConfig(
         data=str(data), out=str(tmp_path / "old"), weights="random", image_size=32, backend="torch", batch_size=5
@@ -215,3 +221,82 @@ def test_the_default_batch_size_is_the_devices_for_a_new_gallery_and_the_gallery
     updated = extract(replace(explicit, batch_size=None), progress=False)
     assert len(updated.paths) == rows + 3
     assert manifest_json(updated)["extract"]["identity"]["batch_size"] == 5
+
+
+def test_decode_threads_follow_the_stage_times_and_never_run_more_at_once_than_set():
+    """DecodePace: ceil(1.25 × decode CPU time per batch ÷ the model's time per batch), within 1..most, from moving
+    averages; and its gate lets no more than that many batches decode at once."""
+    import math
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lookalike.embed.extract import DECODE_HEADROOM, PACE_SMOOTHING, DecodePace
+
+    pace = DecodePace(1, 4)
+    decode, model = None, None
+    for (
+        decode_s,
+        model_s,
+    ) in [(0.1, 0.05)] * 6 + [(0.01, 0.05)] * 12 + [(1.0, 0.01)] * 3:
+        pace.observe(decode_s, model_s)
+        decode = decode_s if decode is None else (1 - PACE_SMOOTHING) * decode + PACE_SMOOTHING * decode_s
+        model = model_s if model is None else (1 - PACE_SMOOTHING) * model + PACE_SMOOTHING * model_s
+        assert pace.threads == min(4, max(1, math.ceil(DECODE_HEADROOM * decode / model)))
+    summary = pace.summary()
+    assert (summary["start"], summary["min"], summary["max"], summary["final"]) == (1, 1, 4, 4)
+
+    pace.threads, running, most = 2, [0], [0]
+    lock = threading.Lock()
+
+    def work(_):
+        with pace:
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            time.sleep(0.01)
+            with lock:
+                running[0] -= 1
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(work, range(16)))
+    assert most[0] == 2
+
+
+@pytest.mark.slow
+def test_batch_sizes_are_measured_for_a_large_job_and_the_rows_match_the_float_pipeline(tmp_path, monkeypatch):
+    """A job large enough (the share lowered here) times each batch size sustained; the smallest within 97% of the
+    best rate wins, and the manifest records the rates and why. The rows, embedded from uint8 pixels normalised
+    inside the model, match an independent float pipeline (PIL, torchvision's float transforms, the module in fp32)."""
+    from torchvision.transforms import v2 as T
+
+    import lookalike.embed.calibrate as calibration
+
+    monkeypatch.setattr(calibration, "SUSTAINED_SHARE", 1e6)
+    monkeypatch.setitem(calibration.BATCH_SIZES, "cpu", (4, 8))
+    data = generate_collection(tmp_path / "data", n_classes=2, train_per_class=8, val_per_class=0)
+    config = ExtractConfig(data=str(data), out=str(tmp_path / "g"), weights="random", image_size=32, backend="torch")
+    gallery = extract(replace(config, precision="fp32"), progress=False)
+    inference = manifest_json(gallery)["model"]["inference"]
+    rates = {int(size): rate for size, rate in inference["batch_rates"].items()}
+    assert set(rates) == {4, 8} and all(rate > 0 for rate in rates.values())
+    best = max(rates.values())
+    assert inference["batch_size"] == min(s for s, r in rates.items() if r >= 0.97 * best)
+    assert "sustained img/s by batch size" in inference["batching"]
+    assert manifest_json(gallery)["timings"]["batch_size"] == inference["batch_size"]
+
+    embedder = load_model("resnet18", "random", image_size=32)
+    p = embedder.preprocess
+    floats = T.Compose(
+        [
+            T.PILToTensor(),
+            T.Resize(p.resize_size, antialias=True),
+            T.CenterCrop(p.image_size),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(p.mean, p.std),
+        ]
+    )
+    with torch.no_grad():
+        x = torch.stack([floats(Image.open(path).convert("RGB")) for path in gallery.paths])
+        reference = embedder.module(x).flatten(1).numpy()
+    reference /= np.linalg.norm(reference, axis=1, keepdims=True)
+    assert (np.asarray(gallery.embeddings) * reference).sum(axis=1).min() >= 0.999

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from lookalike.data.images import IMAGE_EXTENSIONS, decode_image_bytes, is_image_path, load_rgb, load_rgb_bytes
 from lookalike.errors import BadImageError, LookalikeError
@@ -262,24 +262,102 @@ def test_cap_aspect_keeps_ordinary_images_and_cuts_long_ones_around_their_centre
     assert np.array_equal(np.asarray(cap_aspect(Image.fromarray(tall))), tall[40:60])
     ordinary = Image.fromarray(wide[:, :40])
     assert cap_aspect(ordinary) is ordinary  # 4:1 and squarer: untouched, so embeddings do not change
-    # A 1×65000 strip becomes a 256×1024 resize, then the usual 224² crop.
+    # arrays (what the decoder gives the transform) are cut the same way, as views
+    assert np.array_equal(cap_aspect(wide), wide[:, 30:70]) and np.array_equal(cap_aspect(tall), tall[40:60])
+    assert cap_aspect(wide[:, :40]).shape == (10, 40, 3)
+    # A 1×65000 strip becomes a 256×1024 resize, then the usual 224² crop, as uint8 pixels (H, W, 3).
     tensor = build_transform(MODELS["resnet18"].preprocess)(Image.new("RGB", (1, 65000), (9, 9, 9)))
-    assert tuple(tensor.shape) == (3, 224, 224)
+    assert tuple(tensor.shape) == (224, 224, 3) and tensor.dtype == torch.uint8 and int(tensor.min()) == 9
 
 
 @pytest.mark.parametrize("model", ["resnet18", "clip"])
-def test_the_transform_normalises_as_the_formula_does(model):
-    """(x / 255 − mean) / std per channel, computed here in float64 from the resized, cropped uint8 pixels."""
+def test_the_transform_crops_uint8_and_the_model_side_normalises_as_the_formula_does(model):
+    """The transform keeps the resized, centre-cropped uint8 pixels (H, W, 3); `normalise_pixels` (torch's half of
+    the model input) gives (x / 255 − mean) / std per channel, computed here in float64, in NCHW."""
     from lookalike.embed.models import MODELS
-    from lookalike.embed.transforms import build_transform
+    from lookalike.embed.transforms import build_transform, normalise_pixels
 
     p = MODELS[model].preprocess
     rng = np.random.default_rng(1)
     # the resize's size already: it keeps it
-    image = Image.fromarray(rng.integers(0, 256, (p.resize_size, p.resize_size, 3), dtype=np.uint8))
+    array = rng.integers(0, 256, (p.resize_size, p.resize_size, 3), dtype=np.uint8)
     top = round((p.resize_size - p.image_size) / 2)  # the centre crop
-    pixels = np.asarray(image, dtype=np.float64)[top : top + p.image_size, top : top + p.image_size].transpose(2, 0, 1)
-    expected = (pixels / 255 - np.array(p.mean)[:, None, None]) / np.array(p.std)[:, None, None]
-    got = build_transform(p)(image)
-    assert got.dtype == torch.float32 and tuple(got.shape) == expected.shape
-    np.testing.assert_allclose(got.numpy(), expected, atol=2e-6)
+    crop = array[top : top + p.image_size, top : top + p.image_size]
+    for image in (Image.fromarray(array), array):
+        got = build_transform(p)(image)
+        assert got.dtype == torch.uint8 and np.array_equal(got.numpy(), crop)
+    expected = (crop.astype(np.float64).transpose(2, 0, 1) / 255 - np.array(p.mean)[:, None, None]) / np.array(p.std)[
+        :, None, None
+    ]
+    for channels_last in (False, True):
+        normalised = normalise_pixels(torch.from_numpy(crop.copy())[None], p, channels_last)
+        assert normalised.dtype == torch.float32 and tuple(normalised.shape) == (1, *expected.shape)
+        assert normalised.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        np.testing.assert_allclose(normalised[0].numpy(), expected, atol=2e-6)
+
+
+def _jpeg(array: np.ndarray, orientation: int = 1, **save) -> bytes:
+    image = Image.fromarray(array)
+    exif = image.getexif()
+    if orientation != 1:
+        exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=92, exif=exif.tobytes(), **save)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("min_side", [None, 40, 37, 150])
+def test_simplejpeg_decodes_the_pixels_pil_does_upright_and_at_the_same_reduced_scale(orientation, min_side):
+    """The fast decoder gives PIL's pixels exactly (both are libjpeg-turbo), for every EXIF orientation, at full size
+    and DCT-reduced, with the file's full upright size; PIL is the independent reference here."""
+    from lookalike.data.images import decode_pixels
+
+    rng = np.random.default_rng(orientation)
+    array = np.kron(rng.integers(0, 256, (30, 50, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))  # 240×400
+    data = _jpeg(array, orientation)
+    fast = decode_pixels(data, min_side=min_side)
+    assert fast.decoder == "simplejpeg"
+    with Image.open(io.BytesIO(data)) as im:
+        if min_side:
+            im.draft("RGB", (min_side, min_side))
+        expected = np.asarray(ImageOps.exif_transpose(im.convert("RGB")))
+    swapped = orientation in (5, 6, 7, 8)
+    assert (fast.width, fast.height) == ((240, 400) if swapped else (400, 240))
+    assert fast.array.dtype == np.uint8 and fast.array.shape == expected.shape
+    assert np.array_equal(fast.array, expected)
+    assert min(fast.array.shape[:2]) >= (min_side or 0)
+
+
+def test_jpegs_simplejpeg_cannot_take_go_to_pil_with_its_errors():
+    """Greyscale and progressive JPEGs decode fast and equal PIL's; a CMYK JPEG goes to PIL; a truncated or corrupt
+    one gets PIL's clear error; the pixel limit is checked from the header, before decoding."""
+    from lookalike.data.images import decode_pixels
+
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, (64, 48), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(grey).save(buffer, "JPEG")
+    fast = decode_pixels(buffer.getvalue())
+    assert fast.decoder == "simplejpeg" and fast.array.shape == (64, 48, 3)
+    assert np.array_equal(fast.array, np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")))
+    # a 64 px JPEG for a 37 px resize: PIL's draft keeps full size, where libjpeg-turbo alone would pick its 5/8 scale
+    small = _jpeg(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    assert np.array_equal(
+        decode_pixels(small, min_side=37).array, decode_pixels(small, min_side=37, decoder="pil").array
+    )
+    progressive = _jpeg(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), progressive=True)
+    assert decode_pixels(progressive).decoder == "simplejpeg"
+    buffer = io.BytesIO()
+    Image.new("CMYK", (20, 10), (0, 255, 0, 0)).save(buffer, "JPEG")
+    cmyk = decode_pixels(buffer.getvalue())
+    assert cmyk.decoder == "pil" and cmyk.array.shape == (10, 20, 3)
+    assert np.array_equal(cmyk.array, np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")))
+    whole = _jpeg(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    for broken in (whole[: len(whole) // 2], whole[:200] + b"\x00" * 300):
+        with pytest.raises(BadImageError, match="corrupt or truncated|cannot read image"):
+            decode_pixels(broken, name="broken.jpg")
+    with pytest.raises(BadImageError, match="--max-pixels"):
+        decode_pixels(whole, max_pixels=1000)
+    png = _encode(Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)), "PNG")
+    assert decode_pixels(png).decoder == "pil" and decode_pixels(whole, decoder="pil").decoder == "pil"

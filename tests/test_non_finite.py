@@ -21,6 +21,8 @@ from lookalike.embed.models import Embedder, load_model
 from lookalike.embed.query import QueryEmbedder
 from lookalike.errors import LookalikeError
 
+from .conftest import random_pixels
+
 POISONED = Choice("openvino", "fp32")  # the OpenVINO candidate that runs on every x86 CPU (bf16 needs support)
 
 
@@ -74,7 +76,7 @@ def test_normalise_refuses_nan_and_inf_and_names_the_backend():
 @pytest.mark.slow
 def test_calibration_rejects_a_nan_candidate_and_records_why(monkeypatch):
     embedder = load_model("resnet18", "random", image_size=32, seed=3)
-    x = torch.randn(CALIBRATION_IMAGES, 3, 32, 32)
+    x = random_pixels(CALIBRATION_IMAGES, 32)
     poison(monkeypatch, POISONED)
     choice, measured, _ = calibrate(embedder, x, backend="openvino", precision="auto")
     by = {Choice(c.backend, c.precision): c for c in measured}
@@ -88,7 +90,7 @@ def test_a_requested_backend_that_gives_nan_stops_calibration_with_the_alternati
     embedder = load_model("resnet18", "random", image_size=32, seed=3)
     poison(monkeypatch, POISONED)
     with pytest.raises(NonFiniteEmbeddings) as caught:
-        calibrate(embedder, torch.randn(CALIBRATION_IMAGES, 3, 32, 32), backend="openvino", precision="fp32")
+        calibrate(embedder, random_pixels(CALIBRATION_IMAGES, 32), backend="openvino", precision="fp32")
     message = str(caught.value)
     assert "openvino fp32" in message and "--backend torch --precision fp32" in message
     assert len(message.splitlines()) == 1

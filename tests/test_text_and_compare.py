@@ -83,7 +83,10 @@ def test_text_search_uses_the_galleries_own_clip_and_matches_numpy(clip_api, cli
     from lookalike.embed.transforms import Preprocess, build_transform
 
     row = int(g.partition().database_ids[0])
-    pixels = build_transform(Preprocess(**g.manifest.model.preprocess))(Image.open(g.paths[row]).convert("RGB"))[None]
+    p = Preprocess(**g.manifest.model.preprocess)
+    crop = build_transform(p)(Image.open(g.paths[row]).convert("RGB")).numpy().astype(np.float64)
+    normalised = ((crop / 255 - np.array(p.mean)) / np.array(p.std)).transpose(2, 0, 1)[None]
+    pixels = torch.from_numpy(normalised.astype(np.float32))
     with torch.no_grad():
         image = clip_reference[0].encode_image(pixels).float()
     image = (image / image.norm(dim=-1, keepdim=True)).numpy().ravel()

@@ -41,10 +41,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--bs",
         type=int,
         default=None,
-        help="batch size (default: the gallery's own when updating or resuming, else 16 on a CPU and 64 on a GPU)",
+        help=(
+            "images per model call (default: the gallery's own when updating or resuming; else measured on this"
+            " machine for jobs large enough, 16 on a CPU and 64 on a GPU otherwise; Ray: 16 / 64)"
+        ),
     )
     p.add_argument(
-        "--chunk-size", type=int, default=4096, help="images per resumable chunk (rounded up to a multiple of --bs)"
+        "--chunk-size",
+        type=int,
+        default=4096,
+        help="images per resumable chunk (rounded up to a multiple of --bs when given)",
     )
     p.add_argument(
         "--shard-size",

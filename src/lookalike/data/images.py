@@ -22,11 +22,14 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "DEFAULT_MAX_PIXELS",
     "Decoded",
+    "Pixels",
     "decode_image_bytes",
+    "decode_pixels",
     "is_image_path",
     "load_rgb",
     "load_rgb_bytes",
     "read_image_bytes",
+    "unreadable",
 ]
 
 #: Extensions we treat as images when scanning folders (compare lower-cased).
@@ -61,6 +64,21 @@ class Decoded:
     image: Image.Image
     width: int
     height: int
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """A decoded image as an (H, W, 3) uint8 RGB array, upright, and the full size of the picture in the file.
+
+    What extraction and queries feed their transform: no PIL image in between, so a JPEG that libjpeg-turbo
+    decodes directly (`decoder` "simplejpeg") never passes through PIL's 4-bytes-per-pixel buffers.
+    `array` may be smaller than `width` × `height` (reduced while decoding, see `min_side`).
+    """
+
+    array: np.ndarray
+    width: int
+    height: int
+    decoder: str  # "simplejpeg" or "pil"
 
 
 def is_image_path(path: str | os.PathLike) -> bool:
@@ -139,6 +157,116 @@ def decode_image_bytes(
         raise
     except Exception as exc:  # noqa: BLE001
         raise BadImageError(_message(name, _reason(exc))) from exc
+
+
+#: JPEG decoders `decode_pixels` may use: "auto" takes simplejpeg (libjpeg-turbo, scaled DCT decode straight into
+#: a numpy array) when it is installed, PIL otherwise; extraction measures both and records the one it used.
+JPEG_DECODERS = ("simplejpeg", "pil")
+# JPEG colour spaces libjpeg-turbo converts to RGB itself; CMYK and YCCK files (print scans) go through PIL
+_SIMPLEJPEG_COLOURS = ("RGB", "YCbCr", "Gray")
+_EXIF_SCAN_BYTES = 1 << 16  # an APP1 Exif segment sits in the first 64 KiB of a JPEG, before the image data
+
+
+def simplejpeg_version() -> str | None:
+    """simplejpeg's version, None when it is not installed (then every image is decoded by PIL)."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    return simplejpeg.__version__
+
+
+def decode_pixels(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str = "upload",
+    min_side: int | None = None,
+    decoder: str = "auto",
+) -> Pixels:
+    """An image file's bytes as upright RGB uint8 pixels, reduced while decoding as `decode_image_bytes` reduces.
+
+    JPEGs go to libjpeg-turbo through simplejpeg (the same library PIL bundles, with the same DCT scaling and
+    the same EXIF orientation applied), unless `decoder` is "pil"; every other format, a JPEG simplejpeg cannot
+    convert to RGB (CMYK) and any JPEG it rejects go through PIL, whose errors name the problem.
+    BadImageError as `load_rgb` raises it.
+    """
+    if decoder not in ("auto", *JPEG_DECODERS):
+        raise ValueError(f"unknown JPEG decoder {decoder!r}; choose auto, {', '.join(JPEG_DECODERS)}")
+    if decoder != "pil" and bytes(data[:3]) == b"\xff\xd8\xff":
+        fast = _simplejpeg_pixels(data, name, max_pixels, min_side)
+        if fast is not None:
+            return fast
+    decoded = decode_image_bytes(data, max_pixels=max_pixels, name=name, min_side=min_side)
+    return Pixels(np.asarray(decoded.image), decoded.width, decoded.height, "pil")
+
+
+def _simplejpeg_pixels(data, name: str, max_pixels: int, min_side: int | None) -> Pixels | None:
+    """The JPEG decoded by simplejpeg, or None when PIL should decode it (no simplejpeg, CMYK, or rejected bytes)."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    side = JPEG_HEADROOM * min_side if min_side else 0
+    try:
+        height, width, colour, _ = simplejpeg.decode_jpeg_header(data)
+        if colour not in _SIMPLEJPEG_COLOURS or width <= 0 or height <= 0:
+            return None
+        if width * height > max_pixels:  # as PIL's path words it: the size is known before any pixel is decoded
+            raise BadImageError(
+                _message(
+                    name,
+                    f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} pixels "
+                    "(possible decompression bomb); if the image is legitimate, raise the limit with --max-pixels",
+                )
+            )
+        # PIL's draft scales (1/2, 1/4, 1/8, as JpegImagePlugin picks them), not libjpeg-turbo's others (5/8, 3/4, ...):
+        # the same pixels as PIL's path, so the decoder chosen never changes an embedding
+        factor = _draft_factor(width, height, side) if side else 1
+        array = simplejpeg.decode_jpeg(
+            data, colorspace="RGB", min_height=-(-height // factor), min_width=-(-width // factor)
+        )
+    except ValueError:  # corrupt, truncated or unsupported: PIL decodes it or says what is wrong
+        return None
+    orientation = _jpeg_orientation(data)
+    upright = (height, width) if orientation in SWAPPED_ORIENTATIONS else (width, height)
+    return Pixels(_orient(array, orientation), *upright, "simplejpeg")
+
+
+def _draft_factor(width: int, height: int, side: int) -> int:
+    """The DCT scale PIL's `draft` picks to keep both sides ≥ `side`: the largest of 1, 2, 4, 8 within the ratio."""
+    ratio = min(width // side, height // side)
+    return next(f for f in (8, 4, 2, 1) if ratio >= f or f == 1)
+
+
+def _jpeg_orientation(data) -> int:
+    """The EXIF orientation of a JPEG (1 when it has none), read by PIL from the headers alone."""
+    if bytes(data[:_EXIF_SCAN_BYTES]).find(b"Exif\x00\x00") < 0:
+        return 1
+    try:
+        with Image.open(io.BytesIO(bytes(data))) as im:
+            return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # noqa: BLE001 - an unreadable EXIF block leaves the image as stored, as exif_transpose does
+        return 1
+
+
+def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """`array` turned upright as PIL's exif_transpose turns an image with this EXIF orientation (a new array)."""
+    turned = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.transpose(1, 0, 2),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+        8: lambda a: np.rot90(a, 1),
+    }.get(orientation)
+    return array if turned is None else np.ascontiguousarray(turned(array))
+
+
+def unreadable(name: str, exc: OSError) -> BadImageError:
+    """The error for a file that cannot be read at all, worded as `load_rgb` words it."""
+    return BadImageError(_message(name, _reason(exc)))
 
 
 def _message(name: str, reason: str) -> str:

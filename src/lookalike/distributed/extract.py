@@ -30,7 +30,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +38,14 @@ from ..data.datasets import ImageRecord
 from ..data.images import DEFAULT_MAX_PIXELS
 from ..embed.backends import Choice, NonFiniteEmbeddings
 from ..embed.extract import (
+    DEFAULT_BATCH_SIZE,
     ExtractConfig,
     ImageListDataset,
     Job,
     Shard,
     apply_inference,
-    collate,
     commit,
+    decode_into_batch,
     encode_shard,
     prepare,
     record_state,
@@ -54,7 +54,7 @@ from ..embed.extract import (
     refused_choices,
     saved_inference,
 )
-from ..embed.transforms import Preprocess
+from ..embed.transforms import Preprocess, build_transform
 from ..errors import GalleryError, LookalikeError
 from ..gallery import Gallery, atomic_write_bytes, open_gallery
 from ..gallery.manifest import Inference
@@ -130,7 +130,7 @@ def extract_ray(
                 " passes come connect_seconds (joining or starting Ray) and probe_seconds (describing the model and"
                 " calibrating bf16 on one worker)"
             ),
-            "batch_size": job.config.batch_size,
+            "batch_size": ray_batch_size(job),
             **timings,
         },
     )
@@ -250,13 +250,12 @@ def _probe(
     )
     inference = None
     if calibrate_now:
-        _, normalise = split_transform(embedder.preprocess)
         for row in rows:
             pixels = decode_batch(row, embedder.preprocess, config.max_pixels)["pixels"]
             if len(pixels):
                 choice, measured, reason = calibrate(
                     embedder,
-                    normalise(torch.from_numpy(pixels)),
+                    torch.from_numpy(pixels),
                     config.backend,
                     config.precision,
                     threads,
@@ -279,7 +278,7 @@ def _probe(
 
 def batch_rows(job: Job, shards: list[Shard]) -> list[dict]:
     """One row per model batch: the local engine's cut (batches never straddle a shard boundary)."""
-    bs = job.config.batch_size
+    bs = ray_batch_size(job)
     rows = []
     for shard in shards:
         starts = range(shard.start, shard.stop, bs)
@@ -370,17 +369,11 @@ def run_pass(job: Job, store: ShardStore, plan: WorkerPlan, preprocess: Preproce
         bar.close()
 
 
-@lru_cache(maxsize=8)
-def split_transform(preprocess: Preprocess):
-    """`build_transform`'s steps cut before the float conversion: decode tasks ship uint8 crops (4× smaller
-    than float32) and the model actor normalises. Both halves together are exactly the local transform."""
-    from torchvision.transforms import v2 as T
-
-    from ..embed.transforms import ToNormalizedFloat, build_transform
-
-    steps = build_transform(preprocess).transforms
-    cut = next(i for i, step in enumerate(steps) if isinstance(step, ToNormalizedFloat))
-    return T.Compose(steps[:cut]), T.Compose(steps[cut:])
+def ray_batch_size(job: Job) -> int:
+    """Images per batch on Ray: --batch-size or the gallery's own, else the device's default (the Ray engine does not
+    measure batch sizes: its actors run one batch each, on whatever machines the cluster has)."""
+    device = "cuda" if job.config.device.startswith("cuda") else "cpu"
+    return job.config.batch_size or DEFAULT_BATCH_SIZE[device]
 
 
 def decode_batch(row: dict, preprocess: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
@@ -390,10 +383,11 @@ def decode_batch(row: dict, preprocess: Preprocess, max_pixels: int = DEFAULT_MA
 
     torch.set_num_threads(1)  # one decode task per CPU slot
     started = time.perf_counter()
-    to_pixels, _ = split_transform(preprocess)
     records = tuple(ImageRecord(str(path), None, "train") for path in row["paths"])
-    dataset = ImageListDataset(records, to_pixels, max_pixels, preprocess.resize_size)
-    local, tensor, bad, hashes, dimensions = collate([dataset[i] for i in range(len(dataset))])
+    dataset = ImageListDataset(records, build_transform(preprocess), max_pixels, preprocess.resize_size)
+    local, tensor, bad, hashes, dimensions = decode_into_batch(
+        dataset, list(range(len(dataset))), preprocess.image_size
+    )
     start = int(row["start"])
     size = preprocess.image_size
     return {
@@ -401,7 +395,7 @@ def decode_batch(row: dict, preprocess: Preprocess, max_pixels: int = DEFAULT_MA
         "batch": int(row["batch"]),
         "batches": int(row["batches"]),
         "indices": np.asarray(local, dtype=np.int64) + start,
-        "pixels": tensor.numpy() if tensor is not None else np.zeros((0, 3, size, size), np.uint8),
+        "pixels": tensor.numpy() if tensor is not None else np.zeros((0, size, size, 3), np.uint8),
         "bad": json.dumps([[start + i, reason] for i, reason in bad]),
         "hashes": json.dumps(hashes),
         "dimensions": json.dumps(dimensions),
@@ -421,7 +415,6 @@ class EmbedActor:
             config.model, config.weights, config.image_size, runtime.pick_device(config.device), config.seed
         )
         apply_inference(self.embedder, Inference.from_dict(inference), threads)
-        _, self.normalise = split_transform(self.embedder.preprocess)
         self.crash_once = crash_once
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -431,7 +424,7 @@ class EmbedActor:
         started = time.perf_counter()
         pixels = np.array(batch["pixels"][0], copy=True)  # Ray hands out read-only views; torch wants to own the memory
         if len(pixels):
-            embeddings = self.embedder.embed(self.normalise(torch.from_numpy(pixels)))
+            embeddings = self.embedder.embed(torch.from_numpy(pixels))
         else:
             embeddings = np.zeros((0, self.embedder.dim), np.float32)
         passed = ("shard", "batch", "batches", "indices", "bad", "hashes", "dimensions")

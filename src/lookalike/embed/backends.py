@@ -1,8 +1,11 @@
 """Inference backends: one module, several ways to run it.
 
-A backend maps a batch of preprocessed images (B, 3, H, W float32) to L2-normalised float32
-embeddings. `torch` runs the module eagerly (CUDA when the embedder is on a GPU); `openvino`
-converts it once to OpenVINO IR, cached on disk, and runs it on the CPU plugin. Which backend and
+A backend maps a batch of model-input pixels (B, S, S, 3 uint8, as `transforms.PixelTransform` crops them) to
+L2-normalised float32 embeddings. The conversion to float, the normalisation and the change to the model's
+layout run inside the backend, not on the decode side: `torch` in one step on the device the model runs on (a GPU
+gets a quarter of the bytes float32 would take), `openvino` in the compiled graph (its PrePostProcessor). `torch`
+runs the module eagerly (CUDA when the embedder is on a GPU); `openvino` converts it once to OpenVINO IR, cached
+on disk, and runs it on the CPU plugin. Which backend and
 precision a job uses is decided by measurement (`embed.calibrate`), never assumed: on one CPU
 bf16 autocast doubles a CNN's speed and slows CLIP down.
 """
@@ -23,6 +26,7 @@ import numpy as np
 from ..errors import BackendUnavailable, LookalikeError
 from .cache import ModelIdentity, cache_root, cached_ir, openvino_version
 from .registry import BACKENDS, PRECISIONS  # noqa: F401 (re-exported)
+from .transforms import Preprocess, normalise_pixels
 
 if TYPE_CHECKING:
     import torch
@@ -85,7 +89,8 @@ class TorchBackend:
     """Eager torch; bf16/fp16 through autocast, so weights stay fp32 and only the matmuls drop precision.
 
     `module` is any callable of a tensor (the text tower passes CLIP's token → feature function); `unit` names its
-    rows in errors ("images", "texts")."""
+    rows in errors ("images", "texts"). With `pixels` (the model's preprocessing), the input is uint8 pixels
+    (B, S, S, 3), moved to the device as they are and normalised there (`normalise_pixels`)."""
 
     def __init__(
         self,
@@ -94,11 +99,13 @@ class TorchBackend:
         precision: str,
         channels_last: bool,
         unit: str = "images",
+        pixels: Preprocess | None = None,
     ):
         import torch
 
         self.choice = Choice("torch", precision)
         self.module, self.device, self.channels_last, self.unit = module, device, channels_last, unit
+        self.pixels = pixels
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         if precision == "fp16" and not device.startswith("cuda"):
             raise BackendUnavailable("torch fp16 runs only on CUDA here; the CPU has no fast fp16 path")
@@ -109,7 +116,9 @@ class TorchBackend:
         import torch
 
         x = images.to(self.device, non_blocking=True)
-        if self.channels_last:
+        if self.pixels is not None:
+            x = normalise_pixels(x, self.pixels, self.channels_last)
+        elif self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with (
             torch.inference_mode(),
@@ -134,8 +143,9 @@ class OpenVINOBackend:
     2 cores, the
     two modes interleaved (OpenVINO bf16): MobileNetV2 228 against 202 img/s, CLIP 40.1 against
     39.0, ResNet-18 a tie (bench_extract's model-only table shows both modes).
-    `dtype`: what the model's input is fed as (float32 pixels; int64 token ids for the text tower); `unit` names
-    its rows in errors.
+    `dtype`: what the model's input is fed as (float32; int64 token ids for the text tower); `unit` names
+    its rows in errors. With `pixels` (the model's preprocessing), the input is uint8 pixels (B, S, S, 3): the
+    compiled graph converts, normalises and transposes them (`with_pixel_input`).
     """
 
     def __init__(
@@ -146,6 +156,7 @@ class OpenVINOBackend:
         streams: int | None = 1,
         dtype: type = np.float32,
         unit: str = "images",
+        pixels: Preprocess | None = None,
     ):
         import openvino as ov
 
@@ -166,8 +177,9 @@ class OpenVINOBackend:
         if streams not in (None, 1):
             config["NUM_STREAMS"] = int(streams)
         self.choice = Choice("openvino", precision)
-        self.dtype, self.unit = dtype, unit
-        self.compiled = core.compile_model(str(model_xml), "CPU", config)
+        self.dtype, self.unit = (np.uint8, unit) if pixels is not None else (dtype, unit)
+        model = core.read_model(str(model_xml))
+        self.compiled = core.compile_model(with_pixel_input(model, pixels) if pixels else model, "CPU", config)
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
         self.streams = int(self.compiled.get_property("NUM_STREAMS"))
         self._local = threading.local()
@@ -222,6 +234,22 @@ class OpenVINOBackend:
             queue.wait_all()  # nothing may still read a batch's pixels once this returns (an interrupted run too)
 
 
+def with_pixel_input(model, p: Preprocess):
+    """The OpenVINO model taking uint8 NHWC pixels: its PrePostProcessor adds the conversion to float32,
+    (x − 255·mean) / (255·std) and the transpose to NCHW to the graph, where the plugin fuses them into the first
+    layer's input, instead of a float tensor being made per image on the decode side."""
+    import openvino as ov
+    from openvino.preprocess import PrePostProcessor
+
+    ppp = PrePostProcessor(model)
+    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+    ppp.input().model().set_layout(ov.Layout("NCHW"))
+    ppp.input().preprocess().convert_element_type(ov.Type.f32).mean([255 * m for m in p.mean]).scale(
+        [255 * s for s in p.std]
+    )
+    return ppp.build()
+
+
 def _pixels(images: torch.Tensor, dtype: type = np.float32) -> np.ndarray:
     return np.ascontiguousarray(images.detach().cpu().numpy(), dtype=dtype)
 
@@ -246,13 +274,15 @@ def make_backend(
     channels_last: bool,
     threads: int | None = None,
     streams: int | None = 1,
+    preprocess: Preprocess | None = None,
 ) -> Backend:
-    """The backend for `choice` over `module`. `identity` is asked for only by OpenVINO, whose converted and
-    quantised models it names (for random weights it hashes every tensor: 0.2 s for CLIP, which torch never pays).
+    """The backend for `choice` over `module`: fed uint8 pixels, normalised as `preprocess` says (None: fed what
+    `module` takes). `identity` is asked for only by OpenVINO, whose converted and quantised models it names (for
+    random weights it hashes every tensor: 0.2 s for CLIP, which torch never pays).
 
     `streams` (OpenVINO only): 1 for queries, None or n > 1 for extraction (see `OpenVINOBackend`)."""
     if choice.backend == "torch":
-        return TorchBackend(module, device, choice.precision, channels_last)
+        return TorchBackend(module, device, choice.precision, channels_last, pixels=preprocess)
     if choice.backend != "openvino":
         raise BackendUnavailable(f"unknown inference backend {choice.backend!r}; choose one of {', '.join(BACKENDS)}")
     if device != "cpu":
@@ -263,7 +293,7 @@ def make_backend(
         from .quantise import int8_model
 
         xml = int8_model(model, xml)
-    return OpenVINOBackend(xml, choice.precision, threads, streams)
+    return OpenVINOBackend(xml, choice.precision, threads, streams, pixels=preprocess)
 
 
 def openvino_model(module: nn.Module, model: ModelIdentity) -> Path:

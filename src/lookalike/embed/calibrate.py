@@ -48,6 +48,13 @@ RETIME_WITHIN = 1.5  # the two leaders are timed again when the second is within
 # takes 4 s for ResNet-18 and 18 s for CLIP and saves 4 and 11 ms per image, so a job of fewer images than this,
 # whose model is not quantised yet, skips it (--precision int8 quantises anyway; later jobs then try it for free).
 QUANTISE_MIN_IMAGES = 2000
+# The batch sizes extraction may run, measured for the chosen backend in the mode extraction runs it (OpenVINO's
+# streams side by side, each on a whole batch): AMX favours larger batches per stream than AVX-512 alone, and a GPU
+# larger ones still.
+BATCH_SIZES = {"cpu": (8, 16, 32, 64), "cuda": (32, 64, 128)}
+SUSTAINED_ROUNDS = 3  # timed rounds of one batch per stream, after one untimed round (a new shape's first call)
+SUSTAINED_SHARE = 0.05  # measuring batch sizes may cost at most this share of the job's images
+BATCH_WITHIN = 0.97  # the smallest batch within this share of the best rate wins: finer pipelining, less memory
 INT8 = Choice("openvino", "int8")
 REFERENCE = Choice("torch", "fp32")
 REFERENCE_NOTE = "reference (timed on the images after its warm-up)"
@@ -279,3 +286,47 @@ def _time(run, x: torch.Tensor) -> tuple[np.ndarray, float]:
     started = time.perf_counter()
     out = run(x)
     return out, len(x) / max(time.perf_counter() - started, 1e-9)
+
+
+def sustained_rates(
+    embedder: Embedder,
+    images: torch.Tensor,
+    choice: Choice,
+    threads: int | None,
+    sizes: tuple[int, ...],
+    job_images: int | None = None,
+) -> tuple[dict[int, float], str]:
+    """Images/s of `choice` at each batch size in `sizes`, sustained as extraction runs it, and a note.
+
+    The calibration images are repeated to fill each batch (a rate does not depend on what the pixels show).
+    Returns no rates, and says why, when measuring would cost more than SUSTAINED_SHARE of the job's images.
+    """
+    import torch
+
+    from .backends import map_batches
+
+    run = embedder.backend(choice, threads, streams=None)
+    streams = getattr(run, "streams", 1) or 1
+    cost = sum((SUSTAINED_ROUNDS + 1) * streams * size for size in sizes)
+    if job_images is not None and cost > SUSTAINED_SHARE * job_images:
+        return {}, (
+            f"not measured: timing batches of {', '.join(map(str, sizes))} takes {cost} images, over"
+            f" {SUSTAINED_SHARE:.0%} of this job's {job_images}"
+        )
+    rates = {}
+    for size in sizes:
+        batch = images[torch.arange(size) % len(images)].contiguous()
+        for _ in map_batches(run, ((i, batch) for i in range(streams))):
+            pass
+        started = time.perf_counter()
+        for _ in map_batches(run, ((i, batch) for i in range(SUSTAINED_ROUNDS * streams))):
+            pass
+        rates[size] = round(SUSTAINED_ROUNDS * streams * size / max(time.perf_counter() - started, 1e-9), 2)
+    shown = ", ".join(f"{size}: {rate:.0f}" for size, rate in rates.items())
+    return rates, f"{choice} sustained img/s by batch size ({streams} stream{'s' if streams != 1 else ''}): {shown}"
+
+
+def choose_batch(rates: dict[int, float]) -> int:
+    """The smallest batch size within BATCH_WITHIN of the best sustained rate."""
+    best = max(rates.values())
+    return min(size for size, rate in rates.items() if rate >= BATCH_WITHIN * best)

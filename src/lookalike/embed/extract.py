@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import shutil
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -30,7 +31,13 @@ import torch
 
 from .. import runtime
 from ..data.datasets import Collection, ImageRecord, load_collection
-from ..data.images import DEFAULT_MAX_PIXELS, decode_image_bytes, read_image_bytes
+from ..data.images import (
+    DEFAULT_MAX_PIXELS,
+    JPEG_DECODERS,
+    decode_pixels,
+    read_image_bytes,
+    simplejpeg_version,
+)
 from ..errors import BadImageError, GalleryError
 from ..fileio import require_free_disk
 from ..gallery import (
@@ -50,7 +57,15 @@ from ..gallery import (
 from ..gallery.manifest import Inference
 from . import incremental
 from .backends import Backend, BackendUnavailable, Choice, NonFiniteEmbeddings, map_batches
-from .calibrate import CALIBRATION_IMAGES, REFERENCE, calibrate
+from .calibrate import (
+    BATCH_SIZES,
+    BATCH_WITHIN,
+    CALIBRATION_IMAGES,
+    REFERENCE,
+    calibrate,
+    choose_batch,
+    sustained_rates,
+)
 from .models import Embedder, load_model
 from .registry import MODELS
 from .transforms import Preprocess, build_transform
@@ -73,7 +88,7 @@ class ExtractConfig:
     model: str = "resnet18"
     weights: str = "pretrained"
     image_size: int | None = None
-    # None: the gallery's own when updating or resuming, else DEFAULT_BATCH_SIZE for the device
+    # None: the gallery's own when updating or resuming, else measured by the calibration (`decide_batch`)
     batch_size: int | None = None
     chunk_size: int = 4096  # images per resumable chunk (`.partial/shard-*.npz`)
     shard_size: int = DEFAULT_SHARD_ROWS  # rows per gallery shard (layout only: not part of the identity)
@@ -91,13 +106,14 @@ class ExtractConfig:
     update: bool | None = None
 
     def resolved(self) -> ExtractConfig:
-        """This config with its batch size decided: the gallery's own in `out`, else the device's default."""
-        return self if self.batch_size is not None else replace(self, batch_size=_default_batch_size(self))
+        """This config with its batch size as far as it is decided: --batch-size, else the unfinished job's or the
+        gallery's own in `out`; None for a new job, whose calibration measures it (`decide_batch`)."""
+        return self if self.batch_size is not None else replace(self, batch_size=_recorded_batch_size(self))
 
     def identity(self) -> dict:
         """The arguments that determine the gallery's content; a resume or re-run must match them."""
-        if self.batch_size is None:
-            return self.resolved().identity()
+        if self.batch_size is None and (recorded := _recorded_batch_size(self)) is not None:
+            return replace(self, batch_size=recorded).identity()
         return {
             "data": str(Path(self.data).resolve()),
             "model": self.model,
@@ -117,8 +133,10 @@ class ExtractConfig:
 
     @property
     def effective_chunk_size(self) -> int:
+        """Images per chunk: a multiple of a given batch size; as asked when the calibration measures the batch
+        (batches never straddle a chunk, so a resumed run cuts the same batches either way)."""
         batch = self.resolved().batch_size
-        return max(1, math.ceil(self.chunk_size / batch)) * batch
+        return max(1, math.ceil(self.chunk_size / batch)) * batch if batch else max(1, self.chunk_size)
 
 
 @dataclass(frozen=True)
@@ -175,9 +193,9 @@ class ImageListDataset:
     """Decodes one record (in a decode worker thread); a bad file becomes an error entry, never an exception.
 
     Each file is read once: its bytes are hashed (sha256, so a duplicate under another path or
-    a symlink is recognised later, see Gallery.partition) and decoded from memory, and its full
-    (width, height) is kept (a duplicate group's suggested keeper is its largest copy).
-    An item is (index, tensor or None, error or None, sha256 or None, (width, height) or None).
+    a symlink is recognised later, see Gallery.partition) and decoded from memory (`decode_pixels`: JPEGs by
+    `decoder`), and its full (width, height) is kept (a duplicate group's suggested keeper is its largest copy).
+    An item is (index, (S, S, 3) uint8 crop or None, error or None, sha256 or None, (width, height) or None).
     """
 
     def __init__(
@@ -187,11 +205,13 @@ class ImageListDataset:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_side: int | None = None,
         decoded: dict[int, tuple] | None = None,
+        decoder: str = "auto",
     ):
         self.records = records
         self.transform = transform
         self.max_pixels = max_pixels
         self.min_side = min_side  # the resize target: large images are reduced as they decode
+        self.decoder = decoder
         # items decoded earlier (the calibration's), each handed out once
         self.decoded = decoded if decoded is not None else {}
 
@@ -207,58 +227,155 @@ class ImageListDataset:
         except OSError as exc:
             reason = f"cannot read image {path}: {exc.strerror or exc}; remove or replace the file"
             return index, None, reason, None, None
+        return self.from_bytes(index, data)
+
+    def from_bytes(self, index: int, data: bytes) -> tuple:
+        """The item of record `index`, whose file holds `data`."""
+        path = self.records[index].path
         try:
-            decoded = decode_image_bytes(data, max_pixels=self.max_pixels, name=path, min_side=self.min_side)
+            pixels = decode_pixels(
+                data, max_pixels=self.max_pixels, name=path, min_side=self.min_side, decoder=self.decoder
+            )
             digest = hashlib.sha256(data).hexdigest()
-            return index, self.transform(decoded.image), None, digest, (decoded.width, decoded.height)
+            return index, self.transform(pixels.array), None, digest, (pixels.width, pixels.height)
         except BadImageError as exc:
             return index, None, str(exc), None, None
         except Exception as exc:  # a transform failing on a degenerate image must not kill the run
             return index, None, f"{path}: {type(exc).__name__}: {exc}", None, None
 
 
-def collate(items):
-    """(indices, stacked tensor or None, [(index, reason)], content hashes and (width, height)s aligned with
-    indices)."""
-    ok = [(i, t, h, wh) for i, t, _, h, wh in items if t is not None]
-    bad = [(i, e) for i, _, e, _, _ in items if e is not None]
-    indices = [i for i, _, _, _ in ok]
-    tensor = torch.stack([t for _, t, _, _ in ok]) if ok else None
-    return indices, tensor, bad, [h for _, _, h, _ in ok], [wh for _, _, _, wh in ok]
+def decode_into_batch(dataset: ImageListDataset, batch: list[int], image_size: int, pin_memory: bool = False) -> tuple:
+    """Decode `batch`'s records into one (n, S, S, 3) uint8 tensor: (record indices, tensor or None,
+    [(index, reason)], content hashes and (width, height)s aligned with the indices).
+
+    Each crop is written into its row of the batch as soon as it is made, the batch's rows in the order of the
+    images that decoded (a bad file leaves no gap), so assembling a batch costs no stack and no second copy; with
+    `pin_memory` (CUDA) the batch is allocated pinned, for an asynchronous copy to the GPU.
+    """
+    out = torch.empty((len(batch), image_size, image_size, 3), dtype=torch.uint8, pin_memory=pin_memory)
+    indices, bad, hashes, sizes = [], [], [], []
+    for i in batch:
+        index, crop, error, digest, size = dataset[i]
+        if crop is None:
+            bad.append((index, error))
+            continue
+        out[len(indices)].copy_(crop)
+        indices.append(index)
+        hashes.append(digest)
+        sizes.append(size)
+    return indices, out[: len(indices)] if indices else None, bad, hashes, sizes
 
 
 PREFETCH_PER_WORKER = 2  # batches each decode worker may run ahead of the model
+# Decode threads follow the stage times: enough that decoding a batch (its CPU time, spread over the threads) keeps up
+# with the model taking one, with this much to spare.
+DECODE_HEADROOM = 1.25
+PACE_SMOOTHING = 0.25  # weight of the newest batch in the moving averages of the two stage times
+
+
+class DecodePace:
+    """How many batches decode at once, following the measured stage times as the run goes.
+
+    Starts at the calibration's split (`split_cores`), then after every batch sets the count to what keeps the
+    model fed: ceil(DECODE_HEADROOM × decode CPU seconds per batch ÷ seconds the model takes per batch), between 1
+    and `most` (the cores). Large photos among small ones, a cold page cache or a model slower than calibrated
+    all move it. The count never changes an embedding: every batch decodes alike whichever thread takes it.
+    """
+
+    def __init__(self, start: int, most: int):
+        self.threads = max(1, min(start, most))
+        self.start, self.most = self.threads, most
+        self.low = self.high = self.threads
+        self.changes = 0
+        self.decode_s: float | None = None
+        self.model_s: float | None = None
+        self._running = 0
+        self._gate = threading.Condition()
+
+    def observe(self, decode_cpu_s: float, model_s: float) -> None:
+        """One batch's decode CPU time and the time the model side took for one batch (its wait for decoding left
+        out)."""
+
+        def smooth(old: float | None, new: float) -> float:
+            return new if old is None else (1 - PACE_SMOOTHING) * old + PACE_SMOOTHING * new
+
+        self.decode_s, self.model_s = smooth(self.decode_s, decode_cpu_s), smooth(self.model_s, model_s)
+        target = min(self.most, max(1, math.ceil(DECODE_HEADROOM * self.decode_s / max(self.model_s, 1e-6))))
+        if target != self.threads:
+            with self._gate:
+                self.threads, self.changes = target, self.changes + 1
+                self.low, self.high = min(self.low, target), max(self.high, target)
+                self._gate.notify_all()
+
+    def __enter__(self) -> None:
+        with self._gate:
+            self._gate.wait_for(lambda: self._running < self.threads)
+            self._running += 1
+
+    def __exit__(self, *exc) -> None:
+        with self._gate:
+            self._running -= 1
+            self._gate.notify()
+
+    def summary(self) -> dict:
+        return {
+            "start": self.start,
+            "final": self.threads,
+            "min": self.low,
+            "max": self.high,
+            "changes": self.changes,
+            "decode_ms_per_batch": round(1000 * (self.decode_s or 0.0), 3),
+            "model_ms_per_batch": round(1000 * (self.model_s or 0.0), 3),
+            "rule": (
+                f"after each batch: ceil({DECODE_HEADROOM:g} × decode CPU time per batch ÷ the model's time per"
+                f" batch), between 1 and {self.most}"
+            ),
+        }
 
 
 def decoded_batches(
-    dataset: ImageListDataset, batches: list[list[int]], decode_threads: int, pin_memory: bool = False
+    dataset: ImageListDataset,
+    batches: list[list[int]],
+    decode_threads: int,
+    image_size: int,
+    pin_memory: bool = False,
+    pace: DecodePace | None = None,
 ) -> Iterator[tuple]:
-    """`collate`d batches in order, decoded by `decode_threads` threads while the model runs (0: inline, in the caller's
-    thread).
+    """`decode_into_batch`es in order, decoded by worker threads while the model runs (`decode_threads` 0: inline,
+    in the caller's thread). With `pace`, the number decoding at once follows the stage times (`DecodePace`).
 
-    Threads, not processes: decoding (file reads, PIL's JPEG decoder, hashing, torch's resize)
+    Threads, not processes: decoding (file reads, libjpeg-turbo, hashing, torch's resize)
     releases the GIL, the model runs in native code too, and nothing is pickled between processes.
     It also keeps the process fork-free: forking after OpenVINO's CPU plugin started its threads
     was seen to crash the process at its next fork.
     """
 
     def decode(batch: list[int]) -> tuple:
-        out = collate([dataset[i] for i in batch])
-        return (out[0], out[1].pin_memory(), *out[2:]) if pin_memory and out[1] is not None else out
+        if pace is None:
+            return decode_into_batch(dataset, batch, image_size, pin_memory), 0.0
+        with pace:
+            started = time.thread_time()
+            out = decode_into_batch(dataset, batch, image_size, pin_memory)
+            return out, time.thread_time() - started
 
     if decode_threads <= 0:
-        yield from map(decode, batches)
+        yield from (decode(b)[0] for b in batches)
         return
-    pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="lookalike-decode")
+    most = pace.most if pace is not None else decode_threads
+    pool = ThreadPoolExecutor(most, thread_name_prefix="lookalike-decode")
+    ahead_count = PREFETCH_PER_WORKER * most
     try:
-        ahead = deque(pool.submit(decode, b) for b in batches[: PREFETCH_PER_WORKER * decode_threads])
-        rest = iter(batches[PREFETCH_PER_WORKER * decode_threads :])
+        ahead = deque(pool.submit(decode, b) for b in batches[:ahead_count])
+        rest = iter(batches[ahead_count:])
         while ahead:
-            done = ahead.popleft().result()
+            done, decode_s = ahead.popleft().result()
             following = next(rest, None)
             if following is not None:
                 ahead.append(pool.submit(decode, following))
+            handed = time.perf_counter()
             yield done
+            if pace is not None:
+                pace.observe(decode_s, time.perf_counter() - handed)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -439,19 +556,20 @@ def refuse_non_finite(job: Job, exc: NonFiniteEmbeddings) -> GalleryError:
     )
 
 
-def _default_batch_size(config: ExtractConfig) -> int:
-    """The batch size of the unfinished job or the gallery in `config.out` (its identity holds it), else the device's
-    default."""
+def _recorded_batch_size(config: ExtractConfig) -> int | None:
+    """The batch size the unfinished job or the gallery in `config.out` was started with (its identity holds it;
+    None there: measured by its calibration), else None."""
     out = Path(config.out)
     for path, keys in ((out / PARTIAL / STATE, ("identity",)), (out / MANIFEST, ("extract", "identity"))):
         try:
             record = json.loads(path.read_text())
             for key in keys:
                 record = record[key]
-            return int(record["batch_size"])
+            batch = record["batch_size"]
+            return int(batch) if batch is not None else None
         except (OSError, ValueError, KeyError, TypeError):
             continue
-    return DEFAULT_BATCH_SIZE["cuda" if runtime.pick_device(config.device).startswith("cuda") else "cpu"]
+    return None
 
 
 def _describe_difference(prev: dict | None, new: dict, prev_digest: str | None, digest: str) -> str:
@@ -465,37 +583,91 @@ def _describe_difference(prev: dict | None, new: dict, prev_digest: str | None, 
 
 def decode_sample(
     job: Job, preprocess: Preprocess, n: int = CALIBRATION_IMAGES
-) -> tuple[torch.Tensor | None, float | None]:
-    """The first `n` decodable images of the job's missing shards, and the mean CPU ms it takes to read and decode one.
+) -> tuple[torch.Tensor | None, float | None, str, str]:
+    """The first `n` decodable images of the job's missing shards as (n, S, S, 3) uint8 pixels, the mean CPU ms it
+    takes to hash, decode and crop one, the JPEG decoder the run uses, and why.
 
-    Decoded on every core (eight 12-megapixel JPEGs take a quarter of a second on one) and kept
-    in `job.decoded`, so the run does not decode them again.
+    Each file is read once and decoded on every core (eight 12-megapixel JPEGs take a quarter of a second on one),
+    twice: the second pass, warm, is the one timed. The items are kept in `job.decoded`, so the run neither reads
+    nor decodes them again. When simplejpeg is installed and the sample holds JPEGs, both decoders are timed on
+    them and the faster decodes the job (both are libjpeg-turbo and give the same pixels; the choice is recorded,
+    so a resumed run uses it too).
     """
-    dataset = ImageListDataset(
-        job.collection.records, build_transform(preprocess), job.config.max_pixels, preprocess.resize_size
-    )
+    indices = [i for shard in job.todo() for i in range(shard.start, shard.stop)]
+    transform = build_transform(preprocess)
 
-    def timed(
-        index: int,
-    ) -> tuple[tuple, float]:  # the decoding thread's CPU time: the two threads wait for each other now and then
-        started = time.thread_time()
-        return dataset[index], time.thread_time() - started
+    def read(index: int) -> tuple[int, bytes | None, tuple | None]:
+        try:
+            return index, read_image_bytes(job.collection.records[index].path), None
+        except OSError as exc:  # reported as the run reports every unreadable file
+            path = job.collection.records[index].path
+            reason = f"cannot read image {path}: {exc.strerror or exc}; remove or replace the file"
+            return index, None, (index, None, reason, None, None)
 
-    indices = (i for shard in job.todo() for i in range(shard.start, shard.stop))
-    tensors, seconds, tried = [], 0.0, 0
+    def dataset(decoder: str) -> ImageListDataset:
+        return ImageListDataset(
+            job.collection.records, transform, job.config.max_pixels, preprocess.resize_size, decoder=decoder
+        )
+
+    # each file read once: the first pass decodes the bytes cold, the decoders are compared and the second pass,
+    # the one timed, decodes them warm by the decoder chosen
+    datas: dict[int, bytes] = {}
+    failed: dict[int, tuple] = {}
+    first = dataset("auto")
+    pending = iter(indices)
     with ThreadPoolExecutor(runtime.default_threads(), thread_name_prefix="lookalike-decode") as pool:
-        while len(tensors) < n:
-            window = list(itertools.islice(indices, n - len(tensors)))
+        while len(datas) < n:
+            window = list(itertools.islice(pending, n - len(datas)))
             if not window:
                 break
-            for item, took in pool.map(timed, window):
-                seconds, tried = seconds + took, tried + 1
-                job.decoded[item[0]] = item
-                if item[1] is not None:
-                    tensors.append(item[1])
-    if not tensors:
-        return None, None
-    return torch.stack(tensors), 1000 * seconds / tried
+            for index, data, unreadable in pool.map(read, window):
+                item = unreadable or first.from_bytes(index, data)
+                if item[1] is None:
+                    failed[index] = item
+                else:
+                    datas[index] = data
+    decoder, rule = "pil", "simplejpeg is not installed (pip install simplejpeg)"
+    jpegs = [data for i, data in datas.items() if data[:3] == b"\xff\xd8\xff"]
+    if simplejpeg_version() is not None and not jpegs:
+        rule = "no JPEG among the first images"
+    elif simplejpeg_version() is not None:
+        ms = decoder_ms(jpegs, preprocess.resize_size, job.config.max_pixels)
+        decoder = min(ms, key=ms.get)
+        rule = (
+            f"decoding the first {len(jpegs)} JPEGs, one core, warm: simplejpeg {simplejpeg_version()}"
+            f" {ms['simplejpeg']:.3f} ms, PIL {ms['pil']:.3f} ms per image"
+        )
+    chosen = dataset(decoder)
+
+    def timed(index: int) -> tuple[tuple, float]:  # the decoding thread's CPU time: hashing, decoding, cropping
+        started = time.thread_time()
+        return chosen.from_bytes(index, datas[index]), time.thread_time() - started
+
+    with ThreadPoolExecutor(runtime.default_threads(), thread_name_prefix="lookalike-decode") as pool:
+        decoded = list(pool.map(timed, datas))
+    job.decoded.update(failed)
+    job.decoded.update({item[0]: item for item, _ in decoded})
+    if not decoded:
+        return None, None, decoder, rule
+    pixels = torch.stack([item[1] for item, _ in decoded])
+    return pixels, 1000 * sum(took for _, took in decoded) / len(decoded), decoder, rule
+
+
+def decoder_ms(datas: list[bytes], min_side: int, max_pixels: int) -> dict[str, float]:
+    """Mean ms per image of each JPEG decoder on these files' bytes, in this thread: both decode every file once
+    untimed, then once timed, in turn, so neither pays the first call's costs alone."""
+    times = {}
+    for timed in (False, True):
+        for decoder in JPEG_DECODERS:
+            started = time.thread_time()
+            for data in datas:
+                try:
+                    decode_pixels(data, max_pixels=max_pixels, min_side=min_side, decoder=decoder)
+                except BadImageError:
+                    pass
+            if timed:
+                times[decoder] = 1000 * (time.thread_time() - started) / max(1, len(datas))
+    return times
 
 
 def split_cores(decode_ms: float, model_ms: float, cores: int) -> tuple[int, int, str]:
@@ -520,7 +692,8 @@ def split_cores(decode_ms: float, model_ms: float, cores: int) -> tuple[int, int
 
 
 def decide_inference(job: Job, embedder: Embedder, decode_threads: int | None, threads: int | None) -> Inference:
-    """Calibrate backend and precision on the job's first images, then split the cores; saved in the job state.
+    """Calibrate backend and precision on the job's first images, measure the batch size, then split the cores;
+    saved in the job state.
 
     A resumed run reads the saved decision instead, so every shard is embedded alike and a
     resumed gallery is byte-identical to an uninterrupted one.
@@ -529,10 +702,11 @@ def decide_inference(job: Job, embedder: Embedder, decode_threads: int | None, t
         decided = saved_inference(job.state)
     else:
         cores = runtime.default_threads()
-        sample, decode_ms = decode_sample(job, embedder.preprocess)
+        sample, decode_ms, decoder, decoding = decode_sample(job, embedder.preprocess)
         if sample is None:  # nothing decodes: commit will say so
-            decided = Inference("torch", "fp32", "no image decoded, nothing to calibrate")
+            decided = Inference("torch", "fp32", "no image decoded, nothing to calibrate", decoder=decoder)
         else:
+            job_images = sum(s.stop - s.start for s in job.todo())
             # at `cores` threads, the split's usual outcome, so the run reuses the candidate compiled here
             choice, measured, reason = calibrate(
                 embedder,
@@ -540,13 +714,17 @@ def decide_inference(job: Job, embedder: Embedder, decode_threads: int | None, t
                 job.config.backend,
                 job.config.precision,
                 threads=cores,
-                job_images=sum(s.stop - s.start for s in job.todo()),
+                job_images=job_images,
                 exclude=refused_choices(job.state),
             )
             reason += refusal_note(job.state)
-            model_ms = 1000 / next(
-                c.images_per_second for c in measured if (c.backend, c.precision) == (choice.backend, choice.precision)
-            )
+            batch, batching, model_ms, rates = decide_batch(job, embedder, sample, choice, cores, job_images)
+            if model_ms is None:
+                model_ms = 1000 / next(
+                    c.images_per_second
+                    for c in measured
+                    if (c.backend, c.precision) == (choice.backend, choice.precision)
+                )
             auto_decode_threads, auto_threads, rule = split_cores(decode_ms, model_ms, cores)
             overridden = [
                 f"--{name} {value}"
@@ -563,6 +741,11 @@ def decide_inference(job: Job, embedder: Embedder, decode_threads: int | None, t
                 split=rule + (f"; overridden by {' and '.join(overridden)}" if overridden else ""),
                 decode_ms_per_image=round(decode_ms, 3),
                 model_ms_per_image=round(model_ms, 3),
+                batch_size=batch,
+                batching=batching,
+                batch_rates={str(size): rate for size, rate in rates.items()} or None,
+                decoder=decoder,
+                decoding=decoding,
             )
         # OpenVINO picks its streams; recorded for a resume
         active = apply_inference(embedder, decided, threads, streams=None)
@@ -572,6 +755,29 @@ def decide_inference(job: Job, embedder: Embedder, decode_threads: int | None, t
         return decided
     apply_inference(embedder, decided, threads)
     return decided
+
+
+def decide_batch(
+    job: Job, embedder: Embedder, sample: torch.Tensor, choice: Choice, cores: int, job_images: int
+) -> tuple[int, str, float | None, dict[int, float]]:
+    """(batch size, why, the chosen backend's sustained ms per image on all cores or None when not measured, the
+    sustained img/s measured by batch size).
+
+    --batch-size (or the gallery's own) is kept and only measured, for the core split; otherwise the sizes of
+    BATCH_SIZES are measured, sustained as the run embeds (`calibrate.sustained_rates`), when the job is large
+    enough for that to cost little, and the smallest within BATCH_WITHIN of the best rate wins.
+    """
+    device = "cuda" if embedder.device.startswith("cuda") else "cpu"
+    given = job.config.batch_size
+    sizes = (given,) if given is not None else BATCH_SIZES[device]
+    rates, note = sustained_rates(embedder, sample, choice, cores, sizes, job_images)
+    if given is not None:
+        why = "--batch-size, or the gallery's own" if job.base is None else "the gallery's own"
+        return given, f"{why}; {note}", (1000 / rates[given] if rates else None), rates
+    if not rates:
+        return DEFAULT_BATCH_SIZE[device], f"the {device} default; {note}", None, rates
+    batch = choose_batch(rates)
+    return batch, f"{note} → {batch}, the smallest within {BATCH_WITHIN:.0%} of the best", 1000 / rates[batch], rates
 
 
 def saved_inference(state: dict) -> Inference:
@@ -649,14 +855,19 @@ def write_shard(
     )
 
 
-def run_local(job: Job, embedder: Embedder, decode_threads: int, progress: bool = True) -> None:
-    """Fill every missing shard in this process, decoding in `decode_threads` threads beside the model."""
+def run_local(
+    job: Job, embedder: Embedder, decode_threads: int, progress: bool = True, decided: Inference | None = None
+) -> dict:
+    """Fill every missing shard in this process, decoding beside the model: `decode_threads` at first, then as many
+    as the stage times call for (`DecodePace`; a fixed count when --decode-threads is given). Returns the pace's
+    summary for the manifest."""
     from tqdm import tqdm
 
     todo = job.todo()
     if not todo:
-        return
-    bs = job.config.batch_size
+        return {}
+    decided = decided or saved_inference(job.state)
+    bs = model_batch_size(job, decided)
     batches = [list(range(b, min(b + bs, s.stop))) for s in todo for b in range(s.start, s.stop, bs)]
     dataset = ImageListDataset(
         job.collection.records,
@@ -664,8 +875,18 @@ def run_local(job: Job, embedder: Embedder, decode_threads: int, progress: bool 
         job.config.max_pixels,
         embedder.preprocess.resize_size,
         job.decoded,
+        decoder=decided.decoder or "pil",
     )
-    loader = decoded_batches(dataset, batches, decode_threads, pin_memory=embedder.device.startswith("cuda"))
+    fixed = job.config.decode_threads is not None
+    pace = None if fixed or decode_threads <= 0 else DecodePace(decode_threads, runtime.default_threads())
+    loader = decoded_batches(
+        dataset,
+        batches,
+        decode_threads,
+        embedder.preprocess.image_size,
+        pin_memory=embedder.device.startswith("cuda"),
+        pace=pace,
+    )
     done_images = sum(s.stop - s.start for s in job.shards) - sum(s.stop - s.start for s in todo)
     bar = tqdm(
         total=len(job.collection.records),
@@ -703,6 +924,15 @@ def run_local(job: Job, embedder: Embedder, decode_threads: int, progress: bool 
         ) from None
     finally:
         bar.close()
+    return pace.summary() if pace is not None else {"start": decode_threads, "final": decode_threads, "rule": "fixed"}
+
+
+def model_batch_size(job: Job, decided: Inference) -> int:
+    """Images per model call: the job's own (--batch-size, or the gallery's), else what the calibration measured."""
+    if job.config.batch_size is not None:
+        return job.config.batch_size
+    device = "cuda" if runtime.pick_device(job.config.device).startswith("cuda") else "cpu"
+    return decided.batch_size or DEFAULT_BATCH_SIZE[device]
 
 
 def ensure_state(job: Job, embedder: Embedder) -> None:
@@ -890,7 +1120,7 @@ def extract(config: ExtractConfig, progress: bool = True) -> Gallery:
                     # not a team of threads competing with the backend's: measured on 64 px images, 1.5-1.9 CPU ms
                     # each at 2 threads, 0.95 at 1
                     torch.set_num_threads(1)
-                run_local(job, embedder, decode_threads, progress)
+                pace = run_local(job, embedder, decode_threads, progress, decided)
                 break
             except NonFiniteEmbeddings as exc:
                 error = refuse_non_finite(job, exc)
@@ -905,8 +1135,9 @@ def extract(config: ExtractConfig, progress: bool = True) -> Gallery:
         timings = {
             "threads": threads,
             "decode_threads": decode_threads,
+            "decode_pace": pace,
             "device": device,
-            "batch_size": job.config.batch_size,
+            "batch_size": model_batch_size(job, decided),
             "calibration_seconds": round(calibration_s, 3),
         }
         return commit(job, embedder, timings | (single_image_timing(job, embedder) if job.base is None else {}))

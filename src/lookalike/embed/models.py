@@ -62,7 +62,8 @@ class Embedder:
         return self.active.choice.precision
 
     def embed(self, images: torch.Tensor) -> np.ndarray:
-        """(B, 3, H, W) float tensor → (B, dim) L2-normalised float32 array, by the active backend."""
+        """(B, S, S, 3) uint8 pixels (`transforms.PixelTransform`'s crops) → (B, dim) L2-normalised float32 array,
+        by the active backend."""
         return self.active(images)
 
     def use(self, choice: Choice, threads: int | None = None, streams: int | None = 1) -> Backend:
@@ -77,7 +78,14 @@ class Embedder:
         key = (choice, threads, streams if choice.backend == "openvino" else 1)
         if key not in self._backends:
             self._backends[key] = make_backend(
-                choice, self.module, lambda: self.identity, self.device, self.spec.channels_last, threads, streams
+                choice,
+                self.module,
+                lambda: self.identity,
+                self.device,
+                self.spec.channels_last,
+                threads,
+                streams,
+                self.preprocess,
             )
         return self._backends[key]
 

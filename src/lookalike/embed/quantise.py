@@ -90,7 +90,7 @@ def calibration_pixels(preprocess: Preprocess):
 
     from ..data.images import load_rgb
     from ..data.synthetic import generate_collection
-    from .transforms import build_transform
+    from .transforms import build_transform, normalise_pixels
 
     transform = build_transform(preprocess)
     with tempfile.TemporaryDirectory(prefix="lookalike-int8-") as tmp:
@@ -98,7 +98,8 @@ def calibration_pixels(preprocess: Preprocess):
             Path(tmp) / "images", n_classes=QUANTISE_IMAGES // 8, train_per_class=8, val_per_class=0, seed=QUANTISE_SEED
         )
         files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".jpeg", ".jpg", ".png"))
-        pixels = torch.stack([transform(load_rgb(f)) for f in files]).numpy()
+        # the float IR's input: the normalisation the compiled model's PrePostProcessor adds in front of it
+        pixels = normalise_pixels(torch.stack([transform(load_rgb(f)) for f in files]), preprocess).numpy()
     return np.ascontiguousarray(pixels, dtype=np.float32)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from .. import runtime
-from ..data.images import DEFAULT_MAX_PIXELS, load_rgb, load_rgb_bytes
+from ..data.images import DEFAULT_MAX_PIXELS, decode_pixels, read_image_bytes, unreadable
 from ..errors import GalleryError, TextQueryError
 from ..gallery import Gallery
 from .backends import BackendUnavailable, Choice, NonFiniteEmbeddings
@@ -126,8 +126,10 @@ class QueryEmbedder:
             vector, tokenize_ms, embed_ms = self.text.embed(text)
         return vector, QueryTimings(tokenize_ms, embed_ms)
 
-    def embed_image(self, image: Image.Image, decode_started: float | None = None) -> tuple[np.ndarray, QueryTimings]:
-        """(1, d) unit vector of an RGB image, preprocessed as the gallery's rows were.
+    def embed_image(
+        self, image: Image.Image | np.ndarray, decode_started: float | None = None
+    ) -> tuple[np.ndarray, QueryTimings]:
+        """(1, d) unit vector of an RGB image (PIL, or (H, W, 3) uint8 pixels), preprocessed as the gallery's rows were.
 
         With OpenVINO the resize runs in torch on one thread: its OpenMP workers, once woken, spin
         after the resize and took the cores OpenVINO's own threads need for the forward pass (measured
@@ -151,15 +153,20 @@ class QueryEmbedder:
 
     def embed_path(self, path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, QueryTimings]:
         t0 = time.perf_counter()
-        return self.embed_image(
-            load_rgb(path, max_pixels=max_pixels, min_side=self.embedder.preprocess.resize_size), t0
-        )
+        try:
+            data = read_image_bytes(path)
+        except OSError as exc:
+            raise unreadable(str(path), exc) from exc
+        return self.embed_bytes(data, max_pixels, name=str(path), started=t0)
 
-    def embed_bytes(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, QueryTimings]:
-        """Decoding is reduced to what the resize keeps (as at extraction), so its cost is bounded by max_pixels."""
-        t0 = time.perf_counter()
-        image = load_rgb_bytes(data, max_pixels=max_pixels, min_side=self.embedder.preprocess.resize_size)
-        return self.embed_image(image, t0)
+    def embed_bytes(
+        self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "upload", started: float | None = None
+    ) -> tuple[np.ndarray, QueryTimings]:
+        """Decoding is reduced to what the resize keeps and uses extraction's decoder (`decode_pixels`), so its cost
+        is bounded by max_pixels."""
+        t0 = started if started is not None else time.perf_counter()
+        pixels = decode_pixels(data, max_pixels=max_pixels, name=name, min_side=self.embedder.preprocess.resize_size)
+        return self.embed_image(pixels.array, t0)
 
 
 SINGLE_IMAGE_REPEATS = 5
@@ -174,6 +181,7 @@ def single_image_ms(embedder: Embedder, path: str, repeats: int = SINGLE_IMAGE_R
     times = []
     for _ in range(repeats + 1):
         t = time.perf_counter()
-        embedder.embed(transform(load_rgb(path))[None])
+        pixels = decode_pixels(read_image_bytes(path), name=path, min_side=embedder.preprocess.resize_size)
+        embedder.embed(transform(pixels.array)[None])
         times.append(1000 * (time.perf_counter() - t))
     return round(statistics.median(times[1:]), 3)

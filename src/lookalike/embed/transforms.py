@@ -6,9 +6,10 @@ constants and data loading can change without touching model code.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 if TYPE_CHECKING:  # imported when a transform is built, so the model registry (and the CLI) load without torch
     import torch
@@ -44,61 +45,63 @@ class Preprocess:
         return asdict(self)
 
 
-def cap_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.Image:
-    """Centre-cut an image longer than `max_aspect` × its short side; other images are returned as they are."""
-    width, height = image.size
+def cap_aspect(image: Image.Image | np.ndarray, max_aspect: float = MAX_ASPECT) -> Image.Image | np.ndarray:
+    """Centre-cut an image longer than `max_aspect` × its short side (a view of an (H, W, 3) array, or a PIL
+    crop); other images are returned as they are."""
+    height, width = image.shape[:2] if isinstance(image, np.ndarray) else image.size[::-1]
     short = max(1, min(width, height))
     keep = int(max_aspect * short)
     if max(width, height) <= keep:
         return image
+    start = ((width if width > height else height) - keep) // 2
+    if isinstance(image, np.ndarray):
+        return image[:, start : start + keep] if width > height else image[start : start + keep]
     if width > height:
-        left = (width - keep) // 2
-        return image.crop((left, 0, left + keep, height))
-    top = (height - keep) // 2
-    return image.crop((0, top, width, top + keep))
+        return image.crop((start, 0, start + keep, height))
+    return image.crop((0, start, width, start + keep))
 
 
 @dataclass(frozen=True)
-class ToNormalizedFloat:
-    """uint8 CHW → float32 (x / 255 − mean) / std, as torchvision's ToDtype(scale=True) + Normalize compute it
-    (to within 1e-6), with one new tensor and two in-place passes where those two make two tensors and four.
-    Measured in extraction's decode loop on 64 px images, one thread: 0.75–0.80 ms per image against 0.94–0.97.
-    The Ray engine cuts the transform just before this step (decode tasks ship uint8 crops)."""
+class PixelTransform:
+    """RGB pixels ((H, W, 3) uint8 array, or a PIL image) → the model's input: an (S, S, 3) uint8 crop.
 
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    scale: torch.Tensor = field(init=False, repr=False, compare=False)
-    shift: torch.Tensor = field(init=False, repr=False, compare=False)
+    Resize (short side to `resize_size`, antialiased, torch's uint8 kernels) and centre crop stay in uint8; the
+    conversion to float and the normalisation run inside the model (`normalise_pixels` for torch, OpenVINO's
+    PrePostProcessor), so the decode side never makes the 4-bytes-per-value tensor of S² × 3 floats per image.
+    The crop is a view of the resize's output (HWC strides), copied once, into its batch (`write`).
+    """
 
-    def __post_init__(self) -> None:
+    preprocess: Preprocess
+
+    def __call__(self, image: Image.Image | np.ndarray) -> torch.Tensor:
         import torch
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
 
-        object.__setattr__(
-            self, "scale", torch.tensor([1 / (255 * s) for s in self.std], dtype=torch.float32).view(3, 1, 1)
-        )
-        object.__setattr__(
-            self,
-            "shift",
-            torch.tensor([-m / s for m, s in zip(self.mean, self.std)], dtype=torch.float32).view(3, 1, 1),
-        )
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        return image.to(torch.float32).mul_(self.scale).add_(self.shift)
+        p = self.preprocess
+        array = image if isinstance(image, np.ndarray) else np.array(image.convert("RGB"))
+        chw = torch.from_numpy(cap_aspect(array)).permute(2, 0, 1)  # a view: channels-last strides, as torch's
+        # uint8 resize kernels read them
+        resized = F.resize(chw, [p.resize_size], interpolation=InterpolationMode(p.interpolation), antialias=True)
+        return F.center_crop(resized, [p.image_size]).permute(1, 2, 0)
 
 
-def build_transform(p: Preprocess) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL RGB image → normalised float32 CHW tensor; resize work is bounded (see MAX_ASPECT)."""
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import v2 as T
+def build_transform(p: Preprocess) -> PixelTransform:
+    """The model's input transform: RGB pixels → (S, S, 3) uint8; resize work is bounded (see MAX_ASPECT)."""
+    return PixelTransform(p)
 
-    return T.Compose(
-        [
-            cap_aspect,
-            T.PILToTensor(),
-            T.Resize(p.resize_size, interpolation=InterpolationMode(p.interpolation), antialias=True),
-            T.CenterCrop(p.image_size),
-            ToNormalizedFloat(tuple(p.mean), tuple(p.std)),
-        ]
-    )
+
+def normalise_pixels(pixels: torch.Tensor, p: Preprocess, channels_last: bool = False) -> torch.Tensor:
+    """(B, S, S, 3) uint8 → (B, 3, S, S) float32 (x / 255 − mean) / std, as torchvision's ToDtype(scale=True) and
+    Normalize compute it (to within 1e-6): torch's half of the model input, one new tensor and two in-place passes.
+
+    `channels_last` keeps the NHWC memory order the pixels arrive in (what a CNN's convolutions read fastest);
+    otherwise the result is contiguous NCHW.
+    """
+    import torch
+
+    scale = torch.tensor([1 / (255 * s) for s in p.std], dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(p.mean, p.std)], dtype=torch.float32, device=pixels.device)
+    nchw = pixels.permute(0, 3, 1, 2)
+    x = nchw.to(torch.float32, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return x.mul_(scale).add_(shift.view(1, 3, 1, 1))

@@ -83,6 +83,11 @@ class Inference:
     split: str = ""  # how inference and decode threads were decided
     decode_ms_per_image: float | None = None  # one core, measured on the calibration images
     model_ms_per_image: float | None = None  # the chosen backend, all inference threads
+    batch_size: int | None = None  # images per model call (None: recorded before batches were measured)
+    batching: str = ""  # how the batch size was decided (the sustained rates measured, or why none were)
+    batch_rates: dict[str, float] | None = None  # sustained img/s by batch size, when measured
+    decoder: str | None = None  # JPEG decoder: "simplejpeg" or "pil" (None: PIL, before simplejpeg)
+    decoding: str = ""  # why that decoder
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
