@@ -209,8 +209,9 @@ def test_more_and_less_like_a_result(served, browser, tiny_gallery):
     expected = [str(i) for i in np.argsort(-scores, kind="stable")[:5]]
     expect(results).to_have_count(5)
     assert [results.nth(i).get_attribute("data-id") for i in range(5)] == expected
-    page.locator("#examples li.negative button").click()  # remove the negative: one example left
-    expect(page.locator("#examples li")).to_have_count(1, timeout=WAIT_MS)
+    expect(page.locator("#examples li.query")).to_have_count(1)  # the query image, shown as an example too
+    page.locator("#examples li.negative button").click()  # remove the negative: the query and one example left
+    expect(page.locator("#examples li")).to_have_count(2, timeout=WAIT_MS)
     page.locator("#examples-clear").click()
     expect(page.locator("#examples")).to_be_hidden()
     assert console_errors == []
@@ -382,6 +383,75 @@ def test_text_query_and_compare_with_exact(served_clip, browser, tmp_path):
     page.locator("#text-input").fill("")
     page.locator("#text-btn").click()
     expect(page.locator("#error")).to_contain_text("the text query is empty", timeout=WAIT_MS)
+    assert [url for url in requests if not url.startswith((served_clip, "blob:", "data:"))] == []
+    page.close()
+
+
+def expect_rows(page, answer: dict) -> None:
+    """The page's result rows are the server's `answer`: the same ids in the same order, with its scores."""
+    from playwright.sync_api import expect
+
+    results = page.locator("#results .result")
+    expect(results).to_have_count(len(answer["results"]), timeout=WAIT_MS)
+    for i, row in enumerate(answer["results"]):
+        expect(results.nth(i)).to_have_attribute("data-id", str(row["id"]), timeout=WAIT_MS)
+    shown = [float(s) for s in results.evaluate_all("els => els.map(e => e.dataset.score)")]
+    assert shown == [row["score"] for row in answer["results"]]
+
+
+def test_an_upload_and_a_text_together(served_clip, browser, tiny_collection):
+    """Upload an image, add a text beside it (＋), a result as a negative (−) and a text to move away from (−): each
+    time the page shows the server's answer to that combination; removing the image leaves the texts and the id."""
+    import httpx
+    from playwright.sync_api import expect
+
+    path = sorted((tiny_collection / "val" / "images").glob("*.JPEG"))[2]
+    fields = {"method": "brute", "k": "6"}
+
+    def server(**more) -> dict:
+        files = {"image": (path.name, path.read_bytes(), "image/jpeg")} if more.pop("upload", True) else None
+        response = httpx.post(f"{served_clip}/api/search", files=files, data={**fields, **more}, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    page, requests, console_errors = open_page(browser, served_clip)
+    expect(page.locator("#method option")).to_have_count(3, timeout=WAIT_MS)
+    page.select_option("#method", "brute")
+    page.locator("#k").fill("6")
+    page.locator("#k").dispatch_event("change")
+    page.set_input_files("#file-input", str(path))
+    alone = server()
+    expect_rows(page, alone)
+    expect(page.locator("#examples")).to_be_hidden()
+
+    page.locator("#text-input").fill("at night")
+    page.locator("#text-add").click()  # this image, but at night
+    both = server(text="at night")
+    assert [r["id"] for r in both["results"]] != [r["id"] for r in alone["results"]]  # the text changes the answer
+    expect_rows(page, both)
+    expect(page.locator("#query-caption")).to_contain_text(f"upload: {path.name}")
+    expect(page.locator("#query-caption")).to_contain_text("+ “at night”")
+    expect(page.locator("#examples li.query")).to_have_count(2)  # the image and the text, each removable
+    expect(page.locator("#latency")).to_contain_text("decode + preprocess + tokenize")
+
+    less = both["results"][0]["id"]
+    page.locator(f"#results .result[data-id='{less}'] .less").click()
+    expect_rows(page, server(text="at night", negative=str(less)))
+    expect(page.locator("#examples li.negative")).to_have_count(1)
+
+    page.locator("#text-input").fill("a red car")
+    page.locator("#text-not").click()
+    expect_rows(page, server(text="at night", negative=str(less), negative_text="a red car"))
+    expect(page.locator("#examples li.negative-text")).to_have_text("− “a red car” ×")
+
+    page.locator("#examples li.query[data-part='image'] button").click()  # the texts and the id are left
+    expect_rows(page, server(upload=False, text="at night", negative=str(less), negative_text="a red car"))
+    expect(page.locator("#query-img")).to_be_hidden()
+    expect(page.locator("#examples li")).to_have_count(3)
+    page.locator("#examples li.query[data-part='text'] button").click()  # no positive left: nothing to search with
+    expect(page.locator("#status")).to_contain_text("Nothing left to search with", timeout=WAIT_MS)
+    expect(page.locator("#results .result")).to_have_count(0)
+    assert console_errors == []
     assert [url for url in requests if not url.startswith((served_clip, "blob:", "data:"))] == []
     page.close()
 

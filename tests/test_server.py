@@ -368,14 +368,19 @@ BAD_REQUESTS = {
         "not both",
         lambda c: c.post("/api/search", files={"image": ("a.jpg", _jpeg_bytes(), "image/jpeg")}, data={"id": "1"}),
     ),
-    "image and text": (
-        400,
-        "not both image and text",
+    "image and text without a text tower": (
+        422,
+        "resnet18, which has no text tower",
         lambda c: c.post(
-            "/api/search", files={"image": ("a.jpg", _jpeg_bytes(), "image/jpeg")}, data={"text": "a red car"}
+            "/api/search", files={"image": ("a.jpg", _jpeg_bytes(), "image/jpeg")}, data={"text": "at night"}
         ),
     ),
     "text without a text tower": (422, "no text tower", lambda c: c.post("/api/search", data={"text": "a red car"})),
+    "negative text without a text tower": (
+        422,
+        "resnet18, which has no text tower",
+        lambda c: search_id(c, 1, negative_text="at night"),
+    ),
     "efSearch for ivf": (422, "ivf has no efSearch", lambda c: search_id(c, 1, method="ivf", efSearch=8)),
     "k_factor zero": (422, "has no k_factor", lambda c: search_id(c, 1, method="ivf", k_factor=0)),
     "unknown comparison": (422, "compare=exact", lambda c: search_id(c, 1, method="ivf", compare="yes")),

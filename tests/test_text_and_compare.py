@@ -25,7 +25,7 @@ from lookalike.serve import ServerConfig, create_app
 from lookalike.study import metrics
 
 from .conftest import LOOKALIKE
-from .test_server import ThreadedServer, ok, search_id
+from .test_server import ThreadedServer, _jpeg_bytes, ok, search_id
 
 CLIP_ARCH = "ViT-B-32-quickgelu"
 TEXT = "a red car"
@@ -251,14 +251,84 @@ def test_text_search_through_the_api(clip_client, clip_gallery, clip_reference):
         ({"text": "  "}, 422, "the text query is empty"),
         ({"text": "car " * 80}, 422, "80 tokens long"),
         ({"text": "y" * 20_000}, 422, "characters long"),
-        ({"text": TEXT, "id": "1"}, 400, "not both id and text"),
+        ({"id": "1", "text": ""}, 422, "the text query is empty"),
+        ({"id": "1", "negative_text": ""}, 422, "the text query is empty"),
+        ({"id": "1", "negative_text": "car " * 80}, 422, "80 tokens long"),
+        ({"negative_text": TEXT}, 422, "negative_text only says what to move away from"),
+        ({"id": "1", "text": TEXT, "positive": ",".join(map(str, range(2, 33)))}, 422, "at most 32 examples"),
     ],
 )
 def test_bad_text_is_a_clear_4xx(clip_client, fields, status, words):
     response = clip_client.post("/api/search", data=fields)
     assert response.status_code == status, response.text
     body = response.json()
-    assert words in body["error"] and body["field"] in ("text", "id")
+    assert words in body["error"] and body["field"] in ("text", "negative_text", "image", "positive")
+    if "negative_text" in fields and "id" in fields:
+        assert body["field"] == "negative_text"
+
+
+def rule(positives: list[np.ndarray], negatives: list[np.ndarray] = ()) -> np.ndarray:
+    """The documented rule of several examples, in numpy: normalise(mean(positives) − 0.5 × mean(negatives))."""
+    q = np.mean(positives, axis=0) - (0.5 * np.mean(negatives, axis=0) if len(negatives) else 0)
+    return q / np.linalg.norm(q)
+
+
+def test_an_upload_and_a_text_together_follow_the_rule(clip_client, clip_gallery, clip_reference, tiny_collection):
+    """An uploaded image plus a text ("this image, but at night") is the mean of the image's and the text's unit
+    vectors, normalised: checked against numpy over the stored rows, the image's own stored row standing for the
+    upload and open_clip's text tower for the text."""
+    gallery = open_gallery(clip_gallery)
+    x = np.asarray(gallery.embeddings, dtype=np.float32)
+    path = sorted((tiny_collection / "val" / "images").glob("*.JPEG"))[3]
+    row = [i for i, p in enumerate(gallery.paths) if p.endswith(f"val/images/{path.name}")]
+    assert len(row) == 1  # the uploaded file is a row of the gallery: its stored embedding is the image's vector
+    image, night = x[row[0]], reference_text_vector(clip_reference, "at night")[0]
+    files = {"image": (path.name, path.read_bytes(), "image/jpeg")}
+    fields = {"method": "brute", "k": "8"}
+    answer = ok(clip_client.post("/api/search", files=files, data={**fields, "text": "at night"}))
+    want_ids, want_scores = numpy_top(gallery, rule([image, night]), 8)
+    assert [r["id"] for r in answer["results"]] == want_ids.tolist()
+    np.testing.assert_allclose([r["score"] for r in answer["results"]], want_scores, atol=1e-4)
+    assert answer["query"] == {**answer["query"], "kind": "upload", "filename": path.name, "text": "at night"}
+    assert answer["latency_ms"]["decode_ms"] > 0 and answer["latency_ms"]["embed_ms"] > 0
+    alone = ok(clip_client.post("/api/search", files=files, data=fields))
+    assert [r["id"] for r in alone["results"]] != want_ids.tolist()  # the text moved the results: the check can fail
+
+    # the same, with a text and gallery ids as negatives: every example from its own reference
+    car = reference_text_vector(clip_reference, TEXT)[0]
+    answer = ok(
+        clip_client.post(
+            "/api/search",
+            files=files,
+            data={**fields, "text": "at night", "negative_text": TEXT, "positive": "40", "negative": "7,90"},
+        )
+    )
+    q = rule([image, night, x[40]], [car, x[7], x[90]])
+    scores = x @ q
+    scores[[40, 7, 90]] = -np.inf  # example gallery ids are left out of the results
+    want = np.argsort(-scores, kind="stable")[:8]
+    assert [r["id"] for r in answer["results"]] == want.tolist()
+    np.testing.assert_allclose([r["score"] for r in answer["results"]], scores[want], atol=1e-4)
+    assert (answer["negative_text"], answer["positive"], answer["negative"]) == (TEXT, [40], [7, 90])
+
+
+def test_a_gallery_id_and_a_text_together_follow_the_rule(clip_client, clip_gallery, clip_reference):
+    """A gallery id plus a text, and a text with a negative text: the stored row and open_clip's texts, in numpy."""
+    gallery = open_gallery(clip_gallery)
+    x = np.asarray(gallery.embeddings, dtype=np.float32)
+    night, car = (reference_text_vector(clip_reference, t)[0] for t in ("at night", TEXT))
+    answer = ok(clip_client.post("/api/search", data={"id": "12", "text": "at night", "method": "flat", "k": "6"}))
+    scores = x @ rule([x[12], night])
+    scores[12] = -np.inf  # the query's own id is an example: left out
+    assert [r["id"] for r in answer["results"]] == np.argsort(-scores, kind="stable")[:6].tolist()
+    assert answer["query"]["kind"] == "id" and answer["query"]["id"] == 12 and answer["query"]["text"] == "at night"
+    assert answer["latency_ms"]["decode_ms"] > 0  # the text's tokenizing; the id's row is stored
+    want_ids, _ = numpy_top(gallery, rule([car], [night]), 6)
+    answer = ok(
+        clip_client.post("/api/search", data={"text": TEXT, "negative_text": "at night", "k": "6", "method": "brute"})
+    )
+    assert [r["id"] for r in answer["results"]] == want_ids.tolist()
+    assert answer["query"]["kind"] == "text" and answer["negative_text"] == "at night"
 
 
 def test_text_on_a_resnet_gallery_is_a_422_naming_clip(resnet_served):
@@ -269,6 +339,18 @@ def test_text_on_a_resnet_gallery_is_a_422_naming_clip(resnet_served):
         response = client.post("/api/search", data={"text": text})
         assert response.status_code == 422 and response.json()["field"] == "text"
         assert "resnet18, which has no text tower" in response.json()["error"] and "clip" in response.json()["error"]
+    # beside an image or an id, as one more example or as a negative one: the same sentence, naming the field
+    upload = {"image": ("q.jpg", _jpeg_bytes(), "image/jpeg")}
+    for files, fields, field in [
+        (upload, {"text": "at night"}, "text"),
+        (None, {"id": "3", "text": "at night"}, "text"),
+        (upload, {"negative_text": "at night"}, "negative_text"),
+        (None, {"id": "3", "negative_text": "at night", "positive": "4"}, "negative_text"),
+    ]:
+        response = client.post("/api/search", files=files, data=fields)
+        assert response.status_code == 422 and response.json()["field"] == field, response.text
+        assert "resnet18, which has no text tower" in response.json()["error"]
+    assert ok(client.post("/api/search", files=upload))["results"]  # and the server still answers
 
 
 def test_compare_through_the_api_reports_what_ivf_missed(resnet_served):

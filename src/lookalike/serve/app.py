@@ -1,7 +1,8 @@
 """The FastAPI app of `lookalike serve`: a JSON API over one gallery and the single page that uses it.
 
-    POST /api/search             multipart: image (file), id or text; method, k, nprobe/efSearch/k_factor, compare
-                                 → results + latency
+    POST /api/search             multipart: image (file), id or text (CLIP: an image or id and a text together);
+                                 positive/negative ids, negative_text; method, k, nprobe/efSearch/k_factor,
+                                 compare, where → results + latency
     GET  /api/images/{id}        the original image file of a gallery id
     GET  /api/images/{id}/thumb  a JPEG thumbnail (made once, then cached)
     GET  /api/gallery            manifest summary, provenance, methods and their parameter ranges
@@ -71,7 +72,7 @@ def create_app(gallery_dir: str | FilePath, config: ServerConfig | None = None) 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     reasons = {
-        400: "unreadable image, or more than one query (image, id, text)",
+        400: "unreadable image, or both an image and an id",
         415: "a JSON body: the query is sent as form fields",
         404: "unknown gallery id, or its image file is missing",
         409: "the gallery's files changed or vanished since extraction (duplicates are checked against them)",
@@ -299,13 +300,18 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
         "/api/search",
         response_model=SearchResponse,
         responses=_errors(400, 404, 413, 415, 422),
-        summary="Find the gallery images nearest to an uploaded image, a gallery image or a text (CLIP galleries)",
+        summary=(
+            "Find the gallery images nearest to an uploaded image, a gallery image or a text (CLIP galleries), or to"
+            " several examples at once"
+        ),
     )
     async def search(
         request: Request,
         image: Annotated[
             UploadFile | None,
-            File(description=f"the query image; give this, id or text (at most {config.max_upload_bytes} bytes)"),
+            File(
+                description=(f"the query image; give this or id, and/or text (at most {config.max_upload_bytes} bytes)")
+            ),
         ] = None,
         gallery_id: Annotated[
             int | None,
@@ -318,7 +324,8 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
             Form(
                 description=(
                     "a text query, e.g. 'a red car', embedded by the text tower of the gallery's model (CLIP galleries"
-                    " only; at most its context of 77 tokens)"
+                    " only; at most its context of 77 tokens); beside an image or id it is one more positive example:"
+                    " image + 'at night' searches 'this image, but at night'"
                 )
             ),
         ] = None,
@@ -370,14 +377,23 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
             Form(
                 description=(
                     "gallery ids, comma-separated: more examples like the query; the query searched is"
-                    " normalise(mean(query and positives) − 0.5 × mean(negatives)), and the examples are left out of"
-                    " the results"
+                    " normalise(mean(query, text and positives) − 0.5 × mean(negatives and negative_text)), and the"
+                    " example ids are left out of the results"
                 )
             ),
         ] = None,
         negative: Annotated[
             str | None,
             Form(description="gallery ids, comma-separated: examples the results should not look like"),
+        ] = None,
+        negative_text: Annotated[
+            str | None,
+            Form(
+                description=(
+                    "a text the results should not look like, a negative example beside the query (CLIP galleries"
+                    " only), e.g. image + negative_text 'at night'"
+                )
+            ),
         ] = None,
         where: Annotated[
             str | None,
@@ -396,22 +412,36 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
                 "image",
                 status=415,
             )
-        given = [name for name, value in (("image", image), ("id", gallery_id), ("text", text)) if value is not None]
-        if len(given) > 1:
+        if image is not None and gallery_id is not None:
             raise RequestError(
-                f"give one query — an image, an id or a text — not both {given[0]} and {given[1]}", given[1]
+                "give one image to search from — an upload or a gallery id — not both image and id; send more gallery"
+                " ids as positive examples",
+                "id",
             )
-        if not given:
-            if (await request.form()).get("text") == "":  # FastAPI reads an empty form field as absent
-                service.check_text("")  # raises: the gallery has no text tower, or the text is empty
+        form = await request.form()
+        for name in ("text", "negative_text"):
+            if form.get(name) == "":  # FastAPI reads an empty form field as absent: an empty text is refused
+                service.check_text("", name)  # raises: the gallery has no text tower, or the text is empty
+        for name, value in (("text", text), ("negative_text", negative_text)):
+            if value is not None:
+                service.check_text(value, name)  # cheap (text over the context's length is refused untokenized)
+        if image is None and gallery_id is None and text is None:
             raise Invalid(
                 "missing query: send an image file in field 'image', a gallery id in field 'id' or a text in field"
-                " 'text'",
+                " 'text'" + (" (negative_text only says what to move away from)" if negative_text is not None else ""),
                 "image",
             )
         plan = service.plan(method, k, {"nprobe": nprobe, "efSearch": ef_search, "k_factor": k_factor}, compare)
-        examples = service.examples(positive, negative)
-        plan = replace(plan, positive=examples[0], negative=examples[1], rows=service.rows_within(where))
+        parts = sum(value is not None for value in (image, gallery_id, text, negative_text))
+        examples = service.examples(positive, negative, parts)
+        plan = replace(
+            plan,
+            positive=examples[0],
+            negative=examples[1],
+            negative_text=negative_text,
+            text=text if image is not None or gallery_id is not None else None,  # a text alone is the query itself
+            rows=service.rows_within(where),
+        )
         query_label = None
         if image is not None:
             service.check_uploads()
@@ -419,19 +449,18 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
                 raise TooLarge(service.too_large_message(image.size), "image")
             data = await image.read()
             outcome, wait_ms = await compute.run(service.search_upload, data, plan)
-            query = QueryInfo(kind="upload", filename=image.filename, bytes=len(data))
-        elif text is not None:
-            service.check_text(text)  # cheap (text over the context's length in characters is refused untokenized)
-            outcome, wait_ms = await compute.run(service.search_text, text, plan)
-            query = QueryInfo(kind="text", text=text)
-        else:
+            query = QueryInfo(kind="upload", filename=image.filename, bytes=len(data), text=text)
+        elif gallery_id is not None:
             service.check_id(gallery_id)
             outcome, wait_ms = await compute.run(service.search_id, gallery_id, plan)
             row = service.row(gallery_id)
             query, query_label = (
-                QueryInfo(kind="id", **{k_: row[k_] for k_ in ("id", "label", "label_name", "path")}),
+                QueryInfo(kind="id", text=text, **{k_: row[k_] for k_ in ("id", "label", "label_name", "path")}),
                 row["label"],
             )
+        else:
+            outcome, wait_ms = await compute.run(service.search_text, text, plan)
+            query = QueryInfo(kind="text", text=text)
         latency = SearchTimings(
             decode_ms=outcome["decode_ms"],
             embed_ms=outcome["embed_ms"],
@@ -452,6 +481,7 @@ def _add_api(app: FastAPI, service: SearchService, info: GalleryInfo, compute: C
             latency_ms=latency,
             positive=list(plan.positive),
             negative=list(plan.negative),
+            negative_text=plan.negative_text,
             compare=(
                 None
                 if compared is None

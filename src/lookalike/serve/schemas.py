@@ -50,8 +50,12 @@ class SearchTimings(BaseModel):
 
 
 class QueryInfo(BaseModel):
+    """What the query was: `kind` is its image (an upload or a gallery id), or `text` for a text alone."""
+
     kind: Literal["upload", "id", "text"]
-    text: str | None = None
+    text: str | None = Field(
+        None, description="the text query; beside an upload or an id (CLIP galleries), the text searched with it"
+    )
     id: int | None = None
     filename: str | None = None
     bytes: int | None = None
@@ -92,6 +96,7 @@ class SearchResponse(BaseModel):
     negative: list[int] = Field(
         default_factory=list, description="gallery ids the results were moved away from (left out of results)"
     )
+    negative_text: str | None = Field(None, description="a text the results were moved away from (CLIP galleries)")
     provenance: str = Field(description="model, weights and data behind these results")
     real: bool = Field(description="false when the gallery was made with random weights or generated data")
     warnings: list[str] = Field(

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -41,10 +41,13 @@ from ..gallery.manifest import shown_path
 from ..search import SearchMethod, saved_methods
 from ..search.compare import EXACT_METHOD, Comparison, compare_search
 from ..search.dupes import DuplicateReport, DuplicatesError, find_duplicates, resolve_threshold
-from ..search.searcher import MAX_EXAMPLES, NEGATIVE_WEIGHT, LoadedMethod, Searcher, combine_examples
+from ..search.searcher import MAX_EXAMPLES, NEGATIVE_WEIGHT, LoadedMethod, Searcher
 from ..search.storage import HELD_ROWS, held_rows
 from ..study.projection import encode_map, gallery_map
 from ..study.tune import DefaultChoice, default_method
+
+if TYPE_CHECKING:
+    from ..embed.query import QueryTimings
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +146,10 @@ class SearchPlan:
     # gallery ids given as examples beside the query (search.searcher.combine_examples); left out of the results
     positive: tuple[int, ...] = ()
     negative: tuple[int, ...] = ()
+    # texts beside an image or id query (CLIP galleries), embedded by the gallery's text tower: `text` is one more
+    # positive ("this image, but at night"), `negative_text` a negative ("… not at night"); checked by check_text
+    text: str | None = None
+    negative_text: str | None = None
     rows: np.ndarray | None = None  # a filter's rows (search.filters.Where): only these are searched
 
     def effective_params(self) -> dict[str, int]:
@@ -361,13 +368,13 @@ class SearchService:
         """Why this gallery cannot be searched by text (its model has no text tower), or None when it can."""
         return self.searcher.no_text()
 
-    def check_text(self, text: str) -> None:
+    def check_text(self, text: str, field_name: str = "text") -> None:
         """A text query this gallery can answer: its model has a text tower, and the text is neither empty nor over its
         context."""
         try:
             self.searcher.check_text(text)
         except TextQueryError as exc:
-            raise Invalid(str(exc), "text") from None
+            raise Invalid(str(exc), field_name) from None
 
     def check_uploads(self) -> None:
         reason = self.searcher.no_model()
@@ -382,28 +389,34 @@ class SearchService:
 
     # -- compute jobs (run in a worker thread behind the compute limiter) --
     def search_upload(self, data: bytes, plan: SearchPlan) -> dict[str, Any]:
+        """Search with an uploaded image (and the plan's texts and example ids beside it)."""
         self.check_uploads()
         if len(data) > self.config.max_upload_bytes:
             raise TooLarge(self.too_large_message(len(data)), "image")
         vector, timings = self.searcher.embed(data, max_pixels=self.config.max_pixels)
-        return {**self._search(vector, plan), "decode_ms": timings.decode_ms, "embed_ms": timings.embed_ms}
+        return self._search(vector, plan, [timings])
 
     def search_id(self, gallery_id: int, plan: SearchPlan) -> dict[str, Any]:
-        """Search with the stored embedding of a gallery image: no decoding, no forward pass."""
-        vector, _ = self.searcher.embed(self.check_id(gallery_id))
-        return {**self._search(vector, plan, gallery_id), "decode_ms": None, "embed_ms": None}
+        """Search with the stored embedding of a gallery image: no decoding, no forward pass (but for a text beside
+        it)."""
+        return self._search(self.check_id(gallery_id), plan, [])
 
     def search_text(self, text: str, plan: SearchPlan) -> dict[str, Any]:
         """Search with the text tower's embedding of `text` (checked by check_text); `decode_ms` is the tokenizing."""
-        try:
-            vector, timings = self.searcher.embed(text=text)
-        except TextQueryError as exc:
-            raise Invalid(str(exc), "text") from None
-        return {**self._search(vector, plan), "decode_ms": timings.decode_ms, "embed_ms": timings.embed_ms}
+        vector, timings = self._text_vector(text, "text")
+        return self._search(vector, plan, [timings])
 
-    def examples(self, positive: str | None, negative: str | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """The example ids of a request ("3,17"): each a gallery id, at most MAX_EXAMPLES beside the query (cheap: the
-        event loop)."""
+    def _text_vector(self, text: str, field_name: str) -> tuple[np.ndarray, QueryTimings]:
+        try:
+            return self.searcher.embed(text=text)
+        except TextQueryError as exc:
+            raise Invalid(str(exc), field_name) from None
+
+    def examples(
+        self, positive: str | None, negative: str | None, query_parts: int = 1
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The example ids of a request ("3,17"): each a gallery id, at most MAX_EXAMPLES with the `query_parts` (the
+        image or id, and the texts) beside them (cheap: the event loop)."""
         sides = []
         for name, text in (("positive", positive), ("negative", negative)):
             try:
@@ -411,8 +424,8 @@ class SearchService:
             except ValueError:
                 raise Invalid(f"{name} takes gallery ids separated by commas, e.g. 3,17; got {text!r}", name) from None
             sides.append(tuple(self.check_id(i, name) for i in ids))
-        if sum(map(len, sides)) + 1 > MAX_EXAMPLES:
-            raise Invalid(f"at most {MAX_EXAMPLES} examples per query, the query included", "positive")
+        if sum(map(len, sides)) + query_parts > MAX_EXAMPLES:
+            raise Invalid(f"at most {MAX_EXAMPLES} examples per query, the query and its texts included", "positive")
         return sides[0], sides[1]
 
     def rows_within(self, where: str | None) -> np.ndarray | None:
@@ -431,21 +444,38 @@ class SearchService:
         except LookalikeError as exc:
             raise Invalid(self.hide_paths(str(exc)), "where") from None
 
-    def _search(self, vector: np.ndarray, plan: SearchPlan, query_id: int | None = None) -> dict[str, Any]:
-        """hits as (id, score) pairs and search_ms; with plan.exact also `compare` (search.compare.Comparison).
+    def _search(self, query: np.ndarray | int, plan: SearchPlan, timings: list[QueryTimings]) -> dict[str, Any]:
+        """hits as (id, score) pairs, search_ms, and decode_ms and embed_ms summed over the embedded parts (None when
+        nothing was embedded: a gallery id); with plan.exact also `compare` (search.compare.Comparison).
 
-        Examples in the plan turn the query's vector into several examples' (`combine_examples`: the query is a
-        positive); without compare their ids, and the query's own (`query_id`), are left out of the hits."""
-        examples = (*plan.positive, *plan.negative)
-        if examples:
-            examples += (query_id,) if query_id is not None else ()
-            embeddings = self.gallery.embeddings
-            positives = np.vstack([vector, embeddings.take(plan.positive)]) if plan.positive else vector
-            negatives = embeddings.take(plan.negative) if plan.negative else None
+        `query` is the query's vector, or a gallery id (its stored row). With texts or example ids in the plan, the
+        vector searched is the API's several-examples rule (`Searcher.examples_vector`, `combine_examples`): the query
+        and `plan.text` are positives beside `plan.positive`, `plan.negative_text` a negative beside `plan.negative`;
+        without compare the example ids, the query's own included, are left out of the hits."""
+        positives: list[np.ndarray | int] = [query]
+        negatives: list[np.ndarray | int] = []
+        for text, side, field_name in (
+            (plan.text, positives, "text"),
+            (plan.negative_text, negatives, "negative_text"),
+        ):
+            if text is not None:
+                vector, spent = self._text_vector(text, field_name)
+                side.append(vector)
+                timings = [*timings, spent]
+        positives += plan.positive
+        negatives += plan.negative
+        examples: set[int] = set()
+        if len(positives) == 1 and not negatives:  # the plain query
+            vector = query if isinstance(query, np.ndarray) else self.searcher.vector(query)
+        else:
             try:
-                vector = combine_examples(positives, negatives, NEGATIVE_WEIGHT)
+                vector, examples = self.searcher.examples_vector(positives, negatives, NEGATIVE_WEIGHT)
             except LookalikeError as exc:
-                raise Invalid(str(exc), "negative") from None
+                raise Invalid(str(exc), "negative" if negatives else "positive") from None
+        embedded = {
+            "decode_ms": sum(t.decode_ms for t in timings) if timings else None,
+            "embed_ms": sum(t.embed_ms for t in timings) if timings else None,
+        }
         if plan.exact is not None:
             comparison: Comparison = compare_search(
                 self.gallery, plan.entry.method, plan.exact, vector, plan.k, plan.params, plan.rows
@@ -454,6 +484,7 @@ class SearchService:
                 "hits": [(h.id, h.score) for h in comparison.hits],
                 "search_ms": comparison.method_ms,
                 "compare": comparison,
+                **embedded,
             }
         t = time.perf_counter()
         method, want = plan.entry.method, plan.k + len(examples)
@@ -466,6 +497,7 @@ class SearchService:
             "hits": [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0 and i not in examples][: plan.k],
             "search_ms": search_ms,
             "compare": None,
+            **embedded,
         }
 
     def thumbnail(self, gallery_id: int) -> bytes:

@@ -4,7 +4,9 @@
 const $ = (id) => document.getElementById(id);
 const state = {
   gallery: null,  // GET /api/gallery
-  query: null,    // {kind: "upload", file} | {kind: "id", id} | {kind: "text", text}
+  image: null,    // the query's image: {kind: "upload", file} | {kind: "id", id} | null (a text alone)
+  text: null,     // a text (CLIP galleries): the query alone, or one more positive beside the image, sent as "text"
+  negativeText: null,  // a text to move away from (CLIP galleries), sent as "negative_text"
   seq: 0,         // answers to superseded requests are dropped
   positive: [],   // gallery ids added to the query as examples (＋), sent as "positive"
   negative: [],   // gallery ids to move away from (−), sent as "negative"
@@ -135,39 +137,116 @@ function updateMethodControls() {
 
 // --- queries ---
 
-// --- several examples per query ---
+// --- several examples per query: the image, the texts and the gallery ids added with ＋/− ---
 
 function addExample(side, id) {
   const other = side === "positive" ? "negative" : "positive";
   state[other] = state[other].filter((x) => x !== id);
   if (!state[side].includes(id)) state[side].push(id);
-  renderExamples();
+  renderQuery();
   search();
 }
 
 function removeExample(side, id) {
   state[side] = state[side].filter((x) => x !== id);
-  renderExamples();
+  renderQuery();
   search();
 }
 
+// The text box's ＋ and −: the text joins the query in use (＋: "this image, but at night") or is moved away from (−).
+function addText(side) {
+  const text = $("text-input").value;
+  if (!text.trim()) {
+    showError("type a text first: + add puts it beside the query in use, − not moves the results away from it");
+    return;
+  }
+  if (side === "positive") {
+    if (!state.image && state.text == null) {
+      setTextQuery(text);  // nothing to add it to: the text is the query
+      return;
+    }
+    state.text = text;
+  } else {
+    if (!state.image && state.text == null) {
+      showError("search for something first: a text marked − only says what to move the results away from");
+      return;
+    }
+    state.negativeText = text;
+  }
+  renderQuery();
+  search();
+}
+
+// Remove one part of the query (its image or a text). When no image or text is left, the first ＋ example becomes the
+// query; with no positive example left, there is nothing to search with.
+function removePart(part) {
+  if (part === "image") {
+    state.image = null;
+    showQuery(null, "");
+  } else if (part === "text") state.text = null;
+  else state.negativeText = null;
+  if (!state.image && state.text == null && state.positive.length) {
+    const id = state.positive.shift();
+    state.image = { kind: "id", id };
+    showQuery(`/api/images/${id}`, "");
+  }
+  renderQuery();
+  if (!state.image && state.text == null) {
+    clearQuery();
+    $("status").textContent = "Nothing left to search with: upload an image, describe one, or pick a random gallery image.";
+    return;
+  }
+  search();
+}
+
+function clearQuery() {
+  state.seq++;  // an answer still on its way is to a query no longer in use
+  state.image = null;
+  state.text = null;
+  clearExamples();
+  $("query-preview").hidden = true;
+  $("results").replaceChildren();
+}
+
+// Back to the query alone: its image (or its text, when it is a text alone).
 function clearExamples() {
   state.positive = [];
   state.negative = [];
-  renderExamples();
+  state.negativeText = null;
+  if (state.image) state.text = null;
+  renderQuery();
 }
 
-function renderExamples() {
+function queryCaption() {
+  const image = state.image;
+  const parts = [];
+  if (image && image.kind === "upload") parts.push(`upload: ${image.file.name} (${(image.file.size / 1024).toFixed(0)} KB)`);
+  else if (image) parts.push(`gallery id ${image.id}`);
+  if (state.text != null) parts.push(image ? `+ “${state.text}”` : `text: “${state.text}”`);
+  if (state.negativeText != null) parts.push(`− “${state.negativeText}”`);
+  return parts.join(" ");
+}
+
+function renderQuery() {
   const chips = [];
+  const chip = (cls, text, remove, attrs = {}) => {
+    const button = el("button", { type: "button", title: "remove this example", text: `${text} ×` });
+    button.addEventListener("click", remove);
+    chips.push(el("li", { class: cls, ...attrs }, button));
+  };
+  const image = state.image;
+  if (image) {
+    const name = image.kind === "upload" ? image.file.name : `#${image.id}`;
+    chip("query", `＋ ${name}`, () => removePart("image"), { "data-part": "image" });
+  }
+  if (state.text != null) chip("query", `＋ “${state.text}”`, () => removePart("text"), { "data-part": "text" });
+  if (state.negativeText != null) chip("negative-text", `− “${state.negativeText}”`, () => removePart("negative-text"));
   for (const side of ["positive", "negative"]) {
-    for (const id of state[side]) {
-      const button = el("button", { type: "button", title: "remove this example", text: `${side === "positive" ? "＋" : "−"} #${id} ×` });
-      button.addEventListener("click", () => removeExample(side, id));
-      chips.push(el("li", { class: side, "data-id": id }, button));
-    }
+    for (const id of state[side]) chip(side, `${side === "positive" ? "＋" : "−"} #${id}`, () => removeExample(side, id), { "data-id": id });
   }
   $("example-list").replaceChildren(...chips);
-  $("examples").hidden = !chips.length;
+  $("examples").hidden = chips.length < 2;  // a query alone is shown above, as the query
+  if (image || state.text != null) $("query-caption").textContent = queryCaption();
 }
 
 function setUploadQuery(file) {
@@ -177,23 +256,26 @@ function setUploadQuery(file) {
     showError(`${file.name} is ${(file.size / 2 ** 20).toFixed(1)} MB; this server takes uploads up to ${(limit / 2 ** 20).toFixed(0)} MB`);
     return;
   }
-  state.query = { kind: "upload", file };
+  state.image = { kind: "upload", file };
+  state.text = null;
   clearExamples();
-  showQuery(URL.createObjectURL(file), `upload: ${file.name} (${(file.size / 1024).toFixed(0)} KB)`);
+  showQuery(URL.createObjectURL(file), queryCaption());
   search();
 }
 
 function setIdQuery(id) {
-  state.query = { kind: "id", id };
+  state.image = { kind: "id", id };
+  state.text = null;
   clearExamples();
-  showQuery(`/api/images/${id}`, `gallery id ${id}`);
+  showQuery(`/api/images/${id}`, queryCaption());
   search();
 }
 
 function setTextQuery(text) {
-  state.query = { kind: "text", text };
+  state.image = null;
+  state.text = text;
   clearExamples();
-  showQuery(null, `text: “${text}”`);
+  showQuery(null, queryCaption());
   search();
 }
 
@@ -208,13 +290,15 @@ function showQuery(src, caption) {
 }
 
 async function search() {
-  if (!state.query || !state.gallery) return;
+  if ((!state.image && state.text == null) || !state.gallery) return;
   const seq = ++state.seq;
   const method = $("method").value;
   const form = new FormData();
-  if (state.query.kind === "upload") form.append("image", state.query.file, state.query.file.name);
-  else if (state.query.kind === "text") form.append("text", state.query.text);
-  else form.append("id", state.query.id);
+  const image = state.image;
+  if (image && image.kind === "upload") form.append("image", image.file, image.file.name);
+  else if (image) form.append("id", image.id);
+  if (state.text != null) form.append("text", state.text);  // alone, or beside the image (CLIP galleries)
+  if (state.negativeText != null) form.append("negative_text", state.negativeText);
   form.append("method", method);
   form.append("k", $("k").value);
   for (const name of PARAMS) if (!$(`${name}-row`).hidden) form.append(name, $(name).value);
@@ -279,7 +363,8 @@ function card(r, q, higherIsBetter, extraMark = null) {
 function render(answer) {
   const q = answer.query;
   if (q.kind === "id") {
-    $("query-caption").textContent = `gallery id ${q.id} · ${q.label_name || q.label || "no label"} · ${q.path}`;
+    const texts = [q.text != null ? `+ “${q.text}”` : "", answer.negative_text != null ? `− “${answer.negative_text}”` : ""];
+    $("query-caption").textContent = [`gallery id ${q.id} · ${q.label_name || q.label || "no label"} · ${q.path}`, ...texts].filter(Boolean).join(" ");
   }
   const higherIsBetter = answer.metric === "ip";
   const compared = answer.compare;
@@ -306,10 +391,11 @@ function render(answer) {
   if (!answer.real) {
     // A text query on random weights is the easiest result to over-read: say so in the manifest's own words.
     const random = answer.warnings.find((w) => w.startsWith("RANDOM"));
-    status += q.kind === "text" && random ? ` · ⚠ ${random}` : " · ⚠ random weights / generated data";
+    const texts = q.text != null || answer.negative_text != null;
+    status += texts && random ? ` · ⚠ ${random}` : " · ⚠ random weights / generated data";
   }
   $("status").textContent = status;
-  renderLatency(answer.latency_ms, q.kind);
+  renderLatency(answer.latency_ms, q, answer.negative_text != null);
 }
 
 function renderCompare(answer, q, higherIsBetter) {
@@ -334,9 +420,12 @@ function renderCompare(answer, q, higherIsBetter) {
       el("span", { class: "not-exact-mark", title: `exact rank ${r.rank}`, text: "missed" })))));
 }
 
-function renderLatency(t, kind) {
+function renderLatency(t, q, negativeText) {
+  const kind = q.kind;
+  // decode_ms is the upload's decoding and the texts' tokenizing, summed; an id query's row is stored
+  const decoded = [kind === "upload" ? "decode + preprocess" : "", q.text != null || negativeText ? "tokenize" : ""];
   const parts = [
-    [kind === "text" ? "tokenize" : "decode + preprocess", t.decode_ms, "var(--decode)"],
+    [decoded.filter(Boolean).join(" + ") || "decode + preprocess", t.decode_ms, "var(--decode)"],
     ["embed", t.embed_ms, "var(--embed)"],
     ["search", t.search_ms, "var(--search)"],
     ["queue wait", t.wait_ms, "var(--wait)"],
@@ -452,7 +541,7 @@ function drawMapMarks(ctx) {
     ctx.stroke();
   };
   for (const id of state.hits || []) mark(id, 4, "#333", [2, 2]);
-  if (state.query && state.query.kind === "id") mark(state.query.id, 8, "#d22", []);
+  if (state.image && state.image.kind === "id") mark(state.image.id, 8, "#d22", []);
   ctx.setLineDash([]);
   if (map.drag) {
     const { x0, y0, x1, y1 } = map.drag;
@@ -667,6 +756,8 @@ function wire() {
     e.preventDefault();
     setTextQuery($("text-input").value);
   });
+  $("text-add").addEventListener("click", () => addText("positive"));
+  $("text-not").addEventListener("click", () => addText("negative"));
 
   const drop = $("drop");
   for (const name of ["dragenter", "dragover"]) {
