@@ -109,7 +109,7 @@ def model_ms_per_image(image_size: int, bs: int, precision: str, threads: int) -
 
     torch.set_num_threads(threads)
     embedder = load_model(MODEL, "random", image_size, "cpu")
-    x = torch.randn(bs, 3, image_size, image_size)
+    x = torch.randint(0, 256, (bs, image_size, image_size, 3), dtype=torch.uint8)  # model inputs: uint8 pixels
     embedder.use(Choice("torch", precision))
     embedder.embed(x)
     times = []
