@@ -305,6 +305,16 @@ def print_gallery_summary(gallery) -> None:
         if inference.split:
             streams = f"; {inference.streams} OpenVINO streams at once" if (inference.streams or 1) > 1 else ""
             print(f"  cores: {inference.split}{streams}")
+        if inference.batch_size:
+            print(f"  batch: {inference.batch_size} ({inference.batching})")
+        if inference.decoder:
+            print(f"  JPEG decoder: {inference.decoder} ({inference.decoding})")
+        pace = t.get("decode_pace") or {}
+        if pace.get("max"):
+            print(
+                f"  decode threads: {pace['start']} at first, {pace['min']}–{pace['max']} as the stage times asked,"
+                f" {pace['final']} at the end"
+            )
     else:
         print(f"  precision: {m.model.precision_name}")
     print(f"  extraction: {t['ms_per_image']:.2f} ms/image ({t['images_per_second']} images/s)")
