@@ -13,23 +13,47 @@ from pathlib import Path
 
 import pytest
 
-from lookalike.data.synthetic import generate_collection
-
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 # OpenMP threads that wait for work sleep instead of spinning. The suite runs several processes at once on few cores
 # (the CLI and the server beside pytest, Ray's workers, a browser); spinning threads then take the core a busy thread
 # needs, and torch's fp32 model ran 5-15× slower on 2 cores under load (1.7 vs 15 ms per 32-px image, resnet18).
 # Set before torch is imported (here and in every subprocess, which inherits it); it changes no result.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# numpy asks for transparent huge pages for every array of 4 MiB or more (madvise), and where the kernel then compacts
+# memory to find them (defrag=madvise, as here) a first touch can stall: a 1 GiB copy took 9 s of system time on this
+# machine, 0.5 s without, and the 512 MiB gallery test in test_shards.py ran 18-22 s against 8.5 s. Set before numpy is
+# imported (this module imports nothing that imports it; every subprocess inherits it); it changes no result.
+os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def needs_ray(item: pytest.Item) -> bool:
+    return "ray_address" in getattr(item, "fixturenames", ())
+
+
+def module_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def run_root(config: pytest.Config) -> Path:
+    """The run's temporary root: this session's basetemp, or under pytest-xdist the controller's, which holds each
+    worker's (as `built_once` uses it)."""
+    base = config._tmp_path_factory.getbasetemp()  # the object behind the tmp_path_factory fixture
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+RAY_MODULES = "ray-modules.json"  # written by the workers at collection, read by the controller's scheduler
+ray_modules: set[str] = set()  # this process's: the modules with a test on Ray (`needs_ray`)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`make test`: one worker per core, `--dist loadscope`) each module runs in one worker, so its
-    module-scoped fixtures are built once. The modules go out longest first, so that the workers finish together: those
-    on the session's Ray cluster, then those with slow or browser tests, then the rest (file order within each)."""
+    module-scoped fixtures are built once, and the modules go out in this order (see `pytest_xdist_make_scheduler`),
+    longest first, so that the workers finish together: those on the session's Ray cluster, then those with slow or
+    browser tests, then the rest (file order within each). The modules on Ray go to one worker, as one unit: one Ray
+    cluster for the run, not one per worker, and it stops once they are done (`ray_address`)."""
 
     def rank(item: pytest.Item) -> int:
-        if "ray_address" in getattr(item, "fixturenames", ()):
+        if needs_ray(item):
             return 0
         return 1 if item.get_closest_marker("slow") or item.get_closest_marker("browser") else 2
 
@@ -37,6 +61,42 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         by_module[item.module.__name__] = min(by_module.get(item.module.__name__, 2), rank(item))
     items.sort(key=lambda item: by_module[item.module.__name__])
+    ray_modules.update(module_of(item.nodeid) for item in items if needs_ray(item))
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker collects the same items and writes the same list
+        import json
+
+        path = run_root(config) / RAY_MODULES
+        tmp = path.with_name(f"{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(sorted(ray_modules)))
+        tmp.replace(path)
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook, in its controller
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadscope` as pytest-xdist has it, with three changes: the scopes (modules) go out in the order
+    `pytest_collection_modifyitems` gave them, not by their number of tests (xdist's default, `--loadscope-reorder`);
+    the modules on Ray are one scope, so one worker runs them all on one cluster; and a parameter holding "::" (an IPv6
+    address) no longer splits its test off its module. (`--dist loadgroup` with xdist_group markers would say the
+    second, but pytest-xdist 3.8 sets a node id attribute pytest 9 no longer reads, so its groups never form.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    import json
+
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayModulesTogether(LoadScopeScheduling):
+        ray: set[str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.ray is None:  # first called once every worker has collected: the list is written
+                path = run_root(config) / RAY_MODULES
+                self.ray = set(json.loads(path.read_text())) if path.is_file() else set()
+            if module_of(nodeid) in self.ray:
+                return "ray"
+            return super()._split_scope(nodeid.split("[", 1)[0])  # the module (or class), whatever the parameters
+
+    config.option.loadscopereorder = False
+    return RayModulesTogether(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -46,6 +106,24 @@ def model_cache(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model-cache")
     os.environ["LOOKALIKE_CACHE"] = str(path)
     return path
+
+
+@pytest.fixture
+def ram_tmp_path(tmp_path) -> Iterator[Path]:
+    """A temporary folder in memory (tmpfs: /dev/shm) where there is one with 2 GiB free, else `tmp_path`; removed
+    after the test. For tests that write large files whose storage is not their point: this machine's disk wrote CLIP's
+    600 MB of weights at about 250 MB/s, tmpfs at over 1 GB/s."""
+    import tempfile
+
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 2 * 2**30):
+        yield tmp_path
+        return
+    folder = Path(tempfile.mkdtemp(prefix="lookalike-test-", dir=shm))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 LOOKALIKE = [sys.executable, "-m", "lookalike.cli"]  # the same entry point as the `lookalike` script
@@ -159,6 +237,8 @@ def built_once(tmp_path_factory, name: str) -> Iterator[tuple[Path, bool]]:
 @pytest.fixture(scope="session")
 def tiny_collection(tmp_path_factory) -> Path:
     """5 classes × (20 train + 4 val) images of 64×64 in the tiny-ImageNet layout."""
+    from lookalike.data.synthetic import generate_collection
+
     with built_once(tmp_path_factory, "data") as (folder, build):
         if build:
             generate_collection(folder / "tiny", n_classes=5, train_per_class=20, val_per_class=4, seed=0)
@@ -310,14 +390,43 @@ def manifest_json(gallery) -> dict:
     return json.loads((Path(gallery.path) / "manifest.json").read_text())
 
 
-@pytest.fixture(scope="session")
-def ray_address():
-    """A local 2-CPU Ray cluster for this test session (shared by every module that needs Ray); the CLI tests join it by
-    address."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+class RayCluster:
+    """A local 2-CPU Ray cluster in this process, started when a test first needs it and stopped before a test of a
+    module without Ray (`pytest_runtest_teardown`): its idle processes would otherwise take CPU and memory from the
+    modules after it until the session ends. The modules on Ray run one after another, first, in one worker
+    (`pytest_collection_modifyitems`), so a run starts it once."""
+
+    address: str | None = None
+
+    @classmethod
+    def start(cls) -> str:
+        ray = pytest.importorskip("ray")
+        if cls.address is None:
+            ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, log_to_driver=False)
+            cls.address = ray.get_runtime_context().gcs_address
+        return cls.address
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls.address is not None:
+            import ray
+
+            ray.shutdown()
+            cls.address = None
+
+
+@pytest.fixture
+def ray_address() -> str:
+    """The address of the local Ray cluster (`RayCluster`), shared by every module that needs Ray; this process is
+    connected to it, and the CLI tests join it by address."""
+    return RayCluster.start()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    yield
+    if nextitem is None or module_of(nextitem.nodeid) not in ray_modules:
+        RayCluster.stop()
 
 
 def without_measurements(manifest: dict) -> dict:

@@ -132,7 +132,7 @@ def test_text_on_a_model_without_a_text_tower_names_the_models_that_have_one(tin
 
 
 @pytest.mark.slow
-def test_text_tower_comes_from_the_weights_file(tmp_path):
+def test_text_tower_comes_from_the_weights_file(ram_tmp_path):
     """--weights PATH: the text tower is the file's; a file holding only the image tower gives no text search."""
     import torch
 
@@ -140,7 +140,8 @@ def test_text_tower_comes_from_the_weights_file(tmp_path):
 
     source = load_towers("clip", "random", image_size=32, seed=3)
     state = source.text.tower.model.state_dict()  # the whole CLIP model, both towers
-    full, image_only = tmp_path / "clip-full.pt", tmp_path / "clip-visual.pt"
+    # 600 + 350 MB of weights: in memory where there is room (`ram_tmp_path`, removed after the test)
+    full, image_only = ram_tmp_path / "clip-full.pt", ram_tmp_path / "clip-visual.pt"
     try:
         torch.save({"state_dict": state}, full)
         loaded = load_towers("clip", str(full), image_size=32)
@@ -149,7 +150,7 @@ def test_text_tower_comes_from_the_weights_file(tmp_path):
         torch.save({k: v for k, v in state.items() if k.startswith("visual.")}, image_only)
         towers = load_towers("clip", str(image_only), image_size=32)
         assert towers.text is None and "holds no text tower" in towers.no_text
-    finally:  # 600 MB of weights: not left for pytest's last three temporary folders
+    finally:  # not left for pytest's last three temporary folders either, where the disk's `tmp_path` serves
         full.unlink(missing_ok=True)
         image_only.unlink(missing_ok=True)
 
