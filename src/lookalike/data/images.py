@@ -26,6 +26,7 @@ __all__ = [
     "decode_image_bytes",
     "decode_pixels",
     "is_image_path",
+    "is_jpeg",
     "load_rgb",
     "load_rgb_bytes",
     "read_image_bytes",
@@ -193,7 +194,7 @@ def decode_pixels(
     """
     if decoder not in ("auto", *JPEG_DECODERS):
         raise ValueError(f"unknown JPEG decoder {decoder!r}; choose auto, {', '.join(JPEG_DECODERS)}")
-    if decoder != "pil" and bytes(data[:3]) == b"\xff\xd8\xff":
+    if decoder != "pil" and is_jpeg(data):
         fast = _simplejpeg_pixels(data, name, max_pixels, min_side)
         if fast is not None:
             return fast
@@ -212,14 +213,7 @@ def _simplejpeg_pixels(data, name: str, max_pixels: int, min_side: int | None) -
         height, width, colour, _ = simplejpeg.decode_jpeg_header(data)
         if colour not in _SIMPLEJPEG_COLOURS or width <= 0 or height <= 0:
             return None
-        if width * height > max_pixels:  # as PIL's path words it: the size is known before any pixel is decoded
-            raise BadImageError(
-                _message(
-                    name,
-                    f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} pixels "
-                    "(possible decompression bomb); if the image is legitimate, raise the limit with --max-pixels",
-                )
-            )
+        _check_pixels(name, width, height, max_pixels)  # from the header, before any pixel is decoded
         # PIL's draft scales (1/2, 1/4, 1/8, as JpegImagePlugin picks them), not libjpeg-turbo's others (5/8, 3/4, ...):
         # the same pixels as PIL's path, so the decoder chosen never changes an embedding
         factor = _draft_factor(width, height, side) if side else 1
@@ -269,6 +263,23 @@ def unreadable(name: str, exc: OSError) -> BadImageError:
     return BadImageError(_message(name, _reason(exc)))
 
 
+def _check_pixels(name: str, width: int, height: int, max_pixels: int) -> None:
+    """BadImageError for an image over `max_pixels` (a possible decompression bomb), saying how to raise the limit."""
+    if width * height > max_pixels:
+        raise BadImageError(
+            _message(
+                name,
+                f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} pixels "
+                "(possible decompression bomb); if the image is legitimate, raise the limit with --max-pixels",
+            )
+        )
+
+
+def is_jpeg(data: bytes | bytearray | memoryview) -> bool:
+    """Whether the bytes begin with a JPEG's signature (SOI and a marker)."""
+    return bytes(data[:3]) == b"\xff\xd8\xff"
+
+
 def _message(name: str, reason: str) -> str:
     return f"cannot read image {name}: {reason}; remove or replace the file"
 
@@ -303,14 +314,7 @@ def _decode(fh: io.IOBase, name: str, max_pixels: int, min_side: int | None = No
         if min_side and im.format == "JPEG":
             im.draft(None, (JPEG_HEADROOM * min_side, JPEG_HEADROOM * min_side))  # DCT-domain 1/2..1/8 scaling
         w, h = im.size
-        if w * h > max_pixels:
-            raise BadImageError(
-                _message(
-                    name,
-                    f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} pixels "
-                    "(possible decompression bomb); if the image is legitimate, raise the limit with --max-pixels",
-                )
-            )
+        _check_pixels(name, w, h, max_pixels)
         # load() now, while the file is open: a truncated or corrupt body fails here, not later.
         # Only the first frame: seek() is never called, so animated/multi-page files cost one frame.
         im.load()

@@ -35,6 +35,7 @@ from ..data.images import (
     DEFAULT_MAX_PIXELS,
     JPEG_DECODERS,
     decode_pixels,
+    is_jpeg,
     read_image_bytes,
     simplejpeg_version,
 )
@@ -627,7 +628,7 @@ def decode_sample(
                 else:
                     datas[index] = data
     decoder, rule = "pil", "simplejpeg is not installed (pip install simplejpeg)"
-    jpegs = [data for i, data in datas.items() if data[:3] == b"\xff\xd8\xff"]
+    jpegs = [data for i, data in datas.items() if is_jpeg(data)]
     if simplejpeg_version() is not None and not jpegs:
         rule = "no JPEG among the first images"
     elif simplejpeg_version() is not None:
