@@ -422,11 +422,12 @@ def ray_address() -> str:
     return RayCluster.start()
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
-    yield
+    result = yield  # the test's fixtures are torn down: its actors are gone
     if nextitem is None or module_of(nextitem.nodeid) not in ray_modules:
         RayCluster.stop()
+    return result
 
 
 def without_measurements(manifest: dict) -> dict:

@@ -18,8 +18,9 @@ import pytest
 from lookalike.data.synthetic import generate_collection
 from lookalike.distributed import build_index_ray, extract_ray
 from lookalike.distributed.cluster import Resources, plan_workers
-from lookalike.distributed.extract import CRASH_HOOK, ShardWriter
+from lookalike.distributed.extract import CRASH_HOOK
 from lookalike.distributed.staging import ShardStore
+from lookalike.distributed.writer import ShardWriter
 from lookalike.embed.extract import (
     ExtractConfig,
     Job,

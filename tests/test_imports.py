@@ -148,3 +148,21 @@ def test_the_checker_sees_deferred_and_relative_imports_and_skips_type_checking(
     )
     found = [(t, s) for t, s, _ in imports(module, "lookalike.gallery.m")]
     assert found == [("typing", ""), ("lookalike.search", "C.f")]
+
+
+def test_ray_workers_that_run_no_model_import_no_torch():
+    """A search actor, an index task and the shard writer import their own modules of lookalike.distributed, not torch
+    (seconds and hundreds of MB per Ray worker); the package's names still load on first use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import lookalike.distributed.search, lookalike.distributed.index, lookalike.distributed.writer\n"
+        "from lookalike.distributed import fan_out, connected\n"
+        "print('torch' in sys.modules)\n"
+        "from lookalike.distributed import extract_ray\n"
+        "print('torch' in sys.modules, callable(extract_ray))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True", "True"]

@@ -27,7 +27,7 @@ from lookalike.gallery import open_gallery
 from lookalike.search import make_method, save_method
 from lookalike.serve import ServerConfig, create_app
 
-from .conftest import LOOKALIKE, run_cli
+from .conftest import LOOKALIKE, run_cli, run_main
 
 UPLOAD_LIMIT = 200_000  # bytes: small, so the over-limit cases stay cheap
 SAVED_FACTORY = "IVF4,Flat"  # a saved index beside the built-in methods
@@ -125,36 +125,17 @@ def parse_cli_search(stdout: str) -> list[tuple[str, float]]:
 
 @pytest.fixture(scope="module")
 def cli_rankings(gallery_dir, query_images, tiny_collection) -> dict[tuple[int, str], list[tuple[str, float]]]:
-    """`lookalike search` for (image 0, brute) and (image 1, ivf --nprobe 2), run side by side.
+    """`lookalike search` for (image 0, brute) and (image 1, ivf --nprobe 2).
 
     The CLI prints the files' absolute paths; the server shows them relative to the collection root.
     """
     cases = {(0, "brute"): [], (1, "ivf"): ["--nprobe", "2"]}
-    procs = {
-        key: subprocess.Popen(
-            [
-                *LOOKALIKE,
-                "search",
-                "--gallery",
-                str(gallery_dir),
-                "--image",
-                str(query_images[key[0]]),
-                "--method",
-                key[1],
-                "-k",
-                "8",
-                *extra,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for key, extra in cases.items()
-    }
     out = {}
-    for key, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, stderr
+    for key, extra in cases.items():  # the CLI in this process (`run_main`): the printed rankings are the point
+        image, method = key
+        stdout = run_main(
+            "search", "--gallery", gallery_dir, "--image", query_images[image], "--method", method, "-k", "8", *extra
+        ).stdout
         out[key] = [
             (Path(path).relative_to(tiny_collection).as_posix(), score) for path, score in parse_cli_search(stdout)
         ]

@@ -9,7 +9,6 @@ the real CLI.
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import faiss
 import httpx
@@ -24,7 +23,7 @@ from lookalike.search.searcher import searcher_for
 from lookalike.serve import ServerConfig, create_app
 from lookalike.study import metrics
 
-from .conftest import LOOKALIKE
+from .conftest import run_main
 from .test_server import ThreadedServer, _jpeg_bytes, ok, search_id
 
 CLIP_ARCH = "ViT-B-32-quickgelu"
@@ -443,35 +442,15 @@ def test_concurrent_ef_search_requests_do_not_see_each_other(resnet_served):
 
 @pytest.mark.slow
 def test_cli_text_search_and_compare(clip_gallery, tiny_gallery):
-    procs = {
-        "text": subprocess.Popen(
-            [
-                *LOOKALIKE,
-                "search",
-                "--gallery",
-                str(clip_gallery),
-                "--text",
-                TEXT,
-                "-k",
-                "5",
-                "--method",
-                "ivf",
-                "--nprobe",
-                "1",
-                "--compare",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        ),
-        "resnet": subprocess.Popen(
-            [*LOOKALIKE, "search", "--gallery", str(tiny_gallery), "--text", TEXT],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        ),
+    """The CLI's text search, in this process (`run_main`: its output and exit code are the point)."""
+    args = ["--text", TEXT, "-k", "5", "--method", "ivf", "--nprobe", "1", "--compare"]
+    out = {
+        name: (proc.stdout, proc.stderr, proc.returncode)
+        for name, proc in (
+            ("text", run_main("search", "--gallery", clip_gallery, *args, check=False)),
+            ("resnet", run_main("search", "--gallery", tiny_gallery, "--text", TEXT, check=False)),
+        )
     }
-    out = {name: proc.communicate(timeout=300) + (proc.returncode,) for name, proc in procs.items()}
     stdout, stderr, code = out["text"]
     assert code == 0, stderr
     assert "RANDOM weights: the model is untrained, so these rankings carry no learned meaning" in stdout

@@ -5,13 +5,12 @@ same whether a run is fresh or resumed). Each finished shard is written atomical
 `<out>/.partial/`; a killed run picks up at the first missing shard, and the committed gallery
 is identical to an uninterrupted run. `commit` assembles the shards and writes the manifest
 last. The Ray engine (`lookalike.distributed`) reuses `prepare`, the decoding, the shard format
-(`encode_shard`), `apply_inference`, `record_state` and `commit`; calibration is `embed.calibrate`'s.
+(`embed.chunks`), `apply_inference`, `record_state` and `commit`; calibration is `embed.calibrate`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
 import logging
@@ -67,6 +66,7 @@ from .calibrate import (
     choose_batch,
     sustained_rates,
 )
+from .chunks import Shard, encode_shard, finished_chunks, read_chunks
 from .models import Embedder, load_model
 from .registry import MODELS
 from .transforms import Preprocess, build_transform
@@ -138,17 +138,6 @@ class ExtractConfig:
         (batches never straddle a chunk, so a resumed run cuts the same batches either way)."""
         batch = self.resolved().batch_size
         return max(1, math.ceil(self.chunk_size / batch)) * batch if batch else max(1, self.chunk_size)
-
-
-@dataclass(frozen=True)
-class Shard:
-    number: int
-    start: int  # first record index (inclusive)
-    stop: int  # last record index (exclusive)
-
-    @property
-    def filename(self) -> str:
-        return f"shard-{self.number:05d}.npz"
 
 
 @dataclass
@@ -812,48 +801,9 @@ def apply_inference(
         ) from exc
 
 
-def encode_shard(
-    embeddings: np.ndarray,
-    indices: list[int],
-    bad: list[tuple[int, str]],
-    seconds: float,
-    hashes: list[str] | None = None,
-    dimensions: list[tuple[int, int]] | None = None,
-) -> bytes:
-    """The shard file format (an .npz), as bytes: both engines write it, the Ray engine through fsspec.
-
-    `hashes` (sha256 of each file) and `dimensions` ((width, height) of each image), aligned with
-    `indices`, are optional: shards without them give a gallery without those columns.
-    """
-    buffer = io.BytesIO()
-    extra = {"hashes": np.asarray(hashes, dtype="U64")} if hashes is not None and len(hashes) == len(indices) else {}
-    if dimensions is not None and len(dimensions) == len(indices):
-        extra["dimensions"] = np.asarray(dimensions, dtype=np.int64).reshape(-1, 2)
-    np.savez(
-        buffer,
-        embeddings=embeddings.astype(np.float32, copy=False),
-        indices=np.asarray(indices, dtype=np.int64),
-        bad_indices=np.asarray([i for i, _ in bad], dtype=np.int64),
-        bad_reasons=np.asarray([r for _, r in bad], dtype=str),
-        seconds=np.float64(seconds),
-        **extra,
-    )
-    return buffer.getvalue()
-
-
-def write_shard(
-    job: Job,
-    shard: Shard,
-    embeddings: np.ndarray,
-    indices: list[int],
-    bad: list[tuple[int, str]],
-    seconds: float,
-    hashes: list[str] | None = None,
-    dimensions: list[tuple[int, int]] | None = None,
-) -> None:
-    atomic_write_bytes(
-        job.partial / shard.filename, encode_shard(embeddings, indices, bad, seconds, hashes, dimensions)
-    )
+def write_shard(job: Job, shard: Shard, *fields, **named) -> None:
+    """Save `shard`'s chunk file atomically; the rest of the arguments are `encode_shard`'s."""
+    atomic_write_bytes(job.partial / shard.filename, encode_shard(*fields, **named))
 
 
 def run_local(
@@ -952,48 +902,6 @@ def record_state(job: Job, model: dict) -> None:
     if job.plan is not None and not (job.partial / incremental.PLAN).is_file():
         incremental.save_plan(job.partial, job.plan)
     atomic_write_json(job.partial / STATE, job.state)
-
-
-@dataclass(frozen=True)
-class Chunks:
-    """What the job's finished chunks hold, read from their small arrays only (not the embeddings)."""
-
-    rows: int  # decoded images
-    bad: list[tuple[int, str]]  # (record number, reason) of the images that could not be decoded
-    seconds: float  # decode + embed time summed over chunks
-    hashes: bool  # every chunk hashed its files (chunks from before content hashes did not)
-    dimensions: bool  # every chunk recorded its images' sizes
-
-
-def finished_chunks(job: Job) -> Chunks:
-    missing = job.todo()
-    if missing:
-        raise GalleryError(
-            f"cannot commit {job.out}: {len(missing)} chunks are missing; rerun the extraction to finish them"
-        )
-    rows, bad, seconds, hashes, dimensions = 0, [], 0.0, True, True
-    for shard in job.shards:
-        with np.load(job.partial / shard.filename) as z:
-            rows += len(z["indices"])
-            bad.extend(zip(z["bad_indices"].tolist(), z["bad_reasons"].tolist()))
-            seconds += float(z["seconds"])
-            hashes &= "hashes" in z.files
-            dimensions &= "dimensions" in z.files
-    return Chunks(rows, bad, seconds, hashes, dimensions)
-
-
-def read_chunks(
-    job: Job, chunks: Chunks
-) -> Iterator[tuple[np.ndarray, np.ndarray, list[str] | None, np.ndarray | None]]:
-    """(embeddings, record numbers, content hashes, (width, height)s) of each chunk in turn: one chunk in memory."""
-    for shard in job.shards:
-        with np.load(job.partial / shard.filename) as z:
-            yield (
-                z["embeddings"],
-                z["indices"],
-                z["hashes"].tolist() if chunks.hashes else None,
-                z["dimensions"].reshape(-1, 2) if chunks.dimensions else None,
-            )
 
 
 def read_new_rows(job: Job) -> incremental.NewRows:
