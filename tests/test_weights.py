@@ -95,3 +95,24 @@ def test_random_weights_are_the_seeds_draw_and_each_caller_gets_its_own_copy():
     got = second.module.state_dict()
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
     assert not torch.equal(first.module.state_dict()["conv1.weight"], got["conv1.weight"])
+
+
+def test_the_weights_digest_is_remembered_only_while_the_tensors_are_unchanged():
+    """`module_digest` against sha256 computed here over the same tensors, before and after an in-place change and a
+    replaced parameter: a remembered digest never outlives the weights it was computed from."""
+    from lookalike.embed.models import module_digest
+
+    def independent(module: torch.nn.Module) -> str:
+        h = hashlib.sha256()
+        for name, tensor in sorted(module.state_dict().items()):
+            h.update(name.encode() + tensor.numpy().tobytes())
+        return h.hexdigest()
+
+    module = load_model("resnet18", "random", image_size=32, seed=12).module
+    first = module_digest(module)
+    assert first == independent(module) == module_digest(module)
+    with torch.no_grad():
+        module.layer1[0].conv1.weight.mul_(2.0)
+    assert module_digest(module) == independent(module) != first
+    module.fc = torch.nn.Linear(512, 3)  # a new tensor in the state
+    assert module_digest(module) == independent(module)
