@@ -108,6 +108,17 @@ def model_cache(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def random_draws_kept() -> Iterator[None]:
+    """The suite loads the same random models many times in one process: each draw is kept and copied
+    (`keep_random_draws`; test_weights compares the copies with fresh draws)."""
+    from lookalike.embed.models import keep_random_draws
+
+    keep_random_draws()
+    yield
+    keep_random_draws(False)
+
+
 @pytest.fixture
 def ram_tmp_path(tmp_path) -> Iterator[Path]:
     """A temporary folder in memory (tmpfs: /dev/shm) where there is one with 2 GiB free, else `tmp_path`; removed

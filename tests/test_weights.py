@@ -75,22 +75,29 @@ def test_a_weights_file_gallery_refuses_queries_when_the_file_changed(tmp_path, 
         QueryEmbedder(open_gallery(gallery_dir))
 
 
-def test_random_weights_are_the_seeds_draw_and_each_caller_gets_its_own_copy():
-    """Random weights are drawn once per process and copied (`random_network`): each load equals an independent fresh
-    draw from the seed, changing one caller's network leaves the next load as drawn, and torch's generator is left
-    where the draw leaves it."""
+@pytest.mark.parametrize("kept", [True, False])
+def test_random_weights_are_the_seeds_draw_and_each_caller_gets_its_own_copy(kept):
+    """Random weights, kept and copied (`keep_random_draws`, as this suite runs) or drawn each time (the default): each
+    load equals an independent fresh draw from the seed, changing one caller's network leaves the next load as drawn,
+    and torch's generator is left where the draw leaves it."""
     import torchvision
 
-    torch.manual_seed(11)
-    fresh = torchvision.models.resnet18()
-    after_draw = torch.rand(4)
-    first = load_model("resnet18", "random", image_size=32, seed=11)
-    assert torch.equal(torch.rand(4), after_draw)
-    with torch.no_grad():
-        for p in first.module.parameters():
-            p.add_(1.0)
-    second = load_model("resnet18", "random", image_size=32, seed=11)
-    assert torch.equal(torch.rand(4), after_draw)
+    from lookalike.embed.models import keep_random_draws
+
+    keep_random_draws(kept)
+    try:
+        torch.manual_seed(11)
+        fresh = torchvision.models.resnet18()
+        after_draw = torch.rand(4)
+        first = load_model("resnet18", "random", image_size=32, seed=11)
+        assert torch.equal(torch.rand(4), after_draw)
+        with torch.no_grad():
+            for p in first.module.parameters():
+                p.add_(1.0)
+        second = load_model("resnet18", "random", image_size=32, seed=11)
+        assert torch.equal(torch.rand(4), after_draw)
+    finally:
+        keep_random_draws()
     expected = {k: v for k, v in fresh.state_dict().items() if not k.startswith("fc.")}
     got = second.module.state_dict()
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)

@@ -6,6 +6,7 @@ product and |x − y|² = 2 − 2⟨x, y⟩ for every search method downstream.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import io
@@ -188,24 +189,35 @@ def load_towers(
     return Towers(Embedder(spec, spec.head(module), info, preprocess, device), text_embedder, no_text)
 
 
+_random_draws: dict[tuple[ModelSpec, int | None, int], tuple[nn.Module, torch.Tensor]] | None = None
+
+
+def keep_random_draws(keep: bool = True) -> None:
+    """Keep each random draw in this process and hand out copies (`random_network`), or stop and free them.
+
+    For processes that load the same random model again and again (a test suite, a benchmark): drawing CLIP's 150M
+    parameters takes about 1 s on one core, a copy 0.2 s, but a kept draw holds its memory (CLIP: 600 MB) for as long
+    as the process lives, so it is off by default."""
+    global _random_draws
+    _random_draws = {} if keep else None
+
+
 def random_network(spec: ModelSpec, image_size: int | None, seed: int) -> nn.Module:
-    """The network with weights drawn at random from `seed`: a fresh copy of one drawn once per process.
-
-    The draw is a function of (model, input size, seed), and tests, benchmarks and a server's queries ask for the same
-    one again and again: CLIP's 150M parameters take about 1 s to draw on one core, a copy 0.2 s. The copy keeps
-    callers from sharing one network, and torch's global generator is left as the draw left it."""
-    import copy
-
-    network, generator_state = _drawn_network(spec, image_size, seed)
+    """The network with weights drawn at random from `seed`; with `keep_random_draws`, a copy of the draw kept from
+    the first call (two at most), torch's global generator left where the draw left it."""
+    key = (spec, image_size, seed)
+    if _random_draws is None or key not in _random_draws:
+        torch.manual_seed(seed)
+        network = spec.build(spec, image_size)
+        if _random_draws is None:
+            return network
+        while len(_random_draws) >= 2:
+            _random_draws.pop(next(iter(_random_draws)))
+        _random_draws[key] = (copy.deepcopy(network), torch.get_rng_state())
+        return network
+    network, generator_state = _random_draws[key]
     torch.set_rng_state(generator_state)
     return copy.deepcopy(network)
-
-
-@functools.lru_cache(maxsize=2)
-def _drawn_network(spec: ModelSpec, image_size: int | None, seed: int) -> tuple[nn.Module, torch.Tensor]:
-    torch.manual_seed(seed)
-    network = spec.build(spec, image_size)
-    return network, torch.get_rng_state()
 
 
 def _build_pretrained(spec: ModelSpec, image_size: int | None) -> tuple[nn.Module, Weights]:
@@ -350,7 +362,7 @@ def _build_from_file(spec: ModelSpec, path: Path, image_size: int | None) -> tup
         raise WeightsUnavailableError(
             f"cannot read weights file {path} ({exc}); pass a torch state dict or checkpoint"
         ) from exc
-    model = random_network(spec, image_size, seed=0)  # the architecture; the file's tensors replace its draw
+    model = spec.build(spec, image_size)
     missing = _load_backbone_state(model, state, spec)
     return model, Weights("file", str(path.resolve()), sha256=digest), missing
 
