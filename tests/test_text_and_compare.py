@@ -3,7 +3,7 @@
 References are computed here independently of the code under test: the text vector by open_clip
 itself (same architecture, same seed), the exact neighbours by numpy (`db @ q`, argsort), recall
 by `lookalike.study.metrics`. Through the Python API, the real server (uvicorn, in a thread) and
-the real CLI.
+the CLI (its `main`, in this process).
 """
 
 from __future__ import annotations
@@ -444,22 +444,16 @@ def test_concurrent_ef_search_requests_do_not_see_each_other(resnet_served):
 def test_cli_text_search_and_compare(clip_gallery, tiny_gallery):
     """The CLI's text search, in this process (`run_main`: its output and exit code are the point)."""
     args = ["--text", TEXT, "-k", "5", "--method", "ivf", "--nprobe", "1", "--compare"]
-    out = {
-        name: (proc.stdout, proc.stderr, proc.returncode)
-        for name, proc in (
-            ("text", run_main("search", "--gallery", clip_gallery, *args, check=False)),
-            ("resnet", run_main("search", "--gallery", tiny_gallery, "--text", TEXT, check=False)),
-        )
-    }
-    stdout, stderr, code = out["text"]
-    assert code == 0, stderr
-    assert "RANDOM weights: the model is untrained, so these rankings carry no learned meaning" in stdout
-    assert f"query: text {TEXT!r}" in stdout and "this call: {'nprobe': 1}" in stdout
-    assert "recall@5" in stdout and "against exact search (brute)" in stdout
-    rows = [line for line in stdout.splitlines() if line.strip()[:1].isdigit() and ".JPEG" in line]
+    text = run_main("search", "--gallery", clip_gallery, *args, check=False)
+    assert text.returncode == 0, text.stderr
+    assert "RANDOM weights: the model is untrained, so these rankings carry no learned meaning" in text.stdout
+    assert f"query: text {TEXT!r}" in text.stdout and "this call: {'nprobe': 1}" in text.stdout
+    assert "recall@5" in text.stdout and "against exact search (brute)" in text.stdout
+    rows = [line for line in text.stdout.splitlines() if line.strip()[:1].isdigit() and ".JPEG" in line]
     assert len(rows) >= 5
-    stdout, stderr, code = out["resnet"]
-    assert code == 2 and "resnet18, which has no text tower" in stderr and "extracted with clip" in stderr
+    resnet = run_main("search", "--gallery", tiny_gallery, "--text", TEXT, check=False)
+    assert resnet.returncode == 2 and "resnet18, which has no text tower" in resnet.stderr
+    assert "extracted with clip" in resnet.stderr
 
 
 def test_the_text_tower_stops_at_the_end_of_text_and_equals_open_clips():

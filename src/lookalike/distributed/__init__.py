@@ -19,8 +19,13 @@ if TYPE_CHECKING:
     from .search import FannedOut, fan_out
 
 __all__ = ["extract_ray", "build_index_ray", "connected", "fan_out", "FannedOut"]
-_HOME = {"extract_ray": ".extract", "build_index_ray": ".index", "connected": ".cluster", "fan_out": ".search"}
-_HOME["FannedOut"] = ".search"
+_HOME = {  # each name's module, imported when the name is first used
+    "extract_ray": ".extract",
+    "build_index_ray": ".index",
+    "connected": ".cluster",
+    "fan_out": ".search",
+    "FannedOut": ".search",
+}
 
 
 def __getattr__(name: str):

@@ -206,18 +206,17 @@ def random_network(spec: ModelSpec, image_size: int | None, seed: int) -> nn.Mod
     """The network with weights drawn at random from `seed`; with `keep_random_draws`, a copy of the draw kept from
     the first call (two at most), torch's global generator left where the draw left it."""
     key = (spec, image_size, seed)
-    if _random_draws is None or key not in _random_draws:
-        torch.manual_seed(seed)
-        network = spec.build(spec, image_size)
-        if _random_draws is None:
-            return network
-        while len(_random_draws) >= 2:
+    if _random_draws is not None and key in _random_draws:
+        network, generator_state = _random_draws[key]
+        torch.set_rng_state(generator_state)
+        return copy.deepcopy(network)
+    torch.manual_seed(seed)
+    network = spec.build(spec, image_size)
+    if _random_draws is not None:
+        if len(_random_draws) == 2:  # the oldest goes
             _random_draws.pop(next(iter(_random_draws)))
         _random_draws[key] = (copy.deepcopy(network), torch.get_rng_state())
-        return network
-    network, generator_state = _random_draws[key]
-    torch.set_rng_state(generator_state)
-    return copy.deepcopy(network)
+    return network
 
 
 def _build_pretrained(spec: ModelSpec, image_size: int | None) -> tuple[nn.Module, Weights]:
@@ -287,8 +286,8 @@ def module_digest(module: nn.Module) -> str:
     for name, tensor in state:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    _digests[module] = (stamp, h.hexdigest())
-    return h.hexdigest()
+    _digests[module] = (stamp, digest := h.hexdigest())
+    return digest
 
 
 def file_sha256(path: str | Path) -> str:
