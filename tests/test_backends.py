@@ -101,6 +101,43 @@ def test_openvino_streams_embed_batches_in_order_and_as_one_call_would():
             assert (got * fp32_reference(embedder, x)).sum(axis=1).min() >= MIN_COSINE
 
 
+def conversion_posts(monkeypatch, tmp_path, consent: str | None, seed: int) -> list:
+    """The processes OpenVINO's telemetry starts while lookalike converts a model afresh, for a user whose consent file
+    holds `consent` (None: no file, OpenVINO's default is then to post) and who is not on a CI machine."""
+    import importlib
+    import multiprocessing
+
+    import openvino_telemetry
+
+    from lookalike.embed import cache
+
+    home = tmp_path / f"home-{consent}"
+    if consent is not None:
+        (home / "intel").mkdir(parents=True)
+        (home / "intel" / "openvino_telemetry").write_text(consent)
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv("LOOKALIKE_CACHE", str(tmp_path / f"cache-{seed}"))
+    monkeypatch.setattr(cache, "_telemetry_consent", [])  # read again, from this HOME
+    for name in cache._TELEMETRY_MODULES:  # as OpenVINO has them, whatever an earlier conversion changed
+        monkeypatch.setattr(importlib.import_module(name), "tm", openvino_telemetry)
+    # OpenVINO reads the consent when its telemetry is set up for another tool: as in a new process, it reads it now
+    monkeypatch.setattr(openvino_telemetry.Telemetry().backend, "app_name", "another tool")
+    started = []
+    monkeypatch.setattr(multiprocessing.Process, "start", lambda process: started.append(process))  # never posts
+    load_model("resnet18", "random", image_size=32, seed=seed).backend(Choice("openvino", "fp32"))
+    return started
+
+
+def test_a_conversion_posts_no_telemetry_unless_the_user_opted_in(monkeypatch, tmp_path):
+    """OpenVINO posts usage telemetry by default, forking the whole process for each event (0.5 s and a CPU-second per
+    conversion here): lookalike's conversions post none, unless the user opted in with OpenVINO's `opt_in_out`."""
+    assert conversion_posts(monkeypatch, tmp_path, None, seed=21) == []
+    assert conversion_posts(monkeypatch, tmp_path, "0", seed=22) == []
+    assert conversion_posts(monkeypatch, tmp_path, "1", seed=23)  # theirs to decide: OpenVINO posts as it would
+
+
 @pytest.mark.slow
 def test_converted_models_are_cached_on_disk_and_reused(monkeypatch):
     import openvino

@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import BackendUnavailable
-from .cache import ModelIdentity, cache_root, cached_ir, openvino_version
+from .cache import ModelIdentity, cache_root, cached_ir, openvino_telemetry_off, openvino_version
 from .transforms import Preprocess
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,7 @@ def _nncf_quantize(ir, batches: list, recipe: str):
     """NNCF's post-training quantisation of the OpenVINO model `ir`, its activation ranges from `batches`."""
     import nncf
 
+    openvino_telemetry_off()  # NNCF's, now that it is loaded
     options: dict = {}
     if recipe == "transformer":
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
