@@ -358,7 +358,7 @@ base, peak = anon_bytes(), [0]
 def sample():
     while True:
         peak[0] = max(peak[0], anon_bytes() - base)
-        time.sleep(0.002)
+        time.sleep(0.01)  # often enough: filling even a quarter of the gallery takes this machine over a second
 threading.Thread(target=sample, daemon=True).start()
 
 writer = GalleryWriter(out, dim, shard_rows=65536)
@@ -375,7 +375,7 @@ hits = lookalike.open_gallery(out).search(1234, k=5, method="ivfpq-ondisk", npro
 assert hits[0].id == 1234, hits
 time.sleep(0.05)
 print("phases", peak[0])
-whole = np.asarray(gallery.embeddings) + 0  # the whole gallery at once: the sampler must see it
+whole = np.asarray(gallery.embeddings)  # the whole gallery at once (its shards concatenated): the sampler must see it
 time.sleep(0.05)
 print("whole", peak[0])
 """
