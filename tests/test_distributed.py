@@ -1,7 +1,8 @@
 """The Ray engine: same gallery as the local engine, survives a dying worker and a killed job, same IVF index.
 
 One local Ray cluster (`ray.init(num_cpus=2)`) serves the whole session; every Ray Data run
-starts fresh model actors, which costs seconds on this machine, so there are only two.
+starts fresh model actors, which costs seconds on this machine, so one run carries the CLI, the resumed job,
+the dying worker and the fsspec staging.
 Data: a generated collection with undecodable files (the first batch holds nothing else),
 random weights, 32-px input — small on purpose; none of this is a real model or real photos.
 """
@@ -101,9 +102,30 @@ def assert_same_gallery(ray_gallery, local_gallery) -> None:
     assert not (ray_gallery.path / ".partial").exists()
 
 
+def kill_after_two_shards(config: ExtractConfig) -> Job:
+    """What a `lookalike extract` killed after two shards leaves behind, made by the local engine."""
+    job = prepare(config)
+    embedder = load_model(config.model, config.weights, config.image_size, "cpu", config.seed)
+    ensure_state(job, embedder)
+    decide_inference(job, embedder, decode_threads=0, threads=None)  # the local engine's choice, saved in the job state
+    run_local(
+        Job(job.config, job.collection, job.out, job.shards[:2], job.state), embedder, decode_threads=0, progress=False
+    )
+    assert len(list(job.partial.glob("shard-*.npz"))) == 2 and len(job.shards) > 4
+    return job
+
+
 @pytest.mark.slow
-def test_cli_ray_engine_writes_the_same_gallery_as_the_local_engine(ray_address, collection, local_gallery, tmp_path):
+def test_the_cli_resumes_a_killed_job_on_ray_through_a_dying_worker_into_the_local_engines_gallery(
+    ray_address, collection, local_gallery, tmp_path, monkeypatch
+):
+    """One Ray extraction carries what a user meets: a real `lookalike extract --engine ray` process joins the cluster
+    by address, resumes a job the local engine left after two shards, loses a model actor (os._exit) the first time
+    shard 3 comes by, stages its shards through fsspec, and writes the local engine's gallery byte for byte."""
     out = tmp_path / "ray"
+    kill_after_two_shards(ExtractConfig(data=str(collection), out=str(out), **SETTINGS))
+    marker, staging = tmp_path / "crashed", tmp_path / "staging"
+    monkeypatch.setenv(CRASH_HOOK, f"3:{marker}")  # the CLI process inherits it and hands it to its model actors
     proc = run_cli(
         "extract",
         "--data",
@@ -117,12 +139,16 @@ def test_cli_ray_engine_writes_the_same_gallery_as_the_local_engine(ray_address,
         ray_address,
         "--actors",
         "2",
+        "--staging",
+        f"file://{staging}",
     )
     assert "RANDOM weights" in proc.stdout and "GENERATED data" in proc.stdout
+    assert marker.is_file(), "no worker died: the test did not test anything"
     gallery = open_gallery(out)
     assert_same_gallery(gallery, local_gallery)
     assert len(gallery.manifest.skipped) == 5
-    assert gallery.manifest.timings["actors"] == 2
+    assert gallery.manifest.timings["actors"] == 2 and gallery.manifest.timings["resumed_shards"] == 2
+    assert not staging.exists(), "staging should be removed once the gallery is committed"
 
     # the real process joined the cluster above; this one is already connected to it
     run_main("index", "--gallery", out, "--method", "ivf", "--nlist", "4", "--engine", "ray", "--address", ray_address)
@@ -133,33 +159,6 @@ def test_cli_ray_engine_writes_the_same_gallery_as_the_local_engine(ray_address,
     results = [line for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
     # held-out queries are not in the index
     assert len(results) == 3 and not any(line.endswith(query) for line in results)
-
-
-@pytest.mark.slow
-def test_a_resumed_job_survives_a_dying_worker_and_stages_through_fsspec(
-    ray_address, collection, local_gallery, tmp_path, monkeypatch
-):
-    config = ExtractConfig(data=str(collection), out=str(tmp_path / "ray"), **SETTINGS)
-    # A job killed after two shards, by the local engine: what `lookalike extract` leaves behind.
-    job = prepare(config)
-    embedder = load_model(config.model, config.weights, config.image_size, "cpu", config.seed)
-    ensure_state(job, embedder)
-    decide_inference(job, embedder, decode_threads=0, threads=None)  # the local engine's choice, saved in the job state
-    run_local(
-        Job(job.config, job.collection, job.out, job.shards[:2], job.state), embedder, decode_threads=0, progress=False
-    )
-    before = {p.name: p.stat().st_mtime_ns for p in job.partial.glob("shard-*.npz")}
-    assert len(before) == 2 and len(job.shards) > 4
-
-    marker = tmp_path / "crashed"
-    monkeypatch.setenv(CRASH_HOOK, f"3:{marker}")  # the model actor dies (os._exit) the first time shard 3 comes by
-    staging = tmp_path / "staging"
-    gallery = extract_ray(config, actors=1, staging=f"file://{staging}", progress=False)
-
-    assert marker.is_file(), "no worker died: the test did not test anything"
-    assert_same_gallery(gallery, local_gallery)
-    assert gallery.manifest.timings["resumed_shards"] == 2
-    assert not staging.exists(), "staging should be removed once the gallery is committed"
 
 
 def test_shard_writer_writes_each_shard_once_whole_whatever_the_order(tmp_path):
