@@ -137,7 +137,10 @@ def test_text_tower_comes_from_the_weights_file(ram_tmp_path):
 
     from lookalike.embed.models import load_towers
 
-    source = load_towers("clip", "random", image_size=32, seed=3)
+    source = load_towers("clip", "random", image_size=32, seed=0)  # the suite's kept draw: a copy, no new draw
+    projection = source.text.tower.model.text_projection
+    with torch.no_grad():  # not the weights `random` draws: a loader ignoring the file would give other embeddings
+        projection.add_(0.1 * torch.randn(projection.shape, generator=torch.Generator().manual_seed(3)))
     state = source.text.tower.model.state_dict()  # the whole CLIP model, both towers
     # 600 + 350 MB of weights: in memory where there is room (`ram_tmp_path`, removed after the test)
     full, image_only = ram_tmp_path / "clip-full.pt", ram_tmp_path / "clip-visual.pt"
@@ -145,6 +148,10 @@ def test_text_tower_comes_from_the_weights_file(ram_tmp_path):
         torch.save({"state_dict": state}, full)
         loaded = load_towers("clip", str(full), image_size=32)
         np.testing.assert_allclose(loaded.text.embed(TEXT)[0], source.text.embed(TEXT)[0], atol=1e-6)
+        drawn = load_towers("clip", "random", image_size=32, seed=0).text.embed(TEXT)[0]
+        assert (
+            float((drawn * loaded.text.embed(TEXT)[0]).sum()) < 0.999
+        )  # so the file's weights, not a fresh draw, were used
         del loaded
         torch.save({k: v for k, v in state.items() if k.startswith("visual.")}, image_only)
         towers = load_towers("clip", str(image_only), image_size=32)
