@@ -346,9 +346,9 @@ from lookalike.gallery import DataInfo, GalleryWriter, Rows
 from lookalike.gallery.generated import generated_model_block
 from lookalike.search import faiss_index, ondisk
 
-ondisk.PART_ROWS, ondisk.LOCAL_WORKERS = 65536, 1
+ondisk.PART_ROWS, ondisk.LOCAL_WORKERS = 32768, 1
 faiss_index.PQ_CODEBOOK_TRAINING = 10_000  # a sample that does not grow with the gallery: smaller than at 10M
-out, rows, dim, block = sys.argv[1], 524288, 256, 8192
+out, rows, dim, block = sys.argv[1], 393216, 256, 8192
 
 def anon_bytes():  # resident anonymous memory: what the heap holds, not the mapped files' pages
     fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
@@ -361,7 +361,7 @@ def sample():
         time.sleep(0.01)  # often enough: filling even a quarter of the gallery takes this machine over a second
 threading.Thread(target=sample, daemon=True).start()
 
-writer = GalleryWriter(out, dim, shard_rows=65536)
+writer = GalleryWriter(out, dim, shard_rows=32768)
 rng = np.random.default_rng(0)
 for start in range(0, rows, block):
     x = rng.standard_normal((block, dim), dtype=np.float32)
@@ -383,7 +383,7 @@ print("whole", peak[0])
 
 @pytest.mark.slow
 def test_writing_verifying_indexing_and_searching_never_hold_the_gallery(tmp_path):
-    """A 512 MiB gallery in 8 shards is written, verified, indexed out of core and searched while a sampler reads the
+    """A 384 MiB gallery in 12 shards is written, verified, indexed out of core and searched while a sampler reads the
     process's resident anonymous memory (the heap; the mapped shards' pages are file-backed and not counted): its
     peak stays far below the gallery's size, and holding the gallery whole shows up at once."""
     import subprocess
@@ -394,6 +394,6 @@ def test_writing_verifying_indexing_and_searching_never_hold_the_gallery(tmp_pat
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     peaks = dict(line.split() for line in proc.stdout.splitlines() if line.startswith(("phases", "whole")))
-    gallery_bytes = 524288 * 256 * 4
+    gallery_bytes = 393216 * 256 * 4
     assert int(peaks["whole"]) >= gallery_bytes  # the sampler sees a whole gallery when there is one
     assert int(peaks["phases"]) < gallery_bytes // 2, f"peak {int(peaks['phases']) / 2**20:.0f} MiB"
