@@ -150,6 +150,44 @@ def test_mmap_memory_counts_the_pages_the_searches_read(mapped):
     assert method.memory_bytes() == codes
 
 
+def test_mmap_rerank_over_a_sharded_gallery_keeps_every_shard_mapped(mapped, tmp_path):
+    """A database spanning several shards (any gallery over DEFAULT_SHARD_ROWS) is re-ranked from the shards' own
+    mappings, never copied into RAM: the same answers as the rows held in memory, memory = codes + the pages read in
+    each shard's file, and every shard dropped from the page cache for a cold query."""
+    from lookalike.gallery.shards import ShardedArray
+
+    base, queries = mapped
+    files = []
+    for number, (a, b) in enumerate([(0, 1000), (1000, 2200), (2200, 3000)]):
+        files.append(tmp_path / f"embeddings-{number:05d}.npy")
+        np.save(files[-1], np.asarray(base[a:b]))
+    parts = [np.load(f, mmap_mode="r") for f in files]
+    sharded = ShardedArray(parts, 64, [(str(f), 0) for f in files])
+    params = {"nprobe": 8, "k_factor": 4}
+    method = make_method("ivfpq-mmap", len(base), 64, search_params=params)
+    method.build(sharded)
+    held = make_method("ivfpq-mmap", len(base), 64, search_params=params)
+    held.build(np.array(base))
+    codes = method.memory_bytes()
+    scores, ids = method.search(queries, 10)
+    held_scores, held_ids = held.search(queries, 10)
+    np.testing.assert_array_equal(ids, held_ids)
+    np.testing.assert_allclose(scores, held_scores, rtol=1e-6)
+    # independently: the candidate rows, and the pages of each shard's file that hold them
+    _, candidates = FaissIndex._search(method, np.ascontiguousarray(queries), 40, None)
+    pages = set()
+    for r in candidates.ravel()[candidates.ravel() >= 0]:
+        number = int(np.searchsorted([1000, 2200], r, side="right"))
+        row = int(r) - (0, 1000, 2200)[number]
+        start = parts[number].offset + row * 256
+        pages |= {(number, p) for p in range(start // 4096, (start + 255) // 4096 + 1)}
+    assert {number for number, _ in pages} == {0, 1, 2}  # the candidates came from every shard
+    assert method.memory_bytes() == codes + len(pages) * 4096  # held in RAM, it would count every row
+    assert method.cold_single_ms(queries[:2], 10) > 0 and held.cold_single_ms(queries[:2], 10) is None
+    method.drop_page_cache()
+    assert all(_resident_pages(str(f)).sum() == 0 for f in files)
+
+
 @pytest.mark.slow
 def test_cold_latency_reads_from_an_evicted_file(mapped):
     base, queries = mapped

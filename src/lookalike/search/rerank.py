@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LookalikeError
+from ..gallery.shards import ShardedArray
 from ..runtime import as_float32_c
 from .base import IDS_FILE, BuildStats
 from .faiss_index import MAX_POINTS_PER_CENTROID, FaissIndex
@@ -42,6 +43,13 @@ STEP_BLOCK = 1 << 20  # ids compared at once by `steps_hold`: 8 MiB of steps
 def is_memory_mapped(array: np.ndarray) -> bool:
     """True when `array` is a view of a file mapping (its bytes live in the page cache, not the heap)."""
     return isinstance(array, np.memmap) and getattr(array, "_mmap", None) is not None
+
+
+def mapped_parts(vectors: np.ndarray | ShardedArray) -> tuple[np.ndarray, ...] | None:
+    """The file mappings holding `vectors`, in row order: the array itself, or each shard of a gallery's rows that
+    span several; None when any rows are held in memory."""
+    parts = vectors.parts if isinstance(vectors, ShardedArray) else (vectors,)
+    return tuple(parts) if all(is_memory_mapped(part) for part in parts) else None
 
 
 def steps_hold(ids: np.ndarray, holds: Callable[[np.ndarray], np.ndarray]) -> bool:
@@ -157,14 +165,15 @@ class MmapRerankIndex(FaissIndex):
     ):
         search_params = {"k_factor": DEFAULT_K_FACTOR, **(search_params or {})}
         super().__init__(name, factory, metric, search_params, seed, train_points_per_list, ef_construction)
-        self.vectors = np.zeros((0, 0), dtype=np.float32)  # row positions → exact vectors
-        self._touched = np.zeros(0, dtype=bool)  # file pages of the mapped vectors read by searches so far
+        self.vectors: np.ndarray | ShardedArray = np.zeros((0, 0), dtype=np.float32)  # row positions → exact vectors
+        self._touched: list[np.ndarray] = []  # per mapped part: its file pages read by searches so far
         self._pages_read = 0  # distinct pages summed over queries
         self._queries = 0
 
     def _build(self, vectors: np.ndarray) -> BuildStats:
         stats = super()._build(vectors)
-        self.vectors = vectors if is_memory_mapped(vectors) else as_float32_c(np.asarray(vectors))
+        # a gallery's shards stay mapped too: a database spanning several (any over DEFAULT_SHARD_ROWS) is not copied
+        self.vectors = vectors if mapped_parts(vectors) is not None else as_float32_c(np.asarray(vectors))
         return stats
 
     def apply_update(self, keep: np.ndarray, vectors: np.ndarray) -> bool:
@@ -173,7 +182,7 @@ class MmapRerankIndex(FaissIndex):
         self.vectors = np.concatenate(
             [np.asarray(self.vectors)[keep], as_float32_c(np.asarray(vectors)).reshape(-1, self.vectors.shape[1])]
         )
-        self._touched = np.zeros(0, dtype=bool)
+        self._touched = []
         return True
 
     def _check_k_factor(self, value: Any) -> int:
@@ -192,7 +201,7 @@ class MmapRerankIndex(FaissIndex):
         params = dict(params or {})
         k_factor = self._check_k_factor(params.pop("k_factor", self._search_params["k_factor"]))
         _, candidates = super()._search(queries, k * k_factor, params or None)
-        if is_memory_mapped(self.vectors):
+        if mapped_parts(self.vectors) is not None:
             self._record_pages(candidates)
         return exact_rerank(queries, candidates, self.vectors, k, self.metric)
 
@@ -208,41 +217,53 @@ class MmapRerankIndex(FaissIndex):
         return scores, self._lookup.take(positions)  # position −1 (missing) → id −1, as `search` maps them
 
     def _record_pages(self, candidates: np.ndarray) -> None:
-        """Mark the file pages the re-ranking of these candidates reads (per query and in all)."""
-        row_bytes, offset = self.vectors.shape[1] * self.vectors.itemsize, file_offset(self.vectors)
-        if not len(self._touched):
-            self._touched = np.zeros((offset + len(self.vectors) * row_bytes) // PAGE_BYTES + 1, dtype=bool)
+        """Mark the file pages the re-ranking of these candidates reads (per query and in all), in each mapped part."""
+        parts = mapped_parts(self.vectors)
+        starts = np.cumsum([0, *(len(part) for part in parts)])
+        row_bytes = self.vectors.shape[1] * np.dtype(np.float32).itemsize
+        offsets = [file_offset(part) for part in parts]
+        if len(self._touched) != len(parts):
+            self._touched = [
+                np.zeros((offset + len(part) * row_bytes) // PAGE_BYTES + 1, dtype=bool)
+                for part, offset in zip(parts, offsets)
+            ]
         for row in candidates:
-            pages = pages_of_rows(row[row >= 0], row_bytes, offset)
-            self._touched[pages] = True
-            self._pages_read += len(pages)
+            row = row[row >= 0]
+            shard = np.searchsorted(starts, row, side="right") - 1
+            for number in np.unique(shard):
+                pages = pages_of_rows(row[shard == number] - starts[number], row_bytes, offsets[number])
+                self._touched[number][pages] = True
+                self._pages_read += len(pages)
         self._queries += len(candidates)
 
     def working_set_bytes(self) -> int:
         """Bytes of the mapped file that searches so far have read: the page cache their warm latency relied on."""
-        return int(self._touched.sum()) * PAGE_BYTES
+        return sum(int(touched.sum()) for touched in self._touched) * PAGE_BYTES
 
     def pages_per_query(self) -> float:
         """Mean distinct pages of the mapped file read per query (NaN before any search)."""
         return self._pages_read / self._queries if self._queries else float("nan")
 
     def reset_working_set(self) -> None:
-        self._touched[:] = False
+        for touched in self._touched:
+            touched[:] = False
         self._pages_read = self._queries = 0
 
     def memory_bytes(self) -> int:
         """The codes and ids, plus the exact vectors: all of them when held in RAM, the working set read so far when
         memory-mapped."""
         return super().memory_bytes() + (
-            self.working_set_bytes() if is_memory_mapped(self.vectors) else int(self.vectors.nbytes)
+            self.working_set_bytes() if mapped_parts(self.vectors) is not None else int(self.vectors.nbytes)
         )
 
     def drop_page_cache(self) -> bool:
         """Evict the memory-mapped vectors from the page cache, so the next search reads them from disk; False when they
         are held in RAM (nothing to drop)."""
-        if not is_memory_mapped(self.vectors):
+        parts = mapped_parts(self.vectors)
+        if parts is None:
             return False
-        drop_page_cache(self.vectors)
+        for part in parts:
+            drop_page_cache(part)
         return True
 
     def cold_single_ms(
