@@ -45,7 +45,7 @@ from ..gallery.shards import ShardedArray
 from ..runtime import as_float32_c
 from .base import BuildStats
 from .faiss_index import INDEX_FILE, MAX_POINTS_PER_CENTROID
-from .rerank import MmapRerankIndex, drop_page_cache, evict_file, is_memory_mapped, unmap_pages
+from .rerank import MmapRerankIndex, evict_file, unmap_pages
 
 log = logging.getLogger(__name__)
 
@@ -210,10 +210,7 @@ class OnDiskIVF(MmapRerankIndex):
     def drop_page_cache(self) -> bool:
         """Evict the lists file and the shards the rows are re-ranked from, so the next search reads both from disk
         (`cold_single_ms`)."""
-        parts = self.vectors.parts if isinstance(self.vectors, ShardedArray) else (self.vectors,)
-        for part in parts:
-            if is_memory_mapped(part):
-                drop_page_cache(part)
+        super().drop_page_cache()  # the shards, when the rows are mapped
         if self._lists is not None:
             invlists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(self.index).invlists)
             unmap_pages(int(invlists.ptr), int(invlists.totsize))

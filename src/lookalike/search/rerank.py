@@ -201,8 +201,8 @@ class MmapRerankIndex(FaissIndex):
         params = dict(params or {})
         k_factor = self._check_k_factor(params.pop("k_factor", self._search_params["k_factor"]))
         _, candidates = super()._search(queries, k * k_factor, params or None)
-        if mapped_parts(self.vectors) is not None:
-            self._record_pages(candidates)
+        if (parts := mapped_parts(self.vectors)) is not None:
+            self._record_pages(candidates, parts)
         return exact_rerank(queries, candidates, self.vectors, k, self.metric)
 
     def search_within(
@@ -216,10 +216,9 @@ class MmapRerankIndex(FaissIndex):
         scores, positions = exact_rerank(queries, candidates, self.vectors, k, self.metric)
         return scores, self._lookup.take(positions)  # position −1 (missing) → id −1, as `search` maps them
 
-    def _record_pages(self, candidates: np.ndarray) -> None:
+    def _record_pages(self, candidates: np.ndarray, parts: tuple[np.ndarray, ...]) -> None:
         """Mark the file pages the re-ranking of these candidates reads (per query and in all), in each mapped part."""
-        parts = mapped_parts(self.vectors)
-        starts = np.cumsum([0, *(len(part) for part in parts)])
+        view = ShardedArray(parts, self.vectors.shape[1])  # its row → part arithmetic, for one part or several
         row_bytes = self.vectors.shape[1] * np.dtype(np.float32).itemsize
         offsets = [file_offset(part) for part in parts]
         if len(self._touched) != len(parts):
@@ -229,9 +228,9 @@ class MmapRerankIndex(FaissIndex):
             ]
         for row in candidates:
             row = row[row >= 0]
-            shard = np.searchsorted(starts, row, side="right") - 1
+            shard = view.shard_of(row)
             for number in np.unique(shard):
-                pages = pages_of_rows(row[shard == number] - starts[number], row_bytes, offsets[number])
+                pages = pages_of_rows(row[shard == number] - view.starts[number], row_bytes, offsets[number])
                 self._touched[number][pages] = True
                 self._pages_read += len(pages)
         self._queries += len(candidates)
